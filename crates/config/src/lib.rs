@@ -1,0 +1,1 @@
+//! Typed, validated podpbx configuration from TOML.

@@ -1,0 +1,1 @@
+//! RTP/RTCP relay and SDP anchoring.

@@ -1,0 +1,14 @@
+//! SIP for podpbx: messages, URIs, typed header accessors, transactions and digest auth.
+//!
+//! Everything here is sans-IO: no sockets, no clock reads. Callers pass bytes and `now` in and get
+//! parsed messages, bytes to send and timers to arm back.
+
+pub mod builder;
+pub mod headers;
+pub mod message;
+pub mod uri;
+
+pub use builder::{RequestBuilder, ResponseBuilder};
+pub use headers::{CSeq, Contact, ContactList, NameAddr, Params, Via};
+pub use message::{Framing, HeaderName, Message, Method, ParseError, StartLine};
+pub use uri::{Host, Uri};
