@@ -1,1 +1,33 @@
-fn main() {}
+//! podpbx: a native Rust PBX (B2BUA) for one Kubernetes pod with pinned IPv6 and IPv4 addresses.
+
+mod cli;
+mod core;
+mod ifaddrs;
+mod server;
+mod stats;
+mod transport;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = match cli::parse(&args) {
+        Ok(cmd) => cmd,
+        Err(msg) => {
+            eprintln!("podpbx: {msg}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        cli::Command::Help => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        cli::Command::Version => {
+            println!("podpbx {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        cli::Command::Check { config } => cli::check(&config),
+        cli::Command::Run { config, log_format } => server::run(config.as_deref(), log_format),
+    }
+}

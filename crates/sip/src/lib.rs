@@ -4,11 +4,14 @@
 //! parsed messages, bytes to send and timers to arm back.
 
 pub mod builder;
+pub mod digest;
 pub mod headers;
 pub mod message;
+pub mod transaction;
 pub mod uri;
 
 pub use builder::{RequestBuilder, ResponseBuilder};
 pub use headers::{CSeq, Contact, ContactList, NameAddr, Params, Via};
 pub use message::{Framing, HeaderName, Message, Method, ParseError, StartLine};
+pub use transaction::{Peer, Transport};
 pub use uri::{Host, Uri};

@@ -1,0 +1,38 @@
+//! Process-wide counters: cheap atomics bumped on the signalling path, read by logs and `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Signalling counters. Every dropped or rejected input is counted under exactly one reason.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Messages that parsed and reached the core.
+    pub messages_in: AtomicU64,
+    /// Messages podpbx sent (requests and responses, retransmissions included).
+    pub messages_out: AtomicU64,
+    /// Unparseable input answered with `400`.
+    pub bad_requests: AtomicU64,
+    /// Unparseable input that could not be answered (no usable Via, garbage, responses): dropped.
+    pub dropped_malformed: AtomicU64,
+    /// Responses matching no client transaction: dropped, never answered.
+    pub stray_responses: AtomicU64,
+    /// Sends refused because the destination was broadcast/multicast or of a family we lack.
+    pub refused_destinations: AtomicU64,
+    /// CRLF keep-alive pings answered.
+    pub keepalives: AtomicU64,
+    /// Socket send errors.
+    pub send_errors: AtomicU64,
+    /// TCP connections accepted or opened.
+    pub tcp_connections: AtomicU64,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

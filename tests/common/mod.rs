@@ -1,0 +1,346 @@
+//! Helpers for black-box tests: start the real `podpbx` binary on free loopback ports, talk to it
+//! over UDP/TCP, and drive it with SIPp. Every process started here is stopped by PID on drop.
+
+#![allow(dead_code)]
+
+pub mod netns;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The podpbx binary built by cargo for this test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_podpbx");
+
+/// Workspace root (tests/ lives directly under it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("podpbx-test-{tag}-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A port free for UDP and TCP on both 127.0.0.1 and ::1 right now.
+pub fn free_port() -> u16 {
+    for _ in 0..200 {
+        let Ok(s) = UdpSocket::bind("127.0.0.1:0") else { continue };
+        let Ok(addr) = s.local_addr() else { continue };
+        let port = addr.port();
+        if port < 10000 {
+            continue;
+        }
+        let ok = UdpSocket::bind(("::1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("::1", port)).is_ok();
+        drop(s);
+        if ok {
+            return port;
+        }
+    }
+    panic!("no free port found");
+}
+
+/// A running podpbx process.
+pub struct Pbx {
+    pub child: Child,
+    pub port: u16,
+    pub dir: TempDir,
+    pub log: PathBuf,
+}
+
+impl Pbx {
+    /// Starts podpbx with `extra` TOML appended to a loopback `[sip]` section on a free port.
+    pub fn start(extra: &str) -> Pbx {
+        let port = free_port();
+        let config = format!(
+            "[sip]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\nport = {port}\ntransports = [\"udp\", \"tcp\"]\n{extra}"
+        );
+        Pbx::start_with_config(&config, port)
+    }
+
+    /// Starts podpbx with a complete config text (which must use `port`).
+    pub fn start_with_config(config: &str, port: u16) -> Pbx {
+        let dir = TempDir::new("pbx");
+        let cfg_path = dir.path().join("podpbx.toml");
+        let config = config.replace("@DATA@", &dir.path().display().to_string());
+        std::fs::write(&cfg_path, config).expect("write config");
+        let log = dir.path().join("podpbx.log");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg_path)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn podpbx");
+        let mut pbx = Pbx { child, port, dir, log };
+        pbx.wait_ready();
+        pbx
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.log_text().contains("podpbx ready") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("podpbx exited early ({status}):\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("podpbx not ready in time:\n{}", self.log_text());
+    }
+
+    /// Everything podpbx logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn v4(&self) -> SocketAddr {
+        SocketAddr::new("127.0.0.1".parse().unwrap(), self.port)
+    }
+
+    pub fn v6(&self) -> SocketAddr {
+        SocketAddr::new("::1".parse().unwrap(), self.port)
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits (bounded) for exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        // SAFETY: plain kill(2) on our own child's PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Pbx {
+    fn drop(&mut self) {
+        if self.alive() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A UDP client bound to loopback of the target's family.
+pub struct UdpPeer {
+    pub sock: UdpSocket,
+}
+
+impl UdpPeer {
+    pub fn new(target: SocketAddr) -> UdpPeer {
+        let bind: SocketAddr = if target.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }.parse().unwrap();
+        let sock = UdpSocket::bind(bind).expect("bind udp peer");
+        sock.connect(target).expect("connect udp peer");
+        sock.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        UdpPeer { sock }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    pub fn send(&self, data: &[u8]) {
+        self.sock.send(data).expect("udp send");
+    }
+
+    /// Next datagram, or None after the timeout.
+    pub fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 65536];
+        match self.sock.recv(&mut buf) {
+            Ok(n) => Some(buf[..n].to_vec()),
+            Err(_) => None,
+        }
+    }
+
+    /// Waits `d` and asserts nothing arrives.
+    pub fn expect_silence(&self, d: Duration) {
+        self.sock.set_read_timeout(Some(d)).unwrap();
+        let got = self.recv();
+        self.sock.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        assert!(got.is_none(), "expected no answer, got:\n{}", String::from_utf8_lossy(&got.unwrap()));
+    }
+}
+
+/// Builds a request with the usual mandatory headers; `{local}` in `extra` is replaced.
+pub fn request(method: &str, uri: &str, local: SocketAddr, transport: &str, branch: &str, extra: &str) -> String {
+    let host = match local.ip() {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    format!(
+        "{method} {uri} SIP/2.0\r\n\
+         Via: SIP/2.0/{transport} {host}:{port};branch={branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:test@{host}>;tag=t{branch}\r\n\
+         To: <sip:pbx@{host}>\r\n\
+         Call-ID: {branch}@test\r\n\
+         CSeq: 1 {method}\r\n\
+         {extra}\
+         Content-Length: 0\r\n\r\n",
+        port = local.port()
+    )
+}
+
+/// The status code of a response.
+pub fn status(resp: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(resp);
+    let line = text.lines().next().unwrap_or("");
+    assert!(line.starts_with("SIP/2.0 "), "not a response: {line}");
+    line[8..11].parse().expect("status code")
+}
+
+/// The first value of a header (case-insensitive name) in a message.
+pub fn header(msg: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(msg);
+    text.lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+}
+
+/// A TCP client to the PBX.
+pub fn tcp_connect(target: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).expect("tcp connect");
+    s.set_read_timeout(Some(Duration::from_millis(2000))).unwrap();
+    s
+}
+
+/// Reads one SIP message (headers + Content-Length body) from a stream.
+pub fn tcp_read_message(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+        if buf.ends_with(b"\r\n\r\n") {
+            break;
+        }
+    }
+    let len: usize = header(&buf, "Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    buf.extend_from_slice(&body);
+    Some(buf)
+}
+
+pub fn tcp_send(s: &mut TcpStream, data: &[u8]) {
+    s.write_all(data).expect("tcp write");
+}
+
+/// Outcome of a SIPp run.
+pub struct SippRun {
+    pub ok: bool,
+    pub output: String,
+}
+
+/// Runs SIPp with `scenario` (a file under tests/sipp) against `target`, bounded in time.
+pub fn sipp(scenario: &str, target: SocketAddr, transport: &str, extra: &[&str]) -> SippRun {
+    let dir = TempDir::new("sipp");
+    let local_ip = if target.is_ipv4() { "127.0.0.1".to_string() } else { "::1".to_string() };
+    let target_s = match target {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    let port = free_port().to_string();
+    let scenario_path = root().join("tests/sipp").join(scenario);
+    let mut cmd = Command::new("sipp");
+    cmd.arg(&target_s)
+        .arg("-sf")
+        .arg(&scenario_path)
+        .args(["-i", &local_ip, "-p", &port, "-t", transport, "-m", "1", "-nostdin"])
+        .args(["-timeout", "20s", "-timeout_error", "-max_recv_loops", "1000"])
+        .args(["-trace_err", "-trace_msg"])
+        .args(extra)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("run sipp (is the sip-tester package installed?)");
+    let out = wait_output(child, Duration::from_secs(40));
+    let mut output = out.1;
+    for entry in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e == "log") {
+            output.push_str(&format!("\n--- {} ---\n", p.display()));
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: String = text.chars().rev().take(6000).collect::<Vec<_>>().into_iter().rev().collect();
+            output.push_str(&tail);
+        }
+    }
+    SippRun { ok: out.0 == Some(0), output }
+}
+
+/// Waits for a child with a deadline (killing it by PID when exceeded); returns code and output.
+pub fn wait_output(mut child: Child, limit: Duration) -> (Option<i32>, String) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    match child.wait_with_output() {
+        Ok(o) => (
+            o.status.code(),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        ),
+        Err(e) => (None, e.to_string()),
+    }
+}
+
+/// Kills (by PID) and reaps a child process when dropped, also on test failure.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
