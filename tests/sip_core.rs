@@ -16,7 +16,7 @@ fn sipp_options_over_udp_and_tcp_on_both_families() {
 }
 
 #[test]
-fn sipp_gets_400_for_cseq_mismatch_and_420_for_unknown_require() {
+fn sipp_gets_400_for_duplicated_header_and_420_for_unknown_require() {
     let pbx = Pbx::start("");
     for target in [pbx.v4(), pbx.v6()] {
         let run = sipp("bad_request.xml", target, "u1", &[]);

@@ -189,8 +189,14 @@ mod tests {
             err("2001:db8::/129"),
             "prefix length /129 is too long for an IPv6 address (at most /128)"
         );
-        assert_eq!(err("10.0.0.0/+8"), "`10.0.0.0/+8` has an invalid prefix length `/+8`");
-        assert_eq!(err("10.0.0.0/"), "`10.0.0.0/` has an invalid prefix length `/`");
+        assert_eq!(
+            err("10.0.0.0/+8"),
+            "`10.0.0.0/+8` has an invalid prefix length `/+8`"
+        );
+        assert_eq!(
+            err("10.0.0.0/"),
+            "`10.0.0.0/` has an invalid prefix length `/`"
+        );
         assert_eq!(
             err("example.com/24"),
             "`example.com/24` is not a network: `example.com` is not an IPv4 or IPv6 address"

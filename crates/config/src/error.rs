@@ -156,7 +156,7 @@ mod tests {
         assert_eq!(idx.position(3), (2, 1));
         // 'ç' is two bytes; 'd' starts at byte 5 but is column 2.
         assert_eq!(idx.position(5), (2, 2));
-        assert_eq!(idx.position(13), (4, 1));
+        assert_eq!(idx.position(12), (4, 1));
         assert_eq!(idx.position(999), (4, 2));
     }
 

@@ -31,6 +31,25 @@ enum Elem {
     Range(Vec<(char, char)>),
 }
 
+impl Elem {
+    fn accepts(&self, c: char) -> bool {
+        match self {
+            Elem::Lit(l) => c == *l,
+            Elem::Range(ranges) => ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi),
+        }
+    }
+
+    /// Whether every character `other` accepts is accepted by `self`.
+    fn includes(&self, other: &Elem) -> bool {
+        match other {
+            Elem::Lit(c) => self.accepts(*c),
+            Elem::Range(ranges) => ranges
+                .iter()
+                .all(|&(lo, hi)| (lo..=hi).all(|c| self.accepts(c))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tail {
     Exact,
@@ -58,11 +77,7 @@ impl Pattern {
             let Some(c) = chars.next() else {
                 return false;
             };
-            let ok = match elem {
-                Elem::Lit(l) => c == *l,
-                Elem::Range(ranges) => ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi),
-            };
-            if !ok {
+            if !elem.accepts(c) {
                 return false;
             }
         }
@@ -77,6 +92,43 @@ impl Pattern {
     /// The pattern text as written (including the leading `_`).
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// Whether every number `other` accepts is accepted by `self` too
+    /// (exact for these patterns: no `false` answers for covered ones).
+    pub fn covers(&self, other: &Pattern) -> bool {
+        let (la, lb) = (self.elems.len(), other.elems.len());
+        if la > lb
+            || !self
+                .elems
+                .iter()
+                .zip(&other.elems)
+                .all(|(a, b)| a.includes(b))
+        {
+            return false;
+        }
+        match self.tail {
+            Tail::ZeroOrMore => true,
+            Tail::OneOrMore => lb > la || other.tail == Tail::OneOrMore,
+            Tail::Exact => lb == la && other.tail == Tail::Exact,
+        }
+    }
+
+    /// Whether every number starting with `prefix` is accepted.
+    pub fn covers_prefix(&self, prefix: &str) -> bool {
+        let n = prefix.chars().count();
+        let elems_ok = self.elems.len() <= n
+            && self
+                .elems
+                .iter()
+                .zip(prefix.chars())
+                .all(|(e, c)| e.accepts(c));
+        elems_ok
+            && match self.tail {
+                Tail::ZeroOrMore => true,
+                Tail::OneOrMore => self.elems.len() < n,
+                Tail::Exact => false,
+            }
     }
 
     /// Whether every number this pattern accepts starts with `prefix`.
@@ -261,13 +313,44 @@ mod tests {
     #[test]
     fn literals_and_dashes() {
         let pat = p("_+49-30-X.");
-        assert!(pat.matches("+49301"));
+        assert!(pat.matches("+493012"));
         assert!(pat.matches("+4930123456"));
+        assert!(!pat.matches("+49301"));
         assert!(!pat.matches("+4930"));
         assert!(!pat.matches("004930123"));
         assert!(p("_*9").matches("*9"));
         assert!(p("_#1").matches("#1"));
         assert!(!p("_*9").matches("9"));
+    }
+
+    #[test]
+    fn covers() {
+        assert!(p("_1XX").covers(&p("_11[02]")));
+        assert!(p("_1XX").covers(&p("_1[0-9]5")));
+        assert!(!p("_1XX").covers(&p("_1XXX")));
+        assert!(!p("_11[02]").covers(&p("_1XX")));
+        assert!(p("_0.").covers(&p("_0X.")));
+        assert!(p("_0.").covers(&p("_01")));
+        assert!(!p("_0.").covers(&p("_0")));
+        assert!(!p("_0.").covers(&p("_0!")));
+        assert!(p("_0!").covers(&p("_0")));
+        assert!(p("_0!").covers(&p("_0!")));
+        assert!(p("_X.").covers(&p("_0X.")));
+        assert!(!p("_Z.").covers(&p("_X.")));
+        assert!(p("_[0-9]").covers(&p("_X")));
+        assert!(p("_X").covers(&p("_[0-9]")));
+        assert!(!p("_N").covers(&p("_Z")));
+        assert!(!p("_1XX").covers(&p("_1X.")));
+    }
+
+    #[test]
+    fn covers_prefix() {
+        assert!(p("_0!").covers_prefix("0"));
+        assert!(p("_0.").covers_prefix("00"));
+        assert!(!p("_0.").covers_prefix("0"));
+        assert!(p("_X.").covers_prefix("49"));
+        assert!(!p("_0X").covers_prefix("01"));
+        assert!(!p("_1X.").covers_prefix("2"));
     }
 
     #[test]
@@ -287,7 +370,10 @@ mod tests {
             "pattern `1XXX` must start with `_` (use `number` for an exact match)"
         );
         assert_eq!(err("_"), "pattern `_` is empty");
-        assert_eq!(err("_1.X"), "pattern `_1.X`: `.` and `!` may only appear at the end");
+        assert_eq!(
+            err("_1.X"),
+            "pattern `_1.X`: `.` and `!` may only appear at the end"
+        );
         assert_eq!(err("_[1-5"), "pattern `_[1-5`: missing `]`");
         assert_eq!(err("_[]"), "pattern `_[]`: empty `[]`");
         assert_eq!(err("_[5-1]"), "pattern `_[5-1]`: range `5-1` is backwards");

@@ -32,6 +32,7 @@ impl<T> Sp<T> {
 
 #[derive(Clone, Copy)]
 enum TableRef<'a> {
+    Empty,
     Std(&'a Table),
     Inline(&'a InlineTable),
 }
@@ -39,6 +40,7 @@ enum TableRef<'a> {
 impl<'a> TableRef<'a> {
     fn keys(self) -> Vec<&'a str> {
         match self {
+            TableRef::Empty => Vec::new(),
             TableRef::Std(t) => t.iter().map(|(k, _)| k).collect(),
             TableRef::Inline(t) => t.iter().map(|(k, _)| k).collect(),
         }
@@ -46,6 +48,7 @@ impl<'a> TableRef<'a> {
 
     fn get(self, key: &str) -> Option<(&'a Key, &'a Item)> {
         match self {
+            TableRef::Empty => None,
             TableRef::Std(t) => t.get_key_value(key),
             TableRef::Inline(t) => t.get_key_value(key),
         }
@@ -119,6 +122,16 @@ impl<'a> Tbl<'a> {
         }
     }
 
+    /// A stand-in for an absent table: every key reads as missing.
+    pub(crate) fn empty(path: &str, span: Span) -> Tbl<'a> {
+        Tbl {
+            t: TableRef::Empty,
+            path: path.to_string(),
+            span,
+            known: Vec::new(),
+        }
+    }
+
     /// Marks keys as valid without reading them.
     pub(crate) fn declare(&mut self, keys: &[&'static str]) {
         self.known.extend_from_slice(keys);
@@ -139,7 +152,10 @@ impl<'a> Tbl<'a> {
         }
         let (k, item) = self.t.get(key)?;
         let key_span = k.span();
-        let span = item.span().or_else(|| key_span.clone()).or(self.span.clone());
+        let span = item
+            .span()
+            .or_else(|| key_span.clone())
+            .or(self.span.clone());
         Some(Field {
             node: Node::Item(item),
             span,
@@ -150,7 +166,11 @@ impl<'a> Tbl<'a> {
 
     /// Reports `key` as missing (at the table's own position).
     pub(crate) fn missing(&self, d: &mut Diagnostics, key: &str, what: &str) {
-        d.error(self.span.clone(), self.child(key), format!("missing required {what}"));
+        d.error(
+            self.span.clone(),
+            self.child(key),
+            format!("missing required {what}"),
+        );
     }
 
     /// Reports every key that was never asked for.
@@ -271,7 +291,12 @@ impl<'a> Tbl<'a> {
             .map(|v| Duration::from_millis(u64::try_from(v).unwrap_or(default)))
     }
 
-    pub(crate) fn bool_or(&mut self, d: &mut Diagnostics, key: &'static str, default: bool) -> bool {
+    pub(crate) fn bool_or(
+        &mut self,
+        d: &mut Diagnostics,
+        key: &'static str,
+        default: bool,
+    ) -> bool {
         self.bool(d, key).map_or(default, |b| b.v)
     }
 
@@ -417,6 +442,7 @@ impl<'a> Field<'a> {
             }
         };
         let own = match t {
+            TableRef::Empty => None,
             TableRef::Std(t) => t.span(),
             TableRef::Inline(t) => t.span(),
         };

@@ -41,7 +41,8 @@ where
         let d = edit_distance(&lower, c);
         let len = lower.chars().count().max(c.chars().count());
         let limit = (len / 3).clamp(1, 3);
-        let contains = c.len() >= 3 && lower.len() >= 3 && (lower.contains(c) || c.contains(&*lower));
+        let contains =
+            c.len() >= 3 && lower.len() >= 3 && (lower.contains(c) || c.contains(&*lower));
         if d <= limit || contains {
             // Substring hits rank after real near-misses of the same distance.
             let score = if d <= limit { d * 2 } else { d * 2 + 1 };

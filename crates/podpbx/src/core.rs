@@ -3,15 +3,17 @@
 //! without a network or a clock.
 
 use crate::stats::Stats;
-use crate::transport::{Flow, Transport};
+use crate::transport::Flow;
 use bytes::{Bytes, BytesMut};
 use podpbx_sip::checks::{check_request, Capabilities, Rejection};
-use podpbx_sip::{HeaderName, Message, Method, ResponseBuilder};
-use std::collections::VecDeque;
+use podpbx_sip::transaction::{
+    Peer, RequestDisposition, ResponseDisposition, ServerTxId, Timers, TransactionLayer, TxEvent,
+};
+use podpbx_sip::{HeaderName, Message, Method, ResponseBuilder, Transport};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::{debug, debug_span};
+use tracing::{debug, debug_span, warn};
 
 /// Something the core wants the I/O shell to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,15 +25,19 @@ pub enum Output {
 /// Core settings derived from the configuration.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
-    /// `Server`/`User-Agent` header value.
+    /// `Server`/`User-Agent` header value (empty: not sent).
     pub user_agent: String,
+    /// RFC 3261 timer base values.
+    pub timers: Timers,
+    /// Bound on concurrent transactions; beyond it new requests get `503`.
+    pub max_transactions: usize,
 }
 
 /// The sans-IO signalling core.
 pub struct Core {
     cfg: CoreConfig,
     stats: Arc<Stats>,
-    out: VecDeque<Output>,
+    tx: TransactionLayer,
     caps: Capabilities,
 }
 
@@ -46,37 +52,100 @@ impl Core {
             accept: vec!["application/sdp".into()],
             supported: vec![],
         };
-        Core { cfg, stats, out: VecDeque::new(), caps }
+        let tx = TransactionLayer::new(cfg.timers, cfg.max_transactions);
+        Core { cfg, stats, tx, caps }
     }
 
     /// Feeds one parsed message that arrived on `flow`.
     pub fn handle_message(&mut self, now: Instant, msg: &Message, flow: Flow) {
-        let _ = now;
         if !msg.is_request() {
-            // No client transactions originate here yet, so every response is stray; RFC 3261
-            // §18.1.2 says drop it silently, never answer it.
-            Stats::bump(&self.stats.stray_responses);
-            debug!(remote = %flow.remote, "stray response dropped");
+            match self.tx.on_response(now, msg) {
+                // No client transactions deliver to a TU yet (registrar qualify, trunk come later).
+                ResponseDisposition::Deliver(_) | ResponseDisposition::Absorbed(_) => {}
+                ResponseDisposition::Stray => {
+                    // RFC 3261 §18.1.2: a response matching no transaction is dropped, never answered.
+                    Stats::bump(&self.stats.stray_responses);
+                    debug!(remote = %flow.remote, "stray response dropped");
+                }
+            }
             return;
         }
         let call_id = msg.call_id().unwrap_or_default();
-        let span = debug_span!("sip_request", call_id = %String::from_utf8_lossy(&call_id), remote = %flow.remote);
+        let branch = msg.top_via().ok().and_then(|v| v.branch()).unwrap_or_default();
+        let span = debug_span!(
+            "sip_tx",
+            call_id = %String::from_utf8_lossy(&call_id),
+            branch = %String::from_utf8_lossy(&branch),
+            remote = %flow.remote,
+        );
         let _guard = span.enter();
-        self.handle_request(msg, flow);
+        let peer = Peer { addr: response_destination(msg, flow), transport: flow.transport, conn: flow.conn };
+        match self.tx.on_request(now, msg, msg.buf.clone(), peer) {
+            RequestDisposition::New(id) => self.handle_request(now, id, msg, flow),
+            RequestDisposition::Retransmission(_) | RequestDisposition::AckAbsorbed(_) => {
+                debug!("retransmission absorbed");
+            }
+            // No dialogs exist yet, so an ACK for a 2xx has nothing to confirm.
+            RequestDisposition::AckFor2xx => {}
+            RequestDisposition::Cancel { tx, target } => {
+                // RFC 3261 §9.2: 200 to a CANCEL that matches; the INVITE it targets was already
+                // answered finally (INVITE is not implemented yet), so the CANCEL has no further effect.
+                let (code, reason) = if target.is_some() { (200, "OK") } else { (481, "Call/Transaction Does Not Exist") };
+                self.respond(now, tx, msg, flow, code, reason, &[]);
+            }
+            RequestDisposition::Overloaded => {
+                let data = self.build(msg, flow, 503, "Service Unavailable", &[("Retry-After", "5")]);
+                warn!("transaction table full: 503");
+                self.tx.send_stateless(peer, data);
+            }
+            RequestDisposition::Invalid(e) => match bad_request(&msg.buf, &e.to_string(), flow) {
+                Some((dest, data)) if msg.method() != Some(&Method::Ack) => {
+                    Stats::bump(&self.stats.bad_requests);
+                    self.tx.send_stateless(Peer { addr: dest, ..peer }, data);
+                }
+                _ => {
+                    Stats::bump(&self.stats.dropped_malformed);
+                    debug!(error = %e, "request without usable transaction identity dropped");
+                }
+            },
+        }
+    }
+
+    /// The next instant [`Core::handle_timeout`] must be called at.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.tx.poll_timeout()
+    }
+
+    /// Advances timers to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tx.handle_timeout(now);
+        while let Some(ev) = self.tx.poll_event() {
+            match ev {
+                TxEvent::Timeout(id) => debug!(?id, "transaction timed out"),
+                TxEvent::TransportError(id) => debug!(?id, "transaction transport error"),
+                TxEvent::Terminated(_) => {}
+            }
+        }
+    }
+
+    /// Tells the transaction layer that sending to `peer` failed.
+    pub fn transport_error(&mut self, peer: Peer) {
+        self.tx.on_transport_error(peer);
     }
 
     /// Next thing to do, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        self.tx.poll_transmit().map(|t| Output::Send {
+            transport: t.peer.transport,
+            dest: t.peer.addr,
+            conn: t.peer.conn,
+            data: t.data,
+        })
     }
 
-    fn handle_request(&mut self, req: &Message, flow: Flow) {
+    fn handle_request(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow) {
         let method = req.method().cloned().unwrap_or(Method::Other(Bytes::new()));
         if let Err(rej) = check_request(req, &self.caps) {
-            if method == Method::Ack {
-                // ACK never gets a response (RFC 3261 §17.2.1).
-                return;
-            }
             match rej {
                 Rejection::Drop(why) => {
                     Stats::bump(&self.stats.dropped_malformed);
@@ -87,37 +156,38 @@ impl Core {
                         Stats::bump(&self.stats.bad_requests);
                     }
                     let hdrs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-                    self.respond(req, flow, code, &reason, &hdrs);
+                    self.respond(now, id, req, flow, code, &reason, &hdrs);
                 }
             }
             return;
         }
         let in_dialog = req.to_hdr().ok().and_then(|t| t.tag()).is_some();
         match method {
-            Method::Ack => {}
             Method::Options if !in_dialog => {
                 let allow = self.caps.allow_header();
                 let accept = self.caps.accept.join(", ");
                 let supported = self.caps.supported.join(", ");
-                self.respond(
-                    req,
-                    flow,
-                    200,
-                    "OK",
-                    &[("Allow", &allow), ("Accept", &accept), ("Supported", &supported), ("Accept-Language", "en")],
-                );
+                let hdrs = [("Allow", allow.as_str()), ("Accept", accept.as_str()), ("Supported", supported.as_str()), ("Accept-Language", "en")];
+                self.respond(now, id, req, flow, 200, "OK", &hdrs);
             }
-            // No dialogs or INVITE server transactions exist yet: nothing to cancel or continue.
-            Method::Cancel => self.respond(req, flow, 481, "Call/Transaction Does Not Exist", &[]),
-            _ if in_dialog => self.respond(req, flow, 481, "Call/Transaction Does Not Exist", &[]),
+            _ if in_dialog => self.respond(now, id, req, flow, 481, "Call/Transaction Does Not Exist", &[]),
             _ => {
                 let allow = self.caps.allow_header();
-                self.respond(req, flow, 501, "Not Implemented", &[("Allow", &allow)]);
+                self.respond(now, id, req, flow, 501, "Not Implemented", &[("Allow", &allow)]);
             }
         }
     }
 
-    fn respond(&mut self, req: &Message, flow: Flow, code: u16, reason: &str, headers: &[(&str, &str)]) {
+    #[allow(clippy::too_many_arguments)]
+    fn respond(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow, code: u16, reason: &str, headers: &[(&str, &str)]) {
+        let data = self.build(req, flow, code, reason, headers);
+        debug!(code, "response");
+        if let Err(e) = self.tx.send_response(now, id, code, data) {
+            warn!(error = %e, code, "response not sent");
+        }
+    }
+
+    fn build(&self, req: &Message, flow: Flow, code: u16, reason: &str, headers: &[(&str, &str)]) -> Bytes {
         let mut b = ResponseBuilder::new(req, code, reason, Some(flow.remote));
         if code > 100 {
             b = b.to_tag(&token());
@@ -125,11 +195,10 @@ impl Core {
         for (n, v) in headers {
             b = b.header(n, v);
         }
-        b = b.header("Server", &self.cfg.user_agent);
-        let data = b.build();
-        let dest = response_destination(req, flow);
-        debug!(code, %dest, "response");
-        self.out.push_back(Output::Send { transport: flow.transport, dest, conn: flow.conn, data });
+        if !self.cfg.user_agent.is_empty() {
+            b = b.header("Server", &self.cfg.user_agent);
+        }
+        b.build()
     }
 }
 

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
+use podpbx_sip::transaction::{Peer, Timers};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -89,17 +90,21 @@ async fn serve(cfg: Config) -> Result<(), String> {
         max_message: cfg.sip.max_message_bytes,
     };
     let transports = Transports::bind(tcfg, stats.clone(), in_tx).await?;
-    let mut core = Core::new(CoreConfig { user_agent: cfg.sip.user_agent.clone() }, stats.clone());
+    let timers = Timers { t1: cfg.sip.t1, t2: cfg.sip.t2, t4: cfg.sip.t4 };
+    let core_cfg = CoreConfig { user_agent: cfg.sip.user_agent.clone(), timers, max_transactions: 50_000 };
+    let mut core = Core::new(core_cfg, stats.clone());
     info!(udp = ?transports.udp_addrs(), tcp = ?transports.tcp_addrs(), "podpbx ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot install SIGTERM handler: {e}"))?;
     loop {
+        let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             msg = in_rx.recv() => {
                 let Some(Inbound::Message(msg, flow)) = msg else { break };
                 core.handle_message(Instant::now(), &msg, flow);
             }
+            _ = sleep_until_opt(deadline) => core.handle_timeout(Instant::now()),
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { info!("interrupt: stopping"); break; }
         }
@@ -108,10 +113,18 @@ async fn serve(cfg: Config) -> Result<(), String> {
                 Output::Send { transport, dest, conn, data } => {
                     if let Err(e) = transports.send(transport, dest, conn, data).await {
                         warn!(error = %e, "send failed");
+                        core.transport_error(Peer { addr: dest, transport, conn });
                     }
                 }
             }
         }
     }
     Ok(())
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

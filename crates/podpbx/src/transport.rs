@@ -8,7 +8,7 @@
 use crate::stats::Stats;
 use bytes::{Bytes, BytesMut};
 use podpbx_sip::message::{frame_stream, leading_keepalive};
-use podpbx_sip::{Framing, Message};
+use podpbx_sip::{Framing, Message, Transport};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io;
@@ -20,23 +20,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-
-/// Transport protocol of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    /// The token used in Via headers.
-    pub fn via_token(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-        }
-    }
-}
 
 /// Where a message came from or goes to: the observed flow, not what headers claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

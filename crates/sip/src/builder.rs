@@ -1,8 +1,82 @@
 //! Building outgoing messages as bytes.
 
-use crate::{Message, Method};
-use bytes::{Bytes, BytesMut};
-use std::net::SocketAddr;
+use crate::headers::parse_via_at;
+use crate::{HeaderName, Message, Method, StartLine};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+/// Appends `b` with CR and LF replaced by SP, so caller-supplied text cannot inject lines.
+fn put_clean(out: &mut BytesMut, b: &[u8]) {
+    if b.iter().any(|&c| c == b'\r' || c == b'\n') {
+        out.extend(b.iter().map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }));
+    } else {
+        out.put_slice(b);
+    }
+}
+
+fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    put_clean(out, name);
+    out.put_slice(b": ");
+    put_clean(out, value);
+    out.put_slice(b"\r\n");
+}
+
+/// Writes a header copied from a received message; its value is already well-formed (it may
+/// contain folding, which is legal on the wire), so it goes out byte for byte.
+fn put_copied(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Writes the top Via line's value with `received`/`rport` filled in (RFC 3261 §18.2.1,
+/// RFC 3581 §4); `received` carries an IPv6 address without brackets (RFC 5118 §4.5). Everything
+/// else, including the other values of a comma list, is copied byte for byte.
+fn put_top_via(out: &mut BytesMut, value: &Bytes, source: SocketAddr) {
+    let Ok(at) = parse_via_at(value, 0) else {
+        out.put_slice(value);
+        return;
+    };
+    let via = &at.via;
+    let base = at.params_start;
+    let src_ip = canonical(source.ip());
+    // Edits as (start, end, text): replace value[start..end] by text; at most two, in order.
+    let mut edits: [Option<(usize, usize, String)>; 2] = [None, None];
+    let rport_flag = matches!(via.rport(), Some(None));
+    if rport_flag {
+        if let Some((_, nb, _, _)) = via.params.spans_named("rport") {
+            edits[0] = Some((base + nb, base + nb, format!("={}", source.port())));
+        }
+    }
+    let needs_received = rport_flag || via.host.ip().map(canonical) != Some(src_ip);
+    if needs_received && via.received().map(canonical) != Some(src_ip) {
+        edits[1] = Some(match via.params.spans_named("received") {
+            // A stale or malformed received is replaced, a bare one gets a value.
+            Some((_, nb, va, vb)) if va == vb => (base + nb, base + nb, format!("={src_ip}")),
+            Some((_, _, va, vb)) => (base + va, base + vb, src_ip.to_string()),
+            None => (at.end, at.end, format!(";received={src_ip}")),
+        });
+    }
+    if edits[0].as_ref().zip(edits[1].as_ref()).is_some_and(|(a, b)| a.0 > b.0) {
+        edits.swap(0, 1);
+    }
+    let mut i = 0;
+    for (start, end, text) in edits.iter().flatten() {
+        out.put_slice(&value[i..*start]);
+        out.put_slice(text.as_bytes());
+        i = *end;
+    }
+    out.put_slice(&value[i..]);
+}
 
 /// Builds a response to a received request (RFC 3261 §8.2.6): copies Via (all, byte-exact, the top
 /// one with `received`/`rport` filled per RFC 3581), From, To (adding a tag if given and absent),
@@ -10,59 +84,191 @@ use std::net::SocketAddr;
 #[derive(Debug)]
 pub struct ResponseBuilder {
     out: BytesMut,
+    /// Offset in `out` just past the To value, where a tag goes; `None` once used or if the
+    /// request's To already has a tag.
+    to_tag_at: Option<usize>,
+    content_type: Option<BytesMut>,
+    body: Bytes,
 }
 
 impl ResponseBuilder {
     /// Starts a response; `source` is the address the request came from (for received/rport).
     pub fn new(req: &Message, code: u16, reason: &str, source: Option<SocketAddr>) -> Self {
-        let _ = (req, code, reason, source);
-        todo!()
+        let mut out = BytesMut::with_capacity(req.buf.len().saturating_sub(req.body.len()) + 128);
+        let _ = write!(out, "SIP/2.0 {code:03} ");
+        put_clean(&mut out, reason.as_bytes());
+        out.put_slice(b"\r\n");
+        for (k, v) in req.header_values(HeaderName::Via).enumerate() {
+            match (k, source) {
+                (0, Some(src)) => {
+                    out.put_slice(b"Via: ");
+                    put_top_via(&mut out, &v, src);
+                    out.put_slice(b"\r\n");
+                }
+                _ => put_copied(&mut out, b"Via", &v),
+            }
+        }
+        if let Some(v) = req.header(HeaderName::From) {
+            put_copied(&mut out, b"From", &v);
+        }
+        let mut to_tag_at = None;
+        if let Some(v) = req.header(HeaderName::To) {
+            out.put_slice(b"To: ");
+            out.put_slice(&v);
+            // A To that does not parse gets no tag (the response is a 400 anyway).
+            if req.to_hdr().is_ok_and(|t| t.tag().is_none()) {
+                to_tag_at = Some(out.len());
+            }
+            out.put_slice(b"\r\n");
+        }
+        if let Some(v) = req.header(HeaderName::CallId) {
+            put_copied(&mut out, b"Call-ID", &v);
+        }
+        if let Some(v) = req.header(HeaderName::CSeq) {
+            put_copied(&mut out, b"CSeq", &v);
+        }
+        ResponseBuilder { out, to_tag_at, content_type: None, body: Bytes::new() }
     }
     /// Adds a To tag if the request's To has none.
-    pub fn to_tag(self, tag: &str) -> Self {
-        let _ = tag;
-        todo!()
+    pub fn to_tag(mut self, tag: &str) -> Self {
+        if let Some(at) = self.to_tag_at.take() {
+            let tail = self.out.split_off(at);
+            self.out.put_slice(b";tag=");
+            put_clean(&mut self.out, tag.as_bytes());
+            self.out.put_slice(&tail);
+        }
+        self
     }
     /// Appends a header line.
-    pub fn header(self, name: &str, value: &str) -> Self {
-        let _ = (name, value);
-        todo!()
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        put_header(&mut self.out, name.as_bytes(), value.as_bytes());
+        self
     }
     /// Sets the body and Content-Type; Content-Length is always written by `build`.
-    pub fn body(self, content_type: &str, body: &[u8]) -> Self {
-        let _ = (content_type, body);
-        todo!()
+    pub fn body(mut self, content_type: &str, body: &[u8]) -> Self {
+        self.content_type = Some(BytesMut::from(content_type.as_bytes()));
+        self.body = Bytes::copy_from_slice(body);
+        self
     }
     /// Finishes the message.
     pub fn build(self) -> Bytes {
-        todo!()
+        finish(self.out, self.content_type, &self.body)
     }
+}
+
+fn finish(mut out: BytesMut, content_type: Option<BytesMut>, body: &[u8]) -> Bytes {
+    if let Some(ct) = content_type {
+        put_header(&mut out, b"Content-Type", &ct);
+    }
+    let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
+    out.put_slice(body);
+    out.freeze()
 }
 
 /// Builds a request from scratch.
 #[derive(Debug)]
 pub struct RequestBuilder {
     out: BytesMut,
+    content_type: Option<BytesMut>,
+    body: Bytes,
 }
 
 impl RequestBuilder {
     /// Starts `METHOD uri SIP/2.0`.
     pub fn new(method: &Method, uri: &str) -> Self {
-        let _ = (method, uri);
-        todo!()
+        let mut out = BytesMut::with_capacity(512);
+        put_clean(&mut out, method.as_bytes());
+        out.put_u8(b' ');
+        put_clean(&mut out, uri.as_bytes());
+        out.put_slice(b" SIP/2.0\r\n");
+        RequestBuilder { out, content_type: None, body: Bytes::new() }
     }
     /// Appends a header line.
-    pub fn header(self, name: &str, value: &str) -> Self {
-        let _ = (name, value);
-        todo!()
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        put_header(&mut self.out, name.as_bytes(), value.as_bytes());
+        self
     }
     /// Sets the body and Content-Type.
-    pub fn body(self, content_type: &str, body: &[u8]) -> Self {
-        let _ = (content_type, body);
-        todo!()
+    pub fn body(mut self, content_type: &str, body: &[u8]) -> Self {
+        self.content_type = Some(BytesMut::from(content_type.as_bytes()));
+        self.body = Bytes::copy_from_slice(body);
+        self
     }
     /// Finishes the message, writing Content-Length.
     pub fn build(self) -> Bytes {
-        todo!()
+        finish(self.out, self.content_type, &self.body)
     }
+}
+
+/// Start line, single top Via, Route set and Max-Forwards shared by ACK and CANCEL.
+fn in_transaction_request(invite: &Message, method: &str) -> BytesMut {
+    let mut out = BytesMut::with_capacity(invite.buf.len().saturating_sub(invite.body.len()) + 64);
+    out.put_slice(method.as_bytes());
+    out.put_u8(b' ');
+    if let StartLine::Request { uri, .. } = &invite.start {
+        out.put_slice(uri);
+    }
+    out.put_slice(b" SIP/2.0\r\n");
+    // A single Via equal to the top Via of the INVITE (the first value of the first line).
+    match invite.top_via() {
+        Ok(v) => put_copied(&mut out, b"Via", &v.raw),
+        Err(_) => {
+            if let Some(v) = invite.header(HeaderName::Via) {
+                put_copied(&mut out, b"Via", &v);
+            }
+        }
+    }
+    for r in invite.header_values(HeaderName::Route) {
+        put_copied(&mut out, b"Route", &r);
+    }
+    out.put_slice(b"Max-Forwards: 70\r\n");
+    if let Some(v) = invite.header(HeaderName::From) {
+        put_copied(&mut out, b"From", &v);
+    }
+    out
+}
+
+fn put_tail(out: &mut BytesMut, invite: &Message, method: &str) {
+    if let Some(v) = invite.header(HeaderName::CallId) {
+        put_copied(out, b"Call-ID", &v);
+    }
+    match invite.cseq() {
+        Ok(c) => {
+            let _ = write!(out, "CSeq: {} {method}\r\n", c.seq);
+        }
+        Err(_) => {
+            // Keep whatever number was there.
+            let raw = invite.header(HeaderName::CSeq).unwrap_or_default();
+            let digits: Vec<u8> =
+                raw.iter().copied().skip_while(|b| b.is_ascii_whitespace()).take_while(u8::is_ascii_digit).collect();
+            out.put_slice(b"CSeq: ");
+            out.put_slice(if digits.is_empty() { b"0" } else { &digits });
+            let _ = write!(out, " {method}\r\n");
+        }
+    }
+    out.put_slice(b"Content-Length: 0\r\n\r\n");
+}
+
+/// The ACK for a non-2xx final response to `invite` (RFC 3261 §17.1.1.3): same Request-URI,
+/// Call-ID, From and CSeq number (method ACK), To from the response, the INVITE's top Via as the
+/// single Via, the INVITE's Route headers, Max-Forwards 70, Content-Length 0.
+pub fn ack_for(invite: &Message, response: &Message) -> Bytes {
+    let mut out = in_transaction_request(invite, "ACK");
+    if let Some(v) = response.header(HeaderName::To) {
+        put_copied(&mut out, b"To", &v);
+    }
+    put_tail(&mut out, invite, "ACK");
+    out.freeze()
+}
+
+/// The CANCEL for a pending `invite` (RFC 3261 §9.1): same Request-URI, Call-ID, To, From and
+/// CSeq number (method CANCEL), the INVITE's top Via as the single Via, its Route headers,
+/// Max-Forwards 70, Content-Length 0.
+pub fn cancel_for(invite: &Message) -> Bytes {
+    let mut out = in_transaction_request(invite, "CANCEL");
+    if let Some(v) = invite.header(HeaderName::To) {
+        put_copied(&mut out, b"To", &v);
+    }
+    put_tail(&mut out, invite, "CANCEL");
+    out.freeze()
 }

@@ -63,9 +63,14 @@ impl Algorithm {
     /// `SHA-512-256`).
     pub fn parse(s: &str) -> Option<Algorithm> {
         let s = s.trim();
-        [Algorithm::Md5, Algorithm::Md5Sess, Algorithm::Sha256, Algorithm::Sha256Sess]
-            .into_iter()
-            .find(|a| a.as_str().eq_ignore_ascii_case(s))
+        [
+            Algorithm::Md5,
+            Algorithm::Md5Sess,
+            Algorithm::Sha256,
+            Algorithm::Sha256Sess,
+        ]
+        .into_iter()
+        .find(|a| a.as_str().eq_ignore_ascii_case(s))
     }
 
     /// The token as written in headers.
@@ -144,7 +149,10 @@ impl Qop {
 pub enum Secret {
     Password(String),
     /// Lower-case hex `H(username:realm:password)` with the given hash.
-    Ha1 { hash: HashAlg, hex: String },
+    Ha1 {
+        hash: HashAlg,
+        hex: String,
+    },
 }
 
 impl fmt::Debug for Secret {
@@ -216,7 +224,15 @@ pub fn compute_response(
         _ => h.hex(format!("{method}:{digest_uri}").as_bytes()),
     };
     Some(match qop {
-        Some(q) => h.hex(format!("{ha1}:{nonce}:{}:{}:{}:{ha2}", q.nc, q.cnonce, q.qop.as_str()).as_bytes()),
+        Some(q) => h.hex(
+            format!(
+                "{ha1}:{nonce}:{}:{}:{}:{ha2}",
+                q.nc,
+                q.cnonce,
+                q.qop.as_str()
+            )
+            .as_bytes(),
+        ),
         None => h.hex(format!("{ha1}:{nonce}:{ha2}").as_bytes()),
     })
 }
@@ -338,7 +354,9 @@ fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam>, DigestParseError> {
         return Err(DigestParseError::Malformed("scheme"));
     }
     if !scheme.eq_ignore_ascii_case(b"digest") {
-        return Err(DigestParseError::NotDigest(String::from_utf8_lossy(scheme).into_owned()));
+        return Err(DigestParseError::NotDigest(
+            String::from_utf8_lossy(scheme).into_owned(),
+        ));
     }
     if i < value.len() && !is_lws(value[i]) {
         return Err(DigestParseError::Malformed("scheme"));
@@ -412,14 +430,18 @@ fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam>, DigestParseError> {
         if i < value.len() && value[i] != b',' {
             return Err(DigestParseError::Malformed("parameter separator"));
         }
-        let value_str = String::from_utf8(raw_value).map_err(|_| DigestParseError::Malformed("UTF-8"))?;
+        let value_str =
+            String::from_utf8(raw_value).map_err(|_| DigestParseError::Malformed("UTF-8"))?;
         if params.iter().any(|p| p.name == name) {
             return Err(DigestParseError::Malformed("duplicate parameter"));
         }
         if params.len() >= MAX_PARAMS {
             return Err(DigestParseError::Malformed("too many parameters"));
         }
-        params.push(RawParam { name, value: value_str });
+        params.push(RawParam {
+            name,
+            value: value_str,
+        });
     }
     if params.is_empty() {
         return Err(DigestParseError::Malformed("no parameters"));
@@ -779,7 +801,13 @@ impl DigestServer {
             cfg.algorithms.push(Algorithm::Md5);
         }
         cfg.max_tracked_nonces = cfg.max_tracked_nonces.max(1);
-        DigestServer { cfg, epoch: now, counter: 0, nc_table: BTreeMap::new(), evicted_upto: None }
+        DigestServer {
+            cfg,
+            epoch: now,
+            counter: 0,
+            nc_table: BTreeMap::new(),
+            evicted_upto: None,
+        }
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -809,7 +837,11 @@ impl DigestServer {
     pub fn new_nonce(&mut self, now: Instant) -> String {
         self.counter = self.counter.wrapping_add(1);
         let ts = self.millis(now);
-        format!("{ts:016x}{:016x}{}", self.counter, self.mac(ts, self.counter))
+        format!(
+            "{ts:016x}{:016x}{}",
+            self.counter,
+            self.mac(ts, self.counter)
+        )
     }
 
     /// Checks the MAC; returns (ts, counter) of an authentic nonce.
@@ -836,7 +868,11 @@ impl DigestServer {
                 domain: None,
                 stale,
                 algorithm: Some(a.as_str().to_owned()),
-                qop: if self.cfg.qop { vec!["auth".to_owned()] } else { Vec::new() },
+                qop: if self.cfg.qop {
+                    vec!["auth".to_owned()]
+                } else {
+                    Vec::new()
+                },
                 userhash: false,
             })
             .collect()
@@ -844,7 +880,10 @@ impl DigestServer {
 
     /// [`Self::challenges`] formatted as header values.
     pub fn challenge_values(&mut self, now: Instant, stale: bool) -> Vec<String> {
-        self.challenges(now, stale).iter().map(Challenge::to_header_value).collect()
+        self.challenges(now, stale)
+            .iter()
+            .map(Challenge::to_header_value)
+            .collect()
     }
 
     /// Verifies credentials for a request with `method` and `body` (the body matters only for
@@ -877,7 +916,8 @@ impl DigestServer {
                 None
             }
             Some(q) => {
-                let (Some(q), Some(nc), Some(cnonce)) = (Qop::parse(q), creds.nc.as_deref(), creds.cnonce.as_deref())
+                let (Some(q), Some(nc), Some(cnonce)) =
+                    (Qop::parse(q), creds.nc.as_deref(), creds.cnonce.as_deref())
                 else {
                     return VerifyOutcome::Malformed;
                 };
@@ -893,8 +933,18 @@ impl DigestServer {
         let hash = algorithm.hash();
         let ha1 = secret.and_then(|s| s.ha1(hash, &creds.username, &self.cfg.realm));
         // Same amount of hashing for unknown users as for known ones.
-        let ha1_for_work = ha1.clone().unwrap_or_else(|| ha1_dummy(hash, &creds.username, &self.cfg.realm));
-        let expected = compute_response(algorithm, &ha1_for_work, &creds.nonce, qop, method, &creds.uri, body);
+        let ha1_for_work = ha1
+            .clone()
+            .unwrap_or_else(|| ha1_dummy(hash, &creds.username, &self.cfg.realm));
+        let expected = compute_response(
+            algorithm,
+            &ha1_for_work,
+            &creds.nonce,
+            qop,
+            method,
+            &creds.uri,
+            body,
+        );
         let given = creds.response.to_ascii_lowercase();
         let matches = expected.is_some_and(|e| ct_eq(e.as_bytes(), given.as_bytes()));
         if secret.is_none() {
@@ -928,24 +978,23 @@ impl DigestServer {
                 self.insert_nc(now_ms, ttl_ms, ctr, ts, nc);
             }
         }
-        VerifyOutcome::Ok { username: creds.username.clone() }
+        VerifyOutcome::Ok {
+            username: creds.username.clone(),
+        }
     }
 
     fn insert_nc(&mut self, now_ms: u64, ttl_ms: u64, ctr: u64, ts: u64, nc: u32) {
         self.nc_table.insert(ctr, (ts, nc));
         while self.nc_table.len() > self.cfg.max_tracked_nonces {
-            // Drop expired entries first (they verify as stale anyway), else the oldest nonce,
-            // remembering that nonces up to it are no longer tracked.
-            let expired = self.nc_table.iter().find(|(_, (t, _))| now_ms.saturating_sub(*t) > ttl_ms).map(|(k, _)| *k);
-            let victim = match expired {
-                Some(k) => k,
-                None => {
-                    let Some((&k, _)) = self.nc_table.iter().next() else { break };
-                    self.evicted_upto = Some(self.evicted_upto.map_or(k, |e| e.max(k)));
-                    k
-                }
+            // Counters and timestamps grow together, so the first entry is the oldest nonce.
+            // Dropping an expired one loses nothing (it verifies as stale anyway); dropping a
+            // fresh one means nonces up to it can no longer be replay-checked: remember that.
+            let Some((k, (t, _))) = self.nc_table.pop_first() else {
+                break;
             };
-            self.nc_table.remove(&victim);
+            if now_ms.saturating_sub(t) <= ttl_ms {
+                self.evicted_upto = Some(self.evicted_upto.map_or(k, |e| e.max(k)));
+            }
         }
     }
 
@@ -953,7 +1002,8 @@ impl DigestServer {
     pub fn purge(&mut self, now: Instant) {
         let now_ms = self.millis(now);
         let ttl_ms = u64::try_from(self.cfg.nonce_ttl.as_millis()).unwrap_or(u64::MAX);
-        self.nc_table.retain(|_, (t, _)| now_ms.saturating_sub(*t) <= ttl_ms);
+        self.nc_table
+            .retain(|_, (t, _)| now_ms.saturating_sub(*t) <= ttl_ms);
     }
 }
 
@@ -1055,12 +1105,20 @@ impl fmt::Debug for DigestClient {
 impl DigestClient {
     /// `cnonce_seed` should be random (e.g. 16 bytes from the OS); cnonces are derived from it
     /// and a counter.
-    pub fn new(username: impl Into<String>, password: impl Into<String>, cnonce_seed: impl Into<Vec<u8>>) -> Self {
+    pub fn new(
+        username: impl Into<String>,
+        password: impl Into<String>,
+        cnonce_seed: impl Into<Vec<u8>>,
+    ) -> Self {
         Self::with_secret(username, Secret::Password(password.into()), cnonce_seed)
     }
 
     /// Like [`Self::new`] with a stored secret (a precomputed HA1 only answers its hash).
-    pub fn with_secret(username: impl Into<String>, secret: Secret, cnonce_seed: impl Into<Vec<u8>>) -> Self {
+    pub fn with_secret(
+        username: impl Into<String>,
+        secret: Secret,
+        cnonce_seed: impl Into<Vec<u8>>,
+    ) -> Self {
         DigestClient {
             username: username.into(),
             secret,
@@ -1101,13 +1159,20 @@ impl DigestClient {
         if self.answered && !challenge.stale {
             // Re-challenged without stale after answering: the credentials were refused. With
             // the very nonce we answered that is final; with a new one allow a few retries.
-            let same_nonce = self.state.as_ref().is_some_and(|s| s.challenge.nonce == challenge.nonce);
+            let same_nonce = self
+                .state
+                .as_ref()
+                .is_some_and(|s| s.challenge.nonce == challenge.nonce);
             self.rejections += 1;
             if same_nonce || self.rejections > self.max_rejections {
                 return Err(ClientError::Rejected);
             }
         }
-        self.state = Some(ClientState { challenge, algorithm, nc: 0 });
+        self.state = Some(ClientState {
+            challenge,
+            algorithm,
+            nc: 0,
+        });
         self.answered = false;
         Ok(())
     }
@@ -1149,10 +1214,22 @@ impl DigestClient {
             None => (None, None),
         };
         let input = match (qop, &nc_str, &cnonce) {
-            (Some(q), Some(nc), Some(cn)) => Some(QopInput { qop: q, nc, cnonce: cn }),
+            (Some(q), Some(nc), Some(cn)) => Some(QopInput {
+                qop: q,
+                nc,
+                cnonce: cn,
+            }),
             _ => None,
         };
-        let response = compute_response(state.algorithm, &ha1, &c.nonce, input, method, digest_uri, body)?;
+        let response = compute_response(
+            state.algorithm,
+            &ha1,
+            &c.nonce,
+            input,
+            method,
+            digest_uri,
+            body,
+        )?;
         let creds = Credentials {
             username: self.username.clone(),
             realm: c.realm.clone(),
@@ -1186,14 +1263,23 @@ mod tests {
     #[test]
     fn hmac_rfc4231_case2() {
         let tag = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(to_hex(&tag), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            to_hex(&tag),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]
     fn hmac_long_key_rfc4231_case6() {
         let key = [0xaau8; 131];
-        let tag = hmac_sha256(&key, b"Test Using Larger Than Block-Size Key - Hash Key First");
-        assert_eq!(to_hex(&tag), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+        let tag = hmac_sha256(
+            &key,
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+        );
+        assert_eq!(
+            to_hex(&tag),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! parsed messages, bytes to send and timers to arm back.
 
 pub mod builder;
+pub mod checks;
 pub mod digest;
 pub mod headers;
 pub mod message;

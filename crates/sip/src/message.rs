@@ -3,8 +3,13 @@
 //! A [`Message`] owns one `Bytes` buffer (the received datagram or the framed TCP message); every
 //! header name and value is a `Bytes` slice of it, so echoed headers (Via, Route, Record-Route,
 //! unknown ones) go back out byte for byte. Typed accessors parse lazily, on demand.
+//!
+//! Parsing allocates nothing: the header index is a fixed inline array of small offset records
+//! (`u16` offsets are enough because a message is at most [`MAX_MESSAGE_BYTES`] long), and every
+//! value handed out is a refcounted slice of the message buffer.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use std::fmt;
 
 /// How the message arrived, which decides what a wrong Content-Length means (RFC 3261 §18.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +40,78 @@ pub enum Method {
     Publish,
     /// An extension method token (case-sensitive, RFC 3261 §7.1).
     Other(Bytes),
+}
+
+impl Method {
+    fn known(b: &[u8]) -> Option<Method> {
+        // Methods are case-sensitive (RFC 3261 §7.1): `invite` is an extension method.
+        Some(match b {
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"BYE" => Method::Bye,
+            b"CANCEL" => Method::Cancel,
+            b"OPTIONS" => Method::Options,
+            b"REGISTER" => Method::Register,
+            b"INFO" => Method::Info,
+            b"UPDATE" => Method::Update,
+            b"REFER" => Method::Refer,
+            b"NOTIFY" => Method::Notify,
+            b"SUBSCRIBE" => Method::Subscribe,
+            b"MESSAGE" => Method::Message,
+            b"PRACK" => Method::Prack,
+            b"PUBLISH" => Method::Publish,
+            _ => return None,
+        })
+    }
+
+    /// The method for a name; extension methods are copied into a new buffer.
+    pub fn from_bytes(b: &[u8]) -> Method {
+        Self::known(b).unwrap_or_else(|| Method::Other(Bytes::copy_from_slice(b)))
+    }
+
+    /// The method for a name that is already a slice of a message buffer (no copy).
+    pub fn from_shared(b: Bytes) -> Method {
+        Self::known(&b).unwrap_or(Method::Other(b))
+    }
+
+    /// The method name as written on the wire (`""` for a non-UTF-8 extension name, which the
+    /// parser never produces since methods are tokens).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Options => "OPTIONS",
+            Method::Register => "REGISTER",
+            Method::Info => "INFO",
+            Method::Update => "UPDATE",
+            Method::Refer => "REFER",
+            Method::Notify => "NOTIFY",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Message => "MESSAGE",
+            Method::Prack => "PRACK",
+            Method::Publish => "PUBLISH",
+            Method::Other(b) => std::str::from_utf8(b).unwrap_or(""),
+        }
+    }
+
+    /// The method name as bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Method::Other(b) => b,
+            m => m.as_str().as_bytes(),
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Method::Other(b) => f.write_str(&String::from_utf8_lossy(b)),
+            m => f.write_str(m.as_str()),
+        }
+    }
 }
 
 /// Header names podpbx knows, with long and compact forms folded together; anything else is `Other`.
@@ -76,6 +153,148 @@ pub enum HeaderName {
     Other,
 }
 
+/// Compact forms (RFC 3261 §7.3.3 and the IANA registry) of headers without a [`HeaderName`]
+/// variant; they are `Other` but [`Message::other_header`] finds them under either name.
+const OTHER_COMPACT: [(u8, &str); 4] = [
+    (b'u', "Allow-Events"),
+    (b'x', "Session-Expires"),
+    (b'y', "Identity"),
+    (b'j', "Reject-Contact"),
+];
+
+impl HeaderName {
+    /// Classifies a header name (long or compact form, any case).
+    pub fn from_bytes(n: &[u8]) -> HeaderName {
+        use HeaderName::*;
+        if n.len() == 1 {
+            return match n[0].to_ascii_lowercase() {
+                b'i' => CallId,
+                b'm' => Contact,
+                b'e' => ContentEncoding,
+                b'l' => ContentLength,
+                b'c' => ContentType,
+                b'f' => From,
+                b's' => Subject,
+                b'k' => Supported,
+                b't' => To,
+                b'v' => Via,
+                b'o' => Event,
+                b'r' => ReferTo,
+                b'b' => ReferredBy,
+                _ => Other,
+            };
+        }
+        let candidates: &[(&[u8], HeaderName)] = match n.len() {
+            2 => &[(b"to", To)],
+            3 => &[(b"via", Via)],
+            4 => &[(b"from", From), (b"cseq", CSeq)],
+            5 => &[(b"route", Route), (b"allow", Allow), (b"event", Event)],
+            6 => &[(b"accept", Accept), (b"server", Server)],
+            7 => &[
+                (b"call-id", CallId),
+                (b"contact", Contact),
+                (b"expires", Expires),
+                (b"require", Require),
+                (b"subject", Subject),
+            ],
+            8 => &[(b"refer-to", ReferTo)],
+            9 => &[(b"supported", Supported)],
+            10 => &[(b"user-agent", UserAgent)],
+            11 => &[
+                (b"min-expires", MinExpires),
+                (b"referred-by", ReferredBy),
+                (b"unsupported", Unsupported),
+            ],
+            12 => &[
+                (b"content-type", ContentType),
+                (b"max-forwards", MaxForwards),
+                (b"record-route", RecordRoute),
+            ],
+            13 => &[(b"authorization", Authorization), (b"proxy-require", ProxyRequire)],
+            14 => &[(b"content-length", ContentLength)],
+            15 => &[(b"accept-encoding", AcceptEncoding)],
+            16 => &[(b"content-encoding", ContentEncoding), (b"www-authenticate", WwwAuthenticate)],
+            18 => &[(b"proxy-authenticate", ProxyAuthenticate)],
+            19 => &[
+                (b"content-disposition", ContentDisposition),
+                (b"proxy-authorization", ProxyAuthorization),
+            ],
+            _ => &[],
+        };
+        for (c, h) in candidates {
+            if n.eq_ignore_ascii_case(c) {
+                return *h;
+            }
+        }
+        Other
+    }
+
+    /// The canonical long name (`""` for `Other`).
+    pub fn as_str(&self) -> &'static str {
+        use HeaderName::*;
+        match self {
+            Accept => "Accept",
+            AcceptEncoding => "Accept-Encoding",
+            Allow => "Allow",
+            Authorization => "Authorization",
+            CallId => "Call-ID",
+            Contact => "Contact",
+            ContentDisposition => "Content-Disposition",
+            ContentEncoding => "Content-Encoding",
+            ContentLength => "Content-Length",
+            ContentType => "Content-Type",
+            CSeq => "CSeq",
+            Event => "Event",
+            Expires => "Expires",
+            From => "From",
+            MaxForwards => "Max-Forwards",
+            MinExpires => "Min-Expires",
+            ProxyAuthenticate => "Proxy-Authenticate",
+            ProxyAuthorization => "Proxy-Authorization",
+            ProxyRequire => "Proxy-Require",
+            RecordRoute => "Record-Route",
+            ReferTo => "Refer-To",
+            ReferredBy => "Referred-By",
+            Require => "Require",
+            Route => "Route",
+            Server => "Server",
+            Subject => "Subject",
+            Supported => "Supported",
+            To => "To",
+            Unsupported => "Unsupported",
+            UserAgent => "User-Agent",
+            Via => "Via",
+            WwwAuthenticate => "WWW-Authenticate",
+            Other => "",
+        }
+    }
+
+    fn bit(self) -> u64 {
+        1u64 << (self as u8 as u32)
+    }
+}
+
+impl fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The long name an `Other` compact form stands for, if any.
+fn expand_other_compact(n: &[u8]) -> Option<&'static str> {
+    if n.len() != 1 {
+        return None;
+    }
+    let c = n[0].to_ascii_lowercase();
+    OTHER_COMPACT.iter().find(|(k, _)| *k == c).map(|(_, long)| *long)
+}
+
+fn other_name_matches(raw: &[u8], query: &[u8]) -> bool {
+    raw.eq_ignore_ascii_case(query)
+        || expand_other_compact(raw).is_some_and(|l| l.as_bytes().eq_ignore_ascii_case(query))
+        || expand_other_compact(query).is_some_and(|l| l.as_bytes().eq_ignore_ascii_case(raw))
+}
+
 /// The first line of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartLine {
@@ -103,17 +322,66 @@ pub struct Header {
     pub value: Bytes,
 }
 
+/// One entry of the inline header index: offsets into the message buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    name: HeaderName,
+    name_start: u16,
+    name_len: u16,
+    value_start: u16,
+    value_len: u16,
+}
+
+impl Slot {
+    const EMPTY: Slot =
+        Slot { name: HeaderName::Other, name_start: 0, name_len: 0, value_start: 0, value_len: 0 };
+}
+
+/// Fixed-size header index, filled by the parser without touching the heap.
+#[derive(Clone)]
+struct Index {
+    len: usize,
+    /// Bit per [`HeaderName`] discriminant present, so absent headers are answered at once.
+    present: u64,
+    slots: [Slot; MAX_HEADERS],
+}
+
+impl Index {
+    fn new() -> Index {
+        Index { len: 0, present: 0, slots: [Slot::EMPTY; MAX_HEADERS] }
+    }
+    fn used(&self) -> &[Slot] {
+        &self.slots[..self.len.min(MAX_HEADERS)]
+    }
+}
+
 /// A parsed SIP request or response.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Message {
-    /// The whole message buffer (trailing datagram octets beyond Content-Length already cut off).
+    /// The whole message buffer (trailing datagram octets beyond Content-Length already cut off,
+    /// leading CRLFs skipped). Header offsets refer to it: treat it as read-only.
     pub buf: Bytes,
     pub start: StartLine,
-    /// Headers in order of appearance (the parser may replace this with an inline index; use
-    /// the accessor methods, not this field, outside this module).
-    headers: Vec<Header>,
+    /// Headers in order of appearance, as offsets into `buf`.
+    index: Index,
     /// The body, exactly Content-Length octets.
     pub body: Bytes,
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Hdrs<'a>(&'a Message);
+        impl fmt::Debug for Hdrs<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_list().entries(self.0.headers()).finish()
+            }
+        }
+        f.debug_struct("Message")
+            .field("start", &self.start)
+            .field("headers", &Hdrs(self))
+            .field("body", &self.body)
+            .finish()
+    }
 }
 
 /// Why a message could not be parsed. `Display` is short and fit for a 400 reason phrase.
@@ -131,18 +399,269 @@ pub enum ParseError {
     Incomplete,
     #[error("Malformed {0}")]
     Value(&'static str),
+    /// A SIP-Version other than `SIP/2.0` (found by [`Message::validate`]; answer `505`).
+    #[error("Version Not Supported")]
+    Version,
+    /// A header that must appear once is missing or repeated (found by [`Message::validate`]).
+    #[error("Missing or Duplicate {0}")]
+    Count(&'static str),
 }
 
 /// Size limits applied while parsing; exceeding one is [`ParseError::TooLarge`].
 pub const MAX_MESSAGE_BYTES: usize = 65_535;
 /// At most this many header lines per message.
 pub const MAX_HEADERS: usize = 128;
+/// At most this many octets for the start line and for one header (name, value and any
+/// continuation lines together).
+pub const MAX_HEADER_LINE_BYTES: usize = 8192;
+
+/// What scanning the head (start line and headers) of a message found.
+struct Head {
+    /// End of the start line (before CR LF).
+    start_end: usize,
+    index: Index,
+    /// First octet after the empty line.
+    body_start: usize,
+    content_length: Option<usize>,
+}
+
+#[inline]
+fn find_lf(s: &[u8], from: usize) -> Option<usize> {
+    s.get(from..)?.iter().position(|&b| b == b'\n').map(|p| from + p)
+}
+
+#[inline]
+fn is_wsp(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Scans the start line and header lines of `s` (which must not start with CR/LF). Returns
+/// `Incomplete` if the empty line ending the headers is not within `s`.
+fn scan_head(s: &[u8]) -> Result<Head, ParseError> {
+    let s = &s[..s.len().min(MAX_MESSAGE_BYTES)];
+    let n = s.len();
+    let limit_or_incomplete = |from: usize| {
+        if n - from > MAX_HEADER_LINE_BYTES {
+            ParseError::TooLarge
+        } else {
+            ParseError::Incomplete
+        }
+    };
+    let nl = find_lf(s, 0).ok_or_else(|| limit_or_incomplete(0))?;
+    if nl > MAX_HEADER_LINE_BYTES {
+        return Err(ParseError::TooLarge);
+    }
+    let start_end = if nl > 0 && s[nl - 1] == b'\r' { nl - 1 } else { nl };
+    let mut index = Index::new();
+    let mut pos = nl + 1;
+    // Start of the current header (for the per-header size limit).
+    let mut cur_start = 0usize;
+    let body_start;
+    loop {
+        if pos >= n {
+            return Err(ParseError::Incomplete);
+        }
+        let nl = find_lf(s, pos).ok_or_else(|| limit_or_incomplete(pos))?;
+        let mut end = nl;
+        if end > pos && s[end - 1] == b'\r' {
+            end -= 1;
+        }
+        if end == pos {
+            body_start = nl + 1;
+            break;
+        }
+        let first = s[pos];
+        if is_wsp(first) {
+            // Continuation of the previous header (folding, RFC 3261 §7.3.1).
+            if index.len == 0 {
+                return Err(ParseError::Header);
+            }
+            if nl - cur_start > MAX_HEADER_LINE_BYTES {
+                return Err(ParseError::TooLarge);
+            }
+            let mut a = pos;
+            while a < end && is_wsp(s[a]) {
+                a += 1;
+            }
+            let mut b = end;
+            while b > a && is_wsp(s[b - 1]) {
+                b -= 1;
+            }
+            if b > a {
+                let slot = &mut index.slots[index.len - 1];
+                if slot.value_len == 0 {
+                    slot.value_start = a as u16;
+                }
+                slot.value_len = (b - slot.value_start as usize) as u16;
+            }
+        } else {
+            if nl - pos > MAX_HEADER_LINE_BYTES {
+                return Err(ParseError::TooLarge);
+            }
+            if index.len == MAX_HEADERS {
+                return Err(ParseError::TooLarge);
+            }
+            let colon = s[pos..end].iter().position(|&b| b == b':').ok_or(ParseError::Header)? + pos;
+            let mut name_end = colon;
+            while name_end > pos && is_wsp(s[name_end - 1]) {
+                name_end -= 1;
+            }
+            let name = &s[pos..name_end];
+            if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+                return Err(ParseError::Header);
+            }
+            let mut a = colon + 1;
+            while a < end && is_wsp(s[a]) {
+                a += 1;
+            }
+            let mut b = end;
+            while b > a && is_wsp(s[b - 1]) {
+                b -= 1;
+            }
+            let hn = HeaderName::from_bytes(name);
+            index.slots[index.len] = Slot {
+                name: hn,
+                name_start: pos as u16,
+                name_len: (name_end - pos) as u16,
+                value_start: a as u16,
+                value_len: (b - a) as u16,
+            };
+            index.len += 1;
+            index.present |= hn.bit();
+            cur_start = pos;
+        }
+        pos = nl + 1;
+    }
+    let mut content_length = None;
+    if index.present & HeaderName::ContentLength.bit() != 0 {
+        for slot in index.used().iter().filter(|h| h.name == HeaderName::ContentLength) {
+            let a = slot.value_start as usize;
+            let v = &s[a..a + slot.value_len as usize];
+            let cl = parse_decimal(v, 10).ok_or(ParseError::ContentLength)?;
+            match content_length {
+                Some(prev) if prev != cl => return Err(ParseError::ContentLength),
+                _ => content_length = Some(cl),
+            }
+        }
+    }
+    let content_length = match content_length {
+        Some(v) if v > u32::MAX as u64 => return Err(ParseError::ContentLength),
+        Some(v) => Some(v as usize),
+        None => None,
+    };
+    Ok(Head { start_end, index, body_start, content_length })
+}
+
+/// Parses `1*DIGIT` with at most `max_digits` digits.
+pub(crate) fn parse_decimal(v: &[u8], max_digits: usize) -> Option<u64> {
+    if v.is_empty() || v.len() > max_digits {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(b - b'0');
+    }
+    Some(n)
+}
+
+/// Parses the start line `line` (without CR LF) leniently: runs of SP between elements and
+/// trailing SP are accepted here and flagged by [`Message::validate`].
+fn parse_start_line(buf: &Bytes, end: usize) -> Result<StartLine, ParseError> {
+    let line = &buf[..end];
+    let sp = line.iter().position(|&b| b == b' ').ok_or(ParseError::StartLine)?;
+    let first = &line[..sp];
+    if first.len() > 4 && first[..4].eq_ignore_ascii_case(b"SIP/") {
+        // Status-Line: version SP 3DIGIT [SP reason]
+        let version = buf.slice(..sp);
+        let mut i = sp;
+        while i < end && line[i] == b' ' {
+            i += 1;
+        }
+        let c0 = i;
+        while i < end && line[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i - c0 != 3 || (i < end && line[i] != b' ') {
+            return Err(ParseError::StartLine);
+        }
+        let code = parse_decimal(&line[c0..i], 3).ok_or(ParseError::StartLine)? as u16;
+        let reason = if i < end { buf.slice(i + 1..end) } else { Bytes::new() };
+        return Ok(StartLine::Response { version, code, reason });
+    }
+    if first.is_empty() || !first.iter().all(|&b| is_token(b)) {
+        return Err(ParseError::StartLine);
+    }
+    let mut a = sp;
+    while a < end && line[a] == b' ' {
+        a += 1;
+    }
+    let mut b = end;
+    while b > a && line[b - 1] == b' ' {
+        b -= 1;
+    }
+    let vsp = line[a..b].iter().rposition(|&c| c == b' ').ok_or(ParseError::StartLine)? + a;
+    let version = &line[vsp + 1..b];
+    if version.len() < 5 || !version[..4].eq_ignore_ascii_case(b"SIP/") {
+        return Err(ParseError::StartLine);
+    }
+    let mut ue = vsp;
+    while ue > a && line[ue - 1] == b' ' {
+        ue -= 1;
+    }
+    if ue == a {
+        return Err(ParseError::StartLine);
+    }
+    Ok(StartLine::Request {
+        method: Method::from_shared(buf.slice(..sp)),
+        uri: buf.slice(a..ue),
+        version: buf.slice(vsp + 1..b),
+    })
+}
 
 impl Message {
     /// Parses one message from `buf`.
-    pub fn parse(buf: Bytes, framing: Framing) -> Result<Message, ParseError> {
-        let _ = (buf, framing);
-        todo!()
+    ///
+    /// Leading CRLFs are skipped (RFC 3261 §7.5). With [`Framing::Datagram`] octets past
+    /// Content-Length are dropped and a Content-Length beyond the datagram is
+    /// [`ParseError::ContentLength`]; with [`Framing::Stream`] Content-Length is mandatory and a
+    /// short buffer is [`ParseError::Incomplete`]. Structural checks that deserve a `400` rather
+    /// than a silent drop are left to [`Message::validate`].
+    pub fn parse(mut buf: Bytes, framing: Framing) -> Result<Message, ParseError> {
+        let skip = leading_keepalive(&buf);
+        buf.advance(skip);
+        if buf.len() > MAX_MESSAGE_BYTES {
+            // A longer stream buffer is fine as long as the framed message fits.
+            if framing == Framing::Datagram {
+                return Err(ParseError::TooLarge);
+            }
+        }
+        if buf.is_empty() {
+            return Err(ParseError::Incomplete);
+        }
+        let head = scan_head(&buf)?;
+        let available = buf.len() - head.body_start;
+        let body_len = match (head.content_length, framing) {
+            (Some(cl), Framing::Datagram) if cl > available => {
+                return Err(ParseError::ContentLength)
+            }
+            (Some(cl), Framing::Stream) if head.body_start + cl > MAX_MESSAGE_BYTES => {
+                return Err(ParseError::TooLarge)
+            }
+            (Some(cl), Framing::Stream) if cl > available => return Err(ParseError::Incomplete),
+            (Some(cl), _) => cl,
+            (None, Framing::Datagram) => available,
+            (None, Framing::Stream) => return Err(ParseError::ContentLength),
+        };
+        let total = head.body_start + body_len;
+        if total < buf.len() {
+            buf.truncate(total);
+        }
+        let start = parse_start_line(&buf, head.start_end)?;
+        let body = buf.slice(head.body_start..);
+        Ok(Message { buf, start, index: head.index, body })
     }
 
     /// True for requests.
@@ -166,27 +685,111 @@ impl Message {
         }
     }
 
+    /// A slice of the buffer; empty if out of range (only if `buf` was replaced after parsing).
+    #[inline]
+    fn slice(&self, start: usize, len: usize) -> Bytes {
+        match start.checked_add(len) {
+            Some(end) if end <= self.buf.len() => self.buf.slice(start..end),
+            _ => Bytes::new(),
+        }
+    }
+
+    #[inline]
+    fn slot_value(&self, s: &Slot) -> Bytes {
+        self.slice(s.value_start as usize, s.value_len as usize)
+    }
+
+    #[inline]
+    fn slot_name(&self, s: &Slot) -> Bytes {
+        self.slice(s.name_start as usize, s.name_len as usize)
+    }
+
+    fn slot_header(&self, s: &Slot) -> Header {
+        Header { name: s.name, raw_name: self.slot_name(s), value: self.slot_value(s) }
+    }
+
+    /// True if at least one header with this name is present (`Other` means any unknown one).
+    pub fn has_header(&self, name: HeaderName) -> bool {
+        self.index.present & name.bit() != 0
+    }
+
     /// First value of a header, `None` if absent.
     pub fn header(&self, name: HeaderName) -> Option<Bytes> {
-        self.headers.iter().find(|h| h.name == name).map(|h| h.value.clone())
+        if !self.has_header(name) {
+            return None;
+        }
+        self.index.used().iter().find(|h| h.name == name).map(|h| self.slot_value(h))
+    }
+
+    /// Number of header lines with this name.
+    pub fn header_count(&self, name: HeaderName) -> usize {
+        if !self.has_header(name) {
+            return 0;
+        }
+        self.index.used().iter().filter(|h| h.name == name).count()
     }
 
     /// Every header in order of appearance.
     pub fn headers(&self) -> impl Iterator<Item = Header> + '_ {
-        self.headers.iter().cloned()
+        self.index.used().iter().map(move |h| self.slot_header(h))
     }
 
     /// Every header line with this name, in order (a line may hold a comma-separated list).
     pub fn header_lines(&self, name: HeaderName) -> impl Iterator<Item = Header> + '_ {
-        self.headers.iter().filter(move |h| h.name == name).cloned()
+        let slots = if self.has_header(name) { self.index.used() } else { &[] };
+        slots.iter().filter(move |h| h.name == name).map(move |h| self.slot_header(h))
     }
 
-    /// First value of an unknown header by name (case-insensitive).
+    /// Every value (one per line) of a header, in order.
+    pub fn header_values(&self, name: HeaderName) -> impl Iterator<Item = Bytes> + '_ {
+        let slots = if self.has_header(name) { self.index.used() } else { &[] };
+        slots.iter().filter(move |h| h.name == name).map(move |h| self.slot_value(h))
+    }
+
+    /// First value of an unknown header by name (case-insensitive). Compact forms without a
+    /// [`HeaderName`] variant are matched too (`u` = Allow-Events, `x` = Session-Expires,
+    /// `y` = Identity, `j` = Reject-Contact); a known name is looked up as with [`Self::header`].
     pub fn other_header(&self, name: &str) -> Option<Bytes> {
-        self.headers
+        self.other_header_values(name).next()
+    }
+
+    /// Every value of an unknown header by name, in order (see [`Self::other_header`]).
+    pub fn other_header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Bytes> + 'a {
+        let known = HeaderName::from_bytes(name.as_bytes());
+        self.index
+            .used()
             .iter()
-            .find(|h| h.name == HeaderName::Other && h.raw_name.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|h| h.value.clone())
+            .filter(move |h| {
+                if known != HeaderName::Other {
+                    h.name == known
+                } else {
+                    h.name == HeaderName::Other && {
+                        let a = h.name_start as usize;
+                        let raw = self.buf.get(a..a + h.name_len as usize).unwrap_or(&[]);
+                        other_name_matches(raw, name.as_bytes())
+                    }
+                }
+            })
+            .map(move |h| self.slot_value(h))
+    }
+
+    /// The next header line named `name` at or after index position `from`: its position and
+    /// value (for the typed iterators).
+    pub(crate) fn next_value(&self, name: HeaderName, from: usize) -> Option<(usize, Bytes)> {
+        if !self.has_header(name) {
+            return None;
+        }
+        let used = self.index.used();
+        let rel = used.get(from..)?.iter().position(|h| h.name == name)?;
+        Some((from + rel, self.slot_value(&used[from + rel])))
+    }
+
+    /// The start line exactly as received (without CR LF).
+    pub fn start_line_raw(&self) -> &[u8] {
+        let s = &self.buf[..];
+        let end = s.iter().position(|&b| b == b'\n').unwrap_or(s.len());
+        let end = if end > 0 && s.get(end - 1) == Some(&b'\r') { end - 1 } else { end };
+        &s[..end]
     }
 }
 
@@ -194,14 +797,104 @@ impl Message {
 ///
 /// Returns `Ok(Some(len))` when `buf[..len]` holds one complete message (Content-Length required),
 /// `Ok(None)` when more bytes are needed, and skips nothing: leading CRLF keep-alives are reported
-/// separately by [`leading_keepalive`].
+/// separately by [`leading_keepalive`] (if the caller leaves them in, they are counted in `len`
+/// and [`Message::parse`] ignores them).
 pub fn frame_stream(buf: &[u8]) -> Result<Option<usize>, ParseError> {
-    let _ = buf;
-    todo!()
+    let skip = leading_keepalive(buf);
+    let rest = &buf[skip..];
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    match scan_head(rest) {
+        Err(ParseError::Incomplete) => {
+            if rest.len() > MAX_MESSAGE_BYTES {
+                Err(ParseError::TooLarge)
+            } else {
+                Ok(None)
+            }
+        }
+        Err(e) => Err(e),
+        Ok(head) => {
+            let cl = head.content_length.ok_or(ParseError::ContentLength)?;
+            let total = head.body_start.checked_add(cl).ok_or(ParseError::TooLarge)?;
+            if total > MAX_MESSAGE_BYTES {
+                return Err(ParseError::TooLarge);
+            }
+            Ok(if rest.len() >= total { Some(skip + total) } else { None })
+        }
+    }
 }
 
 /// Counts leading CRLF octets (RFC 5626 keep-alive `CRLFCRLF` ping / `CRLF` pong, or stray CRLFs
 /// that RFC 3261 §7.5 says to ignore before a start line).
 pub fn leading_keepalive(buf: &[u8]) -> usize {
     buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lexical helpers shared by the typed parsers (RFC 3261 §25.1).
+
+const fn token_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        c += 1;
+    }
+    t
+}
+static TOKEN: [bool; 256] = token_table();
+
+/// `token` character (RFC 3261 §25.1).
+#[inline]
+pub(crate) fn is_token(b: u8) -> bool {
+    TOKEN[b as usize]
+}
+
+/// Linear white space inside a (possibly folded) header value.
+#[inline]
+pub(crate) fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+#[inline]
+pub(crate) fn skip_lws(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && is_lws(s[i]) {
+        i += 1;
+    }
+    i
+}
+
+#[inline]
+pub(crate) fn token_end(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && is_token(s[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Given `s[i] == '"'`, the index just past the closing quote (backslash escapes honoured).
+pub(crate) fn quoted_end(s: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < s.len() {
+        match s[j] {
+            b'"' => return Some(j + 1),
+            b'\\' => j += 2,
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// Trims LWS on both sides of `s[a..b]`.
+pub(crate) fn trim_lws(s: &[u8], mut a: usize, mut b: usize) -> (usize, usize) {
+    while a < b && is_lws(s[a]) {
+        a += 1;
+    }
+    while b > a && is_lws(s[b - 1]) {
+        b -= 1;
+    }
+    (a, b)
 }

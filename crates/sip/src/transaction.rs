@@ -28,13 +28,6 @@ use std::time::{Duration, Instant};
 /// The RFC 3261 branch prefix (§8.1.1.7); branches without it come from RFC 2543 peers.
 pub const MAGIC_COOKIE: &str = "z9hG4bK";
 
-/// The §17.1.1.3 ACK for a non-2xx final response.
-// PENDING: switch to `crate::builder::ack_for` once the builder provides it.
-fn build_ack(invite: &Message, response: &Message) -> Option<Bytes> {
-    let _ = (invite, response);
-    None
-}
-
 /// Timer D for unreliable transports: fixed at 32 s by RFC 3261 Table 4, not derived from T1.
 const TIMER_D_UNRELIABLE: Duration = Duration::from_secs(32);
 
@@ -848,7 +841,7 @@ impl TransactionLayer {
         };
         self.on_response_info(now, &info, |invite| {
             let invite = Message::parse(invite.clone(), Framing::Datagram).ok()?;
-            build_ack(&invite, msg)
+            Some(crate::builder::ack_for(&invite, msg))
         })
     }
 

@@ -1,5 +1,6 @@
 //! SIP URIs (RFC 3261 §19.1, §25.1) with the IPv6 reference grammar of RFC 5954.
 
+use crate::ParseError;
 use bytes::Bytes;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -22,6 +23,81 @@ impl Host {
             Host::Name(_) => None,
         }
     }
+
+    /// Parses a whole host: a domain name, an IPv4 address or a bracketed IPv6 reference.
+    pub fn parse(s: &Bytes) -> Result<Host, ParseError> {
+        let (host, end) = Host::parse_at(s, 0)?;
+        if end != s.len() {
+            return Err(ParseError::Value("host"));
+        }
+        Ok(host)
+    }
+
+    /// Like [`Host::parse`] but also accepts an IPv6 address without brackets (as in the Via
+    /// `received` parameter, RFC 5118 §4.5, or a lenient `maddr`).
+    pub fn parse_lenient(s: &Bytes) -> Result<Host, ParseError> {
+        if s.first() != Some(&b'[') && s.contains(&b':') {
+            return parse_v6(s).map(Host::V6);
+        }
+        Host::parse(s)
+    }
+
+    /// Reads a host starting at `s[i]`; returns it and the index just past it.
+    pub(crate) fn parse_at(s: &Bytes, i: usize) -> Result<(Host, usize), ParseError> {
+        let b = &s[..];
+        match b.get(i) {
+            Some(b'[') => {
+                let close = b[i..].iter().position(|&c| c == b']').ok_or(ParseError::Value("host"))? + i;
+                let a = parse_v6(&b[i + 1..close])?;
+                Ok((Host::V6(a), close + 1))
+            }
+            Some(_) => {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || matches!(b[j], b'-' | b'.' | b'_')) {
+                    j += 1;
+                }
+                let name = &b[i..j];
+                if name.is_empty() {
+                    return Err(ParseError::Value("host"));
+                }
+                if name.iter().all(|c| c.is_ascii_digit() || *c == b'.') {
+                    let a = std::str::from_utf8(name)
+                        .ok()
+                        .and_then(|t| t.parse::<Ipv4Addr>().ok())
+                        .ok_or(ParseError::Value("host"))?;
+                    return Ok((Host::V4(a), j));
+                }
+                // hostname = *( domainlabel "." ) toplabel [ "." ]: no empty label, labels do
+                // not start with '-'.
+                let body = name.strip_suffix(b".").unwrap_or(name);
+                if body.is_empty()
+                    || body.split(|c| *c == b'.').any(|l| l.is_empty() || l[0] == b'-')
+                {
+                    return Err(ParseError::Value("host"));
+                }
+                Ok((Host::Name(s.slice(i..j)), j))
+            }
+            None => Err(ParseError::Value("host")),
+        }
+    }
+}
+
+fn parse_v6(b: &[u8]) -> Result<Ipv6Addr, ParseError> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|t| t.parse::<Ipv6Addr>().ok())
+        .ok_or(ParseError::Value("IPv6 reference"))
+}
+
+/// Reads `1*5DIGIT` at `s[i]` as a port; returns it and the index past it.
+pub(crate) fn parse_port(s: &[u8], i: usize) -> Result<(u16, usize), ParseError> {
+    let mut j = i;
+    while j < s.len() && s[j].is_ascii_digit() {
+        j += 1;
+    }
+    let v = crate::message::parse_decimal(&s[i..j], 5).ok_or(ParseError::Value("port"))?;
+    let p = u16::try_from(v).map_err(|_| ParseError::Value("port"))?;
+    Ok((p, j))
 }
 
 impl std::fmt::Display for Host {
@@ -56,11 +132,106 @@ pub struct Uri {
     pub headers: Bytes,
 }
 
+/// Octets that may appear anywhere in a URI as received: visible ASCII except `<`, `>`, `"`.
+/// (Whitespace, controls and raw non-ASCII octets must be %-escaped.)
+#[inline]
+fn uri_char(b: u8) -> bool {
+    (0x21..0x7f).contains(&b) && !matches!(b, b'<' | b'>' | b'"')
+}
+
 impl Uri {
     /// Parses a URI. Unknown schemes succeed (scheme + raw only); malformed SIP URIs fail.
     pub fn parse(raw: Bytes) -> Result<Uri, crate::ParseError> {
-        let _ = raw;
-        todo!()
+        const E: ParseError = ParseError::Value("URI");
+        let s = &raw[..];
+        let n = s.len();
+        if n == 0 || !s[0].is_ascii_alphabetic() {
+            return Err(E);
+        }
+        let mut i = 1;
+        while i < n && (s[i].is_ascii_alphanumeric() || matches!(s[i], b'+' | b'-' | b'.')) {
+            i += 1;
+        }
+        if i >= n || s[i] != b':' || i + 1 == n {
+            return Err(E);
+        }
+        if !s.iter().all(|&b| uri_char(b)) {
+            return Err(E);
+        }
+        let sch = &s[..i];
+        let (scheme, sip) = if sch.eq_ignore_ascii_case(b"sip") {
+            (Bytes::from_static(b"sip"), true)
+        } else if sch.eq_ignore_ascii_case(b"sips") {
+            (Bytes::from_static(b"sips"), true)
+        } else if sch.eq_ignore_ascii_case(b"tel") {
+            (Bytes::from_static(b"tel"), false)
+        } else if sch.iter().any(|c| c.is_ascii_uppercase()) {
+            (Bytes::from(sch.to_ascii_lowercase()), false)
+        } else {
+            (raw.slice(..i), false)
+        };
+        if !sip {
+            return Ok(Uri {
+                raw,
+                scheme,
+                user: None,
+                password: None,
+                host: None,
+                port: None,
+                params: Bytes::new(),
+                headers: Bytes::new(),
+            });
+        }
+        let rest = i + 1;
+        // The userinfo ends at an '@'. A compliant URI has at most one; with more, take the last
+        // one before the first '?' that follows the first '@' (so an unescaped '@' inside the
+        // user part or inside a URI header such as `?Replaces=id@host` still parses sensibly).
+        let at = s[rest..].iter().position(|&b| b == b'@').map(|first| {
+            let first = first + rest;
+            let q = s[first..].iter().position(|&b| b == b'?').map_or(n, |p| p + first);
+            s[first..q].iter().rposition(|&b| b == b'@').map_or(first, |p| p + first)
+        });
+        let (user, password, hp) = match at {
+            Some(at) => {
+                let ui = &s[rest..at];
+                let (user_end, password) = match ui.iter().position(|&b| b == b':') {
+                    Some(c) => (rest + c, Some(raw.slice(rest + c + 1..at))),
+                    None => (at, None),
+                };
+                if user_end == rest {
+                    return Err(E);
+                }
+                (Some(raw.slice(rest..user_end)), password, at + 1)
+            }
+            None => (None, None, rest),
+        };
+        let (host, mut j) = Host::parse_at(&raw, hp)?;
+        let mut port = None;
+        if j < n && s[j] == b':' {
+            let (p, e) = parse_port(s, j + 1)?;
+            port = Some(p);
+            j = e;
+        }
+        let mut params = Bytes::new();
+        if j < n && s[j] == b';' {
+            let ps = j + 1;
+            let pe = s[ps..].iter().position(|&b| b == b'?').map_or(n, |p| p + ps);
+            // Every parameter needs a name: `;;` and `;=x` are malformed.
+            if s[ps..pe].split(|&b| b == b';').any(|p| p.is_empty() || p[0] == b'=') {
+                return Err(E);
+            }
+            params = raw.slice(ps..pe);
+            j = pe;
+        }
+        let mut headers = Bytes::new();
+        if j < n && s[j] == b'?' {
+            headers = raw.slice(j + 1..n);
+            j = n;
+        }
+        if j != n {
+            return Err(E);
+        }
+        Ok(Uri { raw, scheme, user, password, host: Some(host), port, params, headers })
     }
 
     /// True for `sip:` and `sips:`.
@@ -70,7 +241,26 @@ impl Uri {
 
     /// The value of a URI parameter (`Some(b"")` for a flag like `lr`), name case-insensitive.
     pub fn param(&self, name: &str) -> Option<Bytes> {
-        let _ = name;
-        todo!()
+        let s = &self.params[..];
+        let mut i = 0;
+        while i <= s.len() && !s.is_empty() {
+            let e = s[i..].iter().position(|&b| b == b';').map_or(s.len(), |p| p + i);
+            let p = &s[i..e];
+            let (pn, val) = match p.iter().position(|&b| b == b'=') {
+                Some(eq) => (&p[..eq], self.params.slice(i + eq + 1..e)),
+                None => (p, Bytes::new()),
+            };
+            if pn.eq_ignore_ascii_case(name.as_bytes()) {
+                return Some(val);
+            }
+            i = e + 1;
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for Uri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.raw))
     }
 }

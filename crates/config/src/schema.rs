@@ -1,0 +1,549 @@
+//! The typed configuration. See `CONFIG.md` for every key, its type, its
+//! default and its meaning.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cidr::Cidr;
+use crate::pattern::Pattern;
+use crate::secret::Secret;
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[sip]`: signalling addresses, transports, domain, timers.
+    pub sip: SipConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[admin]`: the HTTP admin/metrics listener.
+    pub admin: AdminConfig,
+    /// `[registrar]`.
+    pub registrar: RegistrarConfig,
+    /// `[security]`: brute-force protection.
+    pub security: SecurityConfig,
+    /// `[storage]`.
+    pub storage: StorageConfig,
+    /// `[media]`: RTP relay.
+    pub media: MediaConfig,
+    /// `[calls]`: call limits and CDRs.
+    pub calls: CallsConfig,
+    /// `[[users]]`, in file order.
+    pub users: Vec<User>,
+    /// `[[groups]]`, in file order, with `members` resolved.
+    pub groups: Vec<Group>,
+    /// `[[trunks]]`, in file order.
+    pub trunks: Vec<Trunk>,
+    /// `[[dialplan]]` rules, in evaluation order.
+    pub dialplan: Vec<Rule>,
+}
+
+/// SIP transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        })
+    }
+}
+
+/// `[sip]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SipConfig {
+    /// Pinned IPv6 address to bind.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Pinned IPv4 address to bind.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Port for every transport and address.
+    pub port: u16,
+    /// Enabled transports (non-empty, no duplicates).
+    pub transports: Vec<Transport>,
+    /// SIP domain users register in (`sip:alice@<domain>`).
+    pub domain: String,
+    /// Digest authentication realm.
+    pub realm: String,
+    /// Whether the wildcard addresses `::`/`0.0.0.0` may be bound.
+    pub allow_wildcard: bool,
+    /// RFC 3261 T1 (RTT estimate).
+    pub t1: Duration,
+    /// RFC 3261 T2 (maximum retransmit interval).
+    pub t2: Duration,
+    /// RFC 3261 T4 (maximum time a message stays in the network).
+    pub t4: Duration,
+    /// Idle TCP connections are closed after this long.
+    pub tcp_idle_timeout: Duration,
+    /// Largest accepted SIP message.
+    pub max_message_bytes: usize,
+    /// `User-Agent`/`Server` header value (empty: header not sent).
+    pub user_agent: String,
+}
+
+impl SipConfig {
+    /// The socket addresses to bind (IPv6 first), each for every transport.
+    pub fn bind_addrs(&self) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        if let Some(a) = self.ipv6 {
+            out.push(SocketAddr::new(IpAddr::V6(a), self.port));
+        }
+        if let Some(a) = self.ipv4 {
+            out.push(SocketAddr::new(IpAddr::V4(a), self.port));
+        }
+        out
+    }
+
+    /// Whether UDP is enabled.
+    pub fn udp(&self) -> bool {
+        self.has_transport(Transport::Udp)
+    }
+
+    /// Whether TCP is enabled.
+    pub fn tcp(&self) -> bool {
+        self.has_transport(Transport::Tcp)
+    }
+
+    /// Whether `transport` is enabled.
+    pub fn has_transport(&self, transport: Transport) -> bool {
+        self.transports.contains(&transport)
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `info,podpbx_sip=debug`.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Listener for the admin/metrics HTTP endpoint; `None` = disabled.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[registrar]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrarConfig {
+    /// Shorter requested expiries get `423 Interval Too Brief`.
+    pub min_expires: Duration,
+    /// Longer requested expiries are reduced to this.
+    pub max_expires: Duration,
+    /// Expiry used when the REGISTER names none.
+    pub default_expires: Duration,
+    /// Where bindings are persisted across restarts.
+    pub state_file: PathBuf,
+    /// OPTIONS ping interval for registered contacts; `None` = off.
+    pub qualify_interval: Option<Duration>,
+    /// How long a digest nonce stays valid.
+    pub nonce_ttl: Duration,
+}
+
+/// `[security]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecurityConfig {
+    /// Failed authentications from one source address within
+    /// `failure_window` that trigger a block; 0 = never block.
+    pub max_auth_failures: u32,
+    /// Window over which failures are counted.
+    pub failure_window: Duration,
+    /// How long a source stays blocked.
+    pub block: Duration,
+    /// Sources that are never blocked.
+    pub trusted_networks: Vec<Cidr>,
+}
+
+impl SecurityConfig {
+    /// Whether `ip` is in one of the trusted networks.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_networks.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// Directory for persistent state (relative paths: relative to the
+    /// working directory).
+    pub data_dir: PathBuf,
+}
+
+/// `[media]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaConfig {
+    /// First RTP port (even).
+    pub port_min: u16,
+    /// Last RTP port (inclusive).
+    pub port_max: u16,
+    /// A call whose media stops for this long is ended; `None` = never.
+    pub timeout: Option<Duration>,
+    /// Media timeout while a call is on hold; `None` = never.
+    pub hold_timeout: Option<Duration>,
+    /// DSCP value for RTP packets (0..=63; 46 = EF).
+    pub dscp: u8,
+}
+
+/// `[calls]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallsConfig {
+    /// Calls are ended after this long; `None` = unlimited.
+    pub max_duration: Option<Duration>,
+    /// Maximum simultaneous calls in total; `None` = unlimited.
+    pub max_concurrent: Option<u32>,
+    /// Call detail records (JSON lines) file; `None` = no CDRs.
+    pub cdr_file: Option<PathBuf>,
+}
+
+/// How DTMF is sent to a user's phone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtmf {
+    /// RFC 4733 when the phone offers `telephone-event`, else SIP INFO.
+    Auto,
+    /// RFC 4733 RTP events.
+    Rfc4733,
+    /// SIP INFO (`application/dtmf-relay`).
+    Info,
+}
+
+/// `[[users]]`: a local extension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    /// Extension / SIP username (unique).
+    pub name: String,
+    /// Display name for caller ID.
+    pub display_name: Option<String>,
+    /// Digest password; `None` only for `identify_by_source` users.
+    pub password: Option<Secret>,
+    /// Source networks the user may register / call from (empty = any).
+    pub allow_from: Vec<Cidr>,
+    /// Maximum simultaneous registered contacts.
+    pub max_contacts: u32,
+    /// DTMF method.
+    pub dtmf: Dtmf,
+    /// Requests from `allow_from` are attributed to this user without
+    /// digest authentication.
+    pub identify_by_source: bool,
+    /// Maximum simultaneous calls of this user; `None` = unlimited.
+    pub max_calls: Option<u32>,
+    /// Groups this user joins (in addition to the groups' `members`).
+    pub groups: Vec<String>,
+}
+
+impl User {
+    /// Whether a request from `ip` is allowed for this user.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allow_from.is_empty() || self.allow_from.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// Ringing strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingStrategy {
+    /// All targets at once; the first to answer wins.
+    Parallel,
+    /// One after the other, each for the timeout.
+    Sequential,
+}
+
+/// `[[groups]]`: a ring group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    /// Group name (unique, distinct from every user name).
+    pub name: String,
+    /// Member user names: the group's `members`, then users that list the
+    /// group in their `groups`, without duplicates.
+    pub members: Vec<String>,
+    /// How the members are rung.
+    pub strategy: RingStrategy,
+    /// Parallel: total ring time; sequential: ring time per member.
+    pub ring_timeout: Duration,
+}
+
+/// A trunk's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// An IP literal.
+    Ip(IpAddr),
+    /// A DNS name (resolved at run time).
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
+            Host::Ip(IpAddr::V4(a)) => write!(f, "{a}"),
+            Host::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// IP address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv6.
+    Ipv6,
+    /// IPv4.
+    Ipv4,
+}
+
+/// `[[trunks]]`: a connection to a SIP provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trunk {
+    /// Trunk name (unique).
+    pub name: String,
+    /// Provider host.
+    pub host: Host,
+    /// Provider port.
+    pub port: u16,
+    /// Transport to the provider.
+    pub transport: Transport,
+    /// Account user name (From/To user of REGISTER).
+    pub username: Option<String>,
+    /// Digest user name, when different from `username`.
+    pub auth_username: Option<String>,
+    /// Digest password.
+    pub password: Option<Secret>,
+    /// Expected digest realm (`None` = accept the provider's).
+    pub realm: Option<String>,
+    /// Requested registration expiry.
+    pub expiry: Duration,
+    /// Numbers the provider delivers on this trunk.
+    pub dids: Vec<String>,
+    /// Default outgoing caller ID.
+    pub caller_id: Option<String>,
+    /// Address family used to reach the provider.
+    pub family: Family,
+    /// Networks the provider sends from (requests from there are accepted as
+    /// coming from this trunk).
+    pub networks: Vec<Cidr>,
+    /// Lower values are preferred.
+    pub priority: u32,
+    /// OPTIONS keep-alive interval; `None` = off.
+    pub keepalive: Option<Duration>,
+    /// Whether to REGISTER with the provider.
+    pub register: bool,
+}
+
+impl Trunk {
+    /// The digest user name: `auth_username`, else `username`.
+    pub fn auth_user(&self) -> Option<&str> {
+        self.auth_username.as_deref().or(self.username.as_deref())
+    }
+}
+
+/// Which calls a dialplan rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallSource {
+    /// Calls placed by local users.
+    Local,
+    /// Calls arriving from a trunk.
+    Trunk,
+    /// Both.
+    Any,
+}
+
+/// How a rule matches the dialled number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumberMatch {
+    /// Every number.
+    Any,
+    /// Exactly this number.
+    Exact(String),
+    /// Numbers starting with this.
+    Prefix(String),
+    /// An Asterisk-style pattern.
+    Pattern(Pattern),
+}
+
+impl NumberMatch {
+    /// Whether `number` matches.
+    pub fn matches(&self, number: &str) -> bool {
+        match self {
+            NumberMatch::Any => true,
+            NumberMatch::Exact(n) => n == number,
+            NumberMatch::Prefix(p) => number.starts_with(p.as_str()),
+            NumberMatch::Pattern(p) => p.matches(number),
+        }
+    }
+}
+
+/// A user or a group, as named in a dialplan rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A `[[users]]` entry.
+    User(String),
+    /// A `[[groups]]` entry.
+    Group(String),
+}
+
+impl Target {
+    /// The user or group name.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::User(n) | Target::Group(n) => n,
+        }
+    }
+}
+
+/// The `match` table of a dialplan rule. All given conditions must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Match {
+    /// Dialled number condition.
+    pub number: NumberMatch,
+    /// Call source. Normalised: `caller` implies `Local`, `did` implies
+    /// `Trunk`.
+    pub from: CallSource,
+    /// The calling user, or any member of the calling group.
+    pub caller: Option<Target>,
+    /// The DID the call arrived on.
+    pub did: Option<String>,
+}
+
+/// What to do with a call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Ring users and/or groups.
+    Ring {
+        /// Who to ring (a group rings all its members).
+        targets: Vec<Target>,
+        /// Parallel or one after the other.
+        mode: RingStrategy,
+        /// Parallel: total ring time; sequential: time per target.
+        timeout: Duration,
+    },
+    /// Ring the user or group whose name is the dialled number (404 if none).
+    Local {
+        /// Ring time.
+        timeout: Duration,
+    },
+    /// Send the call out through a trunk.
+    Trunk {
+        /// Trunk name.
+        trunk: String,
+        /// Digits removed from the front of the number.
+        strip: usize,
+        /// Text put in front of the number (after `strip`).
+        prepend: String,
+        /// Caller ID override (else the trunk's `caller_id`).
+        caller_id: Option<String>,
+    },
+    /// Reject the call.
+    Reject {
+        /// SIP status code (400..=699).
+        status: u16,
+        /// Reason phrase (`None` = the standard one).
+        reason: Option<String>,
+    },
+}
+
+/// A `[[dialplan]]` rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Rule name (`dialplan[N]` when not given).
+    pub name: String,
+    /// Conditions.
+    pub matcher: Match,
+    /// First action.
+    pub action: Action,
+    /// Actions tried in order when the previous one fails (no answer, busy,
+    /// unavailable).
+    pub fallback: Vec<Action>,
+}
+
+impl Rule {
+    /// The action followed by the fallbacks.
+    pub fn steps(&self) -> impl Iterator<Item = &Action> {
+        std::iter::once(&self.action).chain(self.fallback.iter())
+    }
+}
+
+/// Where a call to be routed comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin<'a> {
+    /// Placed by a local user.
+    Local {
+        /// The calling user's name.
+        user: &'a str,
+    },
+    /// Arrived from a trunk.
+    Trunk {
+        /// The trunk's name.
+        trunk: &'a str,
+        /// The DID it was addressed to, if known.
+        did: Option<&'a str>,
+    },
+}
+
+impl Config {
+    /// The user named `name`.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The group named `name`.
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// The trunk named `name`.
+    pub fn trunk(&self, name: &str) -> Option<&Trunk> {
+        self.trunks.iter().find(|t| t.name == name)
+    }
+
+    /// Whether user `user` is a member of group `group`.
+    pub fn is_member(&self, user: &str, group: &str) -> bool {
+        self.group(group)
+            .is_some_and(|g| g.members.iter().any(|m| m == user))
+    }
+
+    /// Whether `m` accepts a call from `origin` to `number`.
+    pub fn rule_matches(&self, m: &Match, origin: &Origin<'_>, number: &str) -> bool {
+        let source_ok = matches!(
+            (m.from, origin),
+            (CallSource::Any, _)
+                | (CallSource::Local, Origin::Local { .. })
+                | (CallSource::Trunk, Origin::Trunk { .. })
+        );
+        let caller_ok = match (&m.caller, origin) {
+            (None, _) => true,
+            (Some(Target::User(u)), Origin::Local { user }) => u == user,
+            (Some(Target::Group(g)), Origin::Local { user }) => self.is_member(user, g),
+            (Some(_), Origin::Trunk { .. }) => false,
+        };
+        let did_ok = match (&m.did, origin) {
+            (None, _) => true,
+            (Some(want), Origin::Trunk { did: Some(d), .. }) => want == d,
+            (Some(_), _) => false,
+        };
+        source_ok && caller_ok && did_ok && m.number.matches(number)
+    }
+
+    /// The first dialplan rule that matches, if any (no match: the caller
+    /// gets `404 Not Found`).
+    pub fn route(&self, origin: &Origin<'_>, number: &str) -> Option<&Rule> {
+        self.dialplan
+            .iter()
+            .find(|r| self.rule_matches(&r.matcher, origin, number))
+    }
+}

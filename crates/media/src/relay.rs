@@ -1,0 +1,844 @@
+//! The relay handle: what the call layer calls.
+//!
+//! ```text
+//!  call layer ──allocate()──► Session ──set_remote / set_hold / relatch / inject_dtmf / release──► command channel ─┐
+//!      ▲                        │                                                                                   │
+//!      │                        └── stats(): lock-free atomics ◄── written by ───┐                                  ▼
+//!      └──────────── Event (MediaTimeout, Latched) ◄──────────────────── worker thread(s): epoll + recvmmsg/sendmmsg
+//! ```
+//!
+//! * [`Relay::allocate`] binds the two port pairs right away (on the caller's
+//!   thread, without waiting for a worker) and returns a [`Session`] with our
+//!   addresses for the SDP; the sockets are then handed to a worker.
+//! * Every other call is a non-blocking message to the worker that owns the
+//!   session; stats are read from atomics. Signalling never waits on media.
+//! * Dropping a [`Session`] releases it: the worker closes the sockets and
+//!   returns the ports to the pool.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::dtmf::{self, DtmfError, EventParams};
+use crate::pool::PortPool;
+use crate::sdp::{Anchor, MediaDescription};
+use crate::stats::{Counters, StreamStats};
+use crate::sys;
+use crate::worker::{self, Cmd, NewLeg, NewSession};
+
+/// DSCP EF (46) as the IP TOS / IPv6 traffic class byte.
+pub const DSCP_EF_TOS: u8 = 46 << 2;
+
+/// Address family of a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+/// One of the two legs of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// First leg (usually the caller).
+    A,
+    /// Second leg (usually the callee).
+    B,
+}
+
+impl Leg {
+    pub(crate) fn idx(self) -> usize {
+        match self {
+            Leg::A => 0,
+            Leg::B => 1,
+        }
+    }
+
+    pub(crate) fn from_idx(i: usize) -> Leg {
+        if i == 0 {
+            Leg::A
+        } else {
+            Leg::B
+        }
+    }
+
+    /// The other leg.
+    pub fn other(self) -> Leg {
+        match self {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        }
+    }
+}
+
+/// Identifier of a relay session (one media stream, i.e. one m-line, two legs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// Pinned address and port range of one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyConfig {
+    /// The pinned address media sockets bind to.
+    pub addr: IpAddr,
+    /// Port range; even ports carry RTP, the next odd one RTCP.
+    pub ports: RangeInclusive<u16>,
+}
+
+/// How a leg learns where its peer really sends from (symmetric RTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatchMode {
+    /// Latch onto the source of the first valid RTP/RTCP packet (NAT traversal;
+    /// the SDP address is only the first guess for sending).
+    FirstSource,
+    /// Accept only packets from the SDP address (no NAT traversal).
+    SdpOnly,
+}
+
+/// Latching policy. After latching, packets from other sources are dropped
+/// and counted; a leg re-latches on a new offer ([`Session::set_remote`] with
+/// a changed address), on [`Session::relatch`], or — when configured — after
+/// its latched source has been silent for a while (NAT rebinding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatchPolicy {
+    /// How the first source is chosen.
+    pub mode: LatchMode,
+    /// Re-latch onto a new source once the latched one has been silent this
+    /// long. `None` (default): never by itself.
+    pub relatch_after_silence: Option<Duration>,
+}
+
+impl Default for LatchPolicy {
+    fn default() -> Self {
+        LatchPolicy {
+            mode: LatchMode::FirstSource,
+            relatch_after_silence: None,
+        }
+    }
+}
+
+/// Relay configuration.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Pinned IPv4 address and ports (None: no IPv4 legs).
+    pub ipv4: Option<FamilyConfig>,
+    /// Pinned IPv6 address and ports (None: no IPv6 legs).
+    pub ipv6: Option<FamilyConfig>,
+    /// Worker threads (default 1).
+    pub workers: usize,
+    /// No packet from a leg for this long raises [`Event::MediaTimeout`]
+    /// (default 60 s; zero disables).
+    pub media_timeout: Duration,
+    /// The same while the session is on hold (default 2 h; zero disables).
+    pub hold_timeout: Duration,
+    /// Symmetric RTP policy.
+    pub latch: LatchPolicy,
+    /// IP TOS / IPv6 traffic class byte on media sockets (default EF, 0xb8).
+    pub tos: u8,
+    /// SO_RCVBUF for media sockets (None: system default).
+    pub recv_buffer: Option<usize>,
+    /// Datagrams per recvmmsg/sendmmsg (1..=256, default 32).
+    pub batch: usize,
+    /// Pin worker `i` to CPU `worker_cpus[i]` when given.
+    pub worker_cpus: Vec<usize>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            ipv4: None,
+            ipv6: None,
+            workers: 1,
+            media_timeout: Duration::from_secs(60),
+            hold_timeout: Duration::from_secs(7200),
+            latch: LatchPolicy::default(),
+            tos: DSCP_EF_TOS,
+            recv_buffer: None,
+            batch: 32,
+            worker_cpus: Vec::new(),
+        }
+    }
+}
+
+/// Errors of the relay API.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Bad configuration.
+    #[error("bad relay configuration: {0}")]
+    Config(&'static str),
+    /// The family has no pinned address.
+    #[error("no {0:?} address configured")]
+    NoFamily(Family),
+    /// No free port pair could be bound.
+    #[error("no free {0:?} port pair")]
+    PortsExhausted(Family),
+    /// An address of the wrong family for the leg.
+    #[error("{addr} does not match the leg's {family:?} socket")]
+    FamilyMismatch {
+        /// Leg family.
+        family: Family,
+        /// Offending address.
+        addr: SocketAddr,
+    },
+    /// The worker is gone (relay shut down).
+    #[error("relay worker stopped")]
+    Stopped,
+    /// DTMF generation failed.
+    #[error(transparent)]
+    Dtmf(#[from] DtmfError),
+    /// The leg has no remote address yet.
+    #[error("the leg has no remote media address")]
+    NoRemote,
+    /// Socket or thread setup failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Something the call layer should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// No packet from the leg's peer for the (hold-aware) media timeout.
+    /// Raised once per silence; packets re-arm it.
+    MediaTimeout {
+        /// Session.
+        session: SessionId,
+        /// Silent leg.
+        leg: Leg,
+        /// How long it has been silent.
+        idle: Duration,
+        /// Whether the hold timeout applied.
+        on_hold: bool,
+    },
+    /// A leg latched onto a source address.
+    Latched {
+        /// Session.
+        session: SessionId,
+        /// Leg.
+        leg: Leg,
+        /// RTCP port (true) or RTP port (false).
+        rtcp: bool,
+        /// The peer's real source address.
+        source: SocketAddr,
+    },
+}
+
+/// The receiving end of the event channel.
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// Next event, if one is waiting.
+    pub fn try_recv(&self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Wait up to `timeout` for the next event.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// Wait for the next event; `None` once the relay has stopped.
+    pub fn recv(&self) -> Option<Event> {
+        self.rx.recv().ok()
+    }
+}
+
+/// What the call layer knows about a leg's peer, from its SDP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteMedia {
+    /// Where the peer receives RTP (first guess; unspecified = held with c=0.0.0.0).
+    pub rtp: SocketAddr,
+    /// Where it receives RTCP (None: RTP port + 1, or the RTP address with rtcp-mux).
+    pub rtcp: Option<SocketAddr>,
+    /// rtcp-mux in effect on this leg.
+    pub rtcp_mux: bool,
+    /// Payload type -> clock rate (for jitter); unknown types count as 8000 Hz.
+    pub clock_rates: Vec<(u8, u32)>,
+    /// telephone-event payload type and clock rate, for DTMF generation.
+    pub telephone_event: Option<(u8, u32)>,
+}
+
+impl RemoteMedia {
+    /// A peer at `rtp`, RTCP on the next port, 8 kHz, no telephone-event.
+    pub fn new(rtp: SocketAddr) -> RemoteMedia {
+        RemoteMedia {
+            rtp,
+            rtcp: None,
+            rtcp_mux: false,
+            clock_rates: Vec::new(),
+            telephone_event: None,
+        }
+    }
+
+    /// From a parsed m-line. `rtcp_mux` should be true only when both legs
+    /// negotiated it (the call layer knows the answer). `None` for rejected
+    /// streams and host names.
+    pub fn from_sdp(m: &MediaDescription, rtcp_mux: bool) -> Option<RemoteMedia> {
+        let rtp = m.rtp_addr()?;
+        let rtcp = if rtcp_mux { None } else { m.rtcp_addr() };
+        let clock_rates = m.clock_rates();
+        let telephone_event = m
+            .telephone_event
+            .map(|pt| (pt, m.clock_rate(pt).unwrap_or(8000)));
+        Some(RemoteMedia {
+            rtp,
+            rtcp,
+            rtcp_mux,
+            clock_rates,
+            telephone_event,
+        })
+    }
+}
+
+/// Our side of a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalLeg {
+    /// Family of the leg.
+    pub family: Family,
+    /// Our RTP address.
+    pub rtp: SocketAddr,
+    /// Our RTCP address (RTP port + 1).
+    pub rtcp: SocketAddr,
+}
+
+impl LocalLeg {
+    /// The anchor to put in this leg's SDP.
+    pub fn anchor(&self) -> Anchor {
+        Anchor {
+            addr: self.rtp.ip(),
+            rtp_port: self.rtp.port(),
+            rtcp_port: self.rtcp.port(),
+        }
+    }
+}
+
+pub(crate) struct FamilyPool {
+    pub(crate) addr: IpAddr,
+    pub(crate) pool: Mutex<PortPool>,
+}
+
+pub(crate) struct Pools {
+    pub(crate) v4: Option<FamilyPool>,
+    pub(crate) v6: Option<FamilyPool>,
+}
+
+impl Pools {
+    fn get(&self, f: Family) -> Option<&FamilyPool> {
+        match f {
+            Family::V4 => self.v4.as_ref(),
+            Family::V6 => self.v6.as_ref(),
+        }
+    }
+
+    /// Return a pair (called by the worker after closing the sockets).
+    pub(crate) fn put(&self, ip: IpAddr, even: u16) {
+        if let Some(fp) = self.get(Family::of(ip)) {
+            if let Ok(mut p) = fp.pool.lock() {
+                p.put(even);
+            }
+        }
+    }
+}
+
+pub(crate) struct SessionShared {
+    pub(crate) legs: [Counters; 2],
+}
+
+struct WorkerHandle {
+    tx: mpsc::Sender<Cmd>,
+    wake: Arc<sys::EventFd>,
+    tid: Arc<AtomicU32>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl WorkerHandle {
+    fn send(&self, c: Cmd) -> Result<(), RelayError> {
+        self.tx.send(c).map_err(|_| RelayError::Stopped)?;
+        self.wake.wake();
+        Ok(())
+    }
+}
+
+struct Inner {
+    workers: Vec<WorkerHandle>,
+    pools: Arc<Pools>,
+    cfg: RelayConfig,
+    next_id: AtomicU64,
+    next_worker: AtomicUsize,
+    active: Arc<AtomicUsize>,
+    epoch_ns: u64,
+    hasher: RandomState,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            let _ = w.send(Cmd::Shutdown);
+        }
+        for w in &self.workers {
+            if let Ok(mut t) = w.thread.lock() {
+                if let Some(h) = t.take() {
+                    let _ = h.join();
+                }
+            }
+        }
+    }
+}
+
+/// The relay. Cheap to clone; the workers stop when the last clone and the
+/// last [`Session`] are gone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+impl Relay {
+    /// Start the workers; events arrive on the returned [`Events`].
+    pub fn start(cfg: RelayConfig) -> Result<(Relay, Events), RelayError> {
+        let (tx, rx) = mpsc::channel();
+        let relay = Relay::start_with_sink(cfg, move |e| {
+            let _ = tx.send(e);
+        })?;
+        Ok((relay, Events { rx }))
+    }
+
+    /// Start the workers; `sink` is called on a worker thread for each event
+    /// and must not block (e.g. an unbounded channel's `send`).
+    pub fn start_with_sink(
+        cfg: RelayConfig,
+        sink: impl Fn(Event) + Send + Sync + 'static,
+    ) -> Result<Relay, RelayError> {
+        if cfg.workers == 0 || cfg.workers > 64 {
+            return Err(RelayError::Config("workers must be 1..=64"));
+        }
+        if cfg.batch == 0 || cfg.batch > worker::MAX_BATCH {
+            return Err(RelayError::Config("batch must be 1..=256"));
+        }
+        if cfg.ipv4.is_none() && cfg.ipv6.is_none() {
+            return Err(RelayError::Config("no address configured"));
+        }
+        let mk = |fc: &Option<FamilyConfig>, want: Family| -> Result<Option<FamilyPool>, RelayError> {
+            match fc {
+                None => Ok(None),
+                Some(fc) => {
+                    if Family::of(fc.addr) != want {
+                        return Err(RelayError::Config("address of the wrong family"));
+                    }
+                    let pool = PortPool::new(*fc.ports.start(), *fc.ports.end());
+                    if pool.total() == 0 {
+                        return Err(RelayError::Config("empty port range"));
+                    }
+                    Ok(Some(FamilyPool {
+                        addr: fc.addr,
+                        pool: Mutex::new(pool),
+                    }))
+                }
+            }
+        };
+        let pools = Arc::new(Pools {
+            v4: mk(&cfg.ipv4, Family::V4)?,
+            v6: mk(&cfg.ipv6, Family::V6)?,
+        });
+        let epoch_ns = sys::monotonic_ns();
+        let sink: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(sink);
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::with_capacity(cfg.workers);
+        for i in 0..cfg.workers {
+            let (tx, rx) = mpsc::channel();
+            let wake = Arc::new(sys::EventFd::new()?);
+            let tid = Arc::new(AtomicU32::new(0));
+            let wcfg = worker::WorkerConfig {
+                index: i,
+                media_timeout_ms: cfg.media_timeout.as_millis() as u64,
+                hold_timeout_ms: cfg.hold_timeout.as_millis() as u64,
+                latch: cfg.latch,
+                batch: cfg.batch,
+                cpu: cfg.worker_cpus.get(i).copied(),
+                epoch_ns,
+            };
+            let (w_wake, w_tid, w_pools, w_sink, w_active) = (
+                wake.clone(),
+                tid.clone(),
+                pools.clone(),
+                sink.clone(),
+                active.clone(),
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("podpbx-rtp-{i}"))
+                .spawn(move || worker::run(wcfg, rx, w_wake, w_tid, w_pools, w_sink, w_active))?;
+            workers.push(WorkerHandle {
+                tx,
+                wake,
+                tid,
+                thread: Mutex::new(Some(thread)),
+            });
+        }
+        Ok(Relay {
+            inner: Arc::new(Inner {
+                workers,
+                pools,
+                cfg,
+                next_id: AtomicU64::new(1),
+                next_worker: AtomicUsize::new(0),
+                active,
+                epoch_ns,
+                hasher: RandomState::new(),
+            }),
+        })
+    }
+
+    fn bind_pair(&self, family: Family) -> Result<(UdpSocket, UdpSocket, IpAddr, u16), RelayError> {
+        let fp = self
+            .inner
+            .pools
+            .get(family)
+            .ok_or(RelayError::NoFamily(family))?;
+        let mut pool = fp.pool.lock().map_err(|_| RelayError::PortsExhausted(family))?;
+        // Try every free pair at most once; pairs that fail to bind (used by
+        // someone else) go to the back of the queue.
+        for _ in 0..pool.available() {
+            let Some(even) = pool.take() else { break };
+            let rtp = sys::media_socket(
+                SocketAddr::new(fp.addr, even),
+                self.inner.cfg.tos,
+                self.inner.cfg.recv_buffer,
+            );
+            let rtcp = match &rtp {
+                Ok(_) => sys::media_socket(
+                    SocketAddr::new(fp.addr, even + 1),
+                    self.inner.cfg.tos,
+                    self.inner.cfg.recv_buffer,
+                ),
+                Err(_) => Err(io::Error::from(io::ErrorKind::AddrInUse)),
+            };
+            match (rtp, rtcp) {
+                (Ok(a), Ok(b)) => return Ok((a, b, fp.addr, even)),
+                _ => pool.put(even),
+            }
+        }
+        Err(RelayError::PortsExhausted(family))
+    }
+
+    /// Allocate a session (one media stream) with leg A on `a` and leg B on
+    /// `b` (each leg on its peer's family). Binds both port pairs now.
+    pub fn allocate(&self, a: Family, b: Family) -> Result<Session, RelayError> {
+        let (a_rtp, a_rtcp, a_ip, a_port) = self.bind_pair(a)?;
+        let (b_rtp, b_rtcp, b_ip, b_port) = match self.bind_pair(b) {
+            Ok(x) => x,
+            Err(e) => {
+                drop((a_rtp, a_rtcp));
+                self.inner.pools.put(a_ip, a_port);
+                return Err(e);
+            }
+        };
+        let worker = self.inner.next_worker.fetch_add(1, Ordering::Relaxed) % self.inner.workers.len();
+        let id = SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let shared = Arc::new(SessionShared {
+            legs: [Counters::new(), Counters::new()],
+        });
+        let local = [
+            LocalLeg {
+                family: a,
+                rtp: SocketAddr::new(a_ip, a_port),
+                rtcp: SocketAddr::new(a_ip, a_port + 1),
+            },
+            LocalLeg {
+                family: b,
+                rtp: SocketAddr::new(b_ip, b_port),
+                rtcp: SocketAddr::new(b_ip, b_port + 1),
+            },
+        ];
+        let new = NewSession {
+            id,
+            shared: shared.clone(),
+            legs: [
+                NewLeg {
+                    rtp: a_rtp,
+                    rtcp: a_rtcp,
+                    ip: a_ip,
+                    even_port: a_port,
+                },
+                NewLeg {
+                    rtp: b_rtp,
+                    rtcp: b_rtcp,
+                    ip: b_ip,
+                    even_port: b_port,
+                },
+            ],
+        };
+        self.inner.active.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.inner.workers[worker].send(Cmd::Add(Box::new(new))) {
+            // The worker is gone: the command (and its sockets) was dropped.
+            self.inner.active.fetch_sub(1, Ordering::Relaxed);
+            self.inner.pools.put(a_ip, a_port);
+            self.inner.pools.put(b_ip, b_port);
+            return Err(e);
+        }
+        let mut h = self.inner.hasher.build_hasher();
+        h.write_u64(id.0);
+        let r = h.finish();
+        Ok(Session {
+            id,
+            relay: self.clone(),
+            worker,
+            shared,
+            local,
+            dtmf: [
+                DtmfState::new(r as u32, (r >> 32) as u32),
+                DtmfState::new((r >> 16) as u32 ^ 0x5a5a_5a5a, (r >> 48) as u32),
+            ],
+            created_ns: sys::monotonic_ns(),
+            released: false,
+        })
+    }
+
+    /// Free port pairs of a family.
+    pub fn ports_available(&self, family: Family) -> usize {
+        self.inner
+            .pools
+            .get(family)
+            .and_then(|p| p.pool.lock().ok().map(|p| p.available()))
+            .unwrap_or(0)
+    }
+
+    /// All port pairs of a family.
+    pub fn ports_total(&self, family: Family) -> usize {
+        self.inner
+            .pools
+            .get(family)
+            .and_then(|p| p.pool.lock().ok().map(|p| p.total()))
+            .unwrap_or(0)
+    }
+
+    /// Sessions allocated and not yet released by a worker.
+    pub fn active_sessions(&self) -> usize {
+        self.inner.active.load(Ordering::Relaxed)
+    }
+
+    /// Linux thread ids of the workers (for CPU accounting and pinning).
+    pub fn worker_thread_ids(&self) -> Vec<i32> {
+        self.inner
+            .workers
+            .iter()
+            .map(|w| w.tid.load(Ordering::Relaxed) as i32)
+            .collect()
+    }
+
+    /// Milliseconds since the relay started (the clock of
+    /// [`StreamStats::last_packet_ms`]).
+    pub fn now_ms(&self) -> u64 {
+        worker::ms_since(self.inner.epoch_ns, sys::monotonic_ns())
+    }
+
+    /// Wait until every worker has processed the commands sent before this
+    /// call (tests, orderly shutdown). Blocks: not for the signalling path.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        let mut waits = Vec::new();
+        for w in &self.inner.workers {
+            let (tx, rx) = mpsc::channel();
+            if w.send(Cmd::Sync(tx)).is_err() {
+                return false;
+            }
+            waits.push(rx);
+        }
+        waits.iter().all(|rx| rx.recv_timeout(timeout).is_ok())
+    }
+
+    fn send(&self, worker: usize, c: Cmd) -> Result<(), RelayError> {
+        self.inner.workers[worker].send(c)
+    }
+}
+
+struct DtmfState {
+    ssrc: u32,
+    ts_base: u32,
+    seq: AtomicU32,
+    /// 0: none; else 1 << 40 | pt << 32 | clock rate.
+    telephone_event: AtomicU64,
+}
+
+impl DtmfState {
+    fn new(ssrc: u32, seed: u32) -> DtmfState {
+        DtmfState {
+            ssrc,
+            ts_base: seed,
+            seq: AtomicU32::new(seed >> 16),
+            telephone_event: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One relayed media stream with two legs. Dropping it releases the ports.
+pub struct Session {
+    id: SessionId,
+    relay: Relay,
+    worker: usize,
+    shared: Arc<SessionShared>,
+    local: [LocalLeg; 2],
+    dtmf: [DtmfState; 2],
+    created_ns: u64,
+    released: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("a", &self.local[0])
+            .field("b", &self.local[1])
+            .finish()
+    }
+}
+
+impl Session {
+    /// Session id (as in events).
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Our addresses on a leg (what goes into that leg's SDP).
+    pub fn local(&self, leg: Leg) -> LocalLeg {
+        self.local[leg.idx()]
+    }
+
+    /// Set or change what a leg's peer announced in its SDP (offer or
+    /// answer). A changed RTP address is a new offer: the leg re-latches.
+    /// An unspecified address (c=0.0.0.0 hold) stops media towards the leg.
+    pub fn set_remote(&self, leg: Leg, remote: RemoteMedia) -> Result<(), RelayError> {
+        let family = self.local[leg.idx()].family;
+        for a in std::iter::once(remote.rtp).chain(remote.rtcp) {
+            if !a.ip().is_unspecified() && Family::of(a.ip()) != family {
+                return Err(RelayError::FamilyMismatch { family, addr: a });
+            }
+        }
+        let te = remote
+            .telephone_event
+            .filter(|(pt, clock)| *pt < 128 && *clock > 0)
+            .map_or(0, |(pt, clock)| 1 << 40 | (pt as u64) << 32 | clock as u64);
+        self.dtmf[leg.idx()]
+            .telephone_event
+            .store(te, Ordering::Relaxed);
+        self.relay.send(
+            self.worker,
+            Cmd::SetRemote {
+                id: self.id,
+                leg: leg.idx(),
+                remote: Box::new(remote),
+            },
+        )
+    }
+
+    /// Mark a leg as held (sendonly/inactive/recvonly or c=0.0.0.0): the
+    /// session then uses the hold timeout.
+    pub fn set_hold(&self, leg: Leg, hold: bool) -> Result<(), RelayError> {
+        self.relay.send(
+            self.worker,
+            Cmd::SetHold {
+                id: self.id,
+                leg: leg.idx(),
+                hold,
+            },
+        )
+    }
+
+    /// Forget the latched source of a leg; the next valid packet latches again.
+    pub fn relatch(&self, leg: Leg) -> Result<(), RelayError> {
+        self.relay.send(
+            self.worker,
+            Cmd::Relatch {
+                id: self.id,
+                leg: leg.idx(),
+            },
+        )
+    }
+
+    /// Generate an RFC 4733 event towards `leg`'s peer (e.g. for a SIP INFO
+    /// digit from the other side), from our RTP port on that leg, with the
+    /// telephone-event payload type given in that leg's [`RemoteMedia`].
+    /// The packets are built here (rtc-rtp) and paced by the worker; they
+    /// carry their own SSRC (the forwarded stream is never re-sequenced).
+    pub fn inject_dtmf(&self, leg: Leg, digit: char, duration: Duration) -> Result<(), RelayError> {
+        let code = dtmf::event_code(digit).ok_or(DtmfError::BadDigit(digit))?;
+        let st = &self.dtmf[leg.idx()];
+        let te = st.telephone_event.load(Ordering::Relaxed);
+        if te == 0 {
+            return Err(DtmfError::NoPayloadType.into());
+        }
+        let (pt, clock) = (((te >> 32) & 0x7f) as u8, te as u32);
+        let elapsed_us = sys::monotonic_ns().saturating_sub(self.created_ns) / 1000;
+        let timestamp = st
+            .ts_base
+            .wrapping_add((elapsed_us.wrapping_mul(clock as u64) / 1_000_000) as u32);
+        let dur = duration.clamp(dtmf::MIN_DURATION, dtmf::MAX_DURATION);
+        let npk = (dur.as_micros() as u64).div_ceil(20_000).max(1) as u32 + 2;
+        let first_seq = st.seq.fetch_add(npk, Ordering::Relaxed) as u16;
+        let packets = dtmf::event_packets(
+            code,
+            dur,
+            &EventParams {
+                payload_type: pt,
+                clock_rate: clock,
+                ssrc: st.ssrc,
+                first_seq,
+                timestamp,
+                interval: Duration::from_millis(20),
+                volume: dtmf::DEFAULT_VOLUME,
+            },
+        )?;
+        self.relay.send(
+            self.worker,
+            Cmd::Dtmf {
+                id: self.id,
+                leg: leg.idx(),
+                packets,
+            },
+        )
+    }
+
+    /// Counters of what the relay receives on `leg` (lock-free read).
+    pub fn stats(&self, leg: Leg) -> StreamStats {
+        self.shared.legs[leg.idx()].snapshot()
+    }
+
+    /// How long since the last accepted packet on `leg` (None: never).
+    pub fn idle(&self, leg: Leg) -> Option<Duration> {
+        let last = self.shared.legs[leg.idx()].get(crate::stats::C::LastRxMs);
+        (last != 0).then(|| Duration::from_millis(self.relay.now_ms().saturating_sub(last)))
+    }
+
+    /// Release now (same as dropping).
+    pub fn release(mut self) {
+        self.do_release();
+    }
+
+    fn do_release(&mut self) {
+        if !self.released {
+            self.released = true;
+            let _ = self.relay.send(self.worker, Cmd::Release { id: self.id });
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.do_release();
+    }
+}

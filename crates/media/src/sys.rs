@@ -1,0 +1,429 @@
+//! Thin, checked wrappers over the Linux system calls the relay uses:
+//! epoll, eventfd, recvmmsg/sendmmsg and raw socket addresses.
+//!
+//! Every `unsafe` block here passes pointers to memory owned by the caller for
+//! the duration of the call only, and every return value is checked.
+
+use std::io;
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Monotonic clock in nanoseconds (vDSO, no system call on Linux).
+#[inline]
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// A socket address in the kernel's format, ready to hand to sendmmsg.
+#[derive(Clone, Copy)]
+pub(crate) struct RawAddr {
+    pub(crate) storage: libc::sockaddr_storage,
+    pub(crate) len: libc::socklen_t,
+}
+
+impl RawAddr {
+    pub(crate) fn empty() -> Self {
+        // SAFETY: sockaddr_storage is plain old data; all-zero is AF_UNSPEC.
+        RawAddr {
+            storage: unsafe { mem::zeroed() },
+            len: 0,
+        }
+    }
+
+    pub(crate) fn from_std(addr: SocketAddr) -> Self {
+        let mut r = RawAddr::empty();
+        match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe {
+                    std::ptr::write(
+                        &mut r.storage as *mut _ as *mut libc::sockaddr_in,
+                        sin,
+                    )
+                };
+                r.len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                unsafe {
+                    std::ptr::write(
+                        &mut r.storage as *mut _ as *mut libc::sockaddr_in6,
+                        sin6,
+                    )
+                };
+                r.len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            }
+        }
+        r
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.len != 0
+    }
+
+    /// Convert from a kernel-filled storage; `None` for other families.
+    pub(crate) fn to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+        match storage.ss_family as libc::c_int {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+                let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    ip,
+                    u16::from_be(sin.sin_port),
+                )))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                    u16::from_be(sin6.sin6_port),
+                    0,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Compact form of a peer endpoint for a fast comparison on the hot path.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) struct Endpoint {
+    /// 0 = none, 4 or 6.
+    family: u8,
+    port: u16,
+    ip: [u8; 16],
+}
+
+impl Endpoint {
+    pub(crate) const NONE: Endpoint = Endpoint {
+        family: 0,
+        port: 0,
+        ip: [0; 16],
+    };
+
+    #[inline]
+    pub(crate) fn from_storage(s: &libc::sockaddr_storage) -> Endpoint {
+        match s.ss_family as libc::c_int {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let sin = unsafe { &*(s as *const _ as *const libc::sockaddr_in) };
+                let mut ip = [0u8; 16];
+                ip[..4].copy_from_slice(&sin.sin_addr.s_addr.to_ne_bytes());
+                Endpoint {
+                    family: 4,
+                    port: sin.sin_port,
+                    ip,
+                }
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let sin6 = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
+                Endpoint {
+                    family: 6,
+                    port: sin6.sin6_port,
+                    ip: sin6.sin6_addr.s6_addr,
+                }
+            }
+            _ => Endpoint::NONE,
+        }
+    }
+
+    pub(crate) fn from_std(a: SocketAddr) -> Endpoint {
+        Endpoint::from_storage(&RawAddr::from_std(a).storage)
+    }
+
+    pub(crate) fn is_some(&self) -> bool {
+        self.family != 0
+    }
+
+    #[cfg(test)]
+    pub(crate) fn to_std(self) -> Option<SocketAddr> {
+        let port = u16::from_be(self.port);
+        match self.family {
+            4 => {
+                let ip = Ipv4Addr::new(self.ip[0], self.ip[1], self.ip[2], self.ip[3]);
+                Some(SocketAddr::new(IpAddr::V4(ip), port))
+            }
+            6 => Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(self.ip)), port)),
+            _ => None,
+        }
+    }
+}
+
+/// Bind a nonblocking UDP socket for media on `addr`, with DSCP `tos`
+/// (IP_TOS for IPv4, IPV6_TCLASS for IPv6; 0xb8 is EF).
+pub(crate) fn media_socket(addr: SocketAddr, tos: u8, rcvbuf: Option<usize>) -> io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+        s.set_tclass_v6(tos as u32)?;
+    } else {
+        s.set_tos(tos as u32)?;
+    }
+    if let Some(n) = rcvbuf {
+        s.set_recv_buffer_size(n)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Read back the traffic class of a socket (for tests).
+#[cfg(test)]
+pub(crate) fn socket_dscp_byte(sock: &UdpSocket) -> io::Result<u8> {
+    let s = socket2::SockRef::from(sock);
+    let v = match sock.local_addr()? {
+        SocketAddr::V4(_) => s.tos()?,
+        SocketAddr::V6(_) => s.tclass_v6()?,
+    };
+    Ok(v as u8)
+}
+
+/// An epoll instance.
+pub(crate) struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Epoll> {
+        // SAFETY: plain system call.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(Epoll {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is valid for the call.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+        Ok(())
+    }
+
+    pub(crate) fn delete(&self, fd: RawFd) {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: `ev` is valid for the call; errors (already closed) are harmless.
+        unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
+    }
+
+    /// Wait for events; returns how many entries of `events` were filled.
+    pub(crate) fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> usize {
+        let max = events.len().min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: `events` is valid for `max` entries.
+        let n = unsafe {
+            libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms)
+        };
+        if n < 0 {
+            0
+        } else {
+            n as usize
+        }
+    }
+}
+
+/// An eventfd used to wake a worker when commands are queued.
+pub(crate) struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    pub(crate) fn new() -> io::Result<EventFd> {
+        // SAFETY: plain system call.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(EventFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub(crate) fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64. EAGAIN (counter full) is fine.
+        unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+    }
+
+    pub(crate) fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64.
+        unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                &mut v as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
+    }
+}
+
+/// `recvmmsg` with MSG_DONTWAIT. Returns the number of messages (0 on
+/// EAGAIN or error).
+#[inline]
+pub(crate) fn recvmmsg(fd: RawFd, msgs: &mut [libc::mmsghdr]) -> usize {
+    // SAFETY: the caller built `msgs` with pointers to live buffers.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            msgs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        0
+    } else {
+        n as usize
+    }
+}
+
+/// `sendmmsg` with MSG_DONTWAIT. Returns the number sent, or the error of the
+/// first message when none was sent.
+#[inline]
+pub(crate) fn sendmmsg(fd: RawFd, msgs: &mut [libc::mmsghdr]) -> Result<usize, i32> {
+    // SAFETY: the caller built `msgs` with pointers to live buffers.
+    let n = unsafe {
+        libc::sendmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            msgs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Send one datagram to a raw address (control path: DTMF generation).
+pub(crate) fn send_to_raw(fd: RawFd, buf: &[u8], to: &RawAddr) -> io::Result<usize> {
+    // SAFETY: `buf` and `to` are valid for the call.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            buf.as_ptr() as *const libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            &to.storage as *const _ as *const libc::sockaddr,
+            to.len,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Linux thread id of the calling thread.
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: plain system call without arguments.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// Pin the calling thread to one CPU. Errors are returned, not fatal.
+pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain old data; CPU_SET bounds-checks via the macro.
+    unsafe {
+        let mut set: libc::cpu_set_t = mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        cvt(libc::sched_setaffinity(
+            0,
+            mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        ))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_addr_round_trip() {
+        for a in [
+            "127.0.0.1:4000".parse::<SocketAddr>().expect("v4"),
+            "[::1]:5000".parse::<SocketAddr>().expect("v6"),
+        ] {
+            let r = RawAddr::from_std(a);
+            assert!(r.is_set());
+            assert_eq!(RawAddr::to_std(&r.storage), Some(a));
+            let e = Endpoint::from_std(a);
+            assert!(e.is_some());
+            assert_eq!(e.to_std(), Some(a));
+        }
+        assert_eq!(RawAddr::to_std(&RawAddr::empty().storage), None);
+        assert!(!Endpoint::from_storage(&RawAddr::empty().storage).is_some());
+    }
+
+    #[test]
+    fn media_sockets_carry_dscp_ef() {
+        for ip in ["127.0.0.1", "::1"] {
+            let addr = SocketAddr::new(ip.parse().expect("ip"), 0);
+            let s = media_socket(addr, 0xb8, None).expect("bind");
+            assert_eq!(socket_dscp_byte(&s).expect("tos"), 0xb8, "{ip}");
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! Relay integration tests on loopback (127.0.0.1 and ::1 only).
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+use podpbx_media::packet::{classify, telephone_event, Kind};
+use podpbx_media::sdp::Sdp;
+use podpbx_media::{Event, Family, LatchMode, LatchPolicy, Leg, RelayError, RemoteMedia, Session};
+
+fn remote(s: &UdpSocket) -> RemoteMedia {
+    RemoteMedia::new(addr(s))
+}
+
+/// Remote with an explicit RTCP socket.
+fn remote_rtcp(rtp: &UdpSocket, rtcp: &UdpSocket) -> RemoteMedia {
+    RemoteMedia {
+        rtcp: Some(addr(rtcp)),
+        ..RemoteMedia::new(addr(rtp))
+    }
+}
+
+/// Send `n` RTP packets from `from` to `to`, check each arrives intact at
+/// `sink` from `relay_src`.
+fn pump(from: &UdpSocket, to: SocketAddr, sink: &UdpSocket, relay_src: SocketAddr, n: u16, ssrc: u32) {
+    for i in 0..n {
+        let p = rtp(0, 1000 + i, 160 * i as u32, ssrc, &[i as u8; 160]);
+        from.send_to(&p, to).expect("send");
+        let (got, src) = recv(sink).expect("forwarded packet");
+        assert_eq!(got, p, "forwarded untouched");
+        assert_eq!(src, relay_src, "sent from the relay's port on the other leg");
+    }
+}
+
+#[test]
+fn v4_to_v6_and_back() {
+    let (relay, _ev) = relay(21000);
+    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    assert!(la.rtp.is_ipv4() && lb.rtp.is_ipv6());
+    assert_eq!(la.rtp.port() % 2, 0);
+    assert_eq!(la.rtcp.port(), la.rtp.port() + 1);
+    let (a, b) = (endpoint(V4), endpoint(V6));
+    s.set_remote(Leg::A, remote(&a)).expect("remote a");
+    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+
+    pump(&a, la.rtp, &b, lb.rtp, 50, 0xaaaa);
+    pump(&b, lb.rtp, &a, la.rtp, 50, 0xbbbb);
+
+    let sa = s.stats(Leg::A);
+    assert_eq!(sa.rtp_packets, 50);
+    assert_eq!(sa.forwarded_packets, 50);
+    assert_eq!(sa.rtp_bytes, 50 * 172);
+    assert_eq!(sa.forwarded_bytes, 50 * 172);
+    assert_eq!(sa.ssrc, 0xaaaa);
+    assert_eq!(sa.expected_packets, 50);
+    assert_eq!(sa.lost_packets, 0);
+    assert_eq!(sa.clock_rate, 8000);
+    assert!(sa.latched);
+    assert_eq!(sa.drops.total(), 0);
+    let sb = s.stats(Leg::B);
+    assert_eq!(sb.forwarded_packets, 50);
+    assert_eq!(sb.ssrc, 0xbbbb);
+    assert!(s.idle(Leg::A).is_some_and(|d| d < Duration::from_secs(5)));
+}
+
+#[test]
+fn family_mismatch_is_refused() {
+    let (relay, _ev) = relay(21100);
+    let s = relay.allocate(Family::V6, Family::V4).expect("allocate");
+    let err = s
+        .set_remote(Leg::A, RemoteMedia::new("127.0.0.1:4000".parse().expect("a")))
+        .expect_err("v4 address on a v6 leg");
+    assert!(matches!(err, RelayError::FamilyMismatch { family: Family::V6, .. }));
+    // The zero address (hold) is accepted on any leg.
+    s.set_remote(Leg::A, RemoteMedia::new("0.0.0.0:4000".parse().expect("a")))
+        .expect("hold address");
+}
+
+#[test]
+fn latching_follows_the_real_source() {
+    let (relay, ev) = relay(21200);
+    let s = relay.allocate(Family::V4, Family::V4).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    // The SDP of A names a socket that never sends (e.g. a private address
+    // behind NAT); A actually sends from `a_real`.
+    let a_sdp = endpoint(V4);
+    let a_real = endpoint(V4);
+    let b = endpoint(V4);
+    s.set_remote(Leg::A, remote(&a_sdp)).expect("remote a");
+    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+
+    // Before A has sent anything, B's media goes to the SDP address.
+    let p = rtp(0, 1, 0, 2, b"x");
+    b.send_to(&p, lb.rtp).expect("send");
+    assert_eq!(recv(&a_sdp).map(|x| x.0), Some(p));
+
+    // A sends from elsewhere: the leg latches onto that source.
+    pump(&a_real, la.rtp, &b, lb.rtp, 3, 1);
+    let mut latched = None;
+    while let Some(e) = ev.recv_timeout(Duration::from_millis(500)) {
+        if let Event::Latched { leg: Leg::A, rtcp: false, source, session } = e {
+            assert_eq!(session, s.id());
+            latched = Some(source);
+            break;
+        }
+    }
+    assert_eq!(latched, Some(addr(&a_real)));
+    // Now B's media follows the latched address.
+    pump(&b, lb.rtp, &a_real, la.rtp, 3, 2);
+    expect_silence(&a_sdp, Duration::from_millis(50));
+}
+
+#[test]
+fn injection_from_third_address_is_dropped_and_counted() {
+    let (relay, _ev) = relay(21300);
+    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, b, evil) = (endpoint(V4), endpoint(V6), endpoint(V4));
+    s.set_remote(Leg::A, remote(&a)).expect("remote a");
+    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    pump(&a, la.rtp, &b, lb.rtp, 5, 1);
+
+    for i in 0..20u16 {
+        evil.send_to(&rtp(0, i, 0, 666, b"evil"), la.rtp).expect("send");
+        evil.send_to(&rtcp_rr(666), la.rtcp).expect("send");
+    }
+    assert!(wait_until(Duration::from_secs(2), || s.stats(Leg::A).drops.foreign_source == 40));
+    expect_silence(&b, Duration::from_millis(50));
+    // The genuine peer still gets through.
+    pump(&a, la.rtp, &b, lb.rtp, 5, 1);
+    let st = s.stats(Leg::A);
+    assert_eq!(st.rtp_packets, 10);
+    assert_eq!(st.forwarded_packets, 10);
+    assert_eq!(st.drops.foreign_source, 40);
+    assert_eq!(st.ssrc, 1, "injected SSRC never reached the stats");
+
+    // Re-latch only on request from the call layer.
+    s.relatch(Leg::A).expect("relatch");
+    relay.sync(Duration::from_secs(2));
+    pump(&evil, la.rtp, &b, lb.rtp, 2, 7);
+    let p = rtp(0, 99, 0, 1, b"old peer");
+    a.send_to(&p, la.rtp).expect("send");
+    expect_silence(&b, Duration::from_millis(50));
+    assert_eq!(s.stats(Leg::A).relatches, 2);
+
+    // A new offer with a changed address re-latches too (and the SDP
+    // address is again only the first guess).
+    let a_new_sdp = endpoint(V4);
+    s.set_remote(Leg::A, remote(&a_new_sdp)).expect("new offer");
+    relay.sync(Duration::from_secs(2));
+    pump(&a, la.rtp, &b, lb.rtp, 2, 1);
+    evil.send_to(&rtp(0, 1, 0, 666, b"evil"), la.rtp).expect("send");
+    expect_silence(&b, Duration::from_millis(50));
+    assert_eq!(s.stats(Leg::A).relatches, 3);
+}
+
+#[test]
+fn sdp_only_policy_and_relatch_after_silence() {
+    let (relay, _ev) = relay_with(21400, 20, |c| {
+        c.latch = LatchPolicy {
+            mode: LatchMode::SdpOnly,
+            relatch_after_silence: None,
+        }
+    });
+    let s = relay.allocate(Family::V4, Family::V4).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, b, other) = (endpoint(V4), endpoint(V4), endpoint(V4));
+    s.set_remote(Leg::A, remote(&a)).expect("remote a");
+    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    relay.sync(Duration::from_secs(2));
+    other.send_to(&rtp(0, 1, 0, 5, b"x"), la.rtp).expect("send");
+    expect_silence(&b, Duration::from_millis(50));
+    assert_eq!(s.stats(Leg::A).drops.foreign_source, 1);
+    pump(&a, la.rtp, &b, lb.rtp, 2, 1);
+    drop(s);
+
+    // NAT rebinding policy: a new source is accepted once the latched one
+    // has been silent long enough.
+    let (relay, _ev) = relay_with(21500, 20, |c| {
+        c.latch.relatch_after_silence = Some(Duration::from_millis(200));
+    });
+    let s = relay.allocate(Family::V4, Family::V4).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, b, rebound) = (endpoint(V4), endpoint(V4), endpoint(V4));
+    s.set_remote(Leg::A, remote(&a)).expect("remote a");
+    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    pump(&a, la.rtp, &b, lb.rtp, 2, 1);
+    rebound.send_to(&rtp(0, 3, 0, 1, b"x"), la.rtp).expect("send");
+    expect_silence(&b, Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(250));
+    pump(&rebound, la.rtp, &b, lb.rtp, 2, 1);
+    pump(&b, lb.rtp, &rebound, la.rtp, 1, 2);
+}
+
+#[test]
+fn rtcp_relayed_on_its_own_ports() {
+    let (relay, _ev) = relay(21600);
+    let s = relay.allocate(Family::V6, Family::V4).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, a_c, b, b_c) = (endpoint(V6), endpoint(V6), endpoint(V4), endpoint(V4));
+    s.set_remote(Leg::A, remote_rtcp(&a, &a_c)).expect("remote a");
+    s.set_remote(Leg::B, remote_rtcp(&b, &b_c)).expect("remote b");
+    relay.sync(Duration::from_secs(2));
+
+    let r = rtcp_rr(0x1111);
+    a_c.send_to(&r, la.rtcp).expect("send");
+    assert_eq!(recv(&b_c), Some((r.clone(), lb.rtcp)));
+    let r2 = rtcp_rr(0x2222);
+    b_c.send_to(&r2, lb.rtcp).expect("send");
+    assert_eq!(recv(&a_c), Some((r2, la.rtcp)));
+    // RTP on an RTCP port is not RTCP: dropped.
+    a_c.send_to(&rtp(0, 1, 0, 1, b"x"), la.rtcp).expect("send");
+    expect_silence(&b_c, Duration::from_millis(50));
+    assert!(wait_until(Duration::from_secs(1), || s.stats(Leg::A).drops.not_rtp == 1));
+    let st = s.stats(Leg::A);
+    assert_eq!(st.rtcp_packets, 1);
+    assert_eq!(st.rtcp_bytes, r.len() as u64);
+    assert_eq!(st.rtp_packets, 0);
+}
+
+#[test]
+fn rtcp_mux_both_sides_and_mixed() {
+    let (relay, _ev) = relay(21700);
+    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, b) = (endpoint(V4), endpoint(V6));
+    let mux = |sock: &UdpSocket| RemoteMedia {
+        rtcp_mux: true,
+        ..RemoteMedia::new(addr(sock))
+    };
+    s.set_remote(Leg::A, mux(&a)).expect("remote a");
+    s.set_remote(Leg::B, mux(&b)).expect("remote b");
+    relay.sync(Duration::from_secs(2));
+    // RTP and RTCP interleaved on the RTP port, told apart by packet type.
+    for i in 0..5u16 {
+        let p = rtp(8, i, 160 * i as u32, 9, b"audio");
+        a.send_to(&p, la.rtp).expect("send");
+        assert_eq!(recv(&b), Some((p, lb.rtp)));
+        let r = rtcp_rr(9);
+        a.send_to(&r, la.rtp).expect("send");
+        assert_eq!(recv(&b), Some((r, lb.rtp)));
+    }
+    let r = rtcp_rr(10);
+    b.send_to(&r, lb.rtp).expect("send");
+    assert_eq!(recv(&a), Some((r, la.rtp)));
+    let st = s.stats(Leg::A);
+    assert_eq!((st.rtp_packets, st.rtcp_packets, st.forwarded_packets), (5, 5, 10));
+    // RTP marker bit with PT 72..=76 would look like RTCP; PT 0 with marker is RTP.
+    let p = rtp(0x80, 6, 0, 9, b"m");
+    a.send_to(&p, la.rtp).expect("send");
+    assert_eq!(recv(&b), Some((p, lb.rtp)));
+
+    // B stops muxing (new answer): RTCP from A now goes to B's RTCP port,
+    // and B's RTCP (on our RTCP port) still reaches A on the muxed port.
+    let b_c = endpoint(V6);
+    s.set_remote(Leg::B, remote_rtcp(&b, &b_c)).expect("remote b");
+    relay.sync(Duration::from_secs(2));
+    let r = rtcp_rr(11);
+    a.send_to(&r, la.rtp).expect("send");
+    assert_eq!(recv(&b_c), Some((r, lb.rtcp)));
+    let r = rtcp_rr(12);
+    b_c.send_to(&r, lb.rtcp).expect("send");
+    assert_eq!(recv(&a), Some((r, la.rtp)));
+}
+
+#[test]
+fn no_destination_and_zero_address_hold() {
+    let (relay, _ev) = relay(21800);
+    let s = relay.allocate(Family::V4, Family::V4).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, b) = (endpoint(V4), endpoint(V4));
+    s.set_remote(Leg::A, remote(&a)).expect("remote a");
+    relay.sync(Duration::from_secs(2));
+    // B has not answered yet: A's media has nowhere to go.
+    a.send_to(&rtp(0, 1, 0, 1, b"x"), la.rtp).expect("send");
+    assert!(wait_until(Duration::from_secs(1), || s.stats(Leg::A).drops.no_destination == 1));
+    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    relay.sync(Duration::from_secs(2));
+    pump(&a, la.rtp, &b, lb.rtp, 2, 1);
+    pump(&b, lb.rtp, &a, la.rtp, 1, 2);
+    // B holds with c=0.0.0.0: nothing is sent to B any more.
+    let sdp = Sdp::parse(
+        format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n",
+            addr(&b).port()
+        )
+        .as_bytes(),
+    )
+    .expect("sdp");
+    let m = &sdp.media()[0];
+    assert!(m.on_hold());
+    s.set_remote(Leg::B, RemoteMedia::from_sdp(m, false).expect("remote")).expect("hold");
+    s.set_hold(Leg::B, true).expect("hold");
+    relay.sync(Duration::from_secs(2));
+    a.send_to(&rtp(0, 3, 0, 1, b"x"), la.rtp).expect("send");
+    expect_silence(&b, Duration::from_millis(50));
+    assert!(wait_until(Duration::from_secs(1), || s.stats(Leg::A).drops.no_destination == 2));
+}
+
+#[test]
+fn ten_thousand_allocations_do_not_leak_ports() {
+    // 16 pairs per family, so every pair is reused hundreds of times.
+    let (relay, _ev) = relay_with(22000, 16, |_| {});
+    let total4 = relay.ports_total(Family::V4);
+    let total6 = relay.ports_total(Family::V6);
+    assert_eq!((total4, total6), (16, 16));
+    let fams = [Family::V4, Family::V6];
+    let mut done = 0;
+    let mut retries = 0;
+    while done < 10_000 {
+        match relay.allocate(fams[done % 2], fams[(done / 2) % 2]) {
+            Ok(s) => {
+                assert_eq!(s.local(Leg::A).rtp.port() % 2, 0);
+                if done % 100 == 0 {
+                    // Exercise a few commands on the way.
+                    s.set_hold(Leg::A, true).expect("cmd");
+                }
+                s.release();
+                done += 1;
+            }
+            Err(RelayError::PortsExhausted(_)) => {
+                // Releases are asynchronous; let the worker catch up.
+                retries += 1;
+                assert!(relay.sync(Duration::from_secs(5)));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Dropping a session releases it as well.
+    for _ in 0..100 {
+        let s = relay.allocate(Family::V6, Family::V6);
+        drop(s);
+        relay.sync(Duration::from_secs(5));
+    }
+    assert!(relay.sync(Duration::from_secs(5)));
+    assert_eq!(relay.ports_available(Family::V4), total4, "after {retries} retries");
+    assert_eq!(relay.ports_available(Family::V6), total6);
+    assert_eq!(relay.active_sessions(), 0);
+    // Every socket is really closed: all ports bind again.
+    let mut held: Vec<UdpSocket> = Vec::new();
+    for port in 22000..22032u16 {
+        for ip in [V4, V6] {
+            match UdpSocket::bind(SocketAddr::new(ip.parse().expect("ip"), port)) {
+                Ok(s) => held.push(s),
+                Err(e) => panic!("{ip} port {port} still bound: {e}"),
+            }
+        }
+    }
+    drop(held);
+    // All 16 pairs can be held at once, and the 17th fails cleanly.
+    let all: Vec<Session> = (0..16)
+        .map(|_| relay.allocate(Family::V4, Family::V6).expect("allocate"))
+        .collect();
+    assert!(matches!(
+        relay.allocate(Family::V4, Family::V4),
+        Err(RelayError::PortsExhausted(Family::V4))
+    ));
+    drop(all);
+    assert!(relay.sync(Duration::from_secs(5)));
+    assert_eq!(relay.ports_available(Family::V4), total4);
+}
+
+#[test]
+fn media_timeout_event_is_hold_aware() {
+    let (relay, ev) = relay_with(22100, 20, |c| {
+        c.media_timeout = Duration::from_millis(300);
+        c.hold_timeout = Duration::from_millis(1500);
+    });
+    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, b) = (endpoint(V4), endpoint(V6));
+    s.set_remote(Leg::A, remote(&a)).expect("remote a");
+    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    // B keeps talking for a while, A is silent.
+    for i in 0..25u16 {
+        b.send_to(&rtp(0, i, 0, 2, b"x"), lb.rtp).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match next_non_latch(&ev, Duration::from_secs(2)) {
+        Some(Event::MediaTimeout { session, leg, idle, on_hold }) => {
+            assert_eq!(session, s.id());
+            assert_eq!(leg, Leg::A, "A was the silent one");
+            assert!(idle >= Duration::from_millis(300));
+            assert!(!on_hold);
+        }
+        other => panic!("expected a media timeout, got {other:?}"),
+    }
+    // Then B goes silent too.
+    match next_non_latch(&ev, Duration::from_secs(2)) {
+        Some(Event::MediaTimeout { leg: Leg::B, .. }) => {}
+        other => panic!("expected B's timeout, got {other:?}"),
+    }
+    // Raised once per silence.
+    assert_eq!(next_non_latch(&ev, Duration::from_millis(400)), None);
+
+    // On hold the longer timeout applies.
+    s.set_hold(Leg::A, true).expect("hold");
+    assert_eq!(next_non_latch(&ev, Duration::from_millis(900)), None);
+    match next_non_latch(&ev, Duration::from_secs(3)) {
+        Some(Event::MediaTimeout { on_hold: true, .. }) => {}
+        other => panic!("expected a hold timeout, got {other:?}"),
+    }
+    // Media resuming re-arms it.
+    let _ = next_non_latch(&ev, Duration::from_millis(100));
+    s.set_hold(Leg::A, false).expect("unhold");
+    for i in 0..30u16 {
+        a.send_to(&rtp(0, i, 0, 1, b"x"), la.rtp).expect("send");
+        b.send_to(&rtp(0, 100 + i, 0, 2, b"x"), lb.rtp).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(next_non_latch(&ev, Duration::from_millis(10)), None);
+    assert!(matches!(
+        next_non_latch(&ev, Duration::from_secs(2)),
+        Some(Event::MediaTimeout { on_hold: false, .. })
+    ));
+}
+
+/// Crafted packets: truncated headers, a 20-byte packet with the X bit set
+/// and an extension length pointing past the end (the input that panics
+/// the old `rtp` 0.17 crate), CSRC counts past the end, bad padding, wrong
+/// version, STUN, DTLS, empty and oversize datagrams. None is forwarded,
+/// each is counted, and the relay keeps forwarding good packets.
+#[test]
+fn crafted_packets_are_dropped_and_counted() {
+    let (relay, _ev) = relay(22200);
+    let s = relay.allocate(Family::V6, Family::V4).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, b) = (endpoint(V6), endpoint(V4));
+    s.set_remote(Leg::A, remote(&a)).expect("remote a");
+    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    pump(&a, la.rtp, &b, lb.rtp, 1, 1);
+
+    let mut x_ext = rtp(0, 2, 0, 1, &[0xbe, 0xde, 0xff, 0xff, 0x10, 0xaa, 0xbb, 0xcc]);
+    x_ext[0] |= 0x10;
+    assert_eq!(x_ext.len(), 20);
+    let mut x_ext2 = rtp(0, 2, 0, 1, &[0x10, 0x00, 0x00, 0x03, 0, 0, 0, 0]);
+    x_ext2[0] |= 0x10;
+    let mut x_hdr_cut = rtp(0, 2, 0, 1, &[0xbe, 0xde]);
+    x_hdr_cut[0] |= 0x10;
+    let mut csrc = rtp(0, 2, 0, 1, &[0; 8]);
+    csrc[0] |= 0x0f;
+    let mut pad = rtp(0, 2, 0, 1, &[1, 2, 200]);
+    pad[0] |= 0x20;
+    let mut v1 = rtp(0, 2, 0, 1, b"payload");
+    v1[0] = 0x40 | (v1[0] & 0x3f);
+    let malformed: Vec<Vec<u8>> = vec![
+        x_ext,
+        x_ext2,
+        x_hdr_cut,
+        csrc,
+        pad,
+        vec![0x80],
+        vec![0x80, 0x00, 0x00],
+        rtp(0, 2, 0, 1, b"")[..11].to_vec(),
+        vec![0x80, 200, 0, 1, 0, 0], // RTCP shorter than 8 bytes
+    ];
+    let not_rtp: Vec<Vec<u8>> = vec![
+        v1,
+        vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], // STUN
+        vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], // DTLS handshake
+        vec![0xff; 40],
+    ];
+    for p in malformed.iter().chain(&not_rtp) {
+        a.send_to(p, la.rtp).expect("send");
+    }
+    a.send_to(&[], la.rtp).expect("send empty");
+    a.send_to(&vec![0x80u8; 3000], la.rtp).expect("send oversize");
+    expect_silence(&b, Duration::from_millis(100));
+    let want_malformed = malformed.len() as u64 + 1; // + the empty datagram
+    assert!(wait_until(Duration::from_secs(1), || {
+        let d = s.stats(Leg::A).drops;
+        d.malformed == want_malformed && d.not_rtp == not_rtp.len() as u64 && d.oversize == 1
+    }), "{:?}", s.stats(Leg::A).drops);
+    // Still forwarding, and the crafted packets did not disturb the stats.
+    pump(&a, la.rtp, &b, lb.rtp, 3, 1);
+    let st = s.stats(Leg::A);
+    assert_eq!(st.rtp_packets, 4);
+    assert_eq!(st.forwarded_packets, 4);
+
+    // A valid packet with a header extension and padding is forwarded as is.
+    let mut ext_ok = rtp(96, 2000, 0, 1, &[0xbe, 0xde, 0x00, 0x01, 0x10, 0xaa, 0x00, 0x00, 7, 7, 2]);
+    ext_ok[0] |= 0x30;
+    a.send_to(&ext_ok, la.rtp).expect("send");
+    assert_eq!(recv(&b), Some((ext_ok, lb.rtp)));
+}
+
+#[test]
+fn loss_and_jitter_estimates() {
+    let (relay, _ev) = relay(22300);
+    let s = relay.allocate(Family::V4, Family::V4).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, b) = (endpoint(V4), endpoint(V4));
+    s.set_remote(
+        Leg::A,
+        RemoteMedia {
+            clock_rates: vec![(96, 48000)],
+            ..remote(&a)
+        },
+    )
+    .expect("remote a");
+    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    // 100 packets, every 5th missing, timestamps advancing 20 ms while
+    // packets are sent back to back: jitter builds up.
+    let mut sent = 0;
+    for i in 0..100u16 {
+        if i % 5 == 4 {
+            continue;
+        }
+        a.send_to(&rtp(96, i, 960 * i as u32, 0x77, b"opus"), la.rtp).expect("send");
+        sent += 1;
+        recv(&b).expect("forwarded");
+    }
+    let st = s.stats(Leg::A);
+    assert_eq!(st.rtp_packets, sent);
+    assert_eq!(st.expected_packets, 99);
+    assert_eq!(st.lost_packets, 99 - 80);
+    assert_eq!(st.clock_rate, 48000);
+    assert!(st.jitter_timestamp_units > 100, "{st:?}");
+    assert!(st.loss_fraction() > 0.18 && st.loss_fraction() < 0.2);
+}
+
+#[test]
+fn dtmf_injection_rfc4733() {
+    let (relay, _ev) = relay(22400);
+    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let lb = s.local(Leg::B);
+    let (a, b) = (endpoint(V4), endpoint(V6));
+    s.set_remote(Leg::A, remote(&a)).expect("remote a");
+    assert!(matches!(
+        s.inject_dtmf(Leg::A, '1', Duration::from_millis(100)),
+        Err(RelayError::Dtmf(_))
+    ));
+    s.set_remote(
+        Leg::B,
+        RemoteMedia {
+            telephone_event: Some((101, 8000)),
+            ..remote(&b)
+        },
+    )
+    .expect("remote b");
+    assert!(s.inject_dtmf(Leg::B, 'x', Duration::from_millis(100)).is_err());
+    s.inject_dtmf(Leg::B, '#', Duration::from_millis(100)).expect("dtmf");
+    let mut got = Vec::new();
+    let t0 = std::time::Instant::now();
+    while got.len() < 7 {
+        let (p, from) = recv(&b).expect("dtmf packet");
+        assert_eq!(from, lb.rtp);
+        got.push((t0.elapsed(), p));
+    }
+    let mut ssrc = None;
+    for (i, (_, p)) in got.iter().enumerate() {
+        let Kind::Rtp(h) = classify(p, true) else {
+            panic!("not RTP")
+        };
+        assert_eq!(h.payload_type, 101);
+        assert_eq!(*ssrc.get_or_insert(h.ssrc), h.ssrc);
+        let e = telephone_event(&p[h.payload_offset as usize..]).expect("event");
+        assert_eq!(e.event, 11);
+        assert_eq!(e.end, i >= 4);
+    }
+    // Paced over the event's duration, not sent in one burst.
+    assert!(got[6].0 - got[0].0 >= Duration::from_millis(60), "{:?}", got[6].0 - got[0].0);
+    assert!(wait_until(Duration::from_secs(1), || s.stats(Leg::B).dtmf_packets_sent == 7));
+}
+
+#[test]
+fn remote_media_from_sdp() {
+    let sdp = Sdp::parse(
+        b"v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\n\
+m=audio 5004 RTP/AVP 111 101\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:101 telephone-event/48000\r\na=rtcp:5011\r\n",
+    )
+    .expect("sdp");
+    let r = RemoteMedia::from_sdp(&sdp.media()[0], false).expect("remote");
+    assert_eq!(r.rtp, "[::1]:5004".parse::<SocketAddr>().expect("a"));
+    assert_eq!(r.rtcp, Some("[::1]:5011".parse().expect("a")));
+    assert_eq!(r.clock_rates, vec![(111, 48000), (101, 48000)]);
+    assert_eq!(r.telephone_event, Some((101, 48000)));
+    let m = RemoteMedia::from_sdp(&sdp.media()[0], true).expect("remote");
+    assert!(m.rtcp_mux && m.rtcp.is_none());
+}
+
+#[test]
+fn several_workers_and_many_sessions() {
+    let (relay, _ev) = relay_with(22500, 40, |c| c.workers = 3);
+    assert_eq!(relay.worker_thread_ids().len(), 3);
+    let mut sessions = Vec::new();
+    let mut eps = Vec::new();
+    for i in 0..30 {
+        let fa = if i % 2 == 0 { Family::V4 } else { Family::V6 };
+        let s = relay.allocate(fa, Family::V6).expect("allocate");
+        let a = endpoint(if fa == Family::V4 { V4 } else { V6 });
+        let b = endpoint(V6);
+        s.set_remote(Leg::A, remote(&a)).expect("a");
+        s.set_remote(Leg::B, remote(&b)).expect("b");
+        sessions.push(s);
+        eps.push((a, b));
+    }
+    for (s, (a, b)) in sessions.iter().zip(&eps) {
+        pump(a, s.local(Leg::A).rtp, b, s.local(Leg::B).rtp, 3, 5);
+        pump(b, s.local(Leg::B).rtp, a, s.local(Leg::A).rtp, 3, 6);
+    }
+    assert!(relay.worker_thread_ids().iter().all(|t| *t > 0));
+    assert_eq!(relay.active_sessions(), 30);
+    drop(sessions);
+    assert!(relay.sync(Duration::from_secs(5)));
+    assert_eq!(relay.active_sessions(), 0);
+    assert_eq!(relay.ports_available(Family::V6), relay.ports_total(Family::V6));
+}

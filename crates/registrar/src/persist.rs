@@ -1,0 +1,167 @@
+//! Saving and restoring bindings as JSON, atomically.
+
+use crate::bindings::{Binding, Flow};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Why saving or loading failed (a corrupt file is not an error: see [`LoadReport`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("serialising bindings: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// What [`crate::Registrar::load`] restored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Bindings restored.
+    pub loaded: usize,
+    /// Bindings dropped: expired, unknown user, or beyond the user's max contacts.
+    pub dropped: usize,
+    /// Set when the file was unreadable as a bindings file: it was renamed to this path and the
+    /// registrar started with no bindings. Log it as a warning.
+    pub moved_aside: Option<PathBuf>,
+    /// Human-readable warning accompanying `moved_aside`.
+    pub warning: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct FileV1 {
+    pub version: u32,
+    pub bindings: Vec<StoredBinding>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StoredBinding {
+    pub aor: String,
+    pub contact: String,
+    pub expires_unix_ms: u64,
+    pub registered_unix_ms: u64,
+    #[serde(default)]
+    pub q: Option<u16>,
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub reg_id: Option<u32>,
+    pub call_id: String,
+    pub cseq: u32,
+    pub flow: Flow,
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    #[serde(default = "yes")]
+    pub reachable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+pub(crate) fn stored(aor: &str, b: &Binding) -> StoredBinding {
+    StoredBinding {
+        aor: aor.to_owned(),
+        contact: b.contact_uri.clone(),
+        expires_unix_ms: unix_ms(b.expires_at_wall),
+        registered_unix_ms: unix_ms(b.registered_at),
+        q: b.q,
+        instance: b.instance.clone(),
+        reg_id: b.reg_id,
+        call_id: b.call_id.clone(),
+        cseq: b.cseq,
+        flow: b.flow,
+        user_agent: b.user_agent.clone(),
+        reachable: b.reachable,
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PersistError {
+    let path = path.to_owned();
+    move |source| PersistError::Io { op, path, source }
+}
+
+/// Writes `data` to `path` atomically: a temporary file in the same directory is written and
+/// fsynced, renamed over `path`, then the directory is fsynced.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PersistError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bindings".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(data).map_err(io_err("write", &tmp))?;
+        f.sync_all().map_err(io_err("fsync", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(io_err("rename", path))?;
+        let d = File::open(&dir).map_err(io_err("open", &dir))?;
+        d.sync_all().map_err(io_err("fsync", &dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads the file: `Ok(None)` if it does not exist, `Ok(Some(Err(why)))` if it exists but is
+/// not a valid bindings file.
+pub(crate) fn read(path: &Path) -> Result<Option<Result<FileV1, String>>, PersistError> {
+    let data = match fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(PersistError::Io {
+                op: "read",
+                path: path.to_owned(),
+                source: e,
+            })
+        }
+    };
+    Ok(Some(match serde_json::from_slice::<FileV1>(&data) {
+        Ok(f) if f.version == FORMAT_VERSION => Ok(f),
+        Ok(f) => Err(format!("unsupported format version {}", f.version)),
+        Err(e) => Err(e.to_string()),
+    }))
+}
+
+/// Renames a corrupt file to `<name>.corrupt-<unix-seconds>` next to it.
+pub(crate) fn move_aside(path: &Path, wall_now: SystemTime) -> Result<PathBuf, PersistError> {
+    let secs = unix_ms(wall_now) / 1000;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bindings".into());
+    let mut target = path.with_file_name(format!("{name}.corrupt-{secs}"));
+    let mut n = 1;
+    while target.exists() {
+        target = path.with_file_name(format!("{name}.corrupt-{secs}.{n}"));
+        n += 1;
+    }
+    fs::rename(path, &target).map_err(io_err("rename", path))?;
+    Ok(target)
+}

@@ -1,0 +1,1138 @@
+//! The registrar state machine: REGISTER handling (RFC 3261 §10.3) and reusable request
+//! authentication.
+
+use crate::bindings::{Binding, Flow, QualifyTarget, Store};
+use crate::cidr::Cidr;
+use crate::guard::{Guard, GuardConfig};
+use crate::persist::{self, LoadReport, PersistError};
+use crate::users::UserDb;
+use bytes::Bytes;
+use podpbx_sip::digest::{
+    Algorithm, AuthKind, Credentials, DigestParseError, DigestServer, ServerConfig, VerifyOutcome,
+};
+use podpbx_sip::{ContactList, HeaderName, Host, Message, Method, ResponseBuilder, Uri};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Registrar settings.
+#[derive(Clone)]
+pub struct Settings {
+    /// Digest realm.
+    pub realm: String,
+    /// Domains whose AORs we keep (the To host, compared case-insensitively; IP literals with or
+    /// without brackets). Empty: accept any domain.
+    pub domains: Vec<String>,
+    /// Shortest non-zero expiry accepted; shorter ones get `423` with `Min-Expires`.
+    pub min_expires: u32,
+    /// Longer requested expiries are lowered to this.
+    pub max_expires: u32,
+    /// Used when neither the contact nor the request gives an expiry.
+    pub default_expires: u32,
+    /// How long a nonce is valid.
+    pub nonce_ttl: Duration,
+    /// Digest algorithms challenged with, preferred first.
+    pub algorithms: Vec<Algorithm>,
+    /// Accept RFC 2069 responses without qop (old doorbells).
+    pub allow_no_qop: bool,
+    /// Random key for nonces and To tags (at least 16 bytes from the OS).
+    pub secret: Vec<u8>,
+    /// Authentication failures from one source IP within `failure_window` that block it.
+    /// 0 disables blocking.
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    /// How long a blocked source is ignored.
+    pub block_for: Duration,
+    /// Sources never counted or blocked (they still authenticate), e.g. the office NAT.
+    pub trusted_networks: Vec<Cidr>,
+    /// Capacity of the per-source failure table.
+    pub max_tracked_sources: usize,
+    /// Capacity of the blocked-source table.
+    pub max_blocked_sources: usize,
+    /// Capacity of the digest nonce-count table.
+    pub max_tracked_nonces: usize,
+    /// Probe bindings with OPTIONS this often (`None`: no qualify).
+    pub qualify_interval: Option<Duration>,
+    /// Consecutive failed probes after which a binding is marked unreachable.
+    pub qualify_max_failures: u32,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("realm", &self.realm)
+            .field("domains", &self.domains)
+            .field("min_expires", &self.min_expires)
+            .field("max_expires", &self.max_expires)
+            .field("default_expires", &self.default_expires)
+            .field("nonce_ttl", &self.nonce_ttl)
+            .field("algorithms", &self.algorithms)
+            .field("allow_no_qop", &self.allow_no_qop)
+            .field("max_failures", &self.max_failures)
+            .field("failure_window", &self.failure_window)
+            .field("block_for", &self.block_for)
+            .field("trusted_networks", &self.trusted_networks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Defaults: any domain, expires 60/3600/3600 s, 300 s nonces, MD5 with qop=auth and RFC 2069
+    /// accepted, 5 failures in 120 s block a source for 600 s, 10 000 tracked sources and nonces,
+    /// 4 096 blocked sources, no qualify (3 failures when enabled).
+    pub fn new(realm: impl Into<String>, secret: impl Into<Vec<u8>>) -> Self {
+        Settings {
+            realm: realm.into(),
+            domains: Vec::new(),
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            nonce_ttl: Duration::from_secs(300),
+            algorithms: vec![Algorithm::Md5],
+            allow_no_qop: true,
+            secret: secret.into(),
+            max_failures: 5,
+            failure_window: Duration::from_secs(120),
+            block_for: Duration::from_secs(600),
+            trusted_networks: Vec::new(),
+            max_tracked_sources: 10_000,
+            max_blocked_sources: 4_096,
+            max_tracked_nonces: 10_000,
+            qualify_interval: None,
+            qualify_max_failures: 3,
+        }
+    }
+}
+
+/// What to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `401`/`407` with one challenge header per value.
+    Challenge { kind: AuthKind, values: Vec<String> },
+    /// `200 OK` with one Contact line per current binding (remaining `expires`) and a Date.
+    Ok { contacts: Vec<String>, date: String },
+    /// `423 Interval Too Brief` with `Min-Expires`.
+    IntervalTooBrief { min_expires: u32 },
+    /// `400` with this reason phrase.
+    BadRequest { reason: &'static str },
+    /// `403` with this reason phrase.
+    Forbidden { reason: &'static str },
+    /// `404`: the To domain is not ours.
+    NotFound,
+    /// Blocked source: send nothing at all.
+    Drop,
+}
+
+impl Reply {
+    /// Status code and reason phrase; `None` for [`Reply::Drop`].
+    pub fn status(&self) -> Option<(u16, &'static str)> {
+        Some(match self {
+            Reply::Challenge { kind, .. } => (kind.status(), kind.reason()),
+            Reply::Ok { .. } => (200, "OK"),
+            Reply::IntervalTooBrief { .. } => (423, "Interval Too Brief"),
+            Reply::BadRequest { reason } => (400, reason),
+            Reply::Forbidden { reason } => (403, reason),
+            Reply::NotFound => (404, "Not Found"),
+            Reply::Drop => return None,
+        })
+    }
+
+    /// Extra header lines of the response, in order.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Reply::Challenge { kind, values } => values
+                .iter()
+                .map(|v| (kind.challenge_header(), v.clone()))
+                .collect(),
+            Reply::Ok { contacts, date } => {
+                let mut h: Vec<_> = contacts.iter().map(|c| ("Contact", c.clone())).collect();
+                h.push(("Date", date.clone()));
+                h
+            }
+            Reply::IntervalTooBrief { min_expires } => {
+                vec![("Min-Expires", min_expires.to_string())]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// What kind of security-relevant thing happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityEventKind {
+    /// Wrong digest response for an existing user.
+    AuthFailed,
+    /// Credentials for a user that does not exist.
+    UnknownUser,
+    /// Unparseable or unacceptable credentials.
+    MalformedCredentials,
+    /// Right credentials from a source outside the user's allowed networks.
+    SourceNotAllowed,
+    /// The source reached the failure limit and is now blocked (its requests get no answer).
+    Blocked,
+    /// Authenticated as one user, tried to register another user's AOR.
+    IdentityMismatch,
+}
+
+/// A structured event for the security log (fail2ban style).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecurityEvent {
+    pub kind: SecurityEventKind,
+    pub source: IpAddr,
+    pub port: u16,
+    pub transport: crate::Transport,
+    /// The user name tried (digest username), sanitised and truncated; `None` if none was given.
+    pub user: Option<String>,
+    /// The AOR user of the To header, for REGISTER.
+    pub aor: Option<String>,
+    /// Request method.
+    pub method: String,
+    /// Failures counted when a block started.
+    pub failures: Option<u32>,
+    /// Block length in seconds, for [`SecurityEventKind::Blocked`].
+    pub blocked_secs: Option<u64>,
+}
+
+/// The result of [`Registrar::handle_register`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub reply: Reply,
+    /// Bindings changed: persist them ([`Registrar::save`]).
+    pub changed: bool,
+    /// Security events to log.
+    pub events: Vec<SecurityEvent>,
+    /// The AOR user the request was about, once known.
+    pub aor: Option<String>,
+}
+
+impl Outcome {
+    fn reply(reply: Reply) -> Self {
+        Outcome {
+            reply,
+            changed: false,
+            events: Vec::new(),
+            aor: None,
+        }
+    }
+}
+
+/// The result of [`Registrar::authenticate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthResult {
+    /// Authenticated as this user (the digest username, which is the user's name).
+    Authenticated { user: String },
+    /// Answer with this challenge (first request, wrong or unknown credentials, stale or reused
+    /// nonce).
+    Challenge { kind: AuthKind, values: Vec<String> },
+    /// Answer `400`: malformed credentials.
+    BadRequest { reason: &'static str },
+    /// Blocked source: no answer.
+    Drop,
+}
+
+impl AuthResult {
+    /// The reply to send when not authenticated (`None` when authenticated).
+    pub fn reply(&self) -> Option<Reply> {
+        match self {
+            AuthResult::Authenticated { .. } => None,
+            AuthResult::Challenge { kind, values } => Some(Reply::Challenge {
+                kind: *kind,
+                values: values.clone(),
+            }),
+            AuthResult::BadRequest { reason } => Some(Reply::BadRequest { reason }),
+            AuthResult::Drop => Some(Reply::Drop),
+        }
+    }
+}
+
+/// [`AuthResult`] plus the security events it produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthCheck {
+    pub result: AuthResult,
+    pub events: Vec<SecurityEvent>,
+}
+
+/// Table sizes, for metrics and the flood test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Stats {
+    pub aors: usize,
+    pub bindings: usize,
+    pub tracked_sources: usize,
+    pub blocked_sources: usize,
+    pub tracked_nonces: usize,
+}
+
+/// A requested contact, validated.
+struct Wanted {
+    uri: String,
+    expires: u32,
+    q: Option<u16>,
+    instance: Option<String>,
+    reg_id: Option<u32>,
+}
+
+/// The registrar. Sans-IO: time comes in as arguments, replies go out as values.
+pub struct Registrar {
+    settings: Settings,
+    users: UserDb,
+    digest: DigestServer,
+    guard: Guard,
+    store: Store,
+}
+
+impl std::fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrar")
+            .field("settings", &self.settings)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+const MAX_EVENT_USER: usize = 64;
+const MAX_USER_AGENT: usize = 128;
+
+impl Registrar {
+    pub fn new(settings: Settings, users: UserDb, now: Instant) -> Self {
+        let digest = DigestServer::new(
+            ServerConfig {
+                realm: settings.realm.clone(),
+                secret: settings.secret.clone(),
+                nonce_ttl: settings.nonce_ttl,
+                algorithms: settings.algorithms.clone(),
+                qop: true,
+                allow_no_qop: settings.allow_no_qop,
+                max_tracked_nonces: settings.max_tracked_nonces,
+            },
+            now,
+        );
+        let guard = Guard::new(GuardConfig {
+            max_failures: settings.max_failures,
+            window: settings.failure_window,
+            block_for: settings.block_for,
+            trusted: settings.trusted_networks.clone(),
+            max_tracked: settings.max_tracked_sources,
+            max_blocked: settings.max_blocked_sources,
+        });
+        Registrar {
+            settings,
+            users,
+            digest,
+            guard,
+            store: Store::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn users(&self) -> &UserDb {
+        &self.users
+    }
+
+    /// Replaces the user database (configuration reload). Bindings of users that no longer exist
+    /// are removed; returns true if any were (persist then).
+    pub fn set_users(&mut self, users: UserDb) -> bool {
+        self.users = users;
+        let before = self.store.count();
+        let users = &self.users;
+        self.store.by_aor.retain(|aor, _| users.get(aor).is_some());
+        self.store.count() != before
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            aors: self.store.by_aor.len(),
+            bindings: self.store.count(),
+            tracked_sources: self.guard.tracked(),
+            blocked_sources: self.guard.blocked(),
+            tracked_nonces: self.digest.tracked_nonces(),
+        }
+    }
+
+    /// True while `ip` is blocked; the transport may drop its packets before parsing.
+    pub fn is_blocked(&mut self, ip: IpAddr, now: Instant) -> bool {
+        !self.guard.is_trusted(ip) && self.guard.is_blocked(ip, now)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Authentication
+    // -----------------------------------------------------------------------------------------
+
+    /// Authenticates a request (REGISTER, MESSAGE, INVITE...) with the `kind` header pair:
+    /// [`AuthKind::Www`] (401) for REGISTER/MESSAGE, [`AuthKind::Proxy`] (407) for INVITE.
+    ///
+    /// * No credentials for our realm, a non-Digest scheme: challenge, not a failure.
+    /// * Wrong response and unknown user: the same fresh challenge (no user enumeration); both
+    ///   counted as failures of the source and logged with the user tried.
+    /// * Right response from outside the user's allowed networks: treated exactly like a wrong
+    ///   password towards the client; logged as `source_not_allowed`.
+    /// * Right response but stale nonce, or reused nonce/nc (Dahua/Hikvision doorbells resend
+    ///   the previous Authorization on refresh): challenge with `stale=true`, never a failure.
+    /// * Malformed credentials: `400`, counted as a failure.
+    /// * The failure reaching `max_failures` blocks the source: `Drop` from then on.
+    pub fn authenticate(
+        &mut self,
+        now: Instant,
+        req: &Message,
+        flow: Flow,
+        kind: AuthKind,
+    ) -> AuthCheck {
+        self.authenticate_inner(now, req, flow, kind, None)
+    }
+
+    fn authenticate_inner(
+        &mut self,
+        now: Instant,
+        req: &Message,
+        flow: Flow,
+        kind: AuthKind,
+        aor: Option<&str>,
+    ) -> AuthCheck {
+        let ip = flow.source.ip();
+        let mut events = Vec::new();
+        if self.is_blocked(ip, now) {
+            return AuthCheck {
+                result: AuthResult::Drop,
+                events,
+            };
+        }
+        let method = req.method().map_or("", Method::as_str);
+        let mut chosen = None;
+        let mut malformed = false;
+        for h in req.header_lines(kind.credentials_header_name()) {
+            match Credentials::parse(&h.value) {
+                Ok(c) if c.realm == self.settings.realm => {
+                    chosen = Some(c);
+                    break;
+                }
+                // Credentials for another realm (another proxy's), or another scheme (RFC 4475
+                // regaut01): ignore; if nothing is left, challenge.
+                Ok(_) | Err(DigestParseError::NotDigest(_)) => {}
+                Err(DigestParseError::Malformed(_)) => malformed = true,
+            }
+        }
+        let ev = |kind_: SecurityEventKind, user: Option<&str>| SecurityEvent {
+            kind: kind_,
+            source: ip,
+            port: flow.source.port(),
+            transport: flow.transport,
+            user: user.map(sanitize_user),
+            aor: aor.map(sanitize_user),
+            method: method.to_string(),
+            failures: None,
+            blocked_secs: None,
+        };
+        let Some(creds) = chosen else {
+            if malformed {
+                events.push(ev(SecurityEventKind::MalformedCredentials, None));
+                if let Some(r) = self.count_failure(now, ip, None, &ev, &mut events) {
+                    return AuthCheck { result: r, events };
+                }
+                return AuthCheck {
+                    result: AuthResult::BadRequest {
+                        reason: "Malformed Authorization",
+                    },
+                    events,
+                };
+            }
+            return AuthCheck {
+                result: self.challenge(now, kind, false),
+                events,
+            };
+        };
+        let user = self.users.get(&creds.username);
+        let secret = user.map(|u| u.secret.clone());
+        let allowed = user.is_none_or(|u| u.allowed_from(ip));
+        let outcome = self
+            .digest
+            .verify(now, &creds, method, &req.body, secret.as_ref());
+        let name = Some(creds.username.as_str());
+        let failure = match &outcome {
+            VerifyOutcome::Ok { username } if allowed => {
+                return AuthCheck {
+                    result: AuthResult::Authenticated {
+                        user: username.clone(),
+                    },
+                    events,
+                };
+            }
+            VerifyOutcome::Ok { .. } => Some(SecurityEventKind::SourceNotAllowed),
+            VerifyOutcome::Stale | VerifyOutcome::Replay => {
+                tracing::debug!(source = %flow.source, user = %sanitize_user(&creds.username), ?outcome, "stale or reused nonce, re-challenging");
+                None
+            }
+            VerifyOutcome::BadResponse => Some(SecurityEventKind::AuthFailed),
+            VerifyOutcome::UnknownUser => Some(SecurityEventKind::UnknownUser),
+            VerifyOutcome::Malformed => Some(SecurityEventKind::MalformedCredentials),
+            VerifyOutcome::WrongRealm => None,
+        };
+        let Some(kind_) = failure else {
+            let stale = matches!(outcome, VerifyOutcome::Stale | VerifyOutcome::Replay);
+            return AuthCheck {
+                result: self.challenge(now, kind, stale),
+                events,
+            };
+        };
+        events.push(ev(kind_, name));
+        if let Some(r) = self.count_failure(now, ip, name, &ev, &mut events) {
+            return AuthCheck { result: r, events };
+        }
+        let result = if kind_ == SecurityEventKind::MalformedCredentials {
+            AuthResult::BadRequest {
+                reason: "Malformed Authorization",
+            }
+        } else {
+            self.challenge(now, kind, false)
+        };
+        AuthCheck { result, events }
+    }
+
+    /// Counts a failure; `Some(Drop)` if it started a block (with the `Blocked` event added).
+    fn count_failure(
+        &mut self,
+        now: Instant,
+        ip: IpAddr,
+        user: Option<&str>,
+        ev: &dyn Fn(SecurityEventKind, Option<&str>) -> SecurityEvent,
+        events: &mut Vec<SecurityEvent>,
+    ) -> Option<AuthResult> {
+        let n = self.guard.record_failure(ip, now)?;
+        let mut e = ev(SecurityEventKind::Blocked, user);
+        e.failures = Some(n);
+        e.blocked_secs = Some(self.guard.block_for().as_secs());
+        events.push(e);
+        Some(AuthResult::Drop)
+    }
+
+    fn challenge(&mut self, now: Instant, kind: AuthKind, stale: bool) -> AuthResult {
+        AuthResult::Challenge {
+            kind,
+            values: self.digest.challenge_values(now, stale),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // REGISTER
+    // -----------------------------------------------------------------------------------------
+
+    /// Handles a REGISTER (RFC 3261 §10.3). `now` drives expiry timers, `wall` the persisted
+    /// expiry and the Date header. See the crate documentation for every behaviour choice.
+    pub fn handle_register(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        req: &Message,
+        flow: Flow,
+    ) -> Outcome {
+        if self.is_blocked(flow.source.ip(), now) {
+            return Outcome::reply(Reply::Drop);
+        }
+        let bad = |reason| Outcome::reply(Reply::BadRequest { reason });
+        if req.method() != Some(&Method::Register) {
+            return bad("Not REGISTER");
+        }
+        let Ok(to) = req.to_hdr() else {
+            return bad("Malformed To");
+        };
+        let Some(aor) = to
+            .uri
+            .user
+            .as_ref()
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .filter(|u| !u.is_empty())
+        else {
+            return bad("To Without User");
+        };
+        let aor = aor.to_owned();
+        if !self.serves(to.uri.host.as_ref()) {
+            return Outcome::reply(Reply::NotFound);
+        }
+        let Ok(call_id) = req.call_id() else {
+            return bad("Malformed Call-ID");
+        };
+        let call_id = String::from_utf8_lossy(&call_id).into_owned();
+        let Ok(cseq) = req.cseq() else {
+            return bad("Malformed CSeq");
+        };
+        let cseq = cseq.seq;
+        // A malformed Expires header counts as absent (the default applies; RFC 3261 §20.19
+        // suggests treating it as 3600), so `Contact: *` with it is a 400.
+        let expires_hdr = req.expires().ok().flatten();
+        let Ok(contacts) = req.contacts() else {
+            return bad("Malformed Contact");
+        };
+
+        let auth = self.authenticate_inner(now, req, flow, AuthKind::Www, Some(&aor));
+        let mut out = Outcome {
+            reply: Reply::Drop,
+            changed: false,
+            events: auth.events,
+            aor: Some(aor.clone()),
+        };
+        let user = match auth.result {
+            AuthResult::Authenticated { user } => user,
+            other => {
+                out.reply = other.reply().unwrap_or(Reply::Drop);
+                return out;
+            }
+        };
+        // The digest username must be the To user: authentication is by the auth username and
+        // the binding goes to the To AOR; the From user is never looked at (doorbells that put
+        // another name in From would otherwise loop on 401).
+        if user != aor {
+            out.events.push(SecurityEvent {
+                kind: SecurityEventKind::IdentityMismatch,
+                source: flow.source.ip(),
+                port: flow.source.port(),
+                transport: flow.transport,
+                user: Some(sanitize_user(&user)),
+                aor: Some(sanitize_user(&aor)),
+                method: "REGISTER".into(),
+                failures: None,
+                blocked_secs: None,
+            });
+            out.reply = Reply::Forbidden {
+                reason: "Forbidden",
+            };
+            return out;
+        }
+        let max_contacts = self.users.get(&user).map_or(1, |u| u.max_contacts.max(1));
+
+        // Expired bindings of this AOR are gone before anything is listed or counted.
+        let mut list = self.store.by_aor.remove(&aor).unwrap_or_default();
+        let before = list.len();
+        list.retain(|b| !b.is_expired(now));
+        out.changed = list.len() != before;
+
+        let result = self.apply(
+            now,
+            wall,
+            req,
+            flow,
+            &call_id,
+            cseq,
+            expires_hdr,
+            contacts,
+            max_contacts,
+            &mut list,
+        );
+        match result {
+            Ok(changed) => out.changed |= changed,
+            Err(reply) => {
+                if !list.is_empty() {
+                    self.store.by_aor.insert(aor, list);
+                }
+                out.reply = reply;
+                return out;
+            }
+        }
+        let now_list: Vec<String> = {
+            let mut sorted: Vec<&Binding> = list.iter().collect();
+            sorted.sort_by_key(|b| (b.registered_at, b.id));
+            sorted.iter().map(|b| b.contact_value(now)).collect()
+        };
+        if !list.is_empty() {
+            self.store.by_aor.insert(aor, list);
+        }
+        out.reply = Reply::Ok {
+            contacts: now_list,
+            date: http_date(wall),
+        };
+        out
+    }
+
+    /// Applies the Contact changes of an authenticated REGISTER to `list` (the AOR's unexpired
+    /// bindings). `Ok(changed)`, or `Err(reply)` leaving `list` untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        req: &Message,
+        flow: Flow,
+        call_id: &str,
+        cseq: u32,
+        expires_hdr: Option<u32>,
+        contacts: Option<ContactList>,
+        max_contacts: usize,
+        list: &mut Vec<Binding>,
+    ) -> Result<bool, Reply> {
+        // Same Call-ID with a CSeq not above the stored one: out of order (RFC 3261 §10.3 step
+        // 7 says "do not update"); we answer 200 with the current bindings, changing nothing.
+        let out_of_order = |b: &Binding| b.call_id == call_id && b.cseq >= cseq;
+        let cs = match contacts {
+            None => return Ok(false), // a query
+            Some(ContactList::Star) => {
+                if expires_hdr != Some(0) {
+                    return Err(Reply::BadRequest {
+                        reason: "Contact * Requires Expires: 0",
+                    });
+                }
+                if list.iter().any(out_of_order) {
+                    return Ok(false);
+                }
+                let changed = !list.is_empty();
+                list.clear();
+                return Ok(changed);
+            }
+            Some(ContactList::List(cs)) => cs,
+        };
+        let s = &self.settings;
+        let mut wanted = Vec::with_capacity(cs.len());
+        for c in &cs {
+            if !c.addr.uri.is_sip() {
+                return Err(Reply::BadRequest {
+                    reason: "Unsupported Contact URI",
+                });
+            }
+            let Ok(uri) = String::from_utf8(c.addr.uri.raw.to_vec()) else {
+                return Err(Reply::BadRequest {
+                    reason: "Malformed Contact",
+                });
+            };
+            let expires = c.expires().or(expires_hdr).unwrap_or(s.default_expires);
+            if expires != 0 && expires < s.min_expires {
+                return Err(Reply::IntervalTooBrief {
+                    min_expires: s.min_expires,
+                });
+            }
+            let instance = c.addr.params.get("+sip.instance").and_then(|v| {
+                let v = String::from_utf8(v.to_vec()).ok()?;
+                let v = v.trim().trim_matches('"').to_owned();
+                (!v.is_empty()).then_some(v)
+            });
+            let reg_id = instance.as_ref().and(
+                c.addr
+                    .params
+                    .get("reg-id")
+                    .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok()),
+            );
+            wanted.push(Wanted {
+                uri,
+                expires: expires.min(s.max_expires),
+                q: c.q(),
+                instance,
+                reg_id,
+            });
+        }
+        if wanted
+            .iter()
+            .any(|w| list.iter().any(|b| same_binding(b, w) && out_of_order(b)))
+        {
+            return Ok(false);
+        }
+        // Distinct contacts this request wants bound.
+        let mut distinct: Vec<&Wanted> = Vec::new();
+        for w in wanted.iter().filter(|w| w.expires > 0) {
+            if !distinct.iter().any(|d| same_wanted(d, w)) {
+                distinct.push(w);
+            }
+        }
+        if distinct.len() > max_contacts {
+            return Err(Reply::Forbidden {
+                reason: "Too Many Contacts",
+            });
+        }
+        let user_agent = req
+            .header(HeaderName::UserAgent)
+            .map(|ua| truncate(&String::from_utf8_lossy(&ua), MAX_USER_AGENT));
+        let qualify_at = self.settings.qualify_interval.map(|i| now + i);
+        let mut touched = HashSet::new();
+        for w in wanted {
+            let idx = list.iter().position(|b| same_binding(b, &w));
+            if w.expires == 0 {
+                if let Some(i) = idx {
+                    list.remove(i);
+                }
+                continue;
+            }
+            let life = Duration::from_secs(u64::from(w.expires));
+            match idx {
+                Some(i) => {
+                    let b = &mut list[i];
+                    b.contact_uri = w.uri;
+                    b.expires_at = now + life;
+                    b.expires_at_wall = wall + life;
+                    b.q = w.q;
+                    b.instance = w.instance;
+                    b.reg_id = w.reg_id;
+                    b.call_id = call_id.to_owned();
+                    b.cseq = cseq;
+                    b.flow = flow;
+                    b.user_agent.clone_from(&user_agent);
+                    b.reachable = true;
+                    b.qualify_failures = 0;
+                    if b.next_qualify.is_none() {
+                        b.next_qualify = qualify_at;
+                    }
+                    touched.insert(b.id);
+                }
+                None => {
+                    let id = self.store.next_id();
+                    touched.insert(id);
+                    list.push(Binding {
+                        id,
+                        contact_uri: w.uri,
+                        expires_at: now + life,
+                        expires_at_wall: wall + life,
+                        q: w.q,
+                        instance: w.instance,
+                        reg_id: w.reg_id,
+                        call_id: call_id.to_owned(),
+                        cseq,
+                        flow,
+                        registered_at: wall,
+                        user_agent: user_agent.clone(),
+                        reachable: true,
+                        qualify_failures: 0,
+                        next_qualify: qualify_at,
+                    });
+                }
+            }
+        }
+        // Over the limit: evict the oldest registrations not refreshed by this request.
+        while list.len() > max_contacts {
+            let victim = list
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| !touched.contains(&b.id))
+                .min_by_key(|(_, b)| (b.registered_at, b.id))
+                .map(|(i, _)| i);
+            let Some(i) = victim else { break };
+            let b = list.remove(i);
+            tracing::debug!(contact = %b.contact_uri, "max contacts reached, evicting the oldest binding");
+        }
+        Ok(true)
+    }
+
+    fn serves(&self, host: Option<&Host>) -> bool {
+        if self.settings.domains.is_empty() {
+            return true;
+        }
+        let Some(host) = host else { return false };
+        let h = match host {
+            Host::Name(n) => String::from_utf8_lossy(n).to_ascii_lowercase(),
+            Host::V4(a) => a.to_string(),
+            Host::V6(a) => a.to_string(),
+        };
+        self.settings.domains.iter().any(|d| {
+            let d = d.trim().trim_start_matches('[').trim_end_matches(']');
+            match (d.parse::<IpAddr>(), host.ip()) {
+                (Ok(a), Some(b)) => a == b,
+                _ => d.eq_ignore_ascii_case(&h),
+            }
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Bindings
+    // -----------------------------------------------------------------------------------------
+
+    /// Unexpired bindings of `aor`: reachable first, then by q (absent = 1.0), newest first.
+    pub fn lookup(&self, aor: &str, now: Instant) -> Vec<&Binding> {
+        self.store.lookup(aor, now)
+    }
+
+    /// Every AOR with its bindings (including expired ones not yet purged by [`Self::expire`]).
+    pub fn all_bindings(&self) -> impl Iterator<Item = (&str, &Binding)> {
+        self.store
+            .by_aor
+            .iter()
+            .flat_map(|(aor, l)| l.iter().map(move |b| (aor.as_str(), b)))
+    }
+
+    /// Removes expired bindings (and stale housekeeping state); returns the removed bindings
+    /// with their AOR. Non-empty means: persist.
+    pub fn expire(&mut self, now: Instant) -> Vec<(String, Binding)> {
+        self.guard.purge(now);
+        self.digest.purge(now);
+        self.store.expire(now)
+    }
+
+    /// When [`Self::expire`] or [`Self::due_qualifies`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.store.poll_timeout()
+    }
+
+    /// Bindings to probe now (each returned once per qualify interval).
+    pub fn due_qualifies(&mut self, now: Instant) -> Vec<QualifyTarget> {
+        match self.settings.qualify_interval {
+            Some(i) => self.store.due_qualifies(now, i),
+            None => Vec::new(),
+        }
+    }
+
+    /// Records a probe result. Returns `Some(reachable)` when the binding's reachability changed
+    /// (a change worth persisting and logging), `None` otherwise or for an unknown id.
+    pub fn qualify_result(&mut self, binding_id: u64, ok: bool) -> Option<bool> {
+        let max = self.settings.qualify_max_failures.max(1);
+        let b = self.store.find_mut(binding_id)?;
+        let was = b.reachable;
+        if ok {
+            b.qualify_failures = 0;
+            b.reachable = true;
+        } else {
+            b.qualify_failures = b.qualify_failures.saturating_add(1);
+            if b.qualify_failures >= max {
+                b.reachable = false;
+            }
+        }
+        (b.reachable != was).then_some(b.reachable)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Persistence
+    // -----------------------------------------------------------------------------------------
+
+    /// Writes all bindings to `path` as JSON, atomically (temp file in the same directory,
+    /// fsync, rename, fsync of the directory).
+    pub fn save(&self, path: &Path) -> Result<(), PersistError> {
+        let mut bindings: Vec<_> = self
+            .all_bindings()
+            .map(|(aor, b)| persist::stored(aor, b))
+            .collect();
+        bindings
+            .sort_by(|a, b| (&a.aor, a.registered_unix_ms).cmp(&(&b.aor, b.registered_unix_ms)));
+        let file = persist::FileV1 {
+            version: persist::FORMAT_VERSION,
+            bindings,
+        };
+        let data = serde_json::to_vec_pretty(&file)?;
+        persist::write_atomic(path, &data)
+    }
+
+    /// Replaces the bindings with those saved in `path`, each with its remaining lifetime
+    /// (`wall_now` against the saved wall-clock expiry; capped at `max_expires` in case the
+    /// clock went back). Expired bindings, bindings of unknown users and those beyond a user's
+    /// `max_contacts` are dropped. A missing file loads nothing. A file that is not a valid
+    /// bindings file is renamed to `<name>.corrupt-<unix-ts>`, reported in
+    /// [`LoadReport::moved_aside`] / `warning`, and the registrar starts with no bindings.
+    pub fn load(
+        &mut self,
+        path: &Path,
+        now: Instant,
+        wall_now: SystemTime,
+    ) -> Result<LoadReport, PersistError> {
+        let mut report = LoadReport::default();
+        let file = match persist::read(path)? {
+            None => {
+                self.store.by_aor.clear();
+                return Ok(report);
+            }
+            Some(Ok(f)) => f,
+            Some(Err(why)) => {
+                self.store.by_aor.clear();
+                let moved = persist::move_aside(path, wall_now)?;
+                report.warning = Some(format!(
+                    "bindings file {} is corrupt ({why}); moved aside to {}, starting with no registrations",
+                    path.display(),
+                    moved.display()
+                ));
+                report.moved_aside = Some(moved);
+                return Ok(report);
+            }
+        };
+        self.store.by_aor.clear();
+        let max_life = Duration::from_secs(u64::from(self.settings.max_expires));
+        let qualify_at = self.settings.qualify_interval.map(|i| now + i);
+        for sb in file.bindings {
+            let expires_wall = persist::from_unix_ms(sb.expires_unix_ms);
+            let remaining = expires_wall
+                .duration_since(wall_now)
+                .unwrap_or(Duration::ZERO)
+                .min(max_life);
+            if remaining.is_zero() || self.users.get(&sb.aor).is_none() || sb.contact.is_empty() {
+                report.dropped += 1;
+                continue;
+            }
+            let id = self.store.next_id();
+            self.store.by_aor.entry(sb.aor).or_default().push(Binding {
+                id,
+                contact_uri: sb.contact,
+                expires_at: now + remaining,
+                expires_at_wall: wall_now + remaining,
+                q: sb.q,
+                instance: sb.instance,
+                reg_id: sb.reg_id,
+                call_id: sb.call_id,
+                cseq: sb.cseq,
+                flow: sb.flow,
+                registered_at: persist::from_unix_ms(sb.registered_unix_ms),
+                user_agent: sb.user_agent,
+                reachable: sb.reachable,
+                qualify_failures: 0,
+                next_qualify: qualify_at,
+            });
+        }
+        for (aor, list) in &mut self.store.by_aor {
+            let max = self.users.get(aor).map_or(1, |u| u.max_contacts.max(1));
+            while list.len() > max {
+                let Some(i) = list
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, b)| (b.registered_at, b.id))
+                    .map(|(i, _)| i)
+                else {
+                    break;
+                };
+                list.remove(i);
+                report.dropped += 1;
+            }
+        }
+        report.loaded = self.store.count();
+        Ok(report)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Responses
+    // -----------------------------------------------------------------------------------------
+
+    /// Builds the response bytes for `reply` to `req` (Via/From/To/Call-ID/CSeq copied by the
+    /// SIP builder, a To tag derived from Call-ID and From tag so retransmissions match), or
+    /// `None` for [`Reply::Drop`].
+    pub fn response_bytes(&self, reply: &Reply, req: &Message, flow: &Flow) -> Option<Bytes> {
+        let (code, reason) = reply.status()?;
+        let mut b =
+            ResponseBuilder::new(req, code, reason, Some(flow.source)).to_tag(&self.to_tag(req));
+        for (name, value) in reply.headers() {
+            b = b.header(name, &value);
+        }
+        Some(b.build())
+    }
+
+    /// A To tag, stable for one Call-ID and From tag.
+    pub fn to_tag(&self, req: &Message) -> String {
+        let mut data = self.settings.secret.clone();
+        data.extend_from_slice(b"\0to-tag\0");
+        if let Ok(c) = req.call_id() {
+            data.extend_from_slice(&c);
+        }
+        if let Some(t) = req.from_hdr().ok().and_then(|f| f.tag()) {
+            data.push(0);
+            data.extend_from_slice(&t);
+        }
+        let h = podpbx_sip::digest::HashAlg::Md5.hex(&data);
+        h.get(..16).unwrap_or(&h).to_owned()
+    }
+}
+
+/// True if an existing binding is the one a requested contact refers to: same
+/// (`+sip.instance`, `reg-id`) when both carry them (RFC 5626), else the same URI.
+fn same_binding(b: &Binding, w: &Wanted) -> bool {
+    match (&b.instance, b.reg_id, &w.instance, w.reg_id) {
+        (Some(bi), Some(br), Some(wi), Some(wr)) => bi == wi && br == wr,
+        _ => uri_eq(&b.contact_uri, &w.uri),
+    }
+}
+
+fn same_wanted(a: &Wanted, b: &Wanted) -> bool {
+    match (&a.instance, a.reg_id, &b.instance, b.reg_id) {
+        (Some(ai), Some(ar), Some(bi), Some(br)) => ai == bi && ar == br,
+        _ => uri_eq(&a.uri, &b.uri),
+    }
+}
+
+/// URI equality, approximating RFC 3261 §19.1.4: scheme, host and parameters compare
+/// case-insensitively, the user part exactly. Unparseable URIs compare as raw strings.
+fn uri_eq(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (uri_key(a), uri_key(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn uri_key(s: &str) -> Option<String> {
+    let u = Uri::parse(Bytes::copy_from_slice(s.as_bytes())).ok()?;
+    if !u.is_sip() {
+        return None;
+    }
+    let host = u
+        .host
+        .as_ref()
+        .map(|h| h.to_string().to_ascii_lowercase())
+        .unwrap_or_default();
+    Some(format!(
+        "{}:{}@{}:{}{}",
+        String::from_utf8_lossy(&u.scheme).to_ascii_lowercase(),
+        String::from_utf8_lossy(u.user.as_deref().unwrap_or_default()),
+        host,
+        u.port.map(|p| p.to_string()).unwrap_or_default(),
+        String::from_utf8_lossy(&u.params).to_ascii_lowercase()
+    ))
+}
+
+/// Printable, bounded user name for logs.
+fn sanitize_user(s: &str) -> String {
+    truncate(
+        &s.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect::<String>(),
+        MAX_EVENT_USER,
+    )
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+/// RFC 1123 date for the Date header, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(t: SystemTime) -> String {
+    let secs = persist::unix_ms(t) / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil-from-days (proleptic Gregorian), days since 1970-01-01.
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let wd = DAYS[usize::try_from(days % 7).unwrap_or(0)];
+    let mon = MONTHS[usize::try_from(month - 1).unwrap_or(0).min(11)];
+    format!("{wd}, {d:02} {mon} {year} {h:02}:{m:02}:{s:02} GMT")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn dates() {
+        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            http_date(UNIX_EPOCH + Duration::from_secs(784_111_777)),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        assert_eq!(
+            http_date(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
+        assert_eq!(
+            http_date(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            "Tue, 14 Nov 2023 22:13:20 GMT"
+        );
+    }
+
+    #[test]
+    fn sanitizes() {
+        assert_eq!(sanitize_user("a\r\nb"), "a??b");
+        assert_eq!(sanitize_user(&"x".repeat(500)).len(), MAX_EVENT_USER);
+    }
+}

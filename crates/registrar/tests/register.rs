@@ -1,0 +1,1269 @@
+//! Registrar behaviour on parsed REGISTER (and MESSAGE) requests.
+
+use bytes::Bytes;
+use podpbx_registrar::*;
+use podpbx_sip::digest::{compute_response, ha1, Challenge, Credentials, DigestClient};
+use podpbx_sip::{Framing, Message};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const REALM: &str = "pbx.example";
+
+struct Env {
+    reg: Registrar,
+    t0: Instant,
+    w0: SystemTime,
+}
+
+fn settings() -> Settings {
+    let mut s = Settings::new(REALM, b"0123456789abcdef-test-key".to_vec());
+    s.max_failures = 3;
+    s.failure_window = Duration::from_secs(60);
+    s.block_for = Duration::from_secs(300);
+    s
+}
+
+fn users() -> UserDb {
+    let mut multi = User::new("1001", "secret");
+    multi.max_contacts = 2;
+    let mut restricted = User::new("lan", "pw");
+    restricted.allowed_sources = vec!["10.0.0.0/8".parse().expect("cidr")];
+    [multi, User::new("door", "bell"), restricted]
+        .into_iter()
+        .collect()
+}
+
+fn env_with(s: Settings) -> Env {
+    let t0 = Instant::now();
+    Env {
+        reg: Registrar::new(s, users(), t0),
+        t0,
+        w0: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    }
+}
+
+fn env() -> Env {
+    env_with(settings())
+}
+
+fn flow(src: &str) -> Flow {
+    Flow {
+        source: src.parse::<SocketAddr>().expect("addr"),
+        transport: Transport::Udp,
+        local: "192.0.2.1:5060".parse().expect("addr"),
+        conn_id: 0,
+    }
+}
+
+/// A REGISTER for `to_user`, written as text with CRLF line ends, then parsed.
+struct Req<'a> {
+    to: &'a str,
+    from: &'a str,
+    contacts: Vec<&'a str>,
+    expires: Option<&'a str>,
+    cseq: u32,
+    call_id: &'a str,
+    auth: Option<String>,
+}
+
+impl<'a> Req<'a> {
+    fn new(to: &'a str) -> Self {
+        Req {
+            to,
+            from: to,
+            contacts: vec![],
+            expires: None,
+            cseq: 1,
+            call_id: "call-1@host",
+            auth: None,
+        }
+    }
+    fn contact(mut self, c: &'a str) -> Self {
+        self.contacts.push(c);
+        self
+    }
+    fn expires(mut self, e: &'a str) -> Self {
+        self.expires = Some(e);
+        self
+    }
+    fn cseq(mut self, n: u32) -> Self {
+        self.cseq = n;
+        self
+    }
+    fn call_id(mut self, c: &'a str) -> Self {
+        self.call_id = c;
+        self
+    }
+    fn auth(mut self, a: Option<String>) -> Self {
+        self.auth = a;
+        self
+    }
+    fn text(&self) -> String {
+        let mut t = format!(
+            "REGISTER sip:pbx.example SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.168.1.10:5060;branch=z9hG4bK-{}-{}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:{}@pbx.example>;tag=ft{}\r\n\
+             To: <sip:{}@pbx.example>\r\n\
+             Call-ID: {}\r\n\
+             CSeq: {} REGISTER\r\n\
+             User-Agent: TestPhone/1.0\r\n",
+            self.cseq, self.call_id, self.from, self.cseq, self.to, self.call_id, self.cseq
+        );
+        for c in &self.contacts {
+            t.push_str(&format!("Contact: {c}\r\n"));
+        }
+        if let Some(e) = self.expires {
+            t.push_str(&format!("Expires: {e}\r\n"));
+        }
+        if let Some(a) = &self.auth {
+            t.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        t.push_str("Content-Length: 0\r\n\r\n");
+        t
+    }
+    fn msg(&self) -> Message {
+        Message::parse(Bytes::from(self.text()), Framing::Datagram).expect("test REGISTER parses")
+    }
+}
+
+fn challenges(o: &Outcome) -> Vec<String> {
+    match &o.reply {
+        Reply::Challenge {
+            kind: AuthKind::Www,
+            values,
+        } => values.clone(),
+        other => panic!("expected a 401 challenge, got {other:?}"),
+    }
+}
+
+fn ok_contacts(o: &Outcome) -> Vec<String> {
+    match &o.reply {
+        Reply::Ok { contacts, .. } => contacts.clone(),
+        other => panic!("expected 200, got {other:?}"),
+    }
+}
+
+impl Env {
+    fn at(&self, secs: u64) -> (Instant, SystemTime) {
+        (
+            self.t0 + Duration::from_secs(secs),
+            self.w0 + Duration::from_secs(secs),
+        )
+    }
+
+    fn send(&mut self, secs: u64, r: &Req, src: &str) -> Outcome {
+        let (now, wall) = self.at(secs);
+        self.reg.handle_register(now, wall, &r.msg(), flow(src))
+    }
+
+    /// Challenge, answer with a DigestClient; returns the final outcome.
+    fn register(&mut self, secs: u64, r: Req, src: &str, user: &str, pass: &str) -> Outcome {
+        let first = self.send(secs, &r, src);
+        let ch = challenges(&first);
+        let mut client = DigestClient::new(user, pass, b"cnonce-seed".to_vec());
+        client.on_challenge(&ch).expect("usable challenge");
+        let auth = client
+            .authorization("REGISTER", "sip:pbx.example", b"")
+            .expect("credentials");
+        let next = r.cseq + 1;
+        let r = r.cseq(next).auth(Some(auth));
+        self.send(secs, &r, src)
+    }
+}
+
+const PHONE: &str = "192.168.1.10:5060";
+const C1: &str = "<sip:1001@192.168.1.10:5060>";
+
+#[test]
+fn first_register_gets_challenge_then_200_with_qop() {
+    let mut e = env();
+    let o = e.send(0, &Req::new("1001").contact(C1), PHONE);
+    assert!(!o.changed && o.events.is_empty());
+    let ch = challenges(&o);
+    assert_eq!(ch.len(), 1);
+    let c = Challenge::parse(&ch[0]).expect("challenge");
+    assert_eq!(c.realm, REALM);
+    assert!(c.qop.contains(&"auth".to_string()) && !c.stale);
+
+    let o = e.register(0, Req::new("1001").contact(C1), PHONE, "1001", "secret");
+    assert!(o.changed);
+    assert_eq!(
+        ok_contacts(&o),
+        vec!["<sip:1001@192.168.1.10:5060>;expires=3600".to_string()]
+    );
+    assert!(matches!(&o.reply, Reply::Ok { date, .. } if date == "Tue, 14 Nov 2023 22:13:20 GMT"));
+    let b = e.reg.lookup("1001", e.t0);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].flow.source, PHONE.parse::<SocketAddr>().expect("addr"));
+    assert_eq!(b[0].user_agent.as_deref(), Some("TestPhone/1.0"));
+    assert_eq!(b[0].call_id, "call-1@host");
+    assert_eq!(b[0].cseq, 2);
+}
+
+#[test]
+fn response_bytes_for_challenge_and_drop() {
+    let mut e = env();
+    let r = Req::new("1001").contact(C1);
+    let o = e.send(0, &r, PHONE);
+    let bytes = e
+        .reg
+        .response_bytes(&o.reply, &r.msg(), &flow(PHONE))
+        .expect("a response");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("SIP/2.0 401 Unauthorized\r\n"), "{text}");
+    assert!(
+        text.contains("WWW-Authenticate: Digest realm=\"pbx.example\""),
+        "{text}"
+    );
+    let resp = Message::parse(bytes, Framing::Datagram).expect("response parses");
+    assert!(resp.to_hdr().expect("to").tag().is_some());
+    assert_eq!(
+        e.reg.response_bytes(&Reply::Drop, &r.msg(), &flow(PHONE)),
+        None
+    );
+}
+
+fn rfc2069_auth(user: &str, pass: &str, nonce: &str) -> String {
+    let h1 = ha1(HashAlg::Md5, user, REALM, pass);
+    let response = compute_response(
+        Algorithm::Md5,
+        &h1,
+        nonce,
+        None,
+        "REGISTER",
+        "sip:pbx.example",
+        b"",
+    )
+    .expect("r");
+    format!(
+        "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:pbx.example\", response=\"{response}\""
+    )
+}
+
+#[test]
+fn rfc2069_doorbell_and_its_reused_nonce_is_never_a_failure() {
+    let mut e = env();
+    let c = "<sip:door@192.168.1.50:5060>";
+    let o = e.send(0, &Req::new("door").contact(c), "192.168.1.50:5060");
+    let nonce = Challenge::parse(&challenges(&o)[0]).expect("ch").nonce;
+    let auth = rfc2069_auth("door", "bell", &nonce);
+    let o = e.send(
+        1,
+        &Req::new("door").contact(c).cseq(2).auth(Some(auth.clone())),
+        "192.168.1.50:5060",
+    );
+    assert_eq!(ok_contacts(&o).len(), 1);
+    // The doorbell resends the same Authorization on every refresh: stale challenge, no event,
+    // never blocked however often (max_failures is 3).
+    for n in 0..10 {
+        let o = e.send(
+            2 + n,
+            &Req::new("door")
+                .contact(c)
+                .cseq(3 + n as u32)
+                .auth(Some(auth.clone())),
+            "192.168.1.50:5060",
+        );
+        let ch = challenges(&o);
+        assert!(
+            Challenge::parse(&ch[0]).expect("ch").stale,
+            "stale=true expected"
+        );
+        assert!(o.events.is_empty(), "{:?}", o.events);
+    }
+    assert_eq!(e.reg.stats().blocked_sources, 0);
+    assert_eq!(e.reg.stats().tracked_sources, 0);
+    // Answering the fresh nonce works.
+    let o = e.send(
+        20,
+        &Req::new("door").contact(c).cseq(50),
+        "192.168.1.50:5060",
+    );
+    let nonce = Challenge::parse(&challenges(&o)[0]).expect("ch").nonce;
+    let o = e.send(
+        20,
+        &Req::new("door")
+            .contact(c)
+            .cseq(51)
+            .auth(Some(rfc2069_auth("door", "bell", &nonce))),
+        "192.168.1.50:5060",
+    );
+    assert_eq!(ok_contacts(&o).len(), 1);
+}
+
+#[test]
+fn dahua_style_reused_nonce_and_nc_gets_stale_challenge() {
+    let mut e = env();
+    let r = Req::new("1001").contact(C1);
+    let o = e.send(0, &r, PHONE);
+    let mut client = DigestClient::new("1001", "secret", b"s".to_vec());
+    client.on_challenge(&challenges(&o)).expect("ok");
+    let auth = client
+        .authorization("REGISTER", "sip:pbx.example", b"")
+        .expect("auth");
+    let o = e.send(
+        0,
+        &Req::new("1001")
+            .contact(C1)
+            .cseq(2)
+            .auth(Some(auth.clone())),
+        PHONE,
+    );
+    assert_eq!(ok_contacts(&o).len(), 1);
+    for n in 0..6 {
+        let o = e.send(
+            10 + n,
+            &Req::new("1001")
+                .contact(C1)
+                .cseq(3 + n as u32)
+                .auth(Some(auth.clone())),
+            PHONE,
+        );
+        assert!(Challenge::parse(&challenges(&o)[0]).expect("ch").stale);
+        assert!(o.events.is_empty());
+        assert!(!o.changed);
+    }
+    assert_eq!(e.reg.stats().blocked_sources, 0);
+    // A proper client increments nc on the same nonce: accepted.
+    let auth = client
+        .authorization("REGISTER", "sip:pbx.example", b"")
+        .expect("auth");
+    assert_eq!(
+        Credentials::parse(&auth).expect("c").nc.as_deref(),
+        Some("00000002")
+    );
+    let o = e.send(
+        30,
+        &Req::new("1001").contact(C1).cseq(20).auth(Some(auth)),
+        PHONE,
+    );
+    assert_eq!(ok_contacts(&o).len(), 1);
+}
+
+#[test]
+fn expired_nonce_is_stale_not_failure() {
+    let mut e = env();
+    let o = e.send(0, &Req::new("1001").contact(C1), PHONE);
+    let mut client = DigestClient::new("1001", "secret", b"s".to_vec());
+    client.on_challenge(&challenges(&o)).expect("ok");
+    let auth = client
+        .authorization("REGISTER", "sip:pbx.example", b"")
+        .expect("auth");
+    // Default nonce TTL is 300 s.
+    let o = e.send(
+        301,
+        &Req::new("1001").contact(C1).cseq(2).auth(Some(auth)),
+        PHONE,
+    );
+    let ch = challenges(&o);
+    assert!(Challenge::parse(&ch[0]).expect("ch").stale);
+    assert!(o.events.is_empty());
+    client.on_challenge(&ch).expect("follows stale");
+    let auth = client
+        .authorization("REGISTER", "sip:pbx.example", b"")
+        .expect("auth");
+    let o = e.send(
+        301,
+        &Req::new("1001").contact(C1).cseq(3).auth(Some(auth)),
+        PHONE,
+    );
+    assert_eq!(ok_contacts(&o).len(), 1);
+}
+
+/// Replaces the nonce in challenge values so two challenges can be compared.
+fn without_nonce(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| {
+            let c = Challenge::parse(v).expect("ch");
+            v.replace(&c.nonce, "NONCE")
+        })
+        .collect()
+}
+
+#[test]
+fn wrong_password_and_unknown_user_look_identical() {
+    let mut e = env();
+    let wrong = e.register(0, Req::new("1001").contact(C1), PHONE, "1001", "guess");
+    let unknown = e.register(
+        0,
+        Req::new("9999").contact("<sip:9999@192.168.1.10>"),
+        "192.168.1.11:5060",
+        "9999",
+        "guess",
+    );
+    let (a, b) = (challenges(&wrong), challenges(&unknown));
+    assert_eq!(without_nonce(&a), without_nonce(&b));
+    assert!(!Challenge::parse(&a[0]).expect("ch").stale);
+    assert_ne!(a, b, "fresh nonces");
+    // Internally they are told apart for the log.
+    assert_eq!(wrong.events.len(), 1);
+    assert_eq!(wrong.events[0].kind, SecurityEventKind::AuthFailed);
+    assert_eq!(wrong.events[0].user.as_deref(), Some("1001"));
+    assert_eq!(unknown.events[0].kind, SecurityEventKind::UnknownUser);
+    assert_eq!(unknown.events[0].user.as_deref(), Some("9999"));
+    assert_eq!(unknown.events[0].source.to_string(), "192.168.1.11");
+    assert!(!wrong.changed && !unknown.changed);
+}
+
+#[test]
+fn interval_too_brief_and_expiry_rules() {
+    let mut e = env();
+    let o = e.register(
+        0,
+        Req::new("1001").contact(C1).expires("30"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert_eq!(o.reply, Reply::IntervalTooBrief { min_expires: 60 });
+    assert_eq!(o.reply.headers(), vec![("Min-Expires", "60".to_string())]);
+    assert_eq!(o.reply.status(), Some((423, "Interval Too Brief")));
+    assert!(e.reg.lookup("1001", e.t0).is_empty());
+    // Contact param beats the header; above max is capped.
+    let o = e.register(
+        0,
+        Req::new("1001")
+            .contact("<sip:1001@192.168.1.10>;expires=120")
+            .expires("30"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert_eq!(
+        ok_contacts(&o),
+        vec!["<sip:1001@192.168.1.10>;expires=120".to_string()]
+    );
+    let o = e.register(
+        10,
+        Req::new("1001").contact(C1).expires("999999").call_id("c2"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    let cs = ok_contacts(&o);
+    assert!(
+        cs.contains(&"<sip:1001@192.168.1.10:5060>;expires=3600".to_string()),
+        "{cs:?}"
+    );
+    // The first one has 110 s left at t=10.
+    assert!(
+        cs.contains(&"<sip:1001@192.168.1.10>;expires=110".to_string()),
+        "{cs:?}"
+    );
+}
+
+#[test]
+fn expires_zero_removes_one_binding() {
+    let mut e = env();
+    e.register(
+        0,
+        Req::new("1001")
+            .contact(C1)
+            .contact("<sip:1001@192.168.1.10:5062>"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert_eq!(e.reg.lookup("1001", e.t0).len(), 2);
+    let o = e.register(
+        5,
+        Req::new("1001")
+            .contact("<sip:1001@192.168.1.10:5062>")
+            .expires("0")
+            .cseq(10),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert!(o.changed);
+    assert_eq!(
+        ok_contacts(&o),
+        vec!["<sip:1001@192.168.1.10:5060>;expires=3595".to_string()]
+    );
+    let o = e.register(
+        6,
+        Req::new("1001")
+            .contact("<sip:1001@192.168.1.10:5060>;expires=0")
+            .cseq(20),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert!(ok_contacts(&o).is_empty());
+    assert!(e.reg.lookup("1001", e.t0).is_empty());
+    assert_eq!(e.reg.stats().aors, 0);
+}
+
+#[test]
+fn contact_star() {
+    let mut e = env();
+    e.register(
+        0,
+        Req::new("1001")
+            .contact(C1)
+            .contact("<sip:1001@192.168.1.10:5062>"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    let o = e.register(
+        1,
+        Req::new("1001").contact("*").cseq(10),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert_eq!(
+        o.reply,
+        Reply::BadRequest {
+            reason: "Contact * Requires Expires: 0"
+        }
+    );
+    let o = e.register(
+        1,
+        Req::new("1001").contact("*").expires("60").cseq(12),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert!(matches!(o.reply, Reply::BadRequest { .. }));
+    assert_eq!(e.reg.lookup("1001", e.t0).len(), 2);
+    let o = e.register(
+        1,
+        Req::new("1001").contact("*").expires("0").cseq(14),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert!(o.changed);
+    assert!(ok_contacts(&o).is_empty());
+    assert!(e.reg.lookup("1001", e.t0).is_empty());
+}
+
+#[test]
+fn query_without_contact_lists_bindings() {
+    let mut e = env();
+    e.register(0, Req::new("1001").contact(C1), PHONE, "1001", "secret");
+    let o = e.register(100, Req::new("1001").cseq(10), PHONE, "1001", "secret");
+    assert!(!o.changed);
+    assert_eq!(
+        ok_contacts(&o),
+        vec!["<sip:1001@192.168.1.10:5060>;expires=3500".to_string()]
+    );
+}
+
+#[test]
+fn multiple_contacts_and_max_contacts_evicts_oldest() {
+    let mut e = env();
+    let o = e.register(
+        0,
+        Req::new("1001")
+            .contact(C1)
+            .contact("<sip:1001@10.0.0.2>;q=0.5"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert_eq!(ok_contacts(&o).len(), 2);
+    assert!(ok_contacts(&o).contains(&"<sip:1001@10.0.0.2>;expires=3600;q=0.5".to_string()));
+    // lookup orders by q: the q=0.5 one comes last.
+    let l = e.reg.lookup("1001", e.t0);
+    assert_eq!(l[1].contact_uri, "sip:1001@10.0.0.2");
+    // A third contact, later, from another device: the oldest (C1, registered first... both at
+    // t=0, so the lower id) is evicted.
+    let o = e.register(
+        10,
+        Req::new("1001")
+            .contact("<sip:1001@10.0.0.3>")
+            .call_id("other"),
+        "10.0.0.3:5060",
+        "1001",
+        "secret",
+    );
+    let cs = ok_contacts(&o);
+    assert_eq!(cs.len(), 2, "{cs:?}");
+    assert!(!cs.iter().any(|c| c.starts_with(C1)), "{cs:?}");
+    assert!(
+        cs.iter().any(|c| c.starts_with("<sip:1001@10.0.0.3>")),
+        "{cs:?}"
+    );
+    // Three new distinct contacts in one request exceed the limit: 403, nothing changes.
+    let o = e.register(
+        20,
+        Req::new("1001")
+            .contact("<sip:a@10.0.0.7>")
+            .contact("<sip:b@10.0.0.7>")
+            .contact("<sip:c@10.0.0.7>")
+            .call_id("x"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert_eq!(
+        o.reply,
+        Reply::Forbidden {
+            reason: "Too Many Contacts"
+        }
+    );
+    assert_eq!(e.reg.lookup("1001", e.t0).len(), 2);
+    // max_contacts 1 (door): a re-registration from a new address replaces the old one.
+    e.register(
+        0,
+        Req::new("door").contact("<sip:door@192.168.1.50>"),
+        "192.168.1.50:5060",
+        "door",
+        "bell",
+    );
+    let o = e.register(
+        5,
+        Req::new("door")
+            .contact("<sip:door@192.168.1.51>")
+            .call_id("reboot"),
+        "192.168.1.51:5060",
+        "door",
+        "bell",
+    );
+    assert_eq!(
+        ok_contacts(&o),
+        vec!["<sip:door@192.168.1.51>;expires=3600".to_string()]
+    );
+}
+
+#[test]
+fn refresh_keeps_binding_and_instance_reg_id_match() {
+    let mut e = env();
+    let inst = "<sip:1001@192.168.1.10:5060;transport=udp>;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\";reg-id=1";
+    let o = e.register(0, Req::new("1001").contact(inst), PHONE, "1001", "secret");
+    assert_eq!(
+        ok_contacts(&o),
+        vec!["<sip:1001@192.168.1.10:5060;transport=udp>;expires=3600;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\";reg-id=1".to_string()]
+    );
+    let id = e.reg.lookup("1001", e.t0)[0].id;
+    // Same instance and reg-id, new contact address (NAT rebinding): same binding updated.
+    let moved = "<sip:1001@192.168.1.99:5070>;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\";reg-id=1";
+    let o = e.register(
+        100,
+        Req::new("1001").contact(moved).cseq(5),
+        "192.0.2.99:4000",
+        "1001",
+        "secret",
+    );
+    assert_eq!(ok_contacts(&o).len(), 1);
+    let b = e.reg.lookup("1001", e.t0);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].id, id);
+    assert_eq!(b[0].contact_uri, "sip:1001@192.168.1.99:5070");
+    assert_eq!(
+        b[0].instance.as_deref(),
+        Some("<urn:uuid:00000000-0000-1000-8000-000A95A0E128>")
+    );
+    assert_eq!(b[0].reg_id, Some(1));
+    assert_eq!(b[0].flow.source.to_string(), "192.0.2.99:4000");
+    assert_eq!(b[0].registered_at, e.w0);
+    // URI comparison: host case-insensitive.
+    let o = e.register(
+        200,
+        Req::new("door").contact("<sip:door@DoorBell.lan>"),
+        PHONE,
+        "door",
+        "bell",
+    );
+    assert_eq!(ok_contacts(&o).len(), 1);
+    let o = e.register(
+        210,
+        Req::new("door").contact("<sip:door@doorbell.LAN>").cseq(9),
+        PHONE,
+        "door",
+        "bell",
+    );
+    assert_eq!(
+        ok_contacts(&o),
+        vec!["<sip:door@doorbell.LAN>;expires=3600".to_string()]
+    );
+}
+
+#[test]
+fn same_call_id_lower_cseq_changes_nothing() {
+    let mut e = env();
+    e.register(
+        0,
+        Req::new("1001").contact(C1).cseq(10),
+        PHONE,
+        "1001",
+        "secret",
+    ); // stored cseq 11
+    let o = e.register(
+        50,
+        Req::new("1001").contact(C1).expires("600").cseq(3),
+        PHONE,
+        "1001",
+        "secret",
+    ); // cseq 4
+    assert!(!o.changed);
+    assert_eq!(
+        ok_contacts(&o),
+        vec!["<sip:1001@192.168.1.10:5060>;expires=3550".to_string()]
+    );
+    // Equal CSeq also counts as old (stored is 11: send 10 -> authenticated with 11).
+    let o = e.register(
+        60,
+        Req::new("1001").contact(C1).expires("0").cseq(10),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert!(!o.changed);
+    assert_eq!(e.reg.lookup("1001", e.t0).len(), 1);
+    // A different Call-ID (device rebooted) updates whatever the CSeq.
+    let o = e.register(
+        70,
+        Req::new("1001")
+            .contact(C1)
+            .expires("600")
+            .cseq(1)
+            .call_id("new"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert!(o.changed);
+    assert_eq!(
+        ok_contacts(&o),
+        vec!["<sip:1001@192.168.1.10:5060>;expires=600".to_string()]
+    );
+}
+
+#[test]
+fn doorbell_with_different_from_user_binds_to_auth_and_to_user() {
+    let mut e = env();
+    let mut r = Req::new("door").contact("<sip:door@192.168.1.50>");
+    r.from = "Front-Door-Station";
+    let o = e.register(0, r, "192.168.1.50:5060", "door", "bell");
+    assert_eq!(ok_contacts(&o).len(), 1);
+    assert_eq!(e.reg.lookup("door", e.t0).len(), 1);
+    // Authenticating as 1001 to register door's AOR: 403.
+    let o = e.register(
+        0,
+        Req::new("door")
+            .contact("<sip:evil@192.0.2.66>")
+            .call_id("x"),
+        "192.0.2.66:5060",
+        "1001",
+        "secret",
+    );
+    assert_eq!(
+        o.reply,
+        Reply::Forbidden {
+            reason: "Forbidden"
+        }
+    );
+    assert_eq!(o.events[0].kind, SecurityEventKind::IdentityMismatch);
+    assert_eq!(o.events[0].aor.as_deref(), Some("door"));
+    assert_eq!(
+        e.reg.lookup("door", e.t0)[0].contact_uri,
+        "sip:door@192.168.1.50"
+    );
+}
+
+#[test]
+fn brute_force_blocks_source_not_others() {
+    let mut e = env();
+    let attacker = "203.0.113.9:5060";
+    let o1 = e.register(0, Req::new("1001").contact(C1), attacker, "1001", "a");
+    let o2 = e.register(1, Req::new("1001").contact(C1), attacker, "1001", "b");
+    assert!(
+        matches!(o1.reply, Reply::Challenge { .. }) && matches!(o2.reply, Reply::Challenge { .. })
+    );
+    let o3 = e.register(2, Req::new("1001").contact(C1), attacker, "1001", "c");
+    assert_eq!(o3.reply, Reply::Drop);
+    let blocked = o3
+        .events
+        .iter()
+        .find(|ev| ev.kind == SecurityEventKind::Blocked)
+        .expect("blocked event");
+    assert_eq!(blocked.user.as_deref(), Some("1001"));
+    assert_eq!(blocked.failures, Some(3));
+    assert_eq!(blocked.blocked_secs, Some(300));
+    assert_eq!(blocked.source.to_string(), "203.0.113.9");
+    // Everything from that IP (any port) is dropped now, even with the right password.
+    let o = e.send(3, &Req::new("1001").contact(C1), "203.0.113.9:6000");
+    assert_eq!(o.reply, Reply::Drop);
+    assert!(o.events.is_empty());
+    assert!(e.reg.is_blocked(
+        "203.0.113.9".parse().expect("ip"),
+        e.t0 + Duration::from_secs(3)
+    ));
+    // Another source is unaffected.
+    let o = e.register(3, Req::new("1001").contact(C1), PHONE, "1001", "secret");
+    assert_eq!(ok_contacts(&o).len(), 1);
+    // After the block the attacker's IP is heard again.
+    let o = e.send(303, &Req::new("1001").contact(C1), attacker);
+    assert!(matches!(o.reply, Reply::Challenge { .. }));
+}
+
+#[test]
+fn failures_outside_window_do_not_add_up_and_trusted_never_blocked() {
+    let mut s = settings();
+    s.trusted_networks = vec!["198.51.100.0/24".parse().expect("cidr")];
+    let mut e = env_with(s);
+    for t in [0, 61, 122, 183] {
+        let o = e.register(
+            t,
+            Req::new("1001").contact(C1),
+            "203.0.113.5:5060",
+            "1001",
+            "x",
+        );
+        assert!(matches!(o.reply, Reply::Challenge { .. }), "t={t}");
+    }
+    for t in 0..10 {
+        let o = e.register(
+            t,
+            Req::new("1001").contact(C1),
+            "198.51.100.7:5060",
+            "1001",
+            "x",
+        );
+        assert!(matches!(o.reply, Reply::Challenge { .. }));
+        assert_eq!(o.events.len(), 1, "still logged");
+    }
+    assert_eq!(e.reg.stats().blocked_sources, 0);
+}
+
+#[test]
+fn source_network_restriction_looks_like_wrong_password() {
+    let mut e = env();
+    let o = e.register(
+        0,
+        Req::new("lan").contact("<sip:lan@192.168.1.20>"),
+        "192.168.1.20:5060",
+        "lan",
+        "pw",
+    );
+    let ch = challenges(&o);
+    assert!(!Challenge::parse(&ch[0]).expect("ch").stale);
+    assert_eq!(o.events[0].kind, SecurityEventKind::SourceNotAllowed);
+    let o = e.register(
+        0,
+        Req::new("lan").contact("<sip:lan@10.1.1.1>"),
+        "10.1.1.1:5060",
+        "lan",
+        "pw",
+    );
+    assert_eq!(ok_contacts(&o).len(), 1);
+}
+
+#[test]
+fn foreign_scheme_malformed_and_other_realm() {
+    let mut e = env();
+    // RFC 4475 regaut01: unknown scheme -> 401 with a Digest challenge, not a failure.
+    let r = Req::new("1001")
+        .contact(C1)
+        .auth(Some("NoOneKnowsThisScheme opaque-data=here".into()));
+    let o = e.send(0, &r, PHONE);
+    assert!(challenges(&o)[0].starts_with("Digest "));
+    assert!(o.events.is_empty());
+    let r = Req::new("1001").contact(C1).auth(Some("Digest username=\"1001\", realm=\"elsewhere\", nonce=\"n\", uri=\"sip:x\", response=\"00\"".into()));
+    let o = e.send(0, &r, PHONE);
+    assert!(matches!(o.reply, Reply::Challenge { .. }));
+    assert!(o.events.is_empty());
+    let r = Req::new("1001")
+        .contact(C1)
+        .auth(Some("Digest username=\"1001\", realm=\"pbx.example".into()));
+    let o = e.send(0, &r, PHONE);
+    assert_eq!(
+        o.reply,
+        Reply::BadRequest {
+            reason: "Malformed Authorization"
+        }
+    );
+    assert_eq!(o.events[0].kind, SecurityEventKind::MalformedCredentials);
+}
+
+#[test]
+fn domain_check() {
+    let mut s = settings();
+    s.domains = vec!["pbx.example".into(), "192.0.2.1".into()];
+    let mut e = env_with(s);
+    let o = e.send(0, &Req::new("1001").contact(C1), PHONE);
+    assert!(matches!(o.reply, Reply::Challenge { .. }));
+    let text = Req::new("1001")
+        .contact(C1)
+        .text()
+        .replace("To: <sip:1001@pbx.example>", "To: <sip:1001@other.example>");
+    let msg = Message::parse(Bytes::from(text), Framing::Datagram).expect("parse");
+    let o = e.reg.handle_register(e.t0, e.w0, &msg, flow(PHONE));
+    assert_eq!(o.reply, Reply::NotFound);
+    let text = Req::new("1001")
+        .contact(C1)
+        .text()
+        .replace("To: <sip:1001@pbx.example>", "To: <sip:1001@192.0.2.1>");
+    let msg = Message::parse(Bytes::from(text), Framing::Datagram).expect("parse");
+    let o = e.reg.handle_register(e.t0, e.w0, &msg, flow(PHONE));
+    assert!(matches!(o.reply, Reply::Challenge { .. }));
+}
+
+#[test]
+fn expire_and_poll_timeout() {
+    let mut e = env();
+    assert_eq!(e.reg.poll_timeout(), None);
+    e.register(
+        0,
+        Req::new("1001").contact(C1).expires("60"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert_eq!(e.reg.poll_timeout(), Some(e.t0 + Duration::from_secs(60)));
+    assert!(e.reg.expire(e.t0 + Duration::from_secs(59)).is_empty());
+    assert!(
+        e.reg
+            .lookup("1001", e.t0 + Duration::from_secs(60))
+            .is_empty(),
+        "lookup hides expired"
+    );
+    let gone = e.reg.expire(e.t0 + Duration::from_secs(60));
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].0, "1001");
+    assert_eq!(e.reg.poll_timeout(), None);
+}
+
+#[test]
+fn qualify_marks_unreachable_after_failures() {
+    let mut s = settings();
+    s.qualify_interval = Some(Duration::from_secs(30));
+    s.qualify_max_failures = 2;
+    let mut e = env_with(s);
+    e.register(
+        0,
+        Req::new("1001").contact(C1).contact("<sip:1001@10.0.0.2>"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert_eq!(e.reg.poll_timeout(), Some(e.t0 + Duration::from_secs(30)));
+    assert!(e
+        .reg
+        .due_qualifies(e.t0 + Duration::from_secs(29))
+        .is_empty());
+    let due = e.reg.due_qualifies(e.t0 + Duration::from_secs(30));
+    assert_eq!(due.len(), 2);
+    assert!(
+        e.reg
+            .due_qualifies(e.t0 + Duration::from_secs(31))
+            .is_empty(),
+        "once per interval"
+    );
+    let c1 = due
+        .iter()
+        .find(|d| d.contact_uri == "sip:1001@192.168.1.10:5060")
+        .expect("c1");
+    assert_eq!(c1.aor, "1001");
+    assert_eq!(e.reg.qualify_result(c1.binding_id, false), None);
+    assert_eq!(e.reg.qualify_result(c1.binding_id, false), Some(false));
+    let l = e.reg.lookup("1001", e.t0);
+    assert_eq!(l[0].contact_uri, "sip:1001@10.0.0.2", "reachable first");
+    assert!(!l[1].reachable);
+    assert_eq!(e.reg.qualify_result(c1.binding_id, true), Some(true));
+    assert_eq!(e.reg.qualify_result(999_999, true), None);
+}
+
+#[test]
+fn authenticate_message_www_and_invite_proxy() {
+    let mut e = env();
+    let msg_text = |auth: Option<(&str, String)>| {
+        let mut t = String::from(
+            "MESSAGE sip:door@pbx.example SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.168.1.10:5060;branch=z9hG4bK-m1\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:1001@pbx.example>;tag=a\r\n\
+             To: <sip:door@pbx.example>\r\n\
+             Call-ID: msg-1\r\n\
+             CSeq: 1 MESSAGE\r\n\
+             Content-Type: text/plain\r\n",
+        );
+        if let Some((h, v)) = auth {
+            t.push_str(&format!("{h}: {v}\r\n"));
+        }
+        t.push_str("Content-Length: 5\r\n\r\nhello");
+        Message::parse(Bytes::from(t), Framing::Datagram).expect("parse")
+    };
+    let (now, _) = e.at(0);
+    let chk = e
+        .reg
+        .authenticate(now, &msg_text(None), flow(PHONE), AuthKind::Www);
+    let AuthResult::Challenge {
+        kind: AuthKind::Www,
+        values,
+    } = &chk.result
+    else {
+        panic!("{chk:?}")
+    };
+    let mut client = DigestClient::new("1001", "secret", b"s".to_vec());
+    client.on_challenge(values).expect("ok");
+    let a = client
+        .authorization("MESSAGE", "sip:door@pbx.example", b"hello")
+        .expect("auth");
+    let chk = e.reg.authenticate(
+        now,
+        &msg_text(Some(("Authorization", a))),
+        flow(PHONE),
+        AuthKind::Www,
+    );
+    assert_eq!(
+        chk.result,
+        AuthResult::Authenticated {
+            user: "1001".into()
+        }
+    );
+
+    // Proxy flavour: 407, Proxy-Authorization read, Authorization ignored.
+    let chk = e
+        .reg
+        .authenticate(now, &msg_text(None), flow(PHONE), AuthKind::Proxy);
+    let AuthResult::Challenge {
+        kind: AuthKind::Proxy,
+        values,
+    } = &chk.result
+    else {
+        panic!("{chk:?}")
+    };
+    assert_eq!(
+        chk.result.reply().and_then(|r| r.status()),
+        Some((407, "Proxy Authentication Required"))
+    );
+    assert_eq!(
+        chk.result.reply().expect("r").headers()[0].0,
+        "Proxy-Authenticate"
+    );
+    let mut client = DigestClient::new("1001", "secret", b"t".to_vec());
+    client.on_challenge(values).expect("ok");
+    let a = client
+        .authorization("MESSAGE", "sip:door@pbx.example", b"hello")
+        .expect("auth");
+    let chk = e.reg.authenticate(
+        now,
+        &msg_text(Some(("Authorization", a.clone()))),
+        flow(PHONE),
+        AuthKind::Proxy,
+    );
+    assert!(matches!(chk.result, AuthResult::Challenge { .. }));
+    let chk = e.reg.authenticate(
+        now,
+        &msg_text(Some(("Proxy-Authorization", a))),
+        flow(PHONE),
+        AuthKind::Proxy,
+    );
+    assert_eq!(
+        chk.result,
+        AuthResult::Authenticated {
+            user: "1001".into()
+        }
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Flood
+// ------------------------------------------------------------------------------------------
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn flood_of_random_registers_keeps_memory_bounded() {
+    let mut s = settings();
+    s.max_tracked_sources = 500;
+    s.max_blocked_sources = 200;
+    s.max_tracked_nonces = 100;
+    let mut e = env_with(s);
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let (now, wall) = e.at(0);
+    let mut challenged = 0;
+    let mut dropped = 0;
+    for i in 0..100_000u32 {
+        let user = format!("u{}", rng.next() % 1_000_000);
+        let nonce = format!("{:016x}{:016x}", rng.next(), rng.next());
+        let ip = rng.next();
+        let src = format!(
+            "{}.{}.{}.{}:{}",
+            1 + ip % 223,
+            (ip >> 8) & 255,
+            (ip >> 16) & 255,
+            (ip >> 24) & 255,
+            1024 + (ip >> 32) % 60000
+        );
+        let auth = if i % 4 == 0 {
+            None
+        } else {
+            Some(format!(
+                "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:pbx.example\", response=\"{:032x}\", qop=auth, nc={:08x}, cnonce=\"c\"",
+                rng.next(),
+                rng.next() as u32
+            ))
+        };
+        let contact = format!("<sip:{user}@{}>", src);
+        let r = Req::new(&user).contact(&contact).call_id(&nonce).auth(auth);
+        let o = e.reg.handle_register(
+            now + Duration::from_micros(u64::from(i)),
+            wall,
+            &r.msg(),
+            flow(&src),
+        );
+        match o.reply {
+            Reply::Challenge { .. } => challenged += 1,
+            Reply::Drop => dropped += 1,
+            ref other => panic!("unexpected {other:?}"),
+        }
+        let st = e.reg.stats();
+        assert!(
+            st.tracked_sources <= 500 && st.blocked_sources <= 200 && st.tracked_nonces <= 100,
+            "{st:?}"
+        );
+        assert_eq!(st.bindings, 0);
+    }
+    assert!(challenged > 90_000, "{challenged} {dropped}");
+    // Flood from one source: blocked quickly, then dropped.
+    let mut drops = 0;
+    for i in 0..1000u32 {
+        let r = Req::new("1001")
+            .contact(C1)
+            .auth(Some(format!("Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{i}\", uri=\"sip:pbx.example\", response=\"00\"")));
+        if e.reg
+            .handle_register(now, wall, &r.msg(), flow("203.0.113.200:5060"))
+            .reply
+            == Reply::Drop
+        {
+            drops += 1;
+        }
+    }
+    assert_eq!(drops, 998);
+}
+
+// ------------------------------------------------------------------------------------------
+// Persistence
+// ------------------------------------------------------------------------------------------
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("podpbx-registrar-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[test]
+fn persistence_roundtrip_with_remaining_expiry() {
+    let dir = temp_dir("roundtrip");
+    let path = dir.join("bindings.json");
+    let mut e = env();
+    let inst = "<sip:1001@192.168.1.10:5060>;+sip.instance=\"<urn:uuid:1>\";reg-id=2;q=0.7";
+    e.register(
+        0,
+        Req::new("1001")
+            .contact(inst)
+            .contact("<sip:1001@10.0.0.2>;expires=200"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    e.register(
+        0,
+        Req::new("door")
+            .contact("<sip:door@192.168.1.50>")
+            .expires("120"),
+        "192.168.1.50:5060",
+        "door",
+        "bell",
+    );
+    e.reg.save(&path).expect("save");
+    assert!(path.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|d| d.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temp file left: {leftovers:?}");
+
+    // A new process 100 s later (new Instant base).
+    let t1 = Instant::now() + Duration::from_secs(7);
+    let w1 = e.w0 + Duration::from_secs(100);
+    let mut r2 = Registrar::new(settings(), users(), t1);
+    let rep = r2.load(&path, t1, w1).expect("load");
+    assert_eq!(rep.loaded, 3);
+    assert_eq!(rep.dropped, 0);
+    assert_eq!(rep.warning, None);
+    let l = r2.lookup("1001", t1);
+    assert_eq!(l.len(), 2);
+    let b = l
+        .iter()
+        .find(|b| b.instance.is_some())
+        .expect("instance binding");
+    assert_eq!(b.remaining_secs(t1), 3500);
+    assert_eq!(b.instance.as_deref(), Some("<urn:uuid:1>"));
+    assert_eq!(b.reg_id, Some(2));
+    assert_eq!(b.q, Some(700));
+    assert_eq!(b.flow, flow(PHONE));
+    assert_eq!(b.registered_at, e.w0);
+    assert_eq!(b.call_id, "call-1@host");
+    let short = l
+        .iter()
+        .find(|b| b.contact_uri == "sip:1001@10.0.0.2")
+        .expect("second");
+    assert_eq!(short.remaining_secs(t1), 100);
+    assert_eq!(r2.lookup("door", t1)[0].remaining_secs(t1), 20);
+
+    // 150 s later the 120 s and 200 s bindings are gone.
+    let mut r3 = Registrar::new(settings(), users(), t1);
+    let rep = r3
+        .load(&path, t1, e.w0 + Duration::from_secs(250))
+        .expect("load");
+    assert_eq!((rep.loaded, rep.dropped), (1, 2));
+    // A refresh after restart matches the restored binding (same Call-ID, higher CSeq).
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn corrupt_file_is_moved_aside() {
+    let dir = temp_dir("corrupt");
+    let path = dir.join("bindings.json");
+    std::fs::write(&path, b"{\"version\":1,\"bindings\":[{\"aor\":").expect("write");
+    let mut e = env();
+    e.register(0, Req::new("1001").contact(C1), PHONE, "1001", "secret");
+    let rep = e
+        .reg
+        .load(&path, e.t0, e.w0)
+        .expect("load reports, not fails");
+    let moved = rep.moved_aside.clone().expect("moved aside");
+    assert_eq!(moved, dir.join("bindings.json.corrupt-1700000000"));
+    assert!(moved.exists() && !path.exists());
+    assert!(
+        rep.warning
+            .as_deref()
+            .is_some_and(|w| w.contains("bindings.json.corrupt-1700000000")),
+        "{rep:?}"
+    );
+    assert_eq!(e.reg.stats().bindings, 0, "starts clean");
+    // Missing file: nothing loaded, no warning.
+    let rep = e.reg.load(&path, e.t0, e.w0).expect("load");
+    assert_eq!(rep, LoadReport::default());
+    // Wrong version also counts as corrupt.
+    std::fs::write(&path, b"{\"version\":99,\"bindings\":[]}").expect("write");
+    let rep = e
+        .reg
+        .load(&path, e.t0, e.w0 + Duration::from_secs(1))
+        .expect("load");
+    assert_eq!(
+        rep.moved_aside,
+        Some(dir.join("bindings.json.corrupt-1700000001"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
