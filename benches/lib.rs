@@ -1,1 +1,50 @@
 //! Shared helpers for podpbx benchmarks.
+
+/// A typical INVITE from a desk phone with an SDP offer (about 850 bytes on the wire).
+pub const SIP_INVITE: &str = concat!(
+    "INVITE sip:+15551234567@pbx.example.com;user=phone SIP/2.0\r\n",
+    "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-524287-1---7c1a2f9b3e8d4a61;rport\r\n",
+    "Max-Forwards: 70\r\n",
+    "Contact: <sip:alice@192.0.2.10:5060;transport=udp>\r\n",
+    "To: <sip:+15551234567@pbx.example.com;user=phone>\r\n",
+    "From: \"Alice Example\" <sip:alice@pbx.example.com>;tag=8f3a2b1c\r\n",
+    "Call-ID: 3c26700c1e8b4f2a9d5e6f7a8b9c0d1e@192.0.2.10\r\n",
+    "CSeq: 1 INVITE\r\n",
+    "Allow: INVITE, ACK, CANCEL, BYE, NOTIFY, REFER, MESSAGE, OPTIONS, INFO, SUBSCRIBE, UPDATE\r\n",
+    "Supported: replaces, timer, 100rel\r\n",
+    "User-Agent: ExamplePhone/5.3.2\r\n",
+    "Content-Type: application/sdp\r\n",
+    "Content-Length: 234\r\n",
+    "\r\n",
+    "v=0\r\n",
+    "o=- 3912345678 3912345678 IN IP4 192.0.2.10\r\n",
+    "s=-\r\n",
+    "c=IN IP4 192.0.2.10\r\n",
+    "t=0 0\r\n",
+    "m=audio 40000 RTP/AVP 0 8 101\r\n",
+    "a=rtpmap:0 PCMU/8000\r\n",
+    "a=rtpmap:8 PCMA/8000\r\n",
+    "a=rtpmap:101 telephone-event/8000\r\n",
+    "a=fmtp:101 0-16\r\n",
+    "a=ptime:20\r\n",
+    "a=sendrecv\r\n",
+);
+
+/// A typical REGISTER with an Authorization header and an outbound Contact.
+pub const SIP_REGISTER: &str = concat!(
+    "REGISTER sip:pbx.example.com SIP/2.0\r\n",
+    "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-524287-1---4b2c9d1e0f3a7b65;rport\r\n",
+    "Max-Forwards: 70\r\n",
+    "Contact: <sip:alice@192.0.2.10:5060;transport=udp>;expires=3600;+sip.instance=\"<urn:uuid:5e1d4a1c-7b7e-4b1a-9f5c-2a6b8c9d0e1f>\";reg-id=1\r\n",
+    "To: <sip:alice@pbx.example.com>\r\n",
+    "From: <sip:alice@pbx.example.com>;tag=5d1e2f3a\r\n",
+    "Call-ID: 9a8b7c6d5e4f3a2b1c0d@192.0.2.10\r\n",
+    "CSeq: 42 REGISTER\r\n",
+    "Expires: 3600\r\n",
+    "Allow: INVITE, ACK, CANCEL, BYE, NOTIFY, REFER, MESSAGE, OPTIONS, INFO, SUBSCRIBE, UPDATE\r\n",
+    "Supported: path, gruu, outbound\r\n",
+    "User-Agent: ExamplePhone/5.3.2\r\n",
+    "Authorization: Digest username=\"alice\", realm=\"pbx.example.com\", nonce=\"5f1a2b3c4d5e6f708192a3b4c5d6e7f8\", uri=\"sip:pbx.example.com\", response=\"0123456789abcdef0123456789abcdef\", algorithm=MD5\r\n",
+    "Content-Length: 0\r\n",
+    "\r\n",
+);

@@ -1,1 +1,996 @@
-fn main() {}
+//! rtp-load: paced RTP load through the podpbx relay and two reference
+//! forwarders, on loopback only (127.0.0.1 <-> ::1).
+//!
+//! For each stream count N, N relayed streams carry 172-byte RTP packets at
+//! 50 packets/s in each direction (leg A on IPv4, leg B on IPv6). One thread
+//! pinned to the generator CPU paces the packets with `sendmmsg` and receives
+//! them back with `recvmmsg` + kernel receive timestamps (SO_TIMESTAMPNS),
+//! measuring loss and one-way latency (send timestamp in the payload). The
+//! forwarder under test is pinned to the other CPU; its CPU time is read from
+//! its thread's CPU clock.
+//!
+//! Forwarders, all on the same sockets layout (one socket per leg, epoll):
+//! * `relay`      — podpbx_media::Relay (one worker thread);
+//! * `mmsg`       — minimal recvmmsg/sendmmsg forwarder written for this bench;
+//! * `plain`      — minimal recv_from/send_to forwarder, draining each ready
+//!   socket until EWOULDBLOCK (the usual nonblocking idiom);
+//! * `plain-once` — the same reading one datagram per readiness (level-triggered);
+//! * `direct`     — no forwarder: endpoints send to each other (latency floor).
+//!
+//! Every loop is bounded in time (warm-up + measurement per point).
+//!
+//! Usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1]
+//!                 [--modes direct,relay,mmsg,plain,plain-once] [--pps 50]
+//!                 [--relay-cpu 0] [--gen-cpu 1] [--batch 32] [--ports 10000]
+
+use std::io;
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use podpbx_media::{Family, FamilyConfig, Leg, Relay, RelayConfig, RemoteMedia, Session};
+
+const PKT_SIZE: usize = 172;
+const BATCH: usize = 64;
+const LAT_BUCKETS: usize = 200_000; // 1 µs buckets up to 200 ms
+const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+// ------------------------------------------------------------------ options
+
+#[derive(Clone)]
+struct Opts {
+    streams: Vec<usize>,
+    secs: f64,
+    warmup: f64,
+    modes: Vec<Mode>,
+    pps: u64,
+    relay_cpu: usize,
+    gen_cpu: usize,
+    batch: usize,
+    ports: u16,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Direct,
+    Relay,
+    Mmsg,
+    Plain,
+    PlainOnce,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Relay => "relay",
+            Mode::Mmsg => "mmsg",
+            Mode::Plain => "plain",
+            Mode::PlainOnce => "plain-once",
+        }
+    }
+}
+
+fn parse_opts() -> Result<Opts, String> {
+    let mut o = Opts {
+        streams: vec![1, 100, 1000, 2000],
+        secs: 5.0,
+        warmup: 1.0,
+        modes: vec![Mode::Direct, Mode::Relay, Mode::Mmsg, Mode::Plain, Mode::PlainOnce],
+        pps: 50,
+        relay_cpu: 0,
+        gen_cpu: 1,
+        batch: 32,
+        ports: 10000,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let k = args[i].as_str();
+        if k == "--help" || k == "-h" {
+            return Err("usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1] \
+                 [--modes direct,relay,mmsg,plain,plain-once] [--pps 50] [--relay-cpu 0] \
+                 [--gen-cpu 1] [--batch 32] [--ports 10000]"
+                .into());
+        }
+        let v = args.get(i + 1).ok_or(format!("{k} needs a value"))?;
+        let num = |s: &str| s.parse::<f64>().map_err(|_| format!("bad number {s}"));
+        match k {
+            "--streams" => {
+                o.streams = v
+                    .split(',')
+                    .map(|s| s.parse::<usize>().map_err(|_| format!("bad count {s}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--secs" => o.secs = num(v)?.clamp(0.5, 30.0),
+            "--warmup" => o.warmup = num(v)?.clamp(0.2, 10.0),
+            "--pps" => o.pps = (num(v)? as u64).clamp(1, 1000),
+            "--relay-cpu" => o.relay_cpu = num(v)? as usize,
+            "--gen-cpu" => o.gen_cpu = num(v)? as usize,
+            "--batch" => o.batch = (num(v)? as usize).clamp(1, 256),
+            "--ports" => o.ports = num(v)? as u16,
+            "--modes" => {
+                o.modes = v
+                    .split(',')
+                    .map(|m| match m {
+                        "direct" => Ok(Mode::Direct),
+                        "relay" => Ok(Mode::Relay),
+                        "mmsg" => Ok(Mode::Mmsg),
+                        "plain" => Ok(Mode::Plain),
+                        "plain-once" => Ok(Mode::PlainOnce),
+                        _ => Err(format!("unknown mode {m}")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            _ => return Err(format!("unknown option {k}")),
+        }
+        i += 2;
+    }
+    if o.streams.iter().any(|&n| n == 0 || n > 4000) {
+        return Err("stream counts must be 1..=4000".into());
+    }
+    Ok(o)
+}
+
+// ------------------------------------------------------------- system bits
+
+fn mono_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn clock_ns(clk: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec.
+    unsafe { libc::clock_gettime(clk, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn gettid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// CPU time of any thread of this process, from its per-thread CPU clock
+/// (MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)); falls back to schedstat.
+fn thread_cpu_ns(tid: i32) -> u64 {
+    let clk: libc::clockid_t = (!(tid as libc::clockid_t) << 3) | 6;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec.
+    if unsafe { libc::clock_gettime(clk, &mut ts) } == 0 {
+        return ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    }
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn pin(cpu: usize) {
+    // SAFETY: cpu_set_t is POD; CPU_SET with cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = mem::zeroed();
+        if cpu < libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                eprintln!("warning: cannot pin to cpu {cpu}: {}", io::Error::last_os_error());
+            }
+        }
+    }
+}
+
+fn setsockopt_int(fd: RawFd, level: i32, opt: i32, v: i32) -> io::Result<()> {
+    // SAFETY: passes a valid int.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            &v as *const i32 as *const libc::c_void,
+            mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn big_buffers(s: &UdpSocket) {
+    let fd = s.as_raw_fd();
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, 16 << 20).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, 16 << 20);
+        }
+    }
+}
+
+fn raise_nofile() {
+    // SAFETY: valid rlimit struct.
+    unsafe {
+        let mut r: libc::rlimit = mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn nofile_limit() -> u64 {
+    // SAFETY: valid rlimit struct.
+    unsafe {
+        let mut r: libc::rlimit = mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Sa {
+    st: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl Sa {
+    fn new(a: SocketAddr) -> Sa {
+        // SAFETY: zeroed storage is valid; we write the matching struct.
+        let mut st: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let len = match a {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: storage is large enough and aligned.
+                unsafe { std::ptr::write(&mut st as *mut _ as *mut libc::sockaddr_in, sin) };
+                mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: 0,
+                };
+                // SAFETY: storage is large enough and aligned.
+                unsafe { std::ptr::write(&mut st as *mut _ as *mut libc::sockaddr_in6, sin6) };
+                mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        Sa {
+            st,
+            len: len as libc::socklen_t,
+        }
+    }
+}
+
+fn nonblocking_udp(ip: IpAddr) -> io::Result<UdpSocket> {
+    let s = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+// ------------------------------------------------------ reference forwarders
+
+/// One reference forwarder: 2N sockets (a_k on ::ffff-free IPv4, b_k on
+/// IPv6), packets arriving on a_k leave from b_k to endpoint B and back.
+struct RefForwarder {
+    stop: Arc<AtomicBool>,
+    tid: Arc<AtomicI32>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    a_addrs: Vec<SocketAddr>,
+    b_addrs: Vec<SocketAddr>,
+}
+
+fn start_ref(
+    mode: Mode,
+    n: usize,
+    ep_a: SocketAddr,
+    ep_b: SocketAddr,
+    cpu: usize,
+    batch: usize,
+) -> io::Result<RefForwarder> {
+    let mut socks = Vec::with_capacity(2 * n);
+    let (mut a_addrs, mut b_addrs) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let a = nonblocking_udp(V4)?;
+        let b = nonblocking_udp(V6)?;
+        a_addrs.push(a.local_addr()?);
+        b_addrs.push(b.local_addr()?);
+        socks.push(a);
+        socks.push(b);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let tid = Arc::new(AtomicI32::new(0));
+    let (stop2, tid2) = (stop.clone(), tid.clone());
+    let thread = std::thread::Builder::new()
+        .name(format!("ref-{}", mode.name()))
+        .spawn(move || {
+            pin(cpu);
+            tid2.store(gettid(), Ordering::SeqCst);
+            let r = match mode {
+                Mode::Mmsg => run_mmsg(&socks, ep_a, ep_b, &stop2, batch),
+                _ => run_plain(&socks, ep_a, ep_b, &stop2, mode == Mode::Plain),
+            };
+            if let Err(e) = r {
+                eprintln!("forwarder {}: {e}", mode.name());
+            }
+        })?;
+    while tid.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(RefForwarder {
+        stop,
+        tid,
+        thread: Some(thread),
+        a_addrs,
+        b_addrs,
+    })
+}
+
+impl Drop for RefForwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn epoll_for(socks: &[UdpSocket]) -> io::Result<RawFd> {
+    // SAFETY: plain syscalls with valid arguments.
+    unsafe {
+        let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        if ep < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for (i, s) in socks.iter().enumerate() {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            if libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(ep)
+    }
+}
+
+/// recv_from/send_to forwarder; `drain`: read until EWOULDBLOCK per readiness.
+fn run_plain(
+    socks: &[UdpSocket],
+    ep_a: SocketAddr,
+    ep_b: SocketAddr,
+    stop: &AtomicBool,
+    drain: bool,
+) -> io::Result<()> {
+    let ep = epoll_for(socks)?;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: valid buffer of events.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 50) };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let i = ev.u64 as usize;
+            let (out, dest) = if i % 2 == 0 {
+                (&socks[i + 1], ep_b)
+            } else {
+                (&socks[i - 1], ep_a)
+            };
+            loop {
+                match socks[i].recv_from(&mut buf) {
+                    Ok((len, _)) => {
+                        let _ = out.send_to(&buf[..len], dest);
+                    }
+                    Err(_) => break,
+                }
+                if !drain {
+                    break;
+                }
+            }
+        }
+    }
+    // SAFETY: closing our own epoll fd.
+    unsafe { libc::close(ep) };
+    Ok(())
+}
+
+/// recvmmsg/sendmmsg forwarder: one recvmmsg per readiness, one sendmmsg.
+fn run_mmsg(
+    socks: &[UdpSocket],
+    ep_a: SocketAddr,
+    ep_b: SocketAddr,
+    stop: &AtomicBool,
+    batch: usize,
+) -> io::Result<()> {
+    let ep = epoll_for(socks)?;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut bufs = vec![[0u8; 2048]; batch];
+    // SAFETY: zeroed C structs are valid.
+    let mut iovs: Vec<libc::iovec> = (0..batch)
+        .map(|_| unsafe { mem::zeroed::<libc::iovec>() })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = (0..batch)
+        .map(|_| unsafe { mem::zeroed::<libc::mmsghdr>() })
+        .collect();
+    let mut out_iovs = iovs.clone();
+    let mut out: Vec<libc::mmsghdr> = (0..batch)
+        .map(|_| unsafe { mem::zeroed::<libc::mmsghdr>() })
+        .collect();
+    for i in 0..batch {
+        iovs[i].iov_base = bufs[i].as_mut_ptr() as *mut libc::c_void;
+        iovs[i].iov_len = 2048;
+        msgs[i].msg_hdr.msg_iov = &mut iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        out_iovs[i].iov_base = bufs[i].as_mut_ptr() as *mut libc::c_void;
+        out[i].msg_hdr.msg_iov = &mut out_iovs[i];
+        out[i].msg_hdr.msg_iovlen = 1;
+    }
+    let (sa_a, sa_b) = (Sa::new(ep_a), Sa::new(ep_b));
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: valid buffer of events.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 50) };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let i = ev.u64 as usize;
+            let (out_fd, dest) = if i % 2 == 0 {
+                (socks[i + 1].as_raw_fd(), &sa_b)
+            } else {
+                (socks[i - 1].as_raw_fd(), &sa_a)
+            };
+            // SAFETY: msgs point at live buffers.
+            let r = unsafe {
+                libc::recvmmsg(
+                    socks[i].as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    batch as u32,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r <= 0 {
+                continue;
+            }
+            let r = r as usize;
+            for j in 0..r {
+                out_iovs[j].iov_len = msgs[j].msg_len as usize;
+                out[j].msg_hdr.msg_name = &dest.st as *const _ as *mut libc::c_void;
+                out[j].msg_hdr.msg_namelen = dest.len;
+            }
+            // SAFETY: out points at live buffers.
+            unsafe { libc::sendmmsg(out_fd, out.as_mut_ptr(), r as u32, libc::MSG_DONTWAIT) };
+        }
+    }
+    // SAFETY: closing our own epoll fd.
+    unsafe { libc::close(ep) };
+    Ok(())
+}
+
+// ------------------------------------------------------- generator and sink
+
+/// Payload layout after the 12-byte RTP header:
+/// [12..20) tx realtime ns, [20..24) stream, [24] dir, [25] measured flag.
+struct GenResult {
+    sent: u64,
+    received: u64,
+    lat: Vec<u32>,
+    lat_over: u64,
+    cpu_ns: u64,
+    wall_ns: u64,
+    max_lag_ns: u64,
+    late: u64,
+}
+
+struct GenSetup {
+    n: usize,
+    pps: u64,
+    /// Where endpoint A sends stream k (relay leg A / ref socket a_k / endpoint B).
+    to_from_a: Vec<SocketAddr>,
+    to_from_b: Vec<SocketAddr>,
+    ep_a: UdpSocket,
+    ep_b: UdpSocket,
+    warmup_ns: u64,
+    measure_ns: u64,
+    fwd_tid: i32,
+}
+
+struct TxBatch {
+    bufs: Vec<[u8; PKT_SIZE]>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    n: usize,
+}
+
+impl TxBatch {
+    fn new() -> Box<TxBatch> {
+        // SAFETY: zeroed C structs are valid.
+        let mut b = Box::new(TxBatch {
+            bufs: vec![[0u8; PKT_SIZE]; BATCH],
+            iovs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+            msgs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+            n: 0,
+        });
+        let bb = &mut *b;
+        for i in 0..BATCH {
+            bb.iovs[i].iov_base = bb.bufs[i].as_mut_ptr() as *mut libc::c_void;
+            bb.iovs[i].iov_len = PKT_SIZE;
+            bb.msgs[i].msg_hdr.msg_iov = &mut bb.iovs[i];
+            bb.msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        b
+    }
+
+    fn flush(&mut self, fd: RawFd) -> u64 {
+        if self.n == 0 {
+            return 0;
+        }
+        let tx = clock_ns(libc::CLOCK_REALTIME).to_be_bytes();
+        for b in &mut self.bufs[..self.n] {
+            b[12..20].copy_from_slice(&tx);
+        }
+        let mut off = 0;
+        while off < self.n {
+            // SAFETY: msgs point at live buffers and addresses.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.msgs[off..].as_mut_ptr(),
+                    (self.n - off) as u32,
+                    0,
+                )
+            };
+            if r <= 0 {
+                off += 1; // drop this one (counts as loss)
+            } else {
+                off += r as usize;
+            }
+        }
+        let sent = self.n as u64;
+        self.n = 0;
+        sent
+    }
+}
+
+struct RxBatch {
+    bufs: Vec<[u8; 2048]>,
+    ctrl: Vec<[u64; 16]>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl RxBatch {
+    fn new() -> Box<RxBatch> {
+        // SAFETY: zeroed C structs are valid.
+        let mut b = Box::new(RxBatch {
+            bufs: vec![[0u8; 2048]; BATCH],
+            ctrl: vec![[0u64; 16]; BATCH],
+            iovs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+            msgs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+        });
+        let bb = &mut *b;
+        for i in 0..BATCH {
+            bb.iovs[i].iov_base = bb.bufs[i].as_mut_ptr() as *mut libc::c_void;
+            bb.iovs[i].iov_len = 2048;
+            bb.msgs[i].msg_hdr.msg_iov = &mut bb.iovs[i];
+            bb.msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        b
+    }
+
+    /// Drain a socket; returns (received measured, latencies recorded).
+    fn drain(&mut self, fd: RawFd, res: &mut GenResult) {
+        loop {
+            for i in 0..BATCH {
+                self.msgs[i].msg_hdr.msg_control = self.ctrl[i].as_mut_ptr() as *mut libc::c_void;
+                self.msgs[i].msg_hdr.msg_controllen = mem::size_of::<[u64; 16]>() as _;
+            }
+            // SAFETY: msgs point at live buffers.
+            let r = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    self.msgs.as_mut_ptr(),
+                    BATCH as u32,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r <= 0 {
+                return;
+            }
+            let r = r as usize;
+            for i in 0..r {
+                let len = self.msgs[i].msg_len as usize;
+                let p = &self.bufs[i];
+                if len != PKT_SIZE || p[25] != 1 {
+                    continue;
+                }
+                res.received += 1;
+                let mut tx = [0u8; 8];
+                tx.copy_from_slice(&p[12..20]);
+                let tx = u64::from_be_bytes(tx);
+                if let Some(rx) = rx_timestamp(&self.msgs[i].msg_hdr) {
+                    let us = rx.saturating_sub(tx) / 1000;
+                    if (us as usize) < LAT_BUCKETS {
+                        res.lat[us as usize] += 1;
+                    } else {
+                        res.lat_over += 1;
+                    }
+                }
+            }
+            if r < BATCH {
+                return;
+            }
+        }
+    }
+}
+
+fn rx_timestamp(h: &libc::msghdr) -> Option<u64> {
+    // SAFETY: the kernel filled msg_control; CMSG_* walk within controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+fn run_generator(g: GenSetup) -> GenResult {
+    let n = g.n;
+    let period = 1_000_000_000 / g.pps;
+    // Schedule: each stream and direction once per period, spread evenly.
+    let slots = 2 * n;
+    let mut sched: Vec<(u64, u32, u8)> = (0..slots)
+        .map(|i| {
+            let k = (i / 2) as u32;
+            let d = (i % 2) as u8;
+            (i as u64 * period / slots as u64, k, d)
+        })
+        .collect();
+    sched.sort_by_key(|x| x.0);
+    let dest_a: Vec<Sa> = g.to_from_a.iter().map(|a| Sa::new(*a)).collect();
+    let dest_b: Vec<Sa> = g.to_from_b.iter().map(|a| Sa::new(*a)).collect();
+    let mut seq = vec![0u16; slots];
+    let mut tx_a = TxBatch::new();
+    let mut tx_b = TxBatch::new();
+    let mut rx = RxBatch::new();
+    let (fd_a, fd_b) = (g.ep_a.as_raw_fd(), g.ep_b.as_raw_fd());
+    for s in [&g.ep_a, &g.ep_b] {
+        let _ = setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
+    }
+    let mut res = GenResult {
+        sent: 0,
+        received: 0,
+        lat: vec![0; LAT_BUCKETS],
+        lat_over: 0,
+        cpu_ns: 0,
+        wall_ns: 0,
+        max_lag_ns: 0,
+        late: 0,
+    };
+    let t0 = mono_ns() + 2_000_000;
+    let m_start = t0 + g.warmup_ns;
+    let m_end = m_start + g.measure_ns;
+    let (mut cpu0, mut wall0) = (None, 0u64);
+    let mut cycle: u64 = 0;
+    let mut pos = 0usize;
+    loop {
+        let now = mono_ns();
+        if cpu0.is_none() && now >= m_start {
+            cpu0 = Some(thread_cpu_ns(g.fwd_tid));
+            wall0 = now;
+        }
+        if now >= m_end {
+            res.cpu_ns = thread_cpu_ns(g.fwd_tid).saturating_sub(cpu0.unwrap_or(0));
+            res.wall_ns = now - wall0;
+            break;
+        }
+        // Send everything due.
+        loop {
+            let (off, k, d) = sched[pos];
+            let due = t0 + cycle * period + off;
+            if due > now {
+                break;
+            }
+            let lag = now - due;
+            res.max_lag_ns = res.max_lag_ns.max(lag);
+            if lag > 1_000_000 {
+                res.late += 1;
+            }
+            let measured = due >= m_start && due < m_end;
+            let idx = k as usize * 2 + d as usize;
+            let s = seq[idx];
+            seq[idx] = s.wrapping_add(1);
+            let (tx, dest, fd) = if d == 0 {
+                (&mut tx_a, &dest_a[k as usize], fd_a)
+            } else {
+                (&mut tx_b, &dest_b[k as usize], fd_b)
+            };
+            let j = tx.n;
+            let b = &mut tx.bufs[j];
+            b[0] = 0x80;
+            b[1] = 0;
+            b[2..4].copy_from_slice(&s.to_be_bytes());
+            b[4..8].copy_from_slice(&(s as u32 * 160).to_be_bytes());
+            b[8..12].copy_from_slice(&(idx as u32 + 1).to_be_bytes());
+            b[20..24].copy_from_slice(&k.to_be_bytes());
+            b[24] = d;
+            b[25] = measured as u8;
+            tx.msgs[j].msg_hdr.msg_name = &dest.st as *const _ as *mut libc::c_void;
+            tx.msgs[j].msg_hdr.msg_namelen = dest.len;
+            tx.n += 1;
+            if measured {
+                res.sent += 1;
+            }
+            if tx.n == BATCH {
+                tx.flush(fd);
+            }
+            pos += 1;
+            if pos == sched.len() {
+                pos = 0;
+                cycle += 1;
+            }
+        }
+        tx_a.flush(fd_a);
+        tx_b.flush(fd_b);
+        rx.drain(fd_a, &mut res);
+        rx.drain(fd_b, &mut res);
+        // Sleep until the next packet is due (at most 200 µs, to keep draining).
+        let (off, _, _) = sched[pos];
+        let due = t0 + cycle * period + off;
+        let now = mono_ns();
+        if due > now + 20_000 {
+            std::thread::sleep(Duration::from_nanos((due - now).min(200_000)));
+        }
+    }
+    // Let the last packets arrive (bounded).
+    let end = mono_ns() + 300_000_000;
+    while mono_ns() < end {
+        rx.drain(fd_a, &mut res);
+        rx.drain(fd_b, &mut res);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    res
+}
+
+fn percentile(lat: &[u32], over: u64, p: f64) -> f64 {
+    let total: u64 = lat.iter().map(|&x| x as u64).sum::<u64>() + over;
+    if total == 0 {
+        return f64::NAN;
+    }
+    let target = (total as f64 * p).ceil() as u64;
+    let mut acc = 0u64;
+    for (i, &c) in lat.iter().enumerate() {
+        acc += c as u64;
+        if acc >= target {
+            return i as f64 + 0.5;
+        }
+    }
+    LAT_BUCKETS as f64
+}
+
+// ------------------------------------------------------------------ driver
+
+struct Row {
+    streams: usize,
+    mode: Mode,
+    target_pps: f64,
+    sent_pps: f64,
+    loss: f64,
+    cpu_ns_pkt: f64,
+    cpu_pct: f64,
+    p50: f64,
+    p99: f64,
+    late: u64,
+}
+
+fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
+    let ep_a = nonblocking_udp(V4).map_err(|e| e.to_string())?;
+    let ep_b = nonblocking_udp(V6).map_err(|e| e.to_string())?;
+    big_buffers(&ep_a);
+    big_buffers(&ep_b);
+    let (a_addr, b_addr) = (ep_a.local_addr().map_err(|e| e.to_string())?, ep_b.local_addr().map_err(|e| e.to_string())?);
+
+    let mut _relay: Option<(Relay, Vec<Session>)> = None;
+    let mut _ref: Option<RefForwarder> = None;
+    let (to_from_a, to_from_b, fwd_tid) = match mode {
+        // Each endpoint sends to itself: one loopback hop, no forwarder.
+        Mode::Direct => (vec![a_addr; n], vec![b_addr; n], gettid()),
+        Mode::Relay => {
+            let pairs = (n as u16 + 8) * 2;
+            let cfg = RelayConfig {
+                ipv4: Some(FamilyConfig {
+                    addr: V4,
+                    ports: o.ports..=o.ports + 2 * pairs - 1,
+                }),
+                ipv6: Some(FamilyConfig {
+                    addr: V6,
+                    ports: o.ports..=o.ports + 2 * pairs - 1,
+                }),
+                worker_cpus: vec![o.relay_cpu],
+                batch: o.batch,
+                media_timeout: Duration::ZERO,
+                ..RelayConfig::default()
+            };
+            let (relay, _events) = Relay::start(cfg).map_err(|e| e.to_string())?;
+            let mut sessions = Vec::with_capacity(n);
+            let (mut ta, mut tb) = (Vec::new(), Vec::new());
+            for _ in 0..n {
+                let s = relay
+                    .allocate(Family::V4, Family::V6)
+                    .map_err(|e| e.to_string())?;
+                s.set_remote(Leg::A, RemoteMedia::new(a_addr))
+                    .map_err(|e| e.to_string())?;
+                s.set_remote(Leg::B, RemoteMedia::new(b_addr))
+                    .map_err(|e| e.to_string())?;
+                ta.push(s.local(Leg::A).rtp);
+                tb.push(s.local(Leg::B).rtp);
+                sessions.push(s);
+            }
+            relay.sync(Duration::from_secs(10));
+            let tid = relay.worker_thread_ids()[0];
+            _relay = Some((relay, sessions));
+            (ta, tb, tid)
+        }
+        Mode::Mmsg | Mode::Plain | Mode::PlainOnce => {
+            let f = start_ref(mode, n, a_addr, b_addr, o.relay_cpu, o.batch)
+                .map_err(|e| e.to_string())?;
+            let r = (f.a_addrs.clone(), f.b_addrs.clone(), f.tid.load(Ordering::SeqCst));
+            _ref = Some(f);
+            r
+        }
+    };
+
+    let setup = GenSetup {
+        n,
+        pps: o.pps,
+        to_from_a,
+        to_from_b,
+        ep_a,
+        ep_b,
+        warmup_ns: (o.warmup * 1e9) as u64,
+        measure_ns: (o.secs * 1e9) as u64,
+        fwd_tid,
+    };
+    let gen_cpu = o.gen_cpu;
+    let res = std::thread::Builder::new()
+        .name("rtp-gen".into())
+        .spawn(move || {
+            pin(gen_cpu);
+            run_generator(setup)
+        })
+        .map_err(|e| e.to_string())?
+        .join()
+        .map_err(|_| "generator panicked".to_string())?;
+
+    let secs = res.wall_ns as f64 / 1e9;
+    let loss = if res.sent > 0 {
+        1.0 - res.received as f64 / res.sent as f64
+    } else {
+        0.0
+    };
+    let (cpu_ns_pkt, cpu_pct) = if mode == Mode::Direct || res.received == 0 {
+        (f64::NAN, f64::NAN)
+    } else {
+        (
+            res.cpu_ns as f64 / res.received as f64,
+            100.0 * res.cpu_ns as f64 / res.wall_ns.max(1) as f64,
+        )
+    };
+    Ok(Row {
+        streams: n,
+        mode,
+        target_pps: (2 * n) as f64 * o.pps as f64,
+        sent_pps: res.sent as f64 / secs.max(1e-9),
+        loss,
+        cpu_ns_pkt,
+        cpu_pct,
+        p50: percentile(&res.lat, res.lat_over, 0.50),
+        p99: percentile(&res.lat, res.lat_over, 0.99),
+        late: res.late,
+    })
+}
+
+fn main() {
+    let o = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    raise_nofile();
+    let max_n = o.streams.iter().copied().max().unwrap_or(1);
+    if (max_n as u64) * 4 + 64 > nofile_limit() {
+        eprintln!("warning: RLIMIT_NOFILE {} may be too low for {max_n} streams", nofile_limit());
+    }
+    println!(
+        "rtp-load: {} B packets, {} pps per stream and direction, {}s warm-up + {}s per point, \
+         forwarder on cpu {}, generator+sink on cpu {}, batch {}",
+        PKT_SIZE, o.pps, o.warmup, o.secs, o.relay_cpu, o.gen_cpu, o.batch
+    );
+    println!(
+        "{:>7} {:>10} {:>9} {:>9} {:>8} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5}",
+        "streams", "mode", "target/s", "sent/s", "loss%", "cpu ns/pkt", "cpu%", "p50 us", "p99 us", "+p50 us", "+p99 us", "late"
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    for &n in &o.streams {
+        let mut direct: Option<(f64, f64)> = None;
+        for &mode in &o.modes {
+            match run_point(&o, n, mode) {
+                Ok(r) => {
+                    if mode == Mode::Direct {
+                        direct = Some((r.p50, r.p99));
+                    }
+                    let (ap50, ap99) = match direct {
+                        Some((d50, d99)) if mode != Mode::Direct => (r.p50 - d50, r.p99 - d99),
+                        _ => (f64::NAN, f64::NAN),
+                    };
+                    println!(
+                        "{:>7} {:>10} {:>9.0} {:>9.0} {:>8.3} {:>10.0} {:>6.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>5}",
+                        r.streams,
+                        r.mode.name(),
+                        r.target_pps,
+                        r.sent_pps,
+                        r.loss * 100.0,
+                        r.cpu_ns_pkt,
+                        r.cpu_pct,
+                        r.p50,
+                        r.p99,
+                        ap50,
+                        ap99,
+                        r.late
+                    );
+                    rows.push(r);
+                }
+                Err(e) => println!("{n:>7} {:>10} failed: {e}", mode.name()),
+            }
+            // Let sockets close and the CPUs settle between points.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    println!();
+    println!("CPU time per forwarded packet, relay vs references (lower is better):");
+    println!(
+        "{:>7} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "streams", "relay ns", "mmsg ns", "plain ns", "plain1 ns", "relay/mmsg", "relay/plain", "relay/plain1"
+    );
+    for &n in &o.streams {
+        let get = |m: Mode| {
+            rows.iter()
+                .find(|r| r.streams == n && r.mode == m)
+                .map_or(f64::NAN, |r| r.cpu_ns_pkt)
+        };
+        let (r, m, p, p1) = (get(Mode::Relay), get(Mode::Mmsg), get(Mode::Plain), get(Mode::PlainOnce));
+        println!(
+            "{n:>7} {r:>12.0} {m:>12.0} {p:>12.0} {p1:>12.0} {:>12.3} {:>12.3} {:>12.3}",
+            r / m,
+            r / p,
+            r / p1
+        );
+    }
+}

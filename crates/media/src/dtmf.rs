@@ -108,7 +108,9 @@ pub fn event_packets(
     let duration = duration.clamp(MIN_DURATION, MAX_DURATION);
     let total = ts_units(duration, p.clock_rate).min(u16::MAX as u64) as u16;
     let step = ts_units(p.interval, p.clock_rate).max(1);
-    let n = (duration.as_micros() as u64).div_ceil(p.interval.as_micros().max(1) as u64).max(1);
+    let n = (duration.as_micros() as u64)
+        .div_ceil(p.interval.as_micros().max(1) as u64)
+        .max(1);
     let mut out = Vec::with_capacity(n as usize + 3);
     let mut seq = p.first_seq;
     let mut push = |at: Duration, dur: u16, end: bool, marker: bool| -> Result<(), DtmfError> {
@@ -147,7 +149,12 @@ pub fn event_packets(
     // Final packet with the end bit, sent three times (RFC 4733 §2.5.1.4).
     let at_end = p.interval * (n.saturating_sub(1)) as u32;
     for r in 0..3u32 {
-        push(at_end + Duration::from_millis(r as u64), total, true, n == 1 && r == 0)?;
+        push(
+            at_end + Duration::from_millis(r as u64),
+            total,
+            true,
+            n == 1 && r == 0,
+        )?;
     }
     Ok(out)
 }
@@ -207,6 +214,29 @@ mod tests {
         assert!(pk[6].at >= Duration::from_millis(80));
     }
 
+    /// The crafted header that makes the old `rtp` 0.17 crate panic: 20
+    /// bytes, X bit set, extension length pointing past the end. The relay's
+    /// hot path drops it (see `packet`), and rtc-rtp, used here to build
+    /// packets, rejects it with an error too.
+    #[test]
+    fn rtc_rtp_rejects_crafted_extension_without_panic() {
+        use rtc_shared::marshal::Unmarshal;
+        for ext_len in [0x0001u16, 0x0002, 0x00ff, 0xffff] {
+            for profile in [0xbedeu16, 0x1000, 0x0001] {
+                let mut raw = vec![0x90, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1];
+                raw.extend_from_slice(&profile.to_be_bytes());
+                raw.extend_from_slice(&ext_len.to_be_bytes());
+                raw.extend_from_slice(&[0x10, 0xaa, 0xbb, 0xcc]);
+                assert_eq!(raw.len(), 20);
+                let mut b = Bytes::from(raw.clone());
+                let parsed = Packet::unmarshal(&mut b);
+                assert!(ext_len == 1 || parsed.is_err(), "{ext_len} {profile}");
+                let hot = classify(&raw, true);
+                assert!(matches!(hot, Kind::Rtp(_)) == (ext_len == 1), "{hot:?}");
+            }
+        }
+    }
+
     #[test]
     fn bad_params() {
         let mut p = EventParams {
@@ -218,10 +248,16 @@ mod tests {
             interval: Duration::from_millis(20),
             volume: 10,
         };
-        assert_eq!(event_packets(1, Duration::from_millis(100), &p), Err(DtmfError::BadParams));
+        assert_eq!(
+            event_packets(1, Duration::from_millis(100), &p),
+            Err(DtmfError::BadParams)
+        );
         p.clock_rate = 8000;
         p.interval = Duration::ZERO;
-        assert_eq!(event_packets(1, Duration::from_millis(100), &p), Err(DtmfError::BadParams));
+        assert_eq!(
+            event_packets(1, Duration::from_millis(100), &p),
+            Err(DtmfError::BadParams)
+        );
         p.interval = Duration::from_millis(20);
         // Huge durations are clamped, tiny ones raised.
         let long = event_packets(1, Duration::from_secs(3600), &p).expect("long");

@@ -435,24 +435,25 @@ impl Relay {
         if cfg.ipv4.is_none() && cfg.ipv6.is_none() {
             return Err(RelayError::Config("no address configured"));
         }
-        let mk = |fc: &Option<FamilyConfig>, want: Family| -> Result<Option<FamilyPool>, RelayError> {
-            match fc {
-                None => Ok(None),
-                Some(fc) => {
-                    if Family::of(fc.addr) != want {
-                        return Err(RelayError::Config("address of the wrong family"));
+        let mk =
+            |fc: &Option<FamilyConfig>, want: Family| -> Result<Option<FamilyPool>, RelayError> {
+                match fc {
+                    None => Ok(None),
+                    Some(fc) => {
+                        if Family::of(fc.addr) != want {
+                            return Err(RelayError::Config("address of the wrong family"));
+                        }
+                        let pool = PortPool::new(*fc.ports.start(), *fc.ports.end());
+                        if pool.total() == 0 {
+                            return Err(RelayError::Config("empty port range"));
+                        }
+                        Ok(Some(FamilyPool {
+                            addr: fc.addr,
+                            pool: Mutex::new(pool),
+                        }))
                     }
-                    let pool = PortPool::new(*fc.ports.start(), *fc.ports.end());
-                    if pool.total() == 0 {
-                        return Err(RelayError::Config("empty port range"));
-                    }
-                    Ok(Some(FamilyPool {
-                        addr: fc.addr,
-                        pool: Mutex::new(pool),
-                    }))
                 }
-            }
-        };
+            };
         let pools = Arc::new(Pools {
             v4: mk(&cfg.ipv4, Family::V4)?,
             v6: mk(&cfg.ipv6, Family::V6)?,
@@ -511,7 +512,10 @@ impl Relay {
             .pools
             .get(family)
             .ok_or(RelayError::NoFamily(family))?;
-        let mut pool = fp.pool.lock().map_err(|_| RelayError::PortsExhausted(family))?;
+        let mut pool = fp
+            .pool
+            .lock()
+            .map_err(|_| RelayError::PortsExhausted(family))?;
         // Try every free pair at most once; pairs that fail to bind (used by
         // someone else) go to the back of the queue.
         for _ in 0..pool.available() {
@@ -549,7 +553,8 @@ impl Relay {
                 return Err(e);
             }
         };
-        let worker = self.inner.next_worker.fetch_add(1, Ordering::Relaxed) % self.inner.workers.len();
+        let worker =
+            self.inner.next_worker.fetch_add(1, Ordering::Relaxed) % self.inner.workers.len();
         let id = SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let shared = Arc::new(SessionShared {
             legs: [Counters::new(), Counters::new()],

@@ -503,7 +503,9 @@ fn parse_connection_fields<'a>(
     mut it: impl Iterator<Item = &'a str>,
     line: usize,
 ) -> Result<Connection, SdpError> {
-    let net = it.next().ok_or_else(|| syntax(line, "missing network type"))?;
+    let net = it
+        .next()
+        .ok_or_else(|| syntax(line, "missing network type"))?;
     if net != "IN" {
         return Err(syntax(line, "network type is not IN"));
     }
@@ -832,7 +834,7 @@ impl Sdp {
             .iter()
             .zip(&plan.media)
             .find_map(|(m, p)| match p {
-                MediaPlan::Anchor(a) if !m.rejected() && !(keep_zero && m.zero_address()) => {
+                MediaPlan::Anchor(a) if !(m.rejected() || keep_zero && m.zero_address()) => {
                     Some(a.addr)
                 }
                 _ => None,
@@ -849,7 +851,10 @@ impl Sdp {
         };
 
         let mut out = String::with_capacity(self.text.len() + 128);
-        let first_media_line = self.media.first().map_or(self.lines.len(), |m| m.first_line);
+        let first_media_line = self
+            .media
+            .first()
+            .map_or(self.lines.len(), |m| m.first_line);
 
         // Session section.
         for i in 0..first_media_line {
@@ -904,12 +909,18 @@ impl Sdp {
                 }
                 _ => None,
             };
-            let c_line = anchor.map(|a| format!("c=IN {} {}", AddrType::of(a.addr).as_str(), a.addr));
-            let info_next = m.first_line + 1 < m.end_line && self.line(m.first_line + 1).starts_with("i=");
+            let c_line =
+                anchor.map(|a| format!("c=IN {} {}", AddrType::of(a.addr).as_str(), a.addr));
+            let info_next =
+                m.first_line + 1 < m.end_line && self.line(m.first_line + 1).starts_with("i=");
             for i in m.first_line..m.end_line {
                 let s = self.line(i);
                 let eol = self.eol(i);
-                let eol_or_default = if eol.is_empty() { default_eol.as_str() } else { eol };
+                let eol_or_default = if eol.is_empty() {
+                    default_eol.as_str()
+                } else {
+                    eol
+                };
                 if i == m.first_line {
                     // m=<media> <port>[/<n>] <rest>
                     let new_port = match anchor {
@@ -966,7 +977,9 @@ impl Sdp {
                     if attr.starts_with("rtcp:") {
                         if let Some(a) = anchor {
                             let with_addr = m.rtcp.as_ref().is_some_and(|r| r.connection.is_some());
-                            let port = if m.rtcp_mux && m.rtcp.as_ref().is_some_and(|r| r.port == m.port) {
+                            let port = if m.rtcp_mux
+                                && m.rtcp.as_ref().is_some_and(|r| r.port == m.port)
+                            {
                                 a.rtp_port
                             } else {
                                 a.rtcp_port

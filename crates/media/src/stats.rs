@@ -77,11 +77,10 @@ impl Counters {
         let g = |c| self.get(c);
         let clock = g(C::ClockRate);
         let jitter_ts = g(C::JitterQ4) >> 4;
-        let jitter = if clock > 0 {
-            Duration::from_nanos(jitter_ts.saturating_mul(1_000_000_000) / clock)
-        } else {
-            Duration::ZERO
-        };
+        let jitter = jitter_ts
+            .saturating_mul(1_000_000_000)
+            .checked_div(clock)
+            .map_or(Duration::ZERO, Duration::from_nanos);
         StreamStats {
             rtp_packets: g(C::RtpPackets),
             rtp_bytes: g(C::RtpBytes),
@@ -333,7 +332,9 @@ mod tests {
         let st = c.snapshot();
         // |D| = 40 every packet -> J converges to 40.
         assert!((38..=41).contains(&st.jitter_timestamp_units), "{st:?}");
-        assert!(st.jitter >= Duration::from_micros(4_700) && st.jitter <= Duration::from_micros(5_200));
+        assert!(
+            st.jitter >= Duration::from_micros(4_700) && st.jitter <= Duration::from_micros(5_200)
+        );
         assert_eq!(st.lost_packets, 0);
     }
 

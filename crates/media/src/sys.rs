@@ -6,7 +6,7 @@
 
 use std::io;
 use std::mem;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -62,12 +62,7 @@ impl RawAddr {
                     sin_zero: [0; 8],
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-                unsafe {
-                    std::ptr::write(
-                        &mut r.storage as *mut _ as *mut libc::sockaddr_in,
-                        sin,
-                    )
-                };
+                unsafe { std::ptr::write(&mut r.storage as *mut _ as *mut libc::sockaddr_in, sin) };
                 r.len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             }
             SocketAddr::V6(a) => {
@@ -82,10 +77,7 @@ impl RawAddr {
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
                 unsafe {
-                    std::ptr::write(
-                        &mut r.storage as *mut _ as *mut libc::sockaddr_in6,
-                        sin6,
-                    )
+                    std::ptr::write(&mut r.storage as *mut _ as *mut libc::sockaddr_in6, sin6)
                 };
                 r.len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
             }
@@ -171,6 +163,10 @@ impl Endpoint {
         Endpoint::from_storage(&RawAddr::from_std(a).storage)
     }
 
+    pub(crate) fn same_ip(&self, other: &Endpoint) -> bool {
+        self.family == other.family && self.ip == other.ip
+    }
+
     pub(crate) fn is_some(&self) -> bool {
         self.family != 0
     }
@@ -181,9 +177,12 @@ impl Endpoint {
         match self.family {
             4 => {
                 let ip = Ipv4Addr::new(self.ip[0], self.ip[1], self.ip[2], self.ip[3]);
-                Some(SocketAddr::new(IpAddr::V4(ip), port))
+                Some(SocketAddr::new(std::net::IpAddr::V4(ip), port))
             }
-            6 => Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(self.ip)), port)),
+            6 => Some(SocketAddr::new(
+                std::net::IpAddr::V6(Ipv6Addr::from(self.ip)),
+                port,
+            )),
             _ => None,
         }
     }
@@ -191,13 +190,21 @@ impl Endpoint {
 
 /// Bind a nonblocking UDP socket for media on `addr`, with DSCP `tos`
 /// (IP_TOS for IPv4, IPV6_TCLASS for IPv6; 0xb8 is EF).
-pub(crate) fn media_socket(addr: SocketAddr, tos: u8, rcvbuf: Option<usize>) -> io::Result<UdpSocket> {
+pub(crate) fn media_socket(
+    addr: SocketAddr,
+    tos: u8,
+    rcvbuf: Option<usize>,
+) -> io::Result<UdpSocket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
         Domain::IPV6
     };
-    let s = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+    let s = Socket::new(
+        domain,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
         s.set_tclass_v6(tos as u32)?;
@@ -257,9 +264,8 @@ impl Epoll {
     pub(crate) fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> usize {
         let max = events.len().min(i32::MAX as usize) as libc::c_int;
         // SAFETY: `events` is valid for `max` entries.
-        let n = unsafe {
-            libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms)
-        };
+        let n =
+            unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
         if n < 0 {
             0
         } else {

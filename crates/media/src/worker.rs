@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use crate::dtmf::TimedPacket;
 use crate::packet::{classify, Kind};
-use crate::relay::{Event, LatchMode, LatchPolicy, Leg, Pools, RemoteMedia, SessionId, SessionShared};
+use crate::relay::{
+    Event, LatchMode, LatchPolicy, Leg, Pools, RemoteMedia, SessionId, SessionShared,
+};
 use crate::stats::{Counters, SeqState, C};
 use crate::sys::{self, Endpoint, RawAddr};
 
@@ -28,7 +30,6 @@ pub(crate) const MAX_BATCH: usize = 256;
 pub(crate) const BUF_SIZE: usize = 2048;
 const MAX_EVENTS: usize = 1024;
 const WAKE_TOKEN: u64 = u64::MAX;
-const TICK_MS: u64 = 100;
 const GEN_MASK: u64 = 0x3fff_ffff;
 const MAX_CLOCKS: usize = 16;
 const DEFAULT_CLOCK: u32 = 8000;
@@ -41,6 +42,18 @@ pub(crate) struct WorkerConfig {
     pub(crate) batch: usize,
     pub(crate) cpu: Option<usize>,
     pub(crate) epoch_ns: u64,
+}
+
+impl WorkerConfig {
+    /// How often media timeouts are checked: a quarter of the shortest
+    /// timeout, between 20 ms and 1 s; never when both are disabled.
+    fn tick_ns(&self) -> Option<u64> {
+        let shortest = [self.media_timeout_ms, self.hold_timeout_ms]
+            .into_iter()
+            .filter(|t| *t > 0)
+            .min()?;
+        Some((shortest / 4).clamp(20, 1000) * 1_000_000)
+    }
 }
 
 pub(crate) struct NewLeg {
@@ -338,19 +351,22 @@ impl Worker {
         loop {
             let timeout = self.poll_timeout_ms(sys::monotonic_ns());
             let n = self.epoll.wait(&mut events, timeout);
-            let mut woken = false;
-            for ev in &events[..n] {
-                let tok = ev.u64;
-                if tok == WAKE_TOKEN {
-                    woken = true;
-                } else {
-                    self.readable(tok);
-                }
-            }
-            if woken {
+            // Commands first: a remote address set before a packet arrived
+            // applies to it. Stale tokens of sessions released here are
+            // caught by the slot generation check.
+            if events[..n].iter().any(|e| {
+                let tok = e.u64;
+                tok == WAKE_TOKEN
+            }) {
                 self.wake.drain();
                 if !self.commands() {
                     return;
+                }
+            }
+            for ev in &events[..n] {
+                let tok = ev.u64;
+                if tok != WAKE_TOKEN {
+                    self.readable(tok);
                 }
             }
             self.timers(sys::monotonic_ns());
@@ -362,7 +378,9 @@ impl Worker {
         if let Some(s) = self.dtmf.front() {
             due = due.min(s.due_ns);
         }
-        if due <= now_ns {
+        if due == u64::MAX {
+            -1
+        } else if due <= now_ns {
             0
         } else {
             ((due - now_ns).div_ceil(1_000_000)).min(1000) as i32
@@ -448,7 +466,11 @@ impl Worker {
                     (false, Some(a)) => a,
                     (false, None) => SocketAddr::new(
                         remote.rtp.ip(),
-                        remote.rtp.port().checked_add(1).unwrap_or(remote.rtp.port()),
+                        remote
+                            .rtp
+                            .port()
+                            .checked_add(1)
+                            .unwrap_or(remote.rtp.port()),
                     ),
                 };
                 let changed = !l.has_remote || rtp != l.sdp[0] || l.zero_hold != zero;
@@ -550,7 +572,10 @@ impl Worker {
         };
         for (li, l) in s.legs.iter().enumerate() {
             for (si, fd) in l.fds.iter().enumerate() {
-                let tok = (slot as u64) << 32 | (gen as u64 & GEN_MASK) << 2 | (li as u64) << 1 | si as u64;
+                let tok = (slot as u64) << 32
+                    | (gen as u64 & GEN_MASK) << 2
+                    | (li as u64) << 1
+                    | si as u64;
                 if let Err(e) = self.epoll.add(*fd, tok) {
                     tracing::error!(session = n.id.0, error = %e, "relay: epoll add failed");
                 }
@@ -558,7 +583,11 @@ impl Worker {
         }
         self.index.insert(n.id, slot);
         self.slots[slot] = Some(s);
-        tracing::debug!(session = n.id.0, worker = self.cfg.index, "relay session added");
+        tracing::debug!(
+            session = n.id.0,
+            worker = self.cfg.index,
+            "relay session added"
+        );
     }
 
     fn release(&mut self, id: SessionId) {
@@ -602,7 +631,11 @@ impl Worker {
         if now_ns < self.next_tick_ns {
             return;
         }
-        self.next_tick_ns = now_ns + TICK_MS * 1_000_000;
+        let Some(tick) = self.cfg.tick_ns() else {
+            self.next_tick_ns = u64::MAX;
+            return;
+        };
+        self.next_tick_ns = now_ns + tick;
         let now_ms = self.now_ms(now_ns);
         for s in self.slots.iter_mut().flatten() {
             if s.armed_ms == 0 {
@@ -713,6 +746,10 @@ fn forward(
                 }
             } else {
                 match policy.mode {
+                    // RTCP must come from the host that sends the RTP.
+                    LatchMode::FirstSource if sock == 1 && l.src[0].is_some() => {
+                        src.same_ip(&l.src[0])
+                    }
                     LatchMode::FirstSource => true,
                     LatchMode::SdpOnly => l.has_remote && src == l.sdp[sock],
                 }
@@ -726,10 +763,6 @@ fn forward(
                 storage: b.names[i],
                 len: b.msgs[i].msg_hdr.msg_namelen,
             };
-            if sock == 0 && l.mux {
-                l.src[1] = src;
-                l.src_raw[1] = l.src_raw[0];
-            }
             l.update_dest();
             counters.set(C::Latched, 1);
             counters.add(C::Relatches, 1);
@@ -778,6 +811,23 @@ fn forward(
         h.msg_namelen = dest.len;
     }
 
+    // Receive-side counters first, so that they are visible before the
+    // packets reach the other side.
+    counters.add(C::RtpPackets, sums.rtp_pkts);
+    counters.add(C::RtpBytes, sums.rtp_bytes);
+    if sums.rtcp_pkts != 0 {
+        counters.add(C::RtcpPackets, sums.rtcp_pkts);
+        counters.add(C::RtcpBytes, sums.rtcp_bytes);
+    }
+    if sums.foreign | sums.malformed | sums.not_rtp | sums.oversize | sums.no_dest != 0 {
+        counters.add(C::DropForeign, sums.foreign);
+        counters.add(C::DropMalformed, sums.malformed);
+        counters.add(C::DropNotRtp, sums.not_rtp);
+        counters.add(C::DropOversize, sums.oversize);
+        counters.add(C::DropNoDest, sums.no_dest);
+    }
+    counters.set(C::LastRxMs, l.last_rx_ms);
+
     let mut fwd = 0u64;
     let mut fwd_bytes = 0u64;
     let mut send_err = 0u64;
@@ -807,21 +857,9 @@ fn forward(
         }
     }
 
-    counters.add(C::RtpPackets, sums.rtp_pkts);
-    counters.add(C::RtpBytes, sums.rtp_bytes);
-    if sums.rtcp_pkts != 0 {
-        counters.add(C::RtcpPackets, sums.rtcp_pkts);
-        counters.add(C::RtcpBytes, sums.rtcp_bytes);
-    }
     counters.add(C::FwdPackets, fwd);
     counters.add(C::FwdBytes, fwd_bytes);
-    if sums.foreign | sums.malformed | sums.not_rtp | sums.oversize | sums.no_dest | send_err != 0 {
-        counters.add(C::DropForeign, sums.foreign);
-        counters.add(C::DropMalformed, sums.malformed);
-        counters.add(C::DropNotRtp, sums.not_rtp);
-        counters.add(C::DropOversize, sums.oversize);
-        counters.add(C::DropNoDest, sums.no_dest);
+    if send_err != 0 {
         counters.add(C::DropSendError, send_err);
     }
-    counters.set(C::LastRxMs, l.last_rx_ms);
 }

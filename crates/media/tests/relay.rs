@@ -10,6 +10,13 @@ use podpbx_media::packet::{classify, telephone_event, Kind};
 use podpbx_media::sdp::Sdp;
 use podpbx_media::{Event, Family, LatchMode, LatchPolicy, Leg, RelayError, RemoteMedia, Session};
 
+/// Set both legs' remotes and wait until the worker has applied them.
+fn connect(relay: &podpbx_media::Relay, s: &Session, a: RemoteMedia, b: RemoteMedia) {
+    s.set_remote(Leg::A, a).expect("remote a");
+    s.set_remote(Leg::B, b).expect("remote b");
+    assert!(relay.sync(Duration::from_secs(5)));
+}
+
 fn remote(s: &UdpSocket) -> RemoteMedia {
     RemoteMedia::new(addr(s))
 }
@@ -24,13 +31,23 @@ fn remote_rtcp(rtp: &UdpSocket, rtcp: &UdpSocket) -> RemoteMedia {
 
 /// Send `n` RTP packets from `from` to `to`, check each arrives intact at
 /// `sink` from `relay_src`.
-fn pump(from: &UdpSocket, to: SocketAddr, sink: &UdpSocket, relay_src: SocketAddr, n: u16, ssrc: u32) {
+fn pump(
+    from: &UdpSocket,
+    to: SocketAddr,
+    sink: &UdpSocket,
+    relay_src: SocketAddr,
+    n: u16,
+    ssrc: u32,
+) {
     for i in 0..n {
         let p = rtp(0, 1000 + i, 160 * i as u32, ssrc, &[i as u8; 160]);
         from.send_to(&p, to).expect("send");
         let (got, src) = recv(sink).expect("forwarded packet");
         assert_eq!(got, p, "forwarded untouched");
-        assert_eq!(src, relay_src, "sent from the relay's port on the other leg");
+        assert_eq!(
+            src, relay_src,
+            "sent from the relay's port on the other leg"
+        );
     }
 }
 
@@ -43,12 +60,15 @@ fn v4_to_v6_and_back() {
     assert_eq!(la.rtp.port() % 2, 0);
     assert_eq!(la.rtcp.port(), la.rtp.port() + 1);
     let (a, b) = (endpoint(V4), endpoint(V6));
-    s.set_remote(Leg::A, remote(&a)).expect("remote a");
-    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    connect(&relay, &s, remote(&a), remote(&b));
 
     pump(&a, la.rtp, &b, lb.rtp, 50, 0xaaaa);
     pump(&b, lb.rtp, &a, la.rtp, 50, 0xbbbb);
 
+    assert!(wait_until(Duration::from_secs(1), || s
+        .stats(Leg::B)
+        .forwarded_packets
+        == 50));
     let sa = s.stats(Leg::A);
     assert_eq!(sa.rtp_packets, 50);
     assert_eq!(sa.forwarded_packets, 50);
@@ -71,9 +91,18 @@ fn family_mismatch_is_refused() {
     let (relay, _ev) = relay(21100);
     let s = relay.allocate(Family::V6, Family::V4).expect("allocate");
     let err = s
-        .set_remote(Leg::A, RemoteMedia::new("127.0.0.1:4000".parse().expect("a")))
+        .set_remote(
+            Leg::A,
+            RemoteMedia::new("127.0.0.1:4000".parse().expect("a")),
+        )
         .expect_err("v4 address on a v6 leg");
-    assert!(matches!(err, RelayError::FamilyMismatch { family: Family::V6, .. }));
+    assert!(matches!(
+        err,
+        RelayError::FamilyMismatch {
+            family: Family::V6,
+            ..
+        }
+    ));
     // The zero address (hold) is accepted on any leg.
     s.set_remote(Leg::A, RemoteMedia::new("0.0.0.0:4000".parse().expect("a")))
         .expect("hold address");
@@ -89,8 +118,7 @@ fn latching_follows_the_real_source() {
     let a_sdp = endpoint(V4);
     let a_real = endpoint(V4);
     let b = endpoint(V4);
-    s.set_remote(Leg::A, remote(&a_sdp)).expect("remote a");
-    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    connect(&relay, &s, remote(&a_sdp), remote(&b));
 
     // Before A has sent anything, B's media goes to the SDP address.
     let p = rtp(0, 1, 0, 2, b"x");
@@ -101,7 +129,13 @@ fn latching_follows_the_real_source() {
     pump(&a_real, la.rtp, &b, lb.rtp, 3, 1);
     let mut latched = None;
     while let Some(e) = ev.recv_timeout(Duration::from_millis(500)) {
-        if let Event::Latched { leg: Leg::A, rtcp: false, source, session } = e {
+        if let Event::Latched {
+            leg: Leg::A,
+            rtcp: false,
+            source,
+            session,
+        } = e
+        {
             assert_eq!(session, s.id());
             latched = Some(source);
             break;
@@ -118,22 +152,40 @@ fn injection_from_third_address_is_dropped_and_counted() {
     let (relay, _ev) = relay(21300);
     let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
     let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
-    let (a, b, evil) = (endpoint(V4), endpoint(V6), endpoint(V4));
-    s.set_remote(Leg::A, remote(&a)).expect("remote a");
-    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    let (a, a_c, b, b_c, evil) = (
+        endpoint(V4),
+        endpoint(V4),
+        endpoint(V6),
+        endpoint(V6),
+        endpoint(V4),
+    );
+    connect(&relay, &s, remote_rtcp(&a, &a_c), remote_rtcp(&b, &b_c));
     pump(&a, la.rtp, &b, lb.rtp, 5, 1);
+    a_c.send_to(&rtcp_rr(1), la.rtcp).expect("send");
+    assert_eq!(recv(&b_c).map(|x| x.1), Some(lb.rtcp));
 
     for i in 0..20u16 {
-        evil.send_to(&rtp(0, i, 0, 666, b"evil"), la.rtp).expect("send");
+        evil.send_to(&rtp(0, i, 0, 666, b"evil"), la.rtp)
+            .expect("send");
         evil.send_to(&rtcp_rr(666), la.rtcp).expect("send");
     }
-    assert!(wait_until(Duration::from_secs(2), || s.stats(Leg::A).drops.foreign_source == 40));
+    assert!(wait_until(Duration::from_secs(2), || s
+        .stats(Leg::A)
+        .drops
+        .foreign_source
+        == 40));
     expect_silence(&b, Duration::from_millis(50));
+    expect_silence(&b_c, Duration::from_millis(10));
     // The genuine peer still gets through.
     pump(&a, la.rtp, &b, lb.rtp, 5, 1);
+    assert!(wait_until(Duration::from_secs(1), || s
+        .stats(Leg::A)
+        .forwarded_packets
+        == 11));
     let st = s.stats(Leg::A);
     assert_eq!(st.rtp_packets, 10);
-    assert_eq!(st.forwarded_packets, 10);
+    assert_eq!(st.rtcp_packets, 1);
+    assert_eq!(st.forwarded_packets, 11);
     assert_eq!(st.drops.foreign_source, 40);
     assert_eq!(st.ssrc, 1, "injected SSRC never reached the stats");
 
@@ -144,7 +196,8 @@ fn injection_from_third_address_is_dropped_and_counted() {
     let p = rtp(0, 99, 0, 1, b"old peer");
     a.send_to(&p, la.rtp).expect("send");
     expect_silence(&b, Duration::from_millis(50));
-    assert_eq!(s.stats(Leg::A).relatches, 2);
+    // Latches so far: A's RTP and RTCP ports, then the evil source.
+    assert_eq!(s.stats(Leg::A).relatches, 3);
 
     // A new offer with a changed address re-latches too (and the SDP
     // address is again only the first guess).
@@ -152,9 +205,10 @@ fn injection_from_third_address_is_dropped_and_counted() {
     s.set_remote(Leg::A, remote(&a_new_sdp)).expect("new offer");
     relay.sync(Duration::from_secs(2));
     pump(&a, la.rtp, &b, lb.rtp, 2, 1);
-    evil.send_to(&rtp(0, 1, 0, 666, b"evil"), la.rtp).expect("send");
+    evil.send_to(&rtp(0, 1, 0, 666, b"evil"), la.rtp)
+        .expect("send");
     expect_silence(&b, Duration::from_millis(50));
-    assert_eq!(s.stats(Leg::A).relatches, 3);
+    assert_eq!(s.stats(Leg::A).relatches, 4);
 }
 
 #[test]
@@ -168,9 +222,7 @@ fn sdp_only_policy_and_relatch_after_silence() {
     let s = relay.allocate(Family::V4, Family::V4).expect("allocate");
     let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
     let (a, b, other) = (endpoint(V4), endpoint(V4), endpoint(V4));
-    s.set_remote(Leg::A, remote(&a)).expect("remote a");
-    s.set_remote(Leg::B, remote(&b)).expect("remote b");
-    relay.sync(Duration::from_secs(2));
+    connect(&relay, &s, remote(&a), remote(&b));
     other.send_to(&rtp(0, 1, 0, 5, b"x"), la.rtp).expect("send");
     expect_silence(&b, Duration::from_millis(50));
     assert_eq!(s.stats(Leg::A).drops.foreign_source, 1);
@@ -185,10 +237,11 @@ fn sdp_only_policy_and_relatch_after_silence() {
     let s = relay.allocate(Family::V4, Family::V4).expect("allocate");
     let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
     let (a, b, rebound) = (endpoint(V4), endpoint(V4), endpoint(V4));
-    s.set_remote(Leg::A, remote(&a)).expect("remote a");
-    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    connect(&relay, &s, remote(&a), remote(&b));
     pump(&a, la.rtp, &b, lb.rtp, 2, 1);
-    rebound.send_to(&rtp(0, 3, 0, 1, b"x"), la.rtp).expect("send");
+    rebound
+        .send_to(&rtp(0, 3, 0, 1, b"x"), la.rtp)
+        .expect("send");
     expect_silence(&b, Duration::from_millis(50));
     std::thread::sleep(Duration::from_millis(250));
     pump(&rebound, la.rtp, &b, lb.rtp, 2, 1);
@@ -201,9 +254,7 @@ fn rtcp_relayed_on_its_own_ports() {
     let s = relay.allocate(Family::V6, Family::V4).expect("allocate");
     let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
     let (a, a_c, b, b_c) = (endpoint(V6), endpoint(V6), endpoint(V4), endpoint(V4));
-    s.set_remote(Leg::A, remote_rtcp(&a, &a_c)).expect("remote a");
-    s.set_remote(Leg::B, remote_rtcp(&b, &b_c)).expect("remote b");
-    relay.sync(Duration::from_secs(2));
+    connect(&relay, &s, remote_rtcp(&a, &a_c), remote_rtcp(&b, &b_c));
 
     let r = rtcp_rr(0x1111);
     a_c.send_to(&r, la.rtcp).expect("send");
@@ -214,7 +265,11 @@ fn rtcp_relayed_on_its_own_ports() {
     // RTP on an RTCP port is not RTCP: dropped.
     a_c.send_to(&rtp(0, 1, 0, 1, b"x"), la.rtcp).expect("send");
     expect_silence(&b_c, Duration::from_millis(50));
-    assert!(wait_until(Duration::from_secs(1), || s.stats(Leg::A).drops.not_rtp == 1));
+    assert!(wait_until(Duration::from_secs(1), || s
+        .stats(Leg::A)
+        .drops
+        .not_rtp
+        == 1));
     let st = s.stats(Leg::A);
     assert_eq!(st.rtcp_packets, 1);
     assert_eq!(st.rtcp_bytes, r.len() as u64);
@@ -231,9 +286,7 @@ fn rtcp_mux_both_sides_and_mixed() {
         rtcp_mux: true,
         ..RemoteMedia::new(addr(sock))
     };
-    s.set_remote(Leg::A, mux(&a)).expect("remote a");
-    s.set_remote(Leg::B, mux(&b)).expect("remote b");
-    relay.sync(Duration::from_secs(2));
+    connect(&relay, &s, mux(&a), mux(&b));
     // RTP and RTCP interleaved on the RTP port, told apart by packet type.
     for i in 0..5u16 {
         let p = rtp(8, i, 160 * i as u32, 9, b"audio");
@@ -246,8 +299,15 @@ fn rtcp_mux_both_sides_and_mixed() {
     let r = rtcp_rr(10);
     b.send_to(&r, lb.rtp).expect("send");
     assert_eq!(recv(&a), Some((r, la.rtp)));
+    assert!(wait_until(Duration::from_secs(1), || s
+        .stats(Leg::A)
+        .forwarded_packets
+        == 10));
     let st = s.stats(Leg::A);
-    assert_eq!((st.rtp_packets, st.rtcp_packets, st.forwarded_packets), (5, 5, 10));
+    assert_eq!(
+        (st.rtp_packets, st.rtcp_packets, st.forwarded_packets),
+        (5, 5, 10)
+    );
     // RTP marker bit with PT 72..=76 would look like RTCP; PT 0 with marker is RTP.
     let p = rtp(0x80, 6, 0, 9, b"m");
     a.send_to(&p, la.rtp).expect("send");
@@ -256,7 +316,8 @@ fn rtcp_mux_both_sides_and_mixed() {
     // B stops muxing (new answer): RTCP from A now goes to B's RTCP port,
     // and B's RTCP (on our RTCP port) still reaches A on the muxed port.
     let b_c = endpoint(V6);
-    s.set_remote(Leg::B, remote_rtcp(&b, &b_c)).expect("remote b");
+    s.set_remote(Leg::B, remote_rtcp(&b, &b_c))
+        .expect("remote b");
     relay.sync(Duration::from_secs(2));
     let r = rtcp_rr(11);
     a.send_to(&r, la.rtp).expect("send");
@@ -276,7 +337,11 @@ fn no_destination_and_zero_address_hold() {
     relay.sync(Duration::from_secs(2));
     // B has not answered yet: A's media has nowhere to go.
     a.send_to(&rtp(0, 1, 0, 1, b"x"), la.rtp).expect("send");
-    assert!(wait_until(Duration::from_secs(1), || s.stats(Leg::A).drops.no_destination == 1));
+    assert!(wait_until(Duration::from_secs(1), || s
+        .stats(Leg::A)
+        .drops
+        .no_destination
+        == 1));
     s.set_remote(Leg::B, remote(&b)).expect("remote b");
     relay.sync(Duration::from_secs(2));
     pump(&a, la.rtp, &b, lb.rtp, 2, 1);
@@ -292,12 +357,17 @@ fn no_destination_and_zero_address_hold() {
     .expect("sdp");
     let m = &sdp.media()[0];
     assert!(m.on_hold());
-    s.set_remote(Leg::B, RemoteMedia::from_sdp(m, false).expect("remote")).expect("hold");
+    s.set_remote(Leg::B, RemoteMedia::from_sdp(m, false).expect("remote"))
+        .expect("hold");
     s.set_hold(Leg::B, true).expect("hold");
     relay.sync(Duration::from_secs(2));
     a.send_to(&rtp(0, 3, 0, 1, b"x"), la.rtp).expect("send");
     expect_silence(&b, Duration::from_millis(50));
-    assert!(wait_until(Duration::from_secs(1), || s.stats(Leg::A).drops.no_destination == 2));
+    assert!(wait_until(Duration::from_secs(1), || s
+        .stats(Leg::A)
+        .drops
+        .no_destination
+        == 2));
 }
 
 #[test]
@@ -336,7 +406,11 @@ fn ten_thousand_allocations_do_not_leak_ports() {
         relay.sync(Duration::from_secs(5));
     }
     assert!(relay.sync(Duration::from_secs(5)));
-    assert_eq!(relay.ports_available(Family::V4), total4, "after {retries} retries");
+    assert_eq!(
+        relay.ports_available(Family::V4),
+        total4,
+        "after {retries} retries"
+    );
     assert_eq!(relay.ports_available(Family::V6), total6);
     assert_eq!(relay.active_sessions(), 0);
     // Every socket is really closed: all ports bind again.
@@ -372,15 +446,19 @@ fn media_timeout_event_is_hold_aware() {
     let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
     let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
     let (a, b) = (endpoint(V4), endpoint(V6));
-    s.set_remote(Leg::A, remote(&a)).expect("remote a");
-    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    connect(&relay, &s, remote(&a), remote(&b));
     // B keeps talking for a while, A is silent.
     for i in 0..25u16 {
         b.send_to(&rtp(0, i, 0, 2, b"x"), lb.rtp).expect("send");
         std::thread::sleep(Duration::from_millis(20));
     }
     match next_non_latch(&ev, Duration::from_secs(2)) {
-        Some(Event::MediaTimeout { session, leg, idle, on_hold }) => {
+        Some(Event::MediaTimeout {
+            session,
+            leg,
+            idle,
+            on_hold,
+        }) => {
             assert_eq!(session, s.id());
             assert_eq!(leg, Leg::A, "A was the silent one");
             assert!(idle >= Duration::from_millis(300));
@@ -408,7 +486,8 @@ fn media_timeout_event_is_hold_aware() {
     s.set_hold(Leg::A, false).expect("unhold");
     for i in 0..30u16 {
         a.send_to(&rtp(0, i, 0, 1, b"x"), la.rtp).expect("send");
-        b.send_to(&rtp(0, 100 + i, 0, 2, b"x"), lb.rtp).expect("send");
+        b.send_to(&rtp(0, 100 + i, 0, 2, b"x"), lb.rtp)
+            .expect("send");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(next_non_latch(&ev, Duration::from_millis(10)), None);
@@ -429,11 +508,16 @@ fn crafted_packets_are_dropped_and_counted() {
     let s = relay.allocate(Family::V6, Family::V4).expect("allocate");
     let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
     let (a, b) = (endpoint(V6), endpoint(V4));
-    s.set_remote(Leg::A, remote(&a)).expect("remote a");
-    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    connect(&relay, &s, remote(&a), remote(&b));
     pump(&a, la.rtp, &b, lb.rtp, 1, 1);
 
-    let mut x_ext = rtp(0, 2, 0, 1, &[0xbe, 0xde, 0xff, 0xff, 0x10, 0xaa, 0xbb, 0xcc]);
+    let mut x_ext = rtp(
+        0,
+        2,
+        0,
+        1,
+        &[0xbe, 0xde, 0xff, 0xff, 0x10, 0xaa, 0xbb, 0xcc],
+    );
     x_ext[0] |= 0x10;
     assert_eq!(x_ext.len(), 20);
     let mut x_ext2 = rtp(0, 2, 0, 1, &[0x10, 0x00, 0x00, 0x03, 0, 0, 0, 0]);
@@ -459,7 +543,9 @@ fn crafted_packets_are_dropped_and_counted() {
     ];
     let not_rtp: Vec<Vec<u8>> = vec![
         v1,
-        vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], // STUN
+        vec![
+            0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ], // STUN
         vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], // DTLS handshake
         vec![0xff; 40],
     ];
@@ -467,21 +553,36 @@ fn crafted_packets_are_dropped_and_counted() {
         a.send_to(p, la.rtp).expect("send");
     }
     a.send_to(&[], la.rtp).expect("send empty");
-    a.send_to(&vec![0x80u8; 3000], la.rtp).expect("send oversize");
+    a.send_to(&vec![0x80u8; 3000], la.rtp)
+        .expect("send oversize");
     expect_silence(&b, Duration::from_millis(100));
     let want_malformed = malformed.len() as u64 + 1; // + the empty datagram
-    assert!(wait_until(Duration::from_secs(1), || {
-        let d = s.stats(Leg::A).drops;
-        d.malformed == want_malformed && d.not_rtp == not_rtp.len() as u64 && d.oversize == 1
-    }), "{:?}", s.stats(Leg::A).drops);
+    assert!(
+        wait_until(Duration::from_secs(1), || {
+            let d = s.stats(Leg::A).drops;
+            d.malformed == want_malformed && d.not_rtp == not_rtp.len() as u64 && d.oversize == 1
+        }),
+        "{:?}",
+        s.stats(Leg::A).drops
+    );
     // Still forwarding, and the crafted packets did not disturb the stats.
     pump(&a, la.rtp, &b, lb.rtp, 3, 1);
+    assert!(wait_until(Duration::from_secs(1), || s
+        .stats(Leg::A)
+        .forwarded_packets
+        == 4));
     let st = s.stats(Leg::A);
     assert_eq!(st.rtp_packets, 4);
     assert_eq!(st.forwarded_packets, 4);
 
     // A valid packet with a header extension and padding is forwarded as is.
-    let mut ext_ok = rtp(96, 2000, 0, 1, &[0xbe, 0xde, 0x00, 0x01, 0x10, 0xaa, 0x00, 0x00, 7, 7, 2]);
+    let mut ext_ok = rtp(
+        96,
+        2000,
+        0,
+        1,
+        &[0xbe, 0xde, 0x00, 0x01, 0x10, 0xaa, 0x00, 0x00, 7, 7, 2],
+    );
     ext_ok[0] |= 0x30;
     a.send_to(&ext_ok, la.rtp).expect("send");
     assert_eq!(recv(&b), Some((ext_ok, lb.rtp)));
@@ -491,17 +592,13 @@ fn crafted_packets_are_dropped_and_counted() {
 fn loss_and_jitter_estimates() {
     let (relay, _ev) = relay(22300);
     let s = relay.allocate(Family::V4, Family::V4).expect("allocate");
-    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let la = s.local(Leg::A);
     let (a, b) = (endpoint(V4), endpoint(V4));
-    s.set_remote(
-        Leg::A,
-        RemoteMedia {
-            clock_rates: vec![(96, 48000)],
-            ..remote(&a)
-        },
-    )
-    .expect("remote a");
-    s.set_remote(Leg::B, remote(&b)).expect("remote b");
+    let ra = RemoteMedia {
+        clock_rates: vec![(96, 48000)],
+        ..remote(&a)
+    };
+    connect(&relay, &s, ra, remote(&b));
     // 100 packets, every 5th missing, timestamps advancing 20 ms while
     // packets are sent back to back: jitter builds up.
     let mut sent = 0;
@@ -509,7 +606,8 @@ fn loss_and_jitter_estimates() {
         if i % 5 == 4 {
             continue;
         }
-        a.send_to(&rtp(96, i, 960 * i as u32, 0x77, b"opus"), la.rtp).expect("send");
+        a.send_to(&rtp(96, i, 960 * i as u32, 0x77, b"opus"), la.rtp)
+            .expect("send");
         sent += 1;
         recv(&b).expect("forwarded");
     }
@@ -541,8 +639,11 @@ fn dtmf_injection_rfc4733() {
         },
     )
     .expect("remote b");
-    assert!(s.inject_dtmf(Leg::B, 'x', Duration::from_millis(100)).is_err());
-    s.inject_dtmf(Leg::B, '#', Duration::from_millis(100)).expect("dtmf");
+    assert!(s
+        .inject_dtmf(Leg::B, 'x', Duration::from_millis(100))
+        .is_err());
+    s.inject_dtmf(Leg::B, '#', Duration::from_millis(100))
+        .expect("dtmf");
     let mut got = Vec::new();
     let t0 = std::time::Instant::now();
     while got.len() < 7 {
@@ -562,8 +663,15 @@ fn dtmf_injection_rfc4733() {
         assert_eq!(e.end, i >= 4);
     }
     // Paced over the event's duration, not sent in one burst.
-    assert!(got[6].0 - got[0].0 >= Duration::from_millis(60), "{:?}", got[6].0 - got[0].0);
-    assert!(wait_until(Duration::from_secs(1), || s.stats(Leg::B).dtmf_packets_sent == 7));
+    assert!(
+        got[6].0 - got[0].0 >= Duration::from_millis(60),
+        "{:?}",
+        got[6].0 - got[0].0
+    );
+    assert!(wait_until(Duration::from_secs(1), || s
+        .stats(Leg::B)
+        .dtmf_packets_sent
+        == 7));
 }
 
 #[test]
@@ -584,7 +692,7 @@ m=audio 5004 RTP/AVP 111 101\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:101 teleph
 
 #[test]
 fn several_workers_and_many_sessions() {
-    let (relay, _ev) = relay_with(22500, 40, |c| c.workers = 3);
+    let (relay, _ev) = relay_with(22500, 60, |c| c.workers = 3);
     assert_eq!(relay.worker_thread_ids().len(), 3);
     let mut sessions = Vec::new();
     let mut eps = Vec::new();
@@ -593,8 +701,7 @@ fn several_workers_and_many_sessions() {
         let s = relay.allocate(fa, Family::V6).expect("allocate");
         let a = endpoint(if fa == Family::V4 { V4 } else { V6 });
         let b = endpoint(V6);
-        s.set_remote(Leg::A, remote(&a)).expect("a");
-        s.set_remote(Leg::B, remote(&b)).expect("b");
+        connect(&relay, &s, remote(&a), remote(&b));
         sessions.push(s);
         eps.push((a, b));
     }
@@ -607,5 +714,8 @@ fn several_workers_and_many_sessions() {
     drop(sessions);
     assert!(relay.sync(Duration::from_secs(5)));
     assert_eq!(relay.active_sessions(), 0);
-    assert_eq!(relay.ports_available(Family::V6), relay.ports_total(Family::V6));
+    assert_eq!(
+        relay.ports_available(Family::V6),
+        relay.ports_total(Family::V6)
+    );
 }

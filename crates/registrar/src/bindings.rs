@@ -180,7 +180,7 @@ impl Store {
         for (aor, list) in &mut self.by_aor {
             for b in list.iter_mut().filter(|b| !b.is_expired(now)) {
                 if b.next_qualify.is_some_and(|t| t <= now) {
-                    b.next_qualify = Some(now + interval);
+                    b.next_qualify = Some(crate::later(now, interval));
                     out.push(QualifyTarget {
                         aor: aor.clone(),
                         binding_id: b.id,

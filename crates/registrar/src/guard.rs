@@ -90,7 +90,8 @@ impl Guard {
         };
         if count >= self.cfg.max_failures {
             self.failures.remove(&ip);
-            self.blocked.insert(ip, now + self.cfg.block_for);
+            self.blocked
+                .insert(ip, crate::later(now, self.cfg.block_for));
             Some(count)
         } else {
             None

@@ -75,3 +75,10 @@ pub use registrar::{
     Settings, Stats,
 };
 pub use users::{User, UserDb};
+
+/// `now + d`, saturating at about 136 years for absurd configured durations instead of panicking.
+pub(crate) fn later(now: std::time::Instant, d: std::time::Duration) -> std::time::Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(u64::from(u32::MAX))))
+        .unwrap_or(now)
+}

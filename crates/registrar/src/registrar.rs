@@ -741,7 +741,7 @@ impl Registrar {
         let user_agent = req
             .header(HeaderName::UserAgent)
             .map(|ua| truncate(&String::from_utf8_lossy(&ua), MAX_USER_AGENT));
-        let qualify_at = self.settings.qualify_interval.map(|i| now + i);
+        let qualify_at = self.settings.qualify_interval.map(|i| crate::later(now, i));
         let mut touched = HashSet::new();
         for w in wanted {
             let idx = list.iter().position(|b| same_binding(b, &w));
@@ -939,7 +939,7 @@ impl Registrar {
         };
         self.store.by_aor.clear();
         let max_life = Duration::from_secs(u64::from(self.settings.max_expires));
-        let qualify_at = self.settings.qualify_interval.map(|i| now + i);
+        let qualify_at = self.settings.qualify_interval.map(|i| crate::later(now, i));
         for sb in file.bindings {
             let expires_wall = persist::from_unix_ms(sb.expires_unix_ms);
             let remaining = expires_wall

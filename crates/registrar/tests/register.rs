@@ -1221,13 +1221,30 @@ fn persistence_roundtrip_with_remaining_expiry() {
     assert_eq!(short.remaining_secs(t1), 100);
     assert_eq!(r2.lookup("door", t1)[0].remaining_secs(t1), 20);
 
+    // A refresh after the restart updates the restored binding instead of adding one.
+    let mut e2 = Env {
+        reg: r2,
+        t0: t1,
+        w0: w1,
+    };
+    let o = e2.register(
+        0,
+        Req::new("door").contact("<sip:door@192.168.1.50>").cseq(10),
+        "192.168.1.50:5060",
+        "door",
+        "bell",
+    );
+    assert_eq!(
+        ok_contacts(&o),
+        vec!["<sip:door@192.168.1.50>;expires=3600".to_string()]
+    );
+
     // 150 s later the 120 s and 200 s bindings are gone.
     let mut r3 = Registrar::new(settings(), users(), t1);
     let rep = r3
         .load(&path, t1, e.w0 + Duration::from_secs(250))
         .expect("load");
     assert_eq!((rep.loaded, rep.dropped), (1, 2));
-    // A refresh after restart matches the restored binding (same Call-ID, higher CSeq).
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -9,7 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 /// Appends `b` with CR and LF replaced by SP, so caller-supplied text cannot inject lines.
 fn put_clean(out: &mut BytesMut, b: &[u8]) {
     if b.iter().any(|&c| c == b'\r' || c == b'\n') {
-        out.extend(b.iter().map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }));
+        out.extend(
+            b.iter()
+                .map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }),
+        );
     } else {
         out.put_slice(b);
     }
@@ -42,7 +45,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// RFC 3581 §4); `received` carries an IPv6 address without brackets (RFC 5118 §4.5). Everything
 /// else, including the other values of a comma list, is copied byte for byte.
 fn put_top_via(out: &mut BytesMut, value: &Bytes, source: SocketAddr) {
-    let Ok(at) = parse_via_at(value, 0) else {
+    let Ok(at) = parse_via_at(value, 0, value.len()) else {
         out.put_slice(value);
         return;
     };
@@ -66,7 +69,11 @@ fn put_top_via(out: &mut BytesMut, value: &Bytes, source: SocketAddr) {
             None => (at.end, at.end, format!(";received={src_ip}")),
         });
     }
-    if edits[0].as_ref().zip(edits[1].as_ref()).is_some_and(|(a, b)| a.0 > b.0) {
+    if edits[0]
+        .as_ref()
+        .zip(edits[1].as_ref())
+        .is_some_and(|(a, b)| a.0 > b.0)
+    {
         edits.swap(0, 1);
     }
     let mut i = 0;
@@ -127,7 +134,12 @@ impl ResponseBuilder {
         if let Some(v) = req.header(HeaderName::CSeq) {
             put_copied(&mut out, b"CSeq", &v);
         }
-        ResponseBuilder { out, to_tag_at, content_type: None, body: Bytes::new() }
+        ResponseBuilder {
+            out,
+            to_tag_at,
+            content_type: None,
+            body: Bytes::new(),
+        }
     }
     /// Adds a To tag if the request's To has none.
     pub fn to_tag(mut self, tag: &str) -> Self {
@@ -181,7 +193,11 @@ impl RequestBuilder {
         out.put_u8(b' ');
         put_clean(&mut out, uri.as_bytes());
         out.put_slice(b" SIP/2.0\r\n");
-        RequestBuilder { out, content_type: None, body: Bytes::new() }
+        RequestBuilder {
+            out,
+            content_type: None,
+            body: Bytes::new(),
+        }
     }
     /// Appends a header line.
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -239,8 +255,12 @@ fn put_tail(out: &mut BytesMut, invite: &Message, method: &str) {
         Err(_) => {
             // Keep whatever number was there.
             let raw = invite.header(HeaderName::CSeq).unwrap_or_default();
-            let digits: Vec<u8> =
-                raw.iter().copied().skip_while(|b| b.is_ascii_whitespace()).take_while(u8::is_ascii_digit).collect();
+            let digits: Vec<u8> = raw
+                .iter()
+                .copied()
+                .skip_while(|b| b.is_ascii_whitespace())
+                .take_while(u8::is_ascii_digit)
+                .collect();
             out.put_slice(b"CSeq: ");
             out.put_slice(if digits.is_empty() { b"0" } else { &digits });
             let _ = write!(out, " {method}\r\n");

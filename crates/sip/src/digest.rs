@@ -1147,7 +1147,6 @@ impl DigestClient {
         let best = values
             .iter()
             .filter_map(|v| Challenge::parse(v.as_ref()).ok())
-            .filter(|c| !c.userhash)
             .filter_map(|c| c.algorithm().map(|a| (a, c)))
             .filter(|(a, _)| self.secret.supports(a.hash()))
             // Sess algorithms need qop (cnonce); skip them without.

@@ -58,7 +58,10 @@ impl Iterator for ParamSpans<'_> {
 
 impl Params {
     fn spans(&self) -> ParamSpans<'_> {
-        ParamSpans { s: &self.0, pos: if self.0.is_empty() { 1 } else { 0 } }
+        ParamSpans {
+            s: &self.0,
+            pos: if self.0.is_empty() { 1 } else { 0 },
+        }
     }
 
     /// Value of a parameter (`Some(b"")` for a flag), name case-insensitive; quotes kept as written.
@@ -72,19 +75,22 @@ impl Params {
     /// True if the parameter is present (with or without a value).
     pub fn contains(&self, name: &str) -> bool {
         let n = name.as_bytes();
-        self.spans().any(|(a, b, _, _)| self.0[a..b].eq_ignore_ascii_case(n))
+        self.spans()
+            .any(|(a, b, _, _)| self.0[a..b].eq_ignore_ascii_case(n))
     }
 
     /// Spans `(name_start, name_end, value_start, value_end)` of the first parameter with this
     /// name inside the raw list (for in-place edits); the value span is empty for a flag.
     pub(crate) fn spans_named(&self, name: &str) -> Option<(usize, usize, usize, usize)> {
         let n = name.as_bytes();
-        self.spans().find(|&(a, b, _, _)| self.0[a..b].eq_ignore_ascii_case(n))
+        self.spans()
+            .find(|&(a, b, _, _)| self.0[a..b].eq_ignore_ascii_case(n))
     }
 
     /// Every parameter as `(name, value)`, value empty for a flag.
     pub fn iter(&self) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
-        self.spans().map(move |(a, b, va, vb)| (self.0.slice(a..b), self.0.slice(va..vb)))
+        self.spans()
+            .map(move |(a, b, va, vb)| (self.0.slice(a..b), self.0.slice(va..vb)))
     }
 }
 
@@ -108,7 +114,10 @@ impl Via {
     /// `received`, accepted with or without brackets around IPv6 (RFC 5118 §4.5).
     pub fn received(&self) -> Option<std::net::IpAddr> {
         let v = self.params.get("received")?;
-        let v = v.strip_prefix(b"[").and_then(|x| x.strip_suffix(b"]")).unwrap_or(&v);
+        let v = v
+            .strip_prefix(b"[")
+            .and_then(|x| x.strip_suffix(b"]"))
+            .unwrap_or(&v);
         std::str::from_utf8(v).ok()?.parse::<IpAddr>().ok()
     }
     /// `rport`: `None` if absent, `Some(None)` without a value, `Some(Some(p))` with one.
@@ -202,10 +211,10 @@ fn element_tail(
 }
 
 /// Parses one via-parm at `pos` of a Via line value.
-pub(crate) fn parse_via_at(v: &Bytes, pos: usize) -> Result<ViaAt, ParseError> {
+pub(crate) fn parse_via_at(v: &Bytes, pos: usize, end: usize) -> Result<ViaAt, ParseError> {
     const W: &str = "Via";
     let e = || ParseError::Value(W);
-    let s = &v[..];
+    let s = &v[..end.min(v.len())];
     let n = s.len();
     let start = skip_lws(s, pos);
     // sent-protocol = protocol-name SLASH protocol-version SLASH transport
@@ -231,7 +240,7 @@ pub(crate) fn parse_via_at(v: &Bytes, pos: usize) -> Result<ViaAt, ParseError> {
         return Err(e());
     }
     // sent-by = host [ COLON port ]
-    let (host, mut j) = Host::parse_at(v, i).map_err(|_| e())?;
+    let (host, mut j) = Host::parse_at(v, i, n).map_err(|_| e())?;
     let k = skip_lws(s, j);
     let mut port = None;
     if k < n && s[k] == b':' {
@@ -255,8 +264,8 @@ pub(crate) fn parse_via_at(v: &Bytes, pos: usize) -> Result<ViaAt, ParseError> {
     })
 }
 
-fn parse_via_item(v: &Bytes, pos: usize) -> Result<(Via, Option<usize>), ParseError> {
-    parse_via_at(v, pos).map(|a| (a.via, a.next))
+fn parse_via_item(v: &Bytes, pos: usize, end: usize) -> Result<(Via, Option<usize>), ParseError> {
+    parse_via_at(v, pos, end).map(|a| (a.via, a.next))
 }
 
 /// A name-addr or addr-spec, as in From, To, Contact, Route, Record-Route, Refer-To.
@@ -297,7 +306,7 @@ impl NameAddr {
 
     /// Parses a single name-addr / addr-spec value (no comma list).
     pub fn parse(v: &Bytes) -> Result<NameAddr, ParseError> {
-        parse_name_addr_at(v, 0, false, "name-addr").map(|(a, _)| a)
+        parse_name_addr_at(v, 0, v.len(), false, "name-addr").map(|(a, _)| a)
     }
 }
 
@@ -305,11 +314,12 @@ impl NameAddr {
 fn parse_name_addr_at(
     v: &Bytes,
     pos: usize,
+    end: usize,
     list: bool,
     what: &'static str,
 ) -> Result<(NameAddr, Option<usize>), ParseError> {
     let e = || ParseError::Value(what);
-    let s = &v[..];
+    let s = &v[..end.min(v.len())];
     let n = s.len();
     let start = skip_lws(s, pos);
     if start >= n {
@@ -353,7 +363,11 @@ fn parse_name_addr_at(
     let (uri, end) = if angle {
         // LAQUOT addr-spec RAQUOT: no whitespace inside the brackets.
         let u0 = i + 1;
-        let gt = s.get(u0..).and_then(|t| t.iter().position(|&b| b == b'>')).ok_or_else(e)? + u0;
+        let gt = s
+            .get(u0..)
+            .and_then(|t| t.iter().position(|&b| b == b'>'))
+            .ok_or_else(e)?
+            + u0;
         (Uri::parse(v.slice(u0..gt)).map_err(|_| e())?, gt + 1)
     } else {
         let mut u1 = i;
@@ -368,7 +382,15 @@ fn parse_name_addr_at(
     };
     let (ps, end) = scan_params(s, end, what)?;
     let next = element_tail(s, end, list, what)?;
-    Ok((NameAddr { raw: v.slice(start..end), display, uri, params: Params(v.slice(ps..end)) }, next))
+    Ok((
+        NameAddr {
+            raw: v.slice(start..end),
+            display,
+            uri,
+            params: Params(v.slice(ps..end)),
+        },
+        next,
+    ))
 }
 
 /// CSeq: sequence number and method.
@@ -381,9 +403,13 @@ pub struct CSeq {
 impl CSeq {
     /// Parses `1*DIGIT LWS Method`; the number must be below 2^31 (RFC 3261 §8.1.1.5).
     pub fn parse(v: &Bytes) -> Result<CSeq, ParseError> {
+        CSeq::parse_range(v, 0, v.len())
+    }
+
+    fn parse_range(v: &Bytes, start: usize, end: usize) -> Result<CSeq, ParseError> {
         let e = || ParseError::Value("CSeq");
-        let s = &v[..];
-        let i = skip_lws(s, 0);
+        let s = &v[..end.min(v.len())];
+        let i = skip_lws(s, start);
         let mut j = i;
         while j < s.len() && s[j].is_ascii_digit() {
             j += 1;
@@ -397,7 +423,10 @@ impl CSeq {
         if k == j || me == k || skip_lws(s, me) != s.len() {
             return Err(e());
         }
-        Ok(CSeq { seq: seq as u32, method: Method::from_shared(v.slice(k..me)) })
+        Ok(CSeq {
+            seq: seq as u32,
+            method: Method::from_name_in(v, k, me),
+        })
     }
 }
 
@@ -446,23 +475,35 @@ pub enum ContactList {
     List(Vec<Contact>),
 }
 
-fn parse_contact_item(v: &Bytes, pos: usize) -> Result<(Contact, Option<usize>), ParseError> {
-    let (a, b) = trim_lws(v, pos, v.len());
+fn parse_contact_item(
+    v: &Bytes,
+    pos: usize,
+    end: usize,
+) -> Result<(Contact, Option<usize>), ParseError> {
+    let (a, b) = trim_lws(v, pos, end);
     if &v[a..b] == b"*" {
         return Err(ParseError::Value("Contact"));
     }
-    parse_name_addr_at(v, pos, true, "Contact").map(|(addr, next)| (Contact { addr }, next))
+    parse_name_addr_at(v, pos, end, true, "Contact").map(|(addr, next)| (Contact { addr }, next))
 }
 
-fn parse_route_item(v: &Bytes, pos: usize) -> Result<(NameAddr, Option<usize>), ParseError> {
-    parse_name_addr_at(v, pos, true, "Route")
+fn parse_route_item(
+    v: &Bytes,
+    pos: usize,
+    end: usize,
+) -> Result<(NameAddr, Option<usize>), ParseError> {
+    parse_name_addr_at(v, pos, end, true, "Route")
 }
 
-fn parse_record_route_item(v: &Bytes, pos: usize) -> Result<(NameAddr, Option<usize>), ParseError> {
-    parse_name_addr_at(v, pos, true, "Record-Route")
+fn parse_record_route_item(
+    v: &Bytes,
+    pos: usize,
+    end: usize,
+) -> Result<(NameAddr, Option<usize>), ParseError> {
+    parse_name_addr_at(v, pos, end, true, "Record-Route")
 }
 
-type ItemParser<T> = fn(&Bytes, usize) -> Result<(T, Option<usize>), ParseError>;
+type ItemParser<T> = fn(&Bytes, usize, usize) -> Result<(T, Option<usize>), ParseError>;
 
 /// Iterator over the values of a comma-list header across all its lines, parsing each lazily.
 /// After the first error it yields that error and stops.
@@ -470,7 +511,8 @@ pub struct HeaderValues<'a, T> {
     msg: &'a Message,
     name: HeaderName,
     next_slot: usize,
-    cur: Option<(Bytes, usize)>,
+    /// Position of the next element and end of the current line, in `msg.buf`.
+    cur: Option<(usize, usize)>,
     done: bool,
     parse: ItemParser<T>,
 }
@@ -488,12 +530,10 @@ impl<T> Iterator for HeaderValues<'_, T> {
             return None;
         }
         loop {
-            if let Some((v, pos)) = self.cur.take() {
-                return Some(match (self.parse)(&v, pos) {
+            if let Some((pos, end)) = self.cur.take() {
+                return Some(match (self.parse)(&self.msg.buf, pos, end) {
                     Ok((t, next)) => {
-                        if let Some(np) = next {
-                            self.cur = Some((v, np));
-                        }
+                        self.cur = next.map(|np| (np, end));
                         Ok(t)
                     }
                     Err(e) => {
@@ -502,10 +542,10 @@ impl<T> Iterator for HeaderValues<'_, T> {
                     }
                 });
             }
-            match self.msg.next_value(self.name, self.next_slot) {
-                Some((idx, v)) => {
+            match self.msg.next_range(self.name, self.next_slot) {
+                Some((idx, a, b)) => {
                     self.next_slot = idx + 1;
-                    self.cur = Some((v, 0));
+                    self.cur = Some((a, b));
                 }
                 None => {
                     self.done = true;
@@ -580,34 +620,41 @@ impl Message {
     }
     /// The top Via.
     pub fn top_via(&self) -> Result<Via, ParseError> {
-        self.via_iter().next().unwrap_or(Err(ParseError::Value("Via")))
+        self.via_iter()
+            .next()
+            .unwrap_or(Err(ParseError::Value("Via")))
     }
     pub fn from_hdr(&self) -> Result<NameAddr, ParseError> {
-        let v = self.header(HeaderName::From).ok_or(ParseError::Value("From"))?;
-        parse_name_addr_at(&v, 0, false, "From").map(|(a, _)| a)
+        let (a, b) = self.value_range(HeaderName::From).ok_or(ParseError::Value("From"))?;
+        parse_name_addr_at(&self.buf, a, b, false, "From").map(|(n, _)| n)
     }
     pub fn to_hdr(&self) -> Result<NameAddr, ParseError> {
-        let v = self.header(HeaderName::To).ok_or(ParseError::Value("To"))?;
-        parse_name_addr_at(&v, 0, false, "To").map(|(a, _)| a)
+        let (a, b) = self.value_range(HeaderName::To).ok_or(ParseError::Value("To"))?;
+        parse_name_addr_at(&self.buf, a, b, false, "To").map(|(n, _)| n)
     }
     /// The Call-ID (`word [ "@" word ]`: non-empty, no white space).
     pub fn call_id(&self) -> Result<Bytes, ParseError> {
-        let v = self.header(HeaderName::CallId).ok_or(ParseError::Value("Call-ID"))?;
-        if v.is_empty() || v.iter().any(|&b| is_lws(b) || b < 0x20 || b == 0x7f) {
+        let (a, b) = self.value_range(HeaderName::CallId).ok_or(ParseError::Value("Call-ID"))?;
+        if a == b || self.buf[a..b].iter().any(|&c| is_lws(c) || c < 0x20 || c == 0x7f) {
             return Err(ParseError::Value("Call-ID"));
         }
-        Ok(v)
+        Ok(self.buf.slice(a..b))
     }
     pub fn cseq(&self) -> Result<CSeq, ParseError> {
-        CSeq::parse(&self.header(HeaderName::CSeq).ok_or(ParseError::Value("CSeq"))?)
+        let (a, b) = self.value_range(HeaderName::CSeq).ok_or(ParseError::Value("CSeq"))?;
+        CSeq::parse_range(&self.buf, a, b)
     }
     /// `None` if absent.
     pub fn max_forwards(&self) -> Result<Option<u32>, ParseError> {
-        self.header(HeaderName::MaxForwards).map(|v| scalar_u32(&v, "Max-Forwards")).transpose()
+        self.header(HeaderName::MaxForwards)
+            .map(|v| scalar_u32(&v, "Max-Forwards"))
+            .transpose()
     }
     /// `None` if absent.
     pub fn expires(&self) -> Result<Option<u32>, ParseError> {
-        self.header(HeaderName::Expires).map(|v| scalar_u32(&v, "Expires")).transpose()
+        self.header(HeaderName::Expires)
+            .map(|v| scalar_u32(&v, "Expires"))
+            .transpose()
     }
     /// `None` if no Contact header.
     pub fn contacts(&self) -> Result<Option<ContactList>, ParseError> {
@@ -629,7 +676,9 @@ impl Message {
                 Err(ParseError::Value("Contact"))
             };
         }
-        self.contact_iter().collect::<Result<Vec<_>, _>>().map(|l| Some(ContactList::List(l)))
+        self.contact_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map(|l| Some(ContactList::List(l)))
     }
     /// Route values in order.
     pub fn routes(&self) -> Result<Vec<NameAddr>, ParseError> {
@@ -660,7 +709,10 @@ impl Message {
         }
         if m.iter().any(|&c| c.is_ascii_uppercase() || is_lws(c)) {
             Some(Bytes::from(
-                m.iter().filter(|&&c| !is_lws(c)).map(u8::to_ascii_lowercase).collect::<Vec<u8>>(),
+                m.iter()
+                    .filter(|&&c| !is_lws(c))
+                    .map(u8::to_ascii_lowercase)
+                    .collect::<Vec<u8>>(),
             ))
         } else {
             Some(v.slice(a..b))
@@ -672,7 +724,10 @@ impl Message {
         for v in self.header_values(name) {
             let mut i = 0;
             while i <= v.len() {
-                let e = v[i..].iter().position(|&b| b == b',').map_or(v.len(), |p| p + i);
+                let e = v[i..]
+                    .iter()
+                    .position(|&b| b == b',')
+                    .map_or(v.len(), |p| p + i);
                 let (a, b) = trim_lws(&v, i, e);
                 if a < b {
                     out.push(v.slice(a..b));

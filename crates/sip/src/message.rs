@@ -74,6 +74,11 @@ impl Method {
         Self::known(&b).unwrap_or(Method::Other(b))
     }
 
+    /// The method named by `buf[a..b]`, slicing the buffer only for extension methods.
+    pub(crate) fn from_name_in(buf: &Bytes, a: usize, b: usize) -> Method {
+        Self::known(&buf[a..b]).unwrap_or_else(|| Method::Other(buf.slice(a..b)))
+    }
+
     /// The method name as written on the wire (`""` for a non-UTF-8 extension name, which the
     /// parser never produces since methods are tokens).
     pub fn as_str(&self) -> &str {
@@ -184,49 +189,48 @@ impl HeaderName {
                 _ => Other,
             };
         }
-        let candidates: &[(&[u8], HeaderName)] = match n.len() {
-            2 => &[(b"to", To)],
-            3 => &[(b"via", Via)],
-            4 => &[(b"from", From), (b"cseq", CSeq)],
-            5 => &[(b"route", Route), (b"allow", Allow), (b"event", Event)],
-            6 => &[(b"accept", Accept), (b"server", Server)],
-            7 => &[
-                (b"call-id", CallId),
-                (b"contact", Contact),
-                (b"expires", Expires),
-                (b"require", Require),
-                (b"subject", Subject),
-            ],
-            8 => &[(b"refer-to", ReferTo)],
-            9 => &[(b"supported", Supported)],
-            10 => &[(b"user-agent", UserAgent)],
-            11 => &[
-                (b"min-expires", MinExpires),
-                (b"referred-by", ReferredBy),
-                (b"unsupported", Unsupported),
-            ],
-            12 => &[
-                (b"content-type", ContentType),
-                (b"max-forwards", MaxForwards),
-                (b"record-route", RecordRoute),
-            ],
-            13 => &[(b"authorization", Authorization), (b"proxy-require", ProxyRequire)],
-            14 => &[(b"content-length", ContentLength)],
-            15 => &[(b"accept-encoding", AcceptEncoding)],
-            16 => &[(b"content-encoding", ContentEncoding), (b"www-authenticate", WwwAuthenticate)],
-            18 => &[(b"proxy-authenticate", ProxyAuthenticate)],
-            19 => &[
-                (b"content-disposition", ContentDisposition),
-                (b"proxy-authorization", ProxyAuthorization),
-            ],
-            _ => &[],
+        let Some(&first) = n.first() else { return Other };
+        // One candidate per (length, first letter) except Call-ID/Contact.
+        let (long, h): (&[u8], HeaderName) = match (n.len(), first | 0x20) {
+            (2, b't') => (b"to", To),
+            (3, b'v') => (b"via", Via),
+            (4, b'f') => (b"from", From),
+            (4, b'c') => (b"cseq", CSeq),
+            (5, b'r') => (b"route", Route),
+            (5, b'a') => (b"allow", Allow),
+            (5, b'e') => (b"event", Event),
+            (6, b'a') => (b"accept", Accept),
+            (6, b's') => (b"server", Server),
+            (7, b'c') if n[1] | 0x20 == b'a' => (b"call-id", CallId),
+            (7, b'c') => (b"contact", Contact),
+            (7, b'e') => (b"expires", Expires),
+            (7, b'r') => (b"require", Require),
+            (7, b's') => (b"subject", Subject),
+            (8, b'r') => (b"refer-to", ReferTo),
+            (9, b's') => (b"supported", Supported),
+            (10, b'u') => (b"user-agent", UserAgent),
+            (11, b'm') => (b"min-expires", MinExpires),
+            (11, b'r') => (b"referred-by", ReferredBy),
+            (11, b'u') => (b"unsupported", Unsupported),
+            (12, b'c') => (b"content-type", ContentType),
+            (12, b'm') => (b"max-forwards", MaxForwards),
+            (12, b'r') => (b"record-route", RecordRoute),
+            (13, b'a') => (b"authorization", Authorization),
+            (13, b'p') => (b"proxy-require", ProxyRequire),
+            (14, b'c') => (b"content-length", ContentLength),
+            (15, b'a') => (b"accept-encoding", AcceptEncoding),
+            (16, b'c') => (b"content-encoding", ContentEncoding),
+            (16, b'w') => (b"www-authenticate", WwwAuthenticate),
+            (18, b'p') => (b"proxy-authenticate", ProxyAuthenticate),
+            (19, b'c') => (b"content-disposition", ContentDisposition),
+            (19, b'p') => (b"proxy-authorization", ProxyAuthorization),
+            _ => return Other,
         };
-        for (c, h) in candidates {
-            if n.eq_ignore_ascii_case(c) {
-                return *h;
-            }
+        if n.eq_ignore_ascii_case(long) {
+            h
+        } else {
+            Other
         }
-        Other
     }
 
     /// The canonical long name (`""` for `Other`).
@@ -286,7 +290,10 @@ fn expand_other_compact(n: &[u8]) -> Option<&'static str> {
         return None;
     }
     let c = n[0].to_ascii_lowercase();
-    OTHER_COMPACT.iter().find(|(k, _)| *k == c).map(|(_, long)| *long)
+    OTHER_COMPACT
+        .iter()
+        .find(|(k, _)| *k == c)
+        .map(|(_, long)| *long)
 }
 
 fn other_name_matches(raw: &[u8], query: &[u8]) -> bool {
@@ -307,7 +314,11 @@ pub enum StartLine {
         version: Bytes,
     },
     /// `SIP-Version SP Status-Code SP Reason-Phrase`
-    Response { version: Bytes, code: u16, reason: Bytes },
+    Response {
+        version: Bytes,
+        code: u16,
+        reason: Bytes,
+    },
 }
 
 /// One header line (after unfolding), as slices of the message buffer.
@@ -326,15 +337,21 @@ pub struct Header {
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Slot {
     name: HeaderName,
+    /// Header names are limited to 255 octets.
+    name_len: u8,
     name_start: u16,
-    name_len: u16,
     value_start: u16,
     value_len: u16,
 }
 
 impl Slot {
-    const EMPTY: Slot =
-        Slot { name: HeaderName::Other, name_start: 0, name_len: 0, value_start: 0, value_len: 0 };
+    const EMPTY: Slot = Slot {
+        name: HeaderName::Other,
+        name_start: 0,
+        name_len: 0,
+        value_start: 0,
+        value_len: 0,
+    };
 }
 
 /// Fixed-size header index, filled by the parser without touching the heap.
@@ -348,7 +365,11 @@ struct Index {
 
 impl Index {
     fn new() -> Index {
-        Index { len: 0, present: 0, slots: [Slot::EMPTY; MAX_HEADERS] }
+        Index {
+            len: 0,
+            present: 0,
+            slots: [Slot::EMPTY; MAX_HEADERS],
+        }
     }
     fn used(&self) -> &[Slot] {
         &self.slots[..self.len.min(MAX_HEADERS)]
@@ -415,19 +436,41 @@ pub const MAX_HEADERS: usize = 128;
 /// continuation lines together).
 pub const MAX_HEADER_LINE_BYTES: usize = 8192;
 
-/// What scanning the head (start line and headers) of a message found.
+/// What scanning the head (start line and headers) of a message found (the header index is
+/// filled in place).
 struct Head {
     /// End of the start line (before CR LF).
     start_end: usize,
-    index: Index,
     /// First octet after the empty line.
     body_start: usize,
     content_length: Option<usize>,
 }
 
+/// Position of the first `needle` in `s[from..]`, eight octets at a time.
 #[inline]
-fn find_lf(s: &[u8], from: usize) -> Option<usize> {
-    s.get(from..)?.iter().position(|&b| b == b'\n').map(|p| from + p)
+pub(crate) fn find_byte(s: &[u8], from: usize, needle: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pat = LO * u64::from(needle);
+    let mut i = from;
+    while i + 8 <= s.len() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[i..i + 8]);
+        let x = u64::from_le_bytes(w) ^ pat;
+        // The lowest flagged octet is always a real match (borrows only run upwards).
+        let t = x.wrapping_sub(LO) & !x & HI;
+        if t != 0 {
+            return Some(i + (t.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    while i < s.len() {
+        if s[i] == needle {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 #[inline]
@@ -435,9 +478,9 @@ fn is_wsp(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-/// Scans the start line and header lines of `s` (which must not start with CR/LF). Returns
-/// `Incomplete` if the empty line ending the headers is not within `s`.
-fn scan_head(s: &[u8]) -> Result<Head, ParseError> {
+/// Scans the start line and header lines of `s` (which must not start with CR/LF) into `index`.
+/// Returns `Incomplete` if the empty line ending the headers is not within `s`.
+fn scan_head(s: &[u8], index: &mut Index) -> Result<Head, ParseError> {
     let s = &s[..s.len().min(MAX_MESSAGE_BYTES)];
     let n = s.len();
     let limit_or_incomplete = |from: usize| {
@@ -447,12 +490,13 @@ fn scan_head(s: &[u8]) -> Result<Head, ParseError> {
             ParseError::Incomplete
         }
     };
-    let nl = find_lf(s, 0).ok_or_else(|| limit_or_incomplete(0))?;
+    let nl = find_byte(s, 0, b'\n').ok_or_else(|| limit_or_incomplete(0))?;
     if nl > MAX_HEADER_LINE_BYTES {
         return Err(ParseError::TooLarge);
     }
     let start_end = if nl > 0 && s[nl - 1] == b'\r' { nl - 1 } else { nl };
-    let mut index = Index::new();
+    index.len = 0;
+    index.present = 0;
     let mut pos = nl + 1;
     // Start of the current header (for the per-header size limit).
     let mut cur_start = 0usize;
@@ -461,7 +505,7 @@ fn scan_head(s: &[u8]) -> Result<Head, ParseError> {
         if pos >= n {
             return Err(ParseError::Incomplete);
         }
-        let nl = find_lf(s, pos).ok_or_else(|| limit_or_incomplete(pos))?;
+        let nl = find_byte(s, pos, b'\n').ok_or_else(|| limit_or_incomplete(pos))?;
         let mut end = nl;
         if end > pos && s[end - 1] == b'\r' {
             end -= 1;
@@ -470,8 +514,7 @@ fn scan_head(s: &[u8]) -> Result<Head, ParseError> {
             body_start = nl + 1;
             break;
         }
-        let first = s[pos];
-        if is_wsp(first) {
+        if is_wsp(s[pos]) {
             // Continuation of the previous header (folding, RFC 3261 §7.3.1).
             if index.len == 0 {
                 return Err(ParseError::Header);
@@ -495,21 +538,22 @@ fn scan_head(s: &[u8]) -> Result<Head, ParseError> {
                 slot.value_len = (b - slot.value_start as usize) as u16;
             }
         } else {
-            if nl - pos > MAX_HEADER_LINE_BYTES {
+            if nl - pos > MAX_HEADER_LINE_BYTES || index.len == MAX_HEADERS {
                 return Err(ParseError::TooLarge);
             }
-            if index.len == MAX_HEADERS {
-                return Err(ParseError::TooLarge);
+            // field-name = token, then optional white space, then ':'.
+            let mut name_end = pos;
+            while name_end < end && is_token(s[name_end]) {
+                name_end += 1;
             }
-            let colon = s[pos..end].iter().position(|&b| b == b':').ok_or(ParseError::Header)? + pos;
-            let mut name_end = colon;
-            while name_end > pos && is_wsp(s[name_end - 1]) {
-                name_end -= 1;
+            let mut colon = name_end;
+            while colon < end && is_wsp(s[colon]) {
+                colon += 1;
             }
-            let name = &s[pos..name_end];
-            if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+            if name_end == pos || colon >= end || s[colon] != b':' {
                 return Err(ParseError::Header);
             }
+            let name_len = u8::try_from(name_end - pos).map_err(|_| ParseError::TooLarge)?;
             let mut a = colon + 1;
             while a < end && is_wsp(s[a]) {
                 a += 1;
@@ -518,11 +562,11 @@ fn scan_head(s: &[u8]) -> Result<Head, ParseError> {
             while b > a && is_wsp(s[b - 1]) {
                 b -= 1;
             }
-            let hn = HeaderName::from_bytes(name);
+            let hn = HeaderName::from_bytes(&s[pos..name_end]);
             index.slots[index.len] = Slot {
                 name: hn,
+                name_len,
                 name_start: pos as u16,
-                name_len: (name_end - pos) as u16,
                 value_start: a as u16,
                 value_len: (b - a) as u16,
             };
@@ -549,7 +593,7 @@ fn scan_head(s: &[u8]) -> Result<Head, ParseError> {
         Some(v) => Some(v as usize),
         None => None,
     };
-    Ok(Head { start_end, index, body_start, content_length })
+    Ok(Head { start_end, body_start, content_length })
 }
 
 /// Parses `1*DIGIT` with at most `max_digits` digits.
@@ -571,7 +615,10 @@ pub(crate) fn parse_decimal(v: &[u8], max_digits: usize) -> Option<u64> {
 /// trailing SP are accepted here and flagged by [`Message::validate`].
 fn parse_start_line(buf: &Bytes, end: usize) -> Result<StartLine, ParseError> {
     let line = &buf[..end];
-    let sp = line.iter().position(|&b| b == b' ').ok_or(ParseError::StartLine)?;
+    let sp = line
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(ParseError::StartLine)?;
     let first = &line[..sp];
     if first.len() > 4 && first[..4].eq_ignore_ascii_case(b"SIP/") {
         // Status-Line: version SP 3DIGIT [SP reason]
@@ -588,8 +635,16 @@ fn parse_start_line(buf: &Bytes, end: usize) -> Result<StartLine, ParseError> {
             return Err(ParseError::StartLine);
         }
         let code = parse_decimal(&line[c0..i], 3).ok_or(ParseError::StartLine)? as u16;
-        let reason = if i < end { buf.slice(i + 1..end) } else { Bytes::new() };
-        return Ok(StartLine::Response { version, code, reason });
+        let reason = if i < end {
+            buf.slice(i + 1..end)
+        } else {
+            Bytes::new()
+        };
+        return Ok(StartLine::Response {
+            version,
+            code,
+            reason,
+        });
     }
     if first.is_empty() || !first.iter().all(|&b| is_token(b)) {
         return Err(ParseError::StartLine);
@@ -602,7 +657,11 @@ fn parse_start_line(buf: &Bytes, end: usize) -> Result<StartLine, ParseError> {
     while b > a && line[b - 1] == b' ' {
         b -= 1;
     }
-    let vsp = line[a..b].iter().rposition(|&c| c == b' ').ok_or(ParseError::StartLine)? + a;
+    let vsp = line[a..b]
+        .iter()
+        .rposition(|&c| c == b' ')
+        .ok_or(ParseError::StartLine)?
+        + a;
     let version = &line[vsp + 1..b];
     if version.len() < 5 || !version[..4].eq_ignore_ascii_case(b"SIP/") {
         return Err(ParseError::StartLine);
@@ -615,7 +674,7 @@ fn parse_start_line(buf: &Bytes, end: usize) -> Result<StartLine, ParseError> {
         return Err(ParseError::StartLine);
     }
     Ok(StartLine::Request {
-        method: Method::from_shared(buf.slice(..sp)),
+        method: Method::known(first).unwrap_or_else(|| Method::Other(buf.slice(..sp))),
         uri: buf.slice(a..ue),
         version: buf.slice(vsp + 1..b),
     })
@@ -641,7 +700,14 @@ impl Message {
         if buf.is_empty() {
             return Err(ParseError::Incomplete);
         }
-        let head = scan_head(&buf)?;
+        // Built in place so the inline index is written once, not copied around.
+        let mut msg = Message {
+            buf: Bytes::new(),
+            start: StartLine::Response { version: Bytes::new(), code: 0, reason: Bytes::new() },
+            index: Index::new(),
+            body: Bytes::new(),
+        };
+        let head = scan_head(&buf, &mut msg.index)?;
         let available = buf.len() - head.body_start;
         let body_len = match (head.content_length, framing) {
             (Some(cl), Framing::Datagram) if cl > available => {
@@ -659,9 +725,12 @@ impl Message {
         if total < buf.len() {
             buf.truncate(total);
         }
-        let start = parse_start_line(&buf, head.start_end)?;
-        let body = buf.slice(head.body_start..);
-        Ok(Message { buf, start, index: head.index, body })
+        msg.start = parse_start_line(&buf, head.start_end)?;
+        if body_len > 0 {
+            msg.body = buf.slice(head.body_start..);
+        }
+        msg.buf = buf;
+        Ok(msg)
     }
 
     /// True for requests.
@@ -705,7 +774,11 @@ impl Message {
     }
 
     fn slot_header(&self, s: &Slot) -> Header {
-        Header { name: s.name, raw_name: self.slot_name(s), value: self.slot_value(s) }
+        Header {
+            name: s.name,
+            raw_name: self.slot_name(s),
+            value: self.slot_value(s),
+        }
     }
 
     /// True if at least one header with this name is present (`Other` means any unknown one).
@@ -718,7 +791,11 @@ impl Message {
         if !self.has_header(name) {
             return None;
         }
-        self.index.used().iter().find(|h| h.name == name).map(|h| self.slot_value(h))
+        self.index
+            .used()
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| self.slot_value(h))
     }
 
     /// Number of header lines with this name.
@@ -736,14 +813,28 @@ impl Message {
 
     /// Every header line with this name, in order (a line may hold a comma-separated list).
     pub fn header_lines(&self, name: HeaderName) -> impl Iterator<Item = Header> + '_ {
-        let slots = if self.has_header(name) { self.index.used() } else { &[] };
-        slots.iter().filter(move |h| h.name == name).map(move |h| self.slot_header(h))
+        let slots = if self.has_header(name) {
+            self.index.used()
+        } else {
+            &[]
+        };
+        slots
+            .iter()
+            .filter(move |h| h.name == name)
+            .map(move |h| self.slot_header(h))
     }
 
     /// Every value (one per line) of a header, in order.
     pub fn header_values(&self, name: HeaderName) -> impl Iterator<Item = Bytes> + '_ {
-        let slots = if self.has_header(name) { self.index.used() } else { &[] };
-        slots.iter().filter(move |h| h.name == name).map(move |h| self.slot_value(h))
+        let slots = if self.has_header(name) {
+            self.index.used()
+        } else {
+            &[]
+        };
+        slots
+            .iter()
+            .filter(move |h| h.name == name)
+            .map(move |h| self.slot_value(h))
     }
 
     /// First value of an unknown header by name (case-insensitive). Compact forms without a
@@ -773,22 +864,42 @@ impl Message {
             .map(move |h| self.slot_value(h))
     }
 
+    /// Range in `buf` of the first value of a header.
+    pub(crate) fn value_range(&self, name: HeaderName) -> Option<(usize, usize)> {
+        if !self.has_header(name) {
+            return None;
+        }
+        let h = self.index.used().iter().find(|h| h.name == name)?;
+        self.slot_range(h)
+    }
+
+    fn slot_range(&self, h: &Slot) -> Option<(usize, usize)> {
+        let a = h.value_start as usize;
+        let b = a + h.value_len as usize;
+        (b <= self.buf.len()).then_some((a, b))
+    }
+
     /// The next header line named `name` at or after index position `from`: its position and
-    /// value (for the typed iterators).
-    pub(crate) fn next_value(&self, name: HeaderName, from: usize) -> Option<(usize, Bytes)> {
+    /// value range in `buf` (for the typed iterators).
+    pub(crate) fn next_range(&self, name: HeaderName, from: usize) -> Option<(usize, usize, usize)> {
         if !self.has_header(name) {
             return None;
         }
         let used = self.index.used();
         let rel = used.get(from..)?.iter().position(|h| h.name == name)?;
-        Some((from + rel, self.slot_value(&used[from + rel])))
+        let (a, b) = self.slot_range(&used[from + rel])?;
+        Some((from + rel, a, b))
     }
 
     /// The start line exactly as received (without CR LF).
     pub fn start_line_raw(&self) -> &[u8] {
         let s = &self.buf[..];
         let end = s.iter().position(|&b| b == b'\n').unwrap_or(s.len());
-        let end = if end > 0 && s.get(end - 1) == Some(&b'\r') { end - 1 } else { end };
+        let end = if end > 0 && s.get(end - 1) == Some(&b'\r') {
+            end - 1
+        } else {
+            end
+        };
         &s[..end]
     }
 }
@@ -805,7 +916,8 @@ pub fn frame_stream(buf: &[u8]) -> Result<Option<usize>, ParseError> {
     if rest.is_empty() {
         return Ok(None);
     }
-    match scan_head(rest) {
+    let mut index = Index::new();
+    match scan_head(rest, &mut index) {
         Err(ParseError::Incomplete) => {
             if rest.len() > MAX_MESSAGE_BYTES {
                 Err(ParseError::TooLarge)
@@ -816,11 +928,18 @@ pub fn frame_stream(buf: &[u8]) -> Result<Option<usize>, ParseError> {
         Err(e) => Err(e),
         Ok(head) => {
             let cl = head.content_length.ok_or(ParseError::ContentLength)?;
-            let total = head.body_start.checked_add(cl).ok_or(ParseError::TooLarge)?;
+            let total = head
+                .body_start
+                .checked_add(cl)
+                .ok_or(ParseError::TooLarge)?;
             if total > MAX_MESSAGE_BYTES {
                 return Err(ParseError::TooLarge);
             }
-            Ok(if rest.len() >= total { Some(skip + total) } else { None })
+            Ok(if rest.len() >= total {
+                Some(skip + total)
+            } else {
+                None
+            })
         }
     }
 }
@@ -828,7 +947,9 @@ pub fn frame_stream(buf: &[u8]) -> Result<Option<usize>, ParseError> {
 /// Counts leading CRLF octets (RFC 5626 keep-alive `CRLFCRLF` ping / `CRLF` pong, or stray CRLFs
 /// that RFC 3261 §7.5 says to ignore before a start line).
 pub fn leading_keepalive(buf: &[u8]) -> usize {
-    buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count()
+    buf.iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -840,7 +961,10 @@ const fn token_table() -> [bool; 256] {
     while c < 256 {
         let b = c as u8;
         t[c] = b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
         c += 1;
     }
     t

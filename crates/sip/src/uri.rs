@@ -26,7 +26,7 @@ impl Host {
 
     /// Parses a whole host: a domain name, an IPv4 address or a bracketed IPv6 reference.
     pub fn parse(s: &Bytes) -> Result<Host, ParseError> {
-        let (host, end) = Host::parse_at(s, 0)?;
+        let (host, end) = Host::parse_at(s, 0, s.len())?;
         if end != s.len() {
             return Err(ParseError::Value("host"));
         }
@@ -43,17 +43,23 @@ impl Host {
     }
 
     /// Reads a host starting at `s[i]`; returns it and the index just past it.
-    pub(crate) fn parse_at(s: &Bytes, i: usize) -> Result<(Host, usize), ParseError> {
-        let b = &s[..];
+    pub(crate) fn parse_at(s: &Bytes, i: usize, end: usize) -> Result<(Host, usize), ParseError> {
+        let b = &s[..end.min(s.len())];
         match b.get(i) {
             Some(b'[') => {
-                let close = b[i..].iter().position(|&c| c == b']').ok_or(ParseError::Value("host"))? + i;
+                let close = b[i..]
+                    .iter()
+                    .position(|&c| c == b']')
+                    .ok_or(ParseError::Value("host"))?
+                    + i;
                 let a = parse_v6(&b[i + 1..close])?;
                 Ok((Host::V6(a), close + 1))
             }
             Some(_) => {
                 let mut j = i;
-                while j < b.len() && (b[j].is_ascii_alphanumeric() || matches!(b[j], b'-' | b'.' | b'_')) {
+                while j < b.len()
+                    && (b[j].is_ascii_alphanumeric() || matches!(b[j], b'-' | b'.' | b'_'))
+                {
                     j += 1;
                 }
                 let name = &b[i..j];
@@ -61,17 +67,16 @@ impl Host {
                     return Err(ParseError::Value("host"));
                 }
                 if name.iter().all(|c| c.is_ascii_digit() || *c == b'.') {
-                    let a = std::str::from_utf8(name)
-                        .ok()
-                        .and_then(|t| t.parse::<Ipv4Addr>().ok())
-                        .ok_or(ParseError::Value("host"))?;
+                    let a = parse_v4(name).ok_or(ParseError::Value("host"))?;
                     return Ok((Host::V4(a), j));
                 }
                 // hostname = *( domainlabel "." ) toplabel [ "." ]: no empty label, labels do
                 // not start with '-'.
                 let body = name.strip_suffix(b".").unwrap_or(name);
                 if body.is_empty()
-                    || body.split(|c| *c == b'.').any(|l| l.is_empty() || l[0] == b'-')
+                    || body
+                        .split(|c| *c == b'.')
+                        .any(|l| l.is_empty() || l[0] == b'-')
                 {
                     return Err(ParseError::Value("host"));
                 }
@@ -80,6 +85,21 @@ impl Host {
             None => Err(ParseError::Value("host")),
         }
     }
+}
+
+/// Dotted-quad IPv4 (`1*3DIGIT "." ...`), each octet <= 255 and without leading zeros.
+fn parse_v4(b: &[u8]) -> Option<Ipv4Addr> {
+    let mut o = [0u8; 4];
+    let mut k = 0;
+    for part in b.split(|&c| c == b'.') {
+        if k == 4 || part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
+            return None;
+        }
+        let v = crate::message::parse_decimal(part, 3)?;
+        o[k] = u8::try_from(v).ok()?;
+        k += 1;
+    }
+    (k == 4).then(|| Ipv4Addr::from(o))
 }
 
 fn parse_v6(b: &[u8]) -> Result<Ipv6Addr, ParseError> {
@@ -136,8 +156,19 @@ pub struct Uri {
 /// (Whitespace, controls and raw non-ASCII octets must be %-escaped.)
 #[inline]
 fn uri_char(b: u8) -> bool {
-    (0x21..0x7f).contains(&b) && !matches!(b, b'<' | b'>' | b'"')
+    URI_CHAR[b as usize]
 }
+
+const fn uri_char_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut c = 0x21;
+    while c < 0x7f {
+        t[c] = !matches!(c as u8, b'<' | b'>' | b'"');
+        c += 1;
+    }
+    t
+}
+static URI_CHAR: [bool; 256] = uri_char_table();
 
 impl Uri {
     /// Parses a URI. Unknown schemes succeed (scheme + raw only); malformed SIP URIs fail.
@@ -188,8 +219,14 @@ impl Uri {
         // user part or inside a URI header such as `?Replaces=id@host` still parses sensibly).
         let at = s[rest..].iter().position(|&b| b == b'@').map(|first| {
             let first = first + rest;
-            let q = s[first..].iter().position(|&b| b == b'?').map_or(n, |p| p + first);
-            s[first..q].iter().rposition(|&b| b == b'@').map_or(first, |p| p + first)
+            let q = s[first..]
+                .iter()
+                .position(|&b| b == b'?')
+                .map_or(n, |p| p + first);
+            s[first..q]
+                .iter()
+                .rposition(|&b| b == b'@')
+                .map_or(first, |p| p + first)
         });
         let (user, password, hp) = match at {
             Some(at) => {
@@ -205,7 +242,7 @@ impl Uri {
             }
             None => (None, None, rest),
         };
-        let (host, mut j) = Host::parse_at(&raw, hp)?;
+        let (host, mut j) = Host::parse_at(&raw, hp, n)?;
         let mut port = None;
         if j < n && s[j] == b':' {
             let (p, e) = parse_port(s, j + 1)?;
@@ -215,9 +252,15 @@ impl Uri {
         let mut params = Bytes::new();
         if j < n && s[j] == b';' {
             let ps = j + 1;
-            let pe = s[ps..].iter().position(|&b| b == b'?').map_or(n, |p| p + ps);
+            let pe = s[ps..]
+                .iter()
+                .position(|&b| b == b'?')
+                .map_or(n, |p| p + ps);
             // Every parameter needs a name: `;;` and `;=x` are malformed.
-            if s[ps..pe].split(|&b| b == b';').any(|p| p.is_empty() || p[0] == b'=') {
+            if s[ps..pe]
+                .split(|&b| b == b';')
+                .any(|p| p.is_empty() || p[0] == b'=')
+            {
                 return Err(E);
             }
             params = raw.slice(ps..pe);
@@ -231,7 +274,16 @@ impl Uri {
         if j != n {
             return Err(E);
         }
-        Ok(Uri { raw, scheme, user, password, host: Some(host), port, params, headers })
+        Ok(Uri {
+            raw,
+            scheme,
+            user,
+            password,
+            host: Some(host),
+            port,
+            params,
+            headers,
+        })
     }
 
     /// True for `sip:` and `sips:`.
@@ -244,7 +296,10 @@ impl Uri {
         let s = &self.params[..];
         let mut i = 0;
         while i <= s.len() && !s.is_empty() {
-            let e = s[i..].iter().position(|&b| b == b';').map_or(s.len(), |p| p + i);
+            let e = s[i..]
+                .iter()
+                .position(|&b| b == b';')
+                .map_or(s.len(), |p| p + i);
             let p = &s[i..e];
             let (pn, val) = match p.iter().position(|&b| b == b'=') {
                 Some(eq) => (&p[..eq], self.params.slice(i + eq + 1..e)),

@@ -30,7 +30,10 @@ fn none(_: &Message) {}
 fn conformance_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     // crates/sip -> workspace root
-    let root = manifest.parent().and_then(Path::parent).expect("workspace root");
+    let root = manifest
+        .parent()
+        .and_then(Path::parent)
+        .expect("workspace root");
     root.join("..").join("shared").join("conformance")
 }
 
@@ -47,7 +50,8 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 fn other(m: &Message, n: &str) -> Bytes {
-    m.other_header(n).unwrap_or_else(|| panic!("missing header {n}"))
+    m.other_header(n)
+        .unwrap_or_else(|| panic!("missing header {n}"))
 }
 
 fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
@@ -63,7 +67,10 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
             assert_eq!(to.tag(), Some(b("1918181833n")));
             let from = m.from_hdr().unwrap();
             assert_eq!(from.display, Some(b(r#"J Rosenberg \\\""#)));
-            assert_eq!(from.display_unescaped().unwrap().as_ref(), br#"J Rosenberg \""#);
+            assert_eq!(
+                from.display_unescaped().unwrap().as_ref(),
+                br#"J Rosenberg \""#
+            );
             assert_eq!(from.tag(), Some(b("98asjd8")));
             assert_eq!(m.max_forwards().unwrap(), Some(68));
             let cseq = m.cseq().unwrap();
@@ -80,15 +87,22 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
             assert_eq!(vias[2].host, v4("192.168.255.111"));
             assert_eq!(vias[2].branch(), Some(b("z9hG4bK30239")));
             assert_eq!(m.top_via().unwrap(), vias[0]);
-            let Some(ContactList::List(cs)) = m.contacts().unwrap() else { panic!("contacts") };
+            let Some(ContactList::List(cs)) = m.contacts().unwrap() else {
+                panic!("contacts")
+            };
             assert_eq!(cs.len(), 1);
             assert_eq!(cs[0].addr.display, Some(b(r#"Quoted string \"\""#)));
             assert_eq!(cs[0].q(), Some(330));
             assert_eq!(cs[0].addr.params.get("newparam"), Some(b("newvalue")));
             assert_eq!(cs[0].addr.params.get("secondparam"), Some(Bytes::new()));
-            assert_eq!(m.header(podpbx_sip::HeaderName::Subject), Some(Bytes::new()));
+            assert_eq!(
+                m.header(podpbx_sip::HeaderName::Subject),
+                Some(Bytes::new())
+            );
             let nf = other(m, "newfangledheader");
-            assert!(nf.starts_with(b"newfangled value") && nf.ends_with(b"continued newfangled value"));
+            assert!(
+                nf.starts_with(b"newfangled value") && nf.ends_with(b"continued newfangled value")
+            );
             assert_eq!(other(m, "UnknownHeaderWithUnusualValue"), b(";;,,;;,;"));
             let routes = m.routes().unwrap();
             assert_eq!(routes.len(), 1);
@@ -103,20 +117,45 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
             assert_eq!(m.cseq().unwrap().method.as_str(), meth);
             assert_eq!(m.cseq().unwrap().seq, 139122385);
             let ru = m.request_uri().unwrap();
-            assert_eq!(ru.user, Some(b("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*")));
-            assert_eq!(ru.password, Some(b("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)")));
+            assert_eq!(
+                ru.user,
+                Some(b("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"))
+            );
+            assert_eq!(
+                ru.password,
+                Some(b("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"))
+            );
             assert_eq!(ru.host, Some(name("example.com")));
             let to = m.to_hdr().unwrap();
-            assert_eq!(to.display_unescaped().unwrap().as_ref(), b"BEL:\x07 NUL:\x00 DEL:\x7f");
-            assert_eq!(to.uri.user, Some(b("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*")));
+            assert_eq!(
+                to.display_unescaped().unwrap().as_ref(),
+                b"BEL:\x07 NUL:\x00 DEL:\x7f"
+            );
+            assert_eq!(
+                to.uri.user,
+                Some(b("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"))
+            );
             let from = m.from_hdr().unwrap();
             assert_eq!(from.display, Some(b("token1~` token2'+_ token3*%!.-")));
             assert_eq!(from.tag(), Some(b("_token~1'+`*%!-.")));
-            assert!(from.params.get("fromParam''~+*_!.-%").unwrap().starts_with(b"\""));
-            assert_eq!(m.top_via().unwrap().branch(), Some(b("z9hG4bK-.!%66*_+`'~")));
-            assert_eq!(m.call_id().unwrap(), b("intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"));
+            assert!(from
+                .params
+                .get("fromParam''~+*_!.-%")
+                .unwrap()
+                .starts_with(b"\""));
+            assert_eq!(
+                m.top_via().unwrap().branch(),
+                Some(b("z9hG4bK-.!%66*_+`'~"))
+            );
+            assert_eq!(
+                m.call_id().unwrap(),
+                b("intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{")
+            );
             assert_eq!(m.max_forwards().unwrap(), Some(255));
-            assert_eq!(other(m, "extensionHeader-!.%*+_`'~"), Bytes::from_static("\u{FEFF}\u{5927}\u{505C}\u{96FB}".as_bytes()));
+            assert_eq!(
+                other(m, "extensionHeader-!.%*+_`'~"),
+                Bytes::from_static("\u{FEFF}\u{5927}\u{505C}\u{96FB}".as_bytes())
+            );
             assert!(m.body.is_empty());
         }),
         ("rfc4475", "esc01.dat", Valid, |m| {
@@ -128,12 +167,17 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
             let c = m.contact_iter().next().unwrap().unwrap();
             assert_eq!(c.addr.uri.user, Some(b("cal%6Cer")));
             assert_eq!(c.addr.uri.params, b("%6C%72;n%61me=v%61lue%25%34%31"));
-            assert_eq!(m.call_id().unwrap(), b("esc01.239409asdfakjkn23onasd0-3234"));
+            assert_eq!(
+                m.call_id().unwrap(),
+                b("esc01.239409asdfakjkn23onasd0-3234")
+            );
             assert_eq!(m.content_type(), Some(b("application/sdp")));
             assert_eq!(m.body.len(), 150);
         }),
         ("rfc4475", "escnull.dat", Valid, |m| {
-            let Some(ContactList::List(cs)) = m.contacts().unwrap() else { panic!("contacts") };
+            let Some(ContactList::List(cs)) = m.contacts().unwrap() else {
+                panic!("contacts")
+            };
             assert_eq!(cs.len(), 2);
             assert_eq!(cs[0].addr.uri.user, Some(b("%00")));
             assert_eq!(cs[1].addr.uri.user, Some(b("%00%00")));
@@ -144,7 +188,10 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
             assert_eq!(m.method(), Some(&Method::Other(b("RE%47IST%45R"))));
             assert_eq!(m.cseq().unwrap().method, Method::Other(b("RE%47IST%45R")));
             assert_eq!(m.to_hdr().unwrap().display, Some(b("%Z%45")));
-            assert_eq!(m.top_via().unwrap().branch(), Some(b("z9hG4bK209%fzsnel234")));
+            assert_eq!(
+                m.top_via().unwrap().branch(),
+                Some(b("z9hG4bK209%fzsnel234"))
+            );
             // `C%6Fntact` is an unknown header, not a Contact.
             assert_eq!(m.contact_iter().count(), 2);
             assert_eq!(other(m, "C%6Fntact"), b("<sip:alias2@host2.example.com>"));
@@ -157,7 +204,11 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
         }),
         ("rfc4475", "longreq.dat", Valid, |m| {
             let to = m.to_hdr().unwrap();
-            assert!(to.display.as_ref().unwrap().starts_with(b"I have a user name of extreme"));
+            assert!(to
+                .display
+                .as_ref()
+                .unwrap()
+                .starts_with(b"I have a user name of extreme"));
             assert_eq!(to.uri.port, Some(6000));
             assert!(to.uri.param("longparamnamenamenamenamenamenamenamenamenamenamenamenamenamenamenamenamenamenamenamenamenamenamenamenamename").is_some_and(|v| v == "shortvalue"));
             let from = m.from_hdr().unwrap();
@@ -169,7 +220,10 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
             assert_eq!(vias.len(), 34);
             assert_eq!(vias[0].host, name("sip33.example.com"));
             assert_eq!(vias[33].host, name("host.example.com"));
-            assert_eq!(vias[33].received(), Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5))));
+            assert_eq!(
+                vias[33].received(),
+                Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5)))
+            );
             assert!(vias[33].branch().unwrap().len() > 100);
             assert_eq!(m.body.len(), 150);
         }),
@@ -178,7 +232,10 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
             assert!(m.body.is_empty());
             // The second request in the datagram is discarded.
             assert!(!m.buf.windows(6).any(|w| w == b"INVITE"));
-            assert_eq!(m.call_id().unwrap(), b("dblreq.0ha0isndaksdj99sdfafnl3lk233412"));
+            assert_eq!(
+                m.call_id().unwrap(),
+                b("dblreq.0ha0isndaksdj99sdfafnl3lk233412")
+            );
         }),
         ("rfc4475", "semiuri.dat", Valid, |m| {
             let ru = m.request_uri().unwrap();
@@ -192,8 +249,14 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
         }),
         ("rfc4475", "transports.dat", Valid, |m| {
             let t: Vec<Bytes> = m.via_iter().map(|v| v.unwrap().transport).collect();
-            assert_eq!(t, vec![b("UDP"), b("SCTP"), b("TLS"), b("UNKNOWN"), b("TCP")]);
-            assert_eq!(m.call_id().unwrap(), b("transports.kijh4akdnaqjkwendsasfdj"));
+            assert_eq!(
+                t,
+                vec![b("UDP"), b("SCTP"), b("TLS"), b("UNKNOWN"), b("TCP")]
+            );
+            assert_eq!(
+                m.call_id().unwrap(),
+                b("transports.kijh4akdnaqjkwendsasfdj")
+            );
         }),
         ("rfc4475", "mpart01.dat", Valid, |m| {
             assert_eq!(m.method(), Some(&Method::Message));
@@ -205,7 +268,9 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
         }),
         ("rfc4475", "unreason.dat", Valid, |m| {
             assert_eq!(m.status(), Some(200));
-            let podpbx_sip::StartLine::Response { reason, .. } = &m.start else { panic!() };
+            let podpbx_sip::StartLine::Response { reason, .. } = &m.start else {
+                panic!()
+            };
             assert!(reason.starts_with(b"= 2**3 * 5**2 "));
             assert!(std::str::from_utf8(reason).is_ok());
             assert_eq!(m.body.len(), 154);
@@ -213,7 +278,9 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
         }),
         ("rfc4475", "noreason.dat", Valid, |m| {
             assert_eq!(m.status(), Some(100));
-            let podpbx_sip::StartLine::Response { reason, .. } = &m.start else { panic!() };
+            let podpbx_sip::StartLine::Response { reason, .. } = &m.start else {
+                panic!()
+            };
             assert!(reason.is_empty());
             assert_eq!(m.to_hdr().unwrap().tag(), Some(b("902jndnke3")));
         }),
@@ -260,11 +327,17 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
             let from = m.from_hdr().unwrap();
             assert_eq!(from.uri.scheme, b("http"));
             assert_eq!(from.tag(), Some(b("3234233")));
-            assert_eq!(m.contact_iter().next().unwrap().unwrap().addr.uri.scheme, b("name"));
+            assert_eq!(
+                m.contact_iter().next().unwrap().unwrap().addr.uri.scheme,
+                b("name")
+            );
         }),
         ("rfc4475", "bext01.dat", Semantic, |m| {
             use podpbx_sip::HeaderName as H;
-            assert_eq!(m.tokens(H::Require), vec![b("nothingSupportsThis"), b("nothingSupportsThisEither")]);
+            assert_eq!(
+                m.tokens(H::Require),
+                vec![b("nothingSupportsThis"), b("nothingSupportsThisEither")]
+            );
             assert_eq!(m.tokens(H::ProxyRequire).len(), 2);
             assert_eq!(m.top_via().unwrap().transport, b("TLS"));
         }),
@@ -306,7 +379,10 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
             assert_eq!(c.addr.uri.host, Some(name("example.com")));
         }),
         ("rfc4475", "sdp01.dat", Semantic, |m| {
-            assert_eq!(m.header(podpbx_sip::HeaderName::Accept), Some(b("text/nobodyKnowsThis")));
+            assert_eq!(
+                m.header(podpbx_sip::HeaderName::Accept),
+                Some(b("text/nobodyKnowsThis"))
+            );
             assert_eq!(m.content_type(), Some(b("application/sdp")));
         }),
         ("rfc4475", "inv2543.dat", Valid, |m| {
@@ -348,13 +424,19 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
         }),
         ("rfc5118", "via-received-param-with-delim.dat", Valid, |m| {
             let via = m.top_via().unwrap();
-            assert_eq!(via.received(), Some("2001:db8::9:255".parse::<IpAddr>().unwrap()));
+            assert_eq!(
+                via.received(),
+                Some("2001:db8::9:255".parse::<IpAddr>().unwrap())
+            );
             assert_eq!(via.host, v6("2001:db8::9:1"));
             assert_eq!(via.branch(), Some(b("z9hG4bKas3-111")));
         }),
         ("rfc5118", "via-received-param-no-delim.dat", Valid, |m| {
             let via = m.top_via().unwrap();
-            assert_eq!(via.received(), Some("2001:db8::9:255".parse::<IpAddr>().unwrap()));
+            assert_eq!(
+                via.received(),
+                Some("2001:db8::9:255".parse::<IpAddr>().unwrap())
+            );
             assert_eq!(via.branch(), Some(b("z9hG4bKas3")));
         }),
         ("rfc5118", "ipv6-in-sdp.dat", Valid, |m| {
@@ -366,21 +448,36 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
         ("rfc5118", "mult-ip-in-header.dat", Valid, |m| {
             let vias = m.vias().unwrap();
             assert_eq!(vias.len(), 3);
-            assert_eq!((vias[0].host.clone(), vias[0].port), (v6("2001:db8::9:1"), Some(6050)));
+            assert_eq!(
+                (vias[0].host.clone(), vias[0].port),
+                (v6("2001:db8::9:1"), Some(6050))
+            );
             assert_eq!(vias[1].host, v4("192.0.2.1"));
             assert_eq!(vias[2].host, v6("2001:db8::9:255"));
-            assert_eq!(vias[2].received(), Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 200))));
+            assert_eq!(
+                vias[2].received(),
+                Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 200)))
+            );
             assert_eq!(m.method(), Some(&Method::Bye));
         }),
         ("rfc5118", "mult-ip-in-sdp.dat", Valid, |m| {
             assert_eq!(m.body.len(), 181);
-            assert_eq!(m.contact_iter().next().unwrap().unwrap().addr.uri.host, Some(v6("2001:db8::9:1")));
+            assert_eq!(
+                m.contact_iter().next().unwrap().unwrap().addr.uri.host,
+                Some(v6("2001:db8::9:1"))
+            );
         }),
         ("rfc5118", "ipv4-mapped-ipv6.dat", Valid, |m| {
             assert_eq!(m.body.len(), 236);
             let vias = m.vias().unwrap();
-            assert_eq!((vias[0].host.clone(), vias[0].port), (v6("::ffff:192.0.2.10"), Some(19823)));
-            assert_eq!((vias[1].host.clone(), vias[1].port), (v6("::ffff:192.0.2.2"), None));
+            assert_eq!(
+                (vias[0].host.clone(), vias[0].port),
+                (v6("::ffff:192.0.2.10"), Some(19823))
+            );
+            assert_eq!(
+                (vias[1].host.clone(), vias[1].port),
+                (v6("::ffff:192.0.2.2"), None)
+            );
             let c = m.contact_iter().next().unwrap().unwrap();
             assert_eq!(c.addr.display, Some(b("T. desk phone")));
             assert_eq!(c.addr.uri.host, Some(v6("::ffff:192.0.2.2")));
@@ -389,7 +486,10 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
         ("rfc5118", "ipv6-correct-abnf-2-colons.dat", Valid, |m| {
             let ru = m.request_uri().unwrap();
             assert_eq!(ru.host, Some(v6("2001:db8::192.0.2.1")));
-            assert_eq!(m.to_hdr().unwrap().uri.host, Some(v6("2001:db8::192.0.2.1")));
+            assert_eq!(
+                m.to_hdr().unwrap().uri.host,
+                Some(v6("2001:db8::192.0.2.1"))
+            );
         }),
     ]
 }
@@ -397,14 +497,43 @@ fn table() -> Vec<(&'static str, &'static str, Verdict, Check)> {
 /// Exercises every accessor so that a panic anywhere would show.
 pub fn touch_everything(m: &Message) {
     use podpbx_sip::HeaderName as H;
-    let _ = (m.vias(), m.top_via(), m.from_hdr(), m.to_hdr(), m.call_id(), m.cseq());
-    let _ = (m.max_forwards(), m.expires(), m.contacts(), m.routes(), m.record_routes());
-    let _ = (m.request_uri(), m.content_type(), m.tokens(H::Supported), m.validate());
+    let _ = (
+        m.vias(),
+        m.top_via(),
+        m.from_hdr(),
+        m.to_hdr(),
+        m.call_id(),
+        m.cseq(),
+    );
+    let _ = (
+        m.max_forwards(),
+        m.expires(),
+        m.contacts(),
+        m.routes(),
+        m.record_routes(),
+    );
+    let _ = (
+        m.request_uri(),
+        m.content_type(),
+        m.tokens(H::Supported),
+        m.validate(),
+    );
     for v in m.via_iter().flatten() {
-        let _ = (v.branch(), v.received(), v.rport(), v.maddr(), v.host.to_string());
+        let _ = (
+            v.branch(),
+            v.received(),
+            v.rport(),
+            v.maddr(),
+            v.host.to_string(),
+        );
     }
     for c in m.contact_iter().flatten() {
-        let _ = (c.expires(), c.q(), c.addr.display_unescaped(), c.addr.uri.param("transport"));
+        let _ = (
+            c.expires(),
+            c.q(),
+            c.addr.display_unescaped(),
+            c.addr.uri.param("transport"),
+        );
     }
     let _ = m.headers().count();
 }
@@ -415,7 +544,10 @@ fn rfc4475_rfc5118_conformance() {
     let table = table();
     let mut listed: BTreeMap<(String, String), usize> = BTreeMap::new();
     for (i, (d, f, _, _)) in table.iter().enumerate() {
-        assert!(listed.insert((d.to_string(), f.to_string()), i).is_none(), "duplicate {d}/{f}");
+        assert!(
+            listed.insert((d.to_string(), f.to_string()), i).is_none(),
+            "duplicate {d}/{f}"
+        );
     }
     // Every file on disk must be in the table, and every table entry on disk.
     let mut on_disk = 0;
@@ -424,7 +556,10 @@ fn rfc4475_rfc5118_conformance() {
         let rd = std::fs::read_dir(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for e in rd {
             let f = e.unwrap().file_name().to_string_lossy().into_owned();
-            assert!(listed.contains_key(&(d.to_string(), f.clone())), "{d}/{f} has no verdict");
+            assert!(
+                listed.contains_key(&(d.to_string(), f.clone())),
+                "{d}/{f} has no verdict"
+            );
             on_disk += 1;
         }
     }
@@ -478,16 +613,29 @@ fn rfc4475_rfc5118_conformance() {
         if outcome.is_err() {
             failures.push(format!("{d}/{f}: {text}"));
         }
-        rows.push(format!("{mark} {:<8} {:<40} {:<9} {}", d, f, format!("{verdict:?}"), text));
+        rows.push(format!(
+            "{mark} {:<8} {:<40} {:<9} {}",
+            d,
+            f,
+            format!("{verdict:?}"),
+            text
+        ));
     }
-    println!("\n{:<4} {:<8} {:<40} {:<9} outcome", "", "set", "file", "verdict");
+    println!(
+        "\n{:<4} {:<8} {:<40} {:<9} outcome",
+        "", "set", "file", "verdict"
+    );
     for r in &rows {
         println!("{r}");
     }
     println!(
         "\nvalid+semantic accepted: {ok_valid}/{n_valid}; invalid rejected: {ok_invalid}/{n_invalid}"
     );
-    assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The invalid messages are rejected for the reason the RFC gives, not by accident.
@@ -497,30 +645,96 @@ fn invalid_messages_rejected_for_the_right_reason() {
     let load = |d: &str, f: &str| Bytes::from(std::fs::read(dir.join(d).join(f)).unwrap());
     let parse = |d: &str, f: &str| Message::parse(load(d, f), Framing::Datagram);
     let validate = |d: &str, f: &str| parse(d, f).expect("parses").validate();
-    assert_eq!(parse("rfc4475", "clerr.dat").unwrap_err(), ParseError::ContentLength);
-    assert_eq!(parse("rfc4475", "ncl.dat").unwrap_err(), ParseError::ContentLength);
-    assert_eq!(parse("rfc4475", "mcl01.dat").unwrap_err(), ParseError::ContentLength);
-    assert_eq!(parse("rfc4475", "bigcode.dat").unwrap_err(), ParseError::StartLine);
+    assert_eq!(
+        parse("rfc4475", "clerr.dat").unwrap_err(),
+        ParseError::ContentLength
+    );
+    assert_eq!(
+        parse("rfc4475", "ncl.dat").unwrap_err(),
+        ParseError::ContentLength
+    );
+    assert_eq!(
+        parse("rfc4475", "mcl01.dat").unwrap_err(),
+        ParseError::ContentLength
+    );
+    assert_eq!(
+        parse("rfc4475", "bigcode.dat").unwrap_err(),
+        ParseError::StartLine
+    );
     assert_eq!(validate("rfc4475", "badvers.dat"), Err(ParseError::Version));
-    assert_eq!(validate("rfc4475", "lwsstart.dat"), Err(ParseError::StartLine));
+    assert_eq!(
+        validate("rfc4475", "lwsstart.dat"),
+        Err(ParseError::StartLine)
+    );
     assert_eq!(validate("rfc4475", "trws.dat"), Err(ParseError::StartLine));
-    assert_eq!(validate("rfc4475", "lwsruri.dat"), Err(ParseError::StartLine));
-    assert_eq!(validate("rfc4475", "ltgtruri.dat"), Err(ParseError::Value("Request-URI")));
-    assert_eq!(validate("rfc4475", "escruri.dat"), Err(ParseError::Value("Request-URI")));
-    assert_eq!(validate("rfc5118", "ipv6-bad.dat"), Err(ParseError::Value("Request-URI")));
-    assert_eq!(validate("rfc5118", "ipv6-bug-abnf-3-colons.dat"), Err(ParseError::Value("Request-URI")));
-    assert_eq!(validate("rfc4475", "mismatch01.dat"), Err(ParseError::Value("CSeq method")));
-    assert_eq!(validate("rfc4475", "mismatch02.dat"), Err(ParseError::Value("CSeq method")));
-    assert_eq!(validate("rfc4475", "insuf.dat"), Err(ParseError::Count("To")));
-    assert_eq!(validate("rfc4475", "multi01.dat"), Err(ParseError::Count("To")));
-    assert_eq!(validate("rfc4475", "quotbal.dat"), Err(ParseError::Value("To")));
-    assert_eq!(validate("rfc4475", "badaspec.dat"), Err(ParseError::Value("To")));
-    assert_eq!(validate("rfc4475", "baddn.dat"), Err(ParseError::Value("From")));
-    assert_eq!(validate("rfc4475", "regbadct.dat"), Err(ParseError::Value("Contact")));
-    assert_eq!(validate("rfc4475", "baddate.dat"), Err(ParseError::Value("Date")));
-    assert_eq!(validate("rfc4475", "scalar02.dat"), Err(ParseError::Value("CSeq")));
-    assert_eq!(validate("rfc4475", "scalarlg.dat"), Err(ParseError::Value("CSeq")));
-    assert_eq!(validate("rfc4475", "badinv01.dat"), Err(ParseError::Value("Via")));
+    assert_eq!(
+        validate("rfc4475", "lwsruri.dat"),
+        Err(ParseError::StartLine)
+    );
+    assert_eq!(
+        validate("rfc4475", "ltgtruri.dat"),
+        Err(ParseError::Value("Request-URI"))
+    );
+    assert_eq!(
+        validate("rfc4475", "escruri.dat"),
+        Err(ParseError::Value("Request-URI"))
+    );
+    assert_eq!(
+        validate("rfc5118", "ipv6-bad.dat"),
+        Err(ParseError::Value("Request-URI"))
+    );
+    assert_eq!(
+        validate("rfc5118", "ipv6-bug-abnf-3-colons.dat"),
+        Err(ParseError::Value("Request-URI"))
+    );
+    assert_eq!(
+        validate("rfc4475", "mismatch01.dat"),
+        Err(ParseError::Value("CSeq method"))
+    );
+    assert_eq!(
+        validate("rfc4475", "mismatch02.dat"),
+        Err(ParseError::Value("CSeq method"))
+    );
+    assert_eq!(
+        validate("rfc4475", "insuf.dat"),
+        Err(ParseError::Count("To"))
+    );
+    assert_eq!(
+        validate("rfc4475", "multi01.dat"),
+        Err(ParseError::Count("To"))
+    );
+    assert_eq!(
+        validate("rfc4475", "quotbal.dat"),
+        Err(ParseError::Value("To"))
+    );
+    assert_eq!(
+        validate("rfc4475", "badaspec.dat"),
+        Err(ParseError::Value("To"))
+    );
+    assert_eq!(
+        validate("rfc4475", "baddn.dat"),
+        Err(ParseError::Value("From"))
+    );
+    assert_eq!(
+        validate("rfc4475", "regbadct.dat"),
+        Err(ParseError::Value("Contact"))
+    );
+    assert_eq!(
+        validate("rfc4475", "baddate.dat"),
+        Err(ParseError::Value("Date"))
+    );
+    assert_eq!(
+        validate("rfc4475", "scalar02.dat"),
+        Err(ParseError::Value("CSeq"))
+    );
+    assert_eq!(
+        validate("rfc4475", "scalarlg.dat"),
+        Err(ParseError::Value("CSeq"))
+    );
+    assert_eq!(
+        validate("rfc4475", "badinv01.dat"),
+        Err(ParseError::Value("Via"))
+    );
     // Each scalar of scalar02 is out of range on its own too.
     let m = parse("rfc4475", "scalar02.dat").unwrap();
     assert!(m.max_forwards().unwrap().unwrap() > 255);
@@ -534,5 +748,8 @@ fn invalid_messages_rejected_for_the_right_reason() {
         Message::parse(load("rfc4475", "clerr.dat"), Framing::Stream).unwrap_err(),
         ParseError::Incomplete
     );
-    assert_eq!(podpbx_sip::message::frame_stream(&load("rfc4475", "clerr.dat")), Ok(None));
+    assert_eq!(
+        podpbx_sip::message::frame_stream(&load("rfc4475", "clerr.dat")),
+        Ok(None)
+    );
 }

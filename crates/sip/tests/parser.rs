@@ -52,11 +52,20 @@ fn typed_accessors_on_a_typical_invite() {
     assert_eq!(m.status(), None);
     let vias = m.vias().unwrap();
     assert_eq!(vias.len(), 2);
-    assert_eq!(vias[0].raw, b("SIP/2.0/UDP 192.0.2.4:5060;branch=z9hG4bKnashds8;rport"));
+    assert_eq!(
+        vias[0].raw,
+        b("SIP/2.0/UDP 192.0.2.4:5060;branch=z9hG4bKnashds8;rport")
+    );
     assert_eq!(vias[0].port, Some(5060));
     assert_eq!(vias[0].rport(), Some(None));
-    assert_eq!(vias[1].raw, b("SIP/2.0/TCP  proxy.example.com ;branch=z9hG4bK77ef4c2312983.1 ;received=192.0.2.1"));
-    assert_eq!(vias[1].received(), Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
+    assert_eq!(
+        vias[1].raw,
+        b("SIP/2.0/TCP  proxy.example.com ;branch=z9hG4bK77ef4c2312983.1 ;received=192.0.2.1")
+    );
+    assert_eq!(
+        vias[1].received(),
+        Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
+    );
     assert_eq!(vias[1].rport(), None);
     let from = m.from_hdr().unwrap();
     assert_eq!(from.display_unescaped().unwrap().as_ref(), b"Alice \"A\"");
@@ -64,7 +73,9 @@ fn typed_accessors_on_a_typical_invite() {
     let to = m.to_hdr().unwrap();
     assert_eq!(to.display, Some(b("Bob")));
     assert_eq!(to.tag(), None);
-    let Some(ContactList::List(cs)) = m.contacts().unwrap() else { panic!() };
+    let Some(ContactList::List(cs)) = m.contacts().unwrap() else {
+        panic!()
+    };
     assert_eq!(cs.len(), 2);
     assert_eq!((cs[0].expires(), cs[0].q()), (Some(60), Some(700)));
     assert_eq!(
@@ -72,11 +83,17 @@ fn typed_accessors_on_a_typical_invite() {
         Some(b("\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\""))
     );
     assert_eq!(cs[1].addr.params.get("reg-id"), Some(b("1")));
-    assert_eq!(cs[1].addr.uri.host, Some(Host::V4(Ipv4Addr::new(192, 0, 2, 4))));
+    assert_eq!(
+        cs[1].addr.uri.host,
+        Some(Host::V4(Ipv4Addr::new(192, 0, 2, 4)))
+    );
     let routes = m.routes().unwrap();
     assert_eq!(routes.len(), 3);
     assert_eq!(routes[2].uri.host, Some(Host::Name(b("p3.example.com"))));
-    assert_eq!(m.tokens(HeaderName::Supported), vec![b("replaces"), b("timer"), b("100rel")]);
+    assert_eq!(
+        m.tokens(HeaderName::Supported),
+        vec![b("replaces"), b("timer"), b("100rel")]
+    );
     assert_eq!(m.content_type(), Some(b("application/sdp")));
     assert_eq!(m.body, b("v=0\r\n"));
     assert_eq!(m.header_lines(HeaderName::Route).count(), 2);
@@ -119,7 +136,10 @@ l: 0
     assert_eq!(m.header(HeaderName::Subject), Some(b("first\r\n  second")));
     assert!(m.validate().is_ok());
     // A continuation line before any header is malformed.
-    let e = Message::parse(b("OPTIONS sip:a@b SIP/2.0\r\n cont\r\n\r\n"), Framing::Datagram);
+    let e = Message::parse(
+        b("OPTIONS sip:a@b SIP/2.0\r\n cont\r\n\r\n"),
+        Framing::Datagram,
+    );
     assert_eq!(e.unwrap_err(), ParseError::Header);
 }
 
@@ -150,7 +170,11 @@ fn compact_forms_and_names() {
     ];
     for (n, h) in cases {
         assert_eq!(HeaderName::from_bytes(n.as_bytes()), h, "{n}");
-        assert_eq!(HeaderName::from_bytes(n.to_uppercase().as_bytes()), h, "{n}");
+        assert_eq!(
+            HeaderName::from_bytes(n.to_uppercase().as_bytes()),
+            h,
+            "{n}"
+        );
     }
     let m = parse(&crlf(
         "SUBSCRIBE sip:a@example.com SIP/2.0
@@ -179,12 +203,21 @@ ok",
     assert_eq!(m.other_header("Allow-Events"), Some(b("presence, dialog")));
     assert_eq!(m.other_header("allow-events"), Some(b("presence, dialog")));
     assert_eq!(m.other_header("u"), Some(b("presence, dialog")));
-    assert_eq!(m.other_header("Session-Expires"), Some(b("1800;refresher=uac")));
+    assert_eq!(
+        m.other_header("Session-Expires"),
+        Some(b("1800;refresher=uac"))
+    );
     assert_eq!(m.other_header("identity"), Some(b("abc")));
     assert_eq!(m.other_header("Reject-Contact"), Some(b("*;audio")));
     assert_eq!(m.other_header("Call-ID"), Some(b("compact@x")));
-    assert_eq!(m.header(HeaderName::ReferTo), Some(b("<sip:c@example.com>")));
-    assert_eq!(m.header(HeaderName::ReferredBy), Some(b("<sip:d@example.com>")));
+    assert_eq!(
+        m.header(HeaderName::ReferTo),
+        Some(b("<sip:c@example.com>"))
+    );
+    assert_eq!(
+        m.header(HeaderName::ReferredBy),
+        Some(b("<sip:d@example.com>"))
+    );
     assert_eq!(m.header(HeaderName::ContentEncoding), Some(b("gzip")));
     assert_eq!(m.content_type(), Some(b("text/plain")));
     assert_eq!(m.header(HeaderName::Subject), Some(b("hi")));
@@ -211,7 +244,10 @@ fn uris_and_ipv6() {
     let u = Uri::parse(b("SIPS:alice:secret@[::ffff:192.0.2.1]")).unwrap();
     assert_eq!(u.scheme, b("sips"));
     assert_eq!(u.password, Some(b("secret")));
-    assert_eq!(u.host.as_ref().and_then(Host::ip), Some("::ffff:192.0.2.1".parse::<IpAddr>().unwrap()));
+    assert_eq!(
+        u.host.as_ref().and_then(Host::ip),
+        Some("::ffff:192.0.2.1".parse::<IpAddr>().unwrap())
+    );
     for bad in [
         "sip:2001:db8::10",
         "sip:user@2001:db8::10",
@@ -237,7 +273,10 @@ fn uris_and_ipv6() {
         assert!(Uri::parse(b(bad)).is_err(), "{bad}");
     }
     // Carrier parameters stay in the user part.
-    let u = Uri::parse(b("sip:+15551234567;npdi;rn=+15559876543@gw.example.com;user=phone")).unwrap();
+    let u = Uri::parse(b(
+        "sip:+15551234567;npdi;rn=+15559876543@gw.example.com;user=phone",
+    ))
+    .unwrap();
     assert_eq!(u.user, Some(b("+15551234567;npdi;rn=+15559876543")));
     assert_eq!(u.host, Some(Host::Name(b("gw.example.com"))));
     assert_eq!(u.param("user"), Some(b("phone")));
@@ -250,13 +289,22 @@ fn uris_and_ipv6() {
     assert_eq!(u.headers, b("Replaces=abc@host%3Bto-tag%3D1"));
     // Opaque schemes.
     let u = Uri::parse(b("tel:+1-201-555-0123;phone-context=example.com")).unwrap();
-    assert_eq!((u.scheme.clone(), u.host.clone(), u.user.clone()), (b("tel"), None, None));
+    assert_eq!(
+        (u.scheme.clone(), u.host.clone(), u.user.clone()),
+        (b("tel"), None, None)
+    );
     assert!(!u.is_sip());
     assert_eq!(Uri::parse(b("URN:service:sos")).unwrap().scheme, b("urn"));
     // Host display.
-    assert_eq!(Host::V4(Ipv4Addr::new(192, 0, 2, 1)).to_string(), "192.0.2.1");
+    assert_eq!(
+        Host::V4(Ipv4Addr::new(192, 0, 2, 1)).to_string(),
+        "192.0.2.1"
+    );
     assert_eq!(Host::V6(Ipv6Addr::LOCALHOST).to_string(), "[::1]");
-    assert_eq!(Host::parse_lenient(&b("2001:db8::1")).unwrap(), Host::V6("2001:db8::1".parse().unwrap()));
+    assert_eq!(
+        Host::parse_lenient(&b("2001:db8::1")).unwrap(),
+        Host::V6("2001:db8::1".parse().unwrap())
+    );
     assert!(Host::parse(&b("2001:db8::1")).is_err());
 }
 
@@ -276,29 +324,43 @@ Content-Length: 0
 
 #[test]
 fn via_rport_received_maddr() {
-    let v = via_msg("SIP/2.0/UDP 192.0.2.1;rport;branch=z9hG4bK1").top_via().unwrap();
-    assert_eq!(v.rport(), Some(None));
-    let v = via_msg("SIP/2.0/UDP 192.0.2.1;rport=4711;branch=z9hG4bK1").top_via().unwrap();
-    assert_eq!(v.rport(), Some(Some(4711)));
-    let v = via_msg("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1").top_via().unwrap();
-    assert_eq!(v.rport(), None);
-    assert_eq!(v.received(), None);
-    let v = via_msg("SIP/2.0/UDP [2001:db8::1]:5062;received=[2001:db8::9];rport=1;maddr=[ff02::1]")
+    let v = via_msg("SIP/2.0/UDP 192.0.2.1;rport;branch=z9hG4bK1")
         .top_via()
         .unwrap();
+    assert_eq!(v.rport(), Some(None));
+    let v = via_msg("SIP/2.0/UDP 192.0.2.1;rport=4711;branch=z9hG4bK1")
+        .top_via()
+        .unwrap();
+    assert_eq!(v.rport(), Some(Some(4711)));
+    let v = via_msg("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1")
+        .top_via()
+        .unwrap();
+    assert_eq!(v.rport(), None);
+    assert_eq!(v.received(), None);
+    let v =
+        via_msg("SIP/2.0/UDP [2001:db8::1]:5062;received=[2001:db8::9];rport=1;maddr=[ff02::1]")
+            .top_via()
+            .unwrap();
     assert_eq!(v.port, Some(5062));
     assert_eq!(v.received(), Some("2001:db8::9".parse().unwrap()));
     assert_eq!(v.maddr(), Some(Host::V6("ff02::1".parse().unwrap())));
-    let v = via_msg("SIP/2.0/UDP h.example.com;received=2001:db8::9;maddr=224.0.1.75;ttl=1").top_via().unwrap();
+    let v = via_msg("SIP/2.0/UDP h.example.com;received=2001:db8::9;maddr=224.0.1.75;ttl=1")
+        .top_via()
+        .unwrap();
     assert_eq!(v.received(), Some("2001:db8::9".parse().unwrap()));
     assert_eq!(v.maddr(), Some(Host::V4(Ipv4Addr::new(224, 0, 1, 75))));
     assert_eq!(v.params.get("ttl"), Some(b("1")));
     // Comma lists, with commas inside quoted strings and brackets not splitting.
-    let m = via_msg("SIP/2.0/UDP [2001:db8::1];x=\"a,b\" , SIP/2.0/TCP b.example.com:5061;branch=z9hG4bK2");
+    let m = via_msg(
+        "SIP/2.0/UDP [2001:db8::1];x=\"a,b\" , SIP/2.0/TCP b.example.com:5061;branch=z9hG4bK2",
+    );
     let vias = m.vias().unwrap();
     assert_eq!(vias.len(), 2);
     assert_eq!(vias[0].params.get("x"), Some(b("\"a,b\"")));
-    assert_eq!((vias[1].transport.clone(), vias[1].port), (b("TCP"), Some(5061)));
+    assert_eq!(
+        (vias[1].transport.clone(), vias[1].port),
+        (b("TCP"), Some(5061))
+    );
     // Malformed Vias.
     for bad in [
         "SIP/2.0/UDP 2001:db8::1;branch=z9hG4bK1",
@@ -370,24 +432,47 @@ fn content_length_rules() {
     };
     let p = |s: String, f| Message::parse(Bytes::from(s), f);
     // Extra datagram octets are discarded.
-    let m = p(msg("Content-Length: 5\r\n", "helloEXTRA"), Framing::Datagram).unwrap();
+    let m = p(
+        msg("Content-Length: 5\r\n", "helloEXTRA"),
+        Framing::Datagram,
+    )
+    .unwrap();
     assert_eq!(m.body, b("hello"));
     assert!(!m.buf.ends_with(b"EXTRA"));
     // Missing Content-Length: rest of the datagram; mandatory over a stream.
     let m = p(msg("", "hello"), Framing::Datagram).unwrap();
     assert_eq!(m.body, b("hello"));
-    assert_eq!(p(msg("", "hello"), Framing::Stream).unwrap_err(), ParseError::ContentLength);
+    assert_eq!(
+        p(msg("", "hello"), Framing::Stream).unwrap_err(),
+        ParseError::ContentLength
+    );
     // Too large: error over UDP, incomplete over TCP.
-    assert_eq!(p(msg("l: 6\r\n", "hello"), Framing::Datagram).unwrap_err(), ParseError::ContentLength);
-    assert_eq!(p(msg("l: 6\r\n", "hello"), Framing::Stream).unwrap_err(), ParseError::Incomplete);
+    assert_eq!(
+        p(msg("l: 6\r\n", "hello"), Framing::Datagram).unwrap_err(),
+        ParseError::ContentLength
+    );
+    assert_eq!(
+        p(msg("l: 6\r\n", "hello"), Framing::Stream).unwrap_err(),
+        ParseError::Incomplete
+    );
     for bad in ["-1", "+5", "5x", "", "0x5", "99999999999999999999", "5 5"] {
-        let e = p(msg(&format!("Content-Length: {bad}\r\n"), "hello"), Framing::Datagram);
+        let e = p(
+            msg(&format!("Content-Length: {bad}\r\n"), "hello"),
+            Framing::Datagram,
+        );
         assert_eq!(e.unwrap_err(), ParseError::ContentLength, "{bad:?}");
     }
     // Duplicates: equal ones parse (validate flags them), differing ones are an error.
-    let m = p(msg("Content-Length: 5\r\nl: 5\r\n", "hello"), Framing::Datagram).unwrap();
+    let m = p(
+        msg("Content-Length: 5\r\nl: 5\r\n", "hello"),
+        Framing::Datagram,
+    )
+    .unwrap();
     assert_eq!(m.validate(), Err(ParseError::Count("Content-Length")));
-    let e = p(msg("Content-Length: 5\r\nl: 4\r\n", "hello"), Framing::Datagram);
+    let e = p(
+        msg("Content-Length: 5\r\nl: 4\r\n", "hello"),
+        Framing::Datagram,
+    );
     assert_eq!(e.unwrap_err(), ParseError::ContentLength);
 }
 
@@ -399,7 +484,11 @@ fn frame_stream_partial_and_multiple() {
     assert_eq!(frame_stream(two.as_bytes()), Ok(Some(n)));
     assert_eq!(frame_stream(&two.as_bytes()[n..]), Ok(Some(n)));
     for cut in [0, 1, 10, 200, n - 5, n - 1] {
-        assert_eq!(frame_stream(&one.as_bytes()[..cut]), Ok(None), "cut at {cut}");
+        assert_eq!(
+            frame_stream(&one.as_bytes()[..cut]),
+            Ok(None),
+            "cut at {cut}"
+        );
     }
     // Leading keep-alives are counted and reported.
     let ka = format!("\r\n\r\n{one}");
@@ -414,7 +503,10 @@ fn frame_stream_partial_and_multiple() {
     assert_eq!(m.body, b("v=0\r\n"));
     // Content-Length is mandatory on a stream.
     let no_cl = "OPTIONS sip:a@b.example.com SIP/2.0\r\nCall-ID: x\r\n\r\n";
-    assert_eq!(frame_stream(no_cl.as_bytes()), Err(ParseError::ContentLength));
+    assert_eq!(
+        frame_stream(no_cl.as_bytes()),
+        Err(ParseError::ContentLength)
+    );
     // Garbage without an end of headers is cut off at the size limit.
     let junk = vec![b'a'; MAX_MESSAGE_BYTES + 10];
     assert_eq!(frame_stream(&junk), Err(ParseError::TooLarge));
@@ -426,29 +518,66 @@ fn frame_stream_partial_and_multiple() {
     // A declared body beyond the limit.
     let big = "OPTIONS sip:a@b.example.com SIP/2.0\r\nl: 70000\r\n\r\n";
     assert_eq!(frame_stream(big.as_bytes()), Err(ParseError::TooLarge));
-    assert_eq!(frame_stream(b"OPTIONS sip:a SIP/2.0\r\nbad header\r\n\r\n"), Err(ParseError::Header));
+    assert_eq!(
+        frame_stream(b"OPTIONS sip:a SIP/2.0\r\nbad header\r\n\r\n"),
+        Err(ParseError::Header)
+    );
 }
 
 #[test]
 fn limits() {
-    let base = "OPTIONS sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\r\n";
+    let base =
+        "OPTIONS sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\r\n";
     // One header line over 8 KiB.
-    let huge = format!("{base}X-Big: {}\r\nContent-Length: 0\r\n\r\n", "a".repeat(9000));
-    assert_eq!(Message::parse(Bytes::from(huge), Framing::Datagram).unwrap_err(), ParseError::TooLarge);
+    let huge = format!(
+        "{base}X-Big: {}\r\nContent-Length: 0\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert_eq!(
+        Message::parse(Bytes::from(huge), Framing::Datagram).unwrap_err(),
+        ParseError::TooLarge
+    );
     // ... also when reached through folding.
-    let folded = format!("{base}X-Big: a{}\r\nContent-Length: 0\r\n\r\n", "\r\n continued".repeat(900));
-    assert_eq!(Message::parse(Bytes::from(folded), Framing::Datagram).unwrap_err(), ParseError::TooLarge);
+    let folded = format!(
+        "{base}X-Big: a{}\r\nContent-Length: 0\r\n\r\n",
+        "\r\n continued".repeat(900)
+    );
+    assert_eq!(
+        Message::parse(Bytes::from(folded), Framing::Datagram).unwrap_err(),
+        ParseError::TooLarge
+    );
     // A long start line.
-    let long_start = format!("OPTIONS sip:{}@example.com SIP/2.0\r\n\r\n", "a".repeat(9000));
-    assert_eq!(Message::parse(Bytes::from(long_start), Framing::Datagram).unwrap_err(), ParseError::TooLarge);
+    let long_start = format!(
+        "OPTIONS sip:{}@example.com SIP/2.0\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert_eq!(
+        Message::parse(Bytes::from(long_start), Framing::Datagram).unwrap_err(),
+        ParseError::TooLarge
+    );
     // Too many headers.
-    let many = format!("{base}{}Content-Length: 0\r\n\r\n", "X-A: 1\r\n".repeat(MAX_HEADERS));
-    assert_eq!(Message::parse(Bytes::from(many), Framing::Datagram).unwrap_err(), ParseError::TooLarge);
+    let many = format!(
+        "{base}{}Content-Length: 0\r\n\r\n",
+        "X-A: 1\r\n".repeat(MAX_HEADERS)
+    );
+    assert_eq!(
+        Message::parse(Bytes::from(many), Framing::Datagram).unwrap_err(),
+        ParseError::TooLarge
+    );
     let exactly = format!("{base}{}\r\n", "X-A: 1\r\n".repeat(MAX_HEADERS - 1));
-    assert_eq!(Message::parse(Bytes::from(exactly), Framing::Datagram).unwrap().headers().count(), MAX_HEADERS);
+    assert_eq!(
+        Message::parse(Bytes::from(exactly), Framing::Datagram)
+            .unwrap()
+            .headers()
+            .count(),
+        MAX_HEADERS
+    );
     // A datagram over the message limit.
     let big = format!("{base}\r\n{}", "x".repeat(MAX_MESSAGE_BYTES));
-    assert_eq!(Message::parse(Bytes::from(big), Framing::Datagram).unwrap_err(), ParseError::TooLarge);
+    assert_eq!(
+        Message::parse(Bytes::from(big), Framing::Datagram).unwrap_err(),
+        ParseError::TooLarge
+    );
     // The biggest allowed datagram works (offsets fit u16).
     let head = format!("{base}X-Last: end\r\n\r\n");
     let fill = MAX_MESSAGE_BYTES - head.len();
@@ -463,15 +592,27 @@ fn limits() {
 fn non_utf8_and_garbage() {
     let mut raw = b"OPTIONS sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bK\xff\xfe\r\nTo: \"\xc3\x28\xff\" <sip:a@example.com>\r\nFrom: <sip:b@example.com>;tag=\xff\r\nCall-ID: \xff@x\r\nCSeq: 1 OPTIONS\r\nX-Bin: \x00\x01\xff\r\nl: 2\r\n\r\n\xff\xfe".to_vec();
     let m = Message::parse(Bytes::from(raw.clone()), Framing::Datagram).unwrap();
-    assert_eq!(m.other_header("x-bin"), Some(Bytes::from_static(b"\x00\x01\xff")));
-    assert_eq!(m.to_hdr().unwrap().display, Some(Bytes::from_static(b"\xc3\x28\xff")));
+    assert_eq!(
+        m.other_header("x-bin"),
+        Some(Bytes::from_static(b"\x00\x01\xff"))
+    );
+    assert_eq!(
+        m.to_hdr().unwrap().display,
+        Some(Bytes::from_static(b"\xc3\x28\xff"))
+    );
     assert!(m.top_via().is_err());
     assert!(m.validate().is_err());
     assert_eq!(m.body, Bytes::from_static(b"\xff\xfe"));
     // Non-token octets in a header name or method.
     raw[0] = 0xff;
-    assert_eq!(Message::parse(Bytes::from(raw), Framing::Datagram).unwrap_err(), ParseError::StartLine);
-    let e = Message::parse(Bytes::from_static(b"OPTIONS sip:a SIP/2.0\r\nX\xffY: 1\r\n\r\n"), Framing::Datagram);
+    assert_eq!(
+        Message::parse(Bytes::from(raw), Framing::Datagram).unwrap_err(),
+        ParseError::StartLine
+    );
+    let e = Message::parse(
+        Bytes::from_static(b"OPTIONS sip:a SIP/2.0\r\nX\xffY: 1\r\n\r\n"),
+        Framing::Datagram,
+    );
     assert_eq!(e.unwrap_err(), ParseError::Header);
     for junk in [
         &b""[..],
@@ -489,10 +630,17 @@ fn non_utf8_and_garbage() {
         b":\r\n\r\n",
         b"INVITE sip:a SIP/2.0\r\n: x\r\n\r\n",
     ] {
-        assert!(Message::parse(Bytes::copy_from_slice(junk), Framing::Datagram).is_err(), "{junk:?}");
+        assert!(
+            Message::parse(Bytes::copy_from_slice(junk), Framing::Datagram).is_err(),
+            "{junk:?}"
+        );
     }
     // A response without a reason phrase, and one with a lower-case version.
-    let m = Message::parse(Bytes::from_static(b"SIP/2.0 180\r\n\r\n"), Framing::Datagram).unwrap();
+    let m = Message::parse(
+        Bytes::from_static(b"SIP/2.0 180\r\n\r\n"),
+        Framing::Datagram,
+    )
+    .unwrap();
     assert_eq!(m.status(), Some(180));
 }
 
@@ -542,7 +690,10 @@ fn response_builder_echoes_vias_and_fills_received_rport() {
     assert_eq!(top.received(), Some("203.0.113.7".parse().unwrap()));
     assert_eq!(top.branch(), Some(b("z9hG4bKnashds8")));
     assert_eq!(r.to_hdr().unwrap().tag(), Some(b("as83kd")));
-    assert_eq!(r.header(HeaderName::To), Some(b("Bob <sip:bob@biloxi.example.com>;tag=as83kd")));
+    assert_eq!(
+        r.header(HeaderName::To),
+        Some(b("Bob <sip:bob@biloxi.example.com>;tag=as83kd"))
+    );
     assert_eq!(r.header(HeaderName::From), req.header(HeaderName::From));
     assert_eq!(r.call_id().unwrap(), req.call_id().unwrap());
     assert_eq!(r.cseq().unwrap(), req.cseq().unwrap());
@@ -553,7 +704,9 @@ fn response_builder_echoes_vias_and_fills_received_rport() {
     assert!(resp.ends_with(b"\r\n\r\n"));
 
     // 100 Trying without to_tag: no tag; a body sets Content-Type and Content-Length.
-    let r = ResponseBuilder::new(&req, 100, "Trying", src("192.0.2.4:5060")).body("text/plain", b"hi").build();
+    let r = ResponseBuilder::new(&req, 100, "Trying", src("192.0.2.4:5060"))
+        .body("text/plain", b"hi")
+        .build();
     let r = Message::parse(r, Framing::Datagram).unwrap();
     assert_eq!(r.to_hdr().unwrap().tag(), None);
     assert_eq!(r.content_type(), Some(b("text/plain")));
@@ -561,7 +714,9 @@ fn response_builder_echoes_vias_and_fills_received_rport() {
     // rport present: received is added even though the address matches.
     assert_eq!(
         r.header(HeaderName::Via),
-        Some(b("SIP/2.0/UDP 192.0.2.4:5060;branch=z9hG4bKnashds8;rport=5060;received=192.0.2.4"))
+        Some(b(
+            "SIP/2.0/UDP 192.0.2.4:5060;branch=z9hG4bKnashds8;rport=5060;received=192.0.2.4"
+        ))
     );
 }
 
@@ -569,39 +724,108 @@ fn response_builder_echoes_vias_and_fills_received_rport() {
 fn response_builder_received_rules() {
     let top = |via: &str, source: Option<SocketAddr>| {
         let req = via_msg(via);
-        let r = ResponseBuilder::new(&req, 200, "OK", source).to_tag("t").build();
+        let r = ResponseBuilder::new(&req, 200, "OK", source)
+            .to_tag("t")
+            .build();
         let r = Message::parse(r, Framing::Datagram).unwrap();
         assert!(r.validate().is_ok());
         r.header(HeaderName::Via).unwrap()
     };
     // Same IP, no rport: unchanged.
-    assert_eq!(top("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1", src("192.0.2.1:5060")), b("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1"));
+    assert_eq!(
+        top(
+            "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1",
+            src("192.0.2.1:5060")
+        ),
+        b("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1")
+    );
     // Different IP or a name: received added.
-    assert_eq!(top("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1", src("192.0.2.2:5060")), b("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1;received=192.0.2.2"));
-    assert_eq!(top("SIP/2.0/UDP pc.example.com;branch=z9hG4bK1", src("192.0.2.2:5060")), b("SIP/2.0/UDP pc.example.com;branch=z9hG4bK1;received=192.0.2.2"));
+    assert_eq!(
+        top(
+            "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1",
+            src("192.0.2.2:5060")
+        ),
+        b("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1;received=192.0.2.2")
+    );
+    assert_eq!(
+        top(
+            "SIP/2.0/UDP pc.example.com;branch=z9hG4bK1",
+            src("192.0.2.2:5060")
+        ),
+        b("SIP/2.0/UDP pc.example.com;branch=z9hG4bK1;received=192.0.2.2")
+    );
     // IPv6 source: received without brackets (RFC 5118 §4.5), and it reads back.
-    let v = top("SIP/2.0/UDP [2001:db8::1];rport;branch=z9hG4bK1", src("[2001:db8::99]:5099"));
-    assert_eq!(v, b("SIP/2.0/UDP [2001:db8::1];rport=5099;branch=z9hG4bK1;received=2001:db8::99"));
+    let v = top(
+        "SIP/2.0/UDP [2001:db8::1];rport;branch=z9hG4bK1",
+        src("[2001:db8::99]:5099"),
+    );
+    assert_eq!(
+        v,
+        b("SIP/2.0/UDP [2001:db8::1];rport=5099;branch=z9hG4bK1;received=2001:db8::99")
+    );
     // Same IPv6 address, no rport: unchanged.
-    assert_eq!(top("SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1", src("[2001:db8::1]:5060")), b("SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1"));
+    assert_eq!(
+        top(
+            "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1",
+            src("[2001:db8::1]:5060")
+        ),
+        b("SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1")
+    );
     // IPv4-mapped source compares and prints as IPv4.
-    assert_eq!(top("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1", src("[::ffff:192.0.2.1]:5060")), b("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1"));
-    assert_eq!(top("SIP/2.0/UDP 192.0.2.1;rport", src("[::ffff:192.0.2.9]:7")), b("SIP/2.0/UDP 192.0.2.1;rport=7;received=192.0.2.9"));
+    assert_eq!(
+        top(
+            "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1",
+            src("[::ffff:192.0.2.1]:5060")
+        ),
+        b("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1")
+    );
+    assert_eq!(
+        top("SIP/2.0/UDP 192.0.2.1;rport", src("[::ffff:192.0.2.9]:7")),
+        b("SIP/2.0/UDP 192.0.2.1;rport=7;received=192.0.2.9")
+    );
     // rport with white space around it, and a comma list where only the first value changes.
     assert_eq!(
         top("SIP/2.0/UDP a.example.com ; rport ;branch=z9hG4bK1 , SIP/2.0/UDP b.example.com;rport", src("192.0.2.3:1234")),
         b("SIP/2.0/UDP a.example.com ; rport=1234 ;branch=z9hG4bK1;received=192.0.2.3 , SIP/2.0/UDP b.example.com;rport")
     );
-    // An existing received is kept, not duplicated.
-    assert_eq!(top("SIP/2.0/UDP 192.0.2.1;received=192.0.2.50", src("192.0.2.2:5060")), b("SIP/2.0/UDP 192.0.2.1;received=192.0.2.50"));
+    // A stale, bare or matching received is replaced, completed or kept, never duplicated.
+    assert_eq!(
+        top(
+            "SIP/2.0/UDP 192.0.2.1;received=192.0.2.50;x",
+            src("192.0.2.2:5060")
+        ),
+        b("SIP/2.0/UDP 192.0.2.1;received=192.0.2.2;x")
+    );
+    assert_eq!(
+        top("SIP/2.0/UDP 192.0.2.1;received;rport", src("192.0.2.2:9")),
+        b("SIP/2.0/UDP 192.0.2.1;received=192.0.2.2;rport=9")
+    );
+    assert_eq!(
+        top(
+            "SIP/2.0/UDP 192.0.2.1;rport;received=192.0.2.2",
+            src("192.0.2.2:9")
+        ),
+        b("SIP/2.0/UDP 192.0.2.1;rport=9;received=192.0.2.2")
+    );
     // No source: unchanged.
-    assert_eq!(top("SIP/2.0/UDP 192.0.2.1;rport", None), b("SIP/2.0/UDP 192.0.2.1;rport"));
+    assert_eq!(
+        top("SIP/2.0/UDP 192.0.2.1;rport", None),
+        b("SIP/2.0/UDP 192.0.2.1;rport")
+    );
     // A To with a tag keeps it.
     let req = parse(&crlf("BYE sip:a@example.com SIP/2.0\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\nTo: <sip:a@example.com>;tag=old\nFrom: <sip:b@example.com>;tag=1\nCall-ID: t@x\nCSeq: 2 BYE\nl: 0\n\n"));
-    let r = Message::parse(ResponseBuilder::new(&req, 200, "OK", None).to_tag("new").build(), Framing::Datagram).unwrap();
+    let r = Message::parse(
+        ResponseBuilder::new(&req, 200, "OK", None)
+            .to_tag("new")
+            .build(),
+        Framing::Datagram,
+    )
+    .unwrap();
     assert_eq!(r.to_hdr().unwrap().tag(), Some(b("old")));
     // Header injection is neutralised.
-    let r = ResponseBuilder::new(&req, 200, "OK\r\nX: y", None).header("A", "b\r\nC: d").build();
+    let r = ResponseBuilder::new(&req, 200, "OK\r\nX: y", None)
+        .header("A", "b\r\nC: d")
+        .build();
     let r = Message::parse(r, Framing::Datagram).unwrap();
     assert_eq!(r.other_header("X"), None);
     assert_eq!(r.other_header("C"), None);
@@ -610,7 +834,9 @@ fn response_builder_received_rules() {
 #[test]
 fn ack_and_cancel() {
     let req = invite();
-    let resp = ResponseBuilder::new(&req, 486, "Busy Here", src("192.0.2.4:5060")).to_tag("bz").build();
+    let resp = ResponseBuilder::new(&req, 486, "Busy Here", src("192.0.2.4:5060"))
+        .to_tag("bz")
+        .build();
     let resp = Message::parse(resp, Framing::Datagram).unwrap();
     let ack = Message::parse(ack_for(&req, &resp), Framing::Datagram).unwrap();
     assert!(ack.validate().is_ok());
@@ -635,7 +861,10 @@ fn ack_and_cancel() {
     assert_eq!(cancel.method(), Some(&Method::Cancel));
     assert_eq!(cancel.request_uri().unwrap(), req.request_uri().unwrap());
     assert_eq!(cancel.vias().unwrap().len(), 1);
-    assert_eq!(cancel.top_via().unwrap().branch(), Some(b("z9hG4bKnashds8")));
+    assert_eq!(
+        cancel.top_via().unwrap().branch(),
+        Some(b("z9hG4bKnashds8"))
+    );
     assert_eq!(cancel.header(HeaderName::To), req.header(HeaderName::To));
     assert_eq!(cancel.cseq().unwrap().seq, 314159);
     assert_eq!(cancel.cseq().unwrap().method, Method::Cancel);
@@ -684,22 +913,66 @@ CSeq: {cseq}
         )))
     };
     assert!(base("", "1 OPTIONS").validate().is_ok());
-    assert!(base("Max-Forwards: 255\n", "2147483647 OPTIONS").validate().is_ok());
-    assert_eq!(base("", "2147483648 OPTIONS").validate(), Err(ParseError::Value("CSeq")));
-    assert_eq!(base("", "1 INVITE").validate(), Err(ParseError::Value("CSeq method")));
+    assert!(base("Max-Forwards: 255\n", "2147483647 OPTIONS")
+        .validate()
+        .is_ok());
+    assert_eq!(
+        base("", "2147483648 OPTIONS").validate(),
+        Err(ParseError::Value("CSeq"))
+    );
+    assert_eq!(
+        base("", "1 INVITE").validate(),
+        Err(ParseError::Value("CSeq method"))
+    );
     assert_eq!(base("", "1").validate(), Err(ParseError::Value("CSeq")));
-    assert_eq!(base("", "OPTIONS").validate(), Err(ParseError::Value("CSeq")));
-    assert_eq!(base("Max-Forwards: 256\n", "1 OPTIONS").validate(), Err(ParseError::Value("Max-Forwards")));
-    assert_eq!(base("Max-Forwards: 1\nMax-Forwards: 1\n", "1 OPTIONS").validate(), Err(ParseError::Count("Max-Forwards")));
-    assert_eq!(base("Expires: 4294967295\n", "1 OPTIONS").validate(), Ok(()));
-    assert_eq!(base("Expires: 4294967296\n", "1 OPTIONS").validate(), Err(ParseError::Value("Expires")));
-    assert_eq!(base("Contact: <sip:a@b.example.com>;expires=x\n", "1 OPTIONS").validate(), Err(ParseError::Value("Contact")));
-    assert_eq!(base("Contact: *, <sip:a@b.example.com>\n", "1 OPTIONS").validate(), Err(ParseError::Value("Contact")));
-    assert_eq!(base("Date: Sat, 13 Nov 2010 23:29:00 GMT\n", "1 OPTIONS").validate(), Ok(()));
-    assert_eq!(base("Date: Sat, 13 Nov 2010 23:29:00 PST\n", "1 OPTIONS").validate(), Err(ParseError::Value("Date")));
-    assert_eq!(base("Call-ID: t@x\n", "1 OPTIONS").validate(), Err(ParseError::Count("Call-ID")));
-    assert_eq!(base("Route: <sip:a@b.example.com;lr>,\n", "1 OPTIONS").validate(), Err(ParseError::Value("Route")));
-    assert_eq!(base("Record-Route: sip:a@b.example.com;lr\n", "1 OPTIONS").validate(), Ok(()));
+    assert_eq!(
+        base("", "OPTIONS").validate(),
+        Err(ParseError::Value("CSeq"))
+    );
+    assert_eq!(
+        base("Max-Forwards: 256\n", "1 OPTIONS").validate(),
+        Err(ParseError::Value("Max-Forwards"))
+    );
+    assert_eq!(
+        base("Max-Forwards: 1\nMax-Forwards: 1\n", "1 OPTIONS").validate(),
+        Err(ParseError::Count("Max-Forwards"))
+    );
+    assert_eq!(
+        base("Expires: 4294967295\n", "1 OPTIONS").validate(),
+        Ok(())
+    );
+    assert_eq!(
+        base("Expires: 4294967296\n", "1 OPTIONS").validate(),
+        Err(ParseError::Value("Expires"))
+    );
+    assert_eq!(
+        base("Contact: <sip:a@b.example.com>;expires=x\n", "1 OPTIONS").validate(),
+        Err(ParseError::Value("Contact"))
+    );
+    assert_eq!(
+        base("Contact: *, <sip:a@b.example.com>\n", "1 OPTIONS").validate(),
+        Err(ParseError::Value("Contact"))
+    );
+    assert_eq!(
+        base("Date: Sat, 13 Nov 2010 23:29:00 GMT\n", "1 OPTIONS").validate(),
+        Ok(())
+    );
+    assert_eq!(
+        base("Date: Sat, 13 Nov 2010 23:29:00 PST\n", "1 OPTIONS").validate(),
+        Err(ParseError::Value("Date"))
+    );
+    assert_eq!(
+        base("Call-ID: t@x\n", "1 OPTIONS").validate(),
+        Err(ParseError::Count("Call-ID"))
+    );
+    assert_eq!(
+        base("Route: <sip:a@b.example.com;lr>,\n", "1 OPTIONS").validate(),
+        Err(ParseError::Value("Route"))
+    );
+    assert_eq!(
+        base("Record-Route: sip:a@b.example.com;lr\n", "1 OPTIONS").validate(),
+        Ok(())
+    );
     let r = parse("SIP/2.0 700 Weird\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\r\nTo: <sip:a@example.com>;tag=2\r\nFrom: <sip:b@example.com>;tag=1\r\nCall-ID: s@x\r\nCSeq: 1 OPTIONS\r\n\r\n");
     assert_eq!(r.validate(), Err(ParseError::StartLine));
     let r = parse("SIP/3.0 200 OK\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\r\nTo: <sip:a@example.com>;tag=2\r\nFrom: <sip:b@example.com>;tag=1\r\nCall-ID: s@x\r\nCSeq: 1 OPTIONS\r\n\r\n");

@@ -32,7 +32,10 @@ impl Rng {
 const INTERESTING: &[u8] = b":;,\"<>[]\r\n \t\\@=?%/0123456789aZ*\x00\xff\xc3";
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().and_then(Path::parent).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(Path::parent)
+        .unwrap();
     let dir: PathBuf = root.join("..").join("shared").join("conformance");
     let mut out = Vec::new();
     for d in ["rfc4475", "rfc5118"] {
@@ -50,15 +53,43 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
 }
 
 fn exercise(m: &Message) {
-    let _ = (m.vias(), m.top_via(), m.from_hdr(), m.to_hdr(), m.call_id(), m.cseq());
-    let _ = (m.max_forwards(), m.expires(), m.contacts(), m.routes(), m.record_routes());
-    let _ = (m.request_uri(), m.content_type(), m.tokens(HeaderName::Accept));
+    let _ = (
+        m.vias(),
+        m.top_via(),
+        m.from_hdr(),
+        m.to_hdr(),
+        m.call_id(),
+        m.cseq(),
+    );
+    let _ = (
+        m.max_forwards(),
+        m.expires(),
+        m.contacts(),
+        m.routes(),
+        m.record_routes(),
+    );
+    let _ = (
+        m.request_uri(),
+        m.content_type(),
+        m.tokens(HeaderName::Accept),
+    );
     for v in m.via_iter().flatten() {
-        let _ = (v.branch(), v.received(), v.rport(), v.maddr(), v.host.to_string());
+        let _ = (
+            v.branch(),
+            v.received(),
+            v.rport(),
+            v.maddr(),
+            v.host.to_string(),
+        );
         let _ = v.params.iter().count();
     }
     for c in m.contact_iter().flatten() {
-        let _ = (c.expires(), c.q(), c.addr.display_unescaped(), c.addr.uri.param("transport"));
+        let _ = (
+            c.expires(),
+            c.q(),
+            c.addr.display_unescaped(),
+            c.addr.uri.param("transport"),
+        );
     }
     for h in m.headers() {
         let _ = m.other_header(std::str::from_utf8(&h.raw_name).unwrap_or("x"));
@@ -67,14 +98,27 @@ fn exercise(m: &Message) {
     let v6: SocketAddr = "[2001:db8::77]:5062".parse().unwrap();
     let valid = m.validate().is_ok();
     for source in [None, Some(v4), Some(v6)] {
-        let r = ResponseBuilder::new(m, 488, "Not Here", source).to_tag("fz").header("X", "y").build();
+        let r = ResponseBuilder::new(m, 488, "Not Here", source)
+            .to_tag("fz")
+            .header("X", "y")
+            .build();
         let parsed = Message::parse(r, Framing::Datagram);
         if valid && m.is_request() {
             let r = parsed.expect("response to a valid request parses");
-            assert_eq!(r.validate(), Ok(()), "response to a valid request validates");
-            assert_eq!(r.header_count(HeaderName::Via), m.header_count(HeaderName::Via));
+            assert_eq!(
+                r.validate(),
+                Ok(()),
+                "response to a valid request validates"
+            );
+            assert_eq!(
+                r.header_count(HeaderName::Via),
+                m.header_count(HeaderName::Via)
+            );
             // Via lines after the first are echoed byte for byte.
-            assert!(r.header_values(HeaderName::Via).skip(1).eq(m.header_values(HeaderName::Via).skip(1)));
+            assert!(r
+                .header_values(HeaderName::Via)
+                .skip(1)
+                .eq(m.header_values(HeaderName::Via).skip(1)));
             let (rt, mt) = (r.top_via().unwrap(), m.top_via().unwrap());
             assert_eq!((rt.branch(), &rt.host), (mt.branch(), &mt.host));
             if let Some(s) = source {
@@ -100,7 +144,9 @@ fn run_one(bytes: &[u8]) {
     }
     if let Ok(Some(n)) = frame_stream(bytes) {
         assert!(n <= bytes.len());
-        assert!(Message::parse(Bytes::copy_from_slice(&bytes[..n]), Framing::Stream).is_ok() || n > 0);
+        assert!(
+            Message::parse(Bytes::copy_from_slice(&bytes[..n]), Framing::Stream).is_ok() || n > 0
+        );
     }
 }
 
@@ -155,12 +201,18 @@ fn random_mutations_do_not_panic() {
             }
             let r = std::panic::catch_unwind(|| run_one(&m));
             if r.is_err() {
-                panic!("{name}: panic on mutated input {:?}", String::from_utf8_lossy(&m));
+                panic!(
+                    "{name}: panic on mutated input {:?}",
+                    String::from_utf8_lossy(&m)
+                );
             }
             parsed += Message::parse(Bytes::from(m), Framing::Datagram).is_ok() as usize;
             count += 1;
         }
     }
     println!("mutations tried: {count}, of which parsed: {parsed}");
-    assert!(parsed > count / 4, "mutations should mostly still parse ({parsed}/{count})");
+    assert!(
+        parsed > count / 4,
+        "mutations should mostly still parse ({parsed}/{count})"
+    );
 }

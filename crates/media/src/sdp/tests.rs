@@ -50,7 +50,10 @@ fn assert_kept(input: &str, output: &str) {
         .into_iter()
         .filter(|l| kept.contains(l))
         .collect();
-    assert_eq!(kept, out, "kept lines differ\n--- in\n{input}\n--- out\n{output}");
+    assert_eq!(
+        kept, out,
+        "kept lines differ\n--- in\n{input}\n--- out\n{output}"
+    );
 }
 
 #[test]
@@ -69,8 +72,14 @@ fn report_per_m_line() {
     assert!(!m.rtcp_mux);
     assert_eq!(m.direction, Direction::SendRecv);
     assert!(!m.on_hold());
-    assert_eq!(m.rtp_addr(), Some("192.0.2.10:49170".parse().expect("addr")));
-    assert_eq!(m.rtcp_addr(), Some("192.0.2.10:49171".parse().expect("addr")));
+    assert_eq!(
+        m.rtp_addr(),
+        Some("192.0.2.10:49170".parse().expect("addr"))
+    );
+    assert_eq!(
+        m.rtcp_addr(),
+        Some("192.0.2.10:49171".parse().expect("addr"))
+    );
 }
 
 #[test]
@@ -80,7 +89,10 @@ fn rewrite_v4_to_v6_drops_ice_keeps_rest() {
         .rewrite(&RewritePlan::anchor_all(vec![anchor("2001:db8::5", 30000)]))
         .expect("rewrite");
     assert!(out.contains("\r\nc=IN IP6 2001:db8::5\r\n"), "{out}");
-    assert!(out.contains("\r\nm=audio 30000 RTP/AVP 0 8 101\r\n"), "{out}");
+    assert!(
+        out.contains("\r\nm=audio 30000 RTP/AVP 0 8 101\r\n"),
+        "{out}"
+    );
     assert!(out.contains("\r\na=rtcp:30001\r\n"), "{out}");
     assert!(!out.contains("candidate"), "{out}");
     assert!(!out.contains("ice-"), "{out}");
@@ -90,8 +102,14 @@ fn rewrite_v4_to_v6_drops_ice_keeps_rest() {
     assert_kept(OFFER_V4, &out);
     // The result is itself valid SDP that reports our address.
     let again = Sdp::parse(out.as_bytes()).expect("reparse");
-    assert_eq!(again.media()[0].rtp_addr(), Some("[2001:db8::5]:30000".parse().expect("addr")));
-    assert_eq!(again.media()[0].rtcp_addr(), Some("[2001:db8::5]:30001".parse().expect("addr")));
+    assert_eq!(
+        again.media()[0].rtp_addr(),
+        Some("[2001:db8::5]:30000".parse().expect("addr"))
+    );
+    assert_eq!(
+        again.media()[0].rtcp_addr(),
+        Some("[2001:db8::5]:30001".parse().expect("addr"))
+    );
 }
 
 #[test]
@@ -102,7 +120,10 @@ m=audio 5004 RTP/AVP 9\r\nc=IN IP6 2001:db8::1\r\na=rtcp:5005 IN IP6 2001:db8::1
     assert_eq!(sdp.session_connection(), None);
     assert_eq!(sdp.media()[0].clock_rates(), vec![(9, 8000)]);
     let out = sdp
-        .rewrite(&RewritePlan::anchor_all(vec![anchor("198.51.100.1", 40000)]))
+        .rewrite(&RewritePlan::anchor_all(vec![anchor(
+            "198.51.100.1",
+            40000,
+        )]))
         .expect("rewrite");
     assert_eq!(
         out,
@@ -124,7 +145,10 @@ m=audio 4000 RTP/AVP 0\r\na=sendonly\r\n";
     let out = sdp
         .rewrite(&RewritePlan::anchor_all(vec![anchor("203.0.113.9", 20000)]))
         .expect("rewrite");
-    assert!(out.ends_with("m=audio 20000 RTP/AVP 0\r\na=sendonly\r\n"), "{out}");
+    assert!(
+        out.ends_with("m=audio 20000 RTP/AVP 0\r\na=sendonly\r\n"),
+        "{out}"
+    );
     assert_eq!(out.matches("a=sendonly").count(), 1);
 }
 
@@ -147,7 +171,10 @@ m=audio 4000 RTP/AVP 0\r\na=ptime:20\r\n";
 m=audio 20000 RTP/AVP 0\r\na=ptime:20\r\na=sendonly\r\n"
     );
     let re = Sdp::parse(out.as_bytes()).expect("reparse");
-    assert!(re.media()[0].on_hold(), "hold semantics survive the rewrite");
+    assert!(
+        re.media()[0].on_hold(),
+        "hold semantics survive the rewrite"
+    );
 
     // An explicit recvonly becomes inactive, replaced in place.
     let offer2 = offer.replace("a=ptime:20\r\n", "a=recvonly\r\na=ptime:20\r\n");
@@ -155,7 +182,10 @@ m=audio 20000 RTP/AVP 0\r\na=ptime:20\r\na=sendonly\r\n"
         .expect("parse")
         .rewrite(&RewritePlan::anchor_all(vec![anchor("203.0.113.9", 20000)]))
         .expect("rewrite");
-    assert!(out2.ends_with("m=audio 20000 RTP/AVP 0\r\na=inactive\r\na=ptime:20\r\n"), "{out2}");
+    assert!(
+        out2.ends_with("m=audio 20000 RTP/AVP 0\r\na=inactive\r\na=ptime:20\r\n"),
+        "{out2}"
+    );
 
     // Keep mode leaves c=0.0.0.0 in place (but still hides the peer's port).
     let mut plan = RewritePlan::anchor_all(vec![anchor("203.0.113.9", 20000)]);
@@ -168,7 +198,8 @@ m=audio 20000 RTP/AVP 0\r\na=ptime:20\r\na=sendonly\r\n"
 
 #[test]
 fn session_level_direction_inherited() {
-    let offer = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\na=inactive\r\n\
+    let offer =
+        "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\na=inactive\r\n\
 m=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\na=sendrecv\r\na=rtpmap:96 H264/90000\r\n";
     let sdp = Sdp::parse(offer.as_bytes()).expect("parse");
     assert_eq!(sdp.session_direction(), Some(Direction::Inactive));
@@ -203,7 +234,10 @@ m=application 4004 UDP/BFCP *\r\n";
     assert!(!ms[0].rejected());
     assert!(ms[1].rejected());
     assert_eq!(ms[1].rtp_addr(), None);
-    assert_eq!(ms[2].rtp_addr(), Some("192.0.2.2:4002".parse().expect("addr")));
+    assert_eq!(
+        ms[2].rtp_addr(),
+        Some("192.0.2.2:4002".parse().expect("addr"))
+    );
     assert!(ms[2].rtcp_mux);
     assert_eq!(ms[2].rtcp_addr(), ms[2].rtp_addr());
     assert_eq!(ms[2].clock_rates(), vec![(97, 90000)]);
@@ -301,10 +335,15 @@ fn origin_version_helpers() {
     let sdp = Sdp::parse(OFFER_V4.as_bytes()).expect("parse");
     let mut plan = RewritePlan::anchor_all(vec![anchor("127.0.0.1", 6000)]);
     plan.origin = OriginPlan::SetVersion(42);
-    assert!(sdp.rewrite(&plan).expect("rw").contains("o=doorbell 2890844526 42 IN IP4 192.0.2.10\r\n"));
+    assert!(sdp
+        .rewrite(&plan)
+        .expect("rw")
+        .contains("o=doorbell 2890844526 42 IN IP4 192.0.2.10\r\n"));
     // Wraps instead of overflowing.
     let max = format!("v=0\r\no=- 1 {} IN IP4 192.0.2.1\r\ns=-\r\n", u64::MAX);
-    assert!(increment_origin_version(max.as_bytes()).expect("wrap").contains("o=- 1 0 IN"));
+    assert!(increment_origin_version(max.as_bytes())
+        .expect("wrap")
+        .contains("o=- 1 0 IN"));
 }
 
 #[test]
@@ -312,7 +351,10 @@ fn fqdn_connection_is_reported_not_resolved() {
     let offer = "v=0\r\no=- 1 1 IN IP4 host.example.com\r\ns=-\r\nc=IN IP4 pbx.example.com\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
     let sdp = Sdp::parse(offer.as_bytes()).expect("parse");
     assert_eq!(
-        sdp.media()[0].connection.as_ref().map(|c| c.address.clone()),
+        sdp.media()[0]
+            .connection
+            .as_ref()
+            .map(|c| c.address.clone()),
         Some(Address::Fqdn("pbx.example.com".into()))
     );
     assert_eq!(sdp.media()[0].rtp_addr(), None);
@@ -327,9 +369,11 @@ fn plan_mismatch() {
     );
 }
 
+type Check = fn(&SdpError) -> bool;
+
 #[test]
 fn malformed_is_a_typed_error() {
-    let cases: &[(&[u8], fn(&SdpError) -> bool)] = &[
+    let cases: &[(&[u8], Check)] = &[
         (b"", |e| *e == SdpError::Empty),
         (b"\r\n\r\n", |e| *e == SdpError::Empty),
         (b"\xff\xfe\x00garbage", |e| *e == SdpError::NotUtf8),
@@ -355,7 +399,11 @@ fn malformed_is_a_typed_error() {
     for (input, check) in cases {
         match Sdp::parse(input) {
             Ok(_) => panic!("accepted {:?}", String::from_utf8_lossy(input)),
-            Err(e) => assert!(check(&e), "{:?}: unexpected {e:?}", String::from_utf8_lossy(input)),
+            Err(e) => assert!(
+                check(&e),
+                "{:?}: unexpected {e:?}",
+                String::from_utf8_lossy(input)
+            ),
         }
     }
     let big = vec![b'a'; MAX_SDP_LEN + 1];
@@ -394,7 +442,9 @@ fn random_garbage_never_panics() {
         let mut buf: Vec<u8> = if round % 2 == 0 {
             base.to_vec()
         } else {
-            (0..(next() % 300)).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect()
+            (0..(next() % 300))
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect()
         };
         // Mutate a few bytes.
         for _ in 0..(next() % 8) {
@@ -412,12 +462,19 @@ fn random_garbage_never_panics() {
                         if i % 3 == 2 {
                             MediaPlan::Reject
                         } else {
-                            MediaPlan::Anchor(anchor(if i % 2 == 0 { "127.0.0.1" } else { "::1" }, 9000))
+                            MediaPlan::Anchor(anchor(
+                                if i % 2 == 0 { "127.0.0.1" } else { "::1" },
+                                9000,
+                            ))
                         }
                     })
                     .collect(),
                 origin: OriginPlan::Increment,
-                zero_address_hold: if round % 3 == 0 { ZeroAddressHold::Keep } else { ZeroAddressHold::default() },
+                zero_address_hold: if round % 3 == 0 {
+                    ZeroAddressHold::Keep
+                } else {
+                    ZeroAddressHold::default()
+                },
             };
             let out = sdp.rewrite(&plan).expect("a parsed SDP always rewrites");
             for m in sdp.media() {

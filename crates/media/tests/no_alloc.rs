@@ -1,0 +1,153 @@
+//! The forwarding path allocates nothing: a counting global allocator sees
+//! zero allocations, on any thread, while a burst of RTP and RTCP (plus
+//! dropped injection attempts and malformed packets) goes through the relay.
+//! Alone in its own test binary so that no other test allocates meanwhile.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use podpbx_media::{Family, Leg, RemoteMedia};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const BURST: usize = 2000;
+
+/// Receive exactly `n` datagrams into a stack buffer (no allocation).
+fn drain(s: &UdpSocket, n: usize) -> usize {
+    let mut buf = [0u8; 2048];
+    let mut got = 0;
+    while got < n {
+        match s.recv_from(&mut buf) {
+            Ok(_) => got += 1,
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+#[test]
+fn forwarding_a_burst_allocates_nothing() {
+    let (relay, _ev) = relay(23000);
+    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, a_c, b, b_c, evil) = (
+        endpoint(V4),
+        endpoint(V4),
+        endpoint(V6),
+        endpoint(V6),
+        endpoint(V4),
+    );
+    for sock in [&a, &a_c, &b, &b_c] {
+        sock.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+    }
+    s.set_remote(
+        Leg::A,
+        RemoteMedia {
+            rtcp: Some(addr(&a_c)),
+            ..RemoteMedia::new(addr(&a))
+        },
+    )
+    .expect("a");
+    s.set_remote(
+        Leg::B,
+        RemoteMedia {
+            rtcp: Some(addr(&b_c)),
+            ..RemoteMedia::new(addr(&b))
+        },
+    )
+    .expect("b");
+    assert!(relay.sync(Duration::from_secs(5)));
+
+    // Prepare every packet up front (allocation happens here, not later).
+    let pkts_a: Vec<Vec<u8>> = (0..BURST)
+        .map(|i| rtp(0, i as u16, 160 * i as u32, 0xa, &[0x55; 160]))
+        .collect();
+    let pkts_b: Vec<Vec<u8>> = (0..BURST)
+        .map(|i| rtp(8, i as u16, 160 * i as u32, 0xb, &[0x66; 160]))
+        .collect();
+    let rr_a = rtcp_rr(0xa);
+    let rr_b = rtcp_rr(0xb);
+    let mut crafted = rtp(0, 1, 0, 1, &[0xbe, 0xde, 0xff, 0xff, 0, 0, 0, 0]);
+    crafted[0] |= 0x10;
+
+    // Warm up: latch all four sockets (the Latched events allocate).
+    a.send_to(&pkts_a[0], la.rtp).expect("send");
+    b.send_to(&pkts_b[0], lb.rtp).expect("send");
+    a_c.send_to(&rr_a, la.rtcp).expect("send");
+    b_c.send_to(&rr_b, lb.rtcp).expect("send");
+    assert_eq!(
+        drain(&b, 1) + drain(&a, 1) + drain(&b_c, 1) + drain(&a_c, 1),
+        4
+    );
+    assert!(relay.sync(Duration::from_secs(5)));
+    let before_a = s.stats(Leg::A);
+    let before_b = s.stats(Leg::B);
+
+    ALLOCS.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::SeqCst);
+    let mut received = 0;
+    for chunk in 0..(BURST / 100) {
+        for i in chunk * 100..(chunk + 1) * 100 {
+            a.send_to(&pkts_a[i], la.rtp).expect("send");
+            b.send_to(&pkts_b[i], lb.rtp).expect("send");
+        }
+        a_c.send_to(&rr_a, la.rtcp).expect("send");
+        b_c.send_to(&rr_b, lb.rtcp).expect("send");
+        evil.send_to(&pkts_a[0], la.rtp).expect("send");
+        a.send_to(&crafted, la.rtp).expect("send");
+        received += drain(&b, 100) + drain(&a, 100) + drain(&b_c, 1) + drain(&a_c, 1);
+    }
+    let want = (BURST / 100) as u64;
+    wait_until(Duration::from_secs(2), || {
+        let d = s.stats(Leg::A).drops;
+        d.foreign_source == want && d.malformed == want
+    });
+    let after_a = s.stats(Leg::A);
+    let after_b = s.stats(Leg::B);
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocs = ALLOCS.load(Ordering::Relaxed);
+
+    assert_eq!(received, 2 * BURST + 2 * (BURST / 100));
+    assert_eq!(after_a.rtp_packets - before_a.rtp_packets, BURST as u64);
+    assert_eq!(after_b.rtp_packets - before_b.rtp_packets, BURST as u64);
+    assert_eq!(after_a.drops.foreign_source, (BURST / 100) as u64);
+    assert_eq!(after_a.drops.malformed, (BURST / 100) as u64);
+    assert_eq!(allocs, 0, "allocations while forwarding");
+}

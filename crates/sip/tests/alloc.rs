@@ -1,0 +1,89 @@
+//! `Message::parse` and the typed accessors for Via/From/To/CSeq/Call-ID/Contact allocate
+//! nothing beyond the message's own buffer (counted per thread by a wrapping global allocator).
+
+use bytes::Bytes;
+use podpbx_sip::{Framing, HeaderName, Message};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn count<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = ALLOCS.with(Cell::get);
+    let r = f();
+    (r, ALLOCS.with(Cell::get) - before)
+}
+
+const INVITE: &[u8] = b"INVITE sip:+15551234567@pbx.example.com;user=phone SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-524287-1---7c1a2f9b3e8d4a61;rport\r\n\
+Via: SIP/2.0/TCP proxy.example.com;branch=z9hG4bK2, SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK3\r\n\
+Max-Forwards: 70\r\n\
+Contact: \"Alice\" <sip:alice@192.0.2.10:5060;transport=udp>;+sip.instance=\"<urn:uuid:1>\";expires=60\r\n\
+To: <sip:+15551234567@pbx.example.com;user=phone>\r\n\
+From: \"Alice Example\" <sip:alice@pbx.example.com>;tag=8f3a2b1c\r\n\
+Call-ID: 3c26700c1e8b4f2a9d5e6f7a8b9c0d1e@192.0.2.10\r\n\
+CSeq: 1 INVITE\r\n\
+Route: <sip:p1.example.com;lr>\r\n\
+Supported: replaces, timer\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 4\r\n\r\nv=0\n";
+
+#[test]
+fn parse_and_typed_access_do_not_allocate() {
+    // A shared buffer, as the transports hand them over (cloning is a refcount bump).
+    let buf = Bytes::from(INVITE.to_vec());
+    let _shared = buf.clone();
+    let (m, n) = count(|| Message::parse(buf.clone(), Framing::Datagram).unwrap());
+    assert_eq!(n, 0, "Message::parse allocated");
+    let (sum, n) = count(|| {
+        let via = m.top_via().unwrap();
+        let from = m.from_hdr().unwrap();
+        let to = m.to_hdr().unwrap();
+        let cseq = m.cseq().unwrap();
+        let call_id = m.call_id().unwrap();
+        let contact = m.contact_iter().next().unwrap().unwrap();
+        let vias = m.via_iter().filter(Result::is_ok).count();
+        let routes = m.route_iter().count();
+        via.branch().unwrap().len()
+            + via.rport().map_or(0, |_| 1)
+            + from.tag().unwrap().len()
+            + to.uri.raw.len()
+            + cseq.seq as usize
+            + call_id.len()
+            + contact.expires().unwrap_or(0) as usize
+            + contact.q().unwrap_or(0) as usize
+            + vias
+            + routes
+            + m.header(HeaderName::MaxForwards).map_or(0, |v| v.len())
+            + m.max_forwards().unwrap().unwrap_or(0) as usize
+            + m.content_type().map_or(0, |v| v.len())
+    });
+    assert!(sum > 0);
+    assert_eq!(n, 0, "typed accessors allocated");
+    let (r, n) = count(|| m.validate());
+    assert_eq!(r, Ok(()));
+    assert_eq!(n, 0, "validate allocated");
+    let (_, n) = count(|| m.headers().count());
+    assert_eq!(n, 0);
+}
