@@ -11,17 +11,29 @@
 //!
 //! Forwarders, all on the same sockets layout (one socket per leg, epoll):
 //! * `relay`      — podpbx_media::Relay (one worker thread);
+//! * `relay-co`   — the same with interrupt moderation (`RelayConfig::coalesce`,
+//!   `--coalesce-us`, default 50 µs);
 //! * `mmsg`       — minimal recvmmsg/sendmmsg forwarder written for this bench;
 //! * `plain`      — minimal recv_from/send_to forwarder, draining each ready
 //!   socket until EWOULDBLOCK (the usual nonblocking idiom);
 //! * `plain-once` — the same reading one datagram per readiness (level-triggered);
-//! * `direct`     — no forwarder: endpoints send to each other (latency floor).
+//! * `direct`     — no forwarder: each endpoint sends to itself (one loopback
+//!   hop: the latency floor the `+p50`/`+p99` columns subtract).
 //!
 //! Every loop is bounded in time (warm-up + measurement per point).
 //!
 //! Usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1]
-//!                 [--modes direct,relay,mmsg,plain,plain-once] [--pps 50]
+//!                 [--modes direct,relay,relay-co,mmsg,plain,plain-once] [--pps 50]
 //!                 [--relay-cpu 0] [--gen-cpu 1] [--batch 32] [--ports 10000]
+//!                 [--repeat 1] [--coalesce-us 50]
+//!                 [--quiet-wait 20]
+//!
+//! With `--repeat R` every point runs R times (modes interleaved) and the
+//! run with the median CPU time per packet is reported, to damp the noise
+//! of a shared machine. Before each point the tool waits (at most
+//! `--quiet-wait` seconds) for other processes to leave the CPUs idle, and
+//! the `others%` column shows how much CPU other processes still took
+//! during the measurement (a point with a large value is not trustworthy).
 
 use std::io;
 use std::mem;
@@ -52,12 +64,16 @@ struct Opts {
     gen_cpu: usize,
     batch: usize,
     ports: u16,
+    repeat: usize,
+    coalesce_us: u64,
+    quiet_wait: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Direct,
     Relay,
+    RelayCoalesce,
     Mmsg,
     Plain,
     PlainOnce,
@@ -68,6 +84,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::Relay => "relay",
+            Mode::RelayCoalesce => "relay-co",
             Mode::Mmsg => "mmsg",
             Mode::Plain => "plain",
             Mode::PlainOnce => "plain-once",
@@ -80,22 +97,33 @@ fn parse_opts() -> Result<Opts, String> {
         streams: vec![1, 100, 1000, 2000],
         secs: 5.0,
         warmup: 1.0,
-        modes: vec![Mode::Direct, Mode::Relay, Mode::Mmsg, Mode::Plain, Mode::PlainOnce],
+        modes: vec![
+            Mode::Direct,
+            Mode::Relay,
+            Mode::Mmsg,
+            Mode::Plain,
+            Mode::PlainOnce,
+        ],
         pps: 50,
         relay_cpu: 0,
         gen_cpu: 1,
         batch: 32,
         ports: 10000,
+        repeat: 1,
+        coalesce_us: 50,
+        quiet_wait: 20.0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
         let k = args[i].as_str();
         if k == "--help" || k == "-h" {
-            return Err("usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1] \
-                 [--modes direct,relay,mmsg,plain,plain-once] [--pps 50] [--relay-cpu 0] \
-                 [--gen-cpu 1] [--batch 32] [--ports 10000]"
-                .into());
+            return Err(
+                "usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1] \
+                 [--modes direct,relay,relay-co,mmsg,plain,plain-once] [--pps 50] [--relay-cpu 0] \
+                 [--gen-cpu 1] [--batch 32] [--ports 10000] [--repeat 1] [--coalesce-us 50]"
+                    .into(),
+            );
         }
         let v = args.get(i + 1).ok_or(format!("{k} needs a value"))?;
         let num = |s: &str| s.parse::<f64>().map_err(|_| format!("bad number {s}"));
@@ -113,12 +141,16 @@ fn parse_opts() -> Result<Opts, String> {
             "--gen-cpu" => o.gen_cpu = num(v)? as usize,
             "--batch" => o.batch = (num(v)? as usize).clamp(1, 256),
             "--ports" => o.ports = num(v)? as u16,
+            "--coalesce-us" => o.coalesce_us = (num(v)? as u64).min(10_000),
+            "--quiet-wait" => o.quiet_wait = num(v)?.clamp(0.0, 120.0),
+            "--repeat" => o.repeat = (num(v)? as usize).clamp(1, 5),
             "--modes" => {
                 o.modes = v
                     .split(',')
                     .map(|m| match m {
                         "direct" => Ok(Mode::Direct),
                         "relay" => Ok(Mode::Relay),
+                        "relay-co" => Ok(Mode::RelayCoalesce),
                         "mmsg" => Ok(Mode::Mmsg),
                         "plain" => Ok(Mode::Plain),
                         "plain-once" => Ok(Mode::PlainOnce),
@@ -175,6 +207,59 @@ fn thread_cpu_ns(tid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// (busy, total) jiffies of all CPUs from /proc/stat.
+fn cpu_jiffies() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = s.lines().next() else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Wait (at most `max`) until the machine is quiet: other processes use
+/// less than 15% of the CPUs. Returns the busy fraction last seen.
+fn wait_quiet(max: Duration) -> f64 {
+    let t0 = std::time::Instant::now();
+    loop {
+        let (b0, t0j) = cpu_jiffies();
+        std::thread::sleep(Duration::from_millis(400));
+        let (b1, t1j) = cpu_jiffies();
+        let busy = (b1 - b0) as f64 / (t1j - t0j).max(1) as f64;
+        if busy < 0.15 || t0.elapsed() >= max {
+            return busy;
+        }
+    }
+}
+
+fn user_hz() -> f64 {
+    // SAFETY: sysconf with a valid name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+/// Voluntary context switches of a thread (each one is a sleep/wake cycle).
+fn thread_wakeups(tid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("voluntary_ctxt_switches:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 fn pin(cpu: usize) {
     // SAFETY: cpu_set_t is POD; CPU_SET with cpu < CPU_SETSIZE.
     unsafe {
@@ -182,7 +267,10 @@ fn pin(cpu: usize) {
         if cpu < libc::CPU_SETSIZE as usize {
             libc::CPU_SET(cpu, &mut set);
             if libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                eprintln!("warning: cannot pin to cpu {cpu}: {}", io::Error::last_os_error());
+                eprintln!(
+                    "warning: cannot pin to cpu {cpu}: {}",
+                    io::Error::last_os_error()
+                );
             }
         }
     }
@@ -393,18 +481,13 @@ fn run_plain(
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 50) };
         for ev in events.iter().take(n.max(0) as usize) {
             let i = ev.u64 as usize;
-            let (out, dest) = if i % 2 == 0 {
+            let (out, dest) = if i.is_multiple_of(2) {
                 (&socks[i + 1], ep_b)
             } else {
                 (&socks[i - 1], ep_a)
             };
-            loop {
-                match socks[i].recv_from(&mut buf) {
-                    Ok((len, _)) => {
-                        let _ = out.send_to(&buf[..len], dest);
-                    }
-                    Err(_) => break,
-                }
+            while let Ok((len, _)) = socks[i].recv_from(&mut buf) {
+                let _ = out.send_to(&buf[..len], dest);
                 if !drain {
                     break;
                 }
@@ -453,7 +536,7 @@ fn run_mmsg(
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 50) };
         for ev in events.iter().take(n.max(0) as usize) {
             let i = ev.u64 as usize;
-            let (out_fd, dest) = if i % 2 == 0 {
+            let (out_fd, dest) = if i.is_multiple_of(2) {
                 (socks[i + 1].as_raw_fd(), &sa_b)
             } else {
                 (socks[i - 1].as_raw_fd(), &sa_a)
@@ -496,6 +579,9 @@ struct GenResult {
     lat: Vec<u32>,
     lat_over: u64,
     cpu_ns: u64,
+    gen_cpu_ns: u64,
+    busy_jiffies: u64,
+    wakeups: u64,
     wall_ns: u64,
     max_lag_ns: u64,
     late: u64,
@@ -552,12 +638,7 @@ impl TxBatch {
         while off < self.n {
             // SAFETY: msgs point at live buffers and addresses.
             let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.msgs[off..].as_mut_ptr(),
-                    (self.n - off) as u32,
-                    0,
-                )
+                libc::sendmmsg(fd, self.msgs[off..].as_mut_ptr(), (self.n - off) as u32, 0)
             };
             if r <= 0 {
                 off += 1; // drop this one (counts as loss)
@@ -688,6 +769,9 @@ fn run_generator(g: GenSetup) -> GenResult {
         lat: vec![0; LAT_BUCKETS],
         lat_over: 0,
         cpu_ns: 0,
+        gen_cpu_ns: 0,
+        busy_jiffies: 0,
+        wakeups: 0,
         wall_ns: 0,
         max_lag_ns: 0,
         late: 0,
@@ -695,17 +779,24 @@ fn run_generator(g: GenSetup) -> GenResult {
     let t0 = mono_ns() + 2_000_000;
     let m_start = t0 + g.warmup_ns;
     let m_end = m_start + g.measure_ns;
-    let (mut cpu0, mut wall0) = (None, 0u64);
+    let (mut cpu0, mut wall0, mut wake0) = (None, 0u64, 0u64);
+    let (mut gcpu0, mut busy0) = (0u64, 0u64);
     let mut cycle: u64 = 0;
     let mut pos = 0usize;
     loop {
         let now = mono_ns();
         if cpu0.is_none() && now >= m_start {
             cpu0 = Some(thread_cpu_ns(g.fwd_tid));
+            wake0 = thread_wakeups(g.fwd_tid);
+            gcpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+            busy0 = cpu_jiffies().0;
             wall0 = now;
         }
         if now >= m_end {
             res.cpu_ns = thread_cpu_ns(g.fwd_tid).saturating_sub(cpu0.unwrap_or(0));
+            res.wakeups = thread_wakeups(g.fwd_tid).saturating_sub(wake0);
+            res.gen_cpu_ns = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(gcpu0);
+            res.busy_jiffies = cpu_jiffies().0.saturating_sub(busy0);
             res.wall_ns = now - wall0;
             break;
         }
@@ -717,11 +808,11 @@ fn run_generator(g: GenSetup) -> GenResult {
                 break;
             }
             let lag = now - due;
+            let measured = due >= m_start && due < m_end;
             res.max_lag_ns = res.max_lag_ns.max(lag);
-            if lag > 1_000_000 {
+            if lag > 1_000_000 && measured {
                 res.late += 1;
             }
-            let measured = due >= m_start && due < m_end;
             let idx = k as usize * 2 + d as usize;
             let s = seq[idx];
             seq[idx] = s.wrapping_add(1);
@@ -805,22 +896,31 @@ struct Row {
     cpu_pct: f64,
     p50: f64,
     p99: f64,
-    late: u64,
+    late_pct: f64,
+    pkts_per_wake: f64,
+    /// CPU used by other processes during the window, % of one CPU.
+    others_pct: f64,
 }
 
 fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
+    if o.quiet_wait > 0.0 {
+        wait_quiet(Duration::from_secs_f64(o.quiet_wait));
+    }
     let ep_a = nonblocking_udp(V4).map_err(|e| e.to_string())?;
     let ep_b = nonblocking_udp(V6).map_err(|e| e.to_string())?;
     big_buffers(&ep_a);
     big_buffers(&ep_b);
-    let (a_addr, b_addr) = (ep_a.local_addr().map_err(|e| e.to_string())?, ep_b.local_addr().map_err(|e| e.to_string())?);
+    let (a_addr, b_addr) = (
+        ep_a.local_addr().map_err(|e| e.to_string())?,
+        ep_b.local_addr().map_err(|e| e.to_string())?,
+    );
 
     let mut _relay: Option<(Relay, Vec<Session>)> = None;
     let mut _ref: Option<RefForwarder> = None;
     let (to_from_a, to_from_b, fwd_tid) = match mode {
         // Each endpoint sends to itself: one loopback hop, no forwarder.
         Mode::Direct => (vec![a_addr; n], vec![b_addr; n], gettid()),
-        Mode::Relay => {
+        Mode::Relay | Mode::RelayCoalesce => {
             let pairs = (n as u16 + 8) * 2;
             let cfg = RelayConfig {
                 ipv4: Some(FamilyConfig {
@@ -834,6 +934,11 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
                 worker_cpus: vec![o.relay_cpu],
                 batch: o.batch,
                 media_timeout: Duration::ZERO,
+                coalesce: if mode == Mode::RelayCoalesce {
+                    Duration::from_micros(o.coalesce_us)
+                } else {
+                    Duration::ZERO
+                },
                 ..RelayConfig::default()
             };
             let (relay, _events) = Relay::start(cfg).map_err(|e| e.to_string())?;
@@ -859,7 +964,11 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
         Mode::Mmsg | Mode::Plain | Mode::PlainOnce => {
             let f = start_ref(mode, n, a_addr, b_addr, o.relay_cpu, o.batch)
                 .map_err(|e| e.to_string())?;
-            let r = (f.a_addrs.clone(), f.b_addrs.clone(), f.tid.load(Ordering::SeqCst));
+            let r = (
+                f.a_addrs.clone(),
+                f.b_addrs.clone(),
+                f.tid.load(Ordering::SeqCst),
+            );
             _ref = Some(f);
             r
         }
@@ -911,7 +1020,22 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
         cpu_pct,
         p50: percentile(&res.lat, res.lat_over, 0.50),
         p99: percentile(&res.lat, res.lat_over, 0.99),
-        late: res.late,
+        late_pct: 100.0 * res.late as f64 / res.sent.max(1) as f64,
+        others_pct: {
+            let busy_ns = res.busy_jiffies as f64 * 1e9 / user_hz();
+            let ours = res.gen_cpu_ns as f64
+                + if mode == Mode::Direct {
+                    0.0
+                } else {
+                    res.cpu_ns as f64
+                };
+            (100.0 * (busy_ns - ours) / res.wall_ns.max(1) as f64).max(0.0)
+        },
+        pkts_per_wake: if mode == Mode::Direct {
+            f64::NAN
+        } else {
+            res.received as f64 / res.wakeups.max(1) as f64
+        },
     })
 }
 
@@ -926,7 +1050,10 @@ fn main() {
     raise_nofile();
     let max_n = o.streams.iter().copied().max().unwrap_or(1);
     if (max_n as u64) * 4 + 64 > nofile_limit() {
-        eprintln!("warning: RLIMIT_NOFILE {} may be too low for {max_n} streams", nofile_limit());
+        eprintln!(
+            "warning: RLIMIT_NOFILE {} may be too low for {max_n} streams",
+            nofile_limit()
+        );
     }
     println!(
         "rtp-load: {} B packets, {} pps per stream and direction, {}s warm-up + {}s per point, \
@@ -934,63 +1061,103 @@ fn main() {
         PKT_SIZE, o.pps, o.warmup, o.secs, o.relay_cpu, o.gen_cpu, o.batch
     );
     println!(
-        "{:>7} {:>10} {:>9} {:>9} {:>8} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5}",
-        "streams", "mode", "target/s", "sent/s", "loss%", "cpu ns/pkt", "cpu%", "p50 us", "p99 us", "+p50 us", "+p99 us", "late"
+        "{:>7} {:>10} {:>9} {:>9} {:>8} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5} {:>8} {:>7}",
+        "streams",
+        "mode",
+        "target/s",
+        "sent/s",
+        "loss%",
+        "cpu ns/pkt",
+        "cpu%",
+        "p50 us",
+        "p99 us",
+        "+p50 us",
+        "+p99 us",
+        "late%",
+        "pkt/wake",
+        "others%"
     );
     let mut rows: Vec<Row> = Vec::new();
     for &n in &o.streams {
-        let mut direct: Option<(f64, f64)> = None;
-        for &mode in &o.modes {
-            match run_point(&o, n, mode) {
-                Ok(r) => {
-                    if mode == Mode::Direct {
-                        direct = Some((r.p50, r.p99));
-                    }
-                    let (ap50, ap99) = match direct {
-                        Some((d50, d99)) if mode != Mode::Direct => (r.p50 - d50, r.p99 - d99),
-                        _ => (f64::NAN, f64::NAN),
-                    };
-                    println!(
-                        "{:>7} {:>10} {:>9.0} {:>9.0} {:>8.3} {:>10.0} {:>6.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>5}",
-                        r.streams,
-                        r.mode.name(),
-                        r.target_pps,
-                        r.sent_pps,
-                        r.loss * 100.0,
-                        r.cpu_ns_pkt,
-                        r.cpu_pct,
-                        r.p50,
-                        r.p99,
-                        ap50,
-                        ap99,
-                        r.late
-                    );
-                    rows.push(r);
+        let mut runs: Vec<Vec<Row>> = o.modes.iter().map(|_| Vec::new()).collect();
+        for _ in 0..o.repeat {
+            for (mi, &mode) in o.modes.iter().enumerate() {
+                match run_point(&o, n, mode) {
+                    Ok(r) => runs[mi].push(r),
+                    Err(e) => println!("{n:>7} {:>10} failed: {e}", mode.name()),
                 }
-                Err(e) => println!("{n:>7} {:>10} failed: {e}", mode.name()),
+                // Let sockets close and the CPUs settle between points.
+                std::thread::sleep(Duration::from_millis(300));
             }
-            // Let sockets close and the CPUs settle between points.
-            std::thread::sleep(Duration::from_millis(300));
+        }
+        let mut direct: Option<(f64, f64)> = None;
+        for mut rs in runs {
+            if rs.is_empty() {
+                continue;
+            }
+            rs.sort_by(|a, b| a.cpu_ns_pkt.total_cmp(&b.cpu_ns_pkt));
+            let r = rs.swap_remove(rs.len() / 2);
+            if r.mode == Mode::Direct {
+                direct = Some((r.p50, r.p99));
+            }
+            let (ap50, ap99) = match direct {
+                Some((d50, d99)) if r.mode != Mode::Direct => (r.p50 - d50, r.p99 - d99),
+                _ => (f64::NAN, f64::NAN),
+            };
+            println!(
+                "{:>7} {:>10} {:>9.0} {:>9.0} {:>8.3} {:>10.0} {:>6.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>5.1} {:>8.1} {:>7.1}",
+                r.streams,
+                r.mode.name(),
+                r.target_pps,
+                r.sent_pps,
+                r.loss * 100.0,
+                r.cpu_ns_pkt,
+                r.cpu_pct,
+                r.p50,
+                r.p99,
+                ap50,
+                ap99,
+                r.late_pct,
+                r.pkts_per_wake,
+                r.others_pct
+            );
+            rows.push(r);
         }
     }
     println!();
     println!("CPU time per forwarded packet, relay vs references (lower is better):");
     println!(
-        "{:>7} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
-        "streams", "relay ns", "mmsg ns", "plain ns", "plain1 ns", "relay/mmsg", "relay/plain", "relay/plain1"
+        "{:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>12} {:>11} {:>12}",
+        "streams",
+        "variant",
+        "ns/pkt",
+        "mmsg",
+        "plain",
+        "plain1",
+        "/mmsg",
+        "/plain",
+        "/plain1",
+        "+p99 us",
+        "loss%",
+        ""
     );
     for &n in &o.streams {
-        let get = |m: Mode| {
-            rows.iter()
-                .find(|r| r.streams == n && r.mode == m)
-                .map_or(f64::NAN, |r| r.cpu_ns_pkt)
-        };
-        let (r, m, p, p1) = (get(Mode::Relay), get(Mode::Mmsg), get(Mode::Plain), get(Mode::PlainOnce));
-        println!(
-            "{n:>7} {r:>12.0} {m:>12.0} {p:>12.0} {p1:>12.0} {:>12.3} {:>12.3} {:>12.3}",
-            r / m,
-            r / p,
-            r / p1
-        );
+        let find = |m: Mode| rows.iter().find(|r| r.streams == n && r.mode == m);
+        let ns = |m: Mode| find(m).map_or(f64::NAN, |r| r.cpu_ns_pkt);
+        let direct_p99 = find(Mode::Direct).map_or(0.0, |r| r.p99);
+        let (m, p, p1) = (ns(Mode::Mmsg), ns(Mode::Plain), ns(Mode::PlainOnce));
+        for v in [Mode::Relay, Mode::RelayCoalesce] {
+            let Some(row) = find(v) else { continue };
+            let r = row.cpu_ns_pkt;
+            println!(
+                "{n:>7} {:>10} {r:>9.0} {m:>9.0} {p:>9.0} {p1:>9.0} {:>9.3} {:>11.3} {:>11.3} {:>12.1} {:>11.3}",
+                v.name(),
+                r / m,
+                r / p,
+                r / p1,
+                row.p99 - direct_p99,
+                row.loss * 100.0
+            );
+        }
     }
 }

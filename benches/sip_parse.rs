@@ -57,7 +57,12 @@ fn ours(buf: &Bytes) -> usize {
     let contact = m.contact_iter().next().expect("contact").expect("contact");
     black_box(&to.uri.host);
     black_box(&contact.addr.uri.host);
-    branch.len() + tag.len() + to.raw.len() + cseq.seq as usize + call_id.len() + contact.addr.raw.len()
+    branch.len()
+        + tag.len()
+        + to.raw.len()
+        + cseq.seq as usize
+        + call_id.len()
+        + contact.addr.raw.len()
 }
 
 /// The same work with rsipstack: `SipMessage::try_from(&[u8])` plus its typed headers.
@@ -71,7 +76,11 @@ fn reference(buf: &[u8]) -> usize {
     let to = m.to_header().expect("to").typed().expect("to");
     let cseq = m.cseq_header().expect("cseq").typed().expect("cseq");
     let call_id = m.call_id_header().expect("call-id").value().len();
-    let contact = m.contact_header().expect("contact").typed().expect("contact");
+    let contact = m
+        .contact_header()
+        .expect("contact")
+        .typed()
+        .expect("contact");
     black_box(&to.uri);
     black_box(&contact.uri);
     branch.len() + tag.len() + cseq.seq as usize + call_id
@@ -100,8 +109,12 @@ fn bench(c: &mut Criterion, samples: &[(&str, Bytes)]) {
     let mut g = c.benchmark_group("sip_parse");
     g.throughput(Throughput::Elements(1));
     for (name, buf) in samples {
-        g.bench_function(format!("podpbx/{name}"), |b| b.iter(|| ours(black_box(buf))));
-        g.bench_function(format!("rsipstack/{name}"), |b| b.iter(|| reference(black_box(buf))));
+        g.bench_function(format!("podpbx/{name}"), |b| {
+            b.iter(|| ours(black_box(buf)))
+        });
+        g.bench_function(format!("rsipstack/{name}"), |b| {
+            b.iter(|| reference(black_box(buf)))
+        });
     }
     g.finish();
 }
@@ -139,7 +152,10 @@ fn main() {
         let _promote = b.clone();
     }
     for (name, buf) in &samples {
-        assert!(ours(buf) > 0 && reference(buf) > 0, "{name} must parse with both");
+        assert!(
+            ours(buf) > 0 && reference(buf) > 0,
+            "{name} must parse with both"
+        );
         println!("{name}: {} bytes", buf.len());
     }
     report_allocations(&samples);

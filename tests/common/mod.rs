@@ -71,6 +71,8 @@ pub struct Pbx {
     pub port: u16,
     pub dir: TempDir,
     pub log: PathBuf,
+    /// The admin listener (`[admin] listen`); `0.0.0.0:0` when the config disables it.
+    pub admin: SocketAddr,
 }
 
 impl Pbx {
@@ -83,11 +85,22 @@ impl Pbx {
         Pbx::start_with_config(&config, port)
     }
 
-    /// Starts podpbx with a complete config text (which must use `port`).
+    /// Starts podpbx with a complete config text (which must use `port`). Without an `[admin]`
+    /// table one is appended with a free loopback port (the default 127.0.0.1:9060 would clash
+    /// between tests running in parallel).
     pub fn start_with_config(config: &str, port: u16) -> Pbx {
         let dir = TempDir::new("pbx");
         let cfg_path = dir.path().join("podpbx.toml");
-        let config = config.replace("@DATA@", &dir.path().display().to_string());
+        let mut config = config.replace("@DATA@", &dir.path().display().to_string());
+        if !config.lines().any(|l| l.trim() == "[admin]") {
+            let admin_port = std::iter::repeat_with(free_port).find(|p| *p != port).unwrap();
+            config.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"));
+        }
+        // State (bindings, CDRs) goes to the test's own directory unless the config says otherwise.
+        if !config.lines().any(|l| l.trim() == "[storage]") {
+            config.push_str(&format!("\n[storage]\ndata_dir = \"{}\"\n", dir.path().display()));
+        }
+        let admin = admin_listen(&config);
         std::fs::write(&cfg_path, config).expect("write config");
         let log = dir.path().join("podpbx.log");
         let child = Command::new(BIN)
@@ -98,9 +111,27 @@ impl Pbx {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn podpbx");
-        let mut pbx = Pbx { child, port, dir, log };
+        let mut pbx = Pbx { child, port, dir, log, admin };
         pbx.wait_ready();
         pbx
+    }
+
+    /// Kills the process hard (SIGKILL, no graceful stop) and starts it again on the same config
+    /// and data directory, as a crashed or evicted pod restarts.
+    pub fn restart_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.dir.path().join(format!("podpbx-{}.log", unique()));
+        self.child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("podpbx.toml"))
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("respawn podpbx");
+        self.log = log;
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -343,4 +374,75 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The `listen` address of the `[admin]` table in a config text; the built-in default when the
+/// table or key is absent, `0.0.0.0:0` when disabled (`""`).
+pub fn admin_listen(config: &str) -> SocketAddr {
+    let mut in_admin = false;
+    for line in config.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_admin = line == "[admin]";
+        } else if let Some(v) = line.strip_prefix("listen").map(str::trim_start).and_then(|l| l.strip_prefix('=')) {
+            if in_admin {
+                return v.trim().trim_matches('"').parse().unwrap_or_else(|_| "0.0.0.0:0".parse().unwrap());
+            }
+        }
+    }
+    "127.0.0.1:9060".parse().unwrap()
+}
+
+/// One HTTP/1.1 exchange with `Connection: close`; returns status code and body
+/// (status 0 when the connection failed).
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return (0, String::new()) };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// `GET path` on the admin listener.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path)
+}
+
+/// The value of one sample (`name` or `name{labels}` exactly as rendered) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).and_then(|(_, v)| v.parse().ok()))
+}
+
+/// Runs `podpbx ctl ARGS...` (bounded in time); returns exit code, stdout and stderr.
+pub fn ctl(args: &[&str]) -> (Option<i32>, String, String) {
+    let child = Command::new(BIN)
+        .arg("ctl")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run podpbx ctl");
+    let limit = Instant::now() + Duration::from_secs(40);
+    let mut child = ChildGuard(child);
+    while matches!(child.0.try_wait(), Ok(None)) && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.0.kill();
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut o) = child.0.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let code = child.0.wait().ok().and_then(|s| s.code());
+    (code, out, err)
 }

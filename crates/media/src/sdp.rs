@@ -349,6 +349,20 @@ impl MediaDescription {
         Some(SocketAddr::new(ip, self.port))
     }
 
+    /// The RTCP port in effect: the RTP port with rtcp-mux, else `a=rtcp`,
+    /// else the RTP port + 1 (`None` for rejected streams).
+    pub fn rtcp_port(&self) -> Option<u16> {
+        if self.rejected() {
+            None
+        } else if self.rtcp_mux {
+            Some(self.port)
+        } else if let Some(r) = &self.rtcp {
+            Some(r.port)
+        } else {
+            self.port.checked_add(1)
+        }
+    }
+
     /// Where the peer says it receives RTCP: `a=rtcp`, else the RTP port + 1,
     /// or the RTP address with rtcp-mux.
     pub fn rtcp_addr(&self) -> Option<SocketAddr> {

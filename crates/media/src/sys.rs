@@ -379,6 +379,23 @@ pub(crate) fn send_to_raw(fd: RawFd, buf: &[u8], to: &RawAddr) -> io::Result<usi
     }
 }
 
+/// Sleep on the monotonic clock (interrupt moderation).
+pub(crate) fn sleep_ns(ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: valid timespec; an interrupted sleep is simply shorter.
+    unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &ts, std::ptr::null_mut()) };
+}
+
+/// Timer slack of 1 µs for the calling thread (default 50 µs), so that
+/// short sleeps are short.
+pub(crate) fn precise_timers() {
+    // SAFETY: plain prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
+}
+
 /// Linux thread id of the calling thread.
 pub(crate) fn gettid() -> i32 {
     // SAFETY: plain system call without arguments.

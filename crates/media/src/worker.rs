@@ -41,6 +41,7 @@ pub(crate) struct WorkerConfig {
     pub(crate) latch: LatchPolicy,
     pub(crate) batch: usize,
     pub(crate) cpu: Option<usize>,
+    pub(crate) coalesce_ns: u64,
     pub(crate) epoch_ns: u64,
 }
 
@@ -308,6 +309,9 @@ pub(crate) fn run(
     active: Arc<AtomicUsize>,
 ) {
     tid.store(sys::gettid() as u32, Ordering::Relaxed);
+    if cfg.coalesce_ns > 0 {
+        sys::precise_timers();
+    }
     if let Some(cpu) = cfg.cpu {
         if let Err(e) = sys::pin_to_cpu(cpu) {
             tracing::warn!(worker = cfg.index, cpu, error = %e, "could not pin relay worker");
@@ -363,11 +367,15 @@ impl Worker {
                     return;
                 }
             }
+            let mut forwarded = false;
             for ev in &events[..n] {
                 let tok = ev.u64;
                 if tok != WAKE_TOKEN {
-                    self.readable(tok);
+                    forwarded |= self.readable(tok);
                 }
+            }
+            if forwarded && self.cfg.coalesce_ns > 0 && n < MAX_EVENTS {
+                sys::sleep_ns(self.cfg.coalesce_ns);
             }
             self.timers(sys::monotonic_ns());
         }
@@ -393,17 +401,18 @@ impl Worker {
 
     // ---------------------------------------------------------------- hot path
 
+    /// Handle a readable socket; true when datagrams were received.
     #[inline]
-    fn readable(&mut self, tok: u64) {
+    fn readable(&mut self, tok: u64) -> bool {
         let slot = (tok >> 32) as usize;
         let gen = ((tok >> 2) & GEN_MASK) as u32;
         let leg = ((tok >> 1) & 1) as usize;
         let sock = (tok & 1) as usize;
         let Some(Some(s)) = self.slots.get_mut(slot) else {
-            return;
+            return false;
         };
         if s.gen != gen {
-            return;
+            return false;
         }
         let b = &mut *self.batch;
         let max = self.cfg.batch;
@@ -414,7 +423,7 @@ impl Worker {
         let n = sys::recvmmsg(s.legs[leg].fds[sock], &mut b.msgs[..max]);
         b.last_n = n;
         if n == 0 {
-            return;
+            return false;
         }
         let now_ns = sys::monotonic_ns();
         forward(
@@ -428,6 +437,7 @@ impl Worker {
             &self.cfg.latch,
             &*self.sink,
         );
+        true
     }
 
     // ------------------------------------------------------------ control path

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 pub const USAGE: &str = "usage:
   podpbx [run] [--config FILE] [--log-format text|json]   run the PBX (embedded default config without --config)
   podpbx check --config FILE                              validate a config file and exit
+  podpbx ctl [--admin ADDR|--config FILE] registrations|calls|trunks|reload|status
+                                                          ask the running PBX (admin listener)
   podpbx --version | --help";
 
 /// Log output format.
@@ -21,6 +23,8 @@ pub enum LogFormat {
 pub enum Command {
     Run { config: Option<PathBuf>, log_format: Option<LogFormat> },
     Check { config: PathBuf },
+    /// `podpbx ctl ...`: the arguments after `ctl`, parsed by `ctl::parse`.
+    Ctl { args: Vec<String> },
     Help,
     Version,
 }
@@ -32,6 +36,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some("run") | Some("check") => it.next().map(|s| s.as_str()),
         Some("--help") | Some("-h") | Some("help") => return Ok(Command::Help),
         Some("--version") | Some("-V") => return Ok(Command::Version),
+        Some("ctl") => return Ok(Command::Ctl { args: args[1..].to_vec() }),
         _ => Some("run"),
     };
     let mut config = None;

@@ -9,11 +9,15 @@ use podpbx_sip::checks::{check_request, Capabilities, Rejection};
 use podpbx_sip::transaction::{
     Peer, RequestDisposition, ResponseDisposition, ServerTxId, Timers, TransactionLayer, TxEvent,
 };
-use podpbx_sip::{HeaderName, Message, Method, ResponseBuilder, Transport};
+use podpbx_registrar::{AuthKind, AuthResult, Registrar, Reply, SecurityEvent};
+use podpbx_sip::transaction::{ClientTxId, TxId};
+use podpbx_sip::{HeaderName, Message, Method, RequestBuilder, ResponseBuilder, Transport};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
-use tracing::{debug, debug_span, warn};
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{debug, debug_span, info, warn};
 
 /// Something the core wants the I/O shell to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +35,15 @@ pub struct CoreConfig {
     pub timers: Timers,
     /// Bound on concurrent transactions; beyond it new requests get `503`.
     pub max_transactions: usize,
+    /// Our SIP domain (From of requests podpbx originates).
+    pub domain: String,
+    /// Where registrations are persisted.
+    pub state_file: PathBuf,
 }
+
+/// Bindings are saved at most this long after they change: one write covers a burst of
+/// REGISTERs (each write is an fsync), and a crash loses at most this window.
+const SAVE_DELAY: Duration = Duration::from_millis(100);
 
 /// The sans-IO signalling core.
 pub struct Core {
@@ -39,29 +51,76 @@ pub struct Core {
     stats: Arc<Stats>,
     tx: TransactionLayer,
     caps: Capabilities,
+    registrar: Registrar,
+    /// When the bindings must next be written, if they changed since the last write.
+    save_due: Option<Instant>,
+    /// Qualify OPTIONS in flight: client transaction -> binding id.
+    qualifies: HashMap<ClientTxId, u64>,
+    /// Set by [`Core::begin_shutdown`] (SIGTERM): new INVITEs must get `503 Service Unavailable`.
+    shutting_down: bool,
 }
 
 /// Methods podpbx answers itself today; the Allow header lists exactly these.
-const ALLOW: &[Method] = &[Method::Options, Method::Ack, Method::Cancel];
+const ALLOW: &[Method] = &[Method::Options, Method::Ack, Method::Cancel, Method::Register, Method::Message];
 
 impl Core {
     /// Creates a core.
-    pub fn new(cfg: CoreConfig, stats: Arc<Stats>) -> Core {
+    pub fn new(cfg: CoreConfig, stats: Arc<Stats>, registrar: Registrar) -> Core {
         let caps = Capabilities {
             methods: ALLOW.to_vec(),
-            accept: vec!["application/sdp".into()],
+            accept: vec!["application/sdp".into(), "text/plain".into()],
             supported: vec![],
         };
         let tx = TransactionLayer::new(cfg.timers, cfg.max_transactions);
-        Core { cfg, stats, tx, caps }
+        Core { cfg, stats, tx, caps, registrar, save_due: None, qualifies: HashMap::new(), shutting_down: false }
+    }
+
+    /// Graceful stop began (hook for `admin::Shutdown`): refuse new calls from now on, keep
+    /// serving dialogs and transactions in progress.
+    pub fn begin_shutdown(&mut self) {
+        if !self.shutting_down {
+            self.shutting_down = true;
+            debug!("shutting down: new INVITEs get 503");
+        }
+    }
+
+    /// The registrar, for status and metrics.
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    /// Bindings to persist now, if a save is due; the shell writes them and calls back.
+    pub fn save_due(&self, now: Instant) -> bool {
+        self.save_due.is_some_and(|t| t <= now)
+    }
+
+    /// Writes the bindings to the state file (blocking: write, fsync, rename).
+    pub fn save_bindings(&mut self) {
+        self.save_due = None;
+        if let Err(e) = self.registrar.save(&self.cfg.state_file) {
+            warn!(file = %self.cfg.state_file.display(), error = %e, "cannot save registrations");
+        }
+    }
+
+    fn bindings_changed(&mut self, now: Instant) {
+        if self.save_due.is_none() {
+            self.save_due = Some(now + SAVE_DELAY);
+        }
     }
 
     /// Feeds one parsed message that arrived on `flow`.
-    pub fn handle_message(&mut self, now: Instant, msg: &Message, flow: Flow) {
+    pub fn handle_message(&mut self, now: Instant, wall: SystemTime, msg: &Message, flow: Flow) {
         if !msg.is_request() {
             match self.tx.on_response(now, msg) {
-                // No client transactions deliver to a TU yet (registrar qualify, trunk come later).
-                ResponseDisposition::Deliver(_) | ResponseDisposition::Absorbed(_) => {}
+                ResponseDisposition::Deliver(id) => {
+                    if msg.status().unwrap_or(0) >= 200 {
+                        if let Some(binding) = self.qualifies.remove(&id) {
+                            // Any final answer proves the phone is there (even 404/405).
+                            self.registrar.qualify_result(binding, true);
+                        }
+                    }
+                }
+                ResponseDisposition::Absorbed(_) => {}
                 ResponseDisposition::Stray => {
                     // RFC 3261 §18.1.2: a response matching no transaction is dropped, never answered.
                     Stats::bump(&self.stats.stray_responses);
@@ -79,9 +138,14 @@ impl Core {
             remote = %flow.remote,
         );
         let _guard = span.enter();
+        if self.registrar.is_blocked(flow.remote.ip(), now) {
+            // A blocked scanner gets nothing back, not even a 403 to confirm we exist.
+            Stats::bump(&self.stats.blocked_requests);
+            return;
+        }
         let peer = Peer { addr: response_destination(msg, flow), transport: flow.transport, conn: flow.conn };
         match self.tx.on_request(now, msg, msg.buf.clone(), peer) {
-            RequestDisposition::New(id) => self.handle_request(now, id, msg, flow),
+            RequestDisposition::New(id) => self.handle_request(now, wall, id, msg, flow),
             RequestDisposition::Retransmission(_) | RequestDisposition::AckAbsorbed(_) => {
                 debug!("retransmission absorbed");
             }
@@ -113,16 +177,36 @@ impl Core {
 
     /// The next instant [`Core::handle_timeout`] must be called at.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.tx.poll_timeout()
+        [self.tx.poll_timeout(), self.registrar.poll_timeout(), self.save_due].into_iter().flatten().min()
     }
 
     /// Advances timers to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
+        let expired = self.registrar.expire(now);
+        if !expired.is_empty() {
+            for (aor, b) in &expired {
+                info!(user = %aor, contact = %b.contact_uri, "registration expired");
+            }
+            self.bindings_changed(now);
+        }
+        for target in self.registrar.due_qualifies(now) {
+            self.send_qualify(now, target);
+        }
         while let Some(ev) = self.tx.poll_event() {
             match ev {
+                TxEvent::Timeout(TxId::Client(id)) | TxEvent::TransportError(TxId::Client(id)) => {
+                    if let Some(binding) = self.qualifies.remove(&id) {
+                        if self.registrar.qualify_result(binding, false) == Some(false) {
+                            info!(binding, "contact unreachable (qualify)");
+                        }
+                    }
+                }
                 TxEvent::Timeout(id) => debug!(?id, "transaction timed out"),
                 TxEvent::TransportError(id) => debug!(?id, "transaction transport error"),
+                TxEvent::Terminated(TxId::Client(id)) => {
+                    self.qualifies.remove(&id);
+                }
                 TxEvent::Terminated(_) => {}
             }
         }
@@ -143,7 +227,7 @@ impl Core {
         })
     }
 
-    fn handle_request(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow) {
+    fn handle_request(&mut self, now: Instant, wall: SystemTime, id: ServerTxId, req: &Message, flow: Flow) {
         let method = req.method().cloned().unwrap_or(Method::Other(Bytes::new()));
         if let Err(rej) = check_request(req, &self.caps) {
             match rej {
@@ -163,6 +247,8 @@ impl Core {
         }
         let in_dialog = req.to_hdr().ok().and_then(|t| t.tag()).is_some();
         match method {
+            Method::Register => self.handle_register(now, wall, id, req, flow),
+            Method::Message if !in_dialog => self.handle_message_request(now, id, req, flow),
             Method::Options if !in_dialog => {
                 let allow = self.caps.allow_header();
                 let accept = self.caps.accept.join(", ");
@@ -175,6 +261,83 @@ impl Core {
                 let allow = self.caps.allow_header();
                 self.respond(now, id, req, flow, 501, "Not Implemented", &[("Allow", &allow)]);
             }
+        }
+    }
+
+    fn handle_register(&mut self, now: Instant, wall: SystemTime, id: ServerTxId, req: &Message, flow: Flow) {
+        let rflow = registrar_flow(flow);
+        let out = self.registrar.handle_register(now, wall, req, rflow);
+        log_security(&out.events);
+        if out.changed {
+            self.bindings_changed(now);
+        }
+        self.send_reply(now, id, req, flow, &out.reply);
+        if let (Some(aor), Reply::Ok { contacts, .. }) = (&out.aor, &out.reply) {
+            info!(user = %aor, source = %flow.remote, bindings = contacts.len(), "registered");
+        }
+    }
+
+    /// MESSAGE from devices (doorbells report events this way): authenticated like REGISTER,
+    /// logged and answered `200`; nothing is forwarded yet.
+    fn handle_message_request(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow) {
+        let check = self.registrar.authenticate(now, req, registrar_flow(flow), AuthKind::Www);
+        log_security(&check.events);
+        match check.result {
+            AuthResult::Authenticated { user } => {
+                let body = String::from_utf8_lossy(&req.body);
+                let text: String = body.chars().take(200).filter(|c| !c.is_control()).collect();
+                info!(%user, source = %flow.remote, text = %text, "MESSAGE received");
+                self.respond(now, id, req, flow, 200, "OK", &[]);
+            }
+            AuthResult::Challenge { kind, values } => {
+                self.send_reply(now, id, req, flow, &Reply::Challenge { kind, values });
+            }
+            AuthResult::BadRequest { reason } => self.respond(now, id, req, flow, 400, reason, &[]),
+            AuthResult::Drop => {
+                self.tx.terminate(TxId::Server(id));
+            }
+        }
+    }
+
+    fn send_reply(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow, reply: &Reply) {
+        let Some(status) = reply.status().map(|(code, _)| code) else {
+            // Blocked source: no answer at all; the transaction just goes away.
+            self.tx.terminate(TxId::Server(id));
+            return;
+        };
+        let Some(data) = self.registrar.response_bytes(reply, req, &registrar_flow(flow)) else {
+            self.tx.terminate(TxId::Server(id));
+            return;
+        };
+        if let Err(e) = self.tx.send_response(now, id, status, data) {
+            warn!(error = %e, status, "response not sent");
+        }
+    }
+
+    /// Sends a qualify OPTIONS to a binding through its observed flow, from our pinned address.
+    fn send_qualify(&mut self, now: Instant, target: podpbx_registrar::QualifyTarget) {
+        let f = target.flow;
+        let transport = match f.transport {
+            podpbx_registrar::Transport::Udp => Transport::Udp,
+            podpbx_registrar::Transport::Tcp => Transport::Tcp,
+        };
+        let branch = format!("z9hG4bK{}", token());
+        let via = format!("SIP/2.0/{} {}:{};branch={branch};rport", via_transport(transport), host_of(f.local), f.local.port());
+        let data = RequestBuilder::new(&Method::Options, &target.contact_uri)
+            .header("Via", &via)
+            .header("Max-Forwards", "70")
+            .header("From", &format!("<sip:podpbx@{}>;tag={}", self.cfg.domain, token()))
+            .header("To", &format!("<{}>", target.contact_uri))
+            .header("Call-ID", &format!("{}@podpbx", token()))
+            .header("CSeq", "1 OPTIONS")
+            .header("User-Agent", &self.cfg.user_agent)
+            .build();
+        let peer = Peer { addr: f.source, transport, conn: f.conn_id };
+        match self.tx.send_request(now, branch.into(), Method::Options, data, peer) {
+            Ok(id) => {
+                self.qualifies.insert(id, target.binding_id);
+            }
+            Err(e) => debug!(error = %e, "qualify not sent"),
         }
     }
 
@@ -199,6 +362,50 @@ impl Core {
             b = b.header("Server", &self.cfg.user_agent);
         }
         b.build()
+    }
+}
+
+fn registrar_flow(flow: Flow) -> podpbx_registrar::Flow {
+    podpbx_registrar::Flow {
+        source: flow.remote,
+        transport: match flow.transport {
+            Transport::Udp => podpbx_registrar::Transport::Udp,
+            Transport::Tcp => podpbx_registrar::Transport::Tcp,
+        },
+        local: flow.local,
+        conn_id: flow.conn,
+    }
+}
+
+fn log_security(events: &[SecurityEvent]) {
+    for ev in events {
+        warn!(
+            target: "podpbx::security",
+            kind = ?ev.kind,
+            source = %ev.source,
+            port = ev.port,
+            user = ev.user.as_deref().unwrap_or(""),
+            aor = ev.aor.as_deref().unwrap_or(""),
+            method = %ev.method,
+            failures = ev.failures.unwrap_or(0),
+            blocked_secs = ev.blocked_secs.unwrap_or(0),
+            "security event"
+        );
+    }
+}
+
+fn via_transport(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "UDP",
+        Transport::Tcp => "TCP",
+    }
+}
+
+/// A socket address's host as SIP writes it (IPv6 in brackets).
+pub fn host_of(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
     }
 }
 

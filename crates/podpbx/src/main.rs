@@ -1,8 +1,11 @@
 //! podpbx: a native Rust PBX (B2BUA) for one Kubernetes pod with pinned IPv6 and IPv4 addresses.
 
+mod admin;
 mod cli;
 mod core;
+mod ctl;
 mod ifaddrs;
+mod metrics;
 mod server;
 mod stats;
 mod transport;
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         cli::Command::Check { config } => cli::check(&config),
+        cli::Command::Ctl { args } => ctl::main(&args),
         cli::Command::Run { config, log_format } => server::run(config.as_deref(), log_format),
     }
 }

@@ -25,6 +25,10 @@
 //! place and they read 0 from the start (Prometheus best practice); [`register_stats`] exposes the
 //! signalling [`Stats`].
 
+// The registration API is for components that are wired in one by one; until they are, parts of
+// it have no caller in the binary. Test builds (which exercise all of it) keep the lint.
+#![cfg_attr(not(test), allow(dead_code))]
+
 use crate::stats::Stats;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -171,7 +175,14 @@ impl Registry {
     /// The counter `name{labels}`, registered on first use.
     pub fn counter(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Counter {
         let fresh = Counter::default();
-        match self.register(name, help, Kind::Counter, labels, Source::Counter(fresh.clone()), false) {
+        match self.register(
+            name,
+            help,
+            Kind::Counter,
+            labels,
+            Source::Counter(fresh.clone()),
+            false,
+        ) {
             Some(Source::Counter(existing)) => existing,
             _ => fresh,
         }
@@ -180,7 +191,14 @@ impl Registry {
     /// The gauge `name{labels}`, registered on first use.
     pub fn gauge(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Gauge {
         let fresh = Gauge::default();
-        match self.register(name, help, Kind::Gauge, labels, Source::Gauge(fresh.clone()), false) {
+        match self.register(
+            name,
+            help,
+            Kind::Gauge,
+            labels,
+            Source::Gauge(fresh.clone()),
+            false,
+        ) {
             Some(Source::Gauge(existing)) => existing,
             _ => fresh,
         }
@@ -188,20 +206,48 @@ impl Registry {
 
     /// A counter read from `f` at scrape time (e.g. an `AtomicU64` another struct owns).
     /// Replaces any earlier source of the same series.
-    pub fn counter_fn(&self, name: &str, help: &str, labels: &[(&str, &str)], f: impl Fn() -> u64 + Send + Sync + 'static) {
-        self.register(name, help, Kind::Counter, labels, Source::CounterFn(Arc::new(f)), true);
+    pub fn counter_fn(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        f: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        self.register(
+            name,
+            help,
+            Kind::Counter,
+            labels,
+            Source::CounterFn(Arc::new(f)),
+            true,
+        );
     }
 
     /// A gauge read from `f` at scrape time. Replaces any earlier source of the same series.
-    pub fn gauge_fn(&self, name: &str, help: &str, labels: &[(&str, &str)], f: impl Fn() -> f64 + Send + Sync + 'static) {
-        self.register(name, help, Kind::Gauge, labels, Source::GaugeFn(Arc::new(f)), true);
+    pub fn gauge_fn(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        f: impl Fn() -> f64 + Send + Sync + 'static,
+    ) {
+        self.register(
+            name,
+            help,
+            Kind::Gauge,
+            labels,
+            Source::GaugeFn(Arc::new(f)),
+            true,
+        );
     }
 
     /// Removes the series `name{labels}` (e.g. a trunk that a reload deleted); the family goes
     /// when its last series does. Handles still held keep working, detached.
     pub fn remove(&self, name: &str, labels: &[(&str, &str)]) {
         let Ok(key) = label_key(labels) else { return };
-        let Ok(mut fams) = self.families.lock() else { return };
+        let Ok(mut fams) = self.families.lock() else {
+            return;
+        };
         if let Some(fam) = fams.get_mut(name) {
             fam.series.remove(&key);
             if fam.series.is_empty() {
@@ -212,7 +258,15 @@ impl Registry {
 
     /// Registers `source` (or, unless `replace`, finds the existing one). Returns the source now
     /// registered for the series, or `None` when the registration was refused (detached).
-    fn register(&self, name: &str, help: &str, kind: Kind, labels: &[(&str, &str)], source: Source, replace: bool) -> Option<Source> {
+    fn register(
+        &self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        labels: &[(&str, &str)],
+        source: Source,
+        replace: bool,
+    ) -> Option<Source> {
         if !valid_metric_name(name) {
             warn!(metric = name, "invalid metric name: not exported");
             return None;
@@ -224,10 +278,19 @@ impl Registry {
                 return None;
             }
         };
-        let Ok(mut fams) = self.families.lock() else { return None };
-        let fam = fams.entry(name.to_string()).or_insert_with(|| Family { help: help.to_string(), kind, series: BTreeMap::new() });
+        let Ok(mut fams) = self.families.lock() else {
+            return None;
+        };
+        let fam = fams.entry(name.to_string()).or_insert_with(|| Family {
+            help: help.to_string(),
+            kind,
+            series: BTreeMap::new(),
+        });
         if fam.kind != kind {
-            warn!(metric = name, "metric registered as both counter and gauge: second one not exported");
+            warn!(
+                metric = name,
+                "metric registered as both counter and gauge: second one not exported"
+            );
             return None;
         }
         let full = fam.series.len() >= MAX_SERIES;
@@ -238,7 +301,11 @@ impl Registry {
             }
             Some(existing) => Some(existing.clone()),
             None if full => {
-                warn!(metric = name, max = MAX_SERIES, "too many series: not exported");
+                warn!(
+                    metric = name,
+                    max = MAX_SERIES,
+                    "too many series: not exported"
+                );
                 None
             }
             None => {
@@ -251,13 +318,24 @@ impl Registry {
     /// Everything, in the Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         // Copy the sources out so that `*_fn` closures run without the lock (they may register).
-        let snapshot: Vec<(String, String, Kind, Vec<(Labels, Source)>)> = match self.families.lock() {
-            Ok(fams) => fams
-                .iter()
-                .map(|(n, f)| (n.clone(), f.help.clone(), f.kind, f.series.iter().map(|(l, s)| (l.clone(), s.clone())).collect()))
-                .collect(),
-            Err(_) => return String::new(),
-        };
+        let snapshot: Vec<(String, String, Kind, Vec<(Labels, Source)>)> =
+            match self.families.lock() {
+                Ok(fams) => fams
+                    .iter()
+                    .map(|(n, f)| {
+                        (
+                            n.clone(),
+                            f.help.clone(),
+                            f.kind,
+                            f.series
+                                .iter()
+                                .map(|(l, s)| (l.clone(), s.clone()))
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+                Err(_) => return String::new(),
+            };
         let mut out = String::with_capacity(snapshot.len() * 160);
         for (name, help, kind, series) in snapshot {
             let _ = writeln!(out, "# HELP {name} {}", escape_help(&help));
@@ -306,7 +384,10 @@ fn valid_label_name(name: &str) -> bool {
 
 /// Sorted label pairs; `Err(name)` for an invalid or repeated label name.
 fn label_key(labels: &[(&str, &str)]) -> Result<Labels, String> {
-    let mut key: Labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut key: Labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     key.sort();
     for (i, (k, _)) in key.iter().enumerate() {
         if !valid_label_name(k) || (i > 0 && key[i - 1].0 == *k) {
@@ -321,7 +402,9 @@ fn escape_help(s: &str) -> String {
 }
 
 fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn format_float(v: f64) -> String {
@@ -337,16 +420,57 @@ fn format_float(v: f64) -> String {
 /// Exposes the signalling counters of [`Stats`] (read at scrape time; no copies to keep in sync).
 pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
     type Field = fn(&Stats) -> &AtomicU64;
-    let fields: [(&str, &str, Field); 9] = [
-        ("podpbx_sip_messages_in_total", "SIP messages that parsed and reached the core.", |s| &s.messages_in),
-        ("podpbx_sip_messages_out_total", "SIP messages sent (requests and responses, retransmissions included).", |s| &s.messages_out),
-        ("podpbx_sip_bad_requests_total", "Unparseable SIP requests answered with 400.", |s| &s.bad_requests),
-        ("podpbx_sip_dropped_malformed_total", "Malformed SIP input that could not be answered and was dropped.", |s| &s.dropped_malformed),
-        ("podpbx_sip_stray_responses_total", "SIP responses matching no client transaction (dropped).", |s| &s.stray_responses),
-        ("podpbx_sip_refused_destinations_total", "Sends refused: broadcast/multicast destination or a family podpbx lacks.", |s| &s.refused_destinations),
-        ("podpbx_sip_keepalives_total", "CRLF keep-alive pings answered.", |s| &s.keepalives),
-        ("podpbx_sip_send_errors_total", "SIP socket send errors.", |s| &s.send_errors),
-        ("podpbx_sip_tcp_connections_total", "SIP TCP connections accepted or opened.", |s| &s.tcp_connections),
+    let fields: [(&str, &str, Field); 10] = [
+        (
+            "podpbx_sip_messages_in_total",
+            "SIP messages that parsed and reached the core.",
+            |s| &s.messages_in,
+        ),
+        (
+            "podpbx_sip_messages_out_total",
+            "SIP messages sent (requests and responses, retransmissions included).",
+            |s| &s.messages_out,
+        ),
+        (
+            "podpbx_sip_bad_requests_total",
+            "Unparseable SIP requests answered with 400.",
+            |s| &s.bad_requests,
+        ),
+        (
+            "podpbx_sip_dropped_malformed_total",
+            "Malformed SIP input that could not be answered and was dropped.",
+            |s| &s.dropped_malformed,
+        ),
+        (
+            "podpbx_sip_stray_responses_total",
+            "SIP responses matching no client transaction (dropped).",
+            |s| &s.stray_responses,
+        ),
+        (
+            "podpbx_sip_refused_destinations_total",
+            "Sends refused: broadcast/multicast destination or a family podpbx lacks.",
+            |s| &s.refused_destinations,
+        ),
+        (
+            "podpbx_sip_keepalives_total",
+            "CRLF keep-alive pings answered.",
+            |s| &s.keepalives,
+        ),
+        (
+            "podpbx_sip_send_errors_total",
+            "SIP socket send errors.",
+            |s| &s.send_errors,
+        ),
+        (
+            "podpbx_sip_blocked_requests_total",
+            "Requests from blocked sources, dropped without an answer.",
+            |s| &s.blocked_requests,
+        ),
+        (
+            "podpbx_sip_tcp_connections_total",
+            "SIP TCP connections accepted or opened.",
+            |s| &s.tcp_connections,
+        ),
     ];
     for (name, help, field) in fields {
         let stats = stats.clone();
@@ -373,8 +497,14 @@ pub enum Disposition {
 
 impl Disposition {
     /// Every disposition, in label order.
-    pub const ALL: [Disposition; 6] =
-        [Disposition::Answered, Disposition::Busy, Disposition::NoAnswer, Disposition::Cancelled, Disposition::Rejected, Disposition::Failed];
+    pub const ALL: [Disposition; 6] = [
+        Disposition::Answered,
+        Disposition::Busy,
+        Disposition::NoAnswer,
+        Disposition::Cancelled,
+        Disposition::Rejected,
+        Disposition::Failed,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -391,7 +521,14 @@ impl Disposition {
 
 /// Why the relay dropped a packet, the `reason` label of `podpbx_relay_dropped_packets_total`
 /// (mirrors `podpbx_media`'s `Drops`).
-pub const RELAY_DROP_REASONS: [&str; 6] = ["foreign_source", "malformed", "not_rtp", "oversize", "no_destination", "send_error"];
+pub const RELAY_DROP_REASONS: [&str; 6] = [
+    "foreign_source",
+    "malformed",
+    "not_rtp",
+    "oversize",
+    "no_destination",
+    "send_error",
+];
 
 /// The well-known podpbx metrics, registered up front so that they exist (as 0) from the start
 /// and their names are defined once. Owners update them through these handles:
@@ -421,8 +558,14 @@ pub struct PbxMetrics {
 }
 
 const CALLS_TOTAL: (&str, &str) = ("podpbx_calls_total", "Calls ended, by disposition.");
-const TRUNK_REGISTERED: (&str, &str) = ("podpbx_trunk_registered", "Whether the trunk is registered with the provider (1) or not (0).");
-const RELAY_DROPPED: (&str, &str) = ("podpbx_relay_dropped_packets_total", "RTP/RTCP packets the relay dropped, by reason.");
+const TRUNK_REGISTERED: (&str, &str) = (
+    "podpbx_trunk_registered",
+    "Whether the trunk is registered with the provider (1) or not (0).",
+);
+const RELAY_DROPPED: (&str, &str) = (
+    "podpbx_relay_dropped_packets_total",
+    "RTP/RTCP packets the relay dropped, by reason.",
+);
 
 impl PbxMetrics {
     /// Registers the well-known metrics in `reg`.
@@ -435,29 +578,53 @@ impl PbxMetrics {
         }
         PbxMetrics {
             registry: reg.clone(),
-            registrations: reg.gauge("podpbx_registrations", "Registered contacts (bindings) now.", &[]),
+            registrations: reg.gauge(
+                "podpbx_registrations",
+                "Registered contacts (bindings) now.",
+                &[],
+            ),
             calls_active: reg.gauge("podpbx_calls_active", "Calls in progress now.", &[]),
-            relay_packets: reg.counter("podpbx_relay_packets_total", "RTP/RTCP packets the relay forwarded.", &[]),
-            relay_bytes: reg.counter("podpbx_relay_bytes_total", "RTP/RTCP bytes the relay forwarded.", &[]),
-            auth_failures: reg.counter("podpbx_auth_failures_total", "Failed digest authentications.", &[]),
-            blocked_sources: reg.gauge("podpbx_blocked_sources", "Source addresses blocked by the brute-force guard now.", &[]),
+            relay_packets: reg.counter(
+                "podpbx_relay_packets_total",
+                "RTP/RTCP packets the relay forwarded.",
+                &[],
+            ),
+            relay_bytes: reg.counter(
+                "podpbx_relay_bytes_total",
+                "RTP/RTCP bytes the relay forwarded.",
+                &[],
+            ),
+            auth_failures: reg.counter(
+                "podpbx_auth_failures_total",
+                "Failed digest authentications.",
+                &[],
+            ),
+            blocked_sources: reg.gauge(
+                "podpbx_blocked_sources",
+                "Source addresses blocked by the brute-force guard now.",
+                &[],
+            ),
         }
     }
 
     /// Counts one ended call.
     pub fn call_ended(&self, d: Disposition) {
-        self.registry.counter(CALLS_TOTAL.0, CALLS_TOTAL.1, &[("disposition", d.as_str())]).inc();
+        self.registry
+            .counter(CALLS_TOTAL.0, CALLS_TOTAL.1, &[("disposition", d.as_str())])
+            .inc();
     }
 
     /// The registration state gauge of trunk `name` (register it at start for every trunk with
     /// `register = true`, so that it reads 0 until the first registration succeeds).
     pub fn trunk_registered(&self, name: &str) -> Gauge {
-        self.registry.gauge(TRUNK_REGISTERED.0, TRUNK_REGISTERED.1, &[("trunk", name)])
+        self.registry
+            .gauge(TRUNK_REGISTERED.0, TRUNK_REGISTERED.1, &[("trunk", name)])
     }
 
     /// The drop counter for `reason` (one of [`RELAY_DROP_REASONS`]).
     pub fn relay_dropped(&self, reason: &str) -> Counter {
-        self.registry.counter(RELAY_DROPPED.0, RELAY_DROPPED.1, &[("reason", reason)])
+        self.registry
+            .counter(RELAY_DROPPED.0, RELAY_DROPPED.1, &[("reason", reason)])
     }
 }
 
@@ -477,7 +644,11 @@ mod tests {
                 typed = false;
             } else if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let mut p = rest.split(' ');
-                assert_eq!(p.next(), Some(family.as_str()), "TYPE after HELP of the same family");
+                assert_eq!(
+                    p.next(),
+                    Some(family.as_str()),
+                    "TYPE after HELP of the same family"
+                );
                 assert!(matches!(p.next(), Some("counter") | Some("gauge")));
                 typed = true;
             } else {
@@ -499,6 +670,9 @@ mod tests {
         c.inc();
         g.set(-3);
         g.inc();
+        g.add(-2);
+        g.dec();
+        g.add(3);
         let text = reg.render();
         assert_eq!(text, "# HELP aa_now First.\n# TYPE aa_now gauge\naa_now -2\n# HELP zz_total Last.\n# TYPE zz_total counter\nzz_total 6\n");
     }
@@ -511,20 +685,28 @@ mod tests {
         a.inc();
         b.inc();
         assert_eq!(a.get(), 2);
-        reg.counter("x_total", "X.", &[("a", "0"), ("b", "2")]).inc();
+        reg.counter("x_total", "X.", &[("a", "0"), ("b", "2")])
+            .inc();
         let m = parse(&reg.render());
         assert_eq!(m["x_total{a=\"0\",b=\"2\"}"], "1");
         assert_eq!(m["x_total{a=\"1\",b=\"2\"}"], "2");
         let order: Vec<_> = m.keys().cloned().collect();
-        assert_eq!(order, ["x_total{a=\"0\",b=\"2\"}", "x_total{a=\"1\",b=\"2\"}"]);
+        assert_eq!(
+            order,
+            ["x_total{a=\"0\",b=\"2\"}", "x_total{a=\"1\",b=\"2\"}"]
+        );
     }
 
     #[test]
     fn label_values_and_help_are_escaped() {
         let reg = Registry::new();
-        reg.gauge("t", "Back\\slash\nnewline.", &[("v", "q\"b\\n\nl")]).set(1);
+        reg.gauge("t", "Back\\slash\nnewline.", &[("v", "q\"b\\n\nl")])
+            .set(1);
         let text = reg.render();
-        assert!(text.contains("# HELP t Back\\\\slash\\nnewline.\n"), "{text}");
+        assert!(
+            text.contains("# HELP t Back\\\\slash\\nnewline.\n"),
+            "{text}"
+        );
         assert!(text.contains("t{v=\"q\\\"b\\\\n\\nl\"} 1\n"), "{text}");
     }
 
@@ -549,7 +731,8 @@ mod tests {
     fn series_per_family_are_bounded() {
         let reg = Registry::new();
         for i in 0..MAX_SERIES + 10 {
-            reg.counter("many_total", "x", &[("i", &i.to_string())]).inc();
+            reg.counter("many_total", "x", &[("i", &i.to_string())])
+                .inc();
         }
         assert_eq!(parse(&reg.render()).len(), MAX_SERIES);
     }
@@ -616,11 +799,22 @@ mod tests {
         pm.trunk_registered("sipgate").set(1);
         pm.relay_dropped("oversize").add(3);
         pm.calls_active.set_count(2);
+        pm.relay_packets.add(10);
+        pm.relay_bytes.add(1720);
+        pm.auth_failures.inc();
+        pm.blocked_sources.set(1);
         let m = parse(&reg.render());
         assert_eq!(m["podpbx_sip_messages_in_total"], "2");
         assert_eq!(m["podpbx_calls_total{disposition=\"busy\"}"], "1");
         assert_eq!(m["podpbx_trunk_registered{trunk=\"sipgate\"}"], "1");
-        assert_eq!(m["podpbx_relay_dropped_packets_total{reason=\"oversize\"}"], "3");
+        assert_eq!(
+            m["podpbx_relay_dropped_packets_total{reason=\"oversize\"}"],
+            "3"
+        );
         assert_eq!(m["podpbx_calls_active"], "2");
+        assert_eq!(m["podpbx_relay_packets_total"], "10");
+        assert_eq!(m["podpbx_relay_bytes_total"], "1720");
+        assert_eq!(m["podpbx_auth_failures_total"], "1");
+        assert_eq!(m["podpbx_blocked_sources"], "1");
     }
 }

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use podpbx_registrar::{Registrar, Settings as RegSettings, User as RegUser, UserDb};
+use std::time::{Instant, SystemTime};
 use podpbx_sip::transaction::{Peer, Timers};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -91,22 +92,45 @@ async fn serve(cfg: Config) -> Result<(), String> {
     };
     let transports = Transports::bind(tcfg, stats.clone(), in_tx).await?;
     let timers = Timers { t1: cfg.sip.t1, t2: cfg.sip.t2, t4: cfg.sip.t4 };
-    let core_cfg = CoreConfig { user_agent: cfg.sip.user_agent.clone(), timers, max_transactions: 50_000 };
-    let mut core = Core::new(core_cfg, stats.clone());
+    let core_cfg = CoreConfig {
+        user_agent: cfg.sip.user_agent.clone(),
+        timers,
+        max_transactions: 50_000,
+        domain: cfg.sip.domain.clone(),
+        state_file: cfg.registrar.state_file.clone(),
+    };
+    let registrar = build_registrar(&cfg)?;
+    let mut core = Core::new(core_cfg, stats.clone(), registrar);
+    // Admin listener, readiness and graceful stop (admin.rs); components register metrics,
+    // JSON providers and readiness flags on `admin`.
+    let admin = crate::admin::Admin::new(&cfg, stats.clone());
+    admin.sip_bound(transports.udp_addrs(), transports.tcp_addrs());
+    let mut admin_rx = admin.core_requests();
+    if let Some(listen) = cfg.admin.listen {
+        admin.start(listen).await?;
+    }
+    let mut shutdown = crate::admin::Shutdown::new(&admin, crate::admin::SHUTDOWN_GRACE)?;
     info!(udp = ?transports.udp_addrs(), tcp = ?transports.tcp_addrs(), "podpbx ready");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot install SIGTERM handler: {e}"))?;
     loop {
         let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             msg = in_rx.recv() => {
                 let Some(Inbound::Message(msg, flow)) = msg else { break };
-                core.handle_message(Instant::now(), &msg, flow);
+                core.handle_message(Instant::now(), SystemTime::now(), &msg, flow);
             }
             _ = sleep_until_opt(deadline) => core.handle_timeout(Instant::now()),
-            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = tokio::signal::ctrl_c() => { info!("interrupt: stopping"); break; }
+            Some(req) = admin_rx.recv() => match req {
+                crate::admin::CoreRequest::Ping(p) => p.pong(),
+            },
+            ev = shutdown.next() => match ev {
+                crate::admin::StopEvent::Begin => core.begin_shutdown(),
+                // Hook: the core ends the remaining calls here (their BYEs go out below).
+                crate::admin::StopEvent::Stop => {}
+            },
+        }
+        if core.save_due(Instant::now()) {
+            core.save_bindings();
         }
         while let Some(out) = core.poll_output() {
             match out {
@@ -118,8 +142,56 @@ async fn serve(cfg: Config) -> Result<(), String> {
                 }
             }
         }
+        if shutdown.is_stopping() {
+            break;
+        }
     }
+    core.save_bindings();
+    shutdown.finish();
     Ok(())
+}
+
+/// The registrar from the config, with bindings restored from the state file.
+fn build_registrar(cfg: &Config) -> Result<Registrar, String> {
+    let mut secret = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut secret))
+        .map_err(|e| format!("cannot read /dev/urandom for the nonce key: {e}"))?;
+    let mut settings = RegSettings::new(cfg.sip.realm.clone(), secret);
+    settings.domains = Vec::new();
+    settings.min_expires = cfg.registrar.min_expires.as_secs() as u32;
+    settings.max_expires = cfg.registrar.max_expires.as_secs() as u32;
+    settings.default_expires = cfg.registrar.default_expires.as_secs() as u32;
+    settings.nonce_ttl = cfg.registrar.nonce_ttl;
+    settings.max_failures = cfg.security.max_auth_failures;
+    settings.failure_window = cfg.security.failure_window;
+    settings.block_for = cfg.security.block;
+    settings.trusted_networks = cfg.security.trusted_networks.clone();
+    settings.qualify_interval = cfg.registrar.qualify_interval;
+    let mut users = UserDb::new();
+    for u in &cfg.users {
+        let Some(pw) = &u.password else { continue };
+        let mut user = RegUser::new(u.name.clone(), pw.expose().to_string());
+        user.allowed_sources = u.allow_from.clone();
+        user.max_contacts = u.max_contacts.max(1) as usize;
+        users.insert(user);
+    }
+    let now = Instant::now();
+    let mut registrar = Registrar::new(settings, users, now);
+    let path = &cfg.registrar.state_file;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    match registrar.load(path, now, SystemTime::now()) {
+        Ok(report) => {
+            if let Some(w) = &report.warning {
+                warn!(file = %path.display(), "{w}");
+            }
+            info!(file = %path.display(), loaded = report.loaded, dropped = report.dropped, "registrations restored");
+        }
+        Err(e) => warn!(file = %path.display(), error = %e, "cannot restore registrations; starting clean"),
+    }
+    Ok(registrar)
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -21,6 +21,8 @@ pub struct Stats {
     pub keepalives: AtomicU64,
     /// Socket send errors.
     pub send_errors: AtomicU64,
+    /// Requests from blocked sources, dropped without an answer.
+    pub blocked_requests: AtomicU64,
     /// TCP connections accepted or opened.
     pub tcp_connections: AtomicU64,
 }

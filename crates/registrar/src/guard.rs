@@ -4,7 +4,7 @@
 //! spoofed) addresses costs bounded memory; blocks live in their own table so a flood of
 //! single failures cannot evict an active block.
 
-use crate::cidr::Cidr;
+use crate::Cidr;
 use crate::lru::Lru;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ impl Guard {
     }
 
     pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
-        Cidr::any_contains(&self.cfg.trusted, ip)
+        self.cfg.trusted.iter().any(|n| n.contains(ip))
     }
 
     /// True while `ip` is blocked (trusted sources never are).

@@ -59,7 +59,7 @@
 //!   too (the saved expiry moves).
 
 mod bindings;
-mod cidr;
+
 mod guard;
 mod lru;
 mod persist;
@@ -67,7 +67,7 @@ mod registrar;
 mod users;
 
 pub use bindings::{Binding, Flow, QualifyTarget, Transport};
-pub use cidr::{Cidr, CidrError};
+pub use podpbx_config::{Cidr, CidrError};
 pub use persist::{LoadReport, PersistError};
 pub use podpbx_sip::digest::{Algorithm, AuthKind, HashAlg, Secret};
 pub use registrar::{

@@ -2,7 +2,7 @@
 //! authentication.
 
 use crate::bindings::{Binding, Flow, QualifyTarget, Store};
-use crate::cidr::Cidr;
+use crate::Cidr;
 use crate::guard::{Guard, GuardConfig};
 use crate::persist::{self, LoadReport, PersistError};
 use crate::users::UserDb;

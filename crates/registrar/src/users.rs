@@ -1,6 +1,6 @@
 //! The registrar's view of the user database.
 
-use crate::cidr::Cidr;
+use crate::Cidr;
 use podpbx_sip::digest::Secret;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,7 +31,7 @@ impl User {
 
     /// True if this user may authenticate from `ip`.
     pub fn allowed_from(&self, ip: IpAddr) -> bool {
-        self.allowed_sources.is_empty() || Cidr::any_contains(&self.allowed_sources, ip)
+        self.allowed_sources.is_empty() || self.allowed_sources.iter().any(|n| n.contains(ip))
     }
 }
 

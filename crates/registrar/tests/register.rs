@@ -28,7 +28,7 @@ fn users() -> UserDb {
     let mut multi = User::new("1001", "secret");
     multi.max_contacts = 2;
     let mut restricted = User::new("lan", "pw");
-    restricted.allowed_sources = vec!["10.0.0.0/8".parse().expect("cidr")];
+    restricted.allowed_sources = vec!["203.0.113.0/24".parse().expect("cidr")];
     [multi, User::new("door", "bell"), restricted]
         .into_iter()
         .collect()
@@ -562,24 +562,24 @@ fn multiple_contacts_and_max_contacts_evicts_oldest() {
         0,
         Req::new("1001")
             .contact(C1)
-            .contact("<sip:1001@10.0.0.2>;q=0.5"),
+            .contact("<sip:1001@198.51.100.202>;q=0.5"),
         PHONE,
         "1001",
         "secret",
     );
     assert_eq!(ok_contacts(&o).len(), 2);
-    assert!(ok_contacts(&o).contains(&"<sip:1001@10.0.0.2>;expires=3600;q=0.5".to_string()));
+    assert!(ok_contacts(&o).contains(&"<sip:1001@198.51.100.202>;expires=3600;q=0.5".to_string()));
     // lookup orders by q: the q=0.5 one comes last.
     let l = e.reg.lookup("1001", e.t0);
-    assert_eq!(l[1].contact_uri, "sip:1001@10.0.0.2");
+    assert_eq!(l[1].contact_uri, "sip:1001@198.51.100.202");
     // A third contact, later, from another device: the oldest (C1, registered first... both at
     // t=0, so the lower id) is evicted.
     let o = e.register(
         10,
         Req::new("1001")
-            .contact("<sip:1001@10.0.0.3>")
+            .contact("<sip:1001@198.51.100.203>")
             .call_id("other"),
-        "10.0.0.3:5060",
+        "198.51.100.203:5060",
         "1001",
         "secret",
     );
@@ -587,16 +587,16 @@ fn multiple_contacts_and_max_contacts_evicts_oldest() {
     assert_eq!(cs.len(), 2, "{cs:?}");
     assert!(!cs.iter().any(|c| c.starts_with(C1)), "{cs:?}");
     assert!(
-        cs.iter().any(|c| c.starts_with("<sip:1001@10.0.0.3>")),
+        cs.iter().any(|c| c.starts_with("<sip:1001@198.51.100.203>")),
         "{cs:?}"
     );
     // Three new distinct contacts in one request exceed the limit: 403, nothing changes.
     let o = e.register(
         20,
         Req::new("1001")
-            .contact("<sip:a@10.0.0.7>")
-            .contact("<sip:b@10.0.0.7>")
-            .contact("<sip:c@10.0.0.7>")
+            .contact("<sip:a@198.51.100.207>")
+            .contact("<sip:b@198.51.100.207>")
+            .contact("<sip:c@198.51.100.207>")
             .call_id("x"),
         PHONE,
         "1001",
@@ -848,8 +848,8 @@ fn source_network_restriction_looks_like_wrong_password() {
     assert_eq!(o.events[0].kind, SecurityEventKind::SourceNotAllowed);
     let o = e.register(
         0,
-        Req::new("lan").contact("<sip:lan@10.1.1.1>"),
-        "10.1.1.1:5060",
+        Req::new("lan").contact("<sip:lan@203.0.113.77>"),
+        "203.0.113.77:5060",
         "lan",
         "pw",
     );
@@ -939,7 +939,7 @@ fn qualify_marks_unreachable_after_failures() {
     let mut e = env_with(s);
     e.register(
         0,
-        Req::new("1001").contact(C1).contact("<sip:1001@10.0.0.2>"),
+        Req::new("1001").contact(C1).contact("<sip:1001@198.51.100.202>"),
         PHONE,
         "1001",
         "secret",
@@ -965,7 +965,7 @@ fn qualify_marks_unreachable_after_failures() {
     assert_eq!(e.reg.qualify_result(c1.binding_id, false), None);
     assert_eq!(e.reg.qualify_result(c1.binding_id, false), Some(false));
     let l = e.reg.lookup("1001", e.t0);
-    assert_eq!(l[0].contact_uri, "sip:1001@10.0.0.2", "reachable first");
+    assert_eq!(l[0].contact_uri, "sip:1001@198.51.100.202", "reachable first");
     assert!(!l[1].reachable);
     assert_eq!(e.reg.qualify_result(c1.binding_id, true), Some(true));
     assert_eq!(e.reg.qualify_result(999_999, true), None);
@@ -1170,7 +1170,7 @@ fn persistence_roundtrip_with_remaining_expiry() {
         0,
         Req::new("1001")
             .contact(inst)
-            .contact("<sip:1001@10.0.0.2>;expires=200"),
+            .contact("<sip:1001@198.51.100.202>;expires=200"),
         PHONE,
         "1001",
         "secret",
@@ -1216,7 +1216,7 @@ fn persistence_roundtrip_with_remaining_expiry() {
     assert_eq!(b.call_id, "call-1@host");
     let short = l
         .iter()
-        .find(|b| b.contact_uri == "sip:1001@10.0.0.2")
+        .find(|b| b.contact_uri == "sip:1001@198.51.100.202")
         .expect("second");
     assert_eq!(short.remaining_secs(t1), 100);
     assert_eq!(r2.lookup("door", t1)[0].remaining_secs(t1), 20);

@@ -34,6 +34,12 @@ impl Iterator for ParamSpans<'_> {
             while i < s.len() && s[i] != b';' {
                 match s[i] {
                     b'"' => i = quoted_end(s, i).unwrap_or(s.len()),
+                    b'[' => {
+                        i = s[i..]
+                            .iter()
+                            .position(|&c| c == b']')
+                            .map_or(s.len(), |p| i + p + 1)
+                    }
                     b'=' if eq.is_none() => {
                         eq = Some(i);
                         i += 1;
@@ -177,8 +183,16 @@ fn scan_params(s: &[u8], mut i: usize, what: &'static str) -> Result<(usize, usi
                 quoted_end(s, v0).ok_or(ParseError::Value(what))?
             } else {
                 let mut e = v0;
-                while e < n && is_param_value_char(s[e]) {
-                    e += 1;
+                while e < n {
+                    if s[e] == b'[' {
+                        // An IPv6 reference: nothing inside the brackets ends the value.
+                        let close = s[e..].iter().position(|&c| c == b']');
+                        e += close.ok_or(ParseError::Value(what))? + 1;
+                    } else if is_param_value_char(s[e]) {
+                        e += 1;
+                    } else {
+                        break;
+                    }
                 }
                 if e == v0 {
                     return Err(ParseError::Value(what));
@@ -519,7 +533,14 @@ pub struct HeaderValues<'a, T> {
 
 impl<'a, T> HeaderValues<'a, T> {
     fn new(msg: &'a Message, name: HeaderName, parse: ItemParser<T>) -> Self {
-        HeaderValues { msg, name, next_slot: 0, cur: None, done: false, parse }
+        HeaderValues {
+            msg,
+            name,
+            next_slot: 0,
+            cur: None,
+            done: false,
+            parse,
+        }
     }
 }
 
@@ -625,23 +646,35 @@ impl Message {
             .unwrap_or(Err(ParseError::Value("Via")))
     }
     pub fn from_hdr(&self) -> Result<NameAddr, ParseError> {
-        let (a, b) = self.value_range(HeaderName::From).ok_or(ParseError::Value("From"))?;
+        let (a, b) = self
+            .value_range(HeaderName::From)
+            .ok_or(ParseError::Value("From"))?;
         parse_name_addr_at(&self.buf, a, b, false, "From").map(|(n, _)| n)
     }
     pub fn to_hdr(&self) -> Result<NameAddr, ParseError> {
-        let (a, b) = self.value_range(HeaderName::To).ok_or(ParseError::Value("To"))?;
+        let (a, b) = self
+            .value_range(HeaderName::To)
+            .ok_or(ParseError::Value("To"))?;
         parse_name_addr_at(&self.buf, a, b, false, "To").map(|(n, _)| n)
     }
     /// The Call-ID (`word [ "@" word ]`: non-empty, no white space).
     pub fn call_id(&self) -> Result<Bytes, ParseError> {
-        let (a, b) = self.value_range(HeaderName::CallId).ok_or(ParseError::Value("Call-ID"))?;
-        if a == b || self.buf[a..b].iter().any(|&c| is_lws(c) || c < 0x20 || c == 0x7f) {
+        let (a, b) = self
+            .value_range(HeaderName::CallId)
+            .ok_or(ParseError::Value("Call-ID"))?;
+        if a == b
+            || self.buf[a..b]
+                .iter()
+                .any(|&c| is_lws(c) || c < 0x20 || c == 0x7f)
+        {
             return Err(ParseError::Value("Call-ID"));
         }
         Ok(self.buf.slice(a..b))
     }
     pub fn cseq(&self) -> Result<CSeq, ParseError> {
-        let (a, b) = self.value_range(HeaderName::CSeq).ok_or(ParseError::Value("CSeq"))?;
+        let (a, b) = self
+            .value_range(HeaderName::CSeq)
+            .ok_or(ParseError::Value("CSeq"))?;
         CSeq::parse_range(&self.buf, a, b)
     }
     /// `None` if absent.
@@ -661,6 +694,16 @@ impl Message {
         if !self.has_header(HeaderName::Contact) {
             return Ok(None);
         }
+        if self.contact_star()? {
+            return Ok(Some(ContactList::Star));
+        }
+        self.contact_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map(|l| Some(ContactList::List(l)))
+    }
+    /// True for a lone `Contact: *`; an error if `*` is combined with other Contact values
+    /// (RFC 3261 §10.2.2).
+    fn contact_star(&self) -> Result<bool, ParseError> {
         let mut lines = 0;
         let mut star = false;
         for v in self.header_values(HeaderName::Contact) {
@@ -668,17 +711,11 @@ impl Message {
             let (a, b) = trim_lws(&v, 0, v.len());
             star |= &v[a..b] == b"*";
         }
-        if star {
-            // `*` must be the only Contact value (RFC 3261 §10.2.2).
-            return if lines == 1 {
-                Ok(Some(ContactList::Star))
-            } else {
-                Err(ParseError::Value("Contact"))
-            };
+        match (star, lines) {
+            (false, _) => Ok(false),
+            (true, 1) => Ok(true),
+            (true, _) => Err(ParseError::Value("Contact")),
         }
-        self.contact_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map(|l| Some(ContactList::List(l)))
     }
     /// Route values in order.
     pub fn routes(&self) -> Result<Vec<NameAddr>, ParseError> {
@@ -724,10 +761,15 @@ impl Message {
         for v in self.header_values(name) {
             let mut i = 0;
             while i <= v.len() {
-                let e = v[i..]
-                    .iter()
-                    .position(|&b| b == b',')
-                    .map_or(v.len(), |p| p + i);
+                // Split at commas outside quoted strings.
+                let mut e = i;
+                while e < v.len() && v[e] != b',' {
+                    e = if v[e] == b'"' {
+                        quoted_end(&v, e).unwrap_or(v.len())
+                    } else {
+                        e + 1
+                    };
+                }
                 let (a, b) = trim_lws(&v, i, e);
                 if a < b {
                     out.push(v.slice(a..b));
@@ -785,8 +827,9 @@ impl Message {
             return Err(ParseError::Value("Max-Forwards"));
         }
         self.expires()?;
-        if let Some(ContactList::List(list)) = self.contacts()? {
-            for c in &list {
+        if !self.contact_star()? {
+            for c in self.contact_iter() {
+                let c = c?;
                 if c.addr.params.contains("expires") && c.expires().is_none() {
                     return Err(ParseError::Value("Contact"));
                 }
@@ -831,7 +874,12 @@ impl Message {
                 if !version.eq_ignore_ascii_case(b"SIP/2.0") {
                     return Err(ParseError::Version);
                 }
-                if !(100..=699).contains(code) || line.get(version.len()) != Some(&b' ') {
+                // `SIP-Version SP Status-Code SP Reason-Phrase`: one SP before the code.
+                let code_at = version.len() + 1;
+                if !(100..=699).contains(code)
+                    || line.get(version.len()) != Some(&b' ')
+                    || !line.get(code_at).is_some_and(u8::is_ascii_digit)
+                {
                     return Err(ParseError::StartLine);
                 }
             }

@@ -189,7 +189,9 @@ impl HeaderName {
                 _ => Other,
             };
         }
-        let Some(&first) = n.first() else { return Other };
+        let Some(&first) = n.first() else {
+            return Other;
+        };
         // One candidate per (length, first letter) except Call-ID/Contact.
         let (long, h): (&[u8], HeaderName) = match (n.len(), first | 0x20) {
             (2, b't') => (b"to", To),
@@ -433,7 +435,7 @@ pub const MAX_MESSAGE_BYTES: usize = 65_535;
 /// At most this many header lines per message.
 pub const MAX_HEADERS: usize = 128;
 /// At most this many octets for the start line and for one header (name, value and any
-/// continuation lines together).
+/// continuation lines together). Header names are further limited to 255 octets.
 pub const MAX_HEADER_LINE_BYTES: usize = 8192;
 
 /// What scanning the head (start line and headers) of a message found (the header index is
@@ -494,7 +496,11 @@ fn scan_head(s: &[u8], index: &mut Index) -> Result<Head, ParseError> {
     if nl > MAX_HEADER_LINE_BYTES {
         return Err(ParseError::TooLarge);
     }
-    let start_end = if nl > 0 && s[nl - 1] == b'\r' { nl - 1 } else { nl };
+    let start_end = if nl > 0 && s[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
     index.len = 0;
     index.present = 0;
     let mut pos = nl + 1;
@@ -578,7 +584,11 @@ fn scan_head(s: &[u8], index: &mut Index) -> Result<Head, ParseError> {
     }
     let mut content_length = None;
     if index.present & HeaderName::ContentLength.bit() != 0 {
-        for slot in index.used().iter().filter(|h| h.name == HeaderName::ContentLength) {
+        for slot in index
+            .used()
+            .iter()
+            .filter(|h| h.name == HeaderName::ContentLength)
+        {
             let a = slot.value_start as usize;
             let v = &s[a..a + slot.value_len as usize];
             let cl = parse_decimal(v, 10).ok_or(ParseError::ContentLength)?;
@@ -593,7 +603,11 @@ fn scan_head(s: &[u8], index: &mut Index) -> Result<Head, ParseError> {
         Some(v) => Some(v as usize),
         None => None,
     };
-    Ok(Head { start_end, body_start, content_length })
+    Ok(Head {
+        start_end,
+        body_start,
+        content_length,
+    })
 }
 
 /// Parses `1*DIGIT` with at most `max_digits` digits.
@@ -703,7 +717,11 @@ impl Message {
         // Built in place so the inline index is written once, not copied around.
         let mut msg = Message {
             buf: Bytes::new(),
-            start: StartLine::Response { version: Bytes::new(), code: 0, reason: Bytes::new() },
+            start: StartLine::Response {
+                version: Bytes::new(),
+                code: 0,
+                reason: Bytes::new(),
+            },
             index: Index::new(),
             body: Bytes::new(),
         };
@@ -881,7 +899,11 @@ impl Message {
 
     /// The next header line named `name` at or after index position `from`: its position and
     /// value range in `buf` (for the typed iterators).
-    pub(crate) fn next_range(&self, name: HeaderName, from: usize) -> Option<(usize, usize, usize)> {
+    pub(crate) fn next_range(
+        &self,
+        name: HeaderName,
+        from: usize,
+    ) -> Option<(usize, usize, usize)> {
         if !self.has_header(name) {
             return None;
         }

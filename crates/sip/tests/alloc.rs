@@ -51,6 +51,9 @@ Content-Length: 4\r\n\r\nv=0\n";
 
 #[test]
 fn parse_and_typed_access_do_not_allocate() {
+    // The counter works.
+    let (v, n) = count(|| vec![1u8; 3]);
+    assert_eq!((v.len(), n), (3, 1));
     // A shared buffer, as the transports hand them over (cloning is a refcount bump).
     let buf = Bytes::from(INVITE.to_vec());
     let _shared = buf.clone();

@@ -621,16 +621,20 @@ fn rfc4475_rfc5118_conformance() {
             text
         ));
     }
-    println!(
-        "\n{:<4} {:<8} {:<40} {:<9} outcome",
+    // Written straight to stdout (not `println!`) so the table shows in CI logs even when the
+    // test passes and libtest captures output.
+    let mut table_text = format!(
+        "\n{:<4} {:<8} {:<40} {:<9} outcome\n",
         "", "set", "file", "verdict"
     );
     for r in &rows {
-        println!("{r}");
+        table_text.push_str(r);
+        table_text.push('\n');
     }
-    println!(
-        "\nvalid+semantic accepted: {ok_valid}/{n_valid}; invalid rejected: {ok_invalid}/{n_invalid}"
-    );
+    table_text.push_str(&format!(
+        "conformance: valid+semantic accepted {ok_valid}/{n_valid}, invalid rejected {ok_invalid}/{n_invalid}\n"
+    ));
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), table_text.as_bytes());
     assert!(
         failures.is_empty(),
         "conformance failures:\n{}",

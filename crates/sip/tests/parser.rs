@@ -357,6 +357,12 @@ fn via_rport_received_maddr() {
     let vias = m.vias().unwrap();
     assert_eq!(vias.len(), 2);
     assert_eq!(vias[0].params.get("x"), Some(b("\"a,b\"")));
+    let m2 =
+        via_msg("SIP/2.0/UDP h.example.com;x=[a,b;c];branch=z9hG4bK1, SIP/2.0/UDP i.example.com");
+    let vias2 = m2.vias().unwrap();
+    assert_eq!(vias2.len(), 2);
+    assert_eq!(vias2[0].params.get("x"), Some(b("[a,b;c]")));
+    assert_eq!(vias2[0].branch(), Some(b("z9hG4bK1")));
     assert_eq!(
         (vias[1].transport.clone(), vias[1].port),
         (b("TCP"), Some(5061))
@@ -544,6 +550,12 @@ fn limits() {
     );
     assert_eq!(
         Message::parse(Bytes::from(folded), Framing::Datagram).unwrap_err(),
+        ParseError::TooLarge
+    );
+    // A header name over 255 octets.
+    let long_name = format!("{base}X-{}: 1\r\n\r\n", "n".repeat(300));
+    assert_eq!(
+        Message::parse(Bytes::from(long_name), Framing::Datagram).unwrap_err(),
         ParseError::TooLarge
     );
     // A long start line.
@@ -977,4 +989,7 @@ CSeq: {cseq}
     assert_eq!(r.validate(), Err(ParseError::StartLine));
     let r = parse("SIP/3.0 200 OK\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\r\nTo: <sip:a@example.com>;tag=2\r\nFrom: <sip:b@example.com>;tag=1\r\nCall-ID: s@x\r\nCSeq: 1 OPTIONS\r\n\r\n");
     assert_eq!(r.validate(), Err(ParseError::Version));
+    let r = parse("SIP/2.0  200 OK\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\r\nTo: <sip:a@example.com>;tag=2\r\nFrom: <sip:b@example.com>;tag=1\r\nCall-ID: s@x\r\nCSeq: 1 OPTIONS\r\n\r\n");
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(r.validate(), Err(ParseError::StartLine));
 }

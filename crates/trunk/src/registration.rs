@@ -652,11 +652,11 @@ impl Registration {
 
     /// The next deadline; call [`Self::handle_timeout`] when it is reached.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let lapse = match self.state {
-            TrunkState::Registered { expires_at } => Some(expires_at),
-            _ => None,
-        };
-        [self.next_register, self.next_keepalive, lapse]
+        [
+            self.next_register,
+            self.next_keepalive,
+            self.binding_expires_at,
+        ]
             .into_iter()
             .flatten()
             .min()
@@ -665,11 +665,11 @@ impl Registration {
     /// Fires whatever is due at `now`: a refresh or retry, a keep-alive, the lapse of a binding
     /// whose refresh is still in flight.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let TrunkState::Registered { expires_at } = self.state {
-            if expires_at <= now {
+        if self.binding_expires_at.is_some_and(|e| e <= now) {
+            self.binding_expires_at = None;
+            if matches!(self.state, TrunkState::Registered { .. }) {
                 warn!(trunk = %self.cfg.name, "trunk binding lapsed before the refresh was answered");
                 self.state = TrunkState::Registering;
-                self.binding_expires_at = None;
             }
         }
         if self.next_register.is_some_and(|t| t <= now) {

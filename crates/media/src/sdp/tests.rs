@@ -69,6 +69,7 @@ fn report_per_m_line() {
     assert_eq!(m.clock_rates(), vec![(0, 8000), (8, 8000), (101, 8000)]);
     assert_eq!(m.telephone_event, Some(101));
     assert_eq!(m.rtcp.as_ref().map(|r| r.port), Some(49171));
+    assert_eq!(m.rtcp_port(), Some(49171));
     assert!(!m.rtcp_mux);
     assert_eq!(m.direction, Direction::SendRecv);
     assert!(!m.on_hold());
@@ -240,6 +241,9 @@ m=application 4004 UDP/BFCP *\r\n";
     );
     assert!(ms[2].rtcp_mux);
     assert_eq!(ms[2].rtcp_addr(), ms[2].rtp_addr());
+    assert_eq!(ms[2].rtcp_port(), Some(4002));
+    assert_eq!(ms[0].rtcp_port(), Some(4001));
+    assert_eq!(ms[1].rtcp_port(), None);
     assert_eq!(ms[2].clock_rates(), vec![(97, 90000)]);
     assert_eq!(ms[3].payload_types(), Vec::<u8>::new());
 
