@@ -55,7 +55,12 @@ fn replies_leave_from_the_pinned_addresses() {
     let cfg = dir.path().join("podpbx.toml");
     std::fs::write(
         &cfg,
-        format!("[sip]\nipv6 = \"{PINNED6}\"\nipv4 = \"{PINNED4}\"\nport = 5060\ntransports = [\"udp\", \"tcp\"]\n"),
+        format!(
+            "[sip]\nipv6 = \"{PINNED6}\"\nipv4 = \"{PINNED4}\"\nport = 5060\ntransports = [\"udp\", \"tcp\"]\n\
+             [admin]\nlisten = \"\"\n[storage]\ndata_dir = \"{}\"\n[registrar]\nqualify_interval_secs = 1\n\
+             [[users]]\nname = \"2001\"\npassword = \"pinned-2001\"\n",
+            dir.path().display()
+        ),
     )
     .unwrap();
     let log = dir.path().join("log");
@@ -109,5 +114,50 @@ fn replies_leave_from_the_pinned_addresses() {
         let (code, output) = wait_output(sipp_child, Duration::from_secs(20));
         assert_eq!(code, Some(0), "SIPp via {transport} to {target}: {output}");
     }
+
+    // podpbx-originated requests: register a phone from the LAN, then catch the qualify OPTIONS
+    // podpbx sends to it and check its source address.
+    for (pinned, local) in [(PINNED6, "2001:db8:100::2"), (PINNED4, "203.0.113.2")] {
+        let target = if pinned.contains(':') { format!("[{pinned}]:5060") } else { format!("{pinned}:5060") };
+        let sipp_child = lan
+            .command("sipp")
+            .arg(&target)
+            .arg("-sf")
+            .arg(root().join("tests/sipp/register_once.xml"))
+            .args(["-i", local, "-p", "5072", "-t", "u1", "-m", "1", "-nostdin", "-timeout", "10s", "-timeout_error"])
+            .args(["-s", "2001", "-au", "2001", "-ap", "pinned-2001", "-key", "expires", "60"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sipp register");
+        let (code, output) = wait_output(sipp_child, Duration::from_secs(20));
+        assert_eq!(code, Some(0), "SIPp register to {target}: {output}");
+        let out = lan
+            .command("python3")
+            .args(["-c", CATCH_OPTIONS, local, "5072"])
+            .output()
+            .expect("run catcher");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "no qualify OPTIONS caught: {text} {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(text.trim(), format!("{pinned} OPTIONS"), "podpbx-originated request must leave from the pinned address");
+    }
     drop(child);
 }
+
+/// Listens where the registered phone was and prints the source of the first request received.
+const CATCH_OPTIONS: &str = r#"
+import socket, sys
+fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(6)
+while True:
+    data, src = s.recvfrom(65535)
+    method = data.split(b' ')[0].decode()
+    if method == 'OPTIONS':
+        print(src[0], method)
+        break
+"#;

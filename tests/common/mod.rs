@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod kamailio;
 pub mod netns;
 
 use std::io::{Read, Write};

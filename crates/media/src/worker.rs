@@ -108,6 +108,10 @@ struct WLeg {
     rtp: UdpSocket,
     rtcp: UdpSocket,
     fds: [RawFd; 2],
+    /// Adaptive recvmmsg size per socket: 1 for the usual one-datagram
+    /// wake-ups (no failed second dequeue in the kernel), doubling up to the
+    /// configured batch while the socket keeps filling it.
+    vlen: [u16; 2],
     ip: IpAddr,
     even_port: u16,
     has_remote: bool,
@@ -141,6 +145,7 @@ impl WLeg {
             rtp: n.rtp,
             rtcp: n.rtcp,
             fds,
+            vlen: [1; 2],
             ip: n.ip,
             even_port: n.even_port,
             has_remote: false,
@@ -420,11 +425,14 @@ impl Worker {
         for m in &mut b.msgs[..b.last_n.min(max)] {
             m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         }
-        let n = sys::recvmmsg(s.legs[leg].fds[sock], &mut b.msgs[..max]);
+        let l = &mut s.legs[leg];
+        let vlen = (l.vlen[sock] as usize).clamp(1, max);
+        let n = sys::recvmmsg(l.fds[sock], &mut b.msgs[..vlen]);
         b.last_n = n;
         if n == 0 {
             return false;
         }
+        l.vlen[sock] = if n == vlen { (2 * vlen).min(max) } else { n } as u16;
         let now_ns = sys::monotonic_ns();
         forward(
             s,

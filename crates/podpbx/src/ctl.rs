@@ -538,19 +538,19 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],
-            "USER      CONTACT                       FLOW                     EXPIRES IN"
+            "USER      CONTACT                      FLOW                    EXPIRES IN"
         );
         assert_eq!(
             lines[1],
-            "1001      sip:1001@[2001:db8::5]:5060   udp [2001:db8::5]:5060   5m 00s"
+            "1001      sip:1001@[2001:db8::5]:5060  udp [2001:db8::5]:5060  5m 00s"
         );
         assert_eq!(
             lines[2],
-            "doorbell  sip:door@192.0.2.7            udp 192.0.2.7:5060       1h 06m"
+            "doorbell  sip:door@192.0.2.7           udp 192.0.2.7:5060      1h 06m"
         );
         assert_eq!(
             lines[3],
-            "old       sip:x@192.0.2.8               -                        expired"
+            "old       sip:x@192.0.2.8              -                       expired"
         );
         assert_eq!(
             render_items(&json!({"now": 1, "items": []}), CALLS, "calls"),

@@ -116,8 +116,11 @@ async fn serve(cfg: Config) -> Result<(), String> {
         let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             msg = in_rx.recv() => {
-                let Some(Inbound::Message(msg, flow)) = msg else { break };
-                core.handle_message(Instant::now(), SystemTime::now(), &msg, flow);
+                match msg {
+                    Some(Inbound::Message(msg, flow)) => core.handle_message(Instant::now(), SystemTime::now(), &msg, flow),
+                    Some(Inbound::SendFailed { transport, dest, conn }) => core.transport_error(Peer { addr: dest, transport, conn }),
+                    None => break,
+                }
             }
             _ = sleep_until_opt(deadline) => core.handle_timeout(Instant::now()),
             Some(req) = admin_rx.recv() => match req {
@@ -135,7 +138,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
         while let Some(out) = core.poll_output() {
             match out {
                 Output::Send { transport, dest, conn, data } => {
-                    if let Err(e) = transports.send(transport, dest, conn, data).await {
+                    if let Err(e) = transports.send(transport, dest, conn, data) {
                         warn!(error = %e, "send failed");
                         core.transport_error(Peer { addr: dest, transport, conn });
                     }

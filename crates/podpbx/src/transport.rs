@@ -38,6 +38,8 @@ pub struct Flow {
 pub enum Inbound {
     /// A parsed message.
     Message(Box<Message>, Flow),
+    /// A send that was handed off (a new TCP connection) failed later.
+    SendFailed { transport: Transport, dest: SocketAddr, conn: u64 },
 }
 
 /// Transport settings derived from the configuration.
@@ -150,67 +152,70 @@ impl Transports {
         list.into_iter().find(|a| a.is_ipv4() == peer.is_ipv4())
     }
 
-    /// Sends `data` to `remote`. Over TCP an existing connection (`conn`, or one to the same peer)
-    /// is reused, else a new one is opened from the pinned address. Returns the flow used.
-    pub async fn send(
-        &self,
-        transport: Transport,
-        remote: SocketAddr,
-        conn: u64,
-        data: Bytes,
-    ) -> Result<Flow, SendError> {
+    /// Sends `data` to `remote` without ever waiting, so a slow or dead peer cannot stall the
+    /// signalling core. UDP sends go out at once (a full socket buffer drops the datagram, which
+    /// SIP's retransmissions cover). Over TCP an existing connection (`conn`, or one to the same
+    /// peer) is reused; otherwise a task opens one from the pinned address and reports failure
+    /// back as [`Inbound::SendFailed`].
+    pub fn send(&self, transport: Transport, remote: SocketAddr, conn: u64, data: Bytes) -> Result<(), SendError> {
         let ip = remote.ip();
         if !sendable(ip) {
             Stats::bump(&self.inner.stats.refused_destinations);
             return Err(SendError::Refused(ip));
         }
         let res = match transport {
-            Transport::Udp => self.send_udp(remote, data).await,
-            Transport::Tcp => self.send_tcp(remote, conn, data).await,
+            Transport::Udp => self.send_udp(remote, &data),
+            Transport::Tcp => self.send_tcp(remote, conn, data),
         };
         match &res {
-            Ok(_) => Stats::bump(&self.inner.stats.messages_out),
+            Ok(()) => Stats::bump(&self.inner.stats.messages_out),
             Err(_) => Stats::bump(&self.inner.stats.send_errors),
         }
         res
     }
 
-    async fn send_udp(&self, remote: SocketAddr, data: Bytes) -> Result<Flow, SendError> {
-        let Some((local, sock)) = self.inner.udp.iter().find(|(a, _)| a.is_ipv4() == remote.is_ipv4()) else {
+    fn send_udp(&self, remote: SocketAddr, data: &[u8]) -> Result<(), SendError> {
+        let Some((_, sock)) = self.inner.udp.iter().find(|(a, _)| a.is_ipv4() == remote.is_ipv4()) else {
             Stats::bump(&self.inner.stats.refused_destinations);
             return Err(SendError::NoSocket(family(remote.ip())));
         };
-        sock.send_to(&data, remote)
-            .await
-            .map_err(|source| SendError::Io { addr: remote, source })?;
-        Ok(Flow { transport: Transport::Udp, local: *local, remote, conn: 0 })
+        sock.try_send_to(data, remote).map(|_| ()).map_err(|source| SendError::Io { addr: remote, source })
     }
 
-    async fn send_tcp(&self, remote: SocketAddr, conn: u64, data: Bytes) -> Result<Flow, SendError> {
+    fn send_tcp(&self, remote: SocketAddr, conn: u64, data: Bytes) -> Result<(), SendError> {
         let existing = {
             let table = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
             let id = if table.by_id.contains_key(&conn) { Some(conn) } else { table.by_peer.get(&remote).copied() };
-            id.and_then(|id| table.by_id.get(&id).map(|(local, tx)| (id, *local, tx.clone())))
+            id.and_then(|id| table.by_id.get(&id).map(|(_, tx)| tx.clone()))
         };
-        if let Some((id, local, tx)) = existing {
-            if tx.send(data.clone()).await.is_ok() {
-                return Ok(Flow { transport: Transport::Tcp, local, remote, conn: id });
-            }
+        if let Some(tx) = existing {
+            return tx.try_send(data).map_err(|_| SendError::Io {
+                addr: remote,
+                source: io::Error::new(io::ErrorKind::WouldBlock, "connection backlogged or closed"),
+            });
         }
-        // No live connection: open one from the pinned address of the peer's family.
+        // RFC 3261 §18.2.2: the connection is gone, open a new one, from the pinned address of
+        // the peer's family (the provider checks our source address).
         let Some(bind_ip) = self.inner.tcp_local.iter().find(|a| a.is_ipv4() == remote.is_ipv4()).map(|a| a.ip())
         else {
             Stats::bump(&self.inner.stats.refused_destinations);
             return Err(SendError::NoSocket(family(remote.ip())));
         };
-        let stream = connect_from(bind_ip, remote).await.map_err(|source| SendError::Io { addr: remote, source })?;
-        let local = stream.local_addr().map_err(|source| SendError::Io { addr: remote, source })?;
-        let (id, tx) = self.register_conn(stream, local, remote);
-        tx.send(data).await.map_err(|_| SendError::Io {
-            addr: remote,
-            source: io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"),
-        })?;
-        Ok(Flow { transport: Transport::Tcp, local, remote, conn: id })
+        let this = self.clone();
+        tokio::spawn(async move {
+            let sent = async {
+                let stream = connect_from(bind_ip, remote).await?;
+                let local = stream.local_addr()?;
+                let (_, tx) = this.register_conn(stream, local, remote);
+                tx.send(data).await.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
+            };
+            if let Err(e) = sent.await {
+                debug!(%remote, error = %e, "TCP connect/send failed");
+                Stats::bump(&this.inner.stats.send_errors);
+                let _ = this.inner.inbound.send(Inbound::SendFailed { transport: Transport::Tcp, dest: remote, conn }).await;
+            }
+        });
+        Ok(())
     }
 
     async fn udp_loop(self, local: SocketAddr, sock: Arc<UdpSocket>) {
@@ -338,7 +343,7 @@ impl Transports {
                 Some((dest, resp)) => {
                     Stats::bump(&self.inner.stats.bad_requests);
                     debug!(remote = %flow.remote, error = %err, "malformed message answered 400");
-                    let _ = self.send(flow.transport, dest, flow.conn, resp).await;
+                    let _ = self.send(flow.transport, dest, flow.conn, resp);
                 }
                 None => {
                     Stats::bump(&self.inner.stats.dropped_malformed);
