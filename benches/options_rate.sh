@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end OPTIONS rate: SIPp sends OPTIONS at a fixed rate to the running podpbx binary and to
-# Kamailio (stateless sl reply, the reference) on loopback, both given one core (taskset), SIPp on
+# Kamailio (stateful tm reply, the reference) on loopback, both given one core (taskset), SIPp on
 # the other. Reports completed/failed and server CPU seconds per 10 000 requests, and the ratio.
 # Bounded: N requests per run (default 20000), each run capped at 60 s.
 #   usage: benches/options_rate.sh [requests] [rate]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-20000}
-RATE=${2:-4000}
+N=${1:-60000}
+RATE=${2:-6000}
 PORT=${PORT:-15060}
 SIPP_PORT=$((PORT + 10))
 work=$(mktemp -d)

@@ -63,9 +63,10 @@ fn parse(data: &[u8]) -> Option<Message> {
 struct Seen {
     /// (time since start, kind) of every REGISTER/OPTIONS handed to the transaction layer.
     sent: Vec<(Duration, OutgoingKind)>,
-    /// (status, CSeq method, Expires of the request it answers is not known here) of every
-    /// final response delivered to the state machine.
+    /// (status, CSeq method) of every final response delivered to the state machine.
     finals: Vec<(u16, Method)>,
+    /// Every WWW-Authenticate value received.
+    challenges: Vec<String>,
     /// Requests the provider sent us (INVITEs routed to our contact, ACKs).
     requests: Vec<Message>,
 }
@@ -115,7 +116,8 @@ impl Shell {
                 break;
             };
             self.seen.sent.push((now - self.t0, out.kind));
-            let (Some(method), podpbx_trunk::Destination::Addr(addr)) = (out.kind.method(), &out.dest)
+            let (Some(method), podpbx_trunk::Destination::Addr(addr)) =
+                (out.kind.method(), &out.dest)
             else {
                 continue;
             };
@@ -173,6 +175,11 @@ impl Shell {
                 if code >= 200 {
                     self.seen.finals.push((code, cseq.method));
                 }
+                for v in msg.header_values(HeaderName::WwwAuthenticate) {
+                    self.seen
+                        .challenges
+                        .push(String::from_utf8_lossy(&v).into_owned());
+                }
             }
             self.reg.handle_response(now, &msg);
         }
@@ -198,11 +205,15 @@ impl Shell {
             if now >= deadline {
                 return false;
             }
-            let next = [self.layer.poll_timeout(), self.reg.poll_timeout(), Some(deadline)]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(deadline);
+            let next = [
+                self.layer.poll_timeout(),
+                self.reg.poll_timeout(),
+                Some(deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(deadline);
             let wait = next
                 .saturating_duration_since(now)
                 .clamp(Duration::from_millis(1), Duration::from_millis(100));
@@ -291,7 +302,10 @@ fn registers_refreshes_receives_a_did_call_and_unregisters() {
     let carrier = UdpSocket::bind("127.0.0.1:0").expect("bind carrier");
     let c = carrier.local_addr().expect("addr");
     let invite = RequestBuilder::new(&Method::Invite, &format!("sip:{DID}@{REALM}"))
-        .header("Via", &format!("SIP/2.0/UDP {c};branch=z9hG4bKcarrier1;rport"))
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP {c};branch=z9hG4bKcarrier1;rport"),
+        )
         .header("Max-Forwards", "70")
         .header("From", "<sip:+4940999@carrier.test>;tag=c1")
         .header("To", &format!("<sip:{DID}@{REALM}>"))
@@ -299,7 +313,9 @@ fn registers_refreshes_receives_a_did_call_and_unregisters() {
         .header("CSeq", "1 INVITE")
         .header("Contact", &format!("<sip:+4940999@{c}>"))
         .build();
-    carrier.send_to(&invite, kam.addr_v4()).expect("send INVITE");
+    carrier
+        .send_to(&invite, kam.addr_v4())
+        .expect("send INVITE");
     let got = sh.run(Duration::from_secs(3), |s| {
         s.seen
             .requests
@@ -315,7 +331,10 @@ fn registers_refreshes_receives_a_did_call_and_unregisters() {
         .expect("INVITE");
     let ruri = inv.request_uri().expect("R-URI");
     assert_eq!(ruri.user.as_deref(), Some(DID.as_bytes()));
-    assert_eq!(ruri.host, Some(podpbx_sip::Host::V6("::1".parse().expect("v6"))));
+    assert_eq!(
+        ruri.host,
+        Some(podpbx_sip::Host::V6("::1".parse().expect("v6")))
+    );
     assert_eq!(ruri.port, Some(sh.local().port()));
     assert!(inv.header(HeaderName::RecordRoute).is_some());
     // The carrier gets our 480 back through the provider.
@@ -349,6 +368,64 @@ fn registers_refreshes_receives_a_did_call_and_unregisters() {
 }
 
 #[test]
+fn stale_nonce_from_kamailio_is_followed_without_failing() {
+    if skip() {
+        return;
+    }
+    // Nonces live 1 s; refreshes every 2 s carry an expired one.
+    let kam = provider(|c| c.nonce_expire = 1);
+    let mut sh = Shell::new(ip("::1"), kam.addr_v6(), PASSWORD, |c| {
+        c.expiry = Duration::from_secs(4);
+    });
+    sh.reg.start(Instant::now());
+    assert!(sh.run(Duration::from_secs(3), is_registered));
+    let mut ever_failed = false;
+    sh.run(Duration::from_millis(4500), |s| {
+        ever_failed |= !is_registered(s);
+        false
+    });
+    assert!(!ever_failed, "left Registered: {:?}", sh.reg.status());
+    assert!(is_registered(&sh));
+    assert_eq!(sh.reg.status().consecutive_failures, 0);
+    assert!(
+        sh.seen.challenges.iter().any(|c| c.contains("stale=true")),
+        "no stale challenge seen: {:?}",
+        sh.seen.challenges
+    );
+    // Every refresh is REGISTER (expired nonce) -> 401 stale -> REGISTER -> 200.
+    let finals = sh.register_finals();
+    assert!(finals.ends_with(&[401, 200, 401, 200]), "{finals:?}");
+    assert!(kam.binding(USER).is_some());
+}
+
+#[test]
+fn expired_nonce_without_stale_gets_one_fresh_round() {
+    if skip() {
+        return;
+    }
+    // This provider answers an expired nonce with a plain new challenge (no stale=true): the
+    // refresh must not be taken for a wrong password.
+    let kam = provider(|c| {
+        c.nonce_expire = 1;
+        c.stale = false;
+    });
+    let mut sh = Shell::new(ip("::1"), kam.addr_v6(), PASSWORD, |c| {
+        c.expiry = Duration::from_secs(4);
+    });
+    sh.reg.start(Instant::now());
+    assert!(sh.run(Duration::from_secs(3), is_registered));
+    let mut ever_failed = false;
+    sh.run(Duration::from_millis(4500), |s| {
+        ever_failed |= !is_registered(s);
+        false
+    });
+    assert!(!ever_failed, "left Registered: {:?}", sh.reg.status());
+    assert!(sh.seen.challenges.iter().all(|c| !c.contains("stale")));
+    let finals = sh.register_finals();
+    assert!(finals.ends_with(&[401, 200, 401, 200]), "{finals:?}");
+}
+
+#[test]
 fn wrong_password_is_rejected_with_few_attempts() {
     if skip() {
         return;
@@ -376,8 +453,10 @@ fn wrong_password_is_rejected_with_few_attempts() {
     // least 0.75 * 1.5 s apart: at most 2 * (elapsed / 1.125 s + 1) REGISTERs.
     let n = sh.registers_sent();
     let bound = 2 * (elapsed.as_secs_f64() / 1.125).floor() as usize + 2;
-    assert!(n >= 4 && n <= bound, "{n} REGISTERs in {elapsed:?} (bound {bound})");
-    assert_eq!(n % 2, 0, "whole cycles of two");
+    assert!(
+        n >= 4 && n <= bound,
+        "{n} REGISTERs in {elapsed:?} (bound {bound})"
+    );
     assert!(sh.register_finals().iter().all(|c| *c == 401));
     assert!(matches!(
         sh.reg.state(),
@@ -465,7 +544,9 @@ fn outbound_invite_is_challenged_then_routed_to_the_uas() {
             if let Some(u) = other {
                 // Play the UAS: answer the relayed INVITE with 486.
                 if let Ok((n, from)) = u.recv_from(&mut buf) {
-                    if let Some(m) = parse(&buf[..n]).filter(|m| m.method() == Some(&Method::Invite)) {
+                    if let Some(m) =
+                        parse(&buf[..n]).filter(|m| m.method() == Some(&Method::Invite))
+                    {
                         let r = ResponseBuilder::new(&m, 486, "Busy Here", Some(from))
                             .to_tag("uas")
                             .build();
@@ -493,4 +574,47 @@ fn outbound_invite_is_challenged_then_routed_to_the_uas() {
     let second = exchange(&invite("z9hG4bKout2", 2, Some(&auth)), Some(&uas))
         .expect("no answer to the authenticated INVITE");
     assert_eq!(second.status(), Some(486), "{second:?}\n{}", kam.log_text());
+}
+
+/// The harness's TCP option: Kamailio also listens on TCP and answers there.
+#[test]
+fn provider_answers_over_tcp_too() {
+    if skip() {
+        return;
+    }
+    use std::io::{Read, Write};
+    let kam = provider(|c| c.tcp = true);
+    let mut s = std::net::TcpStream::connect_timeout(&kam.addr_v6(), Duration::from_secs(2))
+        .expect("tcp connect");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let me = s.local_addr().expect("addr");
+    let req = RequestBuilder::new(&Method::Options, &format!("sip:{REALM}"))
+        .header("Via", &format!("SIP/2.0/TCP {me};branch=z9hG4bKtcp1"))
+        .header("Max-Forwards", "70")
+        .header("From", &format!("<sip:{USER}@{REALM}>;tag=t1"))
+        .header("To", &format!("<sip:{REALM}>"))
+        .header("Call-ID", "tcp-options-1")
+        .header("CSeq", "1 OPTIONS")
+        .build();
+    s.write_all(&req).expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..25 {
+        if let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("SIP/2.0 200"),
+        "{text}\n{}",
+        kam.log_text()
+    );
 }

@@ -20,7 +20,8 @@
 //!
 //! What the provider does (see the cfg for details):
 //! * `REGISTER` from a subscriber source: `401` digest challenge (MD5, qop=auth; `stale=true`
-//!   after `nonce_expire`), From/To user and domain must be the account in the realm; `423`
+//!   after `nonce_expire`, or a plain new challenge with `stale: false`), From/To user and
+//!   domain must be the account in the realm; `423`
 //!   below `min_expires`; bindings in memory.
 //! * `INVITE` from a carrier source to a DID of an account: delivered to that account's
 //!   registered contact, the DID as Request-URI user, Record-Routed (`480` if not registered,
@@ -99,7 +100,11 @@ impl Source {
 
     /// A network, any port.
     pub fn net(ip: IpAddr, prefix: u8) -> Source {
-        Source { ip, prefix, port: 0 }
+        Source {
+            ip,
+            prefix,
+            port: 0,
+        }
     }
 
     /// One address and port.
@@ -137,16 +142,23 @@ pub struct ProviderConfig {
     pub max_expires: u32,
     /// Seconds a nonce stays valid (auth `nonce_expire`).
     pub nonce_expire: u32,
+    /// Answer credentials with an expired nonce with `stale=true` (RFC 2617); `false` sends a
+    /// plain new challenge, as some providers do.
+    pub stale: bool,
     /// Kamailio log level (`debug=`): 2 logs one line per request, 3 is verbose.
     pub debug: i8,
 }
 
 impl Default for ProviderConfig {
     /// Loopback on both families, realm `provider.test`, `::1` as the only subscriber source,
-    /// INVITE authentication on, expiry between 60 s and 3600 s, 300 s nonces.
+    /// INVITE authentication on, expiry between 60 s and 3600 s, 300 s nonces answered with
+    /// `stale=true` when expired.
     fn default() -> Self {
         ProviderConfig {
-            listen: vec![IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            listen: vec![
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ],
             tcp: false,
             port: None,
             realm: "provider.test".to_owned(),
@@ -158,6 +170,7 @@ impl Default for ProviderConfig {
             min_expires: 60,
             max_expires: 3600,
             nonce_expire: 300,
+            stale: true,
             debug: 2,
         }
     }
@@ -305,6 +318,9 @@ fn render(cfg: &ProviderConfig, port: u16, mpath: &Path, db: &Path) -> String {
     if cfg.uas.is_some() {
         defines.push_str("#!define WITH_UAS\n");
     }
+    if cfg.stale {
+        defines.push_str("#!define WITH_STALE\n");
+    }
     let mut listen = String::new();
     for ip in &cfg.listen {
         listen.push_str(&format!("listen=udp:{}:{port}\n", host(*ip)));
@@ -377,8 +393,9 @@ fn write_tables(cfg: &ProviderConfig, db: &Path) -> std::io::Result<()> {
         ));
     }
     std::fs::write(db.join("subscriber"), sub)?;
-    let mut addr =
-        String::from("id(int,auto) grp(int) ip_addr(string) mask(int) port(int) tag(string,null)\n");
+    let mut addr = String::from(
+        "id(int,auto) grp(int) ip_addr(string) mask(int) port(int) tag(string,null)\n",
+    );
     let groups = cfg
         .subscribers
         .iter()
@@ -405,7 +422,8 @@ fn ask(dest: SocketAddr, req: &dyn Fn(SocketAddr) -> String, wait: Duration) -> 
     };
     let sock = UdpSocket::bind(bind).ok()?;
     let local = sock.local_addr().ok()?;
-    sock.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .ok()?;
     let data = req(local);
     let deadline = Instant::now() + wait;
     let mut buf = vec![0u8; 65536];
@@ -607,7 +625,11 @@ impl Kamailio {
         let dest = SocketAddr::new(self.listen[0], self.port);
         let uri = format!("sip:check-{user}@{}", self.realm);
         let tag = 2000 + unique();
-        let resp = ask(dest, &|local| options(&uri, local, tag), Duration::from_secs(2))?;
+        let resp = ask(
+            dest,
+            &|local| options(&uri, local, tag),
+            Duration::from_secs(2),
+        )?;
         if status_of(&resp) != Some(200) {
             return None;
         }

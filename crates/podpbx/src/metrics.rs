@@ -147,6 +147,9 @@ enum Sample {
 /// Label pairs, sorted by name.
 type Labels = Vec<(String, String)>;
 
+/// A family copied out for rendering: name, help, kind, series.
+type FamilySnapshot = (String, String, Kind, Vec<(Labels, Source)>);
+
 struct Family {
     help: String,
     kind: Kind,
@@ -318,24 +321,23 @@ impl Registry {
     /// Everything, in the Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         // Copy the sources out so that `*_fn` closures run without the lock (they may register).
-        let snapshot: Vec<(String, String, Kind, Vec<(Labels, Source)>)> =
-            match self.families.lock() {
-                Ok(fams) => fams
-                    .iter()
-                    .map(|(n, f)| {
-                        (
-                            n.clone(),
-                            f.help.clone(),
-                            f.kind,
-                            f.series
-                                .iter()
-                                .map(|(l, s)| (l.clone(), s.clone()))
-                                .collect(),
-                        )
-                    })
-                    .collect(),
-                Err(_) => return String::new(),
-            };
+        let snapshot: Vec<FamilySnapshot> = match self.families.lock() {
+            Ok(fams) => fams
+                .iter()
+                .map(|(n, f)| {
+                    (
+                        n.clone(),
+                        f.help.clone(),
+                        f.kind,
+                        f.series
+                            .iter()
+                            .map(|(l, s)| (l.clone(), s.clone()))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            Err(_) => return String::new(),
+        };
         let mut out = String::with_capacity(snapshot.len() * 160);
         for (name, help, kind, series) in snapshot {
             let _ = writeln!(out, "# HELP {name} {}", escape_help(&help));

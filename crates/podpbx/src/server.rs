@@ -35,7 +35,7 @@ pub fn run(config: Option<&Path>, log_format: Option<LogFormat>) -> ExitCode {
         },
     };
     init_logging(&cfg, log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the runtime");

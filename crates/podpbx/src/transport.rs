@@ -220,13 +220,14 @@ impl Transports {
 
     async fn udp_loop(self, local: SocketAddr, sock: Arc<UdpSocket>) {
         let max = self.inner.cfg.max_message.max(1500);
+        // One large block is carved into per-datagram `Bytes` (no copy, no zeroing); a new block
+        // is allocated only when the spare room drops below one maximum-size datagram.
         let mut buf = BytesMut::with_capacity(max * 8);
         loop {
-            if buf.capacity() < max {
-                buf.reserve(max * 8);
+            if buf.capacity() - buf.len() < max {
+                buf = BytesMut::with_capacity(max * 8);
             }
-            buf.resize(max, 0);
-            let (n, remote) = match sock.recv_from(&mut buf[..]).await {
+            let (n, remote) = match sock.recv_buf_from(&mut buf).await {
                 Ok(r) => r,
                 Err(e) => {
                     // ICMP errors surface here on Linux; they must not stop the listener.
@@ -235,7 +236,6 @@ impl Transports {
                 }
             };
             let data = buf.split_to(n).freeze();
-            buf.clear();
             if leading_keepalive(&data) == data.len() {
                 // RFC 5626 §4.4.1 STUN-less UDP keep-alive: nothing to answer.
                 Stats::bump(&self.inner.stats.keepalives);

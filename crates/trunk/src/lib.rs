@@ -58,6 +58,10 @@
 //! shutdown: reg.stop(now), keep driving until reg.is_stopped() (bounded by Timer F)
 //! ```
 //!
+//! [`Outgoing::dest`] is [`Destination::Addr`] when [`RegistrationConfig::dest`] is set or the
+//! domain is an IP literal; otherwise the core resolves [`Destination::Name`] (A or AAAA per the
+//! trunk's family) and sends from the pinned address of that family.
+//!
 //! Requests the provider sends us (INVITEs to our Contact) are not this crate's business: the
 //! core recognises them by source network ([`RegistrationConfig`] does not carry it) or by the
 //! Request-URI matching [`Registration::contact_uri`].
@@ -65,10 +69,10 @@
 mod registration;
 mod rng;
 
+pub use podpbx_sip::digest::Secret;
+pub use podpbx_sip::Transport;
 pub use registration::{
     refresh_after, ConfigError, Destination, Outgoing, OutgoingKind, OutgoingRegister, RegError,
     Registration, RegistrationConfig, RetryPolicy, TrunkState, TrunkStatus, DEFAULT_USER_AGENT,
     MAX_EXPIRY_SECS, REFRESH_MIN_MARGIN,
 };
-pub use podpbx_sip::digest::Secret;
-pub use podpbx_sip::Transport;

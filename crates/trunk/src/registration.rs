@@ -71,8 +71,9 @@ pub struct RegistrationConfig {
     /// Provider port. It is written into the Request-URI when it is not 5060, and is the port of
     /// [`Destination::Name`].
     pub port: u16,
-    /// The resolved next hop. `None`: the caller resolves `domain` (with the trunk's address
-    /// family) for every [`Outgoing`] carrying [`Destination::Name`].
+    /// The resolved next hop. `None`: the domain itself when it is an IP literal, else the
+    /// caller resolves `domain` (with the trunk's address family) for every [`Outgoing`]
+    /// carrying [`Destination::Name`].
     pub dest: Option<SocketAddr>,
     /// Transport towards the provider.
     pub transport: Transport,
@@ -319,7 +320,7 @@ pub struct Outgoing {
     pub transport: Transport,
 }
 
-/// The outbound registration name used in the brief and by the core.
+/// Another name for [`Outgoing`].
 pub type OutgoingRegister = Outgoing;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +348,8 @@ pub struct Registration {
     cfg: RegistrationConfig,
     /// Domain as written in URIs (IPv6 bracketed).
     domain: String,
+    /// The configured next hop, or the domain itself when it is an IP literal.
+    dest: Option<SocketAddr>,
     request_uri: String,
     aor: String,
     contact: String,
@@ -399,9 +402,8 @@ impl fmt::Debug for Registration {
 /// user-unreserved, escaped).
 fn valid_user(u: &str) -> bool {
     !u.is_empty()
-        && u.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b)
-        })
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b))
 }
 
 fn host_of(ip: IpAddr) -> String {
@@ -458,15 +460,16 @@ impl Registration {
                 return Err(ConfigError::InvalidUsername(a.clone()));
             }
         }
-        let domain = Host::parse_lenient(&Bytes::from(cfg.domain.trim().to_owned()))
-            .map_err(|_| ConfigError::InvalidDomain(cfg.domain.clone()))?
-            .to_string();
-        if domain.is_empty() {
-            return Err(ConfigError::InvalidDomain(cfg.domain.clone()));
-        }
+        let host = Host::parse_lenient(&Bytes::from(cfg.domain.trim().to_owned()))
+            .map_err(|_| ConfigError::InvalidDomain(cfg.domain.clone()))?;
+        let domain = host.to_string();
         if cfg.port == 0 {
             return Err(ConfigError::ZeroPort);
         }
+        // An IP-literal domain needs no resolver.
+        let dest = cfg
+            .dest
+            .or_else(|| host.ip().map(|ip| SocketAddr::new(ip, cfg.port)));
         if cfg.expiry.as_secs() == 0 {
             return Err(ConfigError::ZeroExpiry);
         }
@@ -507,6 +510,7 @@ impl Registration {
         let digest = DigestClient::with_secret(auth_user, cfg.secret.clone(), cfg.seed.to_vec());
         let requested_expiry = secs(cfg.expiry);
         Ok(Registration {
+            dest,
             domain,
             request_uri,
             aor,
@@ -574,9 +578,10 @@ impl Registration {
         &self.state
     }
 
-    /// True once [`Self::stop`] has finished: nothing is in flight and nothing will be sent.
+    /// True when not running (never started, or [`Self::stop`] has finished): nothing is in
+    /// flight and nothing will be sent.
     pub fn is_stopped(&self) -> bool {
-        self.stopping && self.pending.is_none() && self.transmits.is_empty()
+        !self.running && self.pending.is_none() && self.transmits.is_empty()
     }
 
     /// A snapshot for logs, metrics and ctl.
@@ -657,9 +662,9 @@ impl Registration {
             self.next_keepalive,
             self.binding_expires_at,
         ]
-            .into_iter()
-            .flatten()
-            .min()
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Fires whatever is due at `now`: a refresh or retry, a keep-alive, the lapse of a binding
@@ -742,7 +747,7 @@ impl Registration {
             debug!(trunk = %self.cfg.name, failures = self.keepalive_failures, "trunk keep-alive unanswered");
             return true;
         }
-        if !self.pending.as_ref().is_some_and(|p| p.branch == branch) {
+        if self.pending.as_ref().is_none_or(|p| p.branch != branch) {
             return false;
         }
         let Some(p) = self.pending.take() else {
@@ -776,7 +781,7 @@ impl Registration {
     }
 
     fn destination(&self) -> Destination {
-        match self.cfg.dest {
+        match self.dest {
             Some(a) => Destination::Addr(a),
             None => Destination::Name {
                 host: self.domain.clone(),
@@ -935,7 +940,7 @@ impl Registration {
             }
             401 | 407 => match self.on_challenge(code, msg, p) {
                 Ok(()) => {
-                    // `now` only matters for a failing Register; un-registering never backs off.
+                    // Un-registering never backs off: answer at once or give up.
                     if self.rounds < self.cfg.retry.max_requests_per_attempt {
                         self.send_register(RegKind::Unregister);
                         return;
@@ -966,15 +971,18 @@ impl Registration {
             AuthKind::Proxy => HeaderName::ProxyAuthenticate,
         };
         let all: Vec<Bytes> = msg.header_values(header).collect();
-        let parsed: Vec<Option<Challenge>> =
-            all.iter().map(|v| Challenge::parse(v).ok()).collect();
+        let parsed: Vec<Option<Challenge>> = all.iter().map(|v| Challenge::parse(v).ok()).collect();
         let mut values: Vec<&Bytes> = Vec::with_capacity(all.len());
         let mut offered = None;
+        let mut stale = false;
         for (v, c) in all.iter().zip(&parsed) {
             let Some(c) = c else { continue };
             match &self.cfg.realm {
                 Some(r) if *r != c.realm => offered = Some(c.realm.clone()),
-                _ => values.push(v),
+                _ => {
+                    stale |= c.stale;
+                    values.push(v);
+                }
             }
         }
         if values.is_empty() {
@@ -986,7 +994,6 @@ impl Registration {
                 _ => RegError::NoUsableChallenge,
             });
         }
-        let stale = parsed.iter().flatten().any(|c| c.stale);
         if p.fresh_auth == Some(kind) && !stale {
             // We answered a challenge from this very attempt and were challenged again.
             return Err(RegError::BadCredentials { code });
@@ -1105,7 +1112,9 @@ impl Registration {
 
 fn status_error(code: u16, msg: &Message) -> RegError {
     let reason = match &msg.start {
-        podpbx_sip::StartLine::Response { reason, .. } => String::from_utf8_lossy(reason).into_owned(),
+        podpbx_sip::StartLine::Response { reason, .. } => {
+            String::from_utf8_lossy(reason).into_owned()
+        }
         podpbx_sip::StartLine::Request { .. } => String::new(),
     };
     RegError::Status { code, reason }

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use podpbx_sip::digest::{Credentials, DigestServer, Secret, ServerConfig, VerifyOutcome};
 use podpbx_sip::{Framing, HeaderName, Message, Method, ResponseBuilder};
 use podpbx_trunk::{
-    ConfigError, Destination, OutgoingKind, RegError, Registration, RegistrationConfig,
-    TrunkState, Transport,
+    ConfigError, Destination, OutgoingKind, RegError, Registration, RegistrationConfig, Transport,
+    TrunkState,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -66,6 +66,10 @@ struct Provider {
     other_contact: Option<String>,
     /// Our binding: contact URI and expiry.
     binding: Option<(String, Instant)>,
+    /// Answer expired nonces with `stale=true` (else a plain new challenge).
+    stale_flag: bool,
+    /// Treat every nonce as expired (a broken provider).
+    always_stale: bool,
 }
 
 impl Provider {
@@ -81,6 +85,8 @@ impl Provider {
             grant: None,
             other_contact: None,
             binding: None,
+            stale_flag: true,
+            always_stale: false,
         }
     }
 
@@ -133,6 +139,9 @@ impl Provider {
         let Some(v) = req.header(cred_hdr) else {
             return Some(self.challenge(now, req, false));
         };
+        if self.always_stale {
+            return Some(self.challenge(now, req, true));
+        }
         let creds = Credentials::parse(&v).expect("credentials parse");
         assert_eq!(creds.username, USER);
         assert_eq!(creds.uri, format!("sip:{REALM}"));
@@ -143,7 +152,8 @@ impl Provider {
         {
             VerifyOutcome::Ok { .. } => {}
             VerifyOutcome::Stale | VerifyOutcome::Replay => {
-                return Some(self.challenge(now, req, true));
+                let stale = self.stale_flag;
+                return Some(self.challenge(now, req, stale));
             }
             _ => return Some(self.challenge(now, req, false)),
         }
@@ -171,7 +181,9 @@ impl Provider {
         b = b
             .header(
                 "Contact",
-                &format!("<{contact}>;expires={granted};received=\"sip:[2001:db8:e8b1::1:1]:5060\""),
+                &format!(
+                    "<{contact}>;expires={granted};received=\"sip:[2001:db8:e8b1::1:1]:5060\""
+                ),
             )
             .header("Expires", "9999");
         Some(b.build())
@@ -311,7 +323,11 @@ fn challenge_then_200_and_the_register_format() {
     assert_eq!(sim.reg.state(), &TrunkState::Unregistered);
     sim.start();
     let regs = sim.registers();
-    assert_eq!(regs.len(), 2, "REGISTER, 401, REGISTER with credentials, 200");
+    assert_eq!(
+        regs.len(),
+        2,
+        "REGISTER, 401, REGISTER with credentials, 200"
+    );
     assert_eq!(regs[0].status, Some(401));
     assert_eq!(regs[1].status, Some(200));
     let first = regs[0].msg.as_ref().expect("msg");
@@ -346,13 +362,16 @@ fn challenge_then_200_and_the_register_format() {
         first.from_hdr().expect("f").tag(),
         second.from_hdr().expect("f").tag()
     );
-    assert_eq!(first.cseq().expect("c").seq + 1, second.cseq().expect("c").seq);
+    assert_eq!(
+        first.cseq().expect("c").seq + 1,
+        second.cseq().expect("c").seq
+    );
     assert_ne!(
         first.top_via().expect("v").branch(),
         second.top_via().expect("v").branch()
     );
-    let creds = Credentials::parse(second.header(HeaderName::Authorization).expect("auth"))
-        .expect("creds");
+    let creds =
+        Credentials::parse(second.header(HeaderName::Authorization).expect("auth")).expect("creds");
     assert_eq!(creds.qop.as_deref(), Some("auth"));
     assert_eq!(creds.nc.as_deref(), Some("00000001"));
     assert!(creds.cnonce.is_some());
@@ -369,7 +388,9 @@ fn challenge_then_200_and_the_register_format() {
     assert_eq!(st.registers_sent, 2);
     assert_eq!(
         sim.prov.binding.as_ref().map(|b| b.0.clone()),
-        Some(format!("sip:{USER}@[2001:db8:e8b1::1:1]:5060;transport=udp"))
+        Some(format!(
+            "sip:{USER}@[2001:db8:e8b1::1:1]:5060;transport=udp"
+        ))
     );
 }
 
@@ -395,8 +416,8 @@ fn refresh_schedule_reuses_the_nonce() {
         .collect();
     assert!(cseqs.windows(2).all(|w| w[1] == w[0] + 1), "{cseqs:?}");
     let last = regs[4].msg.as_ref().expect("msg");
-    let creds = Credentials::parse(last.header(HeaderName::Authorization).expect("auth"))
-        .expect("creds");
+    let creds =
+        Credentials::parse(last.header(HeaderName::Authorization).expect("auth")).expect("creds");
     assert_eq!(creds.nc.as_deref(), Some("00000004"));
     match sim.reg.state() {
         TrunkState::Registered { expires_at } => assert_eq!(*expires_at, sim.t0 + s(2190)),
@@ -442,11 +463,84 @@ fn stale_nonce_is_answered_at_once_and_not_a_failure() {
 }
 
 #[test]
+fn expired_nonce_without_stale_gets_one_fresh_round() {
+    let mut sim = Sim::new(config(PASSWORD));
+    sim.prov = Provider::with_nonce_ttl(sim.t0, s(300));
+    sim.prov.stale_flag = false;
+    sim.start();
+    sim.run_until(s(1100));
+    let summary: Vec<(f64, Option<u16>)> = sim
+        .registers()
+        .iter()
+        .map(|r| (sim.secs_since_t0(r.at), r.status))
+        .collect();
+    // A refresh with the cached (expired) nonce meets a plain 401: one fresh round, not a
+    // credentials failure.
+    assert_eq!(
+        summary,
+        vec![
+            (0.0, Some(401)),
+            (0.0, Some(200)),
+            (530.0, Some(401)),
+            (530.0, Some(200)),
+            (1060.0, Some(401)),
+            (1060.0, Some(200))
+        ]
+    );
+    assert!(matches!(sim.reg.state(), TrunkState::Registered { .. }));
+    assert_eq!(sim.reg.status().consecutive_failures, 0);
+}
+
+#[test]
+fn password_changed_at_the_provider_during_refresh_is_rejected() {
+    let mut sim = Sim::new(config(PASSWORD));
+    sim.start();
+    sim.prov.password = "changed".to_owned();
+    sim.run_until(s(531));
+    // Refresh with the cached nonce: 401; fresh round: 401 again -> rejected (3 REGISTERs).
+    let statuses: Vec<Option<u16>> = sim.registers().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![Some(401), Some(200), Some(401), Some(401)]);
+    assert!(matches!(
+        sim.reg.state(),
+        TrunkState::CredentialsRejected {
+            last_error: RegError::BadCredentials { code: 401 },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn endless_stale_challenges_are_bounded() {
+    let mut sim = Sim::new(config(PASSWORD));
+    // A provider whose nonces are expired as soon as they are issued.
+    sim.prov.always_stale = true;
+    sim.start();
+    sim.run_until(s(1));
+    let n = sim.registers().len();
+    assert!(n <= 6, "{n} REGISTERs in one attempt");
+    assert!(
+        matches!(
+            sim.reg.state(),
+            TrunkState::Failing {
+                last_error: RegError::TooManyRounds,
+                ..
+            }
+        ),
+        "{:?}",
+        sim.reg.state()
+    );
+}
+
+#[test]
 fn wrong_password_is_rejected_and_retried_rarely() {
     let mut sim = Sim::new(config("wrong"));
     sim.start();
     let regs = sim.registers();
-    assert_eq!(regs.len(), 2, "REGISTER, 401, REGISTER with credentials, 401: stop");
+    assert_eq!(
+        regs.len(),
+        2,
+        "REGISTER, 401, REGISTER with credentials, 401: stop"
+    );
     match sim.reg.state() {
         TrunkState::CredentialsRejected {
             last_error,
@@ -461,7 +555,11 @@ fn wrong_password_is_rejected_and_retried_rarely() {
     sim.run_until(s(3600));
     let regs = sim.registers();
     // At most 7 cycles (t=0 and every 7.5 to 10 min) of 2 REGISTERs in one hour.
-    assert!(regs.len() <= 14 && regs.len() >= 12, "{} REGISTERs", regs.len());
+    assert!(
+        regs.len() <= 14 && regs.len() >= 12,
+        "{} REGISTERs",
+        regs.len()
+    );
     let starts: Vec<Instant> = regs.iter().step_by(2).map(|r| r.at).collect();
     for w in starts.windows(2) {
         assert!(w[1] - w[0] >= s(450), "cycles too close");
@@ -469,7 +567,9 @@ fn wrong_password_is_rejected_and_retried_rarely() {
     assert!(regs.iter().all(|r| r.status == Some(401)));
     let st = sim.reg.status();
     assert_eq!(st.state, "credentials-rejected");
-    assert!(st.last_error.is_some_and(|e| e.contains("credentials rejected")));
+    assert!(st
+        .last_error
+        .is_some_and(|e| e.contains("credentials rejected")));
     // The password gets fixed at the provider's side: the next cycle succeeds.
     sim.prov.password = "wrong".to_owned();
     sim.run_until(s(3600 + 600));
@@ -492,7 +592,10 @@ fn forbidden_is_rejected_and_retried_rarely() {
     sim.run_until(s(3600));
     let n = sim.registers().len();
     assert!((6..=8).contains(&n), "{n} REGISTERs in an hour");
-    assert_eq!(sim.reg.status().last_error.as_deref(), Some("403 Forbidden"));
+    assert_eq!(
+        sim.reg.status().last_error.as_deref(),
+        Some("403 Forbidden")
+    );
 }
 
 #[test]
@@ -566,7 +669,10 @@ fn refresh_in_flight_when_the_binding_lapses() {
     sim.run_until(s(61));
     assert_eq!(sim.reg.state(), &TrunkState::Registering);
     sim.run_until(s(63));
-    assert!(matches!(sim.reg.state(), TrunkState::Failing { attempts: 1, .. }));
+    assert!(matches!(
+        sim.reg.state(),
+        TrunkState::Failing { attempts: 1, .. }
+    ));
 }
 
 #[test]
@@ -666,7 +772,10 @@ fn stop_unregisters_with_expires_zero() {
         header(m, "Contact").as_deref(),
         Some(format!("<sip:{USER}@[2001:db8:e8b1::1:1]:5060;transport=udp>").as_str())
     );
-    assert!(m.header(HeaderName::Authorization).is_some(), "cached credentials");
+    assert!(
+        m.header(HeaderName::Authorization).is_some(),
+        "cached credentials"
+    );
     assert_eq!(last.status, Some(200));
     assert!(sim.prov.binding.is_none());
     assert_eq!(sim.reg.state(), &TrunkState::Unregistered);
@@ -700,7 +809,10 @@ fn stop_with_provider_down_ends_after_the_timeout() {
     sim.run_until(s(40));
     assert_eq!(sim.reg.state(), &TrunkState::Unregistered);
     assert!(sim.reg.is_stopped());
-    assert_eq!(sim.reg.status().last_error.as_deref(), Some("no response from the provider"));
+    assert_eq!(
+        sim.reg.status().last_error.as_deref(),
+        Some("no response from the provider")
+    );
 }
 
 #[test]
@@ -820,10 +932,17 @@ fn responses_of_other_transactions_are_ignored() {
 fn domain_forms_and_config_errors() {
     let mut cfg = config(PASSWORD);
     cfg.domain = "2001:db8:5::1".to_owned();
+    cfg.dest = None;
     let mut reg = Registration::new(cfg).expect("bare IPv6 domain");
     assert_eq!(reg.aor(), format!("sip:{USER}@[2001:db8:5::1]"));
     reg.start(Instant::now());
-    let m = parse(&reg.poll_transmit().expect("REGISTER").data);
+    let out = reg.poll_transmit().expect("REGISTER");
+    // The literal is its own destination; no resolver needed.
+    assert_eq!(
+        out.dest,
+        Destination::Addr("[2001:db8:5::1]:5060".parse().expect("addr"))
+    );
+    let m = parse(&out.data);
     assert_eq!(m.start_line_raw(), b"REGISTER sip:[2001:db8:5::1] SIP/2.0");
     assert!(m.request_uri().is_ok());
 
@@ -871,8 +990,8 @@ fn auth_username_differs_from_the_aor_user() {
     let challenge = prov.handle(now, &first).expect("401");
     assert!(reg.handle_response(now, &parse(&challenge)));
     let second = parse(&reg.poll_transmit().expect("REGISTER").data);
-    let creds = Credentials::parse(second.header(HeaderName::Authorization).expect("auth"))
-        .expect("creds");
+    let creds =
+        Credentials::parse(second.header(HeaderName::Authorization).expect("auth")).expect("creds");
     assert_eq!(creds.username, "auth-id-77");
     assert_eq!(
         second.to_hdr().expect("to").uri.to_string(),
