@@ -146,3 +146,18 @@ fn brute_force_blocks_the_source_and_leaves_others_alone() {
     let log = pbx.log_text();
     assert!(log.contains("security event") && log.contains("Blocked") && log.contains("127.0.0.1"), "{log}");
 }
+
+#[test]
+fn a_registration_moves_the_gauge_and_shows_in_ctl() {
+    let pbx = Pbx::start(USERS);
+    let before = metric(&http_get(pbx.admin, "/metrics").1, "podpbx_registrations");
+    assert_eq!(before, Some(0.0));
+    let run = reg("register_once.xml", pbx.v6(), "t1", "1002", "hall-1002", &["-key", "expires", "120"]);
+    assert!(run.ok, "{}", run.output);
+    std::thread::sleep(Duration::from_millis(400)); // published with the coalesced save
+    let after = metric(&http_get(pbx.admin, "/metrics").1, "podpbx_registrations");
+    assert_eq!(after, Some(1.0));
+    let (code, out, err) = ctl(&["--admin", &pbx.admin.to_string(), "registrations"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("1002") && out.contains("sip:1002@"), "ctl lists the binding:\n{out}");
+}

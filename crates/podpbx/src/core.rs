@@ -89,6 +89,26 @@ impl Core {
         &self.registrar
     }
 
+    /// Current bindings as JSON for `podpbx ctl registrations`.
+    pub fn registrations_json(&self) -> serde_json::Value {
+        let items: Vec<serde_json::Value> = self
+            .registrar
+            .all_bindings()
+            .map(|(user, b)| {
+                let expires_at = b.expires_at_wall.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                serde_json::json!({
+                    "user": user,
+                    "contact": b.contact_uri,
+                    "flow": format!("{:?} {} -> {}", b.flow.transport, b.flow.source, b.flow.local),
+                    "expires_at": expires_at,
+                    "reachable": b.reachable,
+                    "user_agent": b.user_agent,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(items)
+    }
+
     /// Bindings to persist now, if a save is due; the shell writes them and calls back.
     pub fn save_due(&self, now: Instant) -> bool {
         self.save_due.is_some_and(|t| t <= now)

@@ -110,6 +110,12 @@ async fn serve(cfg: Config) -> Result<(), String> {
         admin.start(listen).await?;
     }
     let mut shutdown = crate::admin::Shutdown::new(&admin, crate::admin::SHUTDOWN_GRACE)?;
+    let registrations = admin.provide_snapshot("registrations");
+    let publish_registrations = |core: &Core| {
+        registrations.publish(core.registrations_json());
+        admin.metrics().registrations.set_count(core.registrar().stats().bindings);
+    };
+    publish_registrations(&core);
     info!(udp = ?transports.udp_addrs(), tcp = ?transports.tcp_addrs(), "podpbx ready");
 
     loop {
@@ -134,6 +140,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
         }
         if core.save_due(Instant::now()) {
             core.save_bindings();
+            publish_registrations(&core);
         }
         while let Some(out) = core.poll_output() {
             match out {
