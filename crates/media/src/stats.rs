@@ -15,12 +15,21 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub(crate) enum C {
+    // Written for every packet: kept together in the first cache line.
     RtpPackets,
     RtpBytes,
-    RtcpPackets,
-    RtcpBytes,
     FwdPackets,
     FwdBytes,
+    ExtMaxSeq,
+    Expected,
+    /// Cumulative lost, as i64 bits (may be negative with duplicates).
+    Lost,
+    /// Interarrival jitter in timestamp units, scaled by 16 (RFC 3550 A.8).
+    JitterQ4,
+    /// Milliseconds since relay start of the last accepted packet, 0 = never.
+    LastRxMs,
+    RtcpPackets,
+    RtcpBytes,
     DropForeign,
     DropMalformed,
     DropNotRtp,
@@ -28,15 +37,7 @@ pub(crate) enum C {
     DropNoDest,
     DropSendError,
     Ssrc,
-    ExtMaxSeq,
-    Expected,
-    /// Cumulative lost, as i64 bits (may be negative with duplicates).
-    Lost,
-    /// Interarrival jitter in timestamp units, scaled by 16 (RFC 3550 A.8).
-    JitterQ4,
     ClockRate,
-    /// Milliseconds since relay start of the last accepted packet, 0 = never.
-    LastRxMs,
     Latched,
     DtmfSent,
     Relatches,
@@ -44,7 +45,8 @@ pub(crate) enum C {
 
 pub(crate) const COUNTERS: usize = C::Relatches as usize + 1;
 
-/// The counters of one stream.
+/// The counters of one stream (cache-line aligned).
+#[repr(align(64))]
 pub(crate) struct Counters {
     c: [AtomicU64; COUNTERS],
 }
@@ -239,6 +241,7 @@ impl SeqState {
             };
             out.set(C::Ssrc, ssrc as u64);
             out.set(C::JitterQ4, 0);
+            out.set(C::ClockRate, clock as u64);
         }
         let udelta = seq.wrapping_sub(self.max_seq);
         if udelta < MAX_DROPOUT {
@@ -266,6 +269,7 @@ impl SeqState {
         if clock != self.clock {
             self.clock = clock;
             self.have_transit = false;
+            out.set(C::ClockRate, clock as u64);
         }
         if clock > 0 {
             let arrival = (arrival_us.wrapping_mul(clock as u64) / 1_000_000) as u32;
@@ -286,7 +290,6 @@ impl SeqState {
         out.set(C::Expected, expected);
         out.set(C::Lost, (expected as i64 - self.received as i64) as u64);
         out.set(C::JitterQ4, self.jitter_q4);
-        out.set(C::ClockRate, clock as u64);
     }
 }
 

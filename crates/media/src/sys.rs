@@ -33,18 +33,24 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// A socket address in the kernel's format, ready to hand to sendmmsg.
+/// A socket address in the kernel's format, ready to hand to sendmmsg. Sized
+/// for `sockaddr_in6` (which also holds a `sockaddr_in`): 32 bytes instead of
+/// a 128-byte `sockaddr_storage`, to keep the per-leg state in few cache lines.
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub(crate) struct RawAddr {
-    pub(crate) storage: libc::sockaddr_storage,
+    pub(crate) sa: libc::sockaddr_in6,
     pub(crate) len: libc::socklen_t,
 }
 
+/// Bytes of a receive address buffer.
+pub(crate) const RAW_ADDR_CAP: libc::socklen_t = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+
 impl RawAddr {
     pub(crate) fn empty() -> Self {
-        // SAFETY: sockaddr_storage is plain old data; all-zero is AF_UNSPEC.
+        // SAFETY: sockaddr_in6 is plain old data; all-zero is AF_UNSPEC.
         RawAddr {
-            storage: unsafe { mem::zeroed() },
+            sa: unsafe { mem::zeroed() },
             len: 0,
         }
     }
@@ -61,12 +67,12 @@ impl RawAddr {
                     },
                     sin_zero: [0; 8],
                 };
-                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-                unsafe { std::ptr::write(&mut r.storage as *mut _ as *mut libc::sockaddr_in, sin) };
+                // SAFETY: sockaddr_in6 is larger than and aligned for sockaddr_in.
+                unsafe { std::ptr::write(&mut r.sa as *mut _ as *mut libc::sockaddr_in, sin) };
                 r.len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             }
             SocketAddr::V6(a) => {
-                let sin6 = libc::sockaddr_in6 {
+                r.sa = libc::sockaddr_in6 {
                     sin6_family: libc::AF_INET6 as libc::sa_family_t,
                     sin6_port: a.port().to_be(),
                     sin6_flowinfo: 0,
@@ -74,10 +80,6 @@ impl RawAddr {
                         s6_addr: a.ip().octets(),
                     },
                     sin6_scope_id: a.scope_id(),
-                };
-                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-                unsafe {
-                    std::ptr::write(&mut r.storage as *mut _ as *mut libc::sockaddr_in6, sin6)
                 };
                 r.len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
             }
@@ -89,28 +91,25 @@ impl RawAddr {
         self.len != 0
     }
 
-    /// Convert from a kernel-filled storage; `None` for other families.
-    pub(crate) fn to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-        match storage.ss_family as libc::c_int {
+    pub(crate) fn as_ptr(&self) -> *const libc::sockaddr {
+        &self.sa as *const _ as *const libc::sockaddr
+    }
+
+    /// Convert a kernel-filled address; `None` for other families.
+    pub(crate) fn to_std(&self) -> Option<SocketAddr> {
+        match self.sa.sin6_family as libc::c_int {
             libc::AF_INET => {
-                // SAFETY: the family says the storage holds a sockaddr_in.
-                let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+                // SAFETY: the family says the buffer holds a sockaddr_in.
+                let sin = unsafe { &*(&self.sa as *const _ as *const libc::sockaddr_in) };
                 let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-                Some(SocketAddr::V4(SocketAddrV4::new(
-                    ip,
-                    u16::from_be(sin.sin_port),
-                )))
+                Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
             }
-            libc::AF_INET6 => {
-                // SAFETY: the family says the storage holds a sockaddr_in6.
-                let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
-                Some(SocketAddr::V6(SocketAddrV6::new(
-                    Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                    u16::from_be(sin6.sin6_port),
-                    0,
-                    sin6.sin6_scope_id,
-                )))
-            }
+            libc::AF_INET6 => Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(self.sa.sin6_addr.s6_addr),
+                u16::from_be(self.sa.sin6_port),
+                0,
+                self.sa.sin6_scope_id,
+            ))),
             _ => None,
         }
     }
@@ -133,11 +132,11 @@ impl Endpoint {
     };
 
     #[inline]
-    pub(crate) fn from_storage(s: &libc::sockaddr_storage) -> Endpoint {
-        match s.ss_family as libc::c_int {
+    pub(crate) fn from_raw(r: &RawAddr) -> Endpoint {
+        match r.sa.sin6_family as libc::c_int {
             libc::AF_INET => {
-                // SAFETY: the family says the storage holds a sockaddr_in.
-                let sin = unsafe { &*(s as *const _ as *const libc::sockaddr_in) };
+                // SAFETY: the family says the buffer holds a sockaddr_in.
+                let sin = unsafe { &*(&r.sa as *const _ as *const libc::sockaddr_in) };
                 let mut ip = [0u8; 16];
                 ip[..4].copy_from_slice(&sin.sin_addr.s_addr.to_ne_bytes());
                 Endpoint {
@@ -146,21 +145,17 @@ impl Endpoint {
                     ip,
                 }
             }
-            libc::AF_INET6 => {
-                // SAFETY: the family says the storage holds a sockaddr_in6.
-                let sin6 = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
-                Endpoint {
-                    family: 6,
-                    port: sin6.sin6_port,
-                    ip: sin6.sin6_addr.s6_addr,
-                }
-            }
+            libc::AF_INET6 => Endpoint {
+                family: 6,
+                port: r.sa.sin6_port,
+                ip: r.sa.sin6_addr.s6_addr,
+            },
             _ => Endpoint::NONE,
         }
     }
 
     pub(crate) fn from_std(a: SocketAddr) -> Endpoint {
-        Endpoint::from_storage(&RawAddr::from_std(a).storage)
+        Endpoint::from_raw(&RawAddr::from_std(a))
     }
 
     pub(crate) fn same_ip(&self, other: &Endpoint) -> bool {
@@ -368,7 +363,7 @@ pub(crate) fn send_to_raw(fd: RawFd, buf: &[u8], to: &RawAddr) -> io::Result<usi
             buf.as_ptr() as *const libc::c_void,
             buf.len(),
             libc::MSG_DONTWAIT,
-            &to.storage as *const _ as *const libc::sockaddr,
+            to.as_ptr(),
             to.len,
         )
     };
@@ -432,13 +427,13 @@ mod tests {
         ] {
             let r = RawAddr::from_std(a);
             assert!(r.is_set());
-            assert_eq!(RawAddr::to_std(&r.storage), Some(a));
+            assert_eq!(r.to_std(), Some(a));
             let e = Endpoint::from_std(a);
             assert!(e.is_some());
             assert_eq!(e.to_std(), Some(a));
         }
-        assert_eq!(RawAddr::to_std(&RawAddr::empty().storage), None);
-        assert!(!Endpoint::from_storage(&RawAddr::empty().storage).is_some());
+        assert_eq!(RawAddr::empty().to_std(), None);
+        assert!(!Endpoint::from_raw(&RawAddr::empty()).is_some());
     }
 
     #[test]

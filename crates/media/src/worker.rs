@@ -104,14 +104,32 @@ pub(crate) fn ms_since(epoch_ns: u64, now_ns: u64) -> u64 {
     now_ns.saturating_sub(epoch_ns) / 1_000_000 + 1
 }
 
+/// Per-leg state the forwarding path touches on every packet, kept small
+/// (a few cache lines); the rest lives behind `c`.
 struct WLeg {
-    rtp: UdpSocket,
-    rtcp: UdpSocket,
     fds: [RawFd; 2],
     /// Adaptive recvmmsg size per socket: 1 for the usual one-datagram
     /// wake-ups (no failed second dequeue in the kernel), doubling up to the
     /// configured batch while the socket keeps filling it.
     vlen: [u16; 2],
+    mux: bool,
+    timed_out: bool,
+    last_pt: u8,
+    last_clock: u32,
+    /// Latched sources per socket: [RTP port, RTCP port].
+    src: [Endpoint; 2],
+    /// Where packets towards this leg's peer go: [RTP, RTCP].
+    dest: [RawAddr; 2],
+    seq: SeqState,
+    last_rx_ms: u64,
+    src_last_ms: [u64; 2],
+    c: Box<LegCold>,
+}
+
+/// Per-leg state of the control path.
+struct LegCold {
+    /// The RTP and RTCP sockets (owned here, closed on release).
+    _sockets: [UdpSocket; 2],
     ip: IpAddr,
     even_port: u16,
     has_remote: bool,
@@ -122,50 +140,40 @@ struct WLeg {
     /// c=0.0.0.0: send nothing towards this leg.
     zero_hold: bool,
     hold: bool,
-    mux: bool,
-    /// Latched sources per socket: [RTP port, RTCP port].
-    src: [Endpoint; 2],
     src_raw: [RawAddr; 2],
-    src_last_ms: [u64; 2],
-    /// Where packets towards this leg's peer go: [RTP, RTCP].
-    dest: [RawAddr; 2],
     clocks: [(u8, u32); MAX_CLOCKS],
     nclocks: usize,
-    last_pt: u8,
-    last_clock: u32,
-    seq: SeqState,
-    last_rx_ms: u64,
-    timed_out: bool,
 }
 
 impl WLeg {
     fn new(n: NewLeg) -> WLeg {
         let fds = [n.rtp.as_raw_fd(), n.rtcp.as_raw_fd()];
         WLeg {
-            rtp: n.rtp,
-            rtcp: n.rtcp,
             fds,
             vlen: [1; 2],
-            ip: n.ip,
-            even_port: n.even_port,
-            has_remote: false,
-            sdp: [Endpoint::NONE; 2],
-            sdp_raw: [RawAddr::empty(); 2],
-            rtcp_explicit: false,
-            zero_hold: false,
-            hold: false,
             mux: false,
-            src: [Endpoint::NONE; 2],
-            src_raw: [RawAddr::empty(); 2],
-            src_last_ms: [0; 2],
-            dest: [RawAddr::empty(); 2],
-            clocks: [(0, 0); MAX_CLOCKS],
-            nclocks: 0,
+            timed_out: false,
             last_pt: 0xff,
             last_clock: DEFAULT_CLOCK,
+            src: [Endpoint::NONE; 2],
+            dest: [RawAddr::empty(); 2],
             seq: SeqState::default(),
             last_rx_ms: 0,
-            timed_out: false,
+            src_last_ms: [0; 2],
+            c: Box::new(LegCold {
+                _sockets: [n.rtp, n.rtcp],
+                ip: n.ip,
+                even_port: n.even_port,
+                has_remote: false,
+                sdp: [Endpoint::NONE; 2],
+                sdp_raw: [RawAddr::empty(); 2],
+                rtcp_explicit: false,
+                zero_hold: false,
+                hold: false,
+                src_raw: [RawAddr::empty(); 2],
+                clocks: [(0, 0); MAX_CLOCKS],
+                nclocks: 0,
+            }),
         }
     }
 
@@ -174,7 +182,7 @@ impl WLeg {
         if pt == self.last_pt {
             return self.last_clock;
         }
-        let c = self.clocks[..self.nclocks]
+        let c = self.c.clocks[..self.c.nclocks]
             .iter()
             .find(|(p, _)| *p == pt)
             .map_or(DEFAULT_CLOCK, |(_, c)| *c);
@@ -185,36 +193,36 @@ impl WLeg {
 
     /// Recompute where packets towards this leg's peer are sent.
     fn update_dest(&mut self) {
-        if !self.has_remote || self.zero_hold {
+        if !self.c.has_remote || self.c.zero_hold {
             self.dest = [RawAddr::empty(); 2];
             return;
         }
         self.dest[0] = if self.src[0].is_some() {
-            self.src_raw[0]
+            self.c.src_raw[0]
         } else {
-            self.sdp_raw[0]
+            self.c.sdp_raw[0]
         };
         self.dest[1] = if self.mux {
             self.dest[0]
         } else if self.src[1].is_some() {
-            self.src_raw[1]
-        } else if !self.rtcp_explicit && self.src[0].is_some() && self.src[0] != self.sdp[0] {
+            self.c.src_raw[1]
+        } else if !self.c.rtcp_explicit && self.src[0].is_some() && self.src[0] != self.c.sdp[0] {
             // RTP came from elsewhere than announced (NAT): guess its port + 1.
-            match RawAddr::to_std(&self.src_raw[0].storage) {
+            match self.c.src_raw[0].to_std() {
                 Some(a) => match a.port().checked_add(1) {
                     Some(p) => RawAddr::from_std(SocketAddr::new(a.ip(), p)),
-                    None => self.sdp_raw[1],
+                    None => self.c.sdp_raw[1],
                 },
-                None => self.sdp_raw[1],
+                None => self.c.sdp_raw[1],
             }
         } else {
-            self.sdp_raw[1]
+            self.c.sdp_raw[1]
         };
     }
 
     fn unlatch(&mut self) {
         self.src = [Endpoint::NONE; 2];
-        self.src_raw = [RawAddr::empty(); 2];
+        self.c.src_raw = [RawAddr::empty(); 2];
         self.update_dest();
     }
 }
@@ -232,7 +240,7 @@ struct WSession {
 /// hold raw pointers into the boxed slices, which never move.
 struct Batch {
     bufs: Box<[[u8; BUF_SIZE]]>,
-    names: Box<[libc::sockaddr_storage]>,
+    names: Box<[RawAddr]>,
     iovs: Box<[libc::iovec]>,
     msgs: Box<[libc::mmsghdr]>,
     /// Two outgoing lists (towards the other leg's RTP and RTCP sockets).
@@ -253,7 +261,7 @@ impl Batch {
         let mut b = Box::new(Batch {
             bufs: vec![[0u8; BUF_SIZE]; MAX_BATCH].into_boxed_slice(),
             names: (0..MAX_BATCH)
-                .map(|_| unsafe { mem::zeroed::<libc::sockaddr_storage>() })
+                .map(|_| RawAddr::empty())
                 .collect(),
             iovs: vec![zero_iov; MAX_BATCH].into_boxed_slice(),
             msgs: (0..MAX_BATCH).map(|_| zero_msg()).collect(),
@@ -266,8 +274,8 @@ impl Batch {
             b_ref.iovs[i].iov_base = b_ref.bufs[i].as_mut_ptr() as *mut libc::c_void;
             b_ref.iovs[i].iov_len = BUF_SIZE;
             let h = &mut b_ref.msgs[i].msg_hdr;
-            h.msg_name = &mut b_ref.names[i] as *mut _ as *mut libc::c_void;
-            h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_name = &mut b_ref.names[i].sa as *mut _ as *mut libc::c_void;
+            h.msg_namelen = sys::RAW_ADDR_CAP;
             h.msg_iov = &mut b_ref.iovs[i];
             h.msg_iovlen = 1;
         }
@@ -423,7 +431,7 @@ impl Worker {
         let max = self.cfg.batch;
         // recvmmsg wrote the address lengths of the last batch: reset them.
         for m in &mut b.msgs[..b.last_n.min(max)] {
-            m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_namelen = sys::RAW_ADDR_CAP;
         }
         let l = &mut s.legs[leg];
         let vlen = (l.vlen[sock] as usize).clamp(1, max);
@@ -491,18 +499,18 @@ impl Worker {
                             .unwrap_or(remote.rtp.port()),
                     ),
                 };
-                let changed = !l.has_remote || rtp != l.sdp[0] || l.zero_hold != zero;
-                l.has_remote = true;
-                l.sdp = [rtp, Endpoint::from_std(rtcp_addr)];
-                l.sdp_raw = [RawAddr::from_std(remote.rtp), RawAddr::from_std(rtcp_addr)];
-                l.rtcp_explicit = remote.rtcp.is_some() || remote.rtcp_mux;
-                l.zero_hold = zero;
+                let changed = !l.c.has_remote || rtp != l.c.sdp[0] || l.c.zero_hold != zero;
+                l.c.has_remote = true;
+                l.c.sdp = [rtp, Endpoint::from_std(rtcp_addr)];
+                l.c.sdp_raw = [RawAddr::from_std(remote.rtp), RawAddr::from_std(rtcp_addr)];
+                l.c.rtcp_explicit = remote.rtcp.is_some() || remote.rtcp_mux;
+                l.c.zero_hold = zero;
                 l.mux = remote.rtcp_mux;
-                l.nclocks = 0;
+                l.c.nclocks = 0;
                 for &(pt, clock) in remote.clock_rates.iter().take(MAX_CLOCKS) {
                     if pt < 128 && clock > 0 {
-                        l.clocks[l.nclocks] = (pt, clock);
-                        l.nclocks += 1;
+                        l.c.clocks[l.c.nclocks] = (pt, clock);
+                        l.c.nclocks += 1;
                     }
                 }
                 l.last_pt = 0xff;
@@ -517,7 +525,7 @@ impl Worker {
             }
             Cmd::SetHold { id, leg, hold } => {
                 if let Some(s) = self.session_mut(id) {
-                    s.legs[leg].hold = hold;
+                    s.legs[leg].c.hold = hold;
                     Self::rearm(s, now_ms);
                 }
             }
@@ -559,7 +567,7 @@ impl Worker {
     }
 
     fn rearm(s: &mut WSession, now_ms: u64) {
-        if s.legs[0].has_remote && s.legs[1].has_remote {
+        if s.legs[0].c.has_remote && s.legs[1].c.has_remote {
             s.armed_ms = now_ms;
             for l in &mut s.legs {
                 l.timed_out = false;
@@ -620,9 +628,8 @@ impl Worker {
             for fd in l.fds {
                 self.epoll.delete(fd);
             }
-            let (ip, port) = (l.ip, l.even_port);
-            drop(l.rtp);
-            drop(l.rtcp);
+            let (ip, port) = (l.c.ip, l.c.even_port);
+            drop(l);
             self.pools.put(ip, port);
         }
         self.active.fetch_sub(1, Ordering::Relaxed);
@@ -659,7 +666,7 @@ impl Worker {
             if s.armed_ms == 0 {
                 continue;
             }
-            let on_hold = s.legs.iter().any(|l| l.hold || l.zero_hold);
+            let on_hold = s.legs.iter().any(|l| l.c.hold || l.c.zero_hold);
             let limit = if on_hold {
                 self.cfg.hold_timeout_ms
             } else {
@@ -755,7 +762,7 @@ fn forward(
         };
 
         // Symmetric RTP: is this the source we latched onto?
-        let src = Endpoint::from_storage(&b.names[i]);
+        let src = Endpoint::from_raw(&b.names[i]);
         if src != l.src[sock] {
             let accept = if l.src[sock].is_some() {
                 match policy.relatch_after_silence {
@@ -769,7 +776,7 @@ fn forward(
                         src.same_ip(&l.src[0])
                     }
                     LatchMode::FirstSource => true,
-                    LatchMode::SdpOnly => l.has_remote && src == l.sdp[sock],
+                    LatchMode::SdpOnly => l.c.has_remote && src == l.c.sdp[sock],
                 }
             };
             if !accept {
@@ -777,14 +784,14 @@ fn forward(
                 continue;
             }
             l.src[sock] = src;
-            l.src_raw[sock] = RawAddr {
-                storage: b.names[i],
+            l.c.src_raw[sock] = RawAddr {
+                sa: b.names[i].sa,
                 len: b.msgs[i].msg_hdr.msg_namelen,
             };
             l.update_dest();
             counters.set(C::Latched, 1);
             counters.add(C::Relatches, 1);
-            if let Some(source) = RawAddr::to_std(&b.names[i]) {
+            if let Some(source) = b.names[i].to_std() {
                 sink(Event::Latched {
                     session: s.id,
                     leg: Leg::from_idx(leg),
@@ -825,7 +832,7 @@ fn forward(
         b.out_iovs[j].iov_base = b.bufs[i].as_mut_ptr() as *mut libc::c_void;
         b.out_iovs[j].iov_len = len;
         let h = &mut b.out_msgs[j].msg_hdr;
-        h.msg_name = &dest.storage as *const _ as *mut libc::c_void;
+        h.msg_name = &dest.sa as *const _ as *mut libc::c_void;
         h.msg_namelen = dest.len;
     }
 

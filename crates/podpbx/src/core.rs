@@ -4,6 +4,7 @@
 
 use crate::stats::Stats;
 use crate::transport::Flow;
+use crate::trunks::Trunks;
 use bytes::{Bytes, BytesMut};
 use podpbx_sip::checks::{check_request, Capabilities, Rejection};
 use podpbx_sip::transaction::{
@@ -12,7 +13,7 @@ use podpbx_sip::transaction::{
 use podpbx_registrar::{AuthKind, AuthResult, Registrar, Reply, SecurityEvent};
 use podpbx_sip::transaction::{ClientTxId, TxId};
 use podpbx_sip::{HeaderName, Message, Method, RequestBuilder, ResponseBuilder, Transport};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,6 +59,10 @@ pub struct Core {
     qualifies: HashMap<ClientTxId, u64>,
     /// Set by [`Core::begin_shutdown`] (SIGTERM): new INVITEs must get `503 Service Unavailable`.
     shutting_down: bool,
+    /// Upstream trunk registrations.
+    trunks: Trunks,
+    /// Outputs that bypass the transaction layer (CRLF keep-alives).
+    direct: VecDeque<Output>,
 }
 
 /// Methods podpbx answers itself today; the Allow header lists exactly these.
@@ -65,14 +70,14 @@ const ALLOW: &[Method] = &[Method::Options, Method::Ack, Method::Cancel, Method:
 
 impl Core {
     /// Creates a core.
-    pub fn new(cfg: CoreConfig, stats: Arc<Stats>, registrar: Registrar) -> Core {
+    pub fn new(cfg: CoreConfig, stats: Arc<Stats>, registrar: Registrar, trunks: Trunks) -> Core {
         let caps = Capabilities {
             methods: ALLOW.to_vec(),
             accept: vec!["application/sdp".into(), "text/plain".into()],
             supported: vec![],
         };
         let tx = TransactionLayer::new(cfg.timers, cfg.max_transactions);
-        Core { cfg, stats, tx, caps, registrar, save_due: None, qualifies: HashMap::new(), shutting_down: false }
+        Core { cfg, stats, tx, caps, registrar, save_due: None, qualifies: HashMap::new(), trunks, direct: VecDeque::new(), shutting_down: false }
     }
 
     /// Graceful stop began (hook for `admin::Shutdown`): refuse new calls from now on, keep
@@ -82,6 +87,28 @@ impl Core {
             self.shutting_down = true;
             debug!("shutting down: new INVITEs get 503");
         }
+    }
+
+    /// Starts the trunk registrations.
+    pub fn start(&mut self, now: Instant) {
+        self.trunks.start(now);
+        self.trunks.flush(now, &mut self.tx, &mut self.direct);
+    }
+
+    /// Un-registers the trunks so the provider stops sending calls to a dead pod.
+    pub fn stop_trunks(&mut self, now: Instant) {
+        self.trunks.stop(now);
+        self.trunks.flush(now, &mut self.tx, &mut self.direct);
+    }
+
+    /// True once every trunk has un-registered.
+    pub fn trunks_stopped(&self) -> bool {
+        self.trunks.all_stopped()
+    }
+
+    /// The trunks, for status.
+    pub fn trunks(&self) -> &Trunks {
+        &self.trunks
     }
 
     /// The registrar, for status and metrics.
@@ -133,6 +160,10 @@ impl Core {
         if !msg.is_request() {
             match self.tx.on_response(now, msg) {
                 ResponseDisposition::Deliver(id) => {
+                    if self.trunks.on_response(now, id, msg) {
+                        self.trunks.flush(now, &mut self.tx, &mut self.direct);
+                        return;
+                    }
                     if msg.status().unwrap_or(0) >= 200 {
                         if let Some(binding) = self.qualifies.remove(&id) {
                             // Any final answer proves the phone is there (even 404/405).
@@ -197,7 +228,10 @@ impl Core {
 
     /// The next instant [`Core::handle_timeout`] must be called at.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.tx.poll_timeout(), self.registrar.poll_timeout(), self.save_due].into_iter().flatten().min()
+        [self.tx.poll_timeout(), self.registrar.poll_timeout(), self.save_due, self.trunks.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Advances timers to `now`.
@@ -215,6 +249,8 @@ impl Core {
         }
         while let Some(ev) = self.tx.poll_event() {
             match ev {
+                TxEvent::Timeout(TxId::Client(id)) | TxEvent::TransportError(TxId::Client(id))
+                    if self.trunks.on_failure(now, id) => {}
                 TxEvent::Timeout(TxId::Client(id)) | TxEvent::TransportError(TxId::Client(id)) => {
                     if let Some(binding) = self.qualifies.remove(&id) {
                         if self.registrar.qualify_result(binding, false) == Some(false) {
@@ -225,11 +261,18 @@ impl Core {
                 TxEvent::Timeout(id) => debug!(?id, "transaction timed out"),
                 TxEvent::TransportError(id) => debug!(?id, "transaction transport error"),
                 TxEvent::Terminated(TxId::Client(id)) => {
+                    self.trunks.on_terminated(id);
                     self.qualifies.remove(&id);
                 }
                 TxEvent::Terminated(_) => {}
             }
         }
+        self.trunk_timers(now);
+    }
+
+    fn trunk_timers(&mut self, now: Instant) {
+        self.trunks.handle_timeout(now);
+        self.trunks.flush(now, &mut self.tx, &mut self.direct);
     }
 
     /// Tells the transaction layer that sending to `peer` failed.
@@ -239,6 +282,9 @@ impl Core {
 
     /// Next thing to do, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(o) = self.direct.pop_front() {
+            return Some(o);
+        }
         self.tx.poll_transmit().map(|t| Output::Send {
             transport: t.peer.transport,
             dest: t.peer.addr,

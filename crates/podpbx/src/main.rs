@@ -9,6 +9,7 @@ mod metrics;
 mod server;
 mod stats;
 mod transport;
+mod trunks;
 
 use std::process::ExitCode;
 

@@ -100,7 +100,12 @@ async fn serve(cfg: Config) -> Result<(), String> {
         state_file: cfg.registrar.state_file.clone(),
     };
     let registrar = build_registrar(&cfg)?;
-    let mut core = Core::new(core_cfg, stats.clone(), registrar);
+    let trunks = crate::trunks::from_config(&cfg, |v4| transports.local_for(podpbx_sip::Transport::Udp, if v4 {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    }))?;
+    let mut core = Core::new(core_cfg, stats.clone(), registrar, trunks);
     // Admin listener, readiness and graceful stop (admin.rs); components register metrics,
     // JSON providers and readiness flags on `admin`.
     let admin = crate::admin::Admin::new(&cfg, stats.clone());
@@ -116,6 +121,16 @@ async fn serve(cfg: Config) -> Result<(), String> {
         admin.metrics().registrations.set_count(core.registrar().stats().bindings);
     };
     publish_registrations(&core);
+    let trunk_status = admin.provide_snapshot("trunks");
+    let publish_trunks = |core: &Core| {
+        trunk_status.publish(core.trunks().status_json(Instant::now()));
+        for (name, up) in core.trunks().registered() {
+            admin.set_trunk_registered(&name, up);
+        }
+    };
+    core.start(Instant::now());
+    // Status that changes slowly is published once a second, not per message.
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     info!(udp = ?transports.udp_addrs(), tcp = ?transports.tcp_addrs(), "podpbx ready");
 
     loop {
@@ -129,11 +144,15 @@ async fn serve(cfg: Config) -> Result<(), String> {
                 }
             }
             _ = sleep_until_opt(deadline) => core.handle_timeout(Instant::now()),
+            _ = tick.tick() => publish_trunks(&core),
             Some(req) = admin_rx.recv() => match req {
                 crate::admin::CoreRequest::Ping(p) => p.pong(),
             },
             ev = shutdown.next() => match ev {
-                crate::admin::StopEvent::Begin => core.begin_shutdown(),
+                crate::admin::StopEvent::Begin => {
+                    core.begin_shutdown();
+                    core.stop_trunks(Instant::now());
+                }
                 // Hook: the core ends the remaining calls here (their BYEs go out below).
                 crate::admin::StopEvent::Stop => {}
             },
@@ -154,6 +173,19 @@ async fn serve(cfg: Config) -> Result<(), String> {
         }
         if shutdown.is_stopping() {
             break;
+        }
+    }
+    // Let the trunks' un-REGISTER (and a digest round) complete, bounded: a pod being replaced
+    // must release its addresses quickly.
+    let drain_until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !core.trunks_stopped() && tokio::time::Instant::now() < drain_until {
+        let deadline = core.poll_timeout().map(tokio::time::Instant::from_std).map_or(drain_until, |d| d.min(drain_until));
+        tokio::select! {
+            Some(Inbound::Message(msg, flow)) = in_rx.recv() => core.handle_message(Instant::now(), SystemTime::now(), &msg, flow),
+            _ = tokio::time::sleep_until(deadline) => core.handle_timeout(Instant::now()),
+        }
+        while let Some(Output::Send { transport, dest, conn, data }) = core.poll_output() {
+            let _ = transports.send(transport, dest, conn, data);
         }
     }
     core.save_bindings();

@@ -1,0 +1,186 @@
+//! podpbx call control: a sans-IO back-to-back user agent.
+//!
+//! Every call is two (or, while a group rings, more) independent dialogs (RFC 3261 §12): the A
+//! leg towards the caller, in which podpbx is the UAS, and B legs towards callees, in which
+//! podpbx is the UAC. Each leg has its own Call-ID, tags, CSeq space, Via and Contact (our pinned
+//! address of the leg's family), and media is always anchored in the relay, with the SDP
+//! rewritten per leg (so an IPv4 doorbell and IPv6 phones can talk). The far side never sees
+//! the other leg's addresses.
+//!
+//! The [`B2bua`] never reads the clock and never touches a socket or the transaction layer:
+//! the shell passes requests (with their server transaction id), responses (with the
+//! [`ReqId`] of the request they answer), transaction failures, media events and `now` in,
+//! and polls [`Output`]s (responses to send through a server transaction, requests to start as
+//! client transactions, stateless sends for ACKs and 2xx retransmissions, CDRs) and the next
+//! deadline ([`B2bua::poll_timeout`]). Media goes through the [`MediaPort`] trait and contact
+//! lookups through [`Directory`], so the state machine runs in virtual time with fakes.
+//!
+//! # Flow of a call
+//!
+//! ```text
+//! INVITE (A) -> 100 Trying; dialplan rule; ring step: fork INVITE to every contact of every target
+//!   B 18x (with SDP: early media through the relay) -> 18x on A
+//!   first B 2xx wins: ACK it, CANCEL the other forks (ACK + BYE a 2xx that crosses), 200 on A
+//!   (retransmitted until A's ACK, T1 doubling to T2, give up with BYE after 64*T1)
+//!   all busy -> next fallback step or 486; ring timeout -> CANCEL, next step or 480;
+//!   no contact -> 480; unknown number -> 404; trunk down -> 503; reject -> its status
+//! CANCEL (A) -> CANCEL every ringing B leg, 487 on A
+//! BYE from either side -> 200, BYE on the other side; CDR
+//! re-INVITE / UPDATE / INFO / OPTIONS / other in-dialog requests -> relayed to the other side
+//!   (SDP rewritten, hold tracked); INFO DTMF becomes RFC 4733 when the other user wants it
+//! REFER -> 202, NOTIFY 100 Trying, dialplan for the Refer-To target with the other party as
+//!   caller, NOTIFY 200 OK and BYE to the transferor once the target answers
+//! ```
+
+mod cdr;
+mod engine;
+mod util;
+
+#[cfg(test)]
+mod tests;
+
+pub use cdr::{Cdr, CdrLeg, Disposition, MediaCounters};
+pub use engine::B2bua;
+pub use podpbx_media::{Family, Leg as MediaLeg, RemoteMedia};
+pub use util::{parse_dtmf_info, rfc3339, token};
+
+use bytes::Bytes;
+use podpbx_sip::transaction::{ServerTxId, Timers};
+use podpbx_sip::{Method, Peer, Transport};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Where a message came from: the observed flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub transport: Transport,
+    /// Our pinned address and port it arrived on.
+    pub local: SocketAddr,
+    /// The peer as seen on the wire.
+    pub remote: SocketAddr,
+    /// TCP connection id (0 for UDP).
+    pub conn: u64,
+}
+
+impl Flow {
+    /// Where to send requests and responses on this flow.
+    pub fn peer(&self) -> Peer {
+        Peer { addr: self.remote, transport: self.transport, conn: self.conn }
+    }
+}
+
+/// A registered contact of a user, as the registrar saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactTarget {
+    /// The Contact URI (Request-URI of the INVITE).
+    pub uri: String,
+    /// Where the REGISTER came from: requests go there (symmetric signalling).
+    pub flow: Flow,
+}
+
+/// Contact lookups and addresses, implemented over the registrar by the binary.
+pub trait Directory {
+    /// Current contacts of `user`, best first.
+    fn contacts(&self, user: &str, now: Instant) -> Vec<ContactTarget>;
+    /// Our pinned address for requests to `peer` over `transport`.
+    fn local_addr(&self, transport: Transport, peer: IpAddr) -> Option<SocketAddr>;
+    /// Where trunk `name` is reached (resolved host and port), if known.
+    fn trunk_destination(&self, name: &str) -> Option<SocketAddr> {
+        let _ = name;
+        None
+    }
+    /// Whether trunk `name` may take calls now (registered, or needs no registration).
+    fn trunk_available(&self, name: &str) -> bool {
+        let _ = name;
+        true
+    }
+}
+
+/// A relay session handle, chosen by the [`MediaPort`].
+pub type MediaId = u64;
+
+/// Packet counters of one leg, as the relay saw them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LegStats {
+    pub rtp_packets: u64,
+    pub rtp_bytes: u64,
+    pub rtcp_packets: u64,
+    pub forwarded_packets: u64,
+    pub lost_packets: i64,
+    pub jitter: Duration,
+}
+
+/// The RTP relay, as the call layer uses it (one session per media stream, two legs each).
+pub trait MediaPort {
+    /// Allocates a session with leg A on family `a` and leg B on family `b`.
+    fn allocate(&mut self, a: Family, b: Family) -> Result<MediaId, String>;
+    /// Our RTP address on a leg (RTCP is the next port).
+    fn local(&self, id: MediaId, leg: MediaLeg) -> Option<SocketAddr>;
+    /// What the leg's peer announced in its SDP.
+    fn set_remote(&mut self, id: MediaId, leg: MediaLeg, remote: RemoteMedia);
+    /// The leg is on hold (hold-aware media timeout).
+    fn set_hold(&mut self, id: MediaId, leg: MediaLeg, hold: bool);
+    /// Sends an RFC 4733 event towards `leg`'s peer; false if impossible (no payload type).
+    fn inject_dtmf(&mut self, id: MediaId, leg: MediaLeg, digit: char, duration: Duration) -> bool;
+    /// Counters of what the relay received on `leg`.
+    fn stats(&self, id: MediaId, leg: MediaLeg) -> LegStats;
+    /// Releases the session (its ports).
+    fn release(&mut self, id: MediaId);
+}
+
+/// Who places a new call, as decided by the shell (authentication happens there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A local user (digest-authenticated, or identified by source address).
+    User(String),
+    /// A trunk; `did` is the number the provider delivered (Request-URI or To user).
+    Trunk { name: String, did: Option<String> },
+}
+
+/// How a new INVITE's source is identified before authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// From a trunk's `networks` (or its host) with a DID: no digest.
+    Trunk { name: String, did: Option<String> },
+    /// An `identify_by_source` user's address: no digest.
+    User(String),
+    /// Needs digest authentication (407).
+    Authenticate,
+}
+
+/// Identifies a request placed by the b2bua as a client transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReqId(pub u64);
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a response through server transaction `tx`.
+    Respond { tx: ServerTxId, status: u16, data: Bytes },
+    /// Start a client transaction for this request; report its responses and failure with `id`.
+    Request { id: ReqId, method: Method, branch: String, data: Bytes, peer: Peer },
+    /// Send outside any transaction (ACK for 2xx, 2xx retransmissions).
+    Stateless { peer: Peer, data: Bytes },
+    /// The b2bua no longer cares about this client transaction (e.g. an INVITE whose CANCEL
+    /// never got a final answer): terminate it.
+    Abandon { id: ReqId },
+    /// A call ended: write its CDR.
+    Cdr(Box<Cdr>),
+}
+
+/// B2BUA settings from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `User-Agent`/`Server` header value (empty: not sent).
+    pub user_agent: String,
+    /// Our SIP domain (From/To hosts towards phones).
+    pub domain: String,
+    /// RFC 3261 timers (2xx retransmission, ACK wait, cleanup guards).
+    pub timers: Timers,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { user_agent: "podpbx".into(), domain: "localhost".into(), timers: Timers::default() }
+    }
+}
