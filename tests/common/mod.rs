@@ -17,7 +17,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_podpbx");
 
 /// Workspace root (tests/ lives directly under it).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// A fresh temporary directory, removed on drop.
@@ -25,7 +28,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("podpbx-test-{tag}-{}-{}", std::process::id(), unique()));
+        let p = std::env::temp_dir().join(format!(
+            "podpbx-test-{tag}-{}-{}",
+            std::process::id(),
+            unique()
+        ));
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
     }
@@ -49,7 +56,9 @@ fn unique() -> u64 {
 /// A port free for UDP and TCP on both 127.0.0.1 and ::1 right now.
 pub fn free_port() -> u16 {
     for _ in 0..200 {
-        let Ok(s) = UdpSocket::bind("127.0.0.1:0") else { continue };
+        let Ok(s) = UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
         let Ok(addr) = s.local_addr() else { continue };
         let port = addr.port();
         if port < 10000 {
@@ -94,12 +103,17 @@ impl Pbx {
         let cfg_path = dir.path().join("podpbx.toml");
         let mut config = config.replace("@DATA@", &dir.path().display().to_string());
         if !config.lines().any(|l| l.trim() == "[admin]") {
-            let admin_port = std::iter::repeat_with(free_port).find(|p| *p != port).unwrap();
+            let admin_port = std::iter::repeat_with(free_port)
+                .find(|p| *p != port)
+                .unwrap();
             config.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"));
         }
         // State (bindings, CDRs) goes to the test's own directory unless the config says otherwise.
         if !config.lines().any(|l| l.trim() == "[storage]") {
-            config.push_str(&format!("\n[storage]\ndata_dir = \"{}\"\n", dir.path().display()));
+            config.push_str(&format!(
+                "\n[storage]\ndata_dir = \"{}\"\n",
+                dir.path().display()
+            ));
         }
         let admin = admin_listen(&config);
         std::fs::write(&cfg_path, config).expect("write config");
@@ -112,7 +126,13 @@ impl Pbx {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn podpbx");
-        let mut pbx = Pbx { child, port, dir, log, admin };
+        let mut pbx = Pbx {
+            child,
+            port,
+            dir,
+            log,
+            admin,
+        };
         pbx.wait_ready();
         pbx
     }
@@ -198,10 +218,17 @@ pub struct UdpPeer {
 
 impl UdpPeer {
     pub fn new(target: SocketAddr) -> UdpPeer {
-        let bind: SocketAddr = if target.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }.parse().unwrap();
+        let bind: SocketAddr = if target.is_ipv4() {
+            "127.0.0.1:0"
+        } else {
+            "[::1]:0"
+        }
+        .parse()
+        .unwrap();
         let sock = UdpSocket::bind(bind).expect("bind udp peer");
         sock.connect(target).expect("connect udp peer");
-        sock.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
         UdpPeer { sock }
     }
 
@@ -226,13 +253,26 @@ impl UdpPeer {
     pub fn expect_silence(&self, d: Duration) {
         self.sock.set_read_timeout(Some(d)).unwrap();
         let got = self.recv();
-        self.sock.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
-        assert!(got.is_none(), "expected no answer, got:\n{}", String::from_utf8_lossy(&got.unwrap()));
+        self.sock
+            .set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        assert!(
+            got.is_none(),
+            "expected no answer, got:\n{}",
+            String::from_utf8_lossy(&got.unwrap())
+        );
     }
 }
 
 /// Builds a request with the usual mandatory headers; `{local}` in `extra` is replaced.
-pub fn request(method: &str, uri: &str, local: SocketAddr, transport: &str, branch: &str, extra: &str) -> String {
+pub fn request(
+    method: &str,
+    uri: &str,
+    local: SocketAddr,
+    transport: &str,
+    branch: &str,
+    extra: &str,
+) -> String {
     let host = match local.ip() {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
@@ -267,14 +307,17 @@ pub fn header(msg: &[u8], name: &str) -> Option<String> {
         .take_while(|l| !l.is_empty())
         .find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
 }
 
 /// A TCP client to the PBX.
 pub fn tcp_connect(target: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).expect("tcp connect");
-    s.set_read_timeout(Some(Duration::from_millis(2000))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(2000)))
+        .unwrap();
     s
 }
 
@@ -291,7 +334,9 @@ pub fn tcp_read_message(s: &mut TcpStream) -> Option<Vec<u8>> {
             break;
         }
     }
-    let len: usize = header(&buf, "Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let len: usize = header(&buf, "Content-Length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).ok()?;
     buf.extend_from_slice(&body);
@@ -311,7 +356,11 @@ pub struct SippRun {
 /// Runs SIPp with `scenario` (a file under tests/sipp) against `target`, bounded in time.
 pub fn sipp(scenario: &str, target: SocketAddr, transport: &str, extra: &[&str]) -> SippRun {
     let dir = TempDir::new("sipp");
-    let local_ip = if target.is_ipv4() { "127.0.0.1".to_string() } else { "::1".to_string() };
+    let local_ip = if target.is_ipv4() {
+        "127.0.0.1".to_string()
+    } else {
+        "::1".to_string()
+    };
     let target_s = match target {
         SocketAddr::V4(a) => a.to_string(),
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
@@ -322,27 +371,51 @@ pub fn sipp(scenario: &str, target: SocketAddr, transport: &str, extra: &[&str])
     cmd.arg(&target_s)
         .arg("-sf")
         .arg(&scenario_path)
-        .args(["-i", &local_ip, "-p", &port, "-t", transport, "-m", "1", "-nostdin"])
-        .args(["-timeout", "20s", "-timeout_error", "-max_recv_loops", "1000"])
+        .args([
+            "-i", &local_ip, "-p", &port, "-t", transport, "-m", "1", "-nostdin",
+        ])
+        .args([
+            "-timeout",
+            "20s",
+            "-timeout_error",
+            "-max_recv_loops",
+            "1000",
+        ])
         .args(["-trace_err", "-trace_msg"])
         .args(extra)
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("run sipp (is the sip-tester package installed?)");
+    let child = cmd
+        .spawn()
+        .expect("run sipp (is the sip-tester package installed?)");
     let out = wait_output(child, Duration::from_secs(40));
     let mut output = out.1;
-    for entry in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let p = entry.path();
         if p.extension().is_some_and(|e| e == "log") {
             output.push_str(&format!("\n--- {} ---\n", p.display()));
             let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let tail: String = text.chars().rev().take(6000).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(6000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             output.push_str(&tail);
         }
     }
-    SippRun { ok: out.0 == Some(0), output }
+    SippRun {
+        ok: out.0 == Some(0),
+        output,
+    }
 }
 
 /// Waits for a child with a deadline (killing it by PID when exceeded); returns code and output.
@@ -361,7 +434,11 @@ pub fn wait_output(mut child: Child, limit: Duration) -> (Option<i32>, String) {
     match child.wait_with_output() {
         Ok(o) => (
             o.status.code(),
-            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
         ),
         Err(e) => (None, e.to_string()),
     }
@@ -384,9 +461,17 @@ pub fn admin_listen(config: &str) -> SocketAddr {
     for line in config.lines().map(str::trim) {
         if line.starts_with('[') {
             in_admin = line == "[admin]";
-        } else if let Some(v) = line.strip_prefix("listen").map(str::trim_start).and_then(|l| l.strip_prefix('=')) {
+        } else if let Some(v) = line
+            .strip_prefix("listen")
+            .map(str::trim_start)
+            .and_then(|l| l.strip_prefix('='))
+        {
             if in_admin {
-                return v.trim().trim_matches('"').parse().unwrap_or_else(|_| "0.0.0.0:0".parse().unwrap());
+                return v
+                    .trim()
+                    .trim_matches('"')
+                    .parse()
+                    .unwrap_or_else(|_| "0.0.0.0:0".parse().unwrap());
             }
         }
     }
@@ -396,7 +481,9 @@ pub fn admin_listen(config: &str) -> SocketAddr {
 /// One HTTP/1.1 exchange with `Connection: close`; returns status code and body
 /// (status 0 when the connection failed).
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return (0, String::new()) };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, String::new());
+    };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).is_err() {
@@ -405,7 +492,10 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -416,9 +506,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// The value of one sample (`name` or `name{labels}` exactly as rendered) in Prometheus text.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).and_then(|(_, v)| v.parse().ok()))
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.rsplit_once(' ')
+            .filter(|(s, _)| *s == series)
+            .and_then(|(_, v)| v.parse().ok())
+    })
 }
 
 /// Runs `podpbx ctl ARGS...` (bounded in time); returns exit code, stdout and stderr.
@@ -446,4 +538,136 @@ pub fn ctl(args: &[&str]) -> (Option<i32>, String, String) {
     }
     let code = child.0.wait().ok().and_then(|s| s.code());
     (code, out, err)
+}
+
+/// A SIPp phone running in the background: it REGISTERs (digest) from its own port, then its
+/// out-of-call scenario (`-oocsf`) handles the call podpbx sends there and logs `PHONE-OK`.
+pub struct Phone {
+    child: Option<ChildGuard>,
+    pub dir: TempDir,
+    pub port: u16,
+    pub media_port: u16,
+}
+
+impl Phone {
+    /// Starts `user`'s phone against `target` (UDP) with call flow `ooc` (a file under
+    /// tests/sipp); returns once it is registered (bounded).
+    pub fn start(
+        target: SocketAddr,
+        user: &str,
+        password: &str,
+        ooc: &str,
+        extra: &[&str],
+    ) -> Phone {
+        let dir = TempDir::new("phone");
+        let local_ip = if target.is_ipv4() { "127.0.0.1" } else { "::1" };
+        let target_s = match target {
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        };
+        let port = free_port();
+        let media_port = loop {
+            let p = free_port();
+            if p % 2 == 0 && p != port && UdpSocket::bind((local_ip, p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let sipp_dir = root().join("tests/sipp");
+        let child = Command::new("sipp")
+            .arg(&target_s)
+            .arg("-sf")
+            .arg(sipp_dir.join("call_phone_register.xml"))
+            .arg("-oocsf")
+            .arg(sipp_dir.join(ooc))
+            .args([
+                "-i",
+                local_ip,
+                "-p",
+                &port.to_string(),
+                "-mp",
+                &media_port.to_string(),
+                "-t",
+                "u1",
+                "-m",
+                "1",
+            ])
+            .args([
+                "-s", user, "-au", user, "-ap", password, "-d", "25000", "-nostdin",
+            ])
+            .args(["-timeout", "30s", "-trace_logs", "-trace_err", "-trace_msg"])
+            .args(extra)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run sipp (is the sip-tester package installed?)");
+        let phone = Phone {
+            child: Some(ChildGuard(child)),
+            dir,
+            port,
+            media_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if phone.logs().contains("REGISTERED") {
+                return phone;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("phone {user} did not register:\n{}", phone.logs());
+    }
+
+    /// Everything SIPp wrote (logs, message trace, errors).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "log") {
+                out.push_str(&format!("\n--- {} ---\n", p.display()));
+                out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// Waits (bounded by `limit`) until the call flow completed (`PHONE-OK`) or SIPp exited;
+    /// returns whether the flow completed, and the logs.
+    pub fn finish(mut self, limit: Duration) -> (bool, String) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.logs().contains("PHONE-OK") {
+                break;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if matches!(c.0.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(self.child.take());
+        let logs = self.logs();
+        (logs.contains("PHONE-OK"), logs)
+    }
+}
+
+/// The CDR lines (JSON objects) podpbx wrote to `file`, waiting (bounded) for at least `n`.
+pub fn cdrs(file: &Path, n: usize, limit: Duration) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines.len() >= n || Instant::now() >= deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -48,13 +48,18 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
 /// Connects two namespaces with a veth pair named `a_if` (in `a`) and `b_if` (in `b`).
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    ip(&["link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
+    ip(&[
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
+    ]);
     ip_in(&a.name, &["link", "set", a_if, "up"]);
     ip_in(&b.name, &["link", "set", b_if, "up"]);
 }

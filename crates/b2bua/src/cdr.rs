@@ -68,7 +68,7 @@ pub struct CdrLeg {
 }
 
 /// A call detail record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cdr {
     /// podpbx's call number (unique per process run).
     pub id: u64,

@@ -65,7 +65,11 @@ pub struct Flow {
 impl Flow {
     /// Where to send requests and responses on this flow.
     pub fn peer(&self) -> Peer {
-        Peer { addr: self.remote, transport: self.transport, conn: self.conn }
+        Peer {
+            addr: self.remote,
+            transport: self.transport,
+            conn: self.conn,
+        }
     }
 }
 
@@ -156,9 +160,19 @@ pub struct ReqId(pub u64);
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Send a response through server transaction `tx`.
-    Respond { tx: ServerTxId, status: u16, data: Bytes },
+    Respond {
+        tx: ServerTxId,
+        status: u16,
+        data: Bytes,
+    },
     /// Start a client transaction for this request; report its responses and failure with `id`.
-    Request { id: ReqId, method: Method, branch: String, data: Bytes, peer: Peer },
+    Request {
+        id: ReqId,
+        method: Method,
+        branch: String,
+        data: Bytes,
+        peer: Peer,
+    },
     /// Send outside any transaction (ACK for 2xx, 2xx retransmissions).
     Stateless { peer: Peer, data: Bytes },
     /// The b2bua no longer cares about this client transaction (e.g. an INVITE whose CANCEL
@@ -181,6 +195,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { user_agent: "podpbx".into(), domain: "localhost".into(), timers: Timers::default() }
+        Settings {
+            user_agent: "podpbx".into(),
+            domain: "localhost".into(),
+            timers: Timers::default(),
+        }
     }
 }

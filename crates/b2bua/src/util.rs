@@ -14,7 +14,7 @@ pub fn token() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = STATE.get_or_init(Default::default).build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u64(0x6232_6275_61);
+    h.write_u64(0x0062_3262_7561);
     format!("{:016x}", h.finish())
 }
 
@@ -38,7 +38,9 @@ pub fn unescape_user(raw: &[u8]) -> String {
     let mut i = 0;
     while i < raw.len() {
         if raw[i] == b'%' && i + 2 < raw.len() {
-            let hex = std::str::from_utf8(&raw[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&raw[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(b) = hex {
                 out.push(b);
                 i += 3;
@@ -61,7 +63,10 @@ pub fn sanitize(s: &str, max: usize) -> String {
 
 /// Display names: printable, no quotes or backslashes.
 pub fn sanitize_display(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control() && *c != '"' && *c != '\\').take(64).collect()
+    s.chars()
+        .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+        .take(64)
+        .collect()
 }
 
 /// RFC 3339 UTC time with milliseconds, e.g. `2024-05-01T12:00:00.250Z`.
@@ -107,7 +112,9 @@ pub fn parse_dtmf_info(content_type: &[u8], body: &[u8]) -> Option<(char, u64)> 
         let mut digit = None;
         let mut duration = 160;
         for line in text.lines() {
-            let Some((k, v)) = line.split_once('=') else { continue };
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
             match k.trim().to_ascii_lowercase().as_str() {
                 "signal" => {
                     let v = v.trim();
@@ -125,7 +132,10 @@ pub fn parse_dtmf_info(content_type: &[u8], body: &[u8]) -> Option<(char, u64)> 
         digit.map(|d| (d, duration.clamp(40, 5000)))
     } else if ct == b"application/dtmf" {
         let t = text.trim();
-        (t.chars().count() == 1).then(|| t.chars().next().and_then(norm)).flatten().map(|d| (d, 160))
+        (t.chars().count() == 1)
+            .then(|| t.chars().next().and_then(norm))
+            .flatten()
+            .map(|d| (d, 160))
     } else {
         None
     }
@@ -145,10 +155,19 @@ mod tests {
 
     #[test]
     fn dtmf_bodies() {
-        assert_eq!(parse_dtmf_info(b"application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n"), Some(('5', 160)));
-        assert_eq!(parse_dtmf_info(b"application/dtmf-relay", b"Signal=#\r\n"), Some(('#', 160)));
+        assert_eq!(
+            parse_dtmf_info(b"application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n"),
+            Some(('5', 160))
+        );
+        assert_eq!(
+            parse_dtmf_info(b"application/dtmf-relay", b"Signal=#\r\n"),
+            Some(('#', 160))
+        );
         assert_eq!(parse_dtmf_info(b"application/dtmf", b"7"), Some(('7', 160)));
-        assert_eq!(parse_dtmf_info(b"application/dtmf-relay", b"Signal=x"), None);
+        assert_eq!(
+            parse_dtmf_info(b"application/dtmf-relay", b"Signal=x"),
+            None
+        );
         assert_eq!(parse_dtmf_info(b"text/plain", b"5"), None);
     }
 

@@ -44,7 +44,8 @@ pub(crate) struct RawAddr {
 }
 
 /// Bytes of a receive address buffer.
-pub(crate) const RAW_ADDR_CAP: libc::socklen_t = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+pub(crate) const RAW_ADDR_CAP: libc::socklen_t =
+    mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
 
 impl RawAddr {
     pub(crate) fn empty() -> Self {
@@ -96,13 +97,16 @@ impl RawAddr {
     }
 
     /// Convert a kernel-filled address; `None` for other families.
-    pub(crate) fn to_std(&self) -> Option<SocketAddr> {
+    pub(crate) fn socket_addr(&self) -> Option<SocketAddr> {
         match self.sa.sin6_family as libc::c_int {
             libc::AF_INET => {
                 // SAFETY: the family says the buffer holds a sockaddr_in.
                 let sin = unsafe { &*(&self.sa as *const _ as *const libc::sockaddr_in) };
                 let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-                Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    ip,
+                    u16::from_be(sin.sin_port),
+                )))
             }
             libc::AF_INET6 => Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(self.sa.sin6_addr.s6_addr),
@@ -427,12 +431,12 @@ mod tests {
         ] {
             let r = RawAddr::from_std(a);
             assert!(r.is_set());
-            assert_eq!(r.to_std(), Some(a));
+            assert_eq!(r.socket_addr(), Some(a));
             let e = Endpoint::from_std(a);
             assert!(e.is_some());
             assert_eq!(e.to_std(), Some(a));
         }
-        assert_eq!(RawAddr::empty().to_std(), None);
+        assert_eq!(RawAddr::empty().socket_addr(), None);
         assert!(!Endpoint::from_raw(&RawAddr::empty()).is_some());
     }
 

@@ -208,7 +208,7 @@ impl WLeg {
             self.c.src_raw[1]
         } else if !self.c.rtcp_explicit && self.src[0].is_some() && self.src[0] != self.c.sdp[0] {
             // RTP came from elsewhere than announced (NAT): guess its port + 1.
-            match self.c.src_raw[0].to_std() {
+            match self.c.src_raw[0].socket_addr() {
                 Some(a) => match a.port().checked_add(1) {
                     Some(p) => RawAddr::from_std(SocketAddr::new(a.ip(), p)),
                     None => self.c.sdp_raw[1],
@@ -260,9 +260,7 @@ impl Batch {
         };
         let mut b = Box::new(Batch {
             bufs: vec![[0u8; BUF_SIZE]; MAX_BATCH].into_boxed_slice(),
-            names: (0..MAX_BATCH)
-                .map(|_| RawAddr::empty())
-                .collect(),
+            names: (0..MAX_BATCH).map(|_| RawAddr::empty()).collect(),
             iovs: vec![zero_iov; MAX_BATCH].into_boxed_slice(),
             msgs: (0..MAX_BATCH).map(|_| zero_msg()).collect(),
             out_iovs: vec![zero_iov; 2 * MAX_BATCH].into_boxed_slice(),
@@ -791,7 +789,7 @@ fn forward(
             l.update_dest();
             counters.set(C::Latched, 1);
             counters.add(C::Relatches, 1);
-            if let Some(source) = b.names[i].to_std() {
+            if let Some(source) = b.names[i].socket_addr() {
                 sink(Event::Latched {
                     session: s.id,
                     leg: Leg::from_idx(leg),

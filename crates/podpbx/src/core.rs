@@ -63,21 +63,119 @@ pub struct Core {
     trunks: Trunks,
     /// Outputs that bypass the transaction layer (CRLF keep-alives).
     direct: VecDeque<Output>,
+    /// Call control (B2BUA), once the shell has set it up ([`Core::set_calls`]).
+    calls: Option<crate::calls::Calls>,
 }
 
 /// Methods podpbx answers itself today; the Allow header lists exactly these.
-const ALLOW: &[Method] = &[Method::Options, Method::Ack, Method::Cancel, Method::Register, Method::Message];
+const ALLOW: &[Method] = &[
+    Method::Invite,
+    Method::Ack,
+    Method::Cancel,
+    Method::Bye,
+    Method::Options,
+    Method::Register,
+    Method::Message,
+    Method::Info,
+    Method::Update,
+    Method::Refer,
+    Method::Notify,
+];
 
 impl Core {
     /// Creates a core.
     pub fn new(cfg: CoreConfig, stats: Arc<Stats>, registrar: Registrar, trunks: Trunks) -> Core {
         let caps = Capabilities {
             methods: ALLOW.to_vec(),
-            accept: vec!["application/sdp".into(), "text/plain".into()],
+            accept: vec![
+                "application/sdp".into(),
+                "text/plain".into(),
+                "application/dtmf-relay".into(),
+                "application/dtmf".into(),
+                "message/sipfrag".into(),
+            ],
             supported: vec![],
         };
         let tx = TransactionLayer::new(cfg.timers, cfg.max_transactions);
-        Core { cfg, stats, tx, caps, registrar, save_due: None, qualifies: HashMap::new(), trunks, direct: VecDeque::new(), shutting_down: false }
+        Core {
+            cfg,
+            stats,
+            tx,
+            caps,
+            registrar,
+            save_due: None,
+            qualifies: HashMap::new(),
+            trunks,
+            direct: VecDeque::new(),
+            shutting_down: false,
+            calls: None,
+        }
+    }
+
+    /// Installs call control (the B2BUA); without it INVITEs get `501`.
+    pub fn set_calls(&mut self, calls: crate::calls::Calls) {
+        self.calls = Some(calls);
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.calls.as_ref().map_or(0, |c| c.b2bua.active_calls())
+    }
+
+    /// Dispositions of the calls that ended since the last call (for metrics).
+    pub fn take_ended_calls(&mut self) -> Vec<&'static str> {
+        self.calls.as_mut().map(|c| std::mem::take(&mut c.ended)).unwrap_or_default()
+    }
+
+    /// Calls for `podpbx ctl calls`.
+    pub fn calls_json(&self, now: Instant) -> serde_json::Value {
+        serde_json::Value::Array(self.calls.as_ref().map(|c| c.b2bua.snapshot(now)).unwrap_or_default())
+    }
+
+    /// A valid new configuration: dialplan, users and groups for the next calls, the
+    /// registrar's users. Calls in progress are not disturbed.
+    pub fn reload(&mut self, now: Instant, cfg: Arc<podpbx_config::Config>) {
+        if self.registrar.set_users(crate::calls::user_db(&cfg)) {
+            self.bindings_changed(now);
+        }
+        if let Some(calls) = self.calls.as_mut() {
+            calls.reload(cfg);
+        }
+    }
+
+    /// Ends every call (graceful stop, after the grace period).
+    pub fn end_calls(&mut self, now: Instant) {
+        if let Some(calls) = self.calls.as_mut() {
+            calls.b2bua.shutdown(now);
+        }
+        self.pump_calls(now);
+    }
+
+    /// The relay reported no media on a session.
+    pub fn media_timeout(&mut self, now: Instant, media: u64) {
+        if let Some(calls) = self.calls.as_mut() {
+            calls.b2bua.media_timeout(now, media);
+        }
+        self.pump_calls(now);
+    }
+
+    fn call_directory<'a>(registrar: &'a Registrar, trunks: &'a Trunks, addrs: &'a crate::calls::Addrs) -> crate::calls::RegDirectory<'a> {
+        crate::calls::RegDirectory { registrar, addrs, trunks_up: trunks.registered() }
+    }
+
+    /// Moves b2bua outputs into the transaction layer (and reports refused requests back).
+    fn pump_calls(&mut self, now: Instant) {
+        for _ in 0..8 {
+            let Some(calls) = self.calls.as_mut() else { return };
+            let failed = calls.pump(now, &mut self.tx);
+            if failed.is_empty() {
+                return;
+            }
+            let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
+            for id in failed {
+                calls.b2bua.request_failed(now, id, &dir);
+            }
+        }
     }
 
     /// Graceful stop began (hook for `admin::Shutdown`): refuse new calls from now on, keep
@@ -160,6 +258,14 @@ impl Core {
         if !msg.is_request() {
             match self.tx.on_response(now, msg) {
                 ResponseDisposition::Deliver(id) => {
+                    if let Some(calls) = self.calls.as_mut() {
+                        if let Some(req) = calls.req_of(id) {
+                            let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
+                            calls.b2bua.handle_response(now, req, msg, &dir);
+                            self.pump_calls(now);
+                            return;
+                        }
+                    }
                     if self.trunks.on_response(now, id, msg) {
                         self.trunks.flush(now, &mut self.tx, &mut self.direct);
                         return;
@@ -200,13 +306,22 @@ impl Core {
             RequestDisposition::Retransmission(_) | RequestDisposition::AckAbsorbed(_) => {
                 debug!("retransmission absorbed");
             }
-            // No dialogs exist yet, so an ACK for a 2xx has nothing to confirm.
-            RequestDisposition::AckFor2xx => {}
+            // An ACK for a 2xx goes to its dialog (the b2bua); a stray one is dropped.
+            RequestDisposition::AckFor2xx => {
+                if let Some(calls) = self.calls.as_mut() {
+                    calls.b2bua.handle_ack(now, msg);
+                    self.pump_calls(now);
+                }
+            }
             RequestDisposition::Cancel { tx, target } => {
-                // RFC 3261 §9.2: 200 to a CANCEL that matches; the INVITE it targets was already
-                // answered finally (INVITE is not implemented yet), so the CANCEL has no further effect.
+                // RFC 3261 §9.2: 200 to a CANCEL that matches; the b2bua then ends the INVITE
+                // with 487 and cancels the legs it forked.
                 let (code, reason) = if target.is_some() { (200, "OK") } else { (481, "Call/Transaction Does Not Exist") };
                 self.respond(now, tx, msg, flow, code, reason, &[]);
+                if let (Some(inv), Some(calls)) = (target, self.calls.as_mut()) {
+                    calls.b2bua.handle_cancel(now, inv);
+                    self.pump_calls(now);
+                }
             }
             RequestDisposition::Overloaded => {
                 let data = self.build(msg, flow, 503, "Service Unavailable", &[("Retry-After", "5")]);
@@ -228,7 +343,8 @@ impl Core {
 
     /// The next instant [`Core::handle_timeout`] must be called at.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.tx.poll_timeout(), self.registrar.poll_timeout(), self.save_due, self.trunks.poll_timeout()]
+        let calls = self.calls.as_ref().and_then(|c| c.b2bua.poll_timeout());
+        [self.tx.poll_timeout(), self.registrar.poll_timeout(), self.save_due, self.trunks.poll_timeout(), calls]
             .into_iter()
             .flatten()
             .min()
@@ -247,7 +363,15 @@ impl Core {
         for target in self.registrar.due_qualifies(now) {
             self.send_qualify(now, target);
         }
+        if let Some(calls) = self.calls.as_mut() {
+            let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
+            calls.b2bua.handle_timeout(now, &dir);
+        }
+        self.pump_calls(now);
         while let Some(ev) = self.tx.poll_event() {
+            if self.call_tx_event(now, ev) {
+                continue;
+            }
             match ev {
                 TxEvent::Timeout(TxId::Client(id)) | TxEvent::TransportError(TxId::Client(id))
                     if self.trunks.on_failure(now, id) => {}
@@ -268,6 +392,23 @@ impl Core {
             }
         }
         self.trunk_timers(now);
+    }
+
+    /// A transaction event of a b2bua request; false if it is not one.
+    fn call_tx_event(&mut self, now: Instant, ev: TxEvent) -> bool {
+        let (TxEvent::Timeout(TxId::Client(id)) | TxEvent::TransportError(TxId::Client(id)) | TxEvent::Terminated(TxId::Client(id))) = ev
+        else {
+            return false;
+        };
+        let Some(calls) = self.calls.as_mut() else { return false };
+        let Some(req) = calls.req_of(id) else { return false };
+        calls.forget_tx(id);
+        if !matches!(ev, TxEvent::Terminated(_)) {
+            let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
+            calls.b2bua.request_failed(now, req, &dir);
+            self.pump_calls(now);
+        }
+        true
     }
 
     fn trunk_timers(&mut self, now: Instant) {
@@ -314,6 +455,21 @@ impl Core {
         let in_dialog = req.to_hdr().ok().and_then(|t| t.tag()).is_some();
         match method {
             Method::Register => self.handle_register(now, wall, id, req, flow),
+            Method::Invite if !in_dialog => self.handle_invite(now, wall, id, req, flow),
+            _ if in_dialog && self.calls.is_some() => {
+                let handled = match self.calls.as_mut() {
+                    Some(calls) => {
+                        let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
+                        calls.b2bua.handle_in_dialog(now, id, req, b2bua_flow(flow), &dir)
+                    }
+                    None => false,
+                };
+                if handled {
+                    self.pump_calls(now);
+                } else {
+                    self.respond(now, id, req, flow, 481, "Call/Transaction Does Not Exist", &[]);
+                }
+            }
             Method::Message if !in_dialog => self.handle_message_request(now, id, req, flow),
             Method::Options if !in_dialog => {
                 let allow = self.caps.allow_header();
@@ -328,6 +484,53 @@ impl Core {
                 self.respond(now, id, req, flow, 501, "Not Implemented", &[("Allow", &allow)]);
             }
         }
+    }
+
+    /// A new INVITE: identify the caller (trunk networks, identify-by-source users) or
+    /// authenticate it (407), then hand it to the b2bua.
+    fn handle_invite(&mut self, now: Instant, wall: SystemTime, id: ServerTxId, req: &Message, flow: Flow) {
+        if self.calls.is_none() {
+            let allow = self.caps.allow_header();
+            self.respond(now, id, req, flow, 501, "Not Implemented", &[("Allow", &allow)]);
+            return;
+        }
+        if self.shutting_down {
+            self.respond(now, id, req, flow, 503, "Service Unavailable", &[("Retry-After", "30")]);
+            return;
+        }
+        let bflow = b2bua_flow(flow);
+        let identity = match self.calls.as_ref() {
+            Some(c) => c.b2bua.identify(req, &bflow),
+            None => return,
+        };
+        let caller = match identity {
+            podpbx_b2bua::Identity::Trunk { name, did } => podpbx_b2bua::Caller::Trunk { name, did },
+            podpbx_b2bua::Identity::User(u) => podpbx_b2bua::Caller::User(u),
+            podpbx_b2bua::Identity::Authenticate => {
+                let check = self.registrar.authenticate(now, req, registrar_flow(flow), AuthKind::Proxy);
+                log_security(&check.events);
+                match check.result {
+                    AuthResult::Authenticated { user } => podpbx_b2bua::Caller::User(user),
+                    AuthResult::Challenge { kind, values } => {
+                        self.send_reply(now, id, req, flow, &Reply::Challenge { kind, values });
+                        return;
+                    }
+                    AuthResult::BadRequest { reason } => {
+                        self.respond(now, id, req, flow, 400, reason, &[]);
+                        return;
+                    }
+                    AuthResult::Drop => {
+                        self.tx.terminate(TxId::Server(id));
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(calls) = self.calls.as_mut() {
+            let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
+            calls.b2bua.handle_invite(now, wall, id, req, bflow, caller, &dir);
+        }
+        self.pump_calls(now);
     }
 
     fn handle_register(&mut self, now: Instant, wall: SystemTime, id: ServerTxId, req: &Message, flow: Flow) {
@@ -429,6 +632,10 @@ impl Core {
         }
         b.build()
     }
+}
+
+fn b2bua_flow(flow: Flow) -> podpbx_b2bua::Flow {
+    podpbx_b2bua::Flow { transport: flow.transport, local: flow.local, remote: flow.remote, conn: flow.conn }
 }
 
 fn registrar_flow(flow: Flow) -> podpbx_registrar::Flow {

@@ -1,6 +1,7 @@
 //! podpbx: a native Rust PBX (B2BUA) for one Kubernetes pod with pinned IPv6 and IPv4 addresses.
 
 mod admin;
+mod calls;
 mod cli;
 mod core;
 mod ctl;

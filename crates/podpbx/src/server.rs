@@ -42,7 +42,7 @@ pub fn run(config: Option<&Path>, log_format: Option<LogFormat>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(cfg)) {
+    match rt.block_on(serve(cfg, config.map(Path::to_path_buf))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -69,7 +69,7 @@ fn init_logging(cfg: &Config, format: Option<LogFormat>) {
     }
 }
 
-async fn serve(cfg: Config) -> Result<(), String> {
+async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
     let mut addrs: Vec<IpAddr> = Vec::new();
     if let Some(a) = cfg.sip.ipv6 {
         addrs.push(IpAddr::V6(a));
@@ -106,11 +106,71 @@ async fn serve(cfg: Config) -> Result<(), String> {
         IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
     }))?;
     let mut core = Core::new(core_cfg, stats.clone(), registrar, trunks);
+    // Call control: the RTP relay on the pinned addresses, its events into the loop, the b2bua.
+    let (media_tx, mut media_rx) = mpsc::channel::<podpbx_media::Event>(1024);
+    let relay = match podpbx_media::Relay::start(crate::calls::relay_config(&cfg)) {
+        Ok((relay, events)) => {
+            std::thread::Builder::new()
+                .name("podpbx-media-events".into())
+                .spawn(move || {
+                    while let Some(ev) = events.recv() {
+                        if media_tx.blocking_send(ev).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start the media event thread: {e}"))?;
+            Some(relay)
+        }
+        Err(e) => {
+            error!(error = %e, "cannot start the RTP relay: calls will get 503");
+            None
+        }
+    };
+    let call_addrs = crate::calls::Addrs {
+        udp: transports.udp_addrs(),
+        tcp: transports.tcp_addrs(),
+        trunks: crate::calls::resolve_trunks(&cfg),
+    };
+    core.set_calls(crate::calls::Calls::new(Arc::new(cfg.clone()), timers, relay, call_addrs));
+    // Reload: SIGHUP, `POST /api/reload`, and a changed config file (a Kubernetes ConfigMap
+    // update swaps the `..data` symlink; polled every 2 s, following symlinks).
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(4);
+    {
+        let tx = reload_tx.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if tx.send("SIGHUP").await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    if let Some(path) = config_path.clone() {
+        let tx = reload_tx.clone();
+        tokio::spawn(async move {
+            let mut last = crate::calls::fingerprint(&path);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let now = crate::calls::fingerprint(&path);
+                if now.is_some() && now != last {
+                    last = now;
+                    if tx.send("config file changed").await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
     // Admin listener, readiness and graceful stop (admin.rs); components register metrics,
     // JSON providers and readiness flags on `admin`.
     let admin = crate::admin::Admin::new(&cfg, stats.clone());
     admin.sip_bound(transports.udp_addrs(), transports.tcp_addrs());
     let mut admin_rx = admin.core_requests();
+    let mut admin_reload_rx = admin.reload_requests();
+    let calls_snapshot = admin.provide_snapshot("calls");
     if let Some(listen) = cfg.admin.listen {
         admin.start(listen).await?;
     }
@@ -144,7 +204,23 @@ async fn serve(cfg: Config) -> Result<(), String> {
                 }
             }
             _ = sleep_until_opt(deadline) => core.handle_timeout(Instant::now()),
-            _ = tick.tick() => publish_trunks(&core),
+            _ = tick.tick() => {
+                publish_trunks(&core);
+                calls_snapshot.publish(core.calls_json(Instant::now()));
+            }
+            Some(ev) = media_rx.recv() => {
+                if let podpbx_media::Event::MediaTimeout { session, .. } = ev {
+                    core.media_timeout(Instant::now(), session.0);
+                }
+            }
+            Some(why) = reload_rx.recv() => {
+                info!(trigger = why, "configuration reload");
+                let _ = reload_config(&mut core, config_path.as_deref());
+            }
+            Some(req) = admin_reload_rx.recv() => {
+                info!(trigger = "admin", "configuration reload");
+                req.respond(reload_config(&mut core, config_path.as_deref()));
+            }
             Some(req) = admin_rx.recv() => match req {
                 crate::admin::CoreRequest::Ping(p) => p.pong(),
             },
@@ -153,8 +229,8 @@ async fn serve(cfg: Config) -> Result<(), String> {
                     core.begin_shutdown();
                     core.stop_trunks(Instant::now());
                 }
-                // Hook: the core ends the remaining calls here (their BYEs go out below).
-                crate::admin::StopEvent::Stop => {}
+                // The core ends the remaining calls here (their BYEs go out below).
+                crate::admin::StopEvent::Stop => core.end_calls(Instant::now()),
             },
         }
         if core.save_due(Instant::now()) {
@@ -170,6 +246,10 @@ async fn serve(cfg: Config) -> Result<(), String> {
                     }
                 }
             }
+        }
+        admin.metrics().calls_active.set_count(core.active_calls());
+        for d in core.take_ended_calls() {
+            admin.metrics().call_ended(metrics_disposition(d));
         }
         if shutdown.is_stopping() {
             break;
@@ -191,6 +271,43 @@ async fn serve(cfg: Config) -> Result<(), String> {
     core.save_bindings();
     shutdown.finish();
     Ok(())
+}
+
+/// Validates the config file and, when valid, swaps dialplan, users and groups for the next
+/// calls; an invalid file is logged and the running configuration stays.
+fn reload_config(core: &mut Core, path: Option<&Path>) -> Result<String, String> {
+    let Some(path) = path else {
+        return Err("running on the embedded default configuration: nothing to reload".into());
+    };
+    match crate::calls::load_for_reload(path) {
+        Ok(cfg) => {
+            let summary = format!(
+                "{} users, {} groups, {} dialplan rules",
+                cfg.users.len(),
+                cfg.groups.len(),
+                cfg.dialplan.len()
+            );
+            core.reload(Instant::now(), Arc::new(cfg));
+            info!(file = %path.display(), %summary, "configuration reloaded (listen addresses, ports and media settings need a restart)");
+            Ok(summary)
+        }
+        Err(e) => {
+            error!(file = %path.display(), "configuration reload rejected, the running configuration stays:\n{e}");
+            Err(e)
+        }
+    }
+}
+
+fn metrics_disposition(d: &str) -> crate::metrics::Disposition {
+    use crate::metrics::Disposition as D;
+    match d {
+        "answered" => D::Answered,
+        "busy" => D::Busy,
+        "no_answer" => D::NoAnswer,
+        "cancelled" => D::Cancelled,
+        "rejected" => D::Rejected,
+        _ => D::Failed,
+    }
 }
 
 /// The registrar from the config, with bindings restored from the state file.

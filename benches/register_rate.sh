@@ -1,0 +1,423 @@
+#!/usr/bin/env bash
+# Authenticated REGISTER load: podpbx (release binary) vs Kamailio 5.6 as the reference registrar
+# (auth + auth_db over db_text, usrloc in memory, registrar save: benches/kamailio/registrar.cfg),
+# both on loopback, the server pinned to one core (taskset), SIPp on the other. One "REGISTER" is a
+# full digest round (SIPp call of benches/sipp/register_auth.xml): REGISTER -> 401 -> REGISTER with
+# Authorization -> 200, for USERS distinct users from an injection file (SEQUENTIAL).
+#
+# Per round, for each server in turn (the order alternates between rounds), a fresh server:
+#   1. memory before any load (VmRSS/VmHWM; Kamailio: summed over its processes, plus PSS, which
+#      shares shared memory out fairly, and its shm use from kamcmd core.shmmem);
+#   2. fixed rate: USERS REGISTERs at RATE/s (every user once): server CPU seconds per 10 000;
+#   3. memory again, with USERS bindings (checked: bindings.json / usrloc:registered_users);
+#   4. rate steps (STEPS, STEP_SECS worth of REGISTERs each, stopping after the first step with
+#      >= 1 % failures): achieved rate, failures, server CPU and SIPp's own CPU (SIPp is
+#      single-threaded: at 100 % of its core it, not the server, is the ceiling).
+# A failure is any of the offered REGISTERs not ending in 200 (SIPp failed calls, calls never
+# started within the time limit). Every SIPp run is bounded by count and by `timeout`.
+# The table at the end gives medians over ROUNDS rounds.
+#
+#   usage: benches/register_rate.sh [rounds]
+#   env:   USERS=10000 RATE=1000 STEPS="1000 2000 4000 8000" STEP_SECS=4 PORT=15080
+#          SERVER_CORE=0 SIPP_CORE=1 KAM_CHILDREN=1 (Kamailio UDP workers) KAM_TM=1 (Kamailio
+#          creates a transaction per REGISTER, as podpbx does; default stateless)
+#          ONLY=podpbx|kamailio (one server only) KEEP=1 (keep the work directory and logs)
+#          IDLE_SECS=40 (after the steps, wait this long, then memory once more: podpbx keeps every
+#          server transaction for Timer J, 32 s over UDP, so memory right after a burst includes them)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${1:-${ROUNDS:-3}}
+USERS=${USERS:-10000}
+RATE=${RATE:-1000}
+STEPS=${STEPS:-"1000 2000 4000 8000"}
+STEP_SECS=${STEP_SECS:-4}
+PORT=${PORT:-15080}
+SIPP_PORT=$((PORT + 10))
+SERVER_CORE=${SERVER_CORE:-0}
+SIPP_CORE=${SIPP_CORE:-1}
+KAM_CHILDREN=${KAM_CHILDREN:-1}
+KAM_TM=${KAM_TM:-0}
+ONLY=${ONLY:-}
+KEEP=${KEEP:-0}
+IDLE_SECS=${IDLE_SECS:-0}
+REALM=bench.test
+HZ=$(getconf CLK_TCK)
+
+for tool in sipp kamailio kamcmd taskset timeout awk; do
+    command -v "$tool" >/dev/null || { echo "register_rate: $tool not found" >&2; exit 1; }
+done
+
+work=$(mktemp -d /tmp/register_rate.XXXXXX)
+pids=()
+failed=0
+# Stop a process by PID: SIGTERM, up to 5 s; then SIGTERM and, 2 s later, SIGKILL to whatever is
+# left of it and of the descendants it had (each by PID).
+stop_pid() {
+    local p=$1 fam q i left
+    kill -0 "$p" 2>/dev/null || return 0
+    fam=$(family "$p")
+    kill "$p" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 "$p" 2>/dev/null || break
+        sleep 0.1
+    done
+    for sig in TERM KILL; do
+        left=""
+        for q in $fam; do kill -0 "$q" 2>/dev/null && left+=" $q"; done
+        [ -z "$left" ] && break
+        for q in $left; do kill -"$sig" "$q" 2>/dev/null || true; done
+        sleep 2
+    done
+    wait "$p" 2>/dev/null || true
+}
+cleanup() {
+    local p i
+    # Newest first: Kamailio's main process before its creator.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
+    if [ "$KEEP" = 1 ] || [ "$failed" = 1 ]; then
+        echo "work directory kept: $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+die() {
+    failed=1
+    echo "register_rate: $*" >&2
+    local f
+    for f in "$work"/*.log; do
+        [ -s "$f" ] && { echo "--- tail of $f" >&2; tail -5 "$f" >&2; }
+    done
+    exit 1
+}
+
+cargo build --release -q -p podpbx
+BIN=target/release/podpbx
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: users (SIPp injection file, podpbx [[users]], Kamailio subscriber table)
+# ---------------------------------------------------------------------------------------------
+# users.csv: user;password;[authentication ...] (see the scenario for why field2 exists).
+awk -v n="$USERS" 'BEGIN {
+    print "SEQUENTIAL"
+    for (i = 1; i <= n; i++) {
+        u = sprintf("reg%05d", i); p = sprintf("pw-%05d-%x", i, i * 7919)
+        printf "%s;%s;[authentication username=%s password=%s]\n", u, p, u, p
+    }
+}' > "$work/users.csv"
+
+mkdir -p "$work/kamdb" "$work/pbxdata"
+printf 'table_name(string) table_version(int)\nsubscriber:7\n' > "$work/kamdb/version"
+awk -F';' -v realm="$REALM" 'BEGIN {
+    print "id(int,auto) username(string) domain(string) password(string) ha1(string) ha1b(string)"
+} NR > 1 { printf "%d:%s:%s:%s:-:-\n", NR - 1, $1, realm, $2 }' "$work/users.csv" > "$work/kamdb/subscriber"
+
+{
+    cat <<CFG
+[sip]
+ipv4 = "127.0.0.1"
+port = $PORT
+transports = ["udp"]
+domain = "$REALM"
+[security]
+trusted_networks = ["127.0.0.0/8"]
+[log]
+level = "warn"
+[admin]
+listen = ""
+[storage]
+data_dir = "$work/pbxdata"
+CFG
+    awk -F';' 'NR > 1 { printf "[[users]]\nname = \"%s\"\npassword = \"%s\"\n", $1, $2 }' "$work/users.csv"
+} > "$work/podpbx.toml"
+"$BIN" check --config "$work/podpbx.toml" >/dev/null || die "podpbx rejects the generated config"
+
+mpath=$(dirname "$(find /usr/lib /usr/local/lib -name auth_db.so -path '*kamailio*' 2>/dev/null | head -1)")
+[ -f "$mpath/auth_db.so" ] || die "Kamailio modules (auth_db.so) not found"
+sed -e "s#@MPATH@#$mpath/#" -e "s#@CTL@#$work/kam.ctl#" -e "s#@DBDIR@#$work/kamdb#" \
+    -e "s#@REALM@#$REALM#g" benches/kamailio/registrar.cfg > "$work/kamailio.cfg"
+kam_defs=()
+[ "$KAM_TM" = 1 ] && kam_defs=(-A WITH_TM)
+kamailio -f "$work/kamailio.cfg" "${kam_defs[@]}" -c >"$work/kamcheck.out" 2>&1 \
+    || { cat "$work/kamcheck.out" >&2; die "Kamailio rejects benches/kamailio/registrar.cfg"; }
+
+# ---------------------------------------------------------------------------------------------
+# Measurement helpers
+# ---------------------------------------------------------------------------------------------
+# The process and all its descendants (Kamailio: with -DD the PID started is a "creator" waiting
+# for the main process, which forks the workers).
+family() {
+    local c
+    echo "$1"
+    for c in $(pgrep -P "$1" || true); do family "$c"; done
+}
+
+# CPU ticks (utime + stime, all threads) of a process and its children.
+cpu_ticks() {
+    local total=0 p
+    for p in $(family "$1"); do
+        [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
+
+# "rss_kb hwm_kb pss_kb processes" summed over a process and its children.
+mem_kb() {
+    local rss=0 hwm=0 pss=0 np=0 p v
+    for p in $(family "$1"); do
+        [ -r "/proc/$p/status" ] || continue
+        np=$((np + 1))
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status"); rss=$((rss + ${v:-0}))
+        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status"); hwm=$((hwm + ${v:-0}))
+        v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || true); pss=$((pss + ${v:-0}))
+    done
+    echo "$rss $hwm $pss $np"
+}
+
+# Kamailio shared memory in use (kB), "-" when kamcmd cannot tell.
+kam_shm_kb() {
+    timeout 5 kamcmd -s "unix:$work/kam.ctl" core.shmmem 2>/dev/null \
+        | awk '/real_used:/ {printf "%d", $2 / 1024; found = 1} END {if (!found) print "-"}'
+}
+
+# Registered AORs: podpbx's saved state file (written <= 100 ms after a change), Kamailio's
+# usrloc statistics.
+bindings() {
+    if [ "$1" = podpbx ]; then
+        { grep -o '"aor"' "$work/pbxdata/bindings.json" 2>/dev/null || true; } | wc -l
+    else
+        timeout 5 kamcmd -s "unix:$work/kam.ctl" stats.get_statistics usrloc: 2>/dev/null \
+            | awk -F' = ' '$1 == "usrloc:registered_users" {print $2 + 0; found = 1} END {if (!found) print "-"}'
+    fi
+}
+
+port_busy() { ss -Hlun "sport = :$PORT" 2>/dev/null | grep -q . ; }
+
+# Starts a server pinned to SERVER_CORE; sets SRV (its PID). Fails loudly if it dies or does not
+# answer an OPTIONS within 10 s.
+start_server() {
+    local name=$1 i
+    port_busy && die "UDP port $PORT is already in use (another run? set PORT=...)"
+    if [ "$name" = podpbx ]; then
+        rm -f "$work/pbxdata/bindings.json"
+        taskset -c "$SERVER_CORE" "$BIN" run --config "$work/podpbx.toml" 2>>"$work/podpbx.log" &
+    else
+        taskset -c "$SERVER_CORE" kamailio -f "$work/kamailio.cfg" "${kam_defs[@]}" -DD -E \
+            -l "udp:127.0.0.1:$PORT" -n "$KAM_CHILDREN" -m 256 -M 16 >>"$work/kamailio.log" 2>&1 &
+    fi
+    SRV=$!
+    pids+=("$SRV")
+    STOP=$SRV
+    for i in $(seq 1 20); do
+        kill -0 "$SRV" 2>/dev/null || die "$name exited at start-up (see $work/$name.log)"
+        if timeout 2 sipp 127.0.0.1:"$PORT" -sf benches/sipp/options_ping.xml -i 127.0.0.1 -p "$SIPP_PORT" \
+            -t u1 -m 1 -nostdin -timeout 1s -timeout_error >/dev/null 2>&1; then
+            # Kamailio: SIGTERM to the creator would kill only it (default action) and orphan the
+            # rest; the main process (its child) stops the workers and then the creator exits.
+            if [ "$name" = kamailio ]; then
+                STOP=$(pgrep -P "$SRV" | head -1)
+                [ -n "$STOP" ] || die "Kamailio main process not found under PID $SRV"
+                pids+=("$STOP")
+            fi
+            return 0
+        fi
+        sleep 0.5
+    done
+    die "$name did not answer OPTIONS on 127.0.0.1:$PORT within 10 s"
+}
+
+# The value of column $2 (by header name) in the last line of SIPp's statistics file $1.
+stat_col() {
+    awk -F';' -v col="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i }
+        END { v = $c; if (v == "") v = 0; print v }' "$1"
+}
+# Seconds between StartTime and CurrentTime of the last statistics line (epoch in field 3 of each).
+stat_elapsed() {
+    awk -F';' 'END { split($1, a, "\t"); split($3, b, "\t"); printf "%.3f", b[3] - a[3] }' "$1"
+}
+
+# run_sipp server round phase rate count -> one results line:
+#   server round phase rate count ok elapsed_s server_ticks sipp_ticks retrans
+run_sipp() {
+    local server=$1 round=$2 phase=$3 rate=$4 n=$5 tag="$1-r$2-$3-$4"
+    local limit=$((n / rate * 3 + 15)) t0 t1 sipp_ticks ok retrans elapsed
+    t0=$(cpu_ticks "$SRV")
+    # cutime+cstime of this subshell after waiting for timeout (and timeout for SIPp): SIPp's CPU.
+    sipp_ticks=$(
+        timeout "$limit" taskset -c "$SIPP_CORE" sipp 127.0.0.1:"$PORT" -sf benches/sipp/register_auth.xml \
+            -inf "$work/users.csv" -key domain "$REALM" -i 127.0.0.1 -p "$SIPP_PORT" -t u1 \
+            -m "$n" -r "$rate" -l 15000 -recv_timeout 5000 -nostdin \
+            -trace_stat -stf "$work/$tag.csv" -fd 1 -trace_err -error_file "$work/$tag.err" \
+            -max_log_size 1000000 >"$work/$tag.out" 2>&1 || true
+        awk '{print $16 + $17}' "/proc/$BASHPID/stat"
+    )
+    t1=$(cpu_ticks "$SRV")
+    kill -0 "$SRV" 2>/dev/null || die "$server died during $phase at $rate/s (see $work/$server.log)"
+    [ -s "$work/$tag.csv" ] || die "SIPp wrote no statistics for $tag (see $work/$tag.out)"
+    ok=$(stat_col "$work/$tag.csv" 'SuccessfulCall(C)')
+    retrans=$(stat_col "$work/$tag.csv" 'Retransmissions(C)')
+    elapsed=$(stat_elapsed "$work/$tag.csv")
+    echo "$server $round $phase $rate $n $ok $elapsed $((t1 - t0)) $sipp_ticks $retrans" | tee -a "$work/results"
+    # Keep the first unexpected answers for the report.
+    if [ -s "$work/$tag.err" ]; then
+        grep -ao "received 'SIP/2.0 [0-9]* [^']*" "$work/$tag.err" | sed 's/\r//' | cut -c10- \
+            | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $tag unexpected: /" >> "$work/oddities" || true
+    fi
+}
+
+session() { # server round
+    local server=$1 round=$2 m0 m1 shm0=- shm1=- b=0 i rate n fail
+    start_server "$server"
+    m0=$(mem_kb "$SRV")
+    [ "$server" = kamailio ] && shm0=$(kam_shm_kb)
+    echo "# $server round $round: $USERS REGISTERs at $RATE/s"
+    run_sipp "$server" "$round" fixed "$RATE" "$USERS" >/dev/null
+    for i in $(seq 1 20); do # let podpbx's delayed save run; bounded
+        sleep 0.25
+        b=$(bindings "$server")
+        [ "$b" = "$USERS" ] && break
+    done
+    m1=$(mem_kb "$SRV")
+    [ "$server" = kamailio ] && shm1=$(kam_shm_kb)
+    echo "$server $round mem $m0 $m1 $shm0 $shm1 $b" >> "$work/results"
+    for rate in $STEPS; do
+        n=$((rate * STEP_SECS))
+        echo "# $server round $round: step $rate/s x $n"
+        run_sipp "$server" "$round" step "$rate" "$n" >/dev/null
+        fail=$(tail -1 "$work/results" | awk '{f = ($5 - $6) * 100 / $5; print (f >= 1 ? 1 : 0)}')
+        [ "$fail" = 1 ] && break
+    done
+    if [ "$IDLE_SECS" -gt 0 ]; then
+        echo "# $server round $round: idle ${IDLE_SECS}s"
+        sleep "$IDLE_SECS"
+        m1=$(mem_kb "$SRV")
+        [ "$server" = kamailio ] && shm1=$(kam_shm_kb)
+        echo "$server $round idle $m1 $shm1" >> "$work/results"
+    fi
+    stop_pid "$STOP"
+    stop_pid "$SRV"
+}
+
+servers=(podpbx kamailio)
+[ -n "$ONLY" ] && servers=("$ONLY")
+start=$(date +%s)
+for round in $(seq 1 "$ROUNDS"); do
+    order=("${servers[@]}")
+    if [ $((round % 2)) = 0 ] && [ ${#servers[@]} = 2 ]; then order=(kamailio podpbx); fi
+    for s in "${order[@]}"; do session "$s" "$round"; done
+done
+took=$(($(date +%s) - start))
+
+# ---------------------------------------------------------------------------------------------
+# Report: medians over rounds
+# ---------------------------------------------------------------------------------------------
+median() { sort -g | awk '{a[NR] = $1} END {if (!NR) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+# col server phase rate expr -> median of expr over rounds (fields as in run_sipp's line).
+med() {
+    awk -v s="$1" -v ph="$2" -v r="$3" -v hz="$HZ" "\$1 == s && \$3 == ph && \$4 == r { print $4 }" "$work/results" | median
+}
+ACH='$6 / $7'                                  # successful REGISTERs per second
+FAIL='($5 - $6) * 100 / $5'                    # % of offered not ending in 200
+SCPU='$8 / hz / $7 * 100'                      # server CPU % of one core
+PCPU='$9 / hz / $7 * 100'                      # SIPp CPU % of its core
+PER10K='$8 / hz / $6 * 10000'                  # server CPU s per 10 000 successful REGISTERs
+f() { printf "%${2:-8}.${3:-1}f" "$1"; }
+
+echo
+echo "== Authenticated REGISTER (REGISTER -> 401 -> REGISTER+auth -> 200), $USERS users, loopback UDP"
+echo "   server on core $SERVER_CORE, SIPp on core $SIPP_CORE; medians of $ROUNDS round(s); took ${took}s"
+echo "   podpbx: $("$BIN" --version 2>/dev/null | head -1); reference: $(kamailio -v | head -1 | cut -d' ' -f2-3)" \
+    "(auth_db/db_text, usrloc db_mode 0, children=$KAM_CHILDREN$([ "$KAM_TM" = 1 ] && echo ', t_newtran'))"
+echo
+echo "[1] Rate steps ($STEP_SECS s of REGISTERs each; cpu = % of one core)"
+printf '%-9s | %-44s | %-44s\n' "" "podpbx" "kamailio"
+printf '%-9s | %9s %7s %7s %8s %8s | %9s %7s %7s %8s %8s\n' offered "achieved" "fail%" "retr" "srv cpu" "sipp cpu" \
+    "achieved" "fail%" "retr" "srv cpu" "sipp cpu"
+for rate in $STEPS; do
+    line=$(printf '%-9s |' "$rate/s")
+    for s in podpbx kamailio; do
+        if grep -q "^$s [0-9]* step $rate " "$work/results"; then
+            line+=" $(f "$(med $s step $rate "$ACH")" 9 0) $(f "$(med $s step $rate "$FAIL")" 7 2)"
+            line+=" $(f "$(med $s step $rate '$10')" 7 0) $(f "$(med $s step $rate "$SCPU")" 7 0)% $(f "$(med $s step $rate "$PCPU")" 7 0)% |"
+        else
+            line+="$(printf ' %43s |' '(not run: previous step >= 1% failures)')"
+        fi
+    done
+    echo "$line"
+done
+echo
+for s in podpbx kamailio; do
+    grep -q "^$s " "$work/results" || continue
+    # Per round the highest achieved rate among steps with < 1 % failures; then, at the highest
+    # step run, the CPU of both sides tells which one saturated.
+    ceil=$(awk -v s="$s" '$1 == s && $3 == "step" && ($5 - $6) * 100 / $5 < 1 {a = $6 / $7; if (a > m[$2]) m[$2] = a}
+        END {for (r in m) print m[r]}' "$work/results" | median)
+    top=$(awk -v s="$s" '$1 == s && $3 == "step" {print $4}' "$work/results" | sort -n | tail -1)
+    scpu=$(f "$(med "$s" step "$top" "$SCPU")" 1 0); pcpu=$(f "$(med "$s" step "$top" "$PCPU")" 1 0)
+    who="neither side at >= 85 % CPU"
+    if [ "$scpu" -ge 85 ] && [ "$scpu" -ge "$pcpu" ]; then who="the server ($scpu % CPU)";
+    elif [ "$pcpu" -ge 85 ]; then who="SIPp ($pcpu % CPU)"; fi
+    printf '%-8s ceiling (< 1 %% failures): %s REGISTER/s (%s SIP requests/s); at the top step %s/s: %s %% failed, server %s %%, SIPp %s %% -> saturated: %s\n' \
+        "$s" "$(f "$ceil" 1 0)" "$(f "$(echo "$ceil * 2" | bc -l)" 1 0)" "$top" "$(f "$(med "$s" step "$top" "$FAIL")" 1 2)" \
+        "$scpu" "$pcpu" "$who"
+done
+echo
+echo "[2] Server CPU per 10 000 authenticated REGISTERs at $RATE/s ($USERS users, each once)"
+for s in podpbx kamailio; do
+    grep -q "^$s " "$work/results" || continue
+    printf '%-8s %7.3f cpu-s/10k  (completed %s of %s, failures %s %%, retrans %s, server %s %% of a core, SIPp %s %%)\n' "$s" \
+        "$(med $s fixed "$RATE" "$PER10K")" "$(med $s fixed "$RATE" '$6')" "$USERS" "$(f "$(med $s fixed "$RATE" "$FAIL")" 1 2)" \
+        "$(med $s fixed "$RATE" '$10')" "$(f "$(med $s fixed "$RATE" "$SCPU")" 1 0)" "$(f "$(med $s fixed "$RATE" "$PCPU")" 1 0)"
+done
+if grep -q '^podpbx ' "$work/results" && grep -q '^kamailio ' "$work/results"; then
+    a=$(med podpbx fixed "$RATE" "$PER10K"); b=$(med kamailio fixed "$RATE" "$PER10K")
+    echo "ratio podpbx/kamailio CPU per REGISTER: $(printf '%.2f' "$(echo "$a / $b" | bc -l)") (target <= 1: lower is better)"
+    echo "per-round podpbx/kamailio: $(awk -v hz="$HZ" -v r="$RATE" '$3 == "fixed" && $4 == r {c[$1 " " $2] = $8 / $6}
+        END {for (k in c) {split(k, x, " "); if (x[1] == "podpbx" && ("kamailio " x[2]) in c) printf "r%s %.2f  ", x[2], c[k] / c["kamailio " x[2]]}}' "$work/results")"
+fi
+echo
+echo "[3] Memory (MB): before load -> after $USERS bindings"
+memcol() { awk -v s="$1" "\$1 == s && \$3 == \"mem\" { print $2 }" "$work/results" | median; }
+for s in podpbx kamailio; do
+    grep -q "^$s " "$work/results" || continue
+    printf '%-8s RSS %6.1f -> %6.1f  HWM %6.1f -> %6.1f  PSS %6.1f -> %6.1f' "$s" \
+        "$(memcol $s '$4 / 1024')" "$(memcol $s '$8 / 1024')" "$(memcol $s '$5 / 1024')" "$(memcol $s '$9 / 1024')" \
+        "$(memcol $s '$6 / 1024')" "$(memcol $s '$10 / 1024')"
+    if [ "$s" = kamailio ]; then
+        printf '  shm used %s -> %s  (%s processes: summed RSS counts shared memory in each, an over-estimate)' \
+            "$(f "$(memcol $s '($12 == "-" ? "nan" : $12 / 1024)')" 1 1)" "$(f "$(memcol $s '($13 == "-" ? "nan" : $13 / 1024)')" 1 1)" \
+            "$(memcol $s '$11')"
+    fi
+    printf '  bindings %s\n' "$(memcol $s '$14')"
+done
+if grep -q ' idle ' "$work/results"; then
+    for s in podpbx kamailio; do
+        grep -q "^$s [0-9]* idle " "$work/results" || continue
+        printf '%-8s after %s s idle (bindings kept, transactions gone): RSS %.1f  HWM %.1f  PSS %.1f  shm %s\n' "$s" "$IDLE_SECS" \
+            "$(awk -v s=$s '$1 == s && $3 == "idle" {print $4 / 1024}' "$work/results" | median)" \
+            "$(awk -v s=$s '$1 == s && $3 == "idle" {print $5 / 1024}' "$work/results" | median)" \
+            "$(awk -v s=$s '$1 == s && $3 == "idle" {print $6 / 1024}' "$work/results" | median)" \
+            "$(awk -v s=$s '$1 == s && $3 == "idle" {print ($8 == "-" ? "-" : sprintf("%.1f", $8 / 1024))}' "$work/results" | head -1)"
+    done
+fi
+if grep -q '^podpbx ' "$work/results" && grep -q '^kamailio ' "$work/results"; then
+    printf 'RSS growth per binding: podpbx %.0f B; kamailio %.0f B (RSS sum), %.0f B (PSS sum), %.0f B (shm)\n' \
+        "$(memcol podpbx '($8 - $4) * 1024 / '"$USERS")" "$(memcol kamailio '($8 - $4) * 1024 / '"$USERS")" \
+        "$(memcol kamailio '($10 - $6) * 1024 / '"$USERS")" "$(memcol kamailio '($13 - $12) * 1024 / '"$USERS")"
+fi
+echo
+echo "[4] Logs"
+for s in podpbx kamailio; do
+    [ -f "$work/$s.log" ] || continue
+    n=$(grep -acE 'WARN|ERROR|CRITICAL' "$work/$s.log" || true)
+    echo "$s: $n warning/error lines"
+    { grep -aE 'WARN|ERROR|CRITICAL' "$work/$s.log" || true; } \
+        | sed -E 's/\x1b\[[0-9;]*m//g; s/^[0-9T:.Z-]+ +//; s/^ *[0-9]+\([0-9]+\) //' \
+        | cut -c1-160 | sort | uniq -c | sort -rn | head -5 | sed 's/^/    /'
+done
+[ -s "$work/oddities" ] && { echo "SIPp unexpected answers (first lines per run):"; cat "$work/oddities"; }
+echo
+echo "raw results: server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans (CLK_TCK=$HZ)"
+cat "$work/results"

@@ -1,0 +1,799 @@
+//! The call machine in virtual time, with a fake relay and directory.
+
+use crate::*;
+use podpbx_config::Config;
+use podpbx_sip::transaction::{RequestDisposition, TransactionLayer};
+use podpbx_sip::{Framing, Message, ResponseBuilder};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+#[derive(Default)]
+struct MediaLog {
+    next: u64,
+    families: HashMap<MediaId, (Family, Family)>,
+    remotes: Vec<(MediaId, MediaLeg, SocketAddr)>,
+    holds: Vec<(MediaId, MediaLeg, bool)>,
+    dtmf: Vec<(MediaId, MediaLeg, char)>,
+    released: Vec<MediaId>,
+}
+
+#[derive(Clone, Default)]
+struct FakeMedia(Arc<Mutex<MediaLog>>);
+
+impl MediaPort for FakeMedia {
+    fn allocate(&mut self, a: Family, b: Family) -> Result<MediaId, String> {
+        let mut m = self.0.lock().unwrap();
+        m.next += 1;
+        let id = m.next;
+        m.families.insert(id, (a, b));
+        Ok(id)
+    }
+    fn local(&self, id: MediaId, leg: MediaLeg) -> Option<SocketAddr> {
+        let m = self.0.lock().unwrap();
+        let (a, b) = *m.families.get(&id)?;
+        let fam = if leg == MediaLeg::A { a } else { b };
+        let port = 20000 + (id as u16) * 4 + if leg == MediaLeg::A { 0 } else { 2 };
+        Some(match fam {
+            Family::V4 => SocketAddr::new("198.51.100.10".parse().unwrap(), port),
+            Family::V6 => SocketAddr::new("2001:db8::10".parse().unwrap(), port),
+        })
+    }
+    fn set_remote(&mut self, id: MediaId, leg: MediaLeg, remote: RemoteMedia) {
+        self.0.lock().unwrap().remotes.push((id, leg, remote.rtp));
+    }
+    fn set_hold(&mut self, id: MediaId, leg: MediaLeg, hold: bool) {
+        self.0.lock().unwrap().holds.push((id, leg, hold));
+    }
+    fn inject_dtmf(&mut self, id: MediaId, leg: MediaLeg, digit: char, _d: Duration) -> bool {
+        self.0.lock().unwrap().dtmf.push((id, leg, digit));
+        true
+    }
+    fn stats(&self, _id: MediaId, _leg: MediaLeg) -> LegStats {
+        LegStats {
+            rtp_packets: 5,
+            ..Default::default()
+        }
+    }
+    fn release(&mut self, id: MediaId) {
+        self.0.lock().unwrap().released.push(id);
+    }
+}
+
+#[derive(Default)]
+struct FakeDir(HashMap<String, Vec<ContactTarget>>);
+
+impl Directory for FakeDir {
+    fn contacts(&self, user: &str, _now: Instant) -> Vec<ContactTarget> {
+        self.0.get(user).cloned().unwrap_or_default()
+    }
+    fn local_addr(&self, _t: Transport, peer: IpAddr) -> Option<SocketAddr> {
+        Some(if peer.is_ipv4() {
+            "198.51.100.10:5060".parse().unwrap()
+        } else {
+            "[2001:db8::1]:5060".parse().unwrap()
+        })
+    }
+}
+
+const CFG: &str = r#"
+[sip]
+ipv6 = "2001:db8::1"
+ipv4 = "198.51.100.10"
+[[users]]
+name = "101"
+password = "a"
+[[users]]
+name = "102"
+password = "b"
+[[users]]
+name = "103"
+password = "c"
+[[users]]
+name = "104"
+password = "d"
+dtmf = "rfc4733"
+[[users]]
+name = "190"
+identify_by_source = true
+allow_from = ["198.51.100.50/32"]
+[[groups]]
+name = "all"
+members = ["102", "103", "104"]
+[[dialplan]]
+name = "door"
+match = { caller = "190" }
+action = "ring"
+targets = ["all"]
+timeout_secs = 20
+fallback = [{ action = "reject", status = 480 }]
+[[dialplan]]
+name = "group"
+match = { number = "600", from = "local" }
+action = "ring"
+targets = ["all"]
+timeout_secs = 20
+[[dialplan]]
+name = "ext"
+match = { pattern = "_1XX", from = "local" }
+action = "local"
+timeout_secs = 15
+"#;
+
+const SDP_A: &str = "v=0\r\no=a 1 1 IN IP6 2001:db8:1::a\r\ns=-\r\nc=IN IP6 2001:db8:1::a\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+const SDP_B: &str = "v=0\r\no=b 7 7 IN IP6 2001:db8:1::b\r\ns=-\r\nc=IN IP6 2001:db8:1::b\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+
+struct H {
+    b: B2bua,
+    layer: TransactionLayer,
+    dir: FakeDir,
+    media: FakeMedia,
+    now: Instant,
+    outs: Vec<Output>,
+    a_flow: Flow,
+}
+
+fn flow(remote: &str, local: &str) -> Flow {
+    Flow {
+        transport: Transport::Udp,
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        conn: 0,
+    }
+}
+
+fn parse(data: &Bytes) -> Message {
+    Message::parse(data.clone(), Framing::Datagram).expect("parse")
+}
+
+impl H {
+    fn new() -> H {
+        let cfg = Arc::new(Config::from_str(CFG, "t.toml").expect("config"));
+        let media = FakeMedia::default();
+        let b = B2bua::new(
+            cfg,
+            Settings {
+                timers: Timers::default(),
+                ..Default::default()
+            },
+            Box::new(media.clone()),
+        );
+        let mut dir = FakeDir::default();
+        for (i, u) in ["102", "103", "104"].iter().enumerate() {
+            dir.0.insert(
+                u.to_string(),
+                vec![ContactTarget {
+                    uri: format!("sip:{u}@[2001:db8:1::{}]:5060", 0x20 + i),
+                    flow: flow(
+                        &format!("[2001:db8:1::{}]:5060", 0x20 + i),
+                        "[2001:db8::1]:5060",
+                    ),
+                }],
+            );
+        }
+        H {
+            b,
+            layer: TransactionLayer::new(Timers::default(), 1000),
+            dir,
+            media,
+            now: Instant::now(),
+            outs: Vec::new(),
+            a_flow: flow("[2001:db8:1::a]:5062", "[2001:db8::1]:5060"),
+        }
+    }
+
+    fn server_tx(&mut self, msg: &Message, f: Flow) -> podpbx_sip::transaction::ServerTxId {
+        match self
+            .layer
+            .on_request(self.now, msg, msg.buf.clone(), f.peer())
+        {
+            RequestDisposition::New(id) => id,
+            RequestDisposition::Cancel { tx, .. } => tx,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        let mut v = Vec::new();
+        while let Some(o) = self.b.poll_output() {
+            v.push(o);
+        }
+        self.outs.extend(v.clone());
+        v
+    }
+
+    fn invite(&mut self, number: &str, caller: Caller, body: Option<&str>) -> Vec<Output> {
+        let body = body.unwrap_or("");
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ct = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        let text = format!(
+            "INVITE sip:{number}@pbx SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKa1x{n};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:101@pbx>;tag=atag\r\nTo: <sip:{number}@pbx>\r\nCall-ID: acall@a\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:101@[2001:db8:1::a]:5062>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let msg = parse(&Bytes::from(text));
+        let tx = self.server_tx(&msg, self.a_flow);
+        self.b.handle_invite(
+            self.now,
+            SystemTime::now(),
+            tx,
+            &msg,
+            self.a_flow,
+            caller,
+            &self.dir,
+        );
+        self.drain()
+    }
+
+    /// Answers a request sent by the b2bua with `code` (To tag added), optionally with SDP.
+    fn answer(
+        &mut self,
+        id: ReqId,
+        req: &Bytes,
+        code: u16,
+        tag: &str,
+        sdp: Option<&str>,
+    ) -> Vec<Output> {
+        let req = parse(req);
+        let mut rb = ResponseBuilder::new(&req, code, "X", None)
+            .to_tag(tag)
+            .header("Contact", "<sip:b@[2001:db8:1::20]:5060>");
+        if let Some(s) = sdp {
+            rb = rb.body("application/sdp", s.as_bytes());
+        }
+        let resp = parse(&rb.build());
+        self.b.handle_response(self.now, id, &resp, &self.dir);
+        self.drain()
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Output> {
+        let end = self.now + d;
+        while let Some(t) = self.b.poll_timeout().filter(|t| *t <= end) {
+            self.now = t.max(self.now);
+            self.b.handle_timeout(self.now, &self.dir);
+        }
+        self.now = end;
+        self.drain()
+    }
+
+    fn in_dialog(&mut self, text: String, f: Flow) -> Vec<Output> {
+        let msg = parse(&Bytes::from(text));
+        let tx = self.server_tx(&msg, f);
+        assert!(
+            self.b.handle_in_dialog(self.now, tx, &msg, f, &self.dir),
+            "dialog found"
+        );
+        self.drain()
+    }
+}
+
+fn requests(outs: &[Output], method: &str) -> Vec<(ReqId, Bytes)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Request {
+                id,
+                method: m,
+                data,
+                ..
+            } if m.as_str() == method => Some((*id, data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn responses(outs: &[Output]) -> Vec<u16> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Respond { status, .. } => Some(*status),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cdr(outs: &[Output]) -> Option<Cdr> {
+    outs.iter().find_map(|o| match o {
+        Output::Cdr(c) => Some((**c).clone()),
+        _ => None,
+    })
+}
+
+fn stateless_acks(outs: &[Output]) -> usize {
+    outs.iter()
+        .filter(|o| matches!(o, Output::Stateless { data, .. } if data.starts_with(b"ACK ")))
+        .count()
+}
+
+fn header_of(data: &Bytes, name: &str) -> String {
+    let m = parse(data);
+    m.other_header(name)
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default()
+}
+
+fn text(data: &Bytes) -> String {
+    String::from_utf8_lossy(data).into_owned()
+}
+
+/// Basic call: 100 at once, 180 relayed, 200 with our SDP, ACK to B, BYE from A ends both.
+#[test]
+fn basic_call_and_bye_from_caller() {
+    let mut h = H::new();
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    assert_eq!(responses(&outs), vec![100]);
+    let inv = requests(&outs, "INVITE");
+    assert_eq!(inv.len(), 1);
+    let (id, data) = inv[0].clone();
+    let t = text(&data);
+    assert!(!t.contains("acall@a"), "B leg has its own Call-ID:\n{t}");
+    assert!(
+        !t.contains("2001:db8:1::a"),
+        "caller's addresses never reach the callee:\n{t}"
+    );
+    assert!(
+        t.contains("c=IN IP6 2001:db8::10"),
+        "SDP anchored at the relay:\n{t}"
+    );
+    let outs = h.answer(id, &data, 180, "btag", None);
+    assert_eq!(responses(&outs), vec![180]);
+    let outs = h.answer(id, &data, 200, "btag", Some(SDP_B));
+    assert_eq!(responses(&outs), vec![200]);
+    assert_eq!(stateless_acks(&outs), 1, "B's 2xx is ACKed by us");
+    let ok = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Respond {
+                status: 200, data, ..
+            } => Some(text(data)),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        !ok.contains("2001:db8:1::b"),
+        "callee's media address hidden:\n{ok}"
+    );
+    assert!(ok.contains("o=podpbx "), "our own origin:\n{ok}");
+    // The 2xx is retransmitted until the ACK.
+    let outs = h.advance(Duration::from_millis(600));
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, Output::Stateless { data, .. } if data.starts_with(b"SIP/2.0 200"))));
+    let to_tag = parse(&Bytes::from(ok.clone()))
+        .to_hdr()
+        .unwrap()
+        .tag()
+        .unwrap();
+    let to_tag = String::from_utf8_lossy(&to_tag).into_owned();
+    let ack = format!("ACK sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKa2\r\nFrom: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={to_tag}\r\nCall-ID: acall@a\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.b.handle_ack(h.now, &parse(&Bytes::from(ack))));
+    let outs = h.advance(Duration::from_secs(5));
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Stateless { .. })),
+        "no retransmission after ACK"
+    );
+    let bye = format!("BYE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKa3\r\nFrom: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={to_tag}\r\nCall-ID: acall@a\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n");
+    let outs = h.in_dialog(bye, h.a_flow);
+    assert_eq!(responses(&outs), vec![200]);
+    let byes = requests(&outs, "BYE");
+    assert_eq!(byes.len(), 1, "BYE on the B leg");
+    assert!(text(&byes[0].1).contains(";tag=btag"));
+    let outs = h.answer(byes[0].0, &byes[0].1, 200, "btag", None);
+    let c = cdr(&outs).expect("CDR at the end");
+    assert_eq!(c.disposition, Disposition::Answered);
+    assert_eq!(c.hangup_by.as_deref(), Some("caller"));
+    assert_eq!(c.answered_by.as_deref(), Some("102"));
+    assert!(c.answer.is_some());
+    assert_eq!(c.legs.len(), 2);
+    assert_eq!(h.b.active_calls(), 0);
+    assert!(
+        !h.media.0.lock().unwrap().released.is_empty(),
+        "media released"
+    );
+}
+
+#[test]
+fn busy_maps_to_486_and_unknown_to_404() {
+    let mut h = H::new();
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let outs = h.answer(id, &data, 486, "b", None);
+    assert_eq!(responses(&outs), vec![486]);
+    assert_eq!(cdr(&outs).unwrap().disposition, Disposition::Busy);
+
+    let mut h = H::new();
+    let outs = h.invite("199", Caller::User("101".into()), Some(SDP_A));
+    assert_eq!(responses(&outs), vec![100, 404]);
+    let outs = h.invite("777", Caller::User("101".into()), Some(SDP_A));
+    assert_eq!(responses(&outs), vec![100, 404], "no rule");
+}
+
+#[test]
+fn no_answer_cancels_and_gives_480() {
+    let mut h = H::new();
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    h.answer(id, &data, 180, "b", None);
+    let outs = h.advance(Duration::from_secs(16));
+    assert_eq!(responses(&outs), vec![480]);
+    let cancels = requests(&outs, "CANCEL");
+    assert_eq!(cancels.len(), 1);
+    let outs = h.answer(id, &data, 487, "b", None);
+    let c = cdr(&outs).expect("cdr");
+    assert_eq!(c.disposition, Disposition::NoAnswer);
+}
+
+#[test]
+fn caller_cancel_cancels_every_fork() {
+    let mut h = H::new();
+    let outs = h.invite("600", Caller::User("101".into()), Some(SDP_A));
+    let invs = requests(&outs, "INVITE");
+    assert_eq!(invs.len(), 3);
+    // Two forks rang, one did not answer anything yet.
+    h.answer(invs[0].0, &invs[0].1, 180, "b0", None);
+    h.answer(invs[1].0, &invs[1].1, 180, "b1", None);
+    let tx = *h.b.by_invite_tx.keys().next().unwrap();
+    h.b.handle_cancel(h.now, tx);
+    let outs = h.drain();
+    assert_eq!(responses(&outs), vec![487]);
+    assert_eq!(
+        requests(&outs, "CANCEL").len(),
+        2,
+        "CANCEL only after a provisional"
+    );
+    // The third one rings late: it gets its CANCEL then.
+    let outs = h.answer(invs[2].0, &invs[2].1, 180, "b2", None);
+    assert_eq!(requests(&outs, "CANCEL").len(), 1);
+    for (i, (id, data)) in invs.iter().enumerate() {
+        h.answer(*id, data, 487, &format!("b{i}"), None);
+    }
+    let c = cdr(&h.outs).expect("cdr");
+    assert_eq!(c.disposition, Disposition::Cancelled);
+    assert_eq!(h.b.active_calls(), 0);
+}
+
+#[test]
+fn fork_of_three_first_answer_wins_others_cancelled_crossing_2xx_is_acked_and_byed() {
+    let mut h = H::new();
+    let outs = h.invite("600", Caller::User("101".into()), Some(SDP_A));
+    let invs = requests(&outs, "INVITE");
+    assert_eq!(invs.len(), 3);
+    for (i, (id, data)) in invs.iter().enumerate() {
+        h.answer(*id, data, 180, &format!("b{i}"), None);
+    }
+    let outs = h.answer(invs[1].0, &invs[1].1, 200, "b1", Some(SDP_B));
+    assert!(responses(&outs).contains(&200));
+    assert_eq!(
+        requests(&outs, "CANCEL").len(),
+        2,
+        "the other forks are cancelled"
+    );
+    // Fork 2 answers anyway (crossing the CANCEL): ACK then BYE.
+    let outs = h.answer(invs[2].0, &invs[2].1, 200, "b2", Some(SDP_B));
+    assert_eq!(stateless_acks(&outs), 1);
+    assert_eq!(requests(&outs, "BYE").len(), 1);
+    assert!(!responses(&outs).contains(&200), "A sees one answer only");
+    h.answer(invs[0].0, &invs[0].1, 487, "b0", None);
+    assert_eq!(h.b.active_calls(), 1);
+}
+
+#[test]
+fn bye_from_callee_ends_caller_leg() {
+    let mut h = H::new();
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    h.answer(id, &data, 200, "btag", Some(SDP_B));
+    let inv = parse(&data);
+    let call_id = String::from_utf8_lossy(&inv.call_id().unwrap()).into_owned();
+    let from_tag = String::from_utf8_lossy(&inv.from_hdr().unwrap().tag().unwrap()).into_owned();
+    let bflow = flow("[2001:db8:1::20]:5060", "[2001:db8::1]:5060");
+    let bye = format!("BYE sip:podpbx@x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::20]:5060;branch=z9hG4bKb9\r\nFrom: <sip:102@pbx>;tag=btag\r\nTo: <sip:101@pbx>;tag={from_tag}\r\nCall-ID: {call_id}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n");
+    let outs = h.in_dialog(bye, bflow);
+    assert_eq!(responses(&outs), vec![200]);
+    let byes = requests(&outs, "BYE");
+    assert_eq!(byes.len(), 1);
+    let t = text(&byes[0].1);
+    assert!(
+        t.contains("Call-ID: acall@a") && t.starts_with("BYE sip:101@[2001:db8:1::a]:5062"),
+        "BYE to the caller's Contact:\n{t}"
+    );
+    let outs = h.answer(byes[0].0, &byes[0].1, 200, "x", None);
+    assert_eq!(cdr(&outs).unwrap().hangup_by.as_deref(), Some("callee"));
+}
+
+fn answered_call(h: &mut H) -> (String, Bytes) {
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let outs = h.answer(id, &data, 200, "btag", Some(SDP_B));
+    let ok = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Respond {
+                status: 200, data, ..
+            } => Some(data.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let tag = String::from_utf8_lossy(&parse(&ok).to_hdr().unwrap().tag().unwrap()).into_owned();
+    let ack = format!("ACK sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKa2\r\nFrom: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={tag}\r\nCall-ID: acall@a\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.b.handle_ack(h.now, &parse(&Bytes::from(ack))));
+    h.drain();
+    (tag, data)
+}
+
+#[test]
+fn reinvite_hold_is_relayed_with_sdp_rewrite() {
+    let mut h = H::new();
+    let (tag, _) = answered_call(&mut h);
+    let hold = SDP_A.replace("a=rtpmap:101", "a=sendonly\r\na=rtpmap:101");
+    let re = format!("INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKa5\r\nFrom: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={tag}\r\nCall-ID: acall@a\r\nCSeq: 2 INVITE\r\nContact: <sip:101@[2001:db8:1::a]:5062>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold}", hold.len());
+    let outs = h.in_dialog(re, h.a_flow);
+    assert_eq!(responses(&outs), vec![100]);
+    let re_b = requests(&outs, "INVITE");
+    assert_eq!(re_b.len(), 1);
+    let t = text(&re_b[0].1);
+    assert!(
+        t.contains("a=sendonly") && t.contains("CSeq: 2 INVITE") && t.contains(";tag=btag"),
+        "{t}"
+    );
+    assert!(
+        h.media
+            .0
+            .lock()
+            .unwrap()
+            .holds
+            .iter()
+            .any(|(_, _, held)| *held),
+        "relay told about the hold"
+    );
+    let answer = SDP_B.replace(
+        "m=audio 5000 RTP/AVP 0\r\n",
+        "m=audio 5000 RTP/AVP 0\r\na=recvonly\r\n",
+    );
+    let outs = h.answer(re_b[0].0, &re_b[0].1, 200, "btag", Some(&answer));
+    assert_eq!(responses(&outs), vec![200]);
+    assert_eq!(stateless_acks(&outs), 1, "B's re-INVITE 2xx ACKed");
+    let ok = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Respond {
+                status: 200, data, ..
+            } => Some(text(data)),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        ok.contains("a=recvonly") && ok.contains("o=podpbx") && ok.contains(" 2 IN IP6"),
+        "answer rewritten, origin version bumped:\n{ok}"
+    );
+}
+
+#[test]
+fn info_dtmf_becomes_rfc4733_for_rfc4733_users_else_relayed() {
+    let mut h = H::new();
+    let (tag, _) = answered_call(&mut h);
+    let info = |cseq: u32| {
+        format!("INFO sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKi{cseq}\r\nFrom: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={tag}\r\nCall-ID: acall@a\r\nCSeq: {cseq} INFO\r\nContent-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n")
+    };
+    // 102 is `auto` and its SDP has no telephone-event: the INFO goes across.
+    let outs = h.in_dialog(info(3), h.a_flow);
+    assert_eq!(requests(&outs, "INFO").len(), 1);
+    assert!(h.media.0.lock().unwrap().dtmf.is_empty());
+    // Callee 104 wants RFC 4733.
+    let mut h = H::new();
+    let outs = h.invite("104", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let outs = h.answer(id, &data, 200, "btag", Some(SDP_B));
+    let ok = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Respond {
+                status: 200, data, ..
+            } => Some(data.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let tag = String::from_utf8_lossy(&parse(&ok).to_hdr().unwrap().tag().unwrap()).into_owned();
+    let msg = format!("INFO sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKi9\r\nFrom: <sip:101@pbx>;tag=atag\r\nTo: <sip:104@pbx>;tag={tag}\r\nCall-ID: acall@a\r\nCSeq: 3 INFO\r\nContent-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n");
+    let outs = h.in_dialog(msg, h.a_flow);
+    assert_eq!(responses(&outs), vec![200]);
+    assert!(requests(&outs, "INFO").is_empty());
+    assert_eq!(h.media.0.lock().unwrap().dtmf.len(), 1);
+    assert_eq!(h.media.0.lock().unwrap().dtmf[0].1, MediaLeg::B);
+}
+
+#[test]
+fn refer_blind_transfer_notifies_and_byes_the_transferor() {
+    let mut h = H::new();
+    let (_tag, data) = answered_call(&mut h);
+    // The callee (102) transfers the caller to 103.
+    let inv = parse(&data);
+    let call_id = String::from_utf8_lossy(&inv.call_id().unwrap()).into_owned();
+    let from_tag = String::from_utf8_lossy(&inv.from_hdr().unwrap().tag().unwrap()).into_owned();
+    let bflow = flow("[2001:db8:1::20]:5060", "[2001:db8::1]:5060");
+    let refer = format!("REFER sip:podpbx@x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::20]:5060;branch=z9hG4bKr1\r\nFrom: <sip:102@pbx>;tag=btag\r\nTo: <sip:101@pbx>;tag={from_tag}\r\nCall-ID: {call_id}\r\nCSeq: 6 REFER\r\nRefer-To: <sip:103@pbx>\r\nContact: <sip:102@[2001:db8:1::20]:5060>\r\nContent-Length: 0\r\n\r\n");
+    let outs = h.in_dialog(refer, bflow);
+    assert_eq!(responses(&outs), vec![202]);
+    let notifies = requests(&outs, "NOTIFY");
+    assert_eq!(notifies.len(), 1);
+    assert!(
+        text(&notifies[0].1).contains("SIP/2.0 100 Trying")
+            && header_of(&notifies[0].1, "Event") == "refer"
+    );
+    let invs = requests(&outs, "INVITE");
+    assert_eq!(invs.len(), 1, "the transfer target rings");
+    let t = text(&invs[0].1);
+    assert!(
+        t.contains("sip:103@") && t.contains("From: <sip:101@"),
+        "target sees the transferee as caller:\n{t}"
+    );
+    let outs = h.answer(invs[0].0, &invs[0].1, 200, "ctag", Some(SDP_B));
+    assert_eq!(stateless_acks(&outs), 1);
+    let notifies = requests(&outs, "NOTIFY");
+    assert!(text(&notifies[0].1).contains("SIP/2.0 200 OK"));
+    let byes = requests(&outs, "BYE");
+    assert_eq!(byes.len(), 1);
+    assert!(text(&byes[0].1).contains(&call_id), "BYE to the transferor");
+    assert_eq!(h.b.active_calls(), 1, "caller and target stay connected");
+}
+
+#[test]
+fn doorbell_ipv4_rings_ipv6_group_with_family_specific_anchors() {
+    let mut h = H::new();
+    h.a_flow = flow("198.51.100.50:5060", "198.51.100.10:5060");
+    let text_inv = "INVITE sip:1@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.50:5060;branch=z9hG4bKd1\r\nFrom: <sip:190@pbx>;tag=d\r\nTo: <sip:1@pbx>\r\nCall-ID: door@d\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let msg = parse(&Bytes::from(text_inv));
+    assert_eq!(h.b.identify(&msg, &h.a_flow), Identity::User("190".into()));
+    let sdp4 = "v=0\r\no=d 1 1 IN IP4 198.51.100.50\r\ns=-\r\nc=IN IP4 198.51.100.50\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let body = format!("INVITE sip:1@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.50:5060;branch=z9hG4bKd2\r\nFrom: <sip:190@pbx>;tag=d\r\nTo: <sip:1@pbx>\r\nCall-ID: door2@d\r\nCSeq: 1 INVITE\r\nContact: <sip:190@198.51.100.50>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp4}", sdp4.len());
+    let msg = parse(&Bytes::from(body));
+    let tx = h.server_tx(&msg, h.a_flow);
+    h.b.handle_invite(
+        h.now,
+        SystemTime::now(),
+        tx,
+        &msg,
+        h.a_flow,
+        Caller::User("190".into()),
+        &h.dir,
+    );
+    let outs = h.drain();
+    let invs = requests(&outs, "INVITE");
+    assert_eq!(invs.len(), 3, "all phones ring");
+    assert!(
+        text(&invs[0].1).contains("c=IN IP6"),
+        "IPv6 phones get IPv6 SDP"
+    );
+    let outs = h.answer(invs[0].0, &invs[0].1, 200, "p", Some(SDP_B));
+    let ok = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Respond {
+                status: 200, data, ..
+            } => Some(text(data)),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        ok.contains("c=IN IP4 198.51.100.10") && ok.contains("IN IP4 198.51.100.10"),
+        "IPv4 answer to the doorbell:\n{ok}"
+    );
+}
+
+#[test]
+fn limits_max_concurrent_and_max_duration() {
+    let cfg = format!("{CFG}\n[calls]\nmax_concurrent = 1\nmax_duration_secs = 60\n");
+    let mut h = H::new();
+    h.b.set_config(Arc::new(Config::from_str(&cfg, "t.toml").unwrap()));
+    let (_tag, _) = answered_call(&mut h);
+    let text2 = String::from("INVITE sip:103@pbx SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKz\r\nFrom: <sip:101@pbx>;tag=z\r\nTo: <sip:103@pbx>\r\nCall-ID: second@a\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n");
+    let msg = parse(&Bytes::from(text2));
+    let tx = h.server_tx(&msg, h.a_flow);
+    h.b.handle_invite(
+        h.now,
+        SystemTime::now(),
+        tx,
+        &msg,
+        h.a_flow,
+        Caller::User("101".into()),
+        &h.dir,
+    );
+    assert_eq!(responses(&h.drain()), vec![100, 503]);
+    let outs = h.advance(Duration::from_secs(61));
+    assert_eq!(
+        requests(&outs, "BYE").len(),
+        2,
+        "max duration ends both legs"
+    );
+}
+
+struct TrunkDir(FakeDir);
+
+impl Directory for TrunkDir {
+    fn contacts(&self, user: &str, now: Instant) -> Vec<ContactTarget> {
+        self.0.contacts(user, now)
+    }
+    fn local_addr(&self, t: Transport, peer: IpAddr) -> Option<SocketAddr> {
+        self.0.local_addr(t, peer)
+    }
+    fn trunk_destination(&self, _name: &str) -> Option<SocketAddr> {
+        Some("[2001:db8:ffff::1]:5060".parse().unwrap())
+    }
+}
+
+#[test]
+fn trunk_call_answers_407_with_credentials_and_rewrites_the_number() {
+    let cfg = format!(
+        "{CFG}\n[[trunks]]\nname = \"prov\"\nhost = \"2001:db8:ffff::1\"\nusername = \"4930\"\npassword = \"secret\"\ncaller_id = \"+4930123\"\n\
+         [[dialplan]]\nname = \"out\"\nmatch = {{ prefix = \"0\", from = \"local\" }}\naction = \"trunk\"\ntrunk = \"prov\"\nstrip = 1\nprepend = \"+49\"\n"
+    );
+    let mut h = H::new();
+    h.b.set_config(Arc::new(Config::from_str(&cfg, "t.toml").expect("config")));
+    let dir = TrunkDir(std::mem::take(&mut h.dir));
+    let inv_text = format!(
+        "INVITE sip:030555@pbx SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKt1;rport\r\nFrom: <sip:101@pbx>;tag=a\r\n\
+         To: <sip:030555@pbx>\r\nCall-ID: out@a\r\nCSeq: 1 INVITE\r\nContact: <sip:101@[2001:db8:1::a]:5062>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+        SDP_A.len()
+    );
+    let msg = parse(&Bytes::from(inv_text));
+    let tx = h.server_tx(&msg, h.a_flow);
+    h.b.handle_invite(
+        h.now,
+        SystemTime::now(),
+        tx,
+        &msg,
+        h.a_flow,
+        Caller::User("101".into()),
+        &dir,
+    );
+    let outs = h.drain();
+    let inv = requests(&outs, "INVITE");
+    assert_eq!(inv.len(), 1);
+    let t = text(&inv[0].1);
+    assert!(
+        t.starts_with("INVITE sip:+4930555@[2001:db8:ffff::1] SIP/2.0"),
+        "strip/prepend:\n{t}"
+    );
+    assert!(
+        t.contains("From: <sip:+4930123@"),
+        "caller ID rewritten:\n{t}"
+    );
+    let first = parse(&inv[0].1);
+    let resp = ResponseBuilder::new(&first, 407, "Proxy Authentication Required", None)
+        .to_tag("p")
+        .header(
+            "Proxy-Authenticate",
+            "Digest realm=\"prov\", nonce=\"abc\", qop=\"auth\"",
+        )
+        .build();
+    h.b.handle_response(h.now, inv[0].0, &parse(&resp), &dir);
+    let outs = h.drain();
+    let again = requests(&outs, "INVITE");
+    assert_eq!(again.len(), 1, "re-sent with credentials");
+    let second = parse(&again[0].1);
+    assert_eq!(
+        second.call_id().unwrap(),
+        first.call_id().unwrap(),
+        "same Call-ID"
+    );
+    assert_eq!(
+        second.cseq().unwrap().seq,
+        first.cseq().unwrap().seq + 1,
+        "CSeq + 1"
+    );
+    let auth = second
+        .other_header("Proxy-Authorization")
+        .expect("credentials");
+    assert!(String::from_utf8_lossy(&auth).contains("username=\"4930\""));
+    // The provider is down: 503 to the caller.
+    let resp = ResponseBuilder::new(&second, 503, "Down", None)
+        .to_tag("p")
+        .build();
+    h.b.handle_response(h.now, again[0].0, &parse(&resp), &dir);
+    assert_eq!(responses(&h.drain()), vec![503]);
+}

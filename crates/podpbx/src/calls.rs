@@ -1,0 +1,375 @@
+//! Glue between the sans-IO B2BUA (`podpbx-b2bua`) and the rest of the binary: the relay
+//! behind [`MediaPort`], the registrar behind [`Directory`], the CDR file, config reload, and
+//! turning b2bua outputs into transaction-layer calls.
+
+use podpbx_b2bua::{
+    B2bua, Cdr, ContactTarget, Directory, Flow as BFlow, LegStats, MediaId, MediaLeg, MediaPort,
+    Output, RemoteMedia, ReqId, Settings,
+};
+use podpbx_config::Config;
+use podpbx_media::{Family, FamilyConfig, Relay, RelayConfig, Session};
+use podpbx_registrar::Registrar;
+use podpbx_sip::transaction::{ClientTxId, Timers, TransactionLayer, TxId};
+use podpbx_sip::Transport;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// The relay as a [`MediaPort`]: sessions by id.
+pub struct RelayMedia {
+    relay: Relay,
+    sessions: HashMap<MediaId, Session>,
+}
+
+impl RelayMedia {
+    pub fn new(relay: Relay) -> RelayMedia {
+        RelayMedia {
+            relay,
+            sessions: HashMap::new(),
+        }
+    }
+}
+
+impl MediaPort for RelayMedia {
+    fn allocate(&mut self, a: Family, b: Family) -> Result<MediaId, String> {
+        let s = self.relay.allocate(a, b).map_err(|e| e.to_string())?;
+        let id = s.id().0;
+        self.sessions.insert(id, s);
+        Ok(id)
+    }
+    fn local(&self, id: MediaId, leg: MediaLeg) -> Option<SocketAddr> {
+        self.sessions.get(&id).map(|s| s.local(leg).rtp)
+    }
+    fn set_remote(&mut self, id: MediaId, leg: MediaLeg, remote: RemoteMedia) {
+        if let Some(s) = self.sessions.get(&id) {
+            if let Err(e) = s.set_remote(leg, remote) {
+                debug!(error = %e, "relay set_remote");
+            }
+        }
+    }
+    fn set_hold(&mut self, id: MediaId, leg: MediaLeg, hold: bool) {
+        if let Some(s) = self.sessions.get(&id) {
+            let _ = s.set_hold(leg, hold);
+        }
+    }
+    fn inject_dtmf(&mut self, id: MediaId, leg: MediaLeg, digit: char, duration: Duration) -> bool {
+        self.sessions
+            .get(&id)
+            .is_some_and(|s| s.inject_dtmf(leg, digit, duration).is_ok())
+    }
+    fn stats(&self, id: MediaId, leg: MediaLeg) -> LegStats {
+        let Some(s) = self.sessions.get(&id) else {
+            return LegStats::default();
+        };
+        let st = s.stats(leg);
+        LegStats {
+            rtp_packets: st.rtp_packets,
+            rtp_bytes: st.rtp_bytes,
+            rtcp_packets: st.rtcp_packets,
+            forwarded_packets: st.forwarded_packets,
+            lost_packets: st.lost_packets,
+            jitter: st.jitter,
+        }
+    }
+    fn release(&mut self, id: MediaId) {
+        if let Some(s) = self.sessions.remove(&id) {
+            s.release();
+        }
+    }
+}
+
+/// A MediaPort for when no relay could be started: every call gets 503 from the b2bua.
+struct NoMedia;
+
+impl MediaPort for NoMedia {
+    fn allocate(&mut self, _a: Family, _b: Family) -> Result<MediaId, String> {
+        Err("no RTP relay".into())
+    }
+    fn local(&self, _id: MediaId, _leg: MediaLeg) -> Option<SocketAddr> {
+        None
+    }
+    fn set_remote(&mut self, _id: MediaId, _leg: MediaLeg, _r: RemoteMedia) {}
+    fn set_hold(&mut self, _id: MediaId, _leg: MediaLeg, _h: bool) {}
+    fn inject_dtmf(&mut self, _id: MediaId, _leg: MediaLeg, _d: char, _t: Duration) -> bool {
+        false
+    }
+    fn stats(&self, _id: MediaId, _leg: MediaLeg) -> LegStats {
+        LegStats::default()
+    }
+    fn release(&mut self, _id: MediaId) {}
+}
+
+/// The relay configuration from `[media]` on the pinned addresses.
+pub fn relay_config(cfg: &Config) -> RelayConfig {
+    let ports = cfg.media.port_min..=cfg.media.port_max;
+    RelayConfig {
+        ipv4: cfg.sip.ipv4.map(|a| FamilyConfig {
+            addr: IpAddr::V4(a),
+            ports: ports.clone(),
+        }),
+        ipv6: cfg.sip.ipv6.map(|a| FamilyConfig {
+            addr: IpAddr::V6(a),
+            ports,
+        }),
+        media_timeout: cfg.media.timeout.unwrap_or(Duration::ZERO),
+        hold_timeout: cfg.media.hold_timeout.unwrap_or(Duration::ZERO),
+        tos: cfg.media.dscp << 2,
+        ..RelayConfig::default()
+    }
+}
+
+/// The registrar (and our bound addresses) as the b2bua's [`Directory`].
+pub struct RegDirectory<'a> {
+    pub registrar: &'a Registrar,
+    pub addrs: &'a Addrs,
+    /// Trunks with a registration state: (name, registered).
+    pub trunks_up: Vec<(String, bool)>,
+}
+
+/// Our bound SIP addresses and the trunks' resolved destinations.
+#[derive(Debug, Clone, Default)]
+pub struct Addrs {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub trunks: HashMap<String, SocketAddr>,
+}
+
+impl Directory for RegDirectory<'_> {
+    fn contacts(&self, user: &str, now: Instant) -> Vec<ContactTarget> {
+        self.registrar
+            .lookup(user, now)
+            .into_iter()
+            .map(|b| ContactTarget {
+                uri: b.contact_uri.clone(),
+                flow: BFlow {
+                    transport: match b.flow.transport {
+                        podpbx_registrar::Transport::Udp => Transport::Udp,
+                        podpbx_registrar::Transport::Tcp => Transport::Tcp,
+                    },
+                    local: b.flow.local,
+                    remote: b.flow.source,
+                    conn: b.flow.conn_id,
+                },
+            })
+            .collect()
+    }
+    fn local_addr(&self, transport: Transport, peer: IpAddr) -> Option<SocketAddr> {
+        let list = if transport == Transport::Tcp {
+            &self.addrs.tcp
+        } else {
+            &self.addrs.udp
+        };
+        list.iter().find(|a| a.is_ipv4() == peer.is_ipv4()).copied()
+    }
+    fn trunk_destination(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.trunks.get(name).copied()
+    }
+    fn trunk_available(&self, name: &str) -> bool {
+        // Trunks that register must be registered; others are always tried.
+        self.trunks_up
+            .iter()
+            .find(|(n, _)| n == name)
+            .is_none_or(|(_, up)| *up)
+    }
+}
+
+/// Resolves the trunks' hosts (IP literals at once, names through the system resolver; called
+/// at start and reload, not on the signalling path).
+pub fn resolve_trunks(cfg: &Config) -> HashMap<String, SocketAddr> {
+    let mut out = HashMap::new();
+    for t in &cfg.trunks {
+        let want_v4 = t.family == podpbx_config::Family::Ipv4;
+        let addr = match &t.host {
+            podpbx_config::Host::Ip(ip) => Some(SocketAddr::new(*ip, t.port)),
+            podpbx_config::Host::Name(n) => (n.as_str(), t.port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut it| it.find(|a| a.is_ipv4() == want_v4)),
+        };
+        match addr {
+            Some(a) => {
+                out.insert(t.name.clone(), a);
+            }
+            None => warn!(trunk = %t.name, "cannot resolve the trunk's host"),
+        }
+    }
+    out
+}
+
+/// Appends CDRs as JSON lines, flushed per call.
+#[derive(Debug, Clone)]
+pub struct CdrWriter {
+    path: Option<PathBuf>,
+}
+
+impl CdrWriter {
+    pub fn new(path: Option<PathBuf>) -> CdrWriter {
+        if let Some(dir) = path
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        CdrWriter { path }
+    }
+
+    pub fn write(&self, cdr: &Cdr) {
+        let Some(path) = &self.path else { return };
+        let line = match serde_json::to_string(cdr) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "CDR not serialisable");
+                return;
+            }
+        };
+        let res = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| {
+                f.write_all(line.as_bytes())?;
+                f.write_all(b"\n")?;
+                f.flush()
+            });
+        if let Err(e) = res {
+            warn!(file = %path.display(), error = %e, "cannot write CDR");
+        }
+    }
+}
+
+/// Call control as owned by the core: the b2bua plus the bookkeeping between its request ids
+/// and the transaction layer's client transactions.
+pub struct Calls {
+    pub b2bua: B2bua,
+    pub addrs: Addrs,
+    cdr: CdrWriter,
+    by_tx: HashMap<ClientTxId, ReqId>,
+    by_req: HashMap<ReqId, ClientTxId>,
+    /// Requests the transaction layer refused (reported back as failures on the next pump).
+    failed: Vec<ReqId>,
+    /// Calls ended since the last call (for metrics): dispositions.
+    pub ended: Vec<&'static str>,
+}
+
+impl Calls {
+    /// Call control for `cfg`, with media through `relay` (none: calls get 503).
+    pub fn new(cfg: Arc<Config>, timers: Timers, relay: Option<Relay>, addrs: Addrs) -> Calls {
+        let media: Box<dyn MediaPort + Send> = match relay {
+            Some(r) => Box::new(RelayMedia::new(r)),
+            None => Box::new(NoMedia),
+        };
+        let settings = Settings {
+            user_agent: cfg.sip.user_agent.clone(),
+            domain: cfg.sip.domain.clone(),
+            timers,
+        };
+        let cdr = CdrWriter::new(cfg.calls.cdr_file.clone());
+        Calls {
+            b2bua: B2bua::new(cfg, settings, media),
+            addrs,
+            cdr,
+            by_tx: HashMap::new(),
+            by_req: HashMap::new(),
+            failed: Vec::new(),
+            ended: Vec::new(),
+        }
+    }
+
+    /// The b2bua request a client transaction belongs to.
+    pub fn req_of(&self, id: ClientTxId) -> Option<ReqId> {
+        self.by_tx.get(&id).copied()
+    }
+
+    /// A client transaction is gone.
+    pub fn forget_tx(&mut self, id: ClientTxId) {
+        if let Some(r) = self.by_tx.remove(&id) {
+            self.by_req.remove(&r);
+        }
+    }
+
+    /// New configuration for the next calls.
+    pub fn reload(&mut self, cfg: Arc<Config>) {
+        self.addrs.trunks = resolve_trunks(&cfg);
+        self.cdr = CdrWriter::new(cfg.calls.cdr_file.clone());
+        self.b2bua.set_config(cfg);
+    }
+
+    /// Turns every pending b2bua output into transaction-layer calls; returns requests that
+    /// could not be sent (the caller reports them with `request_failed`).
+    pub fn pump(&mut self, now: Instant, tx: &mut TransactionLayer) -> Vec<ReqId> {
+        while let Some(out) = self.b2bua.poll_output() {
+            match out {
+                Output::Respond {
+                    tx: id,
+                    status,
+                    data,
+                } => {
+                    if let Err(e) = tx.send_response(now, id, status, data) {
+                        debug!(error = %e, status, "b2bua response not sent");
+                    }
+                }
+                Output::Request {
+                    id,
+                    method,
+                    branch,
+                    data,
+                    peer,
+                } => match tx.send_request(now, branch.into(), method, data, peer) {
+                    Ok(c) => {
+                        self.by_tx.insert(c, id);
+                        self.by_req.insert(id, c);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "b2bua request not sent");
+                        self.failed.push(id);
+                    }
+                },
+                Output::Stateless { peer, data } => tx.send_stateless(peer, data),
+                Output::Abandon { id } => {
+                    if let Some(c) = self.by_req.remove(&id) {
+                        self.by_tx.remove(&c);
+                        tx.terminate(TxId::Client(c));
+                    }
+                }
+                Output::Cdr(cdr) => {
+                    info!(call = cdr.id, disposition = cdr.disposition.as_str(), caller = %cdr.caller, callee = %cdr.callee, "CDR");
+                    self.ended.push(cdr.disposition.as_str());
+                    self.cdr.write(&cdr);
+                }
+            }
+        }
+        std::mem::take(&mut self.failed)
+    }
+}
+
+/// Reads and validates the config file for a reload; every problem on its own line.
+pub fn load_for_reload(path: &Path) -> Result<Config, String> {
+    podpbx_config::check(path).map_err(|errs| podpbx_config::format_errors(&errs))
+}
+
+/// A cheap fingerprint of the config file (following symlinks, as Kubernetes swaps `..data`):
+/// modification time, inode and length. `None` when it cannot be read.
+pub fn fingerprint(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.ino(), m.len()))
+}
+
+/// The registrar's users from a config (users without a password, i.e. identify-by-source
+/// devices, cannot register).
+pub fn user_db(cfg: &Config) -> podpbx_registrar::UserDb {
+    let mut users = podpbx_registrar::UserDb::new();
+    for u in &cfg.users {
+        let Some(pw) = &u.password else { continue };
+        let mut user = podpbx_registrar::User::new(u.name.clone(), pw.expose().to_string());
+        user.allowed_sources = u.allow_from.clone();
+        user.max_contacts = u.max_contacts.max(1) as usize;
+        users.insert(user);
+    }
+    users
+}

@@ -1,0 +1,5 @@
+//! libFuzzer entry point; the logic (and its oracles) is in `src/rtp_classify.rs`, shared with the
+//! deterministic corpus replay tests of the owning crate.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| podpbx_fuzz::rtp_classify::run(data));

@@ -1,0 +1,462 @@
+//! Black-box call tests: SIPp callers (digest via a 407 round) and SIPp phones (REGISTER, then
+//! the call flow in an out-of-call scenario) through the real podpbx binary; RTP through the
+//! relay from an IPv4 "doorbell" socket to an IPv6 phone and back; config reload.
+
+mod common;
+
+use common::*;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = r#"
+[security]
+trusted_networks = ["127.0.0.0/8", "::1/128"]
+
+[[users]]
+name = "101"
+password = "pw-101"
+
+[[users]]
+name = "102"
+password = "pw-102"
+
+[[users]]
+name = "103"
+password = "pw-103"
+
+[[users]]
+name = "104"
+password = "pw-104"
+
+[[users]]
+name = "190"
+display_name = "Door"
+identify_by_source = true
+allow_from = ["127.0.0.1/32"]
+
+[[groups]]
+name = "phones"
+members = ["102", "103", "104"]
+
+[[dialplan]]
+name = "door"
+match = { caller = "190" }
+action = "ring"
+targets = ["102"]
+timeout_secs = 10
+
+[[dialplan]]
+name = "group"
+match = { number = "600", from = "local" }
+action = "ring"
+targets = ["phones"]
+timeout_secs = 10
+
+[[dialplan]]
+name = "closed"
+match = { number = "700" }
+action = "reject"
+status = 486
+
+[[dialplan]]
+name = "ext"
+match = { pattern = "_1XX", from = "local" }
+action = "local"
+timeout_secs = 3
+"#;
+
+fn pw(user: &str) -> String {
+    format!("pw-{user}")
+}
+
+fn phone(pbx: &Pbx, user: &str, ooc: &str, extra: &[&str]) -> Phone {
+    Phone::start(pbx.v6(), user, &pw(user), ooc, extra)
+}
+
+/// Runs a SIPp caller as 101 (digest through a 407) dialling `number`.
+fn call(pbx: &Pbx, scenario: &str, number: &str, extra: &[&str]) -> SippRun {
+    let mut args = vec![
+        "-s",
+        number,
+        "-au",
+        "101",
+        "-ap",
+        "pw-101",
+        "-key",
+        "caller",
+        "101",
+        "-trace_logs",
+    ];
+    args.extend_from_slice(extra);
+    sipp(scenario, pbx.v6(), "u1", &args)
+}
+
+fn cdr_file(pbx: &Pbx) -> std::path::PathBuf {
+    pbx.dir.path().join("cdr.jsonl")
+}
+
+fn check_phone(p: Phone, what: &str, pbx: &Pbx) -> String {
+    let (ok, logs) = p.finish(Duration::from_secs(10));
+    assert!(
+        ok,
+        "{what}: phone flow incomplete:\n{logs}\n--- podpbx ---\n{}",
+        tail(&pbx.log_text())
+    );
+    logs
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
+}
+
+#[test]
+fn basic_call_caller_hangs_up_with_cdr() {
+    let pbx = Pbx::start(CONFIG);
+    let p = phone(&pbx, "102", "call_phone_answer.xml", &[]);
+    let run = call(&pbx, "call_uac.xml", "102", &["-d", "300"]);
+    assert!(
+        run.ok,
+        "caller:\n{}\n--- podpbx ---\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    let logs = check_phone(p, "callee", &pbx);
+    // The callee saw only podpbx: its own Call-ID, our SDP address, no caller port.
+    assert!(logs.contains("c=IN IP6 ::1"), "{logs}");
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs.len(), 1, "one CDR line per call");
+    let c = &cdrs[0];
+    assert_eq!(c["disposition"], "answered", "{c}");
+    assert_eq!(c["caller"], "101");
+    assert_eq!(c["callee"], "102");
+    assert_eq!(c["answered_by"], "102");
+    assert_eq!(c["hangup_by"], "caller");
+    assert!(c["answer"].is_string() && c["end"].is_string());
+    assert_eq!(c["legs"].as_array().map(|l| l.len()), Some(2));
+}
+
+#[test]
+fn callee_hangs_up() {
+    let pbx = Pbx::start(CONFIG);
+    let p = phone(&pbx, "102", "call_phone_bye.xml", &[]);
+    let run = call(&pbx, "call_uac_wait_bye.xml", "102", &[]);
+    assert!(
+        run.ok,
+        "caller gets the BYE:\n{}\n--- podpbx ---\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    check_phone(p, "callee", &pbx);
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs[0]["hangup_by"], "callee");
+}
+
+#[test]
+fn busy_unknown_and_rejected() {
+    let pbx = Pbx::start(CONFIG);
+    let p = phone(&pbx, "102", "call_phone_busy.xml", &[]);
+    let run = call(&pbx, "call_uac_fail.xml", "102", &[]);
+    assert!(
+        run.output.contains("FINAL-486"),
+        "busy phone -> 486:\n{}",
+        run.output
+    );
+    check_phone(p, "busy callee", &pbx);
+    let run = call(&pbx, "call_uac_fail.xml", "199", &[]);
+    assert!(
+        run.output.contains("FINAL-404"),
+        "unknown extension -> 404:\n{}",
+        run.output
+    );
+    // 103 exists but has no registered contact.
+    let run = call(&pbx, "call_uac_fail.xml", "103", &[]);
+    assert!(
+        run.output.contains("FINAL-480"),
+        "no contact -> 480:\n{}",
+        run.output
+    );
+    let cdrs = cdrs(&cdr_file(&pbx), 3, Duration::from_secs(5));
+    let d: Vec<&str> = cdrs
+        .iter()
+        .filter_map(|c| c["disposition"].as_str())
+        .collect();
+    assert_eq!(d, vec!["busy", "rejected", "no_answer"]);
+}
+
+#[test]
+fn no_answer_times_out_with_480_and_cancels_the_phone() {
+    let pbx = Pbx::start(CONFIG);
+    let p = phone(&pbx, "102", "call_phone_ring.xml", &[]);
+    let started = Instant::now();
+    let run = call(&pbx, "call_uac_fail.xml", "102", &[]);
+    assert!(
+        run.output.contains("FINAL-480"),
+        "ring timeout -> 480:\n{}\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "rang for the rule's 3 s"
+    );
+    check_phone(p, "phone gets CANCEL", &pbx);
+}
+
+#[test]
+fn caller_cancel_reaches_the_phone() {
+    let pbx = Pbx::start(CONFIG);
+    let p = phone(&pbx, "102", "call_phone_ring.xml", &[]);
+    let run = call(&pbx, "call_uac_cancel.xml", "102", &[]);
+    assert!(
+        run.ok,
+        "caller: 200 for CANCEL, 487:\n{}\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    check_phone(p, "phone gets CANCEL", &pbx);
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs[0]["disposition"], "cancelled");
+}
+
+#[test]
+fn ring_group_of_three_first_answer_wins_others_cancelled() {
+    let pbx = Pbx::start(CONFIG);
+    let a = phone(&pbx, "102", "call_phone_slow_answer.xml", &[]);
+    let b = phone(&pbx, "103", "call_phone_ring.xml", &[]);
+    let c = phone(&pbx, "104", "call_phone_ring.xml", &[]);
+    let run = call(&pbx, "call_uac.xml", "600", &["-d", "300"]);
+    assert!(run.ok, "caller:\n{}\n{}", run.output, tail(&pbx.log_text()));
+    check_phone(b, "103 cancelled", &pbx);
+    check_phone(c, "104 cancelled", &pbx);
+    check_phone(a, "102 answered", &pbx);
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs[0]["answered_by"], "102");
+    assert_eq!(cdrs[0]["legs"].as_array().map(|l| l.len()), Some(4));
+}
+
+#[test]
+fn hold_and_resume_reinvites_pass_across() {
+    let pbx = Pbx::start(CONFIG);
+    let p = phone(&pbx, "102", "call_phone_hold.xml", &[]);
+    let run = call(&pbx, "call_uac_hold.xml", "102", &[]);
+    assert!(run.ok, "caller:\n{}\n{}", run.output, tail(&pbx.log_text()));
+    check_phone(p, "callee sees sendonly then sendrecv", &pbx);
+}
+
+#[test]
+fn blind_transfer_by_refer() {
+    let pbx = Pbx::start(CONFIG);
+    let target = phone(&pbx, "103", "call_phone_answer.xml", &[]);
+    let transferor = phone(
+        &pbx,
+        "102",
+        "call_phone_refer.xml",
+        &["-key", "target", "103"],
+    );
+    let run = call(&pbx, "call_uac.xml", "102", &["-d", "2500"]);
+    assert!(
+        run.ok,
+        "caller stays connected, then hangs up:\n{}\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    check_phone(transferor, "transferor: 202, NOTIFY 100/200, BYE", &pbx);
+    check_phone(
+        target,
+        "transfer target answered and got the caller's BYE",
+        &pbx,
+    );
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs[0]["transferred_to"], "103", "{}", cdrs[0]);
+}
+
+/// Minimal raw SIP over UDP for the doorbell (identified by its source address, no digest).
+fn recv_msg(s: &UdpSocket) -> Option<String> {
+    let mut buf = vec![0u8; 65536];
+    let n = s.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn hdr(msg: &str, name: &str) -> Option<String> {
+    msg.lines().take_while(|l| !l.is_empty()).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn ipv4_doorbell_to_ipv6_phone_rtp_flows_both_ways_through_the_relay() {
+    let pbx = Pbx::start(CONFIG);
+    let p = phone(&pbx, "102", "call_phone_answer.xml", &["-rtp_echo"]);
+    let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sip.connect(pbx.v4()).unwrap();
+    sip.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rtp.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let me = sip.local_addr().unwrap();
+    let sdp = format!(
+        "v=0\r\no=door 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+        rtp.local_addr().unwrap().port()
+    );
+    let invite = format!(
+        "INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor1;rport\r\nMax-Forwards: 70\r\n\
+         From: \"Door\" <sip:190@127.0.0.1>;tag=door\r\nTo: <sip:1@127.0.0.1>\r\nCall-ID: doorbell-1@test\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:190@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    sip.send(invite.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let ok = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no 200 OK:\n{}",
+            tail(&pbx.log_text())
+        );
+        let Some(m) = recv_msg(&sip) else { continue };
+        if m.starts_with("SIP/2.0 200") {
+            break m;
+        }
+        assert!(m.starts_with("SIP/2.0 1"), "unexpected: {m}");
+    };
+    assert!(
+        ok.contains("c=IN IP4 127.0.0.1"),
+        "IPv4 SDP for the IPv4 leg:\n{ok}"
+    );
+    assert!(
+        !ok.contains("::1"),
+        "no IPv6 address leaks to the doorbell:\n{ok}"
+    );
+    let body = ok.split("\r\n\r\n").nth(1).unwrap_or("");
+    let port: u16 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("m= port");
+    let relay: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let to = hdr(&ok, "To").unwrap();
+    let contact = hdr(&ok, "Contact").unwrap();
+    let ruri = contact
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    let ack = format!(
+        "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor2;rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
+         To: {to}\r\nCall-ID: doorbell-1@test\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    sip.send(ack.as_bytes()).unwrap();
+    // 40 PCMU packets to the relay; SIPp echoes them back through it.
+    let mut echoed = 0;
+    for i in 0..40u16 {
+        let mut pkt = vec![0x80u8, 0x00];
+        pkt.extend_from_slice(&i.to_be_bytes());
+        pkt.extend_from_slice(&(u32::from(i) * 160).to_be_bytes());
+        pkt.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        pkt.extend(std::iter::repeat_n(0xffu8, 160));
+        rtp.send_to(&pkt, relay).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        rtp.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = rtp.recv_from(&mut buf) {
+            assert_eq!(from, relay, "media comes back from the relay");
+            echoed += 1;
+        }
+        rtp.set_nonblocking(false).unwrap();
+    }
+    let mut buf = [0u8; 2048];
+    while rtp.recv_from(&mut buf).is_ok() {
+        echoed += 1;
+    }
+    let bye = format!(
+        "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor3;rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
+         To: {to}\r\nCall-ID: doorbell-1@test\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    sip.send(bye.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "no 200 for BYE");
+        if recv_msg(&sip).is_some_and(|m| m.starts_with("SIP/2.0 200") && m.contains("BYE")) {
+            break;
+        }
+    }
+    let logs = check_phone(p, "IPv6 phone", &pbx);
+    assert!(
+        logs.contains("c=IN IP6 ::1"),
+        "IPv6 SDP for the IPv6 leg:\n{logs}"
+    );
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    let c = &cdrs[0];
+    assert_eq!(c["caller"], "190");
+    assert!(
+        echoed > 10,
+        "RTP echoed back through the relay: {echoed} packets\n{c}\n{logs}"
+    );
+    let legs = c["legs"].as_array().expect("legs");
+    assert!(
+        legs[0]["remote"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{c}"
+    );
+    assert!(
+        legs[1]["remote"].as_str().unwrap().starts_with("[::1]:"),
+        "{c}"
+    );
+    assert!(
+        legs[0]["media"]["rtp_packets"].as_u64().unwrap() >= 30,
+        "relay counted the doorbell's RTP: {c}"
+    );
+    assert!(
+        legs[1]["media"]["rtp_packets"].as_u64().unwrap() > 10,
+        "relay counted the phone's echo: {c}"
+    );
+}
+
+#[test]
+fn reload_valid_edit_applies_to_next_call_invalid_edit_keeps_old_plan() {
+    let pbx = Pbx::start(CONFIG);
+    let run = call(&pbx, "call_uac_fail.xml", "700", &[]);
+    assert!(run.output.contains("FINAL-486"), "{}", run.output);
+    let path = pbx.dir.path().join("podpbx.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("status = 486", "status = 503")).unwrap();
+    let wait_for = |needle: &str, count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while pbx.log_text().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "no '{needle}' in the log:\n{}",
+                tail(&pbx.log_text())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("configuration reloaded", 1);
+    let run = call(&pbx, "call_uac_fail.xml", "700", &[]);
+    assert!(
+        run.output.contains("FINAL-503"),
+        "new plan for the next call:\n{}",
+        run.output
+    );
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("action = \"reject\"", "action = \"rejct\""),
+    )
+    .unwrap();
+    wait_for("configuration reload rejected", 1);
+    let run = call(&pbx, "call_uac_fail.xml", "700", &[]);
+    assert!(
+        run.output.contains("FINAL-503"),
+        "old plan kept:\n{}",
+        run.output
+    );
+}

@@ -1,0 +1,3 @@
+//! Hostile traffic against the running binary (being written).
+
+mod common;
