@@ -1,4 +1,4 @@
-//! IPv4/IPv6 network prefixes (`2001:db8::/32`, `192.0.2.0/24`).
+//! IPv4/IPv6 network prefixes (`2001:db8::/32`, `198.51.100.0/24`).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -69,7 +69,7 @@ impl Cidr {
     }
 
     /// Whether `ip` lies in this network. IPv4-mapped IPv6 addresses
-    /// (`::ffff:192.0.2.1`) match IPv4 networks.
+    /// (`::ffff:198.51.100.1`) match IPv4 networks.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -166,8 +166,8 @@ mod tests {
     #[test]
     fn parse_and_display() {
         assert_eq!(c("2001:db8::/32").to_string(), "2001:db8::/32");
-        assert_eq!(c("192.0.2.0/24").to_string(), "192.0.2.0/24");
-        assert_eq!(c("192.0.2.7").prefix(), 32);
+        assert_eq!(c("198.51.100.0/24").to_string(), "198.51.100.0/24");
+        assert_eq!(c("198.51.100.7").prefix(), 32);
         assert_eq!(c("2001:db8::1").prefix(), 128);
         assert_eq!(c("0.0.0.0/0").prefix(), 0);
         assert_eq!(c("::/0").prefix(), 0);
@@ -178,8 +178,8 @@ mod tests {
     fn parse_errors() {
         let err = |s: &str| s.parse::<Cidr>().expect_err("must fail").0;
         assert_eq!(
-            err("192.0.2.5/24"),
-            "host bits are set in `192.0.2.5/24`, did you mean `192.0.2.0/24`?"
+            err("198.51.100.5/24"),
+            "host bits are set in `198.51.100.5/24`, did you mean `198.51.100.0/24`?"
         );
         assert_eq!(
             err("10.0.0.0/33"),
@@ -208,16 +208,16 @@ mod tests {
         let v6 = c("2001:db8:1234::/48");
         assert!(v6.contains(ip("2001:db8:1234:5::1")));
         assert!(!v6.contains(ip("2001:db8:1235::1")));
-        assert!(!v6.contains(ip("192.0.2.1")));
-        let v4 = c("192.0.2.0/25");
-        assert!(v4.contains(ip("192.0.2.127")));
-        assert!(!v4.contains(ip("192.0.2.128")));
-        assert!(v4.contains(ip("::ffff:192.0.2.1")));
+        assert!(!v6.contains(ip("198.51.100.1")));
+        let v4 = c("198.51.100.0/25");
+        assert!(v4.contains(ip("198.51.100.127")));
+        assert!(!v4.contains(ip("198.51.100.128")));
+        assert!(v4.contains(ip("::ffff:198.51.100.1")));
         assert!(!v4.contains(ip("2001:db8::1")));
         assert!(c("0.0.0.0/0").contains(ip("203.0.113.9")));
         assert!(c("::/0").contains(ip("fe80::1")));
-        assert!(c("192.0.2.1").contains(ip("192.0.2.1")));
-        assert!(!c("192.0.2.1").contains(ip("192.0.2.2")));
+        assert!(c("198.51.100.1").contains(ip("198.51.100.1")));
+        assert!(!c("198.51.100.1").contains(ip("198.51.100.2")));
     }
 
     #[test]

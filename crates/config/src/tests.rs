@@ -134,7 +134,7 @@ fn example_home_parses() {
         c.sip.ipv6,
         Some("2001:db8:1234:10::5060".parse().expect("ip"))
     );
-    assert_eq!(c.sip.ipv4, Some(Ipv4Addr::new(192, 0, 2, 10)));
+    assert_eq!(c.sip.ipv4, Some(Ipv4Addr::new(198, 51, 100, 10)));
     assert_eq!(c.sip.realm, "home.example");
     assert_eq!(c.log.format, LogFormat::Json);
     assert_eq!(c.registrar.qualify_interval, Some(Duration::from_secs(30)));
@@ -152,8 +152,8 @@ fn example_home_parses() {
     assert_eq!(pw("190"), None);
     let door = c.user("190").expect("door user");
     assert!(door.identify_by_source);
-    assert!(door.allows("192.0.2.50".parse().expect("ip")));
-    assert!(!door.allows("192.0.2.51".parse().expect("ip")));
+    assert!(door.allows("198.51.100.50".parse().expect("ip")));
+    assert!(!door.allows("198.51.100.51".parse().expect("ip")));
     assert_eq!(door.dtmf, Dtmf::Info);
 
     let family = c.group("family").expect("family");
@@ -278,7 +278,7 @@ fn misspelt_key_suggests_transports() {
 #[test]
 fn unknown_key_without_close_match_lists_keys() {
     assert_eq!(
-        error("[log]\nzzzzzz = 1\n[sip]\nipv4 = \"192.0.2.1\"\n"),
+        error("[log]\nzzzzzz = 1\n[sip]\nipv4 = \"198.51.100.1\"\n"),
         "t.toml:2:1: log.zzzzzz: unknown key, expected `level` or `format`"
     );
 }
@@ -453,8 +453,8 @@ fn missing_required_keys_point_at_the_table() {
 #[test]
 fn address_family_and_wildcards() {
     assert_eq!(
-        error("[sip]\nipv6 = \"192.0.2.1\"\n"),
-        "t.toml:2:8: sip.ipv6: `192.0.2.1` is an IPv4 address, expected IPv6 (put it in `sip.ipv4`)"
+        error("[sip]\nipv6 = \"198.51.100.1\"\n"),
+        "t.toml:2:8: sip.ipv6: `198.51.100.1` is an IPv4 address, expected IPv6 (put it in `sip.ipv4`)"
     );
     assert_eq!(
         error("[sip]\nipv4 = \"2001:db8::1\"\n"),
@@ -479,8 +479,8 @@ fn address_family_and_wildcards() {
         "t.toml:2:8: sip.ipv6: expected a single IPv6 address, not a network (the pod's address is a /128)"
     );
     assert_eq!(
-        error("[sip]\nipv4 = \"192.0.2.300\"\n"),
-        "t.toml:2:8: sip.ipv4: `192.0.2.300` is not a valid IPv4 address"
+        error("[sip]\nipv4 = \"198.51.100.300\"\n"),
+        "t.toml:2:8: sip.ipv4: `198.51.100.300` is not a valid IPv4 address"
     );
     assert_eq!(
         error("[sip]\nipv6 = \"ff02::1\"\n"),
@@ -731,9 +731,9 @@ fn identify_by_source() {
     );
     assert_eq!(
         error(&format!(
-            "{SIP}[[users]]\nname = \"d1\"\nidentify_by_source = true\nallow_from = [\"192.0.2.0/28\"]\n[[users]]\nname = \"d2\"\nidentify_by_source = true\nallow_from = [\"192.0.2.5\"]\n"
+            "{SIP}[[users]]\nname = \"d1\"\nidentify_by_source = true\nallow_from = [\"198.51.100.0/28\"]\n[[users]]\nname = \"d2\"\nidentify_by_source = true\nallow_from = [\"198.51.100.5\"]\n"
         )),
-        "t.toml:10:15: users[1].allow_from[0]: overlaps `192.0.2.0/28` of user `d1`: a source can identify only one user"
+        "t.toml:10:15: users[1].allow_from[0]: overlaps `198.51.100.0/28` of user `d1`: a source can identify only one user"
     );
     assert_eq!(
         error(&format!("{SIP}[[users]]\nname = \"bad name\"\npassword = \"p\"\n")),
@@ -745,13 +745,13 @@ fn identify_by_source() {
 fn trunk_checks() {
     assert_eq!(
         error(&format!(
-            "{SIP}[[trunks]]\nname = \"t\"\nhost = \"192.0.2.1\"\nfamily = \"ipv6\"\nregister = false\n"
+            "{SIP}[[trunks]]\nname = \"t\"\nhost = \"198.51.100.1\"\nfamily = \"ipv6\"\nregister = false\n"
         )),
-        "t.toml:6:10: trunks[0].family: host `192.0.2.1` is an IPv4 address"
+        "t.toml:6:10: trunks[0].family: host `198.51.100.1` is an IPv4 address"
     );
     assert_eq!(
         error(&format!(
-            "{SIP}[[trunks]]\nname = \"t\"\nhost = \"192.0.2.1\"\nregister = false\n"
+            "{SIP}[[trunks]]\nname = \"t\"\nhost = \"198.51.100.1\"\nregister = false\n"
         )),
         "t.toml:5:8: trunks[0].host: trunk uses IPv4 but `sip.ipv4` is not set"
     );

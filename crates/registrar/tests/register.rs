@@ -51,7 +51,7 @@ fn flow(src: &str) -> Flow {
     Flow {
         source: src.parse::<SocketAddr>().expect("addr"),
         transport: Transport::Udp,
-        local: "192.0.2.1:5060".parse().expect("addr"),
+        local: "198.51.100.1:5060".parse().expect("addr"),
         conn_id: 0,
     }
 }
@@ -647,7 +647,7 @@ fn refresh_keeps_binding_and_instance_reg_id_match() {
     let o = e.register(
         100,
         Req::new("1001").contact(moved).cseq(5),
-        "192.0.2.99:4000",
+        "198.51.100.99:4000",
         "1001",
         "secret",
     );
@@ -661,7 +661,7 @@ fn refresh_keeps_binding_and_instance_reg_id_match() {
         Some("<urn:uuid:00000000-0000-1000-8000-000A95A0E128>")
     );
     assert_eq!(b[0].reg_id, Some(1));
-    assert_eq!(b[0].flow.source.to_string(), "192.0.2.99:4000");
+    assert_eq!(b[0].flow.source.to_string(), "198.51.100.99:4000");
     assert_eq!(b[0].registered_at, e.w0);
     // URI comparison: host case-insensitive.
     let o = e.register(
@@ -748,9 +748,9 @@ fn doorbell_with_different_from_user_binds_to_auth_and_to_user() {
     let o = e.register(
         0,
         Req::new("door")
-            .contact("<sip:evil@192.0.2.66>")
+            .contact("<sip:evil@198.51.100.66>")
             .call_id("x"),
-        "192.0.2.66:5060",
+        "198.51.100.66:5060",
         "1001",
         "secret",
     );
@@ -886,7 +886,7 @@ fn foreign_scheme_malformed_and_other_realm() {
 #[test]
 fn domain_check() {
     let mut s = settings();
-    s.domains = vec!["pbx.example".into(), "192.0.2.1".into()];
+    s.domains = vec!["pbx.example".into(), "198.51.100.1".into()];
     let mut e = env_with(s);
     let o = e.send(0, &Req::new("1001").contact(C1), PHONE);
     assert!(matches!(o.reply, Reply::Challenge { .. }));
@@ -900,7 +900,7 @@ fn domain_check() {
     let text = Req::new("1001")
         .contact(C1)
         .text()
-        .replace("To: <sip:1001@pbx.example>", "To: <sip:1001@192.0.2.1>");
+        .replace("To: <sip:1001@pbx.example>", "To: <sip:1001@198.51.100.1>");
     let msg = Message::parse(Bytes::from(text), Framing::Datagram).expect("parse");
     let o = e.reg.handle_register(e.t0, e.w0, &msg, flow(PHONE));
     assert!(matches!(o.reply, Reply::Challenge { .. }));

@@ -458,6 +458,12 @@ fn take(params: &mut Vec<RawParam>, name: &str) -> Option<String> {
     Some(params.swap_remove(pos).value)
 }
 
+/// Writes an unquoted token value (`algorithm`, `qop`, `nc`) with CR and LF dropped, like
+/// [`push_quoted`]: parsed values may carry them (a quoted-string may), a header value may not.
+fn push_token(out: &mut String, value: &str) {
+    out.extend(value.chars().filter(|c| *c != '\r' && *c != '\n'));
+}
+
 /// Writes `"value"` with `"` and `\` escaped.
 fn push_quoted(out: &mut String, value: &str) {
     out.push('"');
@@ -554,7 +560,7 @@ impl Challenge {
         }
         if let Some(a) = &self.algorithm {
             s.push_str(", algorithm=");
-            s.push_str(a);
+            push_token(&mut s, a);
         }
         if !self.qop.is_empty() {
             s.push_str(", qop=");
@@ -656,7 +662,7 @@ impl Credentials {
         push_quoted(&mut s, &self.response);
         if let Some(a) = &self.algorithm {
             s.push_str(", algorithm=");
-            s.push_str(a);
+            push_token(&mut s, a);
         }
         if let Some(c) = &self.cnonce {
             s.push_str(", cnonce=");
@@ -668,11 +674,11 @@ impl Credentials {
         }
         if let Some(q) = &self.qop {
             s.push_str(", qop=");
-            s.push_str(q);
+            push_token(&mut s, q);
         }
         if let Some(nc) = &self.nc {
             s.push_str(", nc=");
-            s.push_str(nc);
+            push_token(&mut s, nc);
         }
         if self.userhash {
             s.push_str(", userhash=true");

@@ -1,0 +1,590 @@
+//! Black-box trunk call tests: the real podpbx binary, a real Kamailio as the provider
+//! (`tests/common/kamailio.rs`: registrar with digest, source-address check, DID routing to the
+//! registered contact, 407-challenged outbound calls relayed to a SIPp UAS standing in for the
+//! PSTN), SIPp phones and a SIPp "carrier" on the PSTN side.
+//!
+//! Layout on loopback: podpbx is pinned to `::1` and `127.0.0.1`; its trunk goes to Kamailio
+//! over IPv6 (`::1`, Kamailio's only subscriber source) and the trunk's `networks` is `::1/128`,
+//! so the local phones and callers use IPv4 (a `::1` phone would count as the provider). The
+//! PSTN side (carrier UAC, UAS) is on `127.0.0.1`, Kamailio's carrier source.
+//!
+//! Status mapping for calls out through a trunk (what the phone gets):
+//! * the provider's `486`/`600` (busy), `404`/`484`/`604` (number unknown), `480`, `403`,
+//!   `603`, other `4xx`/`6xx`: passed through;
+//! * `5xx` (the provider or the far end failed; Kamailio turns a relayed `503` into `500`),
+//!   `408` and no answer at all (Timer B), `401`/`407` that the trunk credentials do not
+//!   satisfy: `503 Service Unavailable` (a trunk problem, not the callee's answer);
+//! * trunk not registered (e.g. the provider refuses our source address with `403`, or wrong
+//!   credentials): `503` at once, nothing is sent to the provider.
+
+mod common;
+
+use common::kamailio::{Account, Kamailio, ProviderConfig, Source};
+use common::*;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const USER: &str = "trunkuser";
+const PASSWORD: &str = "Tr0nk-secret";
+const DID: &str = "4930123456";
+const CALLER_ID: &str = "+4930123";
+const PSTN_CALLER: &str = "+4917012345";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip literal")
+}
+
+/// The provider: our account with its DID, podpbx (`::1`) as subscriber, `127.0.0.1` as carrier.
+fn provider(f: impl FnOnce(&mut ProviderConfig)) -> Kamailio {
+    let mut cfg = ProviderConfig {
+        accounts: vec![Account::new(USER, PASSWORD).did(DID)],
+        subscribers: vec![Source::host(ip("::1"))],
+        carriers: vec![Source::host(ip("127.0.0.1"))],
+        ..ProviderConfig::default()
+    };
+    f(&mut cfg);
+    Kamailio::start(&cfg)
+}
+
+/// Users 101 (caller) and 102 (phone), trunk `provider` to Kamailio on `kam_port`, the DID
+/// ringing 102, `0...` out through the trunk as `+49...`; `extra` is appended.
+fn pbx_config(kam_port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[security]
+trusted_networks = ["127.0.0.0/8", "::1/128"]
+
+[[users]]
+name = "101"
+password = "pw-101"
+
+[[users]]
+name = "102"
+password = "pw-102"
+
+[[trunks]]
+name = "provider"
+host = "::1"
+port = {kam_port}
+transport = "udp"
+username = "{USER}"
+password = "{PASSWORD}"
+expiry_secs = 120
+dids = ["{DID}"]
+caller_id = "{CALLER_ID}"
+networks = ["::1/128"]
+
+[[dialplan]]
+name = "did"
+match = {{ did = "{DID}" }}
+action = "ring"
+targets = ["102"]
+timeout_secs = 10
+
+[[dialplan]]
+name = "national"
+match = {{ prefix = "0", from = "local" }}
+action = "trunk"
+trunk = "provider"
+strip = 1
+prepend = "+49"
+
+[[dialplan]]
+name = "ext"
+match = {{ pattern = "_1XX", from = "local" }}
+action = "local"
+timeout_secs = 5
+{extra}"#
+    )
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Waits until Kamailio holds our binding and podpbx reports the trunk registered.
+fn wait_registered(pbx: &Pbx, kam: &Kamailio, trunk: &str) {
+    wait_for("provider binding", Duration::from_secs(10), || {
+        kam.binding(USER).is_some()
+    });
+    let series = format!("podpbx_trunk_registered{{trunk=\"{trunk}\"}}");
+    wait_for("trunk registered in podpbx", Duration::from_secs(5), || {
+        metric(&http_get(pbx.admin, "/metrics").1, &series) == Some(1.0)
+    });
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
+}
+
+fn cdr_file(pbx: &Pbx) -> std::path::PathBuf {
+    pbx.dir.path().join("cdr.jsonl")
+}
+
+/// Kamailio's one-line-per-request log entries for `method` (see route[LOG] in provider.cfg).
+fn provider_requests(kam: &Kamailio, method: &str) -> Vec<String> {
+    let needle = format!("provider: {method} ");
+    kam.log_text()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs the SIPp caller as 101 (digest through podpbx's 407) over IPv4, dialling `number`.
+fn call(pbx: &Pbx, scenario: &str, number: &str, extra: &[&str]) -> SippRun {
+    let mut args = vec![
+        "-s",
+        number,
+        "-au",
+        "101",
+        "-ap",
+        "pw-101",
+        "-key",
+        "caller",
+        "101",
+        "-trace_logs",
+    ];
+    args.extend_from_slice(extra);
+    sipp(scenario, pbx.v4(), "u1", &args)
+}
+
+/// True while some socket is bound to UDP `port` (from /proc/net/udp{,6}).
+fn udp_bound(port: u16) -> bool {
+    let needle = format!(":{port:04X} ");
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|f| {
+        std::fs::read_to_string(f).unwrap_or_default().lines().skip(1).any(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|local| format!("{local} ").ends_with(&needle))
+        })
+    })
+}
+
+/// A SIPp UAS (the PSTN behind the provider) running in the background on `addr`.
+struct Uas {
+    child: Option<ChildGuard>,
+    dir: TempDir,
+}
+
+impl Uas {
+    fn start(scenario: &str, addr: SocketAddr, extra: &[&str]) -> Uas {
+        let dir = TempDir::new("uas");
+        let media_port = loop {
+            let p = free_port();
+            if p % 2 == 0 && p != addr.port() && UdpSocket::bind((addr.ip(), p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let child = Command::new("sipp")
+            .arg("-sf")
+            .arg(root().join("tests/sipp").join(scenario))
+            .args(["-i", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args(["-mp", &media_port.to_string(), "-t", "u1", "-m", "1", "-nostdin"])
+            .args(["-timeout", "30s", "-timeout_error"])
+            .args(["-trace_msg", "-trace_logs", "-trace_err"])
+            .args(extra)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run sipp (is the sip-tester package installed?)");
+        let uas = Uas {
+            child: Some(ChildGuard(child)),
+            dir,
+        };
+        wait_for("the SIPp UAS to bind", Duration::from_secs(5), || {
+            udp_bound(addr.port())
+        });
+        uas
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "log") {
+                out.push_str(&format!("\n--- {} ---\n", p.display()));
+                out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// Waits (bounded) for the scenario to end; true if SIPp exited with success.
+    fn finish(mut self, limit: Duration) -> (bool, String) {
+        let deadline = Instant::now() + limit;
+        let mut ok = false;
+        if let Some(c) = self.child.as_mut() {
+            while Instant::now() < deadline {
+                if let Ok(Some(st)) = c.0.try_wait() {
+                    ok = st.success();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        drop(self.child.take());
+        (ok, self.logs())
+    }
+}
+
+/// Reads datagrams until a final response (bounded); returns it.
+fn final_response(peer: &UdpPeer) -> Vec<u8> {
+    for _ in 0..10 {
+        let Some(m) = peer.recv() else { break };
+        if status(&m) >= 200 {
+            return m;
+        }
+    }
+    panic!("no final response");
+}
+
+/// ACK for a non-2xx final response to `invite` (same branch, the response's To).
+fn ack_for(invite: &str, resp: &[u8]) -> String {
+    let line = |name: &str| {
+        invite
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let ruri = invite
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or_default();
+    let to = header(resp, "To").unwrap_or_default();
+    format!(
+        "ACK {ruri} SIP/2.0\r\n{}\r\nMax-Forwards: 70\r\n{}\r\nTo: {to}\r\n{}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        line("Via:"),
+        line("From:"),
+        line("Call-ID:"),
+    )
+}
+
+/// Case 1: a local phone calls out through the trunk; podpbx answers the provider's 407 with
+/// the trunk credentials, the number is rewritten, the caller ID set, media anchored, the ACK
+/// and BYE follow the provider's Record-Route.
+#[test]
+fn outbound_call_through_the_provider() {
+    let uas_addr = SocketAddr::new(ip("127.0.0.1"), free_port());
+    let kam = provider(|c| c.uas = Some(uas_addr));
+    let pbx = Pbx::start(&pbx_config(kam.port, ""));
+    wait_registered(&pbx, &kam, "provider");
+    let uas = Uas::start("trunk_uas.xml", uas_addr, &[]);
+    let run = call(&pbx, "call_uac.xml", "0301234567", &["-d", "500"]);
+    let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && uas_ok,
+        "caller:\n{}\n--- UAS ---\n{uas_logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+        tail(&kam.log_text())
+    );
+    // The number rewrite (strip 1, prepend +49) and the trunk's caller ID reached the PSTN.
+    assert!(
+        uas_logs.contains("ruri_user=+49301234567 to_user=+49301234567"),
+        "{uas_logs}"
+    );
+    assert!(
+        uas_logs.contains(&format!("from_user={CALLER_ID} ")),
+        "{uas_logs}"
+    );
+    // The INVITE that got through is the authenticated re-send: same dialog, CSeq + 1.
+    assert!(uas_logs.contains("cseq=2 "), "{uas_logs}");
+    // Media anchored: the IPv4 caller's SDP reaches the IPv6 trunk as our relay's address.
+    assert!(
+        uas_logs.contains("UAS-SDP o=podpbx ") && uas_logs.contains("| c=IN IP6 ::1 |"),
+        "SDP towards the provider carries our address:\n{uas_logs}"
+    );
+    assert!(
+        run.output.contains("c=IN IP4 127.0.0.1"),
+        "{}",
+        run.output
+    );
+    // What the provider saw: the INVITE twice (407, then with credentials), ACK and BYE, all
+    // from our pinned IPv6 address and SIP port.
+    let from_us = format!("from ::1:{} ", pbx.port);
+    let invites = provider_requests(&kam, "INVITE");
+    assert_eq!(invites.len(), 2, "{invites:?}");
+    for l in invites
+        .iter()
+        .chain(&provider_requests(&kam, "ACK"))
+        .chain(&provider_requests(&kam, "BYE"))
+    {
+        assert!(l.contains(&from_us), "sent from the pinned address: {l}");
+    }
+    assert!(
+        invites[0].contains("INVITE sip:+49301234567@[::1]:"),
+        "{invites:?}"
+    );
+    assert!(
+        provider_requests(&kam, "ACK")
+            .iter()
+            .any(|l| l.contains("sip:uas@127.0.0.1")),
+        "the ACK for the 2xx goes through the provider to the UAS's Contact:\n{}",
+        kam.log_text()
+    );
+    assert_eq!(provider_requests(&kam, "BYE").len(), 1);
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    let c = &cdrs[0];
+    assert_eq!(c["disposition"], "answered", "{c}");
+    assert_eq!(c["caller"], "101");
+    assert_eq!(c["callee"], "0301234567");
+    assert_eq!(c["rule"], "national");
+    assert_eq!(c["answered_by"], "provider");
+    assert_eq!(c["hangup_by"], "caller");
+    let legs = c["legs"].as_array().expect("legs");
+    assert_eq!(legs[1]["remote"], format!("[::1]:{}", kam.port), "{c}");
+    assert_eq!(legs[1]["local"], format!("[::1]:{}", pbx.port), "{c}");
+}
+
+/// Case 2: the PSTN calls our DID at the provider; the provider delivers it to our registered
+/// contact, the dialplan rings a registered phone, which answers; BYE from the PSTN side.
+#[test]
+fn inbound_did_call_rings_a_registered_phone() {
+    let kam = provider(|_| {});
+    let pbx = Pbx::start(&pbx_config(kam.port, ""));
+    wait_registered(&pbx, &kam, "provider");
+    let phone = Phone::start(pbx.v4(), "102", "pw-102", "call_phone_answer.xml", &[]);
+    let run = sipp(
+        "trunk_carrier_uac.xml",
+        kam.addr_v4(),
+        "u1",
+        &["-s", DID, "-key", "caller", PSTN_CALLER, "-d", "500"],
+    );
+    let (phone_ok, logs) = phone.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && phone_ok,
+        "carrier:\n{}\n--- phone ---\n{logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+        tail(&kam.log_text())
+    );
+    // The phone sees the PSTN caller's number and our IPv4 media address.
+    assert!(
+        logs.contains(&format!("<sip:{PSTN_CALLER}@")),
+        "caller ID passed to the phone:\n{logs}"
+    );
+    assert!(logs.contains("c=IN IP4 127.0.0.1"), "{logs}");
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    let c = &cdrs[0];
+    assert_eq!(c["disposition"], "answered", "{c}");
+    assert_eq!(c["trunk"], "provider", "{c}");
+    assert_eq!(c["callee"], DID, "{c}");
+    assert_eq!(c["caller"], PSTN_CALLER, "{c}");
+    assert_eq!(c["rule"], "did", "{c}");
+    assert_eq!(c["answered_by"], "102", "{c}");
+    assert_eq!(c["hangup_by"], "caller", "{c}");
+    let legs = c["legs"].as_array().expect("legs");
+    assert_eq!(legs[0]["party"], "provider", "{c}");
+    assert_eq!(legs[0]["remote"], format!("[::1]:{}", kam.port), "{c}");
+}
+
+/// Case 3: what the far end or the provider answers maps to a clear status for the phone.
+#[test]
+fn provider_failures_map_to_clear_statuses() {
+    let uas_addr = SocketAddr::new(ip("127.0.0.1"), free_port());
+    let kam = provider(|c| c.uas = Some(uas_addr));
+    // A second provider account without a route to the PSTN (it answers 503 itself).
+    let kam2 = provider(|_| {});
+    let extra = format!(
+        r#"
+[[trunks]]
+name = "nopstn"
+host = "::1"
+port = {}
+username = "{USER}"
+password = "{PASSWORD}"
+expiry_secs = 120
+
+[[dialplan]]
+name = "via-nopstn"
+match = {{ prefix = "8", from = "local" }}
+action = "trunk"
+trunk = "nopstn"
+strip = 1
+prepend = "+49"
+"#,
+        kam2.port
+    );
+    let pbx = Pbx::start(&pbx_config(kam.port, &extra));
+    wait_registered(&pbx, &kam, "provider");
+    wait_registered(&pbx, &kam2, "nopstn");
+    for (code, reason, expect) in [
+        ("486", "Busy Here", "FINAL-486"),
+        ("404", "Not Found", "FINAL-404"),
+        ("503", "Service Unavailable", "FINAL-503"),
+    ] {
+        let uas = Uas::start(
+            "trunk_uas_fail.xml",
+            uas_addr,
+            &["-key", "status", code, "-key", "reason", reason],
+        );
+        let run = call(&pbx, "call_uac_fail.xml", "0301234567", &[]);
+        let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+        assert!(
+            run.output.contains(expect) && uas_ok,
+            "far end {code} -> {expect}:\n{}\n--- UAS ---\n{uas_logs}\n--- podpbx ---\n{}",
+            run.output,
+            tail(&pbx.log_text())
+        );
+    }
+    let run = call(&pbx, "call_uac_fail.xml", "8301234567", &[]);
+    assert!(
+        run.output.contains("FINAL-503"),
+        "provider without a route answers 503 -> 503:\n{}\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    assert_eq!(provider_requests(&kam2, "INVITE").len(), 2, "407, then 503");
+    let cdrs = cdrs(&cdr_file(&pbx), 4, Duration::from_secs(5));
+    let d: Vec<(&str, u64)> = cdrs
+        .iter()
+        .map(|c| {
+            (
+                c["disposition"].as_str().unwrap_or(""),
+                c["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        d,
+        vec![
+            ("busy", 486),
+            ("rejected", 404),
+            ("failed", 503),
+            ("failed", 503)
+        ]
+    );
+}
+
+/// Cases 3 and 5: a provider that refuses our source address (403 to the REGISTER) leaves the
+/// trunk down; calls out get 503 at once and nothing reaches the provider.
+#[test]
+fn refused_source_address_leaves_the_trunk_down_and_calls_get_503_unsent() {
+    // The provider's access list holds some other address, not our ::1.
+    let kam = provider(|c| c.subscribers = vec![Source::host(ip("127.0.0.9"))]);
+    let pbx = Pbx::start(&pbx_config(kam.port, ""));
+    wait_for("the provider's 403", Duration::from_secs(10), || {
+        kam.log_text().contains("refused REGISTER from ::1")
+    });
+    wait_for("trunk state credentials-rejected", Duration::from_secs(5), || {
+        let (_, out, _) = ctl(&["--admin", &pbx.admin.to_string(), "trunks"]);
+        out.contains("credentials-rejected") && out.contains("403")
+    });
+    let metrics = http_get(pbx.admin, "/metrics").1;
+    assert_eq!(
+        metric(&metrics, "podpbx_trunk_registered{trunk=\"provider\"}"),
+        Some(0.0)
+    );
+    assert_eq!(http_get(pbx.admin, "/readyz").0, 503);
+    let started = Instant::now();
+    let run = call(&pbx, "call_uac_fail.xml", "0301234567", &[]);
+    assert!(
+        run.output.contains("FINAL-503"),
+        "trunk down -> 503:\n{}\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "at once");
+    assert!(
+        provider_requests(&kam, "INVITE").is_empty(),
+        "nothing sent to the provider:\n{}",
+        kam.log_text()
+    );
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs[0]["disposition"], "failed", "{}", cdrs[0]);
+}
+
+/// Case 4: no toll fraud. An unauthenticated caller cannot reach the trunk (407 and nothing
+/// else), a DID call from an address that is not the provider's is not a trunk call, and a
+/// call from the provider cannot go back out through the trunk.
+#[test]
+fn toll_fraud_guard() {
+    // The PSTN stand-in is a plain socket: nothing may ever arrive there.
+    let pstn = UdpSocket::bind("127.0.0.1:0").expect("bind pstn watch socket");
+    pstn.set_nonblocking(true).expect("nonblocking");
+    let pstn_addr = pstn.local_addr().expect("local addr");
+    let kam = provider(|c| c.uas = Some(pstn_addr));
+    let pbx = Pbx::start(&pbx_config(kam.port, ""));
+    wait_registered(&pbx, &kam, "provider");
+
+    // 1. An external number from a non-trunk source without credentials: 407, then silence.
+    let v4 = UdpPeer::new(pbx.v4());
+    let invite = request(
+        "INVITE",
+        &format!("sip:0301234567@{}", pbx.v4()),
+        v4.local(),
+        "UDP",
+        "z9hG4bKfraud1",
+        &format!("Contact: <sip:attacker@{}>\r\n", v4.local()),
+    );
+    v4.send(invite.as_bytes());
+    let resp = final_response(&v4);
+    assert_eq!(status(&resp), 407, "{}", String::from_utf8_lossy(&resp));
+    v4.send(ack_for(&invite, &resp).as_bytes());
+    v4.expect_silence(Duration::from_millis(1500));
+
+    // 2. Our DID in the Request-URI, but from an address outside the trunk's networks: not
+    //    a trunk call, so it has to authenticate like anyone else.
+    let invite = request(
+        "INVITE",
+        &format!("sip:{DID}@{}", pbx.v4()),
+        v4.local(),
+        "UDP",
+        "z9hG4bKfraud2",
+        &format!("Contact: <sip:{PSTN_CALLER}@{}>\r\n", v4.local()),
+    );
+    v4.send(invite.as_bytes());
+    let resp = final_response(&v4);
+    assert_eq!(
+        status(&resp),
+        407,
+        "a claimed trunk call from elsewhere is challenged: {}",
+        String::from_utf8_lossy(&resp)
+    );
+    v4.send(ack_for(&invite, &resp).as_bytes());
+
+    // 3. From the provider's network to an external number: the dialplan sends only local
+    //    callers out (no hairpin through the trunk).
+    let v6 = UdpPeer::new(pbx.v6());
+    let invite = request(
+        "INVITE",
+        &format!("sip:0301234567@{}", pbx.v6()),
+        v6.local(),
+        "UDP",
+        "z9hG4bKfraud3",
+        &format!("Contact: <sip:x@{}>\r\n", v6.local()),
+    );
+    v6.send(invite.as_bytes());
+    let resp = final_response(&v6);
+    assert_eq!(status(&resp), 404, "{}", String::from_utf8_lossy(&resp));
+    v6.send(ack_for(&invite, &resp).as_bytes());
+
+    std::thread::sleep(Duration::from_millis(300));
+    let mut buf = [0u8; 2048];
+    assert!(pstn.recv_from(&mut buf).is_err(), "nothing reached the PSTN");
+    assert!(
+        provider_requests(&kam, "INVITE").is_empty(),
+        "the provider saw no INVITE:\n{}",
+        kam.log_text()
+    );
+    let log = pbx.log_text();
+    assert!(!log.contains("new call"), "no call was set up:\n{}", tail(&log));
+}
