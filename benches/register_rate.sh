@@ -22,6 +22,7 @@
 #          SERVER_CORE=0 SIPP_CORE=1 KAM_CHILDREN=1 (Kamailio UDP workers) KAM_TM=1 (Kamailio
 #          creates a transaction per REGISTER, as podpbx does; default stateless)
 #          ONLY=podpbx|kamailio (one server only) KEEP=1 (keep the work directory and logs)
+#          PRIO=1 (run server and SIPp at nice -10: less disturbed by other work on a shared host)
 #          IDLE_SECS=40 (after the steps, wait this long, then memory once more: podpbx keeps every
 #          server transaction for Timer J, 32 s over UDP, so memory right after a burst includes them)
 set -euo pipefail
@@ -41,6 +42,7 @@ KAM_TM=${KAM_TM:-0}
 ONLY=${ONLY:-}
 KEEP=${KEEP:-0}
 IDLE_SECS=${IDLE_SECS:-0}
+PRIO=${PRIO:-0}
 REALM=bench.test
 HZ=$(getconf CLK_TCK)
 
@@ -140,6 +142,8 @@ sed -e "s#@MPATH@#$mpath/#" -e "s#@CTL@#$work/kam.ctl#" -e "s#@DBDIR@#$work/kamd
     -e "s#@REALM@#$REALM#g" benches/kamailio/registrar.cfg > "$work/kamailio.cfg"
 kam_defs=()
 [ "$KAM_TM" = 1 ] && kam_defs=(-A WITH_TM)
+prio=()
+[ "$PRIO" = 1 ] && prio=(nice -n -10)
 kamailio -f "$work/kamailio.cfg" "${kam_defs[@]}" -c >"$work/kamcheck.out" 2>&1 \
     || { cat "$work/kamcheck.out" >&2; die "Kamailio rejects benches/kamailio/registrar.cfg"; }
 
@@ -162,6 +166,9 @@ cpu_ticks() {
     done
     echo "$total"
 }
+
+# Busy ticks (user + nice + system + steal) of one CPU, from /proc/stat.
+core_busy() { awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $9}' /proc/stat; }
 
 # "rss_kb hwm_kb pss_kb processes" summed over a process and its children.
 mem_kb() {
@@ -202,9 +209,9 @@ start_server() {
     port_busy && die "UDP port $PORT is already in use (another run? set PORT=...)"
     if [ "$name" = podpbx ]; then
         rm -f "$work/pbxdata/bindings.json"
-        taskset -c "$SERVER_CORE" "$BIN" run --config "$work/podpbx.toml" 2>>"$work/podpbx.log" &
+        "${prio[@]}" taskset -c "$SERVER_CORE" "$BIN" run --config "$work/podpbx.toml" 2>>"$work/podpbx.log" &
     else
-        taskset -c "$SERVER_CORE" kamailio -f "$work/kamailio.cfg" "${kam_defs[@]}" -DD -E \
+        "${prio[@]}" taskset -c "$SERVER_CORE" kamailio -f "$work/kamailio.cfg" "${kam_defs[@]}" -DD -E \
             -l "udp:127.0.0.1:$PORT" -n "$KAM_CHILDREN" -m 256 -M 16 >>"$work/kamailio.log" 2>&1 &
     fi
     SRV=$!
@@ -238,28 +245,42 @@ stat_elapsed() {
     awk -F';' 'END { split($1, a, "\t"); split($3, b, "\t"); printf "%.3f", b[3] - a[3] }' "$1"
 }
 
+# Mean of SIPp's response time 1 (first REGISTER to 200) in ms; SIPp writes HH:MM:SS:usec.
+stat_rtt_ms() {
+    stat_col "$1" 'ResponseTime1(C)' | awk -F':' 'NF == 4 {printf "%.1f", ($1 * 3600 + $2 * 60 + $3) * 1000 + $4 / 1000; next} {print "nan"}'
+}
+
 # run_sipp server round phase rate count -> one results line:
-#   server round phase rate count ok elapsed_s server_ticks sipp_ticks retrans
+#   server round phase rate count ok elapsed_s server_ticks sipp_ticks retrans mean_round_ms
+#   unexpected_answer_failures timeout_failures other_load_%_server_core other_load_%_sipp_core
 run_sipp() {
     local server=$1 round=$2 phase=$3 rate=$4 n=$5 tag="$1-r$2-$3-$4"
-    local limit=$((n / rate * 3 + 15)) t0 t1 sipp_ticks ok retrans elapsed
+    local limit=$((n / rate * 3 + 15)) t0 t1 sipp_ticks ok retrans elapsed unexp tmo bs0 bs1 bp0 bp1 w0 w1 noise
+    bs0=$(core_busy "$SERVER_CORE"); bp0=$(core_busy "$SIPP_CORE"); w0=$(date +%s%N)
     t0=$(cpu_ticks "$SRV")
     # cutime+cstime of this subshell after waiting for timeout (and timeout for SIPp): SIPp's CPU.
     sipp_ticks=$(
-        timeout "$limit" taskset -c "$SIPP_CORE" sipp 127.0.0.1:"$PORT" -sf benches/sipp/register_auth.xml \
+        timeout "$limit" "${prio[@]}" taskset -c "$SIPP_CORE" sipp 127.0.0.1:"$PORT" -sf benches/sipp/register_auth.xml \
             -inf "$work/users.csv" -key domain "$REALM" -i 127.0.0.1 -p "$SIPP_PORT" -t u1 \
-            -m "$n" -r "$rate" -l 15000 -recv_timeout 5000 -nostdin \
+            -m "$n" -r "$rate" -l 15000 -recv_timeout 5000 -default_behaviors abortunexp -nostdin \
             -trace_stat -stf "$work/$tag.csv" -fd 1 -trace_err -error_file "$work/$tag.err" \
             -max_log_size 1000000 >"$work/$tag.out" 2>&1 || true
         awk '{print $16 + $17}' "/proc/$BASHPID/stat"
     )
     t1=$(cpu_ticks "$SRV")
+    bs1=$(core_busy "$SERVER_CORE"); bp1=$(core_busy "$SIPP_CORE"); w1=$(date +%s%N)
+    # Noise: % of each core used by other processes (other engineers' builds) during the run.
+    noise=$(awk -v hz="$HZ" -v w=$(( (w1 - w0) / 1000000 )) -v s=$((bs1 - bs0 - (t1 - t0))) -v p=$((bp1 - bp0 - sipp_ticks)) \
+        'BEGIN {s = s < 0 ? 0 : s; p = p < 0 ? 0 : p; printf "%.0f %.0f", s / hz / (w / 1000) * 100, p / hz / (w / 1000) * 100}')
     kill -0 "$SRV" 2>/dev/null || die "$server died during $phase at $rate/s (see $work/$server.log)"
     [ -s "$work/$tag.csv" ] || die "SIPp wrote no statistics for $tag (see $work/$tag.out)"
     ok=$(stat_col "$work/$tag.csv" 'SuccessfulCall(C)')
     retrans=$(stat_col "$work/$tag.csv" 'Retransmissions(C)')
     elapsed=$(stat_elapsed "$work/$tag.csv")
-    echo "$server $round $phase $rate $n $ok $elapsed $((t1 - t0)) $sipp_ticks $retrans" | tee -a "$work/results"
+    unexp=$(stat_col "$work/$tag.csv" 'FailedUnexpectedMessage(C)')
+    tmo=$(( $(stat_col "$work/$tag.csv" 'FailedTimeoutOnRecv(C)') + $(stat_col "$work/$tag.csv" 'FailedMaxUDPRetrans(C)') ))
+    echo "$server $round $phase $rate $n $ok $elapsed $((t1 - t0)) $sipp_ticks $retrans $(stat_rtt_ms "$work/$tag.csv") $unexp $tmo $noise" \
+        | tee -a "$work/results"
     # Keep the first unexpected answers for the report.
     if [ -s "$work/$tag.err" ]; then
         grep -ao "received 'SIP/2.0 [0-9]* [^']*" "$work/$tag.err" | sed 's/\r//' | cut -c10- \
@@ -302,13 +323,13 @@ session() { # server round
 
 servers=(podpbx kamailio)
 [ -n "$ONLY" ] && servers=("$ONLY")
-start=$(date +%s)
+SECONDS=0
 for round in $(seq 1 "$ROUNDS"); do
     order=("${servers[@]}")
     if [ $((round % 2)) = 0 ] && [ ${#servers[@]} = 2 ]; then order=(kamailio podpbx); fi
     for s in "${order[@]}"; do session "$s" "$round"; done
 done
-took=$(($(date +%s) - start))
+took=$SECONDS
 
 # ---------------------------------------------------------------------------------------------
 # Report: medians over rounds
@@ -317,6 +338,17 @@ median() { sort -g | awk '{a[NR] = $1} END {if (!NR) print "nan"; else if (NR % 
 # col server phase rate expr -> median of expr over rounds (fields as in run_sipp's line).
 med() {
     awk -v s="$1" -v ph="$2" -v r="$3" -v hz="$HZ" "\$1 == s && \$3 == ph && \$4 == r { print $4 }" "$work/results" | median
+}
+# The same over the rounds where that run had < 1 % failures (a round disturbed by other load, or
+# an overloaded server, retransmits and fails calls, which skews CPU per REGISTER); all rounds
+# when none qualifies. valid server phase rate -> "k/n".
+medv() {
+    if [ "$(valid "$1" "$2" "$3" | cut -d/ -f1)" = 0 ]; then med "$@"; return; fi
+    awk -v s="$1" -v ph="$2" -v r="$3" -v hz="$HZ" "\$1 == s && \$3 == ph && \$4 == r && (\$5 - \$6) * 100 / \$5 < 1 { print $4 }" "$work/results" | median
+}
+valid() {
+    awk -v s="$1" -v ph="$2" -v r="$3" '$1 == s && $3 == ph && $4 == r {n++; if (($5 - $6) * 100 / $5 < 1) k++}
+        END {printf "%d/%d", k, n}' "$work/results"
 }
 ACH='$6 / $7'                                  # successful REGISTERs per second
 FAIL='($5 - $6) * 100 / $5'                    # % of offered not ending in 200
@@ -331,18 +363,23 @@ echo "   server on core $SERVER_CORE, SIPp on core $SIPP_CORE; medians of $ROUND
 echo "   podpbx: $("$BIN" --version 2>/dev/null | head -1); reference: $(kamailio -v | head -1 | cut -d' ' -f2-3)" \
     "(auth_db/db_text, usrloc db_mode 0, children=$KAM_CHILDREN$([ "$KAM_TM" = 1 ] && echo ', t_newtran'))"
 echo
-echo "[1] Rate steps ($STEP_SECS s of REGISTERs each; cpu = % of one core)"
-printf '%-9s | %-44s | %-44s\n' "" "podpbx" "kamailio"
-printf '%-9s | %9s %7s %7s %8s %8s | %9s %7s %7s %8s %8s\n' offered "achieved" "fail%" "retr" "srv cpu" "sipp cpu" \
-    "achieved" "fail%" "retr" "srv cpu" "sipp cpu"
+echo "[1] Rate steps, $STEP_SECS s of REGISTERs each, with $USERS bindings in place. achieved = 200s per second"
+echo "    over the step; retr = SIPp retransmissions (an answer later than 500 ms); rtt_ms = mean time of"
+echo "    the whole round (REGISTER .. 200); cpu = % of one core"
+printf '%-8s | %-51s | %-51s\n' "" "podpbx" "kamailio"
+printf '%-8s |%s |%s\n' offered "$(printf ' %8s %6s %6s %7s %8s %8s' achieved fail% retr rtt_ms "srv cpu" "sipp cpu")" \
+    "$(printf ' %8s %6s %6s %7s %8s %8s' achieved fail% retr rtt_ms "srv cpu" "sipp cpu")"
 for rate in $STEPS; do
-    line=$(printf '%-9s |' "$rate/s")
+    line=$(printf '%-8s |' "$rate/s")
     for s in podpbx kamailio; do
-        if grep -q "^$s [0-9]* step $rate " "$work/results"; then
-            line+=" $(f "$(med $s step $rate "$ACH")" 9 0) $(f "$(med $s step $rate "$FAIL")" 7 2)"
-            line+=" $(f "$(med $s step $rate '$10')" 7 0) $(f "$(med $s step $rate "$SCPU")" 7 0)% $(f "$(med $s step $rate "$PCPU")" 7 0)% |"
+        if ! grep -q "^$s " "$work/results"; then
+            line+="$(printf ' %50s |' '(not run)')"
+        elif grep -q "^$s [0-9]* step $rate " "$work/results"; then
+            line+=" $(f "$(med $s step $rate "$ACH")" 8 0) $(f "$(med $s step $rate "$FAIL")" 6 2)"
+            line+=" $(f "$(med $s step $rate '$10')" 6 0) $(f "$(med $s step $rate '$11')" 7 1)"
+            line+=" $(f "$(med $s step $rate "$SCPU")" 7 0)% $(f "$(med $s step $rate "$PCPU")" 7 0)% |"
         else
-            line+="$(printf ' %43s |' '(not run: previous step >= 1% failures)')"
+            line+="$(printf ' %50s |' '(not run: the previous step had >= 1 % failures)')"
         fi
     done
     echo "$line"
@@ -359,23 +396,39 @@ for s in podpbx kamailio; do
     who="neither side at >= 85 % CPU"
     if [ "$scpu" -ge 85 ] && [ "$scpu" -ge "$pcpu" ]; then who="the server ($scpu % CPU)";
     elif [ "$pcpu" -ge 85 ]; then who="SIPp ($pcpu % CPU)"; fi
-    printf '%-8s ceiling (< 1 %% failures): %s REGISTER/s (%s SIP requests/s); at the top step %s/s: %s %% failed, server %s %%, SIPp %s %% -> saturated: %s\n' \
-        "$s" "$(f "$ceil" 1 0)" "$(f "$(echo "$ceil * 2" | bc -l)" 1 0)" "$top" "$(f "$(med "$s" step "$top" "$FAIL")" 1 2)" \
-        "$scpu" "$pcpu" "$who"
+    printf '%-8s ceiling (< 1 %% failures): %s REGISTER/s (%s SIP requests/s)\n' "$s" "$(f "$ceil" 1 0)" "$(f "$(echo "$ceil * 2" | bc -l)" 1 0)"
+    printf '%-8s   top step %s/s: %s %% failed (%s unexpected answers, %s timeouts), server %s %% CPU, SIPp %s %% -> saturated: %s\n' \
+        "" "$top" "$(f "$(med "$s" step "$top" "$FAIL")" 1 2)" "$(f "$(med "$s" step "$top" '$12')" 1 0)" \
+        "$(f "$(med "$s" step "$top" '$13')" 1 0)" "$scpu" "$pcpu" "$who"
 done
 echo
-echo "[2] Server CPU per 10 000 authenticated REGISTERs at $RATE/s ($USERS users, each once)"
+echo "[2] Server CPU seconds per 10 000 authenticated REGISTERs at $RATE/s (medians over the rounds with < 1 % failures)"
+echo "    a) first registration of $USERS users (0 -> $USERS bindings)"
 for s in podpbx kamailio; do
     grep -q "^$s " "$work/results" || continue
-    printf '%-8s %7.3f cpu-s/10k  (completed %s of %s, failures %s %%, retrans %s, server %s %% of a core, SIPp %s %%)\n' "$s" \
-        "$(med $s fixed "$RATE" "$PER10K")" "$(med $s fixed "$RATE" '$6')" "$USERS" "$(f "$(med $s fixed "$RATE" "$FAIL")" 1 2)" \
-        "$(med $s fixed "$RATE" '$10')" "$(f "$(med $s fixed "$RATE" "$SCPU")" 1 0)" "$(f "$(med $s fixed "$RATE" "$PCPU")" 1 0)"
+    printf '%-8s %7.3f cpu-s/10k  (%s rounds valid; failures %s %%, retrans %s, rtt %s ms, server %s %% of a core, SIPp %s %%)\n' "$s" \
+        "$(medv $s fixed "$RATE" "$PER10K")" "$(valid $s fixed "$RATE")" "$(f "$(med $s fixed "$RATE" "$FAIL")" 1 2)" \
+        "$(med $s fixed "$RATE" '$10')" "$(f "$(medv $s fixed "$RATE" '$11')" 1 1)" "$(f "$(medv $s fixed "$RATE" "$SCPU")" 1 0)" \
+        "$(f "$(medv $s fixed "$RATE" "$PCPU")" 1 0)"
 done
+if grep -q " step $RATE " "$work/results"; then
+    echo "    b) re-registration with $USERS bindings in place (the $RATE/s step, $((RATE * STEP_SECS)) REGISTERs)"
+    for s in podpbx kamailio; do
+        grep -q "^$s [0-9]* step $RATE " "$work/results" || continue
+        printf '%-8s %7.3f cpu-s/10k  (%s rounds valid; failures %s %%, rtt %s ms, server %s %% of a core)\n' "$s" \
+            "$(medv $s step "$RATE" "$PER10K")" "$(valid $s step "$RATE")" "$(f "$(med $s step "$RATE" "$FAIL")" 1 2)" \
+            "$(f "$(medv $s step "$RATE" '$11')" 1 1)" "$(f "$(medv $s step "$RATE" "$SCPU")" 1 0)"
+    done
+fi
 if grep -q '^podpbx ' "$work/results" && grep -q '^kamailio ' "$work/results"; then
-    a=$(med podpbx fixed "$RATE" "$PER10K"); b=$(med kamailio fixed "$RATE" "$PER10K")
-    echo "ratio podpbx/kamailio CPU per REGISTER: $(printf '%.2f' "$(echo "$a / $b" | bc -l)") (target <= 1: lower is better)"
-    echo "per-round podpbx/kamailio: $(awk -v hz="$HZ" -v r="$RATE" '$3 == "fixed" && $4 == r {c[$1 " " $2] = $8 / $6}
-        END {for (k in c) {split(k, x, " "); if (x[1] == "podpbx" && ("kamailio " x[2]) in c) printf "r%s %.2f  ", x[2], c[k] / c["kamailio " x[2]]}}' "$work/results")"
+    for ph in fixed step; do
+        grep -q "^podpbx [0-9]* $ph $RATE " "$work/results" && grep -q "^kamailio [0-9]* $ph $RATE " "$work/results" || continue
+        a=$(medv podpbx $ph "$RATE" "$PER10K"); b=$(medv kamailio $ph "$RATE" "$PER10K")
+        printf 'ratio podpbx/kamailio CPU per REGISTER, %s: %.2f (target <= 1: lower is better); per round: %s\n' \
+            "$([ $ph = fixed ] && echo "a) first registration" || echo "b) with $USERS bindings")" "$(echo "$a / $b" | bc -l)" \
+            "$(awk -v r="$RATE" -v ph=$ph '$3 == ph && $4 == r {c[$1 " " $2] = $8 / $6}
+                END {for (k in c) {split(k, x, " "); if (x[1] == "podpbx" && ("kamailio " x[2]) in c) printf "r%s %.2f  ", x[2], c[k] / c["kamailio " x[2]]}}' "$work/results")"
+    done
 fi
 echo
 echo "[3] Memory (MB): before load -> after $USERS bindings"
@@ -408,7 +461,18 @@ if grep -q '^podpbx ' "$work/results" && grep -q '^kamailio ' "$work/results"; t
         "$(memcol kamailio '($10 - $6) * 1024 / '"$USERS")" "$(memcol kamailio '($13 - $12) * 1024 / '"$USERS")"
 fi
 echo
-echo "[4] Logs"
+echo "[4] Noise: other processes' use of the server core / SIPp core during the runs (median, max):"
+for s in podpbx kamailio; do
+    grep -q "^$s " "$work/results" || continue
+    printf '%-8s server core %s %% (max %s %%), SIPp core %s %% (max %s %%)\n' "$s" \
+        "$(awk -v s=$s '$1 == s && $3 != "mem" && $3 != "idle" {print $14}' "$work/results" | median)" \
+        "$(awk -v s=$s '$1 == s && $3 != "mem" && $3 != "idle" {print $14}' "$work/results" | sort -n | tail -1)" \
+        "$(awk -v s=$s '$1 == s && $3 != "mem" && $3 != "idle" {print $15}' "$work/results" | median)" \
+        "$(awk -v s=$s '$1 == s && $3 != "mem" && $3 != "idle" {print $15}' "$work/results" | sort -n | tail -1)"
+done
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "[5] Logs"
 for s in podpbx kamailio; do
     [ -f "$work/$s.log" ] || continue
     n=$(grep -acE 'WARN|ERROR|CRITICAL' "$work/$s.log" || true)
@@ -419,5 +483,7 @@ for s in podpbx kamailio; do
 done
 [ -s "$work/oddities" ] && { echo "SIPp unexpected answers (first lines per run):"; cat "$work/oddities"; }
 echo
-echo "raw results: server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans (CLK_TCK=$HZ)"
+echo "raw results: server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans rtt_ms unexpected timeouts"
+echo "             other_load_%_server_core other_load_%_sipp_core (CLK_TCK=$HZ);"
+echo "             server round mem rss hwm pss nproc (before) rss hwm pss nproc (after) shm_kb_before shm_kb_after bindings"
 cat "$work/results"

@@ -21,6 +21,23 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Prints a report line and keeps it for `target/tmp/hostile.txt` (`cargo test` hides the
+/// output of passing tests).
+macro_rules! say {
+    ($out:ident, $($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        println!("{line}");
+        $out.push_str(&line);
+        $out.push('\n');
+    }};
+}
+
+fn keep_report(name: &str, text: &str) {
+    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::write(&p, text);
+    println!("(report written to {})", p.display());
+}
+
 /// One hostile test at a time (each measures latency or memory of its own podpbx).
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -44,7 +61,9 @@ password = "hall-1002-q9"
 fn start_pbx(extra: &str) -> Pbx {
     let port = free_port();
     let dir = TempDir::new("hostile");
-    let admin_port = std::iter::repeat_with(free_port).find(|p| *p != port).unwrap();
+    let admin_port = std::iter::repeat_with(free_port)
+        .find(|p| *p != port)
+        .unwrap();
     let config = format!(
         "[sip]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\nport = {port}\ntransports = [\"udp\", \"tcp\"]\n{extra}\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[storage]\ndata_dir = \"{}\"\n",
@@ -61,11 +80,21 @@ fn start_pbx(extra: &str) -> Pbx {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn podpbx");
-    let mut pbx = Pbx { child, port, dir, log, admin: admin_listen(&config) };
+    let mut pbx = Pbx {
+        child,
+        port,
+        dir,
+        log,
+        admin: admin_listen(&config),
+    };
     let deadline = Instant::now() + Duration::from_secs(15);
     while !pbx.log_text().contains("podpbx ready") {
         assert!(pbx.alive(), "podpbx exited early:\n{}", pbx.log_text());
-        assert!(Instant::now() < deadline, "podpbx not ready:\n{}", pbx.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "podpbx not ready:\n{}",
+            pbx.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     pbx
@@ -89,9 +118,21 @@ fn host(a: SocketAddr) -> String {
 
 /// A request as scanners send them: unique branch/Call-ID, `User-Agent: friendly-scanner`.
 #[allow(clippy::too_many_arguments)]
-fn scanner_request(method: &str, ruri: &str, to: &str, local: SocketAddr, n: usize, extra: &str, body: &str) -> String {
+fn scanner_request(
+    method: &str,
+    ruri: &str,
+    to: &str,
+    local: SocketAddr,
+    n: usize,
+    extra: &str,
+    body: &str,
+) -> String {
     let h = host(local);
-    let ct = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\r\n".into() };
+    let ct = if body.is_empty() {
+        String::new()
+    } else {
+        "Content-Type: application/sdp\r\n".into()
+    };
     format!(
         "{method} {ruri} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {h}:{port};branch=z9hG4bK-scan-{n}-{method};rport\r\n\
@@ -112,7 +153,12 @@ fn scanner_request(method: &str, ruri: &str, to: &str, local: SocketAddr, n: usi
 
 fn code_of(resp: &[u8]) -> Option<u16> {
     let line = resp.split(|&b| b == b'\n').next()?;
-    std::str::from_utf8(line).ok()?.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+    std::str::from_utf8(line)
+        .ok()?
+        .strip_prefix("SIP/2.0 ")?
+        .get(..3)?
+        .parse()
+        .ok()
 }
 
 fn recv_timeout(sock: &UdpSocket, t: Duration) -> Option<Vec<u8>> {
@@ -126,7 +172,9 @@ fn responses_for(sock: &UdpSocket, call_id: &str, t: Duration) -> Vec<Vec<u8>> {
     let deadline = Instant::now() + t;
     let mut got = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Some(r) = recv_timeout(sock, left.max(Duration::from_millis(1))) else { break };
+        let Some(r) = recv_timeout(sock, left.max(Duration::from_millis(1))) else {
+            break;
+        };
         if header(&r, "Call-ID").as_deref() != Some(call_id) {
             continue;
         }
@@ -151,18 +199,31 @@ struct Phone {
 
 impl Phone {
     fn new(target: SocketAddr, user: &str, password: &str) -> Phone {
-        let bind = if target.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+        let bind = if target.is_ipv4() {
+            "127.0.0.1:0"
+        } else {
+            "[::1]:0"
+        };
         let sock = UdpSocket::bind(bind).unwrap();
         sock.connect(target).unwrap();
         let call_id = format!("phone-{}-{}", user, sock.local_addr().unwrap().port());
-        Phone { sock, target, user: user.into(), client: DigestClient::new(user, password, b"phone-seed".to_vec()), cseq: 0, call_id }
+        Phone {
+            sock,
+            target,
+            user: user.into(),
+            client: DigestClient::new(user, password, b"phone-seed".to_vec()),
+            cseq: 0,
+            call_id,
+        }
     }
 
     fn request(&mut self, auth: Option<&str>) -> String {
         self.cseq += 1;
         let local = self.sock.local_addr().unwrap();
         let (h, th) = (host(local), host(self.target));
-        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
         format!(
             "REGISTER sip:{th} SIP/2.0\r\n\
              Via: SIP/2.0/UDP {h}:{port};branch=z9hG4bK-phone-{cseq}-{port};rport\r\n\
@@ -187,7 +248,12 @@ impl Phone {
     fn register(&mut self, limit: Duration) -> Option<(u16, Duration)> {
         let start = Instant::now();
         let uri = format!("sip:{}", host(self.target));
-        let auth = self.client.current().is_some().then(|| self.client.authorization("REGISTER", &uri, b"")).flatten();
+        let auth = self
+            .client
+            .current()
+            .is_some()
+            .then(|| self.client.authorization("REGISTER", &uri, b""))
+            .flatten();
         let mut req = self.request(auth.as_deref());
         for _ in 0..3 {
             self.sock.send(req.as_bytes()).unwrap();
@@ -221,11 +287,16 @@ fn metrics(pbx: &Pbx) -> String {
 #[test]
 fn scanner_replay_is_refused_then_blocked_and_memory_stays_bounded() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = String::new();
     let pbx = start_pbx(CONFIG);
     let pid = pbx.child.id();
     // Warm up (first allocations of the runtime, registrar, metrics) before the baseline.
     let mut warm = Phone::new(pbx.v4(), "1002", "hall-1002-q9");
-    assert_eq!(warm.register(Duration::from_secs(3)).map(|r| r.0), Some(200), "warm-up registration");
+    assert_eq!(
+        warm.register(Duration::from_secs(3)).map(|r| r.0),
+        Some(200),
+        "warm-up registration"
+    );
     let _ = http_get(pbx.admin, "/metrics");
     std::thread::sleep(Duration::from_millis(300));
     let rss_before = rss_kb(pid);
@@ -242,13 +313,28 @@ fn scanner_replay_is_refused_then_blocked_and_memory_stays_bounded() {
         let ruri = format!("sip:{}@{th}", 100 + n);
         let req = scanner_request("OPTIONS", &ruri, &format!("<{ruri}>"), local, n, "", "");
         scanner.send(req.as_bytes()).unwrap();
-        let got = responses_for(&scanner, &format!("scan-{n}-OPTIONS@{}", host(local)), Duration::from_millis(500));
+        let got = responses_for(
+            &scanner,
+            &format!("scan-{n}-OPTIONS@{}", host(local)),
+            Duration::from_millis(500),
+        );
         options_answered += usize::from(got.iter().any(|r| code_of(r).is_some_and(|c| c >= 200)));
     }
 
     // 2. INVITEs to external numbers without credentials.
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0 8\r\n";
-    let numbers = ["0049301234567", "+441632960123", "00972599123456", "9011441632960", "011447700900123", "+8613800138000", "1001", "900", "0", "*97"];
+    let numbers = [
+        "0049301234567",
+        "+441632960123",
+        "00972599123456",
+        "9011441632960",
+        "011447700900123",
+        "+8613800138000",
+        "1001",
+        "900",
+        "0",
+        "*97",
+    ];
     let mut invite_codes: Vec<(String, Vec<u16>)> = Vec::new();
     for (i, num) in numbers.iter().cycle().take(40).enumerate() {
         let n = 1000 + i;
@@ -256,7 +342,11 @@ fn scanner_replay_is_refused_then_blocked_and_memory_stays_bounded() {
         let body = if i % 2 == 0 { sdp } else { "" };
         let req = scanner_request("INVITE", &ruri, &format!("<{ruri}>"), local, n, "", body);
         scanner.send(req.as_bytes()).unwrap();
-        let got = responses_for(&scanner, &format!("scan-{n}-INVITE@{}", host(local)), Duration::from_millis(1500));
+        let got = responses_for(
+            &scanner,
+            &format!("scan-{n}-INVITE@{}", host(local)),
+            Duration::from_millis(1500),
+        );
         invite_codes.push((ruri, got.iter().filter_map(|r| code_of(r)).collect()));
     }
 
@@ -271,7 +361,11 @@ fn scanner_replay_is_refused_then_blocked_and_memory_stays_bounded() {
         if Instant::now() > brute_deadline {
             break;
         }
-        let user = if attempt % 10 == 0 { "1001".to_string() } else { format!("{}", 2000 + attempt % 100) };
+        let user = if attempt % 10 == 0 {
+            "1001".to_string()
+        } else {
+            format!("{}", 2000 + attempt % 100)
+        };
         let n = 5000 + attempt;
         let aor = format!("<sip:{user}@{th}>");
         let req = scanner_request("REGISTER", &format!("sip:{th}"), &aor, local, n, "", "");
@@ -289,11 +383,24 @@ fn scanner_replay_is_refused_then_blocked_and_memory_stays_bounded() {
         answered += 1;
         let mut cl = DigestClient::new(&user, format!("guess{attempt}"), b"svcrack".to_vec());
         cl.on_challenge(&[challenge]).expect("usable challenge");
-        let auth = cl.authorization("REGISTER", &format!("sip:{th}"), b"").unwrap();
-        let req = scanner_request("REGISTER", &format!("sip:{th}"), &aor, local, n + 100_000, &format!("Authorization: {auth}\r\n"), "");
+        let auth = cl
+            .authorization("REGISTER", &format!("sip:{th}"), b"")
+            .unwrap();
+        let req = scanner_request(
+            "REGISTER",
+            &format!("sip:{th}"),
+            &aor,
+            local,
+            n + 100_000,
+            &format!("Authorization: {auth}\r\n"),
+            "",
+        );
         scanner.send(req.as_bytes()).unwrap();
         let cid = format!("scan-{}-REGISTER@{}", n + 100_000, host(local));
-        match responses_for(&scanner, &cid, Duration::from_millis(500)).last().and_then(|r| code_of(r)) {
+        match responses_for(&scanner, &cid, Duration::from_millis(500))
+            .last()
+            .and_then(|r| code_of(r))
+        {
             Some(code) => assert!(matches!(code, 401 | 403), "a guessed password got {code}"),
             None => {
                 silent += 1;
@@ -304,9 +411,21 @@ fn scanner_replay_is_refused_then_blocked_and_memory_stays_bounded() {
     let scan_secs = started.elapsed().as_secs_f64();
 
     // The scanner's source is blocked now: silence even for OPTIONS.
-    let req = scanner_request("OPTIONS", &format!("sip:{th}"), &format!("<sip:{th}>"), local, 99_999, "", "");
+    let req = scanner_request(
+        "OPTIONS",
+        &format!("sip:{th}"),
+        &format!("<sip:{th}>"),
+        local,
+        99_999,
+        "",
+        "",
+    );
     scanner.send(req.as_bytes()).unwrap();
-    let after_block = responses_for(&scanner, &format!("scan-99999-OPTIONS@{}", host(local)), Duration::from_millis(700));
+    let after_block = responses_for(
+        &scanner,
+        &format!("scan-99999-OPTIONS@{}", host(local)),
+        Duration::from_millis(700),
+    );
 
     // Another source (IPv6 loopback) still registers.
     let mut phone = Phone::new(pbx.v6(), "1001", "kitchen-1001-x7");
@@ -318,20 +437,35 @@ fn scanner_replay_is_refused_then_blocked_and_memory_stays_bounded() {
     let blocked_sources = metric(&m, "podpbx_blocked_sources").unwrap_or(-1.0);
     let blocked_requests = metric(&m, "podpbx_sip_blocked_requests_total").unwrap_or(-1.0);
 
-    println!("scanner replay ({scan_secs:.1} s):");
-    println!("  OPTIONS sweep: {options_answered}/300 answered");
+    say!(out, "scanner replay ({scan_secs:.1} s):");
+    say!(out, "  OPTIONS sweep: {options_answered}/300 answered");
     for (ruri, codes) in invite_codes.iter().take(10) {
-        println!("  INVITE {ruri}: {codes:?}");
+        say!(out, "  INVITE {ruri}: {codes:?}");
     }
-    println!("  REGISTER brute force: {answered} challenges answered with a guess, blocked at attempt {blocked_at:?} ({silent} unanswered)");
-    println!("  blocked source gets: {:?}", after_block.iter().filter_map(|r| code_of(r)).collect::<Vec<_>>());
-    println!("  metrics: podpbx_sip_blocked_requests_total {blocked_requests}, podpbx_blocked_sources {blocked_sources} (gauge not fed by the server yet)");
-    println!("  phone on [::1] after the attack: {reg:?}");
-    println!("  RSS before {rss_before} kB, after {rss_after} kB, growth {} kB", rss_after as i64 - rss_before as i64);
+    say!(out, "  REGISTER brute force: {answered} challenges answered with a guess, blocked at attempt {blocked_at:?} ({silent} unanswered)");
+    say!(
+        out,
+        "  blocked source gets: {:?}",
+        after_block
+            .iter()
+            .filter_map(|r| code_of(r))
+            .collect::<Vec<_>>()
+    );
+    say!(out, "  metrics: podpbx_sip_blocked_requests_total {blocked_requests}, podpbx_blocked_sources {blocked_sources} (gauge not fed by the server yet)");
+    say!(out, "  phone on [::1] after the attack: {reg:?}");
+    say!(
+        out,
+        "  RSS before {rss_before} kB, after {rss_after} kB, growth {} kB",
+        rss_after as i64 - rss_before as i64
+    );
 
+    keep_report("hostile-scanner.txt", &out);
     let mut pbx = pbx;
     assert!(pbx.alive(), "podpbx still running");
-    assert!(options_answered >= 290, "the OPTIONS sweep is answered while not blocked: {options_answered}/300");
+    assert!(
+        options_answered >= 290,
+        "the OPTIONS sweep is answered while not blocked: {options_answered}/300"
+    );
     for (ruri, codes) in &invite_codes {
         assert!(!codes.is_empty(), "INVITE {ruri} got no answer at all");
         for c in codes {
@@ -343,14 +477,27 @@ fn scanner_replay_is_refused_then_blocked_and_memory_stays_bounded() {
     }
     let blocked_at = blocked_at.expect("the brute-forcing source is blocked");
     // 20 failures allowed: the 20th guess (attempt 19) triggers the block.
-    assert!(blocked_at <= 25, "blocked after about max_auth_failures = 20 guesses, not {blocked_at}");
+    assert!(
+        blocked_at <= 25,
+        "blocked after about max_auth_failures = 20 guesses, not {blocked_at}"
+    );
     assert!(after_block.is_empty(), "a blocked source gets silence");
     // `podpbx_blocked_sources` is printed but not asserted: the gauge is registered in
     // metrics.rs but nothing in the server sets it yet (it reads 0 while a source is blocked).
-    assert!(blocked_requests >= 1.0, "dropped requests from the blocked source are counted");
-    assert_eq!(reg.map(|r| r.0), Some(200), "a phone on another source still registers");
+    assert!(
+        blocked_requests >= 1.0,
+        "dropped requests from the blocked source are counted"
+    );
+    assert_eq!(
+        reg.map(|r| r.0),
+        Some(200),
+        "a phone on another source still registers"
+    );
     let growth = rss_after as i64 - rss_before as i64;
-    assert!(growth < 4 * 1024, "RSS grew by {growth} kB during the scan (before {rss_before} kB, after {rss_after} kB)");
+    assert!(
+        growth < 4 * 1024,
+        "RSS grew by {growth} kB during the scan (before {rss_before} kB, after {rss_after} kB)"
+    );
     assert!(!pbx.log_text().contains("panicked"));
 }
 
@@ -364,25 +511,33 @@ fn garbage(i: usize) -> Vec<u8> {
         x
     };
     match i % 4 {
-        0 => (0..(64 + next() % 1200) as usize).map(|_| next() as u8).collect(),
+        0 => (0..(64 + next() % 1200) as usize)
+            .map(|_| next() as u8)
+            .collect(),
         1 => b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP \x00\xff\r\nFrom: <<<\r\n\r\n".to_vec(),
         2 => {
             let mut v = b"REGISTER sip:127.0.0.1 SIP/2.0\r\nContent-Length: 99999\r\n".to_vec();
             v.extend(std::iter::repeat_n(b'A', (next() % 1000) as usize));
             v
         }
-        _ => b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 255.255.255.255;branch=z9hG4bKbcast\r\n\r\n".to_vec(),
+        _ => b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 255.255.255.255;branch=z9hG4bKbcast\r\n\r\n"
+            .to_vec(),
     }
 }
 
 #[test]
 fn floods_do_not_starve_a_registered_phone() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = String::new();
     // No brute-force block here: the flood must be absorbed by the signalling path itself.
     let pbx = start_pbx(&CONFIG.replace("max_auth_failures = 20", "max_auth_failures = 0"));
     let pid = pbx.child.id();
     let mut phone = Phone::new(pbx.v6(), "1001", "kitchen-1001-x7");
-    assert_eq!(phone.register(Duration::from_secs(3)).map(|r| r.0), Some(200), "phone registered");
+    assert_eq!(
+        phone.register(Duration::from_secs(3)).map(|r| r.0),
+        Some(200),
+        "phone registered"
+    );
     std::thread::sleep(Duration::from_millis(200));
     let rss_before = rss_kb(pid);
     let target = pbx.v4();
@@ -404,8 +559,26 @@ fn floods_do_not_starve_a_registered_phone() {
             }
             let data = match i % 3 {
                 0 => garbage(i),
-                1 => scanner_request("INVITE", &format!("sip:00{}@{th}", 4930_0000 + i), &format!("<sip:00{i}@{th}>"), local, i, "", "").into_bytes(),
-                _ => scanner_request("REGISTER", &format!("sip:{th}"), &format!("<sip:{}@{th}>", 3000 + i % 500), local, i, "", "").into_bytes(),
+                1 => scanner_request(
+                    "INVITE",
+                    &format!("sip:00{}@{th}", 4930_0000 + i),
+                    &format!("<sip:00{i}@{th}>"),
+                    local,
+                    i,
+                    "",
+                    "",
+                )
+                .into_bytes(),
+                _ => scanner_request(
+                    "REGISTER",
+                    &format!("sip:{th}"),
+                    &format!("<sip:{}@{th}>", 3000 + i % 500),
+                    local,
+                    i,
+                    "",
+                    "",
+                )
+                .into_bytes(),
             };
             match sock.send(&data) {
                 Ok(_) => sent += 1,
@@ -431,25 +604,47 @@ fn floods_do_not_starve_a_registered_phone() {
         refreshes += 1;
         match phone.register(Duration::from_secs(1)) {
             Some((200, d)) => latencies.push(d),
-            other => failures.push(format!("refresh {refreshes} at {:?}: {other:?}", t0.elapsed())),
+            other => failures.push(format!(
+                "refresh {refreshes} at {:?}: {other:?}",
+                t0.elapsed()
+            )),
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     let (sent, errors, flood_time) = flood.join().unwrap();
     latencies.sort();
-    let (p50, p99, max) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99), latencies.last().copied().unwrap_or_default());
+    let (p50, p99, max) = (
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default(),
+    );
 
     // Still serving after the flood, from a fresh source.
     let peer = UdpPeer::new(pbx.v4());
-    peer.send(request("OPTIONS", "sip:127.0.0.1", peer.local(), "UDP", "z9hG4bKafterflood", "").as_bytes());
+    peer.send(
+        request(
+            "OPTIONS",
+            "sip:127.0.0.1",
+            peer.local(),
+            "UDP",
+            "z9hG4bKafterflood",
+            "",
+        )
+        .as_bytes(),
+    );
     let after = peer.recv();
     std::thread::sleep(Duration::from_millis(200));
     let rss_after = rss_kb(pid);
     let m = metrics(&pbx);
     let get = |s: &str| metric(&m, s).unwrap_or(-1.0);
 
-    println!("flood: {sent} datagrams sent in {:.2} s ({errors} send errors) from 127.0.0.1", flood_time.as_secs_f64());
-    println!(
+    say!(
+        out,
+        "flood: {sent} datagrams sent in {:.2} s ({errors} send errors) from 127.0.0.1",
+        flood_time.as_secs_f64()
+    );
+    say!(
+        out,
         "  podpbx: messages_in {}, messages_out {}, bad_requests {}, dropped_malformed {}, stray_responses {}",
         get("podpbx_sip_messages_in_total"),
         get("podpbx_sip_messages_out_total"),
@@ -457,7 +652,8 @@ fn floods_do_not_starve_a_registered_phone() {
         get("podpbx_sip_dropped_malformed_total"),
         get("podpbx_sip_stray_responses_total")
     );
-    println!(
+    say!(
+        out,
         "  phone REGISTER refreshes from [::1]: {} answered 200, {} failed; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         latencies.len(),
         failures.len(),
@@ -465,17 +661,36 @@ fn floods_do_not_starve_a_registered_phone() {
         p99.as_secs_f64() * 1e3,
         max.as_secs_f64() * 1e3
     );
-    println!("  RSS before {rss_before} kB, after {rss_after} kB ({} open transactions from the flood hold their responses for 32 s)", TOTAL * 2 / 3);
+    say!(out, "  RSS before {rss_before} kB, after {rss_after} kB ({} open transactions from the flood hold their responses for 32 s)", TOTAL * 2 / 3);
 
+    keep_report("hostile-flood.txt", &out);
     let mut pbx = pbx;
     assert!(pbx.alive(), "podpbx survived the flood");
-    assert!(sent >= TOTAL * 9 / 10, "the flood was sent ({sent}/{TOTAL})");
+    assert!(
+        sent >= TOTAL * 9 / 10,
+        "the flood was sent ({sent}/{TOTAL})"
+    );
     assert!(flood_time <= Duration::from_secs(11), "bounded burst");
-    assert!(failures.is_empty(), "every refresh answered 200 within 1 s:\n{}", failures.join("\n"));
-    assert!(latencies.len() >= 10, "enough refreshes measured: {}", latencies.len());
+    assert!(
+        failures.is_empty(),
+        "every refresh answered 200 within 1 s:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        latencies.len() >= 10,
+        "enough refreshes measured: {}",
+        latencies.len()
+    );
     assert!(max < Duration::from_secs(1));
-    assert_eq!(after.as_deref().and_then(code_of), Some(200), "OPTIONS answered after the flood");
+    assert_eq!(
+        after.as_deref().and_then(code_of),
+        Some(200),
+        "OPTIONS answered after the flood"
+    );
     // Not a leak check (the flood's INVITE/REGISTER transactions live for 64*T1), only a bound.
-    assert!(rss_after < rss_before + 256 * 1024, "RSS after the flood: {rss_after} kB (before {rss_before} kB)");
+    assert!(
+        rss_after < rss_before + 256 * 1024,
+        "RSS after the flood: {rss_after} kB (before {rss_before} kB)"
+    );
     assert!(!pbx.log_text().contains("panicked"));
 }

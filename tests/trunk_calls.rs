@@ -6,7 +6,8 @@
 //! Layout on loopback: podpbx is pinned to `::1` and `127.0.0.1`; its trunk goes to Kamailio
 //! over IPv6 (`::1`, Kamailio's only subscriber source) and the trunk's `networks` is `::1/128`,
 //! so the local phones and callers use IPv4 (a `::1` phone would count as the provider). The
-//! PSTN side (carrier UAC, UAS) is on `127.0.0.1`, Kamailio's carrier source.
+//! PSTN side (carrier UAC, UAS) signals from `127.0.0.1`, Kamailio's carrier source, with its
+//! media on `::1` like the provider-facing leg (the relay anchors each leg in one family).
 //!
 //! Status mapping for calls out through a trunk (what the phone gets):
 //! * the provider's `486`/`600` (busy), `404`/`484`/`604` (number unknown), `480`, `403`,
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant};
 const USER: &str = "trunkuser";
 const PASSWORD: &str = "Tr0nk-secret";
 const DID: &str = "4930123456";
+/// A second number on the same account, ringing another phone.
+const DID2: &str = "4930123457";
 const CALLER_ID: &str = "+4930123";
 const PSTN_CALLER: &str = "+4917012345";
 
@@ -38,7 +41,7 @@ fn ip(s: &str) -> IpAddr {
 /// The provider: our account with its DID, podpbx (`::1`) as subscriber, `127.0.0.1` as carrier.
 fn provider(f: impl FnOnce(&mut ProviderConfig)) -> Kamailio {
     let mut cfg = ProviderConfig {
-        accounts: vec![Account::new(USER, PASSWORD).did(DID)],
+        accounts: vec![Account::new(USER, PASSWORD).did(DID).did(DID2)],
         subscribers: vec![Source::host(ip("::1"))],
         carriers: vec![Source::host(ip("127.0.0.1"))],
         ..ProviderConfig::default()
@@ -47,8 +50,8 @@ fn provider(f: impl FnOnce(&mut ProviderConfig)) -> Kamailio {
     Kamailio::start(&cfg)
 }
 
-/// Users 101 (caller) and 102 (phone), trunk `provider` to Kamailio on `kam_port`, the DID
-/// ringing 102, `0...` out through the trunk as `+49...`; `extra` is appended.
+/// Users 101 (caller), 102 and 103 (phones), trunk `provider` to Kamailio on `kam_port`, the
+/// DIDs ringing 102 and 103, `0...` out through the trunk as `+49...`; `extra` is appended.
 fn pbx_config(kam_port: u16, extra: &str) -> String {
     format!(
         r#"
@@ -63,6 +66,10 @@ password = "pw-101"
 name = "102"
 password = "pw-102"
 
+[[users]]
+name = "103"
+password = "pw-103"
+
 [[trunks]]
 name = "provider"
 host = "::1"
@@ -71,7 +78,7 @@ transport = "udp"
 username = "{USER}"
 password = "{PASSWORD}"
 expiry_secs = 120
-dids = ["{DID}"]
+dids = ["{DID}", "{DID2}"]
 caller_id = "{CALLER_ID}"
 networks = ["::1/128"]
 
@@ -80,6 +87,13 @@ name = "did"
 match = {{ did = "{DID}" }}
 action = "ring"
 targets = ["102"]
+timeout_secs = 10
+
+[[dialplan]]
+name = "did2"
+match = {{ did = "{DID2}" }}
+action = "ring"
+targets = ["103"]
 timeout_secs = 10
 
 [[dialplan]]
@@ -158,14 +172,17 @@ fn call(pbx: &Pbx, scenario: &str, number: &str, extra: &[&str]) -> SippRun {
     sipp(scenario, pbx.v4(), "u1", &args)
 }
 
-/// True while some socket is bound to UDP `port` (from /proc/net/udp{,6}).
+/// True while some socket is bound to UDP `port` (from /proc/net/udp{,6}: the local address
+/// column is `HEXADDR:HEXPORT`).
 fn udp_bound(port: u16) -> bool {
-    let needle = format!(":{port:04X} ");
     ["/proc/net/udp", "/proc/net/udp6"].iter().any(|f| {
-        std::fs::read_to_string(f).unwrap_or_default().lines().skip(1).any(|l| {
+        let table = std::fs::read_to_string(f).unwrap_or_default();
+        table.lines().skip(1).any(|l| {
             l.split_whitespace()
                 .nth(1)
-                .is_some_and(|local| format!("{local} ").ends_with(&needle))
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port)
         })
     })
 }
@@ -177,11 +194,12 @@ struct Uas {
 }
 
 impl Uas {
-    fn start(scenario: &str, addr: SocketAddr, extra: &[&str]) -> Uas {
+    /// Starts `scenario` for `calls` calls.
+    fn start(scenario: &str, addr: SocketAddr, calls: u32, extra: &[&str]) -> Uas {
         let dir = TempDir::new("uas");
         let media_port = loop {
             let p = free_port();
-            if p % 2 == 0 && p != addr.port() && UdpSocket::bind((addr.ip(), p + 1)).is_ok() {
+            if p.is_multiple_of(2) && p != addr.port() && UdpSocket::bind((addr.ip(), p + 1)).is_ok() {
                 break p;
             }
         };
@@ -189,7 +207,8 @@ impl Uas {
             .arg("-sf")
             .arg(root().join("tests/sipp").join(scenario))
             .args(["-i", &addr.ip().to_string(), "-p", &addr.port().to_string()])
-            .args(["-mp", &media_port.to_string(), "-t", "u1", "-m", "1", "-nostdin"])
+            .args(["-mp", &media_port.to_string(), "-t", "u1", "-nostdin"])
+            .args(["-m", &calls.to_string()])
             .args(["-timeout", "30s", "-timeout_error"])
             .args(["-trace_msg", "-trace_logs", "-trace_err"])
             .args(extra)
@@ -286,7 +305,7 @@ fn outbound_call_through_the_provider() {
     let kam = provider(|c| c.uas = Some(uas_addr));
     let pbx = Pbx::start(&pbx_config(kam.port, ""));
     wait_registered(&pbx, &kam, "provider");
-    let uas = Uas::start("trunk_uas.xml", uas_addr, &[]);
+    let uas = Uas::start("trunk_uas.xml", uas_addr, 1, &["-mi", "::1"]);
     let run = call(&pbx, "call_uac.xml", "0301234567", &["-d", "500"]);
     let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
     assert!(
@@ -312,10 +331,11 @@ fn outbound_call_through_the_provider() {
         uas_logs.contains("UAS-SDP o=podpbx ") && uas_logs.contains("| c=IN IP6 ::1 |"),
         "SDP towards the provider carries our address:\n{uas_logs}"
     );
+    assert!(run.output.contains("c=IN IP4 127.0.0.1"), "{}", run.output);
     assert!(
-        run.output.contains("c=IN IP4 127.0.0.1"),
-        "{}",
-        run.output
+        !pbx.log_text().contains("relay set_remote"),
+        "the relay took both legs' media addresses:\n{}",
+        tail(&pbx.log_text())
     );
     // What the provider saw: the INVITE twice (407, then with credentials), ACK and BYE, all
     // from our pinned IPv6 address and SIP port.
@@ -352,6 +372,31 @@ fn outbound_call_through_the_provider() {
     let legs = c["legs"].as_array().expect("legs");
     assert_eq!(legs[1]["remote"], format!("[::1]:{}", kam.port), "{c}");
     assert_eq!(legs[1]["local"], format!("[::1]:{}", pbx.port), "{c}");
+
+    // Second call: the far end hangs up; its BYE comes through the provider to our Contact.
+    let uas = Uas::start("trunk_uas_bye.xml", uas_addr, 1, &["-mi", "::1"]);
+    let run = call(&pbx, "call_uac_wait_bye.xml", "0301234567", &[]);
+    let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && uas_ok,
+        "caller gets the far end's BYE:\n{}\n--- UAS ---\n{uas_logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+        tail(&kam.log_text())
+    );
+    assert!(
+        provider_requests(&kam, "BYE")
+            .iter()
+            .any(|l| l.contains(&format!(
+                "BYE sip:podpbx@[::1]:{} from 127.0.0.1:",
+                pbx.port
+            ))),
+        "{}",
+        kam.log_text()
+    );
+    let cdrs = common::cdrs(&cdr_file(&pbx), 2, Duration::from_secs(5));
+    assert_eq!(cdrs[1]["hangup_by"], "callee", "{}", cdrs[1]);
+    assert_eq!(cdrs[1]["disposition"], "answered", "{}", cdrs[1]);
 }
 
 /// Case 2: the PSTN calls our DID at the provider; the provider delivers it to our registered
@@ -366,7 +411,17 @@ fn inbound_did_call_rings_a_registered_phone() {
         "trunk_carrier_uac.xml",
         kam.addr_v4(),
         "u1",
-        &["-s", DID, "-key", "caller", PSTN_CALLER, "-d", "500"],
+        &[
+            "-s",
+            DID,
+            "-key",
+            "caller",
+            PSTN_CALLER,
+            "-d",
+            "500",
+            "-mi",
+            "::1",
+        ],
     );
     let (phone_ok, logs) = phone.finish(Duration::from_secs(10));
     assert!(
@@ -382,6 +437,12 @@ fn inbound_did_call_rings_a_registered_phone() {
         "caller ID passed to the phone:\n{logs}"
     );
     assert!(logs.contains("c=IN IP4 127.0.0.1"), "{logs}");
+    assert!(
+        run.output.contains("c=IN IP6 ::1") && !pbx.log_text().contains("relay set_remote"),
+        "the provider side's media anchored on IPv6:\n{}\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
     let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
     let c = &cdrs[0];
     assert_eq!(c["disposition"], "answered", "{c}");
@@ -394,6 +455,31 @@ fn inbound_did_call_rings_a_registered_phone() {
     let legs = c["legs"].as_array().expect("legs");
     assert_eq!(legs[0]["party"], "provider", "{c}");
     assert_eq!(legs[0]["remote"], format!("[::1]:{}", kam.port), "{c}");
+
+    // Second call, to the other DID: the phone hangs up; podpbx's BYE follows the provider's
+    // Record-Route set.
+    let phone = Phone::start(pbx.v4(), "103", "pw-103", "call_phone_bye.xml", &[]);
+    let run = sipp(
+        "trunk_carrier_uac_wait_bye.xml",
+        kam.addr_v4(),
+        "u1",
+        &["-s", DID2, "-key", "caller", PSTN_CALLER, "-mi", "::1"],
+    );
+    let (phone_ok, logs) = phone.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && phone_ok,
+        "carrier gets the phone's BYE:\n{}\n--- phone ---\n{logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+        tail(&kam.log_text())
+    );
+    let cdrs = common::cdrs(&cdr_file(&pbx), 2, Duration::from_secs(5));
+    let c = &cdrs[1];
+    assert_eq!(c["hangup_by"], "callee", "{c}");
+    assert_eq!(c["trunk"], "provider", "{c}");
+    assert_eq!(c["callee"], DID2, "{c}");
+    assert_eq!(c["rule"], "did2", "{c}");
+    assert_eq!(c["answered_by"], "103", "{c}");
 }
 
 /// Case 3: what the far end or the provider answers maps to a clear status for the phone.
@@ -426,24 +512,36 @@ prepend = "+49"
     let pbx = Pbx::start(&pbx_config(kam.port, &extra));
     wait_registered(&pbx, &kam, "provider");
     wait_registered(&pbx, &kam2, "nopstn");
-    for (code, reason, expect) in [
-        ("486", "Busy Here", "FINAL-486"),
-        ("404", "Not Found", "FINAL-404"),
-        ("503", "Service Unavailable", "FINAL-503"),
+    // One UAS answers four calls with the status their number ends in.
+    let uas = Uas::start("trunk_uas_fail.xml", uas_addr, 4, &[]);
+    for (number, expect) in [
+        ("0301234486", "FINAL-486"),
+        ("0301234404", "FINAL-404"),
+        // Kamailio relays the far end's 503 as 500 (RFC 3261 §16.7); either is a 503 here.
+        ("0301234503", "FINAL-503"),
     ] {
-        let uas = Uas::start(
-            "trunk_uas_fail.xml",
-            uas_addr,
-            &["-key", "status", code, "-key", "reason", reason],
-        );
-        let run = call(&pbx, "call_uac_fail.xml", "0301234567", &[]);
-        let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+        let run = call(&pbx, "call_uac_fail.xml", number, &[]);
         assert!(
-            run.output.contains(expect) && uas_ok,
-            "far end {code} -> {expect}:\n{}\n--- UAS ---\n{uas_logs}\n--- podpbx ---\n{}",
+            run.output.contains(expect),
+            "{number} -> {expect}:\n{}\n--- UAS ---\n{}\n--- podpbx ---\n{}",
             run.output,
+            uas.logs(),
             tail(&pbx.log_text())
         );
+    }
+    // The caller gives up while the far end rings: the CANCEL goes through the provider.
+    let run = call(&pbx, "call_uac_cancel.xml", "0301234487", &[]);
+    assert!(
+        run.ok,
+        "caller: 200 for CANCEL, 487:\n{}\n--- UAS ---\n{}\n--- podpbx ---\n{}",
+        run.output,
+        uas.logs(),
+        tail(&pbx.log_text())
+    );
+    let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+    assert!(uas_ok, "the UAS saw four calls and their ACKs:\n{uas_logs}");
+    for code in ["UAS-486", "UAS-404", "UAS-503", "UAS-487"] {
+        assert!(uas_logs.contains(code), "{uas_logs}");
     }
     let run = call(&pbx, "call_uac_fail.xml", "8301234567", &[]);
     assert!(
@@ -453,7 +551,7 @@ prepend = "+49"
         tail(&pbx.log_text())
     );
     assert_eq!(provider_requests(&kam2, "INVITE").len(), 2, "407, then 503");
-    let cdrs = cdrs(&cdr_file(&pbx), 4, Duration::from_secs(5));
+    let cdrs = cdrs(&cdr_file(&pbx), 5, Duration::from_secs(5));
     let d: Vec<(&str, u64)> = cdrs
         .iter()
         .map(|c| {
@@ -469,6 +567,7 @@ prepend = "+49"
             ("busy", 486),
             ("rejected", 404),
             ("failed", 503),
+            ("cancelled", 487),
             ("failed", 503)
         ]
     );
@@ -484,10 +583,14 @@ fn refused_source_address_leaves_the_trunk_down_and_calls_get_503_unsent() {
     wait_for("the provider's 403", Duration::from_secs(10), || {
         kam.log_text().contains("refused REGISTER from ::1")
     });
-    wait_for("trunk state credentials-rejected", Duration::from_secs(5), || {
-        let (_, out, _) = ctl(&["--admin", &pbx.admin.to_string(), "trunks"]);
-        out.contains("credentials-rejected") && out.contains("403")
-    });
+    wait_for(
+        "trunk state credentials-rejected",
+        Duration::from_secs(5),
+        || {
+            let (_, out, _) = ctl(&["--admin", &pbx.admin.to_string(), "trunks"]);
+            out.contains("credentials-rejected") && out.contains("403")
+        },
+    );
     let metrics = http_get(pbx.admin, "/metrics").1;
     assert_eq!(
         metric(&metrics, "podpbx_trunk_registered{trunk=\"provider\"}"),
@@ -579,12 +682,19 @@ fn toll_fraud_guard() {
 
     std::thread::sleep(Duration::from_millis(300));
     let mut buf = [0u8; 2048];
-    assert!(pstn.recv_from(&mut buf).is_err(), "nothing reached the PSTN");
+    assert!(
+        pstn.recv_from(&mut buf).is_err(),
+        "nothing reached the PSTN"
+    );
     assert!(
         provider_requests(&kam, "INVITE").is_empty(),
         "the provider saw no INVITE:\n{}",
         kam.log_text()
     );
     let log = pbx.log_text();
-    assert!(!log.contains("new call"), "no call was set up:\n{}", tail(&log));
+    assert!(
+        !log.contains("new call"),
+        "no call was set up:\n{}",
+        tail(&log)
+    );
 }

@@ -50,7 +50,10 @@ fn challenge(v: &[u8]) {
     // Only the values podpbx itself would send must re-parse; a challenge with a raw
     // algorithm token containing separators is the peer's text and is never re-emitted
     // (the client answers with `Algorithm::as_str`).
-    if c.algorithm.as_deref().is_none_or(|a| Algorithm::parse(a).is_some()) {
+    if c.algorithm
+        .as_deref()
+        .is_none_or(|a| Algorithm::parse(a).is_some())
+    {
         let again = Challenge::parse(&out)
             .unwrap_or_else(|e| panic!("formatted challenge does not parse ({e}): {out:?}"));
         assert_eq!(again.realm, strip_crlf(&c.realm));
@@ -98,13 +101,18 @@ fn server(data: &[u8]) {
     let nonce = srv.new_nonce(now);
     let secret = podpbx_sip::digest::Secret::Password("secret-pw".into());
     for v in [data] {
-        let Ok(c) = Credentials::parse(v) else { continue };
+        let Ok(c) = Credentials::parse(v) else {
+            continue;
+        };
         for s in [Some(&secret), None] {
             let out = srv.verify(now, &c, "REGISTER", b"", s);
             // The fuzzer cannot know the password's hash for a nonce minted now: anything it
             // builds must be refused (an Ok would mean verify accepts a wrong response).
             if c.nonce == nonce {
-                assert!(!matches!(out, VerifyOutcome::Ok { .. }), "forged credentials accepted: {c:?}");
+                assert!(
+                    !matches!(out, VerifyOutcome::Ok { .. }),
+                    "forged credentials accepted: {c:?}"
+                );
             }
             black_box(out);
         }

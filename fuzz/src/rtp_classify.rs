@@ -19,13 +19,22 @@ pub fn run(data: &[u8]) {
         assert_eq!(Some(info), header, "classify and rtp_header disagree");
     }
     // An RTCP port never reports RTP.
-    assert!(!matches!(on_rtcp, Kind::Rtp(_)), "RTP reported on an RTCP port");
+    assert!(
+        !matches!(on_rtcp, Kind::Rtp(_)),
+        "RTP reported on an RTCP port"
+    );
     if let Some(info) = header {
         let off = usize::from(info.payload_offset);
         let len = usize::from(info.payload_len);
-        assert!(off >= RTP_MIN_LEN && off + len <= data.len(), "payload outside the packet");
+        assert!(
+            off >= RTP_MIN_LEN && off + len <= data.len(),
+            "payload outside the packet"
+        );
         let cc = usize::from(data[0] & 0x0f);
-        assert!(off >= RTP_MIN_LEN + 4 * cc, "payload overlaps the CSRC list");
+        assert!(
+            off >= RTP_MIN_LEN + 4 * cc,
+            "payload overlaps the CSRC list"
+        );
         assert_eq!(info.payload_type, data[1] & 0x7f);
         assert_eq!(info.seq, u16::from_be_bytes([data[2], data[3]]));
         if data[0] & 0x20 == 0 {

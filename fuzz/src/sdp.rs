@@ -21,10 +21,21 @@ pub fn run(data: &[u8]) {
         black_box(set_origin_version(data, None).is_ok());
         return;
     };
-    black_box((sdp.origin(), sdp.session_connection(), sdp.session_direction(), sdp.on_hold()));
+    black_box((
+        sdp.origin(),
+        sdp.session_connection(),
+        sdp.session_direction(),
+        sdp.on_hold(),
+    ));
     for m in sdp.media() {
         black_box((m.rejected(), m.zero_address(), m.on_hold(), m.peer_sends()));
-        black_box((m.payload_types(), m.clock_rates(), m.rtp_addr(), m.rtcp_port(), m.rtcp_addr()));
+        black_box((
+            m.payload_types(),
+            m.clock_rates(),
+            m.rtp_addr(),
+            m.rtcp_port(),
+            m.rtcp_addr(),
+        ));
         for pt in [0u8, 8, 101, 127, 200] {
             black_box(m.clock_rate(pt));
         }
@@ -38,22 +49,39 @@ pub fn run(data: &[u8]) {
         let anchors: Vec<Anchor> = (0..n)
             .map(|i| {
                 let port = 20000 + 2 * (i as u16 % 1000);
-                Anchor { addr, rtp_port: port, rtcp_port: port + 1 }
+                Anchor {
+                    addr,
+                    rtp_port: port,
+                    rtcp_port: port + 1,
+                }
             })
             .collect();
         for (origin, hold) in [
             (OriginPlan::Keep, ZeroAddressHold::RewriteKeepDirection),
             (OriginPlan::Increment, ZeroAddressHold::Keep),
-            (OriginPlan::SetVersion(u64::MAX), ZeroAddressHold::RewriteKeepDirection),
+            (
+                OriginPlan::SetVersion(u64::MAX),
+                ZeroAddressHold::RewriteKeepDirection,
+            ),
         ] {
             // Anchor everything, and a plan that rejects every other stream.
-            let all = RewritePlan { media: anchors.iter().copied().map(MediaPlan::Anchor).collect(), origin, zero_address_hold: hold };
+            let all = RewritePlan {
+                media: anchors.iter().copied().map(MediaPlan::Anchor).collect(),
+                origin,
+                zero_address_hold: hold,
+            };
             check_rewrite(&sdp, &all);
             let mixed = RewritePlan {
                 media: anchors
                     .iter()
                     .enumerate()
-                    .map(|(i, a)| if (i + k) % 2 == 0 { MediaPlan::Anchor(*a) } else { MediaPlan::Reject })
+                    .map(|(i, a)| {
+                        if (i + k) % 2 == 0 {
+                            MediaPlan::Anchor(*a)
+                        } else {
+                            MediaPlan::Reject
+                        }
+                    })
                     .collect(),
                 origin,
                 zero_address_hold: hold,
@@ -61,8 +89,18 @@ pub fn run(data: &[u8]) {
             check_rewrite(&sdp, &mixed);
         }
     }
-    let wrong = RewritePlan::anchor_all(vec![Anchor { addr: v4, rtp_port: 1, rtcp_port: 2 }; n + 1]);
-    assert!(sdp.rewrite(&wrong).is_err(), "a plan of the wrong length must be refused");
+    let wrong = RewritePlan::anchor_all(vec![
+        Anchor {
+            addr: v4,
+            rtp_port: 1,
+            rtcp_port: 2
+        };
+        n + 1
+    ]);
+    assert!(
+        sdp.rewrite(&wrong).is_err(),
+        "a plan of the wrong length must be refused"
+    );
     black_box(set_origin_version(data, Some(7)).is_ok());
 }
 
@@ -72,15 +110,27 @@ fn check_rewrite(sdp: &Sdp, plan: &RewritePlan) {
         Err(e) => panic!("rewrite of a parsed SDP failed: {e}\n{}", sdp.as_str()),
     };
     let again = Sdp::parse(out.as_bytes()).unwrap_or_else(|e| {
-        panic!("rewritten SDP does not parse ({e}):\n--- in\n{}\n--- out\n{out}", sdp.as_str())
+        panic!(
+            "rewritten SDP does not parse ({e}):\n--- in\n{}\n--- out\n{out}",
+            sdp.as_str()
+        )
     });
-    assert_eq!(again.media().len(), sdp.media().len(), "m-lines kept:\n{out}");
+    assert_eq!(
+        again.media().len(),
+        sdp.media().len(),
+        "m-lines kept:\n{out}"
+    );
     for line in out.lines() {
         // The attribute name is what precedes the first ':' (`a=candidate41 1 UDP ...` is an
         // unknown attribute, not a candidate).
-        let name = line.strip_prefix("a=").map(|a| a.split(':').next().unwrap_or(""));
+        let name = line
+            .strip_prefix("a=")
+            .map(|a| a.split(':').next().unwrap_or(""));
         let ice = name.is_some_and(|n| {
-            n == "candidate" || n == "end-of-candidates" || n == "remote-candidates" || n.starts_with("ice-")
+            n == "candidate"
+                || n == "end-of-candidates"
+                || n == "remote-candidates"
+                || n.starts_with("ice-")
         });
         assert!(!ice, "ICE attribute left in:\n{out}");
     }

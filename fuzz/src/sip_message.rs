@@ -22,8 +22,8 @@ use podpbx_sip::transaction::{
     Peer, RequestDisposition, ResponseDisposition, Timers, TransactionLayer, Transport,
 };
 use podpbx_sip::{
-    ContactList, Framing, HeaderName, Message, Method, ParseError, RequestBuilder,
-    ResponseBuilder, StartLine, Uri,
+    ContactList, Framing, HeaderName, Message, Method, ParseError, RequestBuilder, ResponseBuilder,
+    StartLine, Uri,
 };
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -87,18 +87,18 @@ pub fn run(data: &[u8]) {
     let ka = leading_keepalive(data);
     assert!(ka <= data.len());
     // TCP: frame first, then parse the frame as a stream message.
-    match frame_stream(data) {
-        Ok(Some(len)) => {
-            assert!(len <= data.len(), "frame_stream length {len} beyond the buffer");
-            match Message::parse(buf.slice(..len), Framing::Stream) {
-                Ok(msg) => exercise(&msg, Transport::Tcp),
-                Err(e) => assert!(
-                    !matches!(e, ParseError::Incomplete | ParseError::ContentLength),
-                    "frame_stream called {len} octets complete but parse says {e:?}"
-                ),
-            }
+    if let Ok(Some(len)) = frame_stream(data) {
+        assert!(
+            len <= data.len(),
+            "frame_stream length {len} beyond the buffer"
+        );
+        match Message::parse(buf.slice(..len), Framing::Stream) {
+            Ok(msg) => exercise(&msg, Transport::Tcp),
+            Err(e) => assert!(
+                !matches!(e, ParseError::Incomplete | ParseError::ContentLength),
+                "frame_stream called {len} octets complete but parse says {e:?}"
+            ),
         }
-        Ok(None) | Err(_) => {}
     }
     // UDP: the datagram as it is.
     if let Ok(msg) = Message::parse(buf, Framing::Datagram) {
@@ -164,7 +164,15 @@ fn read_everything(msg: &Message) {
         black_box(msg.header_values(n).count());
         black_box(msg.tokens(n));
     }
-    for name in ["Date", "u", "Allow-Events", "x", "Session-Expires", "via", "X-Unknown"] {
+    for name in [
+        "Date",
+        "u",
+        "Allow-Events",
+        "x",
+        "Session-Expires",
+        "via",
+        "X-Unknown",
+    ] {
         black_box(msg.other_header(name));
         black_box(msg.other_header_values(name).count());
     }
@@ -218,7 +226,13 @@ fn uri(u: &Uri) {
 }
 
 /// Builds a response the way the core does and checks it parses.
-fn respond(msg: &Message, code: u16, reason: &str, src: SocketAddr, transport: Transport) -> Message {
+fn respond(
+    msg: &Message,
+    code: u16,
+    reason: &str,
+    src: SocketAddr,
+    transport: Transport,
+) -> Message {
     let mut b = ResponseBuilder::new(msg, code, reason, Some(src));
     if code > 100 {
         b = b.to_tag("f00dcafe");
@@ -258,7 +272,11 @@ fn check_response_echoes(req: &Message, resp: &Message, src: SocketAddr) {
     assert_eq!(resp.call_id().ok(), req.call_id().ok(), "Call-ID echoed");
     let (a, b) = (resp.cseq().unwrap(), req.cseq().unwrap());
     assert_eq!((a.seq, a.method), (b.seq, b.method), "CSeq echoed");
-    assert_eq!(resp.header(HeaderName::From), req.header(HeaderName::From), "From echoed");
+    assert_eq!(
+        resp.header(HeaderName::From),
+        req.header(HeaderName::From),
+        "From echoed"
+    );
     let (rv, qv) = (resp.vias().unwrap(), req.vias().unwrap());
     assert_eq!(rv.len(), qv.len(), "every Via echoed");
     let (top, req_top) = (&rv[0], &qv[0]);
@@ -276,10 +294,16 @@ fn check_response_echoes(req: &Message, resp: &Message, src: SocketAddr) {
 fn check_cancel_and_ack(invite: &Message) {
     let cancel = cancel_for(invite);
     let c = Message::parse(cancel.clone(), Framing::Stream).unwrap_or_else(|e| {
-        panic!("CANCEL does not parse ({e:?}):\n{}", String::from_utf8_lossy(&cancel))
+        panic!(
+            "CANCEL does not parse ({e:?}):\n{}",
+            String::from_utf8_lossy(&cancel)
+        )
     });
     if let Err(e) = c.validate() {
-        panic!("CANCEL does not validate ({e:?}):\n{}", String::from_utf8_lossy(&cancel));
+        panic!(
+            "CANCEL does not validate ({e:?}):\n{}",
+            String::from_utf8_lossy(&cancel)
+        );
     }
     assert_eq!(c.method(), Some(&Method::Cancel));
     assert_eq!(c.cseq().unwrap().seq, invite.cseq().unwrap().seq);
@@ -289,13 +313,24 @@ fn check_cancel_and_ack(invite: &Message) {
     let src = sources()[0];
     let resp = respond(invite, 486, "Busy Here", src, Transport::Tcp);
     let ack = ack_for(invite, &resp);
-    let a = Message::parse(ack.clone(), Framing::Stream)
-        .unwrap_or_else(|e| panic!("ACK does not parse ({e:?}):\n{}", String::from_utf8_lossy(&ack)));
+    let a = Message::parse(ack.clone(), Framing::Stream).unwrap_or_else(|e| {
+        panic!(
+            "ACK does not parse ({e:?}):\n{}",
+            String::from_utf8_lossy(&ack)
+        )
+    });
     if let Err(e) = a.validate() {
-        panic!("ACK does not validate ({e:?}):\n{}", String::from_utf8_lossy(&ack));
+        panic!(
+            "ACK does not validate ({e:?}):\n{}",
+            String::from_utf8_lossy(&ack)
+        );
     }
     assert_eq!(a.method(), Some(&Method::Ack));
-    assert_eq!(a.header(HeaderName::To), resp.header(HeaderName::To), "ACK To from the response");
+    assert_eq!(
+        a.header(HeaderName::To),
+        resp.header(HeaderName::To),
+        "ACK To from the response"
+    );
 }
 
 /// A fresh server transaction layer fed the request twice and its timers run to the end.
@@ -363,7 +398,10 @@ fn transaction_client(resp: &Message, transport: Transport) {
         transport,
         conn: u64::from(transport == Transport::Tcp),
     };
-    if layer.send_request(now, branch.clone(), method, request, peer).is_err() {
+    if layer
+        .send_request(now, branch.clone(), method, request, peer)
+        .is_err()
+    {
         return;
     }
     while layer.poll_transmit().is_some() {}
@@ -372,9 +410,18 @@ fn transaction_client(resp: &Message, transport: Transport) {
             while let Some(t) = layer.poll_transmit() {
                 // The only thing the layer sends on its own here is the ACK.
                 let m = Message::parse(t.data.clone(), Framing::Datagram).unwrap_or_else(|e| {
-                    panic!("ACK built by the transaction layer does not parse ({e:?}):\n{}", String::from_utf8_lossy(&t.data))
+                    panic!(
+                        "ACK built by the transaction layer does not parse ({e:?}):\n{}",
+                        String::from_utf8_lossy(&t.data)
+                    )
                 });
-                assert!(matches!(&m.start, StartLine::Request { method: Method::Ack, .. }));
+                assert!(matches!(
+                    &m.start,
+                    StartLine::Request {
+                        method: Method::Ack,
+                        ..
+                    }
+                ));
             }
         }
         ResponseDisposition::Stray => {}

@@ -490,6 +490,14 @@ impl B2bua {
         if let Some(t) = to_tag {
             b = b.to_tag(t);
         }
+        // RFC 3261 §12.1.1: a dialog-creating response carries the request's Record-Route
+        // values, in order, so the caller's ACK and in-dialog requests follow the proxies that
+        // record-routed (a provider's Kamailio in front of a trunk call).
+        if (101..300).contains(&status) && req.method() == Some(&Method::Invite) {
+            for rr in req.header_values(HeaderName::RecordRoute) {
+                b = b.header("Record-Route", &str_of(&rr));
+            }
+        }
         for (n, v) in headers {
             b = b.header(n, v);
         }
@@ -1654,6 +1662,8 @@ impl B2bua {
             Some(raw) => {
                 let sdp = Sdp::parse(&raw).ok()?;
                 self.ensure_sessions(call, bi, &sdp).ok()?;
+                // The caller's media is known from its offer (as in `new_uac_leg`); without
+                // this the relay has no destination for the provider's RTP towards the caller.
                 Some((
                     "application/sdp".to_string(),
                     self.rewrite_for(call, li, bi, &sdp).ok()?.into_bytes(),
@@ -1941,9 +1951,12 @@ impl B2bua {
         if let Some(Ok(c)) = msg.contact_iter().next() {
             leg.remote_target = str_of(&c.addr.uri.raw);
         }
+        // RFC 3261 §12.1.2: the UAC's route set is the Record-Route values in reverse order,
+        // value by value (a proxy may put several in one comma-separated line).
         let rr: Vec<String> = msg
-            .header_values(HeaderName::RecordRoute)
-            .map(|v| str_of(&v))
+            .record_route_iter()
+            .map_while(Result::ok)
+            .map(|v| str_of(&v.raw))
             .collect();
         if !rr.is_empty() {
             leg.route_set = rr.into_iter().rev().collect();

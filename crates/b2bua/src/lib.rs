@@ -24,6 +24,11 @@
 //!   (retransmitted until A's ACK, T1 doubling to T2, give up with BYE after 64*T1)
 //!   all busy -> next fallback step or 486; ring timeout -> CANCEL, next step or 480;
 //!   no contact -> 480; unknown number -> 404; trunk down -> 503; reject -> its status
+//! trunk leg (INVITE from our pinned address of the trunk's family, 401/407 answered once or
+//!   twice with the trunk's credentials: same Call-ID, CSeq + 1): the provider's final status
+//!   goes to the caller, except 5xx, 408/no answer and unsatisfied 401/407 -> 503
+//! proxies in the path (a provider's Record-Route): copied into our 18x/2xx on the A leg,
+//!   reversed into the B leg's route set; ACK, BYE and CANCEL follow them
 //! CANCEL (A) -> CANCEL every ringing B leg, 487 on A
 //! BYE from either side -> 200, BYE on the other side; CDR
 //! re-INVITE / UPDATE / INFO / OPTIONS / other in-dialog requests -> relayed to the other side

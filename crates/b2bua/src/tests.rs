@@ -797,3 +797,101 @@ fn trunk_call_answers_407_with_credentials_and_rewrites_the_number() {
     h.b.handle_response(h.now, again[0].0, &parse(&resp), &dir);
     assert_eq!(responses(&h.drain()), vec![503]);
 }
+
+/// Proxies on both sides (a provider's Kamailio): the caller's Record-Route set goes back in
+/// the 18x/2xx (RFC 3261 §12.1.1), and the callee's comma-separated Record-Route set becomes
+/// the B leg's route set value by value in reverse order (§12.1.2), used by the ACK and BYE.
+#[test]
+fn record_route_sets_of_proxied_dialogs() {
+    let mut h = H::new();
+    let inv_text = format!(
+        "INVITE sip:102@pbx SIP/2.0\r\nRecord-Route: <sip:[2001:db8:1::fa];lr;ftag=a>\r\nRecord-Route: <sip:[2001:db8:1::fb];lr>\r\n\
+         Via: SIP/2.0/UDP [2001:db8:1::fb]:5060;branch=z9hG4bKp1\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKrr1;rport\r\n\
+         From: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>\r\nCall-ID: rr@a\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:101@[2001:db8:1::a]:5062>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+        SDP_A.len()
+    );
+    let msg = parse(&Bytes::from(inv_text));
+    let tx = h.server_tx(&msg, h.a_flow);
+    h.b.handle_invite(
+        h.now,
+        SystemTime::now(),
+        tx,
+        &msg,
+        h.a_flow,
+        Caller::User("101".into()),
+        &h.dir,
+    );
+    let outs = h.drain();
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let inv = parse(&data);
+    let reply = |code: u16, body: Option<&str>| {
+        let mut rb = ResponseBuilder::new(&inv, code, "X", None)
+            .to_tag("btag")
+            .header(
+                "Record-Route",
+                "<sip:[2001:db8:2::1];lr>, <sip:[2001:db8:2::2];lr;r2=on>",
+            )
+            .header("Contact", "<sip:b@[2001:db8:1::20]:5060>");
+        if let Some(s) = body {
+            rb = rb.body("application/sdp", s.as_bytes());
+        }
+        parse(&rb.build())
+    };
+    h.b.handle_response(h.now, id, &reply(180, None), &h.dir);
+    h.b.handle_response(h.now, id, &reply(200, Some(SDP_B)), &h.dir);
+    let outs = h.drain();
+    let to_a: Vec<String> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Respond { status, data, .. } if (180..300).contains(status) => Some(text(data)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(to_a.len(), 2, "180 and 200 to the caller");
+    for r in &to_a {
+        let rr: Vec<&str> = r
+            .lines()
+            .filter_map(|l| l.strip_prefix("Record-Route: "))
+            .collect();
+        assert_eq!(
+            rr,
+            vec![
+                "<sip:[2001:db8:1::fa];lr;ftag=a>",
+                "<sip:[2001:db8:1::fb];lr>"
+            ],
+            "the caller's Record-Route set, in order:\n{r}"
+        );
+    }
+    let ack = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Stateless { data, .. } if data.starts_with(b"ACK ") => Some(text(data)),
+            _ => None,
+        })
+        .expect("ACK for the 2xx");
+    let routes = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter_map(|l| l.strip_prefix("Route: ").map(str::to_owned))
+            .collect()
+    };
+    let want = vec![
+        "<sip:[2001:db8:2::2];lr;r2=on>".to_string(),
+        "<sip:[2001:db8:2::1];lr>".to_string(),
+    ];
+    assert!(ack.starts_with("ACK sip:b@[2001:db8:1::20]:5060 "), "{ack}");
+    assert_eq!(routes(&ack), want, "{ack}");
+    let to_tag = parse(&Bytes::from(to_a[1].clone()))
+        .to_hdr()
+        .unwrap()
+        .tag()
+        .unwrap();
+    let bye = format!(
+        "BYE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKrr3\r\nFrom: <sip:101@pbx>;tag=atag\r\n\
+         To: <sip:102@pbx>;tag={}\r\nCall-ID: rr@a\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        String::from_utf8_lossy(&to_tag)
+    );
+    let outs = h.in_dialog(bye, h.a_flow);
+    let byes = requests(&outs, "BYE");
+    assert_eq!(routes(&text(&byes[0].1)), want);
+}

@@ -11,7 +11,9 @@ mod sdp;
 use std::path::{Path, PathBuf};
 
 fn corpus(target: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .flatten()
@@ -32,7 +34,11 @@ fn replay(paths: &[PathBuf], run: fn(&[u8])) {
             failed.push(p.display().to_string());
         }
     }
-    assert!(failed.is_empty(), "harness oracles failed for:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "harness oracles failed for:\n{}",
+        failed.join("\n")
+    );
 }
 
 #[test]

@@ -281,7 +281,14 @@ impl Core {
                 ResponseDisposition::Stray => {
                     // RFC 3261 §18.1.2: a response matching no transaction is dropped, never answered.
                     Stats::bump(&self.stats.stray_responses);
-                    debug!(remote = %flow.remote, "stray response dropped");
+                    // Which transaction it claims (fields are only evaluated with debug on).
+                    debug!(
+                        remote = %flow.remote,
+                        status = msg.status().unwrap_or(0),
+                        cseq = %String::from_utf8_lossy(&msg.header(HeaderName::CSeq).unwrap_or_default()),
+                        branch = %String::from_utf8_lossy(&msg.top_via().ok().and_then(|v| v.branch()).unwrap_or_default()),
+                        "stray response dropped"
+                    );
                 }
             }
             return;

@@ -36,14 +36,22 @@ fn replay(paths: &[PathBuf], run: fn(&[u8])) -> usize {
             failed.push(p.display().to_string());
         }
     }
-    assert!(failed.is_empty(), "harness oracles failed for:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "harness oracles failed for:\n{}",
+        failed.join("\n")
+    );
     paths.len()
 }
 
 #[test]
 fn sip_message_corpus() {
     let paths = files(&workspace().join("fuzz/corpus/sip_message"));
-    assert!(paths.len() >= 61, "seed corpus present ({} files)", paths.len());
+    assert!(
+        paths.len() >= 61,
+        "seed corpus present ({} files)",
+        paths.len()
+    );
     replay(&paths, sip_message::run);
 }
 
@@ -52,7 +60,12 @@ fn conformance_messages_through_the_sip_harness() {
     let dir = workspace().join("../shared/conformance");
     let mut paths = files(&dir.join("rfc4475"));
     paths.extend(files(&dir.join("rfc5118")));
-    assert_eq!(paths.len(), 61, "all torture messages found in {}", dir.display());
+    assert_eq!(
+        paths.len(),
+        61,
+        "all torture messages found in {}",
+        dir.display()
+    );
     replay(&paths, sip_message::run);
 }
 

@@ -1,0 +1,1257 @@
+//! End-to-end test of the home topology with real softphones.
+//!
+//! Five network namespaces stand in for the home network (addresses from the documentation
+//! prefixes only; nothing leaves the namespaces):
+//!
+//! ```text
+//!   lan6 (bridge br0)                          pod
+//!    ph1 2001:db8:1234:1::101 (phone 101)       lo   2001:db8:1234:10::5060/128  (pinned)
+//!    ph2 2001:db8:1234:1::102 (phone 102)       lo   198.51.100.10/32            (pinned)
+//!        |                                      pod0 2001:db8:100::2/64, 203.0.113.2/30 (transit)
+//!        |                                        |
+//!        +---- router (forwarding, the routes BGP would learn: /128 and /32 via the transit)
+//!        |                                        |
+//!   lan4: lan4up 198.51.100.50/27 (doorbell 190)  provider: prov0 2001:db8:ffff::2/64 (PSTN UA)
+//!                                                           lo 2001:db8:ffff:5::60/128 (Kamailio)
+//! ```
+//!
+//! podpbx runs in `pod`, bound to the pinned addresses only. Kamailio (`tests/kamailio/
+//! provider.cfg`) is the provider: digest registrar, source-address check admitting only the
+//! pod's pinned IPv6 as subscriber and the PSTN UA as carrier, DID calls to the registered
+//! contact, outbound calls (after a 407) to the PSTN UA. The phones, the doorbell and the PSTN UA
+//! are baresip (`tests/common/baresip.rs`), each playing its own sine (101: 697 Hz, 102: 1209 Hz,
+//! door: 852 Hz, PSTN: 1477 Hz) and recording what it hears.
+//!
+//! Scenarios, one call each: (1) phone 102 calls phone 101 (IPv6 to IPv6); (2) the IPv4 doorbell
+//! rings the `family` group: 101 answers (auto-answer), 102 (manual answer) rings and is
+//! cancelled; (3) the PSTN calls the DID through Kamailio, 102 is answered by the test;
+//! (4) 101 calls a PSTN number out through the trunk. Each call carries about 4 s of audio. The
+//! checks per call: both ends established; each recording holds the far end's tone (Goertzel:
+//! dominant frequency within 3 Hz, purity >= 0.8, RMS >= 0.1) and not its own or another
+//! (purity < 0.05); the CDR has the expected parties and both legs' media anchored on the
+//! pinned address of the leg's family with >= 100 RTP packets; a packet counter on the router's
+//! link to the pod sees >= 100 RTP datagrams each way on each pinned address involved; the phones
+//! report RTP arriving from the pinned address; each phone saw the right caller/callee ID. At the
+//! end: no UDP ever left the pod from its transit addresses, `podpbx_calls_total{answered}`
+//! counts the calls, and a graceful stop (SIGTERM) removes the trunk's binding at Kamailio.
+//! Every scenario runs even when an earlier one failed; the test then fails with a report of all
+//! of them (and the logs). The report is printed with `--nocapture`.
+//!
+//! Needs root (CI runs as root), baresip (`baresip-core`) and Kamailio. `PODPBX_SKIP_E2E=1`
+//! skips it; `PODPBX_KEEP_E2E=1` keeps the baresip work dirs (configs, logs, recordings);
+//! `PODPBX_E2E_SIP_TRACE=1` makes baresip log every SIP message it sends and receives.
+
+mod common;
+
+#[path = "e2e/audio.rs"]
+mod audio;
+#[path = "e2e/sniff.rs"]
+mod sniff;
+
+use common::baresip::{account, in_netns, Baresip, PhoneConfig};
+use common::kamailio::{Account, Kamailio, ProviderConfig, Source};
+use common::netns::*;
+use common::{cdrs, http_get, metric, ChildGuard, TempDir, BIN};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const PINNED6: &str = "2001:db8:1234:10::5060";
+const PINNED4: &str = "198.51.100.10";
+const TRANSIT6_POD: &str = "2001:db8:100::2";
+const TRANSIT6_RTR: &str = "2001:db8:100::1";
+const TRANSIT4_POD: &str = "203.0.113.2";
+const TRANSIT4_RTR: &str = "203.0.113.1";
+const LAN6_RTR: &str = "2001:db8:1234:1::1";
+const PHONE101: &str = "2001:db8:1234:1::101";
+const PHONE102: &str = "2001:db8:1234:1::102";
+const LAN4_RTR: &str = "198.51.100.33";
+const DOOR: &str = "198.51.100.50";
+const PROV_RTR: &str = "2001:db8:ffff::1";
+const PSTN: &str = "2001:db8:ffff::2";
+const KAM: &str = "2001:db8:ffff:5::60";
+
+const MEDIA_MIN: u16 = 20000;
+const MEDIA_MAX: u16 = 20099;
+
+const TRUNK_USER: &str = "4930123456";
+const TRUNK_PASSWORD: &str = "e2e-trunk-secret";
+const DID: &str = "+4930123456";
+const PSTN_NUMBER: &str = "+4940999";
+
+const TONE_101: f64 = 697.0;
+const TONE_102: f64 = 1209.0;
+const TONE_DOOR: f64 = 852.0;
+const TONE_PSTN: f64 = 1477.0;
+const ALL_TONES: [f64; 4] = [TONE_101, TONE_102, TONE_DOOR, TONE_PSTN];
+
+/// How long each call carries audio before the caller hangs up.
+const TALK: Duration = Duration::from_secs(4);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address literal")
+}
+
+/// The five namespaces, deleted on drop (after everything running in them was stopped: the
+/// test declares this first, so it is dropped last).
+struct Topology {
+    pod: Netns,
+    router: Netns,
+    lan6: Netns,
+    lan4: Netns,
+    provider: Netns,
+}
+
+/// Sets a sysctl of `ns` (its /proc/sys/net is the namespace's own), without procps.
+fn sysctl(ns: &Netns, key: &str, value: &str) {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    in_netns(&ns.name, || std::fs::write(&path, value))
+        .unwrap_or_else(|e| panic!("sysctl {key}={value} in {}: {e}", ns.name));
+}
+
+impl Topology {
+    fn build() -> Topology {
+        let t = Topology {
+            pod: Netns::new("e2e-pod"),
+            router: Netns::new("e2e-rtr"),
+            lan6: Netns::new("e2e-lan6"),
+            lan4: Netns::new("e2e-lan4"),
+            provider: Netns::new("e2e-prov"),
+        };
+        let (pod, rtr, lan6, lan4, prov) = (
+            t.pod.name.as_str(),
+            t.router.name.as_str(),
+            t.lan6.name.as_str(),
+            t.lan4.name.as_str(),
+            t.provider.name.as_str(),
+        );
+        veth(&t.pod, "pod0", &t.router, "r-pod");
+        veth(&t.lan6, "lan6up", &t.router, "r-lan6");
+        veth(&t.lan4, "lan4up", &t.router, "r-lan4");
+        veth(&t.provider, "prov0", &t.router, "r-prov");
+
+        // The pod: the pinned /128 and /32 on lo (as Calico assigns them), a transit address
+        // per family on its link to the router, default routes through the router.
+        ip_in(
+            pod,
+            &[
+                "addr",
+                "add",
+                &format!("{PINNED6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ],
+        );
+        ip_in(pod, &["addr", "add", &format!("{PINNED4}/32"), "dev", "lo"]);
+        ip_in(
+            pod,
+            &[
+                "addr",
+                "add",
+                &format!("{TRANSIT6_POD}/64"),
+                "dev",
+                "pod0",
+                "nodad",
+            ],
+        );
+        ip_in(
+            pod,
+            &["addr", "add", &format!("{TRANSIT4_POD}/30"), "dev", "pod0"],
+        );
+        ip_in(pod, &["-6", "route", "add", "default", "via", TRANSIT6_RTR]);
+        ip_in(pod, &["route", "add", "default", "via", TRANSIT4_RTR]);
+
+        // The router: one leg per network, forwarding on, and the routes the home router learns
+        // by BGP: the pinned /128 and /32 via the pod's transit addresses.
+        ip_in(
+            rtr,
+            &[
+                "addr",
+                "add",
+                &format!("{TRANSIT6_RTR}/64"),
+                "dev",
+                "r-pod",
+                "nodad",
+            ],
+        );
+        ip_in(
+            rtr,
+            &["addr", "add", &format!("{TRANSIT4_RTR}/30"), "dev", "r-pod"],
+        );
+        ip_in(
+            rtr,
+            &[
+                "addr",
+                "add",
+                &format!("{LAN6_RTR}/64"),
+                "dev",
+                "r-lan6",
+                "nodad",
+            ],
+        );
+        ip_in(
+            rtr,
+            &["addr", "add", &format!("{LAN4_RTR}/27"), "dev", "r-lan4"],
+        );
+        ip_in(
+            rtr,
+            &[
+                "addr",
+                "add",
+                &format!("{PROV_RTR}/64"),
+                "dev",
+                "r-prov",
+                "nodad",
+            ],
+        );
+        ip_in(
+            rtr,
+            &[
+                "-6",
+                "route",
+                "add",
+                &format!("{PINNED6}/128"),
+                "via",
+                TRANSIT6_POD,
+            ],
+        );
+        ip_in(
+            rtr,
+            &[
+                "route",
+                "add",
+                &format!("{PINNED4}/32"),
+                "via",
+                TRANSIT4_POD,
+            ],
+        );
+        ip_in(
+            rtr,
+            &["-6", "route", "add", &format!("{KAM}/128"), "via", PSTN],
+        );
+        sysctl(&t.router, "net.ipv6.conf.all.forwarding", "1");
+        sysctl(&t.router, "net.ipv4.ip_forward", "1");
+
+        // The IPv6 LAN: a bridge (the switch) with the uplink and one interface per phone, so
+        // each phone's media address is its own (baresip takes it from one interface).
+        ip_in(lan6, &["link", "add", "br0", "type", "bridge"]);
+        ip_in(lan6, &["link", "set", "br0", "up"]);
+        ip_in(lan6, &["link", "set", "lan6up", "master", "br0"]);
+        for (iface, addr) in [("ph1", PHONE101), ("ph2", PHONE102)] {
+            let port = format!("{iface}-br");
+            ip_in(
+                lan6,
+                &["link", "add", iface, "type", "veth", "peer", "name", &port],
+            );
+            ip_in(lan6, &["link", "set", &port, "master", "br0"]);
+            ip_in(lan6, &["link", "set", &port, "up"]);
+            ip_in(lan6, &["link", "set", iface, "up"]);
+            ip_in(
+                lan6,
+                &["addr", "add", &format!("{addr}/64"), "dev", iface, "nodad"],
+            );
+        }
+        ip_in(
+            lan6,
+            &[
+                "-6", "route", "add", "default", "via", LAN6_RTR, "dev", "ph1",
+            ],
+        );
+
+        // The IPv4 LAN with the doorbell.
+        ip_in(
+            lan4,
+            &["addr", "add", &format!("{DOOR}/27"), "dev", "lan4up"],
+        );
+        ip_in(lan4, &["route", "add", "default", "via", LAN4_RTR]);
+
+        // The provider: the PSTN UA on the link, Kamailio on its own address behind it.
+        ip_in(
+            prov,
+            &[
+                "addr",
+                "add",
+                &format!("{PSTN}/64"),
+                "dev",
+                "prov0",
+                "nodad",
+            ],
+        );
+        ip_in(
+            prov,
+            &["addr", "add", &format!("{KAM}/128"), "dev", "lo", "nodad"],
+        );
+        ip_in(prov, &["-6", "route", "add", "default", "via", PROV_RTR]);
+        t
+    }
+}
+
+fn podpbx_config(dir: &Path) -> String {
+    format!(
+        r#"[sip]
+ipv6 = "{PINNED6}"
+ipv4 = "{PINNED4}"
+port = 5060
+transports = ["udp", "tcp"]
+domain = "home.test"
+realm = "home.test"
+
+[admin]
+listen = "{PINNED4}:9060"
+
+[storage]
+data_dir = "{dir}"
+
+[media]
+port_min = {MEDIA_MIN}
+port_max = {MEDIA_MAX}
+timeout_secs = 15
+
+[calls]
+cdr_file = "{dir}/cdr.jsonl"
+max_duration_secs = 300
+
+[[users]]
+name = "101"
+display_name = "Study"
+password = "e2e-pw-101"
+allow_from = ["2001:db8:1234:1::/64"]
+groups = ["family"]
+
+[[users]]
+name = "102"
+display_name = "Kitchen"
+password = "e2e-pw-102"
+allow_from = ["2001:db8:1234:1::/64"]
+groups = ["family"]
+
+[[users]]
+name = "190"
+display_name = "Front door"
+identify_by_source = true
+allow_from = ["{DOOR}/32"]
+max_calls = 1
+
+[[groups]]
+name = "family"
+strategy = "parallel"
+ring_timeout_secs = 20
+
+[[trunks]]
+name = "provider"
+host = "{KAM}"
+port = 5060
+transport = "udp"
+family = "ipv6"
+username = "{TRUNK_USER}"
+password = "{TRUNK_PASSWORD}"
+expiry_secs = 300
+dids = ["{DID}"]
+caller_id = "{DID}"
+networks = ["2001:db8:ffff::/48"]
+
+[[dialplan]]
+name = "door"
+match = {{ caller = "190" }}
+action = "ring"
+targets = ["family"]
+timeout_secs = 20
+fallback = [{{ action = "reject", status = 480 }}]
+
+[[dialplan]]
+name = "extensions"
+match = {{ pattern = "_1XX", from = "local" }}
+action = "local"
+timeout_secs = 20
+
+[[dialplan]]
+name = "international"
+match = {{ pattern = "_+X.", from = "local" }}
+action = "trunk"
+trunk = "provider"
+
+[[dialplan]]
+name = "main-number"
+match = {{ did = "{DID}" }}
+action = "ring"
+targets = ["102"]
+timeout_secs = 20
+"#,
+        dir = dir.display()
+    )
+}
+
+/// The address family label of a media address as the CDR writes it (`[v6]:port`, `v4:port`).
+fn on_pinned(local: &str, v6: bool) -> bool {
+    if v6 {
+        local.starts_with(&format!("[{PINNED6}]:"))
+    } else {
+        local.starts_with(&format!("{PINNED4}:"))
+    }
+}
+
+/// Outcome of one scenario: evidence lines, or what went wrong.
+type Outcome = Result<Vec<String>, String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+/// Waits for the newest decoded recording of `b` to be finalised (libsndfile rewrites the
+/// header on close), checks it holds `expected` and none of the other tones.
+fn heard(b: &mut Baresip, expected: f64) -> Result<audio::ToneCheck, String> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut recs = Vec::new();
+    while Instant::now() < deadline {
+        recs.extend(b.new_recordings());
+        let finalised = recs.last().is_some_and(|p| {
+            std::fs::read(p).is_ok_and(|d| d.len() > 44 && d[40..44] != [0, 0, 0, 0])
+        });
+        if finalised {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let path = recs
+        .last()
+        .ok_or_else(|| format!("{}: no recording in {}", b.name, b.dir().display()))?
+        .clone();
+    let rec = audio::read_wav(&path)?;
+    let foreign: Vec<f64> = ALL_TONES
+        .iter()
+        .copied()
+        .filter(|f| *f != expected)
+        .collect();
+    let name = format!(
+        "{}:{}",
+        b.name,
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let c = audio::check_tone(&name, &rec, expected, &foreign);
+    ensure!(
+        c.windows >= 2
+            && c.rms >= 0.1
+            && (c.dominant_hz - expected).abs() <= 3.0
+            && c.purity >= 0.8
+            && c.foreign_purity < 0.05,
+        "{} should hear {expected} Hz: {c}",
+        b.name
+    );
+    Ok(c)
+}
+
+/// The RTP source address a phone reported (`... receiving from ADDR`), last one.
+fn rtp_source(b: &Baresip) -> Option<String> {
+    b.logs()
+        .lines()
+        .rev()
+        .find_map(|l| l.split("receiving from ").nth(1))
+        .map(|s| s.trim().to_owned())
+}
+
+fn check_rtp_source(b: &Baresip, v6: bool) -> Result<String, String> {
+    let src = rtp_source(b).ok_or_else(|| format!("{}: no incoming RTP reported", b.name))?;
+    let ok = if v6 {
+        src.starts_with(&format!("[{PINNED6}]:"))
+    } else {
+        src.starts_with(&format!("{PINNED4}:"))
+    };
+    ensure!(
+        ok,
+        "{}: RTP arrived from {src}, not from the pinned address",
+        b.name
+    );
+    Ok(format!("{} receives RTP from {src}", b.name))
+}
+
+/// Counts on the router's link to the pod between two snapshots: RTP datagrams from and to the
+/// pinned address of each family (pod side port in the media range).
+#[derive(Debug, Default, Clone, Copy)]
+struct Wire {
+    out6: u64,
+    in6: u64,
+    out4: u64,
+    in4: u64,
+}
+
+fn wire(d: &sniff::Flows) -> Wire {
+    let media = |a: &SocketAddr| (MEDIA_MIN..=MEDIA_MAX).contains(&a.port());
+    let mut w = Wire::default();
+    for ((src, dst), n) in d {
+        if src.ip() == ip(PINNED6) && media(src) {
+            w.out6 += n;
+        }
+        if dst.ip() == ip(PINNED6) && media(dst) {
+            w.in6 += n;
+        }
+        if src.ip() == ip(PINNED4) && media(src) {
+            w.out4 += n;
+        }
+        if dst.ip() == ip(PINNED4) && media(dst) {
+            w.in4 += n;
+        }
+    }
+    w
+}
+
+/// The CDR line of call `n` (1-based), waiting (bounded) for it.
+fn cdr(file: &Path, n: usize) -> Result<serde_json::Value, String> {
+    let all = cdrs(file, n, Duration::from_secs(5));
+    all.get(n - 1)
+        .cloned()
+        .ok_or_else(|| format!("CDR #{n} missing (have {})", all.len()))
+}
+
+/// Checks a CDR leg: role, party, signalling peer, final status, and media anchored on the
+/// pinned address of `v6`'s family with at least `min_rtp` packets received from the peer.
+fn check_leg(
+    c: &serde_json::Value,
+    role: &str,
+    party: &str,
+    remote: &str,
+    v6: bool,
+    min_rtp: u64,
+) -> Result<String, String> {
+    let legs = c["legs"].as_array().ok_or("CDR without legs")?;
+    let leg = legs
+        .iter()
+        .find(|l| l["role"] == role && l["party"] == party)
+        .ok_or_else(|| format!("no {role} leg of {party} in CDR {c}"))?;
+    ensure!(
+        leg["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(remote)),
+        "{role} leg {party}: remote {} is not {remote}: {c}",
+        leg["remote"]
+    );
+    let local = leg["local"].as_str().unwrap_or("");
+    ensure!(
+        on_pinned(local, v6),
+        "{role} leg {party}: signalling local {local} not pinned: {c}"
+    );
+    let mlocal = leg["media"]["local"].as_str().unwrap_or("");
+    ensure!(
+        on_pinned(mlocal, v6),
+        "{role} leg {party}: media local {mlocal} not pinned: {c}"
+    );
+    let rtp = leg["media"]["rtp_packets"].as_u64().unwrap_or(0);
+    let fwd = leg["media"]["forwarded_packets"].as_u64().unwrap_or(0);
+    ensure!(
+        rtp >= min_rtp,
+        "{role} leg {party}: only {rtp} RTP packets: {c}"
+    );
+    ensure!(
+        fwd >= min_rtp,
+        "{role} leg {party}: only {fwd} packets forwarded: {c}"
+    );
+    Ok(format!(
+        "CDR {role} {party}: remote {} media {mlocal} rtp {rtp} fwd {fwd} lost {} jitter {} ms",
+        leg["remote"].as_str().unwrap_or(""),
+        leg["media"]["lost_packets"],
+        leg["media"]["jitter_ms"]
+    ))
+}
+
+fn check_wire(w: Wire, v6: bool, v4: bool) -> Result<String, String> {
+    let min = 100;
+    if v6 {
+        ensure!(
+            w.out6 >= min && w.in6 >= min,
+            "too little RTP on the wire at the pinned IPv6: {w:?}"
+        );
+    }
+    if v4 {
+        ensure!(
+            w.out4 >= min && w.in4 >= min,
+            "too little RTP on the wire at the pinned IPv4: {w:?}"
+        );
+    }
+    Ok(format!(
+        "router<->pod link: RTP pinned6 out {} in {}, pinned4 out {} in {}",
+        w.out6, w.in6, w.out4, w.in4
+    ))
+}
+
+/// The `peeruri` of `b`'s latest event of type `ty` (who the phone saw calling or answering).
+fn peer_of(b: &Baresip, ty: &str) -> String {
+    b.events()
+        .iter()
+        .rev()
+        .find(|e| e["type"] == ty)
+        .and_then(|e| e["peeruri"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn check_peer(b: &Baresip, ty: &str, user: &str) -> Result<String, String> {
+    let peer = peer_of(b, ty);
+    ensure!(
+        peer.starts_with(&format!("sip:{user}@")),
+        "{}: {ty} should show {user}, shows {peer:?}",
+        b.name
+    );
+    Ok(format!("{} saw {peer} ({ty})", b.name))
+}
+
+/// Waits for `ty` on `b` to reach `n`, with a bounded limit.
+fn wait(b: &mut Baresip, ty: &str, n: usize, secs: u64) -> Result<(), String> {
+    b.wait_event(ty, n, Duration::from_secs(secs)).map(|_| ())
+}
+
+/// What the scenarios share.
+struct World {
+    p101: Baresip,
+    p102: Baresip,
+    door: Baresip,
+    pstn: Baresip,
+    cdr_file: std::path::PathBuf,
+    calls: usize,
+    sniffer: sniff::Sniffer,
+}
+
+impl World {
+    fn counts(&self, ty: &str) -> [usize; 4] {
+        [
+            self.p101.count(ty),
+            self.p102.count(ty),
+            self.door.count(ty),
+            self.pstn.count(ty),
+        ]
+    }
+}
+
+/// (1) Phone 102 calls phone 101 (auto-answer), IPv6 to IPv6 through the relay.
+fn phone_to_phone(w: &mut World) -> Outcome {
+    let est = w.counts("CALL_ESTABLISHED");
+    let closed = w.counts("CALL_CLOSED");
+    let before = w.sniffer.flows();
+    w.p102.command("dial", &format!("sip:101@[{PINNED6}]"))?;
+    wait(&mut w.p102, "CALL_ESTABLISHED", est[1] + 1, 20)?;
+    wait(&mut w.p101, "CALL_ESTABLISHED", est[0] + 1, 5)?;
+    std::thread::sleep(TALK);
+    w.p102.command("hangup", "")?;
+    wait(&mut w.p102, "CALL_CLOSED", closed[1] + 1, 10)?;
+    wait(&mut w.p101, "CALL_CLOSED", closed[0] + 1, 10)?;
+    w.calls += 1;
+    let wire = wire(&sniff::diff(&before, &w.sniffer.flows()));
+    let mut ev = Vec::new();
+    ev.push(format!("101 heard 102: {}", heard(&mut w.p101, TONE_102)?));
+    ev.push(format!("102 heard 101: {}", heard(&mut w.p102, TONE_101)?));
+    let c = cdr(&w.cdr_file, w.calls)?;
+    ensure!(
+        c["disposition"] == "answered" && c["caller"] == "102" && c["callee"] == "101",
+        "CDR: {c}"
+    );
+    ensure!(
+        c["answered_by"] == "101" && c["hangup_by"] == "caller",
+        "CDR: {c}"
+    );
+    ev.push(check_leg(
+        &c,
+        "caller",
+        "102",
+        &format!("[{PHONE102}]:"),
+        true,
+        100,
+    )?);
+    ev.push(check_leg(
+        &c,
+        "callee",
+        "101",
+        &format!("[{PHONE101}]:"),
+        true,
+        100,
+    )?);
+    ev.push(check_wire(wire, true, false)?);
+    ev.push(check_rtp_source(&w.p101, true)?);
+    ev.push(check_rtp_source(&w.p102, true)?);
+    ev.push(check_peer(&w.p101, "CALL_ESTABLISHED", "102")?);
+    Ok(ev)
+}
+
+/// (2) The IPv4 doorbell rings the family group: 101 answers at once, 102 rings and is
+/// cancelled; audio bridged IPv4 <-> IPv6.
+fn doorbell(w: &mut World) -> Outcome {
+    let est = w.counts("CALL_ESTABLISHED");
+    let closed = w.counts("CALL_CLOSED");
+    let incoming = w.counts("CALL_INCOMING");
+    let before = w.sniffer.flows();
+    w.door.command("dial", &format!("sip:600@{PINNED4}"))?;
+    wait(&mut w.door, "CALL_ESTABLISHED", est[2] + 1, 20)?;
+    wait(&mut w.p101, "CALL_ESTABLISHED", est[0] + 1, 5)?;
+    // 102 rang too (parallel group) and is cancelled once 101 answered.
+    wait(&mut w.p102, "CALL_INCOMING", incoming[1] + 1, 5)?;
+    wait(&mut w.p102, "CALL_CLOSED", closed[1] + 1, 5)?;
+    ensure!(
+        w.p102.count("CALL_ESTABLISHED") == est[1],
+        "102 must not be connected: {:?}",
+        w.p102.event_types()
+    );
+    std::thread::sleep(TALK);
+    w.door.command("hangup", "")?;
+    wait(&mut w.door, "CALL_CLOSED", closed[2] + 1, 10)?;
+    wait(&mut w.p101, "CALL_CLOSED", closed[0] + 1, 10)?;
+    w.calls += 1;
+    let wire = wire(&sniff::diff(&before, &w.sniffer.flows()));
+    let mut ev = Vec::new();
+    ev.push(format!(
+        "101 heard the door: {}",
+        heard(&mut w.p101, TONE_DOOR)?
+    ));
+    ev.push(format!("door heard 101: {}", heard(&mut w.door, TONE_101)?));
+    ensure!(
+        w.p102.new_recordings().is_empty(),
+        "102 never answered, yet it recorded audio"
+    );
+    let c = cdr(&w.cdr_file, w.calls)?;
+    ensure!(
+        c["disposition"] == "answered" && c["caller"] == "190" && c["answered_by"] == "101",
+        "CDR: {c}"
+    );
+    ensure!(c["rule"] == "door", "CDR: {c}");
+    ev.push(check_leg(
+        &c,
+        "caller",
+        "190",
+        &format!("{DOOR}:"),
+        false,
+        100,
+    )?);
+    ev.push(check_leg(
+        &c,
+        "callee",
+        "101",
+        &format!("[{PHONE101}]:"),
+        true,
+        100,
+    )?);
+    let fork = c["legs"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["party"] == "102").cloned())
+        .ok_or_else(|| format!("no leg for 102 in CDR {c}"))?;
+    ensure!(
+        fork["role"] == "fork" && fork["status"] == 487,
+        "102's leg: {fork}"
+    );
+    ev.push(format!(
+        "CDR fork 102: status {} (cancelled)",
+        fork["status"]
+    ));
+    ev.push(check_wire(wire, true, true)?);
+    ev.push(check_rtp_source(&w.door, false)?);
+    ev.push(check_rtp_source(&w.p101, true)?);
+    ev.push(check_peer(&w.p101, "CALL_ESTABLISHED", "190")?);
+    Ok(ev)
+}
+
+/// (3) The PSTN calls the DID: Kamailio delivers it to podpbx's registered contact, podpbx
+/// rings 102, which answers after ringing a moment.
+fn inbound_did(w: &mut World) -> Outcome {
+    let est = w.counts("CALL_ESTABLISHED");
+    let closed = w.counts("CALL_CLOSED");
+    let incoming = w.counts("CALL_INCOMING");
+    let before = w.sniffer.flows();
+    w.pstn.command("dial", &format!("sip:{DID}@[{KAM}]:5060"))?;
+    wait(&mut w.p102, "CALL_INCOMING", incoming[1] + 1, 20)?;
+    std::thread::sleep(Duration::from_millis(500));
+    w.p102.command("accept", "")?;
+    wait(&mut w.p102, "CALL_ESTABLISHED", est[1] + 1, 10)?;
+    wait(&mut w.pstn, "CALL_ESTABLISHED", est[3] + 1, 10)?;
+    std::thread::sleep(TALK);
+    w.pstn.command("hangup", "")?;
+    wait(&mut w.pstn, "CALL_CLOSED", closed[3] + 1, 10)?;
+    wait(&mut w.p102, "CALL_CLOSED", closed[1] + 1, 10)?;
+    w.calls += 1;
+    let wire = wire(&sniff::diff(&before, &w.sniffer.flows()));
+    let mut ev = Vec::new();
+    ev.push(format!(
+        "102 heard the PSTN: {}",
+        heard(&mut w.p102, TONE_PSTN)?
+    ));
+    ev.push(format!("PSTN heard 102: {}", heard(&mut w.pstn, TONE_102)?));
+    let c = cdr(&w.cdr_file, w.calls)?;
+    ensure!(
+        c["disposition"] == "answered" && c["trunk"] == "provider" && c["answered_by"] == "102",
+        "CDR: {c}"
+    );
+    ensure!(c["rule"] == "main-number", "CDR: {c}");
+    let legs = c["legs"].as_array().cloned().unwrap_or_default();
+    let a = legs
+        .iter()
+        .find(|l| l["role"] == "caller")
+        .ok_or("no caller leg")?;
+    ensure!(
+        a["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(&format!("[{KAM}]:"))),
+        "the DID call must come from Kamailio: {c}"
+    );
+    let party = a["party"].as_str().unwrap_or("").to_owned();
+    ev.push(check_leg(
+        &c,
+        "caller",
+        &party,
+        &format!("[{KAM}]:"),
+        true,
+        100,
+    )?);
+    ev.push(check_leg(
+        &c,
+        "callee",
+        "102",
+        &format!("[{PHONE102}]:"),
+        true,
+        100,
+    )?);
+    ev.push(check_wire(wire, true, false)?);
+    ev.push(check_rtp_source(&w.pstn, true)?);
+    ev.push(check_rtp_source(&w.p102, true)?);
+    ev.push(check_peer(&w.p102, "CALL_INCOMING", PSTN_NUMBER)?);
+    Ok(ev)
+}
+
+/// (4) Phone 101 calls a PSTN number: podpbx sends it to Kamailio from the pinned IPv6, answers
+/// the 407, Kamailio relays to the PSTN UA, which answers.
+fn outbound(w: &mut World, kam: &Kamailio) -> Outcome {
+    let est = w.counts("CALL_ESTABLISHED");
+    let closed = w.counts("CALL_CLOSED");
+    let before = w.sniffer.flows();
+    w.p101
+        .command("dial", &format!("sip:{PSTN_NUMBER}@[{PINNED6}]"))?;
+    wait(&mut w.p101, "CALL_ESTABLISHED", est[0] + 1, 20)?;
+    wait(&mut w.pstn, "CALL_ESTABLISHED", est[3] + 1, 5)?;
+    std::thread::sleep(TALK);
+    w.p101.command("hangup", "")?;
+    wait(&mut w.p101, "CALL_CLOSED", closed[0] + 1, 10)?;
+    wait(&mut w.pstn, "CALL_CLOSED", closed[3] + 1, 10)?;
+    w.calls += 1;
+    let wire = wire(&sniff::diff(&before, &w.sniffer.flows()));
+    let mut ev = Vec::new();
+    ev.push(format!("PSTN heard 101: {}", heard(&mut w.pstn, TONE_101)?));
+    ev.push(format!(
+        "101 heard the PSTN: {}",
+        heard(&mut w.p101, TONE_PSTN)?
+    ));
+    let c = cdr(&w.cdr_file, w.calls)?;
+    ensure!(
+        c["disposition"] == "answered" && c["caller"] == "101" && c["callee"] == PSTN_NUMBER,
+        "CDR: {c}"
+    );
+    ensure!(c["rule"] == "international", "CDR: {c}");
+    ev.push(check_leg(
+        &c,
+        "caller",
+        "101",
+        &format!("[{PHONE101}]:"),
+        true,
+        100,
+    )?);
+    ev.push(check_leg(
+        &c,
+        "callee",
+        "provider",
+        &format!("[{KAM}]:"),
+        true,
+        100,
+    )?);
+    ev.push(check_wire(wire, true, false)?);
+    ev.push(check_rtp_source(&w.pstn, true)?);
+    ev.push(check_rtp_source(&w.p101, true)?);
+    ev.push(check_peer(&w.pstn, "CALL_ESTABLISHED", DID)?);
+    // The provider saw the INVITE from the pinned IPv6, challenged it, and relayed it.
+    let log = kam.log_text();
+    let invites = log
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("provider: INVITE sip:{PSTN_NUMBER}@"))
+                && l.contains(&format!("from {PINNED6}:"))
+        })
+        .count();
+    ensure!(
+        invites >= 2,
+        "Kamailio should see the INVITE and its authenticated retry from {PINNED6}:\n{log}"
+    );
+    ev.push(format!(
+        "Kamailio: {invites} INVITEs for {PSTN_NUMBER} from the pinned IPv6 (407 round)"
+    ));
+    Ok(ev)
+}
+
+/// An OPTIONS from `src` (inside `ns`) to `dest`; returns the status line of the answer.
+fn options_from(ns: &str, src: &str, dest: SocketAddr) -> Option<String> {
+    in_netns(ns, || {
+        let sock = UdpSocket::bind(SocketAddr::new(ip(src), 0)).ok()?;
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .ok()?;
+        let local = sock.local_addr().ok()?;
+        let host = match local.ip() {
+            IpAddr::V6(a) => format!("[{a}]"),
+            IpAddr::V4(a) => a.to_string(),
+        };
+        let req = format!(
+            "OPTIONS sip:probe@provider.test SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-e2e-probe;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@{host}>;tag=e2e\r\nTo: <sip:probe@provider.test>\r\n\
+             Call-ID: e2e-probe@{host}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            port = local.port()
+        );
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..6 {
+            sock.send_to(req.as_bytes(), dest).ok()?;
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                return text.lines().next().map(str::to_owned);
+            }
+        }
+        None
+    })
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {limit:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn home_topology_with_real_softphones() {
+    if std::env::var_os("PODPBX_SKIP_E2E").is_some() {
+        eprintln!("PODPBX_SKIP_E2E set: skipping");
+        return;
+    }
+    assert!(
+        is_root(),
+        "this test builds network namespaces and must run as root (CI does)"
+    );
+    if let Err(e) = common::baresip::available() {
+        panic!("{e} (or set PODPBX_SKIP_E2E=1)");
+    }
+    if let Err(e) = common::kamailio::available() {
+        panic!("{e} (or set PODPBX_SKIP_E2E=1)");
+    }
+    let started = Instant::now();
+
+    // Declaration order is teardown order reversed: processes stop before their namespaces go.
+    let topo = Topology::build();
+    let sniffer = sniff::Sniffer::start(&topo.router.name, "r-pod", Duration::from_secs(240));
+    let dir = TempDir::new("e2e");
+
+    // Tones: 60 s each (longer than any call), 8 kHz mono 16-bit, half of full scale.
+    let tone = |name: &str, f: f64| {
+        let p = dir.path().join(format!("{name}.wav"));
+        audio::write_tone(&p, f, 60, 0.5).expect("write tone");
+        p
+    };
+    let (t101, t102, tdoor, tpstn) = (
+        tone("101", TONE_101),
+        tone("102", TONE_102),
+        tone("door", TONE_DOOR),
+        tone("pstn", TONE_PSTN),
+    );
+
+    // The provider.
+    let kam = in_netns(&topo.provider.name, || {
+        Kamailio::start(&ProviderConfig {
+            listen: vec![ip(KAM)],
+            port: Some(5060),
+            accounts: vec![Account::new(TRUNK_USER, TRUNK_PASSWORD).did(DID)],
+            subscribers: vec![Source::host(ip(PINNED6))],
+            carriers: vec![Source::host(ip(PSTN))],
+            uas: Some(SocketAddr::new(ip(PSTN), 5060)),
+            invite_auth: true,
+            ..ProviderConfig::default()
+        })
+    });
+
+    // podpbx in the pod.
+    let pbx_dir = TempDir::new("e2e-pbx");
+    let cfg = pbx_dir.path().join("podpbx.toml");
+    std::fs::write(&cfg, podpbx_config(pbx_dir.path())).expect("write config");
+    let log = pbx_dir.path().join("podpbx.log");
+    let pbx_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut pbx = ChildGuard(
+        topo.pod
+            .command(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start podpbx in the pod namespace"),
+    );
+    let ready = wait_until("podpbx ready", Duration::from_secs(15), || {
+        pbx_log().contains("podpbx ready") || !matches!(pbx.0.try_wait(), Ok(None))
+    });
+    assert!(
+        ready.is_ok() && pbx_log().contains("podpbx ready"),
+        "podpbx did not start:\n{}",
+        pbx_log()
+    );
+
+    // The trunk registers from the pinned IPv6 (Kamailio admits no other source); readyz turns
+    // 200 once it has.
+    let admin: SocketAddr = format!("{PINNED4}:9060").parse().unwrap();
+    let binding = wait_until(
+        "trunk registration at Kamailio",
+        Duration::from_secs(15),
+        || in_netns(&topo.provider.name, || kam.binding(TRUNK_USER)).is_some(),
+    );
+    assert!(
+        binding.is_ok(),
+        "trunk did not register:\n{}\n--- kamailio ---\n{}",
+        tail(&pbx_log(), 60),
+        tail(&kam.log_text(), 40)
+    );
+    let b = in_netns(&topo.provider.name, || kam.binding(TRUNK_USER)).expect("binding");
+    assert!(
+        b.contact.contains(&format!("[{PINNED6}]")),
+        "trunk contact on the pinned IPv6: {b:?}"
+    );
+    let readyz = wait_until("readyz 200", Duration::from_secs(10), || {
+        in_netns(&topo.pod.name, || http_get(admin, "/readyz")).0 == 200
+    });
+    assert!(
+        readyz.is_ok(),
+        "readyz: {:?}",
+        in_netns(&topo.pod.name, || http_get(admin, "/readyz"))
+    );
+    // The source check is real: the same pod, sending from its transit address, is refused.
+    let kam_addr = SocketAddr::new(ip(KAM), 5060);
+    let refused = options_from(&topo.pod.name, TRANSIT6_POD, kam_addr);
+    assert_eq!(
+        refused.as_deref(),
+        Some("SIP/2.0 403 Source Address Not Allowed"),
+        "probe from the pod's transit address"
+    );
+
+    // The softphones.
+    let phone = |name: &str,
+                 ns: &Netns,
+                 listen: SocketAddr,
+                 iface: &str,
+                 acc: String,
+                 tone: &Path,
+                 n: u16| {
+        Baresip::start(&PhoneConfig {
+            name: name.to_owned(),
+            netns: ns.name.clone(),
+            sip_listen: listen,
+            interface: iface.to_owned(),
+            account: acc,
+            tone: tone.to_path_buf(),
+            ctrl_port: 4400 + n,
+            rtp_ports: (30000 + 20 * n, 30019 + 20 * n),
+            max_secs: 240,
+        })
+    };
+    let sip = |a: &str| SocketAddr::new(ip(a), 5060);
+    let aor6 = |user: &str| format!("sip:{user}@[{PINNED6}]");
+    let mut p101 = phone(
+        "phone101",
+        &topo.lan6,
+        sip(PHONE101),
+        "ph1",
+        account(
+            &aor6("101"),
+            &["auth_pass=e2e-pw-101", "answermode=auto", "regint=600"],
+        ),
+        &t101,
+        1,
+    );
+    let mut p102 = phone(
+        "phone102",
+        &topo.lan6,
+        sip(PHONE102),
+        "ph2",
+        account(
+            &aor6("102"),
+            &["auth_pass=e2e-pw-102", "answermode=manual", "regint=600"],
+        ),
+        &t102,
+        2,
+    );
+    let door = phone(
+        "door",
+        &topo.lan4,
+        sip(DOOR),
+        "lan4up",
+        account(
+            &format!("sip:190@{PINNED4}"),
+            &["answermode=auto", "regint=0"],
+        ),
+        &tdoor,
+        3,
+    );
+    let pstn = phone(
+        "pstn",
+        &topo.provider,
+        sip(PSTN),
+        "prov0",
+        account(
+            &format!("sip:{PSTN_NUMBER}@[{PSTN}]"),
+            &["answermode=auto", "regint=0"],
+        ),
+        &tpstn,
+        4,
+    );
+    for p in [&mut p101, &mut p102] {
+        if let Err(e) = p.wait_registered(Duration::from_secs(10)) {
+            panic!(
+                "{e}\n{}\n--- podpbx ---\n{}",
+                p.logs(),
+                tail(&pbx_log(), 60)
+            );
+        }
+    }
+    let setup = started.elapsed();
+
+    let mut w = World {
+        p101,
+        p102,
+        door,
+        pstn,
+        cdr_file: pbx_dir.path().join("cdr.jsonl"),
+        calls: 0,
+        sniffer,
+    };
+    type Scenario<'a> = (&'static str, Box<dyn Fn(&mut World) -> Outcome + 'a>);
+    let scenarios: Vec<Scenario> = vec![
+        (
+            "1 phone 102 -> phone 101 (IPv6 <-> IPv6)",
+            Box::new(phone_to_phone),
+        ),
+        (
+            "2 doorbell (IPv4) -> family group, 101 answers",
+            Box::new(doorbell),
+        ),
+        ("3 inbound DID via Kamailio -> 102", Box::new(inbound_did)),
+        (
+            "4 outbound 101 -> trunk -> PSTN",
+            Box::new(|w: &mut World| outbound(w, &kam)),
+        ),
+    ];
+    let mut report = String::new();
+    let mut failed = Vec::new();
+    for (name, run) in &scenarios {
+        let t0 = Instant::now();
+        let out = run(&mut w);
+        // A failed scenario may leave a call up or ringing: hang up everywhere (best effort)
+        // and give the hang-ups a moment, so the next scenario starts clean.
+        if out.is_err() {
+            for b in [&mut w.p101, &mut w.p102, &mut w.door, &mut w.pstn] {
+                let _ = b.command("hangup", "");
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        // Count calls by CDR lines, so that a failed scenario does not shift the next one.
+        w.calls = cdrs(&w.cdr_file, w.calls, Duration::from_secs(2)).len();
+        match out {
+            Ok(ev) => {
+                report.push_str(&format!(
+                    "PASS {name} ({:.1} s)\n",
+                    t0.elapsed().as_secs_f64()
+                ));
+                for e in ev {
+                    report.push_str(&format!("     {e}\n"));
+                }
+            }
+            Err(e) => {
+                report.push_str(&format!("FAIL {name}: {e}\n"));
+                failed.push(*name);
+            }
+        }
+    }
+
+    // Never did anything leave the pod from its transit addresses: every SIP and RTP datagram
+    // used the pinned ones.
+    let flows = w.sniffer.flows();
+    let from_transit: Vec<_> = flows
+        .iter()
+        .filter(|((src, _), _)| src.ip() == ip(TRANSIT6_POD) || src.ip() == ip(TRANSIT4_POD))
+        .filter(|((_, dst), _)| dst.ip() != ip(KAM)) // the deliberate 403 probe
+        .collect();
+    let total = wire(&flows);
+    report.push_str(&format!(
+        "wire total (router<->pod): RTP pinned6 out {} in {}, pinned4 out {} in {}; UDP from transit addresses: {}\n",
+        total.out6, total.in6, total.out4, total.in4, from_transit.len()
+    ));
+    let (code, m) = in_netns(&topo.pod.name, || http_get(admin, "/metrics"));
+    let answered = metric(&m, "podpbx_calls_total{disposition=\"answered\"}");
+    if code == 200 {
+        let calls = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("podpbx_calls_total")
+                    || l.starts_with("podpbx_relay_dropped_packets_total")
+                    || l.starts_with("podpbx_relay_packets_total")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        report.push_str(&format!("podpbx metrics: {calls}\n"));
+    }
+    report.push_str(&format!(
+        "setup {:.1} s, total {:.1} s\n",
+        setup.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ));
+    eprintln!("{report}");
+    let metrics_ok = answered == Some(scenarios.len() as f64 - failed.len() as f64);
+    if !metrics_ok {
+        report.push_str(&format!("FAIL metrics: answered calls {answered:?}\n"));
+    }
+    if !failed.is_empty() || !from_transit.is_empty() || !metrics_ok {
+        let mut logs = String::new();
+        for b in [&w.p101, &w.p102, &w.door, &w.pstn] {
+            logs.push_str(&tail(&b.logs(), 40));
+            logs.push('\n');
+        }
+        let cdr_text = std::fs::read_to_string(&w.cdr_file).unwrap_or_default();
+        panic!(
+            "{report}\nfailed: {failed:?}; from transit: {from_transit:?}\n{logs}\n--- CDRs ---\n{cdr_text}\n--- podpbx ---\n{}\n--- kamailio ---\n{}",
+            tail(&pbx_log(), 150),
+            tail(&kam.log_text(), 60)
+        );
+    }
+    drop(scenarios);
+    // Stop the phones first (their un-REGISTERs reach a live podpbx), then podpbx.
+    drop(w);
+    // A graceful stop (SIGTERM, as Kubernetes does) un-registers the trunk, so the provider
+    // stops sending calls to a pod that is gone.
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(pbx.0.id() as i32, libc::SIGTERM) };
+    let exited = wait_until("podpbx exit", Duration::from_secs(15), || {
+        !matches!(pbx.0.try_wait(), Ok(None))
+    });
+    let status = pbx.0.try_wait().ok().flatten();
+    assert!(
+        exited.is_ok() && status.is_some_and(|s| s.success()),
+        "podpbx stop: {status:?}\n{}",
+        tail(&pbx_log(), 40)
+    );
+    let left = in_netns(&topo.provider.name, || kam.binding(TRUNK_USER));
+    assert!(
+        left.is_none(),
+        "trunk binding left at the provider after stop: {left:?}"
+    );
+    drop(pbx);
+    drop(kam);
+    drop(topo);
+}
