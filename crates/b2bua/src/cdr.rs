@@ -21,6 +21,16 @@ pub enum Disposition {
 }
 
 impl Disposition {
+    /// Every disposition, in label order.
+    pub const ALL: [Disposition; 6] = [
+        Disposition::Answered,
+        Disposition::Busy,
+        Disposition::NoAnswer,
+        Disposition::Cancelled,
+        Disposition::Rejected,
+        Disposition::Failed,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

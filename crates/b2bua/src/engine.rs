@@ -1664,6 +1664,8 @@ impl B2bua {
                 self.ensure_sessions(call, bi, &sdp).ok()?;
                 // The caller's media is known from its offer (as in `new_uac_leg`); without
                 // this the relay has no destination for the provider's RTP towards the caller.
+                let a = call.a;
+                self.learn_remote(call, a, bi, &sdp, &raw, true);
                 Some((
                     "application/sdp".to_string(),
                     self.rewrite_for(call, li, bi, &sdp).ok()?.into_bytes(),

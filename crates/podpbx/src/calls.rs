@@ -253,7 +253,7 @@ pub struct Calls {
     /// Requests the transaction layer refused (reported back as failures on the next pump).
     failed: Vec<ReqId>,
     /// Calls ended since the last call (for metrics): dispositions.
-    pub ended: Vec<&'static str>,
+    pub ended: Vec<podpbx_b2bua::Disposition>,
 }
 
 impl Calls {
@@ -338,7 +338,7 @@ impl Calls {
                 }
                 Output::Cdr(cdr) => {
                     info!(call = cdr.id, disposition = cdr.disposition.as_str(), caller = %cdr.caller, callee = %cdr.callee, "CDR");
-                    self.ended.push(cdr.disposition.as_str());
+                    self.ended.push(cdr.disposition);
                     self.cdr.write(&cdr);
                 }
             }

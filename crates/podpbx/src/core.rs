@@ -123,7 +123,7 @@ impl Core {
     }
 
     /// Dispositions of the calls that ended since the last call (for metrics).
-    pub fn take_ended_calls(&mut self) -> Vec<&'static str> {
+    pub fn take_ended_calls(&mut self) -> Vec<podpbx_b2bua::Disposition> {
         self.calls.as_mut().map(|c| std::mem::take(&mut c.ended)).unwrap_or_default()
     }
 
@@ -467,7 +467,7 @@ impl Core {
                 let handled = match self.calls.as_mut() {
                     Some(calls) => {
                         let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
-                        calls.b2bua.handle_in_dialog(now, id, req, b2bua_flow(flow), &dir)
+                        calls.b2bua.handle_in_dialog(now, id, req, flow, &dir)
                     }
                     None => false,
                 };
@@ -505,7 +505,7 @@ impl Core {
             self.respond(now, id, req, flow, 503, "Service Unavailable", &[("Retry-After", "30")]);
             return;
         }
-        let bflow = b2bua_flow(flow);
+        let bflow = flow;
         let identity = match self.calls.as_ref() {
             Some(c) => c.b2bua.identify(req, &bflow),
             None => return,
@@ -639,10 +639,6 @@ impl Core {
         }
         b.build()
     }
-}
-
-fn b2bua_flow(flow: Flow) -> podpbx_b2bua::Flow {
-    podpbx_b2bua::Flow { transport: flow.transport, local: flow.local, remote: flow.remote, conn: flow.conn }
 }
 
 fn registrar_flow(flow: Flow) -> podpbx_registrar::Flow {

@@ -480,46 +480,8 @@ pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
     }
 }
 
-/// How a call ended, the `disposition` label of `podpbx_calls_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Answered, then hung up.
-    Answered,
-    /// The callee was busy (486/600).
-    Busy,
-    /// Nobody answered before the ring timeout.
-    NoAnswer,
-    /// The caller hung up before an answer.
-    Cancelled,
-    /// Rejected by the dialplan, limits or authentication.
-    Rejected,
-    /// Failed: unreachable target, trunk error, media timeout...
-    Failed,
-}
-
-impl Disposition {
-    /// Every disposition, in label order.
-    pub const ALL: [Disposition; 6] = [
-        Disposition::Answered,
-        Disposition::Busy,
-        Disposition::NoAnswer,
-        Disposition::Cancelled,
-        Disposition::Rejected,
-        Disposition::Failed,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Disposition::Answered => "answered",
-            Disposition::Busy => "busy",
-            Disposition::NoAnswer => "no_answer",
-            Disposition::Cancelled => "cancelled",
-            Disposition::Rejected => "rejected",
-            Disposition::Failed => "failed",
-        }
-    }
-}
+/// How a call ended, the `disposition` label of `podpbx_calls_total` (the CDR's disposition).
+pub use podpbx_b2bua::Disposition;
 
 /// Why the relay dropped a packet, the `reason` label of `podpbx_relay_dropped_packets_total`
 /// (mirrors `podpbx_media`'s `Drops`).

@@ -249,7 +249,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         }
         admin.metrics().calls_active.set_count(core.active_calls());
         for d in core.take_ended_calls() {
-            admin.metrics().call_ended(metrics_disposition(d));
+            admin.metrics().call_ended(d);
         }
         if shutdown.is_stopping() {
             break;
@@ -295,18 +295,6 @@ fn reload_config(core: &mut Core, path: Option<&Path>) -> Result<String, String>
             error!(file = %path.display(), "configuration reload rejected, the running configuration stays:\n{e}");
             Err(e)
         }
-    }
-}
-
-fn metrics_disposition(d: &str) -> crate::metrics::Disposition {
-    use crate::metrics::Disposition as D;
-    match d {
-        "answered" => D::Answered,
-        "busy" => D::Busy,
-        "no_answer" => D::NoAnswer,
-        "cancelled" => D::Cancelled,
-        "rejected" => D::Rejected,
-        _ => D::Failed,
     }
 }
 

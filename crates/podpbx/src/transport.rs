@@ -22,16 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 /// Where a message came from or goes to: the observed flow, not what headers claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Flow {
-    pub transport: Transport,
-    /// Our pinned address and port the message arrived on / leaves from.
-    pub local: SocketAddr,
-    /// The peer's address as seen on the wire.
-    pub remote: SocketAddr,
-    /// TCP connection id (0 for UDP).
-    pub conn: u64,
-}
+pub use podpbx_b2bua::Flow;
 
 /// Something the transports hand to the core.
 #[derive(Debug)]
