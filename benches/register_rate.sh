@@ -12,7 +12,9 @@
 #   3. memory again, with USERS bindings (checked: bindings.json / usrloc:registered_users);
 #   4. rate steps (STEPS, STEP_SECS worth of REGISTERs each, stopping after the first step with
 #      >= 1 % failures): achieved rate, failures, server CPU and SIPp's own CPU (SIPp is
-#      single-threaded: at 100 % of its core it, not the server, is the ceiling).
+#      single-threaded: at 100 % of its core it, not the server, is the ceiling);
+#   5. podpbx only: restarted on its saved bindings.json, memory with the bindings restored (no
+#      transaction state, no allocator leftovers from the load).
 # A failure is any of the offered REGISTERs not ending in 200 (SIPp failed calls, calls never
 # started within the time limit). Every SIPp run is bounded by count and by `timeout`.
 # The table at the end gives medians over ROUNDS rounds.
@@ -204,11 +206,11 @@ port_busy() { ss -Hlun "sport = :$PORT" 2>/dev/null | grep -q . ; }
 
 # Starts a server pinned to SERVER_CORE; sets SRV (its PID). Fails loudly if it dies or does not
 # answer an OPTIONS within 10 s.
-start_server() {
+start_server() { # name [keep: podpbx restores the bindings saved by the previous run]
     local name=$1 i
     port_busy && die "UDP port $PORT is already in use (another run? set PORT=...)"
     if [ "$name" = podpbx ]; then
-        rm -f "$work/pbxdata/bindings.json"
+        [ "${2:-}" = keep ] || rm -f "$work/pbxdata/bindings.json"
         "${prio[@]}" taskset -c "$SERVER_CORE" "$BIN" run --config "$work/podpbx.toml" 2>>"$work/podpbx.log" &
     else
         "${prio[@]}" taskset -c "$SERVER_CORE" kamailio -f "$work/kamailio.cfg" "${kam_defs[@]}" -DD -E \
@@ -319,6 +321,15 @@ session() { # server round
     fi
     stop_pid "$STOP"
     stop_pid "$SRV"
+    if [ "$server" = podpbx ]; then
+        # Live size of the bindings without transaction state or allocator leftovers: podpbx
+        # restarted, restoring them from the bindings.json it saved on SIGTERM.
+        b=$(bindings podpbx)
+        start_server podpbx keep
+        sleep 0.5
+        echo "podpbx $round restart $(mem_kb "$SRV") - - $b" >> "$work/results"
+        stop_pid "$SRV"
+    fi
 }
 
 servers=(podpbx kamailio)
@@ -445,6 +456,15 @@ for s in podpbx kamailio; do
     fi
     printf '  bindings %s\n' "$(memcol $s '$14')"
 done
+if grep -q '^podpbx [0-9]* restart ' "$work/results"; then
+    printf '%-8s restarted, %s bindings restored from bindings.json: RSS %.1f  HWM %.1f  PSS %.1f  (%.0f B per binding over the empty start)\n' podpbx \
+        "$(awk '$3 == "restart" {print $10}' "$work/results" | median)" \
+        "$(awk '$3 == "restart" {print $4 / 1024}' "$work/results" | median)" \
+        "$(awk '$3 == "restart" {print $5 / 1024}' "$work/results" | median)" \
+        "$(awk '$3 == "restart" {print $6 / 1024}' "$work/results" | median)" \
+        "$(awk '$3 == "restart" {r[$2] = $4; b[$2] = $10} $1 == "podpbx" && $3 == "mem" {m[$2] = $4}
+            END {for (k in r) if (k in m && b[k] > 0) print (r[k] - m[k]) * 1024 / b[k]}' "$work/results" | median)"
+fi
 if grep -q ' idle ' "$work/results"; then
     for s in podpbx kamailio; do
         grep -q "^$s [0-9]* idle " "$work/results" || continue
@@ -465,10 +485,10 @@ echo "[4] Noise: other processes' use of the server core / SIPp core during the 
 for s in podpbx kamailio; do
     grep -q "^$s " "$work/results" || continue
     printf '%-8s server core %s %% (max %s %%), SIPp core %s %% (max %s %%)\n' "$s" \
-        "$(awk -v s=$s '$1 == s && $3 != "mem" && $3 != "idle" {print $14}' "$work/results" | median)" \
-        "$(awk -v s=$s '$1 == s && $3 != "mem" && $3 != "idle" {print $14}' "$work/results" | sort -n | tail -1)" \
-        "$(awk -v s=$s '$1 == s && $3 != "mem" && $3 != "idle" {print $15}' "$work/results" | median)" \
-        "$(awk -v s=$s '$1 == s && $3 != "mem" && $3 != "idle" {print $15}' "$work/results" | sort -n | tail -1)"
+        "$(awk -v s=$s '$1 == s && ($3 == "fixed" || $3 == "step") {print $14}' "$work/results" | median)" \
+        "$(awk -v s=$s '$1 == s && ($3 == "fixed" || $3 == "step") {print $14}' "$work/results" | sort -n | tail -1)" \
+        "$(awk -v s=$s '$1 == s && ($3 == "fixed" || $3 == "step") {print $15}' "$work/results" | median)" \
+        "$(awk -v s=$s '$1 == s && ($3 == "fixed" || $3 == "step") {print $15}' "$work/results" | sort -n | tail -1)"
 done
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
@@ -486,4 +506,5 @@ echo
 echo "raw results: server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans rtt_ms unexpected timeouts"
 echo "             other_load_%_server_core other_load_%_sipp_core (CLK_TCK=$HZ);"
 echo "             server round mem rss hwm pss nproc (before) rss hwm pss nproc (after) shm_kb_before shm_kb_after bindings"
+echo "             podpbx round restart rss hwm pss nproc - - bindings_restored"
 cat "$work/results"

@@ -255,10 +255,11 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             break;
         }
     }
-    // Let the trunks' un-REGISTER (and a digest round) complete, bounded: a pod being replaced
-    // must release its addresses quickly.
+    // Let the BYEs of ended calls (their CDRs are written when the BYE transaction completes) and
+    // the trunks' un-REGISTER (with a digest round) finish, bounded: a pod being replaced must
+    // release its addresses quickly.
     let drain_until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    while !core.trunks_stopped() && tokio::time::Instant::now() < drain_until {
+    while (!core.trunks_stopped() || core.active_calls() > 0) && tokio::time::Instant::now() < drain_until {
         let deadline = core.poll_timeout().map(tokio::time::Instant::from_std).map_or(drain_until, |d| d.min(drain_until));
         tokio::select! {
             Some(Inbound::Message(msg, flow)) = in_rx.recv() => core.handle_message(Instant::now(), SystemTime::now(), &msg, flow),
