@@ -97,7 +97,7 @@ die() {
     exit 1
 }
 
-cargo build --release -q -p podpbx
+cargo build --release -q -p podpbx || die "cargo build --release -p podpbx failed"
 BIN=target/release/podpbx
 
 # ---------------------------------------------------------------------------------------------

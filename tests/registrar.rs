@@ -89,7 +89,7 @@ fn bindings_survive_a_hard_restart_with_their_remaining_expiry() {
     let mut pbx = Pbx::start(USERS);
     let run = reg("register_once.xml", pbx.v4(), "u1", "1001", "kitchen-1001", &["-key", "expires", "300"]);
     assert!(run.ok, "{}", run.output);
-    std::thread::sleep(Duration::from_millis(400)); // the coalesced save (100 ms) has happened
+    std::thread::sleep(Duration::from_millis(1200)); // the coalesced save (500 ms) has happened
     pbx.restart_hard();
     assert!(pbx.log_text().contains("registrations restored"), "{}", pbx.log_text());
     let run = reg("register_query.xml", pbx.v4(), "u1", "1001", "kitchen-1001", &[]);
@@ -154,7 +154,7 @@ fn a_registration_moves_the_gauge_and_shows_in_ctl() {
     assert_eq!(before, Some(0.0));
     let run = reg("register_once.xml", pbx.v6(), "t1", "1002", "hall-1002", &["-key", "expires", "120"]);
     assert!(run.ok, "{}", run.output);
-    std::thread::sleep(Duration::from_millis(400)); // published with the coalesced save
+    std::thread::sleep(Duration::from_millis(2000)); // published on the 1 s status tick after the save
     let after = metric(&http_get(pbx.admin, "/metrics").1, "podpbx_registrations");
     assert_eq!(after, Some(1.0));
     let (code, out, err) = ctl(&["--admin", &pbx.admin.to_string(), "registrations"]);

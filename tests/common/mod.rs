@@ -56,6 +56,9 @@ fn unique() -> u64 {
 
 /// A port free for UDP and TCP on both 127.0.0.1 and ::1 right now.
 pub fn free_port() -> u16 {
+    // Tests in one binary run in parallel: never hand out the same port twice, or two podpbx
+    // processes race for it between this check and their bind.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     for _ in 0..200 {
         let Ok(s) = UdpSocket::bind("127.0.0.1:0") else {
             continue;
@@ -70,7 +73,11 @@ pub fn free_port() -> u16 {
             && TcpListener::bind(("::1", port)).is_ok();
         drop(s);
         if ok {
-            return port;
+            let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+            if !given.contains(&port) {
+                given.push(port);
+                return port;
+            }
         }
     }
     panic!("no free port found");

@@ -44,7 +44,7 @@ pub struct CoreConfig {
 
 /// Bindings are saved at most this long after they change: one write covers a burst of
 /// REGISTERs (each write is an fsync), and a crash loses at most this window.
-const SAVE_DELAY: Duration = Duration::from_millis(100);
+const SAVE_DELAY: Duration = Duration::from_millis(500);
 
 /// The sans-IO signalling core.
 pub struct Core {
@@ -55,6 +55,10 @@ pub struct Core {
     registrar: Registrar,
     /// When the bindings must next be written, if they changed since the last write.
     save_due: Option<Instant>,
+    /// Bindings changed since the status was last published.
+    registrations_changed: bool,
+    /// When the transaction-table-full warning was last logged.
+    overload_logged: Option<Instant>,
     /// Qualify OPTIONS in flight: client transaction -> binding id.
     qualifies: HashMap<ClientTxId, u64>,
     /// Set by [`Core::begin_shutdown`] (SIGTERM): new INVITEs must get `503 Service Unavailable`.
@@ -104,6 +108,8 @@ impl Core {
             caps,
             registrar,
             save_due: None,
+            registrations_changed: true,
+            overload_logged: None,
             qualifies: HashMap::new(),
             trunks,
             direct: VecDeque::new(),
@@ -234,12 +240,31 @@ impl Core {
         serde_json::Value::Array(items)
     }
 
-    /// Bindings to persist now, if a save is due; the shell writes them and calls back.
+    /// True when the bindings changed and the coalescing delay has passed.
     pub fn save_due(&self, now: Instant) -> bool {
         self.save_due.is_some_and(|t| t <= now)
     }
 
-    /// Writes the bindings to the state file (blocking: write, fsync, rename).
+    /// The state file's new content (the shell writes it off the event loop: write, fsync and
+    /// rename cost milliseconds the signalling must not wait for).
+    pub fn take_bindings_snapshot(&mut self) -> Option<(PathBuf, Vec<u8>)> {
+        self.save_due = None;
+        self.registrations_changed = true;
+        match self.registrar.serialize() {
+            Ok(data) => Some((self.cfg.state_file.clone(), data)),
+            Err(e) => {
+                warn!(error = %e, "cannot serialise registrations");
+                None
+            }
+        }
+    }
+
+    /// True once after the bindings changed (for the 1 s status publication).
+    pub fn take_registrations_changed(&mut self) -> bool {
+        std::mem::take(&mut self.registrations_changed)
+    }
+
+    /// Writes the bindings synchronously (at shutdown).
     pub fn save_bindings(&mut self) {
         self.save_due = None;
         if let Err(e) = self.registrar.save(&self.cfg.state_file) {
@@ -332,7 +357,12 @@ impl Core {
             }
             RequestDisposition::Overloaded => {
                 let data = self.build(msg, flow, 503, "Service Unavailable", &[("Retry-After", "5")]);
-                warn!("transaction table full: 503");
+                Stats::bump(&self.stats.overloaded);
+                // One line per second at most: under a flood a line per request would be the flood.
+                if self.overload_logged.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                    self.overload_logged = Some(now);
+                    warn!(total = Stats::get(&self.stats.overloaded), "transaction table full: answering 503");
+                }
                 self.tx.send_stateless(peer, data);
             }
             RequestDisposition::Invalid(e) => match bad_request(&msg.buf, &e.to_string(), flow) {

@@ -422,7 +422,7 @@ fn format_float(v: f64) -> String {
 /// Exposes the signalling counters of [`Stats`] (read at scrape time; no copies to keep in sync).
 pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
     type Field = fn(&Stats) -> &AtomicU64;
-    let fields: [(&str, &str, Field); 10] = [
+    let fields: [(&str, &str, Field); 11] = [
         (
             "podpbx_sip_messages_in_total",
             "SIP messages that parsed and reached the core.",
@@ -467,6 +467,11 @@ pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
             "podpbx_sip_blocked_requests_total",
             "Requests from blocked sources, dropped without an answer.",
             |s| &s.blocked_requests,
+        ),
+        (
+            "podpbx_sip_overloaded_total",
+            "Requests answered 503 because the transaction table was full.",
+            |s| &s.overloaded,
         ),
         (
             "podpbx_sip_tcp_connections_total",

@@ -95,7 +95,9 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     let core_cfg = CoreConfig {
         user_agent: cfg.sip.user_agent.clone(),
         timers,
-        max_transactions: 50_000,
+        // Non-INVITE server transactions over UDP live 32 s (Timer J): 150 000 covers a sustained
+        // ~2 000 requests/s, about 150 MB at worst.
+        max_transactions: 150_000,
         domain: cfg.sip.domain.clone(),
         state_file: cfg.registrar.state_file.clone(),
     };
@@ -181,6 +183,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         admin.metrics().registrations.set_count(core.registrar().stats().bindings);
     };
     publish_registrations(&core);
+    let state_writer = spawn_state_writer();
     let trunk_status = admin.provide_snapshot("trunks");
     let publish_trunks = |core: &Core| {
         trunk_status.publish(core.trunks().status_json(Instant::now()));
@@ -207,6 +210,9 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             _ = tick.tick() => {
                 publish_trunks(&core);
                 calls_snapshot.publish(core.calls_json(Instant::now()));
+                if core.take_registrations_changed() {
+                    publish_registrations(&core);
+                }
             }
             Some(ev) = media_rx.recv() => {
                 if let podpbx_media::Event::MediaTimeout { session, .. } = ev {
@@ -234,8 +240,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             },
         }
         if core.save_due(Instant::now()) {
-            core.save_bindings();
-            publish_registrations(&core);
+            if let Some(snapshot) = core.take_bindings_snapshot() {
+                // Latest-wins channel to one writer thread: writes stay in order.
+                let _ = state_writer.send(snapshot);
+            }
         }
         while let Some(out) = core.poll_output() {
             match out {
@@ -269,6 +277,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             let _ = transports.send(transport, dest, conn, data);
         }
     }
+    drop(state_writer);
     core.save_bindings();
     shutdown.finish();
     Ok(())
@@ -297,6 +306,26 @@ fn reload_config(core: &mut Core, path: Option<&Path>) -> Result<String, String>
             Err(e)
         }
     }
+}
+
+/// A thread that writes registration snapshots (write, fsync, rename) in the order received,
+/// skipping to the newest when several queued up.
+fn spawn_state_writer() -> std::sync::mpsc::Sender<(std::path::PathBuf, Vec<u8>)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(std::path::PathBuf, Vec<u8>)>();
+    let spawned = std::thread::Builder::new().name("state-writer".into()).spawn(move || {
+        while let Ok(mut job) = rx.recv() {
+            while let Ok(newer) = rx.try_recv() {
+                job = newer;
+            }
+            if let Err(e) = podpbx_registrar::write_atomic(&job.0, &job.1) {
+                warn!(file = %job.0.display(), error = %e, "cannot save registrations");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the state writer thread; registrations saved at exit only");
+    }
+    tx
 }
 
 /// The registrar from the config, with bindings restored from the state file.

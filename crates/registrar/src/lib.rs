@@ -68,7 +68,7 @@ mod users;
 
 pub use bindings::{Binding, Flow, QualifyTarget, Transport};
 pub use podpbx_config::{Cidr, CidrError};
-pub use persist::{LoadReport, PersistError};
+pub use persist::{write_atomic, LoadReport, PersistError};
 pub use podpbx_sip::digest::{Algorithm, AuthKind, HashAlg, Secret};
 pub use registrar::{
     http_date, AuthCheck, AuthResult, Outcome, Registrar, Reply, SecurityEvent, SecurityEventKind,

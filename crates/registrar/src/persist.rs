@@ -103,7 +103,7 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PersistErr
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory is written and
 /// fsynced, renamed over `path`, then the directory is fsynced.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PersistError> {
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PersistError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),

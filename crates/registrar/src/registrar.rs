@@ -341,6 +341,7 @@ impl Registrar {
         let before = self.store.count();
         let users = &self.users;
         self.store.by_aor.retain(|aor, _| users.get(aor).is_some());
+        self.store.recompute();
         self.store.count() != before
     }
 
@@ -625,7 +626,7 @@ impl Registrar {
             Ok(changed) => out.changed |= changed,
             Err(reply) => {
                 if !list.is_empty() {
-                    self.store.by_aor.insert(aor, list);
+                    self.store.put(aor, list);
                 }
                 out.reply = reply;
                 return out;
@@ -637,7 +638,7 @@ impl Registrar {
             sorted.iter().map(|b| b.contact_value(now)).collect()
         };
         if !list.is_empty() {
-            self.store.by_aor.insert(aor, list);
+            self.store.put(aor, list);
         }
         out.reply = Reply::Ok {
             contacts: now_list,
@@ -892,6 +893,12 @@ impl Registrar {
     /// Writes all bindings to `path` as JSON, atomically (temp file in the same directory,
     /// fsync, rename, fsync of the directory).
     pub fn save(&self, path: &Path) -> Result<(), PersistError> {
+        persist::write_atomic(path, &self.serialize()?)
+    }
+
+    /// The state file's content, for a caller that writes it elsewhere (off the event loop)
+    /// with [`crate::write_atomic`].
+    pub fn serialize(&self) -> Result<Vec<u8>, PersistError> {
         let mut bindings: Vec<_> = self
             .all_bindings()
             .map(|(aor, b)| persist::stored(aor, b))
@@ -902,8 +909,8 @@ impl Registrar {
             version: persist::FORMAT_VERSION,
             bindings,
         };
-        let data = serde_json::to_vec_pretty(&file)?;
-        persist::write_atomic(path, &data)
+        // Compact: this runs on every change burst, and 10 000 bindings pretty-printed are 5 MB.
+        Ok(serde_json::to_vec(&file)?)
     }
 
     /// Replaces the bindings with those saved in `path`, each with its remaining lifetime
@@ -985,6 +992,7 @@ impl Registrar {
             }
         }
         report.loaded = self.store.count();
+        self.store.recompute();
         Ok(report)
     }
 

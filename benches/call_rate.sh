@@ -1,0 +1,634 @@
+#!/usr/bin/env bash
+# Call rate and call capacity: podpbx (release binary, a B2BUA that anchors media) vs Kamailio 5.6
+# as a stateful record-routing proxy (benches/kamailio/proxy.cfg), on loopback, the server pinned
+# to one core (taskset), the SIPp caller and callee on the other.
+#
+# A call: SIPp caller (benches/sipp/call_uac.xml, 127.0.0.2) -> server (127.0.0.1:PORT) -> SIPp
+# callee (benches/sipp/call_uas.xml, 127.0.0.1:PORT+20): INVITE with SDP / 100 / 180 / 200 / ACK,
+# no pause, BYE / 200. Both servers see the same 6 messages in and send the same 7 out per call.
+#   * podpbx: the callee REGISTERs once (digest, 1 h) before the load; the caller is a user with
+#     identify_by_source (allow_from = 127.0.0.2/32): no digest round on the INVITE. podpbx
+#     answers the caller itself, places a second call to the callee, and allocates (binds) two
+#     relay port pairs per call and releases them at the BYE, writes a CDR line per call.
+#   * Kamailio: no authentication either; record_route, the Request-URI rewritten to the callee
+#     (a static contact, standing in for a location lookup), t_relay; ACK/BYE by loose_route.
+#
+# Per round, each server fresh (order alternating between rounds):
+#   1. fixed rate: RATE calls/s for FIXED_SECS s: server CPU seconds per 1 000 calls;
+#   2. rate steps (STEPS, STEP_SECS s each, stopping after the first step with >= 1 % failed
+#      calls): achieved calls/s, failures, server and SIPp CPU (who saturated);
+#   3. podpbx only (MEDIA=1): CONC concurrent calls with RTP, PCMU 20 ms (50 packets/s per
+#      direction per leg): the caller streams a looped WAV (rtp_stream), the callee echoes it
+#      (-rtp_echo), so the relay forwards 4 x 50 packets/s per call. Ramp at RAMP calls/s, hold
+#      HOLD_SECS s, hang up. podpbx CPU % (all threads) over the hold, RSS idle / at CONC calls /
+#      after teardown, relay sockets in the media range idle / at CONC / after teardown, RTP loss
+#      (sequence gaps per leg from the CDRs), relay drops, kernel socket drops.
+# The report gives medians over ROUNDS rounds and the podpbx/Kamailio CPU-per-call ratio.
+#
+#   usage: benches/call_rate.sh [rounds]
+#   env:   RATE=200 FIXED_SECS=20 STEPS="400 700 1000 1400 1800" STEP_SECS=4
+#          MEDIA=1 CONC=500 RAMP=100 HOLD_SECS=20 PORT=15100 SERVER_CORE=0 SIPP_CORE=1
+#          SUSTAIN_RATE=600 SUSTAIN_SECS=40 (0: skip) SUSTAIN_SERVERS="podpbx kamailio" (round 1 only)
+#          KAM_CHILDREN=1 ONLY=podpbx|kamailio KEEP=1 (keep the work directory and logs)
+#          MEDIA_MIN=44000 MEDIA_MAX=51999 (podpbx's RTP port range)
+# Bounded: every SIPp run has a call count, a SIPp -timeout and a `timeout`; everything started
+# here is stopped by PID (SIGTERM, then SIGKILL) on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${1:-${ROUNDS:-3}}
+RATE=${RATE:-200}
+FIXED_SECS=${FIXED_SECS:-20}
+STEPS=${STEPS:-"400 700 1000 1400 1800"}
+STEP_SECS=${STEP_SECS:-4}
+MEDIA=${MEDIA:-1}
+CONC=${CONC:-500}
+RAMP=${RAMP:-100}
+HOLD_SECS=${HOLD_SECS:-20}
+SUSTAIN_RATE=${SUSTAIN_RATE:-600}
+SUSTAIN_SECS=${SUSTAIN_SECS:-40}
+SUSTAIN_SERVERS=${SUSTAIN_SERVERS:-podpbx kamailio}
+PORT=${PORT:-15100}
+SERVER_CORE=${SERVER_CORE:-0}
+SIPP_CORE=${SIPP_CORE:-1}
+KAM_CHILDREN=${KAM_CHILDREN:-1}
+ONLY=${ONLY:-}
+KEEP=${KEEP:-0}
+MEDIA_MIN=${MEDIA_MIN:-44000}
+MEDIA_MAX=${MEDIA_MAX:-51999}
+UAC_IP=127.0.0.2             # the caller; podpbx identifies it by this address
+SRV_IP=127.0.0.1
+UAC_PORT=$((PORT + 10))
+UAS_PORT=$((PORT + 20))
+UAS_MEDIA=$((PORT + 30))     # the callee's RTP (echo) port
+UAC_MEDIA=$((PORT + 40))     # the caller's SDP port in the rate runs (no RTP is sent there)
+ADMIN=$SRV_IP:$((PORT + 99))
+HZ=$(getconf CLK_TCK)
+
+for tool in sipp kamailio taskset timeout awk ss curl python3; do
+    command -v "$tool" >/dev/null || { echo "call_rate: $tool not found" >&2; exit 1; }
+done
+
+work=$(mktemp -d /tmp/call_rate.XXXXXX)
+pids=()
+failed=0
+
+# The process and all its descendants (Kamailio -DD: a "creator" waiting for the main process,
+# which forks the workers).
+family() {
+    local c
+    echo "$1"
+    for c in $(pgrep -P "$1" || true); do family "$c"; done
+}
+# Stops a process by PID: SIGTERM, up to 5 s; then SIGTERM and SIGKILL to whatever is left of it
+# and of its descendants (each by PID).
+stop_pid() {
+    local p=$1 fam q i left sig
+    kill -0 "$p" 2>/dev/null || return 0
+    fam=$(family "$p")
+    kill "$p" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 "$p" 2>/dev/null || break
+        sleep 0.1
+    done
+    for sig in TERM KILL; do
+        left=""
+        for q in $fam; do kill -0 "$q" 2>/dev/null && left+=" $q"; done
+        [ -z "$left" ] && break
+        for q in $left; do kill -"$sig" "$q" 2>/dev/null || true; done
+        sleep 1
+    done
+    wait "$p" 2>/dev/null || true
+}
+cleanup() {
+    local i
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
+    if [ "$KEEP" = 1 ] || [ "$failed" = 1 ]; then
+        echo "work directory kept: $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+die() {
+    failed=1
+    echo "call_rate: $*" >&2
+    local f
+    for f in "$work"/*.log; do
+        [ -s "$f" ] && { echo "--- tail of $f" >&2; tail -5 "$f" >&2; }
+    done
+    exit 1
+}
+
+cargo build --release -q -p podpbx
+BIN=target/release/podpbx
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+cat > "$work/podpbx.toml" <<CFG
+[sip]
+ipv4 = "$SRV_IP"
+port = $PORT
+transports = ["udp"]
+[log]
+level = "warn"
+[admin]
+listen = "$ADMIN"
+[storage]
+data_dir = "$work/pbxdata"
+[security]
+trusted_networks = ["127.0.0.0/8"]
+[media]
+port_min = $MEDIA_MIN
+port_max = $MEDIA_MAX
+[calls]
+max_concurrent = 0
+
+# The callee: a phone that registers once before the load.
+[[users]]
+name = "102"
+password = "bench-102"
+
+# The caller, identified by its source address (no digest round; Kamailio authenticates
+# nobody either).
+[[users]]
+name = "201"
+identify_by_source = true
+allow_from = ["$UAC_IP/32"]
+
+[[dialplan]]
+name = "bench"
+match = { number = "102", from = "local" }
+action = "ring"
+targets = ["102"]
+timeout_secs = 10
+CFG
+"$BIN" check --config "$work/podpbx.toml" >/dev/null || die "podpbx rejects the generated config"
+
+mpath=$(dirname "$(find /usr/lib /usr/local/lib -name tm.so -path '*kamailio*' 2>/dev/null | head -1)")
+[ -f "$mpath/rr.so" ] || die "Kamailio modules (tm.so, rr.so) not found"
+sed -e "s#@MPATH@#$mpath/#" -e "s#@CALLEE@#$SRV_IP:$UAS_PORT#" benches/kamailio/proxy.cfg > "$work/kamailio.cfg"
+kamailio -f "$work/kamailio.cfg" -c >"$work/kamcheck.out" 2>&1 \
+    || { cat "$work/kamcheck.out" >&2; die "Kamailio rejects benches/kamailio/proxy.cfg"; }
+
+# 8 kHz mu-law WAV (format 7), 2 s of a quiet pattern, looped by rtp_stream (160-byte payloads
+# every 20 ms). SIPp does not expand keywords in rtp_stream: the caller scenario gets the path.
+python3 - "$work/tone.wav" <<'PY'
+import struct, sys
+data = bytes((0xff if (i // 40) % 2 else 0xfe) for i in range(16000))
+fmt = struct.pack("<HHIIHH", 7, 1, 8000, 8000, 1, 8)
+body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+open(sys.argv[1], "wb").write(b"RIFF" + struct.pack("<I", len(body)) + body)
+PY
+sed "s|@RTP_FILE@|$work/tone.wav|" benches/sipp/call_uac_rtp.xml > "$work/call_uac_rtp.xml"
+
+# ---------------------------------------------------------------------------------------------
+# Measurement helpers
+# ---------------------------------------------------------------------------------------------
+# CPU ticks (utime + stime, all threads) of a process and its descendants.
+cpu_ticks() {
+    local total=0 p
+    for p in $(family "$1"); do
+        [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+# Busy ticks (user + nice + system + steal) of one CPU.
+# (irq/softirq left out: loopback packet delivery is softirq work done on behalf of the senders.)
+core_busy() { awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $9}' /proc/stat; }
+# "rss_kb hwm_kb" of one process.
+mem_kb() { awk '/^VmRSS:/ {r = $2} /^VmHWM:/ {h = $2} END {print r + 0, h + 0}' "/proc/$1/status"; }
+# UDP sockets of podpbx in its media port range (two pairs per call).
+media_sockets() {
+    ss -Huanp 2>/dev/null | awk -v p="pid=$1," -v lo="$MEDIA_MIN" -v hi="$MEDIA_MAX" 'index($0, p) {
+        n = split($4, a, ":"); port = a[n] + 0; if (port >= lo && port <= hi) c++ } END {print c + 0}'
+}
+# Kernel receive drops (/proc/net/udp "drops") summed over local ports lo..hi on 127.0.0.0/8.
+udp_drops() {
+    awk -v lo="$1" -v hi="$2" 'function hex(h,  i, n) { n = 0; for (i = 1; i <= length(h); i++)
+            n = n * 16 + index("0123456789ABCDEF", toupper(substr(h, i, 1))) - 1; return n }
+        NR > 1 { split($2, a, ":"); port = hex(a[2]);
+        if (port >= lo && port <= hi) d += $NF } END {print d + 0}' /proc/net/udp
+}
+metric() { curl -s --max-time 2 "http://$ADMIN/metrics" | awk -v k="$1" '$1 == k {print $2; f = 1} END {if (!f) print "-"}'; }
+# The value of column $2 (by header name) in the last line of SIPp's statistics file $1.
+stat_col() {
+    awk -F';' -v col="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i }
+        END { v = $c; if (v == "") v = 0; print v }' "$1"
+}
+# Seconds between StartTime and CurrentTime of the last statistics line.
+stat_elapsed() { awk -F';' 'END { split($1, a, "\t"); split($3, b, "\t"); printf "%.3f", b[3] - a[3] }' "$1"; }
+# Mean of SIPp's response time 1 (INVITE sent .. 200 received) in ms (HH:MM:SS:usec).
+stat_rtt_ms() {
+    stat_col "$1" 'ResponseTime1(C)' | awk -F':' 'NF == 4 {printf "%.2f", ($1 * 3600 + $2 * 60 + $3) * 1000 + $4 / 1000; next} {print "nan"}'
+}
+# Seconds from the start to the first statistics period with a failed call ("-": none).
+stat_first_fail() {
+    awk -F';' 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "FailedCall(P)") c = i; next }
+        $c > 0 { split($1, a, "\t"); split($3, b, "\t"); printf "%.0f", b[3] - a[3]; f = 1; exit }
+        END { if (!f) print "-" }' "$1"
+}
+port_busy() { ss -Hlun "sport = :$1" 2>/dev/null | grep -q . ; }
+
+# Starts a server pinned to SERVER_CORE; sets SRV (its PID) and STOP (the PID to stop it by).
+start_server() {
+    local name=$1 i
+    for i in "$PORT" "$UAC_PORT" "$UAS_PORT"; do
+        port_busy "$i" && die "UDP port $i is already in use (another run? set PORT=...)"
+    done
+    if [ "$name" = podpbx ]; then
+        rm -rf "$work/pbxdata"
+        taskset -c "$SERVER_CORE" "$BIN" run --config "$work/podpbx.toml" 2>>"$work/podpbx.log" &
+    else
+        taskset -c "$SERVER_CORE" kamailio -f "$work/kamailio.cfg" -DD -E -l "udp:$SRV_IP:$PORT" \
+            -n "$KAM_CHILDREN" -m 256 -M 16 >>"$work/kamailio.log" 2>&1 &
+    fi
+    SRV=$!
+    pids+=("$SRV")
+    STOP=$SRV
+    for i in $(seq 1 20); do
+        kill -0 "$SRV" 2>/dev/null || die "$name exited at start-up (see $work/$name.log)"
+        if timeout 2 sipp "$SRV_IP:$PORT" -sf benches/sipp/options_ping.xml -i "$SRV_IP" -p "$UAC_PORT" \
+            -t u1 -m 1 -nostdin -timeout 1s -timeout_error >/dev/null 2>&1; then
+            if [ "$name" = kamailio ]; then
+                # SIGTERM to the creator kills only it; the main process (its child) stops all.
+                STOP=$(pgrep -P "$SRV" | head -1)
+                [ -n "$STOP" ] || die "Kamailio main process not found under PID $SRV"
+                pids+=("$STOP")
+            fi
+            return 0
+        fi
+        sleep 0.5
+    done
+    die "$name did not answer OPTIONS on $SRV_IP:$PORT within 10 s"
+}
+
+# Starts the SIPp callee (for podpbx: registered first as 102); sets UAS. Extra args: SIPp options.
+start_uas() {
+    local server=$1 tag=$2
+    shift 2
+    if [ "$server" = podpbx ]; then
+        timeout 15 taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf tests/sipp/register_once.xml -i "$SRV_IP" \
+            -p "$UAS_PORT" -t u1 -m 1 -s 102 -au 102 -ap bench-102 -key expires 3600 -nostdin -timeout 10s \
+            >"$work/$tag-register.out" 2>&1 || die "the callee's REGISTER failed (see $work/$tag-register.out)"
+    fi
+    # Bounded: the whole bench is far shorter than this.
+    timeout 900 taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf benches/sipp/call_uas.xml -i "$SRV_IP" \
+        -p "$UAS_PORT" -mi "$SRV_IP" -mp "$UAS_MEDIA" -t u1 -nostdin -timeout 880s \
+        -trace_err -error_file "$work/$tag-uas.err" -max_log_size 1000000 "$@" >"$work/$tag-uas.out" 2>&1 &
+    UAS=$!
+    pids+=("$UAS")
+    sleep 0.3
+    kill -0 "$UAS" 2>/dev/null || die "the SIPp callee did not start (see $work/$tag-uas.out)"
+}
+
+# run_calls server round phase rate count -> a results line:
+#   R server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans rtt_ms
+#     failed_unexpected failed_timeouts other_load_%_server_core other_load_%_sipp_core
+#     first_failure_s (seconds into the run of the first failed call, "-": none)
+run_calls() {
+    local server=$1 round=$2 phase=$3 rate=$4 n=$5 tag="$1-r$2-$3-$4"
+    local limit=$((n / rate + 25)) t0 t1 u0 u1 uac_ticks ok elapsed bs0 bs1 bp0 bp1 w0 w1 noise tmo
+    bs0=$(core_busy "$SERVER_CORE"); bp0=$(core_busy "$SIPP_CORE"); w0=$(date +%s%N)
+    t0=$(cpu_ticks "$SRV"); u0=$(cpu_ticks "$UAS")
+    # cutime+cstime of this subshell once timeout (and SIPp) ended: the caller's CPU.
+    uac_ticks=$(
+        timeout "$limit" taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf benches/sipp/call_uac.xml \
+            -i "$UAC_IP" -mi "$UAC_IP" -mp "$UAC_MEDIA" -p "$UAC_PORT" -t u1 -s 102 -key caller 201 \
+            -m "$n" -r "$rate" -l 20000 -recv_timeout 5000 -timeout "$((limit - 3))s" -nostdin \
+            -trace_stat -stf "$work/$tag.csv" -fd 1 -trace_err -error_file "$work/$tag.err" \
+            -max_log_size 1000000 >"$work/$tag.out" 2>&1 || true
+        awk '{print $16 + $17}' "/proc/$BASHPID/stat"
+    )
+    t1=$(cpu_ticks "$SRV"); u1=$(cpu_ticks "$UAS")
+    bs1=$(core_busy "$SERVER_CORE"); bp1=$(core_busy "$SIPP_CORE"); w1=$(date +%s%N)
+    noise=$(awk -v hz="$HZ" -v w=$(( (w1 - w0) / 1000000 )) -v s=$((bs1 - bs0 - (t1 - t0))) \
+        -v p=$((bp1 - bp0 - uac_ticks - (u1 - u0))) \
+        'BEGIN {s = s < 0 ? 0 : s; p = p < 0 ? 0 : p; printf "%.0f %.0f", s / hz / (w / 1000) * 100, p / hz / (w / 1000) * 100}')
+    kill -0 "$SRV" 2>/dev/null || die "$server died during $phase at $rate/s (see $work/$server.log)"
+    kill -0 "$UAS" 2>/dev/null || die "the SIPp callee died during $phase at $rate/s (see $work/*-uas.out)"
+    [ -s "$work/$tag.csv" ] || die "SIPp wrote no statistics for $tag (see $work/$tag.out)"
+    ok=$(stat_col "$work/$tag.csv" 'SuccessfulCall(C)')
+    elapsed=$(stat_elapsed "$work/$tag.csv")
+    tmo=$(( $(stat_col "$work/$tag.csv" 'FailedTimeoutOnRecv(C)') + $(stat_col "$work/$tag.csv" 'FailedMaxUDPRetrans(C)') ))
+    echo "R $server $round $phase $rate $n $ok $elapsed $((t1 - t0)) $((uac_ticks + u1 - u0))" \
+        "$(stat_col "$work/$tag.csv" 'Retransmissions(C)') $(stat_rtt_ms "$work/$tag.csv")" \
+        "$(stat_col "$work/$tag.csv" 'FailedUnexpectedMessage(C)') $tmo $noise $(stat_first_fail "$work/$tag.csv")" >> "$work/results"
+    if [ -s "$work/$tag.err" ]; then
+        grep -ao "received '[^']*" "$work/$tag.err" | sed 's/\r//' | cut -c11-60 \
+            | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $tag caller: /" >> "$work/oddities" || true
+    fi
+}
+
+# Rate runs against one fresh server: fixed rate, then the steps.
+rate_session() {
+    local server=$1 round=$2 rate fail
+    start_server "$server"
+    start_uas "$server" "$server-r$round"
+    # Warm-up (not reported): first-call allocations, page faults, caches.
+    run_calls "$server" "$round" warmup "$RATE" $((RATE * 2))
+    echo "# round $round $server: $RATE calls/s for $FIXED_SECS s" >&2
+    run_calls "$server" "$round" fixed "$RATE" $((RATE * FIXED_SECS))
+    for rate in $STEPS; do
+        echo "# round $round $server: step $rate calls/s" >&2
+        run_calls "$server" "$round" step "$rate" $((rate * STEP_SECS))
+        fail=$(tail -1 "$work/results" | awk '{print (($6 - $7) * 100 / $6 >= 1) ? 1 : 0}')
+        [ "$fail" = 1 ] && break
+    done
+    if [ "$server" = podpbx ]; then
+        echo "P $round $(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_calls_total/ && $2 > 0 {
+            sub(/podpbx_calls_total/, ""); printf "%s=%s ", $1, $2 }
+            /^podpbx_sip_(send_errors|stray_responses|dropped_malformed)_total / && $2 > 0 {printf "%s=%s ", $1, $2}')" >> "$work/results"
+    fi
+    [ -s "$work/$server-r$round-uas.err" ] && grep -ao "received '[^']*\|Aborting call[^.]*" "$work/$server-r$round-uas.err" \
+        | sed 's/\r//' | cut -c1-60 | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $server-r$round callee: /" >> "$work/oddities" || true
+    stop_pid "$UAS"
+    stop_pid "$STOP"
+    stop_pid "$SRV"
+}
+
+# A fresh server at SUSTAIN_RATE calls/s for SUSTAIN_SECS s: longer than the transactions'
+# lifetime (podpbx keeps INVITE and BYE transactions 64*T1 = 32 s, RFC 6026 / Timer J), so the
+# server's transaction state reaches its steady size, which the short steps never do.
+sustain_session() {
+    local server=$1 round=$2
+    start_server "$server"
+    start_uas "$server" "$server-r$round-sustain"
+    echo "# round $round $server: sustained $SUSTAIN_RATE calls/s for $SUSTAIN_SECS s" >&2
+    run_calls "$server" "$round" sustain "$SUSTAIN_RATE" $((SUSTAIN_RATE * SUSTAIN_SECS))
+    stop_pid "$UAS"
+    stop_pid "$STOP"
+    stop_pid "$SRV"
+}
+
+# CONC concurrent calls with RTP through a fresh podpbx -> a results line:
+#   M round conc ok failed window_s server_ticks rss0 hwm0 rss1 rss2 hwm2 ports0 ports1 ports2
+#     active1 active2 fwd_packets relay_drops kdrops_relay kdrops_callee lossA% lossB% rtpA rtpB
+#     other_load_%_server_core uas_ticks(hold) uac_ticks(whole run) uac_ms
+media_session() {
+    local round=$1 tag="podpbx-r$1-media" ramp dur limit rss0 hwm0 rss1 hwm1 rss2 hwm2 p0 p1 p2
+    local a1 a2 t0 t1 w0 w1 f0 f1 d0 d1 k0 k1 e0 e1 bs0 bs1 ok fail i noise loss uac_ticks u0 u1
+    start_server podpbx
+    start_uas podpbx "$tag" -rtp_echo
+    sleep 1
+    read -r rss0 hwm0 < <(mem_kb "$SRV"); p0=$(media_sockets "$SRV")
+    ramp=$(( (CONC + RAMP - 1) / RAMP ))
+    dur=$(( (ramp + HOLD_SECS) * 1000 ))
+    limit=$((ramp * 2 + HOLD_SECS + 40))
+    echo "# round $round podpbx: $CONC concurrent calls with RTP (ramp ${ramp}s, hold ${HOLD_SECS}s)" >&2
+    (
+        s0=$(date +%s%N)
+        timeout "$limit" taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf "$work/call_uac_rtp.xml" \
+            -i "$UAC_IP" -mi "$UAC_IP" -p "$UAC_PORT" -t u1 -s 102 -key caller 201 \
+            -m "$CONC" -l "$CONC" -r "$RAMP" -d "$dur" -recv_timeout 10000 -timeout "$((limit - 3))s" -nostdin \
+            -trace_stat -stf "$work/$tag.csv" -fd 1 -trace_err -error_file "$work/$tag.err" \
+            -max_log_size 1000000 >"$work/$tag.out" 2>&1 || true
+        # cutime+cstime of this subshell (expanded here, not in a command substitution).
+        awk -v ms=$(( ($(date +%s%N) - s0) / 1000000 )) '{print $16 + $17, ms}' "/proc/$BASHPID/stat" > "$work/$tag.uac_ticks"
+    ) &
+    local UAC=$!
+    pids+=("$UAC")
+    # Steady state: from 2 s after the ramp to 2 s before the first hang-up.
+    sleep $((ramp + 2))
+    a1=$(metric podpbx_calls_active)
+    t0=$(cpu_ticks "$SRV"); u0=$(cpu_ticks "$UAS"); f0=$(metric podpbx_relay_packets_total)
+    k0=$(udp_drops "$MEDIA_MIN" "$MEDIA_MAX"); e0=$(udp_drops "$UAS_MEDIA" "$UAS_MEDIA")
+    d0=$(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_relay_dropped_packets_total/ {s += $2} END {print s + 0}')
+    bs0=$(core_busy "$SERVER_CORE"); w0=$(date +%s%N)
+    sleep $((HOLD_SECS - 4))
+    t1=$(cpu_ticks "$SRV"); u1=$(cpu_ticks "$UAS"); f1=$(metric podpbx_relay_packets_total)
+    bs1=$(core_busy "$SERVER_CORE"); w1=$(date +%s%N)
+    k1=$(udp_drops "$MEDIA_MIN" "$MEDIA_MAX"); e1=$(udp_drops "$UAS_MEDIA" "$UAS_MEDIA")
+    d1=$(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_relay_dropped_packets_total/ {s += $2} END {print s + 0}')
+    read -r rss1 hwm1 < <(mem_kb "$SRV"); p1=$(media_sockets "$SRV")
+    # Per-thread CPU over the whole session so far, by thread name.
+    for i in /proc/"$SRV"/task/*; do
+        awk '{gsub(/[()]/, "", $2); print $2, $14 + $15}' "$i/stat" 2>/dev/null || true
+    done | awk '{sub(/-[0-9]+$/, "-N", $1); c[$1] += $2} END {for (k in c) printf "%s=%d ", k, c[k]}' > "$work/$tag.threads"
+    wait "$UAC" 2>/dev/null || true
+    # Teardown: wait (bounded) until podpbx has no call left, then a little for the relay.
+    for i in $(seq 1 40); do
+        a2=$(metric podpbx_calls_active)
+        [ "$a2" = 0 ] && break
+        sleep 0.25
+    done
+    sleep 1
+    read -r rss2 hwm2 < <(mem_kb "$SRV"); p2=$(media_sockets "$SRV")
+    kill -0 "$SRV" 2>/dev/null || die "podpbx died during the media run (see $work/podpbx.log)"
+    uac_ticks=$(cat "$work/$tag.uac_ticks" 2>/dev/null || echo "0 1")
+    ok=$(stat_col "$work/$tag.csv" 'SuccessfulCall(C)'); fail=$((CONC - ok))
+    noise=$(awk -v hz="$HZ" -v w=$(( (w1 - w0) / 1000000 )) -v s=$((bs1 - bs0 - (t1 - t0))) \
+        'BEGIN {s = s < 0 ? 0 : s; printf "%.0f", s / hz / (w / 1000) * 100}')
+    # RTP loss per leg from the CDRs (sequence gaps seen by the relay): leg A = what the caller
+    # sent, leg B = the callee's echo of what podpbx forwarded to it (round trip).
+    for i in $(seq 1 20); do
+        [ "$(grep -c . "$work/pbxdata/cdr.jsonl" 2>/dev/null || echo 0)" -ge "$ok" ] && break
+        sleep 0.25
+    done
+    loss=$(python3 - "$work/pbxdata/cdr.jsonl" <<'PY'
+import json, sys
+rtp = [0, 0]; lost = [0, 0]
+try:
+    lines = open(sys.argv[1]).read().splitlines()
+except OSError:
+    lines = []
+for line in lines:
+    try:
+        legs = json.loads(line).get("legs", [])
+    except ValueError:
+        continue
+    for i, leg in enumerate(legs[:2]):
+        m = leg.get("media") or {}
+        rtp[i] += int(m.get("rtp_packets", 0) or 0)
+        lost[i] += max(0, int(m.get("lost_packets", 0) or 0))
+pct = [100.0 * l / (r + l) if r + l else 0.0 for r, l in zip(rtp, lost)]
+print(f"{pct[0]:.3f} {pct[1]:.3f} {rtp[0]} {rtp[1]}")
+PY
+)
+    echo "M $round $CONC $ok $fail $(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.3f", (b - a) / 1e9}') $((t1 - t0))" \
+        "$rss0 $hwm0 $rss1 $rss2 $hwm2 $p0 $p1 $p2 $a1 $a2 $((f1 - f0)) $((d1 - d0)) $((k1 - k0)) $((e1 - e0)) $loss" \
+        "$noise $((u1 - u0)) $uac_ticks" >> "$work/results"
+    echo "T $round $(cat "$work/$tag.threads")" >> "$work/results"
+    if [ -s "$work/$tag.err" ]; then
+        grep -ao "received '[^']*\|Aborting call[^.]*" "$work/$tag.err" | sed 's/\r//' | cut -c1-60 \
+            | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $tag caller: /" >> "$work/oddities" || true
+    fi
+    stop_pid "$UAS"
+    stop_pid "$SRV"
+}
+
+servers=(podpbx kamailio)
+[ -n "$ONLY" ] && servers=("$ONLY")
+SECONDS=0
+for round in $(seq 1 "$ROUNDS"); do
+    order=("${servers[@]}")
+    if [ $((round % 2)) = 0 ] && [ ${#servers[@]} = 2 ]; then order=(kamailio podpbx); fi
+    for s in "${order[@]}"; do rate_session "$s" "$round"; done
+    if [ "$MEDIA" = 1 ] && [[ " ${servers[*]} " == *" podpbx "* ]]; then media_session "$round"; fi
+    if [ "$round" = 1 ] && [ "$SUSTAIN_SECS" -gt 0 ]; then
+        for s in $SUSTAIN_SERVERS; do
+            [[ " ${servers[*]} " == *" $s "* ]] && sustain_session "$s" "$round"
+        done
+    fi
+done
+took=$SECONDS
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+# med server phase rate EXPR: median of EXPR over the rounds' R lines.
+med() { awk -v s="$1" -v ph="$2" -v r="$3" -v hz="$HZ" "\$1 == \"R\" && \$2 == s && \$4 == ph && \$5 == r { print $4 }" "$work/results" | median; }
+# The same, over the runs with < 1 % failed calls only.
+medv() { awk -v s="$1" -v ph="$2" -v r="$3" -v hz="$HZ" "\$1 == \"R\" && \$2 == s && \$4 == ph && \$5 == r && (\$6 - \$7) * 100 / \$6 < 1 { print $4 }" "$work/results" | median; }
+valid() { awk -v s="$1" -v ph="$2" -v r="$3" '$1 == "R" && $2 == s && $4 == ph && $5 == r {n++; if (($6 - $7) * 100 / $6 < 1) k++} END {printf "%d/%d", k, n}' "$work/results"; }
+mmed() { awk -v hz="$HZ" "\$1 == \"M\" { print $1 }" "$work/results" | median; }
+f() { printf "%${2:-8}.${3:-1}f" "$1"; }
+ACH='$7 / $8'                       # completed calls per second
+FAIL='($6 - $7) * 100 / $6'         # % of offered calls not completed
+SCPU='$9 / hz / $8 * 100'           # server CPU, % of one core
+PCPU='$10 / hz / $8 * 100'          # SIPp caller + callee CPU, % of one core
+PER1K='$9 / hz / $7 * 1000'         # server CPU seconds per 1 000 completed calls
+have() { grep -q "^R $1 " "$work/results"; }
+
+echo
+echo "== Calls through the server: INVITE/100/180/200/ACK, BYE/200 at once, SDP (no RTP), loopback UDP"
+echo "   server on core $SERVER_CORE, SIPp caller + callee on core $SIPP_CORE; medians of $ROUNDS round(s); took ${took}s"
+echo "   podpbx $("$BIN" --version 2>/dev/null | head -1 | awk '{print $NF}') (B2BUA, relay ports per call, CDRs);" \
+    "kamailio $(kamailio -v | head -1 | awk '{print $3}') (tm + rr proxy, $KAM_CHILDREN UDP worker)"
+echo
+echo "[1] Rate steps ($STEP_SECS s each; a server's steps stop after the first with >= 1 % failed calls)."
+echo "    achieved = completed calls/s; rtt = mean INVITE..200 ms; cpu = % of one core; sipp = caller + callee"
+printf '%-8s | %-51s | %-51s\n' "" "podpbx" "kamailio"
+hdr=$(printf ' %8s %6s %6s %7s %8s %8s' achieved fail% retr rtt_ms "srv cpu" "sipp cpu")
+printf '%-8s |%s |%s\n' offered "$hdr" "$hdr"
+for rate in $STEPS; do
+    line=$(printf '%-8s |' "$rate/s")
+    for s in podpbx kamailio; do
+        if ! have "$s"; then
+            line+="$(printf ' %50s |' '(not run)')"
+        elif grep -q "^R $s [0-9]* step $rate " "$work/results"; then
+            line+=" $(f "$(med $s step "$rate" "$ACH")" 8 0) $(f "$(med $s step "$rate" "$FAIL")" 6 2)"
+            line+=" $(f "$(med $s step "$rate" '$11')" 6 0) $(f "$(med $s step "$rate" '$12')" 7 1)"
+            line+=" $(f "$(med $s step "$rate" "$SCPU")" 7 0)% $(f "$(med $s step "$rate" "$PCPU")" 7 0)% |"
+        else
+            line+="$(printf ' %50s |' '(not run: an earlier step failed)')"
+        fi
+    done
+    echo "$line"
+done
+echo
+declare -A CEIL
+for s in podpbx kamailio; do
+    have "$s" || continue
+    # Per round: the highest achieved rate among the steps with < 1 % failures (the fixed run
+    # counts too); the median over the rounds.
+    CEIL[$s]=$(awk -v s="$s" '$1 == "R" && $2 == s && ($4 == "fixed" || $4 == "step") && ($6 - $7) * 100 / $6 < 1 {a = $7 / $8; if (a > m[$3]) m[$3] = a}
+        END {for (r in m) print m[r]}' "$work/results" | median)
+    top=$(awk -v s="$s" '$1 == "R" && $2 == s && $4 == "step" {print $5}' "$work/results" | sort -n | tail -1)
+    scpu=$(f "$(med "$s" step "$top" "$SCPU")" 1 0); pcpu=$(f "$(med "$s" step "$top" "$PCPU")" 1 0)
+    who="neither side at >= 85 % CPU (latency or loss, not CPU)"
+    if [ "$scpu" -ge 85 ] && [ "$scpu" -ge "$pcpu" ]; then who="the server ($scpu % CPU)";
+    elif [ "$pcpu" -ge 85 ]; then who="SIPp ($pcpu % CPU: the load generator, not the server)"; fi
+    printf '%-8s max rate with < 1 %% failed calls: %s calls/s\n' "$s" "$(f "${CEIL[$s]}" 1 0)"
+    printf '%-8s   top step %s/s: %s %% failed (%s unexpected answers, %s timeouts), server %s %% CPU, SIPp %s %% -> saturated: %s\n' \
+        "" "$top" "$(f "$(med "$s" step "$top" "$FAIL")" 1 2)" "$(f "$(med "$s" step "$top" '$13')" 1 0)" \
+        "$(f "$(med "$s" step "$top" '$14')" 1 0)" "$scpu" "$pcpu" "$who"
+done
+if grep -q '^R [a-z]* [0-9]* sustain ' "$work/results"; then
+    echo
+    echo "[1b] Sustained load, round 1 only: $SUSTAIN_RATE calls/s for $SUSTAIN_SECS s on a fresh server (longer than the"
+    echo "     32 s podpbx keeps each call's INVITE and BYE transactions; the 4 s steps above never reach that state)"
+    for s in podpbx kamailio; do
+        grep -q "^R $s [0-9]* sustain " "$work/results" || continue
+        awk -v s="$s" -v hz="$HZ" '$1 == "R" && $2 == s && $4 == "sustain" {
+            printf "%-8s offered %d, completed %d, failed %.2f %% (first failure after %s s), %d unexpected answers, achieved %.0f calls/s, server %.0f %% CPU\n",
+                s, $6, $7, ($6 - $7) * 100 / $6, $17, $13, $7 / $8, $9 / hz / $8 * 100 }' "$work/results"
+    done
+fi
+echo
+echo "[2] Server CPU seconds per 1 000 calls at $RATE calls/s for $FIXED_SECS s (medians over the rounds with < 1 % failures)"
+for s in podpbx kamailio; do
+    have "$s" || continue
+    printf '%-8s %7.3f cpu-s/1k calls  (%s rounds valid; failed %s %%, retrans %s, rtt %s ms, server %s %% of a core, SIPp %s %%)\n' "$s" \
+        "$(medv $s fixed "$RATE" "$PER1K")" "$(valid $s fixed "$RATE")" "$(f "$(med $s fixed "$RATE" "$FAIL")" 1 2)" \
+        "$(med $s fixed "$RATE" '$11')" "$(f "$(medv $s fixed "$RATE" '$12')" 1 1)" "$(f "$(medv $s fixed "$RATE" "$SCPU")" 1 1)" \
+        "$(f "$(medv $s fixed "$RATE" "$PCPU")" 1 0)"
+done
+RATIO=nan
+if have podpbx && have kamailio; then
+    a=$(medv podpbx fixed "$RATE" "$PER1K"); b=$(medv kamailio fixed "$RATE" "$PER1K")
+    RATIO=$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}')
+    printf 'ratio podpbx/kamailio CPU per call: %s (target <= 2: a B2BUA runs two transactions per request); per round: %s\n' \
+        "$RATIO" "$(awk -v r="$RATE" '$1 == "R" && $4 == "fixed" && $5 == r {c[$2 " " $3] = $9 / $7}
+            END {for (k in c) {split(k, x, " "); if (x[1] == "podpbx" && ("kamailio " x[2]) in c) printf "r%s %.2f  ", x[2], c[k] / c["kamailio " x[2]]}}' "$work/results")"
+fi
+if grep -q '^M ' "$work/results"; then
+    echo
+    echo "[3] podpbx with $CONC concurrent calls with RTP (PCMU 20 ms; relay forwards 4 x 50 packets/s per call), hold $HOLD_SECS s"
+    printf '    calls completed %s, failed %s; podpbx_calls_active during the hold %s, after teardown %s\n' \
+        "$(mmed '$4')" "$(mmed '$5')" "$(mmed '$16')" "$(mmed '$17')"
+    printf '    podpbx CPU over the hold: %s %% of one core (all threads); relay forwarded %s packets/s (expected %d)\n' \
+        "$(f "$(mmed '$7 / hz / $6 * 100')" 1 1)" "$(f "$(mmed '$18 / $6')" 1 0)" $((CONC * 200))
+    printf '    SIPp: caller %s %% of a core (whole run), callee echo %s %% (hold)\n' \
+        "$(f "$(mmed '$28 / hz / ($29 / 1000) * 100')" 1 0)" "$(f "$(mmed '$27 / hz / $6 * 100')" 1 0)"
+    printf '    RSS MB: idle %s, at %s calls %s, after teardown %s (peak VmHWM %s)\n' \
+        "$(f "$(mmed '$8 / 1024')" 1 1)" "$CONC" "$(f "$(mmed '$10 / 1024')" 1 1)" "$(f "$(mmed '$11 / 1024')" 1 1)" "$(f "$(mmed '$12 / 1024')" 1 1)"
+    printf '    relay sockets in the media range: idle %s, at %s calls %s, after teardown %s -> back to idle: %s\n' \
+        "$(mmed '$13')" "$CONC" "$(mmed '$14')" "$(mmed '$15')" \
+        "$(awk '$1 == "M" {n++; if ($15 == $13) k++} END {printf "%s (%d/%d rounds)", (k == n ? "yes" : "NO"), k, n}' "$work/results")"
+    printf '    RTP loss (CDR sequence gaps): caller -> podpbx %s %%, podpbx -> callee echo -> podpbx %s %% (%s / %s packets)\n' \
+        "$(mmed '$22')" "$(mmed '$23')" "$(mmed '$24')" "$(mmed '$25')"
+    printf '    drops over the hold: relay counters %s, kernel (socket buffer) on podpbx media sockets %s, on the callee echo socket %s\n' \
+        "$(mmed '$19')" "$(mmed '$20')" "$(mmed '$21')"
+    printf '    other load on the server core during the hold: %s %%\n' "$(mmed '$26')"
+    printf '    podpbx CPU ticks by thread, whole media session, round 1: %s\n' \
+        "$(awk '$1 == "T" {$1 = ""; $2 = ""; print}' "$work/results" | head -1)"
+fi
+echo
+echo "[4] Noise: other processes' share of the server core / SIPp core during the rate runs (median, max)"
+for s in podpbx kamailio; do
+    have "$s" || continue
+    printf '%-8s server core %s %% (max %s %%), SIPp core %s %% (max %s %%)\n' "$s" \
+        "$(awk -v s=$s '$1 == "R" && $2 == s {print $15}' "$work/results" | median)" \
+        "$(awk -v s=$s '$1 == "R" && $2 == s {print $15}' "$work/results" | sort -n | tail -1)" \
+        "$(awk -v s=$s '$1 == "R" && $2 == s {print $16}' "$work/results" | median)" \
+        "$(awk -v s=$s '$1 == "R" && $2 == s {print $16}' "$work/results" | sort -n | tail -1)"
+done
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "[5] Logs and oddities"
+grep '^P ' "$work/results" | sed 's/^P /    podpbx counters after the rate runs, round /' || true
+for s in podpbx kamailio; do
+    [ -f "$work/$s.log" ] || continue
+    n=$(grep -acE 'WARN|ERROR|CRITICAL' "$work/$s.log" || true)
+    echo "$s: $n warning/error lines"
+    { grep -aE 'WARN|ERROR|CRITICAL' "$work/$s.log" || true; } \
+        | sed -E 's/\x1b\[[0-9;]*m//g; s/^[0-9T:.Z-]+ +//; s/^ *[0-9]+\([0-9]+\) //; s/[0-9a-f]{16}/<id>/g; s/[0-9]+-[0-9]+@[0-9.]+/<call-id>/g' \
+        | cut -c1-160 | sort | uniq -c | sort -rn | head -6 | sed 's/^/    /'
+done
+[ -s "$work/oddities" ] && { echo "SIPp: unexpected answers / aborted calls (first lines per run):"; cat "$work/oddities"; }
+echo
+echo "== Summary"
+printf '%-44s %12s %12s %8s\n' "" podpbx kamailio ratio
+if have podpbx || have kamailio; then
+    pc=${CEIL[podpbx]:-nan}; kc=${CEIL[kamailio]:-nan}
+    printf '%-44s %12s %12s %8s\n' "max calls/s with < 1 % failed" "$(f "$pc" 1 0)" "$(f "$kc" 1 0)" \
+        "$(awk -v a="$pc" -v b="$kc" 'BEGIN {if (b + 0 > 0) printf "%.2f", a / b; else print "-"}')"
+    printf '%-44s %12s %12s %8s\n' "server CPU s per 1 000 calls at $RATE/s" \
+        "$(have podpbx && f "$(medv podpbx fixed "$RATE" "$PER1K")" 1 3 || echo -)" \
+        "$(have kamailio && f "$(medv kamailio fixed "$RATE" "$PER1K")" 1 3 || echo -)" "$RATIO (<= 2)"
+fi
+if grep -q '^M ' "$work/results"; then
+    printf '%-44s %12s\n' "podpbx CPU % at $CONC calls with RTP" "$(f "$(mmed '$7 / hz / $6 * 100')" 1 1)"
+    printf '%-44s %12s\n' "podpbx RSS MB idle / $CONC calls / after" "$(f "$(mmed '$8 / 1024')" 1 1) / $(f "$(mmed '$10 / 1024')" 1 1) / $(f "$(mmed '$11 / 1024')" 1 1)"
+    printf '%-44s %12s\n' "relay sockets idle / $CONC calls / after" "$(mmed '$13') / $(mmed '$14') / $(mmed '$15')"
+fi
+echo
+echo "raw: R server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans rtt_ms unexpected timeouts"
+echo "       other_load_%_server_core other_load_%_sipp_core (CLK_TCK=$HZ)"
+echo "     M round conc ok failed window_s server_ticks rss0 hwm0 rss1 rss2 hwm2 ports0 ports1 ports2 active1 active2"
+echo "       fwd_packets relay_drops kdrops_podpbx kdrops_callee lossA% lossB% rtpA rtpB other_load_% uas_ticks uac_ticks uac_ms"
+cat "$work/results"
