@@ -14,22 +14,29 @@
 #     (a static contact, standing in for a location lookup), t_relay; ACK/BYE by loose_route.
 #
 # Per round, each server fresh (order alternating between rounds):
-#   1. fixed rate: RATE calls/s for FIXED_SECS s: server CPU seconds per 1 000 calls;
-#   2. rate steps (STEPS, STEP_SECS s each, stopping after the first step with >= 1 % failed
-#      calls): achieved calls/s, failures, server and SIPp CPU (who saturated);
-#   3. podpbx only (MEDIA=1): CONC concurrent calls with RTP, PCMU 20 ms (50 packets/s per
-#      direction per leg): the caller streams a looped WAV (rtp_stream), the callee echoes it
-#      (-rtp_echo), so the relay forwards 4 x 50 packets/s per call. Ramp at RAMP calls/s, hold
-#      HOLD_SECS s, hang up. podpbx CPU % (all threads) over the hold, RSS idle / at CONC calls /
-#      after teardown, relay sockets in the media range idle / at CONC / after teardown, RTP loss
-#      (sequence gaps per leg from the CDRs), relay drops, kernel socket drops.
+#   1. warm-up (2 s at RATE, not reported), then fixed rate: RATE calls/s for FIXED_SECS s:
+#      server CPU seconds (utime+stime, all threads and child processes) per 1 000 calls;
+#   2. rate steps (STEPS, STEP_SECS s each, back to back, stopping after the first step with
+#      >= 1 % failed calls): achieved calls/s, failures, server and SIPp CPU (who saturated);
+#   3. podpbx only (MEDIA=1): CONC concurrent calls with RTP (benches/sipp/call_uac_rtp.xml),
+#      PCMU 20 ms: the caller streams a looped WAV (rtp_stream, 50 packets/s), the callee echoes
+#      it (-rtp_echo), so the relay takes in and forwards 2 x 50 packets/s per call. Ramp at RAMP
+#      calls/s, hold HOLD_SECS s, hang up. podpbx CPU % (all threads) over the hold, RSS idle / at
+#      CONC calls / after teardown, relay sockets in the media range idle / at CONC / after
+#      teardown, RTP loss and jitter per leg and forwarded packets (from the CDRs), kernel
+#      receive-buffer drops (/proc/net/udp) on podpbx's media sockets and on SIPp's echo socket.
+# Round 1 also runs (SUSTAIN_SECS > 0) each server fresh at SUSTAIN_RATE calls/s for SUSTAIN_SECS s:
+# longer than the 32 s (64*T1) podpbx keeps a transaction per call (Timer J), so its transaction
+# table (50 000 entries) reaches its steady size; the short steps never get there.
 # The report gives medians over ROUNDS rounds and the podpbx/Kamailio CPU-per-call ratio.
 #
-#   usage: benches/call_rate.sh [rounds]
-#   env:   RATE=200 FIXED_SECS=20 STEPS="400 700 1000 1400 1800" STEP_SECS=4
-#          MEDIA=1 CONC=500 RAMP=100 HOLD_SECS=20 PORT=15100 SERVER_CORE=0 SIPP_CORE=1
-#          SUSTAIN_RATE=600 SUSTAIN_SECS=40 (0: skip) SUSTAIN_SERVERS="podpbx kamailio" (round 1 only)
-#          KAM_CHILDREN=1 ONLY=podpbx|kamailio KEEP=1 (keep the work directory and logs)
+#   usage: benches/call_rate.sh [rounds]           (3 rounds: about 8 minutes)
+#   env:   RATE=200 FIXED_SECS=20 STEPS="1000 2000 3000 4000 5000" STEP_SECS=3
+#          MEDIA=1 CONC=500 RAMP=100 HOLD_SECS=20
+#          SUSTAIN_RATE=1500 SUSTAIN_SECS=40 (0: skip) SUSTAIN_SERVERS="podpbx kamailio"
+#          PORT=15100 (SIPp uses PORT+10/+20/+30/+40, the admin listener PORT+99)
+#          SERVER_CORE=0 SIPP_CORE=1 KAM_CHILDREN=1 (UDP workers) KAM_SHM=1024 (MB of shm)
+#          ONLY=podpbx|kamailio KEEP=1 (keep the work directory and logs)
 #          MEDIA_MIN=44000 MEDIA_MAX=51999 (podpbx's RTP port range)
 # Bounded: every SIPp run has a call count, a SIPp -timeout and a `timeout`; everything started
 # here is stopped by PID (SIGTERM, then SIGKILL) on exit.
@@ -39,19 +46,20 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-${ROUNDS:-3}}
 RATE=${RATE:-200}
 FIXED_SECS=${FIXED_SECS:-20}
-STEPS=${STEPS:-"400 700 1000 1400 1800"}
-STEP_SECS=${STEP_SECS:-4}
+STEPS=${STEPS:-"1000 2000 3000 4000 5000"}
+STEP_SECS=${STEP_SECS:-3}
 MEDIA=${MEDIA:-1}
 CONC=${CONC:-500}
 RAMP=${RAMP:-100}
 HOLD_SECS=${HOLD_SECS:-20}
-SUSTAIN_RATE=${SUSTAIN_RATE:-600}
+SUSTAIN_RATE=${SUSTAIN_RATE:-1500}
 SUSTAIN_SECS=${SUSTAIN_SECS:-40}
 SUSTAIN_SERVERS=${SUSTAIN_SERVERS:-podpbx kamailio}
 PORT=${PORT:-15100}
 SERVER_CORE=${SERVER_CORE:-0}
 SIPP_CORE=${SIPP_CORE:-1}
 KAM_CHILDREN=${KAM_CHILDREN:-1}
+KAM_SHM=${KAM_SHM:-1024}
 ONLY=${ONLY:-}
 KEEP=${KEEP:-0}
 MEDIA_MIN=${MEDIA_MIN:-44000}
@@ -213,6 +221,7 @@ udp_drops() {
         if (port >= lo && port <= hi) d += $NF } END {print d + 0}' /proc/net/udp
 }
 metric() { curl -s --max-time 2 "http://$ADMIN/metrics" | awk -v k="$1" '$1 == k {print $2; f = 1} END {if (!f) print "-"}'; }
+metric_num() { local v; v=$(metric "$1"); [[ "$v" =~ ^[0-9]+$ ]] && echo "$v" || echo 0; }
 # The value of column $2 (by header name) in the last line of SIPp's statistics file $1.
 stat_col() {
     awk -F';' -v col="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i }
@@ -243,7 +252,7 @@ start_server() {
         taskset -c "$SERVER_CORE" "$BIN" run --config "$work/podpbx.toml" 2>>"$work/podpbx.log" &
     else
         taskset -c "$SERVER_CORE" kamailio -f "$work/kamailio.cfg" -DD -E -l "udp:$SRV_IP:$PORT" \
-            -n "$KAM_CHILDREN" -m 256 -M 16 >>"$work/kamailio.log" 2>&1 &
+            -n "$KAM_CHILDREN" -m "$KAM_SHM" -M 16 >>"$work/kamailio.log" 2>&1 &
     fi
     SRV=$!
     pids+=("$SRV")
@@ -338,7 +347,8 @@ rate_session() {
         [ "$fail" = 1 ] && break
     done
     if [ "$server" = podpbx ]; then
-        echo "P $round $(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_calls_total/ && $2 > 0 {
+        sleep 2
+        echo "P $round calls_active=$(metric podpbx_calls_active) $(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_calls_total/ && $2 > 0 {
             sub(/podpbx_calls_total/, ""); printf "%s=%s ", $1, $2 }
             /^podpbx_sip_(send_errors|stray_responses|dropped_malformed)_total / && $2 > 0 {printf "%s=%s ", $1, $2}')" >> "$work/results"
     fi
@@ -365,8 +375,9 @@ sustain_session() {
 
 # CONC concurrent calls with RTP through a fresh podpbx -> a results line:
 #   M round conc ok failed window_s server_ticks rss0 hwm0 rss1 rss2 hwm2 ports0 ports1 ports2
-#     active1 active2 fwd_packets relay_drops kdrops_relay kdrops_callee lossA% lossB% rtpA rtpB
-#     other_load_%_server_core uas_ticks(hold) uac_ticks(whole run) uac_ms
+#     active1 active2 fwd_packets(metric) relay_drops(metric) kdrops_relay kdrops_callee lossA% lossB%
+#     rtpA rtpB fwd_pps_per_call(CDRs) jitter_mean_ms jitter_max_ms other_load_%_server_core
+#     uas_ticks(hold) uac_ticks(whole run) uac_ms
 media_session() {
     local round=$1 tag="podpbx-r$1-media" ramp dur limit rss0 hwm0 rss1 hwm1 rss2 hwm2 p0 p1 p2
     local a1 a2 t0 t1 w0 w1 f0 f1 d0 d1 k0 k1 e0 e1 bs0 bs1 ok fail i noise loss uac_ticks u0 u1
@@ -393,12 +404,12 @@ media_session() {
     # Steady state: from 2 s after the ramp to 2 s before the first hang-up.
     sleep $((ramp + 2))
     a1=$(metric podpbx_calls_active)
-    t0=$(cpu_ticks "$SRV"); u0=$(cpu_ticks "$UAS"); f0=$(metric podpbx_relay_packets_total)
+    t0=$(cpu_ticks "$SRV"); u0=$(cpu_ticks "$UAS"); f0=$(metric_num podpbx_relay_packets_total)
     k0=$(udp_drops "$MEDIA_MIN" "$MEDIA_MAX"); e0=$(udp_drops "$UAS_MEDIA" "$UAS_MEDIA")
     d0=$(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_relay_dropped_packets_total/ {s += $2} END {print s + 0}')
     bs0=$(core_busy "$SERVER_CORE"); w0=$(date +%s%N)
     sleep $((HOLD_SECS - 4))
-    t1=$(cpu_ticks "$SRV"); u1=$(cpu_ticks "$UAS"); f1=$(metric podpbx_relay_packets_total)
+    t1=$(cpu_ticks "$SRV"); u1=$(cpu_ticks "$UAS"); f1=$(metric_num podpbx_relay_packets_total)
     bs1=$(core_busy "$SERVER_CORE"); w1=$(date +%s%N)
     k1=$(udp_drops "$MEDIA_MIN" "$MEDIA_MAX"); e1=$(udp_drops "$UAS_MEDIA" "$UAS_MEDIA")
     d1=$(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_relay_dropped_packets_total/ {s += $2} END {print s + 0}')
@@ -429,22 +440,28 @@ media_session() {
     done
     loss=$(python3 - "$work/pbxdata/cdr.jsonl" <<'PY'
 import json, sys
-rtp = [0, 0]; lost = [0, 0]
+rtp = [0, 0]; lost = [0, 0]; fwd = 0; billsec = 0.0; jitter = []
 try:
     lines = open(sys.argv[1]).read().splitlines()
 except OSError:
     lines = []
 for line in lines:
     try:
-        legs = json.loads(line).get("legs", [])
+        cdr = json.loads(line)
     except ValueError:
         continue
-    for i, leg in enumerate(legs[:2]):
+    billsec += float(cdr.get("billsec", 0) or 0)
+    for i, leg in enumerate(cdr.get("legs", [])[:2]):
         m = leg.get("media") or {}
         rtp[i] += int(m.get("rtp_packets", 0) or 0)
         lost[i] += max(0, int(m.get("lost_packets", 0) or 0))
+        fwd += int(m.get("forwarded_packets", 0) or 0)
+        jitter.append(int(m.get("jitter_ms", 0) or 0))
 pct = [100.0 * l / (r + l) if r + l else 0.0 for r, l in zip(rtp, lost)]
-print(f"{pct[0]:.3f} {pct[1]:.3f} {rtp[0]} {rtp[1]}")
+# Packets the relay forwarded per second of answered call (both directions; expected 100).
+pps = fwd / billsec if billsec else 0.0
+jit = sum(jitter) / len(jitter) if jitter else 0.0
+print(f"{pct[0]:.3f} {pct[1]:.3f} {rtp[0]} {rtp[1]} {pps:.1f} {jit:.1f} {max(jitter, default=0)}")
 PY
 )
     echo "M $round $CONC $ok $fail $(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.3f", (b - a) / 1e9}') $((t1 - t0))" \
@@ -567,23 +584,26 @@ if have podpbx && have kamailio; then
 fi
 if grep -q '^M ' "$work/results"; then
     echo
-    echo "[3] podpbx with $CONC concurrent calls with RTP (PCMU 20 ms; relay forwards 4 x 50 packets/s per call), hold $HOLD_SECS s"
+    echo "[3] podpbx with $CONC concurrent calls with RTP (PCMU 20 ms, 50 packets/s each way per leg: the relay takes in and forwards 2 x 50 packets/s per call), hold $HOLD_SECS s"
     printf '    calls completed %s, failed %s; podpbx_calls_active during the hold %s, after teardown %s\n' \
         "$(mmed '$4')" "$(mmed '$5')" "$(mmed '$16')" "$(mmed '$17')"
-    printf '    podpbx CPU over the hold: %s %% of one core (all threads); relay forwarded %s packets/s (expected %d)\n' \
-        "$(f "$(mmed '$7 / hz / $6 * 100')" 1 1)" "$(f "$(mmed '$18 / $6')" 1 0)" $((CONC * 200))
+    printf '    podpbx CPU over the hold: %s %% of one core (all threads)\n' "$(f "$(mmed '$7 / hz / $6 * 100')" 1 1)"
+    printf '    relay forwarded %s packets/s per answered call (CDRs; expected 100: 50 each way), %s packets/s in all;\n' \
+        "$(f "$(mmed '$26')" 1 1)" "$(f "$(mmed '$26 * $3')" 1 0)"
+    printf '      podpbx_relay_packets_total rose by %s over the hold, relay drop counters by %s\n' "$(mmed '$18')" "$(mmed '$19')"
     printf '    SIPp: caller %s %% of a core (whole run), callee echo %s %% (hold)\n' \
-        "$(f "$(mmed '$28 / hz / ($29 / 1000) * 100')" 1 0)" "$(f "$(mmed '$27 / hz / $6 * 100')" 1 0)"
+        "$(f "$(mmed '$31 / hz / ($32 / 1000) * 100')" 1 0)" "$(f "$(mmed '$30 / hz / $6 * 100')" 1 0)"
     printf '    RSS MB: idle %s, at %s calls %s, after teardown %s (peak VmHWM %s)\n' \
         "$(f "$(mmed '$8 / 1024')" 1 1)" "$CONC" "$(f "$(mmed '$10 / 1024')" 1 1)" "$(f "$(mmed '$11 / 1024')" 1 1)" "$(f "$(mmed '$12 / 1024')" 1 1)"
     printf '    relay sockets in the media range: idle %s, at %s calls %s, after teardown %s -> back to idle: %s\n' \
         "$(mmed '$13')" "$CONC" "$(mmed '$14')" "$(mmed '$15')" \
         "$(awk '$1 == "M" {n++; if ($15 == $13) k++} END {printf "%s (%d/%d rounds)", (k == n ? "yes" : "NO"), k, n}' "$work/results")"
-    printf '    RTP loss (CDR sequence gaps): caller -> podpbx %s %%, podpbx -> callee echo -> podpbx %s %% (%s / %s packets)\n' \
+    printf '    RTP loss (CDR sequence gaps): caller -> podpbx %s %%, podpbx -> callee echo -> podpbx %s %% (%s / %s packets);\n' \
         "$(mmed '$22')" "$(mmed '$23')" "$(mmed '$24')" "$(mmed '$25')"
-    printf '    drops over the hold: relay counters %s, kernel (socket buffer) on podpbx media sockets %s, on the callee echo socket %s\n' \
-        "$(mmed '$19')" "$(mmed '$20')" "$(mmed '$21')"
-    printf '    other load on the server core during the hold: %s %%\n' "$(mmed '$26')"
+    printf '      jitter mean %s ms, max %s ms\n' "$(mmed '$27')" "$(mmed '$28')"
+    printf '    kernel receive-buffer drops over the hold: podpbx media sockets %s, the callee (SIPp) echo socket %s\n' \
+        "$(mmed '$20')" "$(mmed '$21')"
+    printf '    other load on the server core during the hold: %s %%\n' "$(mmed '$29')"
     printf '    podpbx CPU ticks by thread, whole media session, round 1: %s\n' \
         "$(awk '$1 == "T" {$1 = ""; $2 = ""; print}' "$work/results" | head -1)"
 fi
@@ -630,5 +650,6 @@ echo
 echo "raw: R server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans rtt_ms unexpected timeouts"
 echo "       other_load_%_server_core other_load_%_sipp_core (CLK_TCK=$HZ)"
 echo "     M round conc ok failed window_s server_ticks rss0 hwm0 rss1 rss2 hwm2 ports0 ports1 ports2 active1 active2"
-echo "       fwd_packets relay_drops kdrops_podpbx kdrops_callee lossA% lossB% rtpA rtpB other_load_% uas_ticks uac_ticks uac_ms"
+echo "       fwd_packets relay_drops kdrops_podpbx kdrops_callee lossA% lossB% rtpA rtpB fwd_pps_per_call jitter_mean_ms"
+echo "       jitter_max_ms other_load_% uas_ticks uac_ticks uac_ms"
 cat "$work/results"

@@ -9,7 +9,7 @@
 #   usage: benches/soak.sh [-n CONCURRENT] [-t SECONDS] [-d CALL_MS]
 #     -n  concurrent calls (default 20)
 #     -t  how long new calls are started (default 120 s; hard stop at +90 s)
-#     -d  call duration in ms (default 10000); call rate = n / (d/1000) per second
+#     -d  call duration in ms (default 10000); n new calls start every d ms
 #
 # Bounded: SIPp stops starting calls after -t seconds (and -m total calls), every process runs
 # under `timeout`, and everything started here is stopped by PID on exit.
@@ -129,9 +129,10 @@ pids+=("$UAS")
 sleep 0.5
 
 # The caller: N concurrent calls of D ms, started for T seconds.
-RATE=$(python3 -c "print(max(1, round($N * 1000 / $D)))")
-TOTAL=$(python3 -c "print(int($RATE * $T))")
-echo "soak: $N concurrent calls of $((D / 1000)) s, $RATE calls/s for $T s ($TOTAL calls), IPv4 caller -> IPv6 phone"
+# N new calls every D ms (-r N -rp D): N calls up at any time once the first ones end.
+TOTAL=$(( N * T * 1000 / D ))
+[ "$TOTAL" -ge 1 ] || TOTAL=1
+echo "soak: $N concurrent calls of $D ms for $T s ($TOTAL calls), IPv4 caller -> IPv6 phone"
 # Peak media sockets while calls run (proves the leak count below sees the relay's sockets).
 ( peak=0; end=$(( $(date +%s) + T + 90 ))
   while [ "$(date +%s)" -lt "$end" ] && kill -0 "$PBX" 2>/dev/null; do
@@ -143,7 +144,7 @@ set +e
 sed "s|@RTP_FILE@|$work/soak.wav|" benches/sipp/soak_uac.xml >"$work/soak_uac.xml"
 timeout $((T + 90)) sipp "127.0.0.1:$PORT" -sf "$work/soak_uac.xml" -i 127.0.0.1 -mi 127.0.0.1 \
     -p "$UAC_PORT" -t u1 -s 102 -au 101 -ap soak-101 -key caller 101 \
-    -l "$N" -r "$RATE" -m "$TOTAL" -d "$D" -nostdin -trace_stat -stf "$work/uac.csv" -fd 5 \
+    -l "$N" -r "$N" -rp "$D" -m "$TOTAL" -d "$D" -nostdin -trace_stat -stf "$work/uac.csv" -fd 5 \
     -trace_err -error_file "$work/uac_err.log" >"$work/uac.log" 2>&1
 UAC_RC=$?
 set -e

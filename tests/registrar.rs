@@ -145,6 +145,10 @@ fn brute_force_blocks_the_source_and_leaves_others_alone() {
     assert!(run.ok, "other source unaffected: {}", run.output);
     let log = pbx.log_text();
     assert!(log.contains("security event") && log.contains("Blocked") && log.contains("127.0.0.1"), "{log}");
+    std::thread::sleep(Duration::from_millis(1200)); // metrics follow on the 1 s status tick
+    let m = http_get(pbx.admin, "/metrics").1;
+    assert_eq!(metric(&m, "podpbx_blocked_sources"), Some(1.0), "{m}");
+    assert!(metric(&m, "podpbx_auth_failures_total").unwrap_or(0.0) >= 4.0, "{m}");
 }
 
 #[test]

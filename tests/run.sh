@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
+# Bounded fuzzing of the parsers (about 2.5 min; replays the corpus, then 20 s per target).
+bash tests/fuzz_smoke.sh
 if [ -f tests/k8s/validate.sh ]; then
     bash tests/k8s/validate.sh
 fi

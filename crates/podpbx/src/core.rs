@@ -545,7 +545,7 @@ impl Core {
             podpbx_b2bua::Identity::User(u) => podpbx_b2bua::Caller::User(u),
             podpbx_b2bua::Identity::Authenticate => {
                 let check = self.registrar.authenticate(now, req, registrar_flow(flow), AuthKind::Proxy);
-                log_security(&check.events);
+                log_security(&self.stats, &check.events);
                 match check.result {
                     AuthResult::Authenticated { user } => podpbx_b2bua::Caller::User(user),
                     AuthResult::Challenge { kind, values } => {
@@ -573,7 +573,7 @@ impl Core {
     fn handle_register(&mut self, now: Instant, wall: SystemTime, id: ServerTxId, req: &Message, flow: Flow) {
         let rflow = registrar_flow(flow);
         let out = self.registrar.handle_register(now, wall, req, rflow);
-        log_security(&out.events);
+        log_security(&self.stats, &out.events);
         if out.changed {
             self.bindings_changed(now);
         }
@@ -587,7 +587,7 @@ impl Core {
     /// logged and answered `200`; nothing is forwarded yet.
     fn handle_message_request(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow) {
         let check = self.registrar.authenticate(now, req, registrar_flow(flow), AuthKind::Www);
-        log_security(&check.events);
+        log_security(&self.stats, &check.events);
         match check.result {
             AuthResult::Authenticated { user } => {
                 let body = String::from_utf8_lossy(&req.body);
@@ -683,8 +683,12 @@ fn registrar_flow(flow: Flow) -> podpbx_registrar::Flow {
     }
 }
 
-fn log_security(events: &[SecurityEvent]) {
+fn log_security(stats: &Stats, events: &[SecurityEvent]) {
+    use podpbx_registrar::SecurityEventKind as K;
     for ev in events {
+        if matches!(ev.kind, K::AuthFailed | K::UnknownUser | K::MalformedCredentials | K::SourceNotAllowed) {
+            Stats::bump(&stats.auth_failures);
+        }
         warn!(
             target: "podpbx::security",
             kind = ?ev.kind,

@@ -194,6 +194,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     core.start(Instant::now());
     // Status that changes slowly is published once a second, not per message.
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut auth_failures_seen = 0u64;
     info!(udp = ?transports.udp_addrs(), tcp = ?transports.tcp_addrs(), "podpbx ready");
 
     loop {
@@ -213,6 +214,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 if core.take_registrations_changed() {
                     publish_registrations(&core);
                 }
+                let failures = Stats::get(&stats.auth_failures);
+                admin.metrics().auth_failures.add(failures.saturating_sub(auth_failures_seen));
+                auth_failures_seen = failures;
+                admin.metrics().blocked_sources.set_count(core.registrar().stats().blocked_sources);
             }
             Some(ev) = media_rx.recv() => {
                 if let podpbx_media::Event::MediaTimeout { session, .. } = ev {

@@ -23,6 +23,8 @@ pub struct Stats {
     pub send_errors: AtomicU64,
     /// Requests from blocked sources, dropped without an answer.
     pub blocked_requests: AtomicU64,
+    /// Failed authentications (wrong password, unknown user, bad credentials, wrong network).
+    pub auth_failures: AtomicU64,
     /// Requests answered `503` because the transaction table was full.
     pub overloaded: AtomicU64,
     /// TCP connections accepted or opened.
