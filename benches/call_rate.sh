@@ -16,8 +16,8 @@
 # Per round, each server fresh (order alternating between rounds):
 #   1. warm-up (2 s at RATE, not reported), then fixed rate: RATE calls/s for FIXED_SECS s:
 #      server CPU seconds (utime+stime, all threads and child processes) per 1 000 calls;
-#   2. rate steps (STEPS, STEP_SECS s each, back to back, stopping after the first step with
-#      >= 1 % failed calls): achieved calls/s, failures, server and SIPp CPU (who saturated);
+#   2. rate steps (STEPS, STEP_SECS s each, each on a fresh server, stopping after the first step
+#      with >= 1 % failed calls): achieved calls/s, failures, server and SIPp CPU (who saturated);
 #   3. podpbx only (MEDIA=1): CONC concurrent calls with RTP (benches/sipp/call_uac_rtp.xml),
 #      PCMU 20 ms: the caller streams a looped WAV (rtp_stream, 50 packets/s), the callee echoes
 #      it (-rtp_echo), so the relay takes in and forwards 2 x 50 packets/s per call. Ramp at RAMP
@@ -25,15 +25,15 @@
 #      CONC calls / after teardown, relay sockets in the media range idle / at CONC / after
 #      teardown, RTP loss and jitter per leg and forwarded packets (from the CDRs), kernel
 #      receive-buffer drops (/proc/net/udp) on podpbx's media sockets and on SIPp's echo socket.
-# Round 1 also runs (SUSTAIN_SECS > 0) each server fresh at SUSTAIN_RATE calls/s for SUSTAIN_SECS s:
+# Round 1 also runs (SUSTAIN_SECS > 0) SUSTAIN_SERVERS fresh at SUSTAIN_RATE calls/s for SUSTAIN_SECS s:
 # longer than the 32 s (64*T1) podpbx keeps a transaction per call (Timer J), so its transaction
 # table (50 000 entries) reaches its steady size; the short steps never get there.
 # The report gives medians over ROUNDS rounds and the podpbx/Kamailio CPU-per-call ratio.
 #
 #   usage: benches/call_rate.sh [rounds]           (3 rounds: about 8 minutes)
-#   env:   RATE=200 FIXED_SECS=20 STEPS="1000 2000 3000 4000 5000" STEP_SECS=3
+#   env:   RATE=200 FIXED_SECS=20 STEPS="2000 3500 5000 6500 8000" STEP_SECS=3
 #          MEDIA=1 CONC=500 RAMP=100 HOLD_SECS=20
-#          SUSTAIN_RATE=1500 SUSTAIN_SECS=40 (0: skip) SUSTAIN_SERVERS="podpbx kamailio"
+#          SUSTAIN_RATE=1500 SUSTAIN_SECS=40 (0: skip) SUSTAIN_SERVERS=podpbx ("podpbx kamailio")
 #          PORT=15100 (SIPp uses PORT+10/+20/+30/+40, the admin listener PORT+99)
 #          SERVER_CORE=0 SIPP_CORE=1 KAM_CHILDREN=1 (UDP workers) KAM_SHM=1024 (MB of shm)
 #          ONLY=podpbx|kamailio KEEP=1 (keep the work directory and logs)
@@ -46,7 +46,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-${ROUNDS:-3}}
 RATE=${RATE:-200}
 FIXED_SECS=${FIXED_SECS:-20}
-STEPS=${STEPS:-"1000 2000 3000 4000 5000"}
+STEPS=${STEPS:-"2000 3500 5000 6500 8000"}
 STEP_SECS=${STEP_SECS:-3}
 MEDIA=${MEDIA:-1}
 CONC=${CONC:-500}
@@ -54,7 +54,7 @@ RAMP=${RAMP:-100}
 HOLD_SECS=${HOLD_SECS:-20}
 SUSTAIN_RATE=${SUSTAIN_RATE:-1500}
 SUSTAIN_SECS=${SUSTAIN_SECS:-40}
-SUSTAIN_SERVERS=${SUSTAIN_SERVERS:-podpbx kamailio}
+SUSTAIN_SERVERS=${SUSTAIN_SERVERS:-podpbx}
 PORT=${PORT:-15100}
 SERVER_CORE=${SERVER_CORE:-0}
 SIPP_CORE=${SIPP_CORE:-1}
@@ -104,9 +104,21 @@ stop_pid() {
         for q in $fam; do kill -0 "$q" 2>/dev/null && left+=" $q"; done
         [ -z "$left" ] && break
         for q in $left; do kill -"$sig" "$q" 2>/dev/null || true; done
+        [ "$sig" = KILL ] && STOP_NOTE="needed SIGKILL"
         sleep 1
     done
     wait "$p" 2>/dev/null || true
+}
+# Stops the server of a session; for podpbx notes its calls still active and how it stopped.
+stop_server() {
+    local what=$1 active=""
+    [ "$SRV_NAME" = podpbx ] && active=$(metric podpbx_calls_active)
+    STOP_NOTE="stopped on SIGTERM"
+    stop_pid "$STOP"
+    stop_pid "$SRV"
+    if [ "$SRV_NAME" = podpbx ] && { [ "$active" != 0 ] || [ "$STOP_NOTE" != "stopped on SIGTERM" ]; }; then
+        echo "  podpbx after the $what: $active calls still active when stopped; $STOP_NOTE" >> "$work/stops"
+    fi
 }
 cleanup() {
     local i
@@ -244,6 +256,7 @@ port_busy() { ss -Hlun "sport = :$1" 2>/dev/null | grep -q . ; }
 # Starts a server pinned to SERVER_CORE; sets SRV (its PID) and STOP (the PID to stop it by).
 start_server() {
     local name=$1 i
+    SRV_NAME=$name
     for i in "$PORT" "$UAC_PORT" "$UAS_PORT"; do
         port_busy "$i" && die "UDP port $i is already in use (another run? set PORT=...)"
     done
@@ -331,32 +344,47 @@ run_calls() {
     fi
 }
 
-# Rate runs against one fresh server: fixed rate, then the steps.
+# Ends a rate session: podpbx's counters (calls still active 2 s after the load, dispositions),
+# the callee's complaints, then stops the callee and the server.
+end_session() {
+    local server=$1 round=$2 tag=$3 what=$4
+    if [ "$server" = podpbx ]; then
+        sleep 2
+        echo "P $round $what: calls_active=$(metric podpbx_calls_active) $(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_calls_total/ && $2 > 0 {
+            sub(/podpbx_calls_total/, ""); printf "%s=%s ", $1, $2 }
+            /^podpbx_sip_(send_errors|stray_responses|dropped_malformed)_total / && $2 > 0 {printf "%s=%s ", $1, $2}')" >> "$work/results"
+    fi
+    [ -s "$work/$tag-uas.err" ] && grep -ao "received '[^']*\|Aborting call[^.]*" "$work/$tag-uas.err" \
+        | sed 's/\r//' | cut -c1-60 | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $tag callee: /" >> "$work/oddities" || true
+    stop_pid "$UAS"
+    stop_server "$what"
+}
+
+# Rate runs: a fresh server for the fixed rate; then each step on a fresh server too, so that
+# every step starts with an empty transaction table (podpbx keeps a transaction per call for
+# 32 s and refuses new ones beyond 50 000: back-to-back steps would measure that, not the rate;
+# the sustained run does).
 rate_session() {
-    local server=$1 round=$2 rate fail
+    local server=$1 round=$2 rate fail tag
+    tag="$server-r$round-fixed"
     start_server "$server"
-    start_uas "$server" "$server-r$round"
+    start_uas "$server" "$tag"
     # Warm-up (not reported): first-call allocations, page faults, caches.
     run_calls "$server" "$round" warmup "$RATE" $((RATE * 2))
     echo "# round $round $server: $RATE calls/s for $FIXED_SECS s" >&2
     run_calls "$server" "$round" fixed "$RATE" $((RATE * FIXED_SECS))
+    end_session "$server" "$round" "$tag" "round $round fixed rate"
     for rate in $STEPS; do
+        tag="$server-r$round-step-$rate"
         echo "# round $round $server: step $rate calls/s" >&2
+        start_server "$server"
+        start_uas "$server" "$tag"
         run_calls "$server" "$round" step "$rate" $((rate * STEP_SECS))
-        fail=$(tail -1 "$work/results" | awk '{print (($6 - $7) * 100 / $6 >= 1) ? 1 : 0}')
+        fail=$(grep '^R ' "$work/results" | tail -1 | awk '{print (($6 - $7) * 100 / $6 >= 1) ? 1 : 0}')
+        end_session "$server" "$round" "$tag" "round $round step $rate"
         [ "$fail" = 1 ] && break
     done
-    if [ "$server" = podpbx ]; then
-        sleep 2
-        echo "P $round calls_active=$(metric podpbx_calls_active) $(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_calls_total/ && $2 > 0 {
-            sub(/podpbx_calls_total/, ""); printf "%s=%s ", $1, $2 }
-            /^podpbx_sip_(send_errors|stray_responses|dropped_malformed)_total / && $2 > 0 {printf "%s=%s ", $1, $2}')" >> "$work/results"
-    fi
-    [ -s "$work/$server-r$round-uas.err" ] && grep -ao "received '[^']*\|Aborting call[^.]*" "$work/$server-r$round-uas.err" \
-        | sed 's/\r//' | cut -c1-60 | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $server-r$round callee: /" >> "$work/oddities" || true
-    stop_pid "$UAS"
-    stop_pid "$STOP"
-    stop_pid "$SRV"
+    return 0
 }
 
 # A fresh server at SUSTAIN_RATE calls/s for SUSTAIN_SECS s: longer than the transactions'
@@ -368,9 +396,7 @@ sustain_session() {
     start_uas "$server" "$server-r$round-sustain"
     echo "# round $round $server: sustained $SUSTAIN_RATE calls/s for $SUSTAIN_SECS s" >&2
     run_calls "$server" "$round" sustain "$SUSTAIN_RATE" $((SUSTAIN_RATE * SUSTAIN_SECS))
-    stop_pid "$UAS"
-    stop_pid "$STOP"
-    stop_pid "$SRV"
+    end_session "$server" "$round" "$server-r$round-sustain" "sustained run"
 }
 
 # CONC concurrent calls with RTP through a fresh podpbx -> a results line:
@@ -473,7 +499,7 @@ PY
             | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $tag caller: /" >> "$work/oddities" || true
     fi
     stop_pid "$UAS"
-    stop_pid "$SRV"
+    stop_server "round $round media run"
 }
 
 servers=(podpbx kamailio)
@@ -517,7 +543,8 @@ echo "   podpbx $("$BIN" --version 2>/dev/null | head -1 | awk '{print $NF}') (B
     "kamailio $(kamailio -v | head -1 | awk '{print $3}') (tm + rr proxy, $KAM_CHILDREN UDP worker)"
 echo
 echo "[1] Rate steps ($STEP_SECS s each; a server's steps stop after the first with >= 1 % failed calls)."
-echo "    achieved = completed calls/s; rtt = mean INVITE..200 ms; cpu = % of one core; sipp = caller + callee"
+echo "    achieved = completed calls/s; rtt = mean INVITE..200 ms (SIPp counts whole ms); cpu = % of one core;"
+echo "    sipp = caller + callee; each step on a fresh server (empty transaction table)"
 printf '%-8s | %-51s | %-51s\n' "" "podpbx" "kamailio"
 hdr=$(printf ' %8s %6s %6s %7s %8s %8s' achieved fail% retr rtt_ms "srv cpu" "sipp cpu")
 printf '%-8s |%s |%s\n' offered "$hdr" "$hdr"
@@ -557,7 +584,7 @@ done
 if grep -q '^R [a-z]* [0-9]* sustain ' "$work/results"; then
     echo
     echo "[1b] Sustained load, round 1 only: $SUSTAIN_RATE calls/s for $SUSTAIN_SECS s on a fresh server (longer than the"
-    echo "     32 s podpbx keeps each call's INVITE and BYE transactions; the 4 s steps above never reach that state)"
+    echo "     32 s podpbx keeps a transaction of each call (Timer J); the $STEP_SECS s steps above never reach that state)"
     for s in podpbx kamailio; do
         grep -q "^R $s [0-9]* sustain " "$work/results" || continue
         awk -v s="$s" -v hz="$HZ" '$1 == "R" && $2 == s && $4 == "sustain" {
@@ -620,7 +647,12 @@ done
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "[5] Logs and oddities"
-grep '^P ' "$work/results" | sed 's/^P /    podpbx counters after the rate runs, round /' || true
+if grep -q '^P ' "$work/results"; then
+    echo "podpbx sessions 2 s after the load (calls still active, calls by disposition); only those not clean:"
+    awk '$1 == "P" {n++; if ($0 !~ /calls_active=0 / || $0 ~ /disposition="[^a]/) {$1 = ""; $2 = ""; print "   " $0; k++}}
+        END {printf "    (%d of %d sessions: all calls answered, none left active)\n", n - k, n}' "$work/results"
+fi
+[ -s "$work/stops" ] && cat "$work/stops"
 for s in podpbx kamailio; do
     [ -f "$work/$s.log" ] || continue
     n=$(grep -acE 'WARN|ERROR|CRITICAL' "$work/$s.log" || true)
@@ -631,20 +663,23 @@ for s in podpbx kamailio; do
 done
 [ -s "$work/oddities" ] && { echo "SIPp: unexpected answers / aborted calls (first lines per run):"; cat "$work/oddities"; }
 echo
-echo "== Summary"
-printf '%-44s %12s %12s %8s\n' "" podpbx kamailio ratio
+echo "== Summary (medians of $ROUNDS round(s))"
+printf '%-50s %16s %16s %10s\n' "" podpbx kamailio ratio
 if have podpbx || have kamailio; then
     pc=${CEIL[podpbx]:-nan}; kc=${CEIL[kamailio]:-nan}
-    printf '%-44s %12s %12s %8s\n' "max calls/s with < 1 % failed" "$(f "$pc" 1 0)" "$(f "$kc" 1 0)" \
+    printf '%-50s %16s %16s %10s\n' "max calls/s, < 1 % failed (${STEP_SECS} s steps)" "$(f "$pc" 1 0)" "$(f "$kc" 1 0)" \
         "$(awk -v a="$pc" -v b="$kc" 'BEGIN {if (b + 0 > 0) printf "%.2f", a / b; else print "-"}')"
-    printf '%-44s %12s %12s %8s\n' "server CPU s per 1 000 calls at $RATE/s" \
+    sus() { awk -v s="$1" '$1 == "R" && $2 == s && $4 == "sustain" {printf "%.2f %% failed", ($6 - $7) * 100 / $6; f = 1} END {if (!f) print "-"}' "$work/results"; }
+    grep -q ' sustain ' "$work/results" && printf '%-50s %16s %16s\n' "sustained $SUSTAIN_RATE calls/s for $SUSTAIN_SECS s (round 1)" "$(sus podpbx)" "$(sus kamailio)"
+    printf '%-50s %16s %16s %10s\n' "server CPU s per 1 000 calls at $RATE calls/s" \
         "$(have podpbx && f "$(medv podpbx fixed "$RATE" "$PER1K")" 1 3 || echo -)" \
-        "$(have kamailio && f "$(medv kamailio fixed "$RATE" "$PER1K")" 1 3 || echo -)" "$RATIO (<= 2)"
+        "$(have kamailio && f "$(medv kamailio fixed "$RATE" "$PER1K")" 1 3 || echo -)" "$RATIO"
 fi
 if grep -q '^M ' "$work/results"; then
-    printf '%-44s %12s\n' "podpbx CPU % at $CONC calls with RTP" "$(f "$(mmed '$7 / hz / $6 * 100')" 1 1)"
-    printf '%-44s %12s\n' "podpbx RSS MB idle / $CONC calls / after" "$(f "$(mmed '$8 / 1024')" 1 1) / $(f "$(mmed '$10 / 1024')" 1 1) / $(f "$(mmed '$11 / 1024')" 1 1)"
-    printf '%-44s %12s\n' "relay sockets idle / $CONC calls / after" "$(mmed '$13') / $(mmed '$14') / $(mmed '$15')"
+    printf '%-50s %16s\n' "podpbx CPU % of a core, $CONC calls with RTP" "$(f "$(mmed '$7 / hz / $6 * 100')" 1 1)"
+    printf '%-50s %16s\n' "podpbx RSS MB idle / $CONC calls / after" "$(f "$(mmed '$8 / 1024')" 1 1) / $(f "$(mmed '$10 / 1024')" 1 1) / $(f "$(mmed '$11 / 1024')" 1 1)"
+    printf '%-50s %16s\n' "relay sockets idle / $CONC calls / after" "$(mmed '$13') / $(mmed '$14') / $(mmed '$15')"
+    printf '%-50s %16s\n' "RTP loss caller leg / callee echo leg (%)" "$(mmed '$22') / $(mmed '$23')"
 fi
 echo
 echo "raw: R server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans rtt_ms unexpected timeouts"

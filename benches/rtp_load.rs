@@ -478,7 +478,7 @@ fn run_plain(
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: valid buffer of events.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 50) };
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 1000) };
         for ev in events.iter().take(n.max(0) as usize) {
             let i = ev.u64 as usize;
             let (out, dest) = if i.is_multiple_of(2) {
@@ -533,7 +533,7 @@ fn run_mmsg(
     let (sa_a, sa_b) = (Sa::new(ep_a), Sa::new(ep_b));
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: valid buffer of events.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 50) };
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 1000) };
         for ev in events.iter().take(n.max(0) as usize) {
             let i = ev.u64 as usize;
             let (out_fd, dest) = if i.is_multiple_of(2) {

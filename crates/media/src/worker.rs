@@ -363,9 +363,13 @@ pub(crate) fn run(
 impl Worker {
     fn run(&mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        let mut now_ns = sys::monotonic_ns();
         loop {
-            let timeout = self.poll_timeout_ms(sys::monotonic_ns());
+            let timeout = self.poll_timeout_ms(now_ns);
             let n = self.epoll.wait(&mut events, timeout);
+            // One clock reading per round (vDSO, but still per round rather
+            // than per socket): the arrival time of every datagram in it.
+            now_ns = sys::monotonic_ns();
             // Commands first: a remote address set before a packet arrived
             // applies to it. Stale tokens of sessions released here are
             // caught by the slot generation check.
@@ -382,13 +386,14 @@ impl Worker {
             for ev in &events[..n] {
                 let tok = ev.u64;
                 if tok != WAKE_TOKEN {
-                    forwarded |= self.readable(tok);
+                    forwarded |= self.readable(tok, now_ns);
                 }
             }
             if forwarded && self.cfg.coalesce_ns > 0 && n < MAX_EVENTS {
                 sys::sleep_ns(self.cfg.coalesce_ns);
+                now_ns = sys::monotonic_ns();
             }
-            self.timers(sys::monotonic_ns());
+            self.timers(now_ns);
         }
     }
 
@@ -414,7 +419,7 @@ impl Worker {
 
     /// Handle a readable socket; true when datagrams were received.
     #[inline]
-    fn readable(&mut self, tok: u64) -> bool {
+    fn readable(&mut self, tok: u64, now_ns: u64) -> bool {
         let slot = (tok >> 32) as usize;
         let gen = ((tok >> 2) & GEN_MASK) as u32;
         let leg = ((tok >> 1) & 1) as usize;
@@ -439,7 +444,6 @@ impl Worker {
             return false;
         }
         l.vlen[sock] = if n == vlen { (2 * vlen).min(max) } else { n } as u16;
-        let now_ns = sys::monotonic_ns();
         forward(
             s,
             leg,
