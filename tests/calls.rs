@@ -418,6 +418,11 @@ fn ipv4_doorbell_to_ipv6_phone_rtp_flows_both_ways_through_the_relay() {
         legs[1]["media"]["rtp_packets"].as_u64().unwrap() > 10,
         "relay counted the phone's echo: {c}"
     );
+    // The process-wide relay counters include the released session (1 s status tick).
+    std::thread::sleep(Duration::from_millis(1200));
+    let m = http_get(pbx.admin, "/metrics").1;
+    let forwarded = metric(&m, "podpbx_relay_packets_total").unwrap_or(0.0);
+    assert!(forwarded >= 40.0, "relay packets in /metrics: {forwarded}\n{m}");
 }
 
 #[test]

@@ -56,6 +56,6 @@ mod worker;
 
 pub use relay::{
     Event, Events, Family, FamilyConfig, LatchMode, LatchPolicy, Leg, LocalLeg, Relay, RelayConfig,
-    RelayError, RemoteMedia, Session, SessionId, DSCP_EF_TOS,
+    RelayError, RelayTotals, RemoteMedia, Session, SessionId, DSCP_EF_TOS,
 };
 pub use stats::{Drops, StreamStats};

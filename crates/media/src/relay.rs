@@ -393,6 +393,20 @@ struct Inner {
     active: Arc<AtomicUsize>,
     epoch_ns: u64,
     hasher: RandomState,
+    /// Counters of released sessions, for process-wide metrics (off the hot path: added once
+    /// per session at release).
+    totals: Mutex<RelayTotals>,
+}
+
+/// What the relay forwarded and dropped over all released sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayTotals {
+    /// Packets handed to the kernel towards the other leg.
+    pub forwarded_packets: u64,
+    /// Their bytes.
+    pub forwarded_bytes: u64,
+    /// Drops by reason.
+    pub drops: crate::stats::Drops,
 }
 
 impl Drop for Inner {
@@ -513,8 +527,14 @@ impl Relay {
                 active,
                 epoch_ns,
                 hasher: RandomState::new(),
+                totals: Mutex::new(RelayTotals::default()),
             }),
         })
+    }
+
+    /// Forwarded and dropped packets of every session released so far.
+    pub fn totals(&self) -> RelayTotals {
+        self.inner.totals.lock().map(|t| *t).unwrap_or_default()
     }
 
     fn bind_pair(&self, family: Family) -> Result<(UdpSocket, UdpSocket, IpAddr, u16), RelayError> {
@@ -848,6 +868,20 @@ impl Session {
     fn do_release(&mut self) {
         if !self.released {
             self.released = true;
+            if let Ok(mut t) = self.relay.inner.totals.lock() {
+                for leg in [Leg::A, Leg::B] {
+                    let s = self.stats(leg);
+                    t.forwarded_packets += s.forwarded_packets;
+                    t.forwarded_bytes += s.forwarded_bytes;
+                    let d = &mut t.drops;
+                    d.foreign_source += s.drops.foreign_source;
+                    d.malformed += s.drops.malformed;
+                    d.not_rtp += s.drops.not_rtp;
+                    d.oversize += s.drops.oversize;
+                    d.no_destination += s.drops.no_destination;
+                    d.send_error += s.drops.send_error;
+                }
+            }
             let _ = self.relay.send(self.worker, Cmd::Release { id: self.id });
         }
     }

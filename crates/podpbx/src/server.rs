@@ -134,6 +134,8 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         tcp: transports.tcp_addrs(),
         trunks: crate::calls::resolve_trunks(&cfg),
     };
+    let relay_metrics = relay.clone();
+    let mut relay_seen = podpbx_media::RelayTotals::default();
     core.set_calls(crate::calls::Calls::new(Arc::new(cfg.clone()), timers, relay, call_addrs));
     // Reload: SIGHUP, `POST /api/reload`, and a changed config file (a Kubernetes ConfigMap
     // update swaps the `..data` symlink; polled every 2 s, following symlinks).
@@ -218,6 +220,9 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 admin.metrics().auth_failures.add(failures.saturating_sub(auth_failures_seen));
                 auth_failures_seen = failures;
                 admin.metrics().blocked_sources.set_count(core.registrar().stats().blocked_sources);
+                if let Some(relay) = &relay_metrics {
+                    publish_relay_totals(&admin, relay.totals(), &mut relay_seen);
+                }
             }
             Some(ev) = media_rx.recv() => {
                 if let podpbx_media::Event::MediaTimeout { session, .. } = ev {
@@ -311,6 +316,28 @@ fn reload_config(core: &mut Core, path: Option<&Path>) -> Result<String, String>
             Err(e)
         }
     }
+}
+
+/// Adds what the relay forwarded and dropped since the last tick to the metrics (sessions count
+/// once they are released, i.e. at the end of each call).
+fn publish_relay_totals(admin: &crate::admin::Admin, now: podpbx_media::RelayTotals, seen: &mut podpbx_media::RelayTotals) {
+    let m = admin.metrics();
+    m.relay_packets.add(now.forwarded_packets.saturating_sub(seen.forwarded_packets));
+    m.relay_bytes.add(now.forwarded_bytes.saturating_sub(seen.forwarded_bytes));
+    let (d, s) = (&now.drops, &seen.drops);
+    for (reason, n, before) in [
+        ("foreign_source", d.foreign_source, s.foreign_source),
+        ("malformed", d.malformed, s.malformed),
+        ("not_rtp", d.not_rtp, s.not_rtp),
+        ("oversize", d.oversize, s.oversize),
+        ("no_destination", d.no_destination, s.no_destination),
+        ("send_error", d.send_error, s.send_error),
+    ] {
+        if n > before {
+            m.relay_dropped(reason).add(n - before);
+        }
+    }
+    *seen = now;
 }
 
 /// A thread that writes registration snapshots (write, fsync, rename) in the order received,
