@@ -37,7 +37,7 @@
 #          PORT=15100 (SIPp uses PORT+10/+20/+30/+40, the admin listener PORT+99)
 #          SERVER_CORE=0 SIPP_CORE=1 KAM_CHILDREN=1 (UDP workers) KAM_SHM=1024 (MB of shm)
 #          ONLY=podpbx|kamailio KEEP=1 (keep the work directory and logs)
-#          MEDIA_MIN=44000 MEDIA_MAX=51999 (podpbx's RTP port range)
+#          MEDIA_MIN=40000 MEDIA_MAX=55999 (podpbx's RTP port range: 4 000 calls)
 # Bounded: every SIPp run has a call count, a SIPp -timeout and a `timeout`; everything started
 # here is stopped by PID (SIGTERM, then SIGKILL) on exit.
 set -euo pipefail
@@ -62,8 +62,8 @@ KAM_CHILDREN=${KAM_CHILDREN:-1}
 KAM_SHM=${KAM_SHM:-1024}
 ONLY=${ONLY:-}
 KEEP=${KEEP:-0}
-MEDIA_MIN=${MEDIA_MIN:-44000}
-MEDIA_MAX=${MEDIA_MAX:-51999}
+MEDIA_MIN=${MEDIA_MIN:-40000}
+MEDIA_MAX=${MEDIA_MAX:-55999}
 UAC_IP=127.0.0.2             # the caller; podpbx identifies it by this address
 SRV_IP=127.0.0.1
 UAC_PORT=$((PORT + 10))
@@ -344,12 +344,12 @@ run_calls() {
     fi
 }
 
-# Ends a rate session: podpbx's counters (calls still active 2 s after the load, dispositions),
+# Ends a rate session: podpbx's counters (calls still active 1 s after the load, dispositions),
 # the callee's complaints, then stops the callee and the server.
 end_session() {
     local server=$1 round=$2 tag=$3 what=$4
     if [ "$server" = podpbx ]; then
-        sleep 2
+        sleep 1
         echo "P $round $what: calls_active=$(metric podpbx_calls_active) $(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_calls_total/ && $2 > 0 {
             sub(/podpbx_calls_total/, ""); printf "%s=%s ", $1, $2 }
             /^podpbx_sip_(send_errors|stray_responses|dropped_malformed)_total / && $2 > 0 {printf "%s=%s ", $1, $2}')" >> "$work/results"
@@ -648,7 +648,7 @@ echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "[5] Logs and oddities"
 if grep -q '^P ' "$work/results"; then
-    echo "podpbx sessions 2 s after the load (calls still active, calls by disposition); only those not clean:"
+    echo "podpbx sessions 1 s after the load (calls still active, calls by disposition); only those not clean:"
     awk '$1 == "P" {n++; if ($0 !~ /calls_active=0 / || $0 ~ /disposition="[^a]/) {$1 = ""; $2 = ""; print "   " $0; k++}}
         END {printf "    (%d of %d sessions: all calls answered, none left active)\n", n - k, n}' "$work/results"
 fi
@@ -658,7 +658,7 @@ for s in podpbx kamailio; do
     n=$(grep -acE 'WARN|ERROR|CRITICAL' "$work/$s.log" || true)
     echo "$s: $n warning/error lines"
     { grep -aE 'WARN|ERROR|CRITICAL' "$work/$s.log" || true; } \
-        | sed -E 's/\x1b\[[0-9;]*m//g; s/^[0-9T:.Z-]+ +//; s/^ *[0-9]+\([0-9]+\) //; s/[0-9a-f]{16}/<id>/g; s/[0-9]+-[0-9]+@[0-9.]+/<call-id>/g' \
+        | sed -E 's/\x1b\[[0-9;]*m//g; s/^[0-9T:.Z-]+ +//; s/^ *[0-9]+\([0-9]+\) //; s/[0-9a-f]{16}/<id>/g; s/[0-9]+-[0-9]+@[0-9.]+/<call-id>/g; s/(call|calls|total)=[0-9]+/\1=N/g' \
         | cut -c1-160 | sort | uniq -c | sort -rn | head -6 | sed 's/^/    /'
 done
 [ -s "$work/oddities" ] && { echo "SIPp: unexpected answers / aborted calls (first lines per run):"; cat "$work/oddities"; }

@@ -422,7 +422,10 @@ fn ipv4_doorbell_to_ipv6_phone_rtp_flows_both_ways_through_the_relay() {
     std::thread::sleep(Duration::from_millis(1200));
     let m = http_get(pbx.admin, "/metrics").1;
     let forwarded = metric(&m, "podpbx_relay_packets_total").unwrap_or(0.0);
-    assert!(forwarded >= 40.0, "relay packets in /metrics: {forwarded}\n{m}");
+    assert!(
+        forwarded >= 40.0,
+        "relay packets in /metrics: {forwarded}\n{m}"
+    );
 }
 
 #[test]
@@ -473,19 +476,35 @@ fn graceful_stop_with_a_call_up_byes_both_legs_and_writes_the_cdr() {
     let p = phone(&pbx, "102", "call_phone_answer.xml", &[]);
     let target = pbx.v6();
     let caller = std::thread::spawn(move || {
-        let args = ["-s", "102", "-au", "101", "-ap", "pw-101", "-key", "caller", "101", "-timeout", "40s"];
+        let args = [
+            "-s", "102", "-au", "101", "-ap", "pw-101", "-key", "caller", "101", "-timeout", "40s",
+        ];
         sipp("call_uac_wait_bye.xml", target, "u1", &args)
     });
     let up = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < up && metric(&http_get(pbx.admin, "/metrics").1, "podpbx_calls_active") != Some(1.0) {
+    while Instant::now() < up
+        && metric(&http_get(pbx.admin, "/metrics").1, "podpbx_calls_active") != Some(1.0)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(metric(&http_get(pbx.admin, "/metrics").1, "podpbx_calls_active"), Some(1.0), "call is up");
+    assert_eq!(
+        metric(&http_get(pbx.admin, "/metrics").1, "podpbx_calls_active"),
+        Some(1.0),
+        "call is up"
+    );
     // New calls are refused while draining; the call in progress is ended after the grace period.
     let started = Instant::now();
-    assert_eq!(pbx.terminate(), Some(0), "exit 0 after the drain:\n{}", tail(&pbx.log_text()));
+    assert_eq!(
+        pbx.terminate(),
+        Some(0),
+        "exit 0 after the drain:\n{}",
+        tail(&pbx.log_text())
+    );
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(20), "stopped within the pod's grace period: {took:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "stopped within the pod's grace period: {took:?}"
+    );
     let run = caller.join().expect("caller thread");
     assert!(run.ok, "caller received BYE:\n{}", run.output);
     check_phone(p, "callee received BYE", &pbx);

@@ -33,23 +33,70 @@ print(src[0], data.split(b'\r\n')[0].decode())
 
 #[test]
 fn replies_leave_from_the_pinned_addresses() {
-    assert!(is_root(), "this test builds network namespaces and must run as root (CI does)");
+    assert!(
+        is_root(),
+        "this test builds network namespaces and must run as root (CI does)"
+    );
     let pod = Netns::new("pod");
     let lan = Netns::new("lan");
     veth(&pod, "pod0", &lan, "lan0");
     // Transit addresses: what the kernel would pick as source if podpbx did not pin it.
-    ip_in(&pod.name, &["addr", "add", "2001:db8:100::1/64", "dev", "pod0", "nodad"]);
-    ip_in(&lan.name, &["addr", "add", "2001:db8:100::2/64", "dev", "lan0", "nodad"]);
+    ip_in(
+        &pod.name,
+        &["addr", "add", "2001:db8:100::1/64", "dev", "pod0", "nodad"],
+    );
+    ip_in(
+        &lan.name,
+        &["addr", "add", "2001:db8:100::2/64", "dev", "lan0", "nodad"],
+    );
     ip_in(&pod.name, &["addr", "add", "203.0.113.1/24", "dev", "pod0"]);
     ip_in(&lan.name, &["addr", "add", "203.0.113.2/24", "dev", "lan0"]);
     // The pinned single addresses, as Calico assigns them from /128 and /32 pools.
-    ip_in(&pod.name, &["addr", "add", &format!("{PINNED6}/128"), "dev", "lo", "nodad"]);
-    ip_in(&pod.name, &["addr", "add", &format!("{PINNED4}/32"), "dev", "lo"]);
+    ip_in(
+        &pod.name,
+        &[
+            "addr",
+            "add",
+            &format!("{PINNED6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ],
+    );
+    ip_in(
+        &pod.name,
+        &["addr", "add", &format!("{PINNED4}/32"), "dev", "lo"],
+    );
     // The LAN reaches the pinned addresses through the pod (the BGP-learned routes).
-    ip_in(&lan.name, &["-6", "route", "add", &format!("{PINNED6}/128"), "via", "2001:db8:100::1"]);
-    ip_in(&lan.name, &["route", "add", &format!("{PINNED4}/32"), "via", "203.0.113.1"]);
-    ip_in(&pod.name, &["-6", "route", "add", "default", "via", "2001:db8:100::2"]);
-    ip_in(&pod.name, &["route", "add", "default", "via", "203.0.113.2"]);
+    ip_in(
+        &lan.name,
+        &[
+            "-6",
+            "route",
+            "add",
+            &format!("{PINNED6}/128"),
+            "via",
+            "2001:db8:100::1",
+        ],
+    );
+    ip_in(
+        &lan.name,
+        &[
+            "route",
+            "add",
+            &format!("{PINNED4}/32"),
+            "via",
+            "203.0.113.1",
+        ],
+    );
+    ip_in(
+        &pod.name,
+        &["-6", "route", "add", "default", "via", "2001:db8:100::2"],
+    );
+    ip_in(
+        &pod.name,
+        &["route", "add", "default", "via", "203.0.113.2"],
+    );
 
     let dir = TempDir::new("pinned");
     let cfg = dir.path().join("podpbx.toml");
@@ -64,19 +111,30 @@ fn replies_leave_from_the_pinned_addresses() {
     )
     .unwrap();
     let log = dir.path().join("log");
-    let mut child = ChildGuard(pod
-        .command(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start podpbx in the pod namespace"));
+    let mut child = ChildGuard(
+        pod.command(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start podpbx in the pod namespace"),
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("podpbx ready") {
-        assert!(Instant::now() < deadline, "podpbx not ready: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("podpbx ready")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "podpbx not ready: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         if let Ok(Some(st)) = child.0.try_wait() {
-            panic!("podpbx exited: {st}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            panic!(
+                "podpbx exited: {st}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -88,8 +146,16 @@ fn replies_leave_from_the_pinned_addresses() {
             .output()
             .expect("run probe");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "probe failed: {text} {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(text.trim(), format!("{pinned} SIP/2.0 200 OK"), "reply source must be the pinned address");
+        assert!(
+            out.status.success(),
+            "probe failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            text.trim(),
+            format!("{pinned} SIP/2.0 200 OK"),
+            "reply source must be the pinned address"
+        );
     }
 
     // A real peer: SIPp in the LAN namespace qualifies podpbx over UDP and TCP on both families.
@@ -103,7 +169,9 @@ fn replies_leave_from_the_pinned_addresses() {
             .arg(&target)
             .arg("-sf")
             .arg(&scenario)
-            .args(["-i", local, "-p", "5070", "-t", transport, "-m", "1", "-nostdin"])
+            .args([
+                "-i", local, "-p", "5070", "-t", transport, "-m", "1", "-nostdin",
+            ])
             .args(["-timeout", "10s", "-timeout_error"])
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -118,14 +186,41 @@ fn replies_leave_from_the_pinned_addresses() {
     // podpbx-originated requests: register a phone from the LAN, then catch the qualify OPTIONS
     // podpbx sends to it and check its source address.
     for (pinned, local) in [(PINNED6, "2001:db8:100::2"), (PINNED4, "203.0.113.2")] {
-        let target = if pinned.contains(':') { format!("[{pinned}]:5060") } else { format!("{pinned}:5060") };
+        let target = if pinned.contains(':') {
+            format!("[{pinned}]:5060")
+        } else {
+            format!("{pinned}:5060")
+        };
         let sipp_child = lan
             .command("sipp")
             .arg(&target)
             .arg("-sf")
             .arg(root().join("tests/sipp/register_once.xml"))
-            .args(["-i", local, "-p", "5072", "-t", "u1", "-m", "1", "-nostdin", "-timeout", "10s", "-timeout_error"])
-            .args(["-s", "2001", "-au", "2001", "-ap", "pinned-2001", "-key", "expires", "60"])
+            .args([
+                "-i",
+                local,
+                "-p",
+                "5072",
+                "-t",
+                "u1",
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout",
+                "10s",
+                "-timeout_error",
+            ])
+            .args([
+                "-s",
+                "2001",
+                "-au",
+                "2001",
+                "-ap",
+                "pinned-2001",
+                "-key",
+                "expires",
+                "60",
+            ])
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -140,8 +235,16 @@ fn replies_leave_from_the_pinned_addresses() {
             .output()
             .expect("run catcher");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "no qualify OPTIONS caught: {text} {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(text.trim(), format!("{pinned} OPTIONS"), "podpbx-originated request must leave from the pinned address");
+        assert!(
+            out.status.success(),
+            "no qualify OPTIONS caught: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            text.trim(),
+            format!("{pinned} OPTIONS"),
+            "podpbx-originated request must leave from the pinned address"
+        );
     }
     drop(child);
 }

@@ -9,9 +9,18 @@ use std::time::Duration;
 #[test]
 fn sipp_options_over_udp_and_tcp_on_both_families() {
     let pbx = Pbx::start("");
-    for (target, transport) in [(pbx.v4(), "u1"), (pbx.v6(), "u1"), (pbx.v4(), "t1"), (pbx.v6(), "t1")] {
+    for (target, transport) in [
+        (pbx.v4(), "u1"),
+        (pbx.v6(), "u1"),
+        (pbx.v4(), "t1"),
+        (pbx.v6(), "t1"),
+    ] {
         let run = sipp("options.xml", target, transport, &[]);
-        assert!(run.ok, "SIPp OPTIONS {transport} to {target} failed:\n{}", run.output);
+        assert!(
+            run.ok,
+            "SIPp OPTIONS {transport} to {target} failed:\n{}",
+            run.output
+        );
     }
 }
 
@@ -33,14 +42,27 @@ fn udp_response_fills_received_and_rport_and_goes_to_source() {
         let peer = UdpPeer::new(target);
         let local = peer.local();
         // Claim a different sent-by port: with rport the answer must still come to the real one.
-        let req = request("OPTIONS", &format!("sip:{}", bracket(target)), local, "UDP", "z9hG4bKrport1", "")
-            .replace(&format!(":{};branch", local.port()), ":5999;branch");
+        let req = request(
+            "OPTIONS",
+            &format!("sip:{}", bracket(target)),
+            local,
+            "UDP",
+            "z9hG4bKrport1",
+            "",
+        )
+        .replace(&format!(":{};branch", local.port()), ":5999;branch");
         peer.send(req.as_bytes());
         let resp = peer.recv().expect("OPTIONS answered");
         assert_eq!(status(&resp), 200);
         let via = header(&resp, "Via").unwrap();
-        assert!(via.contains(&format!("rport={}", local.port())), "rport filled: {via}");
-        assert!(via.contains(&format!("received={}", local.ip())), "received without brackets: {via}");
+        assert!(
+            via.contains(&format!("rport={}", local.port())),
+            "rport filled: {via}"
+        );
+        assert!(
+            via.contains(&format!("received={}", local.ip())),
+            "received without brackets: {via}"
+        );
         for h in ["Allow", "Accept", "Supported"] {
             assert!(header(&resp, h).is_some(), "{h} missing in OPTIONS answer");
         }
@@ -51,13 +73,23 @@ fn udp_response_fills_received_and_rport_and_goes_to_source() {
 fn retransmitted_request_is_absorbed_and_gets_the_same_response() {
     let pbx = Pbx::start("");
     let peer = UdpPeer::new(pbx.v4());
-    let req = request("OPTIONS", "sip:127.0.0.1", peer.local(), "UDP", "z9hG4bKretrans1", "");
+    let req = request(
+        "OPTIONS",
+        "sip:127.0.0.1",
+        peer.local(),
+        "UDP",
+        "z9hG4bKretrans1",
+        "",
+    );
     peer.send(req.as_bytes());
     let first = peer.recv().expect("first answer");
     peer.send(req.as_bytes());
     let second = peer.recv().expect("retransmission answered");
     // A re-processed request would carry a fresh To tag; the transaction must replay its response.
-    assert_eq!(first, second, "retransmission must get the stored response byte for byte");
+    assert_eq!(
+        first, second,
+        "retransmission must get the stored response byte for byte"
+    );
 }
 
 #[test]
@@ -66,25 +98,79 @@ fn request_checks_answer_with_the_rfc_status_codes() {
     let peer = UdpPeer::new(pbx.v6());
     let l = peer.local();
     let cases: Vec<(String, u16)> = vec![
-        (request("OPTIONS", "sip:[::1]", l, "UDP", "z9hG4bKc1", "").replace("SIP/2.0\r\nVia", "SIP/3.0\r\nVia"), 505),
-        (request("OPTIONS", "tel:+15551234", l, "UDP", "z9hG4bKc2", ""), 416),
-        (request("OPTIONS", "sip:[::1]", l, "UDP", "z9hG4bKc3", "Require: foo\r\n"), 420),
-        (request("SUBSCRIBE", "sip:[::1]", l, "UDP", "z9hG4bKc4", "").replace("Max-Forwards: 70", "Max-Forwards: 0"), 483),
-        (request("OPTIONS", "sip:[::1]", l, "UDP", "z9hG4bKc5", "").replace("Max-Forwards: 70", "Max-Forwards: 0"), 200),
+        (
+            request("OPTIONS", "sip:[::1]", l, "UDP", "z9hG4bKc1", "")
+                .replace("SIP/2.0\r\nVia", "SIP/3.0\r\nVia"),
+            505,
+        ),
+        (
+            request("OPTIONS", "tel:+15551234", l, "UDP", "z9hG4bKc2", ""),
+            416,
+        ),
+        (
+            request(
+                "OPTIONS",
+                "sip:[::1]",
+                l,
+                "UDP",
+                "z9hG4bKc3",
+                "Require: foo\r\n",
+            ),
+            420,
+        ),
+        (
+            request("SUBSCRIBE", "sip:[::1]", l, "UDP", "z9hG4bKc4", "")
+                .replace("Max-Forwards: 70", "Max-Forwards: 0"),
+            483,
+        ),
+        (
+            request("OPTIONS", "sip:[::1]", l, "UDP", "z9hG4bKc5", "")
+                .replace("Max-Forwards: 70", "Max-Forwards: 0"),
+            200,
+        ),
         (request("FOO", "sip:[::1]", l, "UDP", "z9hG4bKc6", ""), 501),
-        (request("BYE", "sip:[::1]", l, "UDP", "z9hG4bKc7", "").replace("<sip:pbx@[::1]>", "<sip:pbx@[::1]>;tag=nosuch"), 481),
-        (request("OPTIONS", "sip:[::1]", l, "UDP", "z9hG4bKc8", "").replace("Call-ID: z9hG4bKc8@test\r\n", ""), 400),
-        (request("OPTIONS", "sip:[::1]", l, "UDP", "z9hG4bKc9", "").replace("CSeq: 1 OPTIONS", "CSeq: 1 INVITE"), 400),
+        (
+            request("BYE", "sip:[::1]", l, "UDP", "z9hG4bKc7", "")
+                .replace("<sip:pbx@[::1]>", "<sip:pbx@[::1]>;tag=nosuch"),
+            481,
+        ),
+        (
+            request("OPTIONS", "sip:[::1]", l, "UDP", "z9hG4bKc8", "")
+                .replace("Call-ID: z9hG4bKc8@test\r\n", ""),
+            400,
+        ),
+        (
+            request("OPTIONS", "sip:[::1]", l, "UDP", "z9hG4bKc9", "")
+                .replace("CSeq: 1 OPTIONS", "CSeq: 1 INVITE"),
+            400,
+        ),
     ];
     for (req, want) in &cases {
         peer.send(req.as_bytes());
-        let resp = peer.recv().unwrap_or_else(|| panic!("no answer, wanted {want} for:\n{req}"));
-        assert_eq!(status(&resp), *want, "for request:\n{req}\ngot:\n{}", String::from_utf8_lossy(&resp));
+        let resp = peer
+            .recv()
+            .unwrap_or_else(|| panic!("no answer, wanted {want} for:\n{req}"));
+        assert_eq!(
+            status(&resp),
+            *want,
+            "for request:\n{req}\ngot:\n{}",
+            String::from_utf8_lossy(&resp)
+        );
     }
     // 415 with a body of a type we do not handle.
     let body = "hello";
-    let req = request("OPTIONS", "sip:[::1]", l, "UDP", "z9hG4bKc10", "Content-Type: application/x-weird\r\n")
-        .replace("Content-Length: 0\r\n\r\n", &format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let req = request(
+        "OPTIONS",
+        "sip:[::1]",
+        l,
+        "UDP",
+        "z9hG4bKc10",
+        "Content-Type: application/x-weird\r\n",
+    )
+    .replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Length: {}\r\n\r\n{body}", body.len()),
+    );
     peer.send(req.as_bytes());
     let resp = peer.recv().expect("415 answer");
     assert_eq!(status(&resp), 415);
@@ -104,7 +190,8 @@ fn malformed_input_is_answered_or_counted_and_never_stops_service() {
     peer.send(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5;branch=z9hG4bKstray\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
     peer.expect_silence(Duration::from_millis(300));
     // Content-Length larger than the datagram: 400 (RFC 3261 §18.3).
-    let req = request("OPTIONS", "sip:127.0.0.1", l, "UDP", "z9hG4bKm1", "").replace("Content-Length: 0", "Content-Length: 500");
+    let req = request("OPTIONS", "sip:127.0.0.1", l, "UDP", "z9hG4bKm1", "")
+        .replace("Content-Length: 0", "Content-Length: 500");
     peer.send(req.as_bytes());
     let resp = peer.recv().expect("400 for bad Content-Length");
     assert_eq!(status(&resp), 400);
@@ -124,7 +211,10 @@ fn malformed_input_is_answered_or_counted_and_never_stops_service() {
     peer.send(req.as_bytes());
     assert_eq!(status(&peer.recv().expect("still serving")), 200);
     let log = pbx.log_text();
-    assert!(log.contains("malformed message dropped"), "drops are counted/logged:\n{log}");
+    assert!(
+        log.contains("malformed message dropped"),
+        "drops are counted/logged:\n{log}"
+    );
     assert!(!log.contains("panicked"), "no panic:\n{log}");
 }
 
@@ -135,8 +225,22 @@ fn tcp_frames_many_messages_per_connection_and_answers_keepalive() {
         let mut s = tcp_connect(target);
         let local = s.local_addr().unwrap();
         // Two requests in one write, the second split across writes.
-        let a = request("OPTIONS", &format!("sip:{}", bracket(target)), local, "TCP", "z9hG4bKt1", "");
-        let b = request("OPTIONS", &format!("sip:{}", bracket(target)), local, "TCP", "z9hG4bKt2", "");
+        let a = request(
+            "OPTIONS",
+            &format!("sip:{}", bracket(target)),
+            local,
+            "TCP",
+            "z9hG4bKt1",
+            "",
+        );
+        let b = request(
+            "OPTIONS",
+            &format!("sip:{}", bracket(target)),
+            local,
+            "TCP",
+            "z9hG4bKt2",
+            "",
+        );
         let mut both = a.clone().into_bytes();
         both.extend_from_slice(&b.as_bytes()[..20]);
         tcp_send(&mut s, &both);
@@ -155,9 +259,19 @@ fn tcp_frames_many_messages_per_connection_and_answers_keepalive() {
         s.read_exact(&mut pong).expect("pong");
         assert_eq!(&pong, b"\r\n");
         // The connection still works afterwards.
-        let c = request("OPTIONS", &format!("sip:{}", bracket(target)), local, "TCP", "z9hG4bKt3", "");
+        let c = request(
+            "OPTIONS",
+            &format!("sip:{}", bracket(target)),
+            local,
+            "TCP",
+            "z9hG4bKt3",
+            "",
+        );
         tcp_send(&mut s, c.as_bytes());
-        assert_eq!(status(&tcp_read_message(&mut s).expect("third answer")), 200);
+        assert_eq!(
+            status(&tcp_read_message(&mut s).expect("third answer")),
+            200
+        );
     }
 }
 
@@ -177,7 +291,11 @@ fn start_fails_clearly_when_the_pinned_address_is_missing() {
     let dir = TempDir::new("missing");
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[sip]\nipv6 = \"2001:db8:e8b1::1:1\"\nport = 5060\n").unwrap();
-    let out = std::process::Command::new(BIN).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -191,15 +309,27 @@ fn check_reports_file_line_col_key_and_suggestion() {
     let dir = TempDir::new("check");
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[sip]\nipv4 = \"127.0.0.1\"\nprot = 5060\n").unwrap();
-    let out = std::process::Command::new(BIN).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:3:1: sip.prot:"), "stderr: {err}");
     assert!(err.contains("port"), "suggests the closest key: {err}");
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[sip]\nipv4 = \"127.0.0.1\"\nport = 5060\n").unwrap();
-    let out = std::process::Command::new(BIN).args(["check", "--config"]).arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn bracket(a: std::net::SocketAddr) -> String {

@@ -41,18 +41,37 @@ fn registers_with_the_provider_reports_ready_and_unregisters_on_stop() {
         ..Default::default()
     });
     let mut pbx = Pbx::start(&trunk_config(kam.port, "trunk-secret"));
-    wait_for("provider binding", Duration::from_secs(10), || kam.binding("4930123").is_some());
+    wait_for("provider binding", Duration::from_secs(10), || {
+        kam.binding("4930123").is_some()
+    });
     let b = kam.binding("4930123").unwrap();
-    assert!(b.contact.contains("[::1]"), "contact uses our pinned IPv6 address: {}", b.contact);
-    wait_for("readyz 200", Duration::from_secs(5), || http_get(pbx.admin, "/readyz").0 == 200);
+    assert!(
+        b.contact.contains("[::1]"),
+        "contact uses our pinned IPv6 address: {}",
+        b.contact
+    );
+    wait_for("readyz 200", Duration::from_secs(5), || {
+        http_get(pbx.admin, "/readyz").0 == 200
+    });
     let metrics = http_get(pbx.admin, "/metrics").1;
-    assert_eq!(metric(&metrics, "podpbx_trunk_registered{trunk=\"provider\"}"), Some(1.0), "{metrics}");
+    assert_eq!(
+        metric(&metrics, "podpbx_trunk_registered{trunk=\"provider\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
     let (code, out, err) = ctl(&["--admin", &pbx.admin.to_string(), "trunks"]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("provider") && out.contains("registered"), "{out}");
+    assert!(
+        out.contains("provider") && out.contains("registered"),
+        "{out}"
+    );
     // Graceful stop un-registers, so the provider stops sending calls to a dead pod.
     assert_eq!(pbx.terminate(), Some(0));
-    assert!(kam.binding("4930123").is_none(), "binding removed on stop:\n{}", pbx.log_text());
+    assert!(
+        kam.binding("4930123").is_none(),
+        "binding removed on stop:\n{}",
+        pbx.log_text()
+    );
 }
 
 #[test]
@@ -64,13 +83,26 @@ fn wrong_password_backs_off_instead_of_hammering() {
     let pbx = Pbx::start(&trunk_config(kam.port, "wrong-secret"));
     std::thread::sleep(Duration::from_secs(6));
     let log = pbx.log_text();
-    assert!(log.contains("credentials_rejected") || log.contains("credentials rejected"), "{log}");
+    assert!(
+        log.contains("credentials_rejected") || log.contains("credentials rejected"),
+        "{log}"
+    );
     assert!(kam.binding("4930123").is_none());
     // Count REGISTERs the provider saw in 6 s: one attempt and its digest round, no loop.
     let kam_log = kam.log_text();
-    let registers = kam_log.lines().filter(|l| l.contains("provider: REGISTER sip:")).count();
-    assert!((1..=6).contains(&registers), "bounded attempts, provider saw {registers}:\n{kam_log}");
-    assert_eq!(http_get(pbx.admin, "/readyz").0, 503, "not ready while the trunk is down");
+    let registers = kam_log
+        .lines()
+        .filter(|l| l.contains("provider: REGISTER sip:"))
+        .count();
+    assert!(
+        (1..=6).contains(&registers),
+        "bounded attempts, provider saw {registers}:\n{kam_log}"
+    );
+    assert_eq!(
+        http_get(pbx.admin, "/readyz").0,
+        503,
+        "not ready while the trunk is down"
+    );
 }
 
 #[test]
@@ -83,6 +115,10 @@ fn provider_down_then_up_recovers_by_itself() {
         accounts: vec![Account::new("4930123", "trunk-secret")],
         ..Default::default()
     });
-    wait_for("registration after the provider came up", Duration::from_secs(45), || kam.binding("4930123").is_some());
+    wait_for(
+        "registration after the provider came up",
+        Duration::from_secs(45),
+        || kam.binding("4930123").is_some(),
+    );
     drop(pbx);
 }

@@ -199,7 +199,10 @@ impl Uas {
         let dir = TempDir::new("uas");
         let media_port = loop {
             let p = free_port();
-            if p.is_multiple_of(2) && p != addr.port() && UdpSocket::bind((addr.ip(), p + 1)).is_ok() {
+            if p.is_multiple_of(2)
+                && p != addr.port()
+                && UdpSocket::bind((addr.ip(), p + 1)).is_ok()
+            {
                 break p;
             }
         };

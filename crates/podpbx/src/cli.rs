@@ -21,10 +21,17 @@ pub enum LogFormat {
 /// What to do.
 #[derive(Debug)]
 pub enum Command {
-    Run { config: Option<PathBuf>, log_format: Option<LogFormat> },
-    Check { config: PathBuf },
+    Run {
+        config: Option<PathBuf>,
+        log_format: Option<LogFormat>,
+    },
+    Check {
+        config: PathBuf,
+    },
     /// `podpbx ctl ...`: the arguments after `ctl`, parsed by `ctl::parse`.
-    Ctl { args: Vec<String> },
+    Ctl {
+        args: Vec<String>,
+    },
     Help,
     Version,
 }
@@ -36,14 +43,20 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some("run") | Some("check") => it.next().map(|s| s.as_str()),
         Some("--help") | Some("-h") | Some("help") => return Ok(Command::Help),
         Some("--version") | Some("-V") => return Ok(Command::Version),
-        Some("ctl") => return Ok(Command::Ctl { args: args[1..].to_vec() }),
+        Some("ctl") => {
+            return Ok(Command::Ctl {
+                args: args[1..].to_vec(),
+            })
+        }
         _ => Some("run"),
     };
     let mut config = None;
     let mut log_format = None;
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--config" | "-c" => config = Some(PathBuf::from(it.next().ok_or("--config needs a file")?)),
+            "--config" | "-c" => {
+                config = Some(PathBuf::from(it.next().ok_or("--config needs a file")?))
+            }
             "--log-format" => {
                 log_format = Some(match it.next().map(|s| s.as_str()) {
                     Some("text") => LogFormat::Text,
@@ -55,7 +68,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         }
     }
     match sub {
-        Some("check") => Ok(Command::Check { config: config.ok_or("check needs --config FILE")? }),
+        Some("check") => Ok(Command::Check {
+            config: config.ok_or("check needs --config FILE")?,
+        }),
         _ => Ok(Command::Run { config, log_format }),
     }
 }

@@ -6,12 +6,12 @@ use crate::stats::Stats;
 use crate::transport::Flow;
 use crate::trunks::Trunks;
 use bytes::{Bytes, BytesMut};
+use podpbx_registrar::{AuthKind, AuthResult, Registrar, Reply, SecurityEvent};
 use podpbx_sip::checks::{check_request, Capabilities, Rejection};
+use podpbx_sip::transaction::{ClientTxId, TxId};
 use podpbx_sip::transaction::{
     Peer, RequestDisposition, ResponseDisposition, ServerTxId, Timers, TransactionLayer, TxEvent,
 };
-use podpbx_registrar::{AuthKind, AuthResult, Registrar, Reply, SecurityEvent};
-use podpbx_sip::transaction::{ClientTxId, TxId};
 use podpbx_sip::{HeaderName, Message, Method, RequestBuilder, ResponseBuilder, Transport};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -24,7 +24,12 @@ use tracing::{debug, debug_span, info, warn};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// Send bytes to `dest` over `transport` (reusing TCP connection `conn` when alive).
-    Send { transport: Transport, dest: SocketAddr, conn: u64, data: Bytes },
+    Send {
+        transport: Transport,
+        dest: SocketAddr,
+        conn: u64,
+        data: Bytes,
+    },
 }
 
 /// Core settings derived from the configuration.
@@ -130,12 +135,20 @@ impl Core {
 
     /// Dispositions of the calls that ended since the last call (for metrics).
     pub fn take_ended_calls(&mut self) -> Vec<podpbx_b2bua::Disposition> {
-        self.calls.as_mut().map(|c| std::mem::take(&mut c.ended)).unwrap_or_default()
+        self.calls
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.ended))
+            .unwrap_or_default()
     }
 
     /// Calls for `podpbx ctl calls`.
     pub fn calls_json(&self, now: Instant) -> serde_json::Value {
-        serde_json::Value::Array(self.calls.as_ref().map(|c| c.b2bua.snapshot(now)).unwrap_or_default())
+        serde_json::Value::Array(
+            self.calls
+                .as_ref()
+                .map(|c| c.b2bua.snapshot(now))
+                .unwrap_or_default(),
+        )
     }
 
     /// A valid new configuration: dialplan, users and groups for the next calls, the
@@ -165,14 +178,24 @@ impl Core {
         self.pump_calls(now);
     }
 
-    fn call_directory<'a>(registrar: &'a Registrar, trunks: &'a Trunks, addrs: &'a crate::calls::Addrs) -> crate::calls::RegDirectory<'a> {
-        crate::calls::RegDirectory { registrar, addrs, trunks_up: trunks.registered() }
+    fn call_directory<'a>(
+        registrar: &'a Registrar,
+        trunks: &'a Trunks,
+        addrs: &'a crate::calls::Addrs,
+    ) -> crate::calls::RegDirectory<'a> {
+        crate::calls::RegDirectory {
+            registrar,
+            addrs,
+            trunks_up: trunks.registered(),
+        }
     }
 
     /// Moves b2bua outputs into the transaction layer (and reports refused requests back).
     fn pump_calls(&mut self, now: Instant) {
         for _ in 0..8 {
-            let Some(calls) = self.calls.as_mut() else { return };
+            let Some(calls) = self.calls.as_mut() else {
+                return;
+            };
             let failed = calls.pump(now, &mut self.tx);
             if failed.is_empty() {
                 return;
@@ -226,7 +249,11 @@ impl Core {
             .registrar
             .all_bindings()
             .map(|(user, b)| {
-                let expires_at = b.expires_at_wall.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let expires_at = b
+                    .expires_at_wall
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 serde_json::json!({
                     "user": user,
                     "contact": b.contact_uri,
@@ -285,7 +312,8 @@ impl Core {
                 ResponseDisposition::Deliver(id) => {
                     if let Some(calls) = self.calls.as_mut() {
                         if let Some(req) = calls.req_of(id) {
-                            let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
+                            let dir =
+                                Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
                             calls.b2bua.handle_response(now, req, msg, &dir);
                             self.pump_calls(now);
                             return;
@@ -319,7 +347,11 @@ impl Core {
             return;
         }
         let call_id = msg.call_id().unwrap_or_default();
-        let branch = msg.top_via().ok().and_then(|v| v.branch()).unwrap_or_default();
+        let branch = msg
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch())
+            .unwrap_or_default();
         let span = debug_span!(
             "sip_tx",
             call_id = %String::from_utf8_lossy(&call_id),
@@ -332,7 +364,11 @@ impl Core {
             Stats::bump(&self.stats.blocked_requests);
             return;
         }
-        let peer = Peer { addr: response_destination(msg, flow), transport: flow.transport, conn: flow.conn };
+        let peer = Peer {
+            addr: response_destination(msg, flow),
+            transport: flow.transport,
+            conn: flow.conn,
+        };
         match self.tx.on_request(now, msg, msg.buf.clone(), peer) {
             RequestDisposition::New(id) => self.handle_request(now, wall, id, msg, flow),
             RequestDisposition::Retransmission(_) | RequestDisposition::AckAbsorbed(_) => {
@@ -348,7 +384,11 @@ impl Core {
             RequestDisposition::Cancel { tx, target } => {
                 // RFC 3261 §9.2: 200 to a CANCEL that matches; the b2bua then ends the INVITE
                 // with 487 and cancels the legs it forked.
-                let (code, reason) = if target.is_some() { (200, "OK") } else { (481, "Call/Transaction Does Not Exist") };
+                let (code, reason) = if target.is_some() {
+                    (200, "OK")
+                } else {
+                    (481, "Call/Transaction Does Not Exist")
+                };
                 self.respond(now, tx, msg, flow, code, reason, &[]);
                 if let (Some(inv), Some(calls)) = (target, self.calls.as_mut()) {
                     calls.b2bua.handle_cancel(now, inv);
@@ -356,12 +396,24 @@ impl Core {
                 }
             }
             RequestDisposition::Overloaded => {
-                let data = self.build(msg, flow, 503, "Service Unavailable", &[("Retry-After", "5")]);
+                let data = self.build(
+                    msg,
+                    flow,
+                    503,
+                    "Service Unavailable",
+                    &[("Retry-After", "5")],
+                );
                 Stats::bump(&self.stats.overloaded);
                 // One line per second at most: under a flood a line per request would be the flood.
-                if self.overload_logged.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                if self
+                    .overload_logged
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                {
                     self.overload_logged = Some(now);
-                    warn!(total = Stats::get(&self.stats.overloaded), "transaction table full: answering 503");
+                    warn!(
+                        total = Stats::get(&self.stats.overloaded),
+                        "transaction table full: answering 503"
+                    );
                 }
                 self.tx.send_stateless(peer, data);
             }
@@ -381,10 +433,16 @@ impl Core {
     /// The next instant [`Core::handle_timeout`] must be called at.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let calls = self.calls.as_ref().and_then(|c| c.b2bua.poll_timeout());
-        [self.tx.poll_timeout(), self.registrar.poll_timeout(), self.save_due, self.trunks.poll_timeout(), calls]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.tx.poll_timeout(),
+            self.registrar.poll_timeout(),
+            self.save_due,
+            self.trunks.poll_timeout(),
+            calls,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Advances timers to `now`.
@@ -433,12 +491,18 @@ impl Core {
 
     /// A transaction event of a b2bua request; false if it is not one.
     fn call_tx_event(&mut self, now: Instant, ev: TxEvent) -> bool {
-        let (TxEvent::Timeout(TxId::Client(id)) | TxEvent::TransportError(TxId::Client(id)) | TxEvent::Terminated(TxId::Client(id))) = ev
+        let (TxEvent::Timeout(TxId::Client(id))
+        | TxEvent::TransportError(TxId::Client(id))
+        | TxEvent::Terminated(TxId::Client(id))) = ev
         else {
             return false;
         };
-        let Some(calls) = self.calls.as_mut() else { return false };
-        let Some(req) = calls.req_of(id) else { return false };
+        let Some(calls) = self.calls.as_mut() else {
+            return false;
+        };
+        let Some(req) = calls.req_of(id) else {
+            return false;
+        };
         calls.forget_tx(id);
         if !matches!(ev, TxEvent::Terminated(_)) {
             let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
@@ -471,7 +535,14 @@ impl Core {
         })
     }
 
-    fn handle_request(&mut self, now: Instant, wall: SystemTime, id: ServerTxId, req: &Message, flow: Flow) {
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        id: ServerTxId,
+        req: &Message,
+        flow: Flow,
+    ) {
         let method = req.method().cloned().unwrap_or(Method::Other(Bytes::new()));
         if let Err(rej) = check_request(req, &self.caps) {
             match rej {
@@ -479,11 +550,16 @@ impl Core {
                     Stats::bump(&self.stats.dropped_malformed);
                     debug!(reason = why, "request dropped");
                 }
-                Rejection::Respond { code, reason, headers } => {
+                Rejection::Respond {
+                    code,
+                    reason,
+                    headers,
+                } => {
                     if code == 400 {
                         Stats::bump(&self.stats.bad_requests);
                     }
-                    let hdrs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                    let hdrs: Vec<(&str, &str)> =
+                        headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
                     self.respond(now, id, req, flow, code, &reason, &hdrs);
                 }
             }
@@ -504,7 +580,15 @@ impl Core {
                 if handled {
                     self.pump_calls(now);
                 } else {
-                    self.respond(now, id, req, flow, 481, "Call/Transaction Does Not Exist", &[]);
+                    self.respond(
+                        now,
+                        id,
+                        req,
+                        flow,
+                        481,
+                        "Call/Transaction Does Not Exist",
+                        &[],
+                    );
                 }
             }
             Method::Message if !in_dialog => self.handle_message_request(now, id, req, flow),
@@ -512,27 +596,71 @@ impl Core {
                 let allow = self.caps.allow_header();
                 let accept = self.caps.accept.join(", ");
                 let supported = self.caps.supported.join(", ");
-                let hdrs = [("Allow", allow.as_str()), ("Accept", accept.as_str()), ("Supported", supported.as_str()), ("Accept-Language", "en")];
+                let hdrs = [
+                    ("Allow", allow.as_str()),
+                    ("Accept", accept.as_str()),
+                    ("Supported", supported.as_str()),
+                    ("Accept-Language", "en"),
+                ];
                 self.respond(now, id, req, flow, 200, "OK", &hdrs);
             }
-            _ if in_dialog => self.respond(now, id, req, flow, 481, "Call/Transaction Does Not Exist", &[]),
+            _ if in_dialog => self.respond(
+                now,
+                id,
+                req,
+                flow,
+                481,
+                "Call/Transaction Does Not Exist",
+                &[],
+            ),
             _ => {
                 let allow = self.caps.allow_header();
-                self.respond(now, id, req, flow, 501, "Not Implemented", &[("Allow", &allow)]);
+                self.respond(
+                    now,
+                    id,
+                    req,
+                    flow,
+                    501,
+                    "Not Implemented",
+                    &[("Allow", &allow)],
+                );
             }
         }
     }
 
     /// A new INVITE: identify the caller (trunk networks, identify-by-source users) or
     /// authenticate it (407), then hand it to the b2bua.
-    fn handle_invite(&mut self, now: Instant, wall: SystemTime, id: ServerTxId, req: &Message, flow: Flow) {
+    fn handle_invite(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        id: ServerTxId,
+        req: &Message,
+        flow: Flow,
+    ) {
         if self.calls.is_none() {
             let allow = self.caps.allow_header();
-            self.respond(now, id, req, flow, 501, "Not Implemented", &[("Allow", &allow)]);
+            self.respond(
+                now,
+                id,
+                req,
+                flow,
+                501,
+                "Not Implemented",
+                &[("Allow", &allow)],
+            );
             return;
         }
         if self.shutting_down {
-            self.respond(now, id, req, flow, 503, "Service Unavailable", &[("Retry-After", "30")]);
+            self.respond(
+                now,
+                id,
+                req,
+                flow,
+                503,
+                "Service Unavailable",
+                &[("Retry-After", "30")],
+            );
             return;
         }
         let bflow = flow;
@@ -541,10 +669,14 @@ impl Core {
             None => return,
         };
         let caller = match identity {
-            podpbx_b2bua::Identity::Trunk { name, did } => podpbx_b2bua::Caller::Trunk { name, did },
+            podpbx_b2bua::Identity::Trunk { name, did } => {
+                podpbx_b2bua::Caller::Trunk { name, did }
+            }
             podpbx_b2bua::Identity::User(u) => podpbx_b2bua::Caller::User(u),
             podpbx_b2bua::Identity::Authenticate => {
-                let check = self.registrar.authenticate(now, req, registrar_flow(flow), AuthKind::Proxy);
+                let check =
+                    self.registrar
+                        .authenticate(now, req, registrar_flow(flow), AuthKind::Proxy);
                 log_security(&self.stats, &check.events);
                 match check.result {
                     AuthResult::Authenticated { user } => podpbx_b2bua::Caller::User(user),
@@ -565,12 +697,21 @@ impl Core {
         };
         if let Some(calls) = self.calls.as_mut() {
             let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
-            calls.b2bua.handle_invite(now, wall, id, req, bflow, caller, &dir);
+            calls
+                .b2bua
+                .handle_invite(now, wall, id, req, bflow, caller, &dir);
         }
         self.pump_calls(now);
     }
 
-    fn handle_register(&mut self, now: Instant, wall: SystemTime, id: ServerTxId, req: &Message, flow: Flow) {
+    fn handle_register(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        id: ServerTxId,
+        req: &Message,
+        flow: Flow,
+    ) {
         let rflow = registrar_flow(flow);
         let out = self.registrar.handle_register(now, wall, req, rflow);
         log_security(&self.stats, &out.events);
@@ -586,7 +727,9 @@ impl Core {
     /// MESSAGE from devices (doorbells report events this way): authenticated like REGISTER,
     /// logged and answered `200`; nothing is forwarded yet.
     fn handle_message_request(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow) {
-        let check = self.registrar.authenticate(now, req, registrar_flow(flow), AuthKind::Www);
+        let check = self
+            .registrar
+            .authenticate(now, req, registrar_flow(flow), AuthKind::Www);
         log_security(&self.stats, &check.events);
         match check.result {
             AuthResult::Authenticated { user } => {
@@ -605,13 +748,23 @@ impl Core {
         }
     }
 
-    fn send_reply(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow, reply: &Reply) {
+    fn send_reply(
+        &mut self,
+        now: Instant,
+        id: ServerTxId,
+        req: &Message,
+        flow: Flow,
+        reply: &Reply,
+    ) {
         let Some(status) = reply.status().map(|(code, _)| code) else {
             // Blocked source: no answer at all; the transaction just goes away.
             self.tx.terminate(TxId::Server(id));
             return;
         };
-        let Some(data) = self.registrar.response_bytes(reply, req, &registrar_flow(flow)) else {
+        let Some(data) = self
+            .registrar
+            .response_bytes(reply, req, &registrar_flow(flow))
+        else {
             self.tx.terminate(TxId::Server(id));
             return;
         };
@@ -628,18 +781,33 @@ impl Core {
             podpbx_registrar::Transport::Tcp => Transport::Tcp,
         };
         let branch = format!("z9hG4bK{}", token());
-        let via = format!("SIP/2.0/{} {}:{};branch={branch};rport", via_transport(transport), host_of(f.local), f.local.port());
+        let via = format!(
+            "SIP/2.0/{} {}:{};branch={branch};rport",
+            via_transport(transport),
+            host_of(f.local),
+            f.local.port()
+        );
         let data = RequestBuilder::new(&Method::Options, &target.contact_uri)
             .header("Via", &via)
             .header("Max-Forwards", "70")
-            .header("From", &format!("<sip:podpbx@{}>;tag={}", self.cfg.domain, token()))
+            .header(
+                "From",
+                &format!("<sip:podpbx@{}>;tag={}", self.cfg.domain, token()),
+            )
             .header("To", &format!("<{}>", target.contact_uri))
             .header("Call-ID", &format!("{}@podpbx", token()))
             .header("CSeq", "1 OPTIONS")
             .header("User-Agent", &self.cfg.user_agent)
             .build();
-        let peer = Peer { addr: f.source, transport, conn: f.conn_id };
-        match self.tx.send_request(now, branch.into(), Method::Options, data, peer) {
+        let peer = Peer {
+            addr: f.source,
+            transport,
+            conn: f.conn_id,
+        };
+        match self
+            .tx
+            .send_request(now, branch.into(), Method::Options, data, peer)
+        {
             Ok(id) => {
                 self.qualifies.insert(id, target.binding_id);
             }
@@ -648,7 +816,16 @@ impl Core {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn respond(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow, code: u16, reason: &str, headers: &[(&str, &str)]) {
+    fn respond(
+        &mut self,
+        now: Instant,
+        id: ServerTxId,
+        req: &Message,
+        flow: Flow,
+        code: u16,
+        reason: &str,
+        headers: &[(&str, &str)],
+    ) {
         let data = self.build(req, flow, code, reason, headers);
         debug!(code, "response");
         if let Err(e) = self.tx.send_response(now, id, code, data) {
@@ -656,7 +833,14 @@ impl Core {
         }
     }
 
-    fn build(&self, req: &Message, flow: Flow, code: u16, reason: &str, headers: &[(&str, &str)]) -> Bytes {
+    fn build(
+        &self,
+        req: &Message,
+        flow: Flow,
+        code: u16,
+        reason: &str,
+        headers: &[(&str, &str)],
+    ) -> Bytes {
         let mut b = ResponseBuilder::new(req, code, reason, Some(flow.remote));
         if code > 100 {
             b = b.to_tag(&token());
@@ -686,7 +870,10 @@ fn registrar_flow(flow: Flow) -> podpbx_registrar::Flow {
 fn log_security(stats: &Stats, events: &[SecurityEvent]) {
     use podpbx_registrar::SecurityEventKind as K;
     for ev in events {
-        if matches!(ev.kind, K::AuthFailed | K::UnknownUser | K::MalformedCredentials | K::SourceNotAllowed) {
+        if matches!(
+            ev.kind,
+            K::AuthFailed | K::UnknownUser | K::MalformedCredentials | K::SourceNotAllowed
+        ) {
             Stats::bump(&stats.auth_failures);
         }
         warn!(
@@ -727,7 +914,9 @@ pub fn response_destination(req: &Message, flow: Flow) -> SocketAddr {
         return flow.remote;
     }
     match req.top_via() {
-        Ok(via) if via.rport().is_none() => SocketAddr::new(flow.remote.ip(), via.port.unwrap_or(5060)),
+        Ok(via) if via.rport().is_none() => {
+            SocketAddr::new(flow.remote.ip(), via.port.unwrap_or(5060))
+        }
         _ => flow.remote,
     }
 }
@@ -735,11 +924,16 @@ pub fn response_destination(req: &Message, flow: Flow) -> SocketAddr {
 /// Builds a `400` for a request that failed to parse, from whatever header lines can be
 /// salvaged; `None` when no response can be formed (responses, garbage, missing Via/CSeq...).
 pub fn bad_request(data: &[u8], reason: &str, flow: Flow) -> Option<(SocketAddr, Bytes)> {
-    let mut lines = data.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = data
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let start = lines.next()?;
     let mut parts = start.split(|b| *b == b' ');
     let method = parts.next()?;
-    if method.is_empty() || method.starts_with(b"SIP/") || !method.iter().all(|b| b.is_ascii_alphabetic()) {
+    if method.is_empty()
+        || method.starts_with(b"SIP/")
+        || !method.iter().all(|b| b.is_ascii_alphabetic())
+    {
         return None;
     }
     if !start.windows(4).any(|w| w == b"SIP/") {
@@ -751,7 +945,9 @@ pub fn bad_request(data: &[u8], reason: &str, flow: Flow) -> Option<(SocketAddr,
         if line.is_empty() {
             break;
         }
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
         let name = trim(&line[..colon]);
         let value = trim(&line[colon + 1..]);
         match HeaderName::from_bytes(name) {
@@ -767,7 +963,10 @@ pub fn bad_request(data: &[u8], reason: &str, flow: Flow) -> Option<(SocketAddr,
     if vias.is_empty() {
         return None;
     }
-    let reason: String = reason.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').collect();
+    let reason: String = reason
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .collect();
     let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(b"SIP/2.0 400 ");
     out.extend_from_slice(reason.as_bytes());
@@ -791,8 +990,14 @@ fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &s[start..end]
 }
 

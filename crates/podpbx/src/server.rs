@@ -6,13 +6,13 @@ use crate::core::{Core, CoreConfig, Output};
 use crate::stats::Stats;
 use crate::transport::{Inbound, TransportConfig, Transports};
 use podpbx_config::Config;
+use podpbx_registrar::{Registrar, Settings as RegSettings, User as RegUser, UserDb};
+use podpbx_sip::transaction::{Peer, Timers};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use podpbx_registrar::{Registrar, Settings as RegSettings, User as RegUser, UserDb};
 use std::time::{Instant, SystemTime};
-use podpbx_sip::transaction::{Peer, Timers};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -35,7 +35,10 @@ pub fn run(config: Option<&Path>, log_format: Option<LogFormat>) -> ExitCode {
         },
     };
     init_logging(&cfg, log_format);
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the runtime");
@@ -61,7 +64,9 @@ fn init_logging(cfg: &Config, format: Option<LogFormat>) {
         Some(f) => f == LogFormat::Json,
         None => cfg.log.format == podpbx_config::LogFormat::Json,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -91,7 +96,11 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         max_message: cfg.sip.max_message_bytes,
     };
     let transports = Transports::bind(tcfg, stats.clone(), in_tx).await?;
-    let timers = Timers { t1: cfg.sip.t1, t2: cfg.sip.t2, t4: cfg.sip.t4 };
+    let timers = Timers {
+        t1: cfg.sip.t1,
+        t2: cfg.sip.t2,
+        t4: cfg.sip.t4,
+    };
     let core_cfg = CoreConfig {
         user_agent: cfg.sip.user_agent.clone(),
         timers,
@@ -102,11 +111,16 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         state_file: cfg.registrar.state_file.clone(),
     };
     let registrar = build_registrar(&cfg)?;
-    let trunks = crate::trunks::from_config(&cfg, |v4| transports.local_for(podpbx_sip::Transport::Udp, if v4 {
-        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-    }))?;
+    let trunks = crate::trunks::from_config(&cfg, |v4| {
+        transports.local_for(
+            podpbx_sip::Transport::Udp,
+            if v4 {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            },
+        )
+    })?;
     let mut core = Core::new(core_cfg, stats.clone(), registrar, trunks);
     // Call control: the RTP relay on the pinned addresses, its events into the loop, the b2bua.
     let (media_tx, mut media_rx) = mpsc::channel::<podpbx_media::Event>(1024);
@@ -136,7 +150,12 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     };
     let relay_metrics = relay.clone();
     let mut relay_seen = podpbx_media::RelayTotals::default();
-    core.set_calls(crate::calls::Calls::new(Arc::new(cfg.clone()), timers, relay, call_addrs));
+    core.set_calls(crate::calls::Calls::new(
+        Arc::new(cfg.clone()),
+        timers,
+        relay,
+        call_addrs,
+    ));
     // Reload: SIGHUP, `POST /api/reload`, and a changed config file (a Kubernetes ConfigMap
     // update swaps the `..data` symlink; polled every 2 s, following symlinks).
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(4);
@@ -182,7 +201,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     let registrations = admin.provide_snapshot("registrations");
     let publish_registrations = |core: &Core| {
         registrations.publish(core.registrations_json());
-        admin.metrics().registrations.set_count(core.registrar().stats().bindings);
+        admin
+            .metrics()
+            .registrations
+            .set_count(core.registrar().stats().bindings);
     };
     publish_registrations(&core);
     let state_writer = spawn_state_writer();
@@ -257,10 +279,19 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         }
         while let Some(out) = core.poll_output() {
             match out {
-                Output::Send { transport, dest, conn, data } => {
+                Output::Send {
+                    transport,
+                    dest,
+                    conn,
+                    data,
+                } => {
                     if let Err(e) = transports.send(transport, dest, conn, data) {
                         warn!(error = %e, "send failed");
-                        core.transport_error(Peer { addr: dest, transport, conn });
+                        core.transport_error(Peer {
+                            addr: dest,
+                            transport,
+                            conn,
+                        });
                     }
                 }
             }
@@ -277,13 +308,24 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     // the trunks' un-REGISTER (with a digest round) finish, bounded: a pod being replaced must
     // release its addresses quickly.
     let drain_until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    while (!core.trunks_stopped() || core.active_calls() > 0) && tokio::time::Instant::now() < drain_until {
-        let deadline = core.poll_timeout().map(tokio::time::Instant::from_std).map_or(drain_until, |d| d.min(drain_until));
+    while (!core.trunks_stopped() || core.active_calls() > 0)
+        && tokio::time::Instant::now() < drain_until
+    {
+        let deadline = core
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .map_or(drain_until, |d| d.min(drain_until));
         tokio::select! {
             Some(Inbound::Message(msg, flow)) = in_rx.recv() => core.handle_message(Instant::now(), SystemTime::now(), &msg, flow),
             _ = tokio::time::sleep_until(deadline) => core.handle_timeout(Instant::now()),
         }
-        while let Some(Output::Send { transport, dest, conn, data }) = core.poll_output() {
+        while let Some(Output::Send {
+            transport,
+            dest,
+            conn,
+            data,
+        }) = core.poll_output()
+        {
             let _ = transports.send(transport, dest, conn, data);
         }
     }
@@ -320,10 +362,16 @@ fn reload_config(core: &mut Core, path: Option<&Path>) -> Result<String, String>
 
 /// Adds what the relay forwarded and dropped since the last tick to the metrics (sessions count
 /// once they are released, i.e. at the end of each call).
-fn publish_relay_totals(admin: &crate::admin::Admin, now: podpbx_media::RelayTotals, seen: &mut podpbx_media::RelayTotals) {
+fn publish_relay_totals(
+    admin: &crate::admin::Admin,
+    now: podpbx_media::RelayTotals,
+    seen: &mut podpbx_media::RelayTotals,
+) {
     let m = admin.metrics();
-    m.relay_packets.add(now.forwarded_packets.saturating_sub(seen.forwarded_packets));
-    m.relay_bytes.add(now.forwarded_bytes.saturating_sub(seen.forwarded_bytes));
+    m.relay_packets
+        .add(now.forwarded_packets.saturating_sub(seen.forwarded_packets));
+    m.relay_bytes
+        .add(now.forwarded_bytes.saturating_sub(seen.forwarded_bytes));
     let (d, s) = (&now.drops, &seen.drops);
     for (reason, n, before) in [
         ("foreign_source", d.foreign_source, s.foreign_source),
@@ -344,16 +392,18 @@ fn publish_relay_totals(admin: &crate::admin::Admin, now: podpbx_media::RelayTot
 /// skipping to the newest when several queued up.
 fn spawn_state_writer() -> std::sync::mpsc::Sender<(std::path::PathBuf, Vec<u8>)> {
     let (tx, rx) = std::sync::mpsc::channel::<(std::path::PathBuf, Vec<u8>)>();
-    let spawned = std::thread::Builder::new().name("state-writer".into()).spawn(move || {
-        while let Ok(mut job) = rx.recv() {
-            while let Ok(newer) = rx.try_recv() {
-                job = newer;
+    let spawned = std::thread::Builder::new()
+        .name("state-writer".into())
+        .spawn(move || {
+            while let Ok(mut job) = rx.recv() {
+                while let Ok(newer) = rx.try_recv() {
+                    job = newer;
+                }
+                if let Err(e) = podpbx_registrar::write_atomic(&job.0, &job.1) {
+                    warn!(file = %job.0.display(), error = %e, "cannot save registrations");
+                }
             }
-            if let Err(e) = podpbx_registrar::write_atomic(&job.0, &job.1) {
-                warn!(file = %job.0.display(), error = %e, "cannot save registrations");
-            }
-        }
-    });
+        });
     if let Err(e) = spawned {
         warn!(error = %e, "cannot start the state writer thread; registrations saved at exit only");
     }
@@ -389,7 +439,8 @@ fn build_registrar(cfg: &Config) -> Result<Registrar, String> {
     let mut registrar = Registrar::new(settings, users, now);
     let path = &cfg.registrar.state_file;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     match registrar.load(path, now, SystemTime::now()) {
         Ok(report) => {
@@ -398,7 +449,9 @@ fn build_registrar(cfg: &Config) -> Result<Registrar, String> {
             }
             info!(file = %path.display(), loaded = report.loaded, dropped = report.dropped, "registrations restored");
         }
-        Err(e) => warn!(file = %path.display(), error = %e, "cannot restore registrations; starting clean"),
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "cannot restore registrations; starting clean")
+        }
     }
     Ok(registrar)
 }

@@ -30,7 +30,11 @@ pub enum Inbound {
     /// A parsed message.
     Message(Box<Message>, Flow),
     /// A send that was handed off (a new TCP connection) failed later.
-    SendFailed { transport: Transport, dest: SocketAddr, conn: u64 },
+    SendFailed {
+        transport: Transport,
+        dest: SocketAddr,
+        conn: u64,
+    },
 }
 
 /// Transport settings derived from the configuration.
@@ -148,7 +152,13 @@ impl Transports {
     /// SIP's retransmissions cover). Over TCP an existing connection (`conn`, or one to the same
     /// peer) is reused; otherwise a task opens one from the pinned address and reports failure
     /// back as [`Inbound::SendFailed`].
-    pub fn send(&self, transport: Transport, remote: SocketAddr, conn: u64, data: Bytes) -> Result<(), SendError> {
+    pub fn send(
+        &self,
+        transport: Transport,
+        remote: SocketAddr,
+        conn: u64,
+        data: Bytes,
+    ) -> Result<(), SendError> {
         let ip = remote.ip();
         if !sendable(ip) {
             Stats::bump(&self.inner.stats.refused_destinations);
@@ -166,28 +176,50 @@ impl Transports {
     }
 
     fn send_udp(&self, remote: SocketAddr, data: &[u8]) -> Result<(), SendError> {
-        let Some((_, sock)) = self.inner.udp.iter().find(|(a, _)| a.is_ipv4() == remote.is_ipv4()) else {
+        let Some((_, sock)) = self
+            .inner
+            .udp
+            .iter()
+            .find(|(a, _)| a.is_ipv4() == remote.is_ipv4())
+        else {
             Stats::bump(&self.inner.stats.refused_destinations);
             return Err(SendError::NoSocket(family(remote.ip())));
         };
-        sock.try_send_to(data, remote).map(|_| ()).map_err(|source| SendError::Io { addr: remote, source })
+        sock.try_send_to(data, remote)
+            .map(|_| ())
+            .map_err(|source| SendError::Io {
+                addr: remote,
+                source,
+            })
     }
 
     fn send_tcp(&self, remote: SocketAddr, conn: u64, data: Bytes) -> Result<(), SendError> {
         let existing = {
             let table = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
-            let id = if table.by_id.contains_key(&conn) { Some(conn) } else { table.by_peer.get(&remote).copied() };
+            let id = if table.by_id.contains_key(&conn) {
+                Some(conn)
+            } else {
+                table.by_peer.get(&remote).copied()
+            };
             id.and_then(|id| table.by_id.get(&id).map(|(_, tx)| tx.clone()))
         };
         if let Some(tx) = existing {
             return tx.try_send(data).map_err(|_| SendError::Io {
                 addr: remote,
-                source: io::Error::new(io::ErrorKind::WouldBlock, "connection backlogged or closed"),
+                source: io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "connection backlogged or closed",
+                ),
             });
         }
         // RFC 3261 §18.2.2: the connection is gone, open a new one, from the pinned address of
         // the peer's family (the provider checks our source address).
-        let Some(bind_ip) = self.inner.tcp_local.iter().find(|a| a.is_ipv4() == remote.is_ipv4()).map(|a| a.ip())
+        let Some(bind_ip) = self
+            .inner
+            .tcp_local
+            .iter()
+            .find(|a| a.is_ipv4() == remote.is_ipv4())
+            .map(|a| a.ip())
         else {
             Stats::bump(&self.inner.stats.refused_destinations);
             return Err(SendError::NoSocket(family(remote.ip())));
@@ -198,12 +230,22 @@ impl Transports {
                 let stream = connect_from(bind_ip, remote).await?;
                 let local = stream.local_addr()?;
                 let (_, tx) = this.register_conn(stream, local, remote);
-                tx.send(data).await.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
+                tx.send(data)
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
             };
             if let Err(e) = sent.await {
                 debug!(%remote, error = %e, "TCP connect/send failed");
                 Stats::bump(&this.inner.stats.send_errors);
-                let _ = this.inner.inbound.send(Inbound::SendFailed { transport: Transport::Tcp, dest: remote, conn }).await;
+                let _ = this
+                    .inner
+                    .inbound
+                    .send(Inbound::SendFailed {
+                        transport: Transport::Tcp,
+                        dest: remote,
+                        conn,
+                    })
+                    .await;
             }
         });
         Ok(())
@@ -232,7 +274,12 @@ impl Transports {
                 Stats::bump(&self.inner.stats.keepalives);
                 continue;
             }
-            let flow = Flow { transport: Transport::Udp, local, remote, conn: 0 };
+            let flow = Flow {
+                transport: Transport::Udp,
+                local,
+                remote,
+                conn: 0,
+            };
             self.deliver(data, Framing::Datagram, flow).await;
         }
     }
@@ -252,7 +299,12 @@ impl Transports {
         }
     }
 
-    fn register_conn(&self, stream: TcpStream, local: SocketAddr, remote: SocketAddr) -> (u64, mpsc::Sender<Bytes>) {
+    fn register_conn(
+        &self,
+        stream: TcpStream,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> (u64, mpsc::Sender<Bytes>) {
         let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel::<Bytes>(256);
         {
@@ -264,13 +316,23 @@ impl Transports {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         tokio::spawn(write_loop(wr, rx));
-        let flow = Flow { transport: Transport::Tcp, local, remote, conn: id };
+        let flow = Flow {
+            transport: Transport::Tcp,
+            local,
+            remote,
+            conn: id,
+        };
         tokio::spawn(self.clone().read_loop(rd, flow, tx.clone()));
         debug!(%local, %remote, conn = id, "TCP connection up");
         (id, tx)
     }
 
-    async fn read_loop(self, mut rd: tokio::net::tcp::OwnedReadHalf, flow: Flow, tx: mpsc::Sender<Bytes>) {
+    async fn read_loop(
+        self,
+        mut rd: tokio::net::tcp::OwnedReadHalf,
+        flow: Flow,
+        tx: mpsc::Sender<Bytes>,
+    ) {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let idle = self.inner.cfg.tcp_idle;
         let max = self.inner.cfg.max_message;
@@ -328,7 +390,11 @@ impl Transports {
         match Message::parse(data.clone(), framing) {
             Ok(msg) => {
                 Stats::bump(&self.inner.stats.messages_in);
-                let _ = self.inner.inbound.send(Inbound::Message(Box::new(msg), flow)).await;
+                let _ = self
+                    .inner
+                    .inbound
+                    .send(Inbound::Message(Box::new(msg), flow))
+                    .await;
             }
             Err(err) => match crate::core::bad_request(&data, &err.to_string(), flow) {
                 Some((dest, resp)) => {
@@ -396,7 +462,11 @@ fn tcp_listener(addr: SocketAddr) -> io::Result<Socket> {
 }
 
 async fn connect_from(bind_ip: IpAddr, remote: SocketAddr) -> io::Result<TcpStream> {
-    let s = Socket::new(Domain::for_address(remote), Type::STREAM, Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(remote),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     if remote.is_ipv6() {
         s.set_only_v6(true)?;
     }

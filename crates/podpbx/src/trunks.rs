@@ -24,7 +24,11 @@ impl Trunks {
     /// Wraps the registrations built from the config.
     pub fn new(regs: Vec<Registration>) -> Trunks {
         let last_state = regs.iter().map(|r| r.status().state).collect();
-        Trunks { regs, pending: HashMap::new(), last_state }
+        Trunks {
+            regs,
+            pending: HashMap::new(),
+            last_state,
+        }
     }
 
     /// Starts registering every trunk.
@@ -62,7 +66,9 @@ impl Trunks {
 
     /// Claims a response if it answers one of our transactions.
     pub fn on_response(&mut self, now: Instant, id: ClientTxId, msg: &Message) -> bool {
-        let Some((idx, _)) = self.pending.get(&id).cloned() else { return false };
+        let Some((idx, _)) = self.pending.get(&id).cloned() else {
+            return false;
+        };
         if msg.status().unwrap_or(0) >= 200 {
             self.pending.remove(&id);
         }
@@ -74,7 +80,9 @@ impl Trunks {
 
     /// Claims a Timer F / transport failure of one of our transactions.
     pub fn on_failure(&mut self, now: Instant, id: ClientTxId) -> bool {
-        let Some((idx, branch)) = self.pending.remove(&id) else { return false };
+        let Some((idx, branch)) = self.pending.remove(&id) else {
+            return false;
+        };
         if let Some(r) = self.regs.get_mut(idx) {
             r.transaction_timeout(now, &branch);
         }
@@ -88,7 +96,12 @@ impl Trunks {
 
     /// Hands every queued REGISTER/OPTIONS to the transaction layer (CRLF pings go straight to
     /// `direct`), and logs state changes.
-    pub fn flush(&mut self, now: Instant, tx: &mut TransactionLayer, direct: &mut VecDeque<Output>) {
+    pub fn flush(
+        &mut self,
+        now: Instant,
+        tx: &mut TransactionLayer,
+        direct: &mut VecDeque<Output>,
+    ) {
         for (idx, r) in self.regs.iter_mut().enumerate() {
             while let Some(out) = r.poll_transmit() {
                 let Destination::Addr(dest) = out.dest else {
@@ -98,10 +111,19 @@ impl Trunks {
                 let transport = out.transport;
                 let Some(method) = out.kind.method() else {
                     // CRLF keep-alive: written on the connection, outside any transaction.
-                    direct.push_back(Output::Send { transport, dest, conn: 0, data: out.data });
+                    direct.push_back(Output::Send {
+                        transport,
+                        dest,
+                        conn: 0,
+                        data: out.data,
+                    });
                     continue;
                 };
-                let peer = Peer { addr: dest, transport, conn: 0 };
+                let peer = Peer {
+                    addr: dest,
+                    transport,
+                    conn: 0,
+                };
                 match tx.send_request(now, out.branch.clone(), method, out.data, peer) {
                     Ok(id) => {
                         self.pending.insert(id, (idx, out.branch));
@@ -132,7 +154,12 @@ impl Trunks {
     pub fn registered(&self) -> Vec<(String, bool)> {
         self.regs
             .iter()
-            .map(|r| (r.status().name, matches!(r.state(), TrunkState::Registered { .. })))
+            .map(|r| {
+                (
+                    r.status().name,
+                    matches!(r.state(), TrunkState::Registered { .. }),
+                )
+            })
             .collect()
     }
 
@@ -141,8 +168,14 @@ impl Trunks {
         let wall = SystemTime::now();
         let at = |t: Option<Instant>| {
             t.map(|t| {
-                let secs = if t >= now { wall + (t - now) } else { wall - (now - t) };
-                secs.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+                let secs = if t >= now {
+                    wall + (t - now)
+                } else {
+                    wall - (now - t)
+                };
+                secs.duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
             })
         };
         serde_json::Value::Array(
@@ -165,15 +198,24 @@ impl Trunks {
 
 /// Builds one registration per configured trunk that registers. `local` gives our pinned SIP
 /// address per family; DNS names are resolved once here (AAAA or A per the trunk's family).
-pub fn from_config(cfg: &podpbx_config::Config, local: impl Fn(bool) -> Option<std::net::SocketAddr>) -> Result<Trunks, String> {
+pub fn from_config(
+    cfg: &podpbx_config::Config,
+    local: impl Fn(bool) -> Option<std::net::SocketAddr>,
+) -> Result<Trunks, String> {
     use podpbx_config::{Family, Host};
     use std::net::ToSocketAddrs;
     let mut regs = Vec::new();
     for t in &cfg.trunks {
-        let (Some(user), true) = (t.username.as_deref(), t.register) else { continue };
+        let (Some(user), true) = (t.username.as_deref(), t.register) else {
+            continue;
+        };
         let v4 = t.family == Family::Ipv4;
         let local = local(v4).ok_or_else(|| {
-            format!("trunk {}: no pinned {} address configured in [sip]", t.name, if v4 { "IPv4" } else { "IPv6" })
+            format!(
+                "trunk {}: no pinned {} address configured in [sip]",
+                t.name,
+                if v4 { "IPv4" } else { "IPv6" }
+            )
         })?;
         let dest = match &t.host {
             Host::Ip(ip) => std::net::SocketAddr::new(*ip, t.port),
@@ -181,14 +223,31 @@ pub fn from_config(cfg: &podpbx_config::Config, local: impl Fn(bool) -> Option<s
                 .to_socket_addrs()
                 .map_err(|e| format!("trunk {}: cannot resolve {name}: {e}", t.name))?
                 .find(|a| a.is_ipv4() == v4)
-                .ok_or_else(|| format!("trunk {}: {name} has no {} address", t.name, if v4 { "A" } else { "AAAA" }))?,
+                .ok_or_else(|| {
+                    format!(
+                        "trunk {}: {name} has no {} address",
+                        t.name,
+                        if v4 { "A" } else { "AAAA" }
+                    )
+                })?,
         };
-        let password = t.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
+        let password = t
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default();
         let mut seed = [0u8; 16];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
             .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-        let mut rc = podpbx_trunk::RegistrationConfig::new(t.name.clone(), t.host.to_string(), user, password, local, seed);
+        let mut rc = podpbx_trunk::RegistrationConfig::new(
+            t.name.clone(),
+            t.host.to_string(),
+            user,
+            password,
+            local,
+            seed,
+        );
         rc.port = t.port;
         rc.dest = Some(dest);
         rc.transport = match t.transport {

@@ -4,8 +4,8 @@
 //! spoofed) addresses costs bounded memory; blocks live in their own table so a flood of
 //! single failures cannot evict an active block.
 
-use crate::Cidr;
 use crate::lru::Lru;
+use crate::Cidr;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 

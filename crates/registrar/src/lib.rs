@@ -67,8 +67,8 @@ mod registrar;
 mod users;
 
 pub use bindings::{Binding, Flow, QualifyTarget, Transport};
-pub use podpbx_config::{Cidr, CidrError};
 pub use persist::{write_atomic, LoadReport, PersistError};
+pub use podpbx_config::{Cidr, CidrError};
 pub use podpbx_sip::digest::{Algorithm, AuthKind, HashAlg, Secret};
 pub use registrar::{
     http_date, AuthCheck, AuthResult, Outcome, Registrar, Reply, SecurityEvent, SecurityEventKind,

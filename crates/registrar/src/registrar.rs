@@ -2,10 +2,10 @@
 //! authentication.
 
 use crate::bindings::{Binding, Flow, QualifyTarget, Store};
-use crate::Cidr;
 use crate::guard::{Guard, GuardConfig};
 use crate::persist::{self, LoadReport, PersistError};
 use crate::users::UserDb;
+use crate::Cidr;
 use bytes::Bytes;
 use podpbx_sip::digest::{
     Algorithm, AuthKind, Credentials, DigestParseError, DigestServer, ServerConfig, VerifyOutcome,

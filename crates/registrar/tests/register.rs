@@ -587,7 +587,8 @@ fn multiple_contacts_and_max_contacts_evicts_oldest() {
     assert_eq!(cs.len(), 2, "{cs:?}");
     assert!(!cs.iter().any(|c| c.starts_with(C1)), "{cs:?}");
     assert!(
-        cs.iter().any(|c| c.starts_with("<sip:1001@198.51.100.203>")),
+        cs.iter()
+            .any(|c| c.starts_with("<sip:1001@198.51.100.203>")),
         "{cs:?}"
     );
     // Three new distinct contacts in one request exceed the limit: 403, nothing changes.
@@ -939,7 +940,9 @@ fn qualify_marks_unreachable_after_failures() {
     let mut e = env_with(s);
     e.register(
         0,
-        Req::new("1001").contact(C1).contact("<sip:1001@198.51.100.202>"),
+        Req::new("1001")
+            .contact(C1)
+            .contact("<sip:1001@198.51.100.202>"),
         PHONE,
         "1001",
         "secret",
@@ -965,7 +968,10 @@ fn qualify_marks_unreachable_after_failures() {
     assert_eq!(e.reg.qualify_result(c1.binding_id, false), None);
     assert_eq!(e.reg.qualify_result(c1.binding_id, false), Some(false));
     let l = e.reg.lookup("1001", e.t0);
-    assert_eq!(l[0].contact_uri, "sip:1001@198.51.100.202", "reachable first");
+    assert_eq!(
+        l[0].contact_uri, "sip:1001@198.51.100.202",
+        "reachable first"
+    );
     assert!(!l[1].reachable);
     assert_eq!(e.reg.qualify_result(c1.binding_id, true), Some(true));
     assert_eq!(e.reg.qualify_result(999_999, true), None);

@@ -28,17 +28,28 @@ pub enum Rejection {
     /// No response can be formed (e.g. no usable Via): drop and count.
     Drop(&'static str),
     /// Answer with this status, reason and extra header lines.
-    Respond { code: u16, reason: String, headers: Vec<(&'static str, String)> },
+    Respond {
+        code: u16,
+        reason: String,
+        headers: Vec<(&'static str, String)>,
+    },
 }
 
 fn respond(code: u16, reason: &str) -> Rejection {
-    Rejection::Respond { code, reason: reason.to_string(), headers: Vec::new() }
+    Rejection::Respond {
+        code,
+        reason: reason.to_string(),
+        headers: Vec::new(),
+    }
 }
 
 /// Runs the checks in order: 505 version, 400 structure, 416 scheme, 483 Max-Forwards,
 /// 420 Require, 415 body type.
 pub fn check_request(msg: &Message, caps: &Capabilities) -> Result<(), Rejection> {
-    let StartLine::Request { method, version, .. } = &msg.start else {
+    let StartLine::Request {
+        method, version, ..
+    } = &msg.start
+    else {
         return Err(Rejection::Drop("not a request"));
     };
     // Without a parseable top Via there is nowhere to send a response.
@@ -51,7 +62,9 @@ pub fn check_request(msg: &Message, caps: &Capabilities) -> Result<(), Rejection
     if let Err(e) = msg.validate() {
         return Err(respond(400, &reason_for(&e)));
     }
-    let uri = msg.request_uri().map_err(|e| respond(400, &reason_for(&e)))?;
+    let uri = msg
+        .request_uri()
+        .map_err(|e| respond(400, &reason_for(&e)))?;
     if !uri.is_sip() {
         return Err(respond(416, "Unsupported URI Scheme"));
     }
@@ -76,7 +89,11 @@ pub fn check_request(msg: &Message, caps: &Capabilities) -> Result<(), Rejection
     if !msg.body.is_empty() && *method != Method::Ack {
         let ok_type = msg
             .content_type()
-            .map(|ct| caps.accept.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(&ct)))
+            .map(|ct| {
+                caps.accept
+                    .iter()
+                    .any(|a| a.as_bytes().eq_ignore_ascii_case(&ct))
+            })
             .unwrap_or(false);
         if !ok_type {
             return Err(Rejection::Respond {
