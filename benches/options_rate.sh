@@ -12,16 +12,29 @@ PORT=${PORT:-15060}
 SIPP_PORT=$((PORT + 10))
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+    for p in "${pids[@]}"; do
+        for q in $(family "$p" 2>/dev/null | tac); do kill "$q" 2>/dev/null || true; done
+    done
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
 cargo build --release -q -p podpbx
 BIN=target/release/podpbx
 
-# CPU ticks of a process and its children (Kamailio forks workers).
+# A process and all its descendants (Kamailio -DD: the started process forks the real main
+# process, which forks the workers).
+family() {
+    local c
+    echo "$1"
+    for c in $(pgrep -P "$1" || true); do family "$c"; done
+}
+
+# CPU ticks of a process and its descendants.
 cpu_ticks() {
     local total=0 p
-    for p in "$1" $(pgrep -P "$1" || true); do
+    for p in $(family "$1"); do
         [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
     done
     echo "$total"
@@ -66,7 +79,9 @@ taskset -c 0 kamailio -f "$work/kam.cfg" -DD -E -l "udp:127.0.0.1:$PORT" -n 1 2>
 pids+=($!); KAM=$!
 sleep 1
 r2=$(run_sipp kamailio "$KAM")
-kill "$KAM"; wait "$KAM" 2>/dev/null || true
+# Stop every process of the Kamailio tree by PID (a TERM to the creator alone orphans the rest).
+for p in $(family "$KAM" | tac); do kill "$p" 2>/dev/null || true; done
+wait "$KAM" 2>/dev/null || true
 
 echo
 printf '%-10s %10s %8s %16s\n' server completed failed "cpu_s/10k_req"
