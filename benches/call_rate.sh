@@ -46,6 +46,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-${ROUNDS:-3}}
 RATE=${RATE:-200}
 FIXED_SECS=${FIXED_SECS:-20}
+CHUNKS=${CHUNKS:-4}
 STEPS=${STEPS:-"2000 3500 5000 6500 8000"}
 STEP_SECS=${STEP_SECS:-3}
 MEDIA=${MEDIA:-1}
@@ -55,7 +56,7 @@ HOLD_SECS=${HOLD_SECS:-20}
 SUSTAIN_RATE=${SUSTAIN_RATE:-1500}
 SUSTAIN_SECS=${SUSTAIN_SECS:-40}
 SUSTAIN_SERVERS=${SUSTAIN_SERVERS:-podpbx}
-PORT=${PORT:-15100}
+BASE=${PORT:-15100}
 SERVER_CORE=${SERVER_CORE:-0}
 SIPP_CORE=${SIPP_CORE:-1}
 KAM_CHILDREN=${KAM_CHILDREN:-1}
@@ -66,12 +67,19 @@ MEDIA_MIN=${MEDIA_MIN:-40000}
 MEDIA_MAX=${MEDIA_MAX:-55999}
 UAC_IP=127.0.0.2             # the caller; podpbx identifies it by this address
 SRV_IP=127.0.0.1
-UAC_PORT=$((PORT + 10))
-UAS_PORT=$((PORT + 20))
-UAS_MEDIA=$((PORT + 30))     # the callee's RTP (echo) port
-UAC_MEDIA=$((PORT + 40))     # the caller's SDP port in the rate runs (no RTP is sent there)
-ADMIN=$SRV_IP:$((PORT + 99))
+ADMIN=$SRV_IP:$((BASE + 99))  # podpbx's admin listener (/metrics)
 HZ=$(getconf CLK_TCK)
+# Each server has its own ports (both run at once in the fixed-rate phase): podpbx from BASE,
+# Kamailio from BASE+50; +10 the caller, +20 the callee, +30 the callee's RTP (echo) port, +40
+# the caller's SDP port in the rate runs (nothing is sent there).
+declare -A SRV_OF STOP_OF UAS_OF
+select_server() {
+    SRV_NAME=$1
+    local b=$BASE
+    [ "$1" = kamailio ] && b=$((BASE + 50))
+    PORT=$b; UAC_PORT=$((b + 10)); UAS_PORT=$((b + 20)); UAS_MEDIA=$((b + 30)); UAC_MEDIA=$((b + 40))
+    SRV=${SRV_OF[$1]:-}; STOP=${STOP_OF[$1]:-}; UAS=${UAS_OF[$1]:-}
+}
 
 for tool in sipp kamailio taskset timeout awk ss curl python3; do
     command -v "$tool" >/dev/null || { echo "call_rate: $tool not found" >&2; exit 1; }
@@ -147,6 +155,7 @@ BIN=target/release/podpbx
 # ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
+select_server podpbx
 cat > "$work/podpbx.toml" <<CFG
 [sip]
 ipv4 = "$SRV_IP"
@@ -189,6 +198,7 @@ CFG
 
 mpath=$(dirname "$(find /usr/lib /usr/local/lib -name tm.so -path '*kamailio*' 2>/dev/null | head -1)")
 [ -f "$mpath/rr.so" ] || die "Kamailio modules (tm.so, rr.so) not found"
+select_server kamailio
 sed -e "s#@MPATH@#$mpath/#" -e "s#@CALLEE@#$SRV_IP:$UAS_PORT#" benches/kamailio/proxy.cfg > "$work/kamailio.cfg"
 kamailio -f "$work/kamailio.cfg" -c >"$work/kamcheck.out" 2>&1 \
     || { cat "$work/kamcheck.out" >&2; die "Kamailio rejects benches/kamailio/proxy.cfg"; }
@@ -256,7 +266,7 @@ port_busy() { ss -Hlun "sport = :$1" 2>/dev/null | grep -q . ; }
 # Starts a server pinned to SERVER_CORE; sets SRV (its PID) and STOP (the PID to stop it by).
 start_server() {
     local name=$1 i
-    SRV_NAME=$name
+    select_server "$name"
     for i in "$PORT" "$UAC_PORT" "$UAS_PORT"; do
         port_busy "$i" && die "UDP port $i is already in use (another run? set PORT=...)"
     done
@@ -280,6 +290,7 @@ start_server() {
                 [ -n "$STOP" ] || die "Kamailio main process not found under PID $SRV"
                 pids+=("$STOP")
             fi
+            SRV_OF[$name]=$SRV; STOP_OF[$name]=$STOP
             return 0
         fi
         sleep 0.5
@@ -301,6 +312,7 @@ start_uas() {
         -p "$UAS_PORT" -mi "$SRV_IP" -mp "$UAS_MEDIA" -t u1 -nostdin -timeout 880s \
         -trace_err -error_file "$work/$tag-uas.err" -max_log_size 1000000 "$@" >"$work/$tag-uas.out" 2>&1 &
     UAS=$!
+    UAS_OF[$server]=$UAS
     pids+=("$UAS")
     sleep 0.3
     kill -0 "$UAS" 2>/dev/null || die "the SIPp callee did not start (see $work/$tag-uas.out)"
@@ -311,7 +323,9 @@ start_uas() {
 #     failed_unexpected failed_timeouts other_load_%_server_core other_load_%_sipp_core
 #     first_failure_s (seconds into the run of the first failed call, "-": none)
 run_calls() {
-    local server=$1 round=$2 phase=$3 rate=$4 n=$5 tag="$1-r$2-$3-$4"
+    RUN_NO=$((${RUN_NO:-0} + 1))
+    local server=$1 round=$2 phase=$3 rate=$4 n=$5 tag="$1-r$2-$3-$4-$RUN_NO"
+    select_server "$server"
     local limit=$((n / rate + 25)) t0 t1 u0 u1 uac_ticks ok elapsed bs0 bs1 bp0 bp1 w0 w1 noise tmo
     bs0=$(core_busy "$SERVER_CORE"); bp0=$(core_busy "$SIPP_CORE"); w0=$(date +%s%N)
     t0=$(cpu_ticks "$SRV"); u0=$(cpu_ticks "$UAS")
@@ -348,6 +362,7 @@ run_calls() {
 # the callee's complaints, then stops the callee and the server.
 end_session() {
     local server=$1 round=$2 tag=$3 what=$4
+    select_server "$server"
     if [ "$server" = podpbx ]; then
         sleep 1
         echo "P $round $what: calls_active=$(metric podpbx_calls_active) $(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_calls_total/ && $2 > 0 {
@@ -360,28 +375,64 @@ end_session() {
     stop_server "$what"
 }
 
-# Rate runs: a fresh server for the fixed rate; then each step on a fresh server too, so that
-# every step starts with an empty transaction table (podpbx keeps a transaction per call for
-# 32 s and refuses new ones beyond 50 000: back-to-back steps would measure that, not the rate;
-# the sustained run does).
+# Fixed rate, both servers at once (each idle while the other has load; idle, each uses
+# < 0.1 % of a core): RATE calls/s in CHUNKS chunks per server, alternating A B B A A B ..., so
+# that other work on the host (the noise) falls on both alike. Each server's CPU is counted over
+# the whole interleaved window (so work it defers, e.g. timers, is counted), per call completed.
+#   -> F server round ok_calls server_ticks window_s other_load_%_server_core
+fixed_session() {
+    local round=$1 a=$2 b=${3:-} s c i order t0 t1 bs0 bs1 w0 w1 n
+    local -A T0
+    for s in $a $b; do
+        start_server "$s"
+        start_uas "$s" "$s-r$round-fixed"
+        # Warm-up (not reported): first-call allocations, page faults, caches.
+        run_calls "$s" "$round" warmup "$RATE" $((RATE * 2))
+    done
+    echo "# round $round: $RATE calls/s for $FIXED_SECS s each: $a${b:+ and $b} interleaved" >&2
+    for s in $a $b; do select_server "$s"; T0[$s]=$(cpu_ticks "$SRV"); done
+    bs0=$(core_busy "$SERVER_CORE"); w0=$(date +%s%N)
+    n=$((RATE * FIXED_SECS / CHUNKS))
+    for c in $(seq 1 "$CHUNKS"); do
+        order="$a $b"
+        [ $((c % 4)) = 2 ] || [ $((c % 4)) = 3 ] && order="$b $a"
+        for s in $order; do run_calls "$s" "$round" chunk "$RATE" "$n"; done
+    done
+    sleep 0.5
+    bs1=$(core_busy "$SERVER_CORE"); w1=$(date +%s%N)
+    t1=0
+    for s in $a $b; do select_server "$s"; i=$(cpu_ticks "$SRV"); t1=$((t1 + i - T0[$s])); T0[$s]=$((i - T0[$s])); done
+    for s in $a $b; do
+        echo "F $s $round $(awk -v s="$s" -v r="$round" '$1 == "R" && $2 == s && $3 == r && $4 == "chunk" {k += $7} END {print k + 0}' "$work/results")" \
+            "${T0[$s]} $(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')" \
+            "$(awk -v hz="$HZ" -v w=$(( (w1 - w0) / 1000000 )) -v o=$((bs1 - bs0 - t1)) 'BEGIN {o = o < 0 ? 0 : o; printf "%.0f", o / hz / (w / 1000) * 100}')" >> "$work/results"
+    done
+    for s in $a $b; do end_session "$s" "$round" "$s-r$round-fixed" "round $round fixed rate"; done
+}
+
+# Rate steps: each step on a fresh server, so that every step starts with an empty transaction
+# table (podpbx keeps a transaction per call for 32 s and refuses new ones beyond 50 000:
+# back-to-back steps would measure that, not the rate; the sustained run does). A failed step is
+# run once more (the host is shared: a burst of other work can fail a step), then the steps stop.
 rate_session() {
-    local server=$1 round=$2 rate fail tag
-    tag="$server-r$round-fixed"
-    start_server "$server"
-    start_uas "$server" "$tag"
-    # Warm-up (not reported): first-call allocations, page faults, caches.
-    run_calls "$server" "$round" warmup "$RATE" $((RATE * 2))
-    echo "# round $round $server: $RATE calls/s for $FIXED_SECS s" >&2
-    run_calls "$server" "$round" fixed "$RATE" $((RATE * FIXED_SECS))
-    end_session "$server" "$round" "$tag" "round $round fixed rate"
+    local server=$1 round=$2 rate fail tag try
     for rate in $STEPS; do
-        tag="$server-r$round-step-$rate"
-        echo "# round $round $server: step $rate calls/s" >&2
-        start_server "$server"
-        start_uas "$server" "$tag"
-        run_calls "$server" "$round" step "$rate" $((rate * STEP_SECS))
-        fail=$(grep '^R ' "$work/results" | tail -1 | awk '{print (($6 - $7) * 100 / $6 >= 1) ? 1 : 0}')
-        end_session "$server" "$round" "$tag" "round $round step $rate"
+        for try in 1 2; do
+            tag="$server-r$round-step-$rate-$try"
+            echo "# round $round $server: step $rate calls/s$([ "$try" = 2 ] && echo ' (again)')" >&2
+            start_server "$server"
+            start_uas "$server" "$tag"
+            run_calls "$server" "$round" step "$rate" $((rate * STEP_SECS))
+            fail=$(grep '^R ' "$work/results" | tail -1 | awk '{print (($6 - $7) * 100 / $6 >= 1) ? 1 : 0}')
+            end_session "$server" "$round" "$tag" "round $round step $rate (try $try)"
+            [ "$fail" = 1 ] || break
+            # Keep the failed first try in the raw results as "stepfail"; the retry counts.
+            if [ "$try" = 1 ]; then
+                awk -v k="R $server $round step $rate " 'index($0, k) == 1 {n = NR} {l[NR] = $0}
+                    END {for (i = 1; i <= NR; i++) {if (i == n) sub(/ step /, " stepfail ", l[i]); print l[i]}}' \
+                    "$work/results" > "$work/results.tmp" && mv "$work/results.tmp" "$work/results"
+            fi
+        done
         [ "$fail" = 1 ] && break
     done
     return 0
@@ -508,6 +559,7 @@ SECONDS=0
 for round in $(seq 1 "$ROUNDS"); do
     order=("${servers[@]}")
     if [ $((round % 2)) = 0 ] && [ ${#servers[@]} = 2 ]; then order=(kamailio podpbx); fi
+    fixed_session "$round" "${order[@]}"
     for s in "${order[@]}"; do rate_session "$s" "$round"; done
     if [ "$MEDIA" = 1 ] && [[ " ${servers[*]} " == *" podpbx "* ]]; then media_session "$round"; fi
     if [ "$round" = 1 ] && [ "$SUSTAIN_SECS" -gt 0 ]; then
@@ -569,7 +621,7 @@ for s in podpbx kamailio; do
     have "$s" || continue
     # Per round: the highest achieved rate among the steps with < 1 % failures (the fixed run
     # counts too); the median over the rounds.
-    CEIL[$s]=$(awk -v s="$s" '$1 == "R" && $2 == s && ($4 == "fixed" || $4 == "step") && ($6 - $7) * 100 / $6 < 1 {a = $7 / $8; if (a > m[$3]) m[$3] = a}
+    CEIL[$s]=$(awk -v s="$s" '$1 == "R" && $2 == s && $4 == "step" && ($6 - $7) * 100 / $6 < 1 {a = $7 / $8; if (a > m[$3]) m[$3] = a}
         END {for (r in m) print m[r]}' "$work/results" | median)
     top=$(awk -v s="$s" '$1 == "R" && $2 == s && $4 == "step" {print $5}' "$work/results" | sort -n | tail -1)
     scpu=$(f "$(med "$s" step "$top" "$SCPU")" 1 0); pcpu=$(f "$(med "$s" step "$top" "$PCPU")" 1 0)
@@ -593,21 +645,23 @@ if grep -q '^R [a-z]* [0-9]* sustain ' "$work/results"; then
     done
 fi
 echo
-echo "[2] Server CPU seconds per 1 000 calls at $RATE calls/s for $FIXED_SECS s (medians over the rounds with < 1 % failures)"
+echo "[2] Server CPU seconds per 1 000 calls at $RATE calls/s: $FIXED_SECS s per server in $CHUNKS chunks, the two servers"
+echo "    interleaved (A B B A ...) so that other work on the host weighs on both alike; CPU over the whole window"
+fmed() { awk -v s="$1" -v hz="$HZ" "\$1 == \"F\" && \$2 == s { print $2 }" "$work/results" | median; }
+FPER1K='$5 / hz / $4 * 1000'
 for s in podpbx kamailio; do
-    have "$s" || continue
-    printf '%-8s %7.3f cpu-s/1k calls  (%s rounds valid; failed %s %%, retrans %s, rtt %s ms, server %s %% of a core, SIPp %s %%)\n' "$s" \
-        "$(medv $s fixed "$RATE" "$PER1K")" "$(valid $s fixed "$RATE")" "$(f "$(med $s fixed "$RATE" "$FAIL")" 1 2)" \
-        "$(med $s fixed "$RATE" '$11')" "$(f "$(medv $s fixed "$RATE" '$12')" 1 1)" "$(f "$(medv $s fixed "$RATE" "$SCPU")" 1 1)" \
-        "$(f "$(medv $s fixed "$RATE" "$PCPU")" 1 0)"
+    grep -q "^F $s " "$work/results" || continue
+    printf '%-8s %7.3f cpu-s/1k calls  (per round: %s; completed %s of %s per round; server %s %% of a core while loaded)\n' "$s" \
+        "$(fmed "$s" "$FPER1K")" "$(awk -v s="$s" -v hz="$HZ" '$1 == "F" && $2 == s {printf "%.3f ", $5 / hz / $4 * 1000}' "$work/results")" \
+        "$(fmed "$s" '$4')" $((RATE * FIXED_SECS / CHUNKS * CHUNKS)) \
+        "$(f "$(awk -v s="$s" -v hz="$HZ" '$1 == "R" && $2 == s && $4 == "chunk" {print $9 / hz / $8 * 100}' "$work/results" | median)" 1 1)"
 done
 RATIO=nan
-if have podpbx && have kamailio; then
-    a=$(medv podpbx fixed "$RATE" "$PER1K"); b=$(medv kamailio fixed "$RATE" "$PER1K")
-    RATIO=$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}')
+if grep -q '^F podpbx ' "$work/results" && grep -q '^F kamailio ' "$work/results"; then
+    RATIO=$(awk -v a="$(fmed podpbx "$FPER1K")" -v b="$(fmed kamailio "$FPER1K")" 'BEGIN {printf "%.2f", a / b}')
     printf 'ratio podpbx/kamailio CPU per call: %s (target <= 2: a B2BUA runs two transactions per request); per round: %s\n' \
-        "$RATIO" "$(awk -v r="$RATE" '$1 == "R" && $4 == "fixed" && $5 == r {c[$2 " " $3] = $9 / $7}
-            END {for (k in c) {split(k, x, " "); if (x[1] == "podpbx" && ("kamailio " x[2]) in c) printf "r%s %.2f  ", x[2], c[k] / c["kamailio " x[2]]}}' "$work/results")"
+        "$RATIO" "$(awk '$1 == "F" {c[$2 " " $3] = $5 / $4; o[$3] = $6}
+            END {for (k in c) {split(k, x, " "); if (x[1] == "podpbx" && ("kamailio " x[2]) in c) printf "r%s %.2f (other load %s %%)  ", x[2], c[k] / c["kamailio " x[2]], o[x[2]]}}' "$work/results")"
 fi
 if grep -q '^M ' "$work/results"; then
     echo
@@ -672,8 +726,8 @@ if have podpbx || have kamailio; then
     sus() { awk -v s="$1" '$1 == "R" && $2 == s && $4 == "sustain" {printf "%.2f %% failed", ($6 - $7) * 100 / $6; f = 1} END {if (!f) print "-"}' "$work/results"; }
     grep -q ' sustain ' "$work/results" && printf '%-50s %16s %16s\n' "sustained $SUSTAIN_RATE calls/s for $SUSTAIN_SECS s (round 1)" "$(sus podpbx)" "$(sus kamailio)"
     printf '%-50s %16s %16s %10s\n' "server CPU s per 1 000 calls at $RATE calls/s" \
-        "$(have podpbx && f "$(medv podpbx fixed "$RATE" "$PER1K")" 1 3 || echo -)" \
-        "$(have kamailio && f "$(medv kamailio fixed "$RATE" "$PER1K")" 1 3 || echo -)" "$RATIO"
+        "$(grep -q '^F podpbx ' "$work/results" && f "$(fmed podpbx "$FPER1K")" 1 3 || echo -)" \
+        "$(grep -q '^F kamailio ' "$work/results" && f "$(fmed kamailio "$FPER1K")" 1 3 || echo -)" "$RATIO"
 fi
 if grep -q '^M ' "$work/results"; then
     printf '%-50s %16s\n' "podpbx CPU % of a core, $CONC calls with RTP" "$(f "$(mmed '$7 / hz / $6 * 100')" 1 1)"
@@ -683,7 +737,8 @@ if grep -q '^M ' "$work/results"; then
 fi
 echo
 echo "raw: R server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans rtt_ms unexpected timeouts"
-echo "       other_load_%_server_core other_load_%_sipp_core (CLK_TCK=$HZ)"
+echo "       other_load_%_server_core other_load_%_sipp_core first_failure_s (CLK_TCK=$HZ)"
+echo "     F server round ok_calls server_ticks window_s other_load_%_server_core (fixed rate, interleaved)"
 echo "     M round conc ok failed window_s server_ticks rss0 hwm0 rss1 rss2 hwm2 ports0 ports1 ports2 active1 active2"
 echo "       fwd_packets relay_drops kdrops_podpbx kdrops_callee lossA% lossB% rtpA rtpB fwd_pps_per_call jitter_mean_ms"
 echo "       jitter_max_ms other_load_% uas_ticks uac_ticks uac_ms"

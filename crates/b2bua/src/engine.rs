@@ -1431,16 +1431,7 @@ impl B2bua {
         )];
         let body = body.map(|b| ("application/sdp".to_string(), b.into_bytes()));
         self.send_invite(call, li, target.uri, extra, body);
-        if let Some(r) = call.routing.as_mut() {
-            r.legs.push(li);
-        }
-        self.by_dialog.insert(
-            (
-                call.legs[li].call_id.clone(),
-                call.legs[li].local_tag.clone(),
-            ),
-            (call.key, li),
-        );
+        self.track_ringing_leg(call, li);
         Some(li)
     }
 
@@ -1464,6 +1455,18 @@ impl B2bua {
     }
 
     /// Sends (or re-sends with credentials) the INVITE of UAC leg `li`.
+    /// A new outgoing leg rings: part of the call's routing, found by its dialog id.
+    fn track_ringing_leg(&mut self, call: &mut Call, li: LegIdx) {
+        if let Some(r) = call.routing.as_mut() {
+            r.legs.push(li);
+        }
+        let dialog = (
+            call.legs[li].call_id.clone(),
+            call.legs[li].local_tag.clone(),
+        );
+        self.by_dialog.insert(dialog, (call.key, li));
+    }
+
     fn send_invite(
         &mut self,
         call: &mut Call,
@@ -1678,16 +1681,7 @@ impl B2bua {
             "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY".to_string(),
         )];
         self.send_invite(call, li, uri.to_string(), extra, body);
-        if let Some(r) = call.routing.as_mut() {
-            r.legs.push(li);
-        }
-        self.by_dialog.insert(
-            (
-                call.legs[li].call_id.clone(),
-                call.legs[li].local_tag.clone(),
-            ),
-            (call.key, li),
-        );
+        self.track_ringing_leg(call, li);
         Some(li)
     }
 

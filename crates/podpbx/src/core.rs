@@ -613,19 +613,22 @@ impl Core {
                 "Call/Transaction Does Not Exist",
                 &[],
             ),
-            _ => {
-                let allow = self.caps.allow_header();
-                self.respond(
-                    now,
-                    id,
-                    req,
-                    flow,
-                    501,
-                    "Not Implemented",
-                    &[("Allow", &allow)],
-                );
-            }
+            _ => self.not_implemented(now, id, req, flow),
         }
+    }
+
+    /// `501` with the Allow header listing what we do implement (RFC 3261 §8.2.1).
+    fn not_implemented(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow) {
+        let allow = self.caps.allow_header();
+        self.respond(
+            now,
+            id,
+            req,
+            flow,
+            501,
+            "Not Implemented",
+            &[("Allow", &allow)],
+        );
     }
 
     /// A new INVITE: identify the caller (trunk networks, identify-by-source users) or
@@ -639,16 +642,7 @@ impl Core {
         flow: Flow,
     ) {
         if self.calls.is_none() {
-            let allow = self.caps.allow_header();
-            self.respond(
-                now,
-                id,
-                req,
-                flow,
-                501,
-                "Not Implemented",
-                &[("Allow", &allow)],
-            );
+            self.not_implemented(now, id, req, flow);
             return;
         }
         if self.shutting_down {
