@@ -353,3 +353,219 @@ fn a_registration_moves_the_gauge_and_shows_in_ctl() {
         "ctl lists the binding:\n{out}"
     );
 }
+
+/// Every value of a header (case-insensitive name), in message order.
+fn header_values(msg: &[u8], name: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(msg);
+    text.lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+/// A REGISTER for `user` from `peer` (fixed Call-ID and From tag per peer), `extra` header lines
+/// before Content-Length.
+fn register_request(
+    peer: &UdpPeer,
+    ruri: &str,
+    user: &str,
+    cseq: u32,
+    branch: &str,
+    extra: &str,
+) -> String {
+    let local = peer.local();
+    format!(
+        "REGISTER {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@127.0.0.1>;tag=reg{port}\r\n\
+         To: <sip:{user}@127.0.0.1>\r\n\
+         Call-ID: reg-{port}@test\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{user}@{local}>\r\n\
+         Expires: 60\r\n\
+         {extra}\
+         Content-Length: 0\r\n\r\n",
+        port = local.port()
+    )
+}
+
+/// The first final response (provisional ones skipped).
+fn final_response(peer: &UdpPeer) -> Vec<u8> {
+    loop {
+        let msg = peer.recv().expect("a response in time");
+        if status(&msg) >= 200 {
+            return msg;
+        }
+    }
+}
+
+/// The algorithm parameter of each challenge.
+fn algorithms(challenges: &[String]) -> Vec<String> {
+    challenges
+        .iter()
+        .map(|c| {
+            podpbx_sip::digest::Challenge::parse(c)
+                .expect("a digest challenge")
+                .algorithm
+                .unwrap_or_else(|| "MD5".into())
+        })
+        .collect()
+}
+
+#[test]
+fn sha256_is_challenged_first_when_configured_and_md5_clients_still_register() {
+    let pbx = Pbx::start(&format!(
+        "{USERS}\n[registrar]\ndigest_algorithms = [\"SHA-256\", \"MD5\"]\n"
+    ));
+    let peer = UdpPeer::new(pbx.v4());
+    let ruri = format!("sip:{}", pbx.v4());
+
+    // 401 with one WWW-Authenticate per algorithm, SHA-256 first, one nonce.
+    peer.send(register_request(&peer, &ruri, "1001", 1, "z9hG4bKsha1", "").as_bytes());
+    let resp = final_response(&peer);
+    assert_eq!(status(&resp), 401, "{}", String::from_utf8_lossy(&resp));
+    let challenges = header_values(&resp, "WWW-Authenticate");
+    assert_eq!(
+        algorithms(&challenges),
+        ["SHA-256", "MD5"],
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    let nonces: Vec<String> = challenges
+        .iter()
+        .map(|c| podpbx_sip::digest::Challenge::parse(c).unwrap().nonce)
+        .collect();
+    assert_eq!(nonces[0], nonces[1], "one nonce for both challenges");
+
+    // Answer with SHA-256 credentials: 200 with the binding.
+    let mut client =
+        podpbx_sip::digest::DigestClient::new("1001", "kitchen-1001", b"sha256-test".to_vec());
+    client.on_challenge(&challenges).expect("usable challenge");
+    let auth = client
+        .authorization("REGISTER", &ruri, b"")
+        .expect("credentials");
+    assert!(auth.contains("algorithm=SHA-256"), "{auth}");
+    peer.send(
+        register_request(
+            &peer,
+            &ruri,
+            "1001",
+            2,
+            "z9hG4bKsha2",
+            &format!("Authorization: {auth}\r\n"),
+        )
+        .as_bytes(),
+    );
+    let resp = final_response(&peer);
+    assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+    let contact = header(&resp, "Contact").expect("Contact in the 200");
+    assert!(contact.contains(&peer.local().to_string()), "{contact}");
+
+    // The 407 to an INVITE offers the same algorithms in the same order.
+    let invite_peer = UdpPeer::new(pbx.v4());
+    let invite = request(
+        "INVITE",
+        &format!("sip:1002@{}", pbx.v4()),
+        invite_peer.local(),
+        "UDP",
+        "z9hG4bKshainv",
+        &format!("Contact: <sip:1001@{}>\r\n", invite_peer.local()),
+    );
+    invite_peer.send(invite.as_bytes());
+    let resp = final_response(&invite_peer);
+    assert_eq!(status(&resp), 407, "{}", String::from_utf8_lossy(&resp));
+    assert_eq!(
+        algorithms(&header_values(&resp, "Proxy-Authenticate")),
+        ["SHA-256", "MD5"],
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    // ACK the 407 (same branch, the response's To tag).
+    let to = header(&resp, "To").expect("To");
+    let ack = request(
+        "ACK",
+        &format!("sip:1002@{}", pbx.v4()),
+        invite_peer.local(),
+        "UDP",
+        "z9hG4bKshainv",
+        "",
+    );
+    let ack = ack.replace(
+        &format!("To: <sip:pbx@{}>", invite_peer.local().ip()),
+        &format!("To: {to}"),
+    );
+    invite_peer.send(ack.as_bytes());
+
+    // An MD5-only client that picks the challenge it supports (RFC 8760 §2.5) registers on the
+    // same server: its secret is an MD5 HA1, so it can only answer the MD5 challenge. (SIPp 3.6
+    // cannot: like old doorbells it takes the first challenge whatever its algorithm, which is
+    // why SHA-256 first is opt-in.)
+    let md5_peer = UdpPeer::new(pbx.v4());
+    md5_peer.send(register_request(&md5_peer, &ruri, "1002", 1, "z9hG4bKmd5a", "").as_bytes());
+    let resp = final_response(&md5_peer);
+    assert_eq!(status(&resp), 401, "{}", String::from_utf8_lossy(&resp));
+    let challenges = header_values(&resp, "WWW-Authenticate");
+    let realm = podpbx_sip::digest::Challenge::parse(&challenges[0])
+        .expect("challenge")
+        .realm;
+    let md5 = podpbx_sip::digest::HashAlg::Md5;
+    let mut client = podpbx_sip::digest::DigestClient::with_secret(
+        "1002",
+        podpbx_sip::digest::Secret::Ha1 {
+            hash: md5,
+            hex: podpbx_sip::digest::ha1(md5, "1002", &realm, "hall-1002"),
+        },
+        b"md5-test".to_vec(),
+    );
+    client.on_challenge(&challenges).expect("the MD5 challenge");
+    let auth = client
+        .authorization("REGISTER", &ruri, b"")
+        .expect("credentials");
+    assert!(auth.contains("algorithm=MD5"), "{auth}");
+    md5_peer.send(
+        register_request(
+            &md5_peer,
+            &ruri,
+            "1002",
+            2,
+            "z9hG4bKmd5b",
+            &format!("Authorization: {auth}\r\n"),
+        )
+        .as_bytes(),
+    );
+    let resp = final_response(&md5_peer);
+    assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+}
+
+#[test]
+fn the_default_challenges_with_md5_only() {
+    let pbx = Pbx::start(USERS);
+    let peer = UdpPeer::new(pbx.v6());
+    let ruri = format!("sip:{}", pbx.v6());
+    peer.send(register_request(&peer, &ruri, "1001", 1, "z9hG4bKmd5only", "").as_bytes());
+    let resp = final_response(&peer);
+    assert_eq!(status(&resp), 401, "{}", String::from_utf8_lossy(&resp));
+    assert_eq!(
+        algorithms(&header_values(&resp, "WWW-Authenticate")),
+        ["MD5"],
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    // SIPp (MD5 only, answers the first challenge) registers.
+    let run = reg(
+        "register_once.xml",
+        pbx.v6(),
+        "u1",
+        "1002",
+        "hall-1002",
+        &["-key", "expires", "60"],
+    );
+    assert!(run.ok, "SIPp (MD5) registers:\n{}", run.output);
+}

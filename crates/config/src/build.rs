@@ -636,6 +636,7 @@ fn registrar(d: &mut Diagnostics, r: &mut Tbl, storage: &StorageConfig) -> Regis
     };
     let qualify_interval = zero_is_none(t.secs_or(d, "qualify_interval_secs", 0, DAY, 0).v);
     let nonce_ttl = t.secs_or(d, "nonce_ttl_secs", 1, DAY, 300).v;
+    let digest_algorithms = digest_algorithms(d, &mut t);
     t.finish(d);
     RegistrarConfig {
         min_expires: min.v,
@@ -644,6 +645,68 @@ fn registrar(d: &mut Diagnostics, r: &mut Tbl, storage: &StorageConfig) -> Regis
         state_file,
         qualify_interval,
         nonce_ttl,
+        digest_algorithms,
+    }
+}
+
+const DIGEST_ALGORITHMS: &[DigestAlgorithm] = &[
+    DigestAlgorithm::Md5,
+    DigestAlgorithm::Md5Sess,
+    DigestAlgorithm::Sha256,
+    DigestAlgorithm::Sha256Sess,
+];
+
+/// `registrar.digest_algorithms`: a non-empty list without duplicates, most
+/// preferred first; the tokens compare case-insensitively (as in SIP).
+/// Default `["MD5"]`.
+fn digest_algorithms(d: &mut Diagnostics, t: &mut Tbl) -> Vec<DigestAlgorithm> {
+    let default = vec![DigestAlgorithm::Md5];
+    let Some(f) = t.field("digest_algorithms") else {
+        return default;
+    };
+    let Some(elems) = f.array(d) else {
+        return default;
+    };
+    if elems.is_empty() {
+        d.error(
+            f.span.clone(),
+            f.path.clone(),
+            "must list at least one algorithm, e.g. `[\"MD5\"]`",
+        );
+        return default;
+    }
+    let names: Vec<&str> = DIGEST_ALGORITHMS.iter().map(|a| a.as_str()).collect();
+    let mut out = Vec::new();
+    for e in elems {
+        let Some(s) = e.str(d) else { continue };
+        let Some(alg) = DIGEST_ALGORITHMS
+            .iter()
+            .copied()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s.v.trim()))
+        else {
+            // `closest` lower-cases what was typed: compare with lower-cased names.
+            let lower: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+            let hint = closest(&s.v, lower.iter().map(String::as_str))
+                .and_then(|c| names.iter().find(|n| n.eq_ignore_ascii_case(c)))
+                .map(|c| format!(", did you mean `{c}`?"))
+                .unwrap_or_default();
+            err(
+                d,
+                &s,
+                format!("expected {}, got `{}`{hint}", one_of(&names), s.v),
+            );
+            continue;
+        };
+        if out.contains(&alg) {
+            err(d, &s, format!("duplicate algorithm `{alg}`"));
+        } else {
+            out.push(alg);
+        }
+    }
+    if out.is_empty() {
+        default
+    } else {
+        out
     }
 }
 

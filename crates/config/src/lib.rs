@@ -29,9 +29,9 @@ pub use cidr::{Cidr, CidrError};
 pub use error::{format_errors, ConfigError};
 pub use pattern::{Pattern, PatternError};
 pub use schema::{
-    Action, AdminConfig, CallSource, CallsConfig, Config, Dtmf, Family, Group, Host, LogConfig,
-    LogFormat, Match, MediaConfig, NumberMatch, Origin, RegistrarConfig, RingStrategy, Rule,
-    SecurityConfig, SipConfig, StorageConfig, Target, Transport, Trunk, User,
+    Action, AdminConfig, CallSource, CallsConfig, Config, DigestAlgorithm, Dtmf, Family, Group,
+    Host, LogConfig, LogFormat, Match, MediaConfig, NumberMatch, Origin, RegistrarConfig,
+    RingStrategy, Rule, SecurityConfig, SipConfig, StorageConfig, Target, Transport, Trunk, User,
 };
 pub use secret::{Secret, SecretSource};
 

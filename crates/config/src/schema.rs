@@ -157,6 +157,41 @@ pub struct RegistrarConfig {
     pub qualify_interval: Option<Duration>,
     /// How long a digest nonce stays valid.
     pub nonce_ttl: Duration,
+    /// Digest algorithms challenged with, most preferred first: one
+    /// `WWW-Authenticate`/`Proxy-Authenticate` header each (RFC 8760).
+    /// Non-empty, no duplicates.
+    pub digest_algorithms: Vec<DigestAlgorithm>,
+}
+
+/// A digest authentication algorithm the registrar can challenge with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DigestAlgorithm {
+    /// `MD5` (RFC 2617); what every SIP device understands.
+    Md5,
+    /// `MD5-sess`.
+    Md5Sess,
+    /// `SHA-256` (RFC 7616, RFC 8760).
+    Sha256,
+    /// `SHA-256-sess`.
+    Sha256Sess,
+}
+
+impl DigestAlgorithm {
+    /// The token as written in the configuration and in SIP headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Md5 => "MD5",
+            DigestAlgorithm::Md5Sess => "MD5-sess",
+            DigestAlgorithm::Sha256 => "SHA-256",
+            DigestAlgorithm::Sha256Sess => "SHA-256-sess",
+        }
+    }
+}
+
+impl fmt::Display for DigestAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[security]`.

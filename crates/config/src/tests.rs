@@ -413,6 +413,58 @@ fn enum_errors_suggest() {
 }
 
 #[test]
+fn digest_algorithms() {
+    // Default: MD5 only (old doorbells take the first challenge whatever its algorithm).
+    assert_eq!(ok(SIP).registrar.digest_algorithms, [DigestAlgorithm::Md5]);
+    // Preference order is kept; tokens compare case-insensitively, as in SIP.
+    let c = ok(&format!(
+        "{SIP}[registrar]\ndigest_algorithms = [\"SHA-256\", \"md5\", \"SHA-256-sess\", \"MD5-sess\"]\n"
+    ));
+    assert_eq!(
+        c.registrar.digest_algorithms,
+        [
+            DigestAlgorithm::Sha256,
+            DigestAlgorithm::Md5,
+            DigestAlgorithm::Sha256Sess,
+            DigestAlgorithm::Md5Sess
+        ]
+    );
+    assert_eq!(c.registrar.digest_algorithms[0].to_string(), "SHA-256");
+    assert_eq!(
+        error(&format!(
+            "{SIP}[registrar]\ndigest_algorithms = [\"SHA256\", \"MD5\"]\n"
+        )),
+        "t.toml:4:22: registrar.digest_algorithms[0]: expected `MD5`, `MD5-sess`, `SHA-256` or `SHA-256-sess`, got `SHA256`, did you mean `SHA-256`?"
+    );
+    assert_eq!(
+        error(&format!(
+            "{SIP}[registrar]\ndigest_algorithms = [\"MD5\", \"SHA-512-256\"]\n"
+        )),
+        "t.toml:4:29: registrar.digest_algorithms[1]: expected `MD5`, `MD5-sess`, `SHA-256` or `SHA-256-sess`, got `SHA-512-256`"
+    );
+    assert_eq!(
+        error(&format!(
+            "{SIP}[registrar]\ndigest_algorithms = [\"MD5\", \"sha-256\", \"md5\"]\n"
+        )),
+        "t.toml:4:40: registrar.digest_algorithms[2]: duplicate algorithm `MD5`"
+    );
+    assert_eq!(
+        error(&format!("{SIP}[registrar]\ndigest_algorithms = []\n")),
+        "t.toml:4:21: registrar.digest_algorithms: must list at least one algorithm, e.g. `[\"MD5\"]`"
+    );
+    assert_eq!(
+        error(&format!(
+            "{SIP}[registrar]\ndigest_algorithms = \"SHA-256\"\n"
+        )),
+        "t.toml:4:21: registrar.digest_algorithms: expected an array, found a string"
+    );
+    assert_eq!(
+        error(&format!("{SIP}[registrar]\ndigest_algorithm = [\"MD5\"]\n")),
+        "t.toml:4:1: registrar.digest_algorithm: unknown key, did you mean `digest_algorithms`?"
+    );
+}
+
+#[test]
 fn missing_sip() {
     assert_eq!(
         error("[log]\nlevel = \"info\"\n"),

@@ -5,8 +5,9 @@ use crate::cli::LogFormat;
 use crate::core::{Core, CoreConfig, Output};
 use crate::stats::Stats;
 use crate::transport::{Inbound, TransportConfig, Transports};
-use podpbx_config::Config;
+use podpbx_config::{Config, DigestAlgorithm};
 use podpbx_registrar::{Registrar, Settings as RegSettings, User as RegUser, UserDb};
+use podpbx_sip::digest::Algorithm;
 use podpbx_sip::transaction::{Peer, Timers};
 use std::net::IpAddr;
 use std::path::Path;
@@ -422,6 +423,19 @@ fn build_registrar(cfg: &Config) -> Result<Registrar, String> {
     settings.max_expires = cfg.registrar.max_expires.as_secs() as u32;
     settings.default_expires = cfg.registrar.default_expires.as_secs() as u32;
     settings.nonce_ttl = cfg.registrar.nonce_ttl;
+    // One challenge per algorithm, in the configured order (RFC 8760); the same list is used for
+    // the 407 Proxy-Authenticate of INVITEs.
+    settings.algorithms = cfg
+        .registrar
+        .digest_algorithms
+        .iter()
+        .map(|a| match a {
+            DigestAlgorithm::Md5 => Algorithm::Md5,
+            DigestAlgorithm::Md5Sess => Algorithm::Md5Sess,
+            DigestAlgorithm::Sha256 => Algorithm::Sha256,
+            DigestAlgorithm::Sha256Sess => Algorithm::Sha256Sess,
+        })
+        .collect();
     settings.max_failures = cfg.security.max_auth_failures;
     settings.failure_window = cfg.security.failure_window;
     settings.block_for = cfg.security.block;
