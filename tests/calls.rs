@@ -512,3 +512,170 @@ fn graceful_stop_with_a_call_up_byes_both_legs_and_writes_the_cdr() {
     assert_eq!(cdrs.len(), 1, "CDR flushed before exit");
     assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
 }
+
+/// RFC 4733 → SIP INFO: the IPv4 doorbell (telephone-event 101 in its SDP) sends digit 5 as RTP
+/// events through the relay; 102, configured `dtmf = "info"` (its phone's SDP offers
+/// telephone-event too, the configuration wins), gets an in-dialog INFO
+/// `application/dtmf-relay` with `Signal=5` and answers it; the doorbell gets no INFO.
+#[test]
+fn rfc4733_digit_from_the_doorbell_reaches_an_info_phone_as_sip_info() {
+    let config = CONFIG.replace(
+        "password = \"pw-102\"\n",
+        "password = \"pw-102\"\ndtmf = \"info\"\n",
+    );
+    assert_ne!(config, CONFIG);
+    let pbx = Pbx::start(&config);
+    let p = phone(&pbx, "102", "call_phone_info.xml", &[]);
+    let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sip.connect(pbx.v4()).unwrap();
+    sip.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = sip.local_addr().unwrap();
+    let sdp = format!(
+        "v=0\r\no=door 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\n\
+         a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n",
+        rtp.local_addr().unwrap().port()
+    );
+    let invite = format!(
+        "INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdtmf1;rport\r\nMax-Forwards: 70\r\n\
+         From: \"Door\" <sip:190@127.0.0.1>;tag=door\r\nTo: <sip:1@127.0.0.1>\r\nCall-ID: doorbell-dtmf@test\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:190@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    sip.send(invite.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let ok = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no 200 OK:\n{}",
+            tail(&pbx.log_text())
+        );
+        let Some(m) = recv_msg(&sip) else { continue };
+        if m.starts_with("SIP/2.0 200") {
+            break m;
+        }
+        assert!(m.starts_with("SIP/2.0 1"), "unexpected: {m}");
+    };
+    let body = ok.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(
+        body.contains("telephone-event/8000"),
+        "the phone's telephone-event reaches the doorbell:\n{ok}"
+    );
+    let port: u16 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("m= port");
+    let relay: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let to = hdr(&ok, "To").unwrap();
+    let contact = hdr(&ok, "Contact").unwrap();
+    let ruri = contact
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    let ack = format!(
+        "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdtmf2;rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
+         To: {to}\r\nCall-ID: doorbell-dtmf@test\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    sip.send(ack.as_bytes()).unwrap();
+
+    // A little PCMU, then digit 5 for 160 ms as RFC 4733: progress packets every 20 ms with
+    // the same timestamp, then the end packet three times.
+    let packet = |pt: u8, seq: u16, ts: u32, payload: &[u8]| {
+        let mut p = vec![0x80u8, pt];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x0d00_4733u32.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    };
+    let mut seq = 0u16;
+    for i in 0..5u32 {
+        rtp.send_to(&packet(0, seq, i * 160, &[0xff; 160]), relay)
+            .unwrap();
+        seq += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ts = 5 * 160;
+    for step in 1..8u16 {
+        let d = (step * 160).to_be_bytes();
+        let pt = if step == 1 { 0x80 | 101 } else { 101 };
+        rtp.send_to(&packet(pt, seq, ts, &[5, 0x0a, d[0], d[1]]), relay)
+            .unwrap();
+        seq += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let end = 1280u16.to_be_bytes();
+    for _ in 0..3 {
+        rtp.send_to(&packet(101, seq, ts, &[5, 0x8a, end[0], end[1]]), relay)
+            .unwrap();
+        seq += 1;
+    }
+
+    // The phone gets the INFO and answers it before the call is hung up (its message trace is
+    // flushed as it goes: the INFO, then its 200, both with the INFO's CSeq).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let info_cseqs = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.starts_with("CSeq:") && l.trim_end().ends_with(" INFO"))
+            .count()
+    };
+    while !(p.logs().contains("Signal=5") && info_cseqs(&p.logs()) >= 2) {
+        assert!(
+            Instant::now() < deadline,
+            "no INFO at the phone:\n{}\n--- podpbx ---\n{}",
+            p.logs(),
+            tail(&pbx.log_text())
+        );
+        assert!(
+            recv_msg(&sip).is_none_or(|m| !m.starts_with("INFO ")),
+            "the doorbell (auto, telephone-event) gets no INFO"
+        );
+    }
+    // Let the phone's 200 for the INFO reach podpbx.
+    std::thread::sleep(Duration::from_millis(200));
+    let bye = format!(
+        "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdtmf3;rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
+         To: {to}\r\nCall-ID: doorbell-dtmf@test\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    sip.send(bye.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "no 200 for BYE");
+        let Some(m) = recv_msg(&sip) else { continue };
+        assert!(!m.starts_with("INFO "), "no INFO to the doorbell:\n{m}");
+        if m.starts_with("SIP/2.0 200") && m.contains("BYE") {
+            break;
+        }
+    }
+    let logs = check_phone(p, "INFO phone", &pbx);
+    // SIPp notes a failed `check_it` in its errors log and goes on with an out-of-call flow.
+    assert!(
+        !logs.contains("Failed regexp match"),
+        "the INFO matched the scenario's checks:\n{logs}"
+    );
+    assert!(
+        logs.contains("INFO-DTMF Signal=5 Duration=160"),
+        "one INFO with Signal=5 and the event's 160 ms:\n{logs}"
+    );
+    assert_eq!(
+        logs.matches("Content-Type: application/dtmf-relay").count(),
+        1,
+        "exactly one INFO for the event's three end packets:\n{logs}"
+    );
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs[0]["caller"], "190");
+    assert_eq!(cdrs[0]["answered_by"], "102");
+    assert!(
+        cdrs[0]["legs"][0]["media"]["rtp_packets"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 15,
+        "the relay counted the doorbell's audio and events: {}",
+        cdrs[0]
+    );
+}

@@ -32,6 +32,8 @@ const NO_BUNDLE: usize = usize::MAX;
 const MAX_STREAMS: usize = 8;
 /// How many times a trunk INVITE answers a challenge.
 const MAX_AUTH_ROUNDS: u32 = 2;
+/// DTMF digits waiting for their INFO per dialog (one INFO outstanding at a time).
+const MAX_DTMF_QUEUE: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -116,6 +118,10 @@ struct Leg {
     origin_id: u64,
     origin_ver: u64,
     last_sent_sdp: Option<String>,
+    /// Our DTMF INFO (from RFC 4733 on the other side) awaiting its final response: digits are
+    /// sent one INFO at a time, in order; later ones wait in `dtmf_queue` (digit, ms).
+    dtmf_out: Option<ReqId>,
+    dtmf_queue: VecDeque<(char, u64)>,
 }
 
 impl Leg {
@@ -210,6 +216,8 @@ enum ReqKind {
     Cancel,
     Bye,
     Notify,
+    /// A DTMF INFO of ours (RFC 4733 from the other side, [`B2bua::media_dtmf`]).
+    DtmfInfo,
     /// A request relayed from `from`'s server transaction `tx`.
     Relay {
         from: LegIdx,
@@ -1033,6 +1041,8 @@ impl B2bua {
             origin_id: now.elapsed().as_nanos() as u64 ^ key.wrapping_mul(0x9e37_79b9),
             origin_ver: 1,
             last_sent_sdp: None,
+            dtmf_out: None,
+            dtmf_queue: VecDeque::new(),
         };
         let mut a_leg = a_leg;
         a_leg.peer = response_peer(req, flow);
@@ -1395,6 +1405,8 @@ impl B2bua {
             origin_id: call.key.wrapping_mul(1_000_003) ^ li as u64,
             origin_ver: 1,
             last_sent_sdp: None,
+            dtmf_out: None,
+            dtmf_queue: VecDeque::new(),
         };
         call.legs.push(leg);
         let body = match offer {
@@ -1660,6 +1672,8 @@ impl B2bua {
             origin_id: call.key.wrapping_mul(1_000_003) ^ li as u64,
             origin_ver: 1,
             last_sent_sdp: None,
+            dtmf_out: None,
+            dtmf_queue: VecDeque::new(),
         });
         let body = match call.offer.clone() {
             Some(raw) => {
@@ -1889,7 +1903,11 @@ impl B2bua {
                 status,
                 first_final,
             ),
-            ReqKind::Bye | ReqKind::Cancel | ReqKind::Notify => {}
+            ReqKind::DtmfInfo if first_final => {
+                call.legs[li].dtmf_out = None;
+                self.next_dtmf_info(&mut call, li);
+            }
+            ReqKind::Bye | ReqKind::Cancel | ReqKind::Notify | ReqKind::DtmfInfo => {}
         }
         if status >= 200 && !matches!(self.by_req.get(&id).map(|p| &p.kind), Some(ReqKind::Invite))
         {
@@ -1928,6 +1946,11 @@ impl B2bua {
                 }
             }
             ReqKind::Bye => call.legs[li].state = LegState::Terminated,
+            ReqKind::DtmfInfo => {
+                // The peer does not answer: do not queue more INFOs behind a dead one.
+                call.legs[li].dtmf_out = None;
+                call.legs[li].dtmf_queue.clear();
+            }
             _ => {}
         }
         self.put_back(call, now);
@@ -2397,7 +2420,10 @@ impl B2bua {
                         body.as_deref().map(|b| ("application/sdp", b.as_bytes())),
                     );
                 }
+                // DTMF that arrived while a dialog waited for an ACK.
+                self.next_dtmf_info(&mut call, p);
             }
+            self.next_dtmf_info(&mut call, li);
         }
         self.put_back(call, now);
         true
@@ -2979,6 +3005,101 @@ impl B2bua {
             self.end_call(&mut call, now, "system", "media_timeout", None);
         }
         self.put_back(call, now);
+    }
+
+    /// The relay saw the end of an RFC 4733 event (`digit`, `duration`) sent by the peer of
+    /// relay leg `leg` of session `media`. The packets were forwarded as they are; when the
+    /// other party of the bridged call wants SIP INFO (`dtmf = "info"`, or `auto` and its SDP
+    /// has no telephone-event), it also gets an in-dialog INFO (`application/dtmf-relay`,
+    /// `Signal=<digit>`, `Duration=<ms>`), one at a time per dialog, in order.
+    pub fn media_dtmf(
+        &mut self,
+        now: Instant,
+        media: MediaId,
+        leg: MediaLeg,
+        digit: char,
+        duration: Duration,
+    ) {
+        let Some(key) = self.by_media.get(&media).copied() else {
+            return;
+        };
+        let Some(mut call) = self.calls.remove(&key) else {
+            return;
+        };
+        self.dtmf_to_info(&mut call, media, leg, digit, duration);
+        self.put_back(call, now);
+    }
+
+    fn dtmf_to_info(
+        &mut self,
+        call: &mut Call,
+        media: MediaId,
+        leg: MediaLeg,
+        digit: char,
+        duration: Duration,
+    ) {
+        if call.phase != Phase::Bridged || !matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D') {
+            return;
+        }
+        let Some((x, y)) = call.bridge else { return };
+        // The receiving party: the bridged leg on the other relay leg of this session.
+        let on_session = |l: &Leg, side: MediaLeg| {
+            l.media_leg == side
+                && call
+                    .bundles
+                    .get(l.bundle)
+                    .is_some_and(|b| b.ids.contains(&Some(media)))
+        };
+        let from = [x, y].into_iter().find(|&i| on_session(&call.legs[i], leg));
+        let to = [x, y]
+            .into_iter()
+            .find(|&i| on_session(&call.legs[i], leg.other()));
+        let (Some(_), Some(p)) = (from, to) else {
+            return;
+        };
+        let l = &mut call.legs[p];
+        let want = match l.dtmf {
+            Dtmf::Info => true,
+            Dtmf::Auto => !l.te,
+            Dtmf::Rfc4733 => false,
+        };
+        if !want || !l.active() {
+            return;
+        }
+        if l.dtmf_queue.len() >= MAX_DTMF_QUEUE {
+            debug!(call = call.key, %digit, "DTMF INFO queue full: digit dropped");
+            return;
+        }
+        let ms = (duration.as_millis() as u64).clamp(40, 5000);
+        l.dtmf_queue.push_back((digit, ms));
+        debug!(call = call.key, %digit, ms, "RFC 4733 -> INFO DTMF");
+        self.next_dtmf_info(call, p);
+    }
+
+    /// Sends the next queued DTMF INFO on `li` unless one is outstanding or the dialog is not
+    /// confirmed yet (a 2xx still waiting for its ACK).
+    fn next_dtmf_info(&mut self, call: &mut Call, li: LegIdx) {
+        let l = &call.legs[li];
+        if l.dtmf_out.is_some()
+            || l.state != LegState::Confirmed
+            || l.ack_deferred.is_some()
+            || l.ok.is_some()
+        {
+            return;
+        }
+        let Some((digit, ms)) = call.legs[li].dtmf_queue.pop_front() else {
+            return;
+        };
+        let body = format!("Signal={digit}\r\nDuration={ms}\r\n");
+        let id = self.send_in_dialog(
+            call,
+            li,
+            Method::Info,
+            &[],
+            Some(("application/dtmf-relay", body.as_bytes())),
+            ReqKind::DtmfInfo,
+        );
+        call.legs[li].dtmf_out = Some(id);
     }
 
     /// Ends every call (graceful stop): BYE answered calls, 503 to unanswered callers.

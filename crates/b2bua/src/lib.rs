@@ -33,6 +33,8 @@
 //! BYE from either side -> 200, BYE on the other side; CDR
 //! re-INVITE / UPDATE / INFO / OPTIONS / other in-dialog requests -> relayed to the other side
 //!   (SDP rewritten, hold tracked); INFO DTMF becomes RFC 4733 when the other user wants it
+//! RFC 4733 event seen by the relay (B2bua::media_dtmf) -> forwarded as RTP, and an in-dialog
+//!   INFO (application/dtmf-relay) to the other party when it wants INFO (one at a time)
 //! REFER -> 202, NOTIFY 100 Trying, dialplan for the Refer-To target with the other party as
 //!   caller, NOTIFY 200 OK and BYE to the transferor once the target answers
 //! ```

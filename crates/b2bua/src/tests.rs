@@ -895,3 +895,181 @@ fn record_route_sets_of_proxied_dialogs() {
     let byes = requests(&outs, "BYE");
     assert_eq!(routes(&text(&byes[0].1)), want);
 }
+
+/// The relay session of the (only) call set up in `h`.
+fn only_media(h: &H) -> MediaId {
+    let m = h.media.0.lock().unwrap();
+    assert_eq!(m.families.len(), 1, "one relay session");
+    *m.families.keys().next().unwrap()
+}
+
+/// RFC 4733 from one side becomes SIP INFO towards a party that wants INFO: `auto` without
+/// telephone-event in its SDP, or `dtmf = "info"` whatever its SDP says. One INFO at a time per
+/// dialog (the next digit waits for the final response), next CSeq, the dialog's route set.
+#[test]
+fn rfc4733_from_the_relay_becomes_info_for_info_users() {
+    let mut h = H::new();
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let inv = parse(&data);
+    // 102 (auto) answers without telephone-event, behind a record-routing proxy.
+    let ok = ResponseBuilder::new(&inv, 200, "OK", None)
+        .to_tag("btag")
+        .header("Record-Route", "<sip:[2001:db8:2::1];lr>")
+        .header("Contact", "<sip:b@[2001:db8:1::20]:5060>")
+        .body("application/sdp", SDP_B.as_bytes())
+        .build();
+    h.b.handle_response(h.now, id, &parse(&ok), &h.dir);
+    let outs = h.drain();
+    let ok_a = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Respond {
+                status: 200, data, ..
+            } => Some(data.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let media = only_media(&h);
+    let tag = String::from_utf8_lossy(&parse(&ok_a).to_hdr().unwrap().tag().unwrap()).into_owned();
+    let ack = format!("ACK sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKa2\r\nFrom: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={tag}\r\nCall-ID: acall@a\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.b.handle_ack(h.now, &parse(&Bytes::from(ack))));
+    h.drain();
+
+    // The caller's phone (relay leg A) sends '5' for 160 ms.
+    h.b.media_dtmf(h.now, media, MediaLeg::A, '5', Duration::from_millis(160));
+    let outs = h.drain();
+    let infos = requests(&outs, "INFO");
+    assert_eq!(infos.len(), 1, "{outs:?}");
+    let t = text(&infos[0].1);
+    assert!(
+        t.starts_with("INFO sip:b@[2001:db8:1::20]:5060 SIP/2.0"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Route: <sip:[2001:db8:2::1];lr>"),
+        "route set:\n{t}"
+    );
+    assert!(
+        t.contains("CSeq: 2 INFO"),
+        "next CSeq after the INVITE:\n{t}"
+    );
+    assert!(t.contains(";tag=btag"), "{t}");
+    assert!(t.contains("Content-Type: application/dtmf-relay"), "{t}");
+    assert!(t.ends_with("\r\n\r\nSignal=5\r\nDuration=160\r\n"), "{t}");
+    let b_call_id = header_of(&data, "Call-ID");
+    assert_eq!(header_of(&infos[0].1, "Call-ID"), b_call_id);
+    // Nothing towards the caller, no RFC 4733 injection.
+    assert!(h.media.0.lock().unwrap().dtmf.is_empty());
+
+    // Two more digits while the first INFO is unanswered: queued, sent in order.
+    h.b.media_dtmf(h.now, media, MediaLeg::A, '#', Duration::from_millis(10));
+    h.b.media_dtmf(h.now, media, MediaLeg::A, 'D', Duration::from_secs(60));
+    assert!(
+        requests(&h.drain(), "INFO").is_empty(),
+        "one INFO at a time"
+    );
+    let outs = h.answer(infos[0].0, &infos[0].1, 200, "btag", None);
+    let next = requests(&outs, "INFO");
+    assert_eq!(next.len(), 1);
+    let t = text(&next[0].1);
+    assert!(t.contains("CSeq: 3 INFO"), "{t}");
+    assert!(
+        t.ends_with("Signal=#\r\nDuration=40\r\n"),
+        "duration clamped to 40..5000 ms:\n{t}"
+    );
+    let outs = h.answer(next[0].0, &next[0].1, 200, "btag", None);
+    let last = requests(&outs, "INFO");
+    assert_eq!(last.len(), 1);
+    assert!(text(&last[0].1).ends_with("Signal=D\r\nDuration=5000\r\n"));
+    assert!(text(&last[0].1).contains("CSeq: 4 INFO"));
+    let outs = h.answer(last[0].0, &last[0].1, 200, "btag", None);
+    assert!(requests(&outs, "INFO").is_empty());
+    assert!(responses(&outs).is_empty(), "our INFO's 200 goes nowhere");
+
+    // The callee's events towards 101 (auto, telephone-event in its SDP): RTP only.
+    h.b.media_dtmf(h.now, media, MediaLeg::B, '1', Duration::from_millis(100));
+    // Unknown session, and a flash: nothing.
+    h.b.media_dtmf(
+        h.now,
+        media + 99,
+        MediaLeg::A,
+        '1',
+        Duration::from_millis(100),
+    );
+    h.b.media_dtmf(h.now, media, MediaLeg::A, '!', Duration::from_millis(100));
+    assert!(requests(&h.drain(), "INFO").is_empty());
+
+    // A timed-out INFO does not block later digits forever.
+    h.b.media_dtmf(h.now, media, MediaLeg::A, '7', Duration::from_millis(100));
+    let lost = requests(&h.drain(), "INFO");
+    assert_eq!(lost.len(), 1);
+    h.b.media_dtmf(h.now, media, MediaLeg::A, '8', Duration::from_millis(100));
+    assert!(requests(&h.drain(), "INFO").is_empty());
+    h.b.request_failed(h.now, lost[0].0, &h.dir);
+    h.b.media_dtmf(h.now, media, MediaLeg::A, '9', Duration::from_millis(100));
+    let outs = h.drain();
+    let again = requests(&outs, "INFO");
+    assert_eq!(again.len(), 1);
+    assert!(text(&again[0].1).contains("Signal=9\r\n"));
+
+    // After the call ends, events are ignored.
+    let bye = format!("BYE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKa9\r\nFrom: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={tag}\r\nCall-ID: acall@a\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n");
+    h.in_dialog(bye, h.a_flow);
+    h.b.media_dtmf(h.now, media, MediaLeg::A, '3', Duration::from_millis(100));
+    assert!(requests(&h.drain(), "INFO").is_empty());
+
+    // `dtmf = "info"` (both users here): INFO even though the SDP offers telephone-event.
+    let mut h = H::new();
+    let cfg = CFG
+        .replace("password = \"a\"", "password = \"a\"\ndtmf = \"info\"")
+        .replace("password = \"b\"", "password = \"b\"\ndtmf = \"info\"");
+    h.b.set_config(Arc::new(Config::from_str(&cfg, "t.toml").expect("config")));
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let with_te = SDP_B.replace(
+        "RTP/AVP 0\r\n",
+        "RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n",
+    );
+    let outs = h.answer(id, &data, 200, "btag", Some(&with_te));
+    let media = only_media(&h);
+    h.b.media_dtmf(h.now, media, MediaLeg::A, '5', Duration::from_millis(160));
+    let infos = requests(&h.drain(), "INFO");
+    assert_eq!(infos.len(), 1);
+    assert!(text(&infos[0].1).ends_with("Signal=5\r\nDuration=160\r\n"));
+    // Towards the caller, whose 200 is not ACKed yet: the INFO waits for the ACK.
+    h.b.media_dtmf(h.now, media, MediaLeg::B, '2', Duration::from_millis(100));
+    assert!(
+        requests(&h.drain(), "INFO").is_empty(),
+        "no INFO before the ACK"
+    );
+    let ok_a = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Respond {
+                status: 200, data, ..
+            } => Some(data.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let tag = String::from_utf8_lossy(&parse(&ok_a).to_hdr().unwrap().tag().unwrap()).into_owned();
+    let ack = format!("ACK sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKa2\r\nFrom: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={tag}\r\nCall-ID: acall@a\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.b.handle_ack(h.now, &parse(&Bytes::from(ack))));
+    let to_a = requests(&h.drain(), "INFO");
+    assert_eq!(to_a.len(), 1, "sent once the dialog is confirmed");
+    let t = text(&to_a[0].1);
+    assert!(t.starts_with("INFO sip:101@[2001:db8:1::a]:5062 "), "{t}");
+    assert!(
+        t.contains("Call-ID: acall@a") && t.ends_with("Signal=2\r\nDuration=100\r\n"),
+        "{t}"
+    );
+
+    // `dtmf = "rfc4733"` (104): the forwarded RTP events are enough.
+    let mut h = H::new();
+    let outs = h.invite("104", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    h.answer(id, &data, 200, "btag", Some(SDP_B));
+    let media = only_media(&h);
+    h.b.media_dtmf(h.now, media, MediaLeg::A, '5', Duration::from_millis(160));
+    assert!(requests(&h.drain(), "INFO").is_empty());
+}

@@ -5,10 +5,12 @@
 //! * [`Relay`]: the zero-copy RTP/RTCP relay (Linux: epoll + recvmmsg/sendmmsg
 //!   on worker threads). The call layer allocates a [`Session`] per media
 //!   stream, feeds it the peers' SDP addresses ([`RemoteMedia`]), reads
-//!   [`StreamStats`] lock-free and gets [`Event`]s (media timeout, latching).
+//!   [`StreamStats`] lock-free and gets [`Event`]s (media timeout, latching,
+//!   the end of each RFC 4733 DTMF event a peer sends).
 //! * [`packet`]: the header checks of the forwarding path (RFC 7983/5761
 //!   demultiplexing, RTP header fields read in place).
-//! * [`dtmf`]: RFC 4733 telephone-event generation (rtc-rtp).
+//! * [`dtmf`]: RFC 4733 telephone-event generation (rtc-rtp); received events
+//!   are read in place on the forwarding path ([`packet::telephone_event`]).
 //!
 //! # The call layer's side, for one audio stream
 //!
@@ -36,7 +38,7 @@
 //! // answer to the doorbell is rewritten with session.local(Leg::A).anchor().
 //! let stats = session.stats(Leg::A); // lock-free snapshot
 //! assert_eq!(stats.rtp_packets, 0);
-//! assert!(events.try_recv().is_none()); // MediaTimeout / Latched events arrive here
+//! assert!(events.try_recv().is_none()); // MediaTimeout / Latched / Dtmf events arrive here
 //! drop(session); // releases the ports
 //! # Ok(())
 //! # }

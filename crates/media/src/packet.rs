@@ -156,7 +156,9 @@ pub struct TelephoneEvent {
     pub duration: u16,
 }
 
-/// Read an RFC 4733 event from an RTP payload (first four octets).
+/// Read an RFC 4733 event from an RTP payload (first four octets); `None`
+/// when it is shorter. Total, in place, used on the forwarding path.
+#[inline]
 pub fn telephone_event(payload: &[u8]) -> Option<TelephoneEvent> {
     let p = payload.get(..4)?;
     Some(TelephoneEvent {

@@ -4,7 +4,7 @@
 //!  call layer ──allocate()──► Session ──set_remote / set_hold / relatch / inject_dtmf / release──► command channel ─┐
 //!      ▲                        │                                                                                   │
 //!      │                        └── stats(): lock-free atomics ◄── written by ───┐                                  ▼
-//!      └──────────── Event (MediaTimeout, Latched) ◄──────────────────── worker thread(s): epoll + recvmmsg/sendmmsg
+//!      └────────── Event (MediaTimeout, Latched, Dtmf) ◄──────────────── worker thread(s): epoll + recvmmsg/sendmmsg
 //! ```
 //!
 //! * [`Relay::allocate`] binds the two port pairs right away (on the caller's
@@ -244,6 +244,21 @@ pub enum Event {
         /// The peer's real source address.
         source: SocketAddr,
     },
+    /// The peer of `leg` ended an RFC 4733 DTMF event (end bit, reported once
+    /// per event although the end packet is sent three times). The packets
+    /// themselves are forwarded untouched; the call layer decides whether the
+    /// other party also needs the digit as SIP INFO.
+    Dtmf {
+        /// Session.
+        session: SessionId,
+        /// The leg whose peer sent the event.
+        leg: Leg,
+        /// '0'-'9', '*', '#', 'A'-'D' (event codes 0-15).
+        digit: char,
+        /// Event duration from the end packet, in milliseconds (at the
+        /// telephone-event clock rate of the leg's SDP).
+        duration_ms: u32,
+    },
 }
 
 /// The receiving end of the event channel.
@@ -279,7 +294,9 @@ pub struct RemoteMedia {
     pub rtcp_mux: bool,
     /// Payload type -> clock rate (for jitter); unknown types count as 8000 Hz.
     pub clock_rates: Vec<(u8, u32)>,
-    /// telephone-event payload type and clock rate, for DTMF generation.
+    /// telephone-event payload type and clock rate: DTMF generation towards
+    /// the peer, and recognition of the RFC 4733 events it sends
+    /// ([`Event::Dtmf`]).
     pub telephone_event: Option<(u8, u32)>,
 }
 

@@ -6,7 +6,10 @@
 //! the source-address check (latching), counter updates with relaxed atomic
 //! stores, and one `sendmmsg` per destination socket whose iovecs point at
 //! the very buffers the datagrams were received into. No allocation, no lock,
-//! no logging per packet; the payload is never copied.
+//! no logging per packet; the payload is never copied. RTP packets of the
+//! leg's telephone-event payload type also get their 4-byte RFC 4733 payload
+//! read in place, so that the end of each DTMF event is reported once
+//! ([`Event::Dtmf`]); they are forwarded like any other packet.
 
 use std::collections::{HashMap, VecDeque};
 use std::mem;
@@ -16,8 +19,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use crate::dtmf::TimedPacket;
-use crate::packet::{classify, Kind};
+use crate::dtmf::{self, TimedPacket};
+use crate::packet::{classify, telephone_event, Kind, RtpInfo};
 use crate::relay::{
     Event, LatchMode, LatchPolicy, Leg, Pools, RemoteMedia, SessionId, SessionShared,
 };
@@ -33,6 +36,9 @@ const WAKE_TOKEN: u64 = u64::MAX;
 const GEN_MASK: u64 = 0x3fff_ffff;
 const MAX_CLOCKS: usize = 16;
 const DEFAULT_CLOCK: u32 = 8000;
+/// `WLeg::te_pt` when the leg's SDP has no telephone-event (RTP payload
+/// types are 7 bits: no packet matches it).
+const NO_PT: u8 = 0xff;
 
 pub(crate) struct WorkerConfig {
     pub(crate) index: usize,
@@ -116,6 +122,8 @@ struct WLeg {
     timed_out: bool,
     last_pt: u8,
     last_clock: u32,
+    /// telephone-event payload type of the leg's SDP ([`NO_PT`]: none).
+    te_pt: u8,
     /// Latched sources per socket: [RTP port, RTCP port].
     src: [Endpoint; 2],
     /// Where packets towards this leg's peer go: [RTP, RTCP].
@@ -143,6 +151,11 @@ struct LegCold {
     src_raw: [RawAddr; 2],
     clocks: [(u8, u32); MAX_CLOCKS],
     nclocks: usize,
+    /// Clock rate of the telephone-event payload type.
+    te_clock: u32,
+    /// (SSRC, RTP timestamp) of the last DTMF event reported: its repeated
+    /// end packets are not reported again.
+    dtmf_last: Option<(u32, u32)>,
 }
 
 impl WLeg {
@@ -155,6 +168,7 @@ impl WLeg {
             timed_out: false,
             last_pt: 0xff,
             last_clock: DEFAULT_CLOCK,
+            te_pt: NO_PT,
             src: [Endpoint::NONE; 2],
             dest: [RawAddr::empty(); 2],
             seq: SeqState::default(),
@@ -173,8 +187,36 @@ impl WLeg {
                 src_raw: [RawAddr::empty(); 2],
                 clocks: [(0, 0); MAX_CLOCKS],
                 nclocks: 0,
+                te_clock: DEFAULT_CLOCK,
+                dtmf_last: None,
             }),
         }
+    }
+
+    /// The end of an RFC 4733 event in an accepted RTP packet of the leg's
+    /// telephone-event payload type: `(digit, duration in ms)` for the first
+    /// end packet of an event (new SSRC/timestamp); `None` for progress
+    /// packets, repeated end packets, codes other than 0-15 and payloads
+    /// shorter than 4 bytes. Reads the payload in place, allocates nothing.
+    #[inline]
+    fn dtmf_end(&mut self, pkt: &[u8], info: &RtpInfo) -> Option<(char, u32)> {
+        let off = info.payload_offset as usize;
+        let payload = pkt.get(off..off.checked_add(info.payload_len as usize)?)?;
+        let ev = telephone_event(payload)?;
+        if !ev.end {
+            return None;
+        }
+        let key = (info.ssrc, info.timestamp);
+        if self.c.dtmf_last == Some(key) {
+            return None;
+        }
+        self.c.dtmf_last = Some(key);
+        if ev.event > 15 {
+            return None;
+        }
+        let digit = dtmf::event_digit(ev.event)?;
+        let ms = u64::from(ev.duration) * 1000 / u64::from(self.c.te_clock.max(1));
+        Some((digit, ms as u32))
     }
 
     #[inline]
@@ -508,6 +550,16 @@ impl Worker {
                 l.c.rtcp_explicit = remote.rtcp.is_some() || remote.rtcp_mux;
                 l.c.zero_hold = zero;
                 l.mux = remote.rtcp_mux;
+                match remote
+                    .telephone_event
+                    .filter(|(pt, clock)| *pt < 128 && *clock > 0)
+                {
+                    Some((pt, clock)) => {
+                        l.te_pt = pt;
+                        l.c.te_clock = clock;
+                    }
+                    None => l.te_pt = NO_PT,
+                }
                 l.c.nclocks = 0;
                 for &(pt, clock) in remote.clock_rates.iter().take(MAX_CLOCKS) {
                     if pt < 128 && clock > 0 {
@@ -813,6 +865,16 @@ fn forward(
                 let clock = l.clock_for(info.payload_type);
                 l.seq
                     .update(info.ssrc, info.seq, info.timestamp, now_us, clock, counters);
+                if info.payload_type == l.te_pt {
+                    if let Some((digit, duration_ms)) = l.dtmf_end(pkt, &info) {
+                        sink(Event::Dtmf {
+                            session: s.id,
+                            leg: Leg::from_idx(leg),
+                            digit,
+                            duration_ms,
+                        });
+                    }
+                }
                 false
             }
             None => {

@@ -1,6 +1,7 @@
 //! The forwarding path allocates nothing: a counting global allocator sees
 //! zero allocations, on any thread, while a burst of RTP and RTCP (plus
-//! dropped injection attempts and malformed packets) goes through the relay.
+//! dropped injection attempts, malformed packets, and RFC 4733 telephone-event
+//! packets whose payload the worker reads) goes through the relay.
 //! Alone in its own test binary so that no other test allocates meanwhile.
 
 mod common;
@@ -63,7 +64,7 @@ fn drain(s: &UdpSocket, n: usize) -> usize {
 
 #[test]
 fn forwarding_a_burst_allocates_nothing() {
-    let (relay, _ev) = relay(23000);
+    let (relay, ev) = relay(23000);
     let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
     let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
     let (a, a_c, b, b_c, evil) = (
@@ -81,6 +82,7 @@ fn forwarding_a_burst_allocates_nothing() {
         Leg::A,
         RemoteMedia {
             rtcp: Some(addr(&a_c)),
+            telephone_event: Some((101, 8000)),
             ..RemoteMedia::new(addr(&a))
         },
     )
@@ -106,15 +108,32 @@ fn forwarding_a_burst_allocates_nothing() {
     let rr_b = rtcp_rr(0xb);
     let mut crafted = rtp(0, 1, 0, 1, &[0xbe, 0xde, 0xff, 0xff, 0, 0, 0, 0]);
     crafted[0] |= 0x10;
+    // RFC 4733 on A's telephone-event type: the end of digit 5 (reported once,
+    // during the warm-up), its repeats and a next event's progress packets
+    // (read on every packet, reported never).
+    let te_end = rtp(101, 1, 8000, 0xa, &[5, 0x8a, 0x03, 0x20]);
+    let te_progress = rtp(101, 2, 9600, 0xa, &[6, 0x0a, 0x00, 0xa0]);
 
     // Warm up: latch all four sockets (the Latched events allocate).
     a.send_to(&pkts_a[0], la.rtp).expect("send");
     b.send_to(&pkts_b[0], lb.rtp).expect("send");
     a_c.send_to(&rr_a, la.rtcp).expect("send");
     b_c.send_to(&rr_b, lb.rtcp).expect("send");
+    a.send_to(&te_end, la.rtp).expect("send");
     assert_eq!(
-        drain(&b, 1) + drain(&a, 1) + drain(&b_c, 1) + drain(&a_c, 1),
-        4
+        drain(&b, 2) + drain(&a, 1) + drain(&b_c, 1) + drain(&a_c, 1),
+        5
+    );
+    assert!(
+        matches!(
+            next_non_latch(&ev, Duration::from_secs(2)),
+            Some(podpbx_media::Event::Dtmf {
+                digit: '5',
+                duration_ms: 100,
+                ..
+            })
+        ),
+        "the warm-up event is reported"
     );
     assert!(relay.sync(Duration::from_secs(5)));
     let before_a = s.stats(Leg::A);
@@ -132,7 +151,9 @@ fn forwarding_a_burst_allocates_nothing() {
         b_c.send_to(&rr_b, lb.rtcp).expect("send");
         evil.send_to(&pkts_a[0], la.rtp).expect("send");
         a.send_to(&crafted, la.rtp).expect("send");
-        received += drain(&b, 100) + drain(&a, 100) + drain(&b_c, 1) + drain(&a_c, 1);
+        a.send_to(&te_progress, la.rtp).expect("send");
+        a.send_to(&te_end, la.rtp).expect("send");
+        received += drain(&b, 102) + drain(&a, 100) + drain(&b_c, 1) + drain(&a_c, 1);
     }
     let want = (BURST / 100) as u64;
     wait_until(Duration::from_secs(2), || {
@@ -144,10 +165,21 @@ fn forwarding_a_burst_allocates_nothing() {
     COUNTING.store(false, Ordering::SeqCst);
     let allocs = ALLOCS.load(Ordering::Relaxed);
 
-    assert_eq!(received, 2 * BURST + 2 * (BURST / 100));
-    assert_eq!(after_a.rtp_packets - before_a.rtp_packets, BURST as u64);
+    assert_eq!(received, 2 * BURST + 4 * (BURST / 100));
+    assert_eq!(
+        after_a.rtp_packets - before_a.rtp_packets,
+        (BURST + 2 * (BURST / 100)) as u64
+    );
     assert_eq!(after_b.rtp_packets - before_b.rtp_packets, BURST as u64);
     assert_eq!(after_a.drops.foreign_source, (BURST / 100) as u64);
     assert_eq!(after_a.drops.malformed, (BURST / 100) as u64);
     assert_eq!(allocs, 0, "allocations while forwarding");
+    // Latched events of the warm-up may still be queued; no DTMF event is.
+    for _ in 0..8 {
+        let e = ev.try_recv();
+        assert!(
+            !matches!(e, Some(podpbx_media::Event::Dtmf { .. })),
+            "repeated end packets and progress packets raise no event: {e:?}"
+        );
+    }
 }

@@ -719,3 +719,273 @@ fn several_workers_and_many_sessions() {
         relay.ports_total(Family::V6)
     );
 }
+
+/// An RFC 4733 packet: `event`, end bit, volume 10, `duration` in timestamp units.
+fn te_packet(pt: u8, seq: u16, ts: u32, ssrc: u32, event: u8, end: bool, duration: u16) -> Vec<u8> {
+    let d = duration.to_be_bytes();
+    let mut p = rtp(
+        pt,
+        seq,
+        ts,
+        ssrc,
+        &[event, if end { 0x8a } else { 0x0a }, d[0], d[1]],
+    );
+    if !end && duration <= 160 {
+        p[1] |= 0x80; // marker on the first packet of the event
+    }
+    p
+}
+
+/// Every packet of one event as a sender emits it: progress packets every
+/// 160 units, then the end packet three times. Returns the sequence number
+/// after the last packet.
+fn send_event(
+    from: &UdpSocket,
+    to: SocketAddr,
+    sink: &UdpSocket,
+    (pt, ssrc, seq, ts): (u8, u32, u16, u32),
+    event: u8,
+    duration: u16,
+) -> u16 {
+    let mut seq = seq;
+    let mut packets = Vec::new();
+    let mut d = 160;
+    while d < duration {
+        packets.push(te_packet(pt, seq, ts, ssrc, event, false, d));
+        seq = seq.wrapping_add(1);
+        d += 160;
+    }
+    for _ in 0..3 {
+        packets.push(te_packet(pt, seq, ts, ssrc, event, true, duration));
+        seq = seq.wrapping_add(1);
+    }
+    for p in &packets {
+        from.send_to(p, to).expect("send");
+        let (got, _) = recv(sink).expect("forwarded");
+        assert_eq!(&got, p, "telephone-events are forwarded untouched");
+    }
+    seq
+}
+
+/// Dtmf events waiting now (bounded wait for stragglers).
+fn dtmf_events(ev: &podpbx_media::Events, wait: Duration) -> Vec<(Leg, char, u32)> {
+    let mut out = Vec::new();
+    while let Some(e) = ev.recv_timeout(wait) {
+        if let Event::Dtmf {
+            leg,
+            digit,
+            duration_ms,
+            ..
+        } = e
+        {
+            out.push((leg, digit, duration_ms));
+        }
+    }
+    out
+}
+
+#[test]
+fn rfc4733_end_of_event_reported_once() {
+    let (relay, ev) = relay(22700);
+    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, b) = (endpoint(V4), endpoint(V6));
+    // A negotiated telephone-event 101 at 8 kHz, B 96 at 16 kHz.
+    connect(
+        &relay,
+        &s,
+        RemoteMedia {
+            telephone_event: Some((101, 8000)),
+            ..remote(&a)
+        },
+        RemoteMedia {
+            telephone_event: Some((96, 16000)),
+            ..remote(&b)
+        },
+    );
+    // Some audio first: nothing to report.
+    pump(&a, la.rtp, &b, lb.rtp, 5, 0xa1);
+
+    // '5' for 100 ms (800 units): four progress packets, three end packets.
+    let seq = send_event(&a, la.rtp, &b, (101, 0xa1, 2000, 16_000), 5, 800);
+    let got = dtmf_events(&ev, Duration::from_millis(200));
+    assert_eq!(got, vec![(Leg::A, '5', 100)], "exactly one event");
+    let got_session = {
+        send_event(&a, la.rtp, &b, (101, 0xa1, seq, 17_600), 11, 1280);
+        let mut id = None;
+        while let Some(e) = ev.recv_timeout(Duration::from_millis(200)) {
+            if let Event::Dtmf {
+                session,
+                leg,
+                digit,
+                duration_ms,
+            } = e
+            {
+                assert_eq!((leg, digit, duration_ms), (Leg::A, '#', 160));
+                assert!(id.replace(session).is_none(), "reported twice");
+            }
+        }
+        id
+    };
+    assert_eq!(got_session, Some(s.id()));
+    // A late copy of the last end packet is not a new event.
+    a.send_to(
+        &te_packet(101, seq.wrapping_add(20), 17_600, 0xa1, 11, true, 1280),
+        la.rtp,
+    )
+    .expect("send");
+    assert!(recv(&b).is_some());
+    assert!(dtmf_events(&ev, Duration::from_millis(100)).is_empty());
+
+    // B's events use B's own payload type and clock: 1600 units at 16 kHz = 100 ms.
+    send_event(&b, lb.rtp, &a, (96, 0xb1, 1, 900), 13, 1600);
+    assert_eq!(
+        dtmf_events(&ev, Duration::from_millis(200)),
+        vec![(Leg::B, 'B', 100)]
+    );
+    // PT 101 from B is not B's telephone-event: forwarded, not reported.
+    send_event(&b, lb.rtp, &a, (101, 0xb1, 50, 2900), 1, 800);
+    assert!(dtmf_events(&ev, Duration::from_millis(100)).is_empty());
+
+    // A leg whose SDP has no telephone-event reports nothing.
+    s.set_remote(Leg::A, remote(&a)).expect("remote a");
+    assert!(relay.sync(Duration::from_secs(5)));
+    send_event(
+        &a,
+        la.rtp,
+        &b,
+        (101, 0xa1, seq.wrapping_add(40), 30_000),
+        7,
+        800,
+    );
+    assert!(dtmf_events(&ev, Duration::from_millis(100)).is_empty());
+    assert_eq!(s.stats(Leg::A).drops.total(), 0);
+}
+
+#[test]
+fn malformed_telephone_events_are_ignored_without_panic() {
+    let (relay, ev) = relay(22800);
+    let s = relay.allocate(Family::V4, Family::V4).expect("allocate");
+    let la = s.local(Leg::A);
+    let (a, b) = (endpoint(V4), endpoint(V4));
+    connect(
+        &relay,
+        &s,
+        RemoteMedia {
+            telephone_event: Some((101, 8000)),
+            ..remote(&a)
+        },
+        remote(&b),
+    );
+    let mut sent_rtp = 0u64;
+    let mut ts = 1000u32;
+    let mut next = |payload: &[u8], flags: u8| {
+        ts += 1000;
+        let mut p = rtp(101, ts as u16, ts, 0xa1, payload);
+        p[0] |= flags;
+        p
+    };
+    // Payloads shorter than 4 bytes, all with the end bit where there is one.
+    let mut odd = vec![
+        next(&[], 0),
+        next(&[5], 0),
+        next(&[5, 0x8a], 0),
+        next(&[5, 0x8a, 3], 0),
+    ];
+    // 4 bytes, but 2 of them padding: the event does not fit.
+    odd.push(next(&[5, 0x8a, 2, 2], 0x20));
+    // Not DTMF digits: flash (16) and an unassigned code, with the end bit.
+    odd.push(next(&[16, 0x8a, 3, 0x20], 0));
+    odd.push(next(&[200, 0x8a, 3, 0x20], 0));
+    // CSRC count pointing past the end: malformed, dropped before any look at it.
+    let mut bad = next(&[5, 0x8a, 3, 0x20], 0);
+    bad[0] |= 0x0f;
+    for p in &odd {
+        a.send_to(p, la.rtp).expect("send");
+        assert_eq!(recv(&b).map(|x| x.0).as_ref(), Some(p), "still forwarded");
+        sent_rtp += 1;
+    }
+    a.send_to(&bad, la.rtp).expect("send");
+    // Pseudo-random telephone-event payloads of every length up to 24 bytes.
+    // Sent in chunks that the relay accounts for before the next one (no socket buffer
+    // overflow on a busy machine); every datagram is either RTP or malformed.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut sent = sent_rtp + 1;
+    for chunk in 0..20u32 {
+        for i in chunk * 25..(chunk + 1) * 25 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 25) as usize;
+            let payload: Vec<u8> = (0..len).map(|k| (x >> (8 * (k % 8))) as u8).collect();
+            let mut p = rtp(101, (5000 + i) as u16, 100_000 + i, 0xa2, &payload);
+            if x & 0x100 != 0 {
+                p[0] |= 0x20; // padding bit: the last byte counts padding (maybe invalid)
+            }
+            a.send_to(&p, la.rtp).expect("send");
+            sent += 1;
+            if podpbx_media::packet::rtp_header(&p).is_some() {
+                sent_rtp += 1;
+            }
+        }
+        assert!(
+            wait_until(Duration::from_secs(2), || {
+                let st = s.stats(Leg::A);
+                st.rtp_packets + st.drops.malformed == sent
+            }),
+            "{:?}",
+            s.stats(Leg::A)
+        );
+        for _ in 0..25 {
+            if !recv_quick(&b) {
+                break;
+            }
+        }
+    }
+    assert_eq!(s.stats(Leg::A).rtp_packets, sent_rtp);
+    assert!(s.stats(Leg::A).drops.malformed >= 1);
+    assert!(
+        dtmf_events(&ev, Duration::from_millis(50))
+            .iter()
+            .all(|(leg, d, _)| *leg == Leg::A && "0123456789*#ABCD".contains(*d)),
+        "only digits 0-15 are reported"
+    );
+    for _ in 0..100 {
+        if !recv_quick(&b) {
+            break;
+        }
+    }
+    // The worker is alive and still reads the next well-formed event right.
+    send_event(&a, la.rtp, &b, (101, 0xa3, 7, 900_000), 0, 320);
+    assert_eq!(
+        dtmf_events(&ev, Duration::from_millis(200)),
+        vec![(Leg::A, '0', 40)]
+    );
+    // One with a header extension and a CSRC: the payload offset is honoured.
+    let mut ext = rtp(
+        101,
+        9,
+        950_000,
+        0xa3,
+        &[
+            0, 0, 0, 9, 0xbe, 0xde, 0, 1, 0x10, 0xaa, 0, 0, 12, 0x8a, 6, 0x40,
+        ],
+    );
+    ext[0] |= 0x11;
+    a.send_to(&ext, la.rtp).expect("send");
+    assert_eq!(recv(&b).map(|x| x.0), Some(ext));
+    assert_eq!(
+        dtmf_events(&ev, Duration::from_millis(200)),
+        vec![(Leg::A, 'A', 200)]
+    );
+}
+
+/// Receive with a very short timeout; true if a datagram was waiting.
+fn recv_quick(s: &UdpSocket) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let got = recv(s).is_some();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    got
+}

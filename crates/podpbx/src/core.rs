@@ -178,6 +178,22 @@ impl Core {
         self.pump_calls(now);
     }
 
+    /// The relay saw the end of an RFC 4733 DTMF event from `leg`'s peer on a session: the
+    /// b2bua sends it as SIP INFO to the other party if that party wants INFO.
+    pub fn media_dtmf(
+        &mut self,
+        now: Instant,
+        media: u64,
+        leg: podpbx_media::Leg,
+        digit: char,
+        duration: Duration,
+    ) {
+        if let Some(calls) = self.calls.as_mut() {
+            calls.b2bua.media_dtmf(now, media, leg, digit, duration);
+        }
+        self.pump_calls(now);
+    }
+
     fn call_directory<'a>(
         registrar: &'a Registrar,
         trunks: &'a Trunks,

@@ -247,11 +247,16 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                     publish_relay_totals(&admin, relay.totals(), &mut relay_seen);
                 }
             }
-            Some(ev) = media_rx.recv() => {
-                if let podpbx_media::Event::MediaTimeout { session, .. } = ev {
+            Some(ev) = media_rx.recv() => match ev {
+                podpbx_media::Event::MediaTimeout { session, .. } => {
                     core.media_timeout(Instant::now(), session.0);
                 }
-            }
+                podpbx_media::Event::Dtmf { session, leg, digit, duration_ms } => {
+                    let duration = std::time::Duration::from_millis(duration_ms.into());
+                    core.media_dtmf(Instant::now(), session.0, leg, digit, duration);
+                }
+                podpbx_media::Event::Latched { .. } => {}
+            },
             Some(why) = reload_rx.recv() => {
                 info!(trigger = why, "configuration reload");
                 let _ = reload_config(&mut core, config_path.as_deref());
