@@ -576,7 +576,7 @@ impl Phone {
         let port = free_port();
         let media_port = loop {
             let p = free_port();
-            if p % 2 == 0 && p != port && UdpSocket::bind((local_ip, p + 1)).is_ok() {
+            if p.is_multiple_of(2) && p != port && UdpSocket::bind((local_ip, p + 1)).is_ok() {
                 break p;
             }
         };
