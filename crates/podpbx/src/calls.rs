@@ -201,9 +201,11 @@ pub fn resolve_trunks(cfg: &Config) -> HashMap<String, SocketAddr> {
 }
 
 /// Appends CDRs as JSON lines, flushed per call.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CdrWriter {
     path: Option<PathBuf>,
+    /// Kept open (append mode) so a CDR costs one write(2), not open/write/close per call.
+    file: Option<std::fs::File>,
 }
 
 impl CdrWriter {
@@ -215,27 +217,35 @@ impl CdrWriter {
         {
             let _ = std::fs::create_dir_all(dir);
         }
-        CdrWriter { path }
+        CdrWriter { path, file: None }
     }
 
-    pub fn write(&self, cdr: &Cdr) {
+    pub fn write(&mut self, cdr: &Cdr) {
         let Some(path) = &self.path else { return };
-        let line = match serde_json::to_string(cdr) {
+        let mut line = match serde_json::to_string(cdr) {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "CDR not serialisable");
                 return;
             }
         };
-        let res = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| {
-                f.write_all(line.as_bytes())?;
-                f.write_all(b"\n")?;
-                f.flush()
-            });
+        line.push('\n');
+        if self.file.is_none() {
+            self.file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok();
+        }
+        let res = match self.file.as_mut() {
+            // One write of the whole line: O_APPEND keeps lines whole even if rotated underneath.
+            Some(f) => f.write_all(line.as_bytes()),
+            None => Err(std::io::Error::other("cannot open the CDR file")),
+        };
+        if res.is_err() {
+            // Reopen next time (the file may have been moved away by log rotation).
+            self.file = None;
+        }
         if let Err(e) = res {
             warn!(file = %path.display(), error = %e, "cannot write CDR");
         }

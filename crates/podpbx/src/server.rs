@@ -36,6 +36,7 @@ pub fn run(config: Option<&Path>, log_format: Option<LogFormat>) -> ExitCode {
         },
     };
     init_logging(&cfg, log_format);
+    raise_open_file_limit();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -392,6 +393,27 @@ fn publish_relay_totals(
         }
     }
     *seen = now;
+}
+
+/// Every call with media holds four sockets: lift the soft open-file limit to the hard one, or a
+/// default of 1 024 would stop podpbx at about 250 calls.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                warn!(soft = lim.rlim_cur, "cannot raise the open-file limit");
+            }
+        }
+    }
 }
 
 /// A thread that writes registration snapshots (write, fsync, rename) in the order received,
