@@ -559,6 +559,16 @@ impl TransactionLayer {
         self.next_id
     }
 
+    /// The table bound for a new transaction of `method`. BYE and CANCEL end calls and free
+    /// what they hold, so they may use a 10 % reserve above the bound: refusing them under load
+    /// would leave calls (and their media ports) up until a timeout.
+    fn limit_for(&self, method: &Method) -> usize {
+        match method {
+            Method::Bye | Method::Cancel => self.max.saturating_add(self.max / 10 + 1),
+            _ => self.max,
+        }
+    }
+
     // ----- server side -------------------------------------------------------------------
 
     /// Matches a received request; `peer` is where responses go (the transport layer applies
@@ -604,7 +614,7 @@ impl TransactionLayer {
         } else {
             None
         };
-        if self.len() >= self.max {
+        if self.len() >= self.limit_for(&key.method) {
             return RequestDisposition::Overloaded;
         }
         let id = ServerTxId(self.alloc_id());
@@ -786,7 +796,7 @@ impl TransactionLayer {
         if method == Method::Ack {
             return Err(TxError::AckIsNotATransaction);
         }
-        if self.len() >= self.max {
+        if self.len() >= self.limit_for(&method) {
             return Err(TxError::Overloaded);
         }
         let key = ClientKey { branch, method };
