@@ -298,13 +298,6 @@ fn disposition_for(code: u16) -> Disposition {
     }
 }
 
-fn via_transport(t: Transport) -> &'static str {
-    match t {
-        Transport::Udp => "UDP",
-        Transport::Tcp => "TCP",
-    }
-}
-
 fn is_sdp(msg: &Message) -> bool {
     !msg.body.is_empty()
         && msg
@@ -539,7 +532,7 @@ impl B2bua {
                 "Via",
                 &format!(
                     "SIP/2.0/{} {};branch={branch};rport",
-                    via_transport(leg.peer.transport),
+                    leg.peer.transport.via_token(),
                     hostport(leg.local)
                 ),
             )

@@ -4,27 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A random token for tags, branches and Call-IDs: 64 bits from the std hasher's per-process
-/// random keys mixed with a counter (unique, unguessable enough for identifiers).
-pub fn token() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = STATE.get_or_init(Default::default).build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u64(0x0062_3262_7561);
-    format!("{:016x}", h.finish())
-}
-
-/// A socket address's host as SIP writes it (IPv6 in brackets).
-pub fn host_of(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) => format!("[{}]", a.ip()),
-    }
-}
+pub use podpbx_sip::ident::{host_of, token};
 
 /// `host:port` as SIP writes it.
 pub fn hostport(addr: SocketAddr) -> String {

@@ -8,6 +8,7 @@ use crate::trunks::Trunks;
 use bytes::{Bytes, BytesMut};
 use podpbx_registrar::{AuthKind, AuthResult, Registrar, Reply, SecurityEvent};
 use podpbx_sip::checks::{check_request, Capabilities, Rejection};
+use podpbx_sip::ident::{host_of, token};
 use podpbx_sip::transaction::{ClientTxId, TxId};
 use podpbx_sip::transaction::{
     Peer, RequestDisposition, ResponseDisposition, ServerTxId, Timers, TransactionLayer, TxEvent,
@@ -793,7 +794,7 @@ impl Core {
         let branch = format!("z9hG4bK{}", token());
         let via = format!(
             "SIP/2.0/{} {}:{};branch={branch};rport",
-            via_transport(transport),
+            transport.via_token(),
             host_of(f.local),
             f.local.port()
         );
@@ -901,21 +902,6 @@ fn log_security(stats: &Stats, events: &[SecurityEvent]) {
     }
 }
 
-fn via_transport(t: Transport) -> &'static str {
-    match t {
-        Transport::Udp => "UDP",
-        Transport::Tcp => "TCP",
-    }
-}
-
-/// A socket address's host as SIP writes it (IPv6 in brackets).
-pub fn host_of(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) => format!("[{}]", a.ip()),
-    }
-}
-
 /// Where a response goes (RFC 3261 §18.2.2, RFC 3581 §4): the connection it came on for TCP;
 /// for UDP the source IP (never the Via host, which may be broadcast) and the source port when
 /// `rport` was asked for, else the sent-by port.
@@ -1009,17 +995,4 @@ fn trim(s: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(start, |e| e + 1);
     &s[start..end]
-}
-
-/// A random token for tags and branches: 64 bits from the std hasher's per-process random keys
-/// mixed with a counter, so no RNG crate is needed for identifiers that only must be unique.
-pub fn token() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = STATE.get_or_init(Default::default).build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    format!("{:016x}", h.finish())
 }

@@ -7,6 +7,7 @@ pub mod builder;
 pub mod checks;
 pub mod digest;
 pub mod headers;
+pub mod ident;
 pub mod message;
 pub mod transaction;
 pub mod uri;

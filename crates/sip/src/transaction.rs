@@ -49,6 +49,14 @@ impl Transport {
     pub fn is_reliable(self) -> bool {
         matches!(self, Transport::Tcp)
     }
+
+    /// The token in a Via header's sent-protocol (`SIP/2.0/UDP`).
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
 }
 
 /// The remote end of a flow, as filled in by the transport layer; opaque to this module.

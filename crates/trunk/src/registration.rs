@@ -8,7 +8,7 @@ use podpbx_sip::transaction::MAGIC_COOKIE;
 use podpbx_sip::{HeaderName, Host, Message, Method, RequestBuilder, Transport, Uri};
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -406,13 +406,6 @@ fn valid_user(u: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b))
 }
 
-fn host_of(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("[{a}]"),
-    }
-}
-
 fn transport_token(t: Transport) -> (&'static str, &'static str) {
     match t {
         Transport::Udp => ("UDP", "udp"),
@@ -491,7 +484,7 @@ impl Registration {
         };
         let aor = format!("sip:{}@{domain}", cfg.username);
         let (via_t, uri_t) = transport_token(cfg.transport);
-        let local_host = host_of(cfg.local.ip());
+        let local_host = podpbx_sip::ident::ip_host(cfg.local.ip());
         let contact = format!(
             "sip:{}@{local_host}:{};transport={uri_t}",
             cfg.username,
