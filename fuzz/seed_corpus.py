@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Writes the checked-in seed corpus (fuzz/corpus/<target>/seed-*): the RFC 4475/5118 torture
-messages from ../shared/conformance (found beside the repository), plus hand-written SIP
+messages from tests/data/conformance, plus hand-written SIP
 messages, SDP bodies, digest header values and RTP/RTCP/STUN/DTLS packets. Re-run after
 changing the seeds; files the fuzzer minimised into the corpus (not named seed-*) are kept."""
 import hashlib, os, struct, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
 root = os.path.dirname(here)
-conf = os.path.join(os.path.dirname(root), "shared", "conformance")
+conf = os.path.join(root, "tests", "data", "conformance")
 
 def put(target, name, data):
     if isinstance(data, str):

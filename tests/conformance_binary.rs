@@ -1,7 +1,7 @@
 //! RFC 4475 / RFC 5118 torture messages against the running binary: every message of
-//! `../shared/conformance/` (beside the workspace root) is sent over UDP to IPv4 and IPv6
+//! `tests/data/conformance/` is sent over UDP to IPv4 and IPv6
 //! loopback, a subset also over TCP, and what podpbx does is checked against the verdict of
-//! `shared/conformance/README.md` and printed as a table (`--nocapture` shows it; it is also
+//! `tests/data/conformance/README.md` and printed as a table (`--nocapture` shows it; it is also
 //! written to `target/tmp/conformance_binary.txt`).
 //!
 //! **One rewrite**: podpbx answers UDP requests at the source IP and, without `rport`, at the
@@ -144,9 +144,10 @@ fn table() -> Vec<(&'static str, &'static str, Want)> {
     ]
 }
 
-/// `<workspace root>/../shared/conformance` (CI clones elsewhere with shared/ beside the clone).
+/// `<workspace root>/tests/data/conformance` (the corpus is part of the repository; its
+/// provenance is in that folder's README).
 fn conformance_dir() -> PathBuf {
-    root().join("..").join("shared").join("conformance")
+    root().join("tests").join("data").join("conformance")
 }
 
 fn read(dir: &str, file: &str) -> Vec<u8> {

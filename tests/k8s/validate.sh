@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validates podpbx's deployment files: builds every kustomization under k8s/, validates each
 # object against its schema (Kubernetes 1.30 with kubernetes-validate --strict; Calico kinds with
-# check-jsonschema against a strict schema derived from the CRD in shared/k8s-schemas), checks
+# check-jsonschema against a strict schema derived from the Calico CRD in tests/k8s/schemas), checks
 # that the pinned addresses agree everywhere (tests/k8s/consistency.py), runs `podpbx check` on
 # the rendered podpbx.toml, and checks that broken inputs are rejected.
 #
@@ -9,7 +9,7 @@
 #
 # Needs: python3 (venv), kubectl with kustomize v5 (or a kustomize v5 binary), cargo for the
 # `podpbx check` step. Environment:
-#   PODPBX_SHARED_DIR  shared/ directory (default: beside the repository, ../shared)
+#   PODPBX_SCHEMA_DIR  folder with the Calico CRDs (default: tests/k8s/schemas, in the repository)
 #   PODPBX_K8S_VENV    venv for the Python tools (default /tmp/podpbx-k8s-venv, reused)
 #   PODPBX_BIN         podpbx binary for `podpbx check`; unset: built with cargo; `none`: skip
 # Ends with `k8s: N passed, N failed[, N skipped]`; exits non-zero if anything failed.
@@ -17,7 +17,7 @@ set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(git -C "$here" rev-parse --show-toplevel 2>/dev/null || (cd "$here/../.." && pwd))
-shared=${PODPBX_SHARED_DIR:-$root/../shared}
+schemas=${PODPBX_SCHEMA_DIR:-$here/schemas}
 venv=${PODPBX_K8S_VENV:-/tmp/podpbx-k8s-venv}
 k8s_version=1.30.0
 cd "$root" || exit 2
@@ -89,16 +89,16 @@ esac
 
 # --- schemas for the Calico kinds --------------------------------------------------------------
 mkdir -p "$work/schemas"
-ippool_crd=$shared/k8s-schemas/crd.projectcalico.org_ippools.yaml
+ippool_crd=$schemas/crd.projectcalico.org_ippools.yaml
 if [ -f "$ippool_crd" ]; then
     run "IPPool schema from $(basename "$ippool_crd")" \
         "$py" "$here/manifests.py" crd-schema "$ippool_crd" "$work/schemas/IPPool.json"
 else
-    : >"$work/log"; fail "IPPool CRD not found at $ippool_crd (set PODPBX_SHARED_DIR)"
+    : >"$work/log"; fail "IPPool CRD not found at $ippool_crd (set PODPBX_SCHEMA_DIR)"
 fi
 for kind in BGPConfiguration BGPPeer; do
     lower=$(tr '[:upper:]' '[:lower:]' <<<"$kind")
-    crd=$shared/k8s-schemas/crd.projectcalico.org_${lower}s.yaml
+    crd=$schemas/crd.projectcalico.org_${lower}s.yaml
     if [ -f "$crd" ]; then
         run "$kind schema from $(basename "$crd")" "$py" "$here/manifests.py" crd-schema "$crd" "$work/schemas/$kind.json"
     else

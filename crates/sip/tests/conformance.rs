@@ -1,5 +1,5 @@
-//! RFC 4475 / RFC 5118 torture messages: every file in `shared/conformance/{rfc4475,rfc5118}`
-//! against the verdict table of `shared/conformance/README.md`.
+//! RFC 4475 / RFC 5118 torture messages: every file in `tests/data/conformance/{rfc4475,rfc5118}`
+//! against the verdict table of `tests/data/conformance/README.md`.
 //!
 //! Valid and "valid syntax" (semantic) messages must parse as datagrams, pass
 //! `Message::validate`, and show the right fields; invalid ones must be rejected by
@@ -26,7 +26,7 @@ type Check = fn(&Message);
 
 fn none(_: &Message) {}
 
-/// The shared conformance folder: `<workspace root>/../shared/conformance`.
+/// The torture corpus kept in the repository: `<workspace root>/tests/data/conformance`.
 fn conformance_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     // crates/sip -> workspace root
@@ -34,7 +34,7 @@ fn conformance_dir() -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("workspace root");
-    root.join("..").join("shared").join("conformance")
+    root.join("tests").join("data").join("conformance")
 }
 
 fn v6(s: &str) -> Host {

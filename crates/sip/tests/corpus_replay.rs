@@ -1,7 +1,7 @@
 //! Deterministic replay of the checked-in fuzz corpus (`fuzz/corpus/sip_message`,
 //! `fuzz/corpus/digest`) through the very harness code the fuzz targets run (the files in
 //! `fuzz/src/` are compiled in here with `#[path]`), plus the RFC 4475/5118 torture messages
-//! from `../shared/conformance/`. This is the CI fallback for fuzzing on the stable toolchain:
+//! from `tests/data/conformance/`. This is the CI fallback for fuzzing on the stable toolchain:
 //! no libFuzzer, no instrumentation, same oracles, every `cargo test`.
 
 #[path = "../../../fuzz/src/digest.rs"]
@@ -57,7 +57,7 @@ fn sip_message_corpus() {
 
 #[test]
 fn conformance_messages_through_the_sip_harness() {
-    let dir = workspace().join("../shared/conformance");
+    let dir = workspace().join("tests/data/conformance");
     let mut paths = files(&dir.join("rfc4475"));
     paths.extend(files(&dir.join("rfc5118")));
     assert_eq!(

@@ -36,7 +36,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         .parent()
         .and_then(Path::parent)
         .unwrap();
-    let dir: PathBuf = root.join("..").join("shared").join("conformance");
+    let dir: PathBuf = root.join("tests").join("data").join("conformance");
     let mut out = Vec::new();
     for d in ["rfc4475", "rfc5118"] {
         let mut files: Vec<_> = std::fs::read_dir(dir.join(d))
