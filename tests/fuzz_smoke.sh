@@ -8,7 +8,7 @@
 #
 # 1. Always: the checked-in corpus (fuzz/corpus/<target>/) and the fuzz regressions through the
 #    same harness code as normal `cargo test`s (crates/sip/tests/{corpus_replay,fuzz_regressions}.rs,
-#    crates/media/tests/corpus_replay.rs). Deterministic; these also run in `cargo test --workspace`.
+#    crates/sdp/tests/corpus_replay.rs, crates/media/tests/corpus_replay.rs). Deterministic; these also run in `cargo test --workspace`.
 # 2. If the instrumented build fits in FUZZ_SETUP_BUDGET seconds (default 180): libFuzzer runs.
 #    No cargo-fuzz and no nightly needed: plain `cargo build` with the flags cargo-fuzz passes
 #    (`-Cpasses=sancov-module ...`, all stable) and libfuzzer-sys compiling libFuzzer with the
@@ -27,6 +27,7 @@ TRIPLE=${FUZZ_TRIPLE:-$(rustc -vV | sed -n 's/^host: //p')}
 
 echo "== fuzz smoke: deterministic corpus replay"
 cargo test --locked -p podpbx-sip --test corpus_replay --test fuzz_regressions
+cargo test --locked -p podpbx-sdp --test corpus_replay
 cargo test --locked -p podpbx-media --test corpus_replay
 if [ -f crates/media/tests/fuzz_regressions.rs ]; then
     cargo test --locked -p podpbx-media --test fuzz_regressions

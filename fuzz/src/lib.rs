@@ -4,7 +4,8 @@
 //! The module files depend only on the crate they exercise (plus `bytes`), so the owning
 //! crate's corpus replay test includes the very same file with `#[path]`:
 //! `crates/sip/tests/corpus_replay.rs` (sip_message, digest) and
-//! `crates/media/tests/corpus_replay.rs` (sdp, rtp_classify).
+//! `crates/sdp/tests/corpus_replay.rs` (sdp) and `crates/media/tests/corpus_replay.rs`
+//! (rtp_classify).
 
 pub mod digest;
 pub mod rtp_classify;

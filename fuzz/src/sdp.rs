@@ -1,4 +1,4 @@
-//! SDP parse + rewrite (`podpbx_media::sdp`): any bytes through `Sdp::parse`, every accessor,
+//! SDP parse + rewrite (`podpbx_sdp`): any bytes through `Sdp::parse`, every accessor,
 //! `RemoteMedia::from_sdp`, and `rewrite` with IPv4 and IPv6 anchors, stream rejection, origin
 //! bumps and both zero-address hold modes; `set_origin_version`.
 //!
@@ -6,12 +6,12 @@
 //! m-lines; every stream anchored at the relay then names the relay's address and port; a
 //! rejected stream has port 0; ICE candidates are gone; a plan of the wrong length is refused.
 //!
-//! Also compiled into `crates/media/tests/corpus_replay.rs` (`#[path]`): `podpbx_media` only.
+//! Also compiled into `crates/sdp/tests/corpus_replay.rs` (`#[path]`): `podpbx_sdp` only.
 
-use podpbx_media::sdp::{
-    set_origin_version, Anchor, MediaPlan, OriginPlan, RewritePlan, Sdp, ZeroAddressHold,
+use podpbx_sdp::{
+    set_origin_version, Anchor, MediaPlan, OriginPlan, RemoteMedia, RewritePlan, Sdp,
+    ZeroAddressHold,
 };
-use podpbx_media::RemoteMedia;
 use std::hint::black_box;
 use std::net::{IpAddr, SocketAddr};
 

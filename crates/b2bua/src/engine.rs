@@ -10,8 +10,7 @@ use crate::{
 };
 use bytes::Bytes;
 use podpbx_config::{Action, Config, Dtmf, Origin, RingStrategy, Target};
-use podpbx_media::sdp::{Anchor, MediaPlan, OriginPlan, RewritePlan, Sdp, ZeroAddressHold};
-use podpbx_media::RemoteMedia;
+use podpbx_sdp::{Anchor, MediaPlan, OriginPlan, RemoteMedia, RewritePlan, Sdp, ZeroAddressHold};
 use podpbx_sip::builder::cancel_for;
 use podpbx_sip::digest::{AuthKind, DigestClient};
 use podpbx_sip::transaction::ServerTxId;

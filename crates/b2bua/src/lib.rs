@@ -48,7 +48,7 @@ mod tests;
 
 pub use cdr::{Cdr, CdrLeg, Disposition, MediaCounters};
 pub use engine::B2bua;
-pub use podpbx_media::{Family, Leg as MediaLeg, RemoteMedia};
+pub use podpbx_sdp::{Family, Leg as MediaLeg, RemoteMedia};
 pub use util::{parse_dtmf_info, rfc3339, token};
 
 use bytes::Bytes;

@@ -1,7 +1,8 @@
-//! RTP/RTCP relay and SDP anchoring for podpbx.
+//! RTP/RTCP relay for podpbx (Linux only).
 //!
-//! * [`sdp`]: parse and rewrite offers/answers so that media flows through
-//!   the relay (IPv4 and IPv6, hold, several streams, ICE lines dropped).
+//! SDP parsing and rewriting (and the [`Family`], [`Leg`], [`RemoteMedia`] types this crate
+//! takes) live in the portable `podpbx-sdp` crate, so the call layer builds without the relay.
+//!
 //! * [`Relay`]: the zero-copy RTP/RTCP relay (Linux: epoll + recvmmsg/sendmmsg
 //!   on worker threads). The call layer allocates a [`Session`] per media
 //!   stream, feeds it the peers' SDP addresses ([`RemoteMedia`]), reads
@@ -15,7 +16,7 @@
 //! # The call layer's side, for one audio stream
 //!
 //! ```
-//! use podpbx_media::sdp::{RewritePlan, Sdp};
+//! use podpbx_sdp::{RewritePlan, Sdp};
 //! use podpbx_media::{Family, FamilyConfig, Leg, Relay, RelayConfig, RemoteMedia};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -51,7 +52,6 @@ pub mod dtmf;
 pub mod packet;
 mod pool;
 mod relay;
-pub mod sdp;
 mod stats;
 mod sys;
 mod worker;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use podpbx_media::packet::{classify, telephone_event, Kind};
-use podpbx_media::sdp::Sdp;
 use podpbx_media::{Event, Family, LatchMode, LatchPolicy, Leg, RelayError, RemoteMedia, Session};
+use podpbx_sdp::Sdp;
 
 /// Set both legs' remotes and wait until the worker has applied them.
 fn connect(relay: &podpbx_media::Relay, s: &Session, a: RemoteMedia, b: RemoteMedia) {

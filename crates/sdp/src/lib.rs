@@ -1,4 +1,10 @@
-//! SDP parsing and rewriting for media anchoring (RFC 4566/8866, RFC 3264).
+//! SDP parsing and rewriting for media anchoring (RFC 4566/8866, RFC 3264), and the media
+//! vocabulary the call layer and the relay share ([`Family`], [`Leg`], [`RemoteMedia`],
+//! [`Anchor`]).
+//!
+//! This crate is portable and does no I/O: the call engine (`podpbx-b2bua`) builds on any OS
+//! with it, while the Linux-only relay (`podpbx-media`) takes [`RemoteMedia`] and gives
+//! [`Anchor`]s through the same types.
 //!
 //! [`Sdp::parse`] reads an offer or answer into a light model that keeps the
 //! original text; [`Sdp::rewrite`] produces the SDP the relay advertises:
@@ -27,6 +33,10 @@
 //! Malformed input (not UTF-8, not starting with `v=0`, a bad `o=`, `c=`, `m=`,
 //! `a=rtpmap` or `a=rtcp`, a stream without a connection address) is a typed
 //! [`SdpError`]; the call layer answers 488. Nothing here panics.
+
+mod media;
+
+pub use media::{Family, Leg, RemoteMedia};
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
