@@ -333,3 +333,242 @@ fn slow_and_hostile_admin_clients_do_not_block_probes() {
     assert!(resp.starts_with("HTTP/1.1 403 "), "{resp}");
     assert_eq!(http_get(pbx.admin, "/readyz").0, 200);
 }
+
+// ----- exposure (issue #11): the API off loopback, the probes' own budget -----------------------
+
+const PINNED6: &str = "2001:db8:e8b1::1:1";
+const PINNED4: &str = "198.51.100.10";
+const TOKEN: &str = "adm-0f3c9a1e5b7d2468ace13579bdf02468";
+
+#[test]
+fn api_on_a_pinned_address_needs_the_bearer_token() {
+    use common::baresip::in_netns;
+    use common::netns::*;
+    assert!(
+        is_root(),
+        "this test builds a network namespace and must run as root (CI does)"
+    );
+    let pod = Netns::new("adm");
+    // The pinned single addresses, as Calico assigns them.
+    ip_in(
+        &pod.name,
+        &[
+            "addr",
+            "add",
+            &format!("{PINNED6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ],
+    );
+    ip_in(
+        &pod.name,
+        &["addr", "add", &format!("{PINNED4}/32"), "dev", "lo"],
+    );
+    let dir = TempDir::new("admin-token");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let admin: SocketAddr = format!("{PINNED4}:9060").parse().unwrap();
+    let health: SocketAddr = format!("[{PINNED6}]:9061").parse().unwrap();
+    let base = format!(
+        "[sip]\nipv6 = \"{PINNED6}\"\nipv4 = \"{PINNED4}\"\nport = 5060\n[storage]\ndata_dir = \"{}\"\n\
+         [admin]\nlisten = \"{admin}\"\nhealth_listen = \"{health}\"\n",
+        dir.path().display()
+    );
+
+    // Without a token file podpbx refuses such a listener, in `check` and at start.
+    let open_cfg = dir.path().join("open.toml");
+    std::fs::write(&open_cfg, &base).unwrap();
+    for cmd in ["check", "run"] {
+        let child = pod
+            .command(BIN)
+            .args([cmd, "--config"])
+            .arg(&open_cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (code, out) = wait_output(child, Duration::from_secs(15));
+        assert_eq!(code, Some(1), "{cmd}: {out}");
+        assert!(
+            out.contains(&format!("admin.listen: {admin} is not a loopback address, so /api/* and /metrics would be open to the network: set `admin.token_file`")),
+            "{cmd}: {out}"
+        );
+    }
+
+    let cfg = dir.path().join("podpbx.toml");
+    std::fs::write(
+        &cfg,
+        format!("{base}token_file = \"{}\"\n", token_file.display()),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = ChildGuard(
+        pod.command(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start podpbx in the namespace"),
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !log_text().contains("podpbx ready") {
+        assert!(
+            Instant::now() < deadline,
+            "podpbx not ready: {}",
+            log_text()
+        );
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!("podpbx exited: {st}: {}", log_text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    in_netns(&pod.name, || {
+        for path in [
+            "/api/status",
+            "/api/registrations",
+            "/api/calls",
+            "/metrics",
+        ] {
+            let (code, body) = http_get(admin, path);
+            assert_eq!(code, 401, "{path} without a token: {body}");
+            let wrong = format!("Authorization: Bearer {}x", &TOKEN[..TOKEN.len() - 1]);
+            assert_eq!(
+                http_with(admin, "GET", path, &[&wrong]).0,
+                401,
+                "{path}, wrong token"
+            );
+            let (code, body) = http_with(admin, "GET", path, &[&bearer]);
+            assert_eq!(code, 200, "{path} with the token: {body}");
+        }
+        let (code, body) = http_with(admin, "GET", "/api/status", &[&bearer]);
+        assert_eq!(code, 200);
+        assert!(body.contains("\"ready\":true"), "{body}");
+        assert_eq!(http(admin, "POST", "/api/reload").0, 401);
+        // Probes need no token, on either listener.
+        assert_eq!(http_get(admin, "/healthz"), (200, "ok\n".into()));
+        assert_eq!(http_get(health, "/readyz"), (200, "ready\n".into()));
+    });
+
+    // `podpbx ctl` finds the token through the config, or takes it from --token-file.
+    let run_ctl = |args: &[&str]| {
+        let child = pod
+            .command(BIN)
+            .arg("ctl")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_output(child, Duration::from_secs(30))
+    };
+    let cfg_s = cfg.to_str().unwrap();
+    let (code, out) = run_ctl(&["--config", cfg_s, "status"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("state:         ready"), "{out}");
+    let (code, out) = run_ctl(&["--admin", &admin.to_string(), "status"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("answered 401: a bearer token is required (Authorization: Bearer <token>) (give the token"),
+        "{out}"
+    );
+    let (code, out) = run_ctl(&[
+        "--admin",
+        &admin.to_string(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "calls",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run_ctl(&["--config", cfg_s, "health"]);
+    assert_eq!((code, out.as_str()), (Some(0), "ok\n"));
+
+    // The token shows up nowhere in the log, even at debug level.
+    let text = log_text();
+    assert!(!text.contains(TOKEN), "token logged:\n{text}");
+    assert!(text.contains("admin request refused"), "{text}");
+}
+
+#[test]
+fn held_open_admin_connections_do_not_fail_the_probes() {
+    // Over the admin listener's cap (64): every admin slot is taken.
+    const HELD: usize = 72;
+    let (admin_port, health_port) = (free_port(), free_port());
+    let pbx = Pbx::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\nhealth_listen = \"[::1]:{health_port}\"\n"
+    ));
+    let health: SocketAddr = format!("[::1]:{health_port}").parse().unwrap();
+    assert_eq!(http_get(pbx.admin, "/healthz").0, 200);
+    // Idle clients hold every admin connection (each for the 2 s request deadline).
+    let held: Vec<TcpStream> = (0..HELD)
+        .map(|_| TcpStream::connect(pbx.admin).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    // The admin listener is full: the attack works there...
+    let (code, _) = http_get(pbx.admin, "/healthz");
+    assert!(
+        code == 503 || code == 0,
+        "admin listener not saturated: {code}"
+    );
+    // ...and the probes do not care: their listener has its own budget.
+    assert_eq!(http_get(health, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(health, "/readyz"), (200, "ready\n".into()));
+    let cfg = pbx.dir.path().join("podpbx.toml");
+    let (code, out, err) = ctl(&["--config", cfg.to_str().unwrap(), "health"]);
+    assert_eq!((code, out.as_str()), (Some(0), "ok\n"), "{err}");
+    let (code, out, err) = ctl(&["--admin", &health.to_string(), "ready"]);
+    assert_eq!((code, out.as_str()), (Some(0), "ready\n"), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "probes answered while the admin connections were held: {:?}",
+        t0.elapsed()
+    );
+    // The health listener serves health only.
+    for path in ["/api/status", "/api/registrations", "/metrics"] {
+        assert_eq!(http_get(health, path).0, 404, "{path}");
+    }
+    assert_eq!(http(health, "POST", "/api/reload").0, 404);
+    drop(held);
+    // Once the held connections are gone the admin listener answers again; the refusals counted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(pbx.admin, "/healthz").0 != 200 {
+        assert!(Instant::now() < deadline, "admin listener did not recover");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, m) = http_get(pbx.admin, "/metrics");
+    assert!(
+        metric(&m, "podpbx_admin_rejected_connections_total").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "podpbx_health_rejected_connections_total"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn ctl_probes_exit_non_zero_when_not_ready_or_unreachable() {
+    let provider_port = free_port();
+    let pbx = Pbx::start(&format!(
+        "[[trunks]]\nname = \"provider\"\nhost = \"127.0.0.1\"\nport = {provider_port}\nusername = \"acct\"\npassword = \"secret\"\n"
+    ));
+    let admin = pbx.admin.to_string();
+    let (code, out, _) = ctl(&["--admin", &admin, "health"]);
+    assert_eq!((code, out.as_str()), (Some(0), "ok\n"));
+    let (code, out, err) = ctl(&["--admin", &admin, "ready"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        err,
+        format!("podpbx ctl: {admin}/readyz answered 503: not ready: trunk provider is not registered\n")
+    );
+    let port = free_port();
+    let (code, _, err) = ctl(&["--admin", &format!("127.0.0.1:{port}"), "health"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach"), "{err}");
+}

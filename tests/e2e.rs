@@ -299,7 +299,8 @@ domain = "home.test"
 realm = "home.test"
 
 [admin]
-listen = "{PINNED4}:9060"
+# On the pod's loopback, as in k8s/base (nothing but SIP and RTP on the pinned addresses).
+listen = "127.0.0.1:9060"
 
 [storage]
 data_dir = "{dir}"
@@ -1008,7 +1009,8 @@ fn home_topology_with_real_softphones() {
 
     // The trunk registers from the pinned IPv6 (Kamailio admits no other source); readyz turns
     // 200 once it has.
-    let admin: SocketAddr = format!("{PINNED4}:9060").parse().unwrap();
+    // The pod namespace's own loopback.
+    let admin: SocketAddr = "127.0.0.1:9060".parse().unwrap();
     let binding = wait_until(
         "trunk registration at Kamailio",
         Duration::from_secs(15),

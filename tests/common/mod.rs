@@ -489,11 +489,17 @@ pub fn admin_listen(config: &str) -> SocketAddr {
 /// One HTTP/1.1 exchange with `Connection: close`; returns status code and body
 /// (status 0 when the connection failed).
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, &[])
+}
+
+/// [`http`] with extra header lines (e.g. `Authorization: Bearer ...`).
+pub fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return (0, String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).is_err() {
         return (0, String::new());
     }

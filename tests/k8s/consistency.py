@@ -2,10 +2,12 @@
 """Checks that a rendered podpbx kustomization agrees with itself.
 
 The pinned addresses appear in several places that kustomize fills from one source
-(k8s/base/addresses.yaml): the IPPools' CIDRs, the pod's Calico pool annotations, the probes'
-host and podpbx.toml's [sip] and [admin] addresses. This checks they agree, plus the wiring the
-pod depends on: config mounted as a directory at the --config path, password files inside the
-Secret mount, data_dir on a volume, the security settings, no Service, the image's command.
+(k8s/base/addresses.yaml): the IPPools' CIDRs, the pod's Calico pool annotations and
+podpbx.toml's [sip] addresses. This checks they agree, plus the wiring the pod depends on: the
+probes reach the health listener (exec `podpbx ctl --admin ADDR health|ready`, or httpGet to a
+health listener on a pinned address), an admin API off loopback has a token file, config mounted
+as a directory at the --config path, password and token files inside the Secret mount, data_dir
+on a volume, the security settings, no Service, the image's command.
 
     consistency.py RENDERED.yaml [--addresses F] [--dockerfile F] [--secret-example F] [--mutate NAME]
 
@@ -227,31 +229,66 @@ def check(r, dockerfile=None, secret_example=None, addresses=None):
         expect(got is not None and ip(got, f"sip.ipv{v}") == pool[1],
                f"{cfg_file}: sip.ipv{v} is {got!r}, but IPPool {pool[0]} is {pool[1]}")
 
-    # --- admin listener and probes ----------------------------------------------------------
-    admin_port = next((p.get("containerPort") for p in c.get("ports", []) if p.get("name") == "admin"), None)
-    listen = conf.get("admin", {}).get("listen", DEFAULT_ADMIN_LISTEN)
-    if not listen:
-        return problems + [f"{cfg_file}: admin.listen is empty (disabled), but the probes need it"]
-    host, port = socket_addr(listen, "admin.listen")
+    # --- admin listener, health listener and probes ------------------------------------------
+    admin = conf.get("admin", {})
+    listen = admin.get("listen", DEFAULT_ADMIN_LISTEN)
+    api = socket_addr(listen, "admin.listen") if listen else None
+    health_text = admin.get("health_listen", "")
+    health = socket_addr(health_text, "admin.health_listen") if health_text else None
     pinned = (pools[4][1], pools[6][1])
-    expect(host in pinned or host.is_unspecified,
-           f"{cfg_file}: admin.listen {listen} is on none of the pinned addresses (probes cannot reach it)")
-    expect(port == admin_port, f"{cfg_file}: admin.listen port {port} != containerPort admin {admin_port}")
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        get = c.get(probe, {}).get("httpGet")
-        if get is None:
-            expect(probe == "startupProbe", f"{wname}: no {probe} with httpGet")
+    if api and not api[0].is_loopback:
+        # The API answers the network only with a bearer token (podpbx check enforces the key;
+        # here: the file is in the mounted Secret, like the passwords).
+        expect("token_file" in admin,
+               f"{cfg_file}: admin.listen {listen} is not loopback but admin.token_file is not set")
+    admin_port = next((p.get("containerPort") for p in c.get("ports", []) if p.get("name") == "admin"), None)
+    if admin_port is not None:
+        expect(api is not None and api[1] == admin_port,
+               f"{cfg_file}: admin.listen {listen} does not match containerPort admin {admin_port}")
+    # The probes ask the health listener when there is one (its own connection budget), else the
+    # admin listener's health endpoints.
+    probed = health or api
+    if probed is None:
+        return problems + [f"{cfg_file}: admin.listen and admin.health_listen are both disabled, but the probes need one"]
+    which = "admin.health_listen" if health else "admin.listen"
+    verbs = {"startupProbe": "health", "livenessProbe": "health", "readinessProbe": "ready"}
+    paths = {"health": "/healthz", "ready": "/readyz"}
+    for probe, verb in verbs.items():
+        spec = c.get(probe)
+        if spec is None:
+            expect(probe == "startupProbe", f"{wname}: no {probe}")
             continue
-        expect(get.get("port") in ("admin", admin_port), f"{wname}: {probe} is not on the admin port")
-        if "host" in get:
-            target = ip(get["host"], f"{probe}.httpGet.host")
-            expect(target == host or (host.is_unspecified and target in pinned),
-                   f"{wname}: {probe} host {target} != admin.listen address {host}")
+        if "exec" in spec:
+            cmd = spec["exec"].get("command", [])
+            expect(cmd[:2] == ["/usr/local/bin/podpbx", "ctl"],
+                   f"{wname}: {probe} exec must run /usr/local/bin/podpbx ctl, not {cmd}")
+            expect(cmd[-1:] == [verb], f"{wname}: {probe} must end with `{verb}`, not {cmd[-1:]}")
+            try:
+                target = socket_addr(cmd[cmd.index("--admin") + 1], f"{probe} --admin")
+            except (ValueError, IndexError):
+                problems.append(f"{wname}: {probe} exec names no --admin ADDR")
+                continue
+            local = probed[0].is_loopback or probed[0].is_unspecified
+            expect(target[1] == probed[1] and (target[0] == probed[0] or (probed[0].is_unspecified and target[0].is_loopback)),
+                   f"{wname}: {probe} asks {target[0]}:{target[1]}, but {which} is {probed[0]}:{probed[1]}")
+            expect(local or target[0] == probed[0], f"{wname}: {probe} cannot reach {which}")
+        elif "httpGet" in spec:
+            get = spec["httpGet"]
+            expect(get.get("path") == paths[verb], f"{wname}: {probe} path must be {paths[verb]}")
+            expect(probed[0] in pinned or probed[0].is_unspecified,
+                   f"{cfg_file}: {which} {probed[0]} is on none of the pinned addresses (the kubelet's httpGet cannot reach it)")
+            expect(get.get("port") == probed[1], f"{wname}: {probe} port {get.get('port')} != {which} port {probed[1]}")
+            if "host" in get:
+                target = ip(get["host"], f"{probe}.httpGet.host")
+                expect(target == probed[0] or (probed[0].is_unspecified and target in pinned),
+                       f"{wname}: {probe} host {target} != {which} address {probed[0]}")
+            else:
+                # Without a host the kubelet uses status.podIP, which may be either family.
+                expect(probed[0].is_unspecified, f"{wname}: {probe} has no host, but {which} is {probed[0]} only")
+            if health is None and api and not api[0].is_loopback:
+                problems.append(f"{wname}: {probe} shares the API's listener on the network: give the probes health_listen")
         else:
-            # Without a host the kubelet uses status.podIP, which may be either family.
-            expect(host.is_unspecified, f"{wname}: {probe} has no host, but admin listens on {host} only")
-    expect(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", f"{wname}: liveness on /healthz")
-    expect(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"{wname}: readiness on /readyz")
+            problems.append(f"{wname}: {probe} is neither exec nor httpGet")
 
     # --- SIP ports --------------------------------------------------------------------------
     sip_port = sip.get("port", 5060)
@@ -271,7 +308,7 @@ def check(r, dockerfile=None, secret_example=None, addresses=None):
             example = yaml.safe_load(f)
         keys = set(example.get("stringData", {})) | set(example.get("data", {}))
     for path, key, value in walk_toml(conf):
-        if key != "password_file":
+        if key not in ("password_file", "token_file"):
             continue
         d, k = posixpath.split(value)
         expect(d in secret_mounts, f"{cfg_file}: {path} = {value} is not inside a mounted Secret")
@@ -382,6 +419,10 @@ def _container(r):
     return container(r.workload())
 
 
+def _probe_command(r, probe, cmd):
+    _container(r)[probe] = {"exec": {"command": cmd}}
+
+
 MUTATIONS = {
     "pool-cidr-v6": lambda r: _pool(r, 6)["spec"].update(cidr="2001:db8:dead::1/128"),
     "pool-cidr-v4": lambda r: _pool(r, 4)["spec"].update(cidr="203.0.113.99/32"),
@@ -395,7 +436,10 @@ MUTATIONS = {
     "toml-admin-listen": lambda r: _toml_replace(r, "listen", "203.0.113.200:9060"),
     "toml-data-dir": lambda r: _toml_replace(r, "data_dir", "/data"),
     "toml-password-file": lambda r: _toml_replace(r, "password_file", "/etc/podpbx/secret"),
-    "probe-host": lambda r: _container(r)["livenessProbe"]["httpGet"].update(host="203.0.113.200"),
+    "toml-health-listen": lambda r: _toml_replace(r, "health_listen", "127.0.0.1:9062"),
+    "probe-address": lambda r: _probe_command(r, "livenessProbe", ["/usr/local/bin/podpbx", "ctl", "--admin", "127.0.0.1:9060", "health"]),
+    "probe-verb": lambda r: _probe_command(r, "readinessProbe", ["/usr/local/bin/podpbx", "ctl", "--admin", "127.0.0.1:9061", "health"]),
+    "probe-http-on-loopback": lambda r: _container(r).update(livenessProbe={"httpGet": {"path": "/healthz", "port": 9061}}),
     "config-subpath": lambda r: [m.update(subPath="podpbx.toml") for m in _container(r)["volumeMounts"]
                                  if m["mountPath"] == posixpath.dirname(config_path(_container(r)))],
     "config-arg": lambda r: _container(r).update(args=["run", "--config", "/etc/podpbx/other.toml"]),

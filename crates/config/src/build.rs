@@ -569,38 +569,121 @@ fn log(d: &mut Diagnostics, r: &mut Tbl) -> LogConfig {
 
 fn admin(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> AdminConfig {
     let mut t = section(d, r, "admin");
-    let listen = match t.str(d, "listen") {
-        Some(s) if s.v.is_empty() => None,
-        Some(s) => match s.v.parse::<SocketAddr>() {
-            Ok(a) => {
-                let clash = a.port() == sip.port
-                    && (a.ip().is_unspecified()
-                        || sip.bind_addrs().iter().any(|b| b.ip() == a.ip()));
-                if clash {
-                    err(
-                        d,
-                        &s,
-                        format!("port {} is already used by `sip.port`", a.port()),
-                    );
-                }
-                Some(a)
-            }
-            Err(_) => {
-                err(
-                    d,
-                    &s,
-                    format!(
-                        "`{}` is not a socket address: expected `address:port`, e.g. `127.0.0.1:9060` or `[::1]:9060` (empty disables)",
-                        s.v
-                    ),
-                );
-                None
-            }
-        },
+    let listen_key = t.str(d, "listen");
+    let listen = match &listen_key {
+        Some(s) => listen_addr(d, s, sip, None),
         None => DEFAULT_ADMIN.parse().ok(),
     };
+    let health_key = t.str(d, "health_listen");
+    let health_listen = health_key
+        .as_ref()
+        .and_then(|s| listen_addr(d, s, sip, listen.map(|a| ("admin.listen", a))));
+    let health_metrics = t.bool(d, "health_metrics");
+    let token = t.str(d, "token_file").and_then(|f| admin_token(d, &f));
+    // Off loopback the API (and /metrics) would answer anyone who reaches the address: the
+    // pinned IPv6 is reachable from the whole internet. Such a listener needs a token.
+    if let (Some(a), Some(at), false) = (listen, &listen_key, token.is_some()) {
+        if !a.ip().is_loopback() {
+            err(
+                d,
+                at,
+                format!(
+                    "{a} is not a loopback address, so /api/* and /metrics would be open to the network: set `admin.token_file` to a file holding a bearer token (e.g. a Kubernetes Secret), or listen on 127.0.0.1 or [::1] (probes can use `health_listen`)"
+                ),
+            );
+        }
+    }
+    if let Some(m) = health_metrics
+        .as_ref()
+        .filter(|m| m.v && health_listen.is_none())
+    {
+        err(d, m, "needs a `health_listen` address to serve /metrics on");
+    }
     t.finish(d);
-    AdminConfig { listen }
+    AdminConfig {
+        listen,
+        token,
+        health_listen,
+        health_metrics: health_metrics.is_some_and(|m| m.v),
+    }
+}
+
+/// An `address:port` listener value; `""` disables it (`None`). `other` is a listener it may not
+/// share a port with.
+fn listen_addr(
+    d: &mut Diagnostics,
+    s: &Sp<String>,
+    sip: &SipConfig,
+    other: Option<(&str, SocketAddr)>,
+) -> Option<SocketAddr> {
+    if s.v.is_empty() {
+        return None;
+    }
+    let Ok(a) = s.v.parse::<SocketAddr>() else {
+        err(
+            d,
+            s,
+            format!(
+                "`{}` is not a socket address: expected `address:port`, e.g. `127.0.0.1:9060` or `[::1]:9060` (empty disables)",
+                s.v
+            ),
+        );
+        return None;
+    };
+    let overlaps = |b: IpAddr| a.ip().is_unspecified() || b.is_unspecified() || a.ip() == b;
+    if a.port() == sip.port && sip.bind_addrs().iter().any(|b| overlaps(b.ip())) {
+        err(
+            d,
+            s,
+            format!("port {} is already used by `sip.port`", a.port()),
+        );
+    } else if let Some((key, o)) = other.filter(|(_, o)| o.port() == a.port() && overlaps(o.ip())) {
+        err(d, s, format!("{o} is already used by `{key}`"));
+    }
+    Some(a)
+}
+
+/// Reads `[admin] token_file`: the bearer token `/api/*` and `/metrics` require.
+fn admin_token(d: &mut Diagnostics, f: &Sp<String>) -> Option<Secret> {
+    let path = PathBuf::from(&f.v);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            err(d, f, format!("cannot read {}: {}", f.v, io_message(&e)));
+            return None;
+        }
+    };
+    match check_admin_token(&text) {
+        Ok(token) => Some(Secret::new(token, SecretSource::File(path))),
+        Err(why) => {
+            err(d, f, format!("{}: {why}", f.v));
+            None
+        }
+    }
+}
+
+/// The shortest admin token accepted: 128 bits as hex, or 16 random characters.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// Validates the text of an admin token file; returns the token (one trailing newline and
+/// surrounding whitespace removed). The podpbx binary re-reads the file per request with this.
+pub fn check_admin_token(text: &str) -> Result<&str, String> {
+    let token = text.trim();
+    if token.is_empty() {
+        return Err("the token file is empty".into());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "the token may only hold visible ASCII characters (no spaces or line breaks)".into(),
+        );
+    }
+    if token.len() < MIN_ADMIN_TOKEN {
+        return Err(format!(
+            "the token is {} characters long, at least {MIN_ADMIN_TOKEN} are required (e.g. `head -c 32 /dev/urandom | base64`)",
+            token.len()
+        ));
+    }
+    Ok(token)
 }
 
 fn registrar(d: &mut Diagnostics, r: &mut Tbl, storage: &StorageConfig) -> RegistrarConfig {

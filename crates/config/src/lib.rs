@@ -25,6 +25,7 @@ mod suggest;
 
 use std::path::Path;
 
+pub use build::{check_admin_token, MIN_ADMIN_TOKEN};
 pub use cidr::{Cidr, CidrError};
 pub use error::{format_errors, ConfigError};
 pub use pattern::{Pattern, PatternError};

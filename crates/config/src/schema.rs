@@ -140,6 +140,15 @@ pub struct LogConfig {
 pub struct AdminConfig {
     /// Listener for the admin/metrics HTTP endpoint; `None` = disabled.
     pub listen: Option<SocketAddr>,
+    /// `token_file`: the bearer token `/api/*` and `/metrics` require (read at load; the
+    /// listener re-reads the file per request, so a rotated Secret takes effect). Required when
+    /// `listen` is not a loopback address.
+    pub token: Option<Secret>,
+    /// `health_listen`: a second listener that serves only `/healthz` and `/readyz` (and
+    /// `/metrics` with `health_metrics`), unauthenticated, with its own connection budget.
+    pub health_listen: Option<SocketAddr>,
+    /// `health_metrics`: also serve `/metrics` on `health_listen`.
+    pub health_metrics: bool,
 }
 
 /// `[registrar]`.

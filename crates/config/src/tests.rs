@@ -551,6 +551,106 @@ fn address_family_and_wildcards() {
 }
 
 #[test]
+fn admin_off_loopback_needs_a_token_file() {
+    let dir = temp_dir("admin-token");
+    let good = dir.join("token");
+    std::fs::write(&good, "0123456789abcdef0123456789abcdef\n").expect("write");
+    let short = dir.join("short");
+    std::fs::write(&short, "tooshort\n").expect("write");
+    let spaced = dir.join("spaced");
+    std::fs::write(&spaced, "0123456789abcdef 0123456789abcdef").expect("write");
+    let admin = |listen: &str, extra: &str| format!("{SIP}[admin]\nlisten = \"{listen}\"\n{extra}");
+    // Loopback needs none; a pinned address or a wildcard does.
+    for lo in ["127.0.0.1:9060", "[::1]:9060", "127.0.0.2:9060"] {
+        assert_eq!(ok(&admin(lo, "")).admin.token, None, "{lo}");
+    }
+    for open in [
+        "198.51.100.10:9060",
+        "[2001:db8::5]:9060",
+        "0.0.0.0:9060",
+        "[::]:9060",
+    ] {
+        let e = error(&admin(open, ""));
+        assert!(
+            e.starts_with(&format!("t.toml:4:10: admin.listen: {} is not a loopback address, so /api/* and /metrics would be open to the network: set `admin.token_file`", open.parse::<SocketAddr>().expect("addr"))),
+            "{e}"
+        );
+    }
+    let c = ok(&admin(
+        "198.51.100.10:9060",
+        &format!("token_file = \"{}\"\n", good.display()),
+    ));
+    let token = c.admin.token.clone().expect("token");
+    assert_eq!(token.expose(), "0123456789abcdef0123456789abcdef");
+    assert_eq!(token.source(), &SecretSource::File(good.clone()));
+    assert_eq!(format!("{:?}", c.admin), format!("AdminConfig {{ listen: Some(198.51.100.10:9060), token: Some(***), health_listen: None, health_metrics: false }}"));
+    // A token on loopback is honoured too.
+    let c = ok(&admin(
+        "127.0.0.1:9060",
+        &format!("token_file = \"{}\"\n", good.display()),
+    ));
+    assert!(c.admin.token.is_some());
+    assert_eq!(
+        error(&admin("127.0.0.1:9060", &format!("token_file = \"{}\"\n", short.display()))),
+        format!("t.toml:5:14: admin.token_file: {}: the token is 8 characters long, at least 16 are required (e.g. `head -c 32 /dev/urandom | base64`)", short.display())
+    );
+    assert_eq!(
+        error(&admin("127.0.0.1:9060", &format!("token_file = \"{}\"\n", spaced.display()))),
+        format!("t.toml:5:14: admin.token_file: {}: the token may only hold visible ASCII characters (no spaces or line breaks)", spaced.display())
+    );
+    // An unreadable token file on a public listener: one error, about the file.
+    assert_eq!(
+        errors(&admin("198.51.100.10:9060", "token_file = \"/run/secrets/podpbx-test-nonexistent/t\"\n")),
+        [
+            "t.toml:4:10: admin.listen: 198.51.100.10:9060 is not a loopback address, so /api/* and /metrics would be open to the network: set `admin.token_file` to a file holding a bearer token (e.g. a Kubernetes Secret), or listen on 127.0.0.1 or [::1] (probes can use `health_listen`)",
+            "t.toml:5:14: admin.token_file: cannot read /run/secrets/podpbx-test-nonexistent/t: No such file or directory",
+        ]
+    );
+}
+
+#[test]
+fn health_listener_is_separate_from_admin_and_sip() {
+    let c = ok(&format!(
+        "{SIP}[admin]\nhealth_listen = \"[2001:db8::5]:9061\"\nhealth_metrics = true\n"
+    ));
+    assert_eq!(
+        (
+            c.admin.listen,
+            c.admin.health_listen,
+            c.admin.health_metrics
+        ),
+        (
+            Some("127.0.0.1:9060".parse().expect("addr")),
+            Some("[2001:db8::5]:9061".parse().expect("addr")),
+            true
+        )
+    );
+    assert_eq!(ok(SIP).admin.health_listen, None);
+    assert_eq!(
+        error(&format!("{SIP}[admin]\nhealth_listen = \"0.0.0.0:9060\"\n")),
+        "t.toml:4:17: admin.health_listen: 127.0.0.1:9060 is already used by `admin.listen`"
+    );
+    assert_eq!(
+        error(&format!("{SIP}[admin]\nhealth_listen = \"[::]:5060\"\n")),
+        "t.toml:4:17: admin.health_listen: port 5060 is already used by `sip.port`"
+    );
+    assert_eq!(
+        error(&format!(
+            "{SIP}[admin]\nhealth_listen = \"\"\nhealth_metrics = true\n"
+        )),
+        "t.toml:5:18: admin.health_metrics: needs a `health_listen` address to serve /metrics on"
+    );
+    assert_eq!(
+        error(&format!("{SIP}[admin]\nhealth_metrics = true\n")),
+        "t.toml:4:18: admin.health_metrics: needs a `health_listen` address to serve /metrics on"
+    );
+    // Different ports, or different addresses on one port, are fine.
+    ok(&format!(
+        "{SIP}[admin]\nlisten = \"127.0.0.1:9060\"\nhealth_listen = \"[::1]:9060\"\n"
+    ));
+}
+
+#[test]
 fn cidr_errors_carry_element_paths() {
     let errs = errors(&format!(
         "{SIP}[[users]]\nname = \"a\"\npassword = \"p\"\nallow_from = [\"2001:db8::/32\", \"10.0.0.1/8\", \"nope\"]\n"

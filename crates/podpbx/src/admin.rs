@@ -1,5 +1,6 @@
 //! The admin HTTP listener (`[admin] listen`, default `127.0.0.1:9060`, `""` disables it):
-//! Kubernetes probes, Prometheus metrics and the JSON API behind `podpbx ctl`.
+//! Kubernetes probes, Prometheus metrics and the JSON API behind `podpbx ctl`; and the
+//! health-only listener (`[admin] health_listen`, off by default) for the probes.
 //!
 //! | endpoint | answer |
 //! |---|---|
@@ -9,6 +10,17 @@
 //! | `GET /api/status` | JSON: version, uptime, readiness, SIP listeners, counters (+ the `status` provider's fields) |
 //! | `GET /api/<name>` | JSON `{"now": <unix secs>, "items": <provider value>}`; `501` when no provider `name` is registered |
 //! | `POST /api/reload` | runs the reload hook (same path as SIGHUP); `501 reload not implemented` without one |
+//!
+//! **Exposure.** The pinned IPv6 address is reachable from the whole internet, so the API is
+//! not served off loopback without a bearer token: with `[admin] token_file` (required by the
+//! config for any non-loopback `listen`) `/api/*` and `/metrics` need
+//! `Authorization: Bearer <token>`, compared in constant time against the file, which is
+//! re-read per request (a rotated Secret works at once); `401` otherwise, counted, never logged
+//! with the token. `/healthz` and `/readyz` need no token. The health listener serves only
+//! those two (and `/metrics` with `health_metrics`) and has its own connection budget
+//! ([`MAX_HEALTH_CONNECTIONS`]), so clients holding every admin connection open cannot fail the
+//! probes; concurrent `/healthz` requests share the core loop's next pong, so many at once
+//! cannot fill the ping queue either.
 //!
 //! The HTTP/1.1 server is deliberately minimal and hardened, because the port is reachable by
 //! anything on the host network namespace: GET/HEAD (and POST for `/api/reload`) only,
@@ -51,7 +63,7 @@
 
 use crate::metrics::{register_stats, Counter, PbxMetrics, Registry, CONTENT_TYPE};
 use crate::stats::Stats;
-use podpbx_config::Config;
+use podpbx_config::{Config, Secret, SecretSource};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -68,6 +80,9 @@ use tracing::{debug, info, warn};
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Concurrent admin connections; more are refused so the listener cannot exhaust the process.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Concurrent connections on the health listener: its own budget, so clients holding every
+/// admin connection open do not fail the probes.
+pub const MAX_HEALTH_CONNECTIONS: usize = 16;
 /// Largest request line plus headers.
 const MAX_HEAD: usize = 8 * 1024;
 /// Largest request body accepted (and discarded): only `POST /api/reload` may have one.
@@ -181,13 +196,17 @@ impl Provider {
 }
 
 /// A liveness ping for the core loop; answer it with [`Ping::pong`].
+///
+/// Every `/healthz` waiting when a pong comes is answered by it: concurrent probes (say, a
+/// client hammering `/healthz` on the admin listener) cannot fill the queue and make the health
+/// listener's probe fail, they only share the next pong.
 #[derive(Debug)]
-pub struct Ping(oneshot::Sender<()>);
+pub struct Ping(Arc<watch::Sender<u64>>);
 
 impl Ping {
     /// Proves the loop is alive.
     pub fn pong(self) {
-        let _ = self.0.send(());
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -220,6 +239,8 @@ struct Inner {
     providers: RwLock<HashMap<String, Provider>>,
     reload: Mutex<Option<mpsc::Sender<ReloadRequest>>>,
     core: Mutex<Option<mpsc::Sender<CoreRequest>>>,
+    /// Pongs from the core loop, counted; `/healthz` waits for the next one.
+    pongs: Arc<watch::Sender<u64>>,
     shutting_down: AtomicBool,
     started: Instant,
     started_unix: u64,
@@ -227,6 +248,8 @@ struct Inner {
     stop_hooks: Mutex<Vec<StopHook>>,
     stats: Arc<Stats>,
     rejected: Counter,
+    health_rejected: Counter,
+    unauthorized: Counter,
 }
 
 /// The admin state shared by the listener and every component that registers into it.
@@ -256,6 +279,16 @@ impl Admin {
             "Admin connections refused because too many were open.",
             &[],
         );
+        let health_rejected = registry.counter(
+            "podpbx_health_rejected_connections_total",
+            "Health listener connections refused because too many were open.",
+            &[],
+        );
+        let unauthorized = registry.counter(
+            "podpbx_admin_unauthorized_total",
+            "Admin requests refused with 401: no bearer token, or a wrong one.",
+            &[],
+        );
         let started_unix = unix_now();
         let inner = Arc::new(Inner {
             registry,
@@ -264,6 +297,7 @@ impl Admin {
             providers: RwLock::new(HashMap::new()),
             reload: Mutex::new(None),
             core: Mutex::new(None),
+            pongs: Arc::new(watch::Sender::new(0)),
             shutting_down: AtomicBool::new(false),
             started: Instant::now(),
             started_unix,
@@ -271,6 +305,8 @@ impl Admin {
             stop_hooks: Mutex::new(Vec::new()),
             stats,
             rejected,
+            health_rejected,
+            unauthorized,
         });
         let reg = &inner.registry;
         reg.gauge(
@@ -429,26 +465,71 @@ impl Admin {
         why
     }
 
-    /// Binds `listen` and serves the admin endpoints on a spawned task. Returns the bound address.
+    /// Binds `listen` and serves every endpoint on a spawned task, without a token. Returns the
+    /// bound address.
     pub async fn start(&self, listen: SocketAddr) -> Result<SocketAddr, String> {
-        self.start_with_limit(listen, MAX_CONNECTIONS).await
+        self.start_admin(listen, None).await
+    }
+
+    /// Binds `listen` and serves every endpoint; with `token`, `/api/*` and `/metrics` answer
+    /// only requests that carry it (`Authorization: Bearer <token>`). Returns the bound address.
+    pub async fn start_admin(
+        &self,
+        listen: SocketAddr,
+        token: Option<Secret>,
+    ) -> Result<SocketAddr, String> {
+        let role = Role::Admin {
+            token: token.map(Arc::new),
+        };
+        self.start_with_limit(listen, role, MAX_CONNECTIONS).await
+    }
+
+    /// Binds `listen` and serves `/healthz` and `/readyz` (and `/metrics` with `metrics`) on a
+    /// spawned task, with its own connection budget. Returns the bound address.
+    pub async fn start_health(
+        &self,
+        listen: SocketAddr,
+        metrics: bool,
+    ) -> Result<SocketAddr, String> {
+        self.start_with_limit(listen, Role::Health { metrics }, MAX_HEALTH_CONNECTIONS)
+            .await
     }
 
     async fn start_with_limit(
         &self,
         listen: SocketAddr,
+        role: Role,
         limit: usize,
     ) -> Result<SocketAddr, String> {
+        let (what, key) = match role {
+            Role::Admin { .. } => ("admin", "listen"),
+            Role::Health { .. } => ("health", "health_listen"),
+        };
         let listener = TcpListener::bind(listen).await.map_err(|e| {
-            format!("cannot bind the admin listener {listen}: {e} (set [admin] listen to a free address, or \"\" to disable it)")
+            format!("cannot bind the {what} listener {listen}: {e} (set [admin] {key} to a free address, or \"\" to disable it)")
         })?;
         let local = listener
             .local_addr()
-            .map_err(|e| format!("admin listener {listen}: {e}"))?;
-        info!(addr = %local, "admin listener: /healthz /readyz /metrics /api");
+            .map_err(|e| format!("{what} listener {listen}: {e}"))?;
+        match &role {
+            Role::Admin { token: None } => {
+                info!(addr = %local, "admin listener: /healthz /readyz /metrics /api")
+            }
+            Role::Admin { token: Some(_) } => info!(
+                addr = %local,
+                "admin listener: /healthz /readyz, and /metrics /api with the bearer token"
+            ),
+            Role::Health { metrics: false } => {
+                info!(addr = %local, "health listener: /healthz /readyz")
+            }
+            Role::Health { metrics: true } => {
+                info!(addr = %local, "health listener: /healthz /readyz /metrics")
+            }
+        }
         tokio::spawn(accept_loop(
             self.clone(),
             listener,
+            Arc::new(role),
             Arc::new(Semaphore::new(limit)),
         ));
         Ok(local)
@@ -502,17 +583,17 @@ impl Admin {
         let Some(tx) = tx else {
             return Response::text(200, "ok\n");
         };
-        let (ptx, prx) = oneshot::channel();
-        match tx.try_send(CoreRequest::Ping(Ping(ptx))) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return Response::text(503, "core loop is not answering pings\n")
-            }
+        // Any pong after this point proves the loop alive now.
+        let mut pongs = self.inner.pongs.subscribe();
+        pongs.mark_unchanged();
+        match tx.try_send(CoreRequest::Ping(Ping(self.inner.pongs.clone()))) {
+            // Full: pings are queued already; their pongs answer this request too.
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 return Response::text(503, "core loop stopped\n")
             }
         }
-        match tokio::time::timeout(PING_TIMEOUT, prx).await {
+        match tokio::time::timeout(PING_TIMEOUT, pongs.changed()).await {
             Ok(Ok(())) => Response::text(200, "ok\n"),
             Ok(Err(_)) => Response::text(503, "core loop stopped\n"),
             Err(_) => Response::text(503, "core loop did not answer within 1 s\n"),
@@ -542,9 +623,55 @@ impl Admin {
         }
     }
 
-    async fn route(&self, req: &Request) -> Response {
+    /// Checks the request's bearer token against the token file (re-read, so a rotated Secret
+    /// takes effect without a restart). The token is never logged.
+    fn authorize(&self, token: &Secret, req: &Request) -> Result<(), Response> {
+        let current = match token.source() {
+            SecretSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(text) => match podpbx_config::check_admin_token(&text) {
+                    Ok(t) => t.to_string(),
+                    Err(why) => {
+                        warn!(file = %path.display(), reason = %why, "admin token file is invalid: refusing API requests");
+                        return Err(Response::json_error(503, "the admin token file is invalid"));
+                    }
+                },
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "cannot read the admin token file: refusing API requests");
+                    return Err(Response::json_error(
+                        503,
+                        "the admin token file is unreadable",
+                    ));
+                }
+            },
+            _ => token.expose().to_string(),
+        };
+        let given = req.authorization.as_ref().and_then(Credentials::bearer);
+        let why = match given {
+            Some(t) if constant_time_eq(t.as_bytes(), current.as_bytes()) => return Ok(()),
+            Some(_) => "the bearer token is wrong",
+            None => "a bearer token is required (Authorization: Bearer <token>)",
+        };
+        self.inner.unauthorized.inc();
+        debug!(path = %req.path, reason = why, "admin request refused");
+        let mut r = Response::json_error(401, why);
+        let challenge = if given.is_some() {
+            "Bearer realm=\"podpbx\", error=\"invalid_token\""
+        } else {
+            "Bearer realm=\"podpbx\""
+        };
+        r.headers.push(("WWW-Authenticate", challenge.to_string()));
+        Err(r)
+    }
+
+    async fn route(&self, role: &Role, req: &Request) -> Response {
         let api = req.path.starts_with("/api/");
+        let health = matches!(req.path.as_str(), "/healthz" | "/readyz");
+        let served = match role {
+            Role::Admin { .. } => true,
+            Role::Health { metrics } => health || (*metrics && req.path == "/metrics"),
+        };
         let allowed: &[&str] = match req.path.as_str() {
+            _ if !served => return Response::text(404, "not found\n"),
             "/api/reload" => &["POST"],
             "/healthz" | "/readyz" | "/metrics" => &["GET", "HEAD"],
             p if p.strip_prefix("/api/").is_some_and(valid_provider_name) => &["GET", "HEAD"],
@@ -552,8 +679,15 @@ impl Admin {
         };
         if !allowed.contains(&req.method.as_str()) {
             let mut r = Response::text(405, "method not allowed\n");
-            r.allow = Some(allowed.join(", "));
+            r.headers.push(("Allow", allowed.join(", ")));
             return r;
+        }
+        if let Role::Admin { token: Some(token) } = role {
+            if !health {
+                if let Err(r) = self.authorize(token, req) {
+                    return r;
+                }
+            }
         }
         if api && !host_is_literal(req.host.as_deref()) {
             return Response::json_error(403, "the Host header must be an IP address or localhost");
@@ -599,6 +733,17 @@ fn valid_provider_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Equal byte strings, in a time that depends only on `secret`'s length (never on where `given`
+/// first differs, nor on its length).
+fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != secret.len());
+    for (i, s) in secret.iter().enumerate() {
+        let g = given.get(i).copied().unwrap_or(0);
+        diff |= std::hint::black_box(g ^ s);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 /// Whether a `Host` value is an IP literal or `localhost`, with an optional port. HTTP/1.0
@@ -751,7 +896,15 @@ impl Shutdown {
 // ---------------------------------------------------------------------------------------------
 // The HTTP/1.1 server.
 
-async fn accept_loop(admin: Admin, listener: TcpListener, limit: Arc<Semaphore>) {
+/// What a listener serves.
+enum Role {
+    /// `[admin] listen`: everything. With a token, `/api/*` and `/metrics` require it.
+    Admin { token: Option<Arc<Secret>> },
+    /// `[admin] health_listen`: `/healthz` and `/readyz` (and `/metrics` when `metrics`), no token.
+    Health { metrics: bool },
+}
+
+async fn accept_loop(admin: Admin, listener: TcpListener, role: Arc<Role>, limit: Arc<Semaphore>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -765,13 +918,17 @@ async fn accept_loop(admin: Admin, listener: TcpListener, limit: Arc<Semaphore>)
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
                 let admin = admin.clone();
+                let role = role.clone();
                 tokio::spawn(async move {
-                    handle(&admin, stream, peer).await;
+                    handle(&admin, &role, stream, peer).await;
                     drop(permit);
                 });
             }
             Err(_) => {
-                admin.inner.rejected.inc();
+                match *role {
+                    Role::Admin { .. } => admin.inner.rejected.inc(),
+                    Role::Health { .. } => admin.inner.health_rejected.inc(),
+                }
                 debug!(%peer, "admin connection refused: too many open");
                 let _ = stream
                     .try_write(&Response::text(503, "too many admin connections\n").bytes(false));
@@ -788,6 +945,26 @@ struct Request {
     host: Option<String>,
     origin: bool,
     content_length: usize,
+    authorization: Option<Credentials>,
+}
+
+/// The value of an `Authorization` header; `Debug` never shows it.
+#[derive(PartialEq, Eq)]
+struct Credentials(String);
+
+impl Credentials {
+    /// The token of `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1).
+    fn bearer(&self) -> Option<&str> {
+        let (scheme, token) = self.0.split_once(' ')?;
+        let token = token.trim_start_matches(' ');
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(***)")
+    }
 }
 
 /// An answer; always `Connection: close`.
@@ -796,7 +973,8 @@ struct Response {
     code: u16,
     content_type: &'static str,
     body: Vec<u8>,
-    allow: Option<String>,
+    /// Extra header lines (`Allow`, `WWW-Authenticate`).
+    headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
@@ -805,7 +983,7 @@ impl Response {
             code,
             content_type: "text/plain; charset=utf-8",
             body: body.as_bytes().to_vec(),
-            allow: None,
+            headers: Vec::new(),
         }
     }
 
@@ -816,7 +994,7 @@ impl Response {
             code,
             content_type: "application/json",
             body,
-            allow: None,
+            headers: Vec::new(),
         }
     }
 
@@ -835,8 +1013,8 @@ impl Response {
             self.body.len()
         )
         .into_bytes();
-        if let Some(a) = &self.allow {
-            out.extend_from_slice(format!("Allow: {a}\r\n").as_bytes());
+        for (name, value) in &self.headers {
+            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
         }
         out.extend_from_slice(b"\r\n");
         if !head_only {
@@ -850,6 +1028,7 @@ fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -865,7 +1044,7 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-async fn handle(admin: &Admin, mut stream: TcpStream, peer: SocketAddr) {
+async fn handle(admin: &Admin, role: &Role, mut stream: TcpStream, peer: SocketAddr) {
     let read = tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await;
     let (resp, head_only) = match read {
         Err(_) => (Response::text(408, "request timeout\n"), false),
@@ -873,7 +1052,7 @@ async fn handle(admin: &Admin, mut stream: TcpStream, peer: SocketAddr) {
         Ok(Err(ReadError::Respond(r))) => (r, false),
         Ok(Ok(req)) => {
             debug!(%peer, method = %req.method, path = %req.path, "admin request");
-            (admin.route(&req).await, req.method == "HEAD")
+            (admin.route(role, &req).await, req.method == "HEAD")
         }
     };
     let out = resp.bytes(head_only);
@@ -988,6 +1167,7 @@ fn parse_head(head: &[u8]) -> Result<Request, Response> {
         host: None,
         origin: false,
         content_length: 0,
+        authorization: None,
     };
     let mut content_length: Option<usize> = None;
     for line in lines.filter(|l| !l.is_empty()) {
@@ -1008,6 +1188,11 @@ fn parse_head(head: &[u8]) -> Result<Request, Response> {
             req.host = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("origin") {
             req.origin = true;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            if req.authorization.is_some() {
+                return Err(bad("more than one Authorization header"));
+            }
+            req.authorization = Some(Credentials(value.to_string()));
         } else if name.eq_ignore_ascii_case("content-length") {
             let n: usize = value.parse().map_err(|_| bad("invalid Content-Length"))?;
             if content_length.is_some_and(|c| c != n) {
@@ -1086,7 +1271,8 @@ mod tests {
                 path: "/metrics".into(),
                 host: Some("127.0.0.1:9060".into()),
                 origin: false,
-                content_length: 0
+                content_length: 0,
+                authorization: None
             }
         );
         let code = |h: &[u8]| parse_head(h).err().map(|r| r.code);
@@ -1341,7 +1527,11 @@ mod tests {
     async fn connections_are_bounded_and_slow_clients_time_out() {
         let a = admin("");
         let addr = a
-            .start_with_limit("127.0.0.1:0".parse().expect("addr"), 2)
+            .start_with_limit(
+                "127.0.0.1:0".parse().expect("addr"),
+                Role::Admin { token: None },
+                2,
+            )
             .await
             .expect("start");
         // Two clients that never send anything hold both slots...
@@ -1371,6 +1561,204 @@ mod tests {
         .expect("readers");
         assert_eq!(codes, ["408", "408"]);
         assert_eq!(get(addr, "/healthz").await.0, 200);
+    }
+
+    /// `raw` with one extra header line.
+    async fn get_with(addr: SocketAddr, path: &str, header: &str) -> (u16, String) {
+        raw(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{header}\r\n\r\n"),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_token_guards_the_api_and_metrics_but_not_the_probes() {
+        let dir = std::env::temp_dir().join(format!("podpbx-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "first-token-0123456789\n").expect("write");
+        let token = Secret::new("first-token-0123456789", SecretSource::File(file.clone()));
+        let a = admin("");
+        a.sip_bound(vec!["127.0.0.1:5060".parse().expect("addr")], vec![]);
+        let addr = a
+            .start_admin("127.0.0.1:0".parse().expect("addr"), Some(token))
+            .await
+            .expect("start");
+        assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
+        assert_eq!(get(addr, "/readyz").await, (200, "ready\n".into()));
+        for path in ["/api/status", "/api/registrations", "/metrics"] {
+            let (code, body) = get(addr, path).await;
+            assert_eq!(code, 401, "{path}: {body}");
+            assert!(body.contains("a bearer token is required"), "{body}");
+            let (code, body) =
+                get_with(addr, path, "Authorization: Bearer first-token-012345678").await;
+            assert_eq!(code, 401, "{path}: a prefix of the token");
+            assert!(body.contains("the bearer token is wrong"), "{body}");
+            for wrong in [
+                "Authorization: Bearer first-token-01234567890",
+                "Authorization: Basic Zmlyc3QtdG9rZW4tMDEyMzQ1Njc4OQ==",
+                "Authorization: first-token-0123456789",
+                "Authorization: Bearer",
+            ] {
+                assert_eq!(get_with(addr, path, wrong).await.0, 401, "{path}: {wrong}");
+            }
+            let ok = get_with(addr, path, "Authorization: Bearer first-token-0123456789").await;
+            assert_ne!(ok.0, 401, "{path}: {ok:?}");
+            assert!(ok.0 == 200 || ok.0 == 501, "{path}: {ok:?}");
+            // The scheme is case-insensitive.
+            let ok = get_with(addr, path, "authorization: bearer first-token-0123456789").await;
+            assert!(ok.0 == 200 || ok.0 == 501, "{path}: {ok:?}");
+        }
+        // The answer names the scheme (RFC 6750 §3).
+        let (code, text) = {
+            let request = format!("GET /api/status HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+            tokio::task::spawn_blocking(move || {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                s.write_all(request.as_bytes()).expect("write");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                (out.get(9..12).unwrap_or("").to_string(), out)
+            })
+            .await
+            .expect("client")
+        };
+        assert_eq!(code, "401");
+        assert!(
+            text.contains("\r\nWWW-Authenticate: Bearer realm=\"podpbx\"\r\n"),
+            "{text}"
+        );
+        // Reload goes through the same guard.
+        let post = "POST /api/reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(raw(addr, post).await.0, 401);
+        let post = "POST /api/reload HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer first-token-0123456789\r\n\r\n";
+        assert_eq!(raw(addr, post).await.0, 501);
+        // Two Authorization headers are a bad request, not a second chance.
+        assert_eq!(
+            get_with(
+                addr,
+                "/api/status",
+                "Authorization: Bearer x\r\nAuthorization: Bearer first-token-0123456789"
+            )
+            .await
+            .0,
+            400
+        );
+        let refused = a.registry().render();
+        assert!(
+            refused.contains("podpbx_admin_unauthorized_total 20\n"),
+            "{refused}"
+        );
+        // A rotated Secret takes effect at once; an unreadable one refuses everything.
+        std::fs::write(&file, "second-token-0123456789").expect("write");
+        assert_eq!(
+            get_with(
+                addr,
+                "/api/status",
+                "Authorization: Bearer first-token-0123456789"
+            )
+            .await
+            .0,
+            401
+        );
+        assert_eq!(
+            get_with(
+                addr,
+                "/api/status",
+                "Authorization: Bearer second-token-0123456789"
+            )
+            .await
+            .0,
+            200
+        );
+        std::fs::remove_file(&file).expect("rm");
+        let (code, body) = get_with(
+            addr,
+            "/api/status",
+            "Authorization: Bearer second-token-0123456789",
+        )
+        .await;
+        assert_eq!(
+            (code, body.as_str()),
+            (503, "{\"error\":\"the admin token file is unreadable\"}\n")
+        );
+        std::fs::write(&file, "short").expect("write");
+        assert_eq!(
+            get_with(addr, "/api/status", "Authorization: Bearer short")
+                .await
+                .0,
+            503
+        );
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn credentials_never_show_and_compare_in_constant_time() {
+        let req = parse_head(
+            b"GET /api/status HTTP/1.1\r\nAuthorization: Bearer  s3cret-token-value\r\n\r\n",
+        )
+        .expect("ok");
+        assert!(!format!("{req:?}").contains("s3cret"), "{req:?}");
+        assert_eq!(
+            req.authorization.as_ref().and_then(Credentials::bearer),
+            Some("s3cret-token-value")
+        );
+        assert!(constant_time_eq(b"abc", b"abc"));
+        for other in [&b"abd"[..], b"ab", b"abcd", b"", b"xbc"] {
+            assert!(!constant_time_eq(other, b"abc"), "{other:?}");
+        }
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[tokio::test]
+    async fn the_health_listener_serves_only_health() {
+        let a = admin("");
+        a.sip_bound(vec!["127.0.0.1:5060".parse().expect("addr")], vec![]);
+        let plain = a
+            .start_health("127.0.0.1:0".parse().expect("addr"), false)
+            .await
+            .expect("start");
+        let with_metrics = a
+            .start_health("127.0.0.1:0".parse().expect("addr"), true)
+            .await
+            .expect("start");
+        for addr in [plain, with_metrics] {
+            assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
+            assert_eq!(get(addr, "/readyz").await, (200, "ready\n".into()));
+            for path in ["/api/status", "/api/registrations", "/api/reload", "/nope"] {
+                assert_eq!(get(addr, path).await.0, 404, "{path}");
+            }
+            let post = "POST /api/reload HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+            assert_eq!(raw(addr, post).await.0, 404);
+            assert_eq!(raw(addr, "POST /healthz HTTP/1.1\r\n\r\n").await.0, 405);
+        }
+        assert_eq!(get(plain, "/metrics").await.0, 404);
+        let (code, text) = get(with_metrics, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(text.contains("podpbx_ready 1\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_probes_share_pongs_instead_of_failing() {
+        let a = admin("");
+        let addr = started(&a).await;
+        let mut rx = a.core_requests();
+        // A slow but live core: it answers one ping every 300 ms.
+        let core = tokio::spawn(async move {
+            while let Some(CoreRequest::Ping(p)) = rx.recv().await {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                p.pong();
+            }
+        });
+        // More probes at once than the ping queue holds (8): all are answered by the pongs.
+        let probes: Vec<_> = (0..24)
+            .map(|_| tokio::spawn(get(addr, "/healthz")))
+            .collect();
+        for p in probes {
+            assert_eq!(p.await.expect("probe").0, 200);
+        }
+        core.abort();
     }
 
     #[tokio::test]

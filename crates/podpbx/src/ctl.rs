@@ -1,5 +1,6 @@
 //! `podpbx ctl`: asks a running podpbx over its admin listener (see `admin.rs`) and prints
 //! readable tables. A plain blocking HTTP/1.1 client: one request per connection.
+//! `ctl health` and `ctl ready` are exec probes: exit 0 when `/healthz` or `/readyz` answers 200.
 
 use podpbx_config::Config;
 use serde_json::Value;
@@ -10,16 +11,23 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Usage of `podpbx ctl`.
-pub const USAGE: &str = "usage: podpbx ctl [--admin ADDR | --config FILE] [--json] registrations|calls|trunks|reload|status
-  --admin ADDR    admin listener address, e.g. 127.0.0.1:9060 or [::1]:9060
-  --config FILE   take the address from FILE's [admin] listen
-  --json          print the raw JSON answer
+pub const USAGE: &str =
+    "usage: podpbx ctl [--admin ADDR | --config FILE] [--token-file FILE] [--json] COMMAND
+  COMMAND           registrations, calls, trunks, reload or status (the API), or
+                    health or ready: exit 0 when /healthz or /readyz answers 200 (exec probes)
+  --admin ADDR      the listener to ask, e.g. 127.0.0.1:9060 or [::1]:9060
+  --config FILE     take the address and the token from FILE's [admin] section (health and
+                    ready ask its health_listen when there is one)
+  --token-file FILE the API's bearer token ([admin] token_file)
+  --json            print the raw JSON answer
   (default address: 127.0.0.1:9060, the built-in [admin] listen)";
 
 const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9060);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longer than the server's reload timeout, so its answer (even a 504) arrives.
 const READ_TIMEOUT: Duration = Duration::from_secs(25);
+/// For `health` and `ready`: the server answers `/healthz` within 1 s; below a probe's timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ANSWER: u64 = 16 * 1024 * 1024;
 
 /// What `ctl` asks.
@@ -30,6 +38,15 @@ pub enum What {
     Trunks,
     Reload,
     Status,
+    Health,
+    Ready,
+}
+
+impl What {
+    /// `health` and `ready`: unauthenticated probes, answered by the health listener if any.
+    fn is_probe(self) -> bool {
+        matches!(self, What::Health | What::Ready)
+    }
 }
 
 /// Where the admin listener is.
@@ -46,6 +63,8 @@ pub struct Opts {
     pub target: Target,
     pub what: What,
     pub json: bool,
+    /// `--token-file`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Parses the arguments after `ctl`.
@@ -53,6 +72,7 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
     let mut target = Target::Default;
     let mut what = None;
     let mut json = false;
+    let mut token_file = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let set = |target: &mut Target, t: Target| {
@@ -78,6 +98,12 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
                 let v = it.next().ok_or("--config needs a file")?;
                 set(&mut target, Target::Config(PathBuf::from(v)))?;
             }
+            "--token-file" => {
+                let v = it.next().ok_or("--token-file needs a file")?;
+                if token_file.replace(PathBuf::from(v)).is_some() {
+                    return Err("give --token-file once".into());
+                }
+            }
             "--json" => json = true,
             w => {
                 let w = match w {
@@ -86,6 +112,8 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
                     "trunks" => What::Trunks,
                     "reload" => What::Reload,
                     "status" => What::Status,
+                    "health" => What::Health,
+                    "ready" => What::Ready,
                     other => return Err(format!("unknown ctl command or option `{other}`")),
                 };
                 if what.replace(w).is_some() {
@@ -94,8 +122,14 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
             }
         }
     }
-    let what = what.ok_or("which one: registrations, calls, trunks, reload or status?")?;
-    Ok(Opts { target, what, json })
+    let what =
+        what.ok_or("which one: registrations, calls, trunks, reload, status, health or ready?")?;
+    Ok(Opts {
+        target,
+        what,
+        json,
+        token_file,
+    })
 }
 
 /// `podpbx ctl ...`: 0 on success, 1 when podpbx cannot be asked or refuses, 2 on usage errors.
@@ -124,15 +158,38 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 fn run(opts: &Opts) -> Result<String, String> {
-    let addr = resolve(&opts.target)?;
+    let Endpoint {
+        addr,
+        mut token,
+        health,
+    } = resolve(&opts.target)?;
     let (method, path) = match opts.what {
         What::Registrations => ("GET", "/api/registrations"),
         What::Calls => ("GET", "/api/calls"),
         What::Trunks => ("GET", "/api/trunks"),
         What::Reload => ("POST", "/api/reload"),
         What::Status => ("GET", "/api/status"),
+        What::Health => ("GET", "/healthz"),
+        What::Ready => ("GET", "/readyz"),
     };
-    let (code, body) = request(addr, method, path)?;
+    if opts.what.is_probe() {
+        let addr = health.unwrap_or(addr);
+        let (code, body) = request(addr, method, path, None, PROBE_TIMEOUT)?;
+        let text = first_line(&body);
+        return if code == 200 {
+            Ok(format!("{text}\n"))
+        } else {
+            Err(format!("{addr}{path} answered {code}: {text}"))
+        };
+    }
+    if let Some(path) = &opts.token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+        let t = podpbx_config::check_admin_token(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        token = Some(t.to_string());
+    }
+    let (code, body) = request(addr, method, path, token.as_deref(), READ_TIMEOUT)?;
     let v: Value = serde_json::from_str(&body).map_err(|_| {
         format!("{addr} answered {code} with something that is not JSON (is that a podpbx admin listener?): {}", first_line(&body))
     })?;
@@ -141,7 +198,11 @@ fn run(opts: &Opts) -> Result<String, String> {
             .get("error")
             .and_then(Value::as_str)
             .unwrap_or("no reason given");
-        return Err(format!("podpbx at {addr} answered {code}: {msg}"));
+        let hint = match (code, token.is_some()) {
+            (401, false) => " (give the token: --config with [admin] token_file, or --token-file)",
+            _ => "",
+        };
+        return Err(format!("podpbx at {addr} answered {code}: {msg}{hint}"));
     }
     if opts.json {
         return Ok(format!(
@@ -158,47 +219,81 @@ fn run(opts: &Opts) -> Result<String, String> {
         What::Registrations => render_items(&v, REGISTRATIONS, "registrations"),
         What::Calls => render_items(&v, CALLS, "calls"),
         What::Trunks => render_items(&v, TRUNKS, "trunks"),
+        // Answered above, before the JSON parsing: their bodies are text.
+        What::Health | What::Ready => format!("{}\n", first_line(&body)),
     })
 }
 
-/// The admin address: `--admin`, the config's `[admin] listen` (a wildcard listen is asked on
+/// Where and how to ask.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The admin listener.
+    pub addr: SocketAddr,
+    /// The API's bearer token (from the config's `[admin] token_file`).
+    pub token: Option<String>,
+    /// The health listener (`[admin] health_listen`), for `health` and `ready`.
+    pub health: Option<SocketAddr>,
+}
+
+/// The admin address: `--admin`, the config's `[admin]` section (a wildcard listen is asked on
 /// loopback), or the default.
-pub fn resolve(target: &Target) -> Result<SocketAddr, String> {
+pub fn resolve(target: &Target) -> Result<Endpoint, String> {
+    let plain = |addr| Endpoint {
+        addr,
+        token: None,
+        health: None,
+    };
     match target {
-        Target::Addr(a) => Ok(*a),
-        Target::Default => Ok(DEFAULT_ADMIN),
+        Target::Addr(a) => Ok(plain(*a)),
+        Target::Default => Ok(plain(DEFAULT_ADMIN)),
         Target::Config(path) => {
             let cfg = Config::load(path).map_err(|e| e.to_string())?;
-            let Some(mut a) = cfg.admin.listen else {
+            let health = cfg.admin.health_listen.map(local);
+            let Some(a) = cfg.admin.listen.map(local).or(health) else {
                 return Err(format!(
                     "the admin listener is disabled in {} ([admin] listen = \"\")",
                     path.display()
                 ));
             };
-            if a.ip().is_unspecified() {
-                a.set_ip(if a.is_ipv6() {
-                    IpAddr::V6(Ipv6Addr::LOCALHOST)
-                } else {
-                    IpAddr::V4(Ipv4Addr::LOCALHOST)
-                });
-            }
-            Ok(a)
+            Ok(Endpoint {
+                addr: a,
+                token: cfg.admin.token.map(|t| t.expose().to_string()),
+                health,
+            })
         }
     }
 }
 
+/// A listen address to connect to: a wildcard is asked on loopback.
+fn local(mut a: SocketAddr) -> SocketAddr {
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        });
+    }
+    a
+}
+
 /// One HTTP exchange; returns the status code and the body.
-fn request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String), String> {
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let unreachable = |e: std::io::Error| {
         format!("cannot reach the podpbx admin listener at {addr}: {e} (is podpbx running, with [admin] listen = \"{addr}\"?)")
     };
     let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(unreachable)?;
-    s.set_read_timeout(Some(READ_TIMEOUT))
-        .map_err(unreachable)?;
+    s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     s.set_write_timeout(Some(CONNECT_TIMEOUT))
         .map_err(unreachable)?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: podpbx-ctl/{}\r\nAccept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: podpbx-ctl/{}\r\nAccept: application/json\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
     s.write_all(req.as_bytes()).map_err(unreachable)?;
@@ -456,7 +551,8 @@ mod tests {
             Opts {
                 target: Target::Addr("[::1]:9070".parse().expect("addr")),
                 what: What::Status,
-                json: false
+                json: false,
+                token_file: None,
             }
         );
         let o = parse(&args("trunks --json --config /etc/podpbx.toml")).expect("ok");
@@ -465,9 +561,16 @@ mod tests {
             Opts {
                 target: Target::Config("/etc/podpbx.toml".into()),
                 what: What::Trunks,
-                json: true
+                json: true,
+                token_file: None,
             }
         );
+        let o = parse(&args("--token-file /run/t --admin 127.0.0.1:1 health")).expect("ok");
+        assert_eq!(
+            (o.what, o.token_file),
+            (What::Health, Some(PathBuf::from("/run/t")))
+        );
+        assert_eq!(parse(&args("ready")).expect("ok").what, What::Ready);
         assert_eq!(parse(&args("regs")).expect("ok").what, What::Registrations);
         assert_eq!(parse(&args("reload")).expect("ok").target, Target::Default);
         for bad in [
@@ -477,6 +580,8 @@ mod tests {
             "--admin localhost status",
             "--admin 1.2.3.4:1 --config x status",
             "frobnicate",
+            "--token-file",
+            "--token-file a --token-file b status",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");
         }
@@ -486,28 +591,55 @@ mod tests {
     fn config_target_uses_admin_listen_and_loopback_for_wildcards() {
         let dir = std::env::temp_dir().join(format!("podpbx-ctl-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
+        let token = dir.join("token");
+        std::fs::write(&token, "ctl-test-token-0123456789\n").expect("write");
         let write = |name: &str, admin: &str| {
             let p = dir.join(name);
             std::fs::write(
                 &p,
-                format!(
-                    "[sip]\nipv4 = \"127.0.0.1\"\nport = 5060\n[admin]\nlisten = \"{admin}\"\n"
-                ),
+                format!("[sip]\nipv4 = \"127.0.0.1\"\nport = 5060\n[admin]\n{admin}\n"),
             )
             .expect("write");
             Target::Config(p)
         };
+        let at = |a: &str| a.parse::<SocketAddr>().expect("addr");
         assert_eq!(
-            resolve(&write("a.toml", "127.0.0.1:9111")),
-            Ok("127.0.0.1:9111".parse().expect("addr"))
+            resolve(&write("a.toml", "listen = \"127.0.0.1:9111\"")),
+            Ok(Endpoint {
+                addr: at("127.0.0.1:9111"),
+                token: None,
+                health: None
+            })
         );
         assert_eq!(
-            resolve(&write("b.toml", "[::]:9112")),
-            Ok("[::1]:9112".parse().expect("addr"))
+            resolve(&write(
+                "b.toml",
+                &format!(
+                    "listen = \"[::]:9112\"\ntoken_file = \"{}\"\nhealth_listen = \"0.0.0.0:9113\"",
+                    token.display()
+                )
+            )),
+            Ok(Endpoint {
+                addr: at("[::1]:9112"),
+                token: Some("ctl-test-token-0123456789".into()),
+                health: Some(at("127.0.0.1:9113"))
+            })
         );
-        assert!(resolve(&write("c.toml", "")).is_err_and(|e| e.contains("disabled")));
+        // Only a health listener: probes still work.
+        assert_eq!(
+            resolve(&write(
+                "d.toml",
+                "listen = \"\"\nhealth_listen = \"[::1]:9114\""
+            )),
+            Ok(Endpoint {
+                addr: at("[::1]:9114"),
+                token: None,
+                health: Some(at("[::1]:9114"))
+            })
+        );
+        assert!(resolve(&write("c.toml", "listen = \"\"")).is_err_and(|e| e.contains("disabled")));
         assert!(resolve(&Target::Config(dir.join("missing.toml"))).is_err());
-        assert_eq!(resolve(&Target::Default), Ok(DEFAULT_ADMIN));
+        assert_eq!(resolve(&Target::Default).map(|e| e.addr), Ok(DEFAULT_ADMIN));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -612,6 +744,7 @@ mod tests {
             target: Target::Addr(SocketAddr::from(([127, 0, 0, 1], port))),
             what: What::Status,
             json: false,
+            token_file: None,
         };
         let e = run(&opts).expect_err("nothing listens");
         assert!(

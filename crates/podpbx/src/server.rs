@@ -197,7 +197,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     let mut admin_reload_rx = admin.reload_requests();
     let calls_snapshot = admin.provide_snapshot("calls");
     if let Some(listen) = cfg.admin.listen {
-        admin.start(listen).await?;
+        admin.start_admin(listen, cfg.admin.token.clone()).await?;
+    }
+    if let Some(listen) = cfg.admin.health_listen {
+        admin.start_health(listen, cfg.admin.health_metrics).await?;
     }
     let mut shutdown = crate::admin::Shutdown::new(&admin, crate::admin::SHUTDOWN_GRACE)?;
     let registrations = admin.provide_snapshot("registrations");
