@@ -247,7 +247,7 @@ fn respond(
     };
     let framing = match transport {
         Transport::Udp => Framing::Datagram,
-        Transport::Tcp => Framing::Stream,
+        Transport::Tcp | Transport::Tls => Framing::Stream,
     };
     match Message::parse(wire.clone(), framing) {
         Ok(resp) => {

@@ -6,6 +6,7 @@
 pub mod baresip;
 pub mod kamailio;
 pub mod netns;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -46,6 +47,11 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A number unique in this test process (certificate serials).
+pub fn unique_serial() -> u64 {
+    (std::process::id() as u64) << 20 | unique()
 }
 
 fn unique() -> u64 {

@@ -134,12 +134,12 @@ impl Leg {
         Family::of(self.peer.addr.ip())
     }
     fn contact(&self) -> String {
-        let tp = if self.peer.transport == Transport::Tcp {
-            ";transport=tcp"
-        } else {
-            ""
+        let tp = match self.peer.transport {
+            Transport::Udp => "",
+            t => t.param(),
         };
-        format!("<sip:podpbx@{}{tp}>", hostport(self.local))
+        let sep = if tp.is_empty() { "" } else { ";transport=" };
+        format!("<sip:podpbx@{}{sep}{tp}>", hostport(self.local))
     }
 }
 
@@ -1557,6 +1557,7 @@ impl B2bua {
         let transport = match trunk.transport {
             podpbx_config::Transport::Udp => Transport::Udp,
             podpbx_config::Transport::Tcp => Transport::Tcp,
+            podpbx_config::Transport::Tls => Transport::Tls,
         };
         let Some(local) = dir.local_addr(transport, dest.ip()) else {
             return fail(call);
@@ -2840,11 +2841,7 @@ impl B2bua {
                 party: l.party.clone(),
                 remote: l.peer.addr.to_string(),
                 local: l.local.to_string(),
-                transport: if l.peer.transport == Transport::Tcp {
-                    "tcp"
-                } else {
-                    "udp"
-                },
+                transport: l.peer.transport.param(),
                 call_id: l.call_id.clone(),
                 status: l.status,
                 media: m,

@@ -20,7 +20,12 @@ const DEFAULT_DATA_DIR: &str = "/var/lib/podpbx";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9060";
 const DAY: u64 = 86_400;
 
-const TRANSPORTS: &[(&str, Transport)] = &[("udp", Transport::Udp), ("tcp", Transport::Tcp)];
+const TRANSPORTS: &[(&str, Transport)] = &[
+    ("udp", Transport::Udp),
+    ("tcp", Transport::Tcp),
+    ("tls", Transport::Tls),
+];
+const DEFAULT_TLS_PORT: u16 = 5061;
 const STRATEGIES: &[(&str, RingStrategy)] = &[
     ("parallel", RingStrategy::Parallel),
     ("sequential", RingStrategy::Sequential),
@@ -33,6 +38,7 @@ pub(crate) fn build(d: &mut Diagnostics, root: &Table) -> Config {
 
     let storage = storage(d, &mut r);
     let (sip, sip_port) = sip(d, &mut r);
+    let tls = tls(d, &mut r, &sip);
     let log = log(d, &mut r);
     let admin = admin(d, &mut r, &sip);
     let registrar = registrar(d, &mut r, &storage);
@@ -47,6 +53,7 @@ pub(crate) fn build(d: &mut Diagnostics, root: &Table) -> Config {
 
     Config {
         sip,
+        tls,
         log,
         admin,
         registrar,
@@ -547,6 +554,65 @@ fn sip(d: &mut Diagnostics, r: &mut Tbl) -> (SipConfig, Sp<u16>) {
     (config, port_s)
 }
 
+/// A PEM file path that must be readable now (the binary parses it at start and on reload).
+fn pem_path(d: &mut Diagnostics, s: &Sp<String>) -> PathBuf {
+    if s.v.is_empty() {
+        err(d, s, "must not be empty");
+    } else if let Err(e) = std::fs::File::open(&s.v) {
+        err(d, s, format!("cannot read {}: {}", s.v, io_message(&e)));
+    }
+    PathBuf::from(&s.v)
+}
+
+fn tls(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Option<TlsConfig> {
+    let enabled = sip.has_transport(Transport::Tls);
+    if !enabled && !r.has("tls") {
+        return None;
+    }
+    let mut t = section(d, r, "tls");
+    let port = t.u16_or(d, "port", 1, 65535, DEFAULT_TLS_PORT);
+    if port.v == sip.port && (sip.udp() || sip.tcp()) {
+        err(
+            d,
+            &port,
+            format!("must differ from `sip.port` ({})", sip.port),
+        );
+    }
+    let cert = t.str(d, "cert_file").map(|s| pem_path(d, &s));
+    let key = t.str(d, "key_file").map(|s| pem_path(d, &s));
+    let ca_file = t.str(d, "ca_file").map(|s| pem_path(d, &s));
+    let min_version = t
+        .choice(
+            d,
+            "min_version",
+            &[("1.2", TlsVersion::Tls12), ("1.3", TlsVersion::Tls13)],
+        )
+        .map_or(TlsVersion::Tls12, |v| v.v);
+    if enabled && cert.is_none() {
+        t.missing(d, "cert_file", "PEM certificate chain file");
+    }
+    if enabled && key.is_none() {
+        t.missing(d, "key_file", "PEM private key file");
+    }
+    let span = t.span.clone();
+    t.finish(d);
+    if !enabled {
+        d.error(
+            span,
+            "tls",
+            "`[tls]` is set but `sip.transports` does not list `tls`",
+        );
+        return None;
+    }
+    Some(TlsConfig {
+        port: port.v,
+        cert_file: cert.unwrap_or_default(),
+        key_file: key.unwrap_or_default(),
+        ca_file,
+        min_version,
+    })
+}
+
 fn log(d: &mut Diagnostics, r: &mut Tbl) -> LogConfig {
     let mut t = section(d, r, "log");
     let level = match t.str(d, "level") {
@@ -919,6 +985,18 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
         }
         let max_calls = Some(t.u32_or(d, "max_calls", 0, 10_000, 0).v).filter(|n| *n > 0);
         let groups = t.str_list(d, "groups").unwrap_or_default();
+        let transport = t
+            .choice(
+                d,
+                "transport",
+                &[
+                    ("any", None),
+                    ("udp", Some(Transport::Udp)),
+                    ("tcp", Some(Transport::Tcp)),
+                    ("tls", Some(Transport::Tls)),
+                ],
+            )
+            .and_then(|v| v.v);
         if !has_secret_key && !identify_by_source {
             t.missing(
                 d,
@@ -944,6 +1022,7 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
                 identify_by_source,
                 max_calls,
                 groups: groups.iter().map(|g| g.v.clone()).collect(),
+                transport,
             },
             name,
             groups,
@@ -1102,9 +1181,14 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
         }
         let host_s = t.req_str(d, "host");
         let host = host_s.as_ref().and_then(|s| trunk_host(d, s));
-        let port = t.u16_or(d, "port", 1, 65535, 5060).v;
         let transport_s = t.choice(d, "transport", TRANSPORTS);
         let transport = transport_s.as_ref().map_or(Transport::Udp, |s| s.v);
+        let default_port = if transport == Transport::Tls {
+            DEFAULT_TLS_PORT
+        } else {
+            5060
+        };
+        let port = t.u16_or(d, "port", 1, 65535, default_port).v;
         if !sip.transports.is_empty() && !sip.has_transport(transport) {
             let msg = format!("transport `{transport}` is not enabled in `sip.transports`");
             match &transport_s {

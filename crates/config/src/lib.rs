@@ -32,7 +32,8 @@ pub use pattern::{Pattern, PatternError};
 pub use schema::{
     Action, AdminConfig, CallSource, CallsConfig, Config, DigestAlgorithm, Dtmf, Family, Group,
     Host, LogConfig, LogFormat, Match, MediaConfig, NumberMatch, Origin, RegistrarConfig,
-    RingStrategy, Rule, SecurityConfig, SipConfig, StorageConfig, Target, Transport, Trunk, User,
+    RingStrategy, Rule, SecurityConfig, SipConfig, StorageConfig, Target, TlsConfig, TlsVersion,
+    Transport, Trunk, User,
 };
 pub use secret::{Secret, SecretSource};
 

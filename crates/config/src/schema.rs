@@ -15,6 +15,8 @@ use crate::secret::Secret;
 pub struct Config {
     /// `[sip]`: signalling addresses, transports, domain, timers.
     pub sip: SipConfig,
+    /// `[tls]`: SIP over TLS; `Some` exactly when `sip.transports` lists `tls`.
+    pub tls: Option<TlsConfig>,
     /// `[log]`.
     pub log: LogConfig,
     /// `[admin]`: the HTTP admin/metrics listener.
@@ -46,6 +48,8 @@ pub enum Transport {
     Udp,
     /// TCP.
     Tcp,
+    /// TLS over TCP (RFC 3261 §26).
+    Tls,
 }
 
 impl fmt::Display for Transport {
@@ -53,6 +57,7 @@ impl fmt::Display for Transport {
         f.write_str(match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         })
     }
 }
@@ -115,6 +120,31 @@ impl SipConfig {
     pub fn has_transport(&self, transport: Transport) -> bool {
         self.transports.contains(&transport)
     }
+}
+
+/// Lowest TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 (and 1.3).
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// `[tls]`: SIP over TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// Listener port on every pinned address.
+    pub port: u16,
+    /// PEM certificate chain of the listener (leaf first); reloaded when it changes.
+    pub cert_file: PathBuf,
+    /// PEM private key of the listener.
+    pub key_file: PathBuf,
+    /// PEM CA certificates that replace the built-in roots when verifying servers podpbx
+    /// connects to (trunks); `None`: the built-in Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// Lowest protocol version offered and accepted.
+    pub min_version: TlsVersion,
 }
 
 /// Log output format.
@@ -291,6 +321,8 @@ pub struct User {
     pub max_calls: Option<u32>,
     /// Groups this user joins (in addition to the groups' `members`).
     pub groups: Vec<String>,
+    /// The transport this user must use to register and call (`None`: any enabled one).
+    pub transport: Option<Transport>,
 }
 
 impl User {

@@ -399,8 +399,8 @@ fn enum_errors_suggest() {
         "t.toml:4:10: log.format: expected `text` or `json`, got `jsn`, did you mean `json`?"
     );
     assert_eq!(
-        error(&format!("{SIP}transports = [\"udp\", \"tls\"]\n")),
-        "t.toml:3:22: sip.transports[1]: expected `udp` or `tcp`, got `tls`"
+        error(&format!("{SIP}transports = [\"udp\", \"sctp\"]\n")),
+        "t.toml:3:22: sip.transports[1]: expected `udp`, `tcp` or `tls`, got `sctp`"
     );
     assert_eq!(
         error(&format!("{SIP}transports = [\"udp\", \"udp\"]\n")),
@@ -1171,5 +1171,79 @@ fn many_errors_are_all_reported_in_file_order() {
     assert_eq!(
         format_errors(&all),
         "t.toml:3:1: sip.prot: unknown key, did you mean `port`?\nt.toml:5:8: media.dscp: must be between 0 and 63, got 99"
+    );
+}
+
+#[test]
+fn tls_section_follows_the_transport_list() {
+    let dir = temp_dir("tls");
+    let cert = dir.0.join("tls.crt");
+    let key = dir.0.join("tls.key");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let sip = format!("{SIP}transports = [\"udp\", \"tls\"]\n");
+    let tls = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    // Defaults: port 5061, TLS 1.2+, built-in roots.
+    let c = ok(&format!("{sip}{tls}"));
+    let t = c.tls.expect("[tls]");
+    assert_eq!(
+        (t.port, t.min_version, t.ca_file),
+        (5061, TlsVersion::Tls12, None)
+    );
+    assert_eq!(t.cert_file, cert);
+    assert!(ok(SIP).tls.is_none());
+
+    // `tls` listed without files.
+    assert_eq!(
+        errors(&format!("{sip}[tls]\nport = 5062\n")),
+        [
+            "t.toml:4:1: tls.cert_file: missing required PEM certificate chain file",
+            "t.toml:4:1: tls.key_file: missing required PEM private key file"
+        ]
+    );
+    // Files that cannot be read are named.
+    let e = error(&format!(
+        "{sip}[tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"{}\"\n",
+        key.display()
+    ));
+    assert!(
+        e.starts_with("t.toml:5:13: tls.cert_file: cannot read /nonexistent/c.pem"),
+        "{e}"
+    );
+    // `[tls]` without `tls` in the transports, and a clash with the SIP port.
+    assert_eq!(
+        error(&format!("{SIP}{tls}")),
+        "t.toml:3:1: tls: `[tls]` is set but `sip.transports` does not list `tls`"
+    );
+    assert_eq!(
+        error(&format!("{sip}{tls}port = 5060\n")),
+        "t.toml:7:8: tls.port: must differ from `sip.port` (5060)"
+    );
+    assert_eq!(
+        error(&format!("{sip}{tls}min_version = \"1.1\"\n")),
+        "t.toml:7:15: tls.min_version: expected `1.2` or `1.3`, got `1.1`, did you mean `1.2`?"
+    );
+
+    // Trunks over TLS default to port 5061; users may be required to use TLS.
+    let c = ok(&format!(
+        "{sip}{tls}[[trunks]]\nname = \"p\"\nhost = \"sip.example.net\"\ntransport = \"tls\"\n\
+         [[users]]\nname = \"1001\"\npassword = \"x\"\ntransport = \"tls\"\n\
+         [[users]]\nname = \"1002\"\npassword = \"x\"\n"
+    ));
+    assert_eq!(
+        (c.trunks[0].transport, c.trunks[0].port),
+        (Transport::Tls, 5061)
+    );
+    assert_eq!(c.users[0].transport, Some(Transport::Tls));
+    assert_eq!(c.users[1].transport, None);
+    assert_eq!(
+        error(&format!(
+            "{SIP}[[trunks]]\nname = \"p\"\nhost = \"sip.example.net\"\ntransport = \"tls\"\n"
+        )),
+        "t.toml:6:13: trunks[0].transport: transport `tls` is not enabled in `sip.transports`"
     );
 }

@@ -135,6 +135,7 @@ pub struct RegDirectory<'a> {
 pub struct Addrs {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
     pub trunks: HashMap<String, SocketAddr>,
 }
 
@@ -149,6 +150,7 @@ impl Directory for RegDirectory<'_> {
                     transport: match b.flow.transport {
                         podpbx_registrar::Transport::Udp => Transport::Udp,
                         podpbx_registrar::Transport::Tcp => Transport::Tcp,
+                        podpbx_registrar::Transport::Tls => Transport::Tls,
                     },
                     local: b.flow.local,
                     remote: b.flow.source,
@@ -158,10 +160,10 @@ impl Directory for RegDirectory<'_> {
             .collect()
     }
     fn local_addr(&self, transport: Transport, peer: IpAddr) -> Option<SocketAddr> {
-        let list = if transport == Transport::Tcp {
-            &self.addrs.tcp
-        } else {
-            &self.addrs.udp
+        let list = match transport {
+            Transport::Udp => &self.addrs.udp,
+            Transport::Tcp => &self.addrs.tcp,
+            Transport::Tls => &self.addrs.tls,
         };
         list.iter().find(|a| a.is_ipv4() == peer.is_ipv4()).copied()
     }
@@ -379,6 +381,11 @@ pub fn user_db(cfg: &Config) -> podpbx_registrar::UserDb {
         let mut user = podpbx_registrar::User::new(u.name.clone(), pw.expose().to_string());
         user.allowed_sources = u.allow_from.clone();
         user.max_contacts = u.max_contacts.max(1) as usize;
+        user.required_transport = u.transport.map(|t| match t {
+            podpbx_config::Transport::Udp => podpbx_registrar::Transport::Udp,
+            podpbx_config::Transport::Tcp => podpbx_registrar::Transport::Tcp,
+            podpbx_config::Transport::Tls => podpbx_registrar::Transport::Tls,
+        });
         users.insert(user);
     }
     users

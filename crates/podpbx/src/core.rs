@@ -790,6 +790,7 @@ impl Core {
         let transport = match f.transport {
             podpbx_registrar::Transport::Udp => Transport::Udp,
             podpbx_registrar::Transport::Tcp => Transport::Tcp,
+            podpbx_registrar::Transport::Tls => Transport::Tls,
         };
         let branch = format!("z9hG4bK{}", token());
         let via = format!(
@@ -872,6 +873,7 @@ fn registrar_flow(flow: Flow) -> podpbx_registrar::Flow {
         transport: match flow.transport {
             Transport::Udp => podpbx_registrar::Transport::Udp,
             Transport::Tcp => podpbx_registrar::Transport::Tcp,
+            Transport::Tls => podpbx_registrar::Transport::Tls,
         },
         local: flow.local,
         conn_id: flow.conn,

@@ -9,6 +9,7 @@ mod ifaddrs;
 mod metrics;
 mod server;
 mod stats;
+mod tls;
 mod transport;
 mod trunks;
 

@@ -422,7 +422,7 @@ fn format_float(v: f64) -> String {
 /// Exposes the signalling counters of [`Stats`] (read at scrape time; no copies to keep in sync).
 pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
     type Field = fn(&Stats) -> &AtomicU64;
-    let fields: [(&str, &str, Field); 11] = [
+    let fields: [(&str, &str, Field); 12] = [
         (
             "podpbx_sip_messages_in_total",
             "SIP messages that parsed and reached the core.",
@@ -475,8 +475,13 @@ pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
         ),
         (
             "podpbx_sip_tcp_connections_total",
-            "SIP TCP connections accepted or opened.",
+            "SIP TCP and TLS connections accepted or opened.",
             |s| &s.tcp_connections,
+        ),
+        (
+            "podpbx_sip_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out (inbound and outbound).",
+            |s| &s.tls_handshake_failures,
         ),
     ];
     for (name, help, field) in fields {

@@ -6,7 +6,7 @@ use crate::core::{Core, CoreConfig, Output};
 use crate::stats::Stats;
 use crate::transport::{Inbound, TransportConfig, Transports};
 use podpbx_config::{Config, DigestAlgorithm};
-use podpbx_registrar::{Registrar, Settings as RegSettings, User as RegUser, UserDb};
+use podpbx_registrar::{Registrar, Settings as RegSettings};
 use podpbx_sip::digest::Algorithm;
 use podpbx_sip::transaction::{Peer, Timers};
 use std::net::IpAddr;
@@ -76,6 +76,54 @@ fn init_logging(cfg: &Config, format: Option<LogFormat>) {
     }
 }
 
+/// The TLS listener's and client's rustls configurations from `[tls]`; the certificate files
+/// are watched from here on. An unusable file stops the start with its name.
+fn tls_transport(cfg: &Config) -> Result<Option<crate::transport::TlsTransport>, String> {
+    use crate::tls;
+    let Some(t) = &cfg.tls else {
+        return Ok(None);
+    };
+    let min = match t.min_version {
+        podpbx_config::TlsVersion::Tls12 => tls::MinVersion::Tls12,
+        podpbx_config::TlsVersion::Tls13 => tls::MinVersion::Tls13,
+    };
+    let store = tls::CertStore::load(&t.cert_file, &t.key_file)?;
+    store.clone().watch();
+    let server = tls::server_config(store, min)?;
+    let client = tls::client_config(tls::roots(t.ca_file.as_deref())?, min)?;
+    info!(
+        cert = %t.cert_file.display(),
+        roots = %t.ca_file.as_ref().map_or("built-in".into(), |p| p.display().to_string()),
+        "TLS certificate loaded"
+    );
+    Ok(Some(crate::transport::TlsTransport {
+        port: t.port,
+        server: Arc::new(server),
+        client: Arc::new(client),
+    }))
+}
+
+/// The certificate of a TLS trunk must carry the trunk's host name (RFC 5922 §7.2), or its
+/// IP address when the host is an IP literal.
+fn set_trunk_tls_names(
+    cfg: &Config,
+    transports: &Transports,
+    resolved: &std::collections::HashMap<String, std::net::SocketAddr>,
+) -> Result<(), String> {
+    for t in &cfg.trunks {
+        if t.transport != podpbx_config::Transport::Tls {
+            continue;
+        }
+        let Some(addr) = resolved.get(&t.name) else {
+            continue;
+        };
+        let name = crate::tls::server_name(&t.host.to_string())
+            .map_err(|e| format!("trunk {}: {e}", t.name))?;
+        transports.set_tls_name(*addr, name);
+    }
+    Ok(())
+}
+
 async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
     let mut addrs: Vec<IpAddr> = Vec::new();
     if let Some(a) = cfg.sip.ipv6 {
@@ -96,6 +144,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         tcp: cfg.sip.tcp(),
         tcp_idle: cfg.sip.tcp_idle_timeout,
         max_message: cfg.sip.max_message_bytes,
+        tls: tls_transport(&cfg)?,
     };
     let transports = Transports::bind(tcfg, stats.clone(), in_tx).await?;
     let timers = Timers {
@@ -113,9 +162,9 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         state_file: cfg.registrar.state_file.clone(),
     };
     let registrar = build_registrar(&cfg)?;
-    let trunks = crate::trunks::from_config(&cfg, |v4| {
+    let trunks = crate::trunks::from_config(&cfg, |transport, v4| {
         transports.local_for(
-            podpbx_sip::Transport::Udp,
+            transport,
             if v4 {
                 IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
             } else {
@@ -148,8 +197,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     let call_addrs = crate::calls::Addrs {
         udp: transports.udp_addrs(),
         tcp: transports.tcp_addrs(),
+        tls: transports.tls_addrs(),
         trunks: crate::calls::resolve_trunks(&cfg),
     };
+    set_trunk_tls_names(&cfg, &transports, &call_addrs.trunks)?;
     let relay_metrics = relay.clone();
     let mut relay_seen = podpbx_media::RelayTotals::default();
     core.set_calls(crate::calls::Calls::new(
@@ -224,7 +275,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     // Status that changes slowly is published once a second, not per message.
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut auth_failures_seen = 0u64;
-    info!(udp = ?transports.udp_addrs(), tcp = ?transports.tcp_addrs(), "podpbx ready");
+    info!(udp = ?transports.udp_addrs(), tcp = ?transports.tcp_addrs(), tls = ?transports.tls_addrs(), "podpbx ready");
 
     loop {
         let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
@@ -471,14 +522,7 @@ fn build_registrar(cfg: &Config) -> Result<Registrar, String> {
     settings.block_for = cfg.security.block;
     settings.trusted_networks = cfg.security.trusted_networks.clone();
     settings.qualify_interval = cfg.registrar.qualify_interval;
-    let mut users = UserDb::new();
-    for u in &cfg.users {
-        let Some(pw) = &u.password else { continue };
-        let mut user = RegUser::new(u.name.clone(), pw.expose().to_string());
-        user.allowed_sources = u.allow_from.clone();
-        user.max_contacts = u.max_contacts.max(1) as usize;
-        users.insert(user);
-    }
+    let users = crate::calls::user_db(cfg);
     let now = Instant::now();
     let mut registrar = Registrar::new(settings, users, now);
     let path = &cfg.registrar.state_file;

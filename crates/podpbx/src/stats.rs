@@ -27,8 +27,11 @@ pub struct Stats {
     pub auth_failures: AtomicU64,
     /// Requests answered `503` because the transaction table was full.
     pub overloaded: AtomicU64,
-    /// TCP connections accepted or opened.
+    /// TCP and TLS connections accepted or opened.
     pub tcp_connections: AtomicU64,
+    /// TLS handshakes that failed or timed out (either side; the refused server certificates of
+    /// connections podpbx opens are also logged).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl Stats {

@@ -4,11 +4,16 @@
 //! (so both cores share the parsing work) and handed to the core as [`Inbound`]; outbound bytes
 //! leave from the socket of the destination's family, so the far end always sees a pinned source
 //! address (the provider's access list depends on it).
+//!
+//! TLS (RFC 3261 §26.2.1) is TCP plus rustls: the same connection table, framing, idle timeout
+//! and keep-alive answers; only the handshake (with a deadline) sits between accept/connect and
+//! the read and write loops.
 
 use crate::stats::Stats;
 use bytes::{Bytes, BytesMut};
 use podpbx_sip::message::{frame_stream, leading_keepalive};
 use podpbx_sip::{Framing, Message, Transport};
+use rustls::pki_types::ServerName;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io;
@@ -16,10 +21,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
+
+/// A TLS handshake (either side) that takes longer than this fails: a peer that opens a
+/// connection and sends nothing holds no task for long.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a message came from or goes to: the observed flow, not what headers claim.
 pub use podpbx_b2bua::Flow;
@@ -47,6 +57,27 @@ pub struct TransportConfig {
     pub tcp: bool,
     pub tcp_idle: Duration,
     pub max_message: usize,
+    /// SIP over TLS: listener port and rustls configurations (None: TLS off).
+    pub tls: Option<TlsTransport>,
+}
+
+/// TLS listener and client settings.
+#[derive(Clone)]
+pub struct TlsTransport {
+    /// Listener port on every pinned address (5061 by default).
+    pub port: u16,
+    /// Server side: the certificate that follows its files.
+    pub server: Arc<rustls::ServerConfig>,
+    /// Client side (connections podpbx opens): verifies chain and name.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTransport")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Bound sockets plus the TCP connection table; cheap to clone.
@@ -58,6 +89,11 @@ pub struct Transports {
 struct Inner {
     udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
     tcp_local: Vec<SocketAddr>,
+    tls_local: Vec<SocketAddr>,
+    tls_connector: Option<TlsConnector>,
+    /// The name a server's certificate must carry, per destination (trunks); other
+    /// destinations are verified against their IP address.
+    tls_names: Mutex<HashMap<SocketAddr, ServerName<'static>>>,
     conns: Mutex<ConnTable>,
     next_conn: AtomicU64,
     stats: Arc<Stats>,
@@ -67,8 +103,10 @@ struct Inner {
 
 #[derive(Default)]
 struct ConnTable {
-    by_id: HashMap<u64, (SocketAddr, mpsc::Sender<Bytes>)>,
-    by_peer: HashMap<SocketAddr, u64>,
+    by_id: HashMap<u64, mpsc::Sender<Bytes>>,
+    /// Connection-oriented transports are keyed by (transport, peer): TCP and TLS to the same
+    /// address are different flows.
+    by_peer: HashMap<(Transport, SocketAddr), u64>,
 }
 
 /// Errors sending a message.
@@ -91,6 +129,7 @@ impl Transports {
     ) -> Result<Transports, String> {
         let mut udp = Vec::new();
         let mut listeners = Vec::new();
+        let mut tls_listeners = Vec::new();
         for ip in &cfg.addrs {
             let addr = SocketAddr::new(*ip, cfg.port);
             if cfg.udp {
@@ -107,11 +146,30 @@ impl Transports {
                 info!(%local, "SIP TCP listener bound");
                 listeners.push((local, l));
             }
+            if let Some(tls) = &cfg.tls {
+                let addr = SocketAddr::new(*ip, tls.port);
+                let s = tcp_listener(addr).map_err(|e| format!("cannot bind TLS {addr}: {e}"))?;
+                let l = TcpListener::from_std(s.into()).map_err(|e| format!("TLS {addr}: {e}"))?;
+                let local = l.local_addr().map_err(|e| format!("TLS {addr}: {e}"))?;
+                info!(%local, "SIP TLS listener bound");
+                tls_listeners.push((local, l));
+            }
         }
+        let acceptor = cfg
+            .tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(t.server.clone()));
+        let tls_connector = cfg
+            .tls
+            .as_ref()
+            .map(|t| TlsConnector::from(t.client.clone()));
         let t = Transports {
             inner: Arc::new(Inner {
                 udp,
                 tcp_local: listeners.iter().map(|(a, _)| *a).collect(),
+                tls_local: tls_listeners.iter().map(|(a, _)| *a).collect(),
+                tls_connector,
+                tls_names: Mutex::new(HashMap::new()),
                 conns: Mutex::new(ConnTable::default()),
                 next_conn: AtomicU64::new(1),
                 stats,
@@ -123,9 +181,27 @@ impl Transports {
             tokio::spawn(t.clone().udp_loop(*local, sock.clone()));
         }
         for (local, l) in listeners {
-            tokio::spawn(t.clone().accept_loop(local, l));
+            tokio::spawn(t.clone().accept_loop(local, l, None));
+        }
+        for (local, l) in tls_listeners {
+            tokio::spawn(t.clone().accept_loop(local, l, acceptor.clone()));
         }
         Ok(t)
+    }
+
+    /// The bound TLS listener addresses.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.tls_local.clone()
+    }
+
+    /// The name the certificate of the TLS server at `dest` must carry (a trunk's host name).
+    /// Without one, a destination's certificate must name its IP address.
+    pub fn set_tls_name(&self, dest: SocketAddr, name: ServerName<'static>) {
+        self.inner
+            .tls_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dest, name);
     }
 
     /// The bound UDP addresses (ports resolved).
@@ -143,6 +219,7 @@ impl Transports {
         let list: Vec<SocketAddr> = match transport {
             Transport::Udp => self.udp_addrs(),
             Transport::Tcp => self.tcp_addrs(),
+            Transport::Tls => self.tls_addrs(),
         };
         list.into_iter().find(|a| a.is_ipv4() == peer.is_ipv4())
     }
@@ -166,7 +243,7 @@ impl Transports {
         }
         let res = match transport {
             Transport::Udp => self.send_udp(remote, &data),
-            Transport::Tcp => self.send_tcp(remote, conn, data),
+            Transport::Tcp | Transport::Tls => self.send_stream(transport, remote, conn, data),
         };
         match &res {
             Ok(()) => Stats::bump(&self.inner.stats.messages_out),
@@ -193,15 +270,21 @@ impl Transports {
             })
     }
 
-    fn send_tcp(&self, remote: SocketAddr, conn: u64, data: Bytes) -> Result<(), SendError> {
+    fn send_stream(
+        &self,
+        transport: Transport,
+        remote: SocketAddr,
+        conn: u64,
+        data: Bytes,
+    ) -> Result<(), SendError> {
         let existing = {
             let table = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
             let id = if table.by_id.contains_key(&conn) {
                 Some(conn)
             } else {
-                table.by_peer.get(&remote).copied()
+                table.by_peer.get(&(transport, remote)).copied()
             };
-            id.and_then(|id| table.by_id.get(&id).map(|(_, tx)| tx.clone()))
+            id.and_then(|id| table.by_id.get(&id).cloned())
         };
         if let Some(tx) = existing {
             return tx.try_send(data).map_err(|_| SendError::Io {
@@ -214,9 +297,11 @@ impl Transports {
         }
         // RFC 3261 §18.2.2: the connection is gone, open a new one, from the pinned address of
         // the peer's family (the provider checks our source address).
-        let Some(bind_ip) = self
-            .inner
-            .tcp_local
+        let locals = match transport {
+            Transport::Tls => &self.inner.tls_local,
+            _ => &self.inner.tcp_local,
+        };
+        let Some(bind_ip) = locals
             .iter()
             .find(|a| a.is_ipv4() == remote.is_ipv4())
             .map(|a| a.ip())
@@ -224,24 +309,46 @@ impl Transports {
             Stats::bump(&self.inner.stats.refused_destinations);
             return Err(SendError::NoSocket(family(remote.ip())));
         };
+        // The connection is in the table before it is up: messages sent meanwhile queue on it
+        // instead of opening a second connection (a REGISTER and an OPTIONS at start-up).
+        let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        let _ = tx.try_send(data);
+        {
+            let mut table = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+            table.by_id.insert(id, tx.clone());
+            table.by_peer.insert((transport, remote), id);
+        }
         let this = self.clone();
         tokio::spawn(async move {
-            let sent = async {
+            let flow = Flow {
+                transport,
+                local: SocketAddr::new(bind_ip, 0),
+                remote,
+                conn: id,
+            };
+            let res = async {
                 let stream = connect_from(bind_ip, remote).await?;
                 let local = stream.local_addr()?;
-                let (_, tx) = this.register_conn(stream, local, remote);
-                tx.send(data)
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
+                let flow = Flow { local, ..flow };
+                match transport {
+                    Transport::Tls => {
+                        let tls = this.connect_tls(stream, remote).await?;
+                        this.start_conn(tls, flow, tx, rx, true);
+                    }
+                    _ => this.start_conn(stream, flow, tx, rx, true),
+                }
+                Ok::<(), io::Error>(())
             };
-            if let Err(e) = sent.await {
-                debug!(%remote, error = %e, "TCP connect/send failed");
+            if let Err(e) = res.await {
+                debug!(%remote, transport = ?transport, error = %e, "connect failed");
+                this.forget_conn(&flow);
                 Stats::bump(&this.inner.stats.send_errors);
                 let _ = this
                     .inner
                     .inbound
                     .send(Inbound::SendFailed {
-                        transport: Transport::Tcp,
+                        transport,
                         dest: remote,
                         conn,
                     })
@@ -249,6 +356,48 @@ impl Transports {
             }
         });
         Ok(())
+    }
+
+    /// The client side of a TLS handshake: the server's chain is checked against the roots and
+    /// its name against the destination's (trunk's) name, else the IP address. A refused
+    /// certificate is logged as a warning: it is a misconfiguration or an attack, and calls
+    /// through that trunk fail until it is fixed.
+    async fn connect_tls(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let Some(connector) = &self.inner.tls_connector else {
+            return Err(io::Error::other("TLS is not enabled"));
+        };
+        let name = self
+            .inner
+            .tls_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&remote)
+            .cloned()
+            .unwrap_or_else(|| ServerName::IpAddress(remote.ip().into()));
+        let shown = name.to_str().into_owned();
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, stream)).await {
+            Ok(Ok(s)) => {
+                debug!(%remote, name = %shown, "TLS connection up");
+                Ok(s)
+            }
+            Ok(Err(e)) => {
+                Stats::bump(&self.inner.stats.tls_handshake_failures);
+                warn!(%remote, name = %shown, error = %e, "TLS connection refused: the server's certificate was not accepted or the handshake failed");
+                Err(e)
+            }
+            Err(_) => {
+                Stats::bump(&self.inner.stats.tls_handshake_failures);
+                warn!(%remote, name = %shown, "TLS handshake timed out");
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ))
+            }
+        }
     }
 
     async fn udp_loop(self, local: SocketAddr, sock: Arc<UdpSocket>) {
@@ -284,12 +433,23 @@ impl Transports {
         }
     }
 
-    async fn accept_loop(self, local: SocketAddr, listener: TcpListener) {
+    async fn accept_loop(self, local: SocketAddr, listener: TcpListener, tls: Option<TlsAcceptor>) {
         loop {
             match listener.accept().await {
                 Ok((stream, remote)) => {
                     let local = stream.local_addr().unwrap_or(local);
-                    self.register_conn(stream, local, remote);
+                    match &tls {
+                        None => {
+                            self.register_conn(stream, local, remote);
+                        }
+                        Some(acceptor) => {
+                            let this = self.clone();
+                            let acceptor = acceptor.clone();
+                            tokio::spawn(async move {
+                                this.accept_tls(acceptor, stream, local, remote).await
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     warn!(%local, error = %e, "TCP accept failed");
@@ -299,53 +459,124 @@ impl Transports {
         }
     }
 
-    fn register_conn(
-        &self,
+    /// The server side of a TLS handshake, bounded in time. Failures are counted and logged at
+    /// debug level only: scanners on the public address fail handshakes all day long.
+    async fn accept_tls(
+        self,
+        acceptor: TlsAcceptor,
         stream: TcpStream,
         local: SocketAddr,
         remote: SocketAddr,
-    ) -> (u64, mpsc::Sender<Bytes>) {
+    ) {
+        let _ = stream.set_nodelay(true);
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                self.register_stream(Transport::Tls, tls, local, remote);
+            }
+            Ok(Err(e)) => {
+                Stats::bump(&self.inner.stats.tls_handshake_failures);
+                debug!(%remote, error = %e, "inbound TLS handshake failed");
+            }
+            Err(_) => {
+                Stats::bump(&self.inner.stats.tls_handshake_failures);
+                debug!(%remote, "inbound TLS handshake timed out");
+            }
+        }
+    }
+
+    fn register_conn(&self, stream: TcpStream, local: SocketAddr, remote: SocketAddr) -> u64 {
+        let _ = stream.set_nodelay(true);
+        self.register_stream(Transport::Tcp, stream, local, remote)
+    }
+
+    /// Puts an established connection (accepted) into the table and starts its loops.
+    fn register_stream<S>(
+        &self,
+        transport: Transport,
+        stream: S,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> u64
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel::<Bytes>(256);
         {
             let mut table = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
-            table.by_id.insert(id, (local, tx.clone()));
-            table.by_peer.insert(remote, id);
+            table.by_id.insert(id, tx.clone());
+            table.by_peer.insert((transport, remote), id);
         }
-        Stats::bump(&self.inner.stats.tcp_connections);
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        tokio::spawn(write_loop(wr, rx));
         let flow = Flow {
-            transport: Transport::Tcp,
+            transport,
             local,
             remote,
             conn: id,
         };
-        tokio::spawn(self.clone().read_loop(rd, flow, tx.clone()));
-        debug!(%local, %remote, conn = id, "TCP connection up");
-        (id, tx)
+        self.start_conn(stream, flow, tx, rx, false);
+        id
     }
 
-    async fn read_loop(
-        self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
+    /// Starts the read and write loops of a connection already in the table.
+    fn start_conn<S>(
+        &self,
+        stream: S,
         flow: Flow,
         tx: mpsc::Sender<Bytes>,
+        rx: mpsc::Receiver<Bytes>,
+        outbound: bool,
+    ) where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        Stats::bump(&self.inner.stats.tcp_connections);
+        let (rd, wr) = tokio::io::split(stream);
+        tokio::spawn(write_loop(wr, rx));
+        debug!(local = %flow.local, remote = %flow.remote, conn = flow.conn, transport = ?flow.transport, outbound, "connection up");
+        tokio::spawn(self.clone().read_loop(rd, flow, tx, outbound));
+    }
+
+    fn forget_conn(&self, flow: &Flow) {
+        let mut table = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+        table.by_id.remove(&flow.conn);
+        let key = (flow.transport, flow.remote);
+        if table.by_peer.get(&key) == Some(&flow.conn) {
+            table.by_peer.remove(&key);
+        }
+    }
+
+    /// Reads, frames and delivers a connection's messages. An accepted connection idle for
+    /// `tcp_idle` is closed. A connection podpbx opened (to a trunk) is kept: when idle it sends
+    /// an RFC 5626 §4.4.1 CRLFCRLF ping, and closes only when the peer stays silent for another
+    /// idle period (a pong, or anything else, proves the flow alive).
+    async fn read_loop<R: AsyncRead + Unpin>(
+        self,
+        mut rd: R,
+        flow: Flow,
+        tx: mpsc::Sender<Bytes>,
+        outbound: bool,
     ) {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let idle = self.inner.cfg.tcp_idle;
         let max = self.inner.cfg.max_message;
+        let mut pinged = false;
         'conn: loop {
             let n = match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
+                Err(_) if outbound && !pinged => {
+                    pinged = true;
+                    if tx.send(Bytes::from_static(b"\r\n\r\n")).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 Err(_) => {
-                    debug!(remote = %flow.remote, conn = flow.conn, "TCP idle timeout");
+                    debug!(remote = %flow.remote, conn = flow.conn, "connection idle timeout");
                     break;
                 }
                 Ok(Err(_)) | Ok(Ok(0)) => break,
                 Ok(Ok(n)) => n,
             };
             let _ = n;
+            pinged = false;
             loop {
                 let ka = leading_keepalive(&buf);
                 if ka > 0 {
@@ -377,12 +608,8 @@ impl Transports {
                 }
             }
         }
-        let mut table = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
-        table.by_id.remove(&flow.conn);
-        if table.by_peer.get(&flow.remote) == Some(&flow.conn) {
-            table.by_peer.remove(&flow.remote);
-        }
-        debug!(remote = %flow.remote, conn = flow.conn, "TCP connection closed");
+        self.forget_conn(&flow);
+        debug!(remote = %flow.remote, conn = flow.conn, transport = ?flow.transport, "connection closed");
     }
 
     /// Parses and hands a message to the core; unparseable input is answered `400` or counted.
@@ -411,7 +638,7 @@ impl Transports {
     }
 }
 
-async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(data) = rx.recv().await {
         if wr.write_all(&data).await.is_err() {
             break;

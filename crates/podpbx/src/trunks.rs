@@ -200,7 +200,7 @@ impl Trunks {
 /// address per family; DNS names are resolved once here (AAAA or A per the trunk's family).
 pub fn from_config(
     cfg: &podpbx_config::Config,
-    local: impl Fn(bool) -> Option<std::net::SocketAddr>,
+    local: impl Fn(podpbx_sip::Transport, bool) -> Option<std::net::SocketAddr>,
 ) -> Result<Trunks, String> {
     use podpbx_config::{Family, Host};
     use std::net::ToSocketAddrs;
@@ -210,7 +210,12 @@ pub fn from_config(
             continue;
         };
         let v4 = t.family == Family::Ipv4;
-        let local = local(v4).ok_or_else(|| {
+        let transport = match t.transport {
+            podpbx_config::Transport::Udp => podpbx_sip::Transport::Udp,
+            podpbx_config::Transport::Tcp => podpbx_sip::Transport::Tcp,
+            podpbx_config::Transport::Tls => podpbx_sip::Transport::Tls,
+        };
+        let local = local(transport, v4).ok_or_else(|| {
             format!(
                 "trunk {}: no pinned {} address configured in [sip]",
                 t.name,
@@ -250,10 +255,7 @@ pub fn from_config(
         );
         rc.port = t.port;
         rc.dest = Some(dest);
-        rc.transport = match t.transport {
-            podpbx_config::Transport::Udp => podpbx_sip::Transport::Udp,
-            podpbx_config::Transport::Tcp => podpbx_sip::Transport::Tcp,
-        };
+        rc.transport = transport;
         rc.auth_username = t.auth_username.clone();
         rc.realm = t.realm.clone();
         rc.expiry = t.expiry;

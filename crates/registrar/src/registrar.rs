@@ -602,6 +602,16 @@ impl Registrar {
             };
             return out;
         }
+        // A user required to use TLS registers only over TLS: a binding over another transport
+        // would route its calls (and SDES keys) in clear text.
+        if let Some(required) = self.users.get(&user).and_then(|u| u.required_transport) {
+            if flow.transport != required {
+                out.reply = Reply::Forbidden {
+                    reason: "Transport Not Allowed",
+                };
+                return out;
+            }
+        }
         let max_contacts = self.users.get(&user).map_or(1, |u| u.max_contacts.max(1));
 
         // Expired bindings of this AOR are gone before anything is listed or counted.

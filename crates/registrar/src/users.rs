@@ -16,6 +16,8 @@ pub struct User {
     pub allowed_sources: Vec<Cidr>,
     /// Bindings kept for this AOR; more evict the oldest (see crate docs). At least 1.
     pub max_contacts: usize,
+    /// The transport this account must register over (e.g. TLS); `None`: any.
+    pub required_transport: Option<crate::Transport>,
 }
 
 impl User {
@@ -26,6 +28,7 @@ impl User {
             secret: Secret::Password(password.into()),
             allowed_sources: Vec::new(),
             max_contacts: 1,
+            required_transport: None,
         }
     }
 

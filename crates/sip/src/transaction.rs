@@ -42,12 +42,28 @@ pub enum Transport {
     Udp,
     /// Reliable: no retransmissions, and Timers D, I, J, K are zero.
     Tcp,
+    /// TCP with TLS (RFC 3261 §26.2.1, RFC 5630): reliable like TCP.
+    Tls,
 }
 
 impl Transport {
     /// True for transports that deliver reliably (no retransmissions needed).
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
+        matches!(self, Transport::Tcp | Transport::Tls)
+    }
+
+    /// True for connection-oriented transports (a flow is a connection).
+    pub fn is_stream(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls)
+    }
+
+    /// The value of a URI's `transport` parameter (`udp`, `tcp`, `tls`).
+    pub fn param(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
     }
 
     /// The token in a Via header's sent-protocol (`SIP/2.0/UDP`).
@@ -55,6 +71,7 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 }

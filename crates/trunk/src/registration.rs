@@ -407,10 +407,7 @@ fn valid_user(u: &str) -> bool {
 }
 
 fn transport_token(t: Transport) -> (&'static str, &'static str) {
-    match t {
-        Transport::Udp => ("UDP", "udp"),
-        Transport::Tcp => ("TCP", "tcp"),
-    }
+    (t.via_token(), t.param())
 }
 
 /// When to refresh a binding granted for `granted`: `granted - margin` with
@@ -841,7 +838,7 @@ impl Registration {
             self.keepalive_failures = self.keepalive_failures.saturating_add(1);
         }
         self.keepalives_sent += 1;
-        if self.cfg.transport == Transport::Tcp {
+        if self.cfg.transport.is_stream() {
             self.transmits.push_back(Outgoing {
                 kind: OutgoingKind::Crlf,
                 data: Bytes::from_static(b"\r\n\r\n"),
