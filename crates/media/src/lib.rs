@@ -52,6 +52,7 @@ pub mod dtmf;
 pub mod packet;
 mod pool;
 mod relay;
+pub mod srtp;
 mod stats;
 mod sys;
 mod worker;
