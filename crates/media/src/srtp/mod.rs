@@ -455,7 +455,11 @@ impl Context {
         let index = (e_index & 0x7fff_ffff) as u64;
         let ssrc = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
         self.tick += 1;
-        let slot = match self.rtcp_streams.iter().position(|s| s.used && s.ssrc == ssrc) {
+        let slot = match self
+            .rtcp_streams
+            .iter()
+            .position(|s| s.used && s.ssrc == ssrc)
+        {
             Some(i) => i,
             None => {
                 let i = self

@@ -49,11 +49,15 @@ fn rfc3711_b3_key_derivation() {
     derive(&prf, &m.salt, 1, &mut auth);
     assert_eq!(enc[..], hex("C61E7A93744F39EE10734AFE3FF7A087")[..]);
     assert_eq!(salt[..], hex("30CBBC08863D8C85D49DB34A9AE1")[..]);
-    assert_eq!(auth[..], hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")[..]);
+    assert_eq!(
+        auth[..],
+        hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")[..]
+    );
 }
 
 const RTP_PLAIN: &str = "800f1234decafbadcafebabe abababababababababababababababab";
-const SRTP_80: &str = "800f1234decafbadcafebabe 4e55dc4ce79978d88ca4d215949d2402 b78d6acc99ea179b8dbb";
+const SRTP_80: &str =
+    "800f1234decafbadcafebabe 4e55dc4ce79978d88ca4d215949d2402 b78d6acc99ea179b8dbb";
 const RTCP_PLAIN: &str = "81c8000bcafebabe abababababababababababababababab";
 const SRTCP_80: &str =
     "81c8000bcafebabe 7128035be487b9bdbef89041f977a5a8 80000001 993e08cd54d6c1230798";
@@ -132,7 +136,10 @@ fn corrupted_packets_fail_authentication_and_leave_no_trace() {
         assert_eq!(rx.unprotect_rtp(&mut bad), Err(SrtpError::Auth), "byte {i}");
     }
     // Truncated or empty.
-    assert_eq!(rx.unprotect_rtp(&mut good[..15].to_vec()), Err(SrtpError::Short));
+    assert_eq!(
+        rx.unprotect_rtp(&mut good[..15].to_vec()),
+        Err(SrtpError::Short)
+    );
     assert_eq!(rx.unprotect_rtp(&mut []), Err(SrtpError::Short));
     // None of that created state: the genuine packet is still accepted.
     let mut ok = good.clone();
@@ -153,13 +160,22 @@ fn replays_are_refused_reordering_within_the_window_is_not() {
     for p in &pkts[20..50] {
         assert!(rx.unprotect_rtp(&mut p.clone()).is_ok());
     }
-    assert_eq!(rx.unprotect_rtp(&mut pkts[50].clone()), Err(SrtpError::Replay));
-    assert_eq!(rx.unprotect_rtp(&mut pkts[30].clone()), Err(SrtpError::Replay));
+    assert_eq!(
+        rx.unprotect_rtp(&mut pkts[50].clone()),
+        Err(SrtpError::Replay)
+    );
+    assert_eq!(
+        rx.unprotect_rtp(&mut pkts[30].clone()),
+        Err(SrtpError::Replay)
+    );
     for p in &pkts[51..] {
         assert!(rx.unprotect_rtp(&mut p.clone()).is_ok());
     }
     // 100 is now more than 64 behind the top (199): too old.
-    assert_eq!(rx.unprotect_rtp(&mut pkts[0].clone()), Err(SrtpError::Replay));
+    assert_eq!(
+        rx.unprotect_rtp(&mut pkts[0].clone()),
+        Err(SrtpError::Replay)
+    );
 }
 
 #[test]
@@ -181,7 +197,9 @@ fn sequence_wrap_moves_the_rollover_counter() {
 fn several_ssrcs_and_headers_with_csrcs_and_extensions() {
     let (mut tx, mut rx) = pair(Suite::AesCm128HmacSha1_80);
     // CC = 1 and an extension of one word.
-    let mut p = vec![0x91, 0x00, 0, 5, 0, 0, 0, 1, 0, 0, 0, 2, 0xaa, 0xbb, 0xcc, 0xdd];
+    let mut p = vec![
+        0x91, 0x00, 0, 5, 0, 0, 0, 1, 0, 0, 0, 2, 0xaa, 0xbb, 0xcc, 0xdd,
+    ];
     p.extend_from_slice(&[0xbe, 0xde, 0, 1, 1, 2, 3, 4]);
     p.extend_from_slice(&[9; 20]);
     let s = protect(&mut tx, &p);
@@ -209,7 +227,11 @@ fn srtcp_round_trip_replay_and_corruption() {
         let mut buf = vec![0u8; plain.len() + MAX_OVERHEAD];
         buf[..plain.len()].copy_from_slice(&plain);
         let n = tx.protect_rtcp(&mut buf, plain.len()).unwrap();
-        assert_eq!(n, plain.len() + 14, "SRTCP keeps an 80-bit tag with the _32 suite");
+        assert_eq!(
+            n,
+            plain.len() + 14,
+            "SRTCP keeps an 80-bit tag with the _32 suite"
+        );
         buf.truncate(n);
         sent.push(buf);
     }
@@ -218,7 +240,10 @@ fn srtcp_round_trip_replay_and_corruption() {
         let n = rx.unprotect_rtcp(&mut c).unwrap();
         assert_eq!(c[..n], plain[..]);
     }
-    assert_eq!(rx.unprotect_rtcp(&mut sent[1].clone()), Err(SrtpError::Replay));
+    assert_eq!(
+        rx.unprotect_rtcp(&mut sent[1].clone()),
+        Err(SrtpError::Replay)
+    );
     let mut bad = sent[2].clone();
     bad[10] ^= 0x80;
     assert_eq!(rx.unprotect_rtcp(&mut bad), Err(SrtpError::Auth));
