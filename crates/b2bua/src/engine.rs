@@ -16,7 +16,7 @@ use podpbx_sip::digest::{AuthKind, DigestClient};
 use podpbx_sip::transaction::ServerTxId;
 use podpbx_sip::{
     Framing, HeaderName, Message, Method, NameAddr, Peer, RequestBuilder, ResponseBuilder,
-    Transport,
+    StatusCode, Transport,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -168,9 +168,9 @@ struct Routing {
     seq_timeout: Duration,
     /// Legs of the current step.
     legs: Vec<LegIdx>,
-    codes: Vec<u16>,
+    codes: Vec<StatusCode>,
     timed_out: bool,
-    last_failure: (u16, String, Disposition),
+    last_failure: Failure,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,34 +261,27 @@ pub struct B2bua {
     next_req: u64,
 }
 
-fn reason_phrase(code: u16) -> &'static str {
-    match code {
-        100 => "Trying",
-        180 => "Ringing",
-        183 => "Session Progress",
-        200 => "OK",
-        202 => "Accepted",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        480 => "Temporarily Unavailable",
-        481 => "Call/Transaction Does Not Exist",
-        486 => "Busy Here",
-        487 => "Request Terminated",
-        488 => "Not Acceptable Here",
-        491 => "Request Pending",
-        500 => "Server Internal Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        600 => "Busy Everywhere",
-        603 => "Decline",
-        _ => "Unknown",
+/// Why routing failed: the final status for the caller (with a reason phrase other than the
+/// standard one, e.g. a dialplan `reject` with its own reason) and the CDR disposition.
+#[derive(Debug, Clone)]
+struct Failure {
+    status: StatusCode,
+    reason: Option<String>,
+    disposition: Disposition,
+}
+
+impl Failure {
+    fn new(status: StatusCode, disposition: Disposition) -> Failure {
+        Failure {
+            status,
+            reason: None,
+            disposition,
+        }
     }
 }
 
-fn disposition_for(code: u16) -> Disposition {
-    match code {
+fn disposition_for(code: StatusCode) -> Disposition {
+    match code.code() {
         486 | 600 => Disposition::Busy,
         480 | 408 => Disposition::NoAnswer,
         487 => Disposition::Cancelled,
@@ -480,20 +473,21 @@ impl B2bua {
         tx: ServerTxId,
         req: &Message,
         src: SocketAddr,
-        status: u16,
-        reason: &str,
+        status: StatusCode,
+        reason: Option<&str>,
         to_tag: Option<&str>,
         headers: &[(&str, String)],
         body: Option<(&str, &[u8])>,
     ) -> Bytes {
-        let mut b = ResponseBuilder::new(req, status, reason, Some(src));
+        let reason = reason.unwrap_or(status.reason());
+        let mut b = ResponseBuilder::new(req, status.code(), reason, Some(src));
         if let Some(t) = to_tag {
             b = b.to_tag(t);
         }
         // RFC 3261 §12.1.1: a dialog-creating response carries the request's Record-Route
         // values, in order, so the caller's ACK and in-dialog requests follow the proxies that
         // record-routed (a provider's Kamailio in front of a trunk call).
-        if (101..300).contains(&status) && req.method() == Some(&Method::Invite) {
+        if (101..300).contains(&status.code()) && req.method() == Some(&Method::Invite) {
             for rr in req.header_values(HeaderName::RecordRoute) {
                 b = b.header("Record-Route", &str_of(&rr));
             }
@@ -666,7 +660,7 @@ impl B2bua {
     }
 
     /// Sends the final response to the A leg's INVITE (non-2xx).
-    fn final_to_a(&mut self, call: &mut Call, status: u16, reason: &str) {
+    fn final_to_a(&mut self, call: &mut Call, status: StatusCode, reason: Option<&str>) {
         let a = call.a;
         let Some(tx) = call.legs[a].invite_tx.take() else {
             return;
@@ -677,8 +671,8 @@ impl B2bua {
         let tag = call.legs[a].local_tag.clone();
         self.respond(tx, &req, src, status, reason, Some(&tag), &[], None);
         call.legs[a].state = LegState::Terminated;
-        call.legs[a].status = status;
-        call.a_status = status;
+        call.legs[a].status = status.code();
+        call.a_status = status.code();
     }
 
     // ------------------------------------------------------------------------------------
@@ -871,15 +865,15 @@ impl B2bua {
         dir: &dyn Directory,
     ) {
         let src = flow.remote;
-        self.respond(tx, req, src, 100, "Trying", None, &[], None);
+        self.respond(tx, req, src, StatusCode::TRYING, None, None, &[], None);
         let tag = token();
-        let reject = |this: &mut B2bua, code: u16, reason: &str| {
+        let reject = |this: &mut B2bua, code: StatusCode, reason: Option<&str>| {
             this.respond(tx, req, src, code, reason, Some(&tag), &[], None);
         };
         if let Some(max) = self.cfg.calls.max_concurrent.filter(|m| *m > 0) {
             if self.calls.len() >= max as usize {
                 warn!(max, "call limit reached: 503");
-                reject(self, 503, "Service Unavailable");
+                reject(self, StatusCode::SERVICE_UNAVAILABLE, None);
                 return;
             }
         }
@@ -908,7 +902,7 @@ impl B2bua {
             if let Some(max) = u.max_calls.filter(|m| *m > 0) {
                 if self.user_calls(&u.name) >= max as usize {
                     info!(user = %u.name, max, "user call limit reached: 486");
-                    reject(self, 486, "Busy Here");
+                    reject(self, StatusCode::BUSY_HERE, None);
                     return;
                 }
             }
@@ -918,7 +912,7 @@ impl B2bua {
                 Ok(_) => Some(req.body.clone()),
                 Err(e) => {
                     debug!(error = %e, "bad SDP offer: 488");
-                    reject(self, 488, "Not Acceptable Here");
+                    reject(self, StatusCode::NOT_ACCEPTABLE_HERE, None);
                     return;
                 }
             }
@@ -934,15 +928,15 @@ impl B2bua {
         };
         let Some(rule) = cfg.route(&origin, &number) else {
             info!(%number, "no dialplan rule: 404");
-            reject(self, 404, "Not Found");
+            reject(self, StatusCode::NOT_FOUND, None);
             return;
         };
         let Ok(from) = req.from_hdr() else {
-            reject(self, 400, "Bad Request");
+            reject(self, StatusCode::BAD_REQUEST, None);
             return;
         };
         let Ok(to) = req.to_hdr() else {
-            reject(self, 400, "Bad Request");
+            reject(self, StatusCode::BAD_REQUEST, None);
             return;
         };
         let from_id = match &caller {
@@ -1057,7 +1051,10 @@ impl B2bua {
                 legs: Vec::new(),
                 codes: Vec::new(),
                 timed_out: false,
-                last_failure: (480, "Temporarily Unavailable".into(), Disposition::NoAnswer),
+                last_failure: Failure::new(
+                    StatusCode::TEMPORARILY_UNAVAILABLE,
+                    Disposition::NoAnswer,
+                ),
             }),
             bundles: Vec::new(),
             phase: Phase::Routing,
@@ -1127,8 +1124,8 @@ impl B2bua {
             r.timed_out = false;
             r.seq.clear();
             let Some(action) = r.steps.pop_front() else {
-                let (code, reason, d) = r.last_failure.clone();
-                self.routing_failed(call, now, code, &reason, d);
+                let f = r.last_failure.clone();
+                self.routing_failed(call, now, f);
                 return;
             };
             let exclude = match &call.routing.as_ref().map(|r| &r.purpose) {
@@ -1140,8 +1137,13 @@ impl B2bua {
             };
             match action {
                 Action::Reject { status, reason } => {
-                    let reason = reason.unwrap_or_else(|| reason_phrase(status).to_string());
-                    self.routing_failed(call, now, status, &reason, Disposition::Rejected);
+                    let status = StatusCode::new(status).unwrap_or(StatusCode::FORBIDDEN);
+                    let f = Failure {
+                        status,
+                        reason,
+                        disposition: Disposition::Rejected,
+                    };
+                    self.routing_failed(call, now, f);
                     return;
                 }
                 Action::Trunk {
@@ -1194,7 +1196,7 @@ impl B2bua {
                             return;
                         }
                     } else if let Some(r) = call.routing.as_mut() {
-                        r.last_failure = (404, "Not Found".into(), Disposition::Rejected);
+                        r.last_failure = Failure::new(StatusCode::NOT_FOUND, Disposition::Rejected);
                     }
                 }
                 Action::Ring {
@@ -1264,9 +1266,9 @@ impl B2bua {
         }
         if let Some(r) = call.routing.as_mut() {
             r.last_failure = if busy > 0 {
-                (486, "Busy Here".into(), Disposition::Busy)
+                Failure::new(StatusCode::BUSY_HERE, Disposition::Busy)
             } else {
-                (480, "Temporarily Unavailable".into(), Disposition::NoAnswer)
+                Failure::new(StatusCode::TEMPORARILY_UNAVAILABLE, Disposition::NoAnswer)
             };
         }
         false
@@ -1539,7 +1541,7 @@ impl B2bua {
     ) -> bool {
         let fail = |call: &mut Call| {
             if let Some(r) = call.routing.as_mut() {
-                r.last_failure = (503, "Service Unavailable".into(), Disposition::Failed);
+                r.last_failure = Failure::new(StatusCode::SERVICE_UNAVAILABLE, Disposition::Failed);
             }
             false
         };
@@ -1693,21 +1695,20 @@ impl B2bua {
     }
 
     /// Nobody could be reached: the caller (or the transferor) learns why.
-    fn routing_failed(
-        &mut self,
-        call: &mut Call,
-        now: Instant,
-        code: u16,
-        reason: &str,
-        d: Disposition,
-    ) {
+    fn routing_failed(&mut self, call: &mut Call, now: Instant, f: Failure) {
+        let Failure {
+            status: code,
+            reason,
+            disposition: d,
+        } = f;
+        let reason = reason.as_deref();
         let Some(r) = call.routing.take() else { return };
         for li in r.legs.clone() {
             self.send_cancel(call, li, now);
         }
         match r.purpose {
             Purpose::Initial => {
-                info!(call = call.key, code, "call failed");
+                info!(call = call.key, code = code.code(), "call failed");
                 self.final_to_a(call, code, reason);
                 call.disposition = Some(d);
                 call.reason = if d == Disposition::Rejected {
@@ -1726,7 +1727,7 @@ impl B2bua {
             Purpose::Transfer {
                 keeper, transferor, ..
             } => {
-                info!(call = call.key, code, "transfer failed");
+                info!(call = call.key, code = code.code(), "transfer failed");
                 if call.legs[transferor].active() {
                     self.notify_refer(call, transferor, code, reason, true);
                     call.bridge = Some((keeper, transferor));
@@ -1742,8 +1743,8 @@ impl B2bua {
         &mut self,
         call: &mut Call,
         li: LegIdx,
-        code: u16,
-        reason: &str,
+        code: StatusCode,
+        reason: Option<&str>,
         terminated: bool,
     ) {
         let state = if terminated {
@@ -1755,7 +1756,11 @@ impl B2bua {
             ("Event".to_string(), "refer".to_string()),
             ("Subscription-State".to_string(), state),
         ];
-        let body = format!("SIP/2.0 {code} {reason}\r\n");
+        let body = format!(
+            "SIP/2.0 {} {}\r\n",
+            code.code(),
+            reason.unwrap_or(code.reason())
+        );
         self.send_in_dialog(
             call,
             li,
@@ -1773,7 +1778,7 @@ impl B2bua {
         now: Instant,
         dir: &dyn Directory,
         li: LegIdx,
-        code: u16,
+        code: StatusCode,
     ) {
         let Some(r) = call.routing.as_mut() else {
             return;
@@ -1800,31 +1805,24 @@ impl B2bua {
         };
         let trunk = call.legs[li].is_trunk;
         let codes = r.codes.clone();
+        let busy = |c: &StatusCode| matches!(c.code(), 486 | 600);
         let outcome = if trunk {
-            match code {
+            match code.code() {
                 401 | 407 | 408 | 500..=599 => {
-                    (503, "Service Unavailable".to_string(), Disposition::Failed)
+                    Failure::new(StatusCode::SERVICE_UNAVAILABLE, Disposition::Failed)
                 }
-                c => (c, reason_phrase(c).to_string(), disposition_for(c)),
+                _ => Failure::new(code, disposition_for(code)),
             }
-        } else if !codes.is_empty() && codes.iter().all(|c| matches!(c, 486 | 600)) {
-            (486, "Busy Here".to_string(), Disposition::Busy)
+        } else if !codes.is_empty() && codes.iter().all(busy) {
+            Failure::new(StatusCode::BUSY_HERE, Disposition::Busy)
         } else if r.timed_out {
-            (
-                480,
-                "Temporarily Unavailable".to_string(),
-                Disposition::NoAnswer,
-            )
-        } else if let Some(c) = codes.iter().find(|c| **c >= 600) {
-            (*c, reason_phrase(*c).to_string(), disposition_for(*c))
-        } else if codes.iter().any(|c| matches!(c, 486 | 600)) {
-            (486, "Busy Here".to_string(), Disposition::Busy)
+            Failure::new(StatusCode::TEMPORARILY_UNAVAILABLE, Disposition::NoAnswer)
+        } else if let Some(c) = codes.iter().find(|c| c.is_global_failure()) {
+            Failure::new(*c, disposition_for(*c))
+        } else if codes.iter().any(busy) {
+            Failure::new(StatusCode::BUSY_HERE, Disposition::Busy)
         } else {
-            (
-                480,
-                "Temporarily Unavailable".to_string(),
-                Disposition::NoAnswer,
-            )
+            Failure::new(StatusCode::TEMPORARILY_UNAVAILABLE, Disposition::NoAnswer)
         };
         r.last_failure = outcome;
         self.next_step(call, now, dir);
@@ -1853,7 +1851,8 @@ impl B2bua {
             }
         }
         if let Some(r) = call.routing.as_mut() {
-            r.last_failure = (480, "Temporarily Unavailable".into(), Disposition::NoAnswer);
+            r.last_failure =
+                Failure::new(StatusCode::TEMPORARILY_UNAVAILABLE, Disposition::NoAnswer);
         }
         self.next_step(call, now, dir);
     }
@@ -1867,11 +1866,14 @@ impl B2bua {
         let Some(p) = self.by_req.get_mut(&id) else {
             return;
         };
-        let status = msg.status().unwrap_or(0);
+        // The transaction layer drops responses outside 100..=699.
+        let Some(status) = msg.status_code() else {
+            return;
+        };
         let (key, li, kind) = (p.call, p.leg, p.kind.clone());
-        let first_final = status >= 200 && !p.done;
+        let first_final = status.is_final() && !p.done;
         let counted = p.counted;
-        if status >= 200 {
+        if status.is_final() {
             p.done = true;
         }
         let Some(mut call) = self.calls.remove(&key) else {
@@ -1902,7 +1904,8 @@ impl B2bua {
             }
             ReqKind::Bye | ReqKind::Cancel | ReqKind::Notify | ReqKind::DtmfInfo => {}
         }
-        if status >= 200 && !matches!(self.by_req.get(&id).map(|p| &p.kind), Some(ReqKind::Invite))
+        if status.is_final()
+            && !matches!(self.by_req.get(&id).map(|p| &p.kind), Some(ReqKind::Invite))
         {
             self.by_req.remove(&id);
         }
@@ -1928,11 +1931,20 @@ impl B2bua {
             ReqKind::Invite if call.legs[li].ringing() => {
                 call.legs[li].state = LegState::Terminated;
                 call.legs[li].status = 408;
-                self.step_leg_done(&mut call, now, dir, li, 408);
+                self.step_leg_done(&mut call, now, dir, li, StatusCode::REQUEST_TIMEOUT);
             }
             ReqKind::Relay { from, tx, req, src } => {
                 let tag = call.legs[from].local_tag.clone();
-                self.respond(tx, &req, src, 408, "Request Timeout", Some(&tag), &[], None);
+                self.respond(
+                    tx,
+                    &req,
+                    src,
+                    StatusCode::REQUEST_TIMEOUT,
+                    None,
+                    Some(&tag),
+                    &[],
+                    None,
+                );
                 if req.method() == Some(&Method::Invite) {
                     call.legs[from].reinvite_in = None;
                     call.legs[li].reinvite_out = None;
@@ -1984,13 +1996,13 @@ impl B2bua {
         li: LegIdx,
         id: ReqId,
         msg: &Message,
-        status: u16,
+        status: StatusCode,
         first_final: bool,
     ) {
         if call.legs[li].invite_req != Some(id) {
             return;
         }
-        match status {
+        match status.code() {
             100 => {}
             101..=199 => {
                 let leg = &mut call.legs[li];
@@ -2031,8 +2043,8 @@ impl B2bua {
                                 tx,
                                 &req,
                                 src,
-                                183,
-                                "Session Progress",
+                                StatusCode::SESSION_PROGRESS,
+                                None,
                                 Some(&tag),
                                 &[("Contact", contact)],
                                 Some(("application/sdp", body.as_bytes())),
@@ -2040,14 +2052,13 @@ impl B2bua {
                         }
                         Err(e) => debug!(error = %e, "early media SDP not relayed"),
                     }
-                } else if status == 180 || status == 183 {
-                    let reason = reason_phrase(status);
+                } else if status == StatusCode::RINGING || status == StatusCode::SESSION_PROGRESS {
                     self.respond(
                         tx,
                         &req,
                         src,
                         status,
-                        reason,
+                        None,
                         Some(&tag),
                         &[("Contact", contact)],
                         None,
@@ -2081,7 +2092,7 @@ impl B2bua {
                         .routing
                         .as_ref()
                         .is_some_and(|r| r.legs.contains(&li) && r.gen == call.legs[li].step_gen);
-                call.legs[li].status = status;
+                call.legs[li].status = status.code();
                 if !eligible {
                     // A 2xx crossing our CANCEL, or a second fork answering: ACK it, then BYE.
                     debug!(call = call.key, leg = li, "late 2xx: ACK and BYE");
@@ -2099,13 +2110,13 @@ impl B2bua {
                     return;
                 }
                 let leg = &mut call.legs[li];
-                if matches!(status, 401 | 407)
+                if status.is_challenge()
                     && leg.digest.is_some()
                     && leg.auth_rounds < MAX_AUTH_ROUNDS
                     && !leg.cancelled
                     && !leg.cancel_pending
                 {
-                    let kind = if status == 401 {
+                    let kind = if status == StatusCode::UNAUTHORIZED {
                         AuthKind::Www
                     } else {
                         AuthKind::Proxy
@@ -2118,7 +2129,7 @@ impl B2bua {
                         .is_some_and(|d| d.on_challenge(&values).is_ok());
                     if ok {
                         leg.auth_rounds += 1;
-                        leg.status = status;
+                        leg.status = status.code();
                         if let Some((uri, extra, body)) = leg.resend.clone() {
                             self.send_invite(call, li, uri, extra, body);
                             return;
@@ -2127,8 +2138,13 @@ impl B2bua {
                 }
                 let leg = &mut call.legs[li];
                 leg.state = LegState::Terminated;
-                leg.status = status;
-                debug!(call = call.key, leg = li, status, "leg failed");
+                leg.status = status.code();
+                debug!(
+                    call = call.key,
+                    leg = li,
+                    status = status.code(),
+                    "leg failed"
+                );
                 self.step_leg_done(call, now, dir, li, status);
             }
         }
@@ -2189,8 +2205,8 @@ impl B2bua {
                     tx,
                     &req,
                     src,
-                    200,
-                    "OK",
+                    StatusCode::OK,
+                    None,
                     Some(&tag),
                     &hdrs,
                     body.as_deref().map(|b| ("application/sdp", b.as_bytes())),
@@ -2231,7 +2247,7 @@ impl B2bua {
                 call.transferred_to = Some(call.number.clone());
                 info!(call = call.key, to = %call.number, "transfer completed");
                 if call.legs[transferor].active() {
-                    self.notify_refer(call, transferor, 200, "OK", true);
+                    self.notify_refer(call, transferor, StatusCode::OK, None, true);
                     self.send_bye(call, transferor);
                 }
             }
@@ -2249,15 +2265,15 @@ impl B2bua {
         req: &Message,
         src: SocketAddr,
         msg: &Message,
-        status: u16,
+        status: StatusCode,
         first_final: bool,
     ) {
-        if status == 100 {
+        if status == StatusCode::TRYING {
             return;
         }
         let is_invite = req.method() == Some(&Method::Invite);
         let cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
-        if (200..300).contains(&status) && !first_final {
+        if status.is_success() && !first_final {
             if let Some((c, data)) = call.legs[to].last_ack.clone() {
                 if c == cseq && is_invite {
                     self.out.push_back(Output::Stateless {
@@ -2268,7 +2284,7 @@ impl B2bua {
             }
             return;
         }
-        if status < 200 && !is_invite {
+        if status.is_provisional() && !is_invite {
             return;
         }
         let mut headers: Vec<(&str, String)> = Vec::new();
@@ -2295,30 +2311,23 @@ impl B2bua {
                 headers.push((h, str_of(&v)));
             }
         }
-        let reason = match &msg.start {
-            podpbx_sip::StartLine::Response { reason, .. } => str_of(reason),
-            _ => reason_phrase(status).to_string(),
-        };
-        let reason = if reason.is_empty() {
-            reason_phrase(status).to_string()
-        } else {
-            reason
-        };
+        // The peer's own reason phrase goes through (it may say more than the standard one).
+        let reason = msg.reason_phrase().filter(|r| !r.is_empty()).map(str_of);
         let tag = call.legs[from].local_tag.clone();
         let data = self.respond(
             tx,
             req,
             src,
             status,
-            &reason,
+            reason.as_deref(),
             Some(&tag),
             &headers,
             body.as_ref().map(|(c, b)| (c.as_str(), b.as_slice())),
         );
-        if status >= 200 && is_invite {
+        if status.is_final() && is_invite {
             call.legs[from].reinvite_in = None;
             call.legs[to].reinvite_out = None;
-            if (200..300).contains(&status) {
+            if status.is_success() {
                 if offer_was_in_request {
                     self.send_ack(call, to, cseq, None);
                 } else {
@@ -2335,7 +2344,10 @@ impl B2bua {
                 self.arm(_now + t1, call.key, TimerKind::Retx2xx(from));
             }
         }
-        if (status == 481 || status == 408) && call.phase == Phase::Bridged {
+        if (status == StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST
+            || status == StatusCode::REQUEST_TIMEOUT)
+            && call.phase == Phase::Bridged
+        {
             self.end_call(call, _now, "system", "dialog_gone", None);
         }
     }
@@ -2359,7 +2371,7 @@ impl B2bua {
             for li in 0..call.legs.len() {
                 self.send_cancel(&mut call, li, now);
             }
-            self.final_to_a(&mut call, 487, "Request Terminated");
+            self.final_to_a(&mut call, StatusCode::REQUEST_TERMINATED, None);
             call.disposition = Some(Disposition::Cancelled);
             call.hangup_by = Some("caller".into());
             call.reason = "cancel".into();
@@ -2447,8 +2459,8 @@ impl B2bua {
                 tx,
                 req,
                 src,
-                481,
-                "Call/Transaction Does Not Exist",
+                StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST,
+                None,
                 None,
                 &[],
                 None,
@@ -2460,7 +2472,16 @@ impl B2bua {
             && cseq <= call.legs[li].remote_cseq
             && call.legs[li].role == Role::Uas
         {
-            self.respond(tx, req, src, 500, "Server Internal Error", None, &[], None);
+            self.respond(
+                tx,
+                req,
+                src,
+                StatusCode::SERVER_INTERNAL_ERROR,
+                None,
+                None,
+                &[],
+                None,
+            );
             self.put_back(call, now);
             return true;
         }
@@ -2472,7 +2493,7 @@ impl B2bua {
         };
         match method {
             Method::Bye => {
-                self.respond(tx, req, src, 200, "OK", None, &[], None);
+                self.respond(tx, req, src, StatusCode::OK, None, None, &[], None);
                 call.legs[li].state = LegState::Terminated;
                 call.legs[li].ok = None;
                 let transferor = matches!(call.routing.as_ref().map(|r| &r.purpose), Some(Purpose::Transfer { transferor, .. }) if *transferor == li);
@@ -2485,7 +2506,7 @@ impl B2bua {
             }
             Method::Refer => self.handle_refer(&mut call, now, tx, req, src, li, partner, dir),
             Method::Info if partner.is_some() && self.info_dtmf(&mut call, li, partner, req) => {
-                self.respond(tx, req, src, 200, "OK", None, &[], None);
+                self.respond(tx, req, src, StatusCode::OK, None, None, &[], None);
             }
             m => match partner {
                 Some(p) => {
@@ -2495,19 +2516,28 @@ impl B2bua {
                             || call.legs[p].reinvite_out.is_some()
                             || call.legs[p].reinvite_in.is_some());
                     if glare {
-                        self.respond(tx, req, src, 491, "Request Pending", None, &[], None);
+                        self.respond(
+                            tx,
+                            req,
+                            src,
+                            StatusCode::REQUEST_PENDING,
+                            None,
+                            None,
+                            &[],
+                            None,
+                        );
                     } else {
                         if m == Method::Invite {
-                            self.respond(tx, req, src, 100, "Trying", None, &[], None);
+                            self.respond(tx, req, src, StatusCode::TRYING, None, None, &[], None);
                         }
                         self.relay_request(&mut call, li, p, tx, req, src, m);
                     }
                 }
                 None => {
                     let (code, reason) = match m {
-                        Method::Options | Method::Info => (200, "OK"),
-                        Method::Invite | Method::Update => (491, "Request Pending"),
-                        _ => (481, "Call/Transaction Does Not Exist"),
+                        Method::Options | Method::Info => (StatusCode::OK, None),
+                        Method::Invite | Method::Update => (StatusCode::REQUEST_PENDING, None),
+                        _ => (StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST, None),
                     };
                     let _ = &tag;
                     self.respond(tx, req, src, code, reason, None, &[], None);
@@ -2541,8 +2571,8 @@ impl B2bua {
                         tx,
                         req,
                         src,
-                        488,
-                        "Not Acceptable Here",
+                        StatusCode::NOT_ACCEPTABLE_HERE,
+                        None,
                         Some(&tag),
                         &[],
                         None,
@@ -2645,14 +2675,23 @@ impl B2bua {
         let Some(keeper) =
             partner.filter(|_| call.phase == Phase::Bridged && call.routing.is_none())
         else {
-            self.respond(tx, req, src, 403, "Forbidden", None, &[], None);
+            self.respond(tx, req, src, StatusCode::FORBIDDEN, None, None, &[], None);
             return;
         };
         let Some(target) = req
             .header(HeaderName::ReferTo)
             .and_then(|v| NameAddr::parse(&v).ok())
         else {
-            self.respond(tx, req, src, 400, "Bad Refer-To", None, &[], None);
+            self.respond(
+                tx,
+                req,
+                src,
+                StatusCode::BAD_REQUEST,
+                Some("Bad Refer-To"),
+                None,
+                &[],
+                None,
+            );
             return;
         };
         if target
@@ -2665,8 +2704,8 @@ impl B2bua {
                 tx,
                 req,
                 src,
-                501,
-                "Attended Transfer Not Implemented",
+                StatusCode::NOT_IMPLEMENTED,
+                Some("Attended Transfer Not Implemented"),
                 None,
                 &[],
                 None,
@@ -2684,13 +2723,13 @@ impl B2bua {
             tx,
             req,
             src,
-            202,
-            "Accepted",
+            StatusCode::ACCEPTED,
+            None,
             None,
             &[("Contact", contact)],
             None,
         );
-        self.notify_refer(call, li, 100, "Trying", false);
+        self.notify_refer(call, li, StatusCode::TRYING, None, false);
         let cfg = self.cfg.clone();
         let keeper_party = call.legs[keeper].party.clone().unwrap_or_default();
         let origin = if call.legs[keeper].is_trunk {
@@ -2705,7 +2744,7 @@ impl B2bua {
         };
         info!(call = call.key, to = %number, "blind transfer");
         let Some(rule) = cfg.route(&origin, &number) else {
-            self.notify_refer(call, li, 404, "Not Found", true);
+            self.notify_refer(call, li, StatusCode::NOT_FOUND, None, true);
             return;
         };
         call.number = number;
@@ -2733,7 +2772,7 @@ impl B2bua {
             legs: Vec::new(),
             codes: Vec::new(),
             timed_out: false,
-            last_failure: (480, "Temporarily Unavailable".into(), Disposition::NoAnswer),
+            last_failure: Failure::new(StatusCode::TEMPORARILY_UNAVAILABLE, Disposition::NoAnswer),
         });
         self.next_step(call, now, dir);
     }
@@ -2759,12 +2798,12 @@ impl B2bua {
         if call.legs[call.a].invite_tx.is_some() {
             self.final_to_a(
                 call,
-                if reason == "shutdown" { 503 } else { 487 },
                 if reason == "shutdown" {
-                    "Service Unavailable"
+                    StatusCode::SERVICE_UNAVAILABLE
                 } else {
-                    "Request Terminated"
+                    StatusCode::REQUEST_TERMINATED
                 },
+                None,
             );
         }
         for li in 0..call.legs.len() {

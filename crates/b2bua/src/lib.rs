@@ -49,6 +49,7 @@ mod tests;
 pub use cdr::{Cdr, CdrLeg, Disposition, MediaCounters};
 pub use engine::B2bua;
 pub use podpbx_sdp::{Family, Leg as MediaLeg, RemoteMedia};
+pub use podpbx_sip::StatusCode;
 pub use util::{parse_dtmf_info, rfc3339, token};
 
 use bytes::Bytes;
@@ -169,7 +170,7 @@ pub enum Output {
     /// Send a response through server transaction `tx`.
     Respond {
         tx: ServerTxId,
-        status: u16,
+        status: StatusCode,
         data: Bytes,
     },
     /// Start a client transaction for this request; report its responses and failure with `id`.

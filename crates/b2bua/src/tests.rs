@@ -290,7 +290,7 @@ fn requests(outs: &[Output], method: &str) -> Vec<(ReqId, Bytes)> {
 fn responses(outs: &[Output]) -> Vec<u16> {
     outs.iter()
         .filter_map(|o| match o {
-            Output::Respond { status, .. } => Some(*status),
+            Output::Respond { status, .. } => Some(status.code()),
             _ => None,
         })
         .collect()
@@ -348,7 +348,9 @@ fn basic_call_and_bye_from_caller() {
         .iter()
         .find_map(|o| match o {
             Output::Respond {
-                status: 200, data, ..
+                status: StatusCode::OK,
+                data,
+                ..
             } => Some(text(data)),
             _ => None,
         })
@@ -513,7 +515,9 @@ fn answered_call(h: &mut H) -> (String, Bytes) {
         .iter()
         .find_map(|o| match o {
             Output::Respond {
-                status: 200, data, ..
+                status: StatusCode::OK,
+                data,
+                ..
             } => Some(data.clone()),
             _ => None,
         })
@@ -561,7 +565,9 @@ fn reinvite_hold_is_relayed_with_sdp_rewrite() {
         .iter()
         .find_map(|o| match o {
             Output::Respond {
-                status: 200, data, ..
+                status: StatusCode::OK,
+                data,
+                ..
             } => Some(text(data)),
             _ => None,
         })
@@ -592,7 +598,9 @@ fn info_dtmf_becomes_rfc4733_for_rfc4733_users_else_relayed() {
         .iter()
         .find_map(|o| match o {
             Output::Respond {
-                status: 200, data, ..
+                status: StatusCode::OK,
+                data,
+                ..
             } => Some(data.clone()),
             _ => None,
         })
@@ -673,7 +681,9 @@ fn doorbell_ipv4_rings_ipv6_group_with_family_specific_anchors() {
         .iter()
         .find_map(|o| match o {
             Output::Respond {
-                status: 200, data, ..
+                status: StatusCode::OK,
+                data,
+                ..
             } => Some(text(data)),
             _ => None,
         })
@@ -844,7 +854,9 @@ fn record_route_sets_of_proxied_dialogs() {
     let to_a: Vec<String> = outs
         .iter()
         .filter_map(|o| match o {
-            Output::Respond { status, data, .. } if (180..300).contains(status) => Some(text(data)),
+            Output::Respond { status, data, .. } if (180..300).contains(&status.code()) => {
+                Some(text(data))
+            }
             _ => None,
         })
         .collect();
@@ -925,7 +937,9 @@ fn rfc4733_from_the_relay_becomes_info_for_info_users() {
         .iter()
         .find_map(|o| match o {
             Output::Respond {
-                status: 200, data, ..
+                status: StatusCode::OK,
+                data,
+                ..
             } => Some(data.clone()),
             _ => None,
         })
@@ -1047,7 +1061,9 @@ fn rfc4733_from_the_relay_becomes_info_for_info_users() {
         .iter()
         .find_map(|o| match o {
             Output::Respond {
-                status: 200, data, ..
+                status: StatusCode::OK,
+                data,
+                ..
             } => Some(data.clone()),
             _ => None,
         })

@@ -321,8 +321,8 @@ impl Calls {
                     status,
                     data,
                 } => {
-                    if let Err(e) = tx.send_response(now, id, status, data) {
-                        debug!(error = %e, status, "b2bua response not sent");
+                    if let Err(e) = tx.send_response(now, id, status.code(), data) {
+                        debug!(error = %e, status = status.code(), "b2bua response not sent");
                     }
                 }
                 Output::Request {

@@ -99,6 +99,12 @@ pub struct ResponseBuilder {
 }
 
 impl ResponseBuilder {
+    /// Starts a response with `status` and its standard reason phrase; `source` as in
+    /// [`ResponseBuilder::new`].
+    pub fn status(req: &Message, status: crate::StatusCode, source: Option<SocketAddr>) -> Self {
+        Self::new(req, status.code(), status.reason(), source)
+    }
+
     /// Starts a response; `source` is the address the request came from (for received/rport).
     pub fn new(req: &Message, code: u16, reason: &str, source: Option<SocketAddr>) -> Self {
         let mut out = BytesMut::with_capacity(req.buf.len().saturating_sub(req.body.len()) + 128);

@@ -9,11 +9,14 @@ pub mod digest;
 pub mod headers;
 pub mod ident;
 pub mod message;
+pub mod status;
 pub mod transaction;
 pub mod uri;
 
 pub use builder::{RequestBuilder, ResponseBuilder};
 pub use headers::{CSeq, Contact, ContactList, NameAddr, Params, Via};
+pub use ident::IdGen;
 pub use message::{Framing, HeaderName, Message, Method, ParseError, StartLine};
+pub use status::{InvalidStatusCode, StatusClass, StatusCode};
 pub use transaction::{Peer, Transport};
 pub use uri::{Host, Uri};

@@ -772,6 +772,20 @@ impl Message {
         }
     }
 
+    /// The status code as a [`crate::StatusCode`], `None` for requests (the parser only accepts
+    /// three-digit codes, so every response has one in range).
+    pub fn status_code(&self) -> Option<crate::StatusCode> {
+        self.status().and_then(crate::StatusCode::new)
+    }
+
+    /// The reason phrase as received, `None` for requests.
+    pub fn reason_phrase(&self) -> Option<&[u8]> {
+        match &self.start {
+            StartLine::Response { reason, .. } => Some(reason.as_ref()),
+            StartLine::Request { .. } => None,
+        }
+    }
+
     /// A slice of the buffer; empty if out of range (only if `buf` was replaced after parsing).
     #[inline]
     fn slice(&self, start: usize, len: usize) -> Bytes {

@@ -67,7 +67,6 @@
 //! Request-URI matching [`Registration::contact_uri`].
 
 mod registration;
-mod rng;
 
 pub use podpbx_sip::digest::Secret;
 pub use podpbx_sip::Transport;

@@ -1,10 +1,10 @@
 //! The outbound registration state machine (RFC 3261 §10.2, client side) and the provider
 //! keep-alive. See the crate documentation for the behaviour and the integration contract.
 
-use crate::rng::SplitMix64;
 use bytes::Bytes;
 use podpbx_sip::digest::{AuthKind, Challenge, ClientError, DigestClient, Secret};
 use podpbx_sip::transaction::MAGIC_COOKIE;
+use podpbx_sip::IdGen;
 use podpbx_sip::{HeaderName, Host, Message, Method, RequestBuilder, Transport, Uri};
 use std::collections::VecDeque;
 use std::fmt;
@@ -358,7 +358,7 @@ pub struct Registration {
     call_id: String,
     from_tag: String,
     cseq: u32,
-    rng: SplitMix64,
+    rng: IdGen,
     digest: DigestClient,
     auth_kind: AuthKind,
     /// Set when the current challenge arrived during the running attempt.
@@ -490,7 +490,7 @@ impl Registration {
         let contact_uri = Uri::parse(Bytes::from(contact.clone()))
             .map_err(|_| ConfigError::InvalidUsername(cfg.username.clone()))?;
         let via_prefix = format!("SIP/2.0/{via_t} {local_host}:{}", cfg.local.port());
-        let mut rng = SplitMix64::new(cfg.seed);
+        let mut rng = IdGen::new(cfg.seed);
         let call_id = rng.hex(2);
         let from_tag = rng.hex(1);
         let auth_user = cfg
