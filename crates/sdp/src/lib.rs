@@ -16,7 +16,10 @@
 //! * ICE lines (`a=candidate`, `a=ice-*`, `a=end-of-candidates`,
 //!   `a=remote-candidates`) are dropped, since the relay is the only media
 //!   address;
-//! * every other line is kept, in order, byte for byte (line endings included).
+//! * every other line is kept, in order, byte for byte (line endings included);
+//! * with [`Sdp::rewrite_secure`], per stream: the SRTP profile and `a=crypto` lines (RFC 4568
+//!   SDES, [`Crypto`]) are kept, removed ([`MediaSecurity::Plain`]) or replaced by ours
+//!   ([`MediaSecurity::Srtp`]), so that each leg of a call gets its own keys.
 //!
 //! Hold (RFC 3264 §8.4): a `c=0.0.0.0` (or `::`) stream is reported as held
 //! ([`MediaDescription::zero_address`], [`MediaDescription::on_hold`]). Our
@@ -34,8 +37,10 @@
 //! `a=rtpmap` or `a=rtcp`, a stream without a connection address) is a typed
 //! [`SdpError`]; the call layer answers 488. Nothing here panics.
 
+mod crypto;
 mod media;
 
+pub use crypto::{decode_base64, encode_base64, secure_profile, Crypto, MediaSecurity};
 pub use media::{Family, Leg, RemoteMedia};
 
 use std::fmt::Write as _;
@@ -280,6 +285,8 @@ pub struct MediaDescription {
     pub rtpmaps: Vec<RtpMap>,
     /// Payload type of the first `telephone-event` rtpmap listed in the formats.
     pub telephone_event: Option<u8>,
+    /// `a=crypto` lines (RFC 4568 SDES), in order.
+    pub crypto: Vec<Crypto>,
     first_line: usize,
     end_line: usize,
     direction_line: Option<usize>,
@@ -299,6 +306,12 @@ pub fn static_clock_rate(pt: u8) -> Option<u32> {
 }
 
 impl MediaDescription {
+    /// The SRTP profiles `RTP/SAVP` and `RTP/SAVPF` (RFC 3711, RFC 5124).
+    pub fn secure(&self) -> bool {
+        let p = self.proto.to_ascii_uppercase();
+        p == "RTP/SAVP" || p == "RTP/SAVPF"
+    }
+
     /// Port 0: the stream is rejected or disabled; no relay port is needed.
     pub fn rejected(&self) -> bool {
         self.port == 0
@@ -713,6 +726,7 @@ impl Sdp {
                         direction: Direction::SendRecv,
                         rtpmaps: Vec::new(),
                         telephone_event: None,
+                        crypto: Vec::new(),
                         first_line: i,
                         end_line: lines.len(),
                         direction_line: None,
@@ -742,6 +756,8 @@ impl Sdp {
                         ("rtcp", Some(x)) => m.rtcp = Some(parse_rtcp(x, i)?),
                         ("rtcp", None) => return Err(syntax(i, "bad a=rtcp port")),
                         ("rtcp-mux", _) => m.rtcp_mux = true,
+                        ("crypto", Some(x)) => m.crypto.push(Crypto::parse(x, i)?),
+                        ("crypto", None) => return Err(syntax(i, "bad a=crypto")),
                         _ => {}
                     }
                 }
@@ -843,6 +859,17 @@ impl Sdp {
 
     /// Rewrite for anchoring at the relay; see the module documentation.
     pub fn rewrite(&self, plan: &RewritePlan) -> Result<String, SdpError> {
+        self.rewrite_secure(plan, &[])
+    }
+
+    /// [`Sdp::rewrite`] that also sets each stream's SRTP profile and keys: `security` has one
+    /// entry per m-line (missing entries mean [`MediaSecurity::Keep`]). Rejected streams are
+    /// left alone.
+    pub fn rewrite_secure(
+        &self,
+        plan: &RewritePlan,
+        security: &[MediaSecurity],
+    ) -> Result<String, SdpError> {
         if plan.media.len() != self.media.len() {
             return Err(SdpError::PlanMismatch {
                 plan: plan.media.len(),
@@ -908,7 +935,11 @@ impl Sdp {
         }
 
         // Media sections.
-        for (m, p) in self.media.iter().zip(&plan.media) {
+        for (mi, (m, p)) in self.media.iter().zip(&plan.media).enumerate() {
+            let sec = match security.get(mi) {
+                Some(s) if !m.rejected() && *p != MediaPlan::Reject => s,
+                _ => &MediaSecurity::Keep,
+            };
             let anchor = match p {
                 _ if m.rejected() => None,
                 MediaPlan::Reject => None,
@@ -952,14 +983,33 @@ impl Sdp {
                         None if reject_now => Some(0),
                         None => None,
                     };
-                    match new_port {
-                        Some(port) => {
+                    let proto = match sec {
+                        MediaSecurity::Keep => None,
+                        MediaSecurity::Plain => Some(secure_profile(&m.proto, false)),
+                        MediaSecurity::Srtp(_) => Some(secure_profile(&m.proto, true)),
+                    };
+                    match (new_port, proto) {
+                        (None, None) => out.push_str(s),
+                        (port, proto) => {
                             let after_media = s[2..].find(' ').map_or(s.len(), |k| k + 2);
                             let rest = s[after_media..].trim_start();
-                            let after_port = rest.find(' ').map_or("", |k| &rest[k..]);
-                            let _ = write!(out, "m={} {}{}", m.media, port, after_port);
+                            let (old_port, after_port) = rest.split_once(' ').unwrap_or((rest, ""));
+                            let port = port.map_or(old_port.to_string(), |p| p.to_string());
+                            match proto {
+                                None => {
+                                    let _ = write!(out, "m={} {} {}", m.media, port, after_port);
+                                }
+                                Some(proto) => {
+                                    // after_port = "<proto> <fmt>..."
+                                    let fmts = after_port.split_once(' ').map_or("", |x| x.1);
+                                    let _ = write!(out, "m={} {} {}", m.media, port, proto);
+                                    if !fmts.is_empty() {
+                                        out.push(' ');
+                                        out.push_str(fmts);
+                                    }
+                                }
+                            }
                         }
-                        None => out.push_str(s),
                     }
                     if let (true, false, Some(c)) = (insert_c, info_next, &c_line) {
                         out.push_str(eol_or_default);
@@ -989,6 +1039,9 @@ impl Sdp {
                 }
                 if let Some(attr) = s.strip_prefix("a=") {
                     if is_ice_attr(attr) {
+                        continue;
+                    }
+                    if attr.starts_with("crypto:") && *sec != MediaSecurity::Keep {
                         continue;
                     }
                     if Some(i) == m.direction_line {
@@ -1031,6 +1084,13 @@ impl Sdp {
                     out.push_str(&default_eol);
                 }
                 let _ = write!(out, "a={}", d.as_str());
+                out.push_str(&default_eol);
+            }
+            if let MediaSecurity::Srtp(line) = sec {
+                if !out.ends_with('\n') {
+                    out.push_str(&default_eol);
+                }
+                out.push_str(line);
                 out.push_str(&default_eol);
             }
         }

@@ -489,3 +489,116 @@ fn random_garbage_never_panics() {
         }
     }
 }
+
+// ----- SDES (RFC 4568) -----------------------------------------------------------------------
+
+/// The RFC 4568 §4 example key, and an SRTP offer as baresip sends it.
+const SAVP_OFFER: &str = "v=0\r\n\
+o=- 1 1 IN IP6 2001:db8::10\r\n\
+s=-\r\n\
+c=IN IP6 2001:db8::10\r\n\
+t=0 0\r\n\
+m=audio 4000 RTP/SAVP 0 101\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:4\r\n\
+a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj\r\n\
+a=sendrecv\r\n";
+
+#[test]
+fn crypto_lines_are_parsed_with_their_keys() {
+    let sdp = Sdp::parse(SAVP_OFFER.as_bytes()).expect("parse");
+    let m = &sdp.media()[0];
+    assert!(m.secure());
+    assert_eq!(m.crypto.len(), 2);
+    let c = &m.crypto[0];
+    assert_eq!((c.tag, c.suite.as_str()), (1, "AES_CM_128_HMAC_SHA1_80"));
+    assert_eq!(c.key.len(), 30);
+    assert_eq!(c.key[..4], [0x3d, 0x2d, 0x6e, 0x40]);
+    assert_eq!(c.lifetime.as_deref(), Some("2^20"));
+    assert!(c.mki);
+    assert_eq!(m.crypto[1].tag, 2);
+    assert!(!m.crypto[1].mki);
+    assert!(
+        !format!("{c:?}").contains("61"),
+        "no key bytes in Debug: {c:?}"
+    );
+    // Plain offers have none.
+    let plain = Sdp::parse(OFFER_V4.as_bytes()).unwrap();
+    assert!(plain.media()[0].crypto.is_empty() && !plain.media()[0].secure());
+}
+
+#[test]
+fn malformed_crypto_lines_are_errors() {
+    for bad in [
+        "a=crypto:x AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR",
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80",
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 uri:http://x",
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:not*base64!",
+        "a=crypto:1234567890 AES_CM_128_HMAC_SHA1_80 inline:PS1u",
+        "a=crypto",
+    ] {
+        let text = SAVP_OFFER.replace(
+            "a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj",
+            bad,
+        );
+        match Sdp::parse(text.as_bytes()) {
+            Err(SdpError::Syntax { line: 10, .. }) => {}
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn base64_round_trips() {
+    for n in 0..40 {
+        let data: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37)).collect();
+        let e = encode_base64(&data);
+        assert_eq!(e.len() % 4, 0);
+        assert_eq!(decode_base64(&e), Some(data.clone()), "{e}");
+        assert_eq!(decode_base64(e.trim_end_matches('=')), Some(data));
+    }
+    assert_eq!(encode_base64(b"foobar"), "Zm9vYmFy");
+    assert_eq!(encode_base64(b"fo"), "Zm8=");
+    assert_eq!(decode_base64("Zm9=x"), None);
+}
+
+#[test]
+fn rewrite_terminates_srtp_per_leg() {
+    let sdp = Sdp::parse(SAVP_OFFER.as_bytes()).unwrap();
+    let plan = RewritePlan::anchor_all(vec![anchor("192.0.2.1", 30000)]);
+    // Towards a plain phone: profile AVP, no crypto line.
+    let plain = sdp.rewrite_secure(&plan, &[MediaSecurity::Plain]).unwrap();
+    assert!(plain.contains("m=audio 30000 RTP/AVP 0 101\r\n"), "{plain}");
+    assert!(!plain.contains("crypto"), "{plain}");
+    // Towards an SRTP peer: our own key only.
+    let ours = Crypto::line(1, "AES_CM_128_HMAC_SHA1_80", &[9u8; 30]);
+    let secure = sdp
+        .rewrite_secure(&plan, &[MediaSecurity::Srtp(ours.clone())])
+        .unwrap();
+    assert!(
+        secure.contains("m=audio 30000 RTP/SAVP 0 101\r\n"),
+        "{secure}"
+    );
+    assert!(
+        secure.ends_with(&format!("a=sendrecv\r\n{ours}\r\n")),
+        "{secure}"
+    );
+    assert_eq!(secure.matches("a=crypto").count(), 1, "{secure}");
+    let back = Sdp::parse(secure.as_bytes()).unwrap();
+    assert_eq!(back.media()[0].crypto[0].key, vec![9u8; 30]);
+    // A plain offer made secure, and Keep leaves everything.
+    let from_plain = Sdp::parse(OFFER_V4.as_bytes())
+        .unwrap()
+        .rewrite_secure(&plan, &[MediaSecurity::Srtp(ours)])
+        .unwrap();
+    assert!(from_plain.contains("m=audio 30000 RTP/SAVP 0 8 101\r\n"));
+    let kept = sdp.rewrite_secure(&plan, &[MediaSecurity::Keep]).unwrap();
+    assert_eq!(kept, sdp.rewrite(&plan).unwrap());
+    assert_eq!(kept.matches("a=crypto").count(), 2);
+    assert_eq!(secure_profile("RTP/SAVPF", false), "RTP/AVPF");
+    assert_eq!(
+        secure_profile("UDP/TLS/RTP/SAVPF", false),
+        "UDP/TLS/RTP/SAVPF"
+    );
+}
