@@ -1,12 +1,12 @@
 //! End-to-end test of the home topology with real softphones.
 //!
-//! Five network namespaces stand in for the home network (addresses from the documentation
+//! Seven network namespaces (`tests/e2e/topology.rs`) stand in for the home network (addresses from the documentation
 //! prefixes only; nothing leaves the namespaces):
 //!
 //! ```text
 //!   lan6 (bridge br0)                          pod
-//!    ph1 2001:db8:1234:1::101 (phone 101)       lo   2001:db8:1234:10::5060/128  (pinned)
-//!    ph2 2001:db8:1234:1::102 (phone 102)       lo   198.51.100.10/32            (pinned)
+//!    ph1: ph1 2001:db8:1234:1::101 (phone 101)  lo   2001:db8:1234:10::5060/128  (pinned)
+//!    ph2: ph2 2001:db8:1234:1::102 (phone 102)  lo   198.51.100.10/32            (pinned)
 //!        |                                      pod0 2001:db8:100::2/64, 203.0.113.2/30 (transit)
 //!        |                                        |
 //!        +---- router (forwarding, the routes BGP would learn: /128 and /32 via the transit)
@@ -47,6 +47,8 @@ mod common;
 mod audio;
 #[path = "e2e/sniff.rs"]
 mod sniff;
+#[path = "e2e/topology.rs"]
+mod topology;
 
 use common::baresip::{account, in_netns, Baresip, PhoneConfig};
 use common::kamailio::{Account, Kamailio, ProviderConfig, Source};
@@ -56,21 +58,11 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use topology::*;
 
-const PINNED6: &str = "2001:db8:1234:10::5060";
-const PINNED4: &str = "198.51.100.10";
-const TRANSIT6_POD: &str = "2001:db8:100::2";
-const TRANSIT6_RTR: &str = "2001:db8:100::1";
-const TRANSIT4_POD: &str = "203.0.113.2";
-const TRANSIT4_RTR: &str = "203.0.113.1";
-const LAN6_RTR: &str = "2001:db8:1234:1::1";
-const PHONE101: &str = "2001:db8:1234:1::101";
-const PHONE102: &str = "2001:db8:1234:1::102";
-const LAN4_RTR: &str = "198.51.100.33";
-const DOOR: &str = "198.51.100.50";
-const PROV_RTR: &str = "2001:db8:ffff::1";
-const PSTN: &str = "2001:db8:ffff::2";
-const KAM: &str = "2001:db8:ffff:5::60";
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address literal")
+}
 
 const MEDIA_MIN: u16 = 20000;
 const MEDIA_MAX: u16 = 20099;
@@ -88,205 +80,6 @@ const ALL_TONES: [f64; 4] = [TONE_101, TONE_102, TONE_DOOR, TONE_PSTN];
 
 /// How long each call carries audio before the caller hangs up.
 const TALK: Duration = Duration::from_secs(4);
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("address literal")
-}
-
-/// The five namespaces, deleted on drop (after everything running in them was stopped: the
-/// test declares this first, so it is dropped last).
-struct Topology {
-    pod: Netns,
-    router: Netns,
-    lan6: Netns,
-    lan4: Netns,
-    provider: Netns,
-}
-
-/// Sets a sysctl of `ns` (its /proc/sys/net is the namespace's own), without procps.
-fn sysctl(ns: &Netns, key: &str, value: &str) {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    in_netns(&ns.name, || std::fs::write(&path, value))
-        .unwrap_or_else(|e| panic!("sysctl {key}={value} in {}: {e}", ns.name));
-}
-
-impl Topology {
-    fn build() -> Topology {
-        let t = Topology {
-            pod: Netns::new("e2e-pod"),
-            router: Netns::new("e2e-rtr"),
-            lan6: Netns::new("e2e-lan6"),
-            lan4: Netns::new("e2e-lan4"),
-            provider: Netns::new("e2e-prov"),
-        };
-        let (pod, rtr, lan6, lan4, prov) = (
-            t.pod.name.as_str(),
-            t.router.name.as_str(),
-            t.lan6.name.as_str(),
-            t.lan4.name.as_str(),
-            t.provider.name.as_str(),
-        );
-        veth(&t.pod, "pod0", &t.router, "r-pod");
-        veth(&t.lan6, "lan6up", &t.router, "r-lan6");
-        veth(&t.lan4, "lan4up", &t.router, "r-lan4");
-        veth(&t.provider, "prov0", &t.router, "r-prov");
-
-        // The pod: the pinned /128 and /32 on lo (as Calico assigns them), a transit address
-        // per family on its link to the router, default routes through the router.
-        ip_in(
-            pod,
-            &[
-                "addr",
-                "add",
-                &format!("{PINNED6}/128"),
-                "dev",
-                "lo",
-                "nodad",
-            ],
-        );
-        ip_in(pod, &["addr", "add", &format!("{PINNED4}/32"), "dev", "lo"]);
-        ip_in(
-            pod,
-            &[
-                "addr",
-                "add",
-                &format!("{TRANSIT6_POD}/64"),
-                "dev",
-                "pod0",
-                "nodad",
-            ],
-        );
-        ip_in(
-            pod,
-            &["addr", "add", &format!("{TRANSIT4_POD}/30"), "dev", "pod0"],
-        );
-        ip_in(pod, &["-6", "route", "add", "default", "via", TRANSIT6_RTR]);
-        ip_in(pod, &["route", "add", "default", "via", TRANSIT4_RTR]);
-
-        // The router: one leg per network, forwarding on, and the routes the home router learns
-        // by BGP: the pinned /128 and /32 via the pod's transit addresses.
-        ip_in(
-            rtr,
-            &[
-                "addr",
-                "add",
-                &format!("{TRANSIT6_RTR}/64"),
-                "dev",
-                "r-pod",
-                "nodad",
-            ],
-        );
-        ip_in(
-            rtr,
-            &["addr", "add", &format!("{TRANSIT4_RTR}/30"), "dev", "r-pod"],
-        );
-        ip_in(
-            rtr,
-            &[
-                "addr",
-                "add",
-                &format!("{LAN6_RTR}/64"),
-                "dev",
-                "r-lan6",
-                "nodad",
-            ],
-        );
-        ip_in(
-            rtr,
-            &["addr", "add", &format!("{LAN4_RTR}/27"), "dev", "r-lan4"],
-        );
-        ip_in(
-            rtr,
-            &[
-                "addr",
-                "add",
-                &format!("{PROV_RTR}/64"),
-                "dev",
-                "r-prov",
-                "nodad",
-            ],
-        );
-        ip_in(
-            rtr,
-            &[
-                "-6",
-                "route",
-                "add",
-                &format!("{PINNED6}/128"),
-                "via",
-                TRANSIT6_POD,
-            ],
-        );
-        ip_in(
-            rtr,
-            &[
-                "route",
-                "add",
-                &format!("{PINNED4}/32"),
-                "via",
-                TRANSIT4_POD,
-            ],
-        );
-        ip_in(
-            rtr,
-            &["-6", "route", "add", &format!("{KAM}/128"), "via", PSTN],
-        );
-        sysctl(&t.router, "net.ipv6.conf.all.forwarding", "1");
-        sysctl(&t.router, "net.ipv4.ip_forward", "1");
-
-        // The IPv6 LAN: a bridge (the switch) with the uplink and one interface per phone, so
-        // each phone's media address is its own (baresip takes it from one interface).
-        ip_in(lan6, &["link", "add", "br0", "type", "bridge"]);
-        ip_in(lan6, &["link", "set", "br0", "up"]);
-        ip_in(lan6, &["link", "set", "lan6up", "master", "br0"]);
-        for (iface, addr) in [("ph1", PHONE101), ("ph2", PHONE102)] {
-            let port = format!("{iface}-br");
-            ip_in(
-                lan6,
-                &["link", "add", iface, "type", "veth", "peer", "name", &port],
-            );
-            ip_in(lan6, &["link", "set", &port, "master", "br0"]);
-            ip_in(lan6, &["link", "set", &port, "up"]);
-            ip_in(lan6, &["link", "set", iface, "up"]);
-            ip_in(
-                lan6,
-                &["addr", "add", &format!("{addr}/64"), "dev", iface, "nodad"],
-            );
-        }
-        ip_in(
-            lan6,
-            &[
-                "-6", "route", "add", "default", "via", LAN6_RTR, "dev", "ph1",
-            ],
-        );
-
-        // The IPv4 LAN with the doorbell.
-        ip_in(
-            lan4,
-            &["addr", "add", &format!("{DOOR}/27"), "dev", "lan4up"],
-        );
-        ip_in(lan4, &["route", "add", "default", "via", LAN4_RTR]);
-
-        // The provider: the PSTN UA on the link, Kamailio on its own address behind it.
-        ip_in(
-            prov,
-            &[
-                "addr",
-                "add",
-                &format!("{PSTN}/64"),
-                "dev",
-                "prov0",
-                "nodad",
-            ],
-        );
-        ip_in(
-            prov,
-            &["addr", "add", &format!("{KAM}/128"), "dev", "lo", "nodad"],
-        );
-        ip_in(prov, &["-6", "route", "add", "default", "via", PROV_RTR]);
-        t
-    }
-}
 
 fn podpbx_config(dir: &Path) -> String {
     format!(
@@ -404,47 +197,14 @@ macro_rules! ensure {
     };
 }
 
-/// Waits for the newest decoded recording of `b` to be finalised (libsndfile rewrites the
-/// header on close), checks it holds `expected` and none of the other tones.
+/// `b`'s newest recording holds `expected` and none of the other tones ([`audio::heard`]).
 fn heard(b: &mut Baresip, expected: f64) -> Result<audio::ToneCheck, String> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut recs = Vec::new();
-    while Instant::now() < deadline {
-        recs.extend(b.new_recordings());
-        let finalised = recs.last().is_some_and(|p| {
-            std::fs::read(p).is_ok_and(|d| d.len() > 44 && d[40..44] != [0, 0, 0, 0])
-        });
-        if finalised {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let path = recs
-        .last()
-        .ok_or_else(|| format!("{}: no recording in {}", b.name, b.dir().display()))?
-        .clone();
-    let rec = audio::read_wav(&path)?;
     let foreign: Vec<f64> = ALL_TONES
         .iter()
         .copied()
         .filter(|f| *f != expected)
         .collect();
-    let name = format!(
-        "{}:{}",
-        b.name,
-        path.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let c = audio::check_tone(&name, &rec, expected, &foreign);
-    ensure!(
-        c.windows >= 2
-            && c.rms >= 0.1
-            && (c.dominant_hz - expected).abs() <= 3.0
-            && c.purity >= 0.8
-            && c.foreign_purity < 0.05,
-        "{} should hear {expected} Hz: {c}",
-        b.name
-    );
-    Ok(c)
+    audio::heard(b, expected, &foreign)
 }
 
 /// The RTP source address a phone reported (`... receiving from ADDR`), last one.
@@ -1068,7 +828,7 @@ fn home_topology_with_real_softphones() {
     let aor6 = |user: &str| format!("sip:{user}@[{PINNED6}]");
     let mut p101 = phone(
         "phone101",
-        &topo.lan6,
+        &topo.ph1,
         sip(PHONE101),
         "ph1",
         account(
@@ -1080,7 +840,7 @@ fn home_topology_with_real_softphones() {
     );
     let mut p102 = phone(
         "phone102",
-        &topo.lan6,
+        &topo.ph2,
         sip(PHONE102),
         "ph2",
         account(

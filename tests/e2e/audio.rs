@@ -221,6 +221,49 @@ pub fn check_tone(file: &str, rec: &Recording, expected: f64, foreign: &[f64]) -
     }
 }
 
+/// Waits (bounded: 3 s) for the newest recording of `b` to be finalised (libsndfile rewrites
+/// the header on close), and checks it holds `expected` (dominant within 3 Hz, purity >= 0.8,
+/// RMS >= 0.1, at least two voiced seconds) and none of `foreign` (purity < 0.05).
+pub fn heard(
+    b: &mut super::common::baresip::Baresip,
+    expected: f64,
+    foreign: &[f64],
+) -> Result<ToneCheck, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut recs = Vec::new();
+    while std::time::Instant::now() < deadline {
+        recs.extend(b.new_recordings());
+        let finalised = recs.last().is_some_and(|p| {
+            std::fs::read(p).is_ok_and(|d| d.len() > 44 && d[40..44] != [0, 0, 0, 0])
+        });
+        if finalised {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let path = recs
+        .last()
+        .ok_or_else(|| format!("{}: no recording in {}", b.name, b.dir().display()))?
+        .clone();
+    let rec = read_wav(&path)?;
+    let name = format!(
+        "{}:{}",
+        b.name,
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let c = check_tone(&name, &rec, expected, foreign);
+    if c.windows >= 2
+        && c.rms >= 0.1
+        && (c.dominant_hz - expected).abs() <= 3.0
+        && c.purity >= 0.8
+        && c.foreign_purity < 0.05
+    {
+        Ok(c)
+    } else {
+        Err(format!("{} should hear {expected} Hz: {c}", b.name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -731,6 +731,8 @@ impl B2bua {
             call.held = sdp.on_hold();
         }
         let held = call.held;
+        // The relay accepts this leg's media only from the SDP's IPs and the signalling peer's.
+        let signalling = call.legs[li].peer.addr.ip();
         let Some(bundle) = call.bundles.get(bi) else {
             return;
         };
@@ -742,7 +744,8 @@ impl B2bua {
                 continue;
             }
             if let Some(r) = RemoteMedia::from_sdp(m, false) {
-                self.media.set_remote(id, leg_side, r);
+                self.media
+                    .set_remote(id, leg_side, r.with_signalling(signalling));
             }
             if offer {
                 self.media.set_hold(id, MediaLeg::A, held);

@@ -12,7 +12,8 @@ use std::time::SystemTime;
 struct MediaLog {
     next: u64,
     families: HashMap<MediaId, (Family, Family)>,
-    remotes: Vec<(MediaId, MediaLeg, SocketAddr)>,
+    /// (session, leg, SDP RTP address, signalling source IP) per `set_remote`.
+    remotes: Vec<(MediaId, MediaLeg, SocketAddr, Option<IpAddr>)>,
     holds: Vec<(MediaId, MediaLeg, bool)>,
     dtmf: Vec<(MediaId, MediaLeg, char)>,
     released: Vec<MediaId>,
@@ -40,7 +41,8 @@ impl MediaPort for FakeMedia {
         })
     }
     fn set_remote(&mut self, id: MediaId, leg: MediaLeg, remote: RemoteMedia) {
-        self.0.lock().unwrap().remotes.push((id, leg, remote.rtp));
+        let r = (id, leg, remote.rtp, remote.signalling);
+        self.0.lock().unwrap().remotes.push(r);
     }
     fn set_hold(&mut self, id: MediaId, leg: MediaLeg, hold: bool) {
         self.0.lock().unwrap().holds.push((id, leg, hold));
@@ -360,6 +362,22 @@ fn basic_call_and_bye_from_caller() {
         "callee's media address hidden:\n{ok}"
     );
     assert!(ok.contains("o=podpbx "), "our own origin:\n{ok}");
+    // The relay learns each leg's SDP address and signalling source IP (issue #11: media is
+    // accepted from those IPs only).
+    let remotes = h.media.0.lock().unwrap().remotes.clone();
+    let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+    assert!(
+        remotes.iter().any(|r| r.1 == MediaLeg::A
+            && r.2 == "[2001:db8:1::a]:4000".parse().unwrap()
+            && r.3 == ip("2001:db8:1::a")),
+        "{remotes:?}"
+    );
+    assert!(
+        remotes.iter().any(|r| r.1 == MediaLeg::B
+            && r.2 == "[2001:db8:1::b]:5000".parse().unwrap()
+            && r.3 == ip("2001:db8:1::32")),
+        "{remotes:?}"
+    );
     // The 2xx is retransmitted until the ACK.
     let outs = h.advance(Duration::from_millis(600));
     assert!(outs

@@ -14,6 +14,29 @@
 //!   session; stats are read from atomics. Signalling never waits on media.
 //! * Dropping a [`Session`] releases it: the worker closes the sockets and
 //!   returns the ports to the pool.
+//!
+//! # Who may send media to a leg (no RTP bleed)
+//!
+//! A leg accepts RTP/RTCP only from the IPs its call layer names in
+//! [`RemoteMedia`]: the IP of the leg's SDP `c=` line (and `a=rtcp`) and the
+//! source IP of the leg's signalling; any port of those (symmetric RTP: a
+//! phone may send from another port than it announced). It latches onto the
+//! first such source and then accepts only that exact address. Everything
+//! else is dropped and counted as [`crate::Drops::foreign_source`], before
+//! and after latching, on hold and off. Before the leg's SDP is known
+//! nothing is accepted, not even from the signalling IP: with forking, the
+//! B leg has no single signalling peer until an answer picks one, and the
+//! few packets a phone may send before its answer is processed are not
+//! worth a weaker rule. Only a new SDP ([`Session::set_remote`]) moves a
+//! leg to another IP; re-latching (on request, or after silence when
+//! configured) stays within the leg's IPs.
+//!
+//! This is stricter than the usual SBC defaults: rtpengine learns the first
+//! source it hears for a few seconds (its `strict-source` only keeps the
+//! learned address afterwards) and Asterisk's `strictrtp=seqno` learns any
+//! source that sends a few packets in sequence; both leave a window in which
+//! a stranger spraying the port range takes a leg. Here a stranger has no
+//! window: its IP is not one the call named.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -52,36 +75,35 @@ pub struct FamilyConfig {
     pub ports: RangeInclusive<u16>,
 }
 
-/// How a leg learns where its peer really sends from (symmetric RTP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which sources a leg accepts (and latches onto: symmetric RTP).
+///
+/// Whatever the mode, a leg accepts packets only from an IP its call layer named for it: the
+/// IP of the leg's SDP `c=` line (RTP and RTCP addresses) or the source IP of the leg's
+/// signalling ([`RemoteMedia::signalling`]). Before the leg's SDP is known nothing is accepted.
+/// Everything else is dropped and counted ([`crate::Drops::foreign_source`]), before and after
+/// latching, on hold or not; only a new SDP ([`Session::set_remote`]) moves a leg to another IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LatchMode {
-    /// Latch onto the source of the first valid RTP/RTCP packet (NAT traversal;
-    /// the SDP address is only the first guess for sending).
-    FirstSource,
-    /// Accept only packets from the SDP address (no NAT traversal).
-    SdpOnly,
+    /// Latch onto the first valid packet from one of the leg's IPs, from any port (a phone
+    /// may send from another port than it receives on). Default.
+    #[default]
+    KnownIp,
+    /// Accept only packets from exactly the SDP address (IP and port).
+    SdpExact,
 }
 
 /// Latching policy. After latching, packets from other sources are dropped
 /// and counted; a leg re-latches on a new offer ([`Session::set_remote`] with
 /// a changed address), on [`Session::relatch`], or — when configured — after
-/// its latched source has been silent for a while (NAT rebinding).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// its latched source has been silent for a while (a phone that changed its
+/// source port). Re-latching never accepts an IP the leg does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LatchPolicy {
-    /// How the first source is chosen.
+    /// Which first source is accepted.
     pub mode: LatchMode,
-    /// Re-latch onto a new source once the latched one has been silent this
-    /// long. `None` (default): never by itself.
+    /// Re-latch onto a new source (of the leg's IPs) once the latched one has
+    /// been silent this long. `None` (default): never by itself.
     pub relatch_after_silence: Option<Duration>,
-}
-
-impl Default for LatchPolicy {
-    fn default() -> Self {
-        LatchPolicy {
-            mode: LatchMode::FirstSource,
-            relatch_after_silence: None,
-        }
-    }
 }
 
 /// Relay configuration.
@@ -277,7 +299,7 @@ impl Pools {
     pub(crate) fn put(&self, ip: IpAddr, even: u16) {
         if let Some(fp) = self.get(Family::of(ip)) {
             if let Ok(mut p) = fp.pool.lock() {
-                p.put(even);
+                p.put(even, sys::monotonic_ns());
             }
         }
     }
@@ -465,10 +487,11 @@ impl Relay {
             .pool
             .lock()
             .map_err(|_| RelayError::PortsExhausted(family))?;
-        // Try every free pair at most once; pairs that fail to bind (used by
-        // someone else) go to the back of the queue.
+        // Try as many pairs as are free; pairs that fail to bind (used by
+        // another program) rest like released ones.
+        let now_ns = sys::monotonic_ns();
         for _ in 0..pool.available() {
-            let Some(even) = pool.take() else { break };
+            let Some(even) = pool.take(now_ns) else { break };
             let rtp = sys::media_socket(
                 SocketAddr::new(fp.addr, even),
                 self.inner.cfg.tos,
@@ -484,7 +507,7 @@ impl Relay {
             };
             match (rtp, rtcp) {
                 (Ok(a), Ok(b)) => return Ok((a, b, fp.addr, even)),
-                _ => pool.put(even),
+                _ => pool.put(even, now_ns),
             }
         }
         Err(RelayError::PortsExhausted(family))

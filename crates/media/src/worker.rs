@@ -39,6 +39,8 @@ const DEFAULT_CLOCK: u32 = 8000;
 /// `WLeg::te_pt` when the leg's SDP has no telephone-event (RTP payload
 /// types are 7 bits: no packet matches it).
 const NO_PT: u8 = 0xff;
+/// SDP RTP IP, SDP RTCP IP, signalling IP.
+const MAX_KNOWN: usize = 3;
 
 pub(crate) struct WorkerConfig {
     pub(crate) index: usize,
@@ -143,8 +145,14 @@ struct LegCold {
     has_remote: bool,
     /// SDP addresses (first guesses): [RTP, RTCP].
     sdp: [Endpoint; 2],
+    /// The IPs (port ignored) this leg accepts media from: its SDP's and its
+    /// signalling source's. Empty until the leg's SDP is known.
+    known: [Endpoint; MAX_KNOWN],
+    nknown: usize,
     sdp_raw: [RawAddr; 2],
     rtcp_explicit: bool,
+    /// IPs of the last SDP that named one: [RTP, RTCP] (port 0).
+    sdp_ips: [Endpoint; 2],
     /// c=0.0.0.0: send nothing towards this leg.
     zero_hold: bool,
     hold: bool,
@@ -180,8 +188,11 @@ impl WLeg {
                 even_port: n.even_port,
                 has_remote: false,
                 sdp: [Endpoint::NONE; 2],
+                known: [Endpoint::NONE; MAX_KNOWN],
+                nknown: 0,
                 sdp_raw: [RawAddr::empty(); 2],
                 rtcp_explicit: false,
+                sdp_ips: [Endpoint::NONE; 2],
                 zero_hold: false,
                 hold: false,
                 src_raw: [RawAddr::empty(); 2],
@@ -260,6 +271,36 @@ impl WLeg {
         } else {
             self.c.sdp_raw[1]
         };
+    }
+
+    /// Whether `src`'s IP is one the leg accepts media from.
+    #[inline]
+    fn known_ip(&self, src: &Endpoint) -> bool {
+        self.c.known[..self.c.nknown].iter().any(|k| k.same_ip(src))
+    }
+
+    /// The IPs the leg accepts after a new SDP: the SDP's RTP and RTCP IPs
+    /// (unspecified ones, c=0.0.0.0 hold, keep the previous SDP's: a hold
+    /// does not move the peer) and the signalling source IP.
+    fn set_known(&mut self, rtp: SocketAddr, rtcp: SocketAddr, signalling: Option<IpAddr>) {
+        let ip_of = |a: &SocketAddr| Endpoint::from_std(SocketAddr::new(a.ip(), 0));
+        if !rtp.ip().is_unspecified() {
+            self.c.sdp_ips = [ip_of(&rtp), Endpoint::NONE];
+        }
+        if !rtcp.ip().is_unspecified() && rtcp.ip() != rtp.ip() {
+            self.c.sdp_ips[1] = ip_of(&rtcp);
+        }
+        let sig = signalling
+            .filter(|ip| !ip.is_unspecified())
+            .map(|ip| Endpoint::from_std(SocketAddr::new(ip, 0)));
+        let mut n = 0;
+        for e in self.c.sdp_ips.into_iter().chain(sig) {
+            if e.is_some() && !self.c.known[..n].iter().any(|k| k.same_ip(&e)) {
+                self.c.known[n] = e;
+                n += 1;
+            }
+        }
+        self.c.nknown = n;
     }
 
     fn unlatch(&mut self) {
@@ -546,6 +587,9 @@ impl Worker {
                 let changed = !l.c.has_remote || rtp != l.c.sdp[0] || l.c.zero_hold != zero;
                 l.c.has_remote = true;
                 l.c.sdp = [rtp, Endpoint::from_std(rtcp_addr)];
+                l.set_known(remote.rtp, rtcp_addr, remote.signalling);
+                // A latched source whose IP the new SDP no longer names is let go.
+                let stale = l.src.iter().any(|s| s.is_some() && !l.known_ip(s));
                 l.c.sdp_raw = [RawAddr::from_std(remote.rtp), RawAddr::from_std(rtcp_addr)];
                 l.c.rtcp_explicit = remote.rtcp.is_some() || remote.rtcp_mux;
                 l.c.zero_hold = zero;
@@ -568,7 +612,7 @@ impl Worker {
                     }
                 }
                 l.last_pt = 0xff;
-                if changed {
+                if changed || stale {
                     // A new offer: latch again onto whatever the peer sends from.
                     l.unlatch();
                     s.shared.legs[leg].set(C::Latched, 0);
@@ -815,22 +859,24 @@ fn forward(
             }
         };
 
-        // Symmetric RTP: is this the source we latched onto?
+        // Symmetric RTP: is this the source we latched onto? If not, is it
+        // one the leg may latch onto (one of its known IPs, see LatchMode)?
         let src = Endpoint::from_raw(&b.names[i]);
         if src != l.src[sock] {
             let accept = if l.src[sock].is_some() {
                 match policy.relatch_after_silence {
-                    Some(d) => now_ms.saturating_sub(l.src_last_ms[sock]) >= d.as_millis() as u64,
+                    Some(d) => {
+                        now_ms.saturating_sub(l.src_last_ms[sock]) >= d.as_millis() as u64
+                            && l.known_ip(&src)
+                    }
                     None => false,
                 }
             } else {
                 match policy.mode {
                     // RTCP must come from the host that sends the RTP.
-                    LatchMode::FirstSource if sock == 1 && l.src[0].is_some() => {
-                        src.same_ip(&l.src[0])
-                    }
-                    LatchMode::FirstSource => true,
-                    LatchMode::SdpOnly => l.c.has_remote && src == l.c.sdp[sock],
+                    LatchMode::KnownIp if sock == 1 && l.src[0].is_some() => src.same_ip(&l.src[0]),
+                    LatchMode::KnownIp => l.known_ip(&src),
+                    LatchMode::SdpExact => l.c.has_remote && src == l.c.sdp[sock],
                 }
             };
             if !accept {

@@ -147,6 +147,9 @@ fn latching_follows_the_real_source() {
     expect_silence(&a_sdp, Duration::from_millis(50));
 }
 
+/// A loopback address that is neither leg's SDP nor signalling IP (127/8 is all loopback).
+const EVIL4: &str = "127.0.0.66";
+
 #[test]
 fn injection_from_third_address_is_dropped_and_counted() {
     let (relay, _ev) = relay(21300);
@@ -157,7 +160,7 @@ fn injection_from_third_address_is_dropped_and_counted() {
         endpoint(V4),
         endpoint(V6),
         endpoint(V6),
-        endpoint(V4),
+        endpoint(EVIL4),
     );
     connect(&relay, &s, remote_rtcp(&a, &a_c), remote_rtcp(&b, &b_c));
     pump(&a, la.rtp, &b, lb.rtp, 5, 1);
@@ -189,18 +192,23 @@ fn injection_from_third_address_is_dropped_and_counted() {
     assert_eq!(st.drops.foreign_source, 40);
     assert_eq!(st.ssrc, 1, "injected SSRC never reached the stats");
 
-    // Re-latch only on request from the call layer.
+    // Re-latching on request from the call layer: the first packet from one
+    // of the leg's IPs latches, the foreign IP still cannot.
     s.relatch(Leg::A).expect("relatch");
     relay.sync(Duration::from_secs(2));
-    pump(&evil, la.rtp, &b, lb.rtp, 2, 7);
-    let p = rtp(0, 99, 0, 1, b"old peer");
-    a.send_to(&p, la.rtp).expect("send");
+    evil.send_to(&rtp(0, 50, 0, 666, b"evil"), la.rtp)
+        .expect("send");
     expect_silence(&b, Duration::from_millis(50));
-    // Latches so far: A's RTP and RTCP ports, then the evil source.
+    let a2 = endpoint(V4); // the same host, another port (symmetric RTP)
+    pump(&a2, la.rtp, &b, lb.rtp, 2, 7);
+    // B's media follows the new latch; the foreign IP never gets any.
+    pump(&b, lb.rtp, &a2, la.rtp, 2, 2);
+    expect_silence(&evil, Duration::from_millis(50));
+    // Latches so far: A's RTP and RTCP ports, then a2.
     assert_eq!(s.stats(Leg::A).relatches, 3);
 
-    // A new offer with a changed address re-latches too (and the SDP
-    // address is again only the first guess).
+    // A new offer with a changed address re-latches too (the SDP address
+    // is again only the first guess, the IP is the rule).
     let a_new_sdp = endpoint(V4);
     s.set_remote(Leg::A, remote(&a_new_sdp)).expect("new offer");
     relay.sync(Duration::from_secs(2));
@@ -209,13 +217,14 @@ fn injection_from_third_address_is_dropped_and_counted() {
         .expect("send");
     expect_silence(&b, Duration::from_millis(50));
     assert_eq!(s.stats(Leg::A).relatches, 4);
+    assert_eq!(s.stats(Leg::A).drops.foreign_source, 42);
 }
 
 #[test]
 fn sdp_only_policy_and_relatch_after_silence() {
     let (relay, _ev) = relay_with(21400, 20, |c| {
         c.latch = LatchPolicy {
-            mode: LatchMode::SdpOnly,
+            mode: LatchMode::SdpExact,
             relatch_after_silence: None,
         }
     });

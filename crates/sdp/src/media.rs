@@ -75,6 +75,9 @@ pub struct RemoteMedia {
     /// the peer, and recognition of the RFC 4733 events it sends (the relay's
     /// DTMF event).
     pub telephone_event: Option<(u8, u32)>,
+    /// Source IP of the leg's signalling (the peer whose SDP this is). The relay accepts media
+    /// only from this IP and the SDP's own IPs (issue #11, no RTP bleed).
+    pub signalling: Option<IpAddr>,
 }
 
 impl RemoteMedia {
@@ -86,7 +89,14 @@ impl RemoteMedia {
             rtcp_mux: false,
             clock_rates: Vec::new(),
             telephone_event: None,
+            signalling: None,
         }
+    }
+
+    /// The same, also accepting media from the leg's signalling source IP.
+    pub fn with_signalling(mut self, ip: IpAddr) -> RemoteMedia {
+        self.signalling = Some(ip);
+        self
     }
 
     /// From a parsed m-line. `rtcp_mux` should be true only when both legs
@@ -105,6 +115,7 @@ impl RemoteMedia {
             rtcp_mux,
             clock_rates,
             telephone_event,
+            signalling: None,
         })
     }
 }

@@ -1,0 +1,395 @@
+//! RTP bleed (issue #11, "Media: no RTP bleed"), played by an attacker with real phones.
+//!
+//! The e2e home topology (`tests/e2e/topology.rs`) plus an attacker namespace on the internet
+//! side of the router, which knows nothing but the pod's pinned addresses. The IPv4 doorbell
+//! (baresip, 852 Hz) calls phone 102 (baresip on the IPv6 LAN, 1209 Hz, manual answer), so the
+//! call has an IPv4 leg and an IPv6 leg. While 102 rings (2 s) and then during the answered call
+//! (4 s), the attacker sprays every port of the media range on both pinned addresses, every
+//! 20 ms: valid RTP (a loud 400 Hz tone, its own SSRC) to the even ports and an RTCP receiver
+//! report to the odd ones, from one socket per family, and reads whatever comes back.
+//!
+//! A relay that latches a leg onto the first source it hears, before or after that leg's SDP is
+//! known, hands the attacker one side of the call and leaves the other side in silence. The test
+//! passes only when: the attacker received not one datagram, in either phase; each phone heard
+//! the other's tone for (nearly) the whole call, and neither its own nor the attacker's;
+//! `podpbx_relay_dropped_packets_total{reason="foreign_source"}` in `/metrics` rose by at least
+//! the packets that hit the call's four ports during the answered phase.
+//!
+//! Needs root (CI runs as root) and baresip (`baresip-core`); `PODPBX_SKIP_E2E=1` skips it.
+
+mod common;
+
+#[path = "e2e/audio.rs"]
+mod audio;
+#[path = "e2e/topology.rs"]
+mod topology;
+
+use common::baresip::{account, in_netns, Baresip, PhoneConfig};
+use common::netns::*;
+use common::{http_get, metric, ChildGuard, TempDir, BIN};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use topology::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address literal")
+}
+
+const MEDIA_MIN: u16 = 20000;
+const MEDIA_MAX: u16 = 20099;
+const TONE_102: f64 = 1209.0;
+const TONE_DOOR: f64 = 852.0;
+/// What the attacker injects (a leak into a phone would show in its recording).
+const TONE_ATTACK: f64 = 400.0;
+const RING: Duration = Duration::from_secs(2);
+const TALK: Duration = Duration::from_secs(4);
+/// One spray round (every port once) per this interval.
+const ROUND: Duration = Duration::from_millis(20);
+const FOREIGN: &str = "podpbx_relay_dropped_packets_total{reason=\"foreign_source\"}";
+
+fn config(dir: &Path) -> String {
+    format!(
+        r#"[sip]
+ipv6 = "{PINNED6}"
+ipv4 = "{PINNED4}"
+port = 5060
+transports = ["udp"]
+domain = "home.test"
+realm = "home.test"
+
+[admin]
+listen = "{PINNED4}:9060"
+
+[storage]
+data_dir = "{dir}"
+
+[media]
+port_min = {MEDIA_MIN}
+port_max = {MEDIA_MAX}
+timeout_secs = 15
+
+[calls]
+max_duration_secs = 120
+cdr_file = "{dir}/cdr.jsonl"
+
+[[users]]
+name = "102"
+password = "bleed-pw-102"
+allow_from = ["2001:db8:1234:1::/64"]
+
+[[users]]
+name = "190"
+identify_by_source = true
+allow_from = ["{DOOR}/32"]
+
+[[dialplan]]
+name = "door"
+match = {{ caller = "190" }}
+action = "ring"
+targets = ["102"]
+timeout_secs = 30
+"#,
+        dir = dir.display()
+    )
+}
+
+/// G.711 µ-law of a 16-bit linear sample (bias 0x84, clip 32 635).
+fn ulaw(sample: i16) -> u8 {
+    let mut s = i32::from(sample);
+    let sign: u8 = if s < 0 {
+        s = -s;
+        0x80
+    } else {
+        0
+    };
+    s = s.min(32_635) + 0x84;
+    let mut exp = 7;
+    while exp > 0 && s & (0x80 << exp) == 0 {
+        exp -= 1;
+    }
+    let mantissa = ((s >> (exp + 3)) & 0x0f) as u8;
+    !(sign | (exp as u8) << 4 | mantissa)
+}
+
+/// What one spray phase saw.
+#[derive(Debug, Default, Clone, Copy)]
+struct Spray {
+    rounds: u64,
+    sent: u64,
+    received: u64,
+}
+
+/// The attacker's two sockets (created inside its namespace; they stay there).
+struct Attacker {
+    v6: UdpSocket,
+    v4: UdpSocket,
+    seq: u16,
+    ts: u32,
+}
+
+impl Attacker {
+    fn new(ns: &Netns) -> Attacker {
+        let (v6, v4) = in_netns(&ns.name, || {
+            let v6 = UdpSocket::bind(SocketAddr::new(ip(ATTACKER6), 0)).expect("attacker v6");
+            let v4 = UdpSocket::bind(SocketAddr::new(ip(ATTACKER4), 0)).expect("attacker v4");
+            (v6, v4)
+        });
+        for s in [&v6, &v4] {
+            s.set_nonblocking(true).expect("nonblocking");
+        }
+        Attacker {
+            v6,
+            v4,
+            seq: 1,
+            ts: 0,
+        }
+    }
+
+    /// Every `ROUND`, one datagram to every port of the media range on both pinned addresses,
+    /// for `how_long` (bounded in time and rounds); counts every datagram that comes back.
+    fn spray(&mut self, how_long: Duration) -> Spray {
+        let mut out = Spray::default();
+        let mut buf = [0u8; 2048];
+        let end = Instant::now() + how_long;
+        let max_rounds = how_long.as_millis() as u64 / ROUND.as_millis() as u64 + 1;
+        let targets = [(&self.v6, ip(PINNED6)), (&self.v4, ip(PINNED4))];
+        while Instant::now() < end && out.rounds < max_rounds {
+            let t0 = Instant::now();
+            let mut rtp = vec![0x80u8, 0];
+            rtp.extend_from_slice(&self.seq.to_be_bytes());
+            rtp.extend_from_slice(&self.ts.to_be_bytes());
+            rtp.extend_from_slice(&0x0bad_f00du32.to_be_bytes());
+            for i in 0..160u32 {
+                let t = f64::from(self.ts + i) / 8000.0;
+                let v = (2.0 * std::f64::consts::PI * TONE_ATTACK * t).sin() * 16000.0;
+                rtp.push(ulaw(v as i16));
+            }
+            // RTCP receiver report (no blocks) from the attacker's SSRC.
+            let rtcp = [0x80u8, 201, 0, 1, 0x0b, 0xad, 0xf0, 0x0d];
+            self.seq = self.seq.wrapping_add(1);
+            self.ts = self.ts.wrapping_add(160);
+            for port in MEDIA_MIN..=MEDIA_MAX {
+                let pkt: &[u8] = if port % 2 == 0 { &rtp } else { &rtcp };
+                for (sock, pinned) in &targets {
+                    if sock.send_to(pkt, SocketAddr::new(*pinned, port)).is_ok() {
+                        out.sent += 1;
+                    }
+                }
+            }
+            out.rounds += 1;
+            for (sock, _) in &targets {
+                while let Ok((_, from)) = sock.recv_from(&mut buf) {
+                    if out.received == 0 {
+                        eprintln!("attacker: first datagram back from {from}");
+                    }
+                    out.received += 1;
+                }
+            }
+            if let Some(left) = ROUND.checked_sub(t0.elapsed()) {
+                std::thread::sleep(left);
+            }
+        }
+        out
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+#[test]
+fn attacker_spraying_the_media_range_gets_nothing_and_breaks_nothing() {
+    if std::env::var_os("PODPBX_SKIP_E2E").is_some() {
+        eprintln!("PODPBX_SKIP_E2E set: skipping");
+        return;
+    }
+    assert!(
+        is_root(),
+        "this test builds network namespaces and must run as root (CI does)"
+    );
+    if let Err(e) = common::baresip::available() {
+        panic!("{e} (or set PODPBX_SKIP_E2E=1)");
+    }
+    let topo = Topology::build();
+    let atk_ns = topo.attacker();
+    let dir = TempDir::new("bleed");
+    let tone = |name: &str, f: f64| {
+        let p = dir.path().join(format!("{name}.wav"));
+        audio::write_tone(&p, f, 60, 0.5).expect("write tone");
+        p
+    };
+    let (t102, tdoor) = (tone("102", TONE_102), tone("door", TONE_DOOR));
+
+    let cfg = dir.path().join("podpbx.toml");
+    std::fs::write(&cfg, config(dir.path())).expect("write config");
+    let log = dir.path().join("podpbx.log");
+    let pbx_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut pbx = ChildGuard(
+        topo.pod
+            .command(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start podpbx in the pod namespace"),
+    );
+    let ready = wait_until(Duration::from_secs(15), || {
+        pbx_log().contains("podpbx ready") || !matches!(pbx.0.try_wait(), Ok(None))
+    });
+    assert!(
+        ready && pbx_log().contains("podpbx ready"),
+        "podpbx did not start:\n{}",
+        pbx_log()
+    );
+    let admin: SocketAddr = format!("{PINNED4}:9060").parse().expect("admin");
+    let foreign_drops = || {
+        let (_, m) = in_netns(&topo.pod.name, || http_get(admin, "/metrics"));
+        metric(&m, FOREIGN).unwrap_or(0.0)
+    };
+
+    let phone = |name: &str, ns: &Netns, addr: &str, iface: &str, acc: String, t: &Path, n: u16| {
+        Baresip::start(&PhoneConfig {
+            name: name.to_owned(),
+            netns: ns.name.clone(),
+            sip_listen: SocketAddr::new(ip(addr), 5060),
+            interface: iface.to_owned(),
+            account: acc,
+            tone: t.to_path_buf(),
+            ctrl_port: 4400 + n,
+            rtp_ports: (30000 + 20 * n, 30019 + 20 * n),
+            max_secs: 120,
+        })
+    };
+    let mut p102 = phone(
+        "bleed102",
+        &topo.ph2,
+        PHONE102,
+        "ph2",
+        account(
+            &format!("sip:102@[{PINNED6}]"),
+            &["auth_pass=bleed-pw-102", "answermode=manual", "regint=600"],
+        ),
+        &t102,
+        2,
+    );
+    let mut door = phone(
+        "bleeddoor",
+        &topo.lan4,
+        DOOR,
+        "lan4up",
+        account(
+            &format!("sip:190@{PINNED4}"),
+            &["answermode=auto", "regint=0"],
+        ),
+        &tdoor,
+        3,
+    );
+    if let Err(e) = p102.wait_registered(Duration::from_secs(10)) {
+        panic!(
+            "{e}\n{}\n--- podpbx ---\n{}",
+            p102.logs(),
+            tail(&pbx_log(), 60)
+        );
+    }
+    let mut attacker = Attacker::new(&atk_ns);
+    let drops_before = foreign_drops();
+
+    let mut report = String::new();
+    let result = (|| -> Result<(Spray, Spray), String> {
+        door.command("dial", &format!("sip:600@{PINNED4}"))?;
+        p102.wait_event("CALL_INCOMING", 1, Duration::from_secs(15))?;
+        // 102 rings: its leg has no SDP yet, the door's leg has one but has sent nothing.
+        let ringing = attacker.spray(RING);
+        p102.command("accept", "")?;
+        p102.wait_event("CALL_ESTABLISHED", 1, Duration::from_secs(10))?;
+        door.wait_event("CALL_ESTABLISHED", 1, Duration::from_secs(10))?;
+        // The answered call: both phones send, the attacker keeps spraying.
+        let talking = attacker.spray(TALK);
+        door.command("hangup", "")?;
+        door.wait_event("CALL_CLOSED", 1, Duration::from_secs(10))?;
+        p102.wait_event("CALL_CLOSED", 1, Duration::from_secs(10))?;
+        Ok((ringing, talking))
+    })();
+    let mut failures = Vec::new();
+    match &result {
+        Ok((ringing, talking)) => {
+            for (phase, s) in [("ringing", ringing), ("answered", talking)] {
+                report.push_str(&format!(
+                    "{phase}: {} rounds, {} datagrams sprayed, {} received by the attacker\n",
+                    s.rounds, s.sent, s.received
+                ));
+                if s.received != 0 {
+                    failures.push(format!(
+                        "the attacker received {} datagrams while {phase}",
+                        s.received
+                    ));
+                }
+                if s.rounds < 20 {
+                    failures.push(format!("only {} spray rounds while {phase}", s.rounds));
+                }
+            }
+            // Each phone heard the other for (nearly) the whole call, not itself, not the
+            // attacker.
+            let talk_secs = TALK.as_secs() as usize;
+            for (b, expected, own) in [
+                (&mut p102, TONE_DOOR, TONE_102),
+                (&mut door, TONE_102, TONE_DOOR),
+            ] {
+                match audio::heard(b, expected, &[own, TONE_ATTACK]) {
+                    Ok(c) if c.windows + 1 >= talk_secs => {
+                        report.push_str(&format!("{} heard {expected} Hz: {c}\n", b.name))
+                    }
+                    Ok(c) => failures.push(format!(
+                        "{}: only {} voiced seconds of {talk_secs}: {c}",
+                        b.name, c.windows
+                    )),
+                    Err(e) => failures.push(e),
+                }
+            }
+            // Every packet to the call's four ports during the answered phase was dropped as
+            // foreign (the totals may reach /metrics only when the call ends: wait a moment).
+            let want = drops_before + 4.0 * (talking.rounds as f64) * 0.9;
+            let _ = wait_until(Duration::from_secs(5), || foreign_drops() >= want);
+            let after = foreign_drops();
+            report.push_str(&format!("{FOREIGN}: {drops_before} -> {after}\n"));
+            if after < want {
+                failures.push(format!(
+                    "foreign-source drops rose from {drops_before} to {after}, expected >= {want}"
+                ));
+            }
+        }
+        Err(e) => failures.push(format!("call failed: {e}")),
+    }
+    eprintln!("{report}");
+    if !failures.is_empty() {
+        panic!(
+            "RTP bleed:\n{}\n{report}\n--- CDR ---\n{}\n--- 102 ---\n{}\n--- door ---\n{}\n--- podpbx ---\n{}",
+            failures.join("\n"),
+            std::fs::read_to_string(dir.path().join("cdr.jsonl")).unwrap_or_default(),
+            tail(&p102.logs(), 30),
+            tail(&door.logs(), 30),
+            tail(&pbx_log(), 80)
+        );
+    }
+    drop(door);
+    drop(p102);
+    drop(pbx);
+    drop(atk_ns);
+    drop(topo);
+}
