@@ -66,19 +66,9 @@ const NAMES: &[HeaderName] = &[
     HeaderName::Other,
 ];
 
-/// What podpbx's core announces (crates/podpbx/src/core.rs).
+/// What podpbx's core announces (`podpbx_sip::caps`).
 fn capabilities() -> Capabilities {
-    Capabilities {
-        methods: vec![
-            Method::Options,
-            Method::Ack,
-            Method::Cancel,
-            Method::Register,
-            Method::Message,
-        ],
-        accept: vec!["application/sdp".into(), "text/plain".into()],
-        supported: vec![],
-    }
+    Capabilities::podpbx()
 }
 
 /// Runs one input through everything; panics only when an oracle fails.

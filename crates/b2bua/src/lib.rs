@@ -49,6 +49,7 @@ mod tests;
 pub use cdr::{Cdr, CdrLeg, Disposition, MediaCounters};
 pub use engine::B2bua;
 pub use podpbx_sdp::{Family, Leg as MediaLeg, RemoteMedia};
+pub use podpbx_sip::Flow;
 pub use podpbx_sip::StatusCode;
 pub use util::{parse_dtmf_info, rfc3339, token};
 
@@ -57,29 +58,6 @@ use podpbx_sip::transaction::{ServerTxId, Timers};
 use podpbx_sip::{Method, Peer, Transport};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-
-/// Where a message came from: the observed flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Flow {
-    pub transport: Transport,
-    /// Our pinned address and port it arrived on.
-    pub local: SocketAddr,
-    /// The peer as seen on the wire.
-    pub remote: SocketAddr,
-    /// TCP connection id (0 for UDP).
-    pub conn: u64,
-}
-
-impl Flow {
-    /// Where to send requests and responses on this flow.
-    pub fn peer(&self) -> Peer {
-        Peer {
-            addr: self.remote,
-            transport: self.transport,
-            conn: self.conn,
-        }
-    }
-}
 
 /// A registered contact of a user, as the registrar saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]

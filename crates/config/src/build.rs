@@ -1223,14 +1223,10 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
             check_number(d, &s);
             s.v
         });
-        let family_s = t.choice(
-            d,
-            "family",
-            &[("ipv6", Family::Ipv6), ("ipv4", Family::Ipv4)],
-        );
+        let family_s = t.choice(d, "family", &[("ipv6", Family::V6), ("ipv4", Family::V4)]);
         let host_family = match &host {
-            Some(Host::Ip(IpAddr::V6(_))) => Some(Family::Ipv6),
-            Some(Host::Ip(IpAddr::V4(_))) => Some(Family::Ipv4),
+            Some(Host::Ip(IpAddr::V6(_))) => Some(Family::V6),
+            Some(Host::Ip(IpAddr::V4(_))) => Some(Family::V4),
             _ => None,
         };
         let family = match (&family_s, host_family) {
@@ -1241,24 +1237,24 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
                     format!(
                         "host `{}` is an {} address",
                         host_s.as_ref().map_or("", |h| h.v.as_str()),
-                        if h == Family::Ipv6 { "IPv6" } else { "IPv4" }
+                        if h == Family::V6 { "IPv6" } else { "IPv4" }
                     ),
                 );
                 f.v
             }
             (Some(f), _) => f.v,
             (None, Some(h)) => h,
-            (None, None) if sip.ipv6.is_none() && sip.ipv4.is_some() => Family::Ipv4,
-            (None, None) => Family::Ipv6,
+            (None, None) if sip.ipv6.is_none() && sip.ipv4.is_some() => Family::V4,
+            (None, None) => Family::V6,
         };
         let family_missing = match family {
-            Family::Ipv6 => sip.ipv6.is_none() && sip.ipv4.is_some(),
-            Family::Ipv4 => sip.ipv4.is_none() && sip.ipv6.is_some(),
+            Family::V6 => sip.ipv6.is_none() && sip.ipv4.is_some(),
+            Family::V4 => sip.ipv4.is_none() && sip.ipv6.is_some(),
         };
         if family_missing {
             let (fam, key) = match family {
-                Family::Ipv6 => ("IPv6", "sip.ipv6"),
-                Family::Ipv4 => ("IPv4", "sip.ipv4"),
+                Family::V6 => ("IPv6", "sip.ipv6"),
+                Family::V4 => ("IPv4", "sip.ipv4"),
             };
             let msg = format!("trunk uses {fam} but `{key}` is not set");
             match (&family_s, &host_s) {

@@ -41,26 +41,8 @@ pub struct Config {
     pub dialplan: Vec<Rule>,
 }
 
-/// SIP transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// UDP.
-    Udp,
-    /// TCP.
-    Tcp,
-    /// TLS over TCP (RFC 3261 §26).
-    Tls,
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        })
-    }
-}
+/// SIP transport protocol: the one definition in `podpbx-sip` (the keys spell it `udp`/`tcp`).
+pub use podpbx_sip::Transport;
 
 /// `[sip]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -374,14 +356,8 @@ impl fmt::Display for Host {
     }
 }
 
-/// IP address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// IPv6.
-    Ipv6,
-    /// IPv4.
-    Ipv4,
-}
+/// IP address family: the one definition in `podpbx-sdp`, shared with the relay.
+pub use podpbx_sdp::Family;
 
 /// `[[trunks]]`: a connection to a SIP provider.
 #[derive(Debug, Clone, PartialEq)]

@@ -165,7 +165,7 @@ fn example_home_parses() {
 
     let trunk = c.trunk("provider").expect("trunk");
     assert_eq!(trunk.host, Host::Name("sip.provider.example".into()));
-    assert_eq!(trunk.family, Family::Ipv6);
+    assert_eq!(trunk.family, Family::V6);
     assert!(trunk.register);
     assert_eq!(trunk.auth_user(), Some("4930123456"));
     assert_eq!(
@@ -940,7 +940,7 @@ fn trunk_checks() {
     assert!(!t.register);
     assert_eq!(
         (t.port, t.transport, t.family),
-        (5060, Transport::Udp, Family::Ipv6)
+        (5060, Transport::Udp, Family::V6)
     );
     assert_eq!(t.host.to_string(), "[2001:db8::7]");
 }

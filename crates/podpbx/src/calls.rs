@@ -3,8 +3,8 @@
 //! turning b2bua outputs into transaction-layer calls.
 
 use podpbx_b2bua::{
-    B2bua, Cdr, ContactTarget, Directory, Flow as BFlow, LegStats, MediaId, MediaLeg, MediaPort,
-    Output, RemoteMedia, ReqId, Settings,
+    B2bua, Cdr, ContactTarget, Directory, LegStats, MediaId, MediaLeg, MediaPort, Output,
+    RemoteMedia, ReqId, Settings,
 };
 use podpbx_config::Config;
 use podpbx_media::{Family, FamilyConfig, Relay, RelayConfig, Session};
@@ -146,16 +146,7 @@ impl Directory for RegDirectory<'_> {
             .into_iter()
             .map(|b| ContactTarget {
                 uri: b.contact_uri.clone(),
-                flow: BFlow {
-                    transport: match b.flow.transport {
-                        podpbx_registrar::Transport::Udp => Transport::Udp,
-                        podpbx_registrar::Transport::Tcp => Transport::Tcp,
-                        podpbx_registrar::Transport::Tls => Transport::Tls,
-                    },
-                    local: b.flow.local,
-                    remote: b.flow.source,
-                    conn: b.flow.conn_id,
-                },
+                flow: b.flow,
             })
             .collect()
     }
@@ -184,7 +175,7 @@ impl Directory for RegDirectory<'_> {
 pub fn resolve_trunks(cfg: &Config) -> HashMap<String, SocketAddr> {
     let mut out = HashMap::new();
     for t in &cfg.trunks {
-        let want_v4 = t.family == podpbx_config::Family::Ipv4;
+        let want_v4 = t.family == podpbx_config::Family::V4;
         let addr = match &t.host {
             podpbx_config::Host::Ip(ip) => Some(SocketAddr::new(*ip, t.port)),
             podpbx_config::Host::Name(n) => (n.as_str(), t.port)
@@ -381,11 +372,7 @@ pub fn user_db(cfg: &Config) -> podpbx_registrar::UserDb {
         let mut user = podpbx_registrar::User::new(u.name.clone(), pw.expose().to_string());
         user.allowed_sources = u.allow_from.clone();
         user.max_contacts = u.max_contacts.max(1) as usize;
-        user.required_transport = u.transport.map(|t| match t {
-            podpbx_config::Transport::Udp => podpbx_registrar::Transport::Udp,
-            podpbx_config::Transport::Tcp => podpbx_registrar::Transport::Tcp,
-            podpbx_config::Transport::Tls => podpbx_registrar::Transport::Tls,
-        });
+        user.required_transport = u.transport;
         users.insert(user);
     }
     users

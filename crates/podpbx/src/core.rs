@@ -7,6 +7,7 @@ use crate::transport::Flow;
 use crate::trunks::Trunks;
 use bytes::{Bytes, BytesMut};
 use podpbx_registrar::{AuthKind, AuthResult, Registrar, Reply, SecurityEvent};
+
 use podpbx_sip::checks::{check_request, Capabilities, Rejection};
 use podpbx_sip::ident::{host_of, token};
 use podpbx_sip::transaction::{ClientTxId, TxId};
@@ -77,35 +78,10 @@ pub struct Core {
     calls: Option<crate::calls::Calls>,
 }
 
-/// Methods podpbx answers itself today; the Allow header lists exactly these.
-const ALLOW: &[Method] = &[
-    Method::Invite,
-    Method::Ack,
-    Method::Cancel,
-    Method::Bye,
-    Method::Options,
-    Method::Register,
-    Method::Message,
-    Method::Info,
-    Method::Update,
-    Method::Refer,
-    Method::Notify,
-];
-
 impl Core {
     /// Creates a core.
     pub fn new(cfg: CoreConfig, stats: Arc<Stats>, registrar: Registrar, trunks: Trunks) -> Core {
-        let caps = Capabilities {
-            methods: ALLOW.to_vec(),
-            accept: vec![
-                "application/sdp".into(),
-                "text/plain".into(),
-                "application/dtmf-relay".into(),
-                "application/dtmf".into(),
-                "message/sipfrag".into(),
-            ],
-            supported: vec![],
-        };
+        let caps = Capabilities::podpbx();
         let tx = TransactionLayer::new(cfg.timers, cfg.max_transactions);
         Core {
             cfg,
@@ -274,7 +250,7 @@ impl Core {
                 serde_json::json!({
                     "user": user,
                     "contact": b.contact_uri,
-                    "flow": format!("{:?} {} -> {}", b.flow.transport, b.flow.source, b.flow.local),
+                    "flow": format!("{:?} {} -> {}", b.flow.transport, b.flow.remote, b.flow.local),
                     "expires_at": expires_at,
                     "reachable": b.reachable,
                     "user_agent": b.user_agent,
@@ -381,11 +357,7 @@ impl Core {
             Stats::bump(&self.stats.blocked_requests);
             return;
         }
-        let peer = Peer {
-            addr: response_destination(msg, flow),
-            transport: flow.transport,
-            conn: flow.conn,
-        };
+        let peer = flow.response_peer(msg);
         match self.tx.on_request(now, msg, msg.buf.clone(), peer) {
             RequestDisposition::New(id) => self.handle_request(now, wall, id, msg, flow),
             RequestDisposition::Retransmission(_) | RequestDisposition::AckAbsorbed(_) => {
@@ -685,9 +657,7 @@ impl Core {
             }
             podpbx_b2bua::Identity::User(u) => podpbx_b2bua::Caller::User(u),
             podpbx_b2bua::Identity::Authenticate => {
-                let check =
-                    self.registrar
-                        .authenticate(now, req, registrar_flow(flow), AuthKind::Proxy);
+                let check = self.registrar.authenticate(now, req, flow, AuthKind::Proxy);
                 log_security(&self.stats, &check.events);
                 match check.result {
                     AuthResult::Authenticated { user } => podpbx_b2bua::Caller::User(user),
@@ -723,8 +693,7 @@ impl Core {
         req: &Message,
         flow: Flow,
     ) {
-        let rflow = registrar_flow(flow);
-        let out = self.registrar.handle_register(now, wall, req, rflow);
+        let out = self.registrar.handle_register(now, wall, req, flow);
         log_security(&self.stats, &out.events);
         if out.changed {
             self.bindings_changed(now);
@@ -738,9 +707,7 @@ impl Core {
     /// MESSAGE from devices (doorbells report events this way): authenticated like REGISTER,
     /// logged and answered `200`; nothing is forwarded yet.
     fn handle_message_request(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow) {
-        let check = self
-            .registrar
-            .authenticate(now, req, registrar_flow(flow), AuthKind::Www);
+        let check = self.registrar.authenticate(now, req, flow, AuthKind::Www);
         log_security(&self.stats, &check.events);
         match check.result {
             AuthResult::Authenticated { user } => {
@@ -772,10 +739,7 @@ impl Core {
             self.tx.terminate(TxId::Server(id));
             return;
         };
-        let Some(data) = self
-            .registrar
-            .response_bytes(reply, req, &registrar_flow(flow))
-        else {
+        let Some(data) = self.registrar.response_bytes(reply, req, &flow) else {
             self.tx.terminate(TxId::Server(id));
             return;
         };
@@ -787,11 +751,7 @@ impl Core {
     /// Sends a qualify OPTIONS to a binding through its observed flow, from our pinned address.
     fn send_qualify(&mut self, now: Instant, target: podpbx_registrar::QualifyTarget) {
         let f = target.flow;
-        let transport = match f.transport {
-            podpbx_registrar::Transport::Udp => Transport::Udp,
-            podpbx_registrar::Transport::Tcp => Transport::Tcp,
-            podpbx_registrar::Transport::Tls => Transport::Tls,
-        };
+        let transport = f.transport;
         let branch = format!("z9hG4bK{}", token());
         let via = format!(
             "SIP/2.0/{} {}:{};branch={branch};rport",
@@ -811,14 +771,9 @@ impl Core {
             .header("CSeq", "1 OPTIONS")
             .header("User-Agent", &self.cfg.user_agent)
             .build();
-        let peer = Peer {
-            addr: f.source,
-            transport,
-            conn: f.conn_id,
-        };
         match self
             .tx
-            .send_request(now, branch.into(), Method::Options, data, peer)
+            .send_request(now, branch.into(), Method::Options, data, f.peer())
         {
             Ok(id) => {
                 self.qualifies.insert(id, target.binding_id);
@@ -867,19 +822,6 @@ impl Core {
     }
 }
 
-fn registrar_flow(flow: Flow) -> podpbx_registrar::Flow {
-    podpbx_registrar::Flow {
-        source: flow.remote,
-        transport: match flow.transport {
-            Transport::Udp => podpbx_registrar::Transport::Udp,
-            Transport::Tcp => podpbx_registrar::Transport::Tcp,
-            Transport::Tls => podpbx_registrar::Transport::Tls,
-        },
-        local: flow.local,
-        conn_id: flow.conn,
-    }
-}
-
 fn log_security(stats: &Stats, events: &[SecurityEvent]) {
     use podpbx_registrar::SecurityEventKind as K;
     for ev in events {
@@ -901,21 +843,6 @@ fn log_security(stats: &Stats, events: &[SecurityEvent]) {
             blocked_secs = ev.blocked_secs.unwrap_or(0),
             "security event"
         );
-    }
-}
-
-/// Where a response goes (RFC 3261 §18.2.2, RFC 3581 §4): the connection it came on for TCP;
-/// for UDP the source IP (never the Via host, which may be broadcast) and the source port when
-/// `rport` was asked for, else the sent-by port.
-pub fn response_destination(req: &Message, flow: Flow) -> SocketAddr {
-    if flow.transport == Transport::Tcp {
-        return flow.remote;
-    }
-    match req.top_via() {
-        Ok(via) if via.rport().is_none() => {
-            SocketAddr::new(flow.remote.ip(), via.port.unwrap_or(5060))
-        }
-        _ => flow.remote,
     }
 }
 

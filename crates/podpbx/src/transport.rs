@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a message came from or goes to: the observed flow, not what headers claim.
-pub use podpbx_b2bua::Flow;
+pub use podpbx_sip::Flow;
 
 /// Something the transports hand to the core.
 #[derive(Debug)]

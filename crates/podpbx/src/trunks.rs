@@ -209,12 +209,8 @@ pub fn from_config(
         let (Some(user), true) = (t.username.as_deref(), t.register) else {
             continue;
         };
-        let v4 = t.family == Family::Ipv4;
-        let transport = match t.transport {
-            podpbx_config::Transport::Udp => podpbx_sip::Transport::Udp,
-            podpbx_config::Transport::Tcp => podpbx_sip::Transport::Tcp,
-            podpbx_config::Transport::Tls => podpbx_sip::Transport::Tls,
-        };
+        let v4 = t.family == Family::V4;
+        let transport = t.transport;
         let local = local(transport, v4).ok_or_else(|| {
             format!(
                 "trunk {}: no pinned {} address configured in [sip]",

@@ -1,42 +1,9 @@
 //! Contact bindings per address-of-record.
 
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Transport a request arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-}
-
-/// The flow a request was observed on: where requests for the binding are sent (like
-/// Asterisk's rewrite_contact + rport), whatever private address the Contact names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Flow {
-    /// The packet's source address (after NAT).
-    pub source: SocketAddr,
-    pub transport: Transport,
-    /// Our address it arrived on.
-    pub local: SocketAddr,
-    /// The TCP connection id (0 for UDP). After a restart the connection is gone; the binary
-    /// decides how to reach such a binding.
-    pub conn_id: u64,
-}
+pub use podpbx_sip::{Flow, Transport};
 
 /// One registered contact.
 #[derive(Debug, Clone, PartialEq)]

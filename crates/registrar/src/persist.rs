@@ -1,9 +1,10 @@
 //! Saving and restoring bindings as JSON, atomically.
 
-use crate::bindings::{Binding, Flow};
+use crate::bindings::{Binding, Flow, Transport};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,11 +57,62 @@ pub(crate) struct StoredBinding {
     pub reg_id: Option<u32>,
     pub call_id: String,
     pub cseq: u32,
-    pub flow: Flow,
+    pub flow: StoredFlow,
     #[serde(default)]
     pub user_agent: Option<String>,
     #[serde(default = "yes")]
     pub reachable: bool,
+}
+
+/// A binding's [`Flow`] in the file (format version 1 field names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredFlow {
+    /// The packet's source address (after NAT): [`Flow::remote`].
+    pub source: SocketAddr,
+    #[serde(with = "transport_name")]
+    pub transport: Transport,
+    pub local: SocketAddr,
+    /// [`Flow::conn`].
+    pub conn_id: u64,
+}
+
+impl From<Flow> for StoredFlow {
+    fn from(f: Flow) -> StoredFlow {
+        StoredFlow {
+            source: f.remote,
+            transport: f.transport,
+            local: f.local,
+            conn_id: f.conn,
+        }
+    }
+}
+
+impl From<StoredFlow> for Flow {
+    fn from(f: StoredFlow) -> Flow {
+        Flow {
+            transport: f.transport,
+            local: f.local,
+            remote: f.source,
+            conn: f.conn_id,
+        }
+    }
+}
+
+/// A [`Transport`] as its lower-case name (`"udp"`), in files and security events.
+pub(crate) mod transport_name {
+    use super::Transport;
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Transport, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(t.param())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Transport, D::Error> {
+        let name = String::deserialize(d)?;
+        Transport::from_name(&name)
+            .filter(|t| t.param() == name)
+            .ok_or_else(|| de::Error::unknown_variant(&name, &["udp", "tcp", "tls"]))
+    }
 }
 
 fn yes() -> bool {
@@ -90,7 +142,7 @@ pub(crate) fn stored(aor: &str, b: &Binding) -> StoredBinding {
         reg_id: b.reg_id,
         call_id: b.call_id.clone(),
         cseq: b.cseq,
-        flow: b.flow,
+        flow: b.flow.into(),
         user_agent: b.user_agent.clone(),
         reachable: b.reachable,
     }

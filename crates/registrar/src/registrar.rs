@@ -183,6 +183,7 @@ pub struct SecurityEvent {
     pub kind: SecurityEventKind,
     pub source: IpAddr,
     pub port: u16,
+    #[serde(serialize_with = "crate::persist::transport_name::serialize")]
     pub transport: crate::Transport,
     /// The user name tried (digest username), sanitised and truncated; `None` if none was given.
     pub user: Option<String>,
@@ -394,7 +395,7 @@ impl Registrar {
         kind: AuthKind,
         aor: Option<&str>,
     ) -> AuthCheck {
-        let ip = flow.source.ip();
+        let ip = flow.remote.ip();
         let mut events = Vec::new();
         if self.is_blocked(ip, now) {
             return AuthCheck {
@@ -420,7 +421,7 @@ impl Registrar {
         let ev = |kind_: SecurityEventKind, user: Option<&str>| SecurityEvent {
             kind: kind_,
             source: ip,
-            port: flow.source.port(),
+            port: flow.remote.port(),
             transport: flow.transport,
             user: user.map(sanitize_user),
             aor: aor.map(sanitize_user),
@@ -464,7 +465,7 @@ impl Registrar {
             }
             VerifyOutcome::Ok { .. } => Some(SecurityEventKind::SourceNotAllowed),
             VerifyOutcome::Stale | VerifyOutcome::Replay => {
-                tracing::debug!(source = %flow.source, user = %sanitize_user(&creds.username), ?outcome, "stale or reused nonce, re-challenging");
+                tracing::debug!(source = %flow.remote, user = %sanitize_user(&creds.username), ?outcome, "stale or reused nonce, re-challenging");
                 None
             }
             VerifyOutcome::BadResponse => Some(SecurityEventKind::AuthFailed),
@@ -530,7 +531,7 @@ impl Registrar {
         req: &Message,
         flow: Flow,
     ) -> Outcome {
-        if self.is_blocked(flow.source.ip(), now) {
+        if self.is_blocked(flow.remote.ip(), now) {
             return Outcome::reply(Reply::Drop);
         }
         let bad = |reason| Outcome::reply(Reply::BadRequest { reason });
@@ -588,8 +589,8 @@ impl Registrar {
         if user != aor {
             out.events.push(SecurityEvent {
                 kind: SecurityEventKind::IdentityMismatch,
-                source: flow.source.ip(),
-                port: flow.source.port(),
+                source: flow.remote.ip(),
+                port: flow.remote.port(),
                 transport: flow.transport,
                 user: Some(sanitize_user(&user)),
                 aor: Some(sanitize_user(&aor)),
@@ -978,7 +979,7 @@ impl Registrar {
                 reg_id: sb.reg_id,
                 call_id: sb.call_id,
                 cseq: sb.cseq,
-                flow: sb.flow,
+                flow: sb.flow.into(),
                 registered_at: persist::from_unix_ms(sb.registered_unix_ms),
                 user_agent: sb.user_agent,
                 reachable: sb.reachable,
@@ -1016,7 +1017,7 @@ impl Registrar {
     pub fn response_bytes(&self, reply: &Reply, req: &Message, flow: &Flow) -> Option<Bytes> {
         let (code, reason) = reply.status()?;
         let mut b =
-            ResponseBuilder::new(req, code, reason, Some(flow.source)).to_tag(&self.to_tag(req));
+            ResponseBuilder::new(req, code, reason, Some(flow.remote)).to_tag(&self.to_tag(req));
         for (name, value) in reply.headers() {
             b = b.header(name, &value);
         }

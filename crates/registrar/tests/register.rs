@@ -49,10 +49,10 @@ fn env() -> Env {
 
 fn flow(src: &str) -> Flow {
     Flow {
-        source: src.parse::<SocketAddr>().expect("addr"),
+        remote: src.parse::<SocketAddr>().expect("addr"),
         transport: Transport::Udp,
         local: "198.51.100.1:5060".parse().expect("addr"),
-        conn_id: 0,
+        conn: 0,
     }
 }
 
@@ -196,7 +196,7 @@ fn first_register_gets_challenge_then_200_with_qop() {
     assert!(matches!(&o.reply, Reply::Ok { date, .. } if date == "Tue, 14 Nov 2023 22:13:20 GMT"));
     let b = e.reg.lookup("1001", e.t0);
     assert_eq!(b.len(), 1);
-    assert_eq!(b[0].flow.source, PHONE.parse::<SocketAddr>().expect("addr"));
+    assert_eq!(b[0].flow.remote, PHONE.parse::<SocketAddr>().expect("addr"));
     assert_eq!(b[0].user_agent.as_deref(), Some("TestPhone/1.0"));
     assert_eq!(b[0].call_id, "call-1@host");
     assert_eq!(b[0].cseq, 2);
@@ -662,7 +662,7 @@ fn refresh_keeps_binding_and_instance_reg_id_match() {
         Some("<urn:uuid:00000000-0000-1000-8000-000A95A0E128>")
     );
     assert_eq!(b[0].reg_id, Some(1));
-    assert_eq!(b[0].flow.source.to_string(), "198.51.100.99:4000");
+    assert_eq!(b[0].flow.remote.to_string(), "198.51.100.99:4000");
     assert_eq!(b[0].registered_at, e.w0);
     // URI comparison: host case-insensitive.
     let o = e.register(
@@ -1251,6 +1251,52 @@ fn persistence_roundtrip_with_remaining_expiry() {
         .load(&path, t1, e.w0 + Duration::from_secs(250))
         .expect("load");
     assert_eq!((rep.loaded, rep.dropped), (1, 2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The file keeps format version 1 as earlier releases wrote it (the flow's `source`,
+/// lower-case `transport` and `conn_id`), both ways: a restart after an upgrade loses nothing.
+#[test]
+fn file_format_v1_flow_fields() {
+    let dir = temp_dir("format-v1");
+    let path = dir.join("bindings.json");
+    let mut e = env();
+    e.register(
+        0,
+        Req::new("1001").contact("<sip:1001@192.168.1.10:5060>"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    e.reg.save(&path).expect("save");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let want = format!(
+        "\"flow\":{{\"source\":\"{PHONE}\",\"transport\":\"udp\",\"local\":\"198.51.100.1:5060\",\"conn_id\":0}}"
+    );
+    assert!(text.contains(&want), "{want} not in {text}");
+
+    let old = r#"{"version":1,"bindings":[{"aor":"door","contact":"sip:door@192.168.1.50",
+        "expires_unix_ms":EXP,"registered_unix_ms":1000,"call_id":"c@x","cseq":3,
+        "flow":{"source":"192.168.1.50:5062","transport":"tcp","local":"198.51.100.1:5060",
+        "conn_id":7}}]}"#;
+    let exp = (e.w0 + Duration::from_secs(60))
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after epoch")
+        .as_millis();
+    std::fs::write(&path, old.replace("EXP", &exp.to_string())).expect("write");
+    let mut r2 = Registrar::new(settings(), users(), e.t0);
+    let rep = r2.load(&path, e.t0, e.w0).expect("load");
+    assert_eq!((rep.loaded, rep.warning), (1, None));
+    let b = &r2.lookup("door", e.t0)[0];
+    assert_eq!(
+        b.flow,
+        Flow {
+            transport: Transport::Tcp,
+            local: "198.51.100.1:5060".parse().expect("addr"),
+            remote: "192.168.1.50:5062".parse().expect("addr"),
+            conn: 7,
+        }
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -17,8 +17,7 @@ pub struct Capabilities {
 impl Capabilities {
     /// The Allow header value.
     pub fn allow_header(&self) -> String {
-        let names: Vec<String> = self.methods.iter().map(|m| m.to_string()).collect();
-        names.join(", ")
+        crate::caps::allow(&self.methods)
     }
 }
 

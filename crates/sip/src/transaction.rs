@@ -19,10 +19,10 @@
 //! Every entry point also exists in a parser-free form (`*_info`) that takes the few fields
 //! matching needs, so the machines can be driven without a [`Message`].
 
+pub use crate::flow::{Peer, Transport};
 use crate::{Framing, Message, Method};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// The RFC 3261 branch prefix (§8.1.1.7); branches without it come from RFC 2543 peers.
@@ -34,58 +34,6 @@ const TIMER_D_UNRELIABLE: Duration = Duration::from_secs(32);
 /// A floor for configured timer values: a zero T1/T2 would re-arm a retransmission timer at the
 /// instant it fired and spin `handle_timeout` forever.
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
-
-/// Transport protocol of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// Unreliable: the transaction layer retransmits (§17.1.1.2, §17.1.2.2, §17.2.1).
-    Udp,
-    /// Reliable: no retransmissions, and Timers D, I, J, K are zero.
-    Tcp,
-    /// TCP with TLS (RFC 3261 §26.2.1, RFC 5630): reliable like TCP.
-    Tls,
-}
-
-impl Transport {
-    /// True for transports that deliver reliably (no retransmissions needed).
-    pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp | Transport::Tls)
-    }
-
-    /// True for connection-oriented transports (a flow is a connection).
-    pub fn is_stream(self) -> bool {
-        matches!(self, Transport::Tcp | Transport::Tls)
-    }
-
-    /// The value of a URI's `transport` parameter (`udp`, `tcp`, `tls`).
-    pub fn param(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-
-    /// The token in a Via header's sent-protocol (`SIP/2.0/UDP`).
-    pub fn via_token(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-        }
-    }
-}
-
-/// The remote end of a flow, as filled in by the transport layer; opaque to this module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Peer {
-    /// Remote socket address.
-    pub addr: SocketAddr,
-    /// Transport protocol.
-    pub transport: Transport,
-    /// Connection id for connection-oriented transports, 0 for UDP.
-    pub conn: u64,
-}
 
 /// RFC 3261 timer base values (§17.1.1.1, Table 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

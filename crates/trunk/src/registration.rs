@@ -2,6 +2,7 @@
 //! keep-alive. See the crate documentation for the behaviour and the integration contract.
 
 use bytes::Bytes;
+use podpbx_sip::caps;
 use podpbx_sip::digest::{AuthKind, Challenge, ClientError, DigestClient, Secret};
 use podpbx_sip::transaction::MAGIC_COOKIE;
 use podpbx_sip::IdGen;
@@ -406,10 +407,6 @@ fn valid_user(u: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b))
 }
 
-fn transport_token(t: Transport) -> (&'static str, &'static str) {
-    (t.via_token(), t.param())
-}
-
 /// When to refresh a binding granted for `granted`: `granted - margin` with
 /// `margin = min(granted / 2, max(granted / 10, 70 s))`. So a one-hour binding is refreshed
 /// after 54 min, a 10 min one after 8 min 50 s, anything up to 140 s at half its interval. The
@@ -480,7 +477,7 @@ impl Registration {
             format!("sip:{domain}:{}", cfg.port)
         };
         let aor = format!("sip:{}@{domain}", cfg.username);
-        let (via_t, uri_t) = transport_token(cfg.transport);
+        let (via_t, uri_t) = (cfg.transport.via_token(), cfg.transport.param());
         let local_host = podpbx_sip::ident::ip_host(cfg.local.ip());
         let contact = format!(
             "sip:{}@{local_host}:{};transport={uri_t}",
@@ -808,7 +805,7 @@ impl Registration {
         }
         let data = b
             .header("User-Agent", &self.cfg.user_agent)
-            .header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")
+            .header("Allow", &caps::allow(caps::TRUNK_REGISTER_METHODS))
             .build();
         self.rounds += 1;
         self.registers_sent += 1;
