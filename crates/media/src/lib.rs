@@ -52,6 +52,7 @@ pub mod dtmf;
 pub mod packet;
 mod pool;
 mod relay;
+mod secure;
 pub mod srtp;
 mod stats;
 mod sys;
@@ -61,4 +62,5 @@ pub use relay::{
     Event, Events, Family, FamilyConfig, LatchMode, LatchPolicy, Leg, LocalLeg, Relay, RelayConfig,
     RelayError, RelayTotals, RemoteMedia, Session, SessionId, DSCP_EF_TOS,
 };
+pub use secure::{generate_key, SrtpKeys};
 pub use stats::{Drops, StreamStats};

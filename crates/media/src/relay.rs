@@ -723,6 +723,21 @@ impl Session {
         )
     }
 
+    /// Terminate SRTP on a leg (RFC 3711): what its peer sends is authenticated, checked for
+    /// replay and decrypted with `keys.remote`; what is sent to it is encrypted with
+    /// `keys.local`. `None` makes the leg plain again. A session whose legs are both plain runs
+    /// the relay's plain path.
+    pub fn set_srtp(&self, leg: Leg, keys: Option<&crate::SrtpKeys>) -> Result<(), RelayError> {
+        self.relay.send(
+            self.worker,
+            Cmd::Srtp {
+                id: self.id,
+                leg: leg.idx(),
+                ctx: keys.map(|k| Box::new(crate::secure::LegSrtp::new(k))),
+            },
+        )
+    }
+
     /// Mark a leg as held (sendonly/inactive/recvonly or c=0.0.0.0): the
     /// session then uses the hold timeout.
     pub fn set_hold(&self, leg: Leg, hold: bool) -> Result<(), RelayError> {
@@ -821,6 +836,7 @@ impl Session {
                     d.oversize += s.drops.oversize;
                     d.no_destination += s.drops.no_destination;
                     d.send_error += s.drops.send_error;
+                    d.srtp += s.drops.srtp;
                 }
             }
             let _ = self.relay.send(self.worker, Cmd::Release { id: self.id });

@@ -36,6 +36,7 @@ pub(crate) enum C {
     DropOversize,
     DropNoDest,
     DropSendError,
+    DropSrtp,
     Ssrc,
     ClockRate,
     Latched,
@@ -97,6 +98,7 @@ impl Counters {
                 oversize: g(C::DropOversize),
                 no_destination: g(C::DropNoDest),
                 send_error: g(C::DropSendError),
+                srtp: g(C::DropSrtp),
             },
             ssrc: g(C::Ssrc) as u32,
             extended_highest_seq: g(C::ExtMaxSeq),
@@ -128,6 +130,9 @@ pub struct Drops {
     pub no_destination: u64,
     /// The kernel refused to send (buffer full, unreachable...).
     pub send_error: u64,
+    /// SRTP/SRTCP that failed authentication or the replay check (corrupted, forged, replayed,
+    /// or plain RTP on an SRTP leg), or could not be protected.
+    pub srtp: u64,
 }
 
 impl Drops {
@@ -139,6 +144,7 @@ impl Drops {
             + self.oversize
             + self.no_destination
             + self.send_error
+            + self.srtp
     }
 }
 

@@ -24,6 +24,7 @@ use crate::packet::{classify, telephone_event, Kind, RtpInfo};
 use crate::relay::{
     Event, LatchMode, LatchPolicy, Leg, Pools, RemoteMedia, SessionId, SessionShared,
 };
+use crate::secure::{LegSrtp, Plain, SessionSrtp, Transform};
 use crate::stats::{Counters, SeqState, C};
 use crate::sys::{self, Endpoint, RawAddr};
 
@@ -93,6 +94,11 @@ pub(crate) enum Cmd {
     Relatch {
         id: SessionId,
         leg: usize,
+    },
+    Srtp {
+        id: SessionId,
+        leg: usize,
+        ctx: Option<Box<LegSrtp>>,
     },
     Dtmf {
         id: SessionId,
@@ -317,6 +323,8 @@ struct WSession {
     shared: Arc<SessionShared>,
     /// When the media timeout started counting (both remotes known), 0: not armed.
     armed_ms: u64,
+    /// SRTP on either leg (None: the plain path).
+    srtp: Option<Box<SessionSrtp>>,
 }
 
 /// Receive buffers and the message headers pointing into them. The headers
@@ -527,17 +535,36 @@ impl Worker {
             return false;
         }
         l.vlen[sock] = if n == vlen { (2 * vlen).min(max) } else { n } as u16;
-        forward(
-            s,
-            leg,
-            sock,
-            b,
-            n,
-            now_ns,
-            ms_since(self.cfg.epoch_ns, now_ns),
-            &self.cfg.latch,
-            &*self.sink,
-        );
+        let now_ms = ms_since(self.cfg.epoch_ns, now_ns);
+        match s.srtp.take() {
+            None => forward(
+                s,
+                leg,
+                sock,
+                b,
+                n,
+                now_ns,
+                now_ms,
+                &self.cfg.latch,
+                &*self.sink,
+                &mut Plain,
+            ),
+            Some(mut sec) => {
+                forward(
+                    s,
+                    leg,
+                    sock,
+                    b,
+                    n,
+                    now_ns,
+                    now_ms,
+                    &self.cfg.latch,
+                    &*self.sink,
+                    &mut *sec,
+                );
+                s.srtp = Some(sec);
+            }
+        }
         true
     }
 
@@ -633,6 +660,15 @@ impl Worker {
                     s.shared.legs[leg].set(C::Latched, 0);
                 }
             }
+            Cmd::Srtp { id, leg, ctx } => {
+                if let Some(s) = self.session_mut(id) {
+                    let sec = s.srtp.get_or_insert_with(Default::default);
+                    sec.legs[leg] = ctx;
+                    if sec.legs.iter().all(Option::is_none) {
+                        s.srtp = None;
+                    }
+                }
+            }
             Cmd::Dtmf { id, leg, packets } => {
                 let Some(&slot) = self.index.get(&id) else {
                     return;
@@ -693,6 +729,7 @@ impl Worker {
             legs: [WLeg::new(a), WLeg::new(b)],
             shared: n.shared,
             armed_ms: 0,
+            srtp: None,
         };
         for (li, l) in s.legs.iter().enumerate() {
             for (si, fd) in l.fds.iter().enumerate() {
@@ -740,14 +777,25 @@ impl Worker {
             let Some(p) = self.dtmf.pop_front() else {
                 break;
             };
-            let Some(Some(s)) = self.slots.get(p.slot) else {
+            let Some(Some(s)) = self.slots.get_mut(p.slot) else {
                 continue;
             };
             if s.gen != p.gen {
                 continue;
             }
+            // Towards an SRTP leg the generated packet is protected like any other.
+            let mut sealed = [0u8; crate::worker::BUF_SIZE];
+            let bytes: &[u8] = match s.srtp.as_deref_mut() {
+                Some(sec) if sec.legs[p.leg].is_some() => {
+                    match crate::secure::protect_generated(sec, p.leg, &p.bytes, &mut sealed) {
+                        Some(n) => &sealed[..n],
+                        None => continue,
+                    }
+                }
+                _ => &p.bytes,
+            };
             let l = &s.legs[p.leg];
-            if l.dest[0].is_set() && sys::send_to_raw(l.fds[0], &p.bytes, &l.dest[0]).is_ok() {
+            if l.dest[0].is_set() && sys::send_to_raw(l.fds[0], bytes, &l.dest[0]).is_ok() {
                 s.shared.legs[p.leg].add(C::DtmfSent, 1);
             }
         }
@@ -810,13 +858,15 @@ struct Sums {
     not_rtp: u64,
     oversize: u64,
     no_dest: u64,
+    srtp: u64,
 }
 
 /// Process `n` datagrams received on `sock` (0 RTP, 1 RTCP) of `leg`, and
-/// forward the good ones from the other leg's sockets.
+/// forward the good ones from the other leg's sockets. `tf` is [`Plain`] (nothing, compiled
+/// away) or the session's SRTP ([`SessionSrtp`]), applied in the receive buffers.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn forward(
+fn forward<T: Transform>(
     s: &mut WSession,
     leg: usize,
     sock: usize,
@@ -826,6 +876,7 @@ fn forward(
     now_ms: u64,
     policy: &LatchPolicy,
     sink: &(dyn Fn(Event) + Send + Sync),
+    tf: &mut T,
 ) {
     let now_us = now_ns / 1000;
     let counters: &Counters = &s.shared.legs[leg];
@@ -844,6 +895,14 @@ fn forward(
             sums.oversize += 1;
             continue;
         }
+        // SRTP: authenticated and decrypted before anything else looks at it.
+        let len = match tf.inbound(leg, &mut b.bufs[i][..len]) {
+            Ok(n) => n,
+            Err(()) => {
+                sums.srtp += 1;
+                continue;
+            }
+        };
         let pkt = &b.bufs[i][..len];
         let kind = classify(pkt, rtp_sock);
         let rtp = match kind {
@@ -937,6 +996,13 @@ fn forward(
             sums.no_dest += 1;
             continue;
         }
+        let len = match tf.outbound(1 - leg, &mut b.bufs[i], len, is_rtcp) {
+            Ok(n) => n,
+            Err(()) => {
+                sums.srtp += 1;
+                continue;
+            }
+        };
         let j = k * MAX_BATCH + out_n[k];
         out_n[k] += 1;
         b.out_iovs[j].iov_base = b.bufs[i].as_mut_ptr() as *mut libc::c_void;
@@ -954,7 +1020,9 @@ fn forward(
         counters.add(C::RtcpPackets, sums.rtcp_pkts);
         counters.add(C::RtcpBytes, sums.rtcp_bytes);
     }
-    if sums.foreign | sums.malformed | sums.not_rtp | sums.oversize | sums.no_dest != 0 {
+    if sums.foreign | sums.malformed | sums.not_rtp | sums.oversize | sums.no_dest | sums.srtp != 0
+    {
+        counters.add(C::DropSrtp, sums.srtp);
         counters.add(C::DropForeign, sums.foreign);
         counters.add(C::DropMalformed, sums.malformed);
         counters.add(C::DropNotRtp, sums.not_rtp);

@@ -495,13 +495,14 @@ pub use podpbx_b2bua::Disposition;
 
 /// Why the relay dropped a packet, the `reason` label of `podpbx_relay_dropped_packets_total`
 /// (mirrors `podpbx_media`'s `Drops`).
-pub const RELAY_DROP_REASONS: [&str; 6] = [
+pub const RELAY_DROP_REASONS: [&str; 7] = [
     "foreign_source",
     "malformed",
     "not_rtp",
     "oversize",
     "no_destination",
     "send_error",
+    "srtp",
 ];
 
 /// The well-known podpbx metrics, registered up front so that they exist (as 0) from the start

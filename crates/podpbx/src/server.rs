@@ -441,6 +441,7 @@ fn publish_relay_totals(
         ("oversize", d.oversize, s.oversize),
         ("no_destination", d.no_destination, s.no_destination),
         ("send_error", d.send_error, s.send_error),
+        ("srtp", d.srtp, s.srtp),
     ] {
         if n > before {
             m.relay_dropped(reason).add(n - before);
