@@ -66,8 +66,13 @@
 //! core recognises them by source network ([`RegistrationConfig`] does not carry it) or by the
 //! Request-URI matching [`Registration::contact_uri`].
 
+pub mod locate;
 mod registration;
 
+pub use locate::{
+    DnsQuery, LocateError, LocateStatus, Locator, LocatorConfig, LookupError, RData, Record,
+    RecordType,
+};
 pub use podpbx_sip::digest::Secret;
 pub use podpbx_sip::Transport;
 pub use registration::{
