@@ -116,13 +116,11 @@ impl Shell {
                 break;
             };
             self.seen.sent.push((now - self.t0, out.kind));
-            let (Some(method), podpbx_trunk::Destination::Addr(addr)) =
-                (out.kind.method(), &out.dest)
-            else {
+            let Some(method) = out.kind.method() else {
                 continue;
             };
             let peer = Peer {
-                addr: *addr,
+                addr: out.dest,
                 transport: Transport::Udp,
                 conn: 0,
             };

@@ -58,9 +58,14 @@
 //! shutdown: reg.stop(now), keep driving until reg.is_stopped() (bounded by Timer F)
 //! ```
 //!
-//! [`Outgoing::dest`] is [`Destination::Addr`] when [`RegistrationConfig::dest`] is set or the
-//! domain is an IP literal; otherwise the core resolves [`Destination::Name`] (A or AAAA per the
-//! trunk's family) and sends from the pinned address of that family.
+//! [`Outgoing::dest`] is [`RegistrationConfig::dest`] when set, or the domain when it is an IP
+//! literal. For a domain given as a name the caller runs a [`Locator`] (RFC 3263: NAPTR, SRV,
+//! AAAA or A per the trunk's family; the queries are performed by the shell, never on the
+//! signalling loop) and hands its ordered list to [`Registration::set_targets`]; until then the
+//! registration waits in [`TrunkState::Resolving`]. A REGISTER that times out or gets `503`
+//! moves on to the next server of the list (RFC 3263 §4.3); the server that accepted stays in use
+//! for refreshes; when every server failed, the next attempt (after the back-off) starts again at
+//! the most preferred one.
 //!
 //! Requests the provider sends us (INVITEs to our Contact) are not this crate's business: the
 //! core recognises them by source network ([`RegistrationConfig`] does not carry it) or by the
@@ -76,7 +81,7 @@ pub use locate::{
 pub use podpbx_sip::digest::Secret;
 pub use podpbx_sip::Transport;
 pub use registration::{
-    refresh_after, ConfigError, Destination, Outgoing, OutgoingKind, OutgoingRegister, RegError,
+    refresh_after, ConfigError, Outgoing, OutgoingKind, OutgoingRegister, RegError,
     Registration, RegistrationConfig, RetryPolicy, TrunkState, TrunkStatus, DEFAULT_USER_AGENT,
     MAX_EXPIRY_SECS, REFRESH_MIN_MARGIN,
 };

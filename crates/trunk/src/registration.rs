@@ -69,12 +69,10 @@ pub struct RegistrationConfig {
     /// The provider's domain as used in the Request-URI and the AOR (`sip:user@domain`): a DNS
     /// name, an IPv4 literal or an IPv6 literal (brackets optional here, always written).
     pub domain: String,
-    /// Provider port. It is written into the Request-URI when it is not 5060, and is the port of
-    /// [`Destination::Name`].
+    /// Provider port. It is written into the Request-URI when it is not 5060.
     pub port: u16,
-    /// The resolved next hop. `None`: the domain itself when it is an IP literal, else the
-    /// caller resolves `domain` (with the trunk's address family) for every [`Outgoing`]
-    /// carrying [`Destination::Name`].
+    /// A fixed next hop. `None`: the domain itself when it is an IP literal, else the targets
+    /// the caller locates (RFC 3263) and hands over with [`Registration::set_targets`].
     pub dest: Option<SocketAddr>,
     /// Transport towards the provider.
     pub transport: Transport,
@@ -212,6 +210,9 @@ pub enum RegError {
 pub enum TrunkState {
     /// Not started, stopped, or `register = false`.
     Unregistered,
+    /// The provider's host name has no address yet (see [`Registration::set_targets`]); the
+    /// first REGISTER goes out as soon as it has one.
+    Resolving,
     /// A REGISTER (or its authentication follow-ups) is in flight and no binding is known.
     Registering,
     /// The provider holds our binding until `expires_at`; a refresh may be in flight.
@@ -237,6 +238,7 @@ impl TrunkState {
     pub fn name(&self) -> &'static str {
         match self {
             TrunkState::Unregistered => "unregistered",
+            TrunkState::Resolving => "resolving",
             TrunkState::Registering => "registering",
             TrunkState::Registered { .. } => "registered",
             TrunkState::Failing { .. } => "failing",
@@ -270,6 +272,8 @@ pub struct TrunkStatus {
     pub keepalive_failures: u32,
     /// When the provider last answered a keep-alive `OPTIONS`.
     pub last_keepalive_answer: Option<Instant>,
+    /// The provider server requests go to now.
+    pub target: Option<SocketAddr>,
 }
 
 /// What an [`Outgoing`] is for.
@@ -297,15 +301,6 @@ impl OutgoingKind {
     }
 }
 
-/// Where an [`Outgoing`] goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    /// [`RegistrationConfig::dest`], already resolved.
-    Addr(SocketAddr),
-    /// To be resolved by the caller (A/AAAA per the trunk's family).
-    Name { host: String, port: u16 },
-}
-
 /// A message to send to the provider. Requests go through a client transaction
 /// (`TransactionLayer::send_request(now, branch, kind.method(), data, peer)`) from the pinned
 /// socket; its responses come back through [`Registration::handle_response`], its Timer F or
@@ -317,7 +312,8 @@ pub struct Outgoing {
     pub data: Bytes,
     /// The branch of its top Via (the client transaction key); empty for CRLF.
     pub branch: Bytes,
-    pub dest: Destination,
+    /// The provider server it goes to (the current target, see [`Registration::set_targets`]).
+    pub dest: SocketAddr,
     pub transport: Transport,
 }
 
@@ -347,10 +343,16 @@ struct Pending {
 /// [`Self::poll_timeout`], [`Self::state`], [`Self::status`]. `now` is always passed in.
 pub struct Registration {
     cfg: RegistrationConfig,
-    /// Domain as written in URIs (IPv6 bracketed).
-    domain: String,
-    /// The configured next hop, or the domain itself when it is an IP literal.
-    dest: Option<SocketAddr>,
+    /// The provider's servers in the order to try (RFC 3263): the configured next hop, the
+    /// domain itself when it is an IP literal, or what [`Self::set_targets`] handed over.
+    targets: Vec<SocketAddr>,
+    /// The server in use: requests go to `targets[target]`. It stays after a success (refreshes
+    /// go where the binding is) and moves on after a timeout or `503`.
+    target: usize,
+    /// Servers tried in the running attempt (failover stops when every one was tried).
+    tried: usize,
+    /// The next hop is configured or the domain is an IP literal: no located targets.
+    fixed: bool,
     request_uri: String,
     aor: String,
     contact: String,
@@ -497,8 +499,10 @@ impl Registration {
         let digest = DigestClient::with_secret(auth_user, cfg.secret.clone(), cfg.seed.to_vec());
         let requested_expiry = secs(cfg.expiry);
         Ok(Registration {
-            dest,
-            domain,
+            fixed: dest.is_some(),
+            targets: dest.into_iter().collect(),
+            target: 0,
+            tried: 0,
             request_uri,
             aor,
             contact,
@@ -560,6 +564,36 @@ impl Registration {
         Duration::from_secs(u64::from(self.requested_expiry))
     }
 
+    /// The provider's servers in the order to try them (RFC 3263, from the caller's
+    /// [`crate::Locator`]); ignored when the configuration fixes the next hop or the domain is an
+    /// IP literal. The server in use stays in use when it is still listed (a binding lives
+    /// there); otherwise the next request goes to the first one. The first list wakes a
+    /// registration that waits in [`TrunkState::Resolving`].
+    pub fn set_targets(&mut self, targets: &[SocketAddr]) {
+        if self.fixed || targets == self.targets.as_slice() {
+            return;
+        }
+        let current = self.current_target();
+        self.targets = targets.to_vec();
+        self.target = current
+            .and_then(|c| self.targets.iter().position(|t| *t == c))
+            .unwrap_or(0);
+        self.tried = 0;
+        debug!(trunk = %self.cfg.name, targets = ?self.targets, "trunk servers");
+        if self.running
+            && !self.stopping
+            && self.state == TrunkState::Resolving
+            && !self.targets.is_empty()
+        {
+            self.begin_attempt();
+        }
+    }
+
+    /// The servers requests go to, in order; the one in use is [`TrunkStatus::target`].
+    pub fn targets(&self) -> &[SocketAddr] {
+        &self.targets
+    }
+
     /// The current state.
     pub fn state(&self) -> &TrunkState {
         &self.state
@@ -585,6 +619,7 @@ impl Registration {
             keepalives_sent: self.keepalives_sent,
             keepalive_failures: self.keepalive_failures,
             last_keepalive_answer: self.last_keepalive_answer,
+            target: self.current_target(),
         }
     }
 
@@ -741,7 +776,11 @@ impl Registration {
             return false;
         };
         match p.kind {
-            RegKind::Register => self.fail(now, RegError::Timeout, None),
+            RegKind::Register => {
+                if !self.failover("no response") {
+                    self.fail(now, RegError::Timeout, None);
+                }
+            }
             RegKind::Unregister => {
                 self.last_error = Some(RegError::Timeout);
                 self.finish_stop();
@@ -753,6 +792,12 @@ impl Registration {
     // ----- internals ---------------------------------------------------------------------
 
     fn begin_attempt(&mut self) {
+        if self.targets.is_empty() {
+            debug!(trunk = %self.cfg.name, "trunk waits for the provider's address");
+            self.state = TrunkState::Resolving;
+            return;
+        }
+        self.tried = 0;
         self.rounds = 0;
         self.stale_rounds = 0;
         // A nonce kept from an earlier attempt is "cached", not fresh.
@@ -767,17 +812,35 @@ impl Registration {
         format!("{MAGIC_COOKIE}{}", self.rng.hex(1))
     }
 
-    fn destination(&self) -> Destination {
-        match self.dest {
-            Some(a) => Destination::Addr(a),
-            None => Destination::Name {
-                host: self.domain.clone(),
-                port: self.cfg.port,
-            },
+    fn current_target(&self) -> Option<SocketAddr> {
+        self.targets.get(self.target).copied()
+    }
+
+    /// Moves to the next server of the list after a timeout or `503` (RFC 3263 §4.3) and starts
+    /// the attempt afresh there. False when there is no other server, or every one was tried in
+    /// this attempt.
+    fn failover(&mut self, why: &str) -> bool {
+        self.tried += 1;
+        if self.targets.len() < 2 || self.tried >= self.targets.len() {
+            return false;
         }
+        let from = self.current_target();
+        self.target = (self.target + 1) % self.targets.len();
+        warn!(trunk = %self.cfg.name, from = ?from, to = ?self.current_target(), why, "trunk registration fails over to the next server");
+        // Another server has its own nonces: answer its challenge, not the old one.
+        self.digest.reset();
+        self.challenge_fresh = false;
+        self.rounds = 0;
+        self.stale_rounds = 0;
+        self.send_register(RegKind::Register);
+        true
     }
 
     fn send_register(&mut self, kind: RegKind) {
+        let Some(dest) = self.current_target() else {
+            // Callers check first; without a server there is nothing to send.
+            return;
+        };
         self.cseq = self.cseq.wrapping_add(1).max(1);
         let branch = self.next_branch();
         let expires = match kind {
@@ -824,12 +887,15 @@ impl Registration {
             },
             data,
             branch,
-            dest: self.destination(),
+            dest,
             transport: self.cfg.transport,
         });
     }
 
     fn send_keepalive(&mut self) {
+        let Some(dest) = self.current_target() else {
+            return;
+        };
         if self.keepalive_branch.take().is_some() {
             // The previous OPTIONS got no final answer yet and no timeout was reported.
             self.keepalive_failures = self.keepalive_failures.saturating_add(1);
@@ -840,7 +906,7 @@ impl Registration {
                 kind: OutgoingKind::Crlf,
                 data: Bytes::from_static(b"\r\n\r\n"),
                 branch: Bytes::new(),
-                dest: self.destination(),
+                dest,
                 transport: self.cfg.transport,
             });
             return;
@@ -865,7 +931,7 @@ impl Registration {
             kind: OutgoingKind::Options,
             data,
             branch,
-            dest: self.destination(),
+            dest,
             transport: self.cfg.transport,
         });
     }
@@ -910,6 +976,7 @@ impl Registration {
                     _ => self.fail(now, RegError::IntervalTooBrief, None),
                 }
             }
+            503 if self.failover("503") => {}
             _ => {
                 let retry_after = msg
                     .other_header("Retry-After")
@@ -1070,6 +1137,10 @@ impl Registration {
             delay = delay.max(ra.min(r.max_backoff));
         }
         let next_attempt = now + delay;
+        if self.tried > 0 {
+            // Every server failed: the next attempt starts again at the most preferred one.
+            self.target = 0;
+        }
         warn!(trunk = %self.cfg.name, error = %e, attempts = self.consecutive_failures, retry_in_ms = delay.as_millis() as u64, "trunk registration failed");
         self.state = TrunkState::Failing {
             attempts: self.consecutive_failures,

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use podpbx_sip::digest::{Credentials, DigestServer, Secret, ServerConfig, VerifyOutcome};
 use podpbx_sip::{Framing, HeaderName, Message, Method, ResponseBuilder};
 use podpbx_trunk::{
-    ConfigError, Destination, OutgoingKind, RegError, Registration, RegistrationConfig, Transport,
+    ConfigError, OutgoingKind, RegError, Registration, RegistrationConfig, Transport,
     TrunkState,
 };
 use std::net::SocketAddr;
@@ -194,6 +194,7 @@ impl Provider {
 #[derive(Debug, Clone)]
 struct Sent {
     at: Instant,
+    dest: SocketAddr,
     kind: OutgoingKind,
     msg: Option<Message>,
     status: Option<u16>,
@@ -208,6 +209,10 @@ struct Sim {
     sent: Vec<Sent>,
     /// Requests the provider dropped: (deadline, branch) for `transaction_timeout`.
     lost: Vec<(Instant, Bytes)>,
+    /// Servers that never answer.
+    down: Vec<SocketAddr>,
+    /// Servers that answer everything `503`.
+    busy: Vec<SocketAddr>,
 }
 
 impl Sim {
@@ -220,6 +225,8 @@ impl Sim {
             prov: Provider::new(t0),
             sent: Vec::new(),
             lost: Vec::new(),
+            down: Vec::new(),
+            busy: Vec::new(),
         }
     }
 
@@ -243,6 +250,7 @@ impl Sim {
                 assert_eq!(&out.data[..], b"\r\n\r\n");
                 self.sent.push(Sent {
                     at: self.now,
+                    dest: out.dest,
                     kind: out.kind,
                     msg: None,
                     status: None,
@@ -253,9 +261,16 @@ impl Sim {
             let via = msg.top_via().expect("via");
             assert_eq!(via.branch().as_ref(), Some(&out.branch));
             assert!(out.branch.starts_with(b"z9hG4bK"));
-            let resp = self.prov.handle(self.now, &msg);
+            let resp = if self.down.contains(&out.dest) {
+                None
+            } else if self.busy.contains(&out.dest) {
+                Some(ResponseBuilder::new(&msg, 503, "Service Unavailable", None).build())
+            } else {
+                self.prov.handle(self.now, &msg)
+            };
             self.sent.push(Sent {
                 at: self.now,
+                dest: out.dest,
                 kind: out.kind,
                 msg: Some(msg),
                 status: resp.as_ref().map(|r| parse(r).status().unwrap_or(0)),
@@ -883,14 +898,13 @@ fn tcp_register_uses_tcp_via_and_contact() {
     cfg.dest = None;
     let mut reg = Registration::new(cfg).expect("cfg");
     reg.start(Instant::now());
+    // A name without a located address: nothing to send yet.
+    assert!(reg.poll_transmit().is_none());
+    assert_eq!(reg.state(), &TrunkState::Resolving);
+    let server: SocketAddr = "[2001:db8:5::7]:5080".parse().expect("addr");
+    reg.set_targets(&[server]);
     let out = reg.poll_transmit().expect("REGISTER");
-    assert_eq!(
-        out.dest,
-        Destination::Name {
-            host: REALM.to_owned(),
-            port: 5080
-        }
-    );
+    assert_eq!(out.dest, server);
     let m = parse(&out.data);
     assert_eq!(
         m.start_line_raw(),
@@ -937,11 +951,10 @@ fn domain_forms_and_config_errors() {
     assert_eq!(reg.aor(), format!("sip:{USER}@[2001:db8:5::1]"));
     reg.start(Instant::now());
     let out = reg.poll_transmit().expect("REGISTER");
-    // The literal is its own destination; no resolver needed.
-    assert_eq!(
-        out.dest,
-        Destination::Addr("[2001:db8:5::1]:5060".parse().expect("addr"))
-    );
+    // The literal is its own destination; no resolver needed (and none is listened to).
+    assert_eq!(out.dest, "[2001:db8:5::1]:5060".parse().expect("addr"));
+    reg.set_targets(&["[2001:db8:5::9]:5060".parse().expect("addr")]);
+    assert_eq!(reg.targets(), ["[2001:db8:5::1]:5060".parse().expect("addr")]);
     let m = parse(&out.data);
     assert_eq!(m.start_line_raw(), b"REGISTER sip:[2001:db8:5::1] SIP/2.0");
     assert!(m.request_uri().is_ok());
@@ -997,4 +1010,121 @@ fn auth_username_differs_from_the_aor_user() {
         second.to_hdr().expect("to").uri.to_string(),
         format!("sip:{USER}@{REALM}")
     );
+}
+
+// ----- RFC 3263 server lists: waiting for an address, failover, sticky server -----------------
+
+fn server(n: u8) -> SocketAddr {
+    SocketAddr::new(format!("2001:db8:5::{n}").parse().expect("ip"), 5060)
+}
+
+/// A trunk whose domain is a name: the servers come from `set_targets`.
+fn located() -> RegistrationConfig {
+    let mut c = config(PASSWORD);
+    c.dest = None;
+    c.keepalive = Some(s(30));
+    c
+}
+
+fn dests(sim: &Sim) -> Vec<(f64, SocketAddr)> {
+    sim.registers()
+        .iter()
+        .map(|r| (sim.secs_since_t0(r.at), r.dest))
+        .collect()
+}
+
+#[test]
+fn a_name_without_address_waits_and_registers_once_located() {
+    let mut sim = Sim::new(located());
+    sim.start();
+    assert_eq!(sim.reg.state(), &TrunkState::Resolving);
+    assert_eq!(sim.reg.status().state, "resolving");
+    assert!(sim.sent.is_empty());
+    // Nothing is sent while waiting, not even the keep-alive.
+    sim.run_until(s(100));
+    assert!(sim.sent.is_empty(), "{:?}", sim.sent);
+    sim.reg.set_targets(&[server(1), server(2)]);
+    sim.pump();
+    assert!(matches!(sim.reg.state(), TrunkState::Registered { .. }));
+    assert_eq!(dests(&sim), [(100.0, server(1)), (100.0, server(1))]);
+    assert_eq!(sim.reg.status().target, Some(server(1)));
+}
+
+#[test]
+fn timeout_fails_over_to_the_next_server_which_then_keeps_the_registration() {
+    let mut sim = Sim::new(located());
+    sim.down.push(server(1));
+    sim.reg.set_targets(&[server(1), server(2), server(3)]);
+    sim.start();
+    sim.run_until(s(40));
+    assert!(matches!(sim.reg.state(), TrunkState::Registered { .. }));
+    // server 1 lost the REGISTER; after Timer F the attempt starts afresh at server 2.
+    assert_eq!(
+        dests(&sim),
+        [(0.0, server(1)), (32.0, server(2)), (32.0, server(2))]
+    );
+    assert_eq!(sim.reg.status().target, Some(server(2)));
+    assert_eq!(sim.reg.status().consecutive_failures, 0);
+    // Refreshes and keep-alives go where the binding is.
+    sim.run_until(s(32 + 600));
+    let later: Vec<SocketAddr> = sim.sent[3..].iter().map(|x| x.dest).collect();
+    assert!(!later.is_empty());
+    assert!(later.iter().all(|d| *d == server(2)), "{later:?}");
+    assert!(sim.sent[3..].iter().any(|x| x.kind == OutgoingKind::Options));
+    assert!(sim.sent[3..].iter().any(|x| x.kind == OutgoingKind::Register));
+}
+
+#[test]
+fn a_503_fails_over_at_once() {
+    let mut sim = Sim::new(located());
+    sim.busy.push(server(1));
+    sim.reg.set_targets(&[server(1), server(2)]);
+    sim.start();
+    assert!(matches!(sim.reg.state(), TrunkState::Registered { .. }));
+    assert_eq!(
+        dests(&sim),
+        [(0.0, server(1)), (0.0, server(2)), (0.0, server(2))]
+    );
+    assert_eq!(sim.registers()[0].status, Some(503));
+}
+
+#[test]
+fn when_every_server_fails_the_next_attempt_starts_at_the_first_again() {
+    let mut sim = Sim::new(located());
+    sim.down.push(server(1));
+    sim.busy.push(server(2));
+    sim.reg.set_targets(&[server(1), server(2)]);
+    sim.start();
+    sim.run_until(s(33));
+    // server 1: timeout at 32 s; server 2: 503 at once; both tried: back off.
+    assert!(matches!(sim.reg.state(), TrunkState::Failing { attempts: 1, .. }));
+    assert_eq!(dests(&sim), [(0.0, server(1)), (32.0, server(2))]);
+    sim.down.clear();
+    sim.busy.clear();
+    sim.run_until(s(40));
+    let d = dests(&sim);
+    assert_eq!(d.len(), 4, "{d:?}");
+    assert_eq!(d[2].1, server(1), "back to the most preferred server");
+    assert!(d[2].0 >= 33.5 && d[2].0 <= 34.0, "2 s back-off, jittered: {d:?}");
+    assert!(matches!(sim.reg.state(), TrunkState::Registered { .. }));
+}
+
+#[test]
+fn a_new_list_keeps_the_server_in_use_while_it_is_listed() {
+    let mut sim = Sim::new(located());
+    sim.reg.set_targets(&[server(1)]);
+    sim.start();
+    assert_eq!(sim.reg.status().target, Some(server(1)));
+    // Re-resolution adds a more preferred server: the binding lives on server 1, stay there.
+    sim.reg.set_targets(&[server(3), server(1)]);
+    assert_eq!(sim.reg.status().target, Some(server(1)));
+    sim.run_until(s(600));
+    assert_eq!(sim.registers().last().map(|r| r.dest), Some(server(1)));
+    // Server 1 is gone from DNS: the next refresh goes to the new first server.
+    sim.reg.set_targets(&[server(3)]);
+    let n = sim.registers().len();
+    sim.run_until(s(1200));
+    assert!(sim.registers().len() > n);
+    assert!(sim.registers()[n..].iter().all(|r| r.dest == server(3)));
+    assert!(matches!(sim.reg.state(), TrunkState::Registered { .. }));
 }
