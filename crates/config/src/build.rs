@@ -41,6 +41,7 @@ pub(crate) fn build(d: &mut Diagnostics, root: &Table) -> Config {
     let tls = tls(d, &mut r, &sip);
     let log = log(d, &mut r);
     let admin = admin(d, &mut r, &sip);
+    let dns = dns(d, &mut r);
     let registrar = registrar(d, &mut r, &storage);
     let security = security(d, &mut r);
     let media = media(d, &mut r, &sip_port);
@@ -56,6 +57,7 @@ pub(crate) fn build(d: &mut Diagnostics, root: &Table) -> Config {
         tls,
         log,
         admin,
+        dns,
         registrar,
         security,
         storage,
@@ -752,6 +754,34 @@ pub fn check_admin_token(text: &str) -> Result<&str, String> {
     Ok(token)
 }
 
+fn dns(d: &mut Diagnostics, r: &mut Tbl) -> DnsConfig {
+    let mut t = section(d, r, "dns");
+    let mut servers = Vec::new();
+    for s in t.str_list(d, "servers").unwrap_or_default() {
+        let addr = s
+            .v
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| s.v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+        match addr {
+            Some(a) if a.ip().is_unspecified() || a.ip().is_multicast() || a.port() == 0 => {
+                err(d, &s, format!("`{}` is not a usable name server address", s.v));
+            }
+            Some(a) => servers.push(a),
+            None => err(
+                d,
+                &s,
+                format!(
+                    "`{}` is not an IP address or `address:port`, e.g. `2001:db8::53` or `[2001:db8::53]:53`",
+                    s.v
+                ),
+            ),
+        }
+    }
+    t.finish(d);
+    DnsConfig { servers }
+}
+
 fn registrar(d: &mut Diagnostics, r: &mut Tbl, storage: &StorageConfig) -> RegistrarConfig {
     let mut t = section(d, r, "registrar");
     let min = t.secs_or(d, "min_expires", 1, DAY, 60);
@@ -1181,6 +1211,7 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
         }
         let host_s = t.req_str(d, "host");
         let host = host_s.as_ref().and_then(|s| trunk_host(d, s));
+        let port_given = t.has("port");
         let transport_s = t.choice(d, "transport", TRANSPORTS);
         let transport = transport_s.as_ref().map_or(Transport::Udp, |s| s.v);
         let default_port = if transport == Transport::Tls {
@@ -1291,6 +1322,7 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
         out.push(RawTrunk {
             trunk: Trunk {
                 name: name.v.clone(),
+                srv: !port_given && matches!(host, Host::Name(_)),
                 host,
                 port,
                 transport,

@@ -21,6 +21,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[admin]`: the HTTP admin/metrics listener.
     pub admin: AdminConfig,
+    /// `[dns]`: where trunk host names are looked up.
+    pub dns: DnsConfig,
     /// `[registrar]`.
     pub registrar: RegistrarConfig,
     /// `[security]`: brute-force protection.
@@ -161,6 +163,13 @@ pub struct AdminConfig {
     pub health_listen: Option<SocketAddr>,
     /// `health_metrics`: also serve `/metrics` on `health_listen`.
     pub health_metrics: bool,
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsConfig {
+    /// Name servers to ask (port 53 unless given); empty = the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
 }
 
 /// `[registrar]`.
@@ -368,6 +377,9 @@ pub struct Trunk {
     pub host: Host,
     /// Provider port.
     pub port: u16,
+    /// Locate the host by NAPTR and SRV records (RFC 3263): the host is a name and `port` is not
+    /// set. Otherwise only its A/AAAA records (a name) or nothing (an IP literal) are used.
+    pub srv: bool,
     /// Transport to the provider.
     pub transport: Transport,
     /// Account user name (From/To user of REGISTER).

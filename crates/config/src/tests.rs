@@ -943,6 +943,48 @@ fn trunk_checks() {
         (5060, Transport::Udp, Family::V6)
     );
     assert_eq!(t.host.to_string(), "[2001:db8::7]");
+    assert!(!t.srv, "an IP literal is never located");
+}
+
+#[test]
+fn trunk_names_are_located_by_srv_unless_a_port_is_set() {
+    let c = ok(&format!(
+        "{SIP}[[trunks]]\nname = \"a\"\nhost = \"sip.example.net\"\nregister = false\n[[trunks]]\nname = \"b\"\nhost = \"sip.example.net\"\nport = 5060\nregister = false\n"
+    ));
+    assert!(c.trunks[0].srv, "a name without a port: NAPTR/SRV");
+    assert!(!c.trunks[1].srv, "an explicit port, even 5060: A/AAAA only (RFC 3263 §4.2)");
+    assert_eq!(c.trunks[1].port, 5060);
+}
+
+#[test]
+fn dns_servers() {
+    let c = ok(SIP);
+    assert!(c.dns.servers.is_empty(), "default: the system's resolv.conf");
+    let c = ok(&format!(
+        "{SIP}[dns]\nservers = [\"2001:db8::53\", \"[2001:db8::54]:5353\", \"198.51.100.53\", \"198.51.100.54:53\"]\n"
+    ));
+    let want: Vec<SocketAddr> = [
+        "[2001:db8::53]:53",
+        "[2001:db8::54]:5353",
+        "198.51.100.53:53",
+        "198.51.100.54:53",
+    ]
+    .iter()
+    .map(|a| a.parse().expect("addr"))
+    .collect();
+    assert_eq!(c.dns.servers, want);
+    assert_eq!(
+        error(&format!("{SIP}[dns]\nservers = [\"ns1.example.net\"]\n")),
+        "t.toml:4:12: dns.servers[0]: `ns1.example.net` is not an IP address or `address:port`, e.g. `2001:db8::53` or `[2001:db8::53]:53`"
+    );
+    assert_eq!(
+        error(&format!("{SIP}[dns]\nservers = [\"::\"]\n")),
+        "t.toml:4:12: dns.servers[0]: `::` is not a usable name server address"
+    );
+    assert_eq!(
+        error(&format!("{SIP}[dns]\nserver = []\n")),
+        "t.toml:4:1: dns.server: unknown key, did you mean `servers`?"
+    );
 }
 
 // ----- dialplan ---------------------------------------------------------------------------------
