@@ -122,3 +122,44 @@ fn provider_down_then_up_recovers_by_itself() {
     );
     drop(pbx);
 }
+
+/// A password fixed in the config takes effect at the reload, not after a restart (or the 10 min
+/// retry after rejected credentials); a trunk whose settings did not change is left alone.
+#[test]
+fn reload_re_registers_a_trunk_whose_settings_changed() {
+    let kam = Kamailio::start(&ProviderConfig {
+        accounts: vec![Account::new("4930123", "trunk-secret")],
+        ..Default::default()
+    });
+    let pbx = Pbx::start(&trunk_config(kam.port, "wrong-secret"));
+    wait_for("credentials rejected", Duration::from_secs(10), || {
+        pbx.log_text().contains("trunk credentials rejected")
+    });
+    assert!(kam.binding("4930123").is_none());
+    let path = pbx.dir.path().join("podpbx.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("wrong-secret", "trunk-secret")).unwrap();
+    let (code, out, err) = ctl(&["--admin", &pbx.admin.to_string(), "reload"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_for("binding after the reload", Duration::from_secs(10), || {
+        kam.binding("4930123").is_some()
+    });
+    assert!(
+        pbx.log_text()
+            .contains("trunk provider changed: re-registering"),
+        "{}",
+        pbx.log_text()
+    );
+    // An unchanged trunk is not touched by another reload: no un-REGISTER, same binding.
+    let registers = |l: &str| {
+        l.lines()
+            .filter(|l| l.contains("provider: REGISTER sip:"))
+            .count()
+    };
+    let before = registers(&kam.log_text());
+    let (code, _, _) = ctl(&["--admin", &pbx.admin.to_string(), "reload"]);
+    assert_eq!(code, Some(0));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(registers(&kam.log_text()), before, "{}", kam.log_text());
+    assert!(kam.binding("4930123").is_some());
+}

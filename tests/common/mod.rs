@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod baresip;
+pub mod dnsmasq;
 pub mod kamailio;
 pub mod netns;
 pub mod tls;

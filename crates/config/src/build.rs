@@ -758,11 +758,10 @@ fn dns(d: &mut Diagnostics, r: &mut Tbl) -> DnsConfig {
     let mut t = section(d, r, "dns");
     let mut servers = Vec::new();
     for s in t.str_list(d, "servers").unwrap_or_default() {
-        let addr = s
-            .v
-            .parse::<SocketAddr>()
-            .ok()
-            .or_else(|| s.v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+        let addr =
+            s.v.parse::<SocketAddr>()
+                .ok()
+                .or_else(|| s.v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
         match addr {
             Some(a) if a.ip().is_unspecified() || a.ip().is_multicast() || a.port() == 0 => {
                 err(d, &s, format!("`{}` is not a usable name server address", s.v));

@@ -31,8 +31,7 @@ pub use error::{format_errors, ConfigError};
 pub use pattern::{Pattern, PatternError};
 pub use schema::{
     Action, AdminConfig, CallSource, CallsConfig, Config, DigestAlgorithm, DnsConfig, Dtmf, Family,
-    Group,
-    Host, LogConfig, LogFormat, Match, MediaConfig, NumberMatch, Origin, RegistrarConfig,
+    Group, Host, LogConfig, LogFormat, Match, MediaConfig, NumberMatch, Origin, RegistrarConfig,
     RingStrategy, Rule, SecurityConfig, SipConfig, StorageConfig, Target, TlsConfig, TlsVersion,
     Transport, Trunk, User,
 };

@@ -952,14 +952,20 @@ fn trunk_names_are_located_by_srv_unless_a_port_is_set() {
         "{SIP}[[trunks]]\nname = \"a\"\nhost = \"sip.example.net\"\nregister = false\n[[trunks]]\nname = \"b\"\nhost = \"sip.example.net\"\nport = 5060\nregister = false\n"
     ));
     assert!(c.trunks[0].srv, "a name without a port: NAPTR/SRV");
-    assert!(!c.trunks[1].srv, "an explicit port, even 5060: A/AAAA only (RFC 3263 §4.2)");
+    assert!(
+        !c.trunks[1].srv,
+        "an explicit port, even 5060: A/AAAA only (RFC 3263 §4.2)"
+    );
     assert_eq!(c.trunks[1].port, 5060);
 }
 
 #[test]
 fn dns_servers() {
     let c = ok(SIP);
-    assert!(c.dns.servers.is_empty(), "default: the system's resolv.conf");
+    assert!(
+        c.dns.servers.is_empty(),
+        "default: the system's resolv.conf"
+    );
     let c = ok(&format!(
         "{SIP}[dns]\nservers = [\"2001:db8::53\", \"[2001:db8::54]:5353\", \"198.51.100.53\", \"198.51.100.54:53\"]\n"
     ));

@@ -147,6 +147,26 @@ impl Readiness {
             .map(|(_, _, f)| f.clone())
     }
 
+    /// Sets condition `key` (created on first use) and the reason `/readyz` gives while unmet.
+    pub fn set(&self, key: &str, met: bool, unmet: &str) {
+        let Ok(mut conds) = self.conds.lock() else {
+            return;
+        };
+        match conds.iter_mut().find(|(k, _, _)| k == key) {
+            Some((_, why, f)) => {
+                if why != unmet {
+                    *why = unmet.to_string();
+                }
+                f.set(met);
+            }
+            None => {
+                let flag = ReadyFlag::default();
+                flag.set(met);
+                conds.push((key.to_string(), unmet.to_string(), flag));
+            }
+        }
+    }
+
     /// Removes a condition (e.g. a trunk deleted by a reload).
     pub fn remove(&self, key: &str) {
         if let Ok(mut conds) = self.conds.lock() {
@@ -377,6 +397,34 @@ impl Admin {
             .metrics
             .trunk_registered(name)
             .set(i64::from(registered));
+    }
+
+    /// The trunks' state (once a second from the core loop): the `trunk:<name>` readiness
+    /// condition of each (unmet, with the reason, while its host is not resolved or it is not
+    /// registered) and its health metrics. Trunks in `known` but no longer listed (a reload
+    /// removed them) lose their condition and series; `known` is updated.
+    pub fn set_trunks(
+        &self,
+        ready: &[(String, Option<String>)],
+        health: &[crate::trunks::TrunkHealth],
+        known: &mut Vec<String>,
+    ) {
+        for (name, why) in ready {
+            let key = trunk_ready_key(name);
+            let unmet = why
+                .clone()
+                .unwrap_or_else(|| format!("trunk {name} is not registered"));
+            self.inner.readiness.set(&key, why.is_none(), &unmet);
+        }
+        for h in health {
+            let up = ready.iter().any(|(n, why)| *n == h.name && why.is_none());
+            self.inner.metrics.trunk_health(h, up);
+        }
+        for gone in known.iter().filter(|n| !ready.iter().any(|(r, _)| r == *n)) {
+            self.inner.readiness.remove(&trunk_ready_key(gone));
+            self.inner.metrics.remove_trunk(gone);
+        }
+        *known = ready.iter().map(|(n, _)| n.clone()).collect();
     }
 
     /// Serves `/api/<name>` from snapshots published through the returned handle (`null` until

@@ -13,7 +13,7 @@ use podpbx_sip::transaction::{ClientTxId, Timers, TransactionLayer, TxId};
 use podpbx_sip::Transport;
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,17 +126,16 @@ pub fn relay_config(cfg: &Config) -> RelayConfig {
 pub struct RegDirectory<'a> {
     pub registrar: &'a Registrar,
     pub addrs: &'a Addrs,
-    /// Trunks with a registration state: (name, registered).
-    pub trunks_up: Vec<(String, bool)>,
+    /// The trunks: located servers and registration state.
+    pub trunks: &'a crate::trunks::Trunks,
 }
 
-/// Our bound SIP addresses and the trunks' resolved destinations.
+/// Our bound SIP addresses.
 #[derive(Debug, Clone, Default)]
 pub struct Addrs {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
-    pub trunks: HashMap<String, SocketAddr>,
 }
 
 impl Directory for RegDirectory<'_> {
@@ -159,38 +158,12 @@ impl Directory for RegDirectory<'_> {
         list.iter().find(|a| a.is_ipv4() == peer.is_ipv4()).copied()
     }
     fn trunk_destination(&self, name: &str) -> Option<SocketAddr> {
-        self.addrs.trunks.get(name).copied()
+        self.trunks.destination(name)
     }
     fn trunk_available(&self, name: &str) -> bool {
-        // Trunks that register must be registered; others are always tried.
-        self.trunks_up
-            .iter()
-            .find(|(n, _)| n == name)
-            .is_none_or(|(_, up)| *up)
+        // Trunks that register must be registered; others need a (located) address.
+        self.trunks.available(name)
     }
-}
-
-/// Resolves the trunks' hosts (IP literals at once, names through the system resolver; called
-/// at start and reload, not on the signalling path).
-pub fn resolve_trunks(cfg: &Config) -> HashMap<String, SocketAddr> {
-    let mut out = HashMap::new();
-    for t in &cfg.trunks {
-        let want_v4 = t.family == podpbx_config::Family::V4;
-        let addr = match &t.host {
-            podpbx_config::Host::Ip(ip) => Some(SocketAddr::new(*ip, t.port)),
-            podpbx_config::Host::Name(n) => (n.as_str(), t.port)
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut it| it.find(|a| a.is_ipv4() == want_v4)),
-        };
-        match addr {
-            Some(a) => {
-                out.insert(t.name.clone(), a);
-            }
-            None => warn!(trunk = %t.name, "cannot resolve the trunk's host"),
-        }
-    }
-    out
 }
 
 /// Appends CDRs as JSON lines, flushed per call.
@@ -297,7 +270,6 @@ impl Calls {
 
     /// New configuration for the next calls.
     pub fn reload(&mut self, cfg: Arc<Config>) {
-        self.addrs.trunks = resolve_trunks(&cfg);
         self.cdr = CdrWriter::new(cfg.calls.cdr_file.clone());
         self.b2bua.set_config(cfg);
     }

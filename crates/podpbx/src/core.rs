@@ -32,6 +32,14 @@ pub enum Output {
         conn: u64,
         data: Bytes,
     },
+    /// Look up `name` (fully qualified, no trailing dot) for records of `rtype` and feed the
+    /// answer to [`Core::dns_answer`] with `id`. Performed off the signalling loop; it may take
+    /// seconds.
+    Resolve {
+        id: u64,
+        name: String,
+        rtype: podpbx_trunk::RecordType,
+    },
 }
 
 /// Core settings derived from the configuration.
@@ -134,6 +142,10 @@ impl Core {
         if self.registrar.set_users(crate::calls::user_db(&cfg)) {
             self.bindings_changed(now);
         }
+        if let Err(e) = self.trunks.reload(now, &cfg) {
+            warn!(error = %e, "trunks not reloaded; the running trunks stay");
+        }
+        self.trunks.flush(now, &mut self.tx, &mut self.direct);
         if let Some(calls) = self.calls.as_mut() {
             calls.reload(cfg);
         }
@@ -179,7 +191,7 @@ impl Core {
         crate::calls::RegDirectory {
             registrar,
             addrs,
-            trunks_up: trunks.registered(),
+            trunks,
         }
     }
 
@@ -229,6 +241,17 @@ impl Core {
     /// The trunks, for status.
     pub fn trunks(&self) -> &Trunks {
         &self.trunks
+    }
+
+    /// The answer to an [`Output::Resolve`].
+    pub fn dns_answer(
+        &mut self,
+        now: Instant,
+        id: u64,
+        answer: Result<Vec<podpbx_trunk::Record>, podpbx_trunk::LookupError>,
+    ) {
+        self.trunks.on_dns(now, id, answer);
+        self.trunks.flush(now, &mut self.tx, &mut self.direct);
     }
 
     /// The registrar, for status and metrics.

@@ -450,6 +450,7 @@ const CALLS: &[Column] = &[
 const TRUNKS: &[Column] = &[
     ("NAME", |v, _| text(v, "name")),
     ("STATE", |v, _| text(v, "state")),
+    ("SERVER", |v, _| text(v, "server")),
     ("LAST ERROR", |v, _| text(v, "last_error")),
     ("NEXT ATTEMPT", |v, now| {
         match (num(v, "next_attempt_in"), num(v, "next_attempt_at")) {
@@ -690,16 +691,21 @@ mod tests {
         );
 
         let v = json!({"now": 1000, "items": [
-            {"name": "sipgate", "state": "failed", "last_error": "403 Forbidden", "next_attempt_at": 1060},
+            {"name": "sipgate", "state": "failed", "server": "[2001:db8::5]:5060", "last_error": "403 Forbidden", "next_attempt_at": 1060},
             {"name": "backup", "state": "registered", "last_error": null, "next_attempt_at": 990},
+            {"name": "srv", "state": "unresolved", "server": null, "last_error": "DNS: sip.example.net has no AAAA record", "next_attempt_at": 1004},
         ]});
         let t = render_items(&v, TRUNKS, "trunks");
         assert!(
-            t.contains("sipgate  failed      403 Forbidden  in 1m 00s\n"),
+            t.contains("sipgate  failed      [2001:db8::5]:5060  403 Forbidden                            in 1m 00s\n"),
             "{t}"
         );
         assert!(
-            t.contains("backup   registered  -              now\n"),
+            t.contains("backup   registered  -                   -                                        now\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("srv      unresolved  -                   DNS: sip.example.net has no AAAA record  in 4s\n"),
             "{t}"
         );
         let v = json!({"now": 100, "items": [{"id": "c1", "from": "1001", "to": "+4930123", "state": "answered", "started_at": 40}]});

@@ -5,6 +5,7 @@ mod calls;
 mod cli;
 mod core;
 mod ctl;
+mod dns;
 mod ifaddrs;
 mod metrics;
 mod server;

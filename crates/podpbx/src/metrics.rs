@@ -514,6 +514,7 @@ pub const RELAY_DROP_REASONS: [&str; 7] = [
 /// | `calls_active` | `podpbx_calls_active` | call layer; graceful shutdown waits while it is > 0 |
 /// | [`PbxMetrics::call_ended`] | `podpbx_calls_total{disposition}` | call layer |
 /// | [`PbxMetrics::trunk_registered`] | `podpbx_trunk_registered{trunk}` | trunk: 1 registered, 0 not |
+/// | [`PbxMetrics::trunk_health`] | `podpbx_trunk_{up,servers,register_failures,keepalive_failures,dns_failures}{trunk}`, `podpbx_trunk_registers_total{trunk}` | trunks, once a second |
 /// | `relay_packets`, `relay_bytes` | `podpbx_relay_{packets,bytes}_total` | media: forwarded |
 /// | [`PbxMetrics::relay_dropped`] | `podpbx_relay_dropped_packets_total{reason}` | media |
 /// | `auth_failures` | `podpbx_auth_failures_total` | registrar / call auth |
@@ -536,6 +537,33 @@ const CALLS_TOTAL: (&str, &str) = ("podpbx_calls_total", "Calls ended, by dispos
 const TRUNK_REGISTERED: (&str, &str) = (
     "podpbx_trunk_registered",
     "Whether the trunk is registered with the provider (1) or not (0).",
+);
+/// Per-trunk health gauges: (name, help).
+const TRUNK_UP: (&str, &str) = (
+    "podpbx_trunk_up",
+    "Whether the trunk can take calls now (1: host located and, if it registers, registered).",
+);
+const TRUNK_GAUGES: [(&str, &str); 4] = [
+    (
+        "podpbx_trunk_servers",
+        "Provider servers known for the trunk (located by DNS, or the configured address).",
+    ),
+    (
+        "podpbx_trunk_register_failures",
+        "Consecutive failed registration attempts of the trunk (0 after a success).",
+    ),
+    (
+        "podpbx_trunk_keepalive_failures",
+        "Consecutive unanswered keep-alives to the trunk's provider.",
+    ),
+    (
+        "podpbx_trunk_dns_failures",
+        "Consecutive failed lookups of the trunk's host name.",
+    ),
+];
+const TRUNK_REGISTERS: (&str, &str) = (
+    "podpbx_trunk_registers_total",
+    "REGISTER requests sent to the trunk's provider (with authentication follow-ups).",
 );
 const RELAY_DROPPED: (&str, &str) = (
     "podpbx_relay_dropped_packets_total",
@@ -594,6 +622,40 @@ impl PbxMetrics {
     pub fn trunk_registered(&self, name: &str) -> Gauge {
         self.registry
             .gauge(TRUNK_REGISTERED.0, TRUNK_REGISTERED.1, &[("trunk", name)])
+    }
+
+    /// Publishes one trunk's health (`up`: usable now).
+    pub fn trunk_health(&self, h: &crate::trunks::TrunkHealth, up: bool) {
+        let l: &[(&str, &str)] = &[("trunk", h.name.as_str())];
+        let reg = &self.registry;
+        if let Some(r) = h.registered {
+            self.trunk_registered(&h.name).set(i64::from(r));
+        }
+        reg.gauge(TRUNK_UP.0, TRUNK_UP.1, l).set(i64::from(up));
+        let values = [
+            h.targets as i64,
+            i64::from(h.register_failures),
+            i64::from(h.keepalive_failures),
+            i64::from(h.dns_failures),
+        ];
+        for ((name, help), v) in TRUNK_GAUGES.iter().zip(values) {
+            reg.gauge(name, help, l).set(v);
+        }
+        let sent = reg.counter(TRUNK_REGISTERS.0, TRUNK_REGISTERS.1, l);
+        // The registration counts since it was created; a reload that re-creates it starts at 0
+        // again, and the counter only ever moves forward.
+        sent.add(h.registers_sent.saturating_sub(sent.get()));
+    }
+
+    /// Drops every series of trunk `name` (a reload removed it).
+    pub fn remove_trunk(&self, name: &str) {
+        let l: &[(&str, &str)] = &[("trunk", name)];
+        for (n, _) in TRUNK_GAUGES
+            .iter()
+            .chain([&TRUNK_UP, &TRUNK_REGISTERS, &TRUNK_REGISTERED])
+        {
+            self.registry.remove(n, l);
+        }
     }
 
     /// The drop counter for `reason` (one of [`RELAY_DROP_REASONS`]).

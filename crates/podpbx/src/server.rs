@@ -103,25 +103,29 @@ fn tls_transport(cfg: &Config) -> Result<Option<crate::transport::TlsTransport>,
     }))
 }
 
-/// The certificate of a TLS trunk must carry the trunk's host name (RFC 5922 §7.2), or its
-/// IP address when the host is an IP literal.
-fn set_trunk_tls_names(
-    cfg: &Config,
-    transports: &Transports,
-    resolved: &std::collections::HashMap<String, std::net::SocketAddr>,
-) -> Result<(), String> {
-    for t in &cfg.trunks {
-        if t.transport != podpbx_config::Transport::Tls {
-            continue;
-        }
-        let Some(addr) = resolved.get(&t.name) else {
-            continue;
-        };
-        let name = crate::tls::server_name(&t.host.to_string())
+/// A TLS trunk's host must make a valid server name (checked once at start).
+fn check_trunk_tls_names(cfg: &Config) -> Result<(), String> {
+    for t in cfg
+        .trunks
+        .iter()
+        .filter(|t| t.transport == podpbx_config::Transport::Tls)
+    {
+        crate::tls::server_name(&t.host.to_string())
             .map_err(|e| format!("trunk {}: {e}", t.name))?;
-        transports.set_tls_name(*addr, name);
     }
     Ok(())
+}
+
+/// The certificate of a TLS trunk must carry the trunk's host name (RFC 5922 §7.2), or its IP
+/// address when the host is an IP literal: tells the transports which name each located server
+/// of a TLS trunk must prove (the servers change when DNS does, so this runs after each answer
+/// and reload).
+fn set_trunk_tls_names(core: &Core, transports: &Transports) {
+    for (addr, host) in core.trunks().tls_servers() {
+        if let Ok(name) = crate::tls::server_name(&host) {
+            transports.set_tls_name(addr, name);
+        }
+    }
 }
 
 async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
@@ -162,16 +166,26 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         state_file: cfg.registrar.state_file.clone(),
     };
     let registrar = build_registrar(&cfg)?;
-    let trunks = crate::trunks::from_config(&cfg, |transport, v4| {
-        transports.local_for(
-            transport,
-            if v4 {
-                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-            },
-        )
-    })?;
+    let mut locals = crate::trunks::Locals::default();
+    for transport in [
+        podpbx_sip::Transport::Udp,
+        podpbx_sip::Transport::Tcp,
+        podpbx_sip::Transport::Tls,
+    ] {
+        for any in [
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        ] {
+            if let Some(a) = transports.local_for(transport, any) {
+                locals.add(transport, a);
+            }
+        }
+    }
+    check_trunk_tls_names(&cfg)?;
+    let trunks = crate::trunks::Trunks::from_config(&cfg, locals)?;
+    // Trunk host names are looked up by the shell, never on the signalling loop.
+    let (dns_tx, mut dns_rx) = mpsc::channel::<crate::dns::Answer>(256);
+    let dns = crate::dns::Dns::new(&cfg.dns, dns_tx);
     let mut core = Core::new(core_cfg, stats.clone(), registrar, trunks);
     // Call control: the RTP relay on the pinned addresses, its events into the loop, the b2bua.
     let (media_tx, mut media_rx) = mpsc::channel::<podpbx_media::Event>(1024);
@@ -198,9 +212,8 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         udp: transports.udp_addrs(),
         tcp: transports.tcp_addrs(),
         tls: transports.tls_addrs(),
-        trunks: crate::calls::resolve_trunks(&cfg),
     };
-    set_trunk_tls_names(&cfg, &transports, &call_addrs.trunks)?;
+    set_trunk_tls_names(&core, &transports);
     let relay_metrics = relay.clone();
     let mut relay_seen = podpbx_media::RelayTotals::default();
     core.set_calls(crate::calls::Calls::new(
@@ -265,11 +278,14 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     publish_registrations(&core);
     let state_writer = spawn_state_writer();
     let trunk_status = admin.provide_snapshot("trunks");
-    let publish_trunks = |core: &Core| {
+    let mut trunk_names: Vec<String> = Vec::new();
+    let mut publish_trunks = |core: &Core| {
         trunk_status.publish(core.trunks().status_json(Instant::now()));
-        for (name, up) in core.trunks().registered() {
-            admin.set_trunk_registered(&name, up);
-        }
+        admin.set_trunks(
+            &core.trunks().readiness(),
+            &core.trunks().health(),
+            &mut trunk_names,
+        );
     };
     core.start(Instant::now());
     // Status that changes slowly is published once a second, not per message.
@@ -288,6 +304,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 }
             }
             _ = sleep_until_opt(deadline) => core.handle_timeout(Instant::now()),
+            Some((id, answer)) = dns_rx.recv() => {
+                core.dns_answer(Instant::now(), id, answer);
+                set_trunk_tls_names(&core, &transports);
+            }
             _ = tick.tick() => {
                 publish_trunks(&core);
                 calls_snapshot.publish(core.calls_json(Instant::now()));
@@ -315,10 +335,12 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             Some(why) = reload_rx.recv() => {
                 info!(trigger = why, "configuration reload");
                 let _ = reload_config(&mut core, config_path.as_deref());
+                set_trunk_tls_names(&core, &transports);
             }
             Some(req) = admin_reload_rx.recv() => {
                 info!(trigger = "admin", "configuration reload");
                 req.respond(reload_config(&mut core, config_path.as_deref()));
+                set_trunk_tls_names(&core, &transports);
             }
             Some(req) = admin_rx.recv() => match req {
                 crate::admin::CoreRequest::Ping(p) => p.pong(),
@@ -355,6 +377,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                         });
                     }
                 }
+                Output::Resolve { id, name, rtype } => dns.resolve(id, name, rtype),
             }
         }
         admin.metrics().calls_active.set_count(core.active_calls());
@@ -380,14 +403,17 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             Some(Inbound::Message(msg, flow)) = in_rx.recv() => core.handle_message(Instant::now(), SystemTime::now(), &msg, flow),
             _ = tokio::time::sleep_until(deadline) => core.handle_timeout(Instant::now()),
         }
-        while let Some(Output::Send {
-            transport,
-            dest,
-            conn,
-            data,
-        }) = core.poll_output()
-        {
-            let _ = transports.send(transport, dest, conn, data);
+        while let Some(out) = core.poll_output() {
+            // DNS is not started any more while stopping (the trunks stopped their lookups).
+            if let Output::Send {
+                transport,
+                dest,
+                conn,
+                data,
+            } = out
+            {
+                let _ = transports.send(transport, dest, conn, data);
+            }
         }
     }
     drop(state_writer);

@@ -75,13 +75,13 @@ pub mod locate;
 mod registration;
 
 pub use locate::{
-    DnsQuery, LocateError, LocateStatus, Locator, LocatorConfig, LookupError, RData, Record,
-    RecordType,
+    DnsQuery, LocateError, LocateStatus, Locator, LocatorConfig, LookupError, Naptr, RData, Record,
+    RecordType, Srv,
 };
 pub use podpbx_sip::digest::Secret;
 pub use podpbx_sip::Transport;
 pub use registration::{
-    refresh_after, ConfigError, Outgoing, OutgoingKind, OutgoingRegister, RegError,
-    Registration, RegistrationConfig, RetryPolicy, TrunkState, TrunkStatus, DEFAULT_USER_AGENT,
-    MAX_EXPIRY_SECS, REFRESH_MIN_MARGIN,
+    refresh_after, ConfigError, Outgoing, OutgoingKind, OutgoingRegister, RegError, Registration,
+    RegistrationConfig, RetryPolicy, TrunkState, TrunkStatus, DEFAULT_USER_AGENT, MAX_EXPIRY_SECS,
+    REFRESH_MIN_MARGIN,
 };

@@ -10,9 +10,9 @@
 //!
 //! * **Explicit port** (the trunk sets `port`): only the address records of the name (§4.2).
 //! * **NAPTR** of the name: records with flag `S` and the service of our transport (`SIP+D2U`
-//!   for UDP, `SIP+D2T` for TCP), by order then preference; their replacements are the SRV names
+//!   for UDP, `SIP+D2T` for TCP, `SIPS+D2T` for TLS), by order then preference; their replacements are the SRV names
 //!   to try, in that order. No NAPTR (or none for our transport, or the lookup failed): the SRV
-//!   name `_sip._udp.<name>` / `_sip._tcp.<name>`.
+//!   name `_sip._udp.<name>`, `_sip._tcp.<name>` or `_sips._tcp.<name>`.
 //! * **SRV**: by priority, and within a priority in the weighted random order of RFC 2782 (the
 //!   randomness comes from the seed); a lone target `.` means the service is not offered there.
 //!   Each target's address records, in that order, form the target list. No SRV records: the
@@ -450,17 +450,19 @@ impl Locator {
     }
 
     fn srv_name(&self) -> String {
-        let proto = match self.cfg.transport {
-            Transport::Udp => "_udp",
-            Transport::Tcp => "_tcp",
+        let service = match self.cfg.transport {
+            Transport::Udp => "_sip._udp",
+            Transport::Tcp => "_sip._tcp",
+            Transport::Tls => "_sips._tcp",
         };
-        format!("_sip.{proto}.{}", self.name)
+        format!("{service}.{}", self.name)
     }
 
     fn naptr_service(&self) -> &'static str {
         match self.cfg.transport {
             Transport::Udp => "SIP+D2U",
             Transport::Tcp => "SIP+D2T",
+            Transport::Tls => "SIPS+D2T",
         }
     }
 
@@ -608,7 +610,12 @@ impl Locator {
             // RFC 3263 §4.2: no SRV records, use the name's address records on the default port.
             debug!(name = %self.name, "no SRV records; using the address records");
             let name = self.name.clone();
-            let slot = self.host_slot(name, 5060);
+            let port = if self.cfg.transport == Transport::Tls {
+                5061
+            } else {
+                5060
+            };
+            let slot = self.host_slot(name, port);
             self.renew_deadline(now);
             if let Some(r) = self.run.as_mut() {
                 r.stage = Stage::Addresses {

@@ -5,8 +5,7 @@ use bytes::Bytes;
 use podpbx_sip::digest::{Credentials, DigestServer, Secret, ServerConfig, VerifyOutcome};
 use podpbx_sip::{Framing, HeaderName, Message, Method, ResponseBuilder};
 use podpbx_trunk::{
-    ConfigError, OutgoingKind, RegError, Registration, RegistrationConfig, Transport,
-    TrunkState,
+    ConfigError, OutgoingKind, RegError, Registration, RegistrationConfig, Transport, TrunkState,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -954,7 +953,10 @@ fn domain_forms_and_config_errors() {
     // The literal is its own destination; no resolver needed (and none is listened to).
     assert_eq!(out.dest, "[2001:db8:5::1]:5060".parse().expect("addr"));
     reg.set_targets(&["[2001:db8:5::9]:5060".parse().expect("addr")]);
-    assert_eq!(reg.targets(), ["[2001:db8:5::1]:5060".parse().expect("addr")]);
+    assert_eq!(
+        reg.targets(),
+        ["[2001:db8:5::1]:5060".parse().expect("addr")]
+    );
     let m = parse(&out.data);
     assert_eq!(m.start_line_raw(), b"REGISTER sip:[2001:db8:5::1] SIP/2.0");
     assert!(m.request_uri().is_ok());
@@ -1070,8 +1072,12 @@ fn timeout_fails_over_to_the_next_server_which_then_keeps_the_registration() {
     let later: Vec<SocketAddr> = sim.sent[3..].iter().map(|x| x.dest).collect();
     assert!(!later.is_empty());
     assert!(later.iter().all(|d| *d == server(2)), "{later:?}");
-    assert!(sim.sent[3..].iter().any(|x| x.kind == OutgoingKind::Options));
-    assert!(sim.sent[3..].iter().any(|x| x.kind == OutgoingKind::Register));
+    assert!(sim.sent[3..]
+        .iter()
+        .any(|x| x.kind == OutgoingKind::Options));
+    assert!(sim.sent[3..]
+        .iter()
+        .any(|x| x.kind == OutgoingKind::Register));
 }
 
 #[test]
@@ -1097,7 +1103,10 @@ fn when_every_server_fails_the_next_attempt_starts_at_the_first_again() {
     sim.start();
     sim.run_until(s(33));
     // server 1: timeout at 32 s; server 2: 503 at once; both tried: back off.
-    assert!(matches!(sim.reg.state(), TrunkState::Failing { attempts: 1, .. }));
+    assert!(matches!(
+        sim.reg.state(),
+        TrunkState::Failing { attempts: 1, .. }
+    ));
     assert_eq!(dests(&sim), [(0.0, server(1)), (32.0, server(2))]);
     sim.down.clear();
     sim.busy.clear();
@@ -1105,7 +1114,10 @@ fn when_every_server_fails_the_next_attempt_starts_at_the_first_again() {
     let d = dests(&sim);
     assert_eq!(d.len(), 4, "{d:?}");
     assert_eq!(d[2].1, server(1), "back to the most preferred server");
-    assert!(d[2].0 >= 33.5 && d[2].0 <= 34.0, "2 s back-off, jittered: {d:?}");
+    assert!(
+        d[2].0 >= 33.5 && d[2].0 <= 34.0,
+        "2 s back-off, jittered: {d:?}"
+    );
     assert!(matches!(sim.reg.state(), TrunkState::Registered { .. }));
 }
 

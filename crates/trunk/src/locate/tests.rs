@@ -169,6 +169,27 @@ fn tcp_trunk_uses_d2t_and_tcp_srv_name() {
 }
 
 #[test]
+fn tls_trunk_uses_sips_d2t_and_falls_back_to_5061() {
+    let t0 = Instant::now();
+    let mut l = locator(None, Transport::Tls, false);
+    l.start(t0);
+    let id = expect(&mut l, "provider.test", RecordType::Naptr);
+    l.handle_answer(
+        t0,
+        id,
+        Ok(vec![
+            naptr(10, 10, "SIP+D2T", "_sip._tcp.provider.test", 60),
+            naptr(20, 10, "SIPS+D2T", "_sips._tcp.provider.test", 60),
+        ]),
+    );
+    let id = expect(&mut l, "_sips._tcp.provider.test", RecordType::Srv);
+    l.handle_answer(t0, id, Err(LookupError::NotFound));
+    let id = expect(&mut l, "provider.test", RecordType::Aaaa);
+    l.handle_answer(t0, id, Ok(vec![aaaa("2001:db8::5", 60)]));
+    assert_eq!(l.targets(), [addr("[2001:db8::5]:5061")]);
+}
+
+#[test]
 fn no_naptr_then_no_srv_falls_back_to_the_name_on_5060() {
     let t0 = Instant::now();
     let mut l = locator(None, Transport::Udp, false);
