@@ -33,7 +33,7 @@
 //! Bounds: at most [`MAX_SRV_NAMES`] NAPTR replacements, [`MAX_SRV_RECORDS`] SRV records and
 //! [`MAX_TARGETS`] addresses are used; at most one resolution runs at a time.
 
-use crate::rng::SplitMix64;
+use podpbx_sip::IdGen;
 use podpbx_sip::Transport;
 use std::collections::VecDeque;
 use std::fmt;
@@ -248,7 +248,7 @@ struct Run {
 pub struct Locator {
     cfg: LocatorConfig,
     name: String,
-    rng: SplitMix64,
+    rng: IdGen,
     next_id: u64,
     queries: VecDeque<DnsQuery>,
     run: Option<Run>,
@@ -278,7 +278,7 @@ impl Locator {
     pub fn new(cfg: LocatorConfig) -> Locator {
         let name = cfg.name.trim().trim_end_matches('.').to_ascii_lowercase();
         Locator {
-            rng: SplitMix64::new(cfg.seed),
+            rng: IdGen::new(cfg.seed),
             name,
             cfg,
             next_id: 0,
