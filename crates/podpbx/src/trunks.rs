@@ -122,12 +122,12 @@ impl Trunks {
 
     fn slot(&mut self, t: &TrunkConfig, user_agent: &str) -> Result<Slot, String> {
         self.next_slot += 1;
-        let v4 = t.family == Family::Ipv4;
+        let v4 = t.family == Family::V4;
         let locator = match &t.host {
             Host::Name(name) => Some(Locator::new(LocatorConfig::new(
                 name.clone(),
                 (!t.srv).then_some(t.port),
-                transport(t.transport),
+                t.transport,
                 v4,
                 os_seed()?,
             ))),
@@ -135,7 +135,7 @@ impl Trunks {
         };
         let reg = match (t.username.as_deref(), t.register) {
             (Some(user), true) => {
-                let local = self.locals.get(transport(t.transport), v4).ok_or_else(|| {
+                let local = self.locals.get(t.transport, v4).ok_or_else(|| {
                     format!(
                         "trunk {}: no pinned {} address configured in [sip]",
                         t.name,
@@ -156,7 +156,7 @@ impl Trunks {
                     os_seed()?,
                 );
                 rc.port = t.port;
-                rc.transport = transport(t.transport);
+                rc.transport = t.transport;
                 rc.auth_username = t.auth_username.clone();
                 rc.realm = t.realm.clone();
                 rc.expiry = t.expiry;
@@ -462,7 +462,7 @@ impl Trunks {
     pub fn tls_servers(&self) -> Vec<(SocketAddr, String)> {
         self.slots
             .iter()
-            .filter(|s| s.cfg.transport == podpbx_config::Transport::Tls)
+            .filter(|s| s.cfg.transport == podpbx_sip::Transport::Tls)
             .flat_map(|s| {
                 let host = s.cfg.host.to_string();
                 s.targets().into_iter().map(move |a| (a, host.clone()))
@@ -622,14 +622,6 @@ fn start_slot(s: &mut Slot, now: Instant) {
     }
     if let Some(r) = s.reg.as_mut() {
         r.start(now);
-    }
-}
-
-fn transport(t: podpbx_config::Transport) -> podpbx_sip::Transport {
-    match t {
-        podpbx_config::Transport::Udp => podpbx_sip::Transport::Udp,
-        podpbx_config::Transport::Tcp => podpbx_sip::Transport::Tcp,
-        podpbx_config::Transport::Tls => podpbx_sip::Transport::Tls,
     }
 }
 
