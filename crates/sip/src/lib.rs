@@ -15,6 +15,7 @@ pub mod headers;
 pub mod ident;
 pub mod message;
 pub mod status;
+pub mod time;
 pub mod transaction;
 pub mod uri;
 
