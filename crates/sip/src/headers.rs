@@ -755,6 +755,22 @@ impl Message {
             Some(v.slice(a..b))
         }
     }
+    /// True when option tag `tag` is in `Require` (case-insensitive).
+    pub fn requires_option(&self, tag: &str) -> bool {
+        self.tokens(crate::HeaderName::Require)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(tag.as_bytes()))
+    }
+
+    /// True when option tag `tag` is in `Supported` or `Require` (case-insensitive).
+    pub fn supports_option(&self, tag: &str) -> bool {
+        self.requires_option(tag)
+            || self
+                .tokens(crate::HeaderName::Supported)
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(tag.as_bytes()))
+    }
+
     /// All option tags across every line of a comma-list header (Require, Supported, ...).
     pub fn tokens(&self, name: crate::HeaderName) -> Vec<Bytes> {
         let mut out = Vec::new();
