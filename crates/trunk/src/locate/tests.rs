@@ -61,6 +61,14 @@ fn locator(port: Option<u16>, transport: Transport, ipv4: bool) -> Locator {
     ))
 }
 
+/// Starts `l` (for `provider.test`, UDP), answers "no NAPTR" and returns the SRV query's id.
+fn srv_query(l: &mut Locator, t0: Instant) -> u64 {
+    l.start(t0);
+    let id = expect(l, "provider.test", RecordType::Naptr);
+    l.handle_answer(t0, id, Err(LookupError::NotFound));
+    expect(l, "_sip._udp.provider.test", RecordType::Srv)
+}
+
 /// Takes the one pending query and checks what it asks.
 fn expect(l: &mut Locator, name: &str, rtype: RecordType) -> u64 {
     let q = l.poll_query().expect("a query");
@@ -193,10 +201,7 @@ fn tls_trunk_uses_sips_d2t_and_falls_back_to_5061() {
 fn no_naptr_then_no_srv_falls_back_to_the_name_on_5060() {
     let t0 = Instant::now();
     let mut l = locator(None, Transport::Udp, false);
-    l.start(t0);
-    let id = expect(&mut l, "provider.test", RecordType::Naptr);
-    l.handle_answer(t0, id, Err(LookupError::NotFound));
-    let id = expect(&mut l, "_sip._udp.provider.test", RecordType::Srv);
+    let id = srv_query(&mut l, t0);
     l.handle_answer(t0, id, Err(LookupError::NotFound));
     let id = expect(&mut l, "provider.test", RecordType::Aaaa);
     l.handle_answer(t0, id, Ok(vec![aaaa("2001:db8::5", 60)]));
@@ -238,10 +243,7 @@ fn next_naptr_replacement_when_the_first_srv_name_is_empty() {
 fn dot_target_means_not_offered() {
     let t0 = Instant::now();
     let mut l = locator(None, Transport::Udp, false);
-    l.start(t0);
-    let id = expect(&mut l, "provider.test", RecordType::Naptr);
-    l.handle_answer(t0, id, Err(LookupError::NotFound));
-    let id = expect(&mut l, "_sip._udp.provider.test", RecordType::Srv);
+    let id = srv_query(&mut l, t0);
     l.handle_answer(t0, id, Ok(vec![srv(0, 0, 0, ".", 60)]));
     assert_eq!(l.poll_query(), None, "no address lookup for `.`");
     let st = l.status();
@@ -367,10 +369,7 @@ fn a_lost_answer_times_out_and_late_answers_are_ignored() {
 fn same_host_on_two_ports_is_looked_up_once() {
     let t0 = Instant::now();
     let mut l = locator(None, Transport::Udp, false);
-    l.start(t0);
-    let id = expect(&mut l, "provider.test", RecordType::Naptr);
-    l.handle_answer(t0, id, Err(LookupError::NotFound));
-    let id = expect(&mut l, "_sip._udp.provider.test", RecordType::Srv);
+    let id = srv_query(&mut l, t0);
     l.handle_answer(
         t0,
         id,
@@ -392,10 +391,7 @@ fn same_host_on_two_ports_is_looked_up_once() {
 fn srv_targets_without_addresses() {
     let t0 = Instant::now();
     let mut l = locator(None, Transport::Udp, true);
-    l.start(t0);
-    let id = expect(&mut l, "provider.test", RecordType::Naptr);
-    l.handle_answer(t0, id, Err(LookupError::NotFound));
-    let id = expect(&mut l, "_sip._udp.provider.test", RecordType::Srv);
+    let id = srv_query(&mut l, t0);
     l.handle_answer(
         t0,
         id,
@@ -412,10 +408,7 @@ fn srv_targets_without_addresses() {
     assert_eq!(l.targets(), [addr("198.51.100.2:5060")]);
 
     let mut l = locator(None, Transport::Udp, true);
-    l.start(t0);
-    let id = expect(&mut l, "provider.test", RecordType::Naptr);
-    l.handle_answer(t0, id, Err(LookupError::NotFound));
-    let id = expect(&mut l, "_sip._udp.provider.test", RecordType::Srv);
+    let id = srv_query(&mut l, t0);
     l.handle_answer(t0, id, Ok(vec![srv(1, 0, 5060, "a.test", 60)]));
     let qa = expect(&mut l, "a.test", RecordType::A);
     l.handle_answer(t0, qa, Ok(vec![a("0.0.0.0", 60), a("224.0.0.1", 60)]));
