@@ -18,12 +18,20 @@
 //!   socket until EWOULDBLOCK (the usual nonblocking idiom);
 //! * `plain-once` — the same reading one datagram per readiness (level-triggered);
 //! * `direct`     — no forwarder: each endpoint sends to itself (one loopback
-//!   hop: the latency floor the `+p50`/`+p99` columns subtract).
+//!   hop: the latency floor the `+p50`/`+p99` columns subtract);
+//! * `relay-srtp1` — the relay terminating SRTP on leg A (AES_CM_128_HMAC_SHA1_80,
+//!   fresh keys per stream): what A sends is authenticated and decrypted, what goes
+//!   to A is encrypted; leg B plain (an SRTP trunk meeting a plain phone);
+//! * `relay-srtp2` — SRTP on both legs, each with its own keys (decrypt and
+//!   re-encrypt every packet).
+//!   The generator seals and opens the SRTP packets on its own CPU; the relay's
+//!   CPU per packet is what the ratio to `relay` compares.
 //!
 //! Every loop is bounded in time (warm-up + measurement per point).
 //!
 //! Usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1]
-//!                 [--modes direct,relay,relay-co,mmsg,plain,plain-once] [--pps 50]
+//!                 [--modes direct,relay,relay-co,mmsg,plain,plain-once,relay-srtp1,relay-srtp2]
+//!                 [--pps 50]
 //!                 [--relay-cpu 0] [--gen-cpu 1] [--batch 32] [--ports 10000]
 //!                 [--repeat 1] [--coalesce-us 50]
 //!                 [--quiet-wait 20]
@@ -43,7 +51,10 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use podpbx_media::{Family, FamilyConfig, Leg, Relay, RelayConfig, RemoteMedia, Session};
+use podpbx_media::srtp::{Context, Suite};
+use podpbx_media::{
+    generate_key, Family, FamilyConfig, Leg, Relay, RelayConfig, RemoteMedia, Session, SrtpKeys,
+};
 
 const PKT_SIZE: usize = 172;
 const BATCH: usize = 64;
@@ -77,6 +88,8 @@ enum Mode {
     Mmsg,
     Plain,
     PlainOnce,
+    RelaySrtp1,
+    RelaySrtp2,
 }
 
 impl Mode {
@@ -88,6 +101,8 @@ impl Mode {
             Mode::Mmsg => "mmsg",
             Mode::Plain => "plain",
             Mode::PlainOnce => "plain-once",
+            Mode::RelaySrtp1 => "relay-srtp1",
+            Mode::RelaySrtp2 => "relay-srtp2",
         }
     }
 }
@@ -120,7 +135,8 @@ fn parse_opts() -> Result<Opts, String> {
         if k == "--help" || k == "-h" {
             return Err(
                 "usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1] \
-                 [--modes direct,relay,relay-co,mmsg,plain,plain-once] [--pps 50] [--relay-cpu 0] \
+                 [--modes direct,relay,relay-co,mmsg,plain,plain-once,relay-srtp1,relay-srtp2] \
+                 [--pps 50] [--relay-cpu 0] \
                  [--gen-cpu 1] [--batch 32] [--ports 10000] [--repeat 1] [--coalesce-us 50]"
                     .into(),
             );
@@ -154,6 +170,8 @@ fn parse_opts() -> Result<Opts, String> {
                         "mmsg" => Ok(Mode::Mmsg),
                         "plain" => Ok(Mode::Plain),
                         "plain-once" => Ok(Mode::PlainOnce),
+                        "relay-srtp1" => Ok(Mode::RelaySrtp1),
+                        "relay-srtp2" => Ok(Mode::RelaySrtp2),
                         _ => Err(format!("unknown mode {m}")),
                     })
                     .collect::<Result<_, _>>()?
@@ -587,6 +605,16 @@ struct GenResult {
     late: u64,
 }
 
+/// The generator's SRTP state for the streams of one endpoint: per stream, the context it
+/// protects with (its own key) and the one it opens the relay's packets with (our key).
+struct SrtpSide {
+    tx: Vec<Context>,
+    rx: Vec<Context>,
+}
+
+/// Room for the SRTP tag after the packet.
+const SEALED: usize = PKT_SIZE + 16;
+
 struct GenSetup {
     n: usize,
     pps: u64,
@@ -598,10 +626,14 @@ struct GenSetup {
     warmup_ns: u64,
     measure_ns: u64,
     fwd_tid: i32,
+    srtp_a: Option<SrtpSide>,
+    srtp_b: Option<SrtpSide>,
 }
 
 struct TxBatch {
-    bufs: Vec<[u8; PKT_SIZE]>,
+    bufs: Vec<[u8; SEALED]>,
+    /// Stream of each queued packet (to pick its SRTP context).
+    streams: Vec<usize>,
     iovs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
     n: usize,
@@ -611,7 +643,8 @@ impl TxBatch {
     fn new() -> Box<TxBatch> {
         // SAFETY: zeroed C structs are valid.
         let mut b = Box::new(TxBatch {
-            bufs: vec![[0u8; PKT_SIZE]; BATCH],
+            bufs: vec![[0u8; SEALED]; BATCH],
+            streams: vec![0; BATCH],
             iovs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
             msgs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
             n: 0,
@@ -626,13 +659,28 @@ impl TxBatch {
         b
     }
 
-    fn flush(&mut self, fd: RawFd) -> u64 {
+    fn flush(&mut self, fd: RawFd, srtp: Option<&mut SrtpSide>) -> u64 {
         if self.n == 0 {
             return 0;
         }
         let tx = clock_ns(libc::CLOCK_REALTIME).to_be_bytes();
         for b in &mut self.bufs[..self.n] {
             b[12..20].copy_from_slice(&tx);
+        }
+        match srtp {
+            None => {
+                for iov in &mut self.iovs[..self.n] {
+                    iov.iov_len = PKT_SIZE;
+                }
+            }
+            Some(side) => {
+                for j in 0..self.n {
+                    let n = side.tx[self.streams[j]]
+                        .protect_rtp(&mut self.bufs[j], PKT_SIZE)
+                        .unwrap_or(PKT_SIZE);
+                    self.iovs[j].iov_len = n;
+                }
+            }
         }
         let mut off = 0;
         while off < self.n {
@@ -679,7 +727,7 @@ impl RxBatch {
     }
 
     /// Drain a socket; returns (received measured, latencies recorded).
-    fn drain(&mut self, fd: RawFd, res: &mut GenResult) {
+    fn drain(&mut self, fd: RawFd, res: &mut GenResult, mut srtp: Option<&mut SrtpSide>) {
         loop {
             for i in 0..BATCH {
                 self.msgs[i].msg_hdr.msg_control = self.ctrl[i].as_mut_ptr() as *mut libc::c_void;
@@ -700,7 +748,20 @@ impl RxBatch {
             }
             let r = r as usize;
             for i in 0..r {
-                let len = self.msgs[i].msg_len as usize;
+                let mut len = self.msgs[i].msg_len as usize;
+                if let Some(side) = srtp.as_deref_mut() {
+                    // SSRC = 2 * stream + direction + 1 (clear in SRTP).
+                    let b = &self.bufs[i];
+                    let ssrc = u32::from_be_bytes([b[8], b[9], b[10], b[11]]) as usize;
+                    let k = ssrc.saturating_sub(1) / 2;
+                    let Some(ctx) = side.rx.get_mut(k) else {
+                        continue;
+                    };
+                    match ctx.unprotect_rtp(&mut self.bufs[i][..len]) {
+                        Ok(n) => len = n,
+                        Err(_) => continue,
+                    }
+                }
                 let p = &self.bufs[i];
                 if len != PKT_SIZE || p[25] != 1 {
                     continue;
@@ -760,6 +821,7 @@ fn run_generator(g: GenSetup) -> GenResult {
     let mut tx_b = TxBatch::new();
     let mut rx = RxBatch::new();
     let (fd_a, fd_b) = (g.ep_a.as_raw_fd(), g.ep_b.as_raw_fd());
+    let (mut srtp_a, mut srtp_b) = (g.srtp_a, g.srtp_b);
     for s in [&g.ep_a, &g.ep_b] {
         let _ = setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
     }
@@ -816,10 +878,10 @@ fn run_generator(g: GenSetup) -> GenResult {
             let idx = k as usize * 2 + d as usize;
             let s = seq[idx];
             seq[idx] = s.wrapping_add(1);
-            let (tx, dest, fd) = if d == 0 {
-                (&mut tx_a, &dest_a[k as usize], fd_a)
+            let (tx, dest, fd, side) = if d == 0 {
+                (&mut tx_a, &dest_a[k as usize], fd_a, srtp_a.as_mut())
             } else {
-                (&mut tx_b, &dest_b[k as usize], fd_b)
+                (&mut tx_b, &dest_b[k as usize], fd_b, srtp_b.as_mut())
             };
             let j = tx.n;
             let b = &mut tx.bufs[j];
@@ -833,12 +895,13 @@ fn run_generator(g: GenSetup) -> GenResult {
             b[25] = measured as u8;
             tx.msgs[j].msg_hdr.msg_name = &dest.st as *const _ as *mut libc::c_void;
             tx.msgs[j].msg_hdr.msg_namelen = dest.len;
+            tx.streams[j] = k as usize;
             tx.n += 1;
             if measured {
                 res.sent += 1;
             }
             if tx.n == BATCH {
-                tx.flush(fd);
+                tx.flush(fd, side);
             }
             pos += 1;
             if pos == sched.len() {
@@ -846,10 +909,10 @@ fn run_generator(g: GenSetup) -> GenResult {
                 cycle += 1;
             }
         }
-        tx_a.flush(fd_a);
-        tx_b.flush(fd_b);
-        rx.drain(fd_a, &mut res);
-        rx.drain(fd_b, &mut res);
+        tx_a.flush(fd_a, srtp_a.as_mut());
+        tx_b.flush(fd_b, srtp_b.as_mut());
+        rx.drain(fd_a, &mut res, srtp_a.as_mut());
+        rx.drain(fd_b, &mut res, srtp_b.as_mut());
         // Sleep until the next packet is due (at most 200 µs, to keep draining).
         let (off, _, _) = sched[pos];
         let due = t0 + cycle * period + off;
@@ -861,8 +924,8 @@ fn run_generator(g: GenSetup) -> GenResult {
     // Let the last packets arrive (bounded).
     let end = mono_ns() + 300_000_000;
     while mono_ns() < end {
-        rx.drain(fd_a, &mut res);
-        rx.drain(fd_b, &mut res);
+        rx.drain(fd_a, &mut res, srtp_a.as_mut());
+        rx.drain(fd_b, &mut res, srtp_b.as_mut());
         std::thread::sleep(Duration::from_millis(1));
     }
     res
@@ -917,10 +980,11 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
 
     let mut _relay: Option<(Relay, Vec<Session>)> = None;
     let mut _ref: Option<RefForwarder> = None;
+    let (mut srtp_a, mut srtp_b) = (None, None);
     let (to_from_a, to_from_b, fwd_tid) = match mode {
         // Each endpoint sends to itself: one loopback hop, no forwarder.
         Mode::Direct => (vec![a_addr; n], vec![b_addr; n], gettid()),
-        Mode::Relay | Mode::RelayCoalesce => {
+        Mode::Relay | Mode::RelayCoalesce | Mode::RelaySrtp1 | Mode::RelaySrtp2 => {
             let pairs = (n as u16 + 8) * 2;
             let cfg = RelayConfig {
                 ipv4: Some(FamilyConfig {
@@ -954,6 +1018,26 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
                     .map_err(|e| e.to_string())?;
                 ta.push(s.local(Leg::A).rtp);
                 tb.push(s.local(Leg::B).rtp);
+                for (leg, side, on) in [
+                    (Leg::A, &mut srtp_a, mode != Mode::Relay && mode != Mode::RelayCoalesce),
+                    (Leg::B, &mut srtp_b, mode == Mode::RelaySrtp2),
+                ] {
+                    if !on {
+                        continue;
+                    }
+                    let keys = SrtpKeys {
+                        suite: Suite::AesCm128HmacSha1_80,
+                        remote: generate_key().map_err(|e| e.to_string())?,
+                        local: generate_key().map_err(|e| e.to_string())?,
+                    };
+                    s.set_srtp(leg, Some(&keys)).map_err(|e| e.to_string())?;
+                    let side = side.get_or_insert_with(|| SrtpSide {
+                        tx: Vec::with_capacity(n),
+                        rx: Vec::with_capacity(n),
+                    });
+                    side.tx.push(Context::new(keys.suite, &keys.remote));
+                    side.rx.push(Context::new(keys.suite, &keys.local));
+                }
                 sessions.push(s);
             }
             relay.sync(Duration::from_secs(10));
@@ -984,6 +1068,8 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
         warmup_ns: (o.warmup * 1e9) as u64,
         measure_ns: (o.secs * 1e9) as u64,
         fwd_tid,
+        srtp_a,
+        srtp_b,
     };
     let gen_cpu = o.gen_cpu;
     let res = std::thread::Builder::new()
@@ -1146,7 +1232,12 @@ fn main() {
         let ns = |m: Mode| find(m).map_or(f64::NAN, |r| r.cpu_ns_pkt);
         let direct_p99 = find(Mode::Direct).map_or(0.0, |r| r.p99);
         let (m, p, p1) = (ns(Mode::Mmsg), ns(Mode::Plain), ns(Mode::PlainOnce));
-        for v in [Mode::Relay, Mode::RelayCoalesce] {
+        for v in [
+            Mode::Relay,
+            Mode::RelayCoalesce,
+            Mode::RelaySrtp1,
+            Mode::RelaySrtp2,
+        ] {
             let Some(row) = find(v) else { continue };
             let r = row.cpu_ns_pkt;
             println!(
@@ -1158,6 +1249,16 @@ fn main() {
                 row.p99 - direct_p99,
                 row.loss * 100.0
             );
+        }
+        let relay = ns(Mode::Relay);
+        for v in [Mode::RelaySrtp1, Mode::RelaySrtp2] {
+            if find(v).is_some() {
+                println!(
+                    "{n:>7} {:>10} / relay (same run): {:.3}",
+                    v.name(),
+                    ns(v) / relay
+                );
+            }
         }
     }
 }
