@@ -1019,7 +1019,11 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
                 ta.push(s.local(Leg::A).rtp);
                 tb.push(s.local(Leg::B).rtp);
                 for (leg, side, on) in [
-                    (Leg::A, &mut srtp_a, mode != Mode::Relay && mode != Mode::RelayCoalesce),
+                    (
+                        Leg::A,
+                        &mut srtp_a,
+                        mode != Mode::Relay && mode != Mode::RelayCoalesce,
+                    ),
                     (Leg::B, &mut srtp_b, mode == Mode::RelaySrtp2),
                 ] {
                     if !on {

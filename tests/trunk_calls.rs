@@ -701,3 +701,108 @@ fn toll_fraud_guard() {
         tail(&log)
     );
 }
+
+/// Case 5: the trunk over TLS (RFC 3261 §26) to Kamailio's TLS module. podpbx verifies the
+/// provider's certificate (a private CA in `[tls] ca_file`, the trunk's host `::1` in its
+/// subjectAltName), registers over one TLS connection and reuses it for an outbound call; the
+/// provider delivers a DID call to our Contact (`;transport=tls`) over TLS too.
+#[test]
+fn calls_over_a_tls_trunk_both_ways() {
+    use common::tls::Ca;
+    let pki = TempDir::new("trunk-tls");
+    let ca = Ca::new(&pki, "provider-ca");
+    let kam_cert = ca.issue("kamailio", &["IP:::1", "IP:127.0.0.1"], 2);
+    let pbx_cert = ca.issue("podpbx", &["IP:::1", "IP:127.0.0.1"], 2);
+    let uas_addr = SocketAddr::new(ip("127.0.0.1"), free_port());
+    let kam = provider(|c| {
+        c.uas = Some(uas_addr);
+        c.tls = Some((kam_cert.cert.clone(), kam_cert.key.clone()));
+    });
+    let tls_port = kam.tls_port.expect("Kamailio TLS port");
+    let port = free_port();
+    let pbx_tls = std::iter::repeat_with(free_port)
+        .find(|p| *p != port)
+        .unwrap();
+    let config = format!(
+        "[sip]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\nport = {port}\n\
+         transports = [\"udp\", \"tcp\", \"tls\"]\n\
+         [tls]\nport = {pbx_tls}\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n{}",
+        pbx_cert.cert.display(),
+        pbx_cert.key.display(),
+        ca.files.cert.display(),
+        pbx_config(tls_port, "").replace("transport = \"udp\"", "transport = \"tls\"")
+    );
+    let pbx = Pbx::start_with_config(&config, port);
+    wait_registered(&pbx, &kam, "provider");
+    let binding = kam.binding(USER).expect("binding");
+    assert!(
+        binding
+            .contact
+            .contains(&format!(":{pbx_tls};transport=tls")),
+        "our Contact names the TLS listener: {binding:?}"
+    );
+    let registers: Vec<String> = provider_requests(&kam, "REGISTER")
+        .into_iter()
+        .filter(|l| l.contains(" cseq "))
+        .collect();
+    assert!(
+        !registers.is_empty() && registers.iter().all(|l| l.ends_with("proto tls")),
+        "{registers:?}"
+    );
+
+    // Outbound: SIPp caller over UDP to podpbx, podpbx to the provider over TLS.
+    let uas = Uas::start("trunk_uas.xml", uas_addr, 1, &["-mi", "::1"]);
+    let run = call(&pbx, "call_uac.xml", "0301234567", &["-d", "500"]);
+    let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && uas_ok,
+        "caller:\n{}\n--- UAS ---\n{uas_logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+        tail(&kam.log_text())
+    );
+    let invites = provider_requests(&kam, "INVITE");
+    assert_eq!(invites.len(), 2, "{invites:?}");
+    for l in invites.iter().chain(&provider_requests(&kam, "BYE")) {
+        assert!(l.ends_with("proto tls"), "over TLS: {l}");
+    }
+    // One connection for the registration and the call (RFC 3261 §18: reuse).
+    let sources: std::collections::BTreeSet<&str> = registers
+        .iter()
+        .chain(&invites)
+        .filter_map(|l| l.split(" from ").nth(1)?.split(' ').next())
+        .collect();
+    assert_eq!(sources.len(), 1, "one TLS connection: {sources:?}");
+
+    // Inbound: the PSTN calls our DID; the provider reaches our Contact over TLS.
+    let phone = Phone::start(pbx.v4(), "102", "pw-102", "call_phone_answer.xml", &[]);
+    let run = sipp(
+        "trunk_carrier_uac.xml",
+        kam.addr_v4(),
+        "u1",
+        &[
+            "-s",
+            DID,
+            "-key",
+            "caller",
+            PSTN_CALLER,
+            "-d",
+            "500",
+            "-mi",
+            "::1",
+        ],
+    );
+    let (phone_ok, logs) = phone.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && phone_ok,
+        "carrier:\n{}\n--- phone ---\n{logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+        tail(&kam.log_text())
+    );
+    let cdrs = cdrs(&cdr_file(&pbx), 2, Duration::from_secs(5));
+    assert_eq!(cdrs[1]["answered_by"], "102", "{}", cdrs[1]);
+    let legs = cdrs[1]["legs"].as_array().expect("legs");
+    assert_eq!(legs[0]["party"], "provider", "{}", cdrs[1]);
+    assert_eq!(legs[0]["transport"], "tls", "{}", cdrs[1]);
+}

@@ -147,6 +147,9 @@ pub struct ProviderConfig {
     pub stale: bool,
     /// Kamailio log level (`debug=`): 2 logs one line per request, 3 is verbose.
     pub debug: i8,
+    /// Also listen on TLS with this certificate and key (PEM files; needs the Debian package
+    /// kamailio-tls-modules); the port is [`Kamailio::tls_port`].
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for ProviderConfig {
@@ -172,6 +175,7 @@ impl Default for ProviderConfig {
             nonce_expire: 300,
             stale: true,
             debug: 2,
+            tls: None,
         }
     }
 }
@@ -194,6 +198,8 @@ pub struct Kamailio {
     pub listen: Vec<IpAddr>,
     pub realm: String,
     pub tcp: bool,
+    /// The TLS listener's port (with `ProviderConfig::tls`).
+    pub tls_port: Option<u16>,
     dir: PathBuf,
     log: PathBuf,
     keep: bool,
@@ -310,7 +316,13 @@ fn check_token(what: &str, s: &str) {
     );
 }
 
-fn render(cfg: &ProviderConfig, port: u16, mpath: &Path, db: &Path) -> String {
+fn render(
+    cfg: &ProviderConfig,
+    port: u16,
+    tls_port: Option<u16>,
+    mpath: &Path,
+    db: &Path,
+) -> String {
     let mut defines = String::new();
     if cfg.invite_auth {
         defines.push_str("#!define WITH_INVITE_AUTH\n");
@@ -328,7 +340,14 @@ fn render(cfg: &ProviderConfig, port: u16, mpath: &Path, db: &Path) -> String {
             listen.push_str(&format!("listen=tcp:{}:{port}\n", host(*ip)));
         }
     }
-    let tcp = if cfg.tcp {
+    if let Some(tp) = tls_port {
+        defines.push_str("#!define WITH_TLS\n");
+        for ip in &cfg.listen {
+            listen.push_str(&format!("listen=tls:{}:{tp}\n", host(*ip)));
+        }
+        listen.push_str("enable_tls=yes\n");
+    }
+    let tcp = if cfg.tcp || tls_port.is_some() {
         // Few TCP workers: the tests open a handful of connections.
         "tcp_children=2"
     } else {
@@ -351,7 +370,9 @@ fn render(cfg: &ProviderConfig, port: u16, mpath: &Path, db: &Path) -> String {
         .ok()
         .and_then(|v| v.parse::<i8>().ok())
         .unwrap_or(cfg.debug);
-    let replacements: [(&str, String); 12] = [
+    let tls_cfg = db.with_file_name("tls.cfg");
+    let replacements: [(&str, String); 13] = [
+        ("@TLS_CFG@", tls_cfg.display().to_string()),
         ("@DEFINES@", defines),
         ("@DEBUG@", debug.to_string()),
         ("@LISTEN@", listen),
@@ -513,8 +534,33 @@ impl Kamailio {
         let run = dir.join("run");
         std::fs::create_dir_all(&run).map_err(|e| format!("create {}: {e}", run.display()))?;
         write_tables(cfg, &db).map_err(|e| format!("write tables: {e}"))?;
+        let tls_port = match &cfg.tls {
+            None => None,
+            Some((cert, key)) => {
+                let tp = std::iter::repeat_with(|| free_port(&cfg.listen, true))
+                    .take(20)
+                    .flatten()
+                    .find(|p| *p != port)
+                    .ok_or("no free TLS port")?;
+                // Server side: our certificate; client side (Kamailio connecting back to
+                // podpbx): no verification, as many providers do towards customers.
+                std::fs::write(
+                    dir.join("tls.cfg"),
+                    format!(
+                        "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n\
+                         require_certificate = no\ncertificate = {}\nprivate_key = {}\n\n\
+                         [client:default]\nmethod = TLSv1.2+\nverify_certificate = no\n\
+                         require_certificate = no\n",
+                        cert.display(),
+                        key.display()
+                    ),
+                )
+                .map_err(|e| format!("write tls.cfg: {e}"))?;
+                Some(tp)
+            }
+        };
         let cfg_path = dir.join("provider.cfg");
-        std::fs::write(&cfg_path, render(cfg, port, &mpath, &db))
+        std::fs::write(&cfg_path, render(cfg, port, tls_port, &mpath, &db))
             .map_err(|e| format!("write cfg: {e}"))?;
         let log = dir.join("kamailio.log");
         let log_file = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
@@ -540,6 +586,7 @@ impl Kamailio {
             listen: cfg.listen.clone(),
             realm: cfg.realm.clone(),
             tcp: cfg.tcp,
+            tls_port,
             dir,
             log,
             keep,
