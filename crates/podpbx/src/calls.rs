@@ -239,6 +239,16 @@ impl Calls {
             Some(r) => Box::new(RelayMedia::new(r)),
             None => Box::new(NoMedia),
         };
+        Calls::with_media(cfg, timers, media, addrs)
+    }
+
+    /// Call control for `cfg` with media through `media` (the relay, or a fake in tests).
+    pub fn with_media(
+        cfg: Arc<Config>,
+        timers: Timers,
+        media: Box<dyn MediaPort + Send>,
+        addrs: Addrs,
+    ) -> Calls {
         let settings = Settings {
             user_agent: cfg.sip.user_agent.clone(),
             domain: cfg.sip.domain.clone(),

@@ -9,6 +9,8 @@ mod dns;
 mod ifaddrs;
 mod metrics;
 mod server;
+#[cfg(test)]
+mod sim;
 mod stats;
 mod tls;
 mod transport;

@@ -151,20 +151,8 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         tls: tls_transport(&cfg)?,
     };
     let transports = Transports::bind(tcfg, stats.clone(), in_tx).await?;
-    let timers = Timers {
-        t1: cfg.sip.t1,
-        t2: cfg.sip.t2,
-        t4: cfg.sip.t4,
-    };
-    let core_cfg = CoreConfig {
-        user_agent: cfg.sip.user_agent.clone(),
-        timers,
-        // Non-INVITE server transactions over UDP live 32 s (Timer J): 150 000 covers a sustained
-        // ~2 000 requests/s, about 150 MB at worst.
-        max_transactions: 150_000,
-        domain: cfg.sip.domain.clone(),
-        state_file: cfg.registrar.state_file.clone(),
-    };
+    let core_cfg = core_config(&cfg);
+    let timers = core_cfg.timers;
     let registrar = build_registrar(&cfg)?;
     let mut locals = crate::trunks::Locals::default();
     for transport in [
@@ -520,11 +508,53 @@ fn spawn_state_writer() -> std::sync::mpsc::Sender<(std::path::PathBuf, Vec<u8>)
 }
 
 /// The registrar from the config, with bindings restored from the state file.
+/// The core's settings from the configuration.
+pub(crate) fn core_config(cfg: &Config) -> CoreConfig {
+    CoreConfig {
+        user_agent: cfg.sip.user_agent.clone(),
+        timers: Timers {
+            t1: cfg.sip.t1,
+            t2: cfg.sip.t2,
+            t4: cfg.sip.t4,
+        },
+        // Non-INVITE server transactions over UDP live 32 s (Timer J): 150 000 covers a sustained
+        // ~2 000 requests/s, about 150 MB at worst.
+        max_transactions: 150_000,
+        domain: cfg.sip.domain.clone(),
+        state_file: cfg.registrar.state_file.clone(),
+    }
+}
+
 fn build_registrar(cfg: &Config) -> Result<Registrar, String> {
     let mut secret = vec![0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut secret))
         .map_err(|e| format!("cannot read /dev/urandom for the nonce key: {e}"))?;
+    let settings = registrar_settings(cfg, secret);
+    let users = crate::calls::user_db(cfg);
+    let now = Instant::now();
+    let mut registrar = Registrar::new(settings, users, now);
+    let path = &cfg.registrar.state_file;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    match registrar.load(path, now, SystemTime::now()) {
+        Ok(report) => {
+            if let Some(w) = &report.warning {
+                warn!(file = %path.display(), "{w}");
+            }
+            info!(file = %path.display(), loaded = report.loaded, dropped = report.dropped, "registrations restored");
+        }
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "cannot restore registrations; starting clean")
+        }
+    }
+    Ok(registrar)
+}
+
+/// The registrar's settings from the configuration; `secret` keys nonces and To tags.
+pub(crate) fn registrar_settings(cfg: &Config, secret: Vec<u8>) -> RegSettings {
     let mut settings = RegSettings::new(cfg.sip.realm.clone(), secret);
     settings.domains = Vec::new();
     settings.min_expires = cfg.registrar.min_expires.as_secs() as u32;
@@ -549,26 +579,7 @@ fn build_registrar(cfg: &Config) -> Result<Registrar, String> {
     settings.block_for = cfg.security.block;
     settings.trusted_networks = cfg.security.trusted_networks.clone();
     settings.qualify_interval = cfg.registrar.qualify_interval;
-    let users = crate::calls::user_db(cfg);
-    let now = Instant::now();
-    let mut registrar = Registrar::new(settings, users, now);
-    let path = &cfg.registrar.state_file;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    match registrar.load(path, now, SystemTime::now()) {
-        Ok(report) => {
-            if let Some(w) = &report.warning {
-                warn!(file = %path.display(), "{w}");
-            }
-            info!(file = %path.display(), loaded = report.loaded, dropped = report.dropped, "registrations restored");
-        }
-        Err(e) => {
-            warn!(file = %path.display(), error = %e, "cannot restore registrations; starting clean")
-        }
-    }
-    Ok(registrar)
+    settings
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
