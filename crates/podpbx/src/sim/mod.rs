@@ -147,7 +147,8 @@ impl Sim {
         let stats = Arc::new(Stats::default());
         let settings = crate::server::registrar_settings(&cfg, vec![7u8; 32]);
         let registrar = Registrar::new(settings, crate::calls::user_db(&cfg), now);
-        let trunks = crate::trunks::Trunks::new(Vec::new());
+        let trunks =
+            crate::trunks::Trunks::from_config(&cfg, Default::default()).expect("harness trunks");
         let core_cfg = crate::server::core_config(&cfg);
         let timers = core_cfg.timers;
         let mut core = Core::new(core_cfg, stats, registrar, trunks);
@@ -235,12 +236,16 @@ impl Sim {
             }
         }
         while let Some(out) = self.core.poll_output() {
-            let Output::Send {
-                transport,
-                dest,
-                conn,
-                data,
-            } = out;
+            let (transport, dest, conn, data) = match out {
+                Output::Send {
+                    transport,
+                    dest,
+                    conn,
+                    data,
+                } => (transport, dest, conn, data),
+                // No trunk names to resolve in these tests.
+                Output::Resolve { name, .. } => panic!("unexpected DNS query for {name}"),
+            };
             let framing = if transport.is_stream() {
                 Framing::Stream
             } else {
