@@ -51,13 +51,23 @@ pub use engine::B2bua;
 pub use podpbx_sdp::{Family, Leg as MediaLeg, RemoteMedia};
 pub use podpbx_sip::Flow;
 pub use podpbx_sip::StatusCode;
-pub use util::{parse_dtmf_info, rfc3339, token};
+pub use util::{parse_dtmf_info, rfc3339};
 
 use bytes::Bytes;
 use podpbx_sip::transaction::{ServerTxId, Timers};
 use podpbx_sip::{Method, Peer, Transport};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+
+/// A request that arrived in a server transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    /// Its server transaction: responses go through it.
+    pub tx: ServerTxId,
+    pub msg: &'a podpbx_sip::Message,
+    /// The flow it came on.
+    pub flow: Flow,
+}
 
 /// A registered contact of a user, as the registrar saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -159,6 +159,7 @@ impl H {
                 ..Default::default()
             },
             Box::new(media.clone()),
+            podpbx_sip::IdGen::new([3; 16]),
         );
         let mut dir = FakeDir::default();
         for (i, u) in ["102", "103", "104"].iter().enumerate() {
@@ -224,9 +225,11 @@ impl H {
         self.b.handle_invite(
             self.now,
             SystemTime::now(),
-            tx,
-            &msg,
-            self.a_flow,
+            Received {
+                tx,
+                msg: &msg,
+                flow: self.a_flow,
+            },
             caller,
             &self.dir,
         );
@@ -681,9 +684,11 @@ fn doorbell_ipv4_rings_ipv6_group_with_family_specific_anchors() {
     h.b.handle_invite(
         h.now,
         SystemTime::now(),
-        tx,
-        &msg,
-        h.a_flow,
+        Received {
+            tx,
+            msg: &msg,
+            flow: h.a_flow,
+        },
         Caller::User("190".into()),
         &h.dir,
     );
@@ -724,9 +729,11 @@ fn limits_max_concurrent_and_max_duration() {
     h.b.handle_invite(
         h.now,
         SystemTime::now(),
-        tx,
-        &msg,
-        h.a_flow,
+        Received {
+            tx,
+            msg: &msg,
+            flow: h.a_flow,
+        },
         Caller::User("101".into()),
         &h.dir,
     );
@@ -773,9 +780,11 @@ fn trunk_call_answers_407_with_credentials_and_rewrites_the_number() {
     h.b.handle_invite(
         h.now,
         SystemTime::now(),
-        tx,
-        &msg,
-        h.a_flow,
+        Received {
+            tx,
+            msg: &msg,
+            flow: h.a_flow,
+        },
         Caller::User("101".into()),
         &dir,
     );
@@ -844,9 +853,11 @@ fn record_route_sets_of_proxied_dialogs() {
     h.b.handle_invite(
         h.now,
         SystemTime::now(),
-        tx,
-        &msg,
-        h.a_flow,
+        Received {
+            tx,
+            msg: &msg,
+            flow: h.a_flow,
+        },
         Caller::User("101".into()),
         &h.dir,
     );

@@ -1,9 +1,24 @@
 //! Small helpers: identifiers, address formatting, URI user unescaping, RFC 3339 times, DTMF
 //! bodies.
 
-pub use podpbx_sip::ident::{host_of, token};
-pub use podpbx_sip::time::rfc3339;
+use podpbx_sip::Message;
 use std::net::SocketAddr;
+
+pub use podpbx_sip::ident::host_of;
+pub use podpbx_sip::time::rfc3339;
+
+/// Bytes as text (lossy).
+pub(crate) fn str_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The message carries an SDP body.
+pub(crate) fn is_sdp(msg: &Message) -> bool {
+    !msg.body.is_empty()
+        && msg
+            .content_type()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"application/sdp"))
+}
 
 /// `host:port` as SIP writes it.
 pub fn hostport(addr: SocketAddr) -> String {

@@ -256,7 +256,7 @@ impl Calls {
         };
         let cdr = CdrWriter::new(cfg.calls.cdr_file.clone());
         Calls {
-            b2bua: B2bua::new(cfg, settings, media),
+            b2bua: B2bua::new(cfg, settings, media, podpbx_sip::IdGen::new(os_seed())),
             addrs,
             cdr,
             by_tx: HashMap::new(),
@@ -330,6 +330,25 @@ impl Calls {
         }
         std::mem::take(&mut self.failed)
     }
+}
+
+/// 16 bytes from the OS for the b2bua's id generator (tags, Call-IDs, branches); if
+/// `/dev/urandom` cannot be read, the std hasher's per-process random keys.
+fn os_seed() -> [u8; 16] {
+    let mut seed = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
+    if read.is_err() {
+        let hex = format!(
+            "{}{}",
+            podpbx_sip::ident::token(),
+            podpbx_sip::ident::token()
+        );
+        for (i, b) in seed.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
+        }
+    }
+    seed
 }
 
 /// Reads and validates the config file for a reload; every problem on its own line.

@@ -701,9 +701,12 @@ impl Core {
         };
         if let Some(calls) = self.calls.as_mut() {
             let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
-            calls
-                .b2bua
-                .handle_invite(now, wall, id, req, bflow, caller, &dir);
+            let invite = podpbx_b2bua::Received {
+                tx: id,
+                msg: req,
+                flow: bflow,
+            };
+            calls.b2bua.handle_invite(now, wall, invite, caller, &dir);
         }
         self.pump_calls(now);
     }

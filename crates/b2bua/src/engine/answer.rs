@@ -1,0 +1,135 @@
+//! The answer: the winning leg's 2xx bridges the call (or completes a transfer); every other
+//! fork is cancelled, the caller gets our 2xx (retransmitted until its ACK).
+
+use super::call::{Call, Phase, Purpose};
+use super::leg::{LegIdx, LegState, OkRetx, UasState};
+use super::send::{Incoming, Reply};
+use super::timers::TimerKind;
+use super::B2bua;
+use crate::util::is_sdp;
+use podpbx_sdp::Sdp;
+use podpbx_sip::caps::{allow, DIALOG_METHODS};
+use podpbx_sip::{Message, StatusCode};
+use std::time::Instant;
+use tracing::{info, warn};
+
+impl B2bua {
+    /// Leg `li` answered (2xx with CSeq `cseq`; `had_offer`: our INVITE carried the offer).
+    pub(super) fn on_answer(
+        &mut self,
+        call: &mut Call,
+        now: Instant,
+        li: LegIdx,
+        msg: &Message,
+        cseq: u32,
+        had_offer: bool,
+    ) {
+        let Some(r) = call.routing.take() else { return };
+        for other in r.legs.iter().copied().filter(|l| *l != li) {
+            self.send_cancel(call, other, now);
+        }
+        // Ringing legs of earlier steps too.
+        for other in 0..call.legs.len() {
+            if other != li && call.legs[other].ringing() {
+                self.send_cancel(call, other, now);
+            }
+        }
+        match r.purpose {
+            Purpose::Initial => self.bridge_caller(call, now, li, msg, cseq, had_offer),
+            Purpose::Transfer {
+                keeper, transferor, ..
+            } => {
+                let bundle = call.legs[li].media.bundle;
+                if is_sdp(msg) {
+                    if let Ok(sdp) = Sdp::parse(&msg.body) {
+                        let raw = msg.body.clone();
+                        self.learn_remote(call, li, bundle, &sdp, &raw, false);
+                    }
+                }
+                self.send_ack(call, li, cseq, None);
+                call.bridge = Some((keeper, li));
+                call.phase = Phase::Bridged;
+                call.record.transferred_to = Some(call.number.clone());
+                info!(call = call.key, to = %call.number, "transfer completed");
+                if call.legs[transferor].active() {
+                    self.notify_refer(call, transferor, StatusCode::OK, None, true);
+                    self.send_bye(call, transferor);
+                }
+            }
+        }
+    }
+
+    /// The caller's INVITE gets our 2xx with the answer rewritten for it; the media of the
+    /// winner's bundle is kept, every other bundle released.
+    fn bridge_caller(
+        &mut self,
+        call: &mut Call,
+        now: Instant,
+        li: LegIdx,
+        msg: &Message,
+        cseq: u32,
+        had_offer: bool,
+    ) {
+        let a = call.a;
+        let bundle = call.legs[li].media.bundle;
+        call.legs[a].media.bundle = bundle;
+        for other in 0..call.bundles.len() {
+            if Some(other) != bundle.map(|b| b.0) {
+                self.release_bundle(call, other);
+            }
+        }
+        let mut body = None;
+        if is_sdp(msg) {
+            let raw = msg.body.clone();
+            let offer = call.offer.is_none();
+            match self.relay_sdp(call, li, a, &raw, offer) {
+                Ok(b) => body = Some(b),
+                Err(e) => warn!(call = call.key, error = %e, "answer SDP not usable"),
+            }
+        }
+        if had_offer {
+            self.send_ack(call, li, cseq, None);
+        } else {
+            // Delayed offer: the answer comes in the caller's ACK.
+            call.legs[li].ack_deferred = Some(cseq);
+        }
+        let was = std::mem::replace(&mut call.legs[a].state, LegState::Uas(UasState::Accepted));
+        let LegState::Uas(UasState::Proceeding(inv)) = was else {
+            call.legs[a].state = was;
+            return;
+        };
+        let tag = call.legs[a].dialog.local_tag.clone();
+        let contact = call.legs[a].dialog.contact();
+        let reply = Reply::new(StatusCode::OK)
+            .tag(&tag)
+            .header("Contact", contact)
+            .header("Allow", allow(DIALOG_METHODS))
+            .body(body.as_deref().map(|b| ("application/sdp", b.as_bytes())));
+        let to = Incoming {
+            tx: inv.tx,
+            req: &inv.req,
+            src: inv.src,
+        };
+        let data = self.respond(to, reply);
+        let acseq = inv.req.cseq().map(|c| c.seq).unwrap_or(1);
+        let t1 = self.settings.timers.t1;
+        let leg = &mut call.legs[a];
+        leg.ok = Some(OkRetx {
+            data,
+            cseq: acseq,
+            interval: t1,
+            started: now,
+        });
+        leg.status = Some(StatusCode::OK);
+        call.record.a_status = Some(StatusCode::OK);
+        self.arm(now + t1, call.key, TimerKind::Retx2xx(a));
+        call.bridge = Some((a, li));
+        call.phase = Phase::Bridged;
+        call.record.answered_at = Some(now);
+        call.record.answered_by = Some(call.legs[li].party.name().to_string());
+        info!(call = call.key, by = ?call.record.answered_by, "answered");
+        if let Some(max) = self.cfg.calls.max_duration.filter(|d| !d.is_zero()) {
+            self.arm(now + max, call.key, TimerKind::MaxDuration);
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! A call: its legs, where its routing stands, its media bundles and what the CDR records.
+
+use super::leg::{BundleId, Leg, LegIdx};
+use crate::cdr::Disposition;
+use crate::{Caller, Family, MediaId};
+use bytes::Bytes;
+use podpbx_config::Action;
+use podpbx_sip::StatusCode;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The b2bua's number of a call (unique per process run; the CDR's `id`).
+pub(crate) type CallKey = u64;
+
+/// Relay sessions for one pair of address families (caller side, callee side): one session
+/// per SDP m-line. Each ringing callee family gets its own; the answering one is kept.
+pub(crate) struct Bundle {
+    pub a: Family,
+    pub b: Family,
+    pub ids: Vec<Option<MediaId>>,
+}
+
+/// Why the dialplan is being executed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// The caller's INVITE.
+    Initial,
+    /// A blind transfer: `keeper` stays, `transferor` sent the REFER.
+    Transfer {
+        keeper: LegIdx,
+        transferor: LegIdx,
+        family: Family,
+    },
+}
+
+/// Why routing failed: the final status for the caller (with a reason phrase other than the
+/// standard one, e.g. a dialplan `reject` with its own reason) and the CDR disposition.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub status: StatusCode,
+    pub reason: Option<String>,
+    pub disposition: Disposition,
+}
+
+impl Failure {
+    pub fn new(status: StatusCode, disposition: Disposition) -> Failure {
+        Failure {
+            status,
+            reason: None,
+            disposition,
+        }
+    }
+
+    /// Nobody answered (or nobody could be rung).
+    pub fn no_answer() -> Failure {
+        Failure::new(StatusCode::TEMPORARILY_UNAVAILABLE, Disposition::NoAnswer)
+    }
+}
+
+/// Dialplan execution in progress.
+pub(crate) struct Routing {
+    pub purpose: Purpose,
+    /// Steps still to try (the rule's action, then its fallbacks).
+    pub steps: VecDeque<Action>,
+    /// Generation of the current step (legs and timers of older steps are ignored).
+    pub gen: u32,
+    /// Sequential: users still to ring in this step, and the per-user ring time.
+    pub seq: VecDeque<String>,
+    pub seq_timeout: Duration,
+    /// Legs of the current step.
+    pub legs: Vec<LegIdx>,
+    /// Final statuses of the current step's legs.
+    pub codes: Vec<StatusCode>,
+    pub timed_out: bool,
+    pub last_failure: Failure,
+}
+
+impl Routing {
+    pub fn new(purpose: Purpose, steps: VecDeque<Action>, gen: u32) -> Routing {
+        Routing {
+            purpose,
+            steps,
+            gen,
+            seq: VecDeque::new(),
+            seq_timeout: Duration::ZERO,
+            legs: Vec::new(),
+            codes: Vec::new(),
+            timed_out: false,
+            last_failure: Failure::no_answer(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// The dialplan runs (callees ring), for the caller or for a transfer.
+    Routing,
+    /// Two legs talk.
+    Bridged,
+    /// Ended; waiting for the last transactions before the CDR.
+    Ending,
+}
+
+/// One call: the caller's leg, every callee leg it forked to, and the bridge between two.
+pub(crate) struct Call {
+    pub key: CallKey,
+    pub start: Instant,
+    /// Wall-clock time at `start` (CDR times are `wall0 + (t - start)`).
+    pub wall0: SystemTime,
+    pub caller: Caller,
+    /// From identity on B legs: (display, user).
+    pub from_id: (String, String),
+    /// The dialled number (the transfer target after a REFER).
+    pub number: String,
+    pub legs: Vec<Leg>,
+    /// The caller's leg.
+    pub a: LegIdx,
+    pub bridge: Option<(LegIdx, LegIdx)>,
+    pub routing: Option<Routing>,
+    pub bundles: Vec<Bundle>,
+    pub phase: Phase,
+    /// A relayed re-INVITE in progress (RFC 3261 §14.1: one offer at a time; a second one
+    /// gets 491).
+    pub reinvite: Option<Reinvite>,
+    /// Requests of ours without a final response that the call must wait for before it ends.
+    pub pending: usize,
+    /// The caller's SDP offer (none: delayed offer).
+    pub offer: Option<Bytes>,
+    /// The last offer put the call on hold.
+    pub held: bool,
+    pub record: Record,
+}
+
+/// A re-INVITE relayed from leg `from` to leg `to`, waiting for its final response.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reinvite {
+    pub from: LegIdx,
+    pub to: LegIdx,
+}
+
+/// What the CDR will say.
+#[derive(Debug, Default)]
+pub(crate) struct Record {
+    pub answered_at: Option<Instant>,
+    pub ended_at: Option<Instant>,
+    pub disposition: Option<Disposition>,
+    /// Final status sent to the caller.
+    pub a_status: Option<StatusCode>,
+    pub hangup_by: Option<String>,
+    pub reason: String,
+    pub rule: Option<String>,
+    pub answered_by: Option<String>,
+    pub transferred_to: Option<String>,
+}
+
+impl Call {
+    /// The other leg of the bridge.
+    pub fn partner(&self, li: LegIdx) -> Option<LegIdx> {
+        match self.bridge {
+            Some((x, y)) if x == li => Some(y),
+            Some((x, y)) if y == li => Some(x),
+            _ => None,
+        }
+    }
+
+    pub fn bundle(&self, id: Option<BundleId>) -> Option<&Bundle> {
+        id.and_then(|b| self.bundles.get(b.0))
+    }
+
+    /// The re-INVITE from `from` to `to` got its final response.
+    pub fn end_reinvite(&mut self, from: LegIdx, to: LegIdx) {
+        if self.reinvite.is_some_and(|r| r.from == from && r.to == to) {
+            self.reinvite = None;
+        }
+    }
+
+    /// The routing is a transfer and `li` is its transferor.
+    pub fn is_transferor(&self, li: LegIdx) -> bool {
+        matches!(
+            self.routing.as_ref().map(|r| &r.purpose),
+            Some(Purpose::Transfer { transferor, .. }) if *transferor == li
+        )
+    }
+}

@@ -1,0 +1,228 @@
+//! Media: relay sessions per call (bundles by address-family pair, one session per m-line),
+//! what each peer's SDP tells the relay, our SDP towards each leg (anchors of its side, our own
+//! origin), and the media timeout.
+
+use super::call::{Bundle, Call, Phase};
+use super::leg::{BundleId, LegIdx, LegMedia};
+use super::B2bua;
+use crate::{Family, MediaId, MediaLeg};
+use bytes::Bytes;
+use podpbx_sdp::{Anchor, MediaPlan, OriginPlan, RemoteMedia, RewritePlan, Sdp, ZeroAddressHold};
+use std::net::IpAddr;
+use std::time::Instant;
+use tracing::warn;
+
+/// Most SDP m-lines we anchor per call.
+const MAX_STREAMS: usize = 8;
+
+/// Replaces the `o=` line with our own origin for this leg.
+fn replace_origin(sdp: &str, id: u64, ver: u64, addr: IpAddr) -> String {
+    let at = if addr.is_ipv4() { "IP4" } else { "IP6" };
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("o=") {
+            let eol = if line.ends_with("\r\n") {
+                "\r\n"
+            } else if line.ends_with('\n') {
+                "\n"
+            } else {
+                ""
+            };
+            out.push_str(&format!("o=podpbx {id} {ver} IN {at} {addr}{eol}"));
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+impl B2bua {
+    /// The relay saw no media on session `media` for the media timeout: a bridged call is
+    /// hung up (BYE both ways, CDR reason `media_timeout`).
+    pub fn media_timeout(&mut self, now: Instant, media: MediaId) {
+        let Some(key) = self.by_media.get(&media).copied() else {
+            return;
+        };
+        self.with_call(key, now, |this, call| {
+            if call.phase == Phase::Bridged {
+                warn!(call = key, "media timeout: hanging up");
+                this.end_call(call, now, "system", "media_timeout", None);
+            }
+        });
+    }
+
+    /// A fresh SDP session id for our o= line towards a leg (RFC 4566 §5.2).
+    pub(super) fn origin_id(&mut self) -> u64 {
+        // 48 bits: a numeric string every parser takes.
+        self.ids.next_u64() >> 16
+    }
+
+    /// The bundle for caller family `a` and callee family `b` (created when new).
+    pub(super) fn bundle_for(&mut self, call: &mut Call, a: Family, b: Family) -> BundleId {
+        if let Some(i) = call.bundles.iter().position(|x| x.a == a && x.b == b) {
+            return BundleId(i);
+        }
+        call.bundles.push(Bundle {
+            a,
+            b,
+            ids: Vec::new(),
+        });
+        BundleId(call.bundles.len() - 1)
+    }
+
+    /// Allocates relay sessions for every active m-line of `sdp` in `bundle`.
+    pub(super) fn ensure_sessions(
+        &mut self,
+        call: &mut Call,
+        bundle: Option<BundleId>,
+        sdp: &Sdp,
+    ) -> Result<(), String> {
+        let key = call.key;
+        let Some(bundle) = bundle.and_then(|b| call.bundles.get_mut(b.0)) else {
+            return Err("no media bundle".into());
+        };
+        for m in sdp.media().iter().take(MAX_STREAMS) {
+            if bundle.ids.len() <= m.index {
+                bundle.ids.resize(m.index + 1, None);
+            }
+            if m.rejected() || bundle.ids[m.index].is_some() {
+                continue;
+            }
+            let id = self.media.allocate(bundle.a, bundle.b)?;
+            bundle.ids[m.index] = Some(id);
+            self.by_media.insert(id, key);
+        }
+        Ok(())
+    }
+
+    /// The peer of leg `li` sent `sdp` (an offer when `offer`): tell the relay.
+    pub(super) fn learn_remote(
+        &mut self,
+        call: &mut Call,
+        li: LegIdx,
+        bundle: Option<BundleId>,
+        sdp: &Sdp,
+        raw: &Bytes,
+        offer: bool,
+    ) {
+        let m = &mut call.legs[li].media;
+        let side = m.side;
+        m.last_sdp = Some(raw.clone());
+        m.te = sdp
+            .media()
+            .iter()
+            .any(|m| m.telephone_event.is_some() && !m.rejected());
+        if offer {
+            call.held = sdp.on_hold();
+        }
+        let held = call.held;
+        // The relay accepts this leg's media only from the SDP's IPs and the signalling peer's.
+        let signalling = call.legs[li].dialog.peer.addr.ip();
+        let Some(bundle) = bundle.and_then(|b| call.bundles.get(b.0)) else {
+            return;
+        };
+        for m in sdp.media() {
+            let Some(Some(id)) = bundle.ids.get(m.index).copied() else {
+                continue;
+            };
+            if m.rejected() {
+                continue;
+            }
+            if let Some(r) = RemoteMedia::from_sdp(m, false) {
+                self.media
+                    .set_remote(id, side, r.with_signalling(signalling));
+            }
+            if offer {
+                self.media.set_hold(id, MediaLeg::A, held);
+                self.media.set_hold(id, MediaLeg::B, held);
+            }
+        }
+    }
+
+    /// `sdp` rewritten for a leg with media state `media` and signalling address `local`:
+    /// the anchors of its side of `bundle` (m-lines without a session rejected), our origin.
+    pub(super) fn rewrite_sdp(
+        &self,
+        bundle: Option<&Bundle>,
+        media: &mut LegMedia,
+        local: IpAddr,
+        sdp: &Sdp,
+    ) -> Result<String, String> {
+        let side = media.side;
+        let ids: &[Option<MediaId>] = bundle.map(|b| b.ids.as_slice()).unwrap_or(&[]);
+        let mut first_addr = None;
+        let plan: Vec<MediaPlan> = sdp
+            .media()
+            .iter()
+            .map(|m| {
+                match ids
+                    .get(m.index)
+                    .copied()
+                    .flatten()
+                    .and_then(|id| self.media.local(id, side))
+                {
+                    Some(rtp) => {
+                        first_addr.get_or_insert(rtp.ip());
+                        MediaPlan::Anchor(Anchor {
+                            addr: rtp.ip(),
+                            rtp_port: rtp.port(),
+                            rtcp_port: rtp.port().wrapping_add(1),
+                        })
+                    }
+                    None => MediaPlan::Reject,
+                }
+            })
+            .collect();
+        let text = sdp
+            .rewrite(&RewritePlan {
+                media: plan,
+                origin: OriginPlan::Keep,
+                zero_address_hold: ZeroAddressHold::default(),
+            })
+            .map_err(|e| e.to_string())?;
+        if media.last_sent.as_deref() != Some(text.as_str()) {
+            if media.last_sent.is_some() {
+                media.origin_ver += 1;
+            }
+            media.last_sent = Some(text.clone());
+        }
+        let addr = first_addr.unwrap_or(local);
+        Ok(replace_origin(
+            &text,
+            media.origin_id,
+            media.origin_ver,
+            addr,
+        ))
+    }
+
+    /// `raw` (SDP from leg `from`) rewritten for leg `to`, with the relay told about `from`'s
+    /// media (and sessions allocated for an offer's new m-lines).
+    pub(super) fn relay_sdp(
+        &mut self,
+        call: &mut Call,
+        from: LegIdx,
+        to: LegIdx,
+        raw: &Bytes,
+        offer: bool,
+    ) -> Result<String, String> {
+        let sdp = Sdp::parse(raw).map_err(|e| e.to_string())?;
+        let bundle = call.legs[from].media.bundle.or(call.legs[to].media.bundle);
+        if offer {
+            self.ensure_sessions(call, bundle, &sdp)?;
+        }
+        self.learn_remote(call, from, bundle, &sdp, raw, offer);
+        let local = call.legs[to].dialog.local.ip();
+        let b = bundle.and_then(|b| call.bundles.get(b.0));
+        self.rewrite_sdp(b, &mut call.legs[to].media, local, &sdp)
+    }
+
+    /// Releases every relay session of bundle `bi`.
+    pub(super) fn release_bundle(&mut self, call: &mut Call, bi: usize) {
+        if let Some(b) = call.bundles.get_mut(bi) {
+            for id in b.ids.drain(..).flatten() {
+                self.media.release(id);
+                self.by_media.remove(&id);
+            }
+        }
+    }
+}

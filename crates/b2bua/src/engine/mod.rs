@@ -1,0 +1,221 @@
+//! The call state machine, a module per concern (as Kamailio's tm splits a transaction into
+//! `t_fwd`, `t_reply`, `t_cancel`, `t_serial`). See the crate documentation for the flows.
+//!
+//! | module | concern |
+//! |---|---|
+//! | `call` | a call: legs, phase, routing state, media bundles, what the CDR records |
+//! | `leg` | a leg: its party, its dialog, its UAS or UAC state (enums that own their data) |
+//! | `dialog` | RFC 3261 §12 dialog state and the in-dialog request builder |
+//! | `send` | the outbox: responses, requests as client transactions, ACK, BYE |
+//! | `new_call` | a new INVITE: identification, limits, the caller's leg, the dialplan rule |
+//! | `routing` | dialplan execution: steps, fallbacks, failure mapping, ring timeouts |
+//! | `fork` | ring groups: parallel and sequential forking to every contact of users |
+//! | `trunk` | trunk legs: number rewriting, caller ID, digest answers to 401/407 |
+//! | `invite` | our INVITEs: sending, provisional, 2xx (winner or late), failure |
+//! | `answer` | the winning answer: other forks cancelled, the caller's 2xx, the bridge |
+//! | `responses` | responses to our requests and their failures, by request kind |
+//! | `in_dialog` | requests inside a dialog: BYE, re-INVITE/UPDATE, INFO, OPTIONS, ...; ACK |
+//! | `cancel` | CANCEL from the caller and CANCEL of our INVITEs |
+//! | `transfer` | REFER (blind transfer) and its NOTIFYs |
+//! | `dtmf` | SIP INFO <-> RFC 4733 interworking |
+//! | `media` | relay sessions, SDP rewrite per leg, media timeout |
+//! | `ending` | ending a call, the CDR |
+//! | `timers` | ring timeouts, 2xx retransmission, guards |
+//!
+//! Every input (`handle_*`, `request_failed`, `media_*`) takes the call out of the table,
+//! works on it, and puts it back ([`B2bua::put_back`]), which finishes it when it is over.
+
+mod answer;
+mod call;
+mod cancel;
+mod dialog;
+mod dtmf;
+mod ending;
+mod fork;
+mod in_dialog;
+mod invite;
+mod leg;
+mod media;
+mod new_call;
+mod responses;
+mod routing;
+mod send;
+mod timers;
+mod transfer;
+mod trunk;
+
+use crate::{MediaId, MediaPort, Output, ReqId, Settings};
+use call::{Call, CallKey, Phase};
+use dialog::DialogKey;
+use leg::LegIdx;
+use podpbx_config::Config;
+use podpbx_sip::transaction::ServerTxId;
+use podpbx_sip::{IdGen, Message};
+use send::Pending;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+use timers::TimerKind;
+
+/// The B2BUA: every call, its legs and timers. See the crate documentation.
+///
+/// Inputs are the `handle_*` methods, [`B2bua::request_failed`], [`B2bua::media_timeout`] and
+/// [`B2bua::media_dtmf`], each with `now`; outputs are drained with [`B2bua::poll_output`], and
+/// [`B2bua::poll_timeout`] says when [`B2bua::handle_timeout`] must next run. Nothing here
+/// reads the clock, a socket or a random source (identifiers come from the [`IdGen`] passed
+/// to [`B2bua::new`]).
+pub struct B2bua {
+    cfg: Arc<Config>,
+    settings: Settings,
+    media: Box<dyn MediaPort + Send>,
+    ids: IdGen,
+    calls: HashMap<CallKey, Call>,
+    pub(crate) by_invite_tx: HashMap<ServerTxId, CallKey>,
+    by_dialog: HashMap<DialogKey, (CallKey, LegIdx)>,
+    by_req: HashMap<ReqId, Pending>,
+    by_media: HashMap<MediaId, CallKey>,
+    timers: BTreeMap<(Instant, u64), (CallKey, TimerKind)>,
+    timer_seq: u64,
+    out: VecDeque<Output>,
+    next_call: u64,
+    next_req: u64,
+}
+
+impl B2bua {
+    /// A B2BUA routing by `cfg`, with media through `media`; tags, Call-IDs and branches come
+    /// from `ids` (seed it from the OS; tests use a constant).
+    pub fn new(
+        cfg: Arc<Config>,
+        settings: Settings,
+        media: Box<dyn MediaPort + Send>,
+        ids: IdGen,
+    ) -> B2bua {
+        B2bua {
+            cfg,
+            settings,
+            media,
+            ids,
+            calls: HashMap::new(),
+            by_invite_tx: HashMap::new(),
+            by_dialog: HashMap::new(),
+            by_req: HashMap::new(),
+            by_media: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            out: VecDeque::new(),
+            next_call: 1,
+            next_req: 1,
+        }
+    }
+
+    /// Swaps the dialplan, users and groups for the next calls (calls in progress keep the
+    /// steps they already have).
+    pub fn set_config(&mut self, cfg: Arc<Config>) {
+        self.cfg = cfg;
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.cfg
+    }
+
+    /// Calls in progress (not yet finished).
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The next thing for the shell to do: a response to send through a server transaction, a
+    /// request to start as a client transaction (its responses come back to
+    /// [`B2bua::handle_response`] with its [`ReqId`]), a stateless send (ACK, 2xx
+    /// retransmission), a client transaction to abandon, or a finished call's CDR. `None` when
+    /// there is nothing more; call it after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`B2bua::handle_timeout`] must next run (`None`: no timer armed). Changes after
+    /// every input.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(t, _)| *t)
+    }
+
+    /// Whether an in-dialog request or ACK belongs to one of our dialogs (by Call-ID and To
+    /// tag).
+    pub fn owns_dialog(&self, req: &Message) -> bool {
+        self.dialog_of(req).is_some()
+    }
+
+    /// Calls for `podpbx ctl calls`: id, from, to, state, started_at (unix secs), duration.
+    pub fn snapshot(&self, now: Instant) -> Vec<serde_json::Value> {
+        let mut v: Vec<_> = self
+            .calls
+            .values()
+            .map(|c| {
+                let started = c
+                    .wall0
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let from = match &c.caller {
+                    crate::Caller::User(u) => u.clone(),
+                    crate::Caller::Trunk { name, .. } => format!("{} ({name})", c.from_id.1),
+                };
+                let state = match c.phase {
+                    Phase::Routing => "ringing",
+                    Phase::Bridged => "answered",
+                    Phase::Ending => "ending",
+                };
+                serde_json::json!({
+                    "id": c.key,
+                    "from": from,
+                    "to": c.number,
+                    "state": state,
+                    "started_at": started,
+                    "duration_secs": now.saturating_duration_since(c.start).as_secs(),
+                })
+            })
+            .collect();
+        v.sort_by_key(|x| x["id"].as_u64());
+        v
+    }
+
+    /// The call and leg of an in-dialog request (Call-ID and our tag in To).
+    fn dialog_of(&self, req: &Message) -> Option<(CallKey, LegIdx)> {
+        let call_id = crate::util::str_of(&req.call_id().ok()?);
+        let tag = crate::util::str_of(&req.to_hdr().ok()?.tag()?);
+        self.by_dialog.get(&(call_id, tag)).copied()
+    }
+
+    /// Runs `f` on call `key` taken out of the table, then puts it back (or finishes it).
+    fn with_call<R>(
+        &mut self,
+        key: CallKey,
+        now: Instant,
+        f: impl FnOnce(&mut B2bua, &mut Call) -> R,
+    ) -> Option<R> {
+        let mut call = self.calls.remove(&key)?;
+        let r = f(self, &mut call);
+        self.put_back(call, now);
+        Some(r)
+    }
+
+    /// Re-inserts a call after handling, or finishes it (ended, nothing in flight).
+    fn put_back(&mut self, mut call: Call, now: Instant) {
+        if call.phase == Phase::Ending
+            && call.pending == 0
+            && !call.legs.iter().any(|l| l.ringing())
+        {
+            self.finish(&mut call, now);
+            return;
+        }
+        self.calls.insert(call.key, call);
+    }
+}
+
+impl std::fmt::Debug for B2bua {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("B2bua")
+            .field("calls", &self.calls.len())
+            .finish()
+    }
+}

@@ -1,0 +1,238 @@
+//! New calls: how a new INVITE's source is identified, the limits, the caller's leg and the
+//! dialplan rule that routes it.
+
+use super::call::{Call, Phase, Purpose, Record, Routing};
+use super::dialog::Dialog;
+use super::leg::{CdrRole, DtmfOut, Leg, LegMedia, LegState, Party, UasInvite, UasState};
+use super::send::{Incoming, Reply};
+use super::B2bua;
+use crate::util::{is_sdp, sanitize, sanitize_display, unescape_user};
+use crate::{Caller, Directory, Flow, Identity, MediaLeg, Received};
+use podpbx_config::{Dtmf, Origin};
+use podpbx_sdp::Sdp;
+use podpbx_sip::{Message, StatusCode};
+use std::time::{Instant, SystemTime};
+use tracing::{debug, info, warn};
+
+impl B2bua {
+    /// How a new INVITE from `flow` is identified before authentication: a trunk's networks
+    /// (or its host, when the Request-URI/To names one of its DIDs), an `identify_by_source`
+    /// user, or digest.
+    pub fn identify(&self, req: &Message, flow: &Flow) -> Identity {
+        let ip = flow.remote.ip();
+        let ruri_user = req
+            .request_uri()
+            .ok()
+            .and_then(|u| u.user.map(|u| unescape_user(&u)));
+        let to_user = req
+            .to_hdr()
+            .ok()
+            .and_then(|t| t.uri.user.map(|u| unescape_user(&u)));
+        for t in &self.cfg.trunks {
+            let in_net = t.networks.iter().any(|n| n.contains(ip));
+            let is_host = matches!(t.host, podpbx_config::Host::Ip(h) if h == ip);
+            let did = [ruri_user.clone(), to_user.clone()]
+                .into_iter()
+                .flatten()
+                .find(|u| t.dids.iter().any(|d| d == u));
+            if in_net || (is_host && did.is_some()) {
+                let did = did.or(ruri_user.clone());
+                return Identity::Trunk {
+                    name: t.name.clone(),
+                    did,
+                };
+            }
+        }
+        for u in &self.cfg.users {
+            if u.identify_by_source
+                && !u.allow_from.is_empty()
+                && u.allow_from.iter().any(|n| n.contains(ip))
+            {
+                return Identity::User(u.name.clone());
+            }
+        }
+        Identity::Authenticate
+    }
+
+    /// Calls in which `user` has an active leg (for `max_calls`).
+    pub(super) fn user_calls(&self, user: &str) -> usize {
+        self.calls
+            .values()
+            .filter(|c| c.legs.iter().any(|l| l.active() && l.user() == Some(user)))
+            .count()
+    }
+
+    /// A new INVITE (no To tag) from an identified or authenticated `caller`.
+    ///
+    /// Answers `100 Trying` at once, then either rejects it (call limits, bad SDP, no dialplan
+    /// rule: 503/486/488/404) or starts the rule's first step: INVITEs to the callees (see
+    /// [`crate::Output::Request`]) and a ring timer. `wall` is the wall-clock time of `now`,
+    /// for the CDR.
+    pub fn handle_invite(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        invite: Received<'_>,
+        caller: Caller,
+        dir: &dyn Directory,
+    ) {
+        let Received { tx, msg: req, flow } = invite;
+        let inc = Incoming {
+            tx,
+            req,
+            src: flow.remote,
+        };
+        self.respond(inc, Reply::new(StatusCode::TRYING));
+        let tag = self.ids.token();
+        let reject = |this: &mut B2bua, code: StatusCode| {
+            this.respond(inc, Reply::new(code).tag(&tag));
+        };
+        if let Some(max) = self.cfg.calls.max_concurrent.filter(|m| *m > 0) {
+            if self.calls.len() >= max as usize {
+                warn!(max, "call limit reached: 503");
+                reject(self, StatusCode::SERVICE_UNAVAILABLE);
+                return;
+            }
+        }
+        let ruri_user = || {
+            req.request_uri()
+                .ok()
+                .and_then(|u| u.user.map(|x| unescape_user(&x)))
+        };
+        let (number, origin_user) = match &caller {
+            Caller::User(u) => (ruri_user().unwrap_or_default(), Some(u.clone())),
+            Caller::Trunk { did, .. } => (did.clone().or_else(ruri_user).unwrap_or_default(), None),
+        };
+        let cfg = self.cfg.clone();
+        let user_cfg = origin_user.as_deref().and_then(|u| cfg.user(u));
+        if let Some(u) = user_cfg {
+            if let Some(max) = u.max_calls.filter(|m| *m > 0) {
+                if self.user_calls(&u.name) >= max as usize {
+                    info!(user = %u.name, max, "user call limit reached: 486");
+                    reject(self, StatusCode::BUSY_HERE);
+                    return;
+                }
+            }
+        }
+        let offer = if is_sdp(req) {
+            match Sdp::parse(&req.body) {
+                Ok(_) => Some(req.body.clone()),
+                Err(e) => {
+                    debug!(error = %e, "bad SDP offer: 488");
+                    reject(self, StatusCode::NOT_ACCEPTABLE_HERE);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let origin = match &caller {
+            Caller::User(u) => Origin::Local { user: u },
+            Caller::Trunk { name, did } => Origin::Trunk {
+                trunk: name,
+                did: did.as_deref(),
+            },
+        };
+        let Some(rule) = cfg.route(&origin, &number) else {
+            info!(%number, "no dialplan rule: 404");
+            reject(self, StatusCode::NOT_FOUND);
+            return;
+        };
+        let Ok(from) = req.from_hdr() else {
+            reject(self, StatusCode::BAD_REQUEST);
+            return;
+        };
+        let Some(dialog) = Dialog::uas(req, flow, flow.response_peer(req), tag.clone()) else {
+            reject(self, StatusCode::BAD_REQUEST);
+            return;
+        };
+        let from_id = match &caller {
+            Caller::User(u) => (
+                user_cfg
+                    .and_then(|c| c.display_name.clone())
+                    .unwrap_or_default(),
+                u.clone(),
+            ),
+            Caller::Trunk { .. } => (
+                from.display_unescaped()
+                    .map(|d| sanitize_display(&String::from_utf8_lossy(&d)))
+                    .unwrap_or_default(),
+                sanitize(
+                    &from
+                        .uri
+                        .user
+                        .as_ref()
+                        .map(|u| unescape_user(u))
+                        .unwrap_or_else(|| "anonymous".into()),
+                    32,
+                ),
+            ),
+        };
+        let key = self.next_call;
+        self.next_call += 1;
+        let (party, dtmf_mode) = match &caller {
+            Caller::User(u) => (
+                Party::User(u.clone()),
+                user_cfg.map_or(Dtmf::Auto, |c| c.dtmf),
+            ),
+            Caller::Trunk { name, .. } => (Party::Trunk(name.clone()), Dtmf::Auto),
+        };
+        let a_leg = Leg {
+            party,
+            cdr_role: CdrRole::Caller,
+            dtmf_mode,
+            dialog,
+            state: LegState::Uas(UasState::Proceeding(Box::new(UasInvite {
+                tx,
+                req: req.clone(),
+                src: flow.remote,
+            }))),
+            status: None,
+            step_gen: 0,
+            ok: None,
+            last_ack: None,
+            ack_deferred: None,
+            media: LegMedia {
+                side: MediaLeg::A,
+                bundle: None,
+                te: false,
+                last_sdp: offer.clone(),
+                origin_id: self.origin_id(),
+                origin_ver: 1,
+                last_sent: None,
+            },
+            dtmf: DtmfOut::default(),
+        };
+        let mut call = Call {
+            key,
+            start: now,
+            wall0: wall,
+            caller: caller.clone(),
+            from_id,
+            number: number.clone(),
+            legs: vec![a_leg],
+            a: 0,
+            bridge: None,
+            routing: Some(Routing::new(
+                Purpose::Initial,
+                rule.steps().cloned().collect(),
+                0,
+            )),
+            bundles: Vec::new(),
+            phase: Phase::Routing,
+            reinvite: None,
+            pending: 0,
+            offer,
+            held: false,
+            record: Record {
+                rule: Some(rule.name.clone()),
+                ..Record::default()
+            },
+        };
+        info!(call = key, caller = ?caller, %number, rule = %rule.name, "new call");
+        self.by_invite_tx.insert(tx, key);
+        self.by_dialog.insert(call.legs[0].dialog.key(), (key, 0));
+        self.next_step(&mut call, now, dir);
+        self.put_back(call, now);
+    }
+}
