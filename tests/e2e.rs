@@ -822,6 +822,7 @@ fn home_topology_with_real_softphones() {
             ctrl_port: 4400 + n,
             rtp_ports: (30000 + 20 * n, 30019 + 20 * n),
             max_secs: 240,
+            extra: Vec::new(),
         })
     };
     let sip = |a: &str| SocketAddr::new(ip(a), 5060);

@@ -275,6 +275,7 @@ fn attacker_spraying_the_media_range_gets_nothing_and_breaks_nothing() {
             ctrl_port: 4400 + n,
             rtp_ports: (30000 + 20 * n, 30019 + 20 * n),
             max_secs: 120,
+            extra: Vec::new(),
         })
     };
     let mut p102 = phone(

@@ -239,7 +239,7 @@ fn certificate_is_reloaded_from_its_files_without_dropping_connections() {
 
 /// A trunk over TLS to a test server: a good certificate gets the REGISTER (connection reused
 /// for the retry with credentials); an expired or misnamed one is refused with a log line.
-fn trunk_over_tls(server_sans: &[&str], days: i32) -> (TlsPbx, t::Server, Ca) {
+fn trunk_over_tls(server_sans: &[&str], days: i32) -> (TlsPbx, t::Server, TempDir) {
     let pki = TempDir::new("pki-provider");
     let provider_ca = Ca::new(&pki, "provider-ca");
     let cert = provider_ca.issue("provider", server_sans, days);
@@ -251,8 +251,7 @@ fn trunk_over_tls(server_sans: &[&str], days: i32) -> (TlsPbx, t::Server, Ca) {
     );
     // `[tls] ca_file` replaces the built-in roots: the provider's private CA.
     let p = start_with_ca(&trunk, &provider_ca);
-    std::mem::forget(pki);
-    (p, server, provider_ca)
+    (p, server, pki)
 }
 
 fn start_with_ca(extra: &str, ca: &Ca) -> TlsPbx {
@@ -265,7 +264,7 @@ fn start_with_ca(extra: &str, ca: &Ca) -> TlsPbx {
 
 #[test]
 fn trunk_over_tls_verifies_the_provider_certificate() {
-    let (p, server, _ca) = trunk_over_tls(&["IP:127.0.0.1"], 2);
+    let (p, server, _pki) = trunk_over_tls(&["IP:127.0.0.1"], 2);
     let mut s = server
         .accept(Duration::from_secs(10))
         .expect("podpbx connects");
@@ -279,7 +278,7 @@ fn trunk_over_tls_verifies_the_provider_certificate() {
 
 #[test]
 fn trunk_with_an_expired_certificate_is_refused_and_logged() {
-    let (p, server, _ca) = trunk_over_tls(&["IP:127.0.0.1"], -1);
+    let (p, server, _pki) = trunk_over_tls(&["IP:127.0.0.1"], -1);
     // podpbx aborts the handshake: the server sees an alert, never a SIP message.
     let got = server.accept(Duration::from_secs(10));
     if let Ok(mut s) = got {
@@ -305,7 +304,7 @@ fn trunk_with_an_expired_certificate_is_refused_and_logged() {
 
 #[test]
 fn trunk_with_a_certificate_for_another_name_is_refused_and_logged() {
-    let (p, server, _ca) = trunk_over_tls(&["DNS:other.example"], 2);
+    let (p, server, _pki) = trunk_over_tls(&["DNS:other.example"], 2);
     let got = server.accept(Duration::from_secs(10));
     if let Ok(mut s) = got {
         assert!(

@@ -108,6 +108,8 @@ pub struct PhoneConfig {
     pub rtp_ports: (u16, u16),
     /// baresip's own lifetime bound (`-t`).
     pub max_secs: u32,
+    /// Further `config` lines (e.g. `sip_cafile\t/path` for TLS).
+    pub extra: Vec<String>,
 }
 
 /// An account line: `aor` (`sip:user@host`), G.711 µ-law only, and `params` such as
@@ -230,6 +232,10 @@ impl Baresip {
             rec = rec.display(),
             ctrl = cfg.ctrl_port,
         );
+        for line in &cfg.extra {
+            config.push_str(line);
+            config.push('\n');
+        }
         for m in MODULES {
             config.push_str(&format!("module\t{m}\n"));
         }
