@@ -1,18 +1,19 @@
 //! Glue between the sans-IO B2BUA (`podpbx-b2bua`) and the rest of the binary: the relay
-//! behind [`MediaPort`], the registrar behind [`Directory`], the CDR file, config reload, and
-//! turning b2bua outputs into transaction-layer calls.
+//! behind [`MediaPort`], the registrar behind [`Directory`], config reload, and turning b2bua
+//! outputs into transaction-layer calls and CDR outputs.
 
+use crate::core::Output as CoreOutput;
+use crate::owners::{Owner, Owners};
 use podpbx_b2bua::{
-    B2bua, Cdr, ContactTarget, Directory, LegStats, MediaId, MediaLeg, MediaPort, Output,
-    RemoteMedia, ReqId, Settings,
+    B2bua, ContactTarget, Directory, LegStats, MediaId, MediaLeg, MediaPort, Output, RemoteMedia,
+    ReqId, Settings,
 };
 use podpbx_config::Config;
 use podpbx_media::{Family, FamilyConfig, Relay, RelayConfig, Session};
 use podpbx_registrar::Registrar;
-use podpbx_sip::transaction::{ClientTxId, Timers, TransactionLayer, TxId};
+use podpbx_sip::transaction::{Timers, TransactionLayer, TxId};
 use podpbx_sip::Transport;
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -166,66 +167,12 @@ impl Directory for RegDirectory<'_> {
     }
 }
 
-/// Appends CDRs as JSON lines, flushed per call.
-#[derive(Debug)]
-pub struct CdrWriter {
-    path: Option<PathBuf>,
-    /// Kept open (append mode) so a CDR costs one write(2), not open/write/close per call.
-    file: Option<std::fs::File>,
-}
-
-impl CdrWriter {
-    pub fn new(path: Option<PathBuf>) -> CdrWriter {
-        if let Some(dir) = path
-            .as_deref()
-            .and_then(Path::parent)
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        CdrWriter { path, file: None }
-    }
-
-    pub fn write(&mut self, cdr: &Cdr) {
-        let Some(path) = &self.path else { return };
-        let mut line = match serde_json::to_string(cdr) {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "CDR not serialisable");
-                return;
-            }
-        };
-        line.push('\n');
-        if self.file.is_none() {
-            self.file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok();
-        }
-        let res = match self.file.as_mut() {
-            // One write of the whole line: O_APPEND keeps lines whole even if rotated underneath.
-            Some(f) => f.write_all(line.as_bytes()),
-            None => Err(std::io::Error::other("cannot open the CDR file")),
-        };
-        if res.is_err() {
-            // Reopen next time (the file may have been moved away by log rotation).
-            self.file = None;
-        }
-        if let Err(e) = res {
-            warn!(file = %path.display(), error = %e, "cannot write CDR");
-        }
-    }
-}
-
-/// Call control as owned by the core: the b2bua plus the bookkeeping between its request ids
-/// and the transaction layer's client transactions.
+/// Call control as owned by the core: the b2bua, our addresses, where CDRs go.
 pub struct Calls {
     pub b2bua: B2bua,
     pub addrs: Addrs,
-    cdr: CdrWriter,
-    by_tx: HashMap<ClientTxId, ReqId>,
-    by_req: HashMap<ReqId, ClientTxId>,
+    /// `[calls] cdr_file`: CDRs become [`Output::Cdr`] for the shell's writer.
+    cdr_file: Option<PathBuf>,
     /// Requests the transaction layer refused (reported back as failures on the next pump).
     failed: Vec<ReqId>,
     /// Calls ended since the last call (for metrics): dispositions.
@@ -254,39 +201,32 @@ impl Calls {
             domain: cfg.sip.domain.clone(),
             timers,
         };
-        let cdr = CdrWriter::new(cfg.calls.cdr_file.clone());
+        let cdr_file = cfg.calls.cdr_file.clone();
         Calls {
             b2bua: B2bua::new(cfg, settings, media, podpbx_sip::IdGen::new(os_seed())),
             addrs,
-            cdr,
-            by_tx: HashMap::new(),
-            by_req: HashMap::new(),
+            cdr_file,
             failed: Vec::new(),
             ended: Vec::new(),
         }
     }
 
-    /// The b2bua request a client transaction belongs to.
-    pub fn req_of(&self, id: ClientTxId) -> Option<ReqId> {
-        self.by_tx.get(&id).copied()
-    }
-
-    /// A client transaction is gone.
-    pub fn forget_tx(&mut self, id: ClientTxId) {
-        if let Some(r) = self.by_tx.remove(&id) {
-            self.by_req.remove(&r);
-        }
-    }
-
     /// New configuration for the next calls.
     pub fn reload(&mut self, cfg: Arc<Config>) {
-        self.cdr = CdrWriter::new(cfg.calls.cdr_file.clone());
+        self.cdr_file = cfg.calls.cdr_file.clone();
         self.b2bua.set_config(cfg);
     }
 
-    /// Turns every pending b2bua output into transaction-layer calls; returns requests that
-    /// could not be sent (the caller reports them with `request_failed`).
-    pub fn pump(&mut self, now: Instant, tx: &mut TransactionLayer) -> Vec<ReqId> {
+    /// Turns every pending b2bua output into transaction-layer calls (recording each request in
+    /// the core's owner table) and CDRs into shell outputs; returns requests that could not be
+    /// sent (the caller reports them with `request_failed`).
+    pub fn pump(
+        &mut self,
+        now: Instant,
+        tx: &mut TransactionLayer,
+        owners: &mut Owners,
+        direct: &mut VecDeque<CoreOutput>,
+    ) -> Vec<ReqId> {
         while let Some(out) = self.b2bua.poll_output() {
             match out {
                 Output::Respond {
@@ -305,10 +245,7 @@ impl Calls {
                     data,
                     peer,
                 } => match tx.send_request(now, branch.into(), method, data, peer) {
-                    Ok(c) => {
-                        self.by_tx.insert(c, id);
-                        self.by_req.insert(id, c);
-                    }
+                    Ok(c) => owners.insert(c, Owner::Call(id)),
                     Err(e) => {
                         warn!(error = %e, "b2bua request not sent");
                         self.failed.push(id);
@@ -316,15 +253,19 @@ impl Calls {
                 },
                 Output::Stateless { peer, data } => tx.send_stateless(peer, data),
                 Output::Abandon { id } => {
-                    if let Some(c) = self.by_req.remove(&id) {
-                        self.by_tx.remove(&c);
+                    if let Some(c) = owners.remove_call(id) {
                         tx.terminate(TxId::Client(c));
                     }
                 }
                 Output::Cdr(cdr) => {
                     info!(call = cdr.id, disposition = cdr.disposition.as_str(), caller = %cdr.caller, callee = %cdr.callee, "CDR");
                     self.ended.push(cdr.disposition);
-                    self.cdr.write(&cdr);
+                    if let Some(file) = &self.cdr_file {
+                        direct.push_back(CoreOutput::Cdr {
+                            file: file.clone(),
+                            cdr,
+                        });
+                    }
                 }
             }
         }

@@ -1,7 +1,11 @@
-//! The signalling core: a sans-IO state machine fed parsed messages and `now`, producing
-//! messages to send. Sockets and tokio live in `server.rs`; everything here runs in tests
-//! without a network or a clock.
+//! The signalling core: a sans-IO state machine fed parsed messages, DNS answers, media
+//! events and `now`, producing [`Output`]s for the shell: messages to send, DNS lookups, the
+//! bindings file to write and CDRs to append. It never reads the clock, a random source, a
+//! socket or a file: sockets, tokio, the resolver and the writer threads live in `server.rs`,
+//! `dns.rs` and `cdr.rs`; tags, branches and Call-IDs come from a seeded [`IdGen`]. So
+//! everything here runs in virtual time (`crate::sim`).
 
+use crate::owners::{Owner, Owners};
 use crate::stats::Stats;
 use crate::transport::Flow;
 use crate::trunks::Trunks;
@@ -9,13 +13,13 @@ use bytes::{Bytes, BytesMut};
 use podpbx_registrar::{AuthKind, AuthResult, Registrar, Reply, SecurityEvent};
 
 use podpbx_sip::checks::{check_request, Capabilities, Rejection};
-use podpbx_sip::ident::{host_of, token};
+use podpbx_sip::ident::host_of;
 use podpbx_sip::transaction::{ClientTxId, TxId};
 use podpbx_sip::transaction::{
     Peer, RequestDisposition, ResponseDisposition, ServerTxId, Timers, TransactionLayer, TxEvent,
 };
-use podpbx_sip::{HeaderName, Message, Method, RequestBuilder, ResponseBuilder, Transport};
-use std::collections::{HashMap, VecDeque};
+use podpbx_sip::{HeaderName, IdGen, Message, Method, RequestBuilder, ResponseBuilder, Transport};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, debug_span, info, warn};
 
 /// Something the core wants the I/O shell to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Send bytes to `dest` over `transport` (reusing TCP connection `conn` when alive).
     Send {
@@ -39,6 +43,14 @@ pub enum Output {
         id: u64,
         name: String,
         rtype: podpbx_trunk::RecordType,
+    },
+    /// Replace the bindings file `path` with `data` (atomically, off the signalling loop; a
+    /// newer one supersedes one not yet written).
+    SaveBindings { path: PathBuf, data: Vec<u8> },
+    /// A call ended: append its CDR to `file` (off the signalling loop).
+    Cdr {
+        file: PathBuf,
+        cdr: Box<podpbx_b2bua::Cdr>,
     },
 }
 
@@ -74,21 +86,29 @@ pub struct Core {
     registrations_changed: bool,
     /// When the transaction-table-full warning was last logged.
     overload_logged: Option<Instant>,
-    /// Qualify OPTIONS in flight: client transaction -> binding id.
-    qualifies: HashMap<ClientTxId, u64>,
+    /// Every client transaction in flight and who started it (calls, trunks, qualify).
+    owners: Owners,
+    /// Tags, branches and Call-IDs of what the core itself sends.
+    ids: IdGen,
     /// Set by [`Core::begin_shutdown`] (SIGTERM): new INVITEs must get `503 Service Unavailable`.
     shutting_down: bool,
     /// Upstream trunk registrations.
     trunks: Trunks,
-    /// Outputs that bypass the transaction layer (CRLF keep-alives).
+    /// Outputs that bypass the transaction layer (CRLF keep-alives, DNS, files).
     direct: VecDeque<Output>,
     /// Call control (B2BUA), once the shell has set it up ([`Core::set_calls`]).
     calls: Option<crate::calls::Calls>,
 }
 
 impl Core {
-    /// Creates a core.
-    pub fn new(cfg: CoreConfig, stats: Arc<Stats>, registrar: Registrar, trunks: Trunks) -> Core {
+    /// Creates a core; `ids` is seeded by the shell from the OS (tests: a constant).
+    pub fn new(
+        cfg: CoreConfig,
+        stats: Arc<Stats>,
+        registrar: Registrar,
+        trunks: Trunks,
+        ids: IdGen,
+    ) -> Core {
         let caps = Capabilities::podpbx();
         let tx = TransactionLayer::new(cfg.timers, cfg.max_transactions);
         Core {
@@ -100,7 +120,8 @@ impl Core {
             save_due: None,
             registrations_changed: true,
             overload_logged: None,
-            qualifies: HashMap::new(),
+            owners: Owners::default(),
+            ids,
             trunks,
             direct: VecDeque::new(),
             shutting_down: false,
@@ -145,7 +166,8 @@ impl Core {
         if let Err(e) = self.trunks.reload(now, &cfg) {
             warn!(error = %e, "trunks not reloaded; the running trunks stay");
         }
-        self.trunks.flush(now, &mut self.tx, &mut self.direct);
+        self.trunks
+            .flush(now, &mut self.tx, &mut self.owners, &mut self.direct);
         if let Some(calls) = self.calls.as_mut() {
             calls.reload(cfg);
         }
@@ -201,7 +223,7 @@ impl Core {
             let Some(calls) = self.calls.as_mut() else {
                 return;
             };
-            let failed = calls.pump(now, &mut self.tx);
+            let failed = calls.pump(now, &mut self.tx, &mut self.owners, &mut self.direct);
             if failed.is_empty() {
                 return;
             }
@@ -224,13 +246,15 @@ impl Core {
     /// Starts the trunk registrations.
     pub fn start(&mut self, now: Instant) {
         self.trunks.start(now);
-        self.trunks.flush(now, &mut self.tx, &mut self.direct);
+        self.trunks
+            .flush(now, &mut self.tx, &mut self.owners, &mut self.direct);
     }
 
     /// Un-registers the trunks so the provider stops sending calls to a dead pod.
     pub fn stop_trunks(&mut self, now: Instant) {
         self.trunks.stop(now);
-        self.trunks.flush(now, &mut self.tx, &mut self.direct);
+        self.trunks
+            .flush(now, &mut self.tx, &mut self.owners, &mut self.direct);
     }
 
     /// True once every trunk has un-registered.
@@ -251,7 +275,14 @@ impl Core {
         answer: Result<Vec<podpbx_trunk::Record>, podpbx_trunk::LookupError>,
     ) {
         self.trunks.on_dns(now, id, answer);
-        self.trunks.flush(now, &mut self.tx, &mut self.direct);
+        self.trunks
+            .flush(now, &mut self.tx, &mut self.owners, &mut self.direct);
+    }
+
+    /// Client transactions in flight (the owner table's size).
+    #[cfg(test)]
+    pub fn owners_in_flight(&self) -> usize {
+        self.owners.len()
     }
 
     /// The registrar, for status and metrics.
@@ -283,16 +314,21 @@ impl Core {
         serde_json::Value::Array(items)
     }
 
-    /// True when the bindings changed and the coalescing delay has passed.
-    pub fn save_due(&self, now: Instant) -> bool {
-        self.save_due.is_some_and(|t| t <= now)
+    /// The bindings file's new content, once the coalescing delay has passed: an
+    /// [`Output::SaveBindings`] (the shell writes it off the event loop: write, fsync and
+    /// rename cost milliseconds the signalling must not wait for).
+    fn save_if_due(&mut self, now: Instant) {
+        if self.save_due.is_some_and(|t| t <= now) {
+            self.registrations_changed = true;
+            if let Some((path, data)) = self.bindings_snapshot() {
+                self.direct.push_back(Output::SaveBindings { path, data });
+            }
+        }
     }
 
-    /// The state file's new content (the shell writes it off the event loop: write, fsync and
-    /// rename cost milliseconds the signalling must not wait for).
-    pub fn take_bindings_snapshot(&mut self) -> Option<(PathBuf, Vec<u8>)> {
+    /// The bindings file's content now (the shell writes it synchronously at exit).
+    pub fn bindings_snapshot(&mut self) -> Option<(PathBuf, Vec<u8>)> {
         self.save_due = None;
-        self.registrations_changed = true;
         match self.registrar.serialize() {
             Ok(data) => Some((self.cfg.state_file.clone(), data)),
             Err(e) => {
@@ -307,14 +343,6 @@ impl Core {
         std::mem::take(&mut self.registrations_changed)
     }
 
-    /// Writes the bindings synchronously (at shutdown).
-    pub fn save_bindings(&mut self) {
-        self.save_due = None;
-        if let Err(e) = self.registrar.save(&self.cfg.state_file) {
-            warn!(file = %self.cfg.state_file.display(), error = %e, "cannot save registrations");
-        }
-    }
-
     fn bindings_changed(&mut self, now: Instant) {
         if self.save_due.is_none() {
             self.save_due = Some(now + SAVE_DELAY);
@@ -325,27 +353,7 @@ impl Core {
     pub fn handle_message(&mut self, now: Instant, wall: SystemTime, msg: &Message, flow: Flow) {
         if !msg.is_request() {
             match self.tx.on_response(now, msg) {
-                ResponseDisposition::Deliver(id) => {
-                    if let Some(calls) = self.calls.as_mut() {
-                        if let Some(req) = calls.req_of(id) {
-                            let dir =
-                                Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
-                            calls.b2bua.handle_response(now, req, msg, &dir);
-                            self.pump_calls(now);
-                            return;
-                        }
-                    }
-                    if self.trunks.on_response(now, id, msg) {
-                        self.trunks.flush(now, &mut self.tx, &mut self.direct);
-                        return;
-                    }
-                    if msg.status().unwrap_or(0) >= 200 {
-                        if let Some(binding) = self.qualifies.remove(&id) {
-                            // Any final answer proves the phone is there (even 404/405).
-                            self.registrar.qualify_result(binding, true);
-                        }
-                    }
-                }
+                ResponseDisposition::Deliver(id) => self.deliver_response(now, id, msg),
                 ResponseDisposition::Absorbed(_) => {}
                 ResponseDisposition::Stray => {
                     // RFC 3261 §18.1.2: a response matching no transaction is dropped, never answered.
@@ -442,6 +450,57 @@ impl Core {
         }
     }
 
+    /// A response to one of our client transactions, to its owner.
+    fn deliver_response(&mut self, now: Instant, id: ClientTxId, msg: &Message) {
+        let is_final = msg.status().unwrap_or(0) >= 200;
+        match self.owners.get(id).cloned() {
+            Some(Owner::Call(req)) => {
+                // Forgotten when the transaction terminates (2xx retransmissions still come).
+                if let Some(calls) = self.calls.as_mut() {
+                    let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
+                    calls.b2bua.handle_response(now, req, msg, &dir);
+                    self.pump_calls(now);
+                }
+            }
+            Some(Owner::Trunk { slot, .. }) => {
+                if is_final {
+                    self.owners.remove(id);
+                }
+                self.trunks.on_response(now, slot, msg);
+                self.trunks
+                    .flush(now, &mut self.tx, &mut self.owners, &mut self.direct);
+            }
+            // Any final answer proves the phone is there (even 404/405).
+            Some(Owner::Qualify { binding }) if is_final => {
+                self.owners.remove(id);
+                self.registrar.qualify_result(binding, true);
+            }
+            Some(Owner::Qualify { .. }) => {}
+            None => {}
+        }
+    }
+
+    /// A client transaction timed out or could not be sent: its owner learns it.
+    fn client_failed(&mut self, now: Instant, id: ClientTxId) {
+        match self.owners.remove(id) {
+            Some(Owner::Call(req)) => {
+                if let Some(calls) = self.calls.as_mut() {
+                    let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
+                    calls.b2bua.request_failed(now, req, &dir);
+                    self.pump_calls(now);
+                }
+            }
+            Some(Owner::Trunk { slot, branch }) => self.trunks.on_failure(now, slot, &branch),
+            Some(Owner::Qualify { binding })
+                if self.registrar.qualify_result(binding, false) == Some(false) =>
+            {
+                info!(binding, "contact unreachable (qualify)");
+            }
+            Some(Owner::Qualify { .. }) => {}
+            None => {}
+        }
+    }
+
     /// The next instant [`Core::handle_timeout`] must be called at.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let calls = self.calls.as_ref().and_then(|c| c.b2bua.poll_timeout());
@@ -476,57 +535,26 @@ impl Core {
         }
         self.pump_calls(now);
         while let Some(ev) = self.tx.poll_event() {
-            if self.call_tx_event(now, ev) {
-                continue;
-            }
             match ev {
-                TxEvent::Timeout(TxId::Client(id)) | TxEvent::TransportError(TxId::Client(id))
-                    if self.trunks.on_failure(now, id) => {}
                 TxEvent::Timeout(TxId::Client(id)) | TxEvent::TransportError(TxId::Client(id)) => {
-                    if let Some(binding) = self.qualifies.remove(&id) {
-                        if self.registrar.qualify_result(binding, false) == Some(false) {
-                            info!(binding, "contact unreachable (qualify)");
-                        }
-                    }
+                    self.client_failed(now, id)
                 }
                 TxEvent::Timeout(id) => debug!(?id, "transaction timed out"),
                 TxEvent::TransportError(id) => debug!(?id, "transaction transport error"),
                 TxEvent::Terminated(TxId::Client(id)) => {
-                    self.trunks.on_terminated(id);
-                    self.qualifies.remove(&id);
+                    self.owners.remove(id);
                 }
                 TxEvent::Terminated(_) => {}
             }
         }
         self.trunk_timers(now);
-    }
-
-    /// A transaction event of a b2bua request; false if it is not one.
-    fn call_tx_event(&mut self, now: Instant, ev: TxEvent) -> bool {
-        let (TxEvent::Timeout(TxId::Client(id))
-        | TxEvent::TransportError(TxId::Client(id))
-        | TxEvent::Terminated(TxId::Client(id))) = ev
-        else {
-            return false;
-        };
-        let Some(calls) = self.calls.as_mut() else {
-            return false;
-        };
-        let Some(req) = calls.req_of(id) else {
-            return false;
-        };
-        calls.forget_tx(id);
-        if !matches!(ev, TxEvent::Terminated(_)) {
-            let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
-            calls.b2bua.request_failed(now, req, &dir);
-            self.pump_calls(now);
-        }
-        true
+        self.save_if_due(now);
     }
 
     fn trunk_timers(&mut self, now: Instant) {
         self.trunks.handle_timeout(now);
-        self.trunks.flush(now, &mut self.tx, &mut self.direct);
+        self.trunks
+            .flush(now, &mut self.tx, &mut self.owners, &mut self.direct);
     }
 
     /// Tells the transaction layer that sending to `peer` failed.
@@ -778,7 +806,7 @@ impl Core {
     fn send_qualify(&mut self, now: Instant, target: podpbx_registrar::QualifyTarget) {
         let f = target.flow;
         let transport = f.transport;
-        let branch = format!("z9hG4bK{}", token());
+        let branch = self.ids.branch();
         let via = format!(
             "SIP/2.0/{} {}:{};branch={branch};rport",
             transport.via_token(),
@@ -790,10 +818,10 @@ impl Core {
             .header("Max-Forwards", "70")
             .header(
                 "From",
-                &format!("<sip:podpbx@{}>;tag={}", self.cfg.domain, token()),
+                &format!("<sip:podpbx@{}>;tag={}", self.cfg.domain, self.ids.token()),
             )
             .header("To", &format!("<{}>", target.contact_uri))
-            .header("Call-ID", &format!("{}@podpbx", token()))
+            .header("Call-ID", &format!("{}@podpbx", self.ids.token()))
             .header("CSeq", "1 OPTIONS")
             .header("User-Agent", &self.cfg.user_agent)
             .build();
@@ -801,9 +829,12 @@ impl Core {
             .tx
             .send_request(now, branch.into(), Method::Options, data, f.peer())
         {
-            Ok(id) => {
-                self.qualifies.insert(id, target.binding_id);
-            }
+            Ok(id) => self.owners.insert(
+                id,
+                Owner::Qualify {
+                    binding: target.binding_id,
+                },
+            ),
             Err(e) => debug!(error = %e, "qualify not sent"),
         }
     }
@@ -827,7 +858,7 @@ impl Core {
     }
 
     fn build(
-        &self,
+        &mut self,
         req: &Message,
         flow: Flow,
         code: u16,
@@ -836,7 +867,7 @@ impl Core {
     ) -> Bytes {
         let mut b = ResponseBuilder::new(req, code, reason, Some(flow.remote));
         if code > 100 {
-            b = b.to_tag(&token());
+            b = b.to_tag(&self.ids.token());
         }
         for (n, v) in headers {
             b = b.header(n, v);

@@ -2,12 +2,14 @@
 
 mod admin;
 mod calls;
+mod cdr;
 mod cli;
 mod core;
 mod ctl;
 mod dns;
 mod ifaddrs;
 mod metrics;
+mod owners;
 mod server;
 #[cfg(test)]
 mod sim;

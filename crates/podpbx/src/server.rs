@@ -174,7 +174,8 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     // Trunk host names are looked up by the shell, never on the signalling loop.
     let (dns_tx, mut dns_rx) = mpsc::channel::<crate::dns::Answer>(256);
     let dns = crate::dns::Dns::new(&cfg.dns, dns_tx);
-    let mut core = Core::new(core_cfg, stats.clone(), registrar, trunks);
+    let ids = podpbx_sip::IdGen::new(os_seed()?);
+    let mut core = Core::new(core_cfg, stats.clone(), registrar, trunks, ids);
     // Call control: the RTP relay on the pinned addresses, its events into the loop, the b2bua.
     let (media_tx, mut media_rx) = mpsc::channel::<podpbx_media::Event>(1024);
     let relay = match podpbx_media::Relay::start(crate::calls::relay_config(&cfg)) {
@@ -265,6 +266,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     };
     publish_registrations(&core);
     let state_writer = spawn_state_writer();
+    if let Some(file) = &cfg.calls.cdr_file {
+        crate::cdr::create_parent(file);
+    }
+    let mut cdr_writer = crate::cdr::CdrWriter::start()?;
     let trunk_status = admin.provide_snapshot("trunks");
     let mut trunk_names: Vec<String> = Vec::new();
     let mut publish_trunks = |core: &Core| {
@@ -342,12 +347,6 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 crate::admin::StopEvent::Stop => core.end_calls(Instant::now()),
             },
         }
-        if core.save_due(Instant::now()) {
-            if let Some(snapshot) = core.take_bindings_snapshot() {
-                // Latest-wins channel to one writer thread: writes stay in order.
-                let _ = state_writer.send(snapshot);
-            }
-        }
         while let Some(out) = core.poll_output() {
             match out {
                 Output::Send {
@@ -366,6 +365,11 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                     }
                 }
                 Output::Resolve { id, name, rtype } => dns.resolve(id, name, rtype),
+                // Latest-wins channel to one writer thread: writes stay in order.
+                Output::SaveBindings { path, data } => {
+                    let _ = state_writer.send((path, data));
+                }
+                Output::Cdr { file, cdr } => cdr_writer.write(file, cdr),
             }
         }
         admin.metrics().calls_active.set_count(core.active_calls());
@@ -392,20 +396,31 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             _ = tokio::time::sleep_until(deadline) => core.handle_timeout(Instant::now()),
         }
         while let Some(out) = core.poll_output() {
-            // DNS is not started any more while stopping (the trunks stopped their lookups).
-            if let Output::Send {
-                transport,
-                dest,
-                conn,
-                data,
-            } = out
-            {
-                let _ = transports.send(transport, dest, conn, data);
+            match out {
+                Output::Send {
+                    transport,
+                    dest,
+                    conn,
+                    data,
+                } => {
+                    let _ = transports.send(transport, dest, conn, data);
+                }
+                // DNS is not started any more while stopping (the trunks stopped their lookups).
+                Output::Resolve { .. } => {}
+                // Written below, synchronously, with the final state.
+                Output::SaveBindings { .. } => {}
+                Output::Cdr { file, cdr } => cdr_writer.write(file, cdr),
             }
         }
     }
     drop(state_writer);
-    core.save_bindings();
+    if let Some((path, data)) = core.bindings_snapshot() {
+        if let Err(e) = podpbx_registrar::write_atomic(&path, &data) {
+            warn!(file = %path.display(), error = %e, "cannot save registrations");
+        }
+    }
+    // The CDRs of the calls ended by the stop are on disk before the process exits.
+    cdr_writer.finish();
     shutdown.finish();
     Ok(())
 }
@@ -507,7 +522,6 @@ fn spawn_state_writer() -> std::sync::mpsc::Sender<(std::path::PathBuf, Vec<u8>)
     tx
 }
 
-/// The registrar from the config, with bindings restored from the state file.
 /// The core's settings from the configuration.
 pub(crate) fn core_config(cfg: &Config) -> CoreConfig {
     CoreConfig {
@@ -525,6 +539,16 @@ pub(crate) fn core_config(cfg: &Config) -> CoreConfig {
     }
 }
 
+/// 16 bytes from the OS for a seeded id generator.
+fn os_seed() -> Result<[u8; 16], String> {
+    let mut seed = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    Ok(seed)
+}
+
+/// The registrar from the config, with bindings restored from the state file.
 fn build_registrar(cfg: &Config) -> Result<Registrar, String> {
     let mut secret = vec![0u8; 32];
     std::fs::File::open("/dev/urandom")
@@ -539,7 +563,7 @@ fn build_registrar(cfg: &Config) -> Result<Registrar, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    match registrar.load(path, now, SystemTime::now()) {
+    match podpbx_registrar::load_file(&mut registrar, path, now, SystemTime::now()) {
         Ok(report) => {
             if let Some(w) = &report.warning {
                 warn!(file = %path.display(), "{w}");

@@ -13,9 +13,9 @@
 //! alone, until the provider answered or Timer F) and a changed or added one registers afresh.
 
 use crate::core::Output;
-use bytes::Bytes;
+use crate::owners::{Owner, Owners};
 use podpbx_config::{Config, Family, Host, Trunk as TrunkConfig};
-use podpbx_sip::transaction::{ClientTxId, Peer, TransactionLayer};
+use podpbx_sip::transaction::{Peer, TransactionLayer};
 use podpbx_sip::Message;
 use podpbx_trunk::{
     DnsQuery, Locator, LocatorConfig, LookupError, Record, Registration, RegistrationConfig,
@@ -95,8 +95,6 @@ pub struct Trunks {
     slots: Vec<Slot>,
     /// Registrations of removed or changed trunks finishing their un-REGISTER: (slot id, reg).
     retiring: Vec<(u64, Registration)>,
-    /// In-flight client transactions: id -> (slot id, branch).
-    pending: HashMap<ClientTxId, (u64, Bytes)>,
     /// DNS queries in flight: our id -> (slot id, the locator's id).
     dns: HashMap<u64, (u64, u64)>,
     next_dns: u64,
@@ -353,42 +351,28 @@ impl Trunks {
             .map(|(_, r)| r)
     }
 
-    /// Claims a response if it answers one of our transactions.
-    pub fn on_response(&mut self, now: Instant, id: ClientTxId, msg: &Message) -> bool {
-        let Some((slot_id, _)) = self.pending.get(&id).cloned() else {
-            return false;
-        };
-        if msg.status().unwrap_or(0) >= 200 {
-            self.pending.remove(&id);
-        }
-        if let Some(r) = self.reg_mut(slot_id) {
+    /// A response to a request of trunk slot `slot` (the core's owner table knows whose it is).
+    pub fn on_response(&mut self, now: Instant, slot: u64, msg: &Message) {
+        if let Some(r) = self.reg_mut(slot) {
             r.handle_response(now, msg);
         }
-        true
     }
 
-    /// Claims a Timer F / transport failure of one of our transactions.
-    pub fn on_failure(&mut self, now: Instant, id: ClientTxId) -> bool {
-        let Some((slot_id, branch)) = self.pending.remove(&id) else {
-            return false;
-        };
-        if let Some(r) = self.reg_mut(slot_id) {
-            r.transaction_timeout(now, &branch);
+    /// Timer F or a transport failure of the request `branch` of trunk slot `slot`.
+    pub fn on_failure(&mut self, now: Instant, slot: u64, branch: &[u8]) {
+        if let Some(r) = self.reg_mut(slot) {
+            r.transaction_timeout(now, branch);
         }
-        true
     }
 
-    /// Forgets a finished transaction.
-    pub fn on_terminated(&mut self, id: ClientTxId) {
-        self.pending.remove(&id);
-    }
-
-    /// Hands every queued REGISTER/OPTIONS to the transaction layer (CRLF pings and DNS queries
-    /// go straight to `direct`), drops finished retired registrations, and logs state changes.
+    /// Hands every queued REGISTER/OPTIONS to the transaction layer (recording each in the
+    /// core's owner table; CRLF pings and DNS queries go straight to `direct`), drops finished
+    /// retired registrations, and logs state changes.
     pub fn flush(
         &mut self,
         now: Instant,
         tx: &mut TransactionLayer,
+        owners: &mut Owners,
         direct: &mut VecDeque<Output>,
     ) {
         for s in &mut self.slots {
@@ -429,9 +413,13 @@ impl Trunks {
                     conn: 0,
                 };
                 match tx.send_request(now, out.branch.clone(), method, out.data, peer) {
-                    Ok(id) => {
-                        self.pending.insert(id, (slot_id, out.branch));
-                    }
+                    Ok(id) => owners.insert(
+                        id,
+                        Owner::Trunk {
+                            slot: slot_id,
+                            branch: out.branch,
+                        },
+                    ),
                     Err(e) => {
                         debug!(error = %e, "trunk request not sent");
                         r.transaction_timeout(now, &out.branch);
@@ -660,6 +648,7 @@ mod tests {
         trunks: Trunks,
         tx: TransactionLayer,
         direct: VecDeque<Output>,
+        owners: Owners,
         now: Instant,
     }
 
@@ -669,6 +658,7 @@ mod tests {
                 trunks: Trunks::from_config(c, locals()).expect("trunks"),
                 tx: TransactionLayer::new(Timers::default(), 1000),
                 direct: VecDeque::new(),
+                owners: Owners::default(),
                 now: Instant::now(),
             };
             r.trunks.start(r.now);
@@ -677,7 +667,8 @@ mod tests {
         }
 
         fn flush(&mut self) {
-            self.trunks.flush(self.now, &mut self.tx, &mut self.direct);
+            self.trunks
+                .flush(self.now, &mut self.tx, &mut self.owners, &mut self.direct);
         }
 
         /// DNS queries asked for: (id, name, type).
@@ -717,7 +708,13 @@ mod tests {
             let resp = Message::parse(b.build(), Framing::Datagram).expect("parse");
             match self.tx.on_response(self.now, &resp) {
                 podpbx_sip::transaction::ResponseDisposition::Deliver(id) => {
-                    assert!(self.trunks.on_response(self.now, id, &resp));
+                    let Some(Owner::Trunk { slot, .. }) = self.owners.get(id).cloned() else {
+                        panic!("not a trunk transaction");
+                    };
+                    if resp.status().unwrap_or(0) >= 200 {
+                        self.owners.remove(id);
+                    }
+                    self.trunks.on_response(self.now, slot, &resp);
                 }
                 other => panic!("response not delivered: {other:?}"),
             }

@@ -55,8 +55,9 @@
 //!   the nonce-count table are bounded LRU/ordered maps; nonces themselves are stateless.
 //! * **Qualify**: optional; bindings failing `qualify_max_failures` consecutive probes are
 //!   marked unreachable (listed last by [`Registrar::lookup`]) but kept until they expire.
-//! * **Persistence**: see [`Registrar::save`] and [`Registrar::load`]. Refreshes set `changed`
-//!   too (the saved expiry moves).
+//! * **Persistence**: [`Registrar::serialize`] gives the state file's content and
+//!   [`Registrar::restore`] takes it back; the shell does the file I/O ([`write_atomic`],
+//!   [`load_file`]). Refreshes set `changed` too (the saved expiry moves).
 
 mod bindings;
 
@@ -67,7 +68,7 @@ mod registrar;
 mod users;
 
 pub use bindings::{Binding, Flow, QualifyTarget, Transport};
-pub use persist::{write_atomic, LoadReport, PersistError};
+pub use persist::{load_file, write_atomic, LoadReport, PersistError};
 pub use podpbx_config::{Cidr, CidrError};
 pub use podpbx_sip::digest::{Algorithm, AuthKind, HashAlg, Secret};
 pub use registrar::{

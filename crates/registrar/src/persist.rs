@@ -1,4 +1,8 @@
-//! Saving and restoring bindings as JSON, atomically.
+//! The bindings file: its format (JSON, version 1), and the file operations the shell performs
+//! with it. The [`crate::Registrar`] itself never touches a file: it serialises its bindings
+//! ([`crate::Registrar::serialize`]) and restores them from bytes
+//! ([`crate::Registrar::restore`]); the shell writes ([`write_atomic`], off the event loop) and
+//! reads ([`load_file`], at start).
 
 use crate::bindings::{Binding, Flow, Transport};
 use serde::{Deserialize, Serialize};
@@ -23,7 +27,7 @@ pub enum PersistError {
     Serialize(#[from] serde_json::Error),
 }
 
-/// What [`crate::Registrar::load`] restored.
+/// What [`load_file`] / [`crate::Registrar::restore`] restored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadReport {
     /// Bindings restored.
@@ -180,12 +184,27 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PersistError> {
     result
 }
 
-/// Reads the file: `Ok(None)` if it does not exist, `Ok(Some(Err(why)))` if it exists but is
-/// not a valid bindings file.
-pub(crate) fn read(path: &Path) -> Result<Option<Result<FileV1, String>>, PersistError> {
+/// Parses a bindings file's content.
+pub(crate) fn parse(data: &[u8]) -> Result<FileV1, String> {
+    match serde_json::from_slice::<FileV1>(data) {
+        Ok(f) if f.version == FORMAT_VERSION => Ok(f),
+        Ok(f) => Err(format!("unsupported format version {}", f.version)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The shell's start-up load: restores `registrar` from `path`. A missing file loads nothing.
+/// A file that is not a valid bindings file is renamed to `<name>.corrupt-<unix-ts>`, reported
+/// in [`LoadReport::moved_aside`] / `warning`, and the registrar starts with no bindings.
+pub fn load_file(
+    registrar: &mut crate::Registrar,
+    path: &Path,
+    now: std::time::Instant,
+    wall_now: SystemTime,
+) -> Result<LoadReport, PersistError> {
     let data = match fs::read(path) {
         Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LoadReport::default()),
         Err(e) => {
             return Err(PersistError::Io {
                 op: "read",
@@ -194,11 +213,21 @@ pub(crate) fn read(path: &Path) -> Result<Option<Result<FileV1, String>>, Persis
             })
         }
     };
-    Ok(Some(match serde_json::from_slice::<FileV1>(&data) {
-        Ok(f) if f.version == FORMAT_VERSION => Ok(f),
-        Ok(f) => Err(format!("unsupported format version {}", f.version)),
-        Err(e) => Err(e.to_string()),
-    }))
+    match registrar.restore(&data, now, wall_now) {
+        Ok(report) => Ok(report),
+        Err(why) => {
+            let moved = move_aside(path, wall_now)?;
+            Ok(LoadReport {
+                warning: Some(format!(
+                    "bindings file {} is corrupt ({why}); moved aside to {}, starting with no registrations",
+                    path.display(),
+                    moved.display()
+                )),
+                moved_aside: Some(moved),
+                ..LoadReport::default()
+            })
+        }
+    }
 }
 
 /// Renames a corrupt file to `<name>.corrupt-<unix-seconds>` next to it.

@@ -14,7 +14,6 @@ use podpbx_sip::{ContactList, HeaderName, Host, Message, Method, ResponseBuilder
 use serde::Serialize;
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Registrar settings.
@@ -901,14 +900,8 @@ impl Registrar {
     // Persistence
     // -----------------------------------------------------------------------------------------
 
-    /// Writes all bindings to `path` as JSON, atomically (temp file in the same directory,
-    /// fsync, rename, fsync of the directory).
-    pub fn save(&self, path: &Path) -> Result<(), PersistError> {
-        persist::write_atomic(path, &self.serialize()?)
-    }
-
-    /// The state file's content, for a caller that writes it elsewhere (off the event loop)
-    /// with [`crate::write_atomic`].
+    /// The state file's content. The registrar never writes it: the shell does, off the event
+    /// loop ([`crate::write_atomic`]).
     pub fn serialize(&self) -> Result<Vec<u8>, PersistError> {
         let mut bindings: Vec<_> = self
             .all_bindings()
@@ -924,35 +917,24 @@ impl Registrar {
         Ok(serde_json::to_vec(&file)?)
     }
 
-    /// Replaces the bindings with those saved in `path`, each with its remaining lifetime
-    /// (`wall_now` against the saved wall-clock expiry; capped at `max_expires` in case the
-    /// clock went back). Expired bindings, bindings of unknown users and those beyond a user's
-    /// `max_contacts` are dropped. A missing file loads nothing. A file that is not a valid
-    /// bindings file is renamed to `<name>.corrupt-<unix-ts>`, reported in
-    /// [`LoadReport::moved_aside`] / `warning`, and the registrar starts with no bindings.
-    pub fn load(
+    /// Replaces the bindings with those of a state file's content (see [`Registrar::serialize`]),
+    /// each with its remaining lifetime (`wall_now` against the saved wall-clock expiry; capped
+    /// at `max_expires` in case the clock went back). Expired bindings, bindings of unknown users
+    /// and those beyond a user's `max_contacts` are dropped. `Err(why)` when `data` is not a
+    /// bindings file (the registrar then has no bindings); reading the file and moving a corrupt
+    /// one aside is the shell's part ([`crate::load_file`]).
+    pub fn restore(
         &mut self,
-        path: &Path,
+        data: &[u8],
         now: Instant,
         wall_now: SystemTime,
-    ) -> Result<LoadReport, PersistError> {
+    ) -> Result<LoadReport, String> {
         let mut report = LoadReport::default();
-        let file = match persist::read(path)? {
-            None => {
+        let file = match persist::parse(data) {
+            Ok(f) => f,
+            Err(why) => {
                 self.store.by_aor.clear();
-                return Ok(report);
-            }
-            Some(Ok(f)) => f,
-            Some(Err(why)) => {
-                self.store.by_aor.clear();
-                let moved = persist::move_aside(path, wall_now)?;
-                report.warning = Some(format!(
-                    "bindings file {} is corrupt ({why}); moved aside to {}, starting with no registrations",
-                    path.display(),
-                    moved.display()
-                ));
-                report.moved_aside = Some(moved);
-                return Ok(report);
+                return Err(why);
             }
         };
         self.store.by_aor.clear();

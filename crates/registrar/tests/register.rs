@@ -1190,7 +1190,7 @@ fn persistence_roundtrip_with_remaining_expiry() {
         "door",
         "bell",
     );
-    e.reg.save(&path).expect("save");
+    write_atomic(&path, &e.reg.serialize().expect("serialize")).expect("save");
     assert!(path.exists());
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .expect("dir")
@@ -1203,7 +1203,7 @@ fn persistence_roundtrip_with_remaining_expiry() {
     let t1 = Instant::now() + Duration::from_secs(7);
     let w1 = e.w0 + Duration::from_secs(100);
     let mut r2 = Registrar::new(settings(), users(), t1);
-    let rep = r2.load(&path, t1, w1).expect("load");
+    let rep = load_file(&mut r2, &path, t1, w1).expect("load");
     assert_eq!(rep.loaded, 3);
     assert_eq!(rep.dropped, 0);
     assert_eq!(rep.warning, None);
@@ -1247,9 +1247,7 @@ fn persistence_roundtrip_with_remaining_expiry() {
 
     // 150 s later the 120 s and 200 s bindings are gone.
     let mut r3 = Registrar::new(settings(), users(), t1);
-    let rep = r3
-        .load(&path, t1, e.w0 + Duration::from_secs(250))
-        .expect("load");
+    let rep = load_file(&mut r3, &path, t1, e.w0 + Duration::from_secs(250)).expect("load");
     assert_eq!((rep.loaded, rep.dropped), (1, 2));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1268,7 +1266,7 @@ fn file_format_v1_flow_fields() {
         "1001",
         "secret",
     );
-    e.reg.save(&path).expect("save");
+    write_atomic(&path, &e.reg.serialize().expect("serialize")).expect("save");
     let text = std::fs::read_to_string(&path).expect("read");
     let want = format!(
         "\"flow\":{{\"source\":\"{PHONE}\",\"transport\":\"udp\",\"local\":\"198.51.100.1:5060\",\"conn_id\":0}}"
@@ -1285,7 +1283,7 @@ fn file_format_v1_flow_fields() {
         .as_millis();
     std::fs::write(&path, old.replace("EXP", &exp.to_string())).expect("write");
     let mut r2 = Registrar::new(settings(), users(), e.t0);
-    let rep = r2.load(&path, e.t0, e.w0).expect("load");
+    let rep = load_file(&mut r2, &path, e.t0, e.w0).expect("load");
     assert_eq!((rep.loaded, rep.warning), (1, None));
     let b = &r2.lookup("door", e.t0)[0];
     assert_eq!(
@@ -1307,10 +1305,7 @@ fn corrupt_file_is_moved_aside() {
     std::fs::write(&path, b"{\"version\":1,\"bindings\":[{\"aor\":").expect("write");
     let mut e = env();
     e.register(0, Req::new("1001").contact(C1), PHONE, "1001", "secret");
-    let rep = e
-        .reg
-        .load(&path, e.t0, e.w0)
-        .expect("load reports, not fails");
+    let rep = load_file(&mut e.reg, &path, e.t0, e.w0).expect("load reports, not fails");
     let moved = rep.moved_aside.clone().expect("moved aside");
     assert_eq!(moved, dir.join("bindings.json.corrupt-1700000000"));
     assert!(moved.exists() && !path.exists());
@@ -1322,14 +1317,11 @@ fn corrupt_file_is_moved_aside() {
     );
     assert_eq!(e.reg.stats().bindings, 0, "starts clean");
     // Missing file: nothing loaded, no warning.
-    let rep = e.reg.load(&path, e.t0, e.w0).expect("load");
+    let rep = load_file(&mut e.reg, &path, e.t0, e.w0).expect("load");
     assert_eq!(rep, LoadReport::default());
     // Wrong version also counts as corrupt.
     std::fs::write(&path, b"{\"version\":99,\"bindings\":[]}").expect("write");
-    let rep = e
-        .reg
-        .load(&path, e.t0, e.w0 + Duration::from_secs(1))
-        .expect("load");
+    let rep = load_file(&mut e.reg, &path, e.t0, e.w0 + Duration::from_secs(1)).expect("load");
     assert_eq!(
         rep.moved_aside,
         Some(dir.join("bindings.json.corrupt-1700000001"))

@@ -5,7 +5,7 @@
 //!
 //! The core is built from a TOML configuration the same way `podpbx run` builds it
 //! (`server::core_config`, `server::registrar_settings`, `calls::user_db`), with a fixed
-//! nonce key and a fake relay ([`FakeMedia`]) that hands out addresses from the documentation
+//! nonce key, a fixed id seed and a fake relay ([`FakeMedia`]) that hands out addresses from the documentation
 //! ranges and records what the call layer asked of it.
 //!
 //! [`Ua`] is a scripted user agent: it writes requests (REGISTER, INVITE, ACK, CANCEL, BYE,
@@ -129,8 +129,10 @@ pub struct Sim {
     pub wall: SystemTime,
     /// Everything sent since the last [`Sim::take`].
     pub sent: Vec<Sent>,
-    /// Bindings snapshots the shell would have written, newest last.
+    /// Bindings files the shell was asked to write, newest last.
     pub saved: Vec<Vec<u8>>,
+    /// CDRs the shell was asked to append.
+    pub cdrs: Vec<podpbx_b2bua::Cdr>,
 }
 
 impl Sim {
@@ -151,7 +153,8 @@ impl Sim {
             crate::trunks::Trunks::from_config(&cfg, Default::default()).expect("harness trunks");
         let core_cfg = crate::server::core_config(&cfg);
         let timers = core_cfg.timers;
-        let mut core = Core::new(core_cfg, stats, registrar, trunks);
+        let ids = podpbx_sip::IdGen::new([3u8; 16]);
+        let mut core = Core::new(core_cfg, stats, registrar, trunks, ids);
         let media = FakeMedia::default();
         let addrs = Addrs {
             udp: vec![PBX_V6.parse().unwrap(), PBX_V4.parse().unwrap()],
@@ -172,6 +175,7 @@ impl Sim {
             wall,
             sent: Vec::new(),
             saved: Vec::new(),
+            cdrs: Vec::new(),
         };
         sim.collect();
         sim
@@ -229,12 +233,6 @@ impl Sim {
     }
 
     fn collect(&mut self) {
-        // What the shell does after every turn of its loop: write the bindings when due.
-        if self.core.save_due(self.now) {
-            if let Some((_, data)) = self.core.take_bindings_snapshot() {
-                self.saved.push(data);
-            }
-        }
         while let Some(out) = self.core.poll_output() {
             let (transport, dest, conn, data) = match out {
                 Output::Send {
@@ -245,6 +243,14 @@ impl Sim {
                 } => (transport, dest, conn, data),
                 // No trunk names to resolve in these tests.
                 Output::Resolve { name, .. } => panic!("unexpected DNS query for {name}"),
+                Output::SaveBindings { data, .. } => {
+                    self.saved.push(data);
+                    continue;
+                }
+                Output::Cdr { cdr, .. } => {
+                    self.cdrs.push(*cdr);
+                    continue;
+                }
             };
             let framing = if transport.is_stream() {
                 Framing::Stream

@@ -292,6 +292,9 @@ fn call_between_two_registered_users_then_caller_hangs_up() {
         sim.core.take_ended_calls(),
         vec![podpbx_b2bua::Disposition::Answered]
     );
+    // The CDR is an output for the shell's writer, not a file write in the core.
+    assert_eq!(sim.cdrs.len(), 1);
+    assert_eq!(sim.cdrs[0].disposition, podpbx_b2bua::Disposition::Answered);
 }
 
 #[test]
@@ -359,6 +362,11 @@ fn caller_cancels_while_ringing() {
     assert_eq!(ack.method(), Method::Ack, "the 487 is ACKed hop by hop");
     assert_eq!(sim.core.active_calls(), 0);
     assert_eq!(sim.media.live(), 0);
+    assert_eq!(sim.cdrs.len(), 1);
+    assert_eq!(
+        sim.cdrs[0].disposition,
+        podpbx_b2bua::Disposition::Cancelled
+    );
 }
 
 #[test]
@@ -424,4 +432,48 @@ fn unacknowledged_200_is_retransmitted_then_the_call_is_ended() {
     }
     assert_eq!(sim.core.active_calls(), 0);
     assert_eq!(sim.media.live(), 0);
+}
+
+/// Qualify probes are client transactions of the core's one owner table: an answer marks the
+/// binding reachable, silence (Timer F) unreachable after `qualify_max_failures` (3) probes,
+/// and nothing is left in the table afterwards.
+#[test]
+fn qualify_probes_go_through_the_owner_table() {
+    let mut sim = Sim::new(&format!(
+        "{USERS}\n[registrar]\nqualify_interval_secs = 60\n"
+    ));
+    let mut b = bob();
+    assert_eq!(register(&mut sim, &mut b, 3600).status(), 200);
+    sim.advance(Duration::from_secs(60));
+    let probe = sim.one_to(b.addr);
+    assert_eq!(probe.method(), Method::Options);
+    assert_eq!(
+        probe.msg.request_uri().unwrap().to_string(),
+        "sip:102@198.51.100.8:5070"
+    );
+    assert_eq!(sim.core.owners_in_flight(), 1);
+    sim.recv(b.addr, &b.answer(&probe, 200, "OK", None));
+    assert!(sim.core.registrar().lookup("102", sim.now)[0].reachable);
+    // Three unanswered probes (each retransmitted, then Timer F at 32 s): unreachable.
+    let mut probes = 0;
+    for _ in 0..3 {
+        sim.advance(Duration::from_secs(60));
+        probes += sim
+            .take_to(b.addr)
+            .iter()
+            .filter(|s| s.method() == Method::Options)
+            .map(|s| s.msg.top_via().unwrap().branch())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        sim.advance(Duration::from_secs(33));
+        sim.take();
+    }
+    assert!(probes >= 3, "{probes} probes");
+    assert!(!sim.core.registrar().lookup("102", sim.now)[0].reachable);
+    sim.advance(Duration::from_secs(40));
+    sim.take();
+    assert!(
+        sim.core.owners_in_flight() <= 1,
+        "finished probes are forgotten"
+    );
 }
