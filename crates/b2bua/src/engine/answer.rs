@@ -1,7 +1,7 @@
 //! The answer: the winning leg's 2xx bridges the call (or completes a transfer); every other
 //! fork is cancelled, the caller gets our 2xx (retransmitted until its ACK).
 
-use super::call::{Call, Phase, Purpose};
+use super::call::{Call, Purpose};
 use super::leg::{LegIdx, LegState, OkRetx, UasState};
 use super::send::{Incoming, Reply};
 use super::timers::TimerKind;
@@ -24,8 +24,9 @@ impl B2bua {
         cseq: u32,
         had_offer: bool,
     ) {
-        let Some(r) = call.routing.take() else { return };
-        for other in r.legs.iter().copied().filter(|l| *l != li) {
+        let Some(r) = call.routing() else { return };
+        let (legs, purpose) = (r.legs.clone(), r.purpose.clone());
+        for other in legs.into_iter().filter(|l| *l != li) {
             self.send_cancel(call, other, now);
         }
         // Ringing legs of earlier steps too.
@@ -34,7 +35,7 @@ impl B2bua {
                 self.send_cancel(call, other, now);
             }
         }
-        match r.purpose {
+        match purpose {
             Purpose::Initial => self.bridge_caller(call, now, li, msg, cseq, had_offer),
             Purpose::Transfer {
                 keeper, transferor, ..
@@ -47,8 +48,7 @@ impl B2bua {
                     }
                 }
                 self.send_ack(call, li, cseq, None);
-                call.bridge = Some((keeper, li));
-                call.phase = Phase::Bridged;
+                call.bridge(keeper, li);
                 call.record.transferred_to = Some(call.number.clone());
                 info!(call = call.key, to = %call.number, "transfer completed");
                 if call.legs[transferor].active() {
@@ -95,7 +95,10 @@ impl B2bua {
         }
         let was = std::mem::replace(&mut call.legs[a].state, LegState::Uas(UasState::Accepted));
         let LegState::Uas(UasState::Proceeding(inv)) = was else {
+            // Routing for the caller implies its INVITE waits; were it not so, end the call
+            // rather than bridge a caller that was never answered.
             call.legs[a].state = was;
+            self.end_call(call, now, "system", "internal", None);
             return;
         };
         let tag = call.legs[a].dialog.local_tag.clone();
@@ -123,8 +126,7 @@ impl B2bua {
         leg.status = Some(StatusCode::OK);
         call.record.a_status = Some(StatusCode::OK);
         self.arm(now + t1, call.key, TimerKind::Retx2xx(a));
-        call.bridge = Some((a, li));
-        call.phase = Phase::Bridged;
+        call.bridge(a, li);
         call.record.answered_at = Some(now);
         call.record.answered_by = Some(call.legs[li].party.name().to_string());
         info!(call = call.key, by = ?call.record.answered_by, "answered");

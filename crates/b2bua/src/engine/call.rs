@@ -91,14 +91,32 @@ impl Routing {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a call stands; each phase owns what only exists in it.
 pub(crate) enum Phase {
     /// The dialplan runs (callees ring), for the caller or for a transfer.
-    Routing,
+    Routing(Routing),
     /// Two legs talk.
-    Bridged,
+    Bridged(Bridge),
     /// Ended; waiting for the last transactions before the CDR.
     Ending,
+}
+
+/// The two legs whose media and in-dialog requests are connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bridge {
+    pub a: LegIdx,
+    pub b: LegIdx,
+}
+
+impl Phase {
+    /// The name `podpbx ctl calls` shows.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Routing(_) => "ringing",
+            Phase::Bridged(_) => "answered",
+            Phase::Ending => "ending",
+        }
+    }
 }
 
 /// One call: the caller's leg, every callee leg it forked to, and the bridge between two.
@@ -115,10 +133,8 @@ pub(crate) struct Call {
     pub legs: Vec<Leg>,
     /// The caller's leg.
     pub a: LegIdx,
-    pub bridge: Option<(LegIdx, LegIdx)>,
-    pub routing: Option<Routing>,
-    pub bundles: Vec<Bundle>,
     pub phase: Phase,
+    pub bundles: Vec<Bundle>,
     /// A relayed re-INVITE in progress (RFC 3261 §14.1: one offer at a time; a second one
     /// gets 491).
     pub reinvite: Option<Reinvite>,
@@ -156,11 +172,43 @@ pub(crate) struct Record {
 impl Call {
     /// The other leg of the bridge.
     pub fn partner(&self, li: LegIdx) -> Option<LegIdx> {
-        match self.bridge {
-            Some((x, y)) if x == li => Some(y),
-            Some((x, y)) if y == li => Some(x),
+        match self.phase {
+            Phase::Bridged(Bridge { a, b }) if a == li => Some(b),
+            Phase::Bridged(Bridge { a, b }) if b == li => Some(a),
             _ => None,
         }
+    }
+
+    /// The dialplan execution, while the call is routing.
+    pub fn routing(&self) -> Option<&Routing> {
+        match &self.phase {
+            Phase::Routing(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn routing_mut(&mut self) -> Option<&mut Routing> {
+        match &mut self.phase {
+            Phase::Routing(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn is_routing(&self) -> bool {
+        matches!(self.phase, Phase::Routing(_))
+    }
+
+    pub fn is_bridged(&self) -> bool {
+        matches!(self.phase, Phase::Bridged(_))
+    }
+
+    pub fn is_ending(&self) -> bool {
+        matches!(self.phase, Phase::Ending)
+    }
+
+    /// Connects legs `a` and `b` (the routing, if any, is over).
+    pub fn bridge(&mut self, a: LegIdx, b: LegIdx) {
+        self.phase = Phase::Bridged(Bridge { a, b });
     }
 
     pub fn bundle(&self, id: Option<BundleId>) -> Option<&Bundle> {
@@ -177,7 +225,7 @@ impl Call {
     /// The routing is a transfer and `li` is its transferor.
     pub fn is_transferor(&self, li: LegIdx) -> bool {
         matches!(
-            self.routing.as_ref().map(|r| &r.purpose),
+            self.routing().map(|r| &r.purpose),
             Some(Purpose::Transfer { transferor, .. }) if *transferor == li
         )
     }

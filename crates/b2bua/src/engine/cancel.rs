@@ -29,11 +29,11 @@ impl B2bua {
             let waiting = call.legs[call.a]
                 .uas_invite()
                 .is_some_and(|i| i.tx == invite_tx);
-            if call.phase != super::call::Phase::Routing || !waiting {
+            if !call.is_routing() || !waiting {
                 return;
             }
             info!(call = key, "caller cancelled");
-            call.routing = None;
+            call.phase = super::call::Phase::Ending;
             for li in 0..call.legs.len() {
                 this.send_cancel(call, li, now);
             }

@@ -2,7 +2,7 @@
 //! becomes RFC 4733 towards a party that wants events; RFC 4733 events seen by the relay become
 //! INFO towards a party that wants INFO (one at a time per dialog, in order).
 
-use super::call::{Call, Phase};
+use super::call::{Bridge, Call, Phase};
 use super::leg::LegIdx;
 use super::send::ReqKind;
 use super::B2bua;
@@ -78,10 +78,12 @@ impl B2bua {
         digit: char,
         duration: Duration,
     ) {
-        if call.phase != Phase::Bridged || !matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D') {
+        let Phase::Bridged(Bridge { a: x, b: y }) = call.phase else {
+            return;
+        };
+        if !matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D') {
             return;
         }
-        let Some((x, y)) = call.bridge else { return };
         // The receiving party: the bridged leg on the other relay leg of this session.
         let on_session = |i: LegIdx, side: MediaLeg| {
             let l = &call.legs[i];

@@ -36,11 +36,11 @@ impl B2bua {
         reason: &str,
         except: Option<LegIdx>,
     ) {
-        if call.phase == Phase::Ending {
+        if call.is_ending() {
             return;
         }
         info!(call = call.key, by, reason, "call ends");
-        call.routing = None;
+        call.phase = Phase::Ending;
         let shutdown = reason == "shutdown";
         if call.legs[call.a].uas_invite().is_some() {
             let status = if shutdown {

@@ -72,7 +72,7 @@ impl B2bua {
             }
             candidates.push_back(u);
         }
-        let Some(r) = call.routing.as_mut() else {
+        let Some(r) = call.routing_mut() else {
             return false;
         };
         r.seq_timeout = step.timeout;
@@ -91,7 +91,7 @@ impl B2bua {
                 return true;
             }
         }
-        if let Some(r) = call.routing.as_mut() {
+        if let Some(r) = call.routing_mut() {
             r.last_failure = if busy > 0 {
                 Failure::new(StatusCode::BUSY_HERE, Disposition::Busy)
             } else {
@@ -109,7 +109,7 @@ impl B2bua {
         dir: &dyn Directory,
     ) -> bool {
         loop {
-            let Some(r) = call.routing.as_mut() else {
+            let Some(r) = call.routing_mut() else {
                 return false;
             };
             let Some(u) = r.seq.pop_front() else {
@@ -154,7 +154,7 @@ impl B2bua {
         user: &str,
         dtmf_mode: Dtmf,
     ) -> Option<LegIdx> {
-        let (purpose, gen) = match &call.routing {
+        let (purpose, gen) = match call.routing() {
             Some(r) => (r.purpose.clone(), r.gen),
             None => return None,
         };

@@ -6,7 +6,7 @@
 //! A new in-dialog method with its own behaviour is a module with a handler, and one arm in
 //! [`B2bua::handle_in_dialog`]'s dispatch.
 
-use super::call::{Call, Phase, Reinvite};
+use super::call::{Call, Reinvite};
 use super::leg::{LegIdx, LegState, UasState};
 use super::send::{Incoming, Relayed, Reply, ReqKind};
 use super::B2bua;
@@ -171,7 +171,7 @@ impl B2bua {
         }
         leg.ok = None;
         let transferor = call.is_transferor(li);
-        if transferor || partner.is_none() && call.phase == Phase::Bridged {
+        if transferor || partner.is_none() && call.is_bridged() {
             debug!(call = call.key, "transferor left");
         } else {
             let by = if li == call.a { "caller" } else { "callee" };

@@ -127,7 +127,7 @@ impl B2bua {
             peer,
         });
         // A ringing leg of the current step, found by its dialog.
-        if let Some(r) = call.routing.as_mut() {
+        if let Some(r) = call.routing_mut() {
             r.legs.push(li);
         }
         self.by_dialog.insert(key, (call.key, li));
@@ -219,10 +219,7 @@ impl B2bua {
         if call.legs[li].cancel_requested() {
             return;
         }
-        let current = call
-            .routing
-            .as_ref()
-            .is_some_and(|r| r.purpose == super::call::Purpose::Initial && r.legs.contains(&li));
+        let current = call.routing().is_some_and(|r| r.purpose == super::call::Purpose::Initial && r.legs.contains(&li));
         if !current {
             return;
         }
@@ -286,12 +283,8 @@ impl B2bua {
             }
             _ => (true, true),
         };
-        let eligible = call.phase == super::call::Phase::Routing
-            && !cancelling
-            && call
-                .routing
-                .as_ref()
-                .is_some_and(|r| r.legs.contains(&li) && r.gen == call.legs[li].step_gen);
+        let eligible = !cancelling
+            && call.routing().is_some_and(|r| r.legs.contains(&li) && r.gen == call.legs[li].step_gen);
         call.legs[li].status = Some(resp.status);
         if !eligible {
             debug!(call = call.key, leg = li, "late 2xx: ACK and BYE");

@@ -2,7 +2,7 @@
 //! what each peer's SDP tells the relay, our SDP towards each leg (anchors of its side, our own
 //! origin), and the media timeout.
 
-use super::call::{Bundle, Call, Phase};
+use super::call::{Bundle, Call};
 use super::leg::{BundleId, LegIdx, LegMedia};
 use super::B2bua;
 use crate::{Family, MediaId, MediaLeg};
@@ -44,7 +44,7 @@ impl B2bua {
             return;
         };
         self.with_call(key, now, |this, call| {
-            if call.phase == Phase::Bridged {
+            if call.is_bridged() {
                 warn!(call = key, "media timeout: hanging up");
                 this.end_call(call, now, "system", "media_timeout", None);
             }

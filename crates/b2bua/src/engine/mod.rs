@@ -45,7 +45,7 @@ mod transfer;
 mod trunk;
 
 use crate::{MediaId, MediaPort, Output, ReqId, Settings};
-use call::{Call, CallKey, Phase};
+use call::{Call, CallKey};
 use dialog::DialogKey;
 use leg::LegIdx;
 use podpbx_config::Config;
@@ -160,11 +160,7 @@ impl B2bua {
                     crate::Caller::User(u) => u.clone(),
                     crate::Caller::Trunk { name, .. } => format!("{} ({name})", c.from_id.1),
                 };
-                let state = match c.phase {
-                    Phase::Routing => "ringing",
-                    Phase::Bridged => "answered",
-                    Phase::Ending => "ending",
-                };
+                let state = c.phase.name();
                 serde_json::json!({
                     "id": c.key,
                     "from": from,
@@ -201,7 +197,7 @@ impl B2bua {
 
     /// Re-inserts a call after handling, or finishes it (ended, nothing in flight).
     fn put_back(&mut self, mut call: Call, now: Instant) {
-        if call.phase == Phase::Ending
+        if call.is_ending()
             && call.pending == 0
             && !call.legs.iter().any(|l| l.ringing())
         {

@@ -212,14 +212,12 @@ impl B2bua {
             number: number.clone(),
             legs: vec![a_leg],
             a: 0,
-            bridge: None,
-            routing: Some(Routing::new(
+            phase: Phase::Routing(Routing::new(
                 Purpose::Initial,
                 rule.steps().cloned().collect(),
                 0,
             )),
             bundles: Vec::new(),
-            phase: Phase::Routing,
             reinvite: None,
             pending: 0,
             offer,

@@ -1,7 +1,7 @@
 //! Responses to our requests, and their failures, dispatched by what the request was; the
 //! responses to relayed requests go back to the leg they came from (`t_reply`).
 
-use super::call::{Call, Phase};
+use super::call::Call;
 use super::leg::{LegIdx, LegState, OkRetx, UasState};
 use super::send::{Relayed, Reply, ReqKind};
 use super::timers::TimerKind;
@@ -206,7 +206,7 @@ impl B2bua {
         }
         if (status == StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST
             || status == StatusCode::REQUEST_TIMEOUT)
-            && call.phase == Phase::Bridged
+            && call.is_bridged()
         {
             self.end_call(call, now, "system", "dialog_gone", None);
         }

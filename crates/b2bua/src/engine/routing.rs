@@ -60,7 +60,7 @@ impl B2bua {
     /// Starts the next dialplan step of the call's routing, or fails the routing.
     pub(super) fn next_step(&mut self, call: &mut Call, now: Instant, dir: &dyn Directory) {
         loop {
-            let Some(r) = call.routing.as_mut() else {
+            let Some(r) = call.routing_mut() else {
                 return;
             };
             r.gen += 1;
@@ -74,7 +74,7 @@ impl B2bua {
                 return;
             };
             // Nobody rings themselves: the caller (or the transfer's keeper) is skipped.
-            let exclude = match &call.routing.as_ref().map(|r| &r.purpose) {
+            let exclude = match &call.routing().map(|r| &r.purpose) {
                 Some(Purpose::Transfer { keeper, .. }) => {
                     Some(call.legs[*keeper].party.name().to_string())
                 }
@@ -132,7 +132,7 @@ impl B2bua {
                         };
                         self.start_ring(call, now, dir, step)
                     } else {
-                        if let Some(r) = call.routing.as_mut() {
+                        if let Some(r) = call.routing_mut() {
                             r.last_failure =
                                 Failure::new(StatusCode::NOT_FOUND, Disposition::Rejected);
                         }
@@ -161,12 +161,13 @@ impl B2bua {
 
     /// Nobody could be reached: the caller (or the transferor) learns why.
     pub(super) fn routing_failed(&mut self, call: &mut Call, now: Instant, f: Failure) {
-        let Some(r) = call.routing.take() else { return };
-        for li in r.legs.clone() {
+        let Some(r) = call.routing() else { return };
+        let (legs, purpose) = (r.legs.clone(), r.purpose.clone());
+        for li in legs {
             self.send_cancel(call, li, now);
         }
         let d = f.disposition;
-        match r.purpose {
+        match purpose {
             Purpose::Initial => {
                 info!(call = call.key, code = f.status.code(), "call failed");
                 self.final_to_a(call, f.status, f.reason.as_deref());
@@ -184,8 +185,7 @@ impl B2bua {
                 info!(call = call.key, code = f.status.code(), "transfer failed");
                 if call.legs[transferor].active() {
                     self.notify_refer(call, transferor, f.status, f.reason.as_deref(), true);
-                    call.bridge = Some((keeper, transferor));
-                    call.phase = Phase::Bridged;
+                    call.bridge(keeper, transferor);
                 } else {
                     self.end_call(call, now, "system", "transfer_failed", None);
                 }
@@ -203,7 +203,7 @@ impl B2bua {
         li: LegIdx,
         code: StatusCode,
     ) {
-        let Some(r) = call.routing.as_mut() else {
+        let Phase::Routing(r) = &mut call.phase else {
             return;
         };
         if call.legs[li].step_gen != r.gen || !r.legs.contains(&li) {
@@ -220,7 +220,7 @@ impl B2bua {
                 return;
             }
         }
-        let Some(r) = call.routing.as_mut() else {
+        let Phase::Routing(r) = &mut call.phase else {
             return;
         };
         let trunk = call.legs[li].party.is_trunk();
@@ -236,7 +236,7 @@ impl B2bua {
         dir: &dyn Directory,
         gen: u32,
     ) {
-        let Some(r) = call.routing.as_mut() else {
+        let Some(r) = call.routing_mut() else {
             return;
         };
         if r.gen != gen {
@@ -248,7 +248,7 @@ impl B2bua {
         for li in &legs {
             self.send_cancel(call, *li, now);
         }
-        let Some(r) = call.routing.as_mut() else {
+        let Some(r) = call.routing_mut() else {
             return;
         };
         if !r.seq.is_empty() {
@@ -257,7 +257,7 @@ impl B2bua {
                 return;
             }
         }
-        if let Some(r) = call.routing.as_mut() {
+        if let Some(r) = call.routing_mut() {
             r.last_failure = Failure::no_answer();
         }
         self.next_step(call, now, dir);
@@ -265,7 +265,7 @@ impl B2bua {
 
     /// Arms the ring timer of the current step.
     pub(super) fn arm_ring(&mut self, call: &Call, at: Instant) {
-        let gen = call.routing.as_ref().map_or(0, |r| r.gen);
+        let gen = call.routing().map_or(0, |r| r.gen);
         self.arm(at, call.key, TimerKind::Ring(gen));
     }
 }

@@ -2,7 +2,7 @@
 //! (RFC 3261 §13.3.1.4), the maximum call duration, CANCEL guards and the cleanup that
 //! finishes an ended call.
 
-use super::call::{Call, CallKey, Phase};
+use super::call::{Call, CallKey};
 use super::leg::LegIdx;
 use super::B2bua;
 use crate::{Directory, Output};
@@ -50,7 +50,7 @@ impl B2bua {
                 TimerKind::Ring(gen) => self.ring_timeout(&mut call, now, dir, gen),
                 TimerKind::Retx2xx(li) => self.retransmit_2xx(&mut call, now, li),
                 TimerKind::MaxDuration => {
-                    if call.phase == Phase::Bridged {
+                    if call.is_bridged() {
                         self.end_call(&mut call, now, "system", "max_duration", None);
                     }
                 }

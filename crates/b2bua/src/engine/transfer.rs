@@ -30,7 +30,7 @@ impl B2bua {
     ) {
         let req = inc.req;
         let Some(keeper) =
-            partner.filter(|_| call.phase == Phase::Bridged && call.routing.is_none())
+            partner.filter(|_| call.is_bridged())
         else {
             self.respond(inc, Reply::new(StatusCode::FORBIDDEN));
             return;
@@ -89,14 +89,12 @@ impl B2bua {
                 p.to_string(),
             );
         }
-        call.bridge = None;
-        call.phase = Phase::Routing;
         let purpose = Purpose::Transfer {
             keeper,
             transferor: li,
             family: call.legs[li].dialog.family(),
         };
-        call.routing = Some(Routing::new(
+        call.phase = Phase::Routing(Routing::new(
             purpose,
             rule.steps().cloned().collect(),
             TRANSFER_GEN,

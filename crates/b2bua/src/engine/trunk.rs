@@ -46,7 +46,7 @@ impl B2bua {
         step: &TrunkStep<'_>,
     ) -> bool {
         let fail = |call: &mut Call| {
-            if let Some(r) = call.routing.as_mut() {
+            if let Some(r) = call.routing_mut() {
                 r.last_failure = Failure::new(StatusCode::SERVICE_UNAVAILABLE, Disposition::Failed);
             }
             false
@@ -72,7 +72,7 @@ impl B2bua {
             return fail(call);
         };
         // Transfers to the trunk are not supported.
-        let Some((gen, Purpose::Initial)) = call.routing.as_ref().map(|r| (r.gen, &r.purpose))
+        let Some((gen, Purpose::Initial)) = call.routing().map(|r| (r.gen, &r.purpose))
         else {
             return fail(call);
         };
