@@ -1,7 +1,7 @@
 //! The answer: the winning leg's 2xx bridges the call (or completes a transfer); every other
 //! fork is cancelled, the caller gets our 2xx (retransmitted until its ACK).
 
-use super::call::{Call, Purpose};
+use super::call::{Call, EndReason, HangupBy, Purpose};
 use super::leg::{LegIdx, LegState, OkRetx, UasState};
 use super::send::{Incoming, Reply};
 use super::timers::TimerKind;
@@ -98,7 +98,7 @@ impl B2bua {
             // Routing for the caller implies its INVITE waits; were it not so, end the call
             // rather than bridge a caller that was never answered.
             call.legs[a].state = was;
-            self.end_call(call, now, "system", "internal", None);
+            self.end_call(call, now, HangupBy::System, EndReason::Internal, None);
             return;
         };
         let tag = call.legs[a].dialog.local_tag.clone();

@@ -154,6 +154,58 @@ pub(crate) struct Reinvite {
     pub to: LegIdx,
 }
 
+/// Who ended a call (the CDR's `hangup_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HangupBy {
+    Caller,
+    Callee,
+    /// Timeouts, limits, shutdown, errors.
+    System,
+}
+
+impl HangupBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HangupBy::Caller => "caller",
+            HangupBy::Callee => "callee",
+            HangupBy::System => "system",
+        }
+    }
+}
+
+/// Why an established or ringing call was ended (the CDR's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndReason {
+    Bye,
+    Cancel,
+    MediaTimeout,
+    MaxDuration,
+    /// Our 2xx got no ACK within 64*T1.
+    NoAck,
+    Shutdown,
+    /// The other side answered a relayed request with 481/408.
+    DialogGone,
+    TransferFailed,
+    /// An inconsistency the engine refused to go on with.
+    Internal,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Bye => "bye",
+            EndReason::Cancel => "cancel",
+            EndReason::MediaTimeout => "media_timeout",
+            EndReason::MaxDuration => "max_duration",
+            EndReason::NoAck => "no_ack",
+            EndReason::Shutdown => "shutdown",
+            EndReason::DialogGone => "dialog_gone",
+            EndReason::TransferFailed => "transfer_failed",
+            EndReason::Internal => "internal",
+        }
+    }
+}
+
 /// What the CDR will say.
 #[derive(Debug, Default)]
 pub(crate) struct Record {
@@ -162,8 +214,9 @@ pub(crate) struct Record {
     pub disposition: Option<Disposition>,
     /// Final status sent to the caller.
     pub a_status: Option<StatusCode>,
-    pub hangup_by: Option<String>,
-    pub reason: String,
+    pub hangup_by: Option<HangupBy>,
+    /// Why it ended (none: the disposition says it).
+    pub reason: Option<&'static str>,
     pub rule: Option<String>,
     pub answered_by: Option<String>,
     pub transferred_to: Option<String>,

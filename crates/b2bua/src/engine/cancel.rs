@@ -2,7 +2,7 @@
 //! caller), and our CANCELs of ringing INVITEs, which wait for a provisional response
 //! (RFC 3261 §9.1) under a guard timer (`t_cancel`).
 
-use super::call::Call;
+use super::call::{Call, EndReason, HangupBy};
 use super::leg::{LegIdx, LegState, UacState};
 use super::send::ReqKind;
 use super::timers::TimerKind;
@@ -39,8 +39,8 @@ impl B2bua {
             }
             this.final_to_a(call, StatusCode::REQUEST_TERMINATED, None);
             call.record.disposition = Some(Disposition::Cancelled);
-            call.record.hangup_by = Some("caller".into());
-            call.record.reason = "cancel".into();
+            call.record.hangup_by = Some(HangupBy::Caller);
+            call.record.reason = Some(EndReason::Cancel.as_str());
             this.enter_ending(call, now);
         });
     }

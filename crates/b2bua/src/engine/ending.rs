@@ -2,7 +2,7 @@
 //! still waiting; then, once nothing is in flight, the CDR and the release of everything the
 //! call held.
 
-use super::call::{Call, CallKey, Phase};
+use super::call::{Call, CallKey, EndReason, HangupBy, Phase};
 use super::leg::{CdrRole, LegIdx, LegState};
 use super::timers::TimerKind;
 use super::B2bua;
@@ -21,7 +21,7 @@ impl B2bua {
         let keys: Vec<CallKey> = self.calls.keys().copied().collect();
         for key in keys {
             self.with_call(key, now, |this, call| {
-                this.end_call(call, now, "system", "shutdown", None)
+                this.end_call(call, now, HangupBy::System, EndReason::Shutdown, None)
             });
         }
     }
@@ -32,16 +32,21 @@ impl B2bua {
         &mut self,
         call: &mut Call,
         now: Instant,
-        by: &str,
-        reason: &str,
+        by: HangupBy,
+        reason: EndReason,
         except: Option<LegIdx>,
     ) {
         if call.is_ending() {
             return;
         }
-        info!(call = call.key, by, reason, "call ends");
+        info!(
+            call = call.key,
+            by = by.as_str(),
+            reason = reason.as_str(),
+            "call ends"
+        );
         call.phase = Phase::Ending;
-        let shutdown = reason == "shutdown";
+        let shutdown = reason == EndReason::Shutdown;
         if call.legs[call.a].uas_invite().is_some() {
             let status = if shutdown {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -70,8 +75,8 @@ impl B2bua {
                 Disposition::Cancelled
             });
         }
-        r.hangup_by = Some(by.to_string());
-        r.reason = reason.to_string();
+        r.hangup_by = Some(by);
+        r.reason = Some(reason.as_str());
         self.enter_ending(call, now);
     }
 
@@ -165,12 +170,8 @@ impl B2bua {
             rule: rec.rule.clone(),
             disposition,
             status: rec.a_status.map_or(487, |s| s.code()),
-            hangup_by: rec.hangup_by.clone(),
-            reason: if rec.reason.is_empty() {
-                disposition.as_str().to_string()
-            } else {
-                rec.reason.clone()
-            },
+            hangup_by: rec.hangup_by.map(|b| b.as_str().to_string()),
+            reason: rec.reason.unwrap_or(disposition.as_str()).to_string(),
             transferred_to: rec.transferred_to.clone(),
             legs,
         }

@@ -6,7 +6,7 @@
 //! A new in-dialog method with its own behaviour is a module with a handler, and one arm in
 //! [`B2bua::handle_in_dialog`]'s dispatch.
 
-use super::call::{Call, Reinvite};
+use super::call::{Call, EndReason, HangupBy, Reinvite};
 use super::leg::{LegIdx, LegState, UasState};
 use super::send::{Incoming, Relayed, Reply, ReqKind};
 use super::B2bua;
@@ -174,8 +174,12 @@ impl B2bua {
         if transferor || partner.is_none() && call.is_bridged() {
             debug!(call = call.key, "transferor left");
         } else {
-            let by = if li == call.a { "caller" } else { "callee" };
-            self.end_call(call, now, by, "bye", Some(li));
+            let by = if li == call.a {
+                HangupBy::Caller
+            } else {
+                HangupBy::Callee
+            };
+            self.end_call(call, now, by, EndReason::Bye, Some(li));
         }
     }
 

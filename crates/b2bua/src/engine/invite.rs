@@ -219,7 +219,9 @@ impl B2bua {
         if call.legs[li].cancel_requested() {
             return;
         }
-        let current = call.routing().is_some_and(|r| r.purpose == super::call::Purpose::Initial && r.legs.contains(&li));
+        let current = call
+            .routing()
+            .is_some_and(|r| r.purpose == super::call::Purpose::Initial && r.legs.contains(&li));
         if !current {
             return;
         }
@@ -284,7 +286,9 @@ impl B2bua {
             _ => (true, true),
         };
         let eligible = !cancelling
-            && call.routing().is_some_and(|r| r.legs.contains(&li) && r.gen == call.legs[li].step_gen);
+            && call
+                .routing()
+                .is_some_and(|r| r.legs.contains(&li) && r.gen == call.legs[li].step_gen);
         call.legs[li].status = Some(resp.status);
         if !eligible {
             debug!(call = call.key, leg = li, "late 2xx: ACK and BYE");

@@ -2,7 +2,7 @@
 //! what each peer's SDP tells the relay, our SDP towards each leg (anchors of its side, our own
 //! origin), and the media timeout.
 
-use super::call::{Bundle, Call};
+use super::call::{Bundle, Call, EndReason, HangupBy};
 use super::leg::{BundleId, LegIdx, LegMedia};
 use super::B2bua;
 use crate::{Family, MediaId, MediaLeg};
@@ -46,7 +46,7 @@ impl B2bua {
         self.with_call(key, now, |this, call| {
             if call.is_bridged() {
                 warn!(call = key, "media timeout: hanging up");
-                this.end_call(call, now, "system", "media_timeout", None);
+                this.end_call(call, now, HangupBy::System, EndReason::MediaTimeout, None);
             }
         });
     }

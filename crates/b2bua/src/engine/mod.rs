@@ -197,10 +197,7 @@ impl B2bua {
 
     /// Re-inserts a call after handling, or finishes it (ended, nothing in flight).
     fn put_back(&mut self, mut call: Call, now: Instant) {
-        if call.is_ending()
-            && call.pending == 0
-            && !call.legs.iter().any(|l| l.ringing())
-        {
+        if call.is_ending() && call.pending == 0 && !call.legs.iter().any(|l| l.ringing()) {
             self.finish(&mut call, now);
             return;
         }

@@ -1,7 +1,7 @@
 //! Responses to our requests, and their failures, dispatched by what the request was; the
 //! responses to relayed requests go back to the leg they came from (`t_reply`).
 
-use super::call::Call;
+use super::call::{Call, EndReason, HangupBy};
 use super::leg::{LegIdx, LegState, OkRetx, UasState};
 use super::send::{Relayed, Reply, ReqKind};
 use super::timers::TimerKind;
@@ -208,7 +208,7 @@ impl B2bua {
             || status == StatusCode::REQUEST_TIMEOUT)
             && call.is_bridged()
         {
-            self.end_call(call, now, "system", "dialog_gone", None);
+            self.end_call(call, now, HangupBy::System, EndReason::DialogGone, None);
         }
     }
 }

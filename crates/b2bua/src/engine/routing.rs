@@ -1,7 +1,7 @@
 //! Dialplan execution: a rule's action, then its fallbacks, one step at a time; the failure
 //! the caller hears when every step failed; ring timeouts.
 
-use super::call::{Call, Failure, Phase, Purpose};
+use super::call::{Call, EndReason, Failure, HangupBy, Phase, Purpose};
 use super::fork::RingStep;
 use super::leg::LegIdx;
 use super::timers::TimerKind;
@@ -172,11 +172,11 @@ impl B2bua {
                 info!(call = call.key, code = f.status.code(), "call failed");
                 self.final_to_a(call, f.status, f.reason.as_deref());
                 call.record.disposition = Some(d);
-                call.record.reason = if d == Disposition::Rejected {
-                    "rejected".into()
+                call.record.reason = Some(if d == Disposition::Rejected {
+                    "rejected"
                 } else {
-                    d.as_str().into()
-                };
+                    d.as_str()
+                });
                 self.enter_ending(call, now);
             }
             Purpose::Transfer {
@@ -187,7 +187,7 @@ impl B2bua {
                     self.notify_refer(call, transferor, f.status, f.reason.as_deref(), true);
                     call.bridge(keeper, transferor);
                 } else {
-                    self.end_call(call, now, "system", "transfer_failed", None);
+                    self.end_call(call, now, HangupBy::System, EndReason::TransferFailed, None);
                 }
             }
         }

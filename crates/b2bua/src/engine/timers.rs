@@ -2,7 +2,7 @@
 //! (RFC 3261 §13.3.1.4), the maximum call duration, CANCEL guards and the cleanup that
 //! finishes an ended call.
 
-use super::call::{Call, CallKey};
+use super::call::{Call, CallKey, EndReason, HangupBy};
 use super::leg::LegIdx;
 use super::B2bua;
 use crate::{Directory, Output};
@@ -51,7 +51,13 @@ impl B2bua {
                 TimerKind::Retx2xx(li) => self.retransmit_2xx(&mut call, now, li),
                 TimerKind::MaxDuration => {
                     if call.is_bridged() {
-                        self.end_call(&mut call, now, "system", "max_duration", None);
+                        self.end_call(
+                            &mut call,
+                            now,
+                            HangupBy::System,
+                            EndReason::MaxDuration,
+                            None,
+                        );
                     }
                 }
                 TimerKind::CancelGuard(li) => self.cancel_guard(&mut call, li),
@@ -76,7 +82,7 @@ impl B2bua {
         if now.saturating_duration_since(ok.started) >= t.t1.saturating_mul(64) {
             call.legs[li].ok = None;
             warn!(call = key, "no ACK for our 2xx: ending the call");
-            self.end_call(call, now, "system", "no_ack", None);
+            self.end_call(call, now, HangupBy::System, EndReason::NoAck, None);
         } else {
             ok.interval = (ok.interval * 2).min(t.t2);
             let next = now + ok.interval;

@@ -29,9 +29,7 @@ impl B2bua {
         dir: &dyn Directory,
     ) {
         let req = inc.req;
-        let Some(keeper) =
-            partner.filter(|_| call.is_bridged())
-        else {
+        let Some(keeper) = partner.filter(|_| call.is_bridged()) else {
             self.respond(inc, Reply::new(StatusCode::FORBIDDEN));
             return;
         };

@@ -72,8 +72,7 @@ impl B2bua {
             return fail(call);
         };
         // Transfers to the trunk are not supported.
-        let Some((gen, Purpose::Initial)) = call.routing().map(|r| (r.gen, &r.purpose))
-        else {
+        let Some((gen, Purpose::Initial)) = call.routing().map(|r| (r.gen, &r.purpose)) else {
             return fail(call);
         };
         let number: String = call.number.chars().skip(step.strip).collect();
