@@ -323,3 +323,53 @@ fn trunk_with_a_certificate_for_another_name_is_refused_and_logged() {
         .unwrap_or_else(|| panic!("a log line about the refused certificate:\n{log}"));
     assert!(line.contains("not valid for name"), "{line}");
 }
+
+/// RFC 4568 §8.3: SDES keys need a secure signalling channel. An INVITE whose SDP carries
+/// `a=crypto` over UDP is refused with 488 (the keys are already public); the same INVITE over
+/// TLS passes that check (and gets the dialplan's answer, here 404: no rule).
+#[test]
+fn sdes_keys_in_clear_text_sip_are_refused_488() {
+    let p = start(
+        "[[users]]\nname = \"190\"\nidentify_by_source = true\nallow_from = [\"127.0.0.1/32\"]\n",
+    );
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 4000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n\
+               a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n";
+    let invite = |local: SocketAddr, transport: &str, branch: &str| {
+        request(
+            "INVITE",
+            "sip:555@pbx.test",
+            local,
+            transport,
+            branch,
+            &format!(
+                "Contact: <sip:190@{local}>\r\nContent-Type: application/sdp\r\n\
+                 Content-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
+            ),
+        )
+        // `request` ends with its own empty Content-Length: ours comes first and wins; cut it.
+        .replacen("Content-Length: 0\r\n\r\n", "", 1)
+    };
+    let final_of = |next: &mut dyn FnMut() -> Option<Vec<u8>>| loop {
+        let m = next().expect("a response");
+        if status(&m) >= 200 {
+            return m;
+        }
+    };
+
+    let udp = common::UdpPeer::new(p.pbx.v4());
+    udp.send(invite(udp.local(), "UDP", "z9hG4bKsdesudp").as_bytes());
+    let resp = final_of(&mut || udp.recv());
+    assert_eq!(status(&resp), 488, "{}", String::from_utf8_lossy(&resp));
+    assert!(p
+        .pbx
+        .log_text()
+        .contains("INVITE with SDES keys (a=crypto) over clear-text signalling: 488"));
+
+    let mut s = t::connect(p.tls_v4(), &p.ca.files.cert, "pbx.test").unwrap();
+    let local = s.sock.local_addr().unwrap();
+    t::send(&mut s, invite(local, "TLS", "z9hG4bKsdestls").as_bytes());
+    let resp = final_of(&mut || t::read_message(&mut s));
+    assert_eq!(status(&resp), 404, "{}", String::from_utf8_lossy(&resp));
+}

@@ -70,7 +70,8 @@ impl B2bua {
                             self.learn_remote(call, o, bundle, &sdp, raw, true);
                         }
                         let local = dialog.local.ip();
-                        match self.rewrite_sdp(call.bundle(bundle), &mut media, local, &sdp) {
+                        let to = dialog.peer.transport;
+                        match self.rewrite_sdp(call.bundle(bundle), &mut media, local, to, &sdp) {
                             Ok(s) => body = Some(s),
                             Err(e) => {
                                 warn!(call = call.key, error = %e, "cannot rewrite SDP");

@@ -7,13 +7,23 @@ use super::leg::{BundleId, LegIdx, LegMedia};
 use super::B2bua;
 use crate::{Family, MediaId, MediaLeg};
 use bytes::Bytes;
-use podpbx_sdp::{Anchor, MediaPlan, OriginPlan, RemoteMedia, RewritePlan, Sdp, ZeroAddressHold};
+use podpbx_sdp::{
+    Anchor, MediaPlan, MediaSecurity, OriginPlan, RemoteMedia, RewritePlan, Sdp, ZeroAddressHold,
+};
+use podpbx_sip::Transport;
 use std::net::IpAddr;
 use std::time::Instant;
 use tracing::warn;
 
 /// Most SDP m-lines we anchor per call.
 const MAX_STREAMS: usize = 8;
+
+/// Whether `sdp` carries SDES keys (`a=crypto`, RFC 4568) on an active stream.
+pub(super) fn has_sdes_keys(sdp: &Sdp) -> bool {
+    sdp.media()
+        .iter()
+        .any(|m| !m.rejected() && !m.crypto.is_empty())
+}
 
 /// Replaces the `o=` line with our own origin for this leg.
 fn replace_origin(sdp: &str, id: u64, ver: u64, addr: IpAddr) -> String {
@@ -141,11 +151,14 @@ impl B2bua {
 
     /// `sdp` rewritten for a leg with media state `media` and signalling address `local`:
     /// the anchors of its side of `bundle` (m-lines without a session rejected), our origin.
+    /// SDES keys (`a=crypto`) go only to a leg signalled over TLS (`to`): towards any other
+    /// leg they are removed (never keys in clear-text SIP).
     pub(super) fn rewrite_sdp(
         &self,
         bundle: Option<&Bundle>,
         media: &mut LegMedia,
         local: IpAddr,
+        to: Transport,
         sdp: &Sdp,
     ) -> Result<String, String> {
         let side = media.side;
@@ -173,12 +186,26 @@ impl B2bua {
                 }
             })
             .collect();
-        let text = sdp
-            .rewrite(&RewritePlan {
-                media: plan,
-                origin: OriginPlan::Keep,
-                zero_address_hold: ZeroAddressHold::default(),
+        let security: Vec<MediaSecurity> = sdp
+            .media()
+            .iter()
+            .map(|m| {
+                if to != Transport::Tls && !m.crypto.is_empty() {
+                    MediaSecurity::Plain
+                } else {
+                    MediaSecurity::Keep
+                }
             })
+            .collect();
+        let text = sdp
+            .rewrite_secure(
+                &RewritePlan {
+                    media: plan,
+                    origin: OriginPlan::Keep,
+                    zero_address_hold: ZeroAddressHold::default(),
+                },
+                &security,
+            )
             .map_err(|e| e.to_string())?;
         if media.last_sent.as_deref() != Some(text.as_str()) {
             if media.last_sent.is_some() {
@@ -206,14 +233,24 @@ impl B2bua {
         offer: bool,
     ) -> Result<String, String> {
         let sdp = Sdp::parse(raw).map_err(|e| e.to_string())?;
+        // SDES keys in clear-text SIP are already compromised: refuse them (488 or a failed
+        // leg), never use or forward them.
+        if call.legs[from].dialog.peer.transport != Transport::Tls && has_sdes_keys(&sdp) {
+            warn!(
+                call = call.key,
+                "SDES keys (a=crypto) received over clear-text signalling: refused"
+            );
+            return Err("SDES keys over clear-text signalling".into());
+        }
         let bundle = call.legs[from].media.bundle.or(call.legs[to].media.bundle);
         if offer {
             self.ensure_sessions(call, bundle, &sdp)?;
         }
         self.learn_remote(call, from, bundle, &sdp, raw, offer);
         let local = call.legs[to].dialog.local.ip();
+        let transport = call.legs[to].dialog.peer.transport;
         let b = bundle.and_then(|b| call.bundles.get(b.0));
-        self.rewrite_sdp(b, &mut call.legs[to].media, local, &sdp)
+        self.rewrite_sdp(b, &mut call.legs[to].media, local, transport, &sdp)
     }
 
     /// Releases every relay session of bundle `bi`.

@@ -116,6 +116,20 @@ impl B2bua {
         }
         let offer = if is_sdp(req) {
             match Sdp::parse(&req.body) {
+                // RFC 4568 §8.3: SDES keys need a secure signalling channel. Keys that crossed
+                // the network in clear text are known to anyone on the path: 488, not used.
+                Ok(sdp)
+                    if flow.transport != podpbx_sip::Transport::Tls
+                        && super::media::has_sdes_keys(&sdp) =>
+                {
+                    warn!(
+                        src = %flow.remote,
+                        transport = flow.transport.param(),
+                        "INVITE with SDES keys (a=crypto) over clear-text signalling: 488"
+                    );
+                    reject(self, StatusCode::NOT_ACCEPTABLE_HERE);
+                    return;
+                }
                 Ok(_) => Some(req.body.clone()),
                 Err(e) => {
                     debug!(error = %e, "bad SDP offer: 488");
