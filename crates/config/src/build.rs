@@ -15,6 +15,8 @@ use crate::schema::*;
 use crate::secret::{Secret, SecretSource};
 use crate::suggest::closest;
 
+mod home;
+
 const DEFAULT_DOMAIN: &str = "podpbx.local";
 const DEFAULT_DATA_DIR: &str = "/var/lib/podpbx";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9060";
@@ -46,10 +48,18 @@ pub(crate) fn build(d: &mut Diagnostics, root: &Table) -> Config {
     let security = security(d, &mut r);
     let media = media(d, &mut r, &sip_port);
     let calls = calls(d, &mut r, &storage);
-    let users = users(d, &mut r);
+    let clock = home::clock(d, &mut r);
+    let modes = home::modes(d, &mut r);
+    let voicemail = home::voicemail(d, &mut r, &storage);
+    let features = home::features(d, &mut r, &modes);
+    let webhooks = home::webhooks(d, &mut r);
+    let events = home::events(d, &mut r);
+    let mut users = users(d, &mut r);
     let groups = groups(d, &mut r, &users);
+    resolve_forwards(d, &mut users, &groups);
     let trunks = trunks(d, &mut r, &sip);
-    let dialplan = dialplan(d, &mut r, &users, &groups, &trunks);
+    let mode_names: Vec<&str> = modes.iter().map(|m| m.0.name.as_str()).collect();
+    let dialplan = dialplan(d, &mut r, &users, &groups, &trunks, &mode_names);
     r.finish(d);
 
     Config {
@@ -67,6 +77,25 @@ pub(crate) fn build(d: &mut Diagnostics, root: &Table) -> Config {
         groups: groups.into_iter().map(|g| g.group).collect(),
         trunks: trunks.into_iter().map(|t| t.trunk).collect(),
         dialplan: dialplan.into_iter().map(|r| r.rule).collect(),
+        clock,
+        modes: modes.into_iter().map(|m| m.0).collect(),
+        voicemail,
+        features,
+        webhooks,
+        events,
+    }
+}
+
+/// Forwarding targets name users, groups or numbers: resolved once all names are known.
+fn resolve_forwards(d: &mut Diagnostics, users: &mut [RawUser], groups: &[RawGroup]) {
+    let names: Vec<String> = users
+        .iter()
+        .map(|u| u.user.name.clone())
+        .chain(groups.iter().map(|g| g.group.name.clone()))
+        .collect();
+    let locals: Vec<&str> = names.iter().map(String::as_str).collect();
+    for u in users.iter_mut() {
+        u.user.forward = home::resolve_forward(d, &u.user.name, &u.forward, &locals);
     }
 }
 
@@ -275,13 +304,20 @@ fn check_log_level(d: &mut Diagnostics, s: &Sp<String>) {
 /// Reads `password` / `password_file` / `password_env` (at most one) and
 /// resolves it.
 fn secret(d: &mut Diagnostics, t: &mut Tbl) -> Option<Secret> {
-    let inline = t.str(d, "password");
-    let file = t.str(d, "password_file");
-    let env = t.str(d, "password_env");
+    secret_keys(d, t, ["password", "password_file", "password_env"])
+}
+
+/// Reads a secret given inline, as a file or as an environment variable
+/// (`keys`: the three key names; at most one may be set) and resolves it.
+fn secret_keys(d: &mut Diagnostics, t: &mut Tbl, keys: [&'static str; 3]) -> Option<Secret> {
+    let [inline_key, file_key, env_key] = keys;
+    let inline = t.str(d, inline_key);
+    let file = t.str(d, file_key);
+    let env = t.str(d, env_key);
     let given: Vec<(&str, &Sp<String>)> = [
-        ("password", inline.as_ref()),
-        ("password_file", file.as_ref()),
-        ("password_env", env.as_ref()),
+        (inline_key, inline.as_ref()),
+        (file_key, file.as_ref()),
+        (env_key, env.as_ref()),
     ]
     .into_iter()
     .filter_map(|(k, v)| Some((k, v?)))
@@ -292,7 +328,7 @@ fn secret(d: &mut Diagnostics, t: &mut Tbl) -> Option<Secret> {
                 d,
                 v,
                 format!(
-                    "conflicts with `{first}`: set exactly one of `password`, `password_file`, `password_env`"
+                    "conflicts with `{first}`: set exactly one of `{inline_key}`, `{file_key}`, `{env_key}`"
                 ),
             );
         }
@@ -970,6 +1006,7 @@ fn calls(d: &mut Diagnostics, r: &mut Tbl, storage: &StorageConfig) -> CallsConf
 
 struct RawUser {
     user: User,
+    forward: home::RawForward,
     name: Sp<String>,
     groups: Vec<Sp<String>>,
     source_nets: Vec<Sp<Cidr>>,
@@ -1026,6 +1063,7 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
                 ],
             )
             .and_then(|v| v.v);
+        let extras = home::user_extras(d, &mut t);
         if !has_secret_key && !identify_by_source {
             t.missing(
                 d,
@@ -1052,7 +1090,12 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
                 max_calls,
                 groups: groups.iter().map(|g| g.v.clone()).collect(),
                 transport,
+                voicemail: extras.voicemail,
+                doorbell: extras.doorbell,
+                dnd: extras.dnd,
+                forward: crate::home::Forwarding::default(),
             },
+            forward: extras.forward,
             name,
             groups,
             source_nets,
@@ -1555,6 +1598,7 @@ fn dialplan(
     users: &[RawUser],
     groups: &[RawGroup],
     trunks: &[RawTrunk],
+    modes: &[&str],
 ) -> Vec<RawRule> {
     let names = Names {
         users: users.iter().map(|u| u.user.name.as_str()).collect(),
@@ -1581,14 +1625,24 @@ fn dialplan(
         let matcher = match t.field("match") {
             Some(f) => f.table(d).and_then(|mut m| {
                 let res = rule_match(d, &mut m, &names);
+                let extras = home::match_extras(d, &mut m, modes);
                 m.finish(d);
-                res
+                match (res, extras) {
+                    (Some(mut res), Ok((time, mode))) => {
+                        res.time = time;
+                        res.mode = mode;
+                        Some(res)
+                    }
+                    _ => None,
+                }
             }),
             None => Some(Match {
                 number: NumberMatch::Any,
                 from: CallSource::Any,
                 caller: None,
                 did: None,
+                time: None,
+                mode: None,
             }),
         };
         let first = action(d, &mut t, &names);
@@ -1733,6 +1787,8 @@ fn rule_match(d: &mut Diagnostics, m: &mut Tbl, names: &Names) -> Option<Match> 
         from,
         caller,
         did,
+        time: None,
+        mode: None,
     })
 }
 
@@ -1742,6 +1798,9 @@ fn covers(earlier: &Match, later: &Match) -> bool {
     let from_ok = earlier.from == CallSource::Any || earlier.from == later.from;
     let caller_ok = earlier.caller.is_none() || earlier.caller == later.caller;
     let did_ok = earlier.did.is_none() || earlier.did == later.did;
+    // A time or mode condition matches only sometimes: it covers only the same condition.
+    let time_ok = earlier.time.is_none() || earlier.time == later.time;
+    let mode_ok = earlier.mode.is_none() || earlier.mode == later.mode;
     let number_ok = match (&earlier.number, &later.number) {
         (NumberMatch::Any, _) => true,
         (_, NumberMatch::Any) => false,
@@ -1755,5 +1814,5 @@ fn covers(earlier: &Match, later: &Match) -> bool {
         (NumberMatch::Pattern(a), NumberMatch::Prefix(p)) => a.covers_prefix(p),
         _ => false,
     };
-    from_ok && caller_ok && did_ok && number_ok
+    from_ok && caller_ok && did_ok && time_ok && mode_ok && number_ok
 }

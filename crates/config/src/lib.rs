@@ -17,25 +17,32 @@
 mod build;
 mod cidr;
 mod error;
+mod home;
 mod pattern;
 mod reader;
 mod schema;
 mod secret;
 mod suggest;
+mod timespec;
 
 use std::path::Path;
 
 pub use build::{check_admin_token, MIN_ADMIN_TOKEN};
 pub use cidr::{Cidr, CidrError};
 pub use error::{format_errors, ConfigError};
+pub use home::{
+    EventKind, EventsConfig, FeatureCodes, ForwardTarget, Forwarding, HttpUrl, Mode, ModeMatch,
+    UserVoicemail, VoicemailConfig, Webhook,
+};
 pub use pattern::{Pattern, PatternError};
 pub use schema::{
     Action, AdminConfig, CallSource, CallsConfig, Config, DigestAlgorithm, DnsConfig, Dtmf, Family,
     Group, Host, LogConfig, LogFormat, Match, MediaConfig, NumberMatch, Origin, RegistrarConfig,
     RingStrategy, Rule, SecurityConfig, SipConfig, StorageConfig, Target, TlsConfig, TlsVersion,
-    Transport, Trunk, User,
+    Transport, Trunk, User, When,
 };
 pub use secret::{Secret, SecretSource};
+pub use timespec::{Clock, LocalTime, TimeMatch};
 
 /// The built-in development configuration (`config/podpbx.toml`): binds
 /// `::1` and `127.0.0.1` port 5060 (UDP and TCP), stores data in `./data`,

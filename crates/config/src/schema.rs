@@ -7,8 +7,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cidr::Cidr;
+use crate::home::{
+    EventsConfig, FeatureCodes, Forwarding, Mode, ModeMatch, UserVoicemail, VoicemailConfig,
+    Webhook,
+};
 use crate::pattern::Pattern;
 use crate::secret::Secret;
+use crate::timespec::{Clock, LocalTime, TimeMatch};
 
 /// A complete, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +46,18 @@ pub struct Config {
     pub trunks: Vec<Trunk>,
     /// `[[dialplan]]` rules, in evaluation order.
     pub dialplan: Vec<Rule>,
+    /// `[clock]`: the time zone `match.time` is read in.
+    pub clock: Clock,
+    /// `[[modes]]`: manual switches rules can match (night mode).
+    pub modes: Vec<Mode>,
+    /// `[voicemail]`.
+    pub voicemail: VoicemailConfig,
+    /// `[features]`: feature codes.
+    pub features: FeatureCodes,
+    /// `[[webhooks]]`.
+    pub webhooks: Vec<Webhook>,
+    /// `[events]`: webhook delivery.
+    pub events: EventsConfig,
 }
 
 /// SIP transport protocol: the one definition in `podpbx-sip` (the keys spell it `udp`/`tcp`).
@@ -314,6 +331,14 @@ pub struct User {
     pub groups: Vec<String>,
     /// The transport this user must use to register and call (`None`: any enabled one).
     pub transport: Option<Transport>,
+    /// `voicemail = true`: the user has a mailbox.
+    pub voicemail: Option<UserVoicemail>,
+    /// `doorbell = true`: calls from this user are doorbell rings (webhook event).
+    pub doorbell: bool,
+    /// Do not disturb at start (feature codes change it at run time).
+    pub dnd: bool,
+    /// Call forwarding at start (feature codes change it at run time).
+    pub forward: Forwarding,
 }
 
 impl User {
@@ -482,6 +507,10 @@ pub struct Match {
     pub caller: Option<Target>,
     /// The DID the call arrived on.
     pub did: Option<String>,
+    /// Local time condition (`[clock] timezone`).
+    pub time: Option<TimeMatch>,
+    /// A `[[modes]]` switch that must be on (or off).
+    pub mode: Option<ModeMatch>,
 }
 
 /// What to do with a call.
@@ -581,8 +610,43 @@ impl Config {
             .is_some_and(|g| g.members.iter().any(|m| m == user))
     }
 
-    /// Whether `m` accepts a call from `origin` to `number`.
+    /// Whether `m` accepts a call from `origin` to `number` when the time and the modes are
+    /// not known: rules with `time` or `mode` conditions do not match (see
+    /// [`Config::rule_matches_at`]).
     pub fn rule_matches(&self, m: &Match, origin: &Origin<'_>, number: &str) -> bool {
+        self.rule_matches_at(m, origin, number, &When::UNKNOWN)
+    }
+
+    /// Whether `m` accepts a call from `origin` to `number` at `when`.
+    pub fn rule_matches_at(
+        &self,
+        m: &Match,
+        origin: &Origin<'_>,
+        number: &str,
+        when: &When<'_>,
+    ) -> bool {
+        let time_ok = match (&m.time, &when.local) {
+            (None, _) => true,
+            (Some(t), Some(l)) => t.matches(l),
+            (Some(_), None) => false,
+        };
+        let mode_ok = match &m.mode {
+            None => true,
+            Some(mm) => {
+                let on = (when.mode)(&mm.mode)
+                    .or_else(|| {
+                        self.modes
+                            .iter()
+                            .find(|x| x.name == mm.mode)
+                            .map(|x| x.initial)
+                    })
+                    .unwrap_or(false);
+                on == mm.on
+            }
+        };
+        if !(time_ok && mode_ok) {
+            return false;
+        }
         let source_ok = matches!(
             (m.from, origin),
             (CallSource::Any, _)
@@ -604,10 +668,57 @@ impl Config {
     }
 
     /// The first dialplan rule that matches, if any (no match: the caller
-    /// gets `404 Not Found`).
+    /// gets `404 Not Found`). Time and mode conditions never match here: use
+    /// [`Config::route_at`].
     pub fn route(&self, origin: &Origin<'_>, number: &str) -> Option<&Rule> {
+        self.route_at(origin, number, &When::UNKNOWN)
+    }
+
+    /// The first dialplan rule that matches at `when`.
+    pub fn route_at(&self, origin: &Origin<'_>, number: &str, when: &When<'_>) -> Option<&Rule> {
         self.dialplan
             .iter()
-            .find(|r| self.rule_matches(&r.matcher, origin, number))
+            .find(|r| self.rule_matches_at(&r.matcher, origin, number, when))
+    }
+
+    /// The user named `name` if it has a mailbox.
+    pub fn mailbox(&self, name: &str) -> Option<&User> {
+        self.user(name).filter(|u| u.voicemail.is_some())
+    }
+
+    /// The mode named `name`.
+    pub fn mode(&self, name: &str) -> Option<&Mode> {
+        self.modes.iter().find(|m| m.name == name)
+    }
+}
+
+/// The moment a call is routed: the local time (from [`Clock::local`]) and the run-time state
+/// of the `[[modes]]` switches.
+pub struct When<'a> {
+    /// Local date and time; `None`: unknown (time conditions do not match).
+    pub local: Option<LocalTime>,
+    /// A mode's run-time state; `None`: never switched, its `initial` applies.
+    pub mode: &'a dyn Fn(&str) -> Option<bool>,
+}
+
+impl When<'static> {
+    /// Nothing known.
+    pub const UNKNOWN: When<'static> = When {
+        local: None,
+        mode: &|_| None,
+    };
+}
+
+impl<'a> When<'a> {
+    /// At wall-clock `now` in `config`'s time zone, with `modes` as the switches' state.
+    pub fn at(
+        config: &Config,
+        now: std::time::SystemTime,
+        mode: &'a dyn Fn(&str) -> Option<bool>,
+    ) -> When<'a> {
+        When {
+            local: Some(config.clock.local(now)),
+            mode,
+        }
     }
 }

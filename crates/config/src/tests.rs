@@ -1295,3 +1295,5 @@ fn tls_section_follows_the_transport_list() {
         "t.toml:6:13: trunks[0].transport: transport `tls` is not enabled in `sip.transports`"
     );
 }
+
+mod home;
