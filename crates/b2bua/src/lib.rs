@@ -51,7 +51,7 @@ pub use engine::B2bua;
 pub use podpbx_sdp::{Family, Leg as MediaLeg, RemoteMedia};
 pub use podpbx_sip::Flow;
 pub use podpbx_sip::StatusCode;
-pub use util::{parse_dtmf_info, rfc3339};
+pub use util::{parse_dtmf_info, rfc3339, unescape_user};
 
 use bytes::Bytes;
 use podpbx_sip::transaction::{ServerTxId, Timers};

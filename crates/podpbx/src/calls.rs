@@ -260,6 +260,9 @@ impl Calls {
                 Output::Cdr(cdr) => {
                     info!(call = cdr.id, disposition = cdr.disposition.as_str(), caller = %cdr.caller, callee = %cdr.callee, "CDR");
                     self.ended.push(cdr.disposition);
+                    if let Some(ev) = missed_call(self.b2bua.config(), &cdr) {
+                        direct.push_back(CoreOutput::Event(ev));
+                    }
                     if let Some(file) = &self.cdr_file {
                         direct.push_back(CoreOutput::Cdr {
                             file: file.clone(),
@@ -290,6 +293,30 @@ fn os_seed() -> [u8; 16] {
         }
     }
     seed
+}
+
+/// A call from outside (a trunk) or from a doorbell that ended unanswered: the `missed_call`
+/// webhook event.
+fn missed_call(cfg: &Config, cdr: &podpbx_b2bua::Cdr) -> Option<podpbx_events::Data> {
+    use podpbx_b2bua::Disposition as D;
+    let reason = match cdr.disposition {
+        D::NoAnswer => "no_answer",
+        D::Busy => "busy",
+        D::Cancelled => "cancelled",
+        _ => return None,
+    };
+    let doorbell = cfg.user(&cdr.caller).filter(|u| u.doorbell);
+    if cdr.trunk.is_none() && doorbell.is_none() {
+        return None;
+    }
+    Some(podpbx_events::Data::MissedCall {
+        from: cdr.caller.clone(),
+        from_name: doorbell.and_then(|u| u.display_name.clone()),
+        to: cdr.callee.clone(),
+        trunk: cdr.trunk.clone(),
+        reason,
+        ringing_secs: cdr.duration_secs,
+    })
 }
 
 /// Reads and validates the config file for a reload; every problem on its own line.

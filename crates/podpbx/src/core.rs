@@ -52,6 +52,8 @@ pub enum Output {
         file: PathBuf,
         cdr: Box<podpbx_b2bua::Cdr>,
     },
+    /// Something home automation may want to know (webhooks); the shell stamps and delivers it.
+    Event(podpbx_events::Data),
 }
 
 /// Core settings derived from the configuration.
@@ -171,6 +173,11 @@ impl Core {
         if let Some(calls) = self.calls.as_mut() {
             calls.reload(cfg);
         }
+    }
+
+    /// The running configuration (once call control is set up).
+    pub fn config(&self) -> Option<Arc<podpbx_config::Config>> {
+        self.calls.as_ref().map(|c| c.b2bua.config().clone())
     }
 
     /// Ends every call (graceful stop, after the grace period).
@@ -728,6 +735,22 @@ impl Core {
             }
         };
         if let Some(calls) = self.calls.as_mut() {
+            if let podpbx_b2bua::Caller::User(u) = &caller {
+                if let Some(user) = calls.b2bua.config().user(u).filter(|u| u.doorbell) {
+                    let to = req
+                        .request_uri()
+                        .ok()
+                        .and_then(|r| r.user)
+                        .map(|u| podpbx_b2bua::unescape_user(&u))
+                        .unwrap_or_default();
+                    self.direct
+                        .push_back(Output::Event(podpbx_events::Data::Doorbell {
+                            from: user.name.clone(),
+                            from_name: user.display_name.clone(),
+                            to,
+                        }));
+                }
+            }
             let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
             let invite = podpbx_b2bua::Received {
                 tx: id,

@@ -256,6 +256,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         admin.start_health(listen, cfg.admin.health_metrics).await?;
     }
     let mut shutdown = crate::admin::Shutdown::new(&admin, crate::admin::SHUTDOWN_GRACE)?;
+    // Events for home automation: delivered by their own task, never waited for.
+    let mut webhooks = crate::webhooks::Webhooks::start(&cfg, &cfg.sip.user_agent);
+    webhooks.register_metrics(admin.registry());
+    let mut trunks_up: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
     let registrations = admin.provide_snapshot("registrations");
     let publish_registrations = |core: &Core| {
         registrations.publish(core.registrations_json());
@@ -303,6 +307,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             }
             _ = tick.tick() => {
                 publish_trunks(&core);
+                trunk_events(&core, &mut trunks_up, &mut webhooks);
                 calls_snapshot.publish(core.calls_json(Instant::now()));
                 if core.take_registrations_changed() {
                     publish_registrations(&core);
@@ -327,12 +332,22 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             },
             Some(why) = reload_rx.recv() => {
                 info!(trigger = why, "configuration reload");
-                let _ = reload_config(&mut core, config_path.as_deref());
+                if reload_config(&mut core, config_path.as_deref()).is_ok() {
+                    if let Some(cfg) = core.config() {
+                        webhooks.reconfigure(&cfg);
+                    }
+                }
                 set_trunk_tls_names(&core, &transports);
             }
             Some(req) = admin_reload_rx.recv() => {
                 info!(trigger = "admin", "configuration reload");
-                req.respond(reload_config(&mut core, config_path.as_deref()));
+                let result = reload_config(&mut core, config_path.as_deref());
+                if result.is_ok() {
+                    if let Some(cfg) = core.config() {
+                        webhooks.reconfigure(&cfg);
+                    }
+                }
+                req.respond(result);
                 set_trunk_tls_names(&core, &transports);
             }
             Some(req) = admin_rx.recv() => match req {
@@ -370,6 +385,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                     let _ = state_writer.send((path, data));
                 }
                 Output::Cdr { file, cdr } => cdr_writer.write(file, cdr),
+                Output::Event(data) => webhooks.push(data),
             }
         }
         admin.metrics().calls_active.set_count(core.active_calls());
@@ -410,6 +426,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 // Written below, synchronously, with the final state.
                 Output::SaveBindings { .. } => {}
                 Output::Cdr { file, cdr } => cdr_writer.write(file, cdr),
+                Output::Event(data) => webhooks.push(data),
             }
         }
     }
@@ -448,6 +465,33 @@ fn reload_config(core: &mut Core, path: Option<&Path>) -> Result<String, String>
             Err(e)
         }
     }
+}
+
+/// `trunk` events: a trunk that registers came up or went down since the last tick.
+fn trunk_events(
+    core: &Core,
+    seen: &mut std::collections::HashMap<String, bool>,
+    webhooks: &mut crate::webhooks::Webhooks,
+) {
+    let reasons = core.trunks().readiness();
+    for h in core.trunks().health() {
+        let Some(up) = h.registered else { continue };
+        let before = seen.insert(h.name.clone(), up);
+        // The first "down" at start is not news (registering takes a moment); the first "up" is.
+        if before == Some(up) || (before.is_none() && !up) {
+            continue;
+        }
+        let reason = reasons
+            .iter()
+            .find(|(n, _)| *n == h.name)
+            .and_then(|(_, why)| why.clone());
+        webhooks.push(podpbx_events::Data::Trunk {
+            trunk: h.name.clone(),
+            state: if up { "up" } else { "down" },
+            reason: if up { None } else { reason },
+        });
+    }
+    seen.retain(|n, _| core.trunks().health().iter().any(|h| &h.name == n));
 }
 
 /// Adds what the relay forwarded and dropped since the last tick to the metrics (sessions count

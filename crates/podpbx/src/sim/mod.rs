@@ -133,6 +133,8 @@ pub struct Sim {
     pub saved: Vec<Vec<u8>>,
     /// CDRs the shell was asked to append.
     pub cdrs: Vec<podpbx_b2bua::Cdr>,
+    /// Events for webhooks the core emitted.
+    pub events: Vec<podpbx_events::Data>,
 }
 
 impl Sim {
@@ -176,6 +178,7 @@ impl Sim {
             sent: Vec::new(),
             saved: Vec::new(),
             cdrs: Vec::new(),
+            events: Vec::new(),
         };
         sim.collect();
         sim
@@ -249,6 +252,10 @@ impl Sim {
                 }
                 Output::Cdr { cdr, .. } => {
                     self.cdrs.push(*cdr);
+                    continue;
+                }
+                Output::Event(e) => {
+                    self.events.push(e);
                     continue;
                 }
             };
