@@ -236,6 +236,31 @@ impl H {
         self.drain()
     }
 
+    /// A new INVITE given as text from the caller's flow, routed with `dir` (default: the
+    /// harness directory).
+    fn invite_text(
+        &mut self,
+        text: &str,
+        caller: Caller,
+        dir: Option<&dyn Directory>,
+    ) -> Vec<Output> {
+        let msg = parse(&Bytes::from(text.to_string()));
+        let tx = self.server_tx(&msg, self.a_flow);
+        let invite = Received {
+            tx,
+            msg: &msg,
+            flow: self.a_flow,
+        };
+        let wall = SystemTime::now();
+        match dir {
+            Some(d) => self.b.handle_invite(self.now, wall, invite, caller, d),
+            None => self
+                .b
+                .handle_invite(self.now, wall, invite, caller, &self.dir),
+        }
+        self.drain()
+    }
+
     /// Answers a request sent by the b2bua with `code` (To tag added), optionally with SDP.
     fn answer(
         &mut self,
@@ -679,20 +704,7 @@ fn doorbell_ipv4_rings_ipv6_group_with_family_specific_anchors() {
     assert_eq!(h.b.identify(&msg, &h.a_flow), Identity::User("190".into()));
     let sdp4 = "v=0\r\no=d 1 1 IN IP4 198.51.100.50\r\ns=-\r\nc=IN IP4 198.51.100.50\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
     let body = format!("INVITE sip:1@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.50:5060;branch=z9hG4bKd2\r\nFrom: <sip:190@pbx>;tag=d\r\nTo: <sip:1@pbx>\r\nCall-ID: door2@d\r\nCSeq: 1 INVITE\r\nContact: <sip:190@198.51.100.50>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp4}", sdp4.len());
-    let msg = parse(&Bytes::from(body));
-    let tx = h.server_tx(&msg, h.a_flow);
-    h.b.handle_invite(
-        h.now,
-        SystemTime::now(),
-        Received {
-            tx,
-            msg: &msg,
-            flow: h.a_flow,
-        },
-        Caller::User("190".into()),
-        &h.dir,
-    );
-    let outs = h.drain();
+    let outs = h.invite_text(&body, Caller::User("190".into()), None);
     let invs = requests(&outs, "INVITE");
     assert_eq!(invs.len(), 3, "all phones ring");
     assert!(
@@ -724,20 +736,8 @@ fn limits_max_concurrent_and_max_duration() {
     h.b.set_config(Arc::new(Config::from_str(&cfg, "t.toml").unwrap()));
     let (_tag, _) = answered_call(&mut h);
     let text2 = String::from("INVITE sip:103@pbx SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKz\r\nFrom: <sip:101@pbx>;tag=z\r\nTo: <sip:103@pbx>\r\nCall-ID: second@a\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n");
-    let msg = parse(&Bytes::from(text2));
-    let tx = h.server_tx(&msg, h.a_flow);
-    h.b.handle_invite(
-        h.now,
-        SystemTime::now(),
-        Received {
-            tx,
-            msg: &msg,
-            flow: h.a_flow,
-        },
-        Caller::User("101".into()),
-        &h.dir,
-    );
-    assert_eq!(responses(&h.drain()), vec![100, 503]);
+    let outs = h.invite_text(&text2, Caller::User("101".into()), None);
+    assert_eq!(responses(&outs), vec![100, 503]);
     let outs = h.advance(Duration::from_secs(61));
     assert_eq!(
         requests(&outs, "BYE").len(),
@@ -775,20 +775,7 @@ fn trunk_call_answers_407_with_credentials_and_rewrites_the_number() {
          Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
         SDP_A.len()
     );
-    let msg = parse(&Bytes::from(inv_text));
-    let tx = h.server_tx(&msg, h.a_flow);
-    h.b.handle_invite(
-        h.now,
-        SystemTime::now(),
-        Received {
-            tx,
-            msg: &msg,
-            flow: h.a_flow,
-        },
-        Caller::User("101".into()),
-        &dir,
-    );
-    let outs = h.drain();
+    let outs = h.invite_text(&inv_text, Caller::User("101".into()), Some(&dir));
     let inv = requests(&outs, "INVITE");
     assert_eq!(inv.len(), 1);
     let t = text(&inv[0].1);
@@ -848,20 +835,7 @@ fn record_route_sets_of_proxied_dialogs() {
          Contact: <sip:101@[2001:db8:1::a]:5062>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
         SDP_A.len()
     );
-    let msg = parse(&Bytes::from(inv_text));
-    let tx = h.server_tx(&msg, h.a_flow);
-    h.b.handle_invite(
-        h.now,
-        SystemTime::now(),
-        Received {
-            tx,
-            msg: &msg,
-            flow: h.a_flow,
-        },
-        Caller::User("101".into()),
-        &h.dir,
-    );
-    let outs = h.drain();
+    let outs = h.invite_text(&inv_text, Caller::User("101".into()), None);
     let (id, data) = requests(&outs, "INVITE")[0].clone();
     let inv = parse(&data);
     let reply = |code: u16, body: Option<&str>| {
@@ -1591,21 +1565,8 @@ fn trunk_401_answered_twice_then_503() {
          Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
         SDP_A.len()
     );
-    let msg = parse(&Bytes::from(inv_text));
-    let tx = h.server_tx(&msg, h.a_flow);
-    let invite = Received {
-        tx,
-        msg: &msg,
-        flow: h.a_flow,
-    };
-    h.b.handle_invite(
-        h.now,
-        SystemTime::now(),
-        invite,
-        Caller::User("101".into()),
-        &dir,
-    );
-    let mut inv = requests(&h.drain(), "INVITE")[0].clone();
+    let outs = h.invite_text(&inv_text, Caller::User("101".into()), Some(&dir));
+    let mut inv = requests(&outs, "INVITE")[0].clone();
     let mut cseqs = vec![parse(&inv.1).cseq().unwrap().seq];
     for round in 0..3 {
         let req = parse(&inv.1);
@@ -1646,21 +1607,8 @@ fn trunk_responses_to_the_challenged_invite_are_ignored() {
     let dir = trunk_config(&mut h);
     let msg_text = "INVITE sip:0302@pbx SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKt8;rport\r\nFrom: <sip:101@pbx>;tag=a\r\n\
          To: <sip:0302@pbx>\r\nCall-ID: out8@a\r\nCSeq: 1 INVITE\r\nContact: <sip:101@[2001:db8:1::a]:5062>\r\nContent-Length: 0\r\n\r\n";
-    let msg = parse(&Bytes::from(msg_text));
-    let tx = h.server_tx(&msg, h.a_flow);
-    let invite = Received {
-        tx,
-        msg: &msg,
-        flow: h.a_flow,
-    };
-    h.b.handle_invite(
-        h.now,
-        SystemTime::now(),
-        invite,
-        Caller::User("101".into()),
-        &dir,
-    );
-    let first = requests(&h.drain(), "INVITE")[0].clone();
+    let outs = h.invite_text(msg_text, Caller::User("101".into()), Some(&dir));
+    let first = requests(&outs, "INVITE")[0].clone();
     let req = parse(&first.1);
     let challenge = ResponseBuilder::new(&req, 407, "Proxy Authentication Required", None)
         .to_tag("p")

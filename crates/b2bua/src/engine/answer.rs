@@ -13,17 +13,22 @@ use podpbx_sip::{Message, StatusCode};
 use std::time::Instant;
 use tracing::{info, warn};
 
+/// The 2xx that wins a call.
+#[derive(Clone, Copy)]
+pub(crate) struct Answer<'a> {
+    /// The answering leg.
+    pub li: LegIdx,
+    pub msg: &'a Message,
+    /// Its CSeq (our ACK's).
+    pub cseq: u32,
+    /// Our INVITE carried the offer (else the 2xx does, and our ACK waits for the answer).
+    pub had_offer: bool,
+}
+
 impl B2bua {
-    /// Leg `li` answered (2xx with CSeq `cseq`; `had_offer`: our INVITE carried the offer).
-    pub(super) fn on_answer(
-        &mut self,
-        call: &mut Call,
-        now: Instant,
-        li: LegIdx,
-        msg: &Message,
-        cseq: u32,
-        had_offer: bool,
-    ) {
+    /// A leg answered: it wins.
+    pub(super) fn on_answer(&mut self, call: &mut Call, now: Instant, ans: Answer<'_>) {
+        let Answer { li, msg, cseq, .. } = ans;
         let Some(r) = call.routing() else { return };
         let (legs, purpose) = (r.legs.clone(), r.purpose.clone());
         for other in legs.into_iter().filter(|l| *l != li) {
@@ -36,7 +41,7 @@ impl B2bua {
             }
         }
         match purpose {
-            Purpose::Initial => self.bridge_caller(call, now, li, msg, cseq, had_offer),
+            Purpose::Initial => self.bridge_caller(call, now, ans),
             Purpose::Transfer {
                 keeper, transferor, ..
             } => {
@@ -61,15 +66,13 @@ impl B2bua {
 
     /// The caller's INVITE gets our 2xx with the answer rewritten for it; the media of the
     /// winner's bundle is kept, every other bundle released.
-    fn bridge_caller(
-        &mut self,
-        call: &mut Call,
-        now: Instant,
-        li: LegIdx,
-        msg: &Message,
-        cseq: u32,
-        had_offer: bool,
-    ) {
+    fn bridge_caller(&mut self, call: &mut Call, now: Instant, ans: Answer<'_>) {
+        let Answer {
+            li,
+            msg,
+            cseq,
+            had_offer,
+        } = ans;
         let a = call.a;
         let bundle = call.legs[li].media.bundle;
         call.legs[a].media.bundle = bundle;

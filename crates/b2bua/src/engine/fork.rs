@@ -195,15 +195,7 @@ impl B2bua {
             target: target.uri.clone(),
             flow: target.flow,
         });
-        let media = LegMedia {
-            side,
-            bundle: Some(bundle),
-            te: false,
-            last_sdp: None,
-            origin_id: self.origin_id(),
-            origin_ver: 1,
-            last_sent: None,
-        };
+        let media = LegMedia::new(side, Some(bundle), self.origin_id());
         self.start_uac_leg(
             call,
             NewUacLeg {

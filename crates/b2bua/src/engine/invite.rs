@@ -109,7 +109,6 @@ impl B2bua {
         resend.body = body.map(|b| ("application/sdp".to_string(), b.into_bytes()));
         let (branch, data, msg) = self.invite_request(&mut leg.dialog, &resend, auth.as_mut());
         let id = self.alloc_req();
-        let peer = leg.dialog.peer;
         let key = leg.dialog.key();
         leg.state = LegState::Uac(UacState::Calling(Box::new(UacInvite {
             req: id,
@@ -119,14 +118,7 @@ impl B2bua {
             auth,
         })));
         call.legs.push(leg);
-        self.track_request(call, id, li, ReqKind::Invite, true);
-        self.out.push_back(Output::Request {
-            id,
-            method: Method::Invite,
-            branch,
-            data,
-            peer,
-        });
+        self.dispatch_invite(call, li, (id, branch, data));
         // A ringing leg of the current step, found by its dialog.
         if let Some(r) = call.routing_mut() {
             r.legs.push(li);
@@ -297,7 +289,13 @@ impl B2bua {
             self.send_bye(call, li);
             return;
         }
-        self.on_answer(call, now, li, msg, cseq, had_offer);
+        let ans = super::answer::Answer {
+            li,
+            msg,
+            cseq,
+            had_offer,
+        };
+        self.on_answer(call, now, ans);
     }
 
     /// Drops our earlier INVITE transaction `old` of a leg from the request table (a new one
@@ -310,7 +308,12 @@ impl B2bua {
         new: (ReqId, String, Bytes),
     ) {
         self.by_req.remove(&old);
-        let (id, branch, data) = new;
+        self.dispatch_invite(call, li, new);
+    }
+
+    /// Sends INVITE `(id, branch, bytes)` of leg `li` as a client transaction.
+    fn dispatch_invite(&mut self, call: &mut Call, li: LegIdx, invite: (ReqId, String, Bytes)) {
+        let (id, branch, data) = invite;
         self.track_request(call, id, li, ReqKind::Invite, true);
         self.out.push_back(Output::Request {
             id,

@@ -208,6 +208,21 @@ pub(crate) struct LegMedia {
     pub last_sent: Option<String>,
 }
 
+impl LegMedia {
+    /// A leg's media before any SDP: relay leg `side` of `bundle`, our SDP origin `origin_id`.
+    pub fn new(side: MediaLeg, bundle: Option<BundleId>, origin_id: u64) -> LegMedia {
+        LegMedia {
+            side,
+            bundle,
+            te: false,
+            last_sdp: None,
+            origin_id,
+            origin_ver: 1,
+            last_sent: None,
+        }
+    }
+}
+
 /// DTMF towards this leg's peer as SIP INFO (from RFC 4733 on the other side).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DtmfOut {

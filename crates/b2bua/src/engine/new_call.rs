@@ -207,13 +207,8 @@ impl B2bua {
             last_ack: None,
             ack_deferred: None,
             media: LegMedia {
-                side: MediaLeg::A,
-                bundle: None,
-                te: false,
                 last_sdp: offer.clone(),
-                origin_id: self.origin_id(),
-                origin_ver: 1,
-                last_sent: None,
+                ..LegMedia::new(MediaLeg::A, None, self.origin_id())
             },
             dtmf: DtmfOut::default(),
         };

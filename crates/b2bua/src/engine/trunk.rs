@@ -113,15 +113,7 @@ impl B2bua {
             target: uri.clone(),
             flow,
         });
-        let media = LegMedia {
-            side: MediaLeg::B,
-            bundle: Some(bundle),
-            te: false,
-            last_sdp: None,
-            origin_id: self.origin_id(),
-            origin_ver: 1,
-            last_sent: None,
-        };
+        let media = LegMedia::new(MediaLeg::B, Some(bundle), self.origin_id());
         let leg = NewUacLeg {
             party: Party::Trunk(trunk.name.clone()),
             cdr_role: CdrRole::Callee,
