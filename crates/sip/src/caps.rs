@@ -26,6 +26,7 @@ pub const DIALOG_METHODS: &[Method] = &[
     Method::Options,
     Method::Info,
     Method::Update,
+    Method::Prack,
     Method::Refer,
     Method::Notify,
 ];
@@ -39,6 +40,7 @@ pub const TRUNK_DIALOG_METHODS: &[Method] = &[
     Method::Options,
     Method::Info,
     Method::Update,
+    Method::Prack,
     Method::Notify,
 ];
 
@@ -63,6 +65,7 @@ pub const PBX_METHODS: &[Method] = &[
     Method::Message,
     Method::Info,
     Method::Update,
+    Method::Prack,
     Method::Refer,
     Method::Notify,
 ];
@@ -76,8 +79,14 @@ pub const ACCEPT: &[&str] = &[
     "message/sipfrag",
 ];
 
-/// Option tags podpbx implements (the `Supported` header); none yet.
-pub const SUPPORTED: &[&str] = &[];
+/// Option tags podpbx implements (the `Supported` header): reliable provisional responses
+/// (RFC 3262), terminated on each call leg.
+pub const SUPPORTED: &[&str] = &["100rel"];
+
+/// The `Supported` header value of our INVITEs and 2xx.
+pub fn supported() -> String {
+    SUPPORTED.join(", ")
+}
 
 /// An `Allow` header value listing `methods` in order (`INVITE, ACK, ...`).
 pub fn allow(methods: &[Method]) -> String {
@@ -111,11 +120,11 @@ mod tests {
     fn allow_values() {
         assert_eq!(
             allow(DIALOG_METHODS),
-            "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY"
+            "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY"
         );
         assert_eq!(
             allow(TRUNK_DIALOG_METHODS),
-            "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY"
+            "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, NOTIFY"
         );
         assert_eq!(
             allow(TRUNK_REGISTER_METHODS),
@@ -123,7 +132,7 @@ mod tests {
         );
         assert_eq!(
             Capabilities::podpbx().allow_header(),
-            "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY"
+            "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRACK, REFER, NOTIFY"
         );
     }
 

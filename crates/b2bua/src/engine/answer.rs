@@ -7,6 +7,7 @@ use super::send::{Incoming, Reply};
 use super::timers::TimerKind;
 use super::B2bua;
 use crate::util::is_sdp;
+use crate::Output;
 use podpbx_sdp::Sdp;
 use podpbx_sip::caps::{allow, DIALOG_METHODS};
 use podpbx_sip::{Message, StatusCode};
@@ -97,7 +98,7 @@ impl B2bua {
             call.legs[li].ack_deferred = Some(cseq);
         }
         let was = std::mem::replace(&mut call.legs[a].state, LegState::Uas(UasState::Accepted));
-        let LegState::Uas(UasState::Proceeding(inv)) = was else {
+        let LegState::Uas(UasState::Proceeding(mut inv)) = was else {
             // Routing for the caller implies its INVITE waits; were it not so, end the call
             // rather than bridge a caller that was never answered.
             call.legs[a].state = was;
@@ -116,19 +117,26 @@ impl B2bua {
             req: &inv.req,
             src: inv.src,
         };
-        let data = self.respond(to, reply);
+        let data = self.build_response(to, reply);
         let acseq = inv.req.cseq().map(|c| c.seq).unwrap_or(1);
-        let t1 = self.settings.timers.t1;
-        let leg = &mut call.legs[a];
-        leg.ok = Some(OkRetx {
-            data,
-            cseq: acseq,
-            interval: t1,
-            started: now,
-        });
-        leg.status = Some(StatusCode::OK);
+        let rel = inv.rel.take();
+        if !self.hold_2xx(a, call, inv.tx, &data, acseq, rel) {
+            self.out.push_back(Output::Respond {
+                tx: inv.tx,
+                status: StatusCode::OK,
+                data: data.clone(),
+            });
+            let t1 = self.settings.timers.t1;
+            call.legs[a].ok = Some(OkRetx {
+                data,
+                cseq: acseq,
+                interval: t1,
+                started: now,
+            });
+            self.arm(now + t1, call.key, TimerKind::Retx2xx(a));
+        }
+        call.legs[a].status = Some(StatusCode::OK);
         call.record.a_status = Some(StatusCode::OK);
-        self.arm(now + t1, call.key, TimerKind::Retx2xx(a));
         call.bridge(a, li);
         call.record.answered_at = Some(now);
         call.record.answered_by = Some(call.legs[li].party.name().to_string());

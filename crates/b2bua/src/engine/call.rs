@@ -182,6 +182,9 @@ pub(crate) enum EndReason {
     MaxDuration,
     /// Our 2xx got no ACK within 64*T1.
     NoAck,
+    /// Our reliable provisional got no PRACK within 64*T1 (RFC 3262), after the callee
+    /// answered.
+    NoPrack,
     Shutdown,
     /// The other side answered a relayed request with 481/408.
     DialogGone,
@@ -198,6 +201,7 @@ impl EndReason {
             EndReason::MediaTimeout => "media_timeout",
             EndReason::MaxDuration => "max_duration",
             EndReason::NoAck => "no_ack",
+            EndReason::NoPrack => "no_prack",
             EndReason::Shutdown => "shutdown",
             EndReason::DialogGone => "dialog_gone",
             EndReason::TransferFailed => "transfer_failed",

@@ -10,7 +10,7 @@ use crate::cdr::Disposition;
 use crate::util::{sanitize, sanitize_display};
 use crate::{ContactTarget, Directory, Family, MediaLeg};
 use podpbx_config::{Dtmf, RingStrategy, Target};
-use podpbx_sip::caps::{allow, DIALOG_METHODS};
+use podpbx_sip::caps::{allow, supported, DIALOG_METHODS};
 use podpbx_sip::StatusCode;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -209,7 +209,10 @@ impl B2bua {
                 offerer,
                 resend: Resend {
                     uri: target.uri,
-                    headers: vec![("Allow".to_string(), allow(DIALOG_METHODS))],
+                    headers: vec![
+                        ("Allow".to_string(), allow(DIALOG_METHODS)),
+                        ("Supported".to_string(), supported()),
+                    ],
                     body: None,
                 },
                 auth: None,

@@ -125,6 +125,7 @@ impl B2bua {
         let partner = call.partner(li);
         match method {
             Method::Bye => self.bye(call, now, inc, li, partner),
+            Method::Prack => self.prack_in(call, now, inc, li),
             Method::Refer => self.handle_refer(call, now, inc, li, partner, dir),
             Method::Info if partner.is_some() && self.info_dtmf(call, partner, req) => {
                 self.respond(inc, Reply::new(StatusCode::OK));

@@ -9,7 +9,7 @@ use super::leg::{
     Auth, CdrRole, DtmfOut, Leg, LegIdx, LegMedia, LegState, Party, Resend, UacInvite, UacState,
 };
 use super::responses::Resp;
-use super::send::{Incoming, Reply, ReqKind};
+use super::send::{Reply, ReqKind};
 use super::B2bua;
 use crate::util::is_sdp;
 use crate::{Directory, Output, ReqId};
@@ -97,6 +97,7 @@ impl B2bua {
             ok: None,
             last_ack: None,
             ack_deferred: None,
+            held_2xx: None,
             media,
             dtmf: DtmfOut::default(),
         };
@@ -116,6 +117,7 @@ impl B2bua {
             had_offer: offer.is_some(),
             resend,
             auth,
+            rel: Default::default(),
         })));
         call.legs.push(leg);
         self.dispatch_invite(call, li, (id, branch, data));
@@ -212,6 +214,9 @@ impl B2bua {
         if call.legs[li].cancel_requested() {
             return;
         }
+        if !self.prack_out(call, li, resp.msg) {
+            return;
+        }
         let current = call
             .routing()
             .is_some_and(|r| r.purpose == super::call::Purpose::Initial && r.legs.contains(&li));
@@ -219,11 +224,9 @@ impl B2bua {
             return;
         }
         let a = call.a;
-        let Some(inv) = call.legs[a].uas_invite() else {
+        if call.legs[a].uas_invite().is_none() {
             return;
-        };
-        let (tx, req, src) = (inv.tx, inv.req.clone(), inv.src);
-        let to = Incoming { tx, req: &req, src };
+        }
         let tag = call.legs[a].dialog.local_tag.clone();
         let contact = call.legs[a].dialog.contact();
         let msg = resp.msg;
@@ -236,14 +239,14 @@ impl B2bua {
                         .tag(&tag)
                         .header("Contact", contact)
                         .body(Some(("application/sdp", body.as_bytes())));
-                    self.respond(to, reply);
+                    self.provisional_to_a(call, now, reply);
                 }
                 Err(e) => debug!(error = %e, "early media SDP not relayed"),
             }
         } else if resp.status == StatusCode::RINGING || resp.status == StatusCode::SESSION_PROGRESS
         {
             let reply = Reply::new(resp.status).tag(&tag).header("Contact", contact);
-            self.respond(to, reply);
+            self.provisional_to_a(call, now, reply);
         }
     }
 

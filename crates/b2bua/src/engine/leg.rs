@@ -12,6 +12,7 @@ use crate::{MediaLeg, ReqId};
 use bytes::Bytes;
 use podpbx_config::Dtmf;
 use podpbx_sip::digest::{AuthKind, DigestClient};
+use podpbx_sip::rel100::{ReliableReceiver, ReliableSender};
 use podpbx_sip::transaction::ServerTxId;
 use podpbx_sip::{Message, StatusCode};
 use std::collections::VecDeque;
@@ -101,6 +102,8 @@ pub(crate) struct UasInvite {
     pub req: Message,
     /// Where it came from (`received`/`rport` of our responses).
     pub src: SocketAddr,
+    /// The caller requires reliable provisionals (RFC 3262): our 18x go through this.
+    pub rel: Option<ReliableSender>,
 }
 
 impl UasInvite {
@@ -144,6 +147,8 @@ pub(crate) struct UacInvite {
     pub resend: Resend,
     /// Digest answers to 401/407 (trunk legs with credentials).
     pub auth: Option<Auth>,
+    /// Reliable provisionals received (RFC 3262): each PRACKed once, in order.
+    pub rel: ReliableReceiver,
 }
 
 /// What an authenticated re-send of an INVITE needs: Request-URI, extra headers (without Via,
@@ -252,6 +257,9 @@ pub(crate) struct Leg {
     pub last_ack: Option<(u32, Bytes)>,
     /// A 2xx to our INVITE (this CSeq) waits for the answer in the other side's ACK.
     pub ack_deferred: Option<u32>,
+    /// Our 2xx to the caller's INVITE, held back until the PRACK of a reliable provisional
+    /// that carried SDP (RFC 3262 §3); sent by the PRACK handler.
+    pub held_2xx: Option<super::prack::Held2xx>,
     pub media: LegMedia,
     pub dtmf: DtmfOut,
 }

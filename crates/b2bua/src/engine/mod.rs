@@ -37,6 +37,7 @@ mod invite;
 mod leg;
 mod media;
 mod new_call;
+mod prack;
 mod responses;
 mod routing;
 mod send;

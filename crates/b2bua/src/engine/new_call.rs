@@ -200,12 +200,14 @@ impl B2bua {
                 tx,
                 req: req.clone(),
                 src: flow.remote,
+                rel: self.reliable_sender(req),
             }))),
             status: None,
             step_gen: 0,
             ok: None,
             last_ack: None,
             ack_deferred: None,
+            held_2xx: None,
             media: LegMedia {
                 last_sdp: offer.clone(),
                 ..LegMedia::new(MediaLeg::A, None, self.origin_id())

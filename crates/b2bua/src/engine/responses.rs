@@ -55,7 +55,11 @@ impl B2bua {
                 ReqKind::Invite => this.invite_response(call, now, dir, li, resp),
                 ReqKind::Relay(r) => this.relay_response(call, now, li, &r, resp),
                 ReqKind::DtmfInfo if first_final => this.dtmf_info_done(call, li),
-                ReqKind::Bye | ReqKind::Cancel | ReqKind::Notify | ReqKind::DtmfInfo => {}
+                ReqKind::Bye
+                | ReqKind::Cancel
+                | ReqKind::Notify
+                | ReqKind::DtmfInfo
+                | ReqKind::Prack => {}
             }
             // An INVITE's entry stays until the call ends: its 2xx may be retransmitted.
             if status.is_final()

@@ -89,6 +89,8 @@ pub(crate) enum ReqKind {
     Notify,
     /// A DTMF INFO of ours (RFC 4733 from the other side, [`B2bua::media_dtmf`]).
     DtmfInfo,
+    /// Our PRACK of a reliable provisional (RFC 3262).
+    Prack,
     /// A request relayed from another leg's server transaction.
     Relay(Box<Relayed>),
 }
@@ -139,6 +141,18 @@ impl B2bua {
     /// Answers `to` (through its server transaction).
     pub(super) fn respond(&mut self, to: Incoming<'_>, reply: Reply<'_>) -> Bytes {
         let status = reply.status;
+        let data = self.build_response(to, reply);
+        self.out.push_back(Output::Respond {
+            tx: to.tx,
+            status,
+            data: data.clone(),
+        });
+        data
+    }
+
+    /// The bytes of a response to `to`, without sending them.
+    pub(super) fn build_response(&mut self, to: Incoming<'_>, reply: Reply<'_>) -> Bytes {
+        let status = reply.status;
         let reason = reply.reason.unwrap_or(status.reason());
         let mut b = ResponseBuilder::new(to.req, status.code(), reason, Some(to.src));
         if let Some(t) = reply.to_tag {
@@ -161,13 +175,7 @@ impl B2bua {
         if let Some((ct, data)) = reply.body {
             b = b.body(ct, data);
         }
-        let data = b.build();
-        self.out.push_back(Output::Respond {
-            tx: to.tx,
-            status,
-            data: data.clone(),
-        });
-        data
+        b.build()
     }
 
     /// Builds a request in `dialog` with CSeq `cseq` (without sending it): the branch and

@@ -22,6 +22,8 @@ pub(crate) enum TimerKind {
     Cleanup,
     /// Give up on an INVITE whose CANCEL could not be sent or answered.
     CancelGuard(LegIdx),
+    /// Retransmit a reliable provisional to the caller (RFC 3262), or give up on its PRACK.
+    Rel100(LegIdx),
 }
 
 impl B2bua {
@@ -61,6 +63,7 @@ impl B2bua {
                     }
                 }
                 TimerKind::CancelGuard(li) => self.cancel_guard(&mut call, li),
+                TimerKind::Rel100(li) => self.rel100_timer(&mut call, now, li),
                 TimerKind::Cleanup => {
                     self.finish(&mut call, now);
                     continue;

@@ -13,7 +13,7 @@ use crate::util::sanitize;
 use crate::{Directory, Family, Flow, MediaLeg};
 use bytes::Bytes;
 use podpbx_config::Dtmf;
-use podpbx_sip::caps::{allow, TRUNK_DIALOG_METHODS};
+use podpbx_sip::caps::{allow, supported, TRUNK_DIALOG_METHODS};
 use podpbx_sip::digest::{AuthKind, DigestClient};
 use podpbx_sip::{StatusCode, Transport};
 use std::time::{Duration, Instant};
@@ -127,7 +127,10 @@ impl B2bua {
             offerer: Some(call.a),
             resend: Resend {
                 uri,
-                headers: vec![("Allow".to_string(), allow(TRUNK_DIALOG_METHODS))],
+                headers: vec![
+                    ("Allow".to_string(), allow(TRUNK_DIALOG_METHODS)),
+                    ("Supported".to_string(), supported()),
+                ],
                 body: None,
             },
             auth,

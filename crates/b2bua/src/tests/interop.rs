@@ -1,0 +1,264 @@
+//! Interop in virtual time: reliable provisionals (RFC 3262) on each leg, session timers
+//! (RFC 4028), UPDATE (RFC 3311).
+
+use super::*;
+
+/// The harness with `extra` TOML appended to its configuration (rules first match: put new
+/// rules before the harness's, e.g. with a number the harness does not route).
+fn h_with(extra: &str) -> H {
+    let mut h = H::new();
+    let cfg = Arc::new(Config::from_str(&format!("{CFG}{extra}"), "t.toml").expect("config"));
+    h.b = B2bua::new(
+        cfg,
+        Settings {
+            timers: Timers::default(),
+            ..Default::default()
+        },
+        Box::new(h.media.clone()),
+        podpbx_sip::IdGen::new([4; 16]),
+    );
+    h
+}
+
+/// An INVITE from 101 at the caller's address with extra header lines.
+fn invite_with(h: &mut H, number: &str, extra: &str, body: Option<&str>) -> Vec<Output> {
+    let body = body.unwrap_or("");
+    let ct = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    let text = format!(
+        "INVITE sip:{number}@pbx SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKrel1;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:101@pbx>;tag=atag\r\nTo: <sip:{number}@pbx>\r\nCall-ID: relcall@a\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:101@[2001:db8:1::a]:5062>\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let msg = parse(&Bytes::from(text));
+    let tx = h.server_tx(&msg, h.a_flow);
+    h.b.handle_invite(
+        h.now,
+        SystemTime::now(),
+        Received {
+            tx,
+            msg: &msg,
+            flow: h.a_flow,
+        },
+        Caller::User("101".into()),
+        &h.dir,
+    );
+    h.drain()
+}
+
+/// The callee's response to our request `req` with `code`, extra header lines and SDP.
+fn reply(
+    h: &mut H,
+    id: ReqId,
+    req: &Bytes,
+    code: u16,
+    headers: &[(&str, &str)],
+    sdp: Option<&str>,
+) -> Vec<Output> {
+    let req = parse(req);
+    let mut rb = ResponseBuilder::new(&req, code, "X", None)
+        .to_tag("btag")
+        .header("Contact", "<sip:b@[2001:db8:1::20]:5060>");
+    for (n, v) in headers {
+        rb = rb.header(n, v);
+    }
+    if let Some(s) = sdp {
+        rb = rb.body("application/sdp", s.as_bytes());
+    }
+    let resp = parse(&rb.build());
+    h.b.handle_response(h.now, id, &resp, &h.dir);
+    h.drain()
+}
+
+/// Responses to the caller: (status, bytes).
+fn to_a(outs: &[Output]) -> Vec<(u16, Bytes)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Respond { status, data, .. } => Some((status.code(), data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn tag_of(data: &Bytes) -> String {
+    let m = parse(data);
+    let t = m.to_hdr().unwrap().tag().unwrap();
+    String::from_utf8_lossy(&t).into_owned()
+}
+
+/// A PRACK from the caller acknowledging RSeq `rseq` in the early dialog with our tag `tag`.
+fn prack(h: &mut H, tag: &str, rseq: &str, cseq: u32) -> Vec<Output> {
+    let text = format!(
+        "PRACK sip:podpbx@[2001:db8::1]:5060 SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKpr{cseq};rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={tag}\r\nCall-ID: relcall@a\r\nCSeq: {cseq} PRACK\r\n\
+         RAck: {rseq} 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    h.in_dialog(text, h.a_flow)
+}
+
+#[test]
+fn a_caller_requiring_100rel_gets_reliable_provisionals_acknowledged_here() {
+    let mut h = H::new();
+    let outs = invite_with(
+        &mut h,
+        "102",
+        "Require: 100rel\r\nSupported: 100rel\r\n",
+        Some(SDP_A),
+    );
+    let inv = requests(&outs, "INVITE");
+    let (id, data) = inv[0].clone();
+    // The callee is offered 100rel but never required to do it.
+    assert_eq!(header_of(&data, "Supported"), "100rel");
+    assert_eq!(header_of(&data, "Require"), "");
+    let outs = reply(&mut h, id, &data, 180, &[], None);
+    let r = to_a(&outs);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, 180);
+    assert_eq!(header_of(&r[0].1, "Require"), "100rel");
+    let rseq = header_of(&r[0].1, "RSeq");
+    let n: u32 = rseq.parse().expect("RSeq");
+    assert!((1..=1 << 31).contains(&n));
+    let tag = tag_of(&r[0].1);
+    // Retransmitted at T1, then 2*T1, until the PRACK.
+    let outs = h.advance(Duration::from_millis(500));
+    let r2 = to_a(&outs);
+    assert_eq!(r2.len(), 1, "retransmission at T1");
+    assert_eq!(r2[0].1, r[0].1, "the same response, same RSeq");
+    let outs = h.advance(Duration::from_millis(900));
+    assert!(to_a(&outs).is_empty(), "next one at 1.5 s");
+    // A PRACK for another RSeq: 481.
+    let outs = prack(&mut h, &tag, &format!("{}", n + 1), 2);
+    assert_eq!(responses(&outs), vec![481]);
+    let outs = prack(&mut h, &tag, &rseq, 3);
+    assert_eq!(responses(&outs), vec![200]);
+    assert!(
+        requests(&outs, "PRACK").is_empty(),
+        "never relayed to the callee"
+    );
+    let outs = h.advance(Duration::from_secs(10));
+    assert!(to_a(&outs).is_empty(), "no retransmission after the PRACK");
+    // The answer goes through as usual.
+    let outs = reply(&mut h, id, &data, 200, &[], Some(SDP_B));
+    assert_eq!(responses(&outs), vec![200]);
+}
+
+#[test]
+fn a_reliable_183_from_the_callee_is_pracked_once_and_relayed_plainly() {
+    let mut h = H::new();
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let rel = [("Require", "100rel"), ("RSeq", "5")];
+    let outs = reply(&mut h, id, &data, 183, &rel, Some(SDP_B));
+    let pracks = requests(&outs, "PRACK");
+    assert_eq!(pracks.len(), 1, "our PRACK");
+    let p = text(&pracks[0].1);
+    assert!(p.contains("RAck: 5 1 INVITE\r\n"), "{p}");
+    assert!(p.contains(";tag=btag"), "in the early dialog: {p}");
+    assert!(
+        p.starts_with("PRACK sip:b@[2001:db8:1::20]:5060 "),
+        "to the Contact: {p}"
+    );
+    let r = to_a(&outs);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, 183);
+    assert_eq!(
+        header_of(&r[0].1, "Require"),
+        "",
+        "no Require the caller cannot meet"
+    );
+    assert_eq!(header_of(&r[0].1, "RSeq"), "");
+    assert!(
+        text(&r[0].1).contains("c=IN IP6 2001:db8::10"),
+        "early media via the relay"
+    );
+    // Early media: the relay learnt the callee's address from the 183.
+    let remotes = h.media.0.lock().unwrap().remotes.clone();
+    assert!(
+        remotes
+            .iter()
+            .any(|x| x.1 == MediaLeg::B && x.2 == "[2001:db8:1::b]:5000".parse().unwrap()),
+        "{remotes:?}"
+    );
+    // The callee retransmits (our PRACK crossed it): nothing more.
+    let outs = reply(&mut h, id, &data, 183, &rel, Some(SDP_B));
+    assert!(requests(&outs, "PRACK").is_empty());
+    assert!(to_a(&outs).is_empty());
+    // Out of order: not acknowledged, not relayed.
+    let outs = reply(
+        &mut h,
+        id,
+        &data,
+        180,
+        &[("Require", "100rel"), ("RSeq", "7")],
+        None,
+    );
+    assert!(requests(&outs, "PRACK").is_empty());
+    assert!(to_a(&outs).is_empty());
+    // The next one in order is.
+    let outs = reply(
+        &mut h,
+        id,
+        &data,
+        180,
+        &[("Require", "100rel"), ("RSeq", "6")],
+        None,
+    );
+    assert_eq!(requests(&outs, "PRACK").len(), 1);
+    assert_eq!(responses(&outs), vec![180]);
+}
+
+#[test]
+fn our_2xx_waits_for_the_prack_of_a_reliable_183_with_sdp() {
+    let mut h = H::new();
+    let outs = invite_with(&mut h, "102", "Require: 100rel\r\n", Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let outs = reply(&mut h, id, &data, 183, &[], Some(SDP_B));
+    let r = to_a(&outs);
+    assert_eq!(r[0].0, 183);
+    let rseq = header_of(&r[0].1, "RSeq");
+    let tag = tag_of(&r[0].1);
+    // The callee answers before the caller's PRACK came: the 2xx is held.
+    let outs = reply(&mut h, id, &data, 200, &[], Some(SDP_B));
+    assert!(
+        to_a(&outs).is_empty(),
+        "no 2xx before the PRACK: {:?}",
+        to_a(&outs)
+    );
+    assert_eq!(stateless_acks(&outs), 1, "the callee is ACKed at once");
+    let outs = prack(&mut h, &tag, &rseq, 2);
+    assert_eq!(
+        responses(&outs),
+        vec![200, 200],
+        "PRACK's 200, then the INVITE's"
+    );
+    // The 2xx is now retransmitted until the ACK, like any other.
+    let outs = h.advance(Duration::from_millis(600));
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, Output::Stateless { data, .. } if data.starts_with(b"SIP/2.0 200"))));
+}
+
+#[test]
+fn no_prack_within_64_t1_fails_the_call_with_500() {
+    // Ring longer than 64*T1 so the PRACK guard, not the ring timeout, ends it.
+    let mut h = h_with(
+        "[[dialplan]]\nname = \"long\"\nmatch = { number = \"700\", from = \"local\" }\naction = \"ring\"\ntargets = [\"102\"]\ntimeout_secs = 60\n",
+    );
+    let outs = invite_with(&mut h, "700", "Require: 100rel\r\n", Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let outs = reply(&mut h, id, &data, 180, &[], None);
+    assert_eq!(to_a(&outs).len(), 1);
+    let outs = h.advance(Duration::from_secs(40));
+    let codes: Vec<u16> = to_a(&outs).iter().map(|r| r.0).collect();
+    // 180 retransmitted at 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s, then 500 at 32 s.
+    assert_eq!(codes, [180, 180, 180, 180, 180, 180, 500], "{codes:?}");
+    assert_eq!(
+        requests(&outs, "CANCEL").len(),
+        1,
+        "the callee is cancelled"
+    );
+}
