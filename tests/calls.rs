@@ -679,3 +679,131 @@ fn rfc4733_digit_from_the_doorbell_reaches_an_info_phone_as_sip_info() {
         cdrs[0]
     );
 }
+
+/// RFC 3262 on both legs: a caller that requires 100rel gets reliable 18x and PRACKs them to
+/// podpbx; a phone that sends a reliable 183 gets podpbx's PRACK. Before podpbx knew 100rel the
+/// caller got `420 Bad Extension`.
+#[test]
+fn caller_and_callee_both_using_100rel() {
+    let pbx = Pbx::start(CONFIG);
+    let p = phone(&pbx, "102", "uas_100rel.xml", &["-rtp_echo"]);
+    let run = call(&pbx, "uac_100rel.xml", "102", &["-d", "300"]);
+    assert!(
+        run.ok,
+        "caller:\n{}\n--- podpbx ---\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    let logs = check_phone(p, "callee", &pbx);
+    assert!(logs.contains("UAS100-PRACK rack=4711 "), "{logs}");
+    // The caller's PRACK was answered by podpbx, never relayed: one PRACK reached the phone.
+    assert_eq!(logs.matches("PRACK sip:").count(), 1, "{logs}");
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
+}
+
+/// Early media through the relay: the doorbell (no 100rel) calls a phone that answers with a
+/// reliable 183 and SDP; podpbx PRACKs it, the doorbell gets a plain 183 with the relay's
+/// address, and RTP it sends during the early phase comes back (the phone echoes) before the
+/// call is answered.
+#[test]
+fn early_media_of_a_reliable_183_flows_through_the_relay_before_the_answer() {
+    let pbx = Pbx::start(CONFIG);
+    let p = phone(&pbx, "102", "uas_100rel.xml", &["-rtp_echo"]);
+    let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sip.connect(pbx.v4()).unwrap();
+    sip.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = sip.local_addr().unwrap();
+    let sdp = format!(
+        "v=0\r\no=door 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+        rtp.local_addr().unwrap().port()
+    );
+    let invite = format!(
+        "INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKem1;rport\r\nMax-Forwards: 70\r\n\
+         From: \"Door\" <sip:190@127.0.0.1>;tag=door\r\nTo: <sip:1@127.0.0.1>\r\nCall-ID: early-1@test\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:190@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    sip.send(invite.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let p183 = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no 183:\n{}",
+            tail(&pbx.log_text())
+        );
+        let Some(m) = recv_msg(&sip) else { continue };
+        if m.starts_with("SIP/2.0 183") {
+            break m;
+        }
+        assert!(m.starts_with("SIP/2.0 1"), "unexpected before the 183: {m}");
+    };
+    assert!(
+        hdr(&p183, "Require").is_none() && hdr(&p183, "RSeq").is_none(),
+        "{p183}"
+    );
+    let port: u16 = p183
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| b.lines().find_map(|l| l.strip_prefix("m=audio ")))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("m= port in the 183");
+    let relay: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Early media: RTP both ways through the relay while the phone has not answered.
+    rtp.set_nonblocking(true).unwrap();
+    let mut echoed = 0;
+    let mut answered = false;
+    for i in 0..30u16 {
+        let mut pkt = vec![0x80u8, 0x00];
+        pkt.extend_from_slice(&i.to_be_bytes());
+        pkt.extend_from_slice(&(u32::from(i) * 160).to_be_bytes());
+        pkt.extend_from_slice(&0x4242_4242u32.to_be_bytes());
+        pkt.extend(std::iter::repeat_n(0xffu8, 160));
+        rtp.send_to(&pkt, relay).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = rtp.recv_from(&mut buf) {
+            assert_eq!(from, relay);
+            echoed += 1;
+        }
+        sip.set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        if let Some(m) = recv_msg(&sip) {
+            answered |= m.starts_with("SIP/2.0 200");
+        }
+    }
+    assert!(
+        !answered && echoed > 5,
+        "early media echoed before the answer: {echoed} packets, answered={answered}\n{}",
+        tail(&pbx.log_text())
+    );
+    sip.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let ok = loop {
+        assert!(Instant::now() < deadline, "no 200");
+        if let Some(m) = recv_msg(&sip).filter(|m| m.starts_with("SIP/2.0 200")) {
+            break m;
+        }
+    };
+    let to = hdr(&ok, "To").unwrap();
+    let contact = hdr(&ok, "Contact").unwrap();
+    let ruri = contact
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    for (m, cseq, br) in [("ACK", 1, "em2"), ("BYE", 2, "em3")] {
+        let req = format!(
+            "{m} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
+             To: {to}\r\nCall-ID: early-1@test\r\nCSeq: {cseq} {m}\r\nContent-Length: 0\r\n\r\n"
+        );
+        sip.send(req.as_bytes()).unwrap();
+    }
+    let logs = check_phone(p, "callee", &pbx);
+    assert!(logs.contains("UAS100-PRACK rack=4711 1 INVITE"), "{logs}");
+}

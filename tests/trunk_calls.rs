@@ -805,4 +805,43 @@ fn calls_over_a_tls_trunk_both_ways() {
     let legs = cdrs[1]["legs"].as_array().expect("legs");
     assert_eq!(legs[0]["party"], "provider", "{}", cdrs[1]);
     assert_eq!(legs[0]["transport"], "tls", "{}", cdrs[1]);
+
+/// RFC 3262 on a trunk: the provider answers with a reliable 183 with SDP (early media) and
+/// wants a PRACK; the caller (a plain phone) must not be asked for one. The provider is a SIPp
+/// UAS reached directly (an IP-authenticated trunk): SIPp cannot answer an INVITE after a PRACK
+/// through a proxy (it would need the INVITE's whole Via stack).
+#[test]
+fn provider_with_reliable_183_gets_its_prack_and_the_caller_a_plain_183() {
+    let uas_addr = SocketAddr::new(ip("::1"), free_port());
+    let extra = format!(
+        "[[trunks]]\nname = \"direct\"\nhost = \"::1\"\nport = {}\nregister = false\n\n\
+         [[dialplan]]\nname = \"direct\"\nmatch = {{ prefix = \"9\", from = \"local\" }}\naction = \"trunk\"\ntrunk = \"direct\"\n",
+        uas_addr.port()
+    );
+    let pbx = Pbx::start(&pbx_config(free_port(), &extra));
+    let uas = Uas::start("uas_100rel.xml", uas_addr, 1, &["-rtp_echo"]);
+    let run = call(&pbx, "call_uac.xml", "9301234567", &["-d", "300"]);
+    let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && uas_ok,
+        "caller:\n{}\n--- UAS ---\n{uas_logs}\n--- podpbx ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+    );
+    // Our PRACK acknowledged the provider's 183 (RSeq 4711, the INVITE's CSeq).
+    assert!(
+        uas_logs.contains("UAS100-PRACK rack=4711 1 INVITE"),
+        "{uas_logs}"
+    );
+    // The caller got the early media SDP in a 183 without Require/RSeq.
+    let out = &run.output;
+    let p183 = out.find("SIP/2.0 183").expect("183 to the caller");
+    let head = &out[p183..p183 + out[p183..].find("\r\n\r\n").unwrap_or(0)];
+    assert!(
+        !head.contains("RSeq") && !head.contains("Require"),
+        "{head}"
+    );
+    assert!(out[p183..].contains("c=IN IP4 127.0.0.1"), "{out}");
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
 }
