@@ -805,6 +805,7 @@ fn calls_over_a_tls_trunk_both_ways() {
     let legs = cdrs[1]["legs"].as_array().expect("legs");
     assert_eq!(legs[0]["party"], "provider", "{}", cdrs[1]);
     assert_eq!(legs[0]["transport"], "tls", "{}", cdrs[1]);
+}
 
 /// RFC 3262 on a trunk: the provider answers with a reliable 183 with SDP (early media) and
 /// wants a PRACK; the caller (a plain phone) must not be asked for one. The provider is a SIPp

@@ -1636,4 +1636,5 @@ fn trunk_responses_to_the_challenged_invite_are_ignored() {
         "delayed offer: the ACK waits for the answer"
     );
 }
+
 mod interop;
