@@ -7,13 +7,25 @@ use super::leg::{BundleId, LegIdx, LegMedia};
 use super::B2bua;
 use crate::{Family, MediaId, MediaLeg};
 use bytes::Bytes;
-use podpbx_sdp::{
-    Anchor, MediaPlan, MediaSecurity, OriginPlan, RemoteMedia, RewritePlan, Sdp, ZeroAddressHold,
-};
+use podpbx_sdp::{Anchor, MediaPlan, MediaSecurity, OriginPlan, RemoteMedia, RewritePlan, Sdp, SdpError, ZeroAddressHold};
 use podpbx_sip::Transport;
 use std::net::IpAddr;
 use std::time::Instant;
 use tracing::warn;
+
+/// Why SDP could not be relayed to the other leg (the request gets 488, a leg fails, or an
+/// answer goes without SDP; always logged).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MediaError {
+    #[error("SDP not usable: {0}")]
+    Sdp(#[from] SdpError),
+    #[error("no media bundle for this leg")]
+    NoBundle,
+    #[error("no relay session: {0}")]
+    Relay(String),
+    #[error("SDES keys (a=crypto) over clear-text signalling")]
+    ClearTextKeys,
+}
 
 /// Most SDP m-lines we anchor per call.
 const MAX_STREAMS: usize = 8;
@@ -86,10 +98,10 @@ impl B2bua {
         call: &mut Call,
         bundle: Option<BundleId>,
         sdp: &Sdp,
-    ) -> Result<(), String> {
+    ) -> Result<(), MediaError> {
         let key = call.key;
         let Some(bundle) = bundle.and_then(|b| call.bundles.get_mut(b.0)) else {
-            return Err("no media bundle".into());
+            return Err(MediaError::NoBundle);
         };
         for m in sdp.media().iter().take(MAX_STREAMS) {
             if bundle.ids.len() <= m.index {
@@ -98,7 +110,10 @@ impl B2bua {
             if m.rejected() || bundle.ids[m.index].is_some() {
                 continue;
             }
-            let id = self.media.allocate(bundle.a, bundle.b)?;
+            let id = self
+                .media
+                .allocate(bundle.a, bundle.b)
+                .map_err(MediaError::Relay)?;
             bundle.ids[m.index] = Some(id);
             self.by_media.insert(id, key);
         }
@@ -160,7 +175,7 @@ impl B2bua {
         local: IpAddr,
         to: Transport,
         sdp: &Sdp,
-    ) -> Result<String, String> {
+    ) -> Result<String, MediaError> {
         let side = media.side;
         let ids: &[Option<MediaId>] = bundle.map(|b| b.ids.as_slice()).unwrap_or(&[]);
         let mut first_addr = None;
@@ -205,8 +220,7 @@ impl B2bua {
                     zero_address_hold: ZeroAddressHold::default(),
                 },
                 &security,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
         if media.last_sent.as_deref() != Some(text.as_str()) {
             if media.last_sent.is_some() {
                 media.origin_ver += 1;
@@ -231,8 +245,8 @@ impl B2bua {
         to: LegIdx,
         raw: &Bytes,
         offer: bool,
-    ) -> Result<String, String> {
-        let sdp = Sdp::parse(raw).map_err(|e| e.to_string())?;
+    ) -> Result<String, MediaError> {
+        let sdp = Sdp::parse(raw)?;
         // SDES keys in clear-text SIP are already compromised: refuse them (488 or a failed
         // leg), never use or forward them.
         if call.legs[from].dialog.peer.transport != Transport::Tls && has_sdes_keys(&sdp) {
@@ -240,7 +254,7 @@ impl B2bua {
                 call = call.key,
                 "SDES keys (a=crypto) received over clear-text signalling: refused"
             );
-            return Err("SDES keys over clear-text signalling".into());
+            return Err(MediaError::ClearTextKeys);
         }
         let bundle = call.legs[from].media.bundle.or(call.legs[to].media.bundle);
         if offer {
