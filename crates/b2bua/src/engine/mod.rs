@@ -24,6 +24,19 @@
 //!
 //! Every input (`handle_*`, `request_failed`, `media_*`) takes the call out of the table,
 //! works on it, and puts it back ([`B2bua::put_back`]), which finishes it when it is over.
+//!
+//! # Extending
+//!
+//! * A new in-dialog method with behaviour of its own: a module with an `impl B2bua` handler
+//!   taking `(call, now, Incoming, leg, partner)`, and one arm in `in_dialog`'s dispatch;
+//!   every other method is relayed as it is.
+//! * New treatment of responses to our INVITE (reliable provisionals, redirects): a module,
+//!   called from `invite::invite_response` (provisional / success / failure).
+//! * A new timer: a `TimerKind` variant, armed with [`B2bua::arm`], fired in `handle_timeout`.
+//! * A new routing action: an arm in `routing::next_step` starting it (like `fork`, `trunk`).
+//! * A new kind of far end that is not a SIP dialog (a local media endpoint such as voicemail):
+//!   a `Phase` variant owning its session, entered from a routing action that answers the
+//!   caller's leg itself (`answer.rs` shows how the caller gets its 2xx).
 
 mod answer;
 mod call;
