@@ -7,7 +7,10 @@ use super::leg::{BundleId, LegIdx, LegMedia};
 use super::B2bua;
 use crate::{Family, MediaId, MediaLeg};
 use bytes::Bytes;
-use podpbx_sdp::{Anchor, MediaPlan, MediaSecurity, OriginPlan, RemoteMedia, RewritePlan, Sdp, SdpError, ZeroAddressHold};
+use podpbx_sdp::{
+    Anchor, MediaPlan, MediaSecurity, OriginPlan, RemoteMedia, RewritePlan, Sdp, SdpError,
+    ZeroAddressHold,
+};
 use podpbx_sip::Transport;
 use std::net::IpAddr;
 use std::time::Instant;
@@ -212,15 +215,14 @@ impl B2bua {
                 }
             })
             .collect();
-        let text = sdp
-            .rewrite_secure(
-                &RewritePlan {
-                    media: plan,
-                    origin: OriginPlan::Keep,
-                    zero_address_hold: ZeroAddressHold::default(),
-                },
-                &security,
-            )?;
+        let text = sdp.rewrite_secure(
+            &RewritePlan {
+                media: plan,
+                origin: OriginPlan::Keep,
+                zero_address_hold: ZeroAddressHold::default(),
+            },
+            &security,
+        )?;
         if media.last_sent.as_deref() != Some(text.as_str()) {
             if media.last_sent.is_some() {
                 media.origin_ver += 1;
