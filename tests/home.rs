@@ -1,7 +1,10 @@
 //! Black-box tests of the home features (issue 16) through the real binary: webhooks for home
 //! automation (a receiver in the test gets the doorbell ring and the missed call, signed, with a
-//! retry after a failed attempt).
+//! retry after a failed attempt); voicemail as a fallback (a caller leaves a tone, the WAV on
+//! disk holds it, the owner dials *97, enters the PIN and hears it back).
 
+#[path = "e2e/audio.rs"]
+mod audio;
 mod common;
 
 use common::*;
@@ -357,4 +360,422 @@ queue = 8
     let dropped = metric(&text, "podpbx_webhook_dropped_total").unwrap();
     assert!(dropped >= 50.0, "dropped {dropped}");
     drop(silent);
+}
+
+// ----- voicemail ----------------------------------------------------------------------------
+
+/// A loopback "phone" for the media side: SIP over UDP from a fixed source (its user is
+/// identified by that source), RTP in PCMU with RFC 4733 digits, what it hears decoded.
+struct SipPhone {
+    sip: UdpSocket,
+    rtp: UdpSocket,
+    me: SocketAddr,
+    call_id: String,
+    tag: String,
+    to: String,
+    ruri: String,
+    remote_rtp: Option<SocketAddr>,
+    heard: Vec<i16>,
+    seq: u16,
+    ts: u32,
+}
+
+impl SipPhone {
+    fn new(pbx: SocketAddr, local_ip: &str, call_id: &str) -> SipPhone {
+        let sip = UdpSocket::bind((local_ip, 0)).unwrap();
+        sip.connect(pbx).unwrap();
+        sip.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let rtp = UdpSocket::bind((local_ip, 0)).unwrap();
+        rtp.set_nonblocking(true).unwrap();
+        let me = sip.local_addr().unwrap();
+        SipPhone {
+            sip,
+            rtp,
+            me,
+            call_id: call_id.into(),
+            tag: format!("t-{call_id}"),
+            to: String::new(),
+            ruri: String::new(),
+            remote_rtp: None,
+            heard: Vec::new(),
+            seq: 1,
+            ts: 1000,
+        }
+    }
+
+    fn host(a: SocketAddr) -> String {
+        match a {
+            SocketAddr::V4(v) => v.to_string(),
+            SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
+        }
+    }
+
+    /// INVITE `number`; returns the final status (ACKed; on 200 the RTP target is learnt).
+    fn call(&mut self, number: &str, pbx: &Pbx) -> u16 {
+        let me = Self::host(self.me);
+        let r = self.rtp.local_addr().unwrap();
+        let (fam, ip) = if r.is_ipv4() {
+            ("IP4", r.ip().to_string())
+        } else {
+            ("IP6", r.ip().to_string())
+        };
+        let sdp = format!(
+            "v=0\r\no=phone 1 1 IN {fam} {ip}\r\ns=-\r\nc=IN {fam} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n",
+            r.port()
+        );
+        self.ruri = format!("sip:{number}@{}", Self::host(self.sip.peer_addr().unwrap()));
+        let invite = format!(
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{cid}1;rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:phone@{me}>;tag={tag}\r\nTo: <{ruri}>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:phone@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len(),
+            ruri = self.ruri,
+            cid = self.call_id,
+            tag = self.tag,
+        );
+        self.sip.send(invite.as_bytes()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let fin = loop {
+            assert!(
+                Instant::now() < deadline,
+                "no final answer to {number}:\n{}",
+                tail(&pbx.log_text())
+            );
+            let Some(m) = recv_msg(&self.sip) else {
+                continue;
+            };
+            if m.starts_with("SIP/2.0 1") {
+                continue;
+            }
+            break m;
+        };
+        let code: u16 = fin[8..11].parse().unwrap();
+        self.to = fin
+            .lines()
+            .find(|l| l.starts_with("To:"))
+            .unwrap()
+            .trim_start_matches("To:")
+            .trim()
+            .to_string();
+        let ack = format!(
+            "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{cid}{n};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:phone@{me}>;tag={tag}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            ruri = self.ruri,
+            cid = self.call_id,
+            tag = self.tag,
+            to = self.to,
+            n = if code == 200 { "a" } else { "1" },
+        );
+        self.sip.send(ack.as_bytes()).unwrap();
+        if code == 200 {
+            let body = &fin[fin.find("\r\n\r\n").unwrap() + 4..];
+            let c = body.lines().find_map(|l| l.strip_prefix("c=IN ")).unwrap();
+            let ip: std::net::IpAddr = c[4..].trim().parse().unwrap();
+            let port: u16 = body
+                .lines()
+                .find_map(|l| l.strip_prefix("m=audio "))
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                body.contains("m=audio") && body.contains(" 0 101"),
+                "PCMU and telephone-event chosen:\n{body}"
+            );
+            self.remote_rtp = Some(SocketAddr::new(ip, port));
+        }
+        code
+    }
+
+    /// Reads RTP (PCMU) that arrived; answers a BYE with 200; returns whether a BYE came.
+    fn pump(&mut self) -> bool {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, _)) = self.rtp.recv_from(&mut buf) {
+            if n > 12 && buf[1] & 0x7f == 0 {
+                for b in &buf[12..n] {
+                    self.heard.push(podpbx_voicemail::g711::ulaw_decode(*b));
+                }
+            }
+        }
+        self.sip
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let mut bye = false;
+        while let Some(m) = recv_msg(&self.sip) {
+            if m.starts_with("BYE ") {
+                let mut resp = String::from("SIP/2.0 200 OK\r\n");
+                for l in m.lines().skip(1).take_while(|l| !l.is_empty()) {
+                    let n = l.split(':').next().unwrap_or("").to_ascii_lowercase();
+                    if ["via", "from", "to", "call-id", "cseq"].contains(&n.as_str()) {
+                        resp.push_str(l);
+                        resp.push_str("\r\n");
+                    }
+                }
+                resp.push_str("Content-Length: 0\r\n\r\n");
+                self.sip.send(resp.as_bytes()).unwrap();
+                bye = true;
+            }
+        }
+        self.sip
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        bye
+    }
+
+    fn send_rtp(&mut self, pt: u8, marker: bool, ts: u32, payload: &[u8]) {
+        let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+        p.extend_from_slice(&self.seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(payload);
+        self.seq = self.seq.wrapping_add(1);
+        let _ = self.rtp.send_to(&p, self.remote_rtp.expect("answered"));
+    }
+
+    /// `frames` 20 ms frames of `hz` (0: silence), in real time; returns whether a BYE came.
+    fn talk(&mut self, hz: f64, frames: usize) -> bool {
+        let start = Instant::now();
+        let mut bye = false;
+        for k in 0..frames {
+            let payload: Vec<u8> = (0..160)
+                .map(|i| {
+                    let t = (k * 160 + i) as f64 / 8000.0;
+                    let v = if hz > 0.0 {
+                        (2.0 * std::f64::consts::PI * hz * t).sin() * 12000.0
+                    } else {
+                        0.0
+                    };
+                    podpbx_voicemail::g711::ulaw_encode(v as i16)
+                })
+                .collect();
+            let ts = self.ts;
+            self.send_rtp(0, k == 0, ts, &payload);
+            self.ts = self.ts.wrapping_add(160);
+            bye |= self.pump();
+            let due = start + Duration::from_millis(20 * (k as u64 + 1));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        bye
+    }
+
+    /// One RFC 4733 digit (three updates, three end packets), 20 ms apart, then 100 ms pause.
+    fn digit(&mut self, d: char) {
+        let code = match d {
+            '0'..='9' => d as u8 - b'0',
+            '*' => 10,
+            '#' => 11,
+            _ => panic!("digit {d}"),
+        };
+        let ts = self.ts;
+        for k in 0..6u16 {
+            let end = k >= 3;
+            let dur = (k.min(3) + 1) * 160;
+            self.send_rtp(
+                101,
+                k == 0,
+                ts,
+                &[
+                    code,
+                    if end { 0x8a } else { 0x0a },
+                    (dur >> 8) as u8,
+                    dur as u8,
+                ],
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            self.pump();
+        }
+        self.ts = self.ts.wrapping_add(8 * 160);
+        self.listen(Duration::from_millis(100));
+    }
+
+    fn listen(&mut self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        let mut bye = false;
+        while Instant::now() < end {
+            bye |= self.pump();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        bye
+    }
+}
+
+fn heard_f64(x: &[i16]) -> Vec<f64> {
+    x.iter().map(|s| *s as f64 / 32768.0).collect()
+}
+
+/// Best share of `hz` over windows of `n` samples.
+fn best_purity(x: &[i16], hz: f64, n: usize) -> f64 {
+    heard_f64(x)
+        .chunks(n)
+        .filter(|c| c.len() == n)
+        .map(|c| audio::purity(c, 8000, hz))
+        .fold(0.0, f64::max)
+}
+
+const VOICEMAIL: &str = r#"
+[voicemail]
+silence_secs = 1
+
+[[users]]
+name = "101"
+identify_by_source = true
+allow_from = ["::1/128"]
+voicemail = true
+voicemail_pin = "4711"
+
+[[users]]
+name = "190"
+display_name = "Front door"
+identify_by_source = true
+allow_from = ["127.0.0.1/32"]
+doorbell = true
+
+[[dialplan]]
+name = "ext"
+match = { pattern = "_1XX", from = "local" }
+action = "local"
+timeout_secs = 2
+fallback = [{ action = "voicemail" }]
+"#;
+
+#[test]
+fn voicemail_fallback_records_the_tone_and_the_owner_hears_it_back() {
+    let pbx = Pbx::start(VOICEMAIL);
+    // The doorbell calls 101, nobody answers (no phone): voicemail after the fallback.
+    let mut door = SipPhone::new(pbx.v4(), "127.0.0.1", "vm-door");
+    assert_eq!(door.call("101", &pbx), 200, "{}", tail(&pbx.log_text()));
+    door.listen(Duration::from_millis(600));
+    let greeting = door.heard.len();
+    assert!(greeting > 3000, "the greeting plays ({greeting} samples)");
+    // # skips the greeting; the beep; 2 s of 852 Hz; then silence until podpbx says goodbye.
+    door.digit('#');
+    door.listen(Duration::from_millis(600));
+    door.talk(852.0, 100);
+    let mut bye = door.talk(0.0, 100);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bye && Instant::now() < deadline {
+        bye = door.listen(Duration::from_millis(100));
+    }
+    assert!(
+        bye,
+        "podpbx hangs up after \"saved\":\n{}",
+        tail(&pbx.log_text())
+    );
+    assert!(
+        best_purity(&door.heard, 1000.0, 1600) > 0.8,
+        "the caller heard the 1 kHz beep"
+    );
+
+    // The message on disk: a WAV with the tone, a sidecar with the caller.
+    let dir = pbx.dir.path().join("voicemail").join("101");
+    let mut wavs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wav"))
+        .collect();
+    assert_eq!(wavs.len(), 1, "{wavs:?}");
+    let wav = wavs.pop().unwrap();
+    let rec = audio::read_wav(&wav).unwrap();
+    assert_eq!(rec.rate, 8000);
+    assert!((1.9..3.5).contains(&rec.secs()), "{} s", rec.secs());
+    let mid = &rec.samples[4000..12000];
+    assert!(
+        audio::purity(mid, 8000, 852.0) > 0.8,
+        "852 Hz in {}",
+        wav.display()
+    );
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wav.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(sidecar["caller"], "190");
+    assert_eq!(sidecar["caller_name"], "Front door");
+    assert_eq!(sidecar["heard"], false);
+
+    // The owner (101 from ::1) dials *97, enters the PIN, presses 1: "message one" and the tone.
+    let mut owner = SipPhone::new(pbx.v6(), "::1", "vm-owner");
+    assert_eq!(owner.call("*97", &pbx), 200, "{}", tail(&pbx.log_text()));
+    owner.listen(Duration::from_millis(500));
+    for d in "4711#".chars() {
+        owner.digit(d);
+    }
+    owner.listen(Duration::from_millis(300));
+    owner.digit('1');
+    owner.heard.clear();
+    owner.listen(Duration::from_millis(4000));
+    let p = best_purity(&owner.heard, 852.0, 4000);
+    assert!(
+        p > 0.8,
+        "the owner hears the 852 Hz message (best purity {p})"
+    );
+    // Heard: the sidecar says so. Then 7 deletes it: both files go.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(wav.with_extension("json")).unwrap()).unwrap();
+        if s["heard"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sidecar not marked heard");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    owner.digit('7');
+    owner.listen(Duration::from_millis(500));
+    assert!(
+        !wav.exists() && !wav.with_extension("json").exists(),
+        "deleted"
+    );
+    // # ends the call: goodbye, then podpbx's BYE.
+    owner.digit('#');
+    let mut bye = false;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while !bye && Instant::now() < deadline {
+        bye = owner.listen(Duration::from_millis(100));
+    }
+    assert!(bye, "BYE after goodbye");
+    // Metrics: the sessions and the bound.
+    let (_, text) = http_get(pbx.admin, "/metrics");
+    assert_eq!(
+        metric(&text, "podpbx_voicemail_sessions_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "podpbx_voicemail_messages_total"), Some(1.0));
+    assert_eq!(metric(&text, "podpbx_voicemail_sessions_max"), Some(8.0));
+    assert_eq!(metric(&text, "podpbx_voicemail_messages"), Some(0.0));
+    // CDRs: answered by the voicemail, then the mailbox.
+    let cdrs = std::fs::read_to_string(pbx.dir.path().join("cdr.jsonl")).unwrap();
+    assert!(cdrs.contains("\"answered_by\":\"voicemail:101\""), "{cdrs}");
+    assert!(
+        cdrs.contains("\"answered_by\":\"voicemail-box:101\""),
+        "{cdrs}"
+    );
+}
+
+#[test]
+fn a_wrong_pin_three_times_hangs_up() {
+    let pbx = Pbx::start(VOICEMAIL);
+    let mut owner = SipPhone::new(pbx.v6(), "::1", "vm-wrong");
+    assert_eq!(owner.call("*97", &pbx), 200);
+    owner.listen(Duration::from_millis(300));
+    for pin in ["1#", "2#", "3#"] {
+        for d in pin.chars() {
+            owner.digit(d);
+        }
+    }
+    let mut bye = false;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !bye && Instant::now() < deadline {
+        bye = owner.listen(Duration::from_millis(100));
+    }
+    assert!(bye, "BYE after three wrong PINs");
+    let log = pbx.log_text();
+    assert_eq!(
+        log.matches("wrong voicemail PIN").count(),
+        3,
+        "{}",
+        tail(&log)
+    );
 }

@@ -128,6 +128,41 @@ pub trait MediaPort {
     fn release(&mut self, id: MediaId);
 }
 
+/// A session of podpbx's own media endpoint (voicemail, announcements).
+pub type EndpointId = u64;
+
+/// The codec the endpoint talks to the caller in.
+pub use podpbx_voicemail::rtp::Codec;
+/// What podpbx's media endpoint does with a call it answers.
+pub use podpbx_voicemail::worker::Purpose as App;
+
+/// podpbx's own media endpoint (`podpbx-voicemail`'s worker), as the call layer uses it: calls
+/// answered by podpbx itself (voicemail, listening to a mailbox, a feature code's confirmation)
+/// terminate their RTP there, not in the relay.
+pub trait EndpointPort {
+    /// Reserves a session and its RTP socket on our address of `family`; `Err` when every
+    /// session is busy or the socket cannot be bound.
+    fn open(&mut self, family: Family) -> Result<(EndpointId, SocketAddr), String>;
+    /// Starts session `id` (the call is answered): RTP to and from `remote` in `codec`.
+    fn start(&mut self, id: EndpointId, remote: SocketAddr, codec: Codec, app: App);
+    /// The call ended on the caller's side (or otherwise): the session stops (a recording in
+    /// progress is kept).
+    fn stop(&mut self, id: EndpointId);
+}
+
+/// No media endpoint (tests, or it could not be started): voicemail steps fail over to the
+/// next dialplan step.
+#[derive(Debug, Default)]
+pub struct NoEndpoint;
+
+impl EndpointPort for NoEndpoint {
+    fn open(&mut self, _family: Family) -> Result<(EndpointId, SocketAddr), String> {
+        Err("no media endpoint".into())
+    }
+    fn start(&mut self, _id: EndpointId, _remote: SocketAddr, _codec: Codec, _app: App) {}
+    fn stop(&mut self, _id: EndpointId) {}
+}
+
 /// Who places a new call, as decided by the shell (authentication happens there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {

@@ -150,7 +150,11 @@ fn parse(data: &Bytes) -> Message {
 
 impl H {
     fn new() -> H {
-        let cfg = Arc::new(Config::from_str(CFG, "t.toml").expect("config"));
+        H::with_config(CFG)
+    }
+
+    fn with_config(text: &str) -> H {
+        let cfg = Arc::new(Config::from_str(text, "t.toml").expect("config"));
         let media = FakeMedia::default();
         let b = B2bua::new(
             cfg,
@@ -1637,4 +1641,5 @@ fn trunk_responses_to_the_challenged_invite_are_ignored() {
     );
 }
 
+mod home;
 mod interop;

@@ -1396,8 +1396,10 @@ const ACTIONS: &[(&str, ActionKind)] = &[
     ("local", ActionKind::Local),
     ("trunk", ActionKind::Trunk),
     ("reject", ActionKind::Reject),
+    ("voicemail", ActionKind::Voicemail),
 ];
 const ACTION_KEYS: &[&str] = &[
+    "mailbox",
     "targets",
     "mode",
     "timeout_secs",
@@ -1415,6 +1417,7 @@ enum ActionKind {
     Local,
     Trunk,
     Reject,
+    Voicemail,
 }
 
 impl ActionKind {
@@ -1424,6 +1427,7 @@ impl ActionKind {
             ActionKind::Local => "local",
             ActionKind::Trunk => "trunk",
             ActionKind::Reject => "reject",
+            ActionKind::Voicemail => "voicemail",
         }
     }
 
@@ -1433,12 +1437,15 @@ impl ActionKind {
             ActionKind::Local => &["timeout_secs"],
             ActionKind::Trunk => &["trunk", "strip", "prepend", "caller_id"],
             ActionKind::Reject => &["status", "reason"],
+            ActionKind::Voicemail => &["mailbox"],
         }
     }
 }
 
 struct Names<'a> {
     users: Vec<&'a str>,
+    /// Users with `voicemail = true`.
+    mailboxes: Vec<&'a str>,
     groups: &'a [RawGroup],
     trunks: Vec<&'a str>,
     dids: Vec<&'a str>,
@@ -1469,7 +1476,11 @@ fn action(d: &mut Diagnostics, t: &mut Tbl, names: &Names) -> Option<Action> {
     let kind = match action_field {
         Some(f) => f.choice(d, ACTIONS)?.v,
         None => {
-            t.missing(d, "action", "key (`ring`, `local`, `trunk` or `reject`)");
+            t.missing(
+                d,
+                "action",
+                "key (`ring`, `local`, `trunk`, `voicemail` or `reject`)",
+            );
             return None;
         }
     };
@@ -1583,6 +1594,25 @@ fn action(d: &mut Diagnostics, t: &mut Tbl, names: &Names) -> Option<Action> {
             });
             Some(Action::Reject { status, reason })
         }
+        ActionKind::Voicemail => {
+            let mailbox = match t.str(d, "mailbox") {
+                Some(m) if names.mailboxes.contains(&m.v.as_str()) => Some(m.v),
+                Some(m) => {
+                    let msg = if names.users.contains(&m.v.as_str()) {
+                        format!(
+                            "user `{}` has no mailbox: set `voicemail = true` on it",
+                            m.v
+                        )
+                    } else {
+                        unknown_msg("mailbox", &m.v, names.mailboxes.iter().copied())
+                    };
+                    err(d, &m, msg);
+                    return None;
+                }
+                None => None,
+            };
+            Some(Action::Voicemail { mailbox })
+        }
     }
 }
 
@@ -1602,6 +1632,11 @@ fn dialplan(
 ) -> Vec<RawRule> {
     let names = Names {
         users: users.iter().map(|u| u.user.name.as_str()).collect(),
+        mailboxes: users
+            .iter()
+            .filter(|u| u.user.voicemail.is_some())
+            .map(|u| u.user.name.as_str())
+            .collect(),
         groups,
         trunks: trunks.iter().map(|t| t.trunk.name.as_str()).collect(),
         dids: trunks

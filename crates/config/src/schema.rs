@@ -541,6 +541,12 @@ pub enum Action {
         /// Caller ID override (else the trunk's `caller_id`).
         caller_id: Option<String>,
     },
+    /// Answer with podpbx's voicemail: the caller leaves a message in `mailbox` (`None`: the
+    /// dialled number's mailbox).
+    Voicemail {
+        /// A user with `voicemail = true`.
+        mailbox: Option<String>,
+    },
     /// Reject the call.
     Reject {
         /// SIP status code (400..=699).

@@ -496,7 +496,7 @@ fn missing_required_keys_point_at_the_table() {
     );
     assert_eq!(
         error(&format!("{SIP}[[dialplan]]\nname = \"r\"\n")),
-        "t.toml:3:1: dialplan[0].action: missing required key (`ring`, `local`, `trunk` or `reject`)"
+        "t.toml:3:1: dialplan[0].action: missing required key (`ring`, `local`, `trunk`, `voicemail` or `reject`)"
     );
 }
 
@@ -1131,7 +1131,7 @@ fn dialplan_action_key_checks() {
     assert_eq!(
         error(&with_people("[[dialplan]]\naction = \"rign\"\n")),
         format!(
-            "t.toml:{}:10: dialplan[0].action: expected `ring`, `local`, `trunk` or `reject`, got `rign`, did you mean `ring`?",
+            "t.toml:{}:10: dialplan[0].action: expected `ring`, `local`, `trunk`, `reject` or `voicemail`, got `rign`, did you mean `ring`?",
             l + 1
         )
     );
@@ -1163,7 +1163,7 @@ fn dialplan_action_key_checks() {
         error(&with_people(
             "[[dialplan]]\naction = \"local\"\nfallback = [{ action = \"local\", name = \"x\" }]\n"
         )),
-        format!("t.toml:{}:33: dialplan[0].fallback[0].name: unknown key, expected `action`, `targets`, `mode`, `timeout_secs`, `trunk`, `strip`, `prepend`, `caller_id`, `status` or `reason`", l + 2)
+        format!("t.toml:{}:33: dialplan[0].fallback[0].name: unknown key, expected `action`, `mailbox`, `targets`, `mode`, `timeout_secs`, `trunk`, `strip`, `prepend`, `caller_id`, `status` or `reason`", l + 2)
     );
 }
 

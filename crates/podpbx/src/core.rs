@@ -100,6 +100,8 @@ pub struct Core {
     direct: VecDeque<Output>,
     /// Call control (B2BUA), once the shell has set it up ([`Core::set_calls`]).
     calls: Option<crate::calls::Calls>,
+    /// Message counts per mailbox (new, old), from the voicemail worker.
+    mwi: std::collections::HashMap<String, (usize, usize)>,
 }
 
 impl Core {
@@ -128,12 +130,33 @@ impl Core {
             direct: VecDeque::new(),
             shutting_down: false,
             calls: None,
+            mwi: std::collections::HashMap::new(),
         }
     }
 
     /// Installs call control (the B2BUA); without it INVITEs get `501`.
     pub fn set_calls(&mut self, calls: crate::calls::Calls) {
         self.calls = Some(calls);
+    }
+
+    /// podpbx's own media endpoint (voicemail, announcements) for the calls it answers.
+    pub fn set_endpoint(&mut self, endpoint: Box<dyn podpbx_b2bua::EndpointPort + Send>) {
+        if let Some(c) = self.calls.as_mut() {
+            c.b2bua.set_endpoint(endpoint);
+        }
+    }
+
+    /// A mailbox's message counts (MWI): kept for subscriptions and unsolicited NOTIFYs.
+    pub fn set_mwi(&mut self, _now: Instant, mailbox: &str, new: usize, old: usize) {
+        self.mwi.insert(mailbox.to_string(), (new, old));
+    }
+
+    /// The media endpoint finished session `id`: the call is hung up.
+    pub fn endpoint_done(&mut self, now: Instant, id: podpbx_b2bua::EndpointId) {
+        if let Some(c) = self.calls.as_mut() {
+            c.b2bua.endpoint_done(now, id);
+        }
+        self.pump_calls(now);
     }
 
     /// Calls in progress.

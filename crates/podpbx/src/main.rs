@@ -17,6 +17,7 @@ mod stats;
 mod tls;
 mod transport;
 mod trunks;
+mod voicemail;
 mod webhooks;
 
 use std::process::ExitCode;

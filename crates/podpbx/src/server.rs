@@ -211,6 +211,20 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         relay,
         call_addrs,
     ));
+    // podpbx's media endpoint (voicemail, announcements): its own thread, never on the relay's
+    // hot path. Without it, voicemail steps fail over to the next dialplan step.
+    let (voicemail, mut vm_rx) = match crate::voicemail::start(&cfg) {
+        Ok((w, rx)) => {
+            core.set_endpoint(Box::new(crate::voicemail::Endpoint::new(w.clone(), &cfg)));
+            (Some(w), rx)
+        }
+        Err(e) => {
+            error!(error = %e, "voicemail unavailable");
+            (None, mpsc::channel(1).1)
+        }
+    };
+    let mut mailbox_counts: std::collections::HashMap<String, podpbx_voicemail::store::Counts> =
+        std::collections::HashMap::new();
     // Reload: SIGHUP, `POST /api/reload`, and a changed config file (a Kubernetes ConfigMap
     // update swaps the `..data` symlink; polled every 2 s, following symlinks).
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(4);
@@ -259,6 +273,9 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     // Events for home automation: delivered by their own task, never waited for.
     let mut webhooks = crate::webhooks::Webhooks::start(&cfg, &cfg.sip.user_agent);
     webhooks.register_metrics(admin.registry());
+    if let Some(w) = &voicemail {
+        crate::voicemail::register_metrics(w, admin.registry());
+    }
     let mut trunks_up: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
     let registrations = admin.provide_snapshot("registrations");
     let publish_registrations = |core: &Core| {
@@ -320,6 +337,26 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                     publish_relay_totals(&admin, relay.totals(), &mut relay_seen);
                 }
             }
+            Some(n) = vm_rx.recv() => match n {
+                podpbx_voicemail::worker::Notice::Hangup { id, .. } => core.endpoint_done(Instant::now(), id),
+                podpbx_voicemail::worker::Notice::Counts { mailbox, counts } => {
+                    core.set_mwi(Instant::now(), &mailbox, counts.new, counts.old);
+                    mailbox_counts.insert(mailbox, counts);
+                }
+                podpbx_voicemail::worker::Notice::MessageLeft(m) => {
+                    let c = mailbox_counts.get(&m.mailbox).copied().unwrap_or_default();
+                    webhooks.push(podpbx_events::Data::Voicemail {
+                        mailbox: m.mailbox,
+                        from: m.caller,
+                        from_name: m.caller_name,
+                        duration_secs: m.duration_secs,
+                        message_id: m.id,
+                        new: c.new,
+                        old: c.old,
+                    });
+                }
+                podpbx_voicemail::worker::Notice::WrongPin { .. } => {}
+            },
             Some(ev) = media_rx.recv() => match ev {
                 podpbx_media::Event::MediaTimeout { session, .. } => {
                     core.media_timeout(Instant::now(), session.0);
@@ -335,6 +372,9 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 if reload_config(&mut core, config_path.as_deref()).is_ok() {
                     if let Some(cfg) = core.config() {
                         webhooks.reconfigure(&cfg);
+                        if let Some(w) = &voicemail {
+                            crate::voicemail::reconfigure(w, &cfg);
+                        }
                     }
                 }
                 set_trunk_tls_names(&core, &transports);
@@ -345,6 +385,9 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 if result.is_ok() {
                     if let Some(cfg) = core.config() {
                         webhooks.reconfigure(&cfg);
+                        if let Some(w) = &voicemail {
+                            crate::voicemail::reconfigure(w, &cfg);
+                        }
                     }
                 }
                 req.respond(result);

@@ -40,6 +40,9 @@ say message-menu "Press 5 to replay, 6 for the next message, 7 to delete, or sta
 say deleted "Message deleted."
 say no-more "There are no more messages."
 say invalid "That is not a valid choice."
+say activated "Activated."
+say deactivated "Deactivated."
+say not-allowed "This is not allowed."
 for n in 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 30 40 50 60 70 80 90; do
     say "n$n" "$n"
 done

@@ -73,6 +73,8 @@ pub enum Kind {
         /// The messages, oldest first.
         messages: Vec<MessageRef>,
     },
+    /// Play these prompts and hang up (a feature code's confirmation).
+    Announce(Vec<Prompt>),
 }
 
 /// Why a session ended.
@@ -236,6 +238,10 @@ impl Session {
                 s.queue.push_back(greeting);
                 s.queue.push_back(s.prompts.beep().clone());
                 s.state = State::Greeting;
+            }
+            Kind::Announce(prompts) => {
+                s.play(&prompts);
+                s.state = State::Closing(EndReason::Done);
             }
             Kind::Retrieve { pin, messages } => {
                 s.pin = pin;

@@ -71,6 +71,8 @@ pub enum Purpose {
         /// The PIN.
         pin: String,
     },
+    /// Play these prompts and hang up (a feature code's confirmation).
+    Announce(Vec<crate::prompts::Prompt>),
 }
 
 /// What the worker tells the signalling side.
@@ -182,6 +184,7 @@ pub struct Worker {
     tx: SyncSender<Command>,
     active: Arc<AtomicUsize>,
     max_sessions: Arc<AtomicUsize>,
+    max_messages: Arc<AtomicUsize>,
     stats: Arc<Stats>,
     thread: Option<JoinHandle<()>>,
 }
@@ -224,6 +227,7 @@ impl Worker {
             tx,
             active,
             max_sessions: Arc::new(AtomicUsize::new(cfg.max_sessions)),
+            max_messages: Arc::new(AtomicUsize::new(cfg.max_messages)),
             stats,
             thread: Some(thread),
         })
@@ -315,6 +319,7 @@ impl Worker {
         max_sessions: usize,
     ) -> bool {
         self.max_sessions.store(max_sessions, Ordering::Relaxed);
+        self.max_messages.store(max_messages, Ordering::Relaxed);
         self.send(Command::Mailboxes {
             list: mailboxes,
             max_messages,
@@ -329,6 +334,11 @@ impl Worker {
     /// The session bound.
     pub fn max_sessions(&self) -> usize {
         self.max_sessions.load(Ordering::Relaxed)
+    }
+
+    /// The per-mailbox bound.
+    pub fn max_messages(&self) -> usize {
+        self.max_messages.load(Ordering::Relaxed)
     }
 
     /// Counters.
@@ -489,6 +499,7 @@ impl Inner {
                 greeting: self.store.greeting(mailbox),
                 full: self.store.is_full(mailbox) || !self.store.has(mailbox),
             },
+            Purpose::Announce(prompts) => Kind::Announce(prompts.clone()),
             Purpose::Retrieve { mailbox, pin } => Kind::Retrieve {
                 pin: pin.clone(),
                 messages: self
@@ -642,8 +653,9 @@ impl Inner {
                                     "voicemail message left"
                                 );
                                 self.stats.messages.fetch_add(1, Ordering::Relaxed);
-                                (self.notice)(Notice::MessageLeft(meta));
+                                // Counts first: whoever reports the message sees them updated.
                                 self.counts_changed(&mailbox);
+                                (self.notice)(Notice::MessageLeft(meta));
                             }
                             Ok(None) => debug!(mailbox, "voicemail recording dropped (no voice)"),
                             Err(e) => {
@@ -670,7 +682,7 @@ impl Inner {
                 Event::Load { id } => {
                     let audio: Option<Clip> = match &l.purpose {
                         Purpose::Retrieve { mailbox, .. } => self.store.load(mailbox, &id).ok(),
-                        Purpose::Deposit { .. } => None,
+                        Purpose::Deposit { .. } | Purpose::Announce(_) => None,
                     };
                     l.session.message_loaded(now, &id, audio);
                 }

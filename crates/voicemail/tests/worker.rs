@@ -207,6 +207,12 @@ fn leave_a_tone_then_hear_it_back() {
     phone.listen(Duration::from_millis(500));
     phone.talk(852.0, 100);
     phone.talk(0.0, 80);
+    wait_for(&nrx, Duration::from_secs(5), |n| {
+        *n == Notice::Counts {
+            mailbox: "101".into(),
+            counts: Counts { new: 1, old: 0 },
+        }
+    });
     let meta = match wait_for(&nrx, Duration::from_secs(5), |n| {
         matches!(n, Notice::MessageLeft(_))
     }) {
@@ -219,12 +225,6 @@ fn leave_a_tone_then_hear_it_back() {
         "{}",
         meta.duration_secs
     );
-    wait_for(&nrx, Duration::from_secs(5), |n| {
-        *n == Notice::Counts {
-            mailbox: "101".into(),
-            counts: Counts { new: 1, old: 0 },
-        }
-    });
     wait_for(&nrx, Duration::from_secs(6), |n| {
         *n == Notice::Hangup {
             id: 1,

@@ -97,13 +97,34 @@ impl B2bua {
             // Delayed offer: the answer comes in the caller's ACK.
             call.legs[li].ack_deferred = Some(cseq);
         }
-        let was = std::mem::replace(&mut call.legs[a].state, LegState::Uas(UasState::Accepted));
-        let LegState::Uas(UasState::Proceeding(mut inv)) = was else {
+        if !self.accept_caller(call, now, body.as_deref()) {
             // Routing for the caller implies its INVITE waits; were it not so, end the call
             // rather than bridge a caller that was never answered.
-            call.legs[a].state = was;
             self.end_call(call, now, HangupBy::System, EndReason::Internal, None);
             return;
+        }
+        call.bridge(a, li);
+        call.record.answered_at = Some(now);
+        call.record.answered_by = Some(call.legs[li].party.name().to_string());
+        info!(call = call.key, by = ?call.record.answered_by, "answered");
+        if let Some(max) = self.cfg.calls.max_duration.filter(|d| !d.is_zero()) {
+            self.arm(now + max, call.key, TimerKind::MaxDuration);
+        }
+    }
+
+    /// Sends our 2xx (with `body`, an SDP answer) to the caller's waiting INVITE, retransmitted
+    /// until its ACK (or held for a PRACK). False if the caller's INVITE is not waiting any more.
+    pub(super) fn accept_caller(
+        &mut self,
+        call: &mut Call,
+        now: Instant,
+        body: Option<&str>,
+    ) -> bool {
+        let a = call.a;
+        let was = std::mem::replace(&mut call.legs[a].state, LegState::Uas(UasState::Accepted));
+        let LegState::Uas(UasState::Proceeding(mut inv)) = was else {
+            call.legs[a].state = was;
+            return false;
         };
         let tag = call.legs[a].dialog.local_tag.clone();
         let contact = call.legs[a].dialog.contact();
@@ -111,7 +132,7 @@ impl B2bua {
             .tag(&tag)
             .header("Contact", contact)
             .header("Allow", allow(DIALOG_METHODS))
-            .body(body.as_deref().map(|b| ("application/sdp", b.as_bytes())));
+            .body(body.map(|b| ("application/sdp", b.as_bytes())));
         let to = Incoming {
             tx: inv.tx,
             req: &inv.req,
@@ -137,12 +158,6 @@ impl B2bua {
         }
         call.legs[a].status = Some(StatusCode::OK);
         call.record.a_status = Some(StatusCode::OK);
-        call.bridge(a, li);
-        call.record.answered_at = Some(now);
-        call.record.answered_by = Some(call.legs[li].party.name().to_string());
-        info!(call = call.key, by = ?call.record.answered_by, "answered");
-        if let Some(max) = self.cfg.calls.max_duration.filter(|d| !d.is_zero()) {
-            self.arm(now + max, call.key, TimerKind::MaxDuration);
-        }
+        true
     }
 }

@@ -97,6 +97,8 @@ pub(crate) enum Phase {
     Routing(Routing),
     /// Two legs talk.
     Bridged(Bridge),
+    /// podpbx's media endpoint answered the caller (voicemail, announcement).
+    Endpoint(crate::EndpointId),
     /// Ended; waiting for the last transactions before the CDR.
     Ending,
 }
@@ -114,6 +116,7 @@ impl Phase {
         match self {
             Phase::Routing(_) => "ringing",
             Phase::Bridged(_) => "answered",
+            Phase::Endpoint(_) => "voicemail",
             Phase::Ending => "ending",
         }
     }

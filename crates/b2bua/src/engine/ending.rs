@@ -45,6 +45,7 @@ impl B2bua {
             reason = reason.as_str(),
             "call ends"
         );
+        self.stop_endpoint(call);
         call.phase = Phase::Ending;
         let shutdown = reason == EndReason::Shutdown;
         if call.legs[call.a].uas_invite().is_some() {

@@ -20,6 +20,8 @@
 //! | `dtmf` | SIP INFO <-> RFC 4733 interworking |
 //! | `media` | relay sessions, SDP rewrite per leg, media timeout |
 //! | `ending` | ending a call, the CDR |
+//! | `endpoint` | calls podpbx answers itself (voicemail, announcements) |
+//! | `features` | feature codes dialled from phones; modes (night) and time for routing |
 //! | `timers` | ring timeouts, 2xx retransmission, guards |
 //!
 //! Every input (`handle_*`, `request_failed`, `media_*`) takes the call out of the table,
@@ -44,6 +46,8 @@ mod cancel;
 mod dialog;
 mod dtmf;
 mod ending;
+mod endpoint;
+mod features;
 mod fork;
 mod in_dialog;
 mod invite;
@@ -82,6 +86,11 @@ pub struct B2bua {
     cfg: Arc<Config>,
     settings: Settings,
     media: Box<dyn MediaPort + Send>,
+    /// podpbx's own media endpoint (voicemail, announcements).
+    endpoint: Box<dyn crate::EndpointPort + Send>,
+    by_endpoint: HashMap<crate::EndpointId, CallKey>,
+    /// Run-time state of the `[[modes]]` switches (absent: the mode's `initial`).
+    modes: HashMap<String, bool>,
     ids: IdGen,
     calls: HashMap<CallKey, Call>,
     pub(crate) by_invite_tx: HashMap<ServerTxId, CallKey>,
@@ -108,6 +117,9 @@ impl B2bua {
             cfg,
             settings,
             media,
+            endpoint: Box::new(crate::NoEndpoint),
+            by_endpoint: HashMap::new(),
+            modes: HashMap::new(),
             ids,
             calls: HashMap::new(),
             by_invite_tx: HashMap::new(),

@@ -147,10 +147,17 @@ impl B2bua {
                 did: did.as_deref(),
             },
         };
-        let Some(rule) = cfg.route(&origin, &number) else {
-            info!(%number, "no dialplan rule: 404");
-            reject(self, StatusCode::NOT_FOUND);
-            return;
+        let feature = self.feature_of(&caller, &number);
+        let rule = match feature {
+            Some(_) => None,
+            None => match Self::route_at(&cfg, &self.modes, &origin, &number, wall) {
+                Some(r) => Some(r),
+                None => {
+                    info!(%number, "no dialplan rule: 404");
+                    reject(self, StatusCode::NOT_FOUND);
+                    return;
+                }
+            },
         };
         let Ok(from) = req.from_hdr() else {
             reject(self, StatusCode::BAD_REQUEST);
@@ -225,7 +232,8 @@ impl B2bua {
             a: 0,
             phase: Phase::Routing(Routing::new(
                 Purpose::Initial,
-                rule.steps().cloned().collect(),
+                rule.map(|r| r.steps().cloned().collect())
+                    .unwrap_or_default(),
                 0,
             )),
             bundles: Vec::new(),
@@ -234,14 +242,20 @@ impl B2bua {
             offer,
             held: false,
             record: Record {
-                rule: Some(rule.name.clone()),
+                rule: Some(rule.map_or_else(
+                    || feature.as_ref().map_or("", |f| f.name()).to_string(),
+                    |r| r.name.clone(),
+                )),
                 ..Record::default()
             },
         };
-        info!(call = key, caller = ?caller, %number, rule = %rule.name, "new call");
+        info!(call = key, caller = ?caller, %number, rule = ?call.record.rule, "new call");
         self.by_invite_tx.insert(tx, key);
         self.by_dialog.insert(call.legs[0].dialog.key(), (key, 0));
-        self.next_step(&mut call, now, dir);
+        match feature {
+            Some(f) => self.run_feature(&mut call, now, f),
+            None => self.next_step(&mut call, now, dir),
+        }
         self.put_back(call, now);
     }
 }

@@ -139,6 +139,7 @@ impl B2bua {
                         false
                     }
                 }
+                Action::Voicemail { mailbox } => self.voicemail_step(call, now, mailbox),
                 Action::Ring {
                     targets,
                     mode,

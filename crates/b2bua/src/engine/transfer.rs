@@ -74,7 +74,8 @@ impl B2bua {
             super::leg::Party::User(u) => Origin::Local { user: u },
         };
         info!(call = call.key, to = %number, "blind transfer");
-        let Some(rule) = cfg.route(&origin, &number) else {
+        let wall = call.wall0 + now.saturating_duration_since(call.start);
+        let Some(rule) = Self::route_at(&cfg, &self.modes, &origin, &number, wall) else {
             self.notify_refer(call, li, StatusCode::NOT_FOUND, None, true);
             return;
         };

@@ -355,3 +355,59 @@ fn errors_name_file_line_and_key() {
         "{e}"
     );
 }
+
+#[test]
+fn voicemail_action() {
+    let text = format!(
+        r#"{SIP}
+[[users]]
+name = "101"
+password = "p"
+voicemail = true
+
+[[users]]
+name = "102"
+password = "p"
+
+[[dialplan]]
+name = "ext"
+match = {{ pattern = "_1XX" }}
+action = "local"
+timeout_secs = 20
+fallback = [{{ action = "voicemail" }}]
+
+[[dialplan]]
+name = "main"
+match = {{ number = "500" }}
+action = "ring"
+targets = ["101", "102"]
+fallback = [{{ action = "voicemail", mailbox = "101" }}]
+"#
+    );
+    let c = ok(&text);
+    assert_eq!(
+        c.dialplan[0].fallback,
+        vec![Action::Voicemail { mailbox: None }]
+    );
+    assert_eq!(
+        c.dialplan[1].fallback,
+        vec![Action::Voicemail {
+            mailbox: Some("101".into())
+        }]
+    );
+    let e = error(&text.replace("mailbox = \"101\"", "mailbox = \"102\""));
+    assert!(e.contains("dialplan[1].fallback[0].mailbox: user `102` has no mailbox: set `voicemail = true` on it"), "{e}");
+    let e = error(&text.replace("mailbox = \"101\"", "mailbox = \"10l\""));
+    assert!(
+        e.contains("unknown mailbox `10l`, did you mean `101`?"),
+        "{e}"
+    );
+    let e = error(&text.replace(
+        "fallback = [{ action = \"voicemail\" }]",
+        "fallback = [{ action = \"voicemail\", status = 404 }]",
+    ));
+    assert!(
+        e.contains("fallback[0].status: does not apply to action `voicemail`"),
+        "{e}"
+    );
+}

@@ -456,3 +456,21 @@ fn pad(v: &[i16]) -> Vec<i16> {
 fn contains(hay: &[i16], needle: &[i16]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+#[test]
+fn announcement_plays_then_hangs_up() {
+    let p = prompts();
+    let mut r = Run::new(Kind::Announce(vec![Prompt::Activated]), Limits::default());
+    r.until(500, None, |e| e.contains(&Event::Hangup(EndReason::Done)));
+    assert_eq!(
+        &r.played[..p.clip(Prompt::Activated).len()],
+        &p.clip(Prompt::Activated)[..]
+    );
+    assert_eq!(
+        r.played.len(),
+        p.clip(Prompt::Activated).len().div_ceil(FRAME) * FRAME
+    );
+    // Digits do nothing.
+    r.s.on_digit(r.now, '#');
+    assert!(r.s.ended());
+}

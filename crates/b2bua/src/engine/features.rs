@@ -1,0 +1,119 @@
+//! Feature codes dialled from a local phone (`[features]`, `[[modes]]`), handled before the
+//! dialplan: listening to one's mailbox, and the run-time state they change (the modes night
+//! rules match).
+
+use super::call::{Call, Failure};
+use super::B2bua;
+use crate::cdr::Disposition;
+use crate::{App, Caller};
+use podpbx_config::When;
+use podpbx_sip::StatusCode;
+use std::time::{Instant, SystemTime};
+use tracing::info;
+
+/// A feature code a call dialled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Feature {
+    /// Listen to one's own mailbox.
+    Voicemail,
+}
+
+impl Feature {
+    /// The name in the CDR's `rule`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Feature::Voicemail => "feature:voicemail",
+        }
+    }
+}
+
+impl B2bua {
+    /// The feature code `number` is, when a local user dialled it.
+    pub(super) fn feature_of(&self, caller: &Caller, number: &str) -> Option<Feature> {
+        let Caller::User(_) = caller else {
+            return None;
+        };
+        let f = &self.cfg.features;
+        if !f.voicemail.is_empty() && number == f.voicemail {
+            return Some(Feature::Voicemail);
+        }
+        None
+    }
+
+    /// Runs feature `f` for the call's caller.
+    pub(super) fn run_feature(&mut self, call: &mut Call, now: Instant, f: Feature) {
+        let Caller::User(user) = call.caller.clone() else {
+            return;
+        };
+        match f {
+            Feature::Voicemail => {
+                let pin = self
+                    .cfg
+                    .mailbox(&user)
+                    .and_then(|u| u.voicemail.as_ref())
+                    .and_then(|v| v.pin.as_ref())
+                    .map(|p| p.expose().to_string());
+                let Some(pin) = pin else {
+                    info!(call = call.key, %user, "voicemail: no mailbox with a PIN for this user: 404");
+                    self.routing_failed(
+                        call,
+                        now,
+                        Failure::new(StatusCode::NOT_FOUND, Disposition::Rejected),
+                    );
+                    return;
+                };
+                let app = App::Retrieve { mailbox: user, pin };
+                if !self.start_endpoint(call, now, app) {
+                    self.routing_failed(
+                        call,
+                        now,
+                        Failure::new(StatusCode::BUSY_HERE, Disposition::Busy),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Switches mode `name` (run time; `podpbx ctl mode`, a feature code). False if there is no
+    /// such mode.
+    pub fn set_mode(&mut self, name: &str, on: bool) -> bool {
+        if self.cfg.mode(name).is_none() {
+            return false;
+        }
+        self.modes.insert(name.to_string(), on);
+        info!(mode = name, on, "mode switched");
+        true
+    }
+
+    /// The state of every configured mode (run-time switch, else its `initial`).
+    pub fn modes(&self) -> Vec<(String, bool)> {
+        self.cfg
+            .modes
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    self.modes.get(&m.name).copied().unwrap_or(m.initial),
+                )
+            })
+            .collect()
+    }
+
+    /// Restores run-time mode switches (persisted state at start).
+    pub fn restore_modes(&mut self, modes: impl IntoIterator<Item = (String, bool)>) {
+        self.modes = modes.into_iter().collect();
+    }
+
+    /// Routes `number` from `origin` at `wall` with the modes' run-time state.
+    pub(super) fn route_at<'c>(
+        cfg: &'c podpbx_config::Config,
+        modes: &std::collections::HashMap<String, bool>,
+        origin: &podpbx_config::Origin<'_>,
+        number: &str,
+        wall: SystemTime,
+    ) -> Option<&'c podpbx_config::Rule> {
+        let state = |m: &str| modes.get(m).copied();
+        let when = When::at(cfg, wall, &state);
+        cfg.route_at(origin, number, &when)
+    }
+}
