@@ -9,10 +9,23 @@
 //! forwarder under test is pinned to the other CPU; its CPU time is read from
 //! its thread's CPU clock.
 //!
-//! Forwarders, all on the same sockets layout (one socket per leg, epoll):
-//! * `relay`      — podpbx_media::Relay (one worker thread);
+//! Every stream's endpoint has an address of its own (as every phone and
+//! every trunk call has): when run as root (the default), the tool moves
+//! into a network namespace of its own, where 127.0.0.0/8 and a local route
+//! for 2001:db8:ab::/64 on `lo` give each stream its own source IP
+//! (stream k: 127.1.x.y and 2001:db8:ab::k+1, one UDP port per family),
+//! sent with IP_PKTINFO/IPV6_PKTINFO from one socket per family. Without
+//! root (`--no-netns`) all streams share 127.0.0.1/::1 and one port per
+//! family, and the shared-port modes cannot tell them apart.
+//!
+//! Forwarders (the reference ones one socket per leg, epoll):
+//! * `relay`      — podpbx_media::Relay (one worker thread), a port pair per leg;
 //! * `relay-co`   — the same with interrupt moderation (`RelayConfig::coalesce`,
 //!   `--coalesce-us`, default 50 µs);
+//! * `relay-shared` — the relay with shared ports (`PortLayout::Shared`,
+//!   `--shared-pairs`, default 1 pair per family): peers told apart by their
+//!   exact source address, one recvmmsg/sendmmsg for many streams;
+//! * `relay-shared-co` — the same with interrupt moderation;
 //! * `mmsg`       — minimal recvmmsg/sendmmsg forwarder written for this bench;
 //! * `plain`      — minimal recv_from/send_to forwarder, draining each ready
 //!   socket until EWOULDBLOCK (the usual nonblocking idiom);
@@ -30,11 +43,11 @@
 //! Every loop is bounded in time (warm-up + measurement per point).
 //!
 //! Usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1]
-//!                 [--modes direct,relay,relay-co,mmsg,plain,plain-once,relay-srtp1,relay-srtp2]
-//!                 [--pps 50]
-//!                 [--relay-cpu 0] [--gen-cpu 1] [--batch 32] [--ports 10000]
-//!                 [--repeat 1] [--coalesce-us 50]
-//!                 [--quiet-wait 20]
+//!                 [--modes direct,relay,relay-co,relay-shared,relay-shared-co,mmsg,plain,plain-once,
+//!                          relay-srtp1,relay-srtp2]
+//!                 [--pps 50] [--relay-cpu 0] [--gen-cpu 1] [--batch 32] [--ports 10000]
+//!                 [--repeat 1] [--coalesce-us 50] [--shared-pairs 1]
+//!                 [--quiet-wait 20] [--no-netns]
 //!
 //! With `--repeat R` every point runs R times (modes interleaved) and the
 //! run with the median CPU time per packet is reported, to damp the noise
@@ -53,7 +66,8 @@ use std::time::Duration;
 
 use podpbx_media::srtp::{Context, Suite};
 use podpbx_media::{
-    generate_key, Family, FamilyConfig, Leg, Relay, RelayConfig, RemoteMedia, Session, SrtpKeys,
+    generate_key, Family, FamilyConfig, Leg, PortLayout, Relay, RelayConfig, RemoteMedia, Session,
+    SrtpKeys,
 };
 
 const PKT_SIZE: usize = 172;
@@ -78,6 +92,8 @@ struct Opts {
     repeat: usize,
     coalesce_us: u64,
     quiet_wait: f64,
+    shared_pairs: usize,
+    netns: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -85,6 +101,8 @@ enum Mode {
     Direct,
     Relay,
     RelayCoalesce,
+    RelayShared,
+    RelaySharedCoalesce,
     Mmsg,
     Plain,
     PlainOnce,
@@ -98,6 +116,8 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::Relay => "relay",
             Mode::RelayCoalesce => "relay-co",
+            Mode::RelayShared => "relay-shared",
+            Mode::RelaySharedCoalesce => "relay-sh-co",
             Mode::Mmsg => "mmsg",
             Mode::Plain => "plain",
             Mode::PlainOnce => "plain-once",
@@ -127,17 +147,26 @@ fn parse_opts() -> Result<Opts, String> {
         repeat: 1,
         coalesce_us: 50,
         quiet_wait: 20.0,
+        shared_pairs: 1,
+        // SAFETY: geteuid has no preconditions.
+        netns: unsafe { libc::geteuid() } == 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
         let k = args[i].as_str();
+        if k == "--no-netns" {
+            o.netns = false;
+            i += 1;
+            continue;
+        }
         if k == "--help" || k == "-h" {
             return Err(
                 "usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1] \
-                 [--modes direct,relay,relay-co,mmsg,plain,plain-once,relay-srtp1,relay-srtp2] \
-                 [--pps 50] [--relay-cpu 0] \
-                 [--gen-cpu 1] [--batch 32] [--ports 10000] [--repeat 1] [--coalesce-us 50]"
+                 [--modes direct,relay,relay-co,relay-shared,relay-sh-co,mmsg,plain,plain-once,\
+                 relay-srtp1,relay-srtp2] \
+                 [--pps 50] [--relay-cpu 0] [--gen-cpu 1] [--batch 32] [--ports 10000] [--repeat 1] \
+                 [--coalesce-us 50] [--shared-pairs 1] [--quiet-wait 20] [--no-netns]"
                     .into(),
             );
         }
@@ -158,7 +187,8 @@ fn parse_opts() -> Result<Opts, String> {
             "--batch" => o.batch = (num(v)? as usize).clamp(1, 256),
             "--ports" => o.ports = num(v)? as u16,
             "--coalesce-us" => o.coalesce_us = (num(v)? as u64).min(10_000),
-            "--quiet-wait" => o.quiet_wait = num(v)?.clamp(0.0, 120.0),
+            "--quiet-wait" => o.quiet_wait = num(v)?.clamp(0.0, 600.0),
+            "--shared-pairs" => o.shared_pairs = (num(v)? as usize).clamp(1, 4),
             "--repeat" => o.repeat = (num(v)? as usize).clamp(1, 5),
             "--modes" => {
                 o.modes = v
@@ -167,6 +197,8 @@ fn parse_opts() -> Result<Opts, String> {
                         "direct" => Ok(Mode::Direct),
                         "relay" => Ok(Mode::Relay),
                         "relay-co" => Ok(Mode::RelayCoalesce),
+                        "relay-shared" => Ok(Mode::RelayShared),
+                        "relay-sh-co" | "relay-shared-co" => Ok(Mode::RelaySharedCoalesce),
                         "mmsg" => Ok(Mode::Mmsg),
                         "plain" => Ok(Mode::Plain),
                         "plain-once" => Ok(Mode::PlainOnce),
@@ -390,6 +422,63 @@ impl Sa {
     }
 }
 
+/// Stream k's endpoint address: its own in the namespace (127.1.x.y,
+/// 2001:db8:ab::k+1), else the loopback address every stream shares.
+fn stream_ip(netns: bool, v4: bool, k: usize) -> IpAddr {
+    match (netns, v4) {
+        (false, true) => V4,
+        (false, false) => V6,
+        (true, true) => IpAddr::V4(Ipv4Addr::new(127, 1, (k / 250) as u8, (k % 250) as u8 + 1)),
+        (true, false) => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xab, 0, 0, 0, 0, k as u16 + 1)),
+    }
+}
+
+/// The endpoint socket of one family in the namespace: the wildcard address
+/// (it receives for every stream address), free to send from any of them.
+fn endpoint_socket(ip: IpAddr) -> io::Result<UdpSocket> {
+    let s = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+    s.set_nonblocking(true)?;
+    if ip.is_ipv6() {
+        // IPV6_FREEBIND: a source from the local route's prefix, not an interface address.
+        setsockopt_int(s.as_raw_fd(), libc::IPPROTO_IPV6, 78, 1)?;
+    }
+    Ok(s)
+}
+
+/// Move into a network namespace of our own (root): loopback up and a local
+/// route for 2001:db8:ab::/64, the streams' IPv6 addresses. Must run before
+/// any thread starts (the namespace is per thread; threads inherit it).
+fn enter_netns() -> Result<(), String> {
+    // SAFETY: unshare with a flag; no threads exist yet.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "unshare(CLONE_NEWNET): {}",
+            io::Error::last_os_error()
+        ));
+    }
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &[
+            "-6",
+            "route",
+            "add",
+            "local",
+            "2001:db8:ab::/64",
+            "dev",
+            "lo",
+        ][..],
+    ] {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+        if !st.success() {
+            return Err(format!("ip {} failed", args.join(" ")));
+        }
+    }
+    Ok(())
+}
+
 fn nonblocking_udp(ip: IpAddr) -> io::Result<UdpSocket> {
     let s = UdpSocket::bind(SocketAddr::new(ip, 0))?;
     s.set_nonblocking(true)?;
@@ -408,14 +497,25 @@ struct RefForwarder {
     b_addrs: Vec<SocketAddr>,
 }
 
+/// `dest_a[k]`/`dest_b[k]`: stream k's endpoints A and B.
 fn start_ref(
     mode: Mode,
     n: usize,
-    ep_a: SocketAddr,
-    ep_b: SocketAddr,
+    dest_a: &[SocketAddr],
+    dest_b: &[SocketAddr],
     cpu: usize,
     batch: usize,
 ) -> io::Result<RefForwarder> {
+    // Where a datagram received on socket i goes: a_k's to B, b_k's to A.
+    let dests: Vec<SocketAddr> = (0..2 * n)
+        .map(|i| {
+            if i % 2 == 0 {
+                dest_b[i / 2]
+            } else {
+                dest_a[i / 2]
+            }
+        })
+        .collect();
     let mut socks = Vec::with_capacity(2 * n);
     let (mut a_addrs, mut b_addrs) = (Vec::new(), Vec::new());
     for _ in 0..n {
@@ -435,8 +535,8 @@ fn start_ref(
             pin(cpu);
             tid2.store(gettid(), Ordering::SeqCst);
             let r = match mode {
-                Mode::Mmsg => run_mmsg(&socks, ep_a, ep_b, &stop2, batch),
-                _ => run_plain(&socks, ep_a, ep_b, &stop2, mode == Mode::Plain),
+                Mode::Mmsg => run_mmsg(&socks, &dests, &stop2, batch),
+                _ => run_plain(&socks, &dests, &stop2, mode == Mode::Plain),
             };
             if let Err(e) = r {
                 eprintln!("forwarder {}: {e}", mode.name());
@@ -486,8 +586,7 @@ fn epoll_for(socks: &[UdpSocket]) -> io::Result<RawFd> {
 /// recv_from/send_to forwarder; `drain`: read until EWOULDBLOCK per readiness.
 fn run_plain(
     socks: &[UdpSocket],
-    ep_a: SocketAddr,
-    ep_b: SocketAddr,
+    dests: &[SocketAddr],
     stop: &AtomicBool,
     drain: bool,
 ) -> io::Result<()> {
@@ -499,11 +598,12 @@ fn run_plain(
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 1000) };
         for ev in events.iter().take(n.max(0) as usize) {
             let i = ev.u64 as usize;
-            let (out, dest) = if i.is_multiple_of(2) {
-                (&socks[i + 1], ep_b)
+            let out = if i.is_multiple_of(2) {
+                &socks[i + 1]
             } else {
-                (&socks[i - 1], ep_a)
+                &socks[i - 1]
             };
+            let dest = dests[i];
             while let Ok((len, _)) = socks[i].recv_from(&mut buf) {
                 let _ = out.send_to(&buf[..len], dest);
                 if !drain {
@@ -520,8 +620,7 @@ fn run_plain(
 /// recvmmsg/sendmmsg forwarder: one recvmmsg per readiness, one sendmmsg.
 fn run_mmsg(
     socks: &[UdpSocket],
-    ep_a: SocketAddr,
-    ep_b: SocketAddr,
+    dests: &[SocketAddr],
     stop: &AtomicBool,
     batch: usize,
 ) -> io::Result<()> {
@@ -548,17 +647,18 @@ fn run_mmsg(
         out[i].msg_hdr.msg_iov = &mut out_iovs[i];
         out[i].msg_hdr.msg_iovlen = 1;
     }
-    let (sa_a, sa_b) = (Sa::new(ep_a), Sa::new(ep_b));
+    let sas: Vec<Sa> = dests.iter().map(|d| Sa::new(*d)).collect();
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: valid buffer of events.
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 1000) };
         for ev in events.iter().take(n.max(0) as usize) {
             let i = ev.u64 as usize;
-            let (out_fd, dest) = if i.is_multiple_of(2) {
-                (socks[i + 1].as_raw_fd(), &sa_b)
+            let out_fd = if i.is_multiple_of(2) {
+                socks[i + 1].as_raw_fd()
             } else {
-                (socks[i - 1].as_raw_fd(), &sa_a)
+                socks[i - 1].as_raw_fd()
             };
+            let dest = &sas[i];
             // SAFETY: msgs point at live buffers.
             let r = unsafe {
                 libc::recvmmsg(
@@ -621,6 +721,10 @@ struct GenSetup {
     /// Where endpoint A sends stream k (relay leg A / ref socket a_k / endpoint B).
     to_from_a: Vec<SocketAddr>,
     to_from_b: Vec<SocketAddr>,
+    /// Per stream: the IP_PKTINFO / IPV6_PKTINFO control message choosing its
+    /// source address (empty without a namespace: the socket's address).
+    src_a: Vec<Cmsg>,
+    src_b: Vec<Cmsg>,
     ep_a: UdpSocket,
     ep_b: UdpSocket,
     warmup_ns: u64,
@@ -628,6 +732,65 @@ struct GenSetup {
     fwd_tid: i32,
     srtp_a: Option<SrtpSide>,
     srtp_b: Option<SrtpSide>,
+}
+
+/// A control message (one cmsg) and its length; length 0: none.
+#[derive(Clone, Copy)]
+struct Cmsg {
+    buf: [u64; 8],
+    len: usize,
+}
+
+impl Cmsg {
+    const NONE: Cmsg = Cmsg {
+        buf: [0; 8],
+        len: 0,
+    };
+
+    /// IP_PKTINFO (IPv4) or IPV6_PKTINFO (IPv6) sending from `ip`.
+    fn pktinfo(ip: IpAddr) -> Cmsg {
+        let mut c = Cmsg::NONE;
+        // SAFETY: the msghdr points at our 64-byte buffer, which holds one
+        // cmsg header and an in_pktinfo/in6_pktinfo (CMSG_SPACE <= 64).
+        unsafe {
+            let mut h: libc::msghdr = mem::zeroed();
+            h.msg_control = c.buf.as_mut_ptr() as *mut libc::c_void;
+            h.msg_controllen = mem::size_of_val(&c.buf) as _;
+            let cm = libc::CMSG_FIRSTHDR(&h);
+            match ip {
+                IpAddr::V4(a) => {
+                    let sz = mem::size_of::<libc::in_pktinfo>() as u32;
+                    (*cm).cmsg_level = libc::IPPROTO_IP;
+                    (*cm).cmsg_type = libc::IP_PKTINFO;
+                    (*cm).cmsg_len = libc::CMSG_LEN(sz) as _;
+                    let info = libc::in_pktinfo {
+                        ipi_ifindex: 0,
+                        ipi_spec_dst: libc::in_addr {
+                            s_addr: u32::from_ne_bytes(a.octets()),
+                        },
+                        ipi_addr: libc::in_addr { s_addr: 0 },
+                    };
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut libc::in_pktinfo, info);
+                    c.len = libc::CMSG_SPACE(sz) as usize;
+                }
+                IpAddr::V6(a) => {
+                    let sz = mem::size_of::<libc::in6_pktinfo>() as u32;
+                    (*cm).cmsg_level = libc::IPPROTO_IPV6;
+                    (*cm).cmsg_type = libc::IPV6_PKTINFO;
+                    (*cm).cmsg_len = libc::CMSG_LEN(sz) as _;
+                    let info = libc::in6_pktinfo {
+                        ipi6_addr: libc::in6_addr {
+                            s6_addr: a.octets(),
+                        },
+                        ipi6_ifindex: 0,
+                    };
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut libc::in6_pktinfo, info);
+                    c.len = libc::CMSG_SPACE(sz) as usize;
+                }
+            }
+        }
+        c
+    }
 }
 
 struct TxBatch {
@@ -896,6 +1059,15 @@ fn run_generator(g: GenSetup) -> GenResult {
             tx.msgs[j].msg_hdr.msg_name = &dest.st as *const _ as *mut libc::c_void;
             tx.msgs[j].msg_hdr.msg_namelen = dest.len;
             tx.streams[j] = k as usize;
+            let cm = if d == 0 {
+                &g.src_a[k as usize]
+            } else {
+                &g.src_b[k as usize]
+            };
+            if cm.len > 0 {
+                tx.msgs[j].msg_hdr.msg_control = cm.buf.as_ptr() as *mut libc::c_void;
+                tx.msgs[j].msg_hdr.msg_controllen = cm.len as _;
+            }
             tx.n += 1;
             if measured {
                 res.sent += 1;
@@ -969,22 +1141,61 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
     if o.quiet_wait > 0.0 {
         wait_quiet(Duration::from_secs_f64(o.quiet_wait));
     }
-    let ep_a = nonblocking_udp(V4).map_err(|e| e.to_string())?;
-    let ep_b = nonblocking_udp(V6).map_err(|e| e.to_string())?;
+    // The endpoints: one socket per family; with a namespace, bound to the
+    // wildcard address and sending from each stream's own address.
+    let (ep_a, ep_b) = if o.netns {
+        (
+            endpoint_socket(IpAddr::V4(Ipv4Addr::UNSPECIFIED)).map_err(|e| e.to_string())?,
+            endpoint_socket(IpAddr::V6(Ipv6Addr::UNSPECIFIED)).map_err(|e| e.to_string())?,
+        )
+    } else {
+        (
+            nonblocking_udp(V4).map_err(|e| e.to_string())?,
+            nonblocking_udp(V6).map_err(|e| e.to_string())?,
+        )
+    };
     big_buffers(&ep_a);
     big_buffers(&ep_b);
-    let (a_addr, b_addr) = (
-        ep_a.local_addr().map_err(|e| e.to_string())?,
-        ep_b.local_addr().map_err(|e| e.to_string())?,
+    let (port_a, port_b) = (
+        ep_a.local_addr().map_err(|e| e.to_string())?.port(),
+        ep_b.local_addr().map_err(|e| e.to_string())?.port(),
     );
+    // Stream k's endpoints.
+    let stream_a: Vec<SocketAddr> = (0..n)
+        .map(|k| SocketAddr::new(stream_ip(o.netns, true, k), port_a))
+        .collect();
+    let stream_b: Vec<SocketAddr> = (0..n)
+        .map(|k| SocketAddr::new(stream_ip(o.netns, false, k), port_b))
+        .collect();
+    let cmsgs = |eps: &[SocketAddr]| -> Vec<Cmsg> {
+        eps.iter()
+            .map(|a| {
+                if o.netns {
+                    Cmsg::pktinfo(a.ip())
+                } else {
+                    Cmsg::NONE
+                }
+            })
+            .collect()
+    };
+    let (src_a, src_b) = (cmsgs(&stream_a), cmsgs(&stream_b));
+    let shared = matches!(mode, Mode::RelayShared | Mode::RelaySharedCoalesce);
+    if shared && !o.netns {
+        return Err("shared ports need a stream address each: run as root (namespace)".into());
+    }
 
     let mut _relay: Option<(Relay, Vec<Session>)> = None;
     let mut _ref: Option<RefForwarder> = None;
     let (mut srtp_a, mut srtp_b) = (None, None);
     let (to_from_a, to_from_b, fwd_tid) = match mode {
         // Each endpoint sends to itself: one loopback hop, no forwarder.
-        Mode::Direct => (vec![a_addr; n], vec![b_addr; n], gettid()),
-        Mode::Relay | Mode::RelayCoalesce | Mode::RelaySrtp1 | Mode::RelaySrtp2 => {
+        Mode::Direct => (stream_a.clone(), stream_b.clone(), gettid()),
+        Mode::Relay
+        | Mode::RelayCoalesce
+        | Mode::RelayShared
+        | Mode::RelaySharedCoalesce
+        | Mode::RelaySrtp1
+        | Mode::RelaySrtp2 => {
             let pairs = (n as u16 + 8) * 2;
             let cfg = RelayConfig {
                 ipv4: Some(FamilyConfig {
@@ -998,23 +1209,32 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
                 worker_cpus: vec![o.relay_cpu],
                 batch: o.batch,
                 media_timeout: Duration::ZERO,
-                coalesce: if mode == Mode::RelayCoalesce {
+                coalesce: if matches!(mode, Mode::RelayCoalesce | Mode::RelaySharedCoalesce) {
                     Duration::from_micros(o.coalesce_us)
                 } else {
                     Duration::ZERO
                 },
+                layout: if shared {
+                    PortLayout::Shared {
+                        pairs: o.shared_pairs,
+                    }
+                } else {
+                    PortLayout::PerCall
+                },
+                recv_buffer: shared.then_some(4 << 20),
+                report_latching: false,
                 ..RelayConfig::default()
             };
             let (relay, _events) = Relay::start(cfg).map_err(|e| e.to_string())?;
             let mut sessions = Vec::with_capacity(n);
             let (mut ta, mut tb) = (Vec::new(), Vec::new());
-            for _ in 0..n {
+            for k in 0..n {
                 let s = relay
                     .allocate(Family::V4, Family::V6)
                     .map_err(|e| e.to_string())?;
-                s.set_remote(Leg::A, RemoteMedia::new(a_addr))
+                s.set_remote(Leg::A, RemoteMedia::new(stream_a[k]))
                     .map_err(|e| e.to_string())?;
-                s.set_remote(Leg::B, RemoteMedia::new(b_addr))
+                s.set_remote(Leg::B, RemoteMedia::new(stream_b[k]))
                     .map_err(|e| e.to_string())?;
                 ta.push(s.local(Leg::A).rtp);
                 tb.push(s.local(Leg::B).rtp);
@@ -1022,7 +1242,7 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
                     (
                         Leg::A,
                         &mut srtp_a,
-                        mode != Mode::Relay && mode != Mode::RelayCoalesce,
+                        matches!(mode, Mode::RelaySrtp1 | Mode::RelaySrtp2),
                     ),
                     (Leg::B, &mut srtp_b, mode == Mode::RelaySrtp2),
                 ] {
@@ -1050,7 +1270,7 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
             (ta, tb, tid)
         }
         Mode::Mmsg | Mode::Plain | Mode::PlainOnce => {
-            let f = start_ref(mode, n, a_addr, b_addr, o.relay_cpu, o.batch)
+            let f = start_ref(mode, n, &stream_a, &stream_b, o.relay_cpu, o.batch)
                 .map_err(|e| e.to_string())?;
             let r = (
                 f.a_addrs.clone(),
@@ -1067,6 +1287,8 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
         pps: o.pps,
         to_from_a,
         to_from_b,
+        src_a,
+        src_b,
         ep_a,
         ep_b,
         warmup_ns: (o.warmup * 1e9) as u64,
@@ -1086,6 +1308,17 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
         .join()
         .map_err(|_| "generator panicked".to_string())?;
 
+    if let Some((relay, _)) = &_relay {
+        let t = relay.totals();
+        if t.drops.total() > 0 {
+            eprintln!(
+                "{n} streams {}: relay dropped {:?} (forwarded {})",
+                mode.name(),
+                t.drops,
+                t.forwarded_packets
+            );
+        }
+    }
     let secs = res.wall_ns as f64 / 1e9;
     let loss = if res.sent > 0 {
         1.0 - res.received as f64 / res.sent as f64
@@ -1137,6 +1370,12 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if o.netns {
+        if let Err(e) = enter_netns() {
+            eprintln!("{e} (run as root, or with --no-netns)");
+            std::process::exit(2);
+        }
+    }
     raise_nofile();
     let max_n = o.streams.iter().copied().max().unwrap_or(1);
     if (max_n as u64) * 4 + 64 > nofile_limit() {
@@ -1147,8 +1386,19 @@ fn main() {
     }
     println!(
         "rtp-load: {} B packets, {} pps per stream and direction, {}s warm-up + {}s per point, \
-         forwarder on cpu {}, generator+sink on cpu {}, batch {}",
-        PKT_SIZE, o.pps, o.warmup, o.secs, o.relay_cpu, o.gen_cpu, o.batch
+         forwarder on cpu {}, generator+sink on cpu {}, batch {}, {}",
+        PKT_SIZE,
+        o.pps,
+        o.warmup,
+        o.secs,
+        o.relay_cpu,
+        o.gen_cpu,
+        o.batch,
+        if o.netns {
+            "own namespace, an address per stream"
+        } else {
+            "host loopback, one address for all streams"
+        }
     );
     println!(
         "{:>7} {:>10} {:>9} {:>9} {:>8} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5} {:>8} {:>7}",
@@ -1239,6 +1489,8 @@ fn main() {
         for v in [
             Mode::Relay,
             Mode::RelayCoalesce,
+            Mode::RelayShared,
+            Mode::RelaySharedCoalesce,
             Mode::RelaySrtp1,
             Mode::RelaySrtp2,
         ] {

@@ -59,8 +59,8 @@ mod sys;
 mod worker;
 
 pub use relay::{
-    Event, Events, Family, FamilyConfig, LatchMode, LatchPolicy, Leg, LocalLeg, Relay, RelayConfig,
-    RelayError, RelayTotals, RemoteMedia, Session, SessionId, DSCP_EF_TOS,
+    Event, Events, Family, FamilyConfig, LatchMode, LatchPolicy, Leg, LocalLeg, PortLayout, Relay,
+    RelayConfig, RelayError, RelayTotals, RemoteMedia, Session, SessionId, DSCP_EF_TOS,
 };
 pub use secure::{generate_key, SrtpKeys};
 pub use stats::{Drops, StreamStats};

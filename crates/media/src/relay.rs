@@ -136,6 +136,34 @@ pub struct RelayConfig {
     /// much added latency; an idle relay still reacts at once). Zero
     /// (default): off. Useful values: 20-100 µs.
     pub coalesce: Duration,
+    /// How legs get their ports.
+    pub layout: PortLayout,
+    /// Most sessions at a time (allocations beyond get [`RelayError::Full`]).
+    pub max_sessions: usize,
+    /// Report [`Event::Latched`] (off saves the event sink a call per latch).
+    pub report_latching: bool,
+}
+
+/// How legs get their ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortLayout {
+    /// Every leg binds an RTP/RTCP pair of its own, drawn at random from the
+    /// range (the kernel demultiplexes; one recvmmsg per readable socket).
+    #[default]
+    PerCall,
+    /// Each worker binds `pairs` RTP/RTCP pairs per family at start, drawn at
+    /// random from the range, and every leg uses one of them: the worker
+    /// demultiplexes by the peer's exact source address once the leg has
+    /// latched (the same known-IP rules decide the latch), so one recvmmsg
+    /// drains many streams and one sendmmsg sends to many peers, and a call
+    /// opens no socket. A datagram that could belong to several legs that
+    /// have not latched yet (the same peer IP, none naming the exact source
+    /// in its SDP) is dropped until one of them latched; the two legs of a
+    /// session get different pairs when there are several. 1..=4 pairs.
+    Shared {
+        /// Pairs per family and worker.
+        pairs: usize,
+    },
 }
 
 impl Default for RelayConfig {
@@ -152,6 +180,9 @@ impl Default for RelayConfig {
             batch: 32,
             worker_cpus: Vec::new(),
             coalesce: Duration::ZERO,
+            layout: PortLayout::PerCall,
+            max_sessions: 100_000,
+            report_latching: true,
         }
     }
 }
@@ -168,6 +199,9 @@ pub enum RelayError {
     /// No free port pair could be bound.
     #[error("no free {0:?} port pair")]
     PortsExhausted(Family),
+    /// As many sessions as [`RelayConfig::max_sessions`] are active.
+    #[error("relay full: {0} sessions")]
+    Full(usize),
     /// An address of the wrong family for the leg.
     #[error("{addr} does not match the leg's {family:?} socket")]
     FamilyMismatch {
@@ -311,15 +345,18 @@ pub(crate) struct SessionShared {
 
 struct WorkerHandle {
     tx: mpsc::Sender<Cmd>,
-    wake: Arc<sys::EventFd>,
+    wake: Arc<worker::Wake>,
     tid: Arc<AtomicU32>,
+    totals: Arc<worker::Totals>,
+    /// Shared pairs of this worker: (family, RTP port), by pair index.
+    shared: Vec<(Family, u16)>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl WorkerHandle {
     fn send(&self, c: Cmd) -> Result<(), RelayError> {
         self.tx.send(c).map_err(|_| RelayError::Stopped)?;
-        self.wake.wake();
+        self.wake.notify();
         Ok(())
     }
 }
@@ -333,12 +370,9 @@ struct Inner {
     active: Arc<AtomicUsize>,
     epoch_ns: u64,
     hasher: RandomState,
-    /// Counters of released sessions, for process-wide metrics (off the hot path: added once
-    /// per session at release).
-    totals: Mutex<RelayTotals>,
 }
 
-/// What the relay forwarded and dropped over all released sessions.
+/// What the relay forwarded and dropped since it started (live counters of every worker).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayTotals {
     /// Packets handed to the kernel towards the other leg.
@@ -399,6 +433,11 @@ impl Relay {
         if cfg.ipv4.is_none() && cfg.ipv6.is_none() {
             return Err(RelayError::Config("no address configured"));
         }
+        if let PortLayout::Shared { pairs } = cfg.layout {
+            if pairs == 0 || 2 * 2 * pairs > worker::MAX_SHARED_SOCKETS {
+                return Err(RelayError::Config("shared pairs must be 1..=4"));
+            }
+        }
         let mk =
             |fc: &Option<FamilyConfig>, want: Family| -> Result<Option<FamilyPool>, RelayError> {
                 match fc {
@@ -427,33 +466,55 @@ impl Relay {
         let active = Arc::new(AtomicUsize::new(0));
         let mut workers = Vec::with_capacity(cfg.workers);
         for i in 0..cfg.workers {
+            // Shared layout: this worker's pairs, bound now (a failure stops the start).
+            let mut pairs = Vec::new();
+            let mut shared = Vec::new();
+            if let PortLayout::Shared { pairs: n } = cfg.layout {
+                for family in [Family::V4, Family::V6] {
+                    if pools.get(family).is_none() {
+                        continue;
+                    }
+                    for _ in 0..n {
+                        let (rtp, rtcp, _, even) = bind_pair(&pools, &cfg, family)?;
+                        pairs.push(worker::SharedPair { rtp, rtcp });
+                        shared.push((family, even));
+                    }
+                }
+            }
             let (tx, rx) = mpsc::channel();
-            let wake = Arc::new(sys::EventFd::new()?);
+            let wake = Arc::new(worker::Wake::new()?);
             let tid = Arc::new(AtomicU32::new(0));
-            let wcfg = worker::WorkerConfig {
-                index: i,
-                media_timeout_ms: cfg.media_timeout.as_millis() as u64,
-                hold_timeout_ms: cfg.hold_timeout.as_millis() as u64,
-                latch: cfg.latch,
-                batch: cfg.batch,
-                cpu: cfg.worker_cpus.get(i).copied(),
-                coalesce_ns: cfg.coalesce.as_nanos() as u64,
-                epoch_ns,
+            let totals = Arc::new(worker::Totals::default());
+            let parts = worker::WorkerParts {
+                cfg: worker::WorkerConfig {
+                    index: i,
+                    media_timeout_ms: cfg.media_timeout.as_millis() as u64,
+                    hold_timeout_ms: cfg.hold_timeout.as_millis() as u64,
+                    latch: cfg.latch,
+                    report_latching: cfg.report_latching,
+                    batch: cfg.batch,
+                    cpu: cfg.worker_cpus.get(i).copied(),
+                    coalesce_ns: cfg.coalesce.as_nanos() as u64,
+                    epoch_ns,
+                },
+                rx,
+                wake: wake.clone(),
+                tid: tid.clone(),
+                pools: pools.clone(),
+                sink: sink.clone(),
+                active: active.clone(),
+                totals: totals.clone(),
+                shared: pairs,
             };
-            let (w_wake, w_tid, w_pools, w_sink, w_active) = (
-                wake.clone(),
-                tid.clone(),
-                pools.clone(),
-                sink.clone(),
-                active.clone(),
-            );
             let thread = std::thread::Builder::new()
                 .name(format!("podpbx-rtp-{i}"))
-                .spawn(move || worker::run(wcfg, rx, w_wake, w_tid, w_pools, w_sink, w_active))?;
+                .spawn(move || worker::run(parts))?;
             workers.push(WorkerHandle {
                 tx,
                 wake,
                 tid,
+                totals,
+                shared,
                 thread: Mutex::new(Some(thread)),
             });
         }
@@ -467,66 +528,109 @@ impl Relay {
                 active,
                 epoch_ns,
                 hasher: RandomState::new(),
-                totals: Mutex::new(RelayTotals::default()),
             }),
         })
     }
 
-    /// Forwarded and dropped packets of every session released so far.
+    /// What every worker forwarded and dropped so far (live; drops of
+    /// datagrams no leg could be found for are counted here only).
     pub fn totals(&self) -> RelayTotals {
-        self.inner.totals.lock().map(|t| *t).unwrap_or_default()
+        use worker::total::*;
+        let mut t = RelayTotals::default();
+        for w in &self.inner.workers {
+            let c = &w.totals;
+            t.forwarded_packets += c.get(FWD);
+            t.forwarded_bytes += c.get(FWD_BYTES);
+            let d = &mut t.drops;
+            d.foreign_source += c.get(FOREIGN);
+            d.malformed += c.get(MALFORMED);
+            d.not_rtp += c.get(NOT_RTP);
+            d.oversize += c.get(OVERSIZE);
+            d.no_destination += c.get(NO_DEST);
+            d.send_error += c.get(SEND_ERR);
+            d.srtp += c.get(SRTP);
+        }
+        t
     }
 
-    fn bind_pair(&self, family: Family) -> Result<(UdpSocket, UdpSocket, IpAddr, u16), RelayError> {
+    /// A leg of `family` for a session on `worker`: a pair of its own, or
+    /// one of the worker's shared pairs (at random, other than `avoid`, the
+    /// other leg's, when there is a choice: a datagram the callee sends
+    /// before its answer is processed then cannot land on the caller's leg).
+    fn new_leg(
+        &self,
+        worker: usize,
+        family: Family,
+        avoid: Option<usize>,
+    ) -> Result<(NewLeg, IpAddr, u16), RelayError> {
         let fp = self
             .inner
             .pools
             .get(family)
             .ok_or(RelayError::NoFamily(family))?;
-        let mut pool = fp
-            .pool
-            .lock()
-            .map_err(|_| RelayError::PortsExhausted(family))?;
-        // Try as many pairs as are free; pairs that fail to bind (used by
-        // another program) rest like released ones.
-        let now_ns = sys::monotonic_ns();
-        for _ in 0..pool.available() {
-            let Some(even) = pool.take(now_ns) else { break };
-            let rtp = sys::media_socket(
-                SocketAddr::new(fp.addr, even),
-                self.inner.cfg.tos,
-                self.inner.cfg.recv_buffer,
-            );
-            let rtcp = match &rtp {
-                Ok(_) => sys::media_socket(
-                    SocketAddr::new(fp.addr, even + 1),
-                    self.inner.cfg.tos,
-                    self.inner.cfg.recv_buffer,
-                ),
-                Err(_) => Err(io::Error::from(io::ErrorKind::AddrInUse)),
-            };
-            match (rtp, rtcp) {
-                (Ok(a), Ok(b)) => return Ok((a, b, fp.addr, even)),
-                _ => pool.put(even, now_ns),
+        match self.inner.cfg.layout {
+            PortLayout::PerCall => {
+                let (rtp, rtcp, ip, even_port) =
+                    bind_pair(&self.inner.pools, &self.inner.cfg, family)?;
+                Ok((
+                    NewLeg::Own {
+                        rtp,
+                        rtcp,
+                        ip,
+                        even_port,
+                    },
+                    ip,
+                    even_port,
+                ))
+            }
+            PortLayout::Shared { .. } => {
+                let mut mine: Vec<(usize, u16)> = self.inner.workers[worker]
+                    .shared
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (f, _))| *f == family)
+                    .map(|(i, (_, p))| (i, *p))
+                    .collect();
+                if mine.len() > 1 {
+                    mine.retain(|(i, _)| Some(*i) != avoid);
+                }
+                if mine.is_empty() {
+                    return Err(RelayError::NoFamily(family));
+                }
+                let r = self
+                    .inner
+                    .hasher
+                    .hash_one(self.inner.next_id.load(Ordering::Relaxed) ^ (family as u64) << 63);
+                let (pair, port) = mine[(r % mine.len() as u64) as usize];
+                Ok((NewLeg::Shared { pair }, fp.addr, port))
             }
         }
-        Err(RelayError::PortsExhausted(family))
     }
 
     /// Allocate a session (one media stream) with leg A on `a` and leg B on
     /// `b` (each leg on its peer's family). Binds both port pairs now.
     pub fn allocate(&self, a: Family, b: Family) -> Result<Session, RelayError> {
-        let (a_rtp, a_rtcp, a_ip, a_port) = self.bind_pair(a)?;
-        let (b_rtp, b_rtcp, b_ip, b_port) = match self.bind_pair(b) {
+        let max = self.inner.cfg.max_sessions;
+        if self.inner.active.load(Ordering::Relaxed) >= max {
+            return Err(RelayError::Full(max));
+        }
+        let worker =
+            self.inner.next_worker.fetch_add(1, Ordering::Relaxed) % self.inner.workers.len();
+        let (a_leg, a_ip, a_port) = self.new_leg(worker, a, None)?;
+        let a_pair = match a_leg {
+            NewLeg::Shared { pair } => Some(pair),
+            NewLeg::Own { .. } => None,
+        };
+        let (b_leg, b_ip, b_port) = match self.new_leg(worker, b, a_pair) {
             Ok(x) => x,
             Err(e) => {
-                drop((a_rtp, a_rtcp));
-                self.inner.pools.put(a_ip, a_port);
+                if let NewLeg::Own { rtp, rtcp, .. } = a_leg {
+                    drop((rtp, rtcp));
+                    self.inner.pools.put(a_ip, a_port);
+                }
                 return Err(e);
             }
         };
-        let worker =
-            self.inner.next_worker.fetch_add(1, Ordering::Relaxed) % self.inner.workers.len();
         let id = SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let shared = Arc::new(SessionShared {
             legs: [Counters::new(), Counters::new()],
@@ -543,30 +647,25 @@ impl Relay {
                 rtcp: SocketAddr::new(b_ip, b_port + 1),
             },
         ];
+        let own = [
+            matches!(a_leg, NewLeg::Own { .. }),
+            matches!(b_leg, NewLeg::Own { .. }),
+        ];
         let new = NewSession {
             id,
             shared: shared.clone(),
-            legs: [
-                NewLeg {
-                    rtp: a_rtp,
-                    rtcp: a_rtcp,
-                    ip: a_ip,
-                    even_port: a_port,
-                },
-                NewLeg {
-                    rtp: b_rtp,
-                    rtcp: b_rtcp,
-                    ip: b_ip,
-                    even_port: b_port,
-                },
-            ],
+            legs: [a_leg, b_leg],
         };
         self.inner.active.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.inner.workers[worker].send(Cmd::Add(Box::new(new))) {
             // The worker is gone: the command (and its sockets) was dropped.
             self.inner.active.fetch_sub(1, Ordering::Relaxed);
-            self.inner.pools.put(a_ip, a_port);
-            self.inner.pools.put(b_ip, b_port);
+            if own[0] {
+                self.inner.pools.put(a_ip, a_port);
+            }
+            if own[1] {
+                self.inner.pools.put(b_ip, b_port);
+            }
             return Err(e);
         }
         let mut h = self.inner.hasher.build_hasher();
@@ -642,6 +741,37 @@ impl Relay {
     fn send(&self, worker: usize, c: Cmd) -> Result<(), RelayError> {
         self.inner.workers[worker].send(c)
     }
+}
+
+/// Bind a random free RTP/RTCP pair of `family` from the pool.
+fn bind_pair(
+    pools: &Pools,
+    cfg: &RelayConfig,
+    family: Family,
+) -> Result<(UdpSocket, UdpSocket, IpAddr, u16), RelayError> {
+    let fp = pools.get(family).ok_or(RelayError::NoFamily(family))?;
+    let mut pool = fp
+        .pool
+        .lock()
+        .map_err(|_| RelayError::PortsExhausted(family))?;
+    // Try as many pairs as are free; pairs that fail to bind (used by
+    // another program) rest like released ones.
+    let now_ns = sys::monotonic_ns();
+    for _ in 0..pool.available() {
+        let Some(even) = pool.take(now_ns) else { break };
+        let rtp = sys::media_socket(SocketAddr::new(fp.addr, even), cfg.tos, cfg.recv_buffer);
+        let rtcp = match &rtp {
+            Ok(_) => {
+                sys::media_socket(SocketAddr::new(fp.addr, even + 1), cfg.tos, cfg.recv_buffer)
+            }
+            Err(_) => Err(io::Error::from(io::ErrorKind::AddrInUse)),
+        };
+        match (rtp, rtcp) {
+            (Ok(a), Ok(b)) => return Ok((a, b, fp.addr, even)),
+            _ => pool.put(even, now_ns),
+        }
+    }
+    Err(RelayError::PortsExhausted(family))
 }
 
 struct DtmfState {
@@ -824,21 +954,6 @@ impl Session {
     fn do_release(&mut self) {
         if !self.released {
             self.released = true;
-            if let Ok(mut t) = self.relay.inner.totals.lock() {
-                for leg in [Leg::A, Leg::B] {
-                    let s = self.stats(leg);
-                    t.forwarded_packets += s.forwarded_packets;
-                    t.forwarded_bytes += s.forwarded_bytes;
-                    let d = &mut t.drops;
-                    d.foreign_source += s.drops.foreign_source;
-                    d.malformed += s.drops.malformed;
-                    d.not_rtp += s.drops.not_rtp;
-                    d.oversize += s.drops.oversize;
-                    d.no_destination += s.drops.no_destination;
-                    d.send_error += s.drops.send_error;
-                    d.srtp += s.drops.srtp;
-                }
-            }
             let _ = self.relay.send(self.worker, Cmd::Release { id: self.id });
         }
     }

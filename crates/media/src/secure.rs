@@ -1,8 +1,7 @@
 //! SRTP termination per leg, as a separate path of the relay worker.
 //!
-//! The forwarding loop is generic over a [`Transform`]: sessions without SRTP run it with
-//! [`Plain`], whose methods are empty and inlined away, so the plain path compiles to the code
-//! it was before; a session with SRTP on either leg runs it with [`SessionSrtp`], which
+//! The forwarding path looks at a session's SRTP state once per datagram: sessions without SRTP
+//! (`None`) skip the transform; a session with SRTP on either leg runs [`SessionSrtp`], which
 //! unprotects what an SRTP leg's peer sends (authentication and replay check *before* the
 //! packet may latch or be counted) and protects what is sent to an SRTP leg, in the worker's
 //! receive buffer, with keys of that leg only (fresh keys per leg: the two peers never share a
@@ -51,26 +50,6 @@ pub(crate) trait Transform {
     /// `Err` to drop it.
     fn outbound(&mut self, leg: usize, buf: &mut [u8], len: usize, rtcp: bool)
         -> Result<usize, ()>;
-}
-
-/// No SRTP on either leg.
-pub(crate) struct Plain;
-
-impl Transform for Plain {
-    #[inline(always)]
-    fn inbound(&mut self, _leg: usize, pkt: &mut [u8]) -> Result<usize, ()> {
-        Ok(pkt.len())
-    }
-    #[inline(always)]
-    fn outbound(
-        &mut self,
-        _leg: usize,
-        _buf: &mut [u8],
-        len: usize,
-        _rtcp: bool,
-    ) -> Result<usize, ()> {
-        Ok(len)
-    }
 }
 
 /// RTP/RTCP version 2 and an RTCP packet type (RFC 5761 §4), from the clear header bytes.

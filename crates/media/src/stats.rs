@@ -66,6 +66,13 @@ impl Counters {
         a.store(a.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
+    /// Take back `n` (a forwarded packet the kernel then refused).
+    #[inline(always)]
+    pub(crate) fn sub(&self, c: C, n: u64) {
+        let a = &self.c[c as usize];
+        a.store(a.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+
     #[inline(always)]
     pub(crate) fn set(&self, c: C, v: u64) {
         self.c[c as usize].store(v, Relaxed);

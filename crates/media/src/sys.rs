@@ -120,12 +120,13 @@ impl RawAddr {
 }
 
 /// Compact form of a peer endpoint for a fast comparison on the hot path.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub(crate) struct Endpoint {
     /// 0 = none, 4 or 6.
-    family: u8,
-    port: u16,
-    ip: [u8; 16],
+    pub(crate) family: u8,
+    /// Network byte order.
+    pub(crate) port: u16,
+    pub(crate) ip: [u8; 16],
 }
 
 impl Endpoint {
@@ -160,6 +161,12 @@ impl Endpoint {
 
     pub(crate) fn from_std(a: SocketAddr) -> Endpoint {
         Endpoint::from_raw(&RawAddr::from_std(a))
+    }
+
+    /// The same IP with port 0 (a key for "any port of this host").
+    #[inline]
+    pub(crate) fn ip_only(&self) -> Endpoint {
+        Endpoint { port: 0, ..*self }
     }
 
     pub(crate) fn same_ip(&self, other: &Endpoint) -> bool {
@@ -253,6 +260,17 @@ impl Epoll {
         Ok(())
     }
 
+    /// Watch `fd` edge-triggered (a new event per state change, e.g. per eventfd write).
+    pub(crate) fn add_edge(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is valid for the call.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+        Ok(())
+    }
+
     pub(crate) fn delete(&self, fd: RawFd) {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: `ev` is valid for the call; errors (already closed) are harmless.
@@ -299,18 +317,6 @@ impl EventFd {
             libc::write(
                 self.fd.as_raw_fd(),
                 &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
-    }
-
-    pub(crate) fn drain(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64.
-        unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                &mut v as *mut u64 as *mut libc::c_void,
                 8,
             )
         };

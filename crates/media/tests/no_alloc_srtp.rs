@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use podpbx_media::srtp::{Context, Suite};
-use podpbx_media::{generate_key, Family, Leg, RemoteMedia, SrtpKeys};
+use podpbx_media::{generate_key, Family, Leg, PortLayout, RemoteMedia, SrtpKeys};
 
 struct Counting;
 
@@ -64,7 +64,13 @@ fn drain(s: &UdpSocket, n: usize) -> usize {
 
 #[test]
 fn srtp_burst_allocates_nothing() {
-    let (relay, _ev) = relay(26700);
+    // Both layouts, one after the other: nothing else runs in this binary meanwhile.
+    burst(PortLayout::PerCall, 26700);
+    burst(SHARED, 26800);
+}
+
+fn burst(layout: PortLayout, base: u16) {
+    let (relay, _ev) = relay_in(layout, base, 20, |_| {});
     let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
     let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
     let (a, a_c, b, b_c) = (endpoint(V4), endpoint(V4), endpoint(V6), endpoint(V6));

@@ -4,14 +4,20 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use podpbx_media::{Event, Events, FamilyConfig, Relay, RelayConfig};
+use podpbx_media::{Event, Events, FamilyConfig, PortLayout, Relay, RelayConfig};
 
 pub const V4: &str = "127.0.0.1";
 pub const V6: &str = "::1";
 
-/// A relay on 127.0.0.1 and ::1 with `pairs` port pairs from `base` on both.
-pub fn relay_with(base: u16, pairs: u16, f: impl FnOnce(&mut RelayConfig)) -> (Relay, Events) {
+/// A relay on 127.0.0.1 and ::1 with `pairs` port pairs from `base` on both, in `layout`.
+pub fn relay_in(
+    layout: PortLayout,
+    base: u16,
+    pairs: u16,
+    f: impl FnOnce(&mut RelayConfig),
+) -> (Relay, Events) {
     let mut cfg = RelayConfig {
+        layout,
         ipv4: Some(FamilyConfig {
             addr: V4.parse().expect("v4"),
             ports: base..=base + 2 * pairs - 1,
@@ -26,9 +32,9 @@ pub fn relay_with(base: u16, pairs: u16, f: impl FnOnce(&mut RelayConfig)) -> (R
     Relay::start(cfg).expect("relay starts")
 }
 
-pub fn relay(base: u16) -> (Relay, Events) {
-    relay_with(base, 20, |_| {})
-}
+/// Two port pairs per family and worker shared by every leg (a session's
+/// legs of one family on different pairs).
+pub const SHARED: PortLayout = PortLayout::Shared { pairs: 2 };
 
 /// A test endpoint socket on loopback.
 pub fn endpoint(ip: &str) -> UdpSocket {

@@ -1,0 +1,282 @@
+//! Shared-port demultiplexing: which leg a datagram received on a shared socket belongs to.
+//!
+//! * [`Demux`]: latched peers, `(shared socket, exact source address) -> leg`, looked up for
+//!   every datagram. Open addressing with linear probing and backward-shift deletion over a
+//!   power-of-two array kept at most half full; the array only grows on the control path
+//!   ([`Demux::reserve`] when a session is added), so a leg latching on the forwarding path
+//!   inserts without allocating. Only latched peers of known IPs are ever inserted, so a
+//!   stranger cannot lengthen the probe chains it walks.
+//! * [`ByIp`]: legs that may latch, `(shared socket, peer IP) -> legs`, built from each leg's
+//!   known IPs (SDP and signalling) when its SDP arrives; consulted only for a datagram from a
+//!   source no leg has latched onto. A std `HashMap` (SipHash with random keys): its keys are
+//!   looked up with addresses an attacker chooses.
+
+use std::collections::HashMap;
+
+use crate::sys::Endpoint;
+
+#[derive(Clone, Copy)]
+struct Slot {
+    /// Leg token (never 0: tokens carry a generation >= 1); 0 = empty.
+    tok: u64,
+    sock: u8,
+    key: Endpoint,
+}
+
+const EMPTY: Slot = Slot {
+    tok: 0,
+    sock: 0,
+    key: Endpoint::NONE,
+};
+
+/// `(shared socket, exact peer address) -> leg token`.
+pub(super) struct Demux {
+    slots: Vec<Slot>,
+    mask: usize,
+    len: usize,
+    /// Entries the live sessions may insert (4 per session: both legs' RTP
+    /// and RTCP peers); the array is kept at least twice that.
+    reserved: usize,
+}
+
+#[inline]
+fn hash(sock: u8, e: &Endpoint) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&e.ip[..8]);
+    b.copy_from_slice(&e.ip[8..]);
+    let c = u64::from(e.port) << 16 | u64::from(e.family) << 8 | u64::from(sock);
+    let mut h = (u64::from_ne_bytes(a) ^ c).wrapping_mul(K);
+    h = (h.rotate_left(29) ^ u64::from_ne_bytes(b)).wrapping_mul(K);
+    h ^ (h >> 31)
+}
+
+impl Demux {
+    pub(super) fn new() -> Demux {
+        Demux {
+            slots: vec![EMPTY; 64],
+            mask: 63,
+            len: 0,
+            reserved: 0,
+        }
+    }
+
+    /// The leg latched onto `key` on shared socket `sock`.
+    #[inline]
+    pub(super) fn get(&self, sock: u8, key: &Endpoint) -> Option<u64> {
+        let mut i = hash(sock, key) as usize & self.mask;
+        loop {
+            let s = &self.slots[i];
+            if s.tok == 0 {
+                return None;
+            }
+            if s.sock == sock && s.key == *key {
+                return Some(s.tok);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Room for `more` more entries than reserved so far (control path: a
+    /// session is added), so that inserting them never grows the array.
+    pub(super) fn reserve(&mut self, more: usize) {
+        self.reserved += more;
+        let want = self.reserved.max(self.len) * 2;
+        if want <= self.slots.len() {
+            return;
+        }
+        let cap = want.next_power_of_two();
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; cap]);
+        self.mask = cap - 1;
+        self.len = 0;
+        for s in old.into_iter().filter(|s| s.tok != 0) {
+            self.insert(s.sock, s.key, s.tok);
+        }
+    }
+
+    /// A session is gone: its `n` entries need no room any more (the array
+    /// does not shrink: it is sized for the busiest moment).
+    pub(super) fn unreserve(&mut self, n: usize) {
+        self.reserved = self.reserved.saturating_sub(n);
+    }
+
+    /// Insert or replace. Never allocates; the caller reserved room (a full table would
+    /// make lookups loop, so an insert beyond the reserve is refused: false).
+    pub(super) fn insert(&mut self, sock: u8, key: Endpoint, tok: u64) -> bool {
+        let full = (self.len + 1) * 2 > self.slots.len();
+        let mut i = hash(sock, &key) as usize & self.mask;
+        loop {
+            let s = &mut self.slots[i];
+            if s.tok == 0 {
+                if full {
+                    return false;
+                }
+                *s = Slot { tok, sock, key };
+                self.len += 1;
+                return true;
+            }
+            if s.sock == sock && s.key == key {
+                s.tok = tok;
+                return true;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Remove `key` on `sock` if present (backward-shift deletion: no tombstones).
+    pub(super) fn remove(&mut self, sock: u8, key: &Endpoint) {
+        let mut i = hash(sock, key) as usize & self.mask;
+        loop {
+            let s = &self.slots[i];
+            if s.tok == 0 {
+                return;
+            }
+            if s.sock == sock && s.key == *key {
+                break;
+            }
+            i = (i + 1) & self.mask;
+        }
+        // Shift later members of the cluster back over the hole when their home slot allows.
+        let mut hole = i;
+        let mut j = (i + 1) & self.mask;
+        loop {
+            let s = self.slots[j];
+            if s.tok == 0 {
+                break;
+            }
+            let home = hash(s.sock, &s.key) as usize & self.mask;
+            // Is `home` cyclically outside (hole, j]? Then the entry may move to the hole.
+            let dist_home = j.wrapping_sub(home) & self.mask;
+            let dist_hole = j.wrapping_sub(hole) & self.mask;
+            if dist_home >= dist_hole {
+                self.slots[hole] = s;
+                hole = j;
+            }
+            j = (j + 1) & self.mask;
+        }
+        self.slots[hole] = EMPTY;
+        self.len -= 1;
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// `(shared socket, peer IP) -> tokens of the legs that accept that IP there`.
+#[derive(Default)]
+pub(super) struct ByIp {
+    map: HashMap<(u8, Endpoint), Vec<u64>>,
+}
+
+impl ByIp {
+    #[inline]
+    pub(super) fn get(&self, sock: u8, ip: &Endpoint) -> &[u64] {
+        self.map
+            .get(&(sock, ip.ip_only()))
+            .map_or(&[], |v| v.as_slice())
+    }
+
+    pub(super) fn add(&mut self, sock: u8, ip: Endpoint, tok: u64) {
+        let v = self.map.entry((sock, ip.ip_only())).or_default();
+        if !v.contains(&tok) {
+            v.push(tok);
+        }
+    }
+
+    pub(super) fn remove(&mut self, sock: u8, ip: Endpoint, tok: u64) {
+        let key = (sock, ip.ip_only());
+        if let Some(v) = self.map.get_mut(&key) {
+            v.retain(|t| *t != tok);
+            if v.is_empty() {
+                self.map.remove(&key);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn ep(s: &str) -> Endpoint {
+        Endpoint::from_std(s.parse::<SocketAddr>().expect("addr"))
+    }
+
+    #[test]
+    fn insert_get_remove_under_churn() {
+        let mut d = Demux::new();
+        let mut model = std::collections::HashMap::new();
+        let mut x: u64 = 0x1234_5678;
+        for round in 0..20_000u64 {
+            // xorshift: deterministic pseudo-random keys, many collisions in a small space.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let port = 1000 + (x % 300) as u16;
+            let sock = (x >> 20) as u8 % 3;
+            let key = if x & 1 == 0 {
+                ep(&format!("127.0.0.{}:{port}", (x >> 8) % 4))
+            } else {
+                ep(&format!("[2001:db8::{}]:{port}", (x >> 8) % 4))
+            };
+            if (x >> 40).is_multiple_of(3) {
+                d.remove(sock, &key);
+                if model.remove(&(sock, key)).is_some() {
+                    d.unreserve(1);
+                }
+            } else {
+                if !model.contains_key(&(sock, key)) {
+                    d.reserve(1);
+                }
+                assert!(d.insert(sock, key, round + 1));
+                model.insert((sock, key), round + 1);
+            }
+            assert_eq!(d.len(), model.len());
+            if round % 97 == 0 {
+                for ((s, k), v) in &model {
+                    assert_eq!(d.get(*s, k), Some(*v));
+                }
+            }
+        }
+        for ((s, k), v) in &model {
+            assert_eq!(d.get(*s, k), Some(*v));
+        }
+        assert_eq!(d.get(9, &ep("127.0.0.9:9")), None);
+    }
+
+    #[test]
+    fn insert_without_room_is_refused_not_looping() {
+        let mut d = Demux::new();
+        let mut ok = 0;
+        for p in 0..100u16 {
+            if d.insert(0, ep(&format!("127.0.0.1:{}", 2000 + p)), 7) {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 32, "at most half full without a reserve");
+        assert_eq!(d.get(0, &ep("127.0.0.1:9999")), None);
+    }
+
+    #[test]
+    fn by_ip_ignores_ports() {
+        let mut b = ByIp::default();
+        b.add(1, ep("127.0.0.5:4000"), 11);
+        b.add(1, ep("127.0.0.5:4002"), 11);
+        b.add(1, ep("127.0.0.5:0"), 12);
+        assert_eq!(b.get(1, &ep("127.0.0.5:9")), &[11, 12]);
+        assert!(b.get(0, &ep("127.0.0.5:9")).is_empty());
+        b.remove(1, ep("127.0.0.5:1"), 11);
+        assert_eq!(b.get(1, &ep("127.0.0.5:9")), &[12]);
+        b.remove(1, ep("127.0.0.5:1"), 12);
+        assert_eq!(b.len(), 0);
+    }
+}

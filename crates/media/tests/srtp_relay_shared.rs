@@ -1,0 +1,15 @@
+//! SRTP terminated per leg by the relay (loopback), every leg on the worker's shared port pairs.
+
+mod common;
+
+use podpbx_media::{Events, PortLayout, Relay};
+
+/// The layout every test of this binary runs in.
+pub const LAYOUT: PortLayout = common::SHARED;
+
+pub fn relay(base: u16) -> (Relay, Events) {
+    common::relay_in(LAYOUT, base, 20, |_| {})
+}
+
+#[path = "cases/srtp.rs"]
+mod cases;
