@@ -13,7 +13,11 @@
 //! passes only when: the attacker received not one datagram, in either phase; each phone heard
 //! the other's tone for (nearly) the whole call, and neither its own nor the attacker's;
 //! `podpbx_relay_dropped_packets_total{reason="foreign_source"}` in `/metrics` rose by at least
-//! the packets that hit the call's four ports during the answered phase.
+//! the packets that hit the call's four ports during the answered phase, while the call is
+//! still up (the relay's counters are live), and `podpbx_relay_packets_total` rose too.
+//!
+//! The call is made twice, with `media.port_layout = "shared"` (the default: a few port pairs
+//! for every call) and `"per-call"` (a pair per leg).
 //!
 //! Needs root (CI runs as root) and baresip (`baresip-core`); `PODPBX_SKIP_E2E=1` skips it.
 
@@ -48,8 +52,9 @@ const TALK: Duration = Duration::from_secs(4);
 /// One spray round (every port once) per this interval.
 const ROUND: Duration = Duration::from_millis(20);
 const FOREIGN: &str = "podpbx_relay_dropped_packets_total{reason=\"foreign_source\"}";
+const FORWARDED: &str = "podpbx_relay_packets_total";
 
-fn config(dir: &Path) -> String {
+fn config(dir: &Path, layout: &str) -> String {
     format!(
         r#"[sip]
 ipv6 = "{PINNED6}"
@@ -70,6 +75,7 @@ data_dir = "{dir}"
 port_min = {MEDIA_MIN}
 port_max = {MEDIA_MAX}
 timeout_secs = 15
+port_layout = "{layout}"
 
 [calls]
 max_duration_secs = 120
@@ -227,6 +233,28 @@ fn attacker_spraying_the_media_range_gets_nothing_and_breaks_nothing() {
     }
     let topo = Topology::build();
     let atk_ns = topo.attacker();
+    // Both port layouts, one after the other (the namespaces are shared).
+    let mut failed = Vec::new();
+    for layout in ["shared", "per-call"] {
+        match attack(&topo, &atk_ns, layout) {
+            Ok(report) => eprintln!("PASS port_layout = {layout}\n{report}"),
+            Err(report) => {
+                eprintln!("FAIL port_layout = {layout}\n{report}");
+                failed.push(layout);
+            }
+        }
+    }
+    drop(atk_ns);
+    drop(topo);
+    assert!(
+        failed.is_empty(),
+        "RTP bleed with port_layout {failed:?} (report above)"
+    );
+}
+
+/// One call attacked as described at the top, with podpbx's `media.port_layout = layout`: the
+/// report, or the failures with the report and the logs.
+fn attack(topo: &Topology, atk_ns: &Netns, layout: &str) -> Result<String, String> {
     let dir = TempDir::new("bleed");
     let tone = |name: &str, f: f64| {
         let p = dir.path().join(format!("{name}.wav"));
@@ -236,7 +264,7 @@ fn attacker_spraying_the_media_range_gets_nothing_and_breaks_nothing() {
     let (t102, tdoor) = (tone("102", TONE_102), tone("door", TONE_DOOR));
 
     let cfg = dir.path().join("podpbx.toml");
-    std::fs::write(&cfg, config(dir.path())).expect("write config");
+    std::fs::write(&cfg, config(dir.path(), layout)).expect("write config");
     let log = dir.path().join("podpbx.log");
     let pbx_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut pbx = ChildGuard(
@@ -259,10 +287,11 @@ fn attacker_spraying_the_media_range_gets_nothing_and_breaks_nothing() {
         pbx_log()
     );
     let admin: SocketAddr = "127.0.0.1:9060".parse().expect("admin");
-    let foreign_drops = || {
+    let metrics = |series: &str| {
         let (_, m) = in_netns(&topo.pod.name, || http_get(admin, "/metrics"));
-        metric(&m, FOREIGN).unwrap_or(0.0)
+        metric(&m, series).unwrap_or(0.0)
     };
+    let foreign_drops = || metrics(FOREIGN);
 
     let phone = |name: &str, ns: &Netns, addr: &str, iface: &str, acc: String, t: &Path, n: u16| {
         Baresip::start(&PhoneConfig {
@@ -309,10 +338,14 @@ fn attacker_spraying_the_media_range_gets_nothing_and_breaks_nothing() {
             tail(&pbx_log(), 60)
         );
     }
-    let mut attacker = Attacker::new(&atk_ns);
+    let mut attacker = Attacker::new(atk_ns);
     let drops_before = foreign_drops();
+    let forwarded_before = metrics(FORWARDED);
 
     let mut report = String::new();
+    // The relay's counters are live: they reach /metrics during the call (within the 1 s
+    // publishing tick), not only when it ends.
+    let mut mid_call = (0.0, 0.0);
     let result = (|| -> Result<(Spray, Spray), String> {
         door.command("dial", &format!("sip:600@{PINNED4}"))?;
         p102.wait_event("CALL_INCOMING", 1, Duration::from_secs(15))?;
@@ -323,6 +356,11 @@ fn attacker_spraying_the_media_range_gets_nothing_and_breaks_nothing() {
         door.wait_event("CALL_ESTABLISHED", 1, Duration::from_secs(10))?;
         // The answered call: both phones send, the attacker keeps spraying.
         let talking = attacker.spray(TALK);
+        let want = drops_before + 4.0 * (talking.rounds as f64) * 0.9;
+        let _ = wait_until(Duration::from_secs(3), || {
+            foreign_drops() >= want && metrics(FORWARDED) >= forwarded_before + 200.0
+        });
+        mid_call = (foreign_drops(), metrics(FORWARDED));
         door.command("hangup", "")?;
         door.wait_event("CALL_CLOSED", 1, Duration::from_secs(10))?;
         p102.wait_event("CALL_CLOSED", 1, Duration::from_secs(10))?;
@@ -367,31 +405,40 @@ fn attacker_spraying_the_media_range_gets_nothing_and_breaks_nothing() {
             // Every packet to the call's four ports during the answered phase was dropped as
             // foreign (the totals may reach /metrics only when the call ends: wait a moment).
             let want = drops_before + 4.0 * (talking.rounds as f64) * 0.9;
-            let _ = wait_until(Duration::from_secs(5), || foreign_drops() >= want);
-            let after = foreign_drops();
-            report.push_str(&format!("{FOREIGN}: {drops_before} -> {after}\n"));
-            if after < want {
+            let (drops_mid, forwarded_mid) = mid_call;
+            report.push_str(&format!(
+                "during the call: {FOREIGN}: {drops_before} -> {drops_mid}, \
+                 {FORWARDED}: {forwarded_before} -> {forwarded_mid}\n"
+            ));
+            if drops_mid < want {
                 failures.push(format!(
-                    "foreign-source drops rose from {drops_before} to {after}, expected >= {want}"
+                    "foreign-source drops rose from {drops_before} to {drops_mid} during the \
+                     call, expected >= {want}"
+                ));
+            }
+            if forwarded_mid < forwarded_before + 200.0 {
+                failures.push(format!(
+                    "forwarded packets rose from {forwarded_before} to {forwarded_mid} during \
+                     the call: the relay's counters do not reach /metrics live"
                 ));
             }
         }
         Err(e) => failures.push(format!("call failed: {e}")),
     }
-    eprintln!("{report}");
-    if !failures.is_empty() {
-        panic!(
-            "RTP bleed:\n{}\n{report}\n--- CDR ---\n{}\n--- 102 ---\n{}\n--- door ---\n{}\n--- podpbx ---\n{}",
+    let out = if failures.is_empty() {
+        Ok(report)
+    } else {
+        Err(format!(
+            "{}\n{report}\n--- CDR ---\n{}\n--- 102 ---\n{}\n--- door ---\n{}\n--- podpbx ---\n{}",
             failures.join("\n"),
             std::fs::read_to_string(dir.path().join("cdr.jsonl")).unwrap_or_default(),
             tail(&p102.logs(), 30),
             tail(&door.logs(), 30),
             tail(&pbx_log(), 80)
-        );
-    }
+        ))
+    };
     drop(door);
     drop(p102);
     drop(pbx);
-    drop(atk_ns);
-    drop(topo);
+    out
 }

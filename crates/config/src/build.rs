@@ -975,6 +975,16 @@ fn media(d: &mut Diagnostics, r: &mut Tbl, sip_port: &Sp<u16>) -> MediaConfig {
     let timeout = zero_is_none(t.secs_or(d, "timeout_secs", 0, DAY, 30).v);
     let hold_timeout = zero_is_none(t.secs_or(d, "hold_timeout_secs", 0, DAY, 3600).v);
     let dscp = t.int_or(d, "dscp", 0, 63, 46).v as u8;
+    let port_layout = t
+        .choice(
+            d,
+            "port_layout",
+            &[
+                ("shared", MediaPortLayout::Shared),
+                ("per-call", MediaPortLayout::PerCall),
+            ],
+        )
+        .map_or(MediaPortLayout::Shared, |s| s.v);
     t.finish(d);
     MediaConfig {
         port_min: min.v,
@@ -982,6 +992,7 @@ fn media(d: &mut Diagnostics, r: &mut Tbl, sip_port: &Sp<u16>) -> MediaConfig {
         timeout,
         hold_timeout,
         dscp,
+        port_layout,
     }
 }
 

@@ -37,9 +37,9 @@ pub use home::{
 pub use pattern::{Pattern, PatternError};
 pub use schema::{
     Action, AdminConfig, CallSource, CallsConfig, Config, DigestAlgorithm, DnsConfig, Dtmf, Family,
-    Group, Host, LogConfig, LogFormat, Match, MediaConfig, NumberMatch, Origin, RegistrarConfig,
-    RingStrategy, Rule, SecurityConfig, SipConfig, StorageConfig, Target, TlsConfig, TlsVersion,
-    Transport, Trunk, User, When,
+    Group, Host, LogConfig, LogFormat, Match, MediaConfig, MediaPortLayout, NumberMatch, Origin,
+    RegistrarConfig, RingStrategy, Rule, SecurityConfig, SipConfig, StorageConfig, Target,
+    TlsConfig, TlsVersion, Transport, Trunk, User, When,
 };
 pub use secret::{Secret, SecretSource};
 pub use timespec::{Clock, LocalTime, TimeMatch};

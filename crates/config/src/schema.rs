@@ -283,6 +283,18 @@ pub struct MediaConfig {
     pub hold_timeout: Option<Duration>,
     /// DSCP value for RTP packets (0..=63; 46 = EF).
     pub dscp: u8,
+    /// How RTP legs get their ports.
+    pub port_layout: MediaPortLayout,
+}
+
+/// `media.port_layout`: how RTP legs get their ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaPortLayout {
+    /// A few RTP/RTCP port pairs bound at start, shared by every call; peers told apart by
+    /// their exact source address (no socket opened per call, fewer system calls per packet).
+    Shared,
+    /// An RTP/RTCP port pair of its own per leg, drawn at random from the range.
+    PerCall,
 }
 
 /// `[calls]`.

@@ -345,6 +345,16 @@ fn range_errors() {
         "t.toml:4:8: media.dscp: must be between 0 and 63, got 64"
     );
     assert_eq!(
+        ok(&format!("{SIP}[media]\nport_layout = \"per-call\"\n"))
+            .media
+            .port_layout,
+        MediaPortLayout::PerCall
+    );
+    assert_eq!(
+        error(&format!("{SIP}[media]\nport_layout = \"shard\"\n")),
+        "t.toml:4:15: media.port_layout: expected `shared` or `per-call`, got `shard`, did you mean `shared`?"
+    );
+    assert_eq!(
         error(&format!("{SIP}[media]\nport_min = 20001\n")),
         "t.toml:4:12: media.port_min: must be even (RTP uses even ports), got 20001"
     );
@@ -811,6 +821,7 @@ fn defaults() {
         (20000, 30000, 46)
     );
     assert_eq!(c.media.timeout, Some(Duration::from_secs(30)));
+    assert_eq!(c.media.port_layout, MediaPortLayout::Shared);
     assert_eq!(c.calls.max_duration, Some(Duration::from_secs(14_400)));
     assert!(c.users.is_empty() && c.dialplan.is_empty());
 }

@@ -9,7 +9,7 @@ use podpbx_b2bua::{
     ReqId, Settings,
 };
 use podpbx_config::Config;
-use podpbx_media::{Family, FamilyConfig, Relay, RelayConfig, Session};
+use podpbx_media::{Family, FamilyConfig, PortLayout, Relay, RelayConfig, Session};
 use podpbx_registrar::Registrar;
 use podpbx_sip::transaction::{Timers, TransactionLayer, TxId};
 use podpbx_sip::Transport;
@@ -119,6 +119,13 @@ pub fn relay_config(cfg: &Config) -> RelayConfig {
         media_timeout: cfg.media.timeout.unwrap_or(Duration::ZERO),
         hold_timeout: cfg.media.hold_timeout.unwrap_or(Duration::ZERO),
         tos: cfg.media.dscp << 2,
+        layout: match cfg.media.port_layout {
+            podpbx_config::MediaPortLayout::Shared => PortLayout::Shared { pairs: 2 },
+            podpbx_config::MediaPortLayout::PerCall => PortLayout::PerCall,
+        },
+        // Nobody listens to Latched events: not sending them saves the event path a wake-up per
+        // latch (four per call).
+        report_latching: false,
         ..RelayConfig::default()
     }
 }

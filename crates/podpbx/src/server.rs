@@ -537,8 +537,8 @@ fn trunk_events(
     seen.retain(|n, _| core.trunks().health().iter().any(|h| &h.name == n));
 }
 
-/// Adds what the relay forwarded and dropped since the last tick to the metrics (sessions count
-/// once they are released, i.e. at the end of each call).
+/// Adds what the relay forwarded and dropped since the last tick to the metrics (the relay's
+/// counters are live: calls in progress count, once a second).
 fn publish_relay_totals(
     admin: &crate::admin::Admin,
     now: podpbx_media::RelayTotals,
