@@ -8,3 +8,5 @@ bash tests/fuzz_smoke.sh
 if [ -f tests/k8s/validate.sh ]; then
     bash tests/k8s/validate.sh
 fi
+# The container image: static build, buildah from scratch, podman/crun run in a namespace.
+bash tests/image.sh

@@ -381,9 +381,22 @@ def check_dockerfile(path, c):
     user = (last("USER") or "").split(":")[0]
     if user != str(UID):
         problems.append(f"{path}: the final stage must run as USER {UID} (found {user or 'none'})")
-    builds = [a for w, a in ins if w == "RUN" and "cargo build" in a]
-    if not any("--release" in a and "--locked" in a for a in builds):
-        problems.append(f"{path}: no `cargo build --release --locked`")
+    # The binary comes from docker/build-static.sh (the one build both image paths use): a
+    # locked release build, statically linked.
+    if not any(w == "RUN" and "docker/build-static.sh" in a for w, a in ins):
+        problems.append(f"{path}: the build stage does not run docker/build-static.sh")
+    script = posixpath.join(posixpath.dirname(path), "build-static.sh")
+    try:
+        with open(script, encoding="utf-8") as f:
+            text = f.read()
+        for need in ("cargo build --release --locked", "+crt-static"):
+            if need not in text:
+                problems.append(f"{script}: no `{need}`")
+    except OSError as e:
+        problems.append(f"{script}: {e}")
+    base = ins[stages[-1]][1].split()[0] if stages else None
+    if base != "scratch":
+        problems.append(f"{path}: the final stage is FROM {base}, expected scratch (a static binary needs nothing)")
     return problems
 
 

@@ -297,6 +297,11 @@ impl Core {
         &self.trunks
     }
 
+    /// Whether a trunk changed state (e.g. registered) since the last call.
+    pub fn take_trunks_changed(&mut self) -> bool {
+        self.trunks.take_changed()
+    }
+
     /// The answer to an [`Output::Resolve`].
     pub fn dns_answer(
         &mut self,

@@ -431,6 +431,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 Output::Event(data) => webhooks.push(data),
             }
         }
+        // A trunk that just registered makes /readyz 200 now, not on the next tick.
+        if core.take_trunks_changed() {
+            publish_trunks(&core);
+        }
         admin.metrics().calls_active.set_count(core.active_calls());
         for d in core.take_ended_calls() {
             admin.metrics().call_ended(d);

@@ -102,6 +102,9 @@ pub struct Trunks {
     locals: Locals,
     running: bool,
     stopping: bool,
+    /// A trunk changed state since [`Trunks::take_changed`]: readiness and status are published
+    /// at once, not on the next status tick.
+    changed: bool,
 }
 
 impl Trunks {
@@ -434,6 +437,7 @@ impl Trunks {
                 continue;
             }
             s.last_state = state;
+            self.changed = true;
             match s.reg.as_ref().map(|r| (r.state(), r.status())) {
                 Some((TrunkState::Registered { .. }, st)) => {
                     info!(trunk = %st.name, server = ?st.target, "trunk registered")
@@ -444,6 +448,11 @@ impl Trunks {
                 _ => debug!(trunk = %s.cfg.name, state, "trunk state"),
             }
         }
+    }
+
+    /// Whether a trunk changed state since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// Every server of every TLS trunk with the host name its certificate must carry.
