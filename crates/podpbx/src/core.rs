@@ -18,7 +18,7 @@ use podpbx_sip::transaction::{ClientTxId, TxId};
 use podpbx_sip::transaction::{
     Peer, RequestDisposition, ResponseDisposition, ServerTxId, Timers, TransactionLayer, TxEvent,
 };
-use podpbx_sip::{HeaderName, IdGen, Message, Method, RequestBuilder, ResponseBuilder, Transport};
+use podpbx_sip::{HeaderName, IdGen, Message, Method, RequestBuilder, ResponseBuilder};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,13 +29,8 @@ use tracing::{debug, debug_span, info, warn};
 /// Something the core wants the I/O shell to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Send bytes to `dest` over `transport` (reusing TCP connection `conn` when alive).
-    Send {
-        transport: Transport,
-        dest: SocketAddr,
-        conn: u64,
-        data: Bytes,
-    },
+    /// Send bytes to `peer` (over its transport, reusing connection `peer.conn` when alive).
+    Send { peer: Peer, data: Bytes },
     /// Look up `name` (fully qualified, no trailing dot) for records of `rtype` and feed the
     /// answer to [`Core::dns_answer`] with `id`. Performed off the signalling loop; it may take
     /// seconds.
@@ -603,9 +598,7 @@ impl Core {
             return Some(o);
         }
         self.tx.poll_transmit().map(|t| Output::Send {
-            transport: t.peer.transport,
-            dest: t.peer.addr,
-            conn: t.peer.conn,
+            peer: t.peer,
             data: t.data,
         })
     }

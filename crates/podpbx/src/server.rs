@@ -407,19 +407,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         }
         while let Some(out) = core.poll_output() {
             match out {
-                Output::Send {
-                    transport,
-                    dest,
-                    conn,
-                    data,
-                } => {
-                    if let Err(e) = transports.send(transport, dest, conn, data) {
+                Output::Send { peer, data } => {
+                    if let Err(e) = transports.send(peer.transport, peer.addr, peer.conn, data) {
                         warn!(error = %e, "send failed");
-                        core.transport_error(Peer {
-                            addr: dest,
-                            transport,
-                            conn,
-                        });
+                        core.transport_error(peer);
                     }
                 }
                 Output::Resolve { id, name, rtype } => dns.resolve(id, name, rtype),
@@ -460,13 +451,8 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         }
         while let Some(out) = core.poll_output() {
             match out {
-                Output::Send {
-                    transport,
-                    dest,
-                    conn,
-                    data,
-                } => {
-                    let _ = transports.send(transport, dest, conn, data);
+                Output::Send { peer, data } => {
+                    let _ = transports.send(peer.transport, peer.addr, peer.conn, data);
                 }
                 // DNS is not started any more while stopping (the trunks stopped their lookups).
                 Output::Resolve { .. } => {}

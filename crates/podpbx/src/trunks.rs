@@ -403,9 +403,11 @@ impl Trunks {
                 let Some(method) = out.kind.method() else {
                     // CRLF keep-alive: written on the connection, outside any transaction.
                     direct.push_back(Output::Send {
-                        transport,
-                        dest,
-                        conn: 0,
+                        peer: Peer {
+                            addr: dest,
+                            transport,
+                            conn: 0,
+                        },
                         data: out.data,
                     });
                     continue;

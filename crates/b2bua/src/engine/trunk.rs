@@ -15,7 +15,7 @@ use bytes::Bytes;
 use podpbx_config::Dtmf;
 use podpbx_sip::caps::{allow, supported, TRUNK_DIALOG_METHODS};
 use podpbx_sip::digest::{AuthKind, DigestClient};
-use podpbx_sip::{StatusCode, Transport};
+use podpbx_sip::StatusCode;
 use std::time::{Duration, Instant};
 use tracing::info;
 
@@ -63,11 +63,7 @@ impl B2bua {
             info!(call = call.key, trunk = %name, "trunk destination unknown: 503");
             return fail(call);
         };
-        let transport = match trunk.transport {
-            podpbx_config::Transport::Udp => Transport::Udp,
-            podpbx_config::Transport::Tcp => Transport::Tcp,
-            podpbx_config::Transport::Tls => Transport::Tls,
-        };
+        let transport = trunk.transport;
         let Some(local) = dir.local_addr(transport, dest.ip()) else {
             return fail(call);
         };

@@ -237,13 +237,8 @@ impl Sim {
 
     fn collect(&mut self) {
         while let Some(out) = self.core.poll_output() {
-            let (transport, dest, conn, data) = match out {
-                Output::Send {
-                    transport,
-                    dest,
-                    conn,
-                    data,
-                } => (transport, dest, conn, data),
+            let (peer, data) = match out {
+                Output::Send { peer, data } => (peer, data),
                 // No trunk names to resolve in these tests.
                 Output::Resolve { name, .. } => panic!("unexpected DNS query for {name}"),
                 Output::SaveBindings { data, .. } => {
@@ -259,7 +254,7 @@ impl Sim {
                     continue;
                 }
             };
-            let framing = if transport.is_stream() {
+            let framing = if peer.transport.is_stream() {
                 Framing::Stream
             } else {
                 Framing::Datagram
@@ -274,14 +269,7 @@ impl Sim {
                     String::from_utf8_lossy(&data)
                 )
             });
-            self.sent.push(Sent {
-                peer: Peer {
-                    addr: dest,
-                    transport,
-                    conn,
-                },
-                msg,
-            });
+            self.sent.push(Sent { peer, msg });
         }
     }
 
