@@ -518,7 +518,7 @@ fn sha256_is_challenged_first_when_configured_and_md5_clients_still_register() {
     let md5 = podpbx_sip::digest::HashAlg::Md5;
     let mut client = podpbx_sip::digest::DigestClient::with_secret(
         "1002",
-        podpbx_sip::digest::Secret::Ha1 {
+        podpbx_sip::digest::Key::Ha1 {
             hash: md5,
             hex: podpbx_sip::digest::ha1(md5, "1002", &realm, "hall-1002"),
         },

@@ -99,7 +99,7 @@ fn server(data: &[u8]) {
     let now = Instant::now();
     let mut srv = DigestServer::new(ServerConfig::new("podpbx", vec![7u8; 32]), now);
     let nonce = srv.new_nonce(now);
-    let secret = podpbx_sip::digest::Secret::Password("secret-pw".into());
+    let secret = podpbx_sip::digest::Key::Password("secret-pw".into());
     for v in [data] {
         let Ok(c) = Credentials::parse(v) else {
             continue;

@@ -12,8 +12,8 @@ use crate::error::{io_message, Diagnostics};
 use crate::pattern::Pattern;
 use crate::reader::{one_of, Sp, Span, Tbl};
 use crate::schema::*;
-use crate::secret::{Secret, SecretSource};
 use crate::suggest::closest;
+use podpbx_sip::{Secret, SecretSource};
 
 mod home;
 
@@ -1233,7 +1233,7 @@ fn trunk_host(d: &mut Diagnostics, s: &Sp<String>) -> Option<Host> {
             err(d, s, format!("`{}` is not a usable host address", s.v));
             return None;
         }
-        return Some(Host::Ip(ip));
+        return Some(Host::from(ip));
     }
     if s.v.contains(':') {
         let msg = if s.v.matches(':').count() == 1 {
@@ -1252,7 +1252,7 @@ fn trunk_host(d: &mut Diagnostics, s: &Sp<String>) -> Option<Host> {
         );
         return None;
     }
-    Some(Host::Name(s.v.clone()))
+    Some(Host::Name(s.v.clone().into()))
 }
 
 fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
@@ -1309,8 +1309,8 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
         });
         let family_s = t.choice(d, "family", &[("ipv6", Family::V6), ("ipv4", Family::V4)]);
         let host_family = match &host {
-            Some(Host::Ip(IpAddr::V6(_))) => Some(Family::V6),
-            Some(Host::Ip(IpAddr::V4(_))) => Some(Family::V4),
+            Some(Host::V6(_)) => Some(Family::V6),
+            Some(Host::V4(_)) => Some(Family::V4),
             _ => None,
         };
         let family = match (&family_s, host_family) {

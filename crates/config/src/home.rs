@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::secret::Secret;
+use podpbx_sip::Secret;
 
 /// `[voicemail]`: the media endpoint that records and plays messages.
 #[derive(Debug, Clone, PartialEq)]

@@ -21,7 +21,6 @@ mod home;
 mod pattern;
 mod reader;
 mod schema;
-mod secret;
 mod suggest;
 mod timespec;
 
@@ -35,13 +34,13 @@ pub use home::{
     UserVoicemail, VoicemailConfig, Webhook,
 };
 pub use pattern::{Pattern, PatternError};
+pub use podpbx_sip::{Secret, SecretSource};
 pub use schema::{
     Action, AdminConfig, CallSource, CallsConfig, Config, DigestAlgorithm, DnsConfig, Dtmf, Family,
     Group, Host, LogConfig, LogFormat, Match, MediaConfig, MediaPortLayout, NumberMatch, Origin,
     RegistrarConfig, RingStrategy, Rule, SecurityConfig, SipConfig, StorageConfig, Target,
     TlsConfig, TlsVersion, Transport, Trunk, User, When,
 };
-pub use secret::{Secret, SecretSource};
 pub use timespec::{Clock, LocalTime, TimeMatch};
 
 /// The built-in development configuration (`config/podpbx.toml`): binds

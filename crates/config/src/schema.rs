@@ -12,8 +12,8 @@ use crate::home::{
     Webhook,
 };
 use crate::pattern::Pattern;
-use crate::secret::Secret;
 use crate::timespec::{Clock, LocalTime, TimeMatch};
+use podpbx_sip::Secret;
 
 /// A complete, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -383,24 +383,8 @@ pub struct Group {
     pub ring_timeout: Duration,
 }
 
-/// A trunk's host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Host {
-    /// An IP literal.
-    Ip(IpAddr),
-    /// A DNS name (resolved at run time).
-    Name(String),
-}
-
-impl fmt::Display for Host {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Host::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
-            Host::Ip(IpAddr::V4(a)) => write!(f, "{a}"),
-            Host::Name(n) => f.write_str(n),
-        }
-    }
-}
+/// A trunk's host (an IP literal or a DNS name): the one definition in `podpbx-sip`.
+pub use podpbx_sip::Host;
 
 /// IP address family: the one definition in `podpbx-sdp`, shared with the relay.
 pub use podpbx_sdp::Family;

@@ -1,6 +1,6 @@
 //! Whole-document tests: defaults, examples and every class of diagnostic.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -944,10 +944,7 @@ fn trunk_checks() {
         "{SIP}[[trunks]]\nname = \"t\"\nhost = \"2001:db8::7\"\nnetworks = [\"2001:db8::/64\"]\n"
     ));
     let t = &c.trunks[0];
-    assert_eq!(
-        t.host,
-        Host::Ip("2001:db8::7".parse::<IpAddr>().expect("ip"))
-    );
+    assert_eq!(t.host, Host::V6("2001:db8::7".parse().expect("ip")));
     assert!(!t.register);
     assert_eq!(
         (t.port, t.transport, t.family),

@@ -65,10 +65,10 @@ impl Slot {
 
     /// The servers to try, best first.
     fn targets(&self) -> Vec<SocketAddr> {
-        match (&self.cfg.host, &self.locator) {
-            (Host::Ip(ip), _) => vec![SocketAddr::new(*ip, self.cfg.port)],
-            (Host::Name(_), Some(l)) => l.targets().to_vec(),
-            (Host::Name(_), None) => Vec::new(),
+        match (self.cfg.host.ip(), &self.locator) {
+            (Some(ip), _) => vec![SocketAddr::new(ip, self.cfg.port)],
+            (None, Some(l)) => l.targets().to_vec(),
+            (None, None) => Vec::new(),
         }
     }
 
@@ -126,13 +126,13 @@ impl Trunks {
         let v4 = t.family == Family::V4;
         let locator = match &t.host {
             Host::Name(name) => Some(Locator::new(LocatorConfig::new(
-                name.clone(),
+                String::from_utf8_lossy(name).into_owned(),
                 (!t.srv).then_some(t.port),
                 t.transport,
                 v4,
                 os_seed()?,
             ))),
-            Host::Ip(_) => None,
+            Host::V4(_) | Host::V6(_) => None,
         };
         let reg = match (t.username.as_deref(), t.register) {
             (Some(user), true) => {

@@ -70,7 +70,7 @@ mod users;
 pub use bindings::{Binding, Flow, QualifyTarget, Transport};
 pub use persist::{load_file, write_atomic, LoadReport, PersistError};
 pub use podpbx_config::{Cidr, CidrError};
-pub use podpbx_sip::digest::{Algorithm, AuthKind, HashAlg, Secret};
+pub use podpbx_sip::digest::{Algorithm, AuthKind, HashAlg, Key};
 pub use registrar::{
     http_date, AuthCheck, AuthResult, Outcome, Registrar, Reply, SecurityEvent, SecurityEventKind,
     Settings, Stats,

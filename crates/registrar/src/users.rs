@@ -1,7 +1,7 @@
 //! The registrar's view of the user database.
 
 use crate::Cidr;
-use podpbx_sip::digest::Secret;
+use podpbx_sip::digest::Key;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -11,7 +11,7 @@ use std::net::IpAddr;
 pub struct User {
     pub name: String,
     /// Password or precomputed HA1 (an HA1 must be made with the registrar's realm).
-    pub secret: Secret,
+    pub secret: Key,
     /// Source networks this account may authenticate from; empty means anywhere.
     pub allowed_sources: Vec<Cidr>,
     /// Bindings kept for this AOR; more evict the oldest (see crate docs). At least 1.
@@ -25,7 +25,7 @@ impl User {
     pub fn new(name: impl Into<String>, password: impl Into<String>) -> Self {
         User {
             name: name.into(),
-            secret: Secret::Password(password.into()),
+            secret: Key::Password(password.into()),
             allowed_sources: Vec::new(),
             max_contacts: 1,
             required_transport: None,

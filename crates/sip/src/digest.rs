@@ -143,10 +143,11 @@ impl Qop {
     }
 }
 
-/// A user's stored secret: the plain password, or a precomputed `HA1 = H(user:realm:password)`
-/// (which only verifies algorithms using that hash, and only for the realm it was made for).
+/// What a user's digest is keyed with: the plain password, or a precomputed
+/// `HA1 = H(user:realm:password)` (which only verifies algorithms using that hash, and only for
+/// the realm it was made for). A configured password itself is a [`crate::Secret`].
 #[derive(Clone, PartialEq, Eq)]
-pub enum Secret {
+pub enum Key {
     Password(String),
     /// Lower-case hex `H(username:realm:password)` with the given hash.
     Ha1 {
@@ -155,31 +156,31 @@ pub enum Secret {
     },
 }
 
-impl fmt::Debug for Secret {
+impl fmt::Debug for Key {
     /// Never prints the secret itself.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Secret::Password(_) => f.write_str("Secret::Password(..)"),
-            Secret::Ha1 { hash, .. } => write!(f, "Secret::Ha1({hash:?}, ..)"),
+            Key::Password(_) => f.write_str("Key::Password(..)"),
+            Key::Ha1 { hash, .. } => write!(f, "Key::Ha1({hash:?}, ..)"),
         }
     }
 }
 
-impl Secret {
+impl Key {
     /// True if this secret can answer or verify algorithms using `hash`.
     pub fn supports(&self, hash: HashAlg) -> bool {
         match self {
-            Secret::Password(_) => true,
-            Secret::Ha1 { hash: h, .. } => *h == hash,
+            Key::Password(_) => true,
+            Key::Ha1 { hash: h, .. } => *h == hash,
         }
     }
 
     /// The (non-sess) HA1 for `hash`, or `None` if a precomputed HA1 uses another hash.
     pub fn ha1(&self, hash: HashAlg, username: &str, realm: &str) -> Option<String> {
         match self {
-            Secret::Password(p) => Some(ha1(hash, username, realm, p)),
-            Secret::Ha1 { hash: h, hex } if *h == hash => Some(hex.to_ascii_lowercase()),
-            Secret::Ha1 { .. } => None,
+            Key::Password(p) => Some(ha1(hash, username, realm, p)),
+            Key::Ha1 { hash: h, hex } if *h == hash => Some(hex.to_ascii_lowercase()),
+            Key::Ha1 { .. } => None,
         }
     }
 }
@@ -906,7 +907,7 @@ impl DigestServer {
         creds: &Credentials,
         method: &str,
         body: &[u8],
-        secret: Option<&Secret>,
+        secret: Option<&Key>,
     ) -> VerifyOutcome {
         let Some(algorithm) = creds.algorithm() else {
             return VerifyOutcome::Malformed;
@@ -1088,7 +1089,7 @@ struct ClientState {
 #[derive(Clone)]
 pub struct DigestClient {
     username: String,
-    secret: Secret,
+    secret: Key,
     cnonce_seed: Vec<u8>,
     cnonce_counter: u64,
     state: Option<ClientState>,
@@ -1116,13 +1117,13 @@ impl DigestClient {
         password: impl Into<String>,
         cnonce_seed: impl Into<Vec<u8>>,
     ) -> Self {
-        Self::with_secret(username, Secret::Password(password.into()), cnonce_seed)
+        Self::with_secret(username, Key::Password(password.into()), cnonce_seed)
     }
 
     /// Like [`Self::new`] with a stored secret (a precomputed HA1 only answers its hash).
     pub fn with_secret(
         username: impl Into<String>,
-        secret: Secret,
+        secret: Key,
         cnonce_seed: impl Into<Vec<u8>>,
     ) -> Self {
         DigestClient {

@@ -120,6 +120,15 @@ pub(crate) fn parse_port(s: &[u8], i: usize) -> Result<(u16, usize), ParseError>
     Ok((p, j))
 }
 
+impl From<IpAddr> for Host {
+    fn from(ip: IpAddr) -> Host {
+        match ip {
+            IpAddr::V4(a) => Host::V4(a),
+            IpAddr::V6(a) => Host::V6(a),
+        }
+    }
+}
+
 impl std::fmt::Display for Host {
     /// Prints IPv6 in brackets, as every host position in SIP needs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -352,8 +352,8 @@ mod digest {
         DigestServer::new(cfg, now)
     }
 
-    fn pw(p: &str) -> Secret {
-        Secret::Password(p.into())
+    fn pw(p: &str) -> Key {
+        Key::Password(p.into())
     }
 
     /// Builds credentials the way a client would.
@@ -451,7 +451,7 @@ mod digest {
             Algorithm::Md5,
             Some(("00000001", "c")),
         );
-        let stored = Secret::Ha1 {
+        let stored = Key::Ha1 {
             hash: HashAlg::Md5,
             hex: ha1(HashAlg::Md5, "alice", REALM, "secret"),
         };
@@ -819,7 +819,7 @@ mod digest {
     fn client_rfc2069_and_md5_only_secret() {
         let mut cl = DigestClient::with_secret(
             "doorbell",
-            Secret::Ha1 {
+            Key::Ha1 {
                 hash: HashAlg::Md5,
                 hex: ha1(HashAlg::Md5, "doorbell", "pbx.example", "s3cr3t"),
             },

@@ -78,7 +78,7 @@ pub use locate::{
     DnsQuery, LocateError, LocateStatus, Locator, LocatorConfig, LookupError, Naptr, RData, Record,
     RecordType, Srv,
 };
-pub use podpbx_sip::digest::Secret;
+pub use podpbx_sip::digest::Key;
 pub use podpbx_sip::Transport;
 pub use registration::{
     refresh_after, ConfigError, Outgoing, OutgoingKind, OutgoingRegister, RegError, Registration,

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use podpbx_sip::caps;
-use podpbx_sip::digest::{AuthKind, Challenge, ClientError, DigestClient, Secret};
+use podpbx_sip::digest::{AuthKind, Challenge, ClientError, DigestClient, Key};
 use podpbx_sip::transaction::MAGIC_COOKIE;
 use podpbx_sip::IdGen;
 use podpbx_sip::{HeaderName, Host, Message, Method, RequestBuilder, Transport, Uri};
@@ -81,7 +81,7 @@ pub struct RegistrationConfig {
     /// Digest user name when it differs from `username`.
     pub auth_username: Option<String>,
     /// Digest secret (the password, or a precomputed HA1).
-    pub secret: Secret,
+    pub secret: Key,
     /// Expected digest realm: challenges for other realms are not answered (our credentials are
     /// not sent to whoever asks). `None` accepts the provider's realm.
     pub realm: Option<String>,
@@ -143,7 +143,7 @@ impl RegistrationConfig {
             transport: Transport::Udp,
             username: username.into(),
             auth_username: None,
-            secret: Secret::Password(password.into()),
+            secret: Key::Password(password.into()),
             realm: None,
             expiry: Duration::from_secs(3600),
             local,

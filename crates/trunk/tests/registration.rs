@@ -2,7 +2,7 @@
 //! built on `podpbx_sip::digest::DigestServer`), through the public API only.
 
 use bytes::Bytes;
-use podpbx_sip::digest::{Credentials, DigestServer, Secret, ServerConfig, VerifyOutcome};
+use podpbx_sip::digest::{Credentials, DigestServer, Key, ServerConfig, VerifyOutcome};
 use podpbx_sip::{Framing, HeaderName, Message, Method, ResponseBuilder};
 use podpbx_trunk::{
     ConfigError, OutgoingKind, RegError, Registration, RegistrationConfig, Transport, TrunkState,
@@ -144,7 +144,7 @@ impl Provider {
         let creds = Credentials::parse(&v).expect("credentials parse");
         assert_eq!(creds.username, USER);
         assert_eq!(creds.uri, format!("sip:{REALM}"));
-        let secret = Secret::Password(self.password.clone());
+        let secret = Key::Password(self.password.clone());
         match self
             .digest
             .verify(now, &creds, "REGISTER", b"", Some(&secret))

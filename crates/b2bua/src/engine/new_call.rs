@@ -30,7 +30,7 @@ impl B2bua {
             .and_then(|t| t.uri.user.map(|u| unescape_user(&u)));
         for t in &self.cfg.trunks {
             let in_net = t.networks.iter().any(|n| n.contains(ip));
-            let is_host = matches!(t.host, podpbx_config::Host::Ip(h) if h == ip);
+            let is_host = t.host.ip() == Some(ip);
             let did = [ruri_user.clone(), to_user.clone()]
                 .into_iter()
                 .flatten()

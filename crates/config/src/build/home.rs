@@ -9,8 +9,8 @@ use crate::error::{io_message, Diagnostics};
 use crate::home::*;
 use crate::reader::{one_of, Sp, Tbl};
 use crate::schema::StorageConfig;
-use crate::secret::{Secret, SecretSource};
 use crate::timespec::{Clock, TimeMatch};
+use podpbx_sip::{Secret, SecretSource};
 
 pub(super) fn clock(d: &mut Diagnostics, r: &mut Tbl) -> Clock {
     let mut t = section(d, r, "clock");

@@ -1,4 +1,4 @@
-//! Secrets (passwords) that never show up in logs.
+//! Secrets (passwords, tokens) from the configuration that never show up in logs.
 
 use std::fmt;
 use std::path::PathBuf;
