@@ -28,6 +28,35 @@ const TRANSPORTS: &[(&str, Transport)] = &[
     ("tls", Transport::Tls),
 ];
 const DEFAULT_TLS_PORT: u16 = 5061;
+const SRTP: &[(&str, Srtp)] = &[
+    ("off", Srtp::Off),
+    ("optional", Srtp::Optional),
+    ("required", Srtp::Required),
+];
+
+/// `srtp` of a user or trunk. SDES puts the keys in the SDP, so SRTP needs TLS signalling:
+/// `required` only with `transport = "tls"` (`optional` uses SRTP when the leg is on TLS).
+fn srtp(d: &mut Diagnostics, t: &mut Tbl, transport: Option<Transport>) -> Srtp {
+    let Some(v) = t.choice(d, "srtp", SRTP) else {
+        return Srtp::Off;
+    };
+    let not_tls = transport.is_some_and(|t| t != Transport::Tls);
+    if (v.v == Srtp::Required && transport != Some(Transport::Tls)) || (v.v != Srtp::Off && not_tls)
+    {
+        err(
+            d,
+            &v,
+            format!(
+                "`{}` needs `transport = \"tls\"`: SDES keys are never sent in clear SIP",
+                match v.v {
+                    Srtp::Required => "required",
+                    _ => "optional",
+                }
+            ),
+        );
+    }
+    v.v
+}
 const STRATEGIES: &[(&str, RingStrategy)] = &[
     ("parallel", RingStrategy::Parallel),
     ("sequential", RingStrategy::Sequential),
@@ -1075,6 +1104,7 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
             )
             .and_then(|v| v.v);
         let extras = home::user_extras(d, &mut t);
+        let srtp = srtp(d, &mut t, transport);
         if !has_secret_key && !identify_by_source {
             t.missing(
                 d,
@@ -1105,6 +1135,7 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
                 doorbell: extras.doorbell,
                 dnd: extras.dnd,
                 forward: crate::home::Forwarding::default(),
+                srtp,
             },
             forward: extras.forward,
             name,
@@ -1355,6 +1386,7 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
         let keepalive = zero_is_none(t.secs_or(d, "keepalive_secs", 0, 3600, 0).v);
         let register_s = t.bool(d, "register");
         let register = register_s.as_ref().map_or(username.is_some(), |b| b.v);
+        let srtp = srtp(d, &mut t, Some(transport));
         if let Some(b) = register_s.as_ref().filter(|b| b.v) {
             if username.is_none() {
                 err(d, b, "registering requires `username`");
@@ -1391,6 +1423,7 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
                 priority,
                 keepalive,
                 register,
+                srtp,
             },
             name,
             dids,

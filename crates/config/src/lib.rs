@@ -38,7 +38,7 @@ pub use podpbx_sip::{Secret, SecretSource};
 pub use schema::{
     Action, AdminConfig, CallSource, CallsConfig, Config, DigestAlgorithm, DnsConfig, Dtmf, Family,
     Group, Host, LogConfig, LogFormat, Match, MediaConfig, MediaPortLayout, NumberMatch, Origin,
-    RegistrarConfig, RingStrategy, Rule, SecurityConfig, SipConfig, StorageConfig, Target,
+    RegistrarConfig, RingStrategy, Rule, SecurityConfig, SipConfig, Srtp, StorageConfig, Target,
     TlsConfig, TlsVersion, Transport, Trunk, User, When,
 };
 pub use timespec::{Clock, LocalTime, TimeMatch};

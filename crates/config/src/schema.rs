@@ -351,6 +351,20 @@ pub struct User {
     pub dnd: bool,
     /// Call forwarding at start (feature codes change it at run time).
     pub forward: Forwarding,
+    /// SRTP on this user's call legs.
+    pub srtp: Srtp,
+}
+
+/// SRTP (RFC 3711, keys by SDES, RFC 4568) on the call legs of a user or trunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Srtp {
+    /// Plain RTP only.
+    #[default]
+    Off,
+    /// SRTP when the peer offers or accepts it over TLS, plain RTP otherwise.
+    Optional,
+    /// SRTP only (over TLS); a call that cannot have it fails with 488.
+    Required,
 }
 
 impl User {
@@ -428,6 +442,8 @@ pub struct Trunk {
     pub keepalive: Option<Duration>,
     /// Whether to REGISTER with the provider.
     pub register: bool,
+    /// SRTP towards the provider.
+    pub srtp: Srtp,
 }
 
 impl Trunk {

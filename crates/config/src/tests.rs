@@ -1305,3 +1305,41 @@ fn tls_section_follows_the_transport_list() {
 }
 
 mod home;
+#[test]
+fn srtp_per_user_and_trunk_needs_tls() {
+    let dir = temp_dir("srtp");
+    let cert = dir.0.join("c.pem");
+    std::fs::write(&cert, "x").unwrap();
+    let sip = format!(
+        "{SIP}transports = [\"udp\", \"tls\"]\n[tls]\ncert_file = \"{0}\"\nkey_file = \"{0}\"\n",
+        cert.display()
+    );
+    let c = ok(&format!(
+        "{sip}[[users]]\nname = \"1\"\npassword = \"x\"\ntransport = \"tls\"\nsrtp = \"required\"\n\
+         [[users]]\nname = \"2\"\npassword = \"x\"\nsrtp = \"optional\"\n\
+         [[users]]\nname = \"3\"\npassword = \"x\"\n\
+         [[trunks]]\nname = \"p\"\nhost = \"sip.example.net\"\ntransport = \"tls\"\nsrtp = \"required\"\n"
+    ));
+    let s: Vec<Srtp> = c.users.iter().map(|u| u.srtp).collect();
+    assert_eq!(s, [Srtp::Required, Srtp::Optional, Srtp::Off]);
+    assert_eq!(c.trunks[0].srtp, Srtp::Required);
+    // Keys never in clear SIP: required needs TLS, optional cannot be pinned to UDP/TCP.
+    assert_eq!(
+        error(&format!(
+            "{sip}[[users]]\nname = \"1\"\npassword = \"x\"\nsrtp = \"required\"\n"
+        )),
+        "t.toml:10:8: users[0].srtp: `required` needs `transport = \"tls\"`: SDES keys are never sent in clear SIP"
+    );
+    assert_eq!(
+        error(&format!(
+            "{sip}[[trunks]]\nname = \"p\"\nhost = \"sip.example.net\"\nsrtp = \"optional\"\n"
+        )),
+        "t.toml:10:8: trunks[0].srtp: `optional` needs `transport = \"tls\"`: SDES keys are never sent in clear SIP"
+    );
+    assert_eq!(
+        error(&format!(
+            "{sip}[[users]]\nname = \"1\"\npassword = \"x\"\nsrtp = \"yes\"\n"
+        )),
+        "t.toml:10:8: users[0].srtp: expected `off`, `optional` or `required`, got `yes`"
+    );
+}
