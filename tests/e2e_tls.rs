@@ -1,7 +1,9 @@
-//! Phones over TLS (issue 17): two baresip softphones on the home topology's IPv6 LAN register
-//! over SIP/TLS (RFC 3261 §26) with podpbx's TLS listener on the pinned address, verifying its
-//! certificate against the test's CA, and call each other; each hears the other's tone, the CDR
-//! shows both legs on TLS, and the wire carries no SIP in clear text on port 5060.
+//! Phones over TLS with SRTP (issue 17): two baresip softphones on the home topology's IPv6 LAN
+//! register over SIP/TLS (RFC 3261 §26) with podpbx's TLS listener on the pinned address and
+//! call each other, both ways. Phone 101 has `srtp = "required"` and runs SRTP only (baresip
+//! `mediaenc=srtp-mand`: RTP/SAVP with SDES keys); phone 102 has `srtp = "off"` (plain RTP). The
+//! relay terminates SRTP on 101's leg with its own keys: each phone hears the other's tone, the
+//! SDP 102 gets has no key, the CDR shows both legs on TLS, and no SRTP packet was dropped.
 //!
 //! Needs root (CI runs as root) and baresip (`baresip-core`); `PODPBX_SKIP_E2E=1` skips it.
 //! Certificates come from a throw-away CA made by the test (`openssl`).
@@ -30,6 +32,14 @@ fn ip(s: &str) -> IpAddr {
 const TONE_101: f64 = 697.0;
 const TONE_102: f64 = 1209.0;
 const TALK: Duration = Duration::from_secs(4);
+
+fn tone_of(user: &str) -> f64 {
+    if user == "101" {
+        TONE_101
+    } else {
+        TONE_102
+    }
+}
 
 fn config(dir: &Path, cert: &common::tls::CertFiles) -> String {
     format!(
@@ -66,6 +76,7 @@ name = "101"
 password = "tls-pw-101"
 allow_from = ["2001:db8:1234:1::/64"]
 transport = "tls"
+srtp = "required"
 
 [[users]]
 name = "102"
@@ -157,7 +168,14 @@ fn phones_register_and_call_over_tls() {
         pbx_log()
     );
 
-    let phone = |name: &str, ns: &Netns, addr: &str, iface: &str, user: &str, t: &Path, n: u16| {
+    let phone = |name: &str,
+                 ns: &Netns,
+                 addr: &str,
+                 iface: &str,
+                 user: &str,
+                 t: &Path,
+                 n: u16,
+                 enc: &str| {
         Baresip::start(&PhoneConfig {
             name: name.to_owned(),
             netns: ns.name.clone(),
@@ -170,6 +188,7 @@ fn phones_register_and_call_over_tls() {
                     &format!("auth_pass=tls-pw-{user}"),
                     "answermode=auto",
                     "regint=600",
+                    enc,
                 ],
             ),
             tone: t.to_path_buf(),
@@ -179,11 +198,33 @@ fn phones_register_and_call_over_tls() {
             // The home CA. (baresip 1.0, Debian 12, loads it but does not refuse a server
             // certificate from another CA: checked, it registers anyway. podpbx's own
             // verification of servers is tested against Kamailio and rustls peers.)
-            extra: vec![format!("sip_cafile\t{}", ca.files.cert.display())],
+            extra: vec![
+                format!("sip_cafile\t{}", ca.files.cert.display()),
+                "module\tsrtp.so".to_string(),
+            ],
         })
     };
-    let mut p101 = phone("tls101", &topo.ph1, PHONE101, "ph1", "101", &t101, 1);
-    let mut p102 = phone("tls102", &topo.ph2, PHONE102, "ph2", "102", &t102, 2);
+    // 101: SRTP only (RTP/SAVP + a=crypto); 102: plain RTP (mediaenc empty = none).
+    let mut p101 = phone(
+        "tls101",
+        &topo.ph1,
+        PHONE101,
+        "ph1",
+        "101",
+        &t101,
+        1,
+        "mediaenc=srtp-mand",
+    );
+    let mut p102 = phone(
+        "tls102",
+        &topo.ph2,
+        PHONE102,
+        "ph2",
+        "102",
+        &t102,
+        2,
+        "audio_codecs=pcmu",
+    );
     for p in [&mut p101, &mut p102] {
         if let Err(e) = p.wait_registered(Duration::from_secs(15)) {
             panic!(
@@ -193,24 +234,33 @@ fn phones_register_and_call_over_tls() {
             );
         }
     }
-    let result = (|| -> Result<(), String> {
-        p102.command("dial", &format!("sip:101@[{PINNED6}];transport=tls"))?;
-        p102.wait_event("CALL_ESTABLISHED", 1, Duration::from_secs(20))?;
-        p101.wait_event("CALL_ESTABLISHED", 1, Duration::from_secs(5))?;
-        std::thread::sleep(TALK);
-        p102.command("hangup", "")?;
-        p102.wait_event("CALL_CLOSED", 1, Duration::from_secs(10))?;
-        p101.wait_event("CALL_CLOSED", 1, Duration::from_secs(10))?;
-        Ok(())
-    })();
     let mut failures = Vec::new();
-    if let Err(e) = &result {
-        failures.push(format!("call failed: {e}"));
-    } else {
+    // Call 1: plain 102 calls SRTP 101 (our offer to 101 is RTP/SAVP with our key).
+    // Call 2: SRTP 101 calls plain 102 (101's key accepted, our answer carries ours).
+    for (n, (caller, callee)) in [("102", "101"), ("101", "102")].into_iter().enumerate() {
+        let (a, b) = if caller == "102" {
+            (&mut p102, &mut p101)
+        } else {
+            (&mut p101, &mut p102)
+        };
+        let result = (|| -> Result<(), String> {
+            a.command("dial", &format!("sip:{callee}@[{PINNED6}];transport=tls"))?;
+            a.wait_event("CALL_ESTABLISHED", n + 1, Duration::from_secs(20))?;
+            b.wait_event("CALL_ESTABLISHED", n + 1, Duration::from_secs(5))?;
+            std::thread::sleep(TALK);
+            a.command("hangup", "")?;
+            a.wait_event("CALL_CLOSED", n + 1, Duration::from_secs(10))?;
+            b.wait_event("CALL_CLOSED", n + 1, Duration::from_secs(10))?;
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            failures.push(format!("call {caller} -> {callee} failed: {e}"));
+            break;
+        }
         let talk_secs = TALK.as_secs() as usize;
         for (b, expected, own) in [
-            (&mut p101, TONE_102, TONE_101),
-            (&mut p102, TONE_101, TONE_102),
+            (a, tone_of(callee), tone_of(caller)),
+            (b, tone_of(caller), tone_of(callee)),
         ] {
             match audio::heard(b, expected, &[own]) {
                 Ok(c) if c.windows + 1 >= talk_secs => {
@@ -223,7 +273,7 @@ fn phones_register_and_call_over_tls() {
                 Err(e) => failures.push(e),
             }
         }
-        let c = &cdrs(&dir.path().join("cdr.jsonl"), 1, Duration::from_secs(5))[0];
+        let c = &cdrs(&dir.path().join("cdr.jsonl"), n + 1, Duration::from_secs(5))[n];
         let legs = c["legs"].as_array().cloned().unwrap_or_default();
         if c["disposition"] != "answered"
             || legs.len() != 2
@@ -231,6 +281,25 @@ fn phones_register_and_call_over_tls() {
         {
             failures.push(format!("CDR: both legs answered over TLS expected: {c}"));
         }
+    }
+    // 101 ran SRTP with podpbx's keys (baresip logs its SRTP streams); 102 never saw a key.
+    let enabled = p101.logs().matches("SRTP is Enabled").count();
+    if enabled < 2 || pbx_log().contains("SRTP: 488") {
+        failures.push(format!("101 ran SRTP in {enabled} of 2 calls"));
+    }
+    if p102.logs().contains("SRTP") || p102.logs().contains("crypto") {
+        failures.push("102 (srtp = off) saw SRTP or a key".into());
+    }
+    let relay_srtp_drops = {
+        let (_, m) = common::baresip::in_netns(&topo.pod.name, || {
+            common::http_get("127.0.0.1:9060".parse().unwrap(), "/metrics")
+        });
+        common::metric(&m, "podpbx_relay_dropped_packets_total{reason=\"srtp\"}").unwrap_or(0.0)
+    };
+    if relay_srtp_drops > 2.0 {
+        failures.push(format!(
+            "{relay_srtp_drops} SRTP packets dropped by the relay"
+        ));
     }
     // The saved bindings name their TLS flow (written at most 100 ms after a change).
     let bindings_file = dir.path().join("bindings.json");

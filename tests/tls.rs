@@ -326,11 +326,15 @@ fn trunk_with_a_certificate_for_another_name_is_refused_and_logged() {
 
 /// RFC 4568 §8.3: SDES keys need a secure signalling channel. An INVITE whose SDP carries
 /// `a=crypto` over UDP is refused with 488 (the keys are already public); the same INVITE over
-/// TLS passes that check (and gets the dialplan's answer, here 404: no rule).
+/// TLS from a user with `srtp = "optional"` passes (and gets the dialplan's answer, here 404: no
+/// rule).
 #[test]
 fn sdes_keys_in_clear_text_sip_are_refused_488() {
     let p = start(
-        "[[users]]\nname = \"190\"\nidentify_by_source = true\nallow_from = [\"127.0.0.1/32\"]\n",
+        "[[users]]\nname = \"190\"\nidentify_by_source = true\nallow_from = [\"127.0.0.1/32\"]\n\
+         srtp = \"optional\"\n\
+         [[users]]\nname = \"191\"\nidentify_by_source = true\nallow_from = [\"::1/128\"]\n\
+         transport = \"tls\"\nsrtp = \"required\"\n",
     );
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
                m=audio 4000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n\
@@ -372,4 +376,27 @@ fn sdes_keys_in_clear_text_sip_are_refused_488() {
     t::send(&mut s, invite(local, "TLS", "z9hG4bKsdestls").as_bytes());
     let resp = final_of(&mut || t::read_message(&mut s));
     assert_eq!(status(&resp), 404, "{}", String::from_utf8_lossy(&resp));
+
+    // A caller with srtp = "required" offering plain RTP over TLS: 488, with the reason logged.
+    let plain = sdp.replace("RTP/SAVP", "RTP/AVP").replace(
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n",
+        "",
+    );
+    let mut s6 = t::connect(p.tls_v6(), &p.ca.files.cert, "pbx.test").unwrap();
+    let local = s6.sock.local_addr().unwrap();
+    let req = invite(local, "TLS", "z9hG4bKsdesreq")
+        .replace(sdp, &plain)
+        .replace(
+            &format!("Content-Length: {}", sdp.len()),
+            &format!("Content-Length: {}", plain.len()),
+        );
+    t::send(&mut s6, req.as_bytes());
+    let resp = final_of(&mut || t::read_message(&mut s6));
+    assert_eq!(status(&resp), 488, "{}", String::from_utf8_lossy(&resp));
+    assert!(p
+        .pbx
+        .log_text()
+        .lines()
+        .any(|l| l.contains("SRTP policy of the caller not met: 488")
+            && l.contains("no usable a=crypto")));
 }

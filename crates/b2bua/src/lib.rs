@@ -110,6 +110,23 @@ pub struct LegStats {
     pub jitter: Duration,
 }
 
+/// SRTP (SDES) keys of one relay leg: the suite (`a=crypto` name), the peer's master key and
+/// salt (30 bytes, from its `a=crypto`), ours (30 bytes, in our `a=crypto` towards it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SrtpLegKeys {
+    pub suite: String,
+    pub remote: Vec<u8>,
+    pub local: Vec<u8>,
+}
+
+impl std::fmt::Debug for SrtpLegKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SrtpLegKeys")
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The RTP relay, as the call layer uses it (one session per media stream, two legs each).
 pub trait MediaPort {
     /// Allocates a session with leg A on family `a` and leg B on family `b`.
@@ -126,6 +143,16 @@ pub trait MediaPort {
     fn stats(&self, id: MediaId, leg: MediaLeg) -> LegStats;
     /// Releases the session (its ports).
     fn release(&mut self, id: MediaId);
+    /// The SDES suites the relay can terminate, most preferred first (none: no SRTP).
+    fn srtp_suites(&self) -> &[&'static str] {
+        &[]
+    }
+    /// A fresh random 30-byte master key and salt for our `a=crypto` (None: no SRTP).
+    fn srtp_key(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Terminates SRTP on `leg` with `keys` (None: plain RTP).
+    fn set_srtp(&mut self, _id: MediaId, _leg: MediaLeg, _keys: Option<SrtpLegKeys>) {}
 }
 
 /// A session of podpbx's own media endpoint (voicemail, announcements).

@@ -81,6 +81,37 @@ impl MediaPort for RelayMedia {
             s.release();
         }
     }
+    fn srtp_suites(&self) -> &[&'static str] {
+        &["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]
+    }
+    fn srtp_key(&mut self) -> Option<Vec<u8>> {
+        match podpbx_media::generate_key() {
+            Ok(k) => Some(k.to_bytes().to_vec()),
+            Err(e) => {
+                warn!(error = %e, "no randomness for an SRTP key");
+                None
+            }
+        }
+    }
+    fn set_srtp(&mut self, id: MediaId, leg: MediaLeg, keys: Option<podpbx_b2bua::SrtpLegKeys>) {
+        use podpbx_media::srtp::{MasterKey, Suite};
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        let keys = keys.and_then(|k| {
+            let suite = Suite::from_name(&k.suite)?;
+            let remote: [u8; 30] = k.remote.as_slice().try_into().ok()?;
+            let local: [u8; 30] = k.local.as_slice().try_into().ok()?;
+            Some(podpbx_media::SrtpKeys {
+                suite,
+                remote: MasterKey::from_bytes(&remote),
+                local: MasterKey::from_bytes(&local),
+            })
+        });
+        if let Err(e) = s.set_srtp(leg, keys.as_ref()) {
+            debug!(error = %e, "relay set_srtp");
+        }
+    }
 }
 
 /// A MediaPort for when no relay could be started: every call gets 503 from the b2bua.

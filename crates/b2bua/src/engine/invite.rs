@@ -65,17 +65,37 @@ impl B2bua {
                         warn!(call = call.key, error = %e, "no media ports");
                         failed = Some(Some(StatusCode::SERVICE_UNAVAILABLE));
                     } else {
-                        // The offerer's media (the caller) is known from its SDP.
+                        // The offerer's media (the caller) is known from its SDP, with the
+                        // SDES keys it sends with (its srtp policy met, else 488).
+                        let mut sec = Ok(());
                         if let Some(o) = offerer {
+                            let policy = self.srtp_policy(&call.legs[o].party);
+                            let transport = call.legs[o].dialog.peer.transport;
+                            match self.accept_sdes(policy, transport, &sdp, None) {
+                                Ok(k) => call.legs[o].media.srtp.remote = k,
+                                Err(e) => sec = Err(e),
+                            }
                             self.learn_remote(call, o, bundle, &sdp, raw, true);
                         }
+                        // Our offer to this leg: SRTP with its own key when it requires it.
+                        let policy = self.srtp_policy(&party);
+                        let sec = sec.and_then(|()| {
+                            self.security_towards(
+                                policy,
+                                dialog.peer.transport,
+                                &mut media.srtp,
+                                true,
+                            )
+                        });
                         let local = dialog.local.ip();
-                        let to = dialog.peer.transport;
-                        match self.rewrite_sdp(call.bundle(bundle), &mut media, local, to, &sdp) {
+                        match sec.and_then(|sec| {
+                            self.rewrite_sdp(call.bundle(bundle), &mut media, local, &sec, &sdp)
+                                .map_err(|e| e.to_string())
+                        }) {
                             Ok(s) => body = Some(s),
                             Err(e) => {
-                                warn!(call = call.key, error = %e, "cannot rewrite SDP");
-                                failed = Some(None);
+                                warn!(call = call.key, reason = %e, "SDP towards the leg refused: 488");
+                                failed = Some(Some(StatusCode::NOT_ACCEPTABLE_HERE));
                             }
                         }
                     }

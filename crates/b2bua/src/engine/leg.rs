@@ -211,6 +211,31 @@ pub(crate) struct LegMedia {
     pub origin_ver: u64,
     /// Our last SDP towards the peer (before the origin is set).
     pub last_sent: Option<String>,
+    /// SDES state of this leg (RFC 4568).
+    pub srtp: LegSrtp,
+}
+
+/// SDES keys of a leg: what its peer offered or accepted, and our key towards it. SRTP runs on
+/// the leg once both are known.
+#[derive(Clone, Default)]
+pub(crate) struct LegSrtp {
+    /// The `a=crypto` we accepted from the peer: tag, suite, key (30 bytes).
+    pub remote: Option<(u32, String, Vec<u8>)>,
+    /// Our key towards the peer (30 bytes) and the suite of our line.
+    pub local: Option<(String, Vec<u8>)>,
+    /// What the relay was last told for this leg (its replay windows and rollover counters
+    /// must not be reset by a re-INVITE that keeps the keys).
+    pub applied: Option<(Option<BundleId>, Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for LegSrtp {
+    /// Keys never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegSrtp")
+            .field("remote", &self.remote.as_ref().map(|r| (r.0, &r.1)))
+            .field("local", &self.local.as_ref().map(|l| &l.0))
+            .finish()
+    }
 }
 
 impl LegMedia {
@@ -224,6 +249,7 @@ impl LegMedia {
             origin_id,
             origin_ver: 1,
             last_sent: None,
+            srtp: LegSrtp::default(),
         }
     }
 }

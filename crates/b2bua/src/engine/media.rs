@@ -3,10 +3,12 @@
 //! origin), and the media timeout.
 
 use super::call::{Bundle, Call, EndReason, HangupBy};
-use super::leg::{BundleId, LegIdx, LegMedia};
+use super::leg::{BundleId, LegIdx, LegMedia, LegSrtp, Party};
 use super::B2bua;
-use crate::{Family, MediaId, MediaLeg};
+use crate::{Family, MediaId, MediaLeg, SrtpLegKeys};
 use bytes::Bytes;
+use podpbx_config::Srtp;
+use podpbx_sdp::Crypto;
 use podpbx_sdp::{
     Anchor, MediaPlan, MediaSecurity, OriginPlan, RemoteMedia, RewritePlan, Sdp, SdpError,
     ZeroAddressHold,
@@ -28,6 +30,9 @@ pub(crate) enum MediaError {
     Relay(String),
     #[error("SDES keys (a=crypto) over clear-text signalling")]
     ClearTextKeys,
+    /// A leg's `srtp` policy cannot be met (or the relay cannot do SRTP).
+    #[error("SRTP: {0}")]
+    Srtp(String),
 }
 
 /// Most SDP m-lines we anchor per call.
@@ -61,7 +66,152 @@ fn replace_origin(sdp: &str, id: u64, ver: u64, addr: IpAddr) -> String {
     out
 }
 
+/// The tag of our `a=crypto` in offers (answers echo the offer's tag).
+const OUR_TAG: u32 = 1;
+
 impl B2bua {
+    /// The SRTP policy of a leg's party (`srtp` of its user or trunk).
+    pub(super) fn srtp_policy(&self, party: &Party) -> Srtp {
+        match party {
+            Party::User(n) => self.cfg.user(n).map_or(Srtp::Off, |u| u.srtp),
+            Party::Trunk(n) => self.cfg.trunk(n).map_or(Srtp::Off, |t| t.srtp),
+        }
+    }
+
+    /// The `a=crypto` of `sdp` (from a leg with `policy`, signalled over `transport`) that
+    /// podpbx uses to unprotect what that peer sends: the first line with a suite the relay
+    /// terminates, a 30-byte key, no MKI and no session parameters (`tag`: the one of our
+    /// offer, when `sdp` answers it). `Err` (488) when the leg's policy cannot be met.
+    pub(super) fn accept_sdes(
+        &self,
+        policy: Srtp,
+        transport: Transport,
+        sdp: &Sdp,
+        tag: Option<u32>,
+    ) -> Result<Option<(u32, String, Vec<u8>)>, String> {
+        let active: Vec<_> = sdp.media().iter().filter(|m| !m.rejected()).collect();
+        let secure = active.iter().any(|m| m.secure());
+        if policy == Srtp::Off || transport != Transport::Tls {
+            if policy == Srtp::Required {
+                return Err("srtp = required but the leg is not signalled over TLS".into());
+            }
+            if secure {
+                return Err("the peer wants SRTP (RTP/SAVP) but the leg has srtp = off".into());
+            }
+            return Ok(None);
+        }
+        if active.len() > 1 && active.iter().any(|m| !m.crypto.is_empty()) {
+            return Err("SRTP on more than one stream is not supported".into());
+        }
+        let suites = self.media.srtp_suites();
+        let usable = active.first().and_then(|m| {
+            m.crypto.iter().find(|c| {
+                suites.contains(&c.suite.as_str())
+                    && c.key.len() == 30
+                    && !c.mki
+                    && c.keys == 1
+                    && c.session_params.is_empty()
+                    && tag.is_none_or(|t| c.tag == t)
+            })
+        });
+        match usable {
+            Some(c) => Ok(Some((c.tag, c.suite.clone(), c.key.clone()))),
+            None if policy == Srtp::Required || secure => Err(format!(
+                "no usable a=crypto (supported: {}) for srtp = {}",
+                suites.join(", "),
+                if policy == Srtp::Required {
+                    "required"
+                } else {
+                    "optional"
+                }
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Our `a=crypto` line towards a leg (`tag`, `suite`), with the leg's key (made on first
+    /// use, kept for the dialog).
+    pub(super) fn sdes_line(
+        &mut self,
+        srtp: &mut LegSrtp,
+        tag: u32,
+        suite: &str,
+    ) -> Result<MediaSecurity, String> {
+        let key = match &srtp.local {
+            Some((s, k)) if s == suite => k.clone(),
+            _ => self
+                .media
+                .srtp_key()
+                .filter(|k| k.len() == 30)
+                .ok_or("SRTP is not available in the relay")?,
+        };
+        srtp.local = Some((suite.to_string(), key.clone()));
+        Ok(MediaSecurity::Srtp(Crypto::line(tag, suite, &key)))
+    }
+
+    /// What our SDP towards a leg carries: SRTP when the leg requires it (our offer) or when it
+    /// offered usable keys we accepted (our answer); plain RTP otherwise.
+    pub(super) fn security_towards(
+        &mut self,
+        policy: Srtp,
+        transport: Transport,
+        srtp: &mut LegSrtp,
+        offer: bool,
+    ) -> Result<MediaSecurity, String> {
+        if offer {
+            if policy != Srtp::Required {
+                srtp.local = None;
+                return Ok(MediaSecurity::Plain);
+            }
+            if transport != Transport::Tls {
+                return Err("srtp = required but the leg is not signalled over TLS".into());
+            }
+            let suite = self
+                .media
+                .srtp_suites()
+                .first()
+                .copied()
+                .ok_or("SRTP is not available in the relay")?;
+            return self.sdes_line(srtp, OUR_TAG, suite);
+        }
+        match srtp.remote.clone() {
+            Some((tag, suite, _)) => self.sdes_line(srtp, tag, &suite),
+            None => {
+                srtp.local = None;
+                Ok(MediaSecurity::Plain)
+            }
+        }
+    }
+
+    /// Tells the relay the SRTP keys of leg `li` on every stream of `bundle` (plain unless
+    /// both its keys are known).
+    pub(super) fn apply_srtp(&mut self, call: &mut Call, bundle: Option<BundleId>, li: LegIdx) {
+        let m = &mut call.legs[li].media;
+        let now = match (&m.srtp.remote, &m.srtp.local) {
+            (Some((_, _, r)), Some((_, l))) => Some((bundle, r.clone(), l.clone())),
+            _ => None,
+        };
+        if now == m.srtp.applied {
+            return;
+        }
+        m.srtp.applied = now;
+        let m = &call.legs[li].media;
+        let keys = match (&m.srtp.remote, &m.srtp.local) {
+            (Some((_, suite, remote)), Some((_, local))) => Some(SrtpLegKeys {
+                suite: suite.clone(),
+                remote: remote.clone(),
+                local: local.clone(),
+            }),
+            _ => None,
+        };
+        let Some(b) = bundle.and_then(|b| call.bundles.get(b.0)) else {
+            return;
+        };
+        for id in b.ids.iter().flatten() {
+            self.media.set_srtp(*id, m.side, keys.clone());
+        }
+    }
+
     /// The relay saw no media on session `media` for the media timeout: a bridged call is
     /// hung up (BYE both ways, CDR reason `media_timeout`).
     pub fn media_timeout(&mut self, now: Instant, media: MediaId) {
@@ -169,14 +319,14 @@ impl B2bua {
 
     /// `sdp` rewritten for a leg with media state `media` and signalling address `local`:
     /// the anchors of its side of `bundle` (m-lines without a session rejected), our origin.
-    /// SDES keys (`a=crypto`) go only to a leg signalled over TLS (`to`): towards any other
-    /// leg they are removed (never keys in clear-text SIP).
+    /// `sec`: the leg's SRTP (our `a=crypto`) or plain RTP (every `a=crypto` removed): the
+    /// peers' keys never cross to the other leg.
     pub(super) fn rewrite_sdp(
         &self,
         bundle: Option<&Bundle>,
         media: &mut LegMedia,
         local: IpAddr,
-        to: Transport,
+        sec: &MediaSecurity,
         sdp: &Sdp,
     ) -> Result<String, MediaError> {
         let side = media.side;
@@ -204,17 +354,7 @@ impl B2bua {
                 }
             })
             .collect();
-        let security: Vec<MediaSecurity> = sdp
-            .media()
-            .iter()
-            .map(|m| {
-                if to != Transport::Tls && !m.crypto.is_empty() {
-                    MediaSecurity::Plain
-                } else {
-                    MediaSecurity::Keep
-                }
-            })
-            .collect();
+        let security = vec![sec.clone(); sdp.media().len()];
         let text = sdp.rewrite_secure(
             &RewritePlan {
                 media: plan,
@@ -259,14 +399,35 @@ impl B2bua {
             return Err(MediaError::ClearTextKeys);
         }
         let bundle = call.legs[from].media.bundle.or(call.legs[to].media.bundle);
+        // SDES: the keys `from` sends with (answers must take our offer's tag), then what our
+        // SDP towards `to` carries.
+        let policy = self.srtp_policy(&call.legs[from].party);
+        let tag = (!offer && call.legs[from].media.srtp.local.is_some()).then_some(OUR_TAG);
+        let accepted = self
+            .accept_sdes(policy, call.legs[from].dialog.peer.transport, &sdp, tag)
+            .inspect_err(|e| warn!(call = call.key, leg = from, reason = %e, "SRTP: 488"))
+            .map_err(MediaError::Srtp)?;
         if offer {
             self.ensure_sessions(call, bundle, &sdp)?;
         }
+        call.legs[from].media.srtp.remote = accepted;
         self.learn_remote(call, from, bundle, &sdp, raw, offer);
         let local = call.legs[to].dialog.local.ip();
-        let transport = call.legs[to].dialog.peer.transport;
+        let (policy, transport) = (
+            self.srtp_policy(&call.legs[to].party),
+            call.legs[to].dialog.peer.transport,
+        );
+        let mut srtp = std::mem::take(&mut call.legs[to].media.srtp);
+        let sec = self.security_towards(policy, transport, &mut srtp, offer);
+        call.legs[to].media.srtp = srtp;
+        let sec = sec
+            .inspect_err(|e| warn!(call = call.key, leg = to, reason = %e, "SRTP: 488"))
+            .map_err(MediaError::Srtp)?;
         let b = bundle.and_then(|b| call.bundles.get(b.0));
-        self.rewrite_sdp(b, &mut call.legs[to].media, local, transport, &sdp)
+        let text = self.rewrite_sdp(b, &mut call.legs[to].media, local, &sec, &sdp)?;
+        self.apply_srtp(call, bundle, from);
+        self.apply_srtp(call, bundle, to);
+        Ok(text)
     }
 
     /// Releases every relay session of bundle `bi`.

@@ -130,7 +130,21 @@ impl B2bua {
                     reject(self, StatusCode::NOT_ACCEPTABLE_HERE);
                     return;
                 }
-                Ok(_) => Some(req.body.clone()),
+                Ok(sdp) => {
+                    // The caller's own srtp policy (e.g. a trunk with srtp = required that
+                    // offers plain RTP): 488 before anything rings.
+                    let party = match &caller {
+                        Caller::User(u) => Party::User(u.clone()),
+                        Caller::Trunk { name, .. } => Party::Trunk(name.clone()),
+                    };
+                    let policy = self.srtp_policy(&party);
+                    if let Err(e) = self.accept_sdes(policy, flow.transport, &sdp, None) {
+                        warn!(src = %flow.remote, reason = %e, "SRTP policy of the caller not met: 488");
+                        reject(self, StatusCode::NOT_ACCEPTABLE_HERE);
+                        return;
+                    }
+                    Some(req.body.clone())
+                }
                 Err(e) => {
                     debug!(error = %e, "bad SDP offer: 488");
                     reject(self, StatusCode::NOT_ACCEPTABLE_HERE);
