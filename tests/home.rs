@@ -779,3 +779,445 @@ fn a_wrong_pin_three_times_hangs_up() {
         tail(&log)
     );
 }
+
+// ----- MWI and BLF ---------------------------------------------------------------------------
+
+/// A phone's signalling in the test: digest auth of its own (MD5, qop=auth), requests and the
+/// NOTIFYs it receives (each answered 200).
+struct Ua {
+    sock: UdpSocket,
+    me: SocketAddr,
+    user: String,
+    password: String,
+    notifies: Vec<String>,
+    n: u32,
+}
+
+fn md5_hex(s: &str) -> String {
+    format!("{:x}", md5::compute(s.as_bytes()))
+}
+
+fn param(h: &str, name: &str) -> Option<String> {
+    let i = h.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &h[i..];
+    Some(if let Some(r) = rest.strip_prefix('"') {
+        r[..r.find('"')?].to_string()
+    } else {
+        rest.split([',', ' ']).next()?.to_string()
+    })
+}
+
+impl Ua {
+    fn new(pbx: SocketAddr, user: &str, password: &str) -> Ua {
+        let sock = UdpSocket::bind("[::1]:0").unwrap();
+        sock.connect(pbx).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let me = sock.local_addr().unwrap();
+        Ua {
+            sock,
+            me,
+            user: user.into(),
+            password: password.into(),
+            notifies: Vec::new(),
+            n: 0,
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("[::1]:{}", self.me.port())
+    }
+
+    /// Reads what arrived for `d`: NOTIFYs are answered and kept; responses are returned.
+    fn read(&mut self, d: Duration) -> Vec<String> {
+        let end = Instant::now() + d;
+        let mut responses = Vec::new();
+        while Instant::now() < end {
+            let Some(m) = recv_msg(&self.sock) else {
+                continue;
+            };
+            if m.starts_with("NOTIFY ") {
+                let mut resp = String::from("SIP/2.0 200 OK\r\n");
+                for l in m.lines().skip(1).take_while(|l| !l.is_empty()) {
+                    let n = l.split(':').next().unwrap_or("").to_ascii_lowercase();
+                    if ["via", "from", "to", "call-id", "cseq", "v", "f", "t", "i"]
+                        .contains(&n.as_str())
+                    {
+                        resp.push_str(l);
+                        resp.push_str("\r\n");
+                    }
+                }
+                resp.push_str("Content-Length: 0\r\n\r\n");
+                self.sock.send(resp.as_bytes()).unwrap();
+                self.notifies.push(m);
+            } else if m.starts_with("SIP/2.0") {
+                responses.push(m);
+                if !responses.last().unwrap().starts_with("SIP/2.0 1") {
+                    break;
+                }
+            }
+        }
+        responses
+    }
+
+    /// Sends `method` (with `headers`) and answers a 401 once; returns the final response.
+    fn request(
+        &mut self,
+        method: &str,
+        ruri: &str,
+        call_id: &str,
+        tags: (&str, Option<&str>),
+        headers: &str,
+    ) -> String {
+        let mut auth = String::new();
+        for round in 0..2 {
+            self.n += 1;
+            let to_tag = tags.1.map(|t| format!(";tag={t}")).unwrap_or_default();
+            // REGISTER: To is the address of record.
+            let to_uri = if method == "REGISTER" {
+                format!("sip:{}@podpbx.local", self.user)
+            } else {
+                ruri.to_string()
+            };
+            let msg = format!(
+                "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {h};branch=z9hG4bKua{n}x{cid};rport\r\nMax-Forwards: 70\r\n\
+                 From: <sip:{u}@podpbx.local>;tag={ft}\r\nTo: <{to_uri}>{to_tag}\r\nCall-ID: {cid}\r\nCSeq: {n} {method}\r\n\
+                 Contact: <sip:{u}@{h}>\r\n{headers}{auth}Content-Length: 0\r\n\r\n",
+                h = self.host(),
+                n = self.n,
+                cid = call_id,
+                u = self.user,
+                ft = tags.0,
+            );
+            self.sock.send(msg.as_bytes()).unwrap();
+            let resp = self
+                .read(Duration::from_secs(3))
+                .pop()
+                .unwrap_or_else(|| panic!("no answer to {method}"));
+            if round == 0 && resp.starts_with("SIP/2.0 401") {
+                let ch = resp
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+                    .unwrap()
+                    .to_string();
+                let realm = param(&ch, "realm").unwrap();
+                let nonce = param(&ch, "nonce").unwrap();
+                let ha1 = md5_hex(&format!("{}:{realm}:{}", self.user, self.password));
+                let ha2 = md5_hex(&format!("{method}:{ruri}"));
+                let (cnonce, nc) = ("0a4f113b", "00000001");
+                let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+                auth = format!(
+                    "Authorization: Digest username=\"{}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{ruri}\", response=\"{response}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"{cnonce}\"\r\n",
+                    self.user
+                );
+                continue;
+            }
+            return resp;
+        }
+        unreachable!()
+    }
+
+    fn to_tag(resp: &str) -> String {
+        let to = resp.lines().find(|l| l.starts_with("To:")).unwrap();
+        to[to.find("tag=").unwrap() + 4..].trim().to_string()
+    }
+
+    fn wait_notify(&mut self, d: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + d;
+        loop {
+            if let Some(n) = self.notifies.iter().find(|n| pred(n)) {
+                return n.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "NOTIFY not seen; got:\n{}",
+                self.notifies.join("\n-----\n")
+            );
+            self.read(Duration::from_millis(100));
+        }
+    }
+}
+
+const PRESENCE: &str = r#"
+[voicemail]
+silence_secs = 1
+
+[[users]]
+name = "101"
+password = "pw-101"
+voicemail = true
+voicemail_pin = "4711"
+
+[[users]]
+name = "102"
+password = "pw-102"
+
+[[users]]
+name = "103"
+password = "pw-103"
+voicemail = true
+unsolicited_mwi = true
+
+[[users]]
+name = "190"
+identify_by_source = true
+allow_from = ["127.0.0.1/32"]
+doorbell = true
+
+[[groups]]
+name = "phones"
+members = ["102"]
+
+[[dialplan]]
+name = "door"
+match = { caller = "190", number = "phones" }
+action = "ring"
+targets = ["phones"]
+timeout_secs = 20
+
+[[dialplan]]
+name = "ext"
+match = { pattern = "_1XX", from = "local" }
+action = "local"
+timeout_secs = 1
+fallback = [{ action = "voicemail" }]
+"#;
+
+fn leave_message(pbx: &Pbx, to: &str, call_id: &str) {
+    let mut door = SipPhone::new(pbx.v4(), "127.0.0.1", call_id);
+    assert_eq!(door.call(to, pbx), 200, "{}", tail(&pbx.log_text()));
+    door.listen(Duration::from_millis(300));
+    door.digit('#');
+    door.listen(Duration::from_millis(600));
+    door.talk(700.0, 75);
+    let mut bye = door.talk(0.0, 75);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !bye && Instant::now() < end {
+        bye = door.listen(Duration::from_millis(100));
+    }
+    assert!(bye, "message saved and BYE");
+}
+
+#[test]
+fn mwi_subscription_and_unsolicited_notify_follow_the_mailbox() {
+    let pbx = Pbx::start(PRESENCE);
+    // 101 subscribes (digest like REGISTER): 200, then a NOTIFY with the counts (no messages).
+    let mut owner = Ua::new(pbx.v6(), "101", "pw-101");
+    let ruri = format!("sip:101@[::1]:{}", pbx.port);
+    let r = owner.request(
+        "SUBSCRIBE",
+        &ruri,
+        "mwi-1",
+        ("s1", None),
+        "Event: message-summary\r\nAccept: application/simple-message-summary\r\nExpires: 600\r\n",
+    );
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    assert!(r.contains("Expires: 600"), "{r}");
+    let first = owner.wait_notify(Duration::from_secs(3), |n| n.contains("Messages-Waiting"));
+    assert!(
+        first.contains("Subscription-State: active") && first.contains("Messages-Waiting: no"),
+        "{first}"
+    );
+    assert!(first.contains("Event: message-summary"), "{first}");
+    // 103 registers (no subscription): an unsolicited NOTIFY lights its lamp state at once.
+    let mut other = Ua::new(pbx.v6(), "103", "pw-103");
+    let reg = other.request(
+        "REGISTER",
+        &format!("sip:[::1]:{}", pbx.port),
+        "reg-103",
+        ("r1", None),
+        "Expires: 300\r\n",
+    );
+    assert!(reg.starts_with("SIP/2.0 200"), "{reg}");
+    let n = other.wait_notify(Duration::from_secs(3), |n| n.contains("Messages-Waiting"));
+    assert!(
+        n.contains("Messages-Waiting: no")
+            && !n
+                .lines()
+                .any(|l| l.starts_with("To:") && l.contains("tag=")),
+        "{n}"
+    );
+    // A message for 101: its subscription gets "yes, 1/0".
+    leave_message(&pbx, "101", "mwi-door-1");
+    let n = owner.wait_notify(Duration::from_secs(5), |n| n.contains("Voice-Message: 1/0"));
+    assert!(n.contains("Messages-Waiting: yes"), "{n}");
+    // A message for 103: its phone gets an unsolicited "yes".
+    leave_message(&pbx, "103", "mwi-door-2");
+    let n = other.wait_notify(Duration::from_secs(5), |n| n.contains("Voice-Message: 1/0"));
+    assert!(
+        n.contains("Messages-Waiting: yes") && n.contains("sip:103@"),
+        "{n}"
+    );
+    // Someone else's mailbox: 403; a user without a mailbox: 404.
+    let r = other.request(
+        "SUBSCRIBE",
+        &ruri,
+        "mwi-2",
+        ("s2", None),
+        "Event: message-summary\r\n",
+    );
+    assert!(r.starts_with("SIP/2.0 403"), "{r}");
+    let mut plain = Ua::new(pbx.v6(), "102", "pw-102");
+    let r = plain.request(
+        "SUBSCRIBE",
+        &format!("sip:102@[::1]:{}", pbx.port),
+        "mwi-3",
+        ("s3", None),
+        "Event: message-summary\r\n",
+    );
+    assert!(r.starts_with("SIP/2.0 404"), "{r}");
+    // Unsubscribe: 200 and a last NOTIFY, terminated.
+    let tag = Ua::to_tag(
+        &first
+            .lines()
+            .find(|l| l.starts_with("From:"))
+            .map(|l| l.replace("From:", "To:"))
+            .unwrap(),
+    );
+    let r = owner.request(
+        "SUBSCRIBE",
+        &ruri,
+        "mwi-1",
+        ("s1", Some(&tag)),
+        "Event: message-summary\r\nExpires: 0\r\n",
+    );
+    assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    owner.wait_notify(Duration::from_secs(3), |n| {
+        n.contains("Subscription-State: terminated")
+    });
+    let text = metrics_when(&pbx, |t| metric(t, "podpbx_subscriptions") == Some(0.0));
+    assert_eq!(metric(&text, "podpbx_subscriptions_max"), Some(1024.0));
+}
+
+#[test]
+fn blf_notifies_follow_a_ringing_doorbell_call() {
+    let pbx = Pbx::start(PRESENCE);
+    // 102's phone rings and never answers (SIPp).
+    let phone = Phone::start(pbx.v6(), "102", "pw-102", "call_phone_ring.xml", &[]);
+    // 101 watches 102 and the group.
+    let mut watcher = Ua::new(pbx.v6(), "101", "pw-101");
+    for (who, cid) in [("102", "blf-102"), ("phones", "blf-grp")] {
+        let r = watcher.request(
+            "SUBSCRIBE",
+            &format!("sip:{who}@[::1]:{}", pbx.port),
+            cid,
+            ("b1", None),
+            "Event: dialog\r\nAccept: application/dialog-info+xml\r\nExpires: 600\r\n",
+        );
+        assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    }
+    let idle = watcher.wait_notify(Duration::from_secs(3), |n| n.contains("entity=\"sip:102@"));
+    assert!(
+        idle.contains("Content-Type: application/dialog-info+xml") && !idle.contains("<dialog "),
+        "{idle}"
+    );
+    // The doorbell rings the group.
+    let door = SipPhone::new(pbx.v4(), "127.0.0.1", "blf-door");
+    let me = SipPhone::host(door.me);
+    let r = door.rtp.local_addr().unwrap();
+    let sdp = format!("v=0\r\no=d 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n", r.port());
+    let ruri = format!("sip:phones@{}", SipPhone::host(pbx.v4()));
+    door.sip.send(format!(
+        "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKblfdoor;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:190@{me}>;tag=bd\r\nTo: <{ruri}>\r\nCall-ID: blf-door\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:190@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()
+    ).as_bytes()).unwrap();
+    let ringing = watcher.wait_notify(Duration::from_secs(5), |n| {
+        n.contains("entity=\"sip:102@") && n.contains("<state>early</state>")
+    });
+    assert!(
+        ringing.contains("direction=\"recipient\"") && ringing.contains("sip:190@"),
+        "{ringing}"
+    );
+    assert!(
+        ringing.contains("call-id=\"") && ringing.contains("local-tag=\""),
+        "pickup identifiers: {ringing}"
+    );
+    watcher.wait_notify(Duration::from_secs(5), |n| {
+        n.contains("entity=\"sip:phones@") && n.contains("<state>early</state>")
+    });
+    // The doorbell gives up: the key goes dark again (terminated, then idle).
+    door.sip.send(format!(
+        "CANCEL {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKblfdoor;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:190@{me}>;tag=bd\r\nTo: <{ruri}>\r\nCall-ID: blf-door\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    ).as_bytes()).unwrap();
+    watcher.wait_notify(Duration::from_secs(5), |n| {
+        n.contains("entity=\"sip:102@") && n.contains("<state>terminated</state>")
+    });
+    let (ok, logs) = phone.finish(Duration::from_secs(10));
+    assert!(ok, "phone saw the CANCEL:\n{logs}");
+    // Versions grow per subscription.
+    let versions: Vec<u32> = watcher
+        .notifies
+        .iter()
+        .filter(|n| n.contains("entity=\"sip:102@"))
+        .filter_map(|n| {
+            param(&n[n.find("<dialog-info")?..], "version").and_then(|v| v.parse().ok())
+        })
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[1] > w[0]) && versions.len() >= 3,
+        "{versions:?}"
+    );
+}
+
+#[test]
+fn unknown_packages_get_489_and_subscribe_floods_stay_bounded() {
+    let pbx = Pbx::start(PRESENCE);
+    let mut ua = Ua::new(pbx.v6(), "101", "pw-101");
+    let ruri = format!("sip:102@[::1]:{}", pbx.port);
+    // No credentials needed to learn the package is unknown; nothing is stored.
+    for ev in ["presence", "conference", "reg"] {
+        ua.n += 1;
+        let msg = format!(
+            "SUBSCRIBE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {h};branch=z9hG4bKbad{ev};rport\r\nMax-Forwards: 70\r\nFrom: <sip:101@x>;tag=x\r\n\
+             To: <{ruri}>\r\nCall-ID: bad-{ev}\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:101@{h}>\r\nEvent: {ev}\r\nContent-Length: 0\r\n\r\n",
+            h = ua.host()
+        );
+        ua.sock.send(msg.as_bytes()).unwrap();
+        let r = ua.read(Duration::from_secs(2)).pop().expect("answer");
+        assert!(r.starts_with("SIP/2.0 489"), "{r}");
+        assert!(r.contains("Allow-Events: message-summary, dialog"), "{r}");
+    }
+    // A flood of 200 authenticated subscriptions from one user (a new Call-ID and event id
+    // each, so none replaces another): at most 64 kept, the oldest evicted.
+    for i in 0..200 {
+        let cid = format!("flood-{i}");
+        let r = ua.request(
+            "SUBSCRIBE",
+            &ruri,
+            &cid,
+            ("f", None),
+            &format!("Event: dialog;id={i}\r\nExpires: 3600\r\n"),
+        );
+        assert!(r.starts_with("SIP/2.0 200"), "{i}: {r}");
+    }
+    // The subscription gauges follow the 1 s status tick.
+    let text = metrics_when(&pbx, |t| metric(t, "podpbx_subscriptions") == Some(64.0));
+    assert_eq!(
+        metric(&text, "podpbx_subscriptions_max_per_user"),
+        Some(64.0)
+    );
+    assert!(metric(&text, "podpbx_subscriptions_evicted_total").unwrap() >= 136.0);
+    assert_eq!(metric(&text, "podpbx_subscribe_bad_event_total"), Some(3.0));
+    // ctl shows them.
+    let (code, out, err) = ctl(&["--admin", &pbx.admin.to_string(), "subscriptions"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("SUBSCRIBER") && out.contains("dialog") && out.lines().count() >= 65,
+        "{out}"
+    );
+}
+
+/// `/metrics` once `ok` holds on it (within 3 s).
+fn metrics_when(pbx: &Pbx, ok: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, text) = http_get(pbx.admin, "/metrics");
+        if ok(&text) {
+            return text;
+        }
+        assert!(Instant::now() < end, "metrics never matched:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -95,8 +95,8 @@ pub struct Core {
     direct: VecDeque<Output>,
     /// Call control (B2BUA), once the shell has set it up ([`Core::set_calls`]).
     calls: Option<crate::calls::Calls>,
-    /// Message counts per mailbox (new, old), from the voicemail worker.
-    mwi: std::collections::HashMap<String, (usize, usize)>,
+    /// SUBSCRIBE/NOTIFY: MWI and BLF subscriptions.
+    presence: crate::presence::Presence,
 }
 
 impl Core {
@@ -110,6 +110,9 @@ impl Core {
     ) -> Core {
         let caps = Capabilities::podpbx();
         let tx = TransactionLayer::new(cfg.timers, cfg.max_transactions);
+        let (domain, user_agent) = (cfg.domain.clone(), cfg.user_agent.clone());
+        let mut ids = ids;
+        let presence_ids = IdGen::new(ids.bytes16());
         Core {
             cfg,
             stats,
@@ -125,7 +128,7 @@ impl Core {
             direct: VecDeque::new(),
             shutting_down: false,
             calls: None,
-            mwi: std::collections::HashMap::new(),
+            presence: crate::presence::Presence::new(&domain, &user_agent, presence_ids),
         }
     }
 
@@ -141,9 +144,122 @@ impl Core {
         }
     }
 
-    /// A mailbox's message counts (MWI): kept for subscriptions and unsolicited NOTIFYs.
-    pub fn set_mwi(&mut self, _now: Instant, mailbox: &str, new: usize, old: usize) {
-        self.mwi.insert(mailbox.to_string(), (new, old));
+    /// A mailbox's message counts (MWI): its subscribers are notified, its phones without a
+    /// subscription get an unsolicited NOTIFY.
+    pub fn set_mwi(&mut self, now: Instant, mailbox: &str, new: usize, old: usize) {
+        let Some(cfg) = self.config() else { return };
+        let targets = self.mwi_targets(mailbox, now);
+        let counts = podpbx_presence::mwi::Counts { new, old };
+        self.presence.mwi(now, &cfg, mailbox, counts, &targets);
+        self.flush_notifies(now);
+    }
+
+    /// The registered contacts of `user` (for unsolicited MWI).
+    fn mwi_targets(&self, user: &str, now: Instant) -> Vec<(String, Flow)> {
+        self.registrar
+            .lookup(user, now)
+            .into_iter()
+            .map(|b| (b.contact_uri.clone(), b.flow))
+            .collect()
+    }
+
+    /// Starts the notifier's queued NOTIFYs.
+    fn flush_notifies(&mut self, now: Instant) {
+        let owners = &mut self.owners;
+        self.presence.flush(now, &mut self.tx, |id, n| {
+            owners.insert(id, Owner::Notify(n))
+        });
+    }
+
+    /// BLF: the watchers of users whose calls changed are told.
+    fn presence_changes(&mut self, now: Instant) {
+        let Some(calls) = self.calls.as_mut() else {
+            return;
+        };
+        let changed = calls.b2bua.take_presence_changes();
+        if changed.is_empty() {
+            return;
+        }
+        let cfg = calls.b2bua.config().clone();
+        let b2bua = &calls.b2bua;
+        self.presence
+            .dialogs_changed(now, &cfg, &changed, |u| b2bua.dialogs_of(u));
+        self.flush_notifies(now);
+    }
+
+    /// Subscriptions for `podpbx ctl subscriptions`.
+    pub fn subscriptions_json(&self, now: Instant) -> serde_json::Value {
+        serde_json::Value::Array(self.presence.notifier.snapshot(now))
+    }
+
+    /// Subscription counters and bounds for `/metrics`.
+    pub fn presence_stats(&self) -> (podpbx_presence::NotifierStats, usize, usize) {
+        let l = self.presence.notifier.limits();
+        (
+            self.presence.notifier.stats(),
+            l.max_subscriptions,
+            l.max_per_user,
+        )
+    }
+
+    /// A SUBSCRIBE outside a dialog: 489 for an unknown package, digest like REGISTER, then
+    /// the subscription (own mailbox for MWI, any extension or group for BLF).
+    fn handle_subscribe(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow) {
+        let Some(cfg) = self.config() else {
+            self.not_implemented(now, id, req, flow);
+            return;
+        };
+        let package = match self.presence.notifier.package_of(req, &flow) {
+            Ok((p, _)) => p,
+            Err(resp) => {
+                let _ = self.tx.send_response(now, id, resp.status, resp.data);
+                return;
+            }
+        };
+        let check = self.registrar.authenticate(now, req, flow, AuthKind::Www);
+        log_security(&self.stats, &check.events);
+        let user = match check.result {
+            AuthResult::Authenticated { user } => user,
+            AuthResult::Challenge { kind, values } => {
+                self.send_reply(now, id, req, flow, &Reply::Challenge { kind, values });
+                return;
+            }
+            AuthResult::BadRequest { reason } => {
+                self.respond(now, id, req, flow, 400, reason, &[]);
+                return;
+            }
+            AuthResult::Drop => {
+                self.tx.terminate(TxId::Server(id));
+                return;
+            }
+        };
+        let resource = match crate::presence::Presence::verdict(&cfg, package, &user, req) {
+            crate::presence::Verdict::Watch(r) => r,
+            crate::presence::Verdict::Refuse(code, reason) => {
+                debug!(%user, code, "SUBSCRIBE refused");
+                self.respond(now, id, req, flow, code, reason, &[]);
+                return;
+            }
+        };
+        if package == podpbx_presence::Package::Dialog {
+            // The first NOTIFY carries the state now.
+            if let Some(calls) = self.calls.as_ref() {
+                let b2bua = &calls.b2bua;
+                self.presence.notifier.set_dialogs(
+                    now,
+                    &resource,
+                    crate::presence::dialogs_for(&cfg, &resource, |u| b2bua.dialogs_of(u)),
+                );
+            }
+        }
+        let resp = self
+            .presence
+            .notifier
+            .subscribe(now, req, flow, &user, &resource);
+        if let Err(e) = self.tx.send_response(now, id, resp.status, resp.data) {
+            warn!(error = %e, "SUBSCRIBE response not sent");
+        }
+        self.flush_notifies(now);
     }
 
     /// The media endpoint finished session `id`: the call is hung up.
@@ -188,6 +304,7 @@ impl Core {
         }
         self.trunks
             .flush(now, &mut self.tx, &mut self.owners, &mut self.direct);
+        self.presence.reload(&cfg);
         if let Some(calls) = self.calls.as_mut() {
             calls.reload(cfg);
         }
@@ -250,6 +367,7 @@ impl Core {
             };
             let failed = calls.pump(now, &mut self.tx, &mut self.owners, &mut self.direct);
             if failed.is_empty() {
+                self.presence_changes(now);
                 return;
             }
             let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
@@ -506,6 +624,12 @@ impl Core {
                 self.registrar.qualify_result(binding, true);
             }
             Some(Owner::Qualify { .. }) => {}
+            Some(Owner::Notify(n)) if is_final => {
+                self.owners.remove(id);
+                self.presence.notifier.notify_result(now, n, msg.status());
+                self.flush_notifies(now);
+            }
+            Some(Owner::Notify(_)) => {}
             None => {}
         }
     }
@@ -527,6 +651,10 @@ impl Core {
                 info!(binding, "contact unreachable (qualify)");
             }
             Some(Owner::Qualify { .. }) => {}
+            Some(Owner::Notify(n)) => {
+                self.presence.notifier.notify_result(now, n, None);
+                self.flush_notifies(now);
+            }
             None => {}
         }
     }
@@ -539,6 +667,7 @@ impl Core {
             self.registrar.poll_timeout(),
             self.save_due,
             self.trunks.poll_timeout(),
+            self.presence.notifier.poll_timeout(),
             calls,
         ]
         .into_iter()
@@ -578,6 +707,8 @@ impl Core {
             }
         }
         self.trunk_timers(now);
+        self.presence.notifier.handle_timeout(now);
+        self.flush_notifies(now);
         self.save_if_due(now);
     }
 
@@ -636,6 +767,14 @@ impl Core {
         let in_dialog = req.to_hdr().ok().and_then(|t| t.tag()).is_some();
         match method {
             Method::Register => self.handle_register(now, wall, id, req, flow),
+            Method::Subscribe if !in_dialog => self.handle_subscribe(now, id, req, flow),
+            Method::Subscribe if self.presence.notifier.owns(req) => {
+                let resp = self.presence.notifier.refresh(now, req, flow);
+                if let Err(e) = self.tx.send_response(now, id, resp.status, resp.data) {
+                    warn!(error = %e, "SUBSCRIBE response not sent");
+                }
+                self.flush_notifies(now);
+            }
             Method::Invite if !in_dialog => self.handle_invite(now, wall, id, req, flow),
             _ if in_dialog && self.calls.is_some() => {
                 let handled = match self.calls.as_mut() {
@@ -669,6 +808,7 @@ impl Core {
                     ("Accept", accept.as_str()),
                     ("Supported", supported.as_str()),
                     ("Accept-Language", "en"),
+                    ("Allow-Events", podpbx_presence::Package::allow_events()),
                 ];
                 self.respond(now, id, req, flow, 200, "OK", &hdrs);
             }
@@ -799,6 +939,17 @@ impl Core {
         self.send_reply(now, id, req, flow, &out.reply);
         if let (Some(aor), Reply::Ok { contacts, .. }) = (&out.aor, &out.reply) {
             info!(user = %aor, source = %flow.remote, bindings = contacts.len(), "registered");
+            // A phone that just registered gets the lamp right (unless it subscribes).
+            let unsolicited = self.config().is_some_and(|c| {
+                c.mailbox(aor)
+                    .and_then(|u| u.voicemail.as_ref())
+                    .is_some_and(|v| v.unsolicited_mwi)
+            });
+            if out.changed && unsolicited && !contacts.is_empty() {
+                let targets = self.mwi_targets(aor, now);
+                self.presence.notifier.unsolicited_mwi(aor, &targets);
+                self.flush_notifies(now);
+            }
         }
     }
 

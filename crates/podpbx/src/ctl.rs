@@ -13,7 +13,8 @@ use std::time::Duration;
 /// Usage of `podpbx ctl`.
 pub const USAGE: &str =
     "usage: podpbx ctl [--admin ADDR | --config FILE] [--token-file FILE] [--json] COMMAND
-  COMMAND           registrations, calls, trunks, reload or status (the API), or
+  COMMAND           registrations, calls, trunks, subscriptions, reload or status (the
+                    API), or
                     health or ready: exit 0 when /healthz or /readyz answers 200 (exec probes)
   --admin ADDR      the listener to ask, e.g. 127.0.0.1:9060 or [::1]:9060
   --config FILE     take the address and the token from FILE's [admin] section (health and
@@ -36,6 +37,7 @@ pub enum What {
     Registrations,
     Calls,
     Trunks,
+    Subscriptions,
     Reload,
     Status,
     Health,
@@ -110,6 +112,7 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
                     "registrations" | "regs" => What::Registrations,
                     "calls" => What::Calls,
                     "trunks" => What::Trunks,
+                    "subscriptions" | "subs" => What::Subscriptions,
                     "reload" => What::Reload,
                     "status" => What::Status,
                     "health" => What::Health,
@@ -122,8 +125,9 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
             }
         }
     }
-    let what =
-        what.ok_or("which one: registrations, calls, trunks, reload, status, health or ready?")?;
+    let what = what.ok_or(
+        "which one: registrations, calls, trunks, subscriptions, reload, status, health or ready?",
+    )?;
     Ok(Opts {
         target,
         what,
@@ -167,6 +171,7 @@ fn run(opts: &Opts) -> Result<String, String> {
         What::Registrations => ("GET", "/api/registrations"),
         What::Calls => ("GET", "/api/calls"),
         What::Trunks => ("GET", "/api/trunks"),
+        What::Subscriptions => ("GET", "/api/subscriptions"),
         What::Reload => ("POST", "/api/reload"),
         What::Status => ("GET", "/api/status"),
         What::Health => ("GET", "/healthz"),
@@ -219,6 +224,7 @@ fn run(opts: &Opts) -> Result<String, String> {
         What::Registrations => render_items(&v, REGISTRATIONS, "registrations"),
         What::Calls => render_items(&v, CALLS, "calls"),
         What::Trunks => render_items(&v, TRUNKS, "trunks"),
+        What::Subscriptions => render_items(&v, SUBSCRIPTIONS, "subscriptions"),
         // Answered above, before the JSON parsing: their bodies are text.
         What::Health | What::Ready => format!("{}\n", first_line(&body)),
     })
@@ -430,6 +436,16 @@ const REGISTRATIONS: &[Column] = &[
             (None, Some(at)) => remaining(at - now),
             _ => "-".into(),
         }
+    }),
+];
+
+const SUBSCRIPTIONS: &[Column] = &[
+    ("SUBSCRIBER", |v, _| text(v, "subscriber")),
+    ("RESOURCE", |v, _| text(v, "resource")),
+    ("EVENT", |v, _| text(v, "package")),
+    ("SOURCE", |v, _| text(v, "source")),
+    ("EXPIRES IN", |v, _| {
+        num(v, "expires_in").map_or("-".into(), remaining)
     }),
 ];
 

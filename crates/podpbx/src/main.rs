@@ -10,6 +10,7 @@ mod dns;
 mod ifaddrs;
 mod metrics;
 mod owners;
+mod presence;
 mod server;
 #[cfg(test)]
 mod sim;

@@ -17,6 +17,8 @@ pub enum Owner {
     Trunk { slot: u64, branch: Bytes },
     /// A qualify OPTIONS to a binding.
     Qualify { binding: u64 },
+    /// A NOTIFY of a subscription (MWI, BLF) or an unsolicited MWI.
+    Notify(podpbx_presence::NotifyId),
 }
 
 /// Client transaction -> owner, with the b2bua's request ids indexed both ways (the b2bua

@@ -291,6 +291,9 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         crate::cdr::create_parent(file);
     }
     let mut cdr_writer = crate::cdr::CdrWriter::start()?;
+    let subscriptions = admin.provide_snapshot("subscriptions");
+    let presence_stats = Arc::new(std::sync::Mutex::new(core.presence_stats()));
+    register_presence_metrics(admin.registry(), &presence_stats);
     let trunk_status = admin.provide_snapshot("trunks");
     let mut trunk_names: Vec<String> = Vec::new();
     let mut publish_trunks = |core: &Core| {
@@ -326,6 +329,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 publish_trunks(&core);
                 trunk_events(&core, &mut trunks_up, &mut webhooks);
                 calls_snapshot.publish(core.calls_json(Instant::now()));
+                subscriptions.publish(core.subscriptions_json(Instant::now()));
+                if let Ok(mut p) = presence_stats.lock() {
+                    *p = core.presence_stats();
+                }
                 if core.take_registrations_changed() {
                     publish_registrations(&core);
                 }
@@ -497,6 +504,69 @@ fn reload_config(core: &mut Core, path: Option<&Path>) -> Result<String, String>
             error!(file = %path.display(), "configuration reload rejected, the running configuration stays:\n{e}");
             Err(e)
         }
+    }
+}
+
+/// SUBSCRIBE/NOTIFY counters and the subscription table's bounds in `/metrics`.
+fn register_presence_metrics(
+    reg: &crate::metrics::Registry,
+    stats: &Arc<std::sync::Mutex<(podpbx_presence::NotifierStats, usize, usize)>>,
+) {
+    type Get = fn(&(podpbx_presence::NotifierStats, usize, usize)) -> u64;
+    let get = |f: Get| {
+        let s = stats.clone();
+        move || s.lock().map(|x| f(&x)).unwrap_or(0)
+    };
+    let gauges: [(&str, &str, Get); 3] = [
+        (
+            "podpbx_subscriptions",
+            "SUBSCRIBE dialogs (MWI, BLF) now.",
+            |x| x.0.active as u64,
+        ),
+        (
+            "podpbx_subscriptions_max",
+            "Bound of subscriptions in all.",
+            |x| x.1 as u64,
+        ),
+        (
+            "podpbx_subscriptions_max_per_user",
+            "Bound of subscriptions per subscriber.",
+            |x| x.2 as u64,
+        ),
+    ];
+    for (name, help, f) in gauges {
+        let g = get(f);
+        reg.gauge_fn(name, help, &[], move || g() as f64);
+    }
+    let counters: [(&str, &str, Get); 5] = [
+        (
+            "podpbx_notify_total",
+            "NOTIFYs sent (subscriptions and unsolicited MWI).",
+            |x| x.0.notifies,
+        ),
+        (
+            "podpbx_subscribe_refused_total",
+            "SUBSCRIBEs refused because the table was full (503).",
+            |x| x.0.refused,
+        ),
+        (
+            "podpbx_subscriptions_evicted_total",
+            "Subscriptions dropped by the per-subscriber bound.",
+            |x| x.0.evicted,
+        ),
+        (
+            "podpbx_subscribe_bad_event_total",
+            "SUBSCRIBEs for unknown event packages (489).",
+            |x| x.0.bad_event,
+        ),
+        (
+            "podpbx_subscriptions_failed_total",
+            "Subscriptions removed because a NOTIFY failed.",
+            |x| x.0.failed,
+        ),
+    ];
+    for (name, help, f) in counters {
+        reg.counter_fn(name, help, &[], get(f));
     }
 }
 

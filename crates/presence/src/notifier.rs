@@ -666,6 +666,12 @@ impl Notifier {
         self.ended.remove(entity);
     }
 
+    /// Whether anyone watches `resource` for `package`.
+    pub fn watched(&self, package: Package, resource: &str) -> bool {
+        self.by_resource
+            .contains_key(&(package, resource.to_string()))
+    }
+
     /// Entities with dialogs now.
     pub fn dialogs(&self, entity: &str) -> &[Dialog] {
         self.dialogs.get(entity).map_or(&[], Vec::as_slice)

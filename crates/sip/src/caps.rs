@@ -68,6 +68,7 @@ pub const PBX_METHODS: &[Method] = &[
     Method::Prack,
     Method::Refer,
     Method::Notify,
+    Method::Subscribe,
 ];
 
 /// Body types podpbx understands (the `Accept` header), lower case.
@@ -132,7 +133,7 @@ mod tests {
         );
         assert_eq!(
             Capabilities::podpbx().allow_header(),
-            "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRACK, REFER, NOTIFY"
+            "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE"
         );
     }
 

@@ -22,6 +22,7 @@
 //! | `ending` | ending a call, the CDR |
 //! | `endpoint` | calls podpbx answers itself (voicemail, announcements) |
 //! | `features` | feature codes dialled from phones; modes (night) and time for routing |
+//! | `presence` | BLF: a user's dialogs from the calls, and which users changed |
 //! | `timers` | ring timeouts, 2xx retransmission, guards |
 //!
 //! Every input (`handle_*`, `request_failed`, `media_*`) takes the call out of the table,
@@ -55,6 +56,7 @@ mod leg;
 mod media;
 mod new_call;
 mod prack;
+mod presence;
 mod responses;
 mod routing;
 mod send;
@@ -91,6 +93,8 @@ pub struct B2bua {
     by_endpoint: HashMap<crate::EndpointId, CallKey>,
     /// Run-time state of the `[[modes]]` switches (absent: the mode's `initial`).
     modes: HashMap<String, bool>,
+    /// Users whose dialogs changed since [`B2bua::take_presence_changes`] (BLF).
+    presence_dirty: std::collections::HashSet<String>,
     ids: IdGen,
     calls: HashMap<CallKey, Call>,
     pub(crate) by_invite_tx: HashMap<ServerTxId, CallKey>,
@@ -120,6 +124,7 @@ impl B2bua {
             endpoint: Box::new(crate::NoEndpoint),
             by_endpoint: HashMap::new(),
             modes: HashMap::new(),
+            presence_dirty: std::collections::HashSet::new(),
             ids,
             calls: HashMap::new(),
             by_invite_tx: HashMap::new(),
@@ -223,6 +228,7 @@ impl B2bua {
 
     /// Re-inserts a call after handling, or finishes it (ended, nothing in flight).
     fn put_back(&mut self, mut call: Call, now: Instant) {
+        self.mark_presence(&call);
         if call.is_ending() && call.pending == 0 && !call.legs.iter().any(|l| l.ringing()) {
             self.finish(&mut call, now);
             return;

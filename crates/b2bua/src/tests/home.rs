@@ -285,3 +285,58 @@ fn routing_follows_modes_and_the_local_time() {
     h.b.set_mode("night", false);
     assert_eq!(h.b.modes(), vec![("night".to_string(), false)]);
 }
+
+#[test]
+fn blf_dialog_states_follow_a_call() {
+    use podpbx_presence::dialog_info::{Direction, State};
+    let (mut h, _) = home();
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    assert_eq!(
+        h.b.take_presence_changes(),
+        vec!["101".to_string(), "102".to_string()]
+    );
+    assert!(h.b.take_presence_changes().is_empty());
+    let d = h.b.dialogs_of("102");
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        (d[0].state, d[0].direction),
+        (State::Trying, Direction::Recipient)
+    );
+    assert_eq!(d[0].remote.as_ref().unwrap().uri, "sip:101@localhost");
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    h.answer(id, &data, 180, "btag", None);
+    assert_eq!(
+        h.b.take_presence_changes(),
+        vec!["101".to_string(), "102".to_string()]
+    );
+    let d = h.b.dialogs_of("102");
+    assert_eq!(d[0].state, State::Early);
+    // The phone's own identifiers: its tag is the local one (for Replaces).
+    assert_eq!(d[0].local_tag.as_deref(), Some("btag"));
+    assert!(d[0].call_id.as_ref().is_some_and(|c| c != "acall@a"));
+    let caller = h.b.dialogs_of("101");
+    assert_eq!(
+        (caller[0].state, caller[0].direction),
+        (State::Early, Direction::Initiator)
+    );
+    assert_eq!(caller[0].call_id.as_deref(), Some("acall@a"));
+    assert_eq!(caller[0].local_tag.as_deref(), Some("atag"));
+    let outs = h.answer(id, &data, 200, "btag", Some(SDP_B));
+    assert_eq!(h.b.dialogs_of("102")[0].state, State::Confirmed);
+    assert_eq!(h.b.dialogs_of("101")[0].state, State::Confirmed);
+    assert!(h.b.dialogs_of("103").is_empty());
+    // BYE from the caller: both idle.
+    let tag = to_tag_of_ok(&outs);
+    let bye = format!("BYE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKblf3\r\nFrom: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={tag}\r\nCall-ID: acall@a\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n");
+    h.take_changes_after(bye);
+    assert!(h.b.dialogs_of("102").is_empty());
+    assert!(h.b.dialogs_of("101").is_empty());
+}
+
+impl H {
+    fn take_changes_after(&mut self, bye: String) {
+        let f = self.a_flow;
+        self.in_dialog(bye, f);
+        assert!(!self.b.take_presence_changes().is_empty());
+    }
+}
