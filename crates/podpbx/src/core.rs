@@ -377,7 +377,7 @@ impl Core {
         }
     }
 
-    /// Graceful stop began (hook for `admin::Shutdown`): refuse new calls from now on, keep
+    /// Graceful stop began (hook for `lifecycle::Shutdown`): refuse new calls from now on, keep
     /// serving dialogs and transactions in progress.
     pub fn begin_shutdown(&mut self) {
         if !self.shutting_down {
@@ -436,30 +436,6 @@ impl Core {
     /// The registrar, for status and metrics.
     pub fn registrar(&self) -> &Registrar {
         &self.registrar
-    }
-
-    /// Current bindings as JSON for `podpbx ctl registrations`.
-    pub fn registrations_json(&self) -> serde_json::Value {
-        let items: Vec<serde_json::Value> = self
-            .registrar
-            .all_bindings()
-            .map(|(user, b)| {
-                let expires_at = b
-                    .expires_at_wall
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                serde_json::json!({
-                    "user": user,
-                    "contact": b.contact_uri,
-                    "flow": format!("{:?} {} -> {}", b.flow.transport, b.flow.remote, b.flow.local),
-                    "expires_at": expires_at,
-                    "reachable": b.reachable,
-                    "user_agent": b.user_agent,
-                })
-            })
-            .collect();
-        serde_json::Value::Array(items)
     }
 
     /// The bindings file's new content, once the coalescing delay has passed: an

@@ -8,6 +8,7 @@ mod core;
 mod ctl;
 mod dns;
 mod ifaddrs;
+mod lifecycle;
 mod metrics;
 mod owners;
 mod presence;

@@ -25,10 +25,6 @@
 //! place and they read 0 from the start (Prometheus best practice); [`register_stats`] exposes the
 //! signalling [`Stats`].
 
-// The registration API is for components that are wired in one by one; until they are, parts of
-// it have no caller in the binary. Test builds (which exercise all of it) keep the lint.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use crate::stats::Stats;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -77,21 +73,6 @@ impl Gauge {
     /// Sets the value from a count (saturating at `i64::MAX`).
     pub fn set_count(&self, n: usize) {
         self.set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Subtracts one.
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Adds `d` (may be negative).
-    pub fn add(&self, d: i64) {
-        self.0.fetch_add(d, Ordering::Relaxed);
     }
 
     /// The current value.
@@ -705,11 +686,7 @@ mod tests {
         let g = reg.gauge("aa_now", "First.", &[]);
         c.add(5);
         c.inc();
-        g.set(-3);
-        g.inc();
-        g.add(-2);
-        g.dec();
-        g.add(3);
+        g.set(-2);
         let text = reg.render();
         assert_eq!(text, "# HELP aa_now First.\n# TYPE aa_now gauge\naa_now -2\n# HELP zz_total Last.\n# TYPE zz_total counter\nzz_total 6\n");
     }

@@ -269,7 +269,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     if let Some(listen) = cfg.admin.health_listen {
         admin.start_health(listen, cfg.admin.health_metrics).await?;
     }
-    let mut shutdown = crate::admin::Shutdown::new(&admin, crate::admin::SHUTDOWN_GRACE)?;
+    let mut shutdown = crate::lifecycle::Shutdown::new(&admin, crate::lifecycle::SHUTDOWN_GRACE)?;
     // Events for home automation: delivered by their own task, never waited for.
     let mut webhooks = crate::webhooks::Webhooks::start(&cfg, &cfg.sip.user_agent);
     webhooks.register_metrics(admin.registry());
@@ -279,7 +279,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     let mut trunks_up: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
     let registrations = admin.provide_snapshot("registrations");
     let publish_registrations = |core: &Core| {
-        registrations.publish(core.registrations_json());
+        registrations.publish(crate::admin::json::registrations(core.registrar()));
         admin
             .metrics()
             .registrations
@@ -404,12 +404,12 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 crate::admin::CoreRequest::Ping(p) => p.pong(),
             },
             ev = shutdown.next() => match ev {
-                crate::admin::StopEvent::Begin => {
+                crate::lifecycle::StopEvent::Begin => {
                     core.begin_shutdown();
                     core.stop_trunks(Instant::now());
                 }
                 // The core ends the remaining calls here (their BYEs go out below).
-                crate::admin::StopEvent::Stop => core.end_calls(Instant::now()),
+                crate::lifecycle::StopEvent::Stop => core.end_calls(Instant::now()),
             },
         }
         while let Some(out) = core.poll_output() {
