@@ -13,7 +13,14 @@
 //! and polls [`Output`]s (responses to send through a server transaction, requests to start as
 //! client transactions, stateless sends for ACKs and 2xx retransmissions, CDRs) and the next
 //! deadline ([`B2bua::poll_timeout`]). Media goes through the [`MediaPort`] trait and contact
-//! lookups through [`Directory`], so the state machine runs in virtual time with fakes.
+//! lookups through [`Directory`], so the state machine runs in virtual time with fakes. It never
+//! reads a random source either: tags, Call-IDs and branches come from the seeded
+//! [`podpbx_sip::IdGen`] given to [`B2bua::new`].
+//!
+//! The engine is a folder of modules, one per concern (new calls, routing, forking, trunks,
+//! INVITE responses, in-dialog requests, CANCEL, transfer, DTMF, media, ending, timers); a leg's
+//! state is an enum per role (UAS/UAC) whose variants own their data, and each leg has one
+//! `Dialog` (RFC 3261 §12). The module map is in `engine/mod.rs`.
 //!
 //! # Flow of a call
 //!
