@@ -349,22 +349,7 @@ fn api_on_a_pinned_address_needs_the_bearer_token() {
         "this test builds a network namespace and must run as root (CI does)"
     );
     let pod = Netns::new("adm");
-    // The pinned single addresses, as Calico assigns them.
-    ip_in(
-        &pod.name,
-        &[
-            "addr",
-            "add",
-            &format!("{PINNED6}/128"),
-            "dev",
-            "lo",
-            "nodad",
-        ],
-    );
-    ip_in(
-        &pod.name,
-        &["addr", "add", &format!("{PINNED4}/32"), "dev", "lo"],
-    );
+    pod.add_pinned(PINNED6, PINNED4);
     let dir = TempDir::new("admin-token");
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
@@ -403,29 +388,8 @@ fn api_on_a_pinned_address_needs_the_bearer_token() {
     )
     .unwrap();
     let log = dir.path().join("log");
-    let mut child = ChildGuard(
-        pod.command(BIN)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start podpbx in the namespace"),
-    );
+    let _pbx = pod.start_podpbx(&cfg, &log);
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !log_text().contains("podpbx ready") {
-        assert!(
-            Instant::now() < deadline,
-            "podpbx not ready: {}",
-            log_text()
-        );
-        if let Ok(Some(st)) = child.0.try_wait() {
-            panic!("podpbx exited: {st}: {}", log_text());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 
     let bearer = format!("Authorization: Bearer {TOKEN}");
     in_netns(&pod.name, || {

@@ -8,7 +8,7 @@ mod common;
 use common::netns::*;
 use common::*;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PINNED6: &str = "2001:db8:e8b1::1:1";
 const PINNED4: &str = "198.51.100.10";
@@ -52,21 +52,7 @@ fn replies_leave_from_the_pinned_addresses() {
     ip_in(&pod.name, &["addr", "add", "203.0.113.1/24", "dev", "pod0"]);
     ip_in(&lan.name, &["addr", "add", "203.0.113.2/24", "dev", "lan0"]);
     // The pinned single addresses, as Calico assigns them from /128 and /32 pools.
-    ip_in(
-        &pod.name,
-        &[
-            "addr",
-            "add",
-            &format!("{PINNED6}/128"),
-            "dev",
-            "lo",
-            "nodad",
-        ],
-    );
-    ip_in(
-        &pod.name,
-        &["addr", "add", &format!("{PINNED4}/32"), "dev", "lo"],
-    );
+    pod.add_pinned(PINNED6, PINNED4);
     // The LAN reaches the pinned addresses through the pod (the BGP-learned routes).
     ip_in(
         &lan.name,
@@ -111,33 +97,7 @@ fn replies_leave_from_the_pinned_addresses() {
     )
     .unwrap();
     let log = dir.path().join("log");
-    let mut child = ChildGuard(
-        pod.command(BIN)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start podpbx in the pod namespace"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("podpbx ready")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "podpbx not ready: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        if let Ok(Some(st)) = child.0.try_wait() {
-            panic!(
-                "podpbx exited: {st}: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let pbx = pod.start_podpbx(&cfg, &log);
 
     for (pinned, src) in [(PINNED6, "2001:db8:100::2"), (PINNED4, "203.0.113.2")] {
         let out = lan
@@ -246,7 +206,7 @@ fn replies_leave_from_the_pinned_addresses() {
             "podpbx-originated request must leave from the pinned address"
         );
     }
-    drop(child);
+    drop(pbx);
 }
 
 /// Listens where the registered phone was and prints the source of the first request received.

@@ -4,7 +4,10 @@
 
 #![allow(dead_code)]
 
-use std::process::Command;
+use super::{ChildGuard, BIN};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs `ip` with arguments, panicking with its stderr on failure.
 pub fn ip(args: &[&str]) {
@@ -36,6 +39,39 @@ impl Netns {
         ip(&["netns", "add", &name]);
         ip_in(&name, &["link", "set", "lo", "up"]);
         Netns { name }
+    }
+
+    /// Puts `v6`/128 and `v4`/32 on `lo`: a pod's pinned single addresses, as Calico assigns them.
+    pub fn add_pinned(&self, v6: &str, v4: &str) {
+        let v6 = format!("{v6}/128");
+        let v4 = format!("{v4}/32");
+        ip_in(&self.name, &["addr", "add", &v6, "dev", "lo", "nodad"]);
+        ip_in(&self.name, &["addr", "add", &v4, "dev", "lo"]);
+    }
+
+    /// Runs `podpbx run --config CFG` inside the namespace (debug log to `log`) and waits, at
+    /// most 15 s, for it to log `podpbx ready`; panics with the log if it exits or is late.
+    pub fn start_podpbx(&self, cfg: &Path, log: &Path) -> ChildGuard {
+        let mut child = ChildGuard(
+            self.command(BIN)
+                .args(["run", "--config"])
+                .arg(cfg)
+                .env("RUST_LOG", "debug")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).expect("log file"))
+                .spawn()
+                .expect("start podpbx in the namespace"),
+        );
+        let text = || std::fs::read_to_string(log).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !text().contains("podpbx ready") {
+            assert!(Instant::now() < deadline, "podpbx not ready: {}", text());
+            if let Ok(Some(st)) = child.0.try_wait() {
+                panic!("podpbx exited: {st}: {}", text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
     }
 
     /// A command that runs inside the namespace.
