@@ -807,3 +807,57 @@ fn early_media_of_a_reliable_183_flows_through_the_relay_before_the_answer() {
     let logs = check_phone(p, "callee", &pbx);
     assert!(logs.contains("UAS100-PRACK rack=4711 1 INVITE"), "{logs}");
 }
+
+/// Session timers (RFC 4028) with a real SIPp phone: a too-short interval gets 422 with Min-SE,
+/// the phone refreshes as it asked to (UPDATE, answered by podpbx with the interval), and when
+/// it stops refreshing podpbx ends the call 60 s later (90 - min(32, 90/3)): BYE on both legs,
+/// CDR reason `session_expired`. Runs about a minute (RFC 4028's floor is 90 s).
+#[test]
+fn session_timer_refresh_then_expiry_ends_both_legs() {
+    // SIPp sends no RTP: the media timeout must not end the call first.
+    let pbx = Pbx::start(&format!("{CONFIG}\n[media]\ntimeout_secs = 0\n"));
+    let p = phone(
+        &pbx,
+        "102",
+        "call_phone_answer.xml",
+        &["-timeout", "120s", "-d", "90000"],
+    );
+    let started = Instant::now();
+    let run = sipp_for(
+        "uac_timer.xml",
+        pbx.v6(),
+        "u1",
+        &[
+            "-s",
+            "102",
+            "-au",
+            "101",
+            "-ap",
+            "pw-101",
+            "-key",
+            "caller",
+            "101",
+            "-trace_logs",
+            "-d",
+            "2000",
+            "-timeout",
+            "120s",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        run.ok,
+        "caller:\n{}\n--- podpbx ---\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(61) && took < Duration::from_secs(75),
+        "BYE 60 s after the refresh (2 s in): {took:?}"
+    );
+    check_phone(p, "callee", &pbx);
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs[0]["reason"], "session_expired", "{}", cdrs[0]);
+    assert_eq!(cdrs[0]["hangup_by"], "system", "{}", cdrs[0]);
+}

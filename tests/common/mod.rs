@@ -370,6 +370,18 @@ pub struct SippRun {
 
 /// Runs SIPp with `scenario` (a file under tests/sipp) against `target`, bounded in time.
 pub fn sipp(scenario: &str, target: SocketAddr, transport: &str, extra: &[&str]) -> SippRun {
+    sipp_for(scenario, target, transport, extra, Duration::from_secs(40))
+}
+
+/// [`sipp`] for a scenario that needs longer than 40 s (pass a larger `-timeout` in `extra`
+/// too); it is killed after `limit`.
+pub fn sipp_for(
+    scenario: &str,
+    target: SocketAddr,
+    transport: &str,
+    extra: &[&str],
+    limit: Duration,
+) -> SippRun {
     let dir = TempDir::new("sipp");
     let local_ip = if target.is_ipv4() {
         "127.0.0.1".to_string()
@@ -405,7 +417,7 @@ pub fn sipp(scenario: &str, target: SocketAddr, transport: &str, extra: &[&str])
     let child = cmd
         .spawn()
         .expect("run sipp (is the sip-tester package installed?)");
-    let out = wait_output(child, Duration::from_secs(40));
+    let out = wait_output(child, limit);
     let mut output = out.1;
     for entry in std::fs::read_dir(dir.path())
         .into_iter()

@@ -1029,6 +1029,19 @@ fn calls(d: &mut Diagnostics, r: &mut Tbl, storage: &StorageConfig) -> CallsConf
     let mut t = section(d, r, "calls");
     let max_duration = zero_is_none(t.secs_or(d, "max_duration_secs", 0, 7 * DAY, 14_400).v);
     let max_concurrent = Some(t.u32_or(d, "max_concurrent", 0, 100_000, 100).v).filter(|n| *n > 0);
+    let st = t.secs_or(d, "session_timer_secs", 0, DAY, 1800);
+    let min_se = t.secs_or(d, "min_se_secs", 90, DAY, 90).v;
+    if !st.v.is_zero() && st.v < min_se {
+        err(
+            d,
+            &st,
+            format!(
+                "must be 0 (off) or at least `min_se_secs` ({} s; RFC 4028 allows no less than 90)",
+                min_se.as_secs()
+            ),
+        );
+    }
+    let session_timer = zero_is_none(st.v);
     let cdr_file = match t.str(d, "cdr_file") {
         Some(s) if s.v.is_empty() => None,
         Some(s) => Some(PathBuf::from(s.v)),
@@ -1039,6 +1052,8 @@ fn calls(d: &mut Diagnostics, r: &mut Tbl, storage: &StorageConfig) -> CallsConf
         max_duration,
         max_concurrent,
         cdr_file,
+        session_timer,
+        min_se,
     }
 }
 
@@ -1384,6 +1399,7 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
             .collect();
         let priority = t.u32_or(d, "priority", 0, 1000, 10).v;
         let keepalive = zero_is_none(t.secs_or(d, "keepalive_secs", 0, 3600, 0).v);
+        let session_timers = t.bool(d, "session_timers").is_none_or(|b| b.v);
         let register_s = t.bool(d, "register");
         let register = register_s.as_ref().map_or(username.is_some(), |b| b.v);
         let srtp = srtp(d, &mut t, Some(transport));
@@ -1424,6 +1440,7 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
                 keepalive,
                 register,
                 srtp,
+                session_timers,
             },
             name,
             dids,

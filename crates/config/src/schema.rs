@@ -306,6 +306,11 @@ pub struct CallsConfig {
     pub max_concurrent: Option<u32>,
     /// Call detail records (JSON lines) file; `None` = no CDRs.
     pub cdr_file: Option<PathBuf>,
+    /// Session timer interval podpbx asks for on each leg (RFC 4028); `None` = podpbx asks
+    /// for none (it still honours a peer that asks).
+    pub session_timer: Option<Duration>,
+    /// The smallest session interval podpbx accepts (`Min-SE`; below it: `422`).
+    pub min_se: Duration,
 }
 
 /// How DTMF is sent to a user's phone.
@@ -444,6 +449,8 @@ pub struct Trunk {
     pub register: bool,
     /// SRTP towards the provider.
     pub srtp: Srtp,
+    /// Use session timers (RFC 4028) on calls through this trunk.
+    pub session_timers: bool,
 }
 
 impl Trunk {

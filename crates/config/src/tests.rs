@@ -968,6 +968,24 @@ fn trunk_names_are_located_by_srv_unless_a_port_is_set() {
 }
 
 #[test]
+fn session_timer_keys() {
+    let c = ok(SIP);
+    assert_eq!(c.calls.session_timer, Some(Duration::from_secs(1800)));
+    assert_eq!(c.calls.min_se, Duration::from_secs(90));
+    let c = ok(&format!(
+        "{SIP}[calls]\nsession_timer_secs = 0\nmin_se_secs = 300\n[[trunks]]\nname = \"t\"\nhost = \"2001:db8::7\"\nsession_timers = false\n"
+    ));
+    assert_eq!(c.calls.session_timer, None);
+    assert_eq!(c.calls.min_se, Duration::from_secs(300));
+    assert!(!c.trunks[0].session_timers);
+    assert_eq!(
+        error(&format!("{SIP}[calls]\nsession_timer_secs = 60\n")),
+        "t.toml:4:22: calls.session_timer_secs: must be 0 (off) or at least `min_se_secs` (90 s; RFC 4028 allows no less than 90)"
+    );
+    assert!(error(&format!("{SIP}[calls]\nmin_se_secs = 30\n")).contains("calls.min_se_secs"));
+}
+
+#[test]
 fn dns_servers() {
     let c = ok(SIP);
     assert!(

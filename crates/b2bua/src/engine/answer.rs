@@ -9,7 +9,7 @@ use super::B2bua;
 use crate::util::is_sdp;
 use crate::Output;
 use podpbx_sdp::Sdp;
-use podpbx_sip::caps::{allow, DIALOG_METHODS};
+use podpbx_sip::caps::{allow, supported, DIALOG_METHODS};
 use podpbx_sip::{Message, StatusCode};
 use std::time::Instant;
 use tracing::{info, warn};
@@ -128,11 +128,16 @@ impl B2bua {
         };
         let tag = call.legs[a].dialog.local_tag.clone();
         let contact = call.legs[a].dialog.contact();
-        let reply = Reply::new(StatusCode::OK)
+        let session = self.st_accepted(call, now, a, inv.session);
+        let mut reply = Reply::new(StatusCode::OK)
             .tag(&tag)
             .header("Contact", contact)
             .header("Allow", allow(DIALOG_METHODS))
+            .header("Supported", supported())
             .body(body.map(|b| ("application/sdp", b.as_bytes())));
+        for (n, v) in session {
+            reply = reply.header(n, v);
+        }
         let to = Incoming {
             tx: inv.tx,
             req: &inv.req,

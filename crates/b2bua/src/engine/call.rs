@@ -188,6 +188,8 @@ pub(crate) enum EndReason {
     /// Our reliable provisional got no PRACK within 64*T1 (RFC 3262), after the callee
     /// answered.
     NoPrack,
+    /// A leg's session timer ran out (RFC 4028): no refresh came, or ours failed.
+    SessionExpired,
     Shutdown,
     /// The other side answered a relayed request with 481/408.
     DialogGone,
@@ -205,6 +207,7 @@ impl EndReason {
             EndReason::MaxDuration => "max_duration",
             EndReason::NoAck => "no_ack",
             EndReason::NoPrack => "no_prack",
+            EndReason::SessionExpired => "session_expired",
             EndReason::Shutdown => "shutdown",
             EndReason::DialogGone => "dialog_gone",
             EndReason::TransferFailed => "transfer_failed",

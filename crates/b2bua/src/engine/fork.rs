@@ -212,7 +212,10 @@ impl B2bua {
                     headers: vec![
                         ("Allow".to_string(), allow(DIALOG_METHODS)),
                         ("Supported".to_string(), supported()),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(self.st_invite_headers(&Party::User(user.to_string())))
+                    .collect(),
                     body: None,
                 },
                 auth: None,

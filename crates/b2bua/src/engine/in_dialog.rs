@@ -19,14 +19,8 @@ use std::time::Instant;
 use tracing::debug;
 
 /// Headers of a relayed request that mean something end to end.
-const RELAYED_HEADERS: [&str; 6] = [
-    "Event",
-    "Subscription-State",
-    "Info-Package",
-    "Accept",
-    "Session-Expires",
-    "Min-SE",
-];
+/// (`Session-Expires`/`Min-SE` are per leg: see `session_timer`.)
+const RELAYED_HEADERS: [&str; 4] = ["Event", "Subscription-State", "Info-Package", "Accept"];
 
 impl B2bua {
     /// An ACK (for a 2xx: it has no transaction) in one of our dialogs; false if it belongs to
@@ -126,6 +120,10 @@ impl B2bua {
         match method {
             Method::Bye => self.bye(call, now, inc, li, partner),
             Method::Prack => self.prack_in(call, now, inc, li),
+            // A session refresh without an offer: answered on this leg (RFC 4028 §8).
+            Method::Update if req.body.is_empty() && leg_confirmed(call, li) => {
+                self.st_update_in(call, now, inc, li)
+            }
             Method::Refer => self.handle_refer(call, now, inc, li, partner, dir),
             Method::Info if partner.is_some() && self.info_dtmf(call, partner, req) => {
                 self.respond(inc, Reply::new(StatusCode::OK));
@@ -135,6 +133,11 @@ impl B2bua {
                     if m == Method::Invite && call.reinvite.is_some() {
                         // RFC 3261 §14.1: one offer at a time.
                         self.respond(inc, Reply::new(StatusCode::REQUEST_PENDING));
+                        return;
+                    }
+                    if matches!(m, Method::Invite | Method::Update)
+                        && !self.st_check_reoffer(call, inc, li)
+                    {
                         return;
                     }
                     if m == Method::Invite {
@@ -220,6 +223,11 @@ impl B2bua {
                 extra.push((h.to_string(), str_of(&v)));
             }
         }
+        if matches!(m, Method::Invite | Method::Update) {
+            // The other leg's own session interval (refreshed by this exchange too).
+            let party = call.legs[to].party.clone();
+            extra.extend(self.st_invite_headers(&party));
+        }
         let is_invite = m == Method::Invite;
         let relayed = Relayed {
             from,
@@ -239,4 +247,9 @@ impl B2bua {
             call.reinvite = Some(Reinvite { from, to });
         }
     }
+}
+
+/// The leg's dialog is confirmed (an UPDATE in an early dialog goes the relay's way).
+fn leg_confirmed(call: &Call, li: LegIdx) -> bool {
+    call.legs[li].confirmed()
 }

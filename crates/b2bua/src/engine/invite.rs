@@ -118,6 +118,8 @@ impl B2bua {
             last_ack: None,
             ack_deferred: None,
             held_2xx: None,
+            session: None,
+            peer_update: false,
             media,
             dtmf: DtmfOut::default(),
         };
@@ -198,6 +200,11 @@ impl B2bua {
             self.invite_success(call, now, li, resp);
         } else if resp.first_final {
             if resp.status.is_challenge() && self.retry_with_credentials(call, li, resp) {
+                return;
+            }
+            if resp.status == StatusCode::SESSION_INTERVAL_TOO_SMALL
+                && self.st_retry_422(call, li, resp)
+            {
                 return;
             }
             let leg = &mut call.legs[li];
@@ -312,6 +319,7 @@ impl B2bua {
             self.send_bye(call, li);
             return;
         }
+        self.st_uac_answered(call, now, li, msg);
         let ans = super::answer::Answer {
             li,
             msg,

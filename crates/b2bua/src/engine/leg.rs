@@ -104,6 +104,8 @@ pub(crate) struct UasInvite {
     pub src: SocketAddr,
     /// The caller requires reliable provisionals (RFC 3262): our 18x go through this.
     pub rel: Option<ReliableSender>,
+    /// The session timer our 2xx will carry (RFC 4028 §9).
+    pub session: podpbx_sip::session_timer::UasDecision,
 }
 
 impl UasInvite {
@@ -286,6 +288,10 @@ pub(crate) struct Leg {
     /// Our 2xx to the caller's INVITE, held back until the PRACK of a reliable provisional
     /// that carried SDP (RFC 3262 §3); sent by the PRACK handler.
     pub held_2xx: Option<super::prack::Held2xx>,
+    /// This leg's session timer (RFC 4028), once negotiated.
+    pub session: Option<podpbx_sip::session_timer::SessionTimer>,
+    /// The peer accepts UPDATE (its Allow said so): refreshes use it.
+    pub peer_update: bool,
     pub media: LegMedia,
     pub dtmf: DtmfOut,
 }

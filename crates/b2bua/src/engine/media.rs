@@ -378,6 +378,21 @@ impl B2bua {
         ))
     }
 
+    /// The SDP we last sent leg `li`, as it was (same origin version): what a re-INVITE that
+    /// changes nothing carries (a session refresh, RFC 4028).
+    pub(super) fn current_sdp(&self, call: &Call, li: LegIdx) -> Option<String> {
+        let leg = &call.legs[li];
+        let m = &leg.media;
+        let text = m.last_sent.as_deref()?;
+        // The relay's anchors are on the leg's pinned address, as the first SDP said.
+        Some(replace_origin(
+            text,
+            m.origin_id,
+            m.origin_ver,
+            leg.dialog.local.ip(),
+        ))
+    }
+
     /// `raw` (SDP from leg `from`) rewritten for leg `to`, with the relay told about `from`'s
     /// media (and sessions allocated for an offer's new m-lines).
     pub(super) fn relay_sdp(

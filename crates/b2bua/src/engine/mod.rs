@@ -60,6 +60,7 @@ mod presence;
 mod responses;
 mod routing;
 mod send;
+mod session_timer;
 mod timers;
 mod transfer;
 mod trunk;

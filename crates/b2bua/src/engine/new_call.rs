@@ -212,6 +212,19 @@ impl B2bua {
             ),
             Caller::Trunk { name, .. } => (Party::Trunk(name.clone()), Dtmf::Auto),
         };
+        // RFC 4028 §9: an interval below our minimum is refused before anything rings.
+        let session = match self.st_new_call(req, &party) {
+            Ok(d) => d,
+            Err(min_se) => {
+                info!(min_se, "session interval too small: 422");
+                let r = Reply::new(StatusCode::SESSION_INTERVAL_TOO_SMALL)
+                    .tag(&tag)
+                    .header("Min-SE", min_se.to_string());
+                self.respond(inc, r);
+                return;
+            }
+        };
+        let peer_update = super::session_timer::allows(req, &podpbx_sip::Method::Update);
         let a_leg = Leg {
             party,
             cdr_role: CdrRole::Caller,
@@ -222,6 +235,7 @@ impl B2bua {
                 req: req.clone(),
                 src: flow.remote,
                 rel: self.reliable_sender(req),
+                session,
             }))),
             status: None,
             step_gen: 0,
@@ -229,6 +243,8 @@ impl B2bua {
             last_ack: None,
             ack_deferred: None,
             held_2xx: None,
+            session: None,
+            peer_update,
             media: LegMedia {
                 last_sdp: offer.clone(),
                 ..LegMedia::new(MediaLeg::A, None, self.origin_id())

@@ -60,6 +60,7 @@ impl B2bua {
                 | ReqKind::Notify
                 | ReqKind::DtmfInfo
                 | ReqKind::Prack => {}
+                ReqKind::Refresh => this.st_refresh_response(call, now, li, resp),
             }
             // An INVITE's entry stays until the call ends: its 2xx may be retransmitted.
             if status.is_final()
@@ -103,6 +104,7 @@ impl B2bua {
                 }
                 ReqKind::Bye => call.legs[li].terminate(),
                 ReqKind::DtmfInfo => this.dtmf_info_failed(call, li),
+                ReqKind::Refresh => this.st_refresh_failed(call, now, li),
                 _ => {}
             }
         });
@@ -172,8 +174,13 @@ impl B2bua {
         }
         if is_invite || req.method() == Some(&Method::Update) {
             headers.push(("Contact", call.legs[from].dialog.contact()));
+            if status.is_success() {
+                // Both legs' session timers restart; each hears its own interval.
+                headers.extend(self.st_reoffer_accepted(call, now, from, req));
+                self.st_uac_answered(call, now, to, msg);
+            }
         }
-        for h in ["Allow", "Accept", "Supported"] {
+        for h in ["Allow", "Accept"] {
             if let Some(v) = msg.other_header(h) {
                 headers.push((h, str_of(&v)));
             }

@@ -91,6 +91,8 @@ pub(crate) enum ReqKind {
     DtmfInfo,
     /// Our PRACK of a reliable provisional (RFC 3262).
     Prack,
+    /// Our session refresh (RFC 4028), UPDATE or re-INVITE.
+    Refresh,
     /// A request relayed from another leg's server transaction.
     Relay(Box<Relayed>),
 }

@@ -24,6 +24,8 @@ pub(crate) enum TimerKind {
     CancelGuard(LegIdx),
     /// Retransmit a reliable provisional to the caller (RFC 3262), or give up on its PRACK.
     Rel100(LegIdx),
+    /// A leg's session timer (RFC 4028): refresh, or the session expired.
+    Session(LegIdx),
 }
 
 impl B2bua {
@@ -64,6 +66,7 @@ impl B2bua {
                 }
                 TimerKind::CancelGuard(li) => self.cancel_guard(&mut call, li),
                 TimerKind::Rel100(li) => self.rel100_timer(&mut call, now, li),
+                TimerKind::Session(li) => self.st_timer(&mut call, now, li),
                 TimerKind::Cleanup => {
                     self.finish(&mut call, now);
                     continue;

@@ -126,7 +126,10 @@ impl B2bua {
                 headers: vec![
                     ("Allow".to_string(), allow(TRUNK_DIALOG_METHODS)),
                     ("Supported".to_string(), supported()),
-                ],
+                ]
+                .into_iter()
+                .chain(self.st_invite_headers(&Party::Trunk(trunk.name.clone())))
+                .collect(),
                 body: None,
             },
             auth,

@@ -112,7 +112,7 @@ fn a_caller_requiring_100rel_gets_reliable_provisionals_acknowledged_here() {
     let inv = requests(&outs, "INVITE");
     let (id, data) = inv[0].clone();
     // The callee is offered 100rel but never required to do it.
-    assert_eq!(header_of(&data, "Supported"), "100rel");
+    assert_eq!(header_of(&data, "Supported"), "100rel, timer");
     assert_eq!(header_of(&data, "Require"), "");
     let outs = reply(&mut h, id, &data, 180, &[], None);
     let r = to_a(&outs);
@@ -261,4 +261,169 @@ fn no_prack_within_64_t1_fails_the_call_with_500() {
         1,
         "the callee is cancelled"
     );
+}
+
+// ---- Session timers (RFC 4028) ----------------------------------------------------------------
+
+/// ACKs our 2xx to the caller (Call-ID relcall@a, our tag `tag`).
+fn ack_a(h: &mut H, tag: &str) {
+    let ack = format!("ACK sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKrelack\r\nFrom: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={tag}\r\nCall-ID: relcall@a\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.b.handle_ack(h.now, &parse(&Bytes::from(ack))));
+}
+
+/// An in-dialog request from the caller (relcall@a, our tag `tag`).
+fn from_caller(h: &mut H, method: &str, tag: &str, cseq: u32, extra: &str) -> Vec<Output> {
+    let text = format!(
+        "{method} sip:podpbx@[2001:db8::1]:5060 SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKst{cseq};rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:101@pbx>;tag=atag\r\nTo: <sip:102@pbx>;tag={tag}\r\nCall-ID: relcall@a\r\nCSeq: {cseq} {method}\r\n\
+         Contact: <sip:101@[2001:db8:1::a]:5062>\r\n{extra}Content-Length: 0\r\n\r\n"
+    );
+    h.in_dialog(text, h.a_flow)
+}
+
+/// The caller's call to 102 answered (B's 200 with `b_headers`), our 2xx ACKed: our tag in
+/// the caller's dialog, the 2xx, and B's INVITE.
+fn answered_with(
+    h: &mut H,
+    a_headers: &str,
+    b_headers: &[(&str, &str)],
+) -> (String, Bytes, (ReqId, Bytes)) {
+    let outs = invite_with(h, "102", a_headers, Some(SDP_A));
+    let inv = requests(&outs, "INVITE")[0].clone();
+    let outs = reply(h, inv.0, &inv.1, 200, b_headers, Some(SDP_B));
+    let ok = to_a(&outs)
+        .into_iter()
+        .find(|r| r.0 == 200)
+        .expect("200 to the caller")
+        .1;
+    let tag = tag_of(&ok);
+    ack_a(h, &tag);
+    (tag, ok, inv)
+}
+
+#[test]
+fn an_interval_below_our_min_se_gets_422_before_anything_rings() {
+    let mut h = H::new();
+    let outs = invite_with(
+        &mut h,
+        "102",
+        "Supported: timer\r\nSession-Expires: 60\r\n",
+        Some(SDP_A),
+    );
+    let r = to_a(&outs);
+    assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), [100, 422]);
+    assert_eq!(header_of(&r[1].1, "Min-SE"), "90");
+    assert!(requests(&outs, "INVITE").is_empty(), "nobody rang");
+}
+
+#[test]
+fn the_caller_refreshes_and_a_caller_that_stops_is_hung_up() {
+    let mut h = H::new();
+    let (tag, ok, (_, b_inv)) = answered_with(
+        &mut h,
+        "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\nAllow: INVITE, ACK, BYE, UPDATE\r\n",
+        &[],
+    );
+    // Each leg has its own: the callee was asked for ours, the caller got what it asked for.
+    assert_eq!(header_of(&b_inv, "Session-Expires"), "1800");
+    assert_eq!(header_of(&b_inv, "Min-SE"), "90");
+    assert_eq!(header_of(&ok, "Session-Expires"), "90;refresher=uac");
+    assert_eq!(header_of(&ok, "Require"), "timer");
+    // A refresh at 45 s (UPDATE without body) is answered here with the interval.
+    h.advance(Duration::from_secs(45));
+    let outs = from_caller(
+        &mut h,
+        "UPDATE",
+        &tag,
+        2,
+        "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\n",
+    );
+    let r = to_a(&outs);
+    assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), [200]);
+    assert_eq!(header_of(&r[0].1, "Session-Expires"), "90;refresher=uac");
+    assert!(
+        requests(&outs, "UPDATE").is_empty(),
+        "a refresh is not relayed"
+    );
+    // 90 - min(32, 30) = 60 s after the last refresh: still up at 59 s...
+    let outs = h.advance(Duration::from_secs(59));
+    assert!(requests(&outs, "BYE").is_empty());
+    // ...hung up at 60 s: BYE on both legs, CDR reason session_expired.
+    let outs = h.advance(Duration::from_secs(1));
+    let byes = requests(&outs, "BYE");
+    assert_eq!(byes.len(), 2, "BYE to caller and callee");
+    let mut last = Vec::new();
+    for (id, data) in byes {
+        last = reply(&mut h, id, &data, 200, &[], None);
+    }
+    let c = cdr(&last).expect("CDR");
+    assert_eq!(c.reason, "session_expired", "{c:?}");
+}
+
+#[test]
+fn podpbx_refreshes_a_callee_that_asks_it_to_and_a_failed_refresh_ends_the_call() {
+    let mut h = H::new();
+    let (_, ok, _) = answered_with(
+        &mut h,
+        "",
+        &[
+            ("Session-Expires", "120;refresher=uac"),
+            ("Require", "timer"),
+            ("Allow", "INVITE, ACK, BYE, UPDATE"),
+        ],
+    );
+    // The caller supports nothing: we refresh it (interval inserted, no Require).
+    assert_eq!(header_of(&ok, "Session-Expires"), "1800;refresher=uas");
+    assert_eq!(header_of(&ok, "Require"), "");
+    // Half of 120 s later we refresh the callee with UPDATE.
+    let outs = h.advance(Duration::from_secs(59));
+    assert!(requests(&outs, "UPDATE").is_empty());
+    let outs = h.advance(Duration::from_secs(1));
+    let ups = requests(&outs, "UPDATE");
+    assert_eq!(ups.len(), 1);
+    let up = text(&ups[0].1);
+    assert!(
+        up.contains("Session-Expires: 120;refresher=uac\r\n"),
+        "{up}"
+    );
+    assert!(up.contains(";tag=btag"), "{up}");
+    let outs = reply(
+        &mut h,
+        ups[0].0,
+        &ups[0].1,
+        200,
+        &[("Session-Expires", "120;refresher=uac")],
+        None,
+    );
+    assert!(requests(&outs, "BYE").is_empty());
+    // The next refresh, 60 s after that one, gets 481: the call ends.
+    let outs = h.advance(Duration::from_secs(60));
+    let ups = requests(&outs, "UPDATE");
+    assert_eq!(ups.len(), 1);
+    let outs = reply(&mut h, ups[0].0, &ups[0].1, 481, &[], None);
+    let byes = requests(&outs, "BYE");
+    assert!(!byes.is_empty(), "hung up after the failed refresh");
+}
+
+#[test]
+fn a_422_from_the_callee_is_retried_with_its_min_se() {
+    let mut h = H::new();
+    let outs = invite_with(&mut h, "102", "", Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let outs = reply(&mut h, id, &data, 422, &[("Min-SE", "3600")], None);
+    let again = requests(&outs, "INVITE");
+    assert_eq!(again.len(), 1, "INVITE re-sent");
+    assert_eq!(header_of(&again[0].1, "Session-Expires"), "3600");
+    assert_eq!(header_of(&again[0].1, "Min-SE"), "3600");
+    assert!(to_a(&outs).is_empty(), "the caller hears nothing of it");
+    // A second 422 asking for the same is not followed again (no loop): the call fails.
+    let outs = reply(
+        &mut h,
+        again[0].0,
+        &again[0].1,
+        422,
+        &[("Min-SE", "3600")],
+        None,
+    );
+    assert!(requests(&outs, "INVITE").is_empty());
 }
