@@ -12,7 +12,7 @@ use podpbx_config::Config;
 use podpbx_media::{Family, FamilyConfig, PortLayout, Relay, RelayConfig, Session};
 use podpbx_registrar::Registrar;
 use podpbx_sip::transaction::{Timers, TransactionLayer, TxId};
-use podpbx_sip::Transport;
+use podpbx_sip::{IdGen, Transport};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -219,12 +219,18 @@ pub struct Calls {
 
 impl Calls {
     /// Call control for `cfg`, with media through `relay` (none: calls get 503).
-    pub fn new(cfg: Arc<Config>, timers: Timers, relay: Option<Relay>, addrs: Addrs) -> Calls {
+    pub fn new(
+        cfg: Arc<Config>,
+        timers: Timers,
+        relay: Option<Relay>,
+        addrs: Addrs,
+        ids: IdGen,
+    ) -> Calls {
         let media: Box<dyn MediaPort + Send> = match relay {
             Some(r) => Box::new(RelayMedia::new(r)),
             None => Box::new(NoMedia),
         };
-        Calls::with_media(cfg, timers, media, addrs)
+        Calls::with_media(cfg, timers, media, addrs, ids)
     }
 
     /// Call control for `cfg` with media through `media` (the relay, or a fake in tests).
@@ -233,6 +239,7 @@ impl Calls {
         timers: Timers,
         media: Box<dyn MediaPort + Send>,
         addrs: Addrs,
+        ids: IdGen,
     ) -> Calls {
         let settings = Settings {
             user_agent: cfg.sip.user_agent.clone(),
@@ -241,7 +248,7 @@ impl Calls {
         };
         let cdr_file = cfg.calls.cdr_file.clone();
         Calls {
-            b2bua: B2bua::new(cfg, settings, media, podpbx_sip::IdGen::new(os_seed())),
+            b2bua: B2bua::new(cfg, settings, media, ids),
             addrs,
             cdr_file,
             failed: Vec::new(),
@@ -312,25 +319,6 @@ impl Calls {
         }
         std::mem::take(&mut self.failed)
     }
-}
-
-/// 16 bytes from the OS for the b2bua's id generator (tags, Call-IDs, branches); if
-/// `/dev/urandom` cannot be read, the std hasher's per-process random keys.
-fn os_seed() -> [u8; 16] {
-    let mut seed = [0u8; 16];
-    let read = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
-    if read.is_err() {
-        let hex = format!(
-            "{}{}",
-            podpbx_sip::ident::token(),
-            podpbx_sip::ident::token()
-        );
-        for (i, b) in seed.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
-        }
-    }
-    seed
 }
 
 /// A call from outside (a trunk) or from a doorbell that ended unanswered: the `missed_call`

@@ -170,11 +170,14 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         }
     }
     check_trunk_tls_names(&cfg)?;
-    let trunks = crate::trunks::Trunks::from_config(&cfg, locals)?;
+    // The one read of the OS's randomness: every state machine's id generator is seeded from it.
+    let mut ids = podpbx_sip::IdGen::new(os_seed()?);
+    let trunks =
+        crate::trunks::Trunks::from_config(&cfg, locals, podpbx_sip::IdGen::new(ids.bytes16()))?;
     // Trunk host names are looked up by the shell, never on the signalling loop.
     let (dns_tx, mut dns_rx) = mpsc::channel::<crate::dns::Answer>(256);
     let dns = crate::dns::Dns::new(&cfg.dns, dns_tx);
-    let ids = podpbx_sip::IdGen::new(os_seed()?);
+    let call_ids = podpbx_sip::IdGen::new(ids.bytes16());
     let mut core = Core::new(core_cfg, stats.clone(), registrar, trunks, ids);
     // Call control: the RTP relay on the pinned addresses, its events into the loop, the b2bua.
     let (media_tx, mut media_rx) = mpsc::channel::<podpbx_media::Event>(1024);
@@ -210,6 +213,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         timers,
         relay,
         call_addrs,
+        call_ids,
     ));
     // podpbx's media endpoint (voicemail, announcements): its own thread, never on the relay's
     // hot path. Without it, voicemail steps fail over to the next dialplan step.
@@ -297,7 +301,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     let trunk_status = admin.provide_snapshot("trunks");
     let mut trunk_names: Vec<String> = Vec::new();
     let mut publish_trunks = |core: &Core| {
-        trunk_status.publish(core.trunks().status_json(Instant::now()));
+        trunk_status.publish(core.trunks().status_json(Instant::now(), SystemTime::now()));
         admin.set_trunks(
             &core.trunks().readiness(),
             &core.trunks().health(),

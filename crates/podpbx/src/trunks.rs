@@ -16,7 +16,7 @@ use crate::core::Output;
 use crate::owners::{Owner, Owners};
 use podpbx_config::{Config, Family, Host, Trunk as TrunkConfig};
 use podpbx_sip::transaction::{Peer, TransactionLayer};
-use podpbx_sip::Message;
+use podpbx_sip::{IdGen, Message};
 use podpbx_trunk::{
     DnsQuery, Locator, LocatorConfig, LookupError, Record, Registration, RegistrationConfig,
     TrunkState,
@@ -90,7 +90,6 @@ impl Slot {
 }
 
 /// Every configured trunk: located servers, registration, status.
-#[derive(Default)]
 pub struct Trunks {
     slots: Vec<Slot>,
     /// Registrations of removed or changed trunks finishing their un-REGISTER: (slot id, reg).
@@ -105,14 +104,24 @@ pub struct Trunks {
     /// A trunk changed state since [`Trunks::take_changed`]: readiness and status are published
     /// at once, not on the next status tick.
     changed: bool,
+    /// Seeds of the locators' and registrations' own generators (no random source is read here).
+    ids: IdGen,
 }
 
 impl Trunks {
     /// Builds every configured trunk; registrations start with [`Trunks::start`].
-    pub fn from_config(cfg: &Config, locals: Locals) -> Result<Trunks, String> {
+    pub fn from_config(cfg: &Config, locals: Locals, ids: IdGen) -> Result<Trunks, String> {
         let mut t = Trunks {
+            slots: Vec::new(),
+            retiring: Vec::new(),
+            dns: HashMap::new(),
+            next_dns: 0,
+            next_slot: 0,
             locals,
-            ..Trunks::default()
+            running: false,
+            stopping: false,
+            changed: false,
+            ids,
         };
         for tc in &cfg.trunks {
             let slot = t.slot(tc, &cfg.sip.user_agent)?;
@@ -130,7 +139,7 @@ impl Trunks {
                 (!t.srv).then_some(t.port),
                 t.transport,
                 v4,
-                os_seed()?,
+                self.ids.bytes16(),
             ))),
             Host::V4(_) | Host::V6(_) => None,
         };
@@ -154,7 +163,7 @@ impl Trunks {
                     user,
                     password,
                     local,
-                    os_seed()?,
+                    self.ids.bytes16(),
                 );
                 rc.port = t.port;
                 rc.transport = t.transport;
@@ -540,8 +549,7 @@ impl Trunks {
     }
 
     /// Status of every trunk for `podpbx ctl trunks`.
-    pub fn status_json(&self, now: Instant) -> serde_json::Value {
-        let wall = SystemTime::now();
+    pub fn status_json(&self, now: Instant, wall: SystemTime) -> serde_json::Value {
         let at = |t: Option<Instant>| {
             t.map(|t| {
                 let secs = if t >= now {
@@ -624,14 +632,6 @@ fn start_slot(s: &mut Slot, now: Instant) {
     }
 }
 
-fn os_seed() -> Result<[u8; 16], String> {
-    let mut seed = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
-        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-    Ok(seed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,7 +666,7 @@ mod tests {
     impl Rig {
         fn new(c: &Config) -> Rig {
             let mut r = Rig {
-                trunks: Trunks::from_config(c, locals()).expect("trunks"),
+                trunks: Trunks::from_config(c, locals(), IdGen::new([5; 16])).expect("trunks"),
                 tx: TransactionLayer::new(Timers::default(), 1000),
                 direct: VecDeque::new(),
                 owners: Owners::default(),
@@ -763,7 +763,10 @@ mod tests {
             ("sip.provider.test", RecordType::Aaaa)
         );
         r.answer(q[0].0, Err(LookupError::NotFound));
-        assert_eq!(r.trunks.status_json(r.now)[0]["state"], "unresolved");
+        assert_eq!(
+            r.trunks.status_json(r.now, SystemTime::UNIX_EPOCH)[0]["state"],
+            "unresolved"
+        );
         assert!(r.sent().is_empty());
         // The retry finds it.
         let t = r.trunks.poll_timeout().expect("retry");

@@ -20,7 +20,9 @@ use podpbx_b2bua::{Family, LegStats, MediaId, MediaLeg, MediaPort, RemoteMedia};
 use podpbx_config::Config;
 use podpbx_registrar::Registrar;
 use podpbx_sip::digest::DigestClient;
-use podpbx_sip::{Flow, Framing, HeaderName, Message, Method, Peer, ResponseBuilder, Transport};
+use podpbx_sip::{
+    Flow, Framing, HeaderName, IdGen, Message, Method, Peer, ResponseBuilder, Transport,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -152,10 +154,11 @@ impl Sim {
         let settings = crate::server::registrar_settings(&cfg, vec![7u8; 32]);
         let registrar = Registrar::new(settings, crate::calls::user_db(&cfg), now);
         let trunks =
-            crate::trunks::Trunks::from_config(&cfg, Default::default()).expect("harness trunks");
+            crate::trunks::Trunks::from_config(&cfg, Default::default(), IdGen::new([4u8; 16]))
+                .expect("harness trunks");
         let core_cfg = crate::server::core_config(&cfg);
         let timers = core_cfg.timers;
-        let ids = podpbx_sip::IdGen::new([3u8; 16]);
+        let ids = IdGen::new([3u8; 16]);
         let mut core = Core::new(core_cfg, stats, registrar, trunks, ids);
         let media = FakeMedia::default();
         let addrs = Addrs {
@@ -168,6 +171,7 @@ impl Sim {
             timers,
             Box::new(media.clone()),
             addrs,
+            IdGen::new([2u8; 16]),
         ));
         core.start(now);
         let mut sim = Sim {
