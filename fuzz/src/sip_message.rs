@@ -22,8 +22,8 @@ use podpbx_sip::transaction::{
     Peer, RequestDisposition, ResponseDisposition, Timers, TransactionLayer, Transport,
 };
 use podpbx_sip::{
-    ContactList, Framing, HeaderName, Message, Method, ParseError, RequestBuilder, ResponseBuilder,
-    StartLine, Uri,
+    ContactList, Flow, Framing, HeaderName, Message, Method, ParseError, RequestBuilder,
+    ResponseBuilder, StartLine, Uri,
 };
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -103,6 +103,38 @@ fn sources() -> [SocketAddr; 2] {
     ]
 }
 
+/// RFC 3261 §18.2.2 / RFC 3581 (`Flow::response_peer`): whatever the Via says, a response goes
+/// to the packet's source IP (never a host or `received`/`maddr` taken from the message), over
+/// the flow's transport and connection; over a stream, to the source port too.
+fn check_response_peer(msg: &Message, src: SocketAddr) {
+    let local: SocketAddr = if src.is_ipv4() {
+        "198.51.100.1:5060".parse().unwrap()
+    } else {
+        "[2001:db8::1]:5060".parse().unwrap()
+    };
+    for transport in Transport::ALL {
+        let flow = Flow {
+            transport,
+            local,
+            remote: src,
+            conn: 3,
+        };
+        let peer = flow.response_peer(msg);
+        assert_eq!(
+            peer.addr.ip(),
+            src.ip(),
+            "response to another host than the source"
+        );
+        assert_eq!((peer.transport, peer.conn), (transport, 3));
+        if transport.is_stream() {
+            assert_eq!(
+                peer.addr, src,
+                "a stream response goes back on the connection"
+            );
+        }
+    }
+}
+
 fn exercise(msg: &Message, transport: Transport) {
     read_everything(msg);
     let valid = msg.validate().is_ok();
@@ -119,6 +151,7 @@ fn exercise(msg: &Message, transport: Transport) {
             reasons.push((*code, reason.clone()));
         }
         for src in sources() {
+            check_response_peer(msg, src);
             for (code, reason) in &reasons {
                 let resp = respond(msg, *code, reason, src, transport);
                 if valid {
