@@ -846,3 +846,40 @@ fn provider_with_reliable_183_gets_its_prack_and_the_caller_a_plain_183() {
     let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
     assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
 }
+
+/// Two trunks in one rule: the preferred one (priority 1) answers 503, the call goes out through
+/// the next (priority 2) with the same number, and the caller only sees the answer.
+#[test]
+fn outbound_call_fails_over_to_the_next_trunk_by_priority() {
+    let first = SocketAddr::new(ip("::1"), free_port());
+    let second = SocketAddr::new(ip("::1"), free_port());
+    let extra = format!(
+        "[[trunks]]\nname = \"backup\"\nhost = \"::1\"\nport = {}\nregister = false\npriority = 2\n\n\
+         [[trunks]]\nname = \"main\"\nhost = \"::1\"\nport = {}\nregister = false\npriority = 1\n\n\
+         [[dialplan]]\nname = \"out2\"\nmatch = {{ prefix = \"9\", from = \"local\" }}\naction = \"trunk\"\ntrunk = [\"backup\", \"main\"]\n",
+        second.port(),
+        first.port()
+    );
+    let pbx = Pbx::start(&pbx_config(free_port(), &extra));
+    let failing = Uas::start("trunk_uas_fail.xml", first, 1, &[]);
+    let answering = Uas::start("trunk_uas.xml", second, 1, &[]);
+    let run = call(&pbx, "call_uac.xml", "930123503", &["-d", "300"]);
+    let (f_ok, f_logs) = failing.finish(Duration::from_secs(10));
+    let (a_ok, a_logs) = answering.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && f_ok && a_ok,
+        "caller:\n{}\n--- main ---\n{f_logs}\n--- backup ---\n{a_logs}\n--- podpbx ---\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    assert!(f_logs.contains("UAS-503"), "{f_logs}");
+    assert!(
+        a_logs.contains("ruri_user=930123503 "),
+        "same number: {a_logs}"
+    );
+    assert!(!run.output.contains("SIP/2.0 503"), "{}", run.output);
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    let c = &cdrs[0];
+    assert_eq!(c["disposition"], "answered", "{c}");
+    assert_eq!(c["answered_by"], "backup", "{c}");
+}

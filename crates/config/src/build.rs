@@ -21,6 +21,9 @@ const DEFAULT_DOMAIN: &str = "podpbx.local";
 const DEFAULT_DATA_DIR: &str = "/var/lib/podpbx";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9060";
 const DAY: u64 = 86_400;
+/// A trunk's statuses after which an outbound call tries the next trunk: our credentials or
+/// the account refused, no answer, the provider's servers failing.
+const DEFAULT_FAILOVER: [u16; 8] = [401, 403, 407, 408, 500, 502, 503, 504];
 
 const TRANSPORTS: &[(&str, Transport)] = &[
     ("udp", Transport::Udp),
@@ -1400,6 +1403,17 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
         let priority = t.u32_or(d, "priority", 0, 1000, 10).v;
         let keepalive = zero_is_none(t.secs_or(d, "keepalive_secs", 0, 3600, 0).v);
         let session_timers = t.bool(d, "session_timers").is_none_or(|b| b.v);
+        let failover_statuses = match t.field("failover_statuses") {
+            Some(f) => f
+                .array(d)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.int(d, 300, 699).map(|i| i.v as u16))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => DEFAULT_FAILOVER.to_vec(),
+        };
         let register_s = t.bool(d, "register");
         let register = register_s.as_ref().map_or(username.is_some(), |b| b.v);
         let srtp = srtp(d, &mut t, Some(transport));
@@ -1441,6 +1455,7 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
                 register,
                 srtp,
                 session_timers,
+                failover_statuses,
             },
             name,
             dids,
@@ -1509,6 +1524,8 @@ struct Names<'a> {
     mailboxes: Vec<&'a str>,
     groups: &'a [RawGroup],
     trunks: Vec<&'a str>,
+    /// The trunks' `priority`, in the order of `trunks`.
+    priorities: Vec<u32>,
     dids: Vec<&'a str>,
 }
 
@@ -1606,7 +1623,17 @@ fn action(d: &mut Diagnostics, t: &mut Tbl, names: &Names) -> Option<Action> {
             Some(Action::Local { timeout })
         }
         ActionKind::Trunk => {
-            let trunk = t.req_str(d, "trunk");
+            // `trunk` is one name or a list of names (tried by priority).
+            let trunk_names: Option<Vec<Sp<String>>> = match t.field("trunk") {
+                None => {
+                    t.missing(d, "trunk", "key (a trunk name, or a list of them)");
+                    None
+                }
+                Some(f) if f.is_array() => f
+                    .array(d)
+                    .map(|a| a.iter().filter_map(|x| x.str(d)).collect()),
+                Some(f) => f.str(d).map(|s| vec![s]),
+            };
             let strip = t.int_or(d, "strip", 0, 32, 0).v as usize;
             let prepend = match t.str(d, "prepend") {
                 Some(p) => {
@@ -1625,17 +1652,31 @@ fn action(d: &mut Diagnostics, t: &mut Tbl, names: &Names) -> Option<Action> {
                 check_number(d, &s);
                 s.v
             });
-            let trunk = trunk?;
-            if !names.trunks.contains(&trunk.v.as_str()) {
-                err(
-                    d,
-                    &trunk,
-                    unknown_msg("trunk", &trunk.v, names.trunks.iter().copied()),
-                );
+            let trunk_names = trunk_names?;
+            if trunk_names.is_empty() {
+                t.missing(d, "trunk", "name: the list is empty");
                 return None;
             }
+            let mut listed: Vec<(u32, String)> = Vec::new();
+            for trunk in &trunk_names {
+                let Some(i) = names.trunks.iter().position(|n| *n == trunk.v) else {
+                    err(
+                        d,
+                        trunk,
+                        unknown_msg("trunk", &trunk.v, names.trunks.iter().copied()),
+                    );
+                    return None;
+                };
+                if listed.iter().any(|(_, n)| *n == trunk.v) {
+                    err(d, trunk, format!("trunk `{}` is listed twice", trunk.v));
+                    return None;
+                }
+                listed.push((names.priorities[i], trunk.v.clone()));
+            }
+            // Stable: equal priorities keep the order written.
+            listed.sort_by_key(|(p, _)| *p);
             Some(Action::Trunk {
-                trunk: trunk.v,
+                trunks: listed.into_iter().map(|(_, n)| n).collect(),
                 strip,
                 prepend,
                 caller_id,
@@ -1700,6 +1741,7 @@ fn dialplan(
             .collect(),
         groups,
         trunks: trunks.iter().map(|t| t.trunk.name.as_str()).collect(),
+        priorities: trunks.iter().map(|t| t.trunk.priority).collect(),
         dids: trunks
             .iter()
             .flat_map(|t| t.dids.iter().map(|d| d.v.as_str()))

@@ -411,6 +411,11 @@ impl<'a> Field<'a> {
         None
     }
 
+    /// Whether the value is an array (to accept a string or a list of them).
+    pub(crate) fn is_array(&self) -> bool {
+        self.node.value().is_some_and(Value::is_array)
+    }
+
     /// Elements of an array, each with its own path (`key[i]`) and span.
     pub(crate) fn array(&self, d: &mut Diagnostics) -> Option<Vec<Field<'a>>> {
         let Some(arr) = self.node.value().and_then(Value::as_array) else {

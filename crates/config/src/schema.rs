@@ -451,6 +451,9 @@ pub struct Trunk {
     pub srtp: Srtp,
     /// Use session timers (RFC 4028) on calls through this trunk.
     pub session_timers: bool,
+    /// Final statuses from this trunk after which an outbound call tries the next trunk of
+    /// its rule.
+    pub failover_statuses: Vec<u16>,
 }
 
 impl Trunk {
@@ -551,8 +554,10 @@ pub enum Action {
     },
     /// Send the call out through a trunk.
     Trunk {
-        /// Trunk name.
-        trunk: String,
+        /// The trunks to try, most preferred first (by their `priority`); the next one is
+        /// tried when one is unavailable, fails with one of its `failover_statuses`, or does
+        /// not answer at all.
+        trunks: Vec<String>,
         /// Digits removed from the front of the number.
         strip: usize,
         /// Text put in front of the number (after `strip`).

@@ -203,7 +203,7 @@ fn example_home_parses() {
     assert_eq!(
         national.action,
         Action::Trunk {
-            trunk: "provider".into(),
+            trunks: vec!["provider".into()],
             strip: 1,
             prepend: "+49".into(),
             caller_id: None
@@ -965,6 +965,46 @@ fn trunk_names_are_located_by_srv_unless_a_port_is_set() {
         "an explicit port, even 5060: A/AAAA only (RFC 3263 §4.2)"
     );
     assert_eq!(c.trunks[1].port, 5060);
+}
+
+#[test]
+fn trunk_lists_are_tried_by_priority_and_failover_statuses() {
+    let trunks = "[[trunks]]\nname = \"cheap\"\nhost = \"2001:db8::7\"\npriority = 5\n\
+                  [[trunks]]\nname = \"main\"\nhost = \"2001:db8::8\"\npriority = 1\nfailover_statuses = [503, 480]\n\
+                  [[trunks]]\nname = \"spare\"\nhost = \"2001:db8::9\"\npriority = 5\n";
+    let c = ok(&format!(
+        "{SIP}{trunks}[[dialplan]]\nmatch = {{ prefix = \"0\", from = \"local\" }}\naction = \"trunk\"\ntrunk = [\"spare\", \"cheap\", \"main\"]\n"
+    ));
+    let Action::Trunk { trunks: list, .. } = &c.dialplan[0].action else {
+        panic!("trunk action");
+    };
+    // Lower priority first; equal priorities keep the written order.
+    assert_eq!(list, &["main", "spare", "cheap"]);
+    assert_eq!(c.trunks[1].failover_statuses, [503, 480]);
+    assert_eq!(
+        c.trunks[0].failover_statuses,
+        [401, 403, 407, 408, 500, 502, 503, 504]
+    );
+    let errs = errors(&format!(
+        "{SIP}{trunks}[[dialplan]]\nmatch = {{ prefix = \"0\", from = \"local\" }}\naction = \"trunk\"\ntrunk = [\"main\", \"main\"]\n"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("trunk `main` is listed twice")),
+        "{errs:?}"
+    );
+    let errs = errors(&format!(
+        "{SIP}{trunks}[[dialplan]]\nmatch = {{ prefix = \"0\", from = \"local\" }}\naction = \"trunk\"\ntrunk = [\"main\", \"nope\"]\n"
+    ));
+    assert!(errs.iter().any(|e| e.contains("nope")), "{errs:?}");
+    let errs = errors(&format!(
+        "{SIP}[[trunks]]\nname = \"t\"\nhost = \"2001:db8::7\"\nfailover_statuses = [200]\n"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("failover_statuses[0]: must be between 300 and 699")),
+        "{errs:?}"
+    );
 }
 
 #[test]

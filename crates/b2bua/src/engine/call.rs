@@ -73,6 +73,17 @@ pub(crate) struct Routing {
     pub codes: Vec<StatusCode>,
     pub timed_out: bool,
     pub last_failure: Failure,
+    /// A trunk step's trunks not tried yet (by priority), with the step's rewriting.
+    pub failover: Option<TrunkFailover>,
+}
+
+/// The rest of a trunk step that lists several trunks.
+#[derive(Debug, Clone)]
+pub(crate) struct TrunkFailover {
+    pub rest: VecDeque<String>,
+    pub strip: usize,
+    pub prepend: String,
+    pub caller_id: Option<String>,
 }
 
 impl Routing {
@@ -87,6 +98,7 @@ impl Routing {
             codes: Vec::new(),
             timed_out: false,
             last_failure: Failure::no_answer(),
+            failover: None,
         }
     }
 }

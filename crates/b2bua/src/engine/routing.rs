@@ -1,9 +1,9 @@
 //! Dialplan execution: a rule's action, then its fallbacks, one step at a time; the failure
 //! the caller hears when every step failed; ring timeouts.
 
-use super::call::{Call, EndReason, Failure, HangupBy, Phase, Purpose};
+use super::call::{Call, EndReason, Failure, HangupBy, Phase, Purpose, TrunkFailover};
 use super::fork::RingStep;
-use super::leg::LegIdx;
+use super::leg::{LegIdx, Party};
 use super::timers::TimerKind;
 use super::trunk::TrunkStep;
 use super::B2bua;
@@ -68,6 +68,7 @@ impl B2bua {
             r.codes.clear();
             r.timed_out = false;
             r.seq.clear();
+            r.failover = None;
             let Some(action) = r.steps.pop_front() else {
                 let f = r.last_failure.clone();
                 self.routing_failed(call, now, f);
@@ -95,18 +96,20 @@ impl B2bua {
                     return;
                 }
                 Action::Trunk {
-                    trunk,
+                    trunks,
                     strip,
                     prepend,
                     caller_id,
                 } => {
-                    let step = TrunkStep {
-                        name: &trunk,
-                        strip,
-                        prepend: &prepend,
-                        caller_id: caller_id.as_deref(),
-                    };
-                    self.start_trunk(call, now, dir, &step)
+                    if let Some(r) = call.routing_mut() {
+                        r.failover = Some(TrunkFailover {
+                            rest: trunks.into(),
+                            strip,
+                            prepend,
+                            caller_id,
+                        });
+                    }
+                    self.next_trunk(call, now, dir)
                 }
                 Action::Local { timeout } => {
                     let number = call.number.clone();
@@ -226,7 +229,45 @@ impl B2bua {
         };
         let trunk = call.legs[li].party.is_trunk();
         r.last_failure = step_failure(trunk, code, &r.codes, r.timed_out);
+        // A trunk that failed in a way the next one may not: try the next of the step.
+        if let Party::Trunk(name) = &call.legs[li].party {
+            let moves_on = code == StatusCode::REQUEST_TIMEOUT
+                || self
+                    .cfg
+                    .trunk(name)
+                    .is_some_and(|t| t.failover_statuses.contains(&code.code()));
+            let more = r.failover.as_ref().is_some_and(|f| !f.rest.is_empty());
+            if moves_on && more && !r.timed_out {
+                info!(call = call.key, trunk = %name, code = code.code(), "trunk failed: trying the next one");
+                if self.next_trunk(call, now, dir) {
+                    return;
+                }
+            }
+        }
         self.next_step(call, now, dir);
+    }
+
+    /// Starts the next trunk of the current trunk step that is usable (unavailable ones are
+    /// skipped); false when none is left.
+    fn next_trunk(&mut self, call: &mut Call, now: Instant, dir: &dyn Directory) -> bool {
+        loop {
+            let Some(f) = call.routing_mut().and_then(|r| r.failover.as_mut()) else {
+                return false;
+            };
+            let Some(name) = f.rest.pop_front() else {
+                return false;
+            };
+            let (strip, prepend, caller_id) = (f.strip, f.prepend.clone(), f.caller_id.clone());
+            let step = TrunkStep {
+                name: &name,
+                strip,
+                prepend: &prepend,
+                caller_id: caller_id.as_deref(),
+            };
+            if self.start_trunk(call, now, dir, &step) {
+                return true;
+            }
+        }
     }
 
     /// The ring timer of step `gen` fired: CANCEL its legs, then the next user or step.

@@ -427,3 +427,107 @@ fn a_422_from_the_callee_is_retried_with_its_min_se() {
     );
     assert!(requests(&outs, "INVITE").is_empty());
 }
+
+// ---- Trunk priority failover ------------------------------------------------------------------
+
+/// Trunks by name at their own addresses; `down` ones are unavailable.
+struct Trunks3 {
+    inner: FakeDir,
+    down: Vec<&'static str>,
+}
+
+impl Directory for Trunks3 {
+    fn contacts(&self, user: &str, now: Instant) -> Vec<ContactTarget> {
+        self.inner.contacts(user, now)
+    }
+    fn local_addr(&self, t: Transport, peer: IpAddr) -> Option<SocketAddr> {
+        self.inner.local_addr(t, peer)
+    }
+    fn trunk_destination(&self, name: &str) -> Option<SocketAddr> {
+        let n = match name {
+            "main" => 1,
+            "spare" => 2,
+            "cheap" => 3,
+            _ => return None,
+        };
+        Some(SocketAddr::new(
+            format!("2001:db8:ff::{n}").parse().unwrap(),
+            5060,
+        ))
+    }
+    fn trunk_available(&self, name: &str) -> bool {
+        !self.down.contains(&name)
+    }
+}
+
+fn failover_harness(down: Vec<&'static str>) -> (H, Trunks3, Vec<Output>) {
+    let mut h = h_with(
+        "[[trunks]]\nname = \"cheap\"\nhost = \"2001:db8:ff::3\"\npriority = 9\n\
+         [[trunks]]\nname = \"main\"\nhost = \"2001:db8:ff::1\"\npriority = 1\n\
+         [[trunks]]\nname = \"spare\"\nhost = \"2001:db8:ff::2\"\npriority = 5\nfailover_statuses = [503]\n\
+         [[dialplan]]\nname = \"out\"\nmatch = { prefix = \"0\", from = \"local\" }\naction = \"trunk\"\ntrunk = [\"cheap\", \"spare\", \"main\"]\n",
+    );
+    let dir = Trunks3 {
+        inner: std::mem::take(&mut h.dir),
+        down,
+    };
+    let text = format!(
+        "INVITE sip:0301234@pbx SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKfo1;rport\r\nFrom: <sip:101@pbx>;tag=a\r\n\
+         To: <sip:0301234@pbx>\r\nCall-ID: fo@a\r\nCSeq: 1 INVITE\r\nContact: <sip:101@[2001:db8:1::a]:5062>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+        SDP_A.len()
+    );
+    let outs = h.invite_text(&text, Caller::User("101".into()), Some(&dir));
+    (h, dir, outs)
+}
+
+fn dest_of(outs: &[Output], id: ReqId) -> SocketAddr {
+    outs.iter()
+        .find_map(|o| match o {
+            Output::Request { id: i, peer, .. } if *i == id => Some(peer.addr),
+            _ => None,
+        })
+        .expect("request")
+}
+
+fn trunk_reply(h: &mut H, dir: &Trunks3, id: ReqId, req: &Bytes, code: u16) -> Vec<Output> {
+    let resp = parse(
+        &ResponseBuilder::new(&parse(req), code, "X", None)
+            .to_tag("t")
+            .build(),
+    );
+    h.b.handle_response(h.now, id, &resp, dir);
+    h.drain()
+}
+
+#[test]
+fn outbound_calls_fail_over_through_the_trunks_by_priority() {
+    let (mut h, dir, outs) = failover_harness(vec![]);
+    // main (priority 1) first.
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    assert_eq!(dest_of(&outs, id), "[2001:db8:ff::1]:5060".parse().unwrap());
+    // 503 is in main's default failover statuses: spare (priority 5) next.
+    let outs = trunk_reply(&mut h, &dir, id, &data, 503);
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    assert_eq!(dest_of(&outs, id), "[2001:db8:ff::2]:5060".parse().unwrap());
+    assert!(responses(&outs).is_empty(), "the caller hears nothing yet");
+    // spare's own list is [503] only: a 403 from it ends the attempt (no cheap).
+    let outs = trunk_reply(&mut h, &dir, id, &data, 403);
+    assert!(requests(&outs, "INVITE").is_empty());
+    assert_eq!(responses(&outs), [403]);
+}
+
+#[test]
+fn an_unavailable_trunk_is_skipped_and_a_callee_answer_is_final() {
+    let (mut h, dir, outs) = failover_harness(vec!["main"]);
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    assert_eq!(
+        dest_of(&outs, id),
+        "[2001:db8:ff::2]:5060".parse().unwrap(),
+        "main is down"
+    );
+    // Busy is the callee's answer, not the trunk's failure.
+    let outs = trunk_reply(&mut h, &dir, id, &data, 486);
+    assert!(requests(&outs, "INVITE").is_empty());
+    assert_eq!(responses(&outs), [486]);
+}
