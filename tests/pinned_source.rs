@@ -181,6 +181,11 @@ fn replies_leave_from_the_pinned_addresses() {
                 "expires",
                 "60",
             ])
+            .args(sipp_auth_uri(
+                &root().join("tests/sipp/register_once.xml"),
+                target.parse().expect("target"),
+                &[],
+            ))
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

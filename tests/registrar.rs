@@ -198,7 +198,7 @@ fn bindings_survive_a_hard_restart_with_their_remaining_expiry() {
         &["-key", "expires", "300"],
     );
     assert!(run.ok, "{}", run.output);
-    std::thread::sleep(Duration::from_millis(1200)); // the coalesced save (500 ms) has happened
+    std::thread::sleep(Duration::from_millis(1200)); // the coalesced save (100 ms) has happened
     pbx.restart_hard();
     assert!(
         pbx.log_text().contains("registrations restored"),

@@ -114,6 +114,16 @@ impl Pbx {
     /// table one is appended with a free loopback port (the default 127.0.0.1:9060 would clash
     /// between tests running in parallel).
     pub fn start_with_config(config: &str, port: u16) -> Pbx {
+        Pbx::start_with(Command::new(BIN), config, port)
+    }
+
+    /// Like [`Pbx::start_with_config`], inside network namespace `ns` (its admin listener, on
+    /// the namespace's loopback, is reached from a thread that entered the namespace).
+    pub fn start_in(ns: &netns::Netns, config: &str, port: u16) -> Pbx {
+        Pbx::start_with(ns.command(BIN), config, port)
+    }
+
+    fn start_with(mut cmd: Command, config: &str, port: u16) -> Pbx {
         let dir = TempDir::new("pbx");
         let cfg_path = dir.path().join("podpbx.toml");
         let mut config = config.replace("@DATA@", &dir.path().display().to_string());
@@ -133,7 +143,7 @@ impl Pbx {
         let admin = admin_listen(&config);
         std::fs::write(&cfg_path, config).expect("write config");
         let log = dir.path().join("podpbx.log");
-        let child = Command::new(BIN)
+        let child = cmd
             .args(["run", "--config"])
             .arg(&cfg_path)
             .env("RUST_LOG", "debug")
@@ -368,6 +378,52 @@ pub struct SippRun {
     pub output: String,
 }
 
+/// `-auth_uri` arguments for a SIPp run: the Request-URI of the scenario's authenticated
+/// request, with `[service]`, `[remote_ip]` and `[remote_port]` filled in.
+///
+/// SIPp 3.6 puts `sip:<remote_ip>:<remote_port>` (IPv6 without brackets, no user part) in the
+/// digest `uri` of its `[authentication]` header unless `-auth_uri` says otherwise, and podpbx
+/// rejects credentials whose `uri` is not the Request-URI (RFC 3261 §22.4). Empty when the
+/// scenario does not authenticate or `extra` already sets `-auth_uri`.
+pub fn sipp_auth_uri(scenario: &Path, target: SocketAddr, extra: &[&str]) -> Vec<String> {
+    if extra.contains(&"-auth_uri") {
+        return Vec::new();
+    }
+    let Ok(text) = std::fs::read_to_string(scenario) else {
+        return Vec::new();
+    };
+    let Some(auth_at) = text.find("[authentication") else {
+        return Vec::new();
+    };
+    let Some(start) = text[..auth_at].rfind("<![CDATA[") else {
+        return Vec::new();
+    };
+    let Some(uri) = text[start + 9..]
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .and_then(|l| l.split_whitespace().nth(1))
+    else {
+        return Vec::new();
+    };
+    let service = extra
+        .iter()
+        .position(|a| *a == "-s")
+        .and_then(|i| extra.get(i + 1))
+        .copied()
+        .unwrap_or("service");
+    let ip = match target.ip() {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    let uri = uri
+        .replace("[service]", service)
+        .replace("[remote_ip]", &ip)
+        .replace("[remote_port]", &target.port().to_string());
+    let uri = uri.strip_prefix("sip:").unwrap_or(&uri).to_string();
+    vec!["-auth_uri".into(), uri]
+}
+
 /// Runs SIPp with `scenario` (a file under tests/sipp) against `target`, bounded in time.
 pub fn sipp(scenario: &str, target: SocketAddr, transport: &str, extra: &[&str]) -> SippRun {
     sipp_for(scenario, target, transport, extra, Duration::from_secs(40))
@@ -409,6 +465,7 @@ pub fn sipp_for(
             "1000",
         ])
         .args(["-trace_err", "-trace_msg"])
+        .args(sipp_auth_uri(&scenario_path, target, extra))
         .args(extra)
         .current_dir(dir.path())
         .stdin(Stdio::null())
@@ -628,6 +685,11 @@ impl Phone {
                 "-s", user, "-au", user, "-ap", password, "-d", "25000", "-nostdin",
             ])
             .args(["-timeout", "30s", "-trace_logs", "-trace_err", "-trace_msg"])
+            .args(sipp_auth_uri(
+                &sipp_dir.join("call_phone_register.xml"),
+                target,
+                &[&["-s", user], extra].concat(),
+            ))
             .args(extra)
             .current_dir(dir.path())
             .stdin(Stdio::null())

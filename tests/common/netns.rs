@@ -74,6 +74,22 @@ impl Netns {
         child
     }
 
+    /// Moves the calling thread into the namespace, so sockets it opens from then on live
+    /// there. Call it only on a thread made for the purpose: it never moves back.
+    pub fn enter(&self) {
+        enter_netns(&self.name);
+    }
+
+    /// Runs a shell-free `sysctl -w` inside the namespace.
+    pub fn sysctl(&self, setting: &str) {
+        let out = self
+            .command("sysctl")
+            .args(["-qw", setting])
+            .output()
+            .expect("run sysctl");
+        assert!(out.status.success(), "sysctl {setting} failed");
+    }
+
     /// A command that runs inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -88,6 +104,15 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// Moves the calling thread into the namespace called `name` (see [`Netns::enter`]).
+pub fn enter_netns(name: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
+    // SAFETY: setns(2) with a valid namespace fd; it affects only the calling thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
 }
 
 /// Connects two namespaces with a veth pair named `a_if` (in `a`) and `b_if` (in `b`).

@@ -597,6 +597,11 @@ fn sip(d: &mut Diagnostics, r: &mut Tbl) -> (SipConfig, Sp<u16>) {
         format!("{} ms", v.as_millis())
     });
     let tcp_idle_timeout = t.secs_or(d, "tcp_idle_timeout_secs", 1, DAY, 120).v;
+    let tcp_message_timeout = t.secs_or(d, "tcp_message_timeout_secs", 1, 600, 10).v;
+    let tcp_max_connections = t.u32_or(d, "tcp_max_connections", 1, 1_000_000, 2048).v as usize;
+    let tcp_max_connections_per_source = t
+        .u32_or(d, "tcp_max_connections_per_source", 1, 1_000_000, 32)
+        .v as usize;
     let max_message_bytes = t.int_or(d, "max_message_bytes", 1024, 65535, 65535).v as usize;
     let user_agent = match t.str(d, "user_agent") {
         Some(s) => {
@@ -618,6 +623,9 @@ fn sip(d: &mut Diagnostics, r: &mut Tbl) -> (SipConfig, Sp<u16>) {
         t2: t2.v,
         t4: t4.v,
         tcp_idle_timeout,
+        tcp_message_timeout,
+        tcp_max_connections,
+        tcp_max_connections_per_source,
         max_message_bytes,
         user_agent,
     };
@@ -965,12 +973,18 @@ fn security(d: &mut Diagnostics, r: &mut Tbl) -> SecurityConfig {
         .into_iter()
         .map(|c| c.v)
         .collect();
+    let ipv6_prefix_length = t.int_or(d, "ipv6_prefix_length", 1, 128, 64).v as u8;
+    let max_auth_failures_per_minute = t
+        .u32_or(d, "max_auth_failures_per_minute", 0, 1_000_000, 100)
+        .v;
     t.finish(d);
     SecurityConfig {
         max_auth_failures,
         failure_window,
         block,
         trusted_networks,
+        ipv6_prefix_length,
+        max_auth_failures_per_minute,
     }
 }
 
@@ -1107,6 +1121,7 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
                 );
             }
         }
+        let allow_rfc2069 = t.bool(d, "allow_rfc2069").is_some_and(|b| b.v);
         let max_calls = Some(t.u32_or(d, "max_calls", 0, 10_000, 0).v).filter(|n| *n > 0);
         let groups = t.str_list(d, "groups").unwrap_or_default();
         let transport = t
@@ -1146,6 +1161,7 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
                 max_contacts,
                 dtmf,
                 identify_by_source,
+                allow_rfc2069,
                 max_calls,
                 groups: groups.iter().map(|g| g.v.clone()).collect(),
                 transport,

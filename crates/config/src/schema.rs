@@ -88,6 +88,14 @@ pub struct SipConfig {
     pub t4: Duration,
     /// Idle TCP connections are closed after this long.
     pub tcp_idle_timeout: Duration,
+    /// A SIP message over TCP must be complete this long after its first byte (and a new
+    /// connection must deliver its first message this soon), or the connection is closed.
+    pub tcp_message_timeout: Duration,
+    /// Most inbound TCP connections open at once.
+    pub tcp_max_connections: usize,
+    /// Most inbound TCP connections from one source (IPv4 address or IPv6 prefix of
+    /// `security.ipv6_prefix_length`).
+    pub tcp_max_connections_per_source: usize,
     /// Largest accepted SIP message.
     pub max_message_bytes: usize,
     /// `User-Agent`/`Server` header value (empty: header not sent).
@@ -253,6 +261,11 @@ pub struct SecurityConfig {
     pub block: Duration,
     /// Sources that are never blocked.
     pub trusted_networks: Vec<Cidr>,
+    /// IPv6 sources are counted (failures, blocks, connections) by this prefix length.
+    pub ipv6_prefix_length: u8,
+    /// Failures from all sources together per minute beyond which credentials from sources
+    /// without a recent success are not checked; 0 = no global cap.
+    pub max_auth_failures_per_minute: u32,
 }
 
 impl SecurityConfig {
@@ -342,6 +355,8 @@ pub struct User {
     /// Requests from `allow_from` are attributed to this user without
     /// digest authentication.
     pub identify_by_source: bool,
+    /// Accept RFC 2069 digest answers (without qop) from this user's device.
+    pub allow_rfc2069: bool,
     /// Maximum simultaneous calls of this user; `None` = unlimited.
     pub max_calls: Option<u32>,
     /// Groups this user joins (in addition to the groups' `members`).

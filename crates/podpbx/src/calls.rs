@@ -11,7 +11,7 @@ use podpbx_b2bua::{
 use podpbx_config::Config;
 use podpbx_media::{Family, FamilyConfig, PortLayout, Relay, RelayConfig, Session};
 use podpbx_registrar::Registrar;
-use podpbx_sip::transaction::{Timers, TransactionLayer, TxId};
+use podpbx_sip::transaction::{ServerTxId, Timers, TransactionLayer, TxId};
 use podpbx_sip::{IdGen, Transport};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -215,7 +215,19 @@ pub struct Calls {
     failed: Vec<ReqId>,
     /// Calls ended since the last call (for metrics): dispositions.
     pub ended: Vec<podpbx_b2bua::Disposition>,
+    /// INVITE server transactions from sources identified only by their address (a trunk's
+    /// networks, identify-by-source users), until their first response beyond `100`.
+    unverified: std::collections::HashSet<ServerTxId>,
+    /// Their `100 Trying`, held back until the end of the pump (see [`Calls::pump`]).
+    held_trying: Vec<(ServerTxId, bytes::Bytes)>,
+    /// Rejections sent statelessly since the core last took the count.
+    pub stateless_sent: u64,
+    /// Rate limit of the "request not sent" warning (a full transaction table repeats it).
+    not_sent_log: crate::logging::RateLimit,
 }
+
+/// Bound on [`Calls::unverified`] before finished transactions are swept out of it.
+const MAX_UNVERIFIED: usize = 4096;
 
 impl Calls {
     /// Call control for `cfg`, with media through `relay` (none: calls get 503).
@@ -253,7 +265,16 @@ impl Calls {
             cdr_file,
             failed: Vec::new(),
             ended: Vec::new(),
+            unverified: Default::default(),
+            held_trying: Vec::new(),
+            stateless_sent: 0,
+            not_sent_log: crate::logging::network_warning(),
         }
+    }
+
+    /// The INVITE of server transaction `id` comes from a source no credential proves.
+    pub fn unauthenticated(&mut self, id: ServerTxId) {
+        self.unverified.insert(id);
     }
 
     /// New configuration for the next calls.
@@ -265,6 +286,11 @@ impl Calls {
     /// Turns every pending b2bua output into transaction-layer calls (recording each request in
     /// the core's owner table) and CDRs into shell outputs; returns requests that could not be
     /// sent (the caller reports them with `request_failed`).
+    ///
+    /// An INVITE from an unverified source (a forgeable UDP address) that is rejected before
+    /// anything rang gets its rejection once, statelessly, and no `100 Trying` before it: a
+    /// forged INVITE then makes podpbx send one datagram to the claimed source, not a `100` and
+    /// eleven copies of a `404` (RFC 3261 Timer G).
     pub fn pump(
         &mut self,
         now: Instant,
@@ -279,6 +305,29 @@ impl Calls {
                     status,
                     data,
                 } => {
+                    if self.unverified.contains(&id) {
+                        if status.code() == 100 {
+                            self.held_trying.push((id, data));
+                            continue;
+                        }
+                        self.unverified.remove(&id);
+                        let held = self
+                            .held_trying
+                            .iter()
+                            .position(|(h, _)| *h == id)
+                            .map(|i| self.held_trying.swap_remove(i).1);
+                        if status.code() >= 300 {
+                            if let Some(peer) = tx.server_peer(id) {
+                                tx.terminate(TxId::Server(id));
+                                tx.send_stateless(peer, data);
+                                self.stateless_sent += 1;
+                            }
+                            continue;
+                        }
+                        if let Some(trying) = held {
+                            let _ = tx.send_response(now, id, 100, trying);
+                        }
+                    }
                     if let Err(e) = tx.send_response(now, id, status.code(), data) {
                         debug!(error = %e, status = status.code(), "b2bua response not sent");
                     }
@@ -292,7 +341,9 @@ impl Calls {
                 } => match tx.send_request(now, branch.into(), method, data, peer) {
                     Ok(c) => owners.insert(c, Owner::Call(id)),
                     Err(e) => {
-                        warn!(error = %e, "b2bua request not sent");
+                        if let Some(suppressed) = self.not_sent_log.check(now) {
+                            warn!(error = %e, suppressed, "b2bua request not sent");
+                        }
                         self.failed.push(id);
                     }
                 },
@@ -316,6 +367,13 @@ impl Calls {
                     }
                 }
             }
+        }
+        // A held `100 Trying` whose INVITE was not rejected at once goes out now.
+        for (id, trying) in self.held_trying.drain(..) {
+            let _ = tx.send_response(now, id, 100, trying);
+        }
+        if self.unverified.len() > MAX_UNVERIFIED {
+            self.unverified.retain(|id| tx.server_state(*id).is_some());
         }
         std::mem::take(&mut self.failed)
     }
@@ -368,6 +426,7 @@ pub fn user_db(cfg: &Config) -> podpbx_registrar::UserDb {
         user.allowed_sources = u.allow_from.clone();
         user.max_contacts = u.max_contacts.max(1) as usize;
         user.required_transport = u.transport;
+        user.allow_rfc2069 = u.allow_rfc2069;
         users.insert(user);
     }
     users

@@ -36,11 +36,18 @@ impl CdrFile {
         };
         line.push('\n');
         if self.file.is_none() {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            // CDRs name who called whom: readable by podpbx only (also a file an older version
+            // created with the umask's mode).
             self.file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&self.path)
                 .ok();
+            if let Some(f) = &self.file {
+                let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+            }
         }
         let res = match self.file.as_mut() {
             // One write of the whole line: O_APPEND keeps lines whole even if rotated underneath.

@@ -5,6 +5,7 @@
 //! `dns.rs` and `cdr.rs`; tags, branches and Call-IDs come from a seeded [`IdGen`]. So
 //! everything here runs in virtual time (`crate::sim`).
 
+use crate::logging::RateLimit;
 use crate::owners::{Owner, Owners};
 use crate::stats::Stats;
 use crate::transport::Flow;
@@ -67,8 +68,10 @@ pub struct CoreConfig {
 }
 
 /// Bindings are saved at most this long after they change: one write covers a burst of
-/// REGISTERs (each write is an fsync), and a crash loses at most this window.
-const SAVE_DELAY: Duration = Duration::from_millis(500);
+/// REGISTERs (each write is an fsync), and a crash loses at most this window plus the write
+/// itself (`tests/persistence.rs` measures what a SIGKILL loses). The README and
+/// ARCHITECTURE.md promise 100 ms.
+const SAVE_DELAY: Duration = Duration::from_millis(100);
 
 /// The sans-IO signalling core.
 pub struct Core {
@@ -97,6 +100,8 @@ pub struct Core {
     calls: Option<crate::calls::Calls>,
     /// SUBSCRIBE/NOTIFY: MWI and BLF subscriptions.
     presence: crate::presence::Presence,
+    /// Rate limits of warnings the network can trigger.
+    warn_limits: WarnLimits,
 }
 
 impl Core {
@@ -129,6 +134,7 @@ impl Core {
             shutting_down: false,
             calls: None,
             presence: crate::presence::Presence::new(&domain, &user_agent, presence_ids),
+            warn_limits: WarnLimits::default(),
         }
     }
 
@@ -217,7 +223,7 @@ impl Core {
             }
         };
         let check = self.registrar.authenticate(now, req, flow, AuthKind::Www);
-        log_security(&self.stats, &check.events);
+        self.log_security(now, &check.events);
         let user = match check.result {
             AuthResult::Authenticated { user } => user,
             AuthResult::Challenge { kind, values } => {
@@ -366,6 +372,10 @@ impl Core {
                 return;
             };
             let failed = calls.pump(now, &mut self.tx, &mut self.owners, &mut self.direct);
+            let stateless = std::mem::take(&mut calls.stateless_sent);
+            self.stats
+                .stateless_responses
+                .fetch_add(stateless, std::sync::atomic::Ordering::Relaxed);
             if failed.is_empty() {
                 self.presence_changes(now);
                 return;
@@ -470,6 +480,32 @@ impl Core {
     fn bindings_changed(&mut self, now: Instant) {
         if self.save_due.is_none() {
             self.save_due = Some(now + SAVE_DELAY);
+        }
+    }
+
+    /// Input from `flow` that did not parse: `400` from the salvaged headers when possible,
+    /// nothing for a blocked source (not even the `400` that would confirm we exist).
+    pub fn handle_malformed(&mut self, now: Instant, data: &[u8], reason: &str, flow: Flow) {
+        if self.registrar.is_blocked(flow.remote.ip(), now) {
+            Stats::bump(&self.stats.blocked_requests);
+            return;
+        }
+        match bad_request(data, reason, flow) {
+            Some((dest, resp)) => {
+                Stats::bump(&self.stats.bad_requests);
+                debug!(remote = %flow.remote, error = reason, "malformed message answered 400");
+                self.direct.push_back(Output::Send {
+                    peer: Peer {
+                        addr: dest,
+                        ..flow.peer()
+                    },
+                    data: resp,
+                });
+            }
+            None => {
+                Stats::bump(&self.stats.dropped_malformed);
+                debug!(remote = %flow.remote, error = reason, "malformed message dropped");
+            }
         }
     }
 
@@ -846,6 +882,13 @@ impl Core {
             Some(c) => c.b2bua.identify(req, &bflow),
             None => return,
         };
+        // A trunk's networks and identify-by-source users trust a source address, which UDP
+        // does not prove: the b2bua's rejections of such INVITEs go out once, statelessly.
+        if !matches!(identity, podpbx_b2bua::Identity::Authenticate) {
+            if let Some(calls) = self.calls.as_mut() {
+                calls.unauthenticated(id);
+            }
+        }
         let caller = match identity {
             podpbx_b2bua::Identity::Trunk { name, did } => {
                 podpbx_b2bua::Caller::Trunk { name, did }
@@ -853,7 +896,7 @@ impl Core {
             podpbx_b2bua::Identity::User(u) => podpbx_b2bua::Caller::User(u),
             podpbx_b2bua::Identity::Authenticate => {
                 let check = self.registrar.authenticate(now, req, flow, AuthKind::Proxy);
-                log_security(&self.stats, &check.events);
+                self.log_security(now, &check.events);
                 match check.result {
                     AuthResult::Authenticated { user } => podpbx_b2bua::Caller::User(user),
                     AuthResult::Challenge { kind, values } => {
@@ -908,7 +951,7 @@ impl Core {
         flow: Flow,
     ) {
         let out = self.registrar.handle_register(now, wall, req, flow);
-        log_security(&self.stats, &out.events);
+        self.log_security(now, &out.events);
         if out.changed {
             self.bindings_changed(now);
         }
@@ -933,7 +976,7 @@ impl Core {
     /// logged and answered `200`; nothing is forwarded yet.
     fn handle_message_request(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow) {
         let check = self.registrar.authenticate(now, req, flow, AuthKind::Www);
-        log_security(&self.stats, &check.events);
+        self.log_security(now, &check.events);
         match check.result {
             AuthResult::Authenticated { user } => {
                 let body = String::from_utf8_lossy(&req.body);
@@ -948,6 +991,46 @@ impl Core {
             AuthResult::Drop => {
                 self.tx.terminate(TxId::Server(id));
             }
+        }
+    }
+
+    /// Counts and logs security events (one `security event` line each, at most 20 per 10 s
+    /// and kind; the ones held back are counted in the next line's `suppressed`).
+    fn log_security(&mut self, now: Instant, events: &[SecurityEvent]) {
+        use podpbx_registrar::SecurityEventKind as K;
+        for ev in events {
+            if matches!(
+                ev.kind,
+                K::AuthFailed
+                    | K::UnknownUser
+                    | K::MalformedCredentials
+                    | K::SourceNotAllowed
+                    | K::DigestUriMismatch
+                    | K::UncheckedOverCap
+            ) {
+                Stats::bump(&self.stats.auth_failures);
+            }
+            let limit = self
+                .warn_limits
+                .security
+                .entry(ev.kind)
+                .or_insert_with(crate::logging::network_warning);
+            let Some(suppressed) = limit.check(now) else {
+                continue;
+            };
+            warn!(
+                target: "podpbx::security",
+                kind = ?ev.kind,
+                source = %ev.source,
+                port = ev.port,
+                user = ev.user.as_deref().unwrap_or(""),
+                aor = ev.aor.as_deref().unwrap_or(""),
+                method = %ev.method,
+                failures = ev.failures.unwrap_or(0),
+                blocked_secs = ev.blocked_secs.unwrap_or(0),
+                suppressed,
+                "security event"
+            );
         }
     }
 
@@ -968,8 +1051,14 @@ impl Core {
             self.tx.terminate(TxId::Server(id));
             return;
         };
+        if status >= 300 {
+            self.send_once(id, req, flow, data);
+            return;
+        }
         if let Err(e) = self.tx.send_response(now, id, status, data) {
-            warn!(error = %e, status, "response not sent");
+            if let Some(suppressed) = self.warn_limits.response.check(now) {
+                warn!(error = %e, status, suppressed, "response not sent");
+            }
         }
     }
 
@@ -1023,9 +1112,29 @@ impl Core {
     ) {
         let data = self.build(req, flow, code, reason, headers);
         debug!(code, "response");
-        if let Err(e) = self.tx.send_response(now, id, code, data) {
-            warn!(error = %e, code, "response not sent");
+        if code >= 300 {
+            self.send_once(id, req, flow, data);
+            return;
         }
+        if let Err(e) = self.tx.send_response(now, id, code, data) {
+            if let Some(suppressed) = self.warn_limits.response.check(now) {
+                warn!(error = %e, code, suppressed, "response not sent");
+            }
+        }
+    }
+
+    /// Sends a rejection once, statelessly, and drops the server transaction. Everything the
+    /// core rejects by itself (challenges, 400/403/404/420/481/501/503...) goes this way: the
+    /// request came from a source nobody has verified, and an INVITE transaction would repeat a
+    /// final response up to 11 times towards whatever address the request claimed (RFC 3261
+    /// §17.2.1 Timer G), which makes one forged INVITE a reflection attack. A retransmitted
+    /// request simply gets one fresh answer (the To tag is derived from Call-ID and From tag,
+    /// so it is the same every time).
+    fn send_once(&mut self, id: ServerTxId, req: &Message, flow: Flow, data: Bytes) {
+        self.tx.terminate(TxId::Server(id));
+        let peer = flow.response_peer(req);
+        Stats::bump(&self.stats.stateless_responses);
+        self.tx.send_stateless(peer, data);
     }
 
     fn build(
@@ -1038,7 +1147,9 @@ impl Core {
     ) -> Bytes {
         let mut b = ResponseBuilder::new(req, code, reason, Some(flow.remote));
         if code > 100 {
-            b = b.to_tag(&self.ids.token());
+            // Stable per Call-ID and From tag: a retransmitted request answered statelessly
+            // gets the same To tag.
+            b = b.to_tag(&self.registrar.to_tag(req));
         }
         for (n, v) in headers {
             b = b.header(n, v);
@@ -1050,27 +1161,21 @@ impl Core {
     }
 }
 
-fn log_security(stats: &Stats, events: &[SecurityEvent]) {
-    use podpbx_registrar::SecurityEventKind as K;
-    for ev in events {
-        if matches!(
-            ev.kind,
-            K::AuthFailed | K::UnknownUser | K::MalformedCredentials | K::SourceNotAllowed
-        ) {
-            Stats::bump(&stats.auth_failures);
+/// Warnings the network can trigger at will, each rate-limited on its own.
+#[derive(Debug)]
+struct WarnLimits {
+    /// Security events, per kind.
+    security: std::collections::HashMap<podpbx_registrar::SecurityEventKind, RateLimit>,
+    /// A response the transaction layer refused.
+    response: RateLimit,
+}
+
+impl Default for WarnLimits {
+    fn default() -> Self {
+        WarnLimits {
+            security: std::collections::HashMap::new(),
+            response: crate::logging::network_warning(),
         }
-        warn!(
-            target: "podpbx::security",
-            kind = ?ev.kind,
-            source = %ev.source,
-            port = ev.port,
-            user = ev.user.as_deref().unwrap_or(""),
-            aor = ev.aor.as_deref().unwrap_or(""),
-            method = %ev.method,
-            failures = ev.failures.unwrap_or(0),
-            blocked_secs = ev.blocked_secs.unwrap_or(0),
-            "security event"
-        );
     }
 }
 

@@ -9,6 +9,7 @@ mod ctl;
 mod dns;
 mod ifaddrs;
 mod lifecycle;
+mod logging;
 mod metrics;
 mod owners;
 mod presence;

@@ -403,7 +403,7 @@ fn format_float(v: f64) -> String {
 /// Exposes the signalling counters of [`Stats`] (read at scrape time; no copies to keep in sync).
 pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
     type Field = fn(&Stats) -> &AtomicU64;
-    let fields: [(&str, &str, Field); 12] = [
+    let fields: [(&str, &str, Field); 15] = [
         (
             "podpbx_sip_messages_in_total",
             "SIP messages that parsed and reached the core.",
@@ -464,11 +464,33 @@ pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
             "TLS handshakes that failed or timed out (inbound and outbound).",
             |s| &s.tls_handshake_failures,
         ),
+        (
+            "podpbx_sip_tcp_refused_total",
+            "Inbound SIP TCP/TLS connections closed at once (total or per-source cap reached).",
+            |s| &s.tcp_refused,
+        ),
+        (
+            "podpbx_sip_tcp_timeouts_total",
+            "SIP TCP/TLS connections closed because a message was not complete in time.",
+            |s| &s.tcp_timeouts,
+        ),
+        (
+            "podpbx_sip_stateless_responses_total",
+            "Rejections sent once without a transaction (requests from unverified sources).",
+            |s| &s.stateless_responses,
+        ),
     ];
     for (name, help, field) in fields {
         let stats = stats.clone();
         reg.counter_fn(name, help, &[], move || Stats::get(field(&stats)));
     }
+    let open = stats.clone();
+    reg.gauge_fn(
+        "podpbx_sip_tcp_connections_open",
+        "Inbound SIP TCP connections open now (bounded by sip.tcp_max_connections).",
+        &[],
+        move || Stats::get(&open.tcp_open) as f64,
+    );
 }
 
 /// How a call ended, the `disposition` label of `podpbx_calls_total` (the CDR's disposition).

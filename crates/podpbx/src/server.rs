@@ -66,13 +66,18 @@ fn init_logging(cfg: &Config, format: Option<LogFormat>) {
         Some(f) => f == LogFormat::Json,
         None => cfg.log.format == podpbx_config::LogFormat::Json,
     };
+    // Colours only on a terminal: in a file or `kubectl logs` they are escape-sequence noise
+    // (and the only ESC octets in a text log are then none at all).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
-        builder.init();
+        // Values from the network (Call-IDs, branches, user names...) are escaped: no raw
+        // CR/LF/ESC reaches a text log.
+        builder.fmt_fields(crate::logging::EscapedFields).init();
     }
 }
 
@@ -147,6 +152,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         udp: cfg.sip.udp(),
         tcp: cfg.sip.tcp(),
         tcp_idle: cfg.sip.tcp_idle_timeout,
+        tcp_message_timeout: cfg.sip.tcp_message_timeout,
+        tcp_max_connections: cfg.sip.tcp_max_connections,
+        tcp_max_per_source: cfg.sip.tcp_max_connections_per_source,
+        ipv6_prefix: cfg.security.ipv6_prefix_length,
         max_message: cfg.sip.max_message_bytes,
         tls: tls_transport(&cfg)?,
     };
@@ -290,7 +299,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             .set_count(core.registrar().stats().bindings);
     };
     publish_registrations(&core);
-    let state_writer = spawn_state_writer();
+    let state_writer = StateWriter::spawn();
     if let Some(file) = &cfg.calls.cdr_file {
         crate::cdr::create_parent(file);
     }
@@ -312,6 +321,8 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     // Status that changes slowly is published once a second, not per message.
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut auth_failures_seen = 0u64;
+    // A peer that went away makes every send to it fail: one line per 10 s burst, counted.
+    let mut send_failed_log = crate::logging::network_warning();
     info!(udp = ?transports.udp_addrs(), tcp = ?transports.tcp_addrs(), tls = ?transports.tls_addrs(), "podpbx ready");
 
     loop {
@@ -320,6 +331,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             msg = in_rx.recv() => {
                 match msg {
                     Some(Inbound::Message(msg, flow)) => core.handle_message(Instant::now(), SystemTime::now(), &msg, flow),
+                    Some(Inbound::Malformed { data, reason, flow }) => core.handle_malformed(Instant::now(), &data, &reason, flow),
                     Some(Inbound::SendFailed { transport, dest, conn }) => core.transport_error(Peer { addr: dest, transport, conn }),
                     None => break,
                 }
@@ -420,14 +432,16 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             match out {
                 Output::Send { peer, data } => {
                     if let Err(e) = transports.send(peer.transport, peer.addr, peer.conn, data) {
-                        warn!(error = %e, "send failed");
+                        if let Some(suppressed) = send_failed_log.check(Instant::now()) {
+                            warn!(error = %e, suppressed, "send failed");
+                        }
                         core.transport_error(peer);
                     }
                 }
                 Output::Resolve { id, name, rtype } => dns.resolve(id, name, rtype),
                 // Latest-wins channel to one writer thread: writes stay in order.
                 Output::SaveBindings { path, data } => {
-                    let _ = state_writer.send((path, data));
+                    state_writer.send((path, data));
                 }
                 Output::Cdr { file, cdr } => cdr_writer.write(file, cdr),
                 Output::Event(data) => webhooks.push(data),
@@ -474,12 +488,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             }
         }
     }
-    drop(state_writer);
-    if let Some((path, data)) = core.bindings_snapshot() {
-        if let Err(e) = podpbx_registrar::write_atomic(&path, &data) {
-            warn!(file = %path.display(), error = %e, "cannot save registrations");
-        }
-    }
+    state_writer.finish(core.bindings_snapshot());
     // The CDRs of the calls ended by the stop are on disk before the process exits.
     cdr_writer.finish();
     shutdown.finish();
@@ -651,26 +660,72 @@ fn raise_open_file_limit() {
     }
 }
 
-/// A thread that writes registration snapshots (write, fsync, rename) in the order received,
-/// skipping to the newest when several queued up.
-fn spawn_state_writer() -> std::sync::mpsc::Sender<(std::path::PathBuf, Vec<u8>)> {
-    let (tx, rx) = std::sync::mpsc::channel::<(std::path::PathBuf, Vec<u8>)>();
-    let spawned = std::thread::Builder::new()
-        .name("state-writer".into())
-        .spawn(move || {
-            while let Ok(mut job) = rx.recv() {
-                while let Ok(newer) = rx.try_recv() {
-                    job = newer;
+/// The one writer of the registrations state file: a thread that writes snapshots (write,
+/// fsync, rename) in the order received, skipping to the newest when several queued up. Nothing
+/// else writes the file or its temporary file: the final snapshot at shutdown goes through it
+/// too ([`StateWriter::finish`]), after everything queued.
+struct StateWriter {
+    tx: Option<std::sync::mpsc::Sender<(std::path::PathBuf, Vec<u8>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StateWriter {
+    fn spawn() -> StateWriter {
+        let (tx, rx) = std::sync::mpsc::channel::<(std::path::PathBuf, Vec<u8>)>();
+        let spawned = std::thread::Builder::new()
+            .name("state-writer".into())
+            .spawn(move || {
+                while let Ok(mut job) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        job = newer;
+                    }
+                    if let Err(e) = podpbx_registrar::write_atomic(&job.0, &job.1) {
+                        warn!(file = %job.0.display(), error = %e, "cannot save registrations");
+                    }
                 }
-                if let Err(e) = podpbx_registrar::write_atomic(&job.0, &job.1) {
-                    warn!(file = %job.0.display(), error = %e, "cannot save registrations");
+            });
+        match spawned {
+            Ok(thread) => StateWriter {
+                tx: Some(tx),
+                thread: Some(thread),
+            },
+            Err(e) => {
+                warn!(error = %e, "cannot start the state writer thread; registrations saved at exit only");
+                StateWriter {
+                    tx: None,
+                    thread: None,
                 }
             }
-        });
-    if let Err(e) = spawned {
-        warn!(error = %e, "cannot start the state writer thread; registrations saved at exit only");
+        }
     }
-    tx
+
+    /// Queues a snapshot (latest wins).
+    fn send(&self, job: (std::path::PathBuf, Vec<u8>)) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Writes `last` after everything queued and waits until it is on disk.
+    fn finish(mut self, last: Option<(std::path::PathBuf, Vec<u8>)>) {
+        match (self.tx.take(), self.thread.take()) {
+            (Some(tx), Some(thread)) => {
+                if let Some(job) = last {
+                    let _ = tx.send(job);
+                }
+                drop(tx);
+                let _ = thread.join();
+            }
+            // No thread: nobody else writes, so write here.
+            _ => {
+                if let Some((path, data)) = last {
+                    if let Err(e) = podpbx_registrar::write_atomic(&path, &data) {
+                        warn!(file = %path.display(), error = %e, "cannot save registrations");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The core's settings from the configuration.
@@ -753,6 +808,8 @@ pub(crate) fn registrar_settings(cfg: &Config, secret: Vec<u8>) -> RegSettings {
     settings.failure_window = cfg.security.failure_window;
     settings.block_for = cfg.security.block;
     settings.trusted_networks = cfg.security.trusted_networks.clone();
+    settings.ipv6_prefix = cfg.security.ipv6_prefix_length;
+    settings.max_failures_per_minute = cfg.security.max_auth_failures_per_minute;
     settings.qualify_interval = cfg.registrar.qualify_interval;
     settings
 }

@@ -32,6 +32,15 @@ pub struct Stats {
     /// TLS handshakes that failed or timed out (either side; the refused server certificates of
     /// connections podpbx opens are also logged).
     pub tls_handshake_failures: AtomicU64,
+    /// Rejections sent once without a transaction (to requests from unverified sources).
+    pub stateless_responses: AtomicU64,
+    /// Inbound TCP/TLS connections closed at once: the total or the per-source cap was reached.
+    pub tcp_refused: AtomicU64,
+    /// TCP/TLS connections closed because a message was not complete within its deadline (or a
+    /// new connection sent no complete message in time).
+    pub tcp_timeouts: AtomicU64,
+    /// Inbound TCP/TLS connections open now (a gauge).
+    pub tcp_open: AtomicU64,
 }
 
 impl Stats {

@@ -11,8 +11,8 @@
 
 use crate::stats::Stats;
 use bytes::{Bytes, BytesMut};
-use podpbx_sip::message::{frame_stream, leading_keepalive};
-use podpbx_sip::{Framing, Message, Transport};
+use podpbx_sip::message::{leading_keepalive, StreamFramer};
+use podpbx_sip::{Framing, Message, SourceKey, Transport};
 use rustls::pki_types::ServerName;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
@@ -39,6 +39,13 @@ pub use podpbx_sip::Flow;
 pub enum Inbound {
     /// A parsed message.
     Message(Box<Message>, Flow),
+    /// Input that did not parse: the core answers `400` if it can, unless the source is
+    /// blocked (a blocked source gets nothing at all).
+    Malformed {
+        data: Bytes,
+        reason: String,
+        flow: Flow,
+    },
     /// A send that was handed off (a new TCP connection) failed later.
     SendFailed {
         transport: Transport,
@@ -55,7 +62,17 @@ pub struct TransportConfig {
     pub port: u16,
     pub udp: bool,
     pub tcp: bool,
+    /// A connection silent for this long is closed (one podpbx opened is pinged first).
     pub tcp_idle: Duration,
+    /// A message must be complete this long after its first octet (an accepted connection's
+    /// first message: after the accept or TLS handshake); octets trickling in do not extend it.
+    pub tcp_message_timeout: Duration,
+    /// Most inbound TCP and TLS connections at once.
+    pub tcp_max_connections: usize,
+    /// Most inbound TCP and TLS connections from one source (IPv4 address, IPv6 prefix).
+    pub tcp_max_per_source: usize,
+    /// IPv6 sources are counted by this prefix length.
+    pub ipv6_prefix: u8,
     pub max_message: usize,
     /// SIP over TLS: listener port and rustls configurations (None: TLS off).
     pub tls: Option<TlsTransport>,
@@ -107,6 +124,9 @@ struct ConnTable {
     /// Connection-oriented transports are keyed by (transport, peer): TCP and TLS to the same
     /// address are different flows.
     by_peer: HashMap<(Transport, SocketAddr), u64>,
+    /// Inbound connections open (accepted, TLS handshakes included), in total and per source.
+    inbound: usize,
+    per_source: HashMap<SourceKey, usize>,
 }
 
 /// Errors sending a message.
@@ -334,9 +354,9 @@ impl Transports {
                 match transport {
                     Transport::Tls => {
                         let tls = this.connect_tls(stream, remote).await?;
-                        this.start_conn(tls, flow, tx, rx, true);
+                        this.start_conn(tls, flow, tx, rx, None);
                     }
-                    _ => this.start_conn(stream, flow, tx, rx, true),
+                    _ => this.start_conn(stream, flow, tx, rx, None),
                 }
                 Ok::<(), io::Error>(())
             };
@@ -434,27 +454,72 @@ impl Transports {
     }
 
     async fn accept_loop(self, local: SocketAddr, listener: TcpListener, tls: Option<TlsAcceptor>) {
+        // Out of file descriptors under a flood, accept fails for every queued connection.
+        let mut failed_log = crate::logging::network_warning();
         loop {
             match listener.accept().await {
                 Ok((stream, remote)) => {
+                    let key = SourceKey::new(remote.ip(), self.inner.cfg.ipv6_prefix);
+                    if !self.admit(key) {
+                        // Over a cap: close at once, with a reset so nothing of ours lingers in
+                        // TIME_WAIT. The caps bound the memory and tasks an attacker can pin.
+                        Stats::bump(&self.inner.stats.tcp_refused);
+                        debug!(%remote, source = %key, "connection refused: cap reached");
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        drop(stream);
+                        continue;
+                    }
                     let local = stream.local_addr().unwrap_or(local);
                     match &tls {
                         None => {
-                            self.register_conn(stream, local, remote);
+                            self.register_conn(stream, local, remote, key);
                         }
                         Some(acceptor) => {
                             let this = self.clone();
                             let acceptor = acceptor.clone();
                             tokio::spawn(async move {
-                                this.accept_tls(acceptor, stream, local, remote).await
+                                this.accept_tls(acceptor, stream, local, remote, key).await
                             });
                         }
                     }
                 }
                 Err(e) => {
-                    warn!(%local, error = %e, "TCP accept failed");
+                    if let Some(suppressed) = failed_log.check(std::time::Instant::now()) {
+                        warn!(%local, error = %e, suppressed, "TCP accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+            }
+        }
+    }
+
+    /// Counts a new inbound connection from `key` when neither the total nor the per-source
+    /// cap is reached.
+    fn admit(&self, key: SourceKey) -> bool {
+        let cfg = &self.inner.cfg;
+        let mut table = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if table.inbound >= cfg.tcp_max_connections {
+            return false;
+        }
+        let n = table.per_source.get(&key).copied().unwrap_or(0);
+        if n >= cfg.tcp_max_per_source {
+            return false;
+        }
+        table.per_source.insert(key, n + 1);
+        table.inbound += 1;
+        Stats::bump(&self.inner.stats.tcp_open);
+        true
+    }
+
+    /// An inbound connection admitted by [`Self::admit`] is gone.
+    fn release(&self, key: SourceKey) {
+        let mut table = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+        table.inbound = table.inbound.saturating_sub(1);
+        self.inner.stats.tcp_open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(n) = table.per_source.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                table.per_source.remove(&key);
             }
         }
     }
@@ -467,11 +532,13 @@ impl Transports {
         stream: TcpStream,
         local: SocketAddr,
         remote: SocketAddr,
+        key: SourceKey,
     ) {
         let _ = stream.set_nodelay(true);
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
-                self.register_stream(Transport::Tls, tls, local, remote);
+                self.register_stream(Transport::Tls, tls, local, remote, key);
+                return;
             }
             Ok(Err(e)) => {
                 Stats::bump(&self.inner.stats.tls_handshake_failures);
@@ -482,20 +549,29 @@ impl Transports {
                 debug!(%remote, "inbound TLS handshake timed out");
             }
         }
+        self.release(key);
     }
 
-    fn register_conn(&self, stream: TcpStream, local: SocketAddr, remote: SocketAddr) -> u64 {
+    fn register_conn(
+        &self,
+        stream: TcpStream,
+        local: SocketAddr,
+        remote: SocketAddr,
+        key: SourceKey,
+    ) -> u64 {
         let _ = stream.set_nodelay(true);
-        self.register_stream(Transport::Tcp, stream, local, remote)
+        self.register_stream(Transport::Tcp, stream, local, remote, key)
     }
 
-    /// Puts an established connection (accepted) into the table and starts its loops.
+    /// Puts an established connection (accepted, admitted as `key`) into the table and starts
+    /// its loops.
     fn register_stream<S>(
         &self,
         transport: Transport,
         stream: S,
         local: SocketAddr,
         remote: SocketAddr,
+        key: SourceKey,
     ) -> u64
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
@@ -513,26 +589,28 @@ impl Transports {
             remote,
             conn: id,
         };
-        self.start_conn(stream, flow, tx, rx, false);
+        self.start_conn(stream, flow, tx, rx, Some(key));
         id
     }
 
-    /// Starts the read and write loops of a connection already in the table.
+    /// Starts the read and write loops of a connection already in the table; `inbound` is the
+    /// source key of an accepted connection, `None` for one podpbx opened.
     fn start_conn<S>(
         &self,
         stream: S,
         flow: Flow,
         tx: mpsc::Sender<Bytes>,
         rx: mpsc::Receiver<Bytes>,
-        outbound: bool,
+        inbound: Option<SourceKey>,
     ) where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         Stats::bump(&self.inner.stats.tcp_connections);
         let (rd, wr) = tokio::io::split(stream);
         tokio::spawn(write_loop(wr, rx));
+        let outbound = inbound.is_none();
         debug!(local = %flow.local, remote = %flow.remote, conn = flow.conn, transport = ?flow.transport, outbound, "connection up");
-        tokio::spawn(self.clone().read_loop(rd, flow, tx, outbound));
+        tokio::spawn(self.clone().read_loop(rd, flow, tx, inbound));
     }
 
     fn forget_conn(&self, flow: &Flow) {
@@ -544,25 +622,46 @@ impl Transports {
         }
     }
 
-    /// Reads, frames and delivers a connection's messages. An accepted connection idle for
-    /// `tcp_idle` is closed. A connection podpbx opened (to a trunk) is kept: when idle it sends
-    /// an RFC 5626 §4.4.1 CRLFCRLF ping, and closes only when the peer stays silent for another
-    /// idle period (a pong, or anything else, proves the flow alive).
+    /// Reads, frames and delivers a connection's messages until it closes, times out or cannot
+    /// be framed.
+    ///
+    /// Two clocks. A connection silent for `tcp_idle` is closed, except that one podpbx opened
+    /// (to a trunk) first sends an RFC 5626 §4.4.1 CRLFCRLF ping and closes only when the peer
+    /// stays silent for another idle period. And once the first octet of a message arrives (for
+    /// an accepted connection: from the start, until its first message) the whole message must
+    /// arrive within `tcp_message_timeout`, however it trickles in. The framer looks at each
+    /// octet once, so a head dripped octet by octet costs linear, not quadratic, work; the buffer
+    /// grows with what arrives, up to `max_message`.
     async fn read_loop<R: AsyncRead + Unpin>(
         self,
         mut rd: R,
         flow: Flow,
         tx: mpsc::Sender<Bytes>,
-        outbound: bool,
+        inbound: Option<SourceKey>,
     ) {
-        let mut buf = BytesMut::with_capacity(16 * 1024);
         let idle = self.inner.cfg.tcp_idle;
+        let msg_timeout = self.inner.cfg.tcp_message_timeout;
         let max = self.inner.cfg.max_message;
+        let outbound = inbound.is_none();
+        let mut buf = BytesMut::new();
+        let mut framer = StreamFramer::default();
+        let mut msg_deadline = inbound.map(|_| tokio::time::Instant::now() + msg_timeout);
+        let mut idle_deadline = tokio::time::Instant::now() + idle;
         let mut pinged = false;
         'conn: loop {
-            let n = match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            let deadline = msg_deadline.map_or(idle_deadline, |m| m.min(idle_deadline));
+            match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
+                Err(_) if msg_deadline.is_some_and(|m| m <= idle_deadline) => {
+                    Stats::bump(&self.inner.stats.tcp_timeouts);
+                    debug!(remote = %flow.remote, conn = flow.conn, buffered = buf.len(), "message not complete in time: closing");
+                    break;
+                }
                 Err(_) if outbound && !pinged => {
                     pinged = true;
+                    idle_deadline = tokio::time::Instant::now() + idle;
                     if tx.send(Bytes::from_static(b"\r\n\r\n")).await.is_err() {
                         break;
                     }
@@ -573,16 +672,17 @@ impl Transports {
                     break;
                 }
                 Ok(Err(_)) | Ok(Ok(0)) => break,
-                Ok(Ok(n)) => n,
-            };
-            let _ = n;
+                Ok(Ok(_)) => {}
+            }
             pinged = false;
+            idle_deadline = tokio::time::Instant::now() + idle;
             loop {
                 let ka = leading_keepalive(&buf);
                 if ka > 0 {
                     // RFC 5626 §3.5.1: a CRLFCRLF ping is answered with a CRLF pong.
                     let pings = buf[..ka].windows(4).filter(|w| w == b"\r\n\r\n").count();
                     let _ = buf.split_to(ka);
+                    framer = StreamFramer::default();
                     for _ in 0..pings {
                         Stats::bump(&self.inner.stats.keepalives);
                         if tx.send(Bytes::from_static(b"\r\n")).await.is_err() {
@@ -593,22 +693,32 @@ impl Transports {
                 if buf.is_empty() {
                     break;
                 }
-                match frame_stream(&buf) {
+                // The first octet of a message starts its clock.
+                msg_deadline.get_or_insert_with(|| tokio::time::Instant::now() + msg_timeout);
+                match framer.next(&buf) {
                     Ok(Some(len)) => {
                         let data = buf.split_to(len).freeze();
+                        framer = StreamFramer::default();
+                        msg_deadline = None;
                         self.deliver(data, Framing::Stream, flow).await;
                     }
                     Ok(None) if buf.len() <= max => break,
                     Ok(None) | Err(_) => {
-                        // A stream we cannot frame cannot be resynchronised: answer if we can, close.
+                        // A stream we cannot frame cannot be resynchronised: hand it to the
+                        // core (which answers 400 unless the source is blocked), give the
+                        // answer a moment to go out on this connection, close.
                         let data = buf.split().freeze();
                         self.deliver(data, Framing::Stream, flow).await;
+                        tokio::time::sleep(UNFRAMEABLE_LINGER).await;
                         break 'conn;
                     }
                 }
             }
         }
         self.forget_conn(&flow);
+        if let Some(key) = inbound {
+            self.release(key);
+        }
         debug!(remote = %flow.remote, conn = flow.conn, transport = ?flow.transport, "connection closed");
     }
 
@@ -623,20 +733,23 @@ impl Transports {
                     .send(Inbound::Message(Box::new(msg), flow))
                     .await;
             }
-            Err(err) => match crate::core::bad_request(&data, &err.to_string(), flow) {
-                Some((dest, resp)) => {
-                    Stats::bump(&self.inner.stats.bad_requests);
-                    debug!(remote = %flow.remote, error = %err, "malformed message answered 400");
-                    let _ = self.send(flow.transport, dest, flow.conn, resp);
-                }
-                None => {
-                    Stats::bump(&self.inner.stats.dropped_malformed);
-                    debug!(remote = %flow.remote, error = %err, "malformed message dropped");
-                }
-            },
+            Err(err) => {
+                let _ = self
+                    .inner
+                    .inbound
+                    .send(Inbound::Malformed {
+                        data,
+                        reason: err.to_string(),
+                        flow,
+                    })
+                    .await;
+            }
         }
     }
 }
+
+/// How long a connection whose stream could not be framed stays open for the core's `400`.
+const UNFRAMEABLE_LINGER: Duration = Duration::from_millis(500);
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(data) = rx.recv().await {

@@ -22,13 +22,26 @@
 //!   `stale=true` and is never counted as a failure.
 //! * **Malformed credentials** (unparseable, algorithm not offered, qop without cnonce...):
 //!   `400`, counted as a failure.
-//! * **Brute force**: `max_failures` failures from one source IP within `failure_window`
+//! * **Digest `uri`** must name the Request-URI (RFC 3261 §22.4, RFC 7616 §3.4.6; the same
+//!   text or an equivalent URI): otherwise `400 Authorization URI Mismatch`, counted as a
+//!   failure, before any hashing. Credentials computed for one request never authorise another.
+//! * **qop required**: an RFC 2069 answer (no qop, so no client nonce and no nonce count) is
+//!   accepted only from a user with [`User::allow_rfc2069`]; from anyone else it is malformed
+//!   (`400`, counted).
+//! * **Brute force**: `max_failures` failures from one source within `failure_window`
 //!   block it for `block_for`; the request that reaches the limit and every later one from that
-//!   IP get [`Reply::Drop`] (no response). One `blocked` event is emitted when a block starts
-//!   (not per dropped packet, so a flood does not flood the log). A success does not reset the
-//!   count (an attacker with one valid account could otherwise interleave). Trusted networks
-//!   are never counted or blocked but still authenticate. Counting is per IP, so one
-//!   misconfigured phone behind an office NAT blocks that NAT: list such NATs as trusted.
+//!   source get [`Reply::Drop`] (no response). A source is an IPv4 address or an IPv6 prefix
+//!   ([`Settings::ipv6_prefix`], /64 by default: a host picks any address of its /64). One
+//!   `blocked` event is emitted when a block starts (not per dropped packet, so a flood does not
+//!   flood the log). A success does not reset the count (an attacker with one valid account
+//!   could otherwise interleave). Trusted networks are never counted or blocked but still
+//!   authenticate. One misconfigured phone behind an office NAT blocks that NAT: list such NATs
+//!   as trusted.
+//! * **Global cap**: beyond [`Settings::max_failures_per_minute`] failures per minute from all
+//!   sources together, credentials from sources without a success within
+//!   [`Settings::known_for`] are not checked: they get the challenge a wrong password gets
+//!   (and count as failures of their source). A guess spread over thousands of prefixes cannot
+//!   succeed, and phones that registered before are unaffected.
 //! * **Who may register what**: the digest username must equal the To user (the AOR);
 //!   otherwise `403` and an `identity_mismatch` event. The From user is ignored: some
 //!   doorbells put another name in From and loop on 401 if it is compared. So authentication is

@@ -158,8 +158,13 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PersistErr
 }
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory is written and
-/// fsynced, renamed over `path`, then the directory is fsynced.
+/// fsynced, renamed over `path`, then the directory is fsynced. The file is created `0600`
+/// (registrations name users, devices and their addresses). The temporary file's name is fixed
+/// per process, so callers must make sure only one writer runs at a time (podpbx has one
+/// writer thread); a leftover from a crash is removed first, so the new file never inherits
+/// another mode.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PersistError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -170,7 +175,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PersistError> {
         .unwrap_or_else(|| "bindings".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove", &tmp)(e)),
+            _ => {}
+        }
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
         f.write_all(data).map_err(io_err("write", &tmp))?;
         f.sync_all().map_err(io_err("fsync", &tmp))?;
         drop(f);

@@ -2,7 +2,7 @@
 //! authentication.
 
 use crate::bindings::{Binding, Flow, QualifyTarget, Store};
-use crate::guard::{Guard, GuardConfig};
+use crate::guard::{Counted, Guard, GuardConfig};
 use crate::persist::{self, LoadReport, PersistError};
 use crate::users::UserDb;
 use crate::Cidr;
@@ -34,18 +34,25 @@ pub struct Settings {
     pub nonce_ttl: Duration,
     /// Digest algorithms challenged with, preferred first.
     pub algorithms: Vec<Algorithm>,
-    /// Accept RFC 2069 responses without qop (old doorbells).
-    pub allow_no_qop: bool,
     /// Random key for nonces and To tags (at least 16 bytes from the OS).
     pub secret: Vec<u8>,
-    /// Authentication failures from one source IP within `failure_window` that block it.
-    /// 0 disables blocking.
+    /// Authentication failures from one source within `failure_window` that block it.
+    /// 0 disables blocking. A source is an IPv4 address or an IPv6 prefix of `ipv6_prefix` bits.
     pub max_failures: u32,
     pub failure_window: Duration,
     /// How long a blocked source is ignored.
     pub block_for: Duration,
     /// Sources never counted or blocked (they still authenticate), e.g. the office NAT.
     pub trusted_networks: Vec<Cidr>,
+    /// IPv6 sources are counted and blocked by this prefix length (a host may use any address
+    /// of its /64).
+    pub ipv6_prefix: u8,
+    /// Failures from all sources together per minute; beyond it credentials from sources
+    /// without a success within `known_for` are not checked (answered like a wrong password).
+    /// 0: no global cap.
+    pub max_failures_per_minute: u32,
+    /// How long a source stays known after a successful authentication.
+    pub known_for: Duration,
     /// Capacity of the per-source failure table.
     pub max_tracked_sources: usize,
     /// Capacity of the blocked-source table.
@@ -68,19 +75,23 @@ impl std::fmt::Debug for Settings {
             .field("default_expires", &self.default_expires)
             .field("nonce_ttl", &self.nonce_ttl)
             .field("algorithms", &self.algorithms)
-            .field("allow_no_qop", &self.allow_no_qop)
             .field("max_failures", &self.max_failures)
             .field("failure_window", &self.failure_window)
             .field("block_for", &self.block_for)
             .field("trusted_networks", &self.trusted_networks)
+            .field("ipv6_prefix", &self.ipv6_prefix)
+            .field("max_failures_per_minute", &self.max_failures_per_minute)
+            .field("known_for", &self.known_for)
             .finish_non_exhaustive()
     }
 }
 
 impl Settings {
-    /// Defaults: any domain, expires 60/3600/3600 s, 300 s nonces, MD5 with qop=auth and RFC 2069
-    /// accepted, 5 failures in 120 s block a source for 600 s, 10 000 tracked sources and nonces,
-    /// 4 096 blocked sources, no qualify (3 failures when enabled).
+    /// Defaults: any domain, expires 60/3600/3600 s, 300 s nonces, MD5 with qop=auth (RFC 2069
+    /// answers only from users that opt in), 5 failures in 120 s block a source (IPv6 by /64) for
+    /// 600 s, at most 60 failures per minute in total before unknown sources go unchecked (a
+    /// success keeps a source known for 24 h), 10 000 tracked sources and nonces, 4 096 blocked
+    /// sources, no qualify (3 failures when enabled).
     pub fn new(realm: impl Into<String>, secret: impl Into<Vec<u8>>) -> Self {
         Settings {
             realm: realm.into(),
@@ -90,12 +101,14 @@ impl Settings {
             default_expires: 3600,
             nonce_ttl: Duration::from_secs(300),
             algorithms: vec![Algorithm::Md5],
-            allow_no_qop: true,
             secret: secret.into(),
             max_failures: 5,
             failure_window: Duration::from_secs(120),
             block_for: Duration::from_secs(600),
             trusted_networks: Vec::new(),
+            ipv6_prefix: podpbx_sip::source::DEFAULT_IPV6_PREFIX,
+            max_failures_per_minute: 60,
+            known_for: Duration::from_secs(24 * 3600),
             max_tracked_sources: 10_000,
             max_blocked_sources: 4_096,
             max_tracked_nonces: 10_000,
@@ -159,15 +172,24 @@ impl Reply {
 }
 
 /// What kind of security-relevant thing happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityEventKind {
     /// Wrong digest response for an existing user.
     AuthFailed,
     /// Credentials for a user that does not exist.
     UnknownUser,
-    /// Unparseable or unacceptable credentials.
+    /// Unparseable or unacceptable credentials (also: no qop from a user without the RFC 2069
+    /// opt-in).
     MalformedCredentials,
+    /// The digest `uri` is not the Request-URI (RFC 3261 §22.4, RFC 7616 §3.4.6): credentials
+    /// computed for another request.
+    DigestUriMismatch,
+    /// Credentials not checked: the global failure cap is reached and the source has no recent
+    /// success. Counted as a failure of the source.
+    UncheckedOverCap,
+    /// The global failure cap was reached in this minute (once per minute).
+    GlobalCapReached,
     /// Right credentials from a source outside the user's allowed networks.
     SourceNotAllowed,
     /// The source reached the failure limit and is now blocked (its requests get no answer).
@@ -304,7 +326,8 @@ impl Registrar {
                 nonce_ttl: settings.nonce_ttl,
                 algorithms: settings.algorithms.clone(),
                 qop: true,
-                allow_no_qop: settings.allow_no_qop,
+                // Checked per user in `authenticate_inner` (the `allow_rfc2069` opt-in).
+                allow_no_qop: true,
                 max_tracked_nonces: settings.max_tracked_nonces,
             },
             now,
@@ -316,6 +339,9 @@ impl Registrar {
             trusted: settings.trusted_networks.clone(),
             max_tracked: settings.max_tracked_sources,
             max_blocked: settings.max_blocked_sources,
+            ipv6_prefix: settings.ipv6_prefix,
+            max_failures_per_minute: settings.max_failures_per_minute,
+            known_for: settings.known_for,
         });
         Registrar {
             settings,
@@ -355,9 +381,15 @@ impl Registrar {
         }
     }
 
-    /// True while `ip` is blocked; the transport may drop its packets before parsing.
+    /// True while `ip`'s source (its IPv6 prefix or IPv4 address) is blocked; the transport may
+    /// drop its packets before parsing.
     pub fn is_blocked(&mut self, ip: IpAddr, now: Instant) -> bool {
-        !self.guard.is_trusted(ip) && self.guard.is_blocked(ip, now)
+        self.guard.is_blocked(ip, now)
+    }
+
+    /// The source `ip` is counted as by the guard (its IPv6 prefix or IPv4 address).
+    pub fn source_key(&self, ip: IpAddr) -> podpbx_sip::SourceKey {
+        self.guard.key(ip)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -446,15 +478,61 @@ impl Registrar {
                 events,
             };
         };
+        let name = Some(creds.username.as_str());
+        // Credentials computed for another Request-URI are not for this request (RFC 3261
+        // §22.4, RFC 7616 §3.4.6): a sniffed or relayed answer must not authorise a different
+        // target. Checked before any hashing.
+        if !digest_uri_matches(&creds.uri, req) {
+            events.push(ev(SecurityEventKind::DigestUriMismatch, name));
+            if let Some(r) = self.count_failure(now, ip, name, &ev, &mut events) {
+                return AuthCheck { result: r, events };
+            }
+            return AuthCheck {
+                result: AuthResult::BadRequest {
+                    reason: "Authorization URI Mismatch",
+                },
+                events,
+            };
+        }
         let user = self.users.get(&creds.username);
+        // RFC 2069 answers (no qop, no client nonce, no nonce count) only from users whose
+        // device needs them; for anyone else they are malformed (400, counted), exactly as for
+        // an unknown user, so the answer reveals nothing about who exists.
+        if creds.qop.is_none() && !user.is_some_and(|u| u.allow_rfc2069) {
+            events.push(ev(SecurityEventKind::MalformedCredentials, name));
+            if let Some(r) = self.count_failure(now, ip, name, &ev, &mut events) {
+                return AuthCheck { result: r, events };
+            }
+            return AuthCheck {
+                result: AuthResult::BadRequest {
+                    reason: "Digest Without qop",
+                },
+                events,
+            };
+        }
+        // Past the global failure cap, sources without a recent success are not verified:
+        // their guess cannot succeed, and they cannot tell (same challenge as a wrong password).
+        if self.guard.over_global_cap(ip, now) {
+            if self.guard.take_cap_report() {
+                events.push(ev(SecurityEventKind::GlobalCapReached, None));
+            }
+            events.push(ev(SecurityEventKind::UncheckedOverCap, name));
+            if let Some(r) = self.count_failure(now, ip, name, &ev, &mut events) {
+                return AuthCheck { result: r, events };
+            }
+            return AuthCheck {
+                result: self.challenge(now, kind, false),
+                events,
+            };
+        }
         let secret = user.map(|u| u.secret.clone());
         let allowed = user.is_none_or(|u| u.allowed_from(ip));
         let outcome = self
             .digest
             .verify(now, &creds, method, &req.body, secret.as_ref());
-        let name = Some(creds.username.as_str());
         let failure = match &outcome {
             VerifyOutcome::Ok { username } if allowed => {
+                self.guard.record_success(ip, now);
                 return AuthCheck {
                     result: AuthResult::Authenticated {
                         user: username.clone(),
@@ -502,7 +580,13 @@ impl Registrar {
         ev: &dyn Fn(SecurityEventKind, Option<&str>) -> SecurityEvent,
         events: &mut Vec<SecurityEvent>,
     ) -> Option<AuthResult> {
-        let n = self.guard.record_failure(ip, now)?;
+        let counted = self.guard.record_failure(ip, now);
+        if self.guard.take_cap_report() {
+            events.push(ev(SecurityEventKind::GlobalCapReached, None));
+        }
+        let Counted::Blocked(n) = counted else {
+            return None;
+        };
         let mut e = ev(SecurityEventKind::Blocked, user);
         e.failures = Some(n);
         e.blocked_secs = Some(self.guard.block_for().as_secs());
@@ -1068,6 +1152,30 @@ fn uri_key(s: &str) -> Option<String> {
         u.port.map(|p| p.to_string()).unwrap_or_default(),
         String::from_utf8_lossy(&u.params).to_ascii_lowercase()
     ))
+}
+
+/// True when the digest `uri` names the Request-URI: the same text, or an equivalent URI
+/// (RFC 3261 §19.1.4: host case, escapes, unknown parameters on one side only). One known
+/// misspelling is tolerated: the Request-URI's text with the brackets of its IPv6 reference
+/// left out (`sip:1002@::1:5060` for `sip:1002@[::1]:5060`; SIPp 3.6 writes its digest URIs
+/// so). It names the same resource, so it cannot carry credentials to another request.
+fn digest_uri_matches(digest_uri: &str, req: &Message) -> bool {
+    let Ok(ruri) = req.request_uri() else {
+        return false;
+    };
+    if ruri.raw.as_ref() == digest_uri.as_bytes() {
+        return true;
+    }
+    if Uri::parse(Bytes::copy_from_slice(digest_uri.as_bytes())).is_ok_and(|u| u.equivalent(&ruri))
+    {
+        return true;
+    }
+    matches!(ruri.host, Some(Host::V6(_)))
+        && ruri
+            .raw
+            .iter()
+            .filter(|b| !matches!(b, b'[' | b']'))
+            .eq(digest_uri.as_bytes().iter())
 }
 
 /// Printable, bounded user name for logs.

@@ -18,6 +18,9 @@ pub struct User {
     pub max_contacts: usize,
     /// The transport this account must register over (e.g. TLS); `None`: any.
     pub required_transport: Option<crate::Transport>,
+    /// Accept RFC 2069 digest answers (no qop: no client nonce, no nonce count) from this
+    /// user, for old doorbells and intercoms that cannot do better. Off by default.
+    pub allow_rfc2069: bool,
 }
 
 impl User {
@@ -29,6 +32,7 @@ impl User {
             allowed_sources: Vec::new(),
             max_contacts: 1,
             required_transport: None,
+            allow_rfc2069: false,
         }
     }
 

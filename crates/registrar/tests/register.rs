@@ -29,9 +29,9 @@ fn users() -> UserDb {
     multi.max_contacts = 2;
     let mut restricted = User::new("lan", "pw");
     restricted.allowed_sources = vec!["203.0.113.0/24".parse().expect("cidr")];
-    [multi, User::new("door", "bell"), restricted]
-        .into_iter()
-        .collect()
+    let mut door = User::new("door", "bell");
+    door.allow_rfc2069 = true;
+    [multi, door, restricted].into_iter().collect()
 }
 
 fn env_with(s: Settings) -> Env {
@@ -1327,4 +1327,183 @@ fn corrupt_file_is_moved_aside() {
         Some(dir.join("bindings.json.corrupt-1700000001"))
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Credentials hashed for another Request-URI: 400 and a counted failure, even with the right
+/// password (RFC 3261 §22.4, RFC 7616 §3.4.6). An equivalent spelling of the URI is fine.
+#[test]
+fn digest_uri_must_be_the_request_uri() {
+    let mut e = env();
+    let attempt = |e: &mut Env, secs: u64, digest_uri: &str, src: &str| {
+        let first = e.send(secs, &Req::new("1001").contact(C1), src);
+        let mut client = DigestClient::new("1001", "secret", b"cn".to_vec());
+        client.on_challenge(&challenges(&first)).expect("challenge");
+        let auth = client
+            .authorization("REGISTER", digest_uri, b"")
+            .expect("auth");
+        e.send(
+            secs,
+            &Req::new("1001")
+                .contact(C1)
+                .cseq(secs as u32 + 2)
+                .auth(Some(auth)),
+            src,
+        )
+    };
+    let o = attempt(&mut e, 0, "sip:other.example", PHONE);
+    assert_eq!(
+        o.reply,
+        Reply::BadRequest {
+            reason: "Authorization URI Mismatch"
+        }
+    );
+    assert_eq!(o.events.len(), 1);
+    assert_eq!(o.events[0].kind, SecurityEventKind::DigestUriMismatch);
+    assert_eq!(e.reg.stats().tracked_sources, 1, "counted as a failure");
+    // Host case and an unknown parameter on one side do not matter (RFC 3261 §19.1.4).
+    let o = attempt(&mut e, 1, "sip:PBX.example;x=1", PHONE);
+    assert_eq!(ok_contacts(&o).len(), 1, "{:?}", o.reply);
+    // The third mismatch blocks the source (max_failures is 3).
+    attempt(&mut e, 2, "sip:1002@pbx.example", "203.0.113.1:5060");
+    attempt(&mut e, 3, "sip:1002@pbx.example", "203.0.113.1:5060");
+    let o = attempt(&mut e, 4, "sip:1002@pbx.example", "203.0.113.1:5060");
+    assert_eq!(o.reply, Reply::Drop);
+}
+
+/// An RFC 2069 answer (no qop) is malformed unless the user opted in; the unknown user gets the
+/// same answer as a known one without the opt-in.
+#[test]
+fn rfc2069_only_for_users_that_opt_in() {
+    let mut e = env();
+    for (i, user, pass) in [(0u64, "1001", "secret"), (1, "nobody", "x")] {
+        let o = e.send(i, &Req::new(user).contact(C1), PHONE);
+        let nonce = Challenge::parse(&challenges(&o)[0]).expect("ch").nonce;
+        let o = e.send(
+            i,
+            &Req::new(user)
+                .contact(C1)
+                .cseq(2)
+                .auth(Some(rfc2069_auth(user, pass, &nonce))),
+            PHONE,
+        );
+        assert_eq!(
+            o.reply,
+            Reply::BadRequest {
+                reason: "Digest Without qop"
+            },
+            "{user}"
+        );
+        assert_eq!(o.events[0].kind, SecurityEventKind::MalformedCredentials);
+    }
+    // "door" opted in (see users()): accepted.
+    let o = e.send(5, &Req::new("door").contact(C1), PHONE);
+    let nonce = Challenge::parse(&challenges(&o)[0]).expect("ch").nonce;
+    let o = e.send(
+        5,
+        &Req::new("door")
+            .contact("<sip:door@192.168.1.50>")
+            .cseq(2)
+            .auth(Some(rfc2069_auth("door", "bell", &nonce))),
+        PHONE,
+    );
+    assert_eq!(ok_contacts(&o).len(), 1);
+}
+
+/// Rotating through addresses of one /64 does not escape the count; the prefix length is a
+/// setting; IPv4 still counts per address.
+#[test]
+fn ipv6_sources_are_counted_by_prefix() {
+    let mut e = env();
+    for (t, src) in ["[2001:db8:5:6::1]:5060", "[2001:db8:5:6::2]:5060"]
+        .iter()
+        .enumerate()
+    {
+        let o = e.register(t as u64, Req::new("1001").contact(C1), src, "1001", "x");
+        assert!(matches!(o.reply, Reply::Challenge { .. }));
+    }
+    let o = e.register(
+        2,
+        Req::new("1001").contact(C1),
+        "[2001:db8:5:6:ffff::9]:7",
+        "1001",
+        "x",
+    );
+    assert_eq!(o.reply, Reply::Drop);
+    let blocked = o
+        .events
+        .iter()
+        .find(|ev| ev.kind == SecurityEventKind::Blocked);
+    assert!(blocked.is_some());
+    let t = e.t0 + Duration::from_secs(3);
+    assert!(e
+        .reg
+        .is_blocked("2001:db8:5:6:1234::1".parse().expect("ip"), t));
+    assert!(!e.reg.is_blocked("2001:db8:5:7::1".parse().expect("ip"), t));
+
+    let mut s = settings();
+    s.ipv6_prefix = 128;
+    let mut e = env_with(s);
+    for i in 1..=5 {
+        let src = format!("[2001:db8:5:6::{i}]:5060");
+        let o = e.register(i, Req::new("1001").contact(C1), &src, "1001", "x");
+        assert!(
+            matches!(o.reply, Reply::Challenge { .. }),
+            "/128: separate sources"
+        );
+    }
+}
+
+/// Past the global cap, unknown sources' credentials are not checked (the right password gets
+/// a challenge), a phone that authenticated before is still checked, and the cap is reported
+/// once.
+#[test]
+fn global_failure_cap_protects_against_spread_guessing() {
+    let mut s = settings();
+    s.max_failures = 100;
+    s.max_failures_per_minute = 10;
+    let mut e = env_with(s);
+    let o = e.register(0, Req::new("1001").contact(C1), PHONE, "1001", "secret");
+    assert_eq!(ok_contacts(&o).len(), 1);
+    let mut reported = 0;
+    for i in 0..12u64 {
+        let src = format!("[2001:db8:{i:x}::1]:5060");
+        let o = e.register(1, Req::new("1001").contact(C1), &src, "1001", "guess");
+        assert!(matches!(o.reply, Reply::Challenge { .. }));
+        reported += o
+            .events
+            .iter()
+            .filter(|ev| ev.kind == SecurityEventKind::GlobalCapReached)
+            .count();
+    }
+    assert_eq!(reported, 1, "the cap is reported once per minute");
+    let o = e.register(
+        2,
+        Req::new("1001").contact(C1),
+        "[2001:db8:99::1]:5060",
+        "1001",
+        "secret",
+    );
+    assert!(
+        matches!(o.reply, Reply::Challenge { .. }),
+        "right password from a new source is not even checked: {:?}",
+        o.reply
+    );
+    assert_eq!(o.events[0].kind, SecurityEventKind::UncheckedOverCap);
+    let o = e.register(
+        3,
+        Req::new("1001").contact(C1).call_id("c2"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert_eq!(ok_contacts(&o).len(), 1, "the known phone still registers");
+    // The next minute, new sources are checked again.
+    let o = e.register(
+        62,
+        Req::new("1001").contact(C1).call_id("c3"),
+        "[2001:db8:99::1]:5060",
+        "1001",
+        "secret",
+    );
+    assert!(matches!(o.reply, Reply::Ok { .. }), "{:?}", o.reply);
 }

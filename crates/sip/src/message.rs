@@ -947,6 +947,12 @@ impl Message {
 /// separately by [`leading_keepalive`] (if the caller leaves them in, they are counted in `len`
 /// and [`Message::parse`] ignores them).
 pub fn frame_stream(buf: &[u8]) -> Result<Option<usize>, ParseError> {
+    Ok(stream_total(buf)?.filter(|total| buf.len() >= *total))
+}
+
+/// The length of the first message in a stream buffer (leading CRLFs included) once its head is
+/// complete, whether or not its body has arrived; `None` while the head is incomplete.
+fn stream_total(buf: &[u8]) -> Result<Option<usize>, ParseError> {
     let skip = leading_keepalive(buf);
     let rest = &buf[skip..];
     if rest.is_empty() {
@@ -971,12 +977,87 @@ pub fn frame_stream(buf: &[u8]) -> Result<Option<usize>, ParseError> {
             if total > MAX_MESSAGE_BYTES {
                 return Err(ParseError::TooLarge);
             }
-            Ok(if rest.len() >= total {
-                Some(skip + total)
-            } else {
-                None
-            })
+            Ok(Some(skip + total))
         }
+    }
+}
+
+/// Incremental [`frame_stream`] for a TCP connection's receive buffer.
+///
+/// A peer that sends its head an octet at a time must not make every read rescan everything
+/// received so far (a 64 KB head dripped octet by octet would cost 2 GB of scanning). The framer
+/// remembers how far it has looked for the empty line that ends the head and only looks at new
+/// octets; the head is parsed once, when complete, and then only the body length is awaited.
+/// Its answers for a buffer that grows between calls are those of [`frame_stream`] on the whole
+/// buffer (an over-long line or too many headers are reported as soon as they are seen). After the caller removes octets from the front of the buffer it
+/// must start over with a fresh framer ([`StreamFramer::default`]).
+#[derive(Debug, Clone, Default)]
+pub struct StreamFramer {
+    /// Leading CRLF octets (RFC 3261 §7.5), final once a non-CRLF octet was seen.
+    skip: usize,
+    /// Octets of the buffer already examined.
+    scanned: usize,
+    /// Start of the line being received (an index into the buffer).
+    line_start: usize,
+    /// Lines of the head seen so far that start a header (or the start line).
+    lines: usize,
+    /// Length of the whole message once its head is complete.
+    total: Option<usize>,
+}
+
+impl StreamFramer {
+    /// `Ok(Some(len))` when `buf[..len]` is one complete message (leading CRLFs included),
+    /// `Ok(None)` when more octets are needed, an error when the stream cannot be framed.
+    pub fn next(&mut self, buf: &[u8]) -> Result<Option<usize>, ParseError> {
+        if let Some(total) = self.total {
+            return Ok((buf.len() >= total).then_some(total));
+        }
+        if self.scanned == self.skip {
+            while self.skip < buf.len() && matches!(buf[self.skip], b'\r' | b'\n') {
+                self.skip += 1;
+            }
+            self.scanned = self.skip;
+            self.line_start = self.skip;
+            if self.skip == buf.len() {
+                return Ok(None);
+            }
+        }
+        let mut from = self.scanned;
+        while let Some(nl) = find_byte(buf, from, b'\n') {
+            let line = &buf[self.line_start..nl];
+            if line.is_empty() || line == b"\r" {
+                // The empty line: parse the head once, from the start.
+                self.scanned = nl + 1;
+                return match stream_total(buf)? {
+                    Some(total) => {
+                        self.total = Some(total);
+                        Ok((buf.len() >= total).then_some(total))
+                    }
+                    // Cannot happen once the empty line is in the buffer; stay safe.
+                    None => Err(ParseError::Incomplete),
+                };
+            }
+            if !is_wsp(line[0]) {
+                self.lines += 1;
+                if self.lines > MAX_HEADERS + 1 {
+                    return Err(ParseError::TooLarge);
+                }
+            }
+            self.line_start = nl + 1;
+            from = nl + 1;
+        }
+        self.scanned = buf.len();
+        if buf.len() - self.line_start > MAX_HEADER_LINE_BYTES
+            || buf.len() - self.skip > MAX_MESSAGE_BYTES
+        {
+            return Err(ParseError::TooLarge);
+        }
+        Ok(None)
+    }
+
+    /// Octets examined so far while looking for the end of the head.
+    pub fn scanned(&self) -> usize {
+        self.scanned
     }
 }
 

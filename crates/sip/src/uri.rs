@@ -323,8 +323,147 @@ impl Uri {
     }
 }
 
+impl Uri {
+    /// URI equivalence after RFC 3261 §19.1.4: same scheme; user and password equal
+    /// (case-sensitive, %-escapes decoded); host case-insensitive (an IP literal equal as an
+    /// address); the same port (absent is not 5060); `transport`, `user`, `ttl`, `method` and
+    /// `maddr` equal when either URI has them, other parameters equal when both have them
+    /// (values case-insensitive); the same headers. Other schemes compare as written.
+    pub fn equivalent(&self, other: &Uri) -> bool {
+        if self.scheme != other.scheme {
+            return false;
+        }
+        if !self.is_sip() {
+            return self.raw == other.raw;
+        }
+        let unescaped_eq = |a: &Option<Bytes>, b: &Option<Bytes>| match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => unescape(a) == unescape(b),
+            _ => false,
+        };
+        let host_eq = match (&self.host, &other.host) {
+            (Some(Host::Name(a)), Some(Host::Name(b))) => a.eq_ignore_ascii_case(b),
+            (a, b) => a == b,
+        };
+        if !unescaped_eq(&self.user, &other.user)
+            || !unescaped_eq(&self.password, &other.password)
+            || !host_eq
+            || self.port != other.port
+        {
+            return false;
+        }
+        let (pa, pb) = (params(&self.params), params(&other.params));
+        const MUST_MATCH: [&[u8]; 5] = [b"transport", b"user", b"ttl", b"method", b"maddr"];
+        for (name, va) in &pa {
+            match pb.iter().find(|(n, _)| n == name) {
+                Some((_, vb)) if !va.eq_ignore_ascii_case(vb) => return false,
+                None if MUST_MATCH.contains(&name.as_slice()) => return false,
+                _ => {}
+            }
+        }
+        if pb
+            .iter()
+            .any(|(n, _)| MUST_MATCH.contains(&n.as_slice()) && !pa.iter().any(|(m, _)| m == n))
+        {
+            return false;
+        }
+        let mut ha = params_sep(&self.headers, b'&');
+        let mut hb = params_sep(&other.headers, b'&');
+        ha.sort();
+        hb.sort();
+        ha == hb
+    }
+}
+
+/// `%XX` escapes decoded (invalid escapes kept as written).
+fn unescape(s: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+/// URI parameters as (lower-case unescaped name, unescaped value) pairs.
+fn params(s: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    params_sep(s, b';')
+        .into_iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v))
+        .collect()
+}
+
+fn params_sep(s: &[u8], sep: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if s.is_empty() {
+        return Vec::new();
+    }
+    s.split(|b| *b == sep)
+        .map(|p| match p.iter().position(|b| *b == b'=') {
+            Some(eq) => (unescape(&p[..eq]), unescape(&p[eq + 1..])),
+            None => (unescape(p), Vec::new()),
+        })
+        .collect()
+}
+
 impl std::fmt::Display for Uri {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&String::from_utf8_lossy(&self.raw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> Uri {
+        Uri::parse(Bytes::copy_from_slice(s.as_bytes())).expect("uri")
+    }
+
+    #[test]
+    fn equivalence_follows_rfc3261_19_1_4() {
+        let eq = |a: &str, b: &str| u(a).equivalent(&u(b));
+        // RFC 3261 §19.1.4 examples of equal URIs.
+        assert!(eq(
+            "sip:%61lice@atlanta.com;transport=TCP",
+            "sip:alice@AtLanTa.CoM;Transport=tcp"
+        ));
+        assert!(eq(
+            "sip:carol@chicago.com",
+            "sip:carol@chicago.com;newparam=5"
+        ));
+        assert!(eq(
+            "sip:carol@chicago.com;security=on",
+            "sip:carol@chicago.com;newparam=5"
+        ));
+        assert!(eq("sip:[2001:db8::1]", "sip:[2001:DB8:0::1]"));
+        // ... and of different ones.
+        assert!(!eq(
+            "SIP:ALICE@AtLanTa.CoM;Transport=udp",
+            "sip:alice@AtLanTa.CoM;Transport=UDP"
+        ));
+        assert!(!eq("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060"));
+        assert!(!eq(
+            "sip:bob@biloxi.com",
+            "sip:bob@biloxi.com;transport=udp"
+        ));
+        assert!(!eq(
+            "sip:carol@chicago.com;security=on",
+            "sip:carol@chicago.com;security=off"
+        ));
+        assert!(!eq("sip:1002@pbx.example", "sip:0049301234@pbx.example"));
+        assert!(!eq("sip:pbx.example", "sip:other.example"));
+        assert!(!eq("sip:pbx.example", "sips:pbx.example"));
+        assert!(!eq("sip:a@h?subject=x", "sip:a@h"));
+        assert!(eq("tel:+1234", "tel:+1234"));
+        assert!(!eq("tel:+1234", "tel:+1235"));
     }
 }

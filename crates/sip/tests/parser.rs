@@ -2,7 +2,10 @@
 
 use bytes::Bytes;
 use podpbx_sip::builder::{ack_for, cancel_for};
-use podpbx_sip::message::{frame_stream, leading_keepalive, MAX_HEADERS, MAX_MESSAGE_BYTES};
+use podpbx_sip::message::{
+    frame_stream, leading_keepalive, StreamFramer, MAX_HEADERS, MAX_HEADER_LINE_BYTES,
+    MAX_MESSAGE_BYTES,
+};
 use podpbx_sip::{
     ContactList, Framing, HeaderName, Host, Message, Method, ParseError, RequestBuilder,
     ResponseBuilder, Uri,
@@ -992,4 +995,93 @@ CSeq: {cseq}
     let r = parse("SIP/2.0  200 OK\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\r\nTo: <sip:a@example.com>;tag=2\r\nFrom: <sip:b@example.com>;tag=1\r\nCall-ID: s@x\r\nCSeq: 1 OPTIONS\r\n\r\n");
     assert_eq!(r.status(), Some(200));
     assert_eq!(r.validate(), Err(ParseError::StartLine));
+}
+
+/// Feeds `data` to a fresh [`StreamFramer`] one octet at a time.
+fn drip(data: &[u8]) -> Result<Option<usize>, ParseError> {
+    let mut f = StreamFramer::default();
+    let mut last = Ok(None);
+    for cut in 1..=data.len() {
+        last = f.next(&data[..cut]);
+        match &last {
+            Ok(Some(n)) => {
+                // Never earlier than frame_stream, and the same length.
+                assert_eq!(frame_stream(&data[..cut]), Ok(Some(*n)));
+                return last;
+            }
+            Ok(None) => assert!(
+                !matches!(frame_stream(&data[..cut]), Ok(Some(_))),
+                "cut {cut}: frame_stream found a message the framer missed"
+            ),
+            Err(_) => return last,
+        }
+    }
+    assert!(f.scanned() <= data.len());
+    last
+}
+
+#[test]
+fn stream_framer_agrees_with_frame_stream_octet_by_octet() {
+    let one = crlf(INVITE);
+    let two = format!("\r\n\r\n{one}{one}");
+    let n = one.len();
+    assert_eq!(drip(two.as_bytes()), Ok(Some(n + 4)));
+    assert_eq!(drip(one.as_bytes()), Ok(Some(n)));
+    // The whole buffer at once, then more data after the first message.
+    let mut f = StreamFramer::default();
+    assert_eq!(f.next(&two.as_bytes()[..20]), Ok(None));
+    assert_eq!(f.next(two.as_bytes()), Ok(Some(n + 4)));
+    assert_eq!(f.next(two.as_bytes()), Ok(Some(n + 4)));
+    // Errors: no Content-Length, bad header, an endless line, a head beyond the limit.
+    let no_cl = "OPTIONS sip:a@b.example.com SIP/2.0\r\nCall-ID: x\r\n\r\n";
+    assert_eq!(drip(no_cl.as_bytes()), Err(ParseError::ContentLength));
+    assert_eq!(
+        drip(b"OPTIONS sip:a SIP/2.0\r\nbad header\r\n\r\n"),
+        Err(ParseError::Header)
+    );
+    let big = "OPTIONS sip:a@b.example.com SIP/2.0\r\nl: 70000\r\n\r\n";
+    assert_eq!(drip(big.as_bytes()), Err(ParseError::TooLarge));
+    let endless = vec![b'a'; MAX_HEADER_LINE_BYTES + 2];
+    assert_eq!(drip(&endless), Err(ParseError::TooLarge));
+    let mut long_headers = b"OPTIONS sip:a@b.example.com SIP/2.0\r\n".to_vec();
+    while long_headers.len() <= MAX_MESSAGE_BYTES {
+        long_headers.extend_from_slice(b"X-Pad: 0123456789012345678901234567890123456789\r\n");
+    }
+    assert_eq!(drip(&long_headers), Err(ParseError::TooLarge));
+    // Too many headers is seen before the head ends.
+    let mut many = b"OPTIONS sip:a@b.example.com SIP/2.0\r\n".to_vec();
+    for _ in 0..=MAX_HEADERS {
+        many.extend_from_slice(b"X: y\r\n");
+    }
+    let mut f = StreamFramer::default();
+    assert_eq!(f.next(&many), Err(ParseError::TooLarge));
+    // A body that trickles in after the head.
+    let with_body = crlf(INVITE);
+    let head_end = with_body.find("\r\n\r\n").unwrap() + 4;
+    let mut f = StreamFramer::default();
+    assert_eq!(f.next(&with_body.as_bytes()[..head_end]), Ok(None));
+    let scanned = f.scanned();
+    assert_eq!(f.next(&with_body.as_bytes()[..head_end + 1]), Ok(None));
+    assert_eq!(f.scanned(), scanned, "the body is not scanned");
+    assert_eq!(f.next(with_body.as_bytes()), Ok(Some(with_body.len())));
+}
+
+/// The framer looks at each octet of an incomplete head once, however it is dripped.
+#[test]
+fn stream_framer_scans_each_octet_once() {
+    let mut head = b"OPTIONS sip:a@b.example.com SIP/2.0\r\n".to_vec();
+    while head.len() < 60_000 {
+        head.extend_from_slice(b"X-Pad: ");
+        head.extend(std::iter::repeat_n(b'0', 500));
+        head.extend_from_slice(b"\r\n");
+    }
+    let mut f = StreamFramer::default();
+    let mut examined = 0;
+    let mut before = 0;
+    for cut in 1..=head.len() {
+        assert_eq!(f.next(&head[..cut]), Ok(None));
+        examined += f.scanned() - before;
+        before = f.scanned();
+    }
+    assert_eq!(examined, head.len());
 }

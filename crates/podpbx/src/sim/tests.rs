@@ -200,7 +200,7 @@ fn unknown_method_gets_501_with_allow() {
 }
 
 #[test]
-fn invite_without_credentials_gets_407_and_its_retransmission_the_same_407() {
+fn invite_without_credentials_gets_one_stateless_407_per_request() {
     let mut sim = Sim::new(USERS);
     let mut a = alice();
     let r = a.invite("102");
@@ -208,17 +208,22 @@ fn invite_without_credentials_gets_407_and_its_retransmission_the_same_407() {
     let c = sim.one_to(a.addr);
     assert_eq!(c.status(), 407);
     assert!(c.header(HeaderName::ProxyAuthenticate).is_some());
-    // The same INVITE again (a UDP retransmission) is absorbed by the transaction: the same
-    // 407 goes out once more, no new challenge.
+    // The challenge is sent once and no transaction is kept (issue #11: a forged INVITE must
+    // not make podpbx repeat its answer to the claimed source): no Timer G retransmissions.
+    sim.advance(Duration::from_millis(600));
+    assert!(sim.take().is_empty(), "no 407 retransmission");
+    // The same INVITE again (a UDP retransmission) gets one fresh answer with the same To tag.
     sim.recv(a.addr, &r);
     let again = sim.one_to(a.addr);
-    assert_eq!(again.msg.buf, c.msg.buf);
-    // Without an ACK the 407 is retransmitted (Timer G), then the transaction gives up.
-    sim.advance(Duration::from_millis(600));
-    assert_eq!(sim.one_to(a.addr).msg.buf, c.msg.buf);
+    assert_eq!(again.status(), 407);
+    assert_eq!(
+        again.header(HeaderName::To),
+        c.header(HeaderName::To),
+        "same To tag"
+    );
     sim.recv(a.addr, &ack_for(&a, &c));
     sim.advance(Duration::from_secs(40));
-    assert!(sim.take().is_empty(), "no retransmission after the ACK");
+    assert!(sim.take().is_empty(), "nothing after the ACK either");
     assert_eq!(sim.core.active_calls(), 0);
 }
 
