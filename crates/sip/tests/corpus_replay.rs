@@ -6,47 +6,21 @@
 
 #[path = "../../../fuzz/src/digest.rs"]
 mod digest;
+#[path = "../../../fuzz/src/replay.rs"]
+mod replay;
 #[path = "../../../fuzz/src/sip_message.rs"]
 mod sip_message;
 
+use replay::{corpus, files, replay};
 use std::path::{Path, PathBuf};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Every regular file under `dir`, sorted by name.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    out.sort();
-    out
-}
-
-/// Runs `run` on every file; a panic is reported with the file that caused it.
-fn replay(paths: &[PathBuf], run: fn(&[u8])) -> usize {
-    let mut failed = Vec::new();
-    for p in paths {
-        let data = std::fs::read(p).unwrap();
-        if std::panic::catch_unwind(|| run(&data)).is_err() {
-            failed.push(p.display().to_string());
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "harness oracles failed for:\n{}",
-        failed.join("\n")
-    );
-    paths.len()
-}
-
 #[test]
 fn sip_message_corpus() {
-    let paths = files(&workspace().join("fuzz/corpus/sip_message"));
+    let paths = corpus(env!("CARGO_MANIFEST_DIR"), "sip_message");
     assert!(
         paths.len() >= 61,
         "seed corpus present ({} files)",
@@ -71,7 +45,7 @@ fn conformance_messages_through_the_sip_harness() {
 
 #[test]
 fn digest_corpus() {
-    let paths = files(&workspace().join("fuzz/corpus/digest"));
+    let paths = corpus(env!("CARGO_MANIFEST_DIR"), "digest");
     assert!(!paths.is_empty());
     replay(&paths, digest::run);
 }
