@@ -74,7 +74,7 @@ pub(crate) struct Routing {
     pub timed_out: bool,
     pub last_failure: Failure,
     /// A trunk step's trunks not tried yet (by priority), with the step's rewriting.
-    pub failover: Option<TrunkFailover>,
+    pub failover: Option<Box<TrunkFailover>>,
 }
 
 /// The rest of a trunk step that lists several trunks.

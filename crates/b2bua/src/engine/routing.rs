@@ -102,12 +102,12 @@ impl B2bua {
                     caller_id,
                 } => {
                     if let Some(r) = call.routing_mut() {
-                        r.failover = Some(TrunkFailover {
+                        r.failover = Some(Box::new(TrunkFailover {
                             rest: trunks.into(),
                             strip,
                             prepend,
                             caller_id,
-                        });
+                        }));
                     }
                     self.next_trunk(call, now, dir)
                 }
