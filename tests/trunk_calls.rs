@@ -883,3 +883,49 @@ fn outbound_call_fails_over_to_the_next_trunk_by_priority() {
     assert_eq!(c["disposition"], "answered", "{c}");
     assert_eq!(c["answered_by"], "backup", "{c}");
 }
+
+/// The provider signals over IPv6 but its media is IPv4 (the PSTN side's SDP says
+/// `c=IN IP4`): podpbx anchors that leg on its IPv4 address, so the answer the provider gets
+/// says `c=IN IP4 127.0.0.1`, while the IPv6 phone's side stays IPv6.
+#[test]
+fn provider_media_family_follows_its_sdp_not_its_signalling() {
+    let kam = provider(|_| {});
+    let pbx = Pbx::start(&pbx_config(kam.port, ""));
+    wait_registered(&pbx, &kam, "provider");
+    let phone = Phone::start(pbx.v6(), "102", "pw-102", "call_phone_answer.xml", &[]);
+    let run = sipp(
+        "trunk_carrier_uac.xml",
+        kam.addr_v4(),
+        "u1",
+        &[
+            "-s",
+            DID,
+            "-key",
+            "caller",
+            PSTN_CALLER,
+            "-d",
+            "500",
+            "-mi",
+            "127.0.0.1",
+        ],
+    );
+    let (phone_ok, logs) = phone.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && phone_ok,
+        "carrier:\n{}\n--- phone ---\n{logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+        tail(&kam.log_text())
+    );
+    // Kamailio reached podpbx over IPv6 with the IPv4 SDP; the answer is anchored on IPv4.
+    let ok = run
+        .output
+        .find("SIP/2.0 200")
+        .map(|i| &run.output[i..])
+        .unwrap_or("");
+    assert!(ok.contains("c=IN IP4 127.0.0.1"), "{}", run.output);
+    assert!(
+        logs.contains("c=IN IP6 ::1"),
+        "the IPv6 phone's side: {logs}"
+    );
+}

@@ -161,7 +161,7 @@ impl B2bua {
         let fam = Family::of(target.flow.remote.ip());
         let (side, bundle, offer, offerer, cdr_role) = match &purpose {
             Purpose::Initial => {
-                let a_fam = call.legs[call.a].dialog.family();
+                let a_fam = self.caller_media_family(call);
                 let bi = self.bundle_for(call, a_fam, fam);
                 (
                     MediaLeg::B,

@@ -455,3 +455,31 @@ impl B2bua {
         }
     }
 }
+
+impl B2bua {
+    /// The address family the caller's relay side uses: that of its SDP offer's media
+    /// (`c=`), not of its signalling, when podpbx has a pinned address of that family. A
+    /// provider may signal over IPv6 and send media over IPv4 (or the reverse): the relay must
+    /// meet its media where it is.
+    pub(super) fn caller_media_family(&self, call: &Call) -> Family {
+        let signalling = call.legs[call.a].dialog.family();
+        let Some(offer) = call.offer.as_deref() else {
+            return signalling;
+        };
+        let sdp_family = podpbx_sdp::Sdp::parse(offer).ok().and_then(|s| {
+            s.media()
+                .iter()
+                .find(|m| !m.rejected())
+                .and_then(|m| m.connection.as_ref())
+                .map(|c| match c.addr_type {
+                    podpbx_sdp::AddrType::Ip4 => Family::V4,
+                    podpbx_sdp::AddrType::Ip6 => Family::V6,
+                })
+        });
+        match sdp_family {
+            Some(Family::V4) if self.cfg.sip.ipv4.is_some() => Family::V4,
+            Some(Family::V6) if self.cfg.sip.ipv6.is_some() => Family::V6,
+            _ => signalling,
+        }
+    }
+}

@@ -91,7 +91,7 @@ impl B2bua {
             remote: dest,
             conn: 0,
         };
-        let a_fam = call.legs[call.a].dialog.family();
+        let a_fam = self.caller_media_family(call);
         let bundle = self.bundle_for(call, a_fam, Family::of(dest.ip()));
         let auth = match (trunk.auth_user(), trunk.password.as_ref()) {
             (Some(u), Some(p)) => Some(Auth {

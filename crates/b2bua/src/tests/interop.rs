@@ -531,3 +531,46 @@ fn an_unavailable_trunk_is_skipped_and_a_callee_answer_is_final() {
     assert!(requests(&outs, "INVITE").is_empty());
     assert_eq!(responses(&outs), [486]);
 }
+
+// ---- Relay family follows the SDP address -----------------------------------------------------
+
+/// A caller signalling over IPv6 whose media is IPv4 (a provider's SBC that does this, or a
+/// dual-stack phone): its relay side is IPv4, its answer says `c=IN IP4`; the IPv6 callee's
+/// side stays IPv6.
+#[test]
+fn the_callers_relay_side_follows_its_sdp_family_not_its_signalling() {
+    let mut h = H::new();
+    let sdp4 = "v=0\r\no=a 1 1 IN IP4 198.51.100.77\r\ns=-\r\nc=IN IP4 198.51.100.77\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let outs = invite_with(&mut h, "102", "", Some(sdp4));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    assert!(
+        text(&data).contains("c=IN IP6 2001:db8::10"),
+        "{}",
+        text(&data)
+    );
+    let fams: Vec<(Family, Family)> = h
+        .media
+        .0
+        .lock()
+        .unwrap()
+        .families
+        .values()
+        .copied()
+        .collect();
+    assert_eq!(fams, [(Family::V4, Family::V6)]);
+    let outs = reply(&mut h, id, &data, 200, &[], Some(SDP_B));
+    let ok = to_a(&outs).into_iter().find(|r| r.0 == 200).expect("200").1;
+    assert!(
+        text(&ok).contains("c=IN IP4 198.51.100.10"),
+        "{}",
+        text(&ok)
+    );
+    // The relay takes the caller's media from its SDP address (IPv4).
+    let remotes = h.media.0.lock().unwrap().remotes.clone();
+    assert!(
+        remotes
+            .iter()
+            .any(|r| r.1 == MediaLeg::A && r.2 == "198.51.100.77:4000".parse().unwrap()),
+        "{remotes:?}"
+    );
+}
