@@ -929,3 +929,34 @@ fn provider_media_family_follows_its_sdp_not_its_signalling() {
         "the IPv6 phone's side: {logs}"
     );
 }
+
+/// A provider's 302 is followed through the same trunk (its number only, never the host it
+/// names), and the caller hears only the answer.
+#[test]
+fn a_providers_302_is_followed_through_the_same_trunk() {
+    let uas_addr = SocketAddr::new(ip("::1"), free_port());
+    let extra = format!(
+        "[[trunks]]\nname = \"direct\"\nhost = \"::1\"\nport = {}\nregister = false\n\n\
+         [[dialplan]]\nname = \"direct\"\nmatch = {{ prefix = \"9\", from = \"local\" }}\naction = \"trunk\"\ntrunk = \"direct\"\n",
+        uas_addr.port()
+    );
+    let pbx = Pbx::start(&pbx_config(free_port(), &extra));
+    let uas = Uas::start("uas_redirect.xml", uas_addr, 2, &[]);
+    let run = call(&pbx, "call_uac.xml", "930123", &["-d", "300"]);
+    let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && uas_ok,
+        "caller:\n{}\n--- UAS ---\n{uas_logs}\n--- podpbx ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+    );
+    assert!(
+        uas_logs.contains("UASR-302") && uas_logs.contains("UASR-ANSWERED"),
+        "{uas_logs}"
+    );
+    assert!(!run.output.contains("SIP/2.0 302"), "{}", run.output);
+    // Both INVITEs reached the trunk's address (the second after the 302): the host the
+    // Contact named (127.0.0.1:9) got nothing.
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
+}

@@ -75,6 +75,8 @@ pub(crate) struct Routing {
     pub last_failure: Failure,
     /// A trunk step's trunks not tried yet (by priority), with the step's rewriting.
     pub failover: Option<Box<TrunkFailover>>,
+    /// Provider redirections (3xx) followed so far in this call.
+    pub redirects: u8,
 }
 
 /// The rest of a trunk step that lists several trunks.
@@ -99,6 +101,7 @@ impl Routing {
             timed_out: false,
             last_failure: Failure::no_answer(),
             failover: None,
+            redirects: 0,
         }
     }
 }

@@ -207,6 +207,19 @@ impl B2bua {
             {
                 return;
             }
+            let trunk = call.legs[li].party.is_trunk();
+            if trunk
+                && resp.status.is_redirection()
+                && self.follow_redirect(call, now, dir, li, resp)
+            {
+                return;
+            }
+            // A redirect podpbx does not follow is no answer for the caller.
+            let status = if trunk {
+                super::redirect::unfollowed(resp.status)
+            } else {
+                resp.status
+            };
             let leg = &mut call.legs[li];
             leg.terminate();
             leg.status = Some(resp.status);
@@ -216,7 +229,7 @@ impl B2bua {
                 status = resp.status.code(),
                 "leg failed"
             );
-            self.step_leg_done(call, now, dir, li, resp.status);
+            self.step_leg_done(call, now, dir, li, status);
         }
     }
 

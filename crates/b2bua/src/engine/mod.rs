@@ -57,6 +57,7 @@ mod media;
 mod new_call;
 mod prack;
 mod presence;
+mod redirect;
 mod responses;
 mod routing;
 mod send;

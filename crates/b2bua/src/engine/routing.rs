@@ -263,6 +263,7 @@ impl B2bua {
                 strip,
                 prepend: &prepend,
                 caller_id: caller_id.as_deref(),
+                number: None,
             };
             if self.start_trunk(call, now, dir, &step) {
                 return true;

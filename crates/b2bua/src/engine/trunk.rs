@@ -34,6 +34,8 @@ pub(crate) struct TrunkStep<'a> {
     pub prepend: &'a str,
     /// Caller ID for this step (else the trunk's, else the caller's user).
     pub caller_id: Option<&'a str>,
+    /// The number to call as is (a provider's redirect), instead of the dialled one rewritten.
+    pub number: Option<&'a str>,
 }
 
 impl B2bua {
@@ -71,8 +73,13 @@ impl B2bua {
         let Some((gen, Purpose::Initial)) = call.routing().map(|r| (r.gen, &r.purpose)) else {
             return fail(call);
         };
-        let number: String = call.number.chars().skip(step.strip).collect();
-        let number = sanitize(&format!("{}{number}", step.prepend), 64);
+        let number = match step.number {
+            Some(n) => sanitize(n, 64),
+            None => {
+                let n: String = call.number.chars().skip(step.strip).collect();
+                sanitize(&format!("{}{n}", step.prepend), 64)
+            }
+        };
         let host = trunk.host.to_string();
         let hostp = if trunk.port == 5060 {
             host.clone()

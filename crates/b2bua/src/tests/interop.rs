@@ -574,3 +574,71 @@ fn the_callers_relay_side_follows_its_sdp_family_not_its_signalling() {
         "{remotes:?}"
     );
 }
+
+// ---- 3xx from a provider ------------------------------------------------------------------------
+
+fn redirect(h: &mut H, dir: &Trunks3, id: ReqId, req: &Bytes, contact: &str) -> Vec<Output> {
+    let resp = parse(
+        &ResponseBuilder::new(&parse(req), 302, "Moved Temporarily", None)
+            .to_tag("r")
+            .header("Contact", contact)
+            .build(),
+    );
+    h.b.handle_response(h.now, id, &resp, dir);
+    h.drain()
+}
+
+#[test]
+fn a_providers_redirect_is_followed_through_the_same_trunk_and_bounded() {
+    let (mut h, dir, outs) = failover_harness(vec!["spare", "cheap"]);
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    assert!(
+        text(&data).starts_with("INVITE sip:0301234@2001:db8:ff::1 ")
+            || text(&data).starts_with("INVITE sip:0301234@[2001:db8:ff::1] "),
+        "{}",
+        text(&data)
+    );
+    // The Contact names another host: only its number is used, through the same trunk.
+    let outs = redirect(
+        &mut h,
+        &dir,
+        id,
+        &data,
+        "<sip:+4989111@evil.example.net:5070>",
+    );
+    let inv = requests(&outs, "INVITE");
+    assert_eq!(inv.len(), 1, "followed");
+    let t = text(&inv[0].1);
+    assert!(
+        t.starts_with("INVITE sip:+4989111@[2001:db8:ff::1] SIP/2.0"),
+        "{t}"
+    );
+    assert_eq!(
+        dest_of(&outs, inv[0].0),
+        "[2001:db8:ff::1]:5060".parse().unwrap()
+    );
+    assert!(!t.contains("evil.example.net"), "{t}");
+    assert!(responses(&outs).is_empty());
+    // Three redirects are followed, the fourth is not: the caller gets 480.
+    let (mut id, mut data) = inv[0].clone();
+    for n in 0..3 {
+        let outs = redirect(&mut h, &dir, id, &data, &format!("<sip:+4989{n}@x>"));
+        let inv = requests(&outs, "INVITE");
+        if n < 2 {
+            assert_eq!(inv.len(), 1, "redirect {n}");
+            (id, data) = inv[0].clone();
+        } else {
+            assert!(inv.is_empty(), "no fourth redirect");
+            assert_eq!(responses(&outs), [480]);
+        }
+    }
+}
+
+#[test]
+fn a_redirect_to_something_that_is_not_a_number_is_not_followed() {
+    let (mut h, dir, outs) = failover_harness(vec!["spare", "cheap"]);
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let outs = redirect(&mut h, &dir, id, &data, "<sip:alice@example.net>");
+    assert!(requests(&outs, "INVITE").is_empty());
+    assert_eq!(responses(&outs), [480]);
+}
