@@ -148,7 +148,7 @@ fn exercise(msg: &Message, transport: Transport) {
         }
         let mut reasons = vec![(200u16, "OK".to_string()), (100, "Trying".to_string())];
         if let Err(Rejection::Respond { code, reason, .. }) = &check {
-            reasons.push((*code, reason.clone()));
+            reasons.push((code.code(), reason.clone()));
         }
         for src in sources() {
             check_response_peer(msg, src);

@@ -19,7 +19,7 @@ use podpbx_sip::transaction::{ClientTxId, TxId};
 use podpbx_sip::transaction::{
     Peer, RequestDisposition, ResponseDisposition, ServerTxId, Timers, TransactionLayer, TxEvent,
 };
-use podpbx_sip::{HeaderName, IdGen, Message, Method, RequestBuilder, ResponseBuilder};
+use podpbx_sip::{HeaderName, IdGen, Message, Method, RequestBuilder, ResponseBuilder, StatusCode};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -231,7 +231,7 @@ impl Core {
                 return;
             }
             AuthResult::BadRequest { reason } => {
-                self.respond(now, id, req, flow, 400, reason, &[]);
+                self.respond_reason(now, id, req, flow, StatusCode::BAD_REQUEST, reason, &[]);
                 return;
             }
             AuthResult::Drop => {
@@ -241,9 +241,9 @@ impl Core {
         };
         let resource = match crate::presence::Presence::verdict(&cfg, package, &user, req) {
             crate::presence::Verdict::Watch(r) => r,
-            crate::presence::Verdict::Refuse(code, reason) => {
-                debug!(%user, code, "SUBSCRIBE refused");
-                self.respond(now, id, req, flow, code, reason, &[]);
+            crate::presence::Verdict::Refuse(status) => {
+                debug!(%user, code = status.code(), "SUBSCRIBE refused");
+                self.respond(now, id, req, flow, status, &[]);
                 return;
             }
         };
@@ -564,12 +564,12 @@ impl Core {
             RequestDisposition::Cancel { tx, target } => {
                 // RFC 3261 §9.2: 200 to a CANCEL that matches; the b2bua then ends the INVITE
                 // with 487 and cancels the legs it forked.
-                let (code, reason) = if target.is_some() {
-                    (200, "OK")
+                let status = if target.is_some() {
+                    StatusCode::OK
                 } else {
-                    (481, "Call/Transaction Does Not Exist")
+                    StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST
                 };
-                self.respond(now, tx, msg, flow, code, reason, &[]);
+                self.respond(now, tx, msg, flow, status, &[]);
                 if let (Some(inv), Some(calls)) = (target, self.calls.as_mut()) {
                     calls.b2bua.handle_cancel(now, inv);
                     self.pump_calls(now);
@@ -579,8 +579,8 @@ impl Core {
                 let data = self.build(
                     msg,
                     flow,
-                    503,
-                    "Service Unavailable",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::SERVICE_UNAVAILABLE.reason(),
                     &[("Retry-After", "5")],
                 );
                 Stats::bump(&self.stats.overloaded);
@@ -766,12 +766,12 @@ impl Core {
                     reason,
                     headers,
                 } => {
-                    if code == 400 {
+                    if code == StatusCode::BAD_REQUEST {
                         Stats::bump(&self.stats.bad_requests);
                     }
                     let hdrs: Vec<(&str, &str)> =
                         headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-                    self.respond(now, id, req, flow, code, &reason, &hdrs);
+                    self.respond_reason(now, id, req, flow, code, &reason, &hdrs);
                 }
             }
             return;
@@ -804,8 +804,7 @@ impl Core {
                         id,
                         req,
                         flow,
-                        481,
-                        "Call/Transaction Does Not Exist",
+                        StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST,
                         &[],
                     );
                 }
@@ -822,15 +821,14 @@ impl Core {
                     ("Accept-Language", "en"),
                     ("Allow-Events", podpbx_presence::Package::allow_events()),
                 ];
-                self.respond(now, id, req, flow, 200, "OK", &hdrs);
+                self.respond(now, id, req, flow, StatusCode::OK, &hdrs);
             }
             _ if in_dialog => self.respond(
                 now,
                 id,
                 req,
                 flow,
-                481,
-                "Call/Transaction Does Not Exist",
+                StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST,
                 &[],
             ),
             _ => self.not_implemented(now, id, req, flow),
@@ -845,8 +843,7 @@ impl Core {
             id,
             req,
             flow,
-            501,
-            "Not Implemented",
+            StatusCode::NOT_IMPLEMENTED,
             &[("Allow", &allow)],
         );
     }
@@ -871,8 +868,7 @@ impl Core {
                 id,
                 req,
                 flow,
-                503,
-                "Service Unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
                 &[("Retry-After", "30")],
             );
             return;
@@ -904,7 +900,15 @@ impl Core {
                         return;
                     }
                     AuthResult::BadRequest { reason } => {
-                        self.respond(now, id, req, flow, 400, reason, &[]);
+                        self.respond_reason(
+                            now,
+                            id,
+                            req,
+                            flow,
+                            StatusCode::BAD_REQUEST,
+                            reason,
+                            &[],
+                        );
                         return;
                     }
                     AuthResult::Drop => {
@@ -982,12 +986,14 @@ impl Core {
                 let body = String::from_utf8_lossy(&req.body);
                 let text: String = body.chars().take(200).filter(|c| !c.is_control()).collect();
                 info!(%user, source = %flow.remote, text = %text, "MESSAGE received");
-                self.respond(now, id, req, flow, 200, "OK", &[]);
+                self.respond(now, id, req, flow, StatusCode::OK, &[]);
             }
             AuthResult::Challenge { kind, values } => {
                 self.send_reply(now, id, req, flow, &Reply::Challenge { kind, values });
             }
-            AuthResult::BadRequest { reason } => self.respond(now, id, req, flow, 400, reason, &[]),
+            AuthResult::BadRequest { reason } => {
+                self.respond_reason(now, id, req, flow, StatusCode::BAD_REQUEST, reason, &[])
+            }
             AuthResult::Drop => {
                 self.tx.terminate(TxId::Server(id));
             }
@@ -1051,13 +1057,14 @@ impl Core {
             self.tx.terminate(TxId::Server(id));
             return;
         };
-        if status >= 300 {
+        if !status.is_success() && !status.is_provisional() {
             self.send_once(id, req, flow, data);
             return;
         }
-        if let Err(e) = self.tx.send_response(now, id, status, data) {
+        let code = status.code();
+        if let Err(e) = self.tx.send_response(now, id, code, data) {
             if let Some(suppressed) = self.warn_limits.response.check(now) {
-                warn!(error = %e, status, suppressed, "response not sent");
+                warn!(error = %e, code, suppressed, "response not sent");
             }
         }
     }
@@ -1099,20 +1106,35 @@ impl Core {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Answers with `status` and its standard reason phrase.
     fn respond(
         &mut self,
         now: Instant,
         id: ServerTxId,
         req: &Message,
         flow: Flow,
-        code: u16,
+        status: StatusCode,
+        headers: &[(&str, &str)],
+    ) {
+        self.respond_reason(now, id, req, flow, status, status.reason(), headers);
+    }
+
+    /// Answers with `status` and a reason phrase of our own (a `400` saying what is wrong).
+    #[allow(clippy::too_many_arguments)]
+    fn respond_reason(
+        &mut self,
+        now: Instant,
+        id: ServerTxId,
+        req: &Message,
+        flow: Flow,
+        status: StatusCode,
         reason: &str,
         headers: &[(&str, &str)],
     ) {
-        let data = self.build(req, flow, code, reason, headers);
+        let data = self.build(req, flow, status, reason, headers);
+        let code = status.code();
         debug!(code, "response");
-        if code >= 300 {
+        if !status.is_success() && !status.is_provisional() {
             self.send_once(id, req, flow, data);
             return;
         }
@@ -1141,12 +1163,12 @@ impl Core {
         &mut self,
         req: &Message,
         flow: Flow,
-        code: u16,
+        status: StatusCode,
         reason: &str,
         headers: &[(&str, &str)],
     ) -> Bytes {
-        let mut b = ResponseBuilder::new(req, code, reason, Some(flow.remote));
-        if code > 100 {
+        let mut b = ResponseBuilder::new(req, status.code(), reason, Some(flow.remote));
+        if status != StatusCode::TRYING {
             // Stable per Call-ID and From tag: a retransmitted request answered statelessly
             // gets the same To tag.
             b = b.to_tag(&self.registrar.to_tag(req));

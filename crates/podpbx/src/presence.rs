@@ -10,7 +10,7 @@ use podpbx_config::Config;
 use podpbx_presence::notifier::{Limits, Package};
 use podpbx_presence::{mwi::Counts, Notifier, NotifyId};
 use podpbx_sip::transaction::{ClientTxId, TransactionLayer};
-use podpbx_sip::{Flow, IdGen, Message, Method};
+use podpbx_sip::{Flow, IdGen, Message, Method, StatusCode};
 use tracing::debug;
 
 /// The notifier and its settings.
@@ -23,7 +23,7 @@ pub enum Verdict {
     /// Watch `resource`.
     Watch(String),
     /// Refuse with this status.
-    Refuse(u16, &'static str),
+    Refuse(StatusCode),
 }
 
 impl Presence {
@@ -52,9 +52,9 @@ impl Presence {
         match package {
             Package::MessageSummary => {
                 if resource != subscriber {
-                    Verdict::Refuse(403, "Forbidden")
+                    Verdict::Refuse(StatusCode::FORBIDDEN)
                 } else if cfg.mailbox(&resource).is_none() {
-                    Verdict::Refuse(404, "Not Found")
+                    Verdict::Refuse(StatusCode::NOT_FOUND)
                 } else {
                     Verdict::Watch(resource)
                 }
@@ -63,7 +63,7 @@ impl Presence {
                 if cfg.user(&resource).is_some() || cfg.group(&resource).is_some() {
                     Verdict::Watch(resource)
                 } else {
-                    Verdict::Refuse(404, "Not Found")
+                    Verdict::Refuse(StatusCode::NOT_FOUND)
                 }
             }
         }

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use podpbx_sip::digest::{
     Algorithm, AuthKind, Credentials, DigestParseError, DigestServer, ServerConfig, VerifyOutcome,
 };
-use podpbx_sip::{ContactList, HeaderName, Host, Message, Method, ResponseBuilder, Uri};
+use podpbx_sip::{
+    ContactList, HeaderName, Host, Message, Method, ResponseBuilder, StatusCode, Uri,
+};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -138,17 +140,19 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// Status code and reason phrase; `None` for [`Reply::Drop`].
-    pub fn status(&self) -> Option<(u16, &'static str)> {
-        Some(match self {
-            Reply::Challenge { kind, .. } => (kind.status(), kind.reason()),
-            Reply::Ok { .. } => (200, "OK"),
-            Reply::IntervalTooBrief { .. } => (423, "Interval Too Brief"),
-            Reply::BadRequest { reason } => (400, reason),
-            Reply::Forbidden { reason } => (403, reason),
-            Reply::NotFound => (404, "Not Found"),
+    /// Status code and reason phrase (the standard one, or this reply's own for 400 and 403);
+    /// `None` for [`Reply::Drop`].
+    pub fn status(&self) -> Option<(StatusCode, &'static str)> {
+        let status = match self {
+            Reply::Challenge { kind, .. } => kind.status(),
+            Reply::Ok { .. } => StatusCode::OK,
+            Reply::IntervalTooBrief { .. } => StatusCode::INTERVAL_TOO_BRIEF,
+            Reply::BadRequest { reason } => return Some((StatusCode::BAD_REQUEST, reason)),
+            Reply::Forbidden { reason } => return Some((StatusCode::FORBIDDEN, reason)),
+            Reply::NotFound => StatusCode::NOT_FOUND,
             Reply::Drop => return None,
-        })
+        };
+        Some((status, status.reason()))
     }
 
     /// Extra header lines of the response, in order.
@@ -1081,9 +1085,9 @@ impl Registrar {
     /// SIP builder, a To tag derived from Call-ID and From tag so retransmissions match), or
     /// `None` for [`Reply::Drop`].
     pub fn response_bytes(&self, reply: &Reply, req: &Message, flow: &Flow) -> Option<Bytes> {
-        let (code, reason) = reply.status()?;
-        let mut b =
-            ResponseBuilder::new(req, code, reason, Some(flow.remote)).to_tag(&self.to_tag(req));
+        let (status, reason) = reply.status()?;
+        let mut b = ResponseBuilder::new(req, status.code(), reason, Some(flow.remote))
+            .to_tag(&self.to_tag(req));
         for (name, value) in reply.headers() {
             b = b.header(name, &value);
         }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use podpbx_registrar::*;
 use podpbx_sip::digest::{compute_response, ha1, Challenge, Credentials, DigestClient};
-use podpbx_sip::{Framing, Message};
+use podpbx_sip::{Framing, Message, StatusCode};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -420,7 +420,10 @@ fn interval_too_brief_and_expiry_rules() {
     );
     assert_eq!(o.reply, Reply::IntervalTooBrief { min_expires: 60 });
     assert_eq!(o.reply.headers(), vec![("Min-Expires", "60".to_string())]);
-    assert_eq!(o.reply.status(), Some((423, "Interval Too Brief")));
+    assert_eq!(
+        o.reply.status(),
+        Some((StatusCode::INTERVAL_TOO_BRIEF, "Interval Too Brief"))
+    );
     assert!(e.reg.lookup("1001", e.t0).is_empty());
     // Contact param beats the header; above max is capped.
     let o = e.register(
@@ -1039,7 +1042,10 @@ fn authenticate_message_www_and_invite_proxy() {
     };
     assert_eq!(
         chk.result.reply().and_then(|r| r.status()),
-        Some((407, "Proxy Authentication Required"))
+        Some((
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "Proxy Authentication Required"
+        ))
     );
     assert_eq!(
         chk.result.reply().expect("r").headers()[0].0,

@@ -1,7 +1,7 @@
 //! The request checks a UAS/B2BUA applies before any method logic (RFC 3261 §8.2, §16.3),
 //! in a fixed order so a request with several faults always gets the same answer.
 
-use crate::{HeaderName, Message, Method, ParseError, StartLine};
+use crate::{HeaderName, Message, Method, ParseError, StartLine, StatusCode};
 
 /// What this element supports, as announced in Allow / Accept / Supported.
 #[derive(Debug, Clone, Default)]
@@ -28,13 +28,13 @@ pub enum Rejection {
     Drop(&'static str),
     /// Answer with this status, reason and extra header lines.
     Respond {
-        code: u16,
+        code: StatusCode,
         reason: String,
         headers: Vec<(&'static str, String)>,
     },
 }
 
-fn respond(code: u16, reason: &str) -> Rejection {
+fn respond(code: StatusCode, reason: &str) -> Rejection {
     Rejection::Respond {
         code,
         reason: reason.to_string(),
@@ -56,19 +56,25 @@ pub fn check_request(msg: &Message, caps: &Capabilities) -> Result<(), Rejection
         return Err(Rejection::Drop("no usable Via"));
     }
     if !version.eq_ignore_ascii_case(b"SIP/2.0") {
-        return Err(respond(505, "Version Not Supported"));
+        return Err(respond(
+            StatusCode::VERSION_NOT_SUPPORTED,
+            "Version Not Supported",
+        ));
     }
     if let Err(e) = msg.validate() {
-        return Err(respond(400, &reason_for(&e)));
+        return Err(respond(StatusCode::BAD_REQUEST, &reason_for(&e)));
     }
     let uri = msg
         .request_uri()
-        .map_err(|e| respond(400, &reason_for(&e)))?;
+        .map_err(|e| respond(StatusCode::BAD_REQUEST, &reason_for(&e)))?;
     if !uri.is_sip() {
-        return Err(respond(416, "Unsupported URI Scheme"));
+        return Err(respond(
+            StatusCode::UNSUPPORTED_URI_SCHEME,
+            "Unsupported URI Scheme",
+        ));
     }
     if msg.max_forwards().ok().flatten() == Some(0) && *method != Method::Options {
-        return Err(respond(483, "Too Many Hops"));
+        return Err(respond(StatusCode::TOO_MANY_HOPS, "Too Many Hops"));
     }
     if *method != Method::Ack && *method != Method::Cancel {
         let unsupported: Vec<String> = msg
@@ -79,7 +85,7 @@ pub fn check_request(msg: &Message, caps: &Capabilities) -> Result<(), Rejection
             .collect();
         if !unsupported.is_empty() {
             return Err(Rejection::Respond {
-                code: 420,
+                code: StatusCode::BAD_EXTENSION,
                 reason: "Bad Extension".into(),
                 headers: vec![("Unsupported", unsupported.join(", "))],
             });
@@ -96,7 +102,7 @@ pub fn check_request(msg: &Message, caps: &Capabilities) -> Result<(), Rejection
             .unwrap_or(false);
         if !ok_type {
             return Err(Rejection::Respond {
-                code: 415,
+                code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 reason: "Unsupported Media Type".into(),
                 headers: vec![("Accept", caps.accept.join(", "))],
             });
@@ -104,7 +110,7 @@ pub fn check_request(msg: &Message, caps: &Capabilities) -> Result<(), Rejection
         if let Some(enc) = msg.header(HeaderName::ContentEncoding) {
             if !enc.eq_ignore_ascii_case(b"identity") {
                 return Err(Rejection::Respond {
-                    code: 415,
+                    code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     reason: "Unsupported Media Type".into(),
                     headers: vec![("Accept-Encoding", "identity".into())],
                 });

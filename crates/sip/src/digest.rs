@@ -262,17 +262,15 @@ pub enum AuthKind {
 
 impl AuthKind {
     /// `401` or `407`.
-    pub fn status(self) -> u16 {
+    pub fn status(self) -> crate::StatusCode {
         match self {
-            AuthKind::Www => 401,
-            AuthKind::Proxy => 407,
+            AuthKind::Www => crate::StatusCode::UNAUTHORIZED,
+            AuthKind::Proxy => crate::StatusCode::PROXY_AUTHENTICATION_REQUIRED,
         }
     }
+    /// The status's reason phrase.
     pub fn reason(self) -> &'static str {
-        match self {
-            AuthKind::Www => "Unauthorized",
-            AuthKind::Proxy => "Proxy Authentication Required",
-        }
+        self.status().reason()
     }
     /// Header carrying the challenge in the response.
     pub fn challenge_header(self) -> &'static str {
