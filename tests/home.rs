@@ -1221,3 +1221,172 @@ fn metrics_when(pbx: &Pbx, ok: impl Fn(&str) -> bool) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+// ----- DND, modes, persistence ----------------------------------------------------------------
+
+#[test]
+fn dnd_gives_busy_and_runs_the_fallback_and_survives_a_restart() {
+    let cfg = r#"
+[voicemail]
+silence_secs = 1
+
+[[modes]]
+name = "night"
+feature_code = "*55"
+
+[[users]]
+name = "101"
+identify_by_source = true
+allow_from = ["::1/128"]
+voicemail = true
+voicemail_pin = "4711"
+
+[[users]]
+name = "102"
+password = "pw-102"
+voicemail = true
+
+[[users]]
+name = "190"
+identify_by_source = true
+allow_from = ["127.0.0.1/32"]
+
+[[dialplan]]
+name = "night"
+match = { caller = "190", number = "main", mode = "night" }
+action = "reject"
+status = 480
+reason = "Night"
+
+[[dialplan]]
+name = "main"
+match = { caller = "190", number = "main" }
+action = "ring"
+targets = ["102"]
+timeout_secs = 5
+
+[[dialplan]]
+name = "ext"
+match = { pattern = "_1XX", from = "local" }
+action = "local"
+timeout_secs = 5
+fallback = [{ action = "voicemail" }]
+"#;
+    let mut pbx = Pbx::start(cfg);
+    let admin = pbx.admin.to_string();
+    // DND for 102 by ctl, for 101 by its feature code (confirmed by an announcement).
+    let (code, out, err) = ctl(&["--admin", &admin, "dnd", "102", "on"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("do not disturb of 102 is on"), "{out}");
+    let mut phone = SipPhone::new(pbx.v6(), "::1", "dnd-code");
+    assert_eq!(phone.call("*78", &pbx), 200, "{}", tail(&pbx.log_text()));
+    let mut bye = false;
+    let end = Instant::now() + Duration::from_secs(5);
+    while !bye && Instant::now() < end {
+        bye = phone.listen(Duration::from_millis(100));
+    }
+    assert!(bye && phone.heard.len() > 2000, "\"activated\", then BYE");
+    let (_, out, _) = ctl(&["--admin", &admin, "features"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("101 ") && l.contains(" on ")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("102 ") && l.contains(" on ")),
+        "{out}"
+    );
+    // A call to 102 (DND): not rung, busy, so the voicemail fallback answers.
+    let mut door = SipPhone::new(pbx.v4(), "127.0.0.1", "dnd-door");
+    assert_eq!(
+        door.call("102", &pbx),
+        200,
+        "voicemail fallback: {}",
+        tail(&pbx.log_text())
+    );
+    // "main" rings only 102 and has no fallback: 486.
+    let mut door2 = SipPhone::new(pbx.v4(), "127.0.0.1", "dnd-door2");
+    assert_eq!(door2.call("main", &pbx), 486);
+    // Night mode by ctl: the night rule takes the call.
+    let (code, _, err) = ctl(&["--admin", &admin, "mode", "night", "on"]);
+    assert_eq!(code, Some(0), "{err}");
+    let mut door3 = SipPhone::new(pbx.v4(), "127.0.0.1", "night-door");
+    assert_eq!(door3.call("main", &pbx), 480);
+    let (code, _, err) = ctl(&["--admin", &admin, "mode", "dusk", "on"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no mode `dusk`"), "{err}");
+    // Killed (no graceful stop) and started again: the switches are still set.
+    std::thread::sleep(Duration::from_millis(300));
+    pbx.restart_hard();
+    let (_, out, _) = ctl(&["--admin", &pbx.admin.to_string(), "features"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("102 ") && l.contains(" on ")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("night") && l.contains("on")),
+        "{out}"
+    );
+    let mut door4 = SipPhone::new(pbx.v4(), "127.0.0.1", "night-door2");
+    assert_eq!(door4.call("main", &pbx), 480, "night mode kept");
+    // The feature code toggles night mode off.
+    let mut phone2 = SipPhone::new(pbx.v6(), "::1", "night-code");
+    assert_eq!(phone2.call("*55", &pbx), 200);
+    let mut door5 = SipPhone::new(pbx.v4(), "127.0.0.1", "day-door");
+    assert_eq!(door5.call("main", &pbx), 486, "day again: 102 still in DND");
+}
+
+/// Time-based routing on the real clock: a rule whose hours hold now matches, one whose hours
+/// exclude now does not (UTC, so the test does not depend on the machine's zone).
+#[test]
+fn time_rules_follow_the_clock() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let minute = (now / 60 % 1440) as i64;
+    let hhmm = |m: i64| {
+        let m = m.rem_euclid(1440);
+        format!("{:02}:{:02}", m / 60, m % 60)
+    };
+    // Around now (±90 min) and far from now (+4 h .. +6 h).
+    let (near, far) = (
+        format!("{}-{}", hhmm(minute - 90), hhmm(minute + 90)),
+        format!("{}-{}", hhmm(minute + 240), hhmm(minute + 360)),
+    );
+    let cfg = format!(
+        r#"
+[clock]
+timezone = "UTC"
+
+[[users]]
+name = "190"
+identify_by_source = true
+allow_from = ["127.0.0.1/32"]
+
+[[dialplan]]
+name = "far"
+match = {{ number = "t", time = {{ hours = ["{far}"] }} }}
+action = "reject"
+status = 603
+
+[[dialplan]]
+name = "near"
+match = {{ number = "t", time = {{ hours = ["{near}"] }} }}
+action = "reject"
+status = 480
+
+[[dialplan]]
+name = "other"
+match = {{ number = "t" }}
+action = "reject"
+status = 404
+"#
+    );
+    let pbx = Pbx::start(&cfg);
+    let mut door = SipPhone::new(pbx.v4(), "127.0.0.1", "time-1");
+    assert_eq!(door.call("t", &pbx), 480, "the rule around now matches");
+}

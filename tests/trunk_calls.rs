@@ -960,3 +960,59 @@ fn a_providers_302_is_followed_through_the_same_trunk() {
     let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
     assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
 }
+
+/// Issue 16: a user's call forwarding to an external number goes out through the trunk rules
+/// and reaches the provider (and the PSTN behind it) with `Diversion` and `History-Info`
+/// naming the forwarding user; a user the dialplan does not let call out cannot forward out.
+#[test]
+fn forwarding_to_the_trunk_reaches_the_provider_with_diversion() {
+    let uas_addr = SocketAddr::new(ip("127.0.0.1"), free_port());
+    let kam = provider(|c| c.uas = Some(uas_addr));
+    // 102 forwards every call to 0301234567; the national rule is for 101 and 102 only.
+    let cfg = pbx_config(kam.port, "")
+        .replace(
+            "[[users]]\nname = \"102\"\npassword = \"pw-102\"",
+            "[[users]]\nname = \"102\"\npassword = \"pw-102\"\nforward = { always = \"0301234567\" }",
+        )
+        .replace(
+            "match = { prefix = \"0\", from = \"local\" }",
+            "match = { prefix = \"0\", caller = \"callers\" }",
+        );
+    let cfg = format!("{cfg}\n[[groups]]\nname = \"callers\"\nmembers = [\"101\", \"102\"]\n");
+    let pbx = Pbx::start(&cfg);
+    wait_registered(&pbx, &kam, "provider");
+    let uas = Uas::start("trunk_uas_diverted.xml", uas_addr, 1, &["-mi", "::1"]);
+    let run = call(&pbx, "call_uac.xml", "102", &["-d", "500"]);
+    let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && uas_ok,
+        "caller:\n{}\n--- UAS ---\n{uas_logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+        tail(&kam.log_text())
+    );
+    assert!(uas_logs.contains("ruri_user=+49301234567 "), "{uas_logs}");
+    assert!(
+        uas_logs.contains("UAS-DIVERSION <sip:102@podpbx.local>;reason=unconditional;counter=1"),
+        "{uas_logs}"
+    );
+    assert!(
+        uas_logs.contains("UAS-HISTORY <sip:102@podpbx.local>;index=1,<sip:+49301234567@")
+            && uas_logs.contains("cause%3D302>;index=1.1"),
+        "{uas_logs}"
+    );
+    let cdrs = cdrs(&cdr_file(&pbx), 1, Duration::from_secs(5));
+    assert_eq!(cdrs[0]["callee"], "102", "{}", cdrs[0]);
+    assert_eq!(cdrs[0]["answered_by"], "provider", "{}", cdrs[0]);
+    // 103 may not call out, so it may not forward out: the feature code is refused.
+    let (code, _, err) = ctl(&[
+        "--admin",
+        &pbx.admin.to_string(),
+        "forward",
+        "103",
+        "always",
+        "0301234567",
+    ]);
+    assert_eq!(code, Some(1), "refused: {err}");
+    assert!(err.contains("103 may not forward to `0301234567`"), "{err}");
+}

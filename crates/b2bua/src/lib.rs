@@ -54,6 +54,7 @@ mod util;
 mod tests;
 
 pub use cdr::{Cdr, CdrLeg, Disposition, MediaCounters};
+pub use engine::forward::{ForwardKind, UserFeatures};
 pub use engine::B2bua;
 pub use podpbx_sdp::{Family, Leg as MediaLeg, RemoteMedia};
 pub use podpbx_sip::Flow;

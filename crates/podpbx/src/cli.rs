@@ -7,7 +7,8 @@ use std::process::ExitCode;
 pub const USAGE: &str = "usage:
   podpbx [run] [--config FILE] [--log-format text|json]   run the PBX (embedded default config without --config)
   podpbx check --config FILE                              validate a config file and exit
-  podpbx ctl [--admin ADDR|--config FILE] [--token-file FILE] registrations|calls|trunks|subscriptions|reload|status|health|ready
+  podpbx ctl [--admin ADDR|--config FILE] [--token-file FILE] registrations|calls|trunks|subscriptions|features|reload|status|health|ready
+  podpbx ctl [...] mode NAME on|off | dnd USER on|off | forward USER always|busy|no-answer TARGET|off
                                                           ask the running PBX (admin listener)
   podpbx --version | --help";
 

@@ -193,6 +193,95 @@ impl Core {
         self.flush_notifies(now);
     }
 
+    /// A run-time switch from `podpbx ctl` (`mode NAME on|off`, `dnd USER on|off`,
+    /// `forward USER always|busy|no-answer TARGET|off`, `forward USER off`).
+    pub fn command(&mut self, args: &[String]) -> Result<String, String> {
+        let Some(calls) = self.calls.as_mut() else {
+            return Err("call control is not running".into());
+        };
+        let b = &mut calls.b2bua;
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        let on = |w: &str| match w {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(format!("`{w}`: say on or off")),
+        };
+        match words.as_slice() {
+            ["mode", name, state] => {
+                let v = on(state)?;
+                if b.set_mode(name, v) {
+                    Ok(format!("mode {name} is {state}"))
+                } else {
+                    Err(format!("no mode `{name}` in [[modes]]"))
+                }
+            }
+            ["dnd", user, state] => {
+                let v = on(state)?;
+                if b.set_dnd(user, v) {
+                    Ok(format!("do not disturb of {user} is {state}"))
+                } else {
+                    Err(format!("no user `{user}`"))
+                }
+            }
+            ["forward", user, "off"] => {
+                if b.clear_forwards(user) {
+                    Ok(format!("every forwarding of {user} is off"))
+                } else {
+                    Err(format!("no user `{user}`"))
+                }
+            }
+            ["forward", user, kind, target] => {
+                let kind = match *kind {
+                    "always" => podpbx_b2bua::ForwardKind::Always,
+                    "busy" => podpbx_b2bua::ForwardKind::Busy,
+                    "no-answer" => podpbx_b2bua::ForwardKind::NoAnswer,
+                    k => return Err(format!("`{k}`: say always, busy or no-answer")),
+                };
+                if b.user_features(user).is_none() {
+                    return Err(format!("no user `{user}`"));
+                }
+                if *target == "off" {
+                    b.set_forward(user, kind, None);
+                    return Ok(format!("forwarding of {user} ({kind:?}) is off"));
+                }
+                if !b.forward_allowed(user, target) {
+                    return Err(format!("{user} may not forward to `{target}`: not another user or group, nor a number the dialplan routes for {user}"));
+                }
+                b.set_forward(user, kind, Some(target.to_string()));
+                Ok(format!("calls for {user} ({kind:?}) go to {target}"))
+            }
+            _ => Err("unknown command".into()),
+        }
+    }
+
+    /// The forwarding/DND/modes state for `podpbx ctl features`.
+    pub fn features_json(&self) -> serde_json::Value {
+        self.calls
+            .as_ref()
+            .map(|c| c.b2bua.state_json())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The run-time state to persist, once after each change.
+    pub fn take_state_save(&mut self) -> Option<Vec<u8>> {
+        self.calls
+            .as_mut()
+            .and_then(|c| c.b2bua.take_state_changed())
+    }
+
+    /// The run-time state now (written synchronously at exit).
+    pub fn state_bytes(&self) -> Option<Vec<u8>> {
+        self.calls.as_ref().map(|c| c.b2bua.state_bytes())
+    }
+
+    /// Restores the persisted run-time state at start.
+    pub fn restore_state(&mut self, data: &[u8]) -> Result<(), String> {
+        match self.calls.as_mut() {
+            Some(c) => c.b2bua.restore_state(data),
+            None => Ok(()),
+        }
+    }
+
     /// Subscriptions for `podpbx ctl subscriptions`.
     pub fn subscriptions_json(&self, now: Instant) -> serde_json::Value {
         serde_json::Value::Array(self.presence.notifier.snapshot(now))

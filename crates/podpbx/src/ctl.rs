@@ -13,8 +13,9 @@ use std::time::Duration;
 /// Usage of `podpbx ctl`.
 pub const USAGE: &str =
     "usage: podpbx ctl [--admin ADDR | --config FILE] [--token-file FILE] [--json] COMMAND
-  COMMAND           registrations, calls, trunks, subscriptions, reload or status (the
-                    API), or
+  COMMAND           registrations, calls, trunks, subscriptions, features, reload or
+                    status (the API); mode NAME on|off, dnd USER on|off,
+                    forward USER always|busy|no-answer TARGET|off (run-time switches); or
                     health or ready: exit 0 when /healthz or /readyz answers 200 (exec probes)
   --admin ADDR      the listener to ask, e.g. 127.0.0.1:9060 or [::1]:9060
   --config FILE     take the address and the token from FILE's [admin] section (health and
@@ -38,6 +39,9 @@ pub enum What {
     Calls,
     Trunks,
     Subscriptions,
+    Features,
+    /// `mode NAME on|off`, `dnd USER on|off`, `forward USER always|busy|no-answer TARGET|off`.
+    Set,
     Reload,
     Status,
     Health,
@@ -67,6 +71,8 @@ pub struct Opts {
     pub json: bool,
     /// `--token-file`.
     pub token_file: Option<PathBuf>,
+    /// The words of a `mode`/`dnd`/`forward` command.
+    pub set_args: Vec<String>,
 }
 
 /// Parses the arguments after `ctl`.
@@ -75,6 +81,7 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
     let mut what = None;
     let mut json = false;
     let mut token_file = None;
+    let mut set_args: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let set = |target: &mut Target, t: Target| {
@@ -113,6 +120,16 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
                     "calls" => What::Calls,
                     "trunks" => What::Trunks,
                     "subscriptions" | "subs" => What::Subscriptions,
+                    "features" => What::Features,
+                    "mode" | "dnd" | "forward" if what.is_none() => {
+                        set_args.push(w.to_string());
+                        what = Some(What::Set);
+                        continue;
+                    }
+                    _ if what == Some(What::Set) => {
+                        set_args.push(w.to_string());
+                        continue;
+                    }
                     "reload" => What::Reload,
                     "status" => What::Status,
                     "health" => What::Health,
@@ -128,11 +145,22 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
     let what = what.ok_or(
         "which one: registrations, calls, trunks, subscriptions, reload, status, health or ready?",
     )?;
+    if what == What::Set {
+        let ok = match set_args.first().map(String::as_str) {
+            Some("mode") | Some("dnd") => set_args.len() == 3,
+            Some("forward") => set_args.len() == 4 || (set_args.len() == 3 && set_args[2] == "off"),
+            _ => false,
+        };
+        if !ok {
+            return Err("usage: mode NAME on|off, dnd USER on|off, forward USER always|busy|no-answer TARGET|off, forward USER off".into());
+        }
+    }
     Ok(Opts {
         target,
         what,
         json,
         token_file,
+        set_args,
     })
 }
 
@@ -172,6 +200,8 @@ fn run(opts: &Opts) -> Result<String, String> {
         What::Calls => ("GET", "/api/calls"),
         What::Trunks => ("GET", "/api/trunks"),
         What::Subscriptions => ("GET", "/api/subscriptions"),
+        What::Features => ("GET", "/api/features"),
+        What::Set => ("POST", ""),
         What::Reload => ("POST", "/api/reload"),
         What::Status => ("GET", "/api/status"),
         What::Health => ("GET", "/healthz"),
@@ -194,6 +224,12 @@ fn run(opts: &Opts) -> Result<String, String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         token = Some(t.to_string());
     }
+    let set_path = format!("/api/set/{}", opts.set_args.join("/"));
+    let path = if opts.what == What::Set {
+        set_path.as_str()
+    } else {
+        path
+    };
     let (code, body) = request(addr, method, path, token.as_deref(), READ_TIMEOUT)?;
     let v: Value = serde_json::from_str(&body).map_err(|_| {
         format!("{addr} answered {code} with something that is not JSON (is that a podpbx admin listener?): {}", first_line(&body))
@@ -225,6 +261,11 @@ fn run(opts: &Opts) -> Result<String, String> {
         What::Calls => render_items(&v, CALLS, "calls"),
         What::Trunks => render_items(&v, TRUNKS, "trunks"),
         What::Subscriptions => render_items(&v, SUBSCRIPTIONS, "subscriptions"),
+        What::Features => render_features(&v),
+        What::Set => format!(
+            "{}\n",
+            v.get("message").and_then(Value::as_str).unwrap_or("ok")
+        ),
         // Answered above, before the JSON parsing: their bodies are text.
         What::Health | What::Ready => format!("{}\n", first_line(&body)),
     })
@@ -439,6 +480,74 @@ const REGISTRATIONS: &[Column] = &[
     }),
 ];
 
+/// `ctl features`: forwarding and DND per user, then the modes.
+fn render_features(v: &Value) -> String {
+    let state = v.get("items").unwrap_or(v);
+    let mut out = String::new();
+    let users: Vec<Value> = state
+        .get("users")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(u, f)| {
+                    let mut f = f.clone();
+                    f["user"] = Value::String(u.clone());
+                    f
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&render_items(
+        &serde_json::json!({ "items": users }),
+        FEATURES,
+        "users",
+    ));
+    if let Some(m) = state
+        .get("modes")
+        .and_then(Value::as_object)
+        .filter(|m| !m.is_empty())
+    {
+        out.push('\n');
+        let modes: Vec<Value> = m
+            .iter()
+            .map(|(n, on)| serde_json::json!({ "mode": n, "state": if on.as_bool() == Some(true) { "on" } else { "off" } }))
+            .collect();
+        out.push_str(&render_items(
+            &serde_json::json!({ "items": modes }),
+            MODES,
+            "modes",
+        ));
+    }
+    out
+}
+
+const FEATURES: &[Column] = &[
+    ("USER", |v, _| text(v, "user")),
+    ("DND", |v, _| {
+        if v.get("dnd").and_then(Value::as_bool) == Some(true) {
+            "on".into()
+        } else {
+            "-".into()
+        }
+    }),
+    ("FORWARD ALWAYS", |v, _| text(v, "always")),
+    ("BUSY", |v, _| text(v, "busy")),
+    ("NO ANSWER", |v, _| {
+        match (
+            v.get("no_answer").and_then(Value::as_str),
+            num(v, "no_answer_secs"),
+        ) {
+            (Some(t), Some(s)) => format!("{t} after {s} s"),
+            _ => "-".into(),
+        }
+    }),
+];
+
+const MODES: &[Column] = &[
+    ("MODE", |v, _| text(v, "mode")),
+    ("STATE", |v, _| text(v, "state")),
+];
+
 const SUBSCRIPTIONS: &[Column] = &[
     ("SUBSCRIBER", |v, _| text(v, "subscriber")),
     ("RESOURCE", |v, _| text(v, "resource")),
@@ -570,6 +679,7 @@ mod tests {
                 what: What::Status,
                 json: false,
                 token_file: None,
+                set_args: Vec::new(),
             }
         );
         let o = parse(&args("trunks --json --config /etc/podpbx.toml")).expect("ok");
@@ -580,6 +690,7 @@ mod tests {
                 what: What::Trunks,
                 json: true,
                 token_file: None,
+                set_args: Vec::new(),
             }
         );
         let o = parse(&args("--token-file /run/t --admin 127.0.0.1:1 health")).expect("ok");
@@ -702,7 +813,7 @@ mod tests {
             "old       sip:x@192.0.2.8              -                       expired"
         );
         assert_eq!(
-            render_items(&json!({"now": 1, "items": []}), CALLS, "calls"),
+            render_items(&serde_json::json!({"now": 1, "items": []}), CALLS, "calls"),
             "(no calls)\n"
         );
 
@@ -767,6 +878,7 @@ mod tests {
             what: What::Status,
             json: false,
             token_file: None,
+            set_args: Vec::new(),
         };
         let e = run(&opts).expect_err("nothing listens");
         assert!(

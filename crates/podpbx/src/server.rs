@@ -305,6 +305,30 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     }
     let mut cdr_writer = crate::cdr::CdrWriter::start()?;
     let subscriptions = admin.provide_snapshot("subscriptions");
+    // Run-time forwarding/DND/modes: restored from the data volume, saved after each change.
+    let state_path = cfg.storage.data_dir.join("features.json");
+    match std::fs::read(&state_path) {
+        Ok(data) => {
+            if let Err(e) = core.restore_state(&data) {
+                let aside = state_path.with_extension(format!(
+                    "json.corrupt-{}",
+                    SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                ));
+                let _ = std::fs::rename(&state_path, &aside);
+                warn!(file = %state_path.display(), moved_to = %aside.display(), error = %e, "forwarding/DND state unreadable: starting from the configuration");
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            warn!(file = %state_path.display(), error = %e, "cannot read the forwarding/DND state")
+        }
+    }
+    let features_writer = StateWriter::spawn();
+    let features = admin.provide_snapshot("features");
+    features.publish(core.features_json());
     let presence_stats = Arc::new(std::sync::Mutex::new(core.presence_stats()));
     register_presence_metrics(admin.registry(), &presence_stats);
     let trunk_status = admin.provide_snapshot("trunks");
@@ -345,6 +369,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 publish_trunks(&core);
                 trunk_events(&core, &mut trunks_up, &mut webhooks);
                 calls_snapshot.publish(core.calls_json(Instant::now()));
+                features.publish(core.features_json());
                 subscriptions.publish(core.subscriptions_json(Instant::now()));
                 if let Ok(mut p) = presence_stats.lock() {
                     *p = core.presence_stats();
@@ -418,6 +443,11 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             }
             Some(req) = admin_rx.recv() => match req {
                 crate::admin::CoreRequest::Ping(p) => p.pong(),
+                crate::admin::CoreRequest::Command(c) => {
+                    let r = core.command(&c.args);
+                    info!(command = %c.args.join(" "), result = ?r, "ctl");
+                    c.respond(r);
+                }
             },
             ev = shutdown.next() => match ev {
                 crate::lifecycle::StopEvent::Begin => {
@@ -450,6 +480,10 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         // A trunk that just registered makes /readyz 200 now, not on the next tick.
         if core.take_trunks_changed() {
             publish_trunks(&core);
+        }
+        if let Some(data) = core.take_state_save() {
+            features_writer.send((state_path.clone(), data));
+            features.publish(core.features_json());
         }
         admin.metrics().calls_active.set_count(core.active_calls());
         for d in core.take_ended_calls() {
@@ -489,6 +523,7 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         }
     }
     state_writer.finish(core.bindings_snapshot());
+    features_writer.finish(core.state_bytes().map(|d| (state_path.clone(), d)));
     // The CDRs of the calls ended by the stop are on disk before the process exits.
     cdr_writer.finish();
     shutdown.finish();

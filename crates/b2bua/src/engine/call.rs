@@ -77,6 +77,8 @@ pub(crate) struct Routing {
     pub failover: Option<Box<TrunkFailover>>,
     /// Provider redirections (3xx) followed so far in this call.
     pub redirects: u8,
+    /// Forwarding in effect for this routing (boxed: most calls are never forwarded).
+    pub fwd: Box<super::forward::FwdState>,
 }
 
 /// The rest of a trunk step that lists several trunks.
@@ -102,6 +104,7 @@ impl Routing {
             last_failure: Failure::no_answer(),
             failover: None,
             redirects: 0,
+            fwd: Box::default(),
         }
     }
 }

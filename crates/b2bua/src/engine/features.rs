@@ -5,9 +5,10 @@
 use super::call::{Call, Failure};
 use super::B2bua;
 use crate::cdr::Disposition;
-use crate::{App, Caller};
+use crate::{App, Caller, ForwardKind};
 use podpbx_config::When;
 use podpbx_sip::StatusCode;
+use podpbx_voicemail::prompts::Prompt;
 use std::time::{Instant, SystemTime};
 use tracing::info;
 
@@ -16,6 +17,14 @@ use tracing::info;
 pub(super) enum Feature {
     /// Listen to one's own mailbox.
     Voicemail,
+    /// Do not disturb on/off.
+    Dnd(bool),
+    /// Forward to a user, group or number.
+    Forward(ForwardKind, String),
+    /// Every forwarding off.
+    ForwardOff,
+    /// Toggle a `[[modes]]` switch.
+    Mode(String),
 }
 
 impl Feature {
@@ -23,6 +32,9 @@ impl Feature {
     pub fn name(&self) -> &'static str {
         match self {
             Feature::Voicemail => "feature:voicemail",
+            Feature::Dnd(_) => "feature:dnd",
+            Feature::Forward(..) | Feature::ForwardOff => "feature:forward",
+            Feature::Mode(_) => "feature:mode",
         }
     }
 }
@@ -34,10 +46,53 @@ impl B2bua {
             return None;
         };
         let f = &self.cfg.features;
-        if !f.voicemail.is_empty() && number == f.voicemail {
+        let is = |code: &str| !code.is_empty() && number == code;
+        if is(&f.voicemail) {
             return Some(Feature::Voicemail);
         }
-        None
+        if is(&f.dnd_on) {
+            return Some(Feature::Dnd(true));
+        }
+        if is(&f.dnd_off) {
+            return Some(Feature::Dnd(false));
+        }
+        if is(&f.forward_off) {
+            return Some(Feature::ForwardOff);
+        }
+        for (code, kind) in [
+            (&f.forward_always, ForwardKind::Always),
+            (&f.forward_busy, ForwardKind::Busy),
+            (&f.forward_no_answer, ForwardKind::NoAnswer),
+        ] {
+            if code.is_empty() {
+                continue;
+            }
+            if let Some(rest) = number.strip_prefix(code.as_str()) {
+                // `*21*<target>#`: the `#` is optional (many phones send it, some cannot).
+                let target = rest.strip_suffix('#').unwrap_or(rest);
+                if !target.is_empty() {
+                    return Some(Feature::Forward(kind, target.to_string()));
+                }
+            }
+        }
+        self.cfg
+            .modes
+            .iter()
+            .find(|m| m.feature_code.as_deref() == Some(number))
+            .map(|m| Feature::Mode(m.name.clone()))
+    }
+
+    /// Confirms a feature code with a prompt (or, without the media endpoint, ends the call
+    /// with `reply`).
+    fn confirm(&mut self, call: &mut Call, now: Instant, prompt: Prompt) {
+        if !self.start_endpoint(call, now, App::Announce(vec![prompt])) {
+            let status = if prompt == Prompt::NotAllowed {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::TEMPORARILY_UNAVAILABLE
+            };
+            self.routing_failed(call, now, Failure::new(status, Disposition::Rejected));
+        }
     }
 
     /// Runs feature `f` for the call's caller.
@@ -71,6 +126,38 @@ impl B2bua {
                     );
                 }
             }
+            Feature::Dnd(on) => {
+                self.set_dnd(&user, on);
+                let p = if on {
+                    Prompt::Activated
+                } else {
+                    Prompt::Deactivated
+                };
+                self.confirm(call, now, p);
+            }
+            Feature::ForwardOff => {
+                self.clear_forwards(&user);
+                self.confirm(call, now, Prompt::Deactivated);
+            }
+            Feature::Forward(kind, target) => {
+                if self.forward_allowed(&user, &target) {
+                    self.set_forward(&user, kind, Some(target));
+                    self.confirm(call, now, Prompt::Activated);
+                } else {
+                    info!(call = call.key, %user, %target, "forwarding refused: not a user, group or number this user may call");
+                    self.confirm(call, now, Prompt::NotAllowed);
+                }
+            }
+            Feature::Mode(mode) => {
+                let on = !self.modes().iter().any(|(m, on)| *m == mode && *on);
+                self.set_mode(&mode, on);
+                let p = if on {
+                    Prompt::Activated
+                } else {
+                    Prompt::Deactivated
+                };
+                self.confirm(call, now, p);
+            }
         }
     }
 
@@ -81,6 +168,7 @@ impl B2bua {
             return false;
         }
         self.modes.insert(name.to_string(), on);
+        self.state_changed = true;
         info!(mode = name, on, "mode switched");
         true
     }

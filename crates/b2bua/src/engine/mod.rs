@@ -22,6 +22,7 @@
 //! | `ending` | ending a call, the CDR |
 //! | `endpoint` | calls podpbx answers itself (voicemail, announcements) |
 //! | `features` | feature codes dialled from phones; modes (night) and time for routing |
+//! | `forward` | per-user forwarding and do not disturb when a step rings users |
 //! | `presence` | BLF: a user's dialogs from the calls, and which users changed |
 //! | `timers` | ring timeouts, 2xx retransmission, guards |
 //!
@@ -50,6 +51,7 @@ mod ending;
 mod endpoint;
 mod features;
 mod fork;
+pub(crate) mod forward;
 mod in_dialog;
 mod invite;
 mod leg;
@@ -95,6 +97,10 @@ pub struct B2bua {
     by_endpoint: HashMap<crate::EndpointId, CallKey>,
     /// Run-time state of the `[[modes]]` switches (absent: the mode's `initial`).
     modes: HashMap<String, bool>,
+    /// Forwarding and DND changed at run time, by user (the rest comes from the configuration).
+    user_state: HashMap<String, forward::UserFeatures>,
+    /// Run-time state changed since [`B2bua::take_state_changed`].
+    state_changed: bool,
     /// Users whose dialogs changed since [`B2bua::take_presence_changes`] (BLF).
     presence_dirty: std::collections::HashSet<String>,
     ids: IdGen,
@@ -126,6 +132,8 @@ impl B2bua {
             endpoint: Box::new(crate::NoEndpoint),
             by_endpoint: HashMap::new(),
             modes: HashMap::new(),
+            user_state: HashMap::new(),
+            state_changed: false,
             presence_dirty: std::collections::HashSet::new(),
             ids,
             calls: HashMap::new(),
@@ -144,6 +152,9 @@ impl B2bua {
     /// Swaps the dialplan, users and groups for the next calls (calls in progress keep the
     /// steps they already have).
     pub fn set_config(&mut self, cfg: Arc<Config>) {
+        // Run-time switches of users and modes that are gone go with them.
+        self.user_state.retain(|u, _| cfg.user(u).is_some());
+        self.modes.retain(|m, _| cfg.mode(m).is_some());
         self.cfg = cfg;
     }
 

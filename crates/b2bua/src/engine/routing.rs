@@ -60,9 +60,16 @@ impl B2bua {
     /// Starts the next dialplan step of the call's routing, or fails the routing.
     pub(super) fn next_step(&mut self, call: &mut Call, now: Instant, dir: &dyn Directory) {
         loop {
+            // The step that just failed may forward (busy / no answer of one user).
+            if let Some(started) = self.forward_after_failure(call, now, dir) {
+                if started {
+                    return;
+                }
+            }
             let Some(r) = call.routing_mut() else {
                 return;
             };
+            r.fwd.forward_on = None;
             r.gen += 1;
             r.legs.clear();
             r.codes.clear();
@@ -120,7 +127,7 @@ impl B2bua {
                             timeout,
                             exclude,
                         };
-                        self.start_ring(call, now, dir, step)
+                        self.ring_with_features(call, now, dir, step)
                     } else if let Some(g) = self.cfg.group(&number).cloned() {
                         let timeout = if g.strategy == RingStrategy::Sequential {
                             g.ring_timeout
@@ -133,7 +140,7 @@ impl B2bua {
                             timeout,
                             exclude,
                         };
-                        self.start_ring(call, now, dir, step)
+                        self.ring_with_features(call, now, dir, step)
                     } else {
                         if let Some(r) = call.routing_mut() {
                             r.last_failure =
@@ -154,7 +161,7 @@ impl B2bua {
                         timeout,
                         exclude,
                     };
-                    self.start_ring(call, now, dir, step)
+                    self.ring_with_features(call, now, dir, step)
                 }
             };
             if started {

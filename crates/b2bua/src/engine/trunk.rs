@@ -73,10 +73,16 @@ impl B2bua {
         let Some((gen, Purpose::Initial)) = call.routing().map(|r| (r.gen, &r.purpose)) else {
             return fail(call);
         };
+        let diversion = call.routing().and_then(|r| r.fwd.diversion.clone());
         let number = match step.number {
             Some(n) => sanitize(n, 64),
             None => {
-                let n: String = call.number.chars().skip(step.strip).collect();
+                // A forwarding to a number dials that number, not the call's.
+                let dialled = call
+                    .routing()
+                    .and_then(|r| r.fwd.dial.clone())
+                    .unwrap_or_else(|| call.number.clone());
+                let n: String = dialled.chars().skip(step.strip).collect();
                 sanitize(&format!("{}{n}", step.prepend), 64)
             }
         };
@@ -130,13 +136,17 @@ impl B2bua {
             offerer: Some(call.a),
             resend: Resend {
                 uri,
-                headers: vec![
-                    ("Allow".to_string(), allow(TRUNK_DIALOG_METHODS)),
-                    ("Supported".to_string(), supported()),
-                ]
-                .into_iter()
-                .chain(self.st_invite_headers(&Party::Trunk(trunk.name.clone())))
-                .collect(),
+                headers: {
+                    let mut h: Vec<(String, String)> = vec![
+                        ("Allow".to_string(), allow(TRUNK_DIALOG_METHODS)),
+                        ("Supported".to_string(), supported()),
+                    ];
+                    h.extend(self.st_invite_headers(&Party::Trunk(trunk.name.clone())));
+                    if let Some(d) = &diversion {
+                        h.extend(d.headers(&self.settings.domain, &number, &hostp));
+                    }
+                    h
+                },
                 body: None,
             },
             auth,

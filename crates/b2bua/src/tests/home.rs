@@ -340,3 +340,238 @@ impl H {
         assert!(!self.b.take_presence_changes().is_empty());
     }
 }
+
+// ----- forwarding, DND, feature codes --------------------------------------------------------
+
+const FWD: &str = r#"
+[[trunks]]
+name = "prov"
+host = "2001:db8:ffff::1"
+username = "4930"
+password = "secret"
+[[dialplan]]
+name = "out"
+match = { prefix = "0", caller = "102" }
+action = "trunk"
+trunk = "prov"
+"#;
+
+fn fwd() -> (H, FakeEndpoint, TrunkDir) {
+    let text = HOME
+        .replace(
+            "[[modes]]\nname = \"night\"",
+            "[[modes]]\nname = \"night\"\nfeature_code = \"*55\"",
+        )
+        .replace(
+            "name = \"102\"\npassword = \"b\"",
+            "name = \"102\"\npassword = \"b\"\nforward = { no_answer_secs = 5 }",
+        );
+    // The trunk rule first: `ext` (_1XX) does not cover 0-numbers anyway.
+    let text = format!("{text}{FWD}");
+    let mut h = H::with_config(&text);
+    let ep = FakeEndpoint::default();
+    h.b.set_endpoint(Box::new(ep.clone()));
+    let dir = TrunkDir(std::mem::take(&mut h.dir));
+    (h, ep, dir)
+}
+
+impl H {
+    fn invite_via(&mut self, dir: &dyn Directory, number: &str, caller: &str) -> Vec<Output> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let text = format!(
+            "INVITE sip:{number}@pbx SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKf{n};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{caller}@pbx>;tag=f{n}\r\nTo: <sip:{number}@pbx>\r\nCall-ID: fwd{n}@a\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:{caller}@[2001:db8:1::a]:5062>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+            SDP_A.len()
+        );
+        let msg = parse(&Bytes::from(text));
+        let tx = self.server_tx(&msg, self.a_flow);
+        self.b.handle_invite(
+            self.now,
+            SystemTime::now(),
+            Received {
+                tx,
+                msg: &msg,
+                flow: self.a_flow,
+            },
+            Caller::User(caller.into()),
+            dir,
+        );
+        self.drain()
+    }
+
+    fn advance_via(&mut self, dir: &dyn Directory, d: Duration) -> Vec<Output> {
+        let end = self.now + d;
+        while let Some(t) = self.b.poll_timeout().filter(|t| *t <= end) {
+            self.now = t.max(self.now);
+            self.b.handle_timeout(self.now, dir);
+        }
+        self.now = end;
+        self.drain()
+    }
+}
+
+fn announced(ep: &FakeEndpoint) -> Vec<podpbx_voicemail::prompts::Prompt> {
+    ep.0.lock()
+        .unwrap()
+        .started
+        .iter()
+        .filter_map(|s| match &s.3 {
+            App::Announce(p) => Some(p[0]),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn feature_codes_set_forwarding_and_dnd_and_say_so() {
+    use podpbx_voicemail::prompts::Prompt;
+    let (mut h, ep, dir) = fwd();
+    assert!(
+        ok_sdp(&h.invite_via(&dir, "*21*103#", "101")).is_some(),
+        "answered to confirm"
+    );
+    assert_eq!(
+        h.b.user_features("101").unwrap().always.as_deref(),
+        Some("103")
+    );
+    h.invite_via(&dir, "*61*0301234", "102");
+    assert_eq!(
+        h.b.user_features("102").unwrap().no_answer.as_deref(),
+        Some("0301234")
+    );
+    // 103 may not call out: forwarding out is refused (toll fraud).
+    h.invite_via(&dir, "*21*0301234#", "103");
+    assert_eq!(h.b.user_features("103").unwrap().always, None);
+    // To itself: refused; to garbage: refused.
+    h.invite_via(&dir, "*21*101#", "101");
+    h.invite_via(&dir, "*67*abc#", "101");
+    h.invite_via(&dir, "*78", "103");
+    assert!(h.b.user_features("103").unwrap().dnd);
+    h.invite_via(&dir, "#21#", "101");
+    assert_eq!(h.b.user_features("101").unwrap().always, None);
+    h.invite_via(&dir, "*55", "103");
+    assert_eq!(h.b.modes(), vec![("night".to_string(), true)]);
+    h.invite_via(&dir, "*55", "103");
+    assert_eq!(h.b.modes(), vec![("night".to_string(), false)]);
+    assert_eq!(
+        announced(&ep),
+        vec![
+            Prompt::Activated,
+            Prompt::Activated,
+            Prompt::NotAllowed,
+            Prompt::NotAllowed,
+            Prompt::NotAllowed,
+            Prompt::Activated,
+            Prompt::Deactivated,
+            Prompt::Activated,
+            Prompt::Deactivated
+        ]
+    );
+    // The run-time state persists and comes back in a fresh engine.
+    let saved = h.b.take_state_changed().expect("changed");
+    assert!(h.b.take_state_changed().is_none());
+    let (mut h2, _, _) = fwd();
+    h2.b.restore_state(&saved).unwrap();
+    assert_eq!(h2.b.user_features("102"), h.b.user_features("102"));
+    assert!(h2.b.user_features("103").unwrap().dnd);
+    assert!(h2.b.restore_state(b"{ not json").is_err());
+    let v = h2.b.state_json();
+    assert_eq!(v["users"]["103"]["dnd"], true);
+    assert_eq!(v["modes"]["night"], false);
+}
+
+#[test]
+fn dnd_gives_busy_and_runs_the_fallback() {
+    let (mut h, ep, dir) = fwd();
+    h.b.set_dnd("102", true);
+    // "main" rings only 102, no fallback: busy.
+    let outs = h.invite_via(&dir, "500", "103");
+    assert!(requests(&outs, "INVITE").is_empty(), "102 is not rung");
+    assert!(responses(&outs).contains(&486), "{:?}", responses(&outs));
+    // "ext" has a voicemail fallback: it runs.
+    let outs = h.invite_via(&dir, "102", "103");
+    assert!(requests(&outs, "INVITE").is_empty());
+    assert!(ok_sdp(&outs).is_some(), "voicemail answered");
+    assert!(
+        matches!(&ep.0.lock().unwrap().started[0].3, App::Deposit { mailbox, .. } if mailbox == "102")
+    );
+}
+
+#[test]
+fn forwarding_always_rings_the_target_instead() {
+    let (mut h, _, dir) = fwd();
+    h.b.set_forward("102", ForwardKind::Always, Some("101".into()));
+    let outs = h.invite_via(&dir, "102", "103");
+    let inv = requests(&outs, "INVITE");
+    assert_eq!(
+        inv.len(),
+        0,
+        "101 has no contact in the fake directory: nobody to ring"
+    );
+    h.b.set_forward("102", ForwardKind::Always, None);
+    h.b.set_forward("101", ForwardKind::Always, Some("102".into()));
+    let outs = h.invite_via(&dir, "101", "103");
+    let inv = requests(&outs, "INVITE");
+    assert_eq!(inv.len(), 1);
+    assert!(
+        text(&inv[0].1).starts_with("INVITE sip:102@"),
+        "{}",
+        text(&inv[0].1)
+    );
+}
+
+#[test]
+fn no_answer_forwards_to_the_trunk_with_diversion() {
+    let (mut h, _, dir) = fwd();
+    h.b.set_forward("102", ForwardKind::NoAnswer, Some("0301234".into()));
+    let outs = h.invite_via(&dir, "102", "103");
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    h.b.handle_response(
+        h.now,
+        id,
+        &parse(
+            &ResponseBuilder::new(&parse(&data), 180, "Ringing", None)
+                .to_tag("b")
+                .build(),
+        ),
+        &dir,
+    );
+    h.drain();
+    // no_answer_secs = 5: not yet at 4 s, then CANCEL and the provider gets the call.
+    assert!(requests(&h.advance_via(&dir, Duration::from_secs(4)), "CANCEL").is_empty());
+    let outs = h.advance_via(&dir, Duration::from_secs(2));
+    assert_eq!(requests(&outs, "CANCEL").len(), 1);
+    let inv = requests(&outs, "INVITE");
+    assert_eq!(inv.len(), 1, "{outs:?}");
+    let t = text(&inv[0].1);
+    assert!(
+        t.starts_with("INVITE sip:0301234@[2001:db8:ffff::1] SIP/2.0"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Diversion: <sip:102@localhost>;reason=no-answer;counter=1"),
+        "{t}"
+    );
+    assert!(t.contains("History-Info: <sip:102@localhost>;index=1,<sip:0301234@[2001:db8:ffff::1]?Reason=SIP%3Bcause%3D408>;index=1.1"), "{t}");
+    // Busy forwarding: 486 from the phone.
+    h.b.set_forward("102", ForwardKind::NoAnswer, None);
+    h.b.set_forward("102", ForwardKind::Busy, Some("101".into()));
+    h.b.set_forward("101", ForwardKind::Always, None);
+    let outs = h.invite_via(&dir, "102", "103");
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    h.b.handle_response(
+        h.now,
+        id,
+        &parse(
+            &ResponseBuilder::new(&parse(&data), 486, "Busy", None)
+                .to_tag("b2")
+                .build(),
+        ),
+        &dir,
+    );
+    let outs = h.drain();
+    // 101 has no contact here: the forwarding fails, then the voicemail fallback answers.
+    assert!(ok_sdp(&outs).is_some(), "{:?}", responses(&outs));
+}

@@ -10,6 +10,7 @@
 //! | `GET /api/status` | JSON: version, uptime, readiness, SIP listeners, counters (+ the `status` provider's fields) |
 //! | `GET /api/<name>` | JSON `{"now": <unix secs>, "items": <provider value>}`; `501` when no provider `name` is registered |
 //! | `POST /api/reload` | runs the reload hook (same path as SIGHUP); `501 reload not implemented` without one |
+//! | `POST /api/set/<words>` | a run-time switch handed to the core loop (`mode NAME on`, `dnd USER off`, `forward USER busy TARGET`): `podpbx ctl mode/dnd/forward` |
 //!
 //! **Exposure.** The pinned IPv6 address is reachable from the whole internet, so the API is
 //! not served off loopback without a bearer token: with `[admin] token_file` (required by the
@@ -131,6 +132,24 @@ impl Ping {
 pub enum CoreRequest {
     /// `/healthz`: answer with [`Ping::pong`].
     Ping(Ping),
+    /// `POST /api/set/<args...>`: a run-time switch (`mode night on`, `dnd 101 off`,
+    /// `forward 101 busy 102`); answer with [`Command::respond`].
+    Command(Command),
+}
+
+/// A run-time switch asked for by `podpbx ctl` (`POST /api/set/...`).
+#[derive(Debug)]
+pub struct Command {
+    /// The path's words after `/api/set/`.
+    pub args: Vec<String>,
+    reply: oneshot::Sender<Result<String, String>>,
+}
+
+impl Command {
+    /// Answers the request: `Ok(what was done)` or `Err(why not)`.
+    pub fn respond(self, r: Result<String, String>) {
+        let _ = self.reply.send(r);
+    }
 }
 
 /// A reload request (`POST /api/reload`). Answer with `Ok(summary)` or `Err(reason)`.
@@ -493,6 +512,48 @@ impl Admin {
         }
     }
 
+    /// `POST /api/set/<word>/<word>...`: handed to the core loop, which answers.
+    async fn command(&self, path: &str) -> Response {
+        let args: Vec<String> = path
+            .trim_start_matches("/api/set/")
+            .split('/')
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect();
+        let word_ok = |w: &String| {
+            w.len() <= 64
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.+*#-".contains(&b))
+        };
+        if args.is_empty() || args.len() > 4 || !args.iter().all(word_ok) {
+            return Response::json_error(
+                400,
+                "expected /api/set/<what>/<args> of letters, digits and _.+*#-",
+            );
+        }
+        let tx = self.inner.core.lock().ok().and_then(|c| c.clone());
+        let Some(tx) = tx else {
+            return Response::json_error(501, "not available");
+        };
+        let (rtx, rrx) = oneshot::channel();
+        if tx
+            .try_send(CoreRequest::Command(Command { args, reply: rtx }))
+            .is_err()
+        {
+            return Response::json_error(503, "the core loop is busy, try again");
+        }
+        match tokio::time::timeout(PING_TIMEOUT, rrx).await {
+            Ok(Ok(Ok(message))) => {
+                Response::json(200, &json::value(&json::Reloaded::Ok { ok: true, message }))
+            }
+            Ok(Ok(Err(error))) => Response::json(
+                400,
+                &json::value(&json::Reloaded::Failed { ok: false, error }),
+            ),
+            _ => Response::json_error(503, "the core loop did not answer"),
+        }
+    }
+
     async fn reload(&self) -> Response {
         let tx = self.inner.reload.lock().ok().and_then(|r| r.clone());
         let Some(tx) = tx else {
@@ -571,6 +632,7 @@ impl Admin {
         let allowed: &[&str] = match req.path.as_str() {
             _ if !served => return Response::text(404, "not found\n"),
             "/api/reload" => &["POST"],
+            p if p.starts_with("/api/set/") => &["POST"],
             "/healthz" | "/readyz" | "/metrics" => &["GET", "HEAD"],
             p if p.strip_prefix("/api/").is_some_and(valid_provider_name) => &["GET", "HEAD"],
             _ => return Response::text(404, "not found\n"),
@@ -608,6 +670,7 @@ impl Admin {
                 ..Response::text(200, &self.inner.registry.render())
             },
             "/api/reload" => self.reload().await,
+            p if p.starts_with("/api/set/") => self.command(p).await,
             "/api/status" => Response::json(200, &self.status()),
             p => {
                 let name = p.strip_prefix("/api/").unwrap_or_default();
