@@ -1390,3 +1390,96 @@ status = 404
     let mut door = SipPhone::new(pbx.v4(), "127.0.0.1", "time-1");
     assert_eq!(door.call("t", &pbx), 480, "the rule around now matches");
 }
+
+/// A WAV of `secs` of `hz` at `rate` Hz, `channels` channels, 16-bit PCM.
+fn wav_bytes(rate: u32, channels: u16, secs: f64, hz: f64) -> Vec<u8> {
+    let n = (rate as f64 * secs) as usize;
+    let mut data = Vec::with_capacity(n * 2 * channels as usize);
+    for i in 0..n {
+        let v = ((2.0 * std::f64::consts::PI * hz * i as f64 / rate as f64).sin() * 10000.0) as i16;
+        for _ in 0..channels {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let block = 2 * channels;
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&channels.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * block as u32).to_le_bytes());
+    out.extend_from_slice(&block.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+#[test]
+fn greeting_uploads_are_validated_and_played() {
+    let pbx = Pbx::start(VOICEMAIL);
+    let cfg = pbx.dir.path().join("podpbx.toml");
+    let cfg = cfg.to_str().unwrap();
+    let put = |name: &str, bytes: &[u8]| {
+        let f = pbx.dir.path().join(name);
+        std::fs::write(&f, bytes).unwrap();
+        ctl(&["--config", cfg, "greeting", "101", f.to_str().unwrap()])
+    };
+    let good = wav_bytes(8000, 1, 1.5, 600.0);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "text.wav",
+            b"hello, this is not audio".to_vec(),
+            "not a WAV file",
+        ),
+        (
+            "truncated.wav",
+            good[..good.len() / 2].to_vec(),
+            "truncated WAV file",
+        ),
+        (
+            "cd.wav",
+            wav_bytes(44100, 2, 0.5, 600.0),
+            "unsupported channel count 2",
+        ),
+        (
+            "hifi.wav",
+            wav_bytes(44100, 1, 0.5, 600.0),
+            "unsupported sample rate 44100 Hz",
+        ),
+        (
+            "long.wav",
+            wav_bytes(8000, 1, 61.0, 600.0),
+            "too long: 61.0 s",
+        ),
+        (
+            "huge.wav",
+            vec![0u8; 2_000_000],
+            "at most 1100000 are accepted",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let (code, _, err) = put(name, &bytes);
+        assert_eq!(code, Some(1), "{name} refused");
+        assert!(err.contains(want), "{name}: {err}");
+    }
+    assert!(!pbx.dir.path().join("voicemail/101/greeting.wav").exists());
+    let (code, out, err) = ctl(&["--config", cfg, "greeting", "102", "x.wav"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(err.contains("no mailbox"), "{err}");
+    // A good one is stored and played to the next caller instead of the default greeting.
+    let (code, out, err) = put("own.wav", &good);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("greeting of 101 stored (1.5 s)"), "{out}");
+    let mut door = SipPhone::new(pbx.v4(), "127.0.0.1", "greet-1");
+    assert_eq!(door.call("101", &pbx), 200);
+    door.listen(Duration::from_millis(1500));
+    let p = best_purity(&door.heard[..door.heard.len().min(12_000)], 600.0, 4000);
+    assert!(p > 0.8, "the own greeting (600 Hz) plays first: {p}");
+    let (code, out, _) = ctl(&["--config", cfg, "greeting", "101", "--remove"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("removed"), "{out}");
+}

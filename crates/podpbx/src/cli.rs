@@ -9,6 +9,7 @@ pub const USAGE: &str = "usage:
   podpbx check --config FILE                              validate a config file and exit
   podpbx ctl [--admin ADDR|--config FILE] [--token-file FILE] registrations|calls|trunks|subscriptions|features|reload|status|health|ready
   podpbx ctl [...] mode NAME on|off | dnd USER on|off | forward USER always|busy|no-answer TARGET|off
+  podpbx ctl --config FILE greeting USER FILE.wav|--remove
                                                           ask the running PBX (admin listener)
   podpbx --version | --help";
 

@@ -15,7 +15,9 @@ pub const USAGE: &str =
     "usage: podpbx ctl [--admin ADDR | --config FILE] [--token-file FILE] [--json] COMMAND
   COMMAND           registrations, calls, trunks, subscriptions, features, reload or
                     status (the API); mode NAME on|off, dnd USER on|off,
-                    forward USER always|busy|no-answer TARGET|off (run-time switches); or
+                    forward USER always|busy|no-answer TARGET|off (run-time switches);
+                    greeting USER FILE.wav|--remove (with --config: a user's own
+                    voicemail greeting, validated); or
                     health or ready: exit 0 when /healthz or /readyz answers 200 (exec probes)
   --admin ADDR      the listener to ask, e.g. 127.0.0.1:9060 or [::1]:9060
   --config FILE     take the address and the token from FILE's [admin] section (health and
@@ -42,6 +44,8 @@ pub enum What {
     Features,
     /// `mode NAME on|off`, `dnd USER on|off`, `forward USER always|busy|no-answer TARGET|off`.
     Set,
+    /// `greeting USER FILE.wav | USER --remove` (with `--config`: written to the voicemail folder).
+    Greeting,
     Reload,
     Status,
     Health,
@@ -130,6 +134,14 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
                         set_args.push(w.to_string());
                         continue;
                     }
+                    "greeting" if what.is_none() => {
+                        what = Some(What::Greeting);
+                        continue;
+                    }
+                    _ if what == Some(What::Greeting) => {
+                        set_args.push(w.to_string());
+                        continue;
+                    }
                     "reload" => What::Reload,
                     "status" => What::Status,
                     "health" => What::Health,
@@ -145,6 +157,9 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
     let what = what.ok_or(
         "which one: registrations, calls, trunks, subscriptions, reload, status, health or ready?",
     )?;
+    if what == What::Greeting && set_args.len() != 2 {
+        return Err("usage: greeting USER FILE.wav (8 kHz mono WAV, at most 60 s), or greeting USER --remove".into());
+    }
     if what == What::Set {
         let ok = match set_args.first().map(String::as_str) {
             Some("mode") | Some("dnd") => set_args.len() == 3,
@@ -190,6 +205,9 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 fn run(opts: &Opts) -> Result<String, String> {
+    if opts.what == What::Greeting {
+        return greeting(opts);
+    }
     let Endpoint {
         addr,
         mut token,
@@ -202,6 +220,7 @@ fn run(opts: &Opts) -> Result<String, String> {
         What::Subscriptions => ("GET", "/api/subscriptions"),
         What::Features => ("GET", "/api/features"),
         What::Set => ("POST", ""),
+        What::Greeting => ("PUT", ""),
         What::Reload => ("POST", "/api/reload"),
         What::Status => ("GET", "/api/status"),
         What::Health => ("GET", "/healthz"),
@@ -266,6 +285,7 @@ fn run(opts: &Opts) -> Result<String, String> {
             "{}\n",
             v.get("message").and_then(Value::as_str).unwrap_or("ok")
         ),
+        What::Greeting => String::new(),
         // Answered above, before the JSON parsing: their bodies are text.
         What::Health | What::Ready => format!("{}\n", first_line(&body)),
     })
@@ -479,6 +499,49 @@ const REGISTRATIONS: &[Column] = &[
         }
     }),
 ];
+
+/// `ctl greeting USER FILE.wav`: validates the WAV (8 kHz mono PCM/A-law/µ-law, at most 60 s)
+/// and stores it as the user's own greeting in the configuration's voicemail folder, where the
+/// running podpbx reads it for the next call (`--remove`: back to the default greeting).
+fn greeting(opts: &Opts) -> Result<String, String> {
+    let Target::Config(path) = &opts.target else {
+        return Err(
+            "greeting needs --config FILE: the voicemail folder is in the configuration".into(),
+        );
+    };
+    let cfg = podpbx_config::Config::load(path).map_err(|e| e.to_string())?;
+    let (user, file) = (&opts.set_args[0], &opts.set_args[1]);
+    if cfg.mailbox(user).is_none() {
+        return Err(format!("user `{user}` has no mailbox (voicemail = true)"));
+    }
+    let root = &cfg.voicemail.dir;
+    if file == "--remove" {
+        return match podpbx_voicemail::store::delete_greeting(root, user) {
+            Ok(true) => Ok(format!(
+                "own greeting of {user} removed: the default one plays\n"
+            )),
+            Ok(false) => Ok(format!("{user} had no own greeting\n")),
+            Err(e) => Err(format!("cannot remove the greeting: {e}")),
+        };
+    }
+    let max = podpbx_voicemail::store::MAX_GREETING_BYTES as u64;
+    let len = std::fs::metadata(file)
+        .map_err(|e| format!("{file}: {e}"))?
+        .len();
+    if len > max {
+        return Err(format!(
+            "{file}: {len} bytes, at most {max} are accepted (60 s of 8 kHz 16-bit mono)"
+        ));
+    }
+    let bytes = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
+    match podpbx_voicemail::store::write_greeting(root, user, &bytes) {
+        Ok(d) => Ok(format!(
+            "greeting of {user} stored ({:.1} s)\n",
+            d.as_secs_f64()
+        )),
+        Err(e) => Err(format!("{file}: {e}")),
+    }
+}
 
 /// `ctl features`: forwarding and DND per user, then the modes.
 fn render_features(v: &Value) -> String {

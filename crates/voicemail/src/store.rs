@@ -476,15 +476,7 @@ impl Store {
         if !self.has(mailbox) {
             return Err(GreetingError::NoMailbox(mailbox.to_string()));
         }
-        if upload.len() > MAX_GREETING_BYTES {
-            return Err(GreetingError::TooLarge(upload.len()));
-        }
-        let samples = wav::decode(upload, MAX_GREETING_SECS)?;
-        write_atomic(
-            &self.dir(mailbox).join("greeting.wav"),
-            &wav::encode(&samples),
-        )?;
-        Ok(Duration::from_millis(samples.len() as u64 / 8))
+        write_greeting(&self.root, mailbox, upload)
     }
 
     /// Removes the own greeting (the default one plays again); `Ok(false)` if there was none.
@@ -497,6 +489,40 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Validates an uploaded greeting (any format [`wav::decode`] takes, at most
+/// [`MAX_GREETING_SECS`]) and stores it as `<root>/<mailbox>/greeting.wav` (16-bit PCM,
+/// written atomically). Used by the worker and by `podpbx ctl greeting`, which writes next to
+/// the running worker: the greeting file is only ever replaced whole, and read per call.
+pub fn write_greeting(
+    root: &Path,
+    mailbox: &str,
+    upload: &[u8],
+) -> Result<Duration, GreetingError> {
+    if !valid_mailbox(mailbox) {
+        return Err(GreetingError::NoMailbox(mailbox.to_string()));
+    }
+    if upload.len() > MAX_GREETING_BYTES {
+        return Err(GreetingError::TooLarge(upload.len()));
+    }
+    let samples = wav::decode(upload, MAX_GREETING_SECS)?;
+    let dir = root.join(mailbox);
+    mkdir(&dir)?;
+    write_atomic(&dir.join("greeting.wav"), &wav::encode(&samples))?;
+    Ok(Duration::from_millis(samples.len() as u64 / 8))
+}
+
+/// Removes `<root>/<mailbox>/greeting.wav`; `Ok(false)` if there was none.
+pub fn delete_greeting(root: &Path, mailbox: &str) -> io::Result<bool> {
+    if !valid_mailbox(mailbox) {
+        return Ok(false);
+    }
+    match fs::remove_file(root.join(mailbox).join("greeting.wav")) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
