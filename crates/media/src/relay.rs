@@ -354,9 +354,16 @@ struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// Queue a command. Only commands whose effect cannot wait for the
+    /// worker's next round wake it (see [`Cmd::urgent`]); the others are
+    /// picked up when the next datagram, timer or urgent command wakes it
+    /// (the worker drains its commands before any datagram, so a new remote
+    /// address applies to the first packet of the stream), or once a few of
+    /// them have queued up.
     fn send(&self, c: Cmd) -> Result<(), RelayError> {
+        let urgent = c.urgent();
         self.tx.send(c).map_err(|_| RelayError::Stopped)?;
-        self.wake.notify();
+        self.wake.notify(urgent);
         Ok(())
     }
 }
@@ -683,6 +690,7 @@ impl Relay {
             ],
             created_ns: sys::monotonic_ns(),
             released: false,
+            own: own[0] || own[1],
         })
     }
 
@@ -803,6 +811,8 @@ pub struct Session {
     dtmf: [DtmfState; 2],
     created_ns: u64,
     released: bool,
+    /// A leg has sockets of its own (releasing returns their ports: the worker is woken).
+    own: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -954,7 +964,13 @@ impl Session {
     fn do_release(&mut self) {
         if !self.released {
             self.released = true;
-            let _ = self.relay.send(self.worker, Cmd::Release { id: self.id });
+            let _ = self.relay.send(
+                self.worker,
+                Cmd::Release {
+                    id: self.id,
+                    own: self.own,
+                },
+            );
         }
     }
 }

@@ -138,6 +138,8 @@ pub(crate) enum Cmd {
     },
     Release {
         id: SessionId,
+        /// The session has sockets of its own (their ports return to the pool on release).
+        own: bool,
     },
     Sync(mpsc::Sender<()>),
     Shutdown,
@@ -152,7 +154,15 @@ pub(crate) struct Wake {
     pending: AtomicBool,
     /// Commands sent so far.
     sent: AtomicU64,
+    /// Commands sent without a wake since the last wake.
+    unwoken: AtomicU64,
 }
+
+/// Commands that may wait for the worker's next round before one wakes it.
+const LAZY_MAX: u64 = 32;
+/// The longest a worker sleeps: the latest a command that did not wake it is
+/// seen when no datagram or timer comes first.
+const MAX_SLEEP_MS: i32 = 250;
 
 impl Wake {
     pub(crate) fn new() -> std::io::Result<Wake> {
@@ -161,14 +171,20 @@ impl Wake {
             sleeping: AtomicBool::new(false),
             pending: AtomicBool::new(false),
             sent: AtomicU64::new(0),
+            unwoken: AtomicU64::new(0),
         })
     }
 
-    /// After queueing a command: wake the worker if it sleeps and nobody did yet.
-    pub(crate) fn notify(&self) {
+    /// After queueing a command: wake the worker if the command is `urgent`
+    /// (or enough others waited), the worker sleeps, and nobody woke it yet.
+    pub(crate) fn notify(&self, urgent: bool) {
         // SeqCst pairs with the worker's `sleeping` store and `sent` load: either
         // the worker sees this command before it waits, or we see it sleeping.
         self.sent.fetch_add(1, Ordering::SeqCst);
+        if !urgent && self.unwoken.fetch_add(1, Ordering::Relaxed) + 1 < LAZY_MAX {
+            return;
+        }
+        self.unwoken.store(0, Ordering::Relaxed);
         if self.sleeping.load(Ordering::SeqCst) && !self.pending.swap(true, Ordering::AcqRel) {
             self.eventfd.wake();
         }
@@ -235,6 +251,23 @@ impl Sums {
         t.add(SEND_ERR, self.send_err);
         t.add(SRTP, self.srtp);
         *self = Sums::default();
+    }
+}
+
+impl Cmd {
+    /// Whether the worker must see the command now: sockets of its own to
+    /// watch or to close (their ports go back to the pool), generated DTMF
+    /// to pace, a caller waiting. Remote addresses, holds, keys and
+    /// releases of shared-port sessions wait for the next round.
+    pub(crate) fn urgent(&self) -> bool {
+        match self {
+            Cmd::Add(n) => n.legs.iter().any(|l| matches!(l, NewLeg::Own { .. })),
+            Cmd::Release { own, .. } => *own,
+            Cmd::Dtmf { .. } | Cmd::Sync(_) | Cmd::Shutdown => true,
+            Cmd::SetRemote { .. } | Cmd::SetHold { .. } | Cmd::Relatch { .. } | Cmd::Srtp { .. } => {
+                false
+            }
+        }
     }
 }
 
@@ -403,7 +436,10 @@ impl Worker {
             let timeout = if self.wake.sent.load(Ordering::SeqCst) != self.seen {
                 0
             } else {
-                self.poll_timeout_ms(now_ns)
+                match self.poll_timeout_ms(now_ns) {
+                    -1 => MAX_SLEEP_MS,
+                    t => t.min(MAX_SLEEP_MS),
+                }
             };
             let n = self.epoll.wait(&mut events, timeout);
             self.wake.sleeping.store(false, Ordering::Relaxed);
@@ -416,9 +452,12 @@ impl Worker {
             }) {
                 self.wake.pending.store(false, Ordering::Release);
                 fence(Ordering::SeqCst);
-                if !self.commands() {
-                    return;
-                }
+            }
+            // Commands before datagrams, whatever woke us: a command that
+            // did not wake the worker (a new remote address) applies to the
+            // packet that did.
+            if self.wake.sent.load(Ordering::SeqCst) != self.seen && !self.commands() {
+                return;
             }
             let mut forwarded = false;
             for ev in &events[..n] {
@@ -511,6 +550,10 @@ impl Worker {
             match self.rx.try_recv() {
                 Ok(Cmd::Shutdown) => return false,
                 Ok(c) => {
+                    if self.seen == self.wake.sent.load(Ordering::Relaxed).saturating_sub(1) {
+                        // Caught up: the commands that did not wake us are all seen.
+                        self.wake.unwoken.store(0, Ordering::Relaxed);
+                    }
                     self.seen += 1;
                     self.command(c);
                 }
@@ -586,7 +629,7 @@ impl Worker {
                     );
                 }
             }
-            Cmd::Release { id } => self.release(id),
+            Cmd::Release { id, .. } => self.release(id),
             Cmd::Sync(tx) => {
                 let _ = tx.send(());
             }

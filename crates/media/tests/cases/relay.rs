@@ -1082,3 +1082,35 @@ fn two_hundred_sessions_all_latch_and_relay() {
     );
     assert_eq!(relay.totals().drops.total(), 0, "{:?}", relay.totals());
 }
+
+/// Commands that do not wake the worker (remote addresses, releases of
+/// shared-port sessions) still apply in time: a stream's first packet wakes
+/// the worker, which takes its commands before any datagram; and releases
+/// nobody waits for are done within the worker's longest sleep.
+#[test]
+fn commands_that_do_not_wake_the_worker_still_apply_in_time() {
+    let (relay, _ev) = relay_with(29000, 250, |c| c.media_timeout = Duration::ZERO);
+    for _ in 0..5 {
+        let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+        let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+        let (a, b) = (endpoint(V4), endpoint(V6));
+        // No sync: the first packets follow the commands at once.
+        s.set_remote(Leg::A, remote(&a)).expect("a");
+        s.set_remote(Leg::B, remote(&b)).expect("b");
+        pump(&a, la.rtp, &b, lb.rtp, 2, 1);
+        pump(&b, lb.rtp, &a, la.rtp, 2, 2);
+        std::thread::sleep(Duration::from_millis(300)); // the worker falls asleep again
+    }
+    // Many sessions allocated and released with no packet and no sync.
+    for _ in 0..20 {
+        let all: Vec<Session> = (0..10)
+            .map(|_| relay.allocate(Family::V4, Family::V4).expect("allocate"))
+            .collect();
+        drop(all);
+    }
+    assert!(
+        wait_until(Duration::from_secs(2), || relay.active_sessions() == 0),
+        "{} sessions left",
+        relay.active_sessions()
+    );
+}
