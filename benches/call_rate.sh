@@ -41,7 +41,8 @@
 #          PORT=15100 (podpbx; Kamailio PORT+50; their SIPp +10..+40; podpbx's admin PORT+99)
 #          SERVER_CORE=0 SIPP_CORE=1 KAM_CHILDREN=1 (UDP workers) KAM_SHM=1024 (MB of shm)
 #          ONLY=podpbx|kamailio KEEP=1 (keep the work directory and logs)
-#          MEDIA_MIN=40000 MEDIA_MAX=55999 (podpbx's RTP port range: 4 000 calls)
+#          MEDIA_MIN=40000 MEDIA_MAX=55999 (podpbx's RTP port range: 4 000 calls with per-call ports)
+#          PORT_LAYOUT=shared|per-call (podpbx's media.port_layout)
 # Bounded: every SIPp run has a call count, a SIPp -timeout and a `timeout`; everything started
 # here is stopped by PID (SIGTERM, then SIGKILL) on exit.
 set -euo pipefail
@@ -58,6 +59,7 @@ MEDIA=${MEDIA:-1}
 CONC=${CONC:-500}
 RAMP=${RAMP:-100}
 HOLD_SECS=${HOLD_SECS:-20}
+PORT_LAYOUT=${PORT_LAYOUT:-shared}
 SUSTAIN_RATE=${SUSTAIN_RATE:-1500}
 SUSTAIN_SECS=${SUSTAIN_SECS:-40}
 SUSTAIN_SERVERS=${SUSTAIN_SERVERS:-podpbx}
@@ -188,6 +190,7 @@ trusted_networks = ["127.0.0.0/8"]
 [media]
 port_min = $MEDIA_MIN
 port_max = $MEDIA_MAX
+port_layout = "$PORT_LAYOUT"
 [calls]
 max_concurrent = 0
 

@@ -59,6 +59,9 @@ use crate::stats::{Counters, StreamStats};
 use crate::sys;
 use crate::worker::{self, Cmd, NewLeg, NewSession};
 
+/// Receive buffer asked for a shared RTP socket when none is configured.
+const SHARED_RECV_BUFFER: usize = 4 << 20;
+
 /// DSCP EF (46) as the IP TOS / IPv6 traffic class byte.
 pub const DSCP_EF_TOS: u8 = 46 << 2;
 
@@ -483,6 +486,11 @@ impl Relay {
                     }
                     for _ in 0..n {
                         let (rtp, rtcp, _, even) = bind_pair(&pools, &cfg, family)?;
+                        // One socket takes the datagrams of many streams: a deeper
+                        // queue rides out a moment without CPU (default 4 MiB asked).
+                        let want = cfg.recv_buffer.unwrap_or(SHARED_RECV_BUFFER);
+                        sys::grow_recv_buffer(&rtp, want);
+                        sys::grow_recv_buffer(&rtcp, want / 4);
                         pairs.push(worker::SharedPair { rtp, rtcp });
                         shared.push((family, even));
                     }

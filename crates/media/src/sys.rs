@@ -224,6 +224,28 @@ pub(crate) fn media_socket(
     Ok(s.into())
 }
 
+/// Ask for a receive buffer of `bytes`: SO_RCVBUFFORCE when the process may
+/// (CAP_NET_ADMIN), else SO_RCVBUF, which the kernel caps at
+/// `net.core.rmem_max` (and doubles: still twice the default). Best effort.
+pub(crate) fn grow_recv_buffer(sock: &UdpSocket, bytes: usize) {
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: passes a valid int for the call.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &v as *const libc::c_int as *const libc::c_void,
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+}
+
 /// Read back the traffic class of a socket (for tests).
 #[cfg(test)]
 pub(crate) fn socket_dscp_byte(sock: &UdpSocket) -> io::Result<u8> {

@@ -29,7 +29,7 @@ pub(super) struct Batch {
     names: Box<[RawAddr]>,
     iovs: Box<[libc::iovec]>,
     msgs: Box<[libc::mmsghdr]>,
-    /// `MAX_OUT` lists of `MAX_BATCH` outgoing messages.
+    /// `MAX_OUT` lists of `cap` outgoing messages.
     out_iovs: Box<[libc::iovec]>,
     out_msgs: Box<[libc::mmsghdr]>,
     /// Per outgoing message: the receiving leg (`slot << 1 | leg`), whose
@@ -41,32 +41,41 @@ pub(super) struct Batch {
     nlists: usize,
     /// How many receive headers the last recvmmsg may have written.
     last_n: usize,
+    /// Datagrams per recvmmsg (the configured batch): buffers and lists hold this many.
+    cap: usize,
 }
 
 impl Batch {
-    pub(super) fn new() -> Box<Batch> {
+    /// Buffers for `cap` datagrams per round (1..=MAX_BATCH).
+    pub(super) fn new(cap: usize) -> Box<Batch> {
+        let cap = cap.clamp(1, MAX_BATCH);
         // SAFETY (all zeroed() below): plain C structs for which all-zero is valid.
         let zero_msg = || unsafe { mem::zeroed::<libc::mmsghdr>() };
         let zero_iov = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         };
-        let nout = MAX_OUT * MAX_BATCH;
+        let nout = MAX_OUT * cap;
         let mut b = Box::new(Batch {
-            bufs: vec![[0u8; BUF_SIZE]; MAX_BATCH].into_boxed_slice(),
-            names: (0..MAX_BATCH).map(|_| RawAddr::empty()).collect(),
-            iovs: vec![zero_iov; MAX_BATCH].into_boxed_slice(),
-            msgs: (0..MAX_BATCH).map(|_| zero_msg()).collect(),
-            out_iovs: vec![zero_iov; nout].into_boxed_slice(),
-            out_msgs: (0..nout).map(|_| zero_msg()).collect(),
-            out_owner: vec![0u64; nout].into_boxed_slice(),
+            bufs: vec![[0u8; BUF_SIZE]; cap].into_boxed_slice(),
+            names: (0..cap).map(|_| RawAddr::empty()).collect(),
+            iovs: vec![zero_iov; cap].into_boxed_slice(),
+            msgs: (0..cap).map(|_| zero_msg()).collect(),
+            // The outgoing lists are large and mostly never used: zeroed pages
+            // from the allocator, resident only once touched (queue() fills in
+            // each entry it uses).
+            // SAFETY: all-zero is a valid iovec, mmsghdr and u64.
+            out_iovs: unsafe { zeroed_slice(nout) },
+            out_msgs: unsafe { zeroed_slice(nout) },
+            out_owner: unsafe { zeroed_slice(nout) },
             out_fd: [-1; MAX_OUT],
             out_n: [0; MAX_OUT],
             nlists: 0,
-            last_n: MAX_BATCH,
+            last_n: cap,
+            cap,
         });
         let b_ref = &mut *b;
-        for i in 0..MAX_BATCH {
+        for i in 0..cap {
             b_ref.iovs[i].iov_base = b_ref.bufs[i].as_mut_ptr() as *mut libc::c_void;
             b_ref.iovs[i].iov_len = BUF_SIZE;
             let h = &mut b_ref.msgs[i].msg_hdr;
@@ -75,10 +84,6 @@ impl Batch {
             h.msg_iov = &mut b_ref.iovs[i];
             h.msg_iovlen = 1;
         }
-        for j in 0..nout {
-            b_ref.out_msgs[j].msg_hdr.msg_iov = &mut b_ref.out_iovs[j];
-            b_ref.out_msgs[j].msg_hdr.msg_iovlen = 1;
-        }
         b
     }
 
@@ -86,10 +91,10 @@ impl Batch {
     /// lengths of the last batch: reset them first).
     #[inline]
     fn receive(&mut self, fd: RawFd, vlen: usize) -> usize {
-        for m in &mut self.msgs[..self.last_n.min(MAX_BATCH)] {
+        for m in &mut self.msgs[..self.last_n.min(self.cap)] {
             m.msg_hdr.msg_namelen = sys::RAW_ADDR_CAP;
         }
-        let n = sys::recvmmsg(fd, &mut self.msgs[..vlen.clamp(1, MAX_BATCH)]);
+        let n = sys::recvmmsg(fd, &mut self.msgs[..vlen.clamp(1, self.cap)]);
         self.last_n = n;
         n
     }
@@ -126,15 +131,39 @@ impl Batch {
             }
             None => return false,
         };
-        let j = list * MAX_BATCH + self.out_n[list];
+        let j = list * self.cap + self.out_n[list];
         self.out_n[list] += 1;
         self.out_iovs[j].iov_base = self.bufs[i].as_mut_ptr() as *mut libc::c_void;
         self.out_iovs[j].iov_len = len;
+        let iov: *mut libc::iovec = &mut self.out_iovs[j];
         let h = &mut self.out_msgs[j].msg_hdr;
+        h.msg_iov = iov;
+        h.msg_iovlen = 1;
         h.msg_name = &dest.sa as *const _ as *mut libc::c_void;
         h.msg_namelen = dest.len;
         self.out_owner[j] = owner;
         true
+    }
+}
+
+/// `n` zeroed `T`s straight from the allocator (large ones are fresh,
+/// untouched pages).
+///
+/// # Safety
+/// All-zero bytes must be a valid `T`.
+unsafe fn zeroed_slice<T>(n: usize) -> Box<[T]> {
+    let layout = std::alloc::Layout::array::<T>(n).expect("small array");
+    if layout.size() == 0 {
+        return Vec::new().into_boxed_slice();
+    }
+    // SAFETY: non-zero size; the pointer is checked; all-zero is a valid T
+    // (caller); the Box frees it with the same layout (Box<[T]> of n elements).
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut T;
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))
     }
 }
 
@@ -510,7 +539,7 @@ fn deliver(
 fn flush(b: &mut Batch, slots: &[Option<WSession>], cx: &mut Ctx) {
     for list in 0..b.nlists {
         let (fd, cnt) = (b.out_fd[list], b.out_n[list]);
-        let base = list * MAX_BATCH;
+        let base = list * b.cap;
         let mut off = 0;
         while off < cnt {
             match sys::sendmmsg(fd, &mut b.out_msgs[base + off..base + cnt]) {

@@ -393,6 +393,7 @@ pub(crate) fn run(p: WorkerParts) {
         shared_sockets = socks.len(),
         "relay worker started"
     );
+    let cfg_batch = cfg.batch;
     let mut w = Worker {
         cfg,
         epoll,
@@ -408,7 +409,7 @@ pub(crate) fn run(p: WorkerParts) {
         free_slots: Vec::new(),
         index: HashMap::new(),
         next_gen: 1,
-        batch: Batch::new(),
+        batch: Batch::new(cfg_batch),
         dtmf: VecDeque::new(),
         next_tick_ns: 0,
         shared: socks,
