@@ -264,9 +264,10 @@ impl Cmd {
             Cmd::Add(n) => n.legs.iter().any(|l| matches!(l, NewLeg::Own { .. })),
             Cmd::Release { own, .. } => *own,
             Cmd::Dtmf { .. } | Cmd::Sync(_) | Cmd::Shutdown => true,
-            Cmd::SetRemote { .. } | Cmd::SetHold { .. } | Cmd::Relatch { .. } | Cmd::Srtp { .. } => {
-                false
-            }
+            Cmd::SetRemote { .. }
+            | Cmd::SetHold { .. }
+            | Cmd::Relatch { .. }
+            | Cmd::Srtp { .. } => false,
         }
     }
 }
