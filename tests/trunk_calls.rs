@@ -1015,4 +1015,30 @@ fn forwarding_to_the_trunk_reaches_the_provider_with_diversion() {
     ]);
     assert_eq!(code, Some(1), "refused: {err}");
     assert!(err.contains("103 may not forward to `0301234567`"), "{err}");
+
+/// RFC 3311 in an early dialog: the provider moves its early media with an UPDATE after its
+/// reliable 183; podpbx answers it (the relay follows) and the call goes on.
+#[test]
+fn a_providers_early_update_is_answered_and_the_call_completes() {
+    let uas_addr = SocketAddr::new(ip("::1"), free_port());
+    let extra = format!(
+        "[[trunks]]\nname = \"direct\"\nhost = \"::1\"\nport = {}\nregister = false\n\n\
+         [[dialplan]]\nname = \"direct\"\nmatch = {{ prefix = \"9\", from = \"local\" }}\naction = \"trunk\"\ntrunk = \"direct\"\n",
+        uas_addr.port()
+    );
+    let pbx = Pbx::start(&pbx_config(free_port(), &extra));
+    let uas = Uas::start("uas_update.xml", uas_addr, 1, &[]);
+    let run = call(&pbx, "call_uac.xml", "930123", &["-d", "300"]);
+    let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && uas_ok,
+        "caller:\n{}\n--- UAS ---\n{uas_logs}\n--- podpbx ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+    );
+    assert!(uas_logs.contains("UASUPD-OK"), "{uas_logs}");
+    assert!(
+        !run.output.contains("UPDATE sip:"),
+        "nothing relayed to the caller"
+    );
 }

@@ -83,8 +83,16 @@ impl B2bua {
             }
         }
         let mut body = None;
-        if is_sdp(msg) {
-            let raw = msg.body.clone();
+        // The callee's answer: in its 2xx, or (RFC 3262) already in a reliable 18x, whose SDP
+        // the caller must still get in our 2xx when our 18x to it was not reliable.
+        let raw = if is_sdp(msg) {
+            Some(msg.body.clone())
+        } else if call.offer.is_some() {
+            call.legs[li].media.last_sdp.clone()
+        } else {
+            None
+        };
+        if let Some(raw) = raw {
             let offer = call.offer.is_none();
             match self.relay_sdp(call, li, a, &raw, offer) {
                 Ok(b) => body = Some(b),

@@ -6,7 +6,7 @@
 //! A new in-dialog method with its own behaviour is a module with a handler, and one arm in
 //! [`B2bua::handle_in_dialog`]'s dispatch.
 
-use super::call::{Call, EndReason, HangupBy, Reinvite};
+use super::call::{Call, EndReason, HangupBy, Phase, Reinvite};
 use super::leg::{LegIdx, LegState, UasState};
 use super::send::{Incoming, Relayed, Reply, ReqKind};
 use super::B2bua;
@@ -123,6 +123,10 @@ impl B2bua {
             // A session refresh without an offer: answered on this leg (RFC 4028 §8).
             Method::Update if req.body.is_empty() && leg_confirmed(call, li) => {
                 self.st_update_in(call, now, inc, li)
+            }
+            // An offer before the answer: this leg's media only (RFC 3311 in early dialogs).
+            Method::Update if partner.is_none() && matches!(call.phase, Phase::Routing(_)) => {
+                self.early_update(call, inc, li)
             }
             Method::Refer => self.handle_refer(call, now, inc, li, partner, dir),
             Method::Info if partner.is_some() && self.info_dtmf(call, partner, req) => {

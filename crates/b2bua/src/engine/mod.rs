@@ -67,6 +67,7 @@ mod session_timer;
 mod timers;
 mod transfer;
 mod trunk;
+mod update;
 
 use crate::{MediaId, MediaPort, Output, ReqId, Settings};
 use call::{Call, CallKey};

@@ -642,3 +642,82 @@ fn a_redirect_to_something_that_is_not_a_number_is_not_followed() {
     assert!(requests(&outs, "INVITE").is_empty());
     assert_eq!(responses(&outs), [480]);
 }
+
+// ---- UPDATE in an early dialog (RFC 3311) -------------------------------------------------------
+
+/// An in-dialog request from the callee of our INVITE `inv` (its tag btag).
+fn from_callee(h: &mut H, inv: &Bytes, method: &str, cseq: u32, sdp: Option<&str>) -> Vec<Output> {
+    let m = parse(inv);
+    let call_id = String::from_utf8_lossy(&m.call_id().unwrap()).into_owned();
+    let ours = String::from_utf8_lossy(&m.from_hdr().unwrap().tag().unwrap()).into_owned();
+    let body = sdp.unwrap_or("");
+    let ct = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    let text = format!(
+        "{method} sip:podpbx@[2001:db8::1]:5060 SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::20]:5060;branch=z9hG4bKcu{cseq}\r\nMax-Forwards: 70\r\n\
+         From: <sip:102@pbx>;tag=btag\r\nTo: <sip:101@pbx>;tag={ours}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
+         Contact: <sip:b@[2001:db8:1::20]:5060>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let f = flow("[2001:db8:1::20]:5060", "[2001:db8::1]:5060");
+    h.in_dialog(text, f)
+}
+
+#[test]
+fn an_early_update_from_the_callee_moves_its_media_and_is_answered_here() {
+    let mut h = H::new();
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let rel = [("Require", "100rel"), ("RSeq", "1")];
+    reply(&mut h, id, &data, 183, &rel, Some(SDP_B));
+    let moved = SDP_B
+        .replace("m=audio 5000", "m=audio 5002")
+        .replace("o=b 7 7", "o=b 7 8");
+    let outs = from_callee(&mut h, &data, "UPDATE", 1, Some(&moved));
+    let r = to_a(&outs);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, 200);
+    let t = text(&r[0].1);
+    assert!(
+        t.contains("c=IN IP6 2001:db8::10"),
+        "our anchors, unchanged: {t}"
+    );
+    assert!(
+        requests(&outs, "UPDATE").is_empty(),
+        "not relayed to the caller"
+    );
+    let remotes = h.media.0.lock().unwrap().remotes.clone();
+    assert!(
+        remotes
+            .iter()
+            .any(|x| x.1 == MediaLeg::B && x.2 == "[2001:db8:1::b]:5002".parse().unwrap()),
+        "the relay sends the early media to the new port: {remotes:?}"
+    );
+    // Before any offer/answer on a leg there is nothing to answer with: 500 + Retry-After.
+    let mut h = H::new();
+    let outs = h.invite("102", Caller::User("101".into()), None);
+    let (_, data) = requests(&outs, "INVITE")[0].clone();
+    let outs = from_callee(&mut h, &data, "UPDATE", 1, Some(SDP_B));
+    assert_eq!(to_a(&outs).first().map(|r| r.0), Some(500));
+}
+
+/// A callee that answered in a reliable 183 sends its 2xx without SDP (the exchange is complete
+/// on its leg); the caller, whose 183 was not reliable, still gets the answer in our 2xx.
+#[test]
+fn a_2xx_without_sdp_after_a_reliable_183_still_gives_the_caller_its_answer() {
+    let mut h = H::new();
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let rel = [("Require", "100rel"), ("RSeq", "1")];
+    reply(&mut h, id, &data, 183, &rel, Some(SDP_B));
+    let outs = reply(&mut h, id, &data, 200, &[], None);
+    let ok = to_a(&outs).into_iter().find(|r| r.0 == 200).expect("200").1;
+    let t = text(&ok);
+    assert!(
+        t.contains("c=IN IP6 2001:db8::10") && t.contains("m=audio"),
+        "{t}"
+    );
+}
