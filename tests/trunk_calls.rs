@@ -1015,6 +1015,7 @@ fn forwarding_to_the_trunk_reaches_the_provider_with_diversion() {
     ]);
     assert_eq!(code, Some(1), "refused: {err}");
     assert!(err.contains("103 may not forward to `0301234567`"), "{err}");
+}
 
 /// RFC 3311 in an early dialog: the provider moves its early media with an UPDATE after its
 /// reliable 183; podpbx answers it (the relay follows) and the call goes on.
