@@ -1,26 +1,7 @@
-//! HMAC-SHA256 (RFC 2104) over `sha2`: the webhook signature.
+//! The webhook signature: HMAC-SHA256 (shared with the digest nonces) and hex.
 
-use sha2::{Digest, Sha256};
-
-const BLOCK: usize = 64;
-
-/// HMAC-SHA256 of `msg` under `key`.
-pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(msg);
-    let inner = inner.finalize();
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner);
-    outer.finalize().into()
-}
+/// HMAC-SHA256 of `msg` under `key` (RFC 2104): the one implementation, in `podpbx-sip`.
+pub use podpbx_sip::digest::hmac_sha256;
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {

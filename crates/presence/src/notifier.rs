@@ -398,21 +398,9 @@ impl Notifier {
                 );
             }
         }
-        let expires = match self.expires(req) {
+        let expires = match self.expires_or_reject(req, &flow, None) {
             Ok(e) => e,
-            Err(r) => {
-                return self.response(
-                    req,
-                    &flow,
-                    r.0,
-                    r.1,
-                    &[(
-                        "Min-Expires",
-                        &self.limits.min_expires.as_secs().to_string(),
-                    )],
-                    None,
-                )
-            }
+            Err(r) => return r,
         };
         let (Ok(from), Ok(to), Ok(call_id)) = (req.from_hdr(), req.to_hdr(), req.call_id()) else {
             return self.response(req, &flow, 400, "Bad Request", &[], None);
@@ -540,21 +528,9 @@ impl Notifier {
                 )
             }
         }
-        let expires = match self.expires(req) {
+        let expires = match self.expires_or_reject(req, &flow, Some(&local_tag)) {
             Ok(e) => e,
-            Err(r) => {
-                return self.response(
-                    req,
-                    &flow,
-                    r.0,
-                    r.1,
-                    &[(
-                        "Min-Expires",
-                        &self.limits.min_expires.as_secs().to_string(),
-                    )],
-                    Some(&local_tag),
-                )
-            }
+            Err(r) => return r,
         };
         let contact_hdr = self.contact(&flow);
         let resp = self.response(
@@ -752,6 +728,19 @@ impl Notifier {
     }
 
     // ----- internals ------------------------------------------------------------------
+
+    /// The granted expiry, or the response refusing the request's (400, 423 with Min-Expires).
+    fn expires_or_reject(
+        &mut self,
+        req: &Message,
+        flow: &Flow,
+        tag: Option<&str>,
+    ) -> Result<Duration, Response> {
+        self.expires(req).map_err(|(code, reason)| {
+            let min = self.limits.min_expires.as_secs().to_string();
+            self.response(req, flow, code, reason, &[("Min-Expires", &min)], tag)
+        })
+    }
 
     fn expires(&self, req: &Message) -> Result<Duration, (u16, &'static str)> {
         let e = match req.expires() {

@@ -1016,8 +1016,8 @@ fn ha1_dummy(hash: HashAlg, username: &str, realm: &str) -> String {
     ha1(hash, username, realm, "\u{0}podpbx-no-such-user\u{0}")
 }
 
-/// HMAC-SHA-256 (RFC 2104).
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+/// HMAC-SHA-256 (RFC 2104): nonces here, webhook signatures in `podpbx-events`.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     const BLOCK: usize = 64;
     let mut k = [0u8; BLOCK];
     if key.len() > BLOCK {
