@@ -1483,3 +1483,126 @@ fn greeting_uploads_are_validated_and_played() {
     assert_eq!(code, Some(0));
     assert!(out.contains("removed"), "{out}");
 }
+
+// ----- e-mail --------------------------------------------------------------------------------
+
+/// A minimal SMTP server on loopback (RFC 5321 without extensions): one message per
+/// connection, reported as received (headers and body as text).
+fn smtp_server() -> (u16, mpsc::Receiver<(String, String)>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+            let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+            let _ = c.write_all(b"220 test ESMTP\r\n");
+            let mut rcpt = String::new();
+            loop {
+                let mut line = String::new();
+                if std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let up = line.to_ascii_uppercase();
+                if up.starts_with("EHLO") || up.starts_with("HELO") {
+                    let _ = c.write_all(b"250-test\r\n250 8BITMIME\r\n");
+                } else if up.starts_with("RCPT TO:") {
+                    rcpt = line.trim().to_string();
+                    let _ = c.write_all(b"250 ok\r\n");
+                } else if up.starts_with("DATA") {
+                    let _ = c.write_all(b"354 go on\r\n");
+                    let mut data = String::new();
+                    loop {
+                        let mut l = String::new();
+                        if std::io::BufRead::read_line(&mut r, &mut l).unwrap_or(0) == 0
+                            || l == ".\r\n"
+                        {
+                            break;
+                        }
+                        data.push_str(&l);
+                    }
+                    let _ = c.write_all(b"250 queued\r\n");
+                    let _ = tx.send((rcpt.clone(), data));
+                } else if up.starts_with("QUIT") {
+                    let _ = c.write_all(b"221 bye\r\n");
+                    break;
+                } else {
+                    let _ = c.write_all(b"250 ok\r\n");
+                }
+            }
+        }
+    });
+    (port, rx)
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in s.bytes().filter_map(val) {
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_new_message_is_emailed_with_the_wav_attached() {
+    let (smtp, mails) = smtp_server();
+    let cfg = VOICEMAIL.replace(
+        "voicemail_pin = \"4711\"",
+        "voicemail_pin = \"4711\"\nemail = \"anna@example.org\"",
+    );
+    let pbx = Pbx::start(&format!(
+        "{cfg}\n[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp}\ntls = \"none\"\nfrom = \"pbx@home.example\"\n"
+    ));
+    let mut door = SipPhone::new(pbx.v4(), "127.0.0.1", "mail-door");
+    assert_eq!(door.call("101", &pbx), 200);
+    door.listen(Duration::from_millis(300));
+    door.digit('#');
+    door.listen(Duration::from_millis(600));
+    door.talk(852.0, 100);
+    door.talk(0.0, 80);
+    let (rcpt, mail) = mails
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("no e-mail:\n{}", tail(&pbx.log_text())));
+    assert!(rcpt.contains("<anna@example.org>"), "{rcpt}");
+    assert!(
+        mail.contains("Subject: Voicemail from Front door (190)"),
+        "{mail}"
+    );
+    assert!(mail.contains("From: podpbx <pbx@home.example>"), "{mail}");
+    assert!(
+        mail.contains("New voicemail for 101 from Front door (190)"),
+        "{mail}"
+    );
+    // The attachment: a WAV holding the tone.
+    let i = mail.find("Content-Type: audio/wav").expect("WAV attached");
+    let part = &mail[i..];
+    let body_start = part.find("\r\n\r\n").unwrap() + 4;
+    let body_end = part[body_start..]
+        .find("\r\n--")
+        .map_or(part.len(), |e| body_start + e);
+    let wav = base64_decode(&part[body_start..body_end]);
+    let f = pbx.dir.path().join("attached.wav");
+    std::fs::write(&f, &wav).unwrap();
+    let rec = audio::read_wav(&f).unwrap();
+    assert!(
+        audio::purity(&rec.samples[4000..12000], 8000, 852.0) > 0.8,
+        "852 Hz in the attachment"
+    );
+    let text = metrics_when(&pbx, |t| metric(t, "podpbx_email_sent_total") == Some(1.0));
+    assert_eq!(metric(&text, "podpbx_email_queue_capacity"), Some(64.0));
+}

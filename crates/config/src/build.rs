@@ -86,6 +86,7 @@ pub(crate) fn build(d: &mut Diagnostics, root: &Table) -> Config {
     let features = home::features(d, &mut r, &modes);
     let webhooks = home::webhooks(d, &mut r);
     let events = home::events(d, &mut r);
+    let email = home::email(d, &mut r);
     let mut users = users(d, &mut r);
     let groups = groups(d, &mut r, &users);
     resolve_forwards(d, &mut users, &groups);
@@ -115,6 +116,7 @@ pub(crate) fn build(d: &mut Diagnostics, root: &Table) -> Config {
         features,
         webhooks,
         events,
+        email,
     }
 }
 
@@ -1169,6 +1171,7 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
                 doorbell: extras.doorbell,
                 dnd: extras.dnd,
                 forward: crate::home::Forwarding::default(),
+                email: extras.email.clone(),
                 srtp,
             },
             forward: extras.forward,

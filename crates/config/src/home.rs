@@ -293,3 +293,53 @@ pub struct EventsConfig {
     /// Events waiting for delivery, over all webhooks (the oldest is dropped beyond).
     pub queue: u32,
 }
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// STARTTLS on the submission port (587), required (never falls back to clear text).
+    StartTls,
+    /// TLS from the first byte (465).
+    Tls,
+    /// Clear text: only towards a loopback relay without credentials.
+    None,
+}
+
+/// `[email]`: voicemail notifications by e-mail with the message attached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailConfig {
+    /// The SMTP server.
+    pub host: String,
+    /// Its port (default by `tls`: 587, 465, 25).
+    pub port: u16,
+    /// Transport security.
+    pub tls: SmtpTls,
+    /// SMTP AUTH user name.
+    pub username: Option<String>,
+    /// SMTP AUTH password (`password_file` / `password_env` / `password`).
+    pub password: Option<Secret>,
+    /// The sender address.
+    pub from: String,
+    /// Notifications waiting (the oldest is dropped beyond).
+    pub queue: u32,
+    /// Attempts per notification (back-off 5 s doubling).
+    pub max_attempts: u32,
+    /// Attach the WAV (else only the notice).
+    pub attach: bool,
+    /// Per attempt.
+    pub timeout: Duration,
+}
+
+/// A plausible e-mail address: `local@domain`, no spaces or controls, at most 254 characters.
+pub fn valid_email(s: &str) -> bool {
+    let Some((local, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    s.len() <= 254
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '<' | '>' | '"' | ',' | ';'))
+}

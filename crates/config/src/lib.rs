@@ -29,6 +29,7 @@ use std::path::Path;
 pub use build::{check_admin_token, MIN_ADMIN_TOKEN};
 pub use cidr::{Cidr, CidrError};
 pub use error::{format_errors, ConfigError};
+pub use home::{valid_email, EmailConfig, SmtpTls};
 pub use home::{
     EventKind, EventsConfig, FeatureCodes, ForwardTarget, Forwarding, HttpUrl, Mode, ModeMatch,
     UserVoicemail, VoicemailConfig, Webhook,

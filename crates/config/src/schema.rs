@@ -58,6 +58,8 @@ pub struct Config {
     pub webhooks: Vec<Webhook>,
     /// `[events]`: webhook delivery.
     pub events: EventsConfig,
+    /// `[email]`: voicemail notifications by e-mail (`None`: off).
+    pub email: Option<crate::home::EmailConfig>,
 }
 
 /// SIP transport protocol: the one definition in `podpbx-sip` (the keys spell it `udp`/`tcp`).
@@ -371,6 +373,8 @@ pub struct User {
     pub dnd: bool,
     /// Call forwarding at start (feature codes change it at run time).
     pub forward: Forwarding,
+    /// Where voicemail notifications go (with `[email]`).
+    pub email: Option<String>,
     /// SRTP on this user's call legs.
     pub srtp: Srtp,
 }

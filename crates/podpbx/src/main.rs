@@ -7,6 +7,7 @@ mod cli;
 mod core;
 mod ctl;
 mod dns;
+mod email;
 mod ifaddrs;
 mod lifecycle;
 mod logging;

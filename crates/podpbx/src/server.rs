@@ -289,6 +289,14 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     if let Some(w) = &voicemail {
         crate::voicemail::register_metrics(w, admin.registry());
     }
+    // Voicemail by e-mail (not reconfigured by a reload: the SMTP settings need a restart).
+    let mailer = cfg
+        .email
+        .clone()
+        .map(|e| crate::email::Mailer::start(e, &cfg.sip.domain));
+    if let Some(m) = &mailer {
+        m.register_metrics(admin.registry());
+    }
     let mut trunks_up: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
     let registrations = admin.provide_snapshot("registrations");
     let publish_registrations = |core: &Core| {
@@ -393,6 +401,15 @@ async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 }
                 podpbx_voicemail::worker::Notice::MessageLeft(m) => {
                     let c = mailbox_counts.get(&m.mailbox).copied().unwrap_or_default();
+                    if let (Some(mailer), Some(cfg)) = (&mailer, core.config()) {
+                        if let Some(to) = cfg.user(&m.mailbox).and_then(|u| u.email.clone()) {
+                            mailer.push(crate::email::Job {
+                                to,
+                                wav: cfg.voicemail.dir.join(&m.mailbox).join(format!("{}.wav", m.id)),
+                                meta: m.clone(),
+                            });
+                        }
+                    }
                     webhooks.push(podpbx_events::Data::Voicemail {
                         mailbox: m.mailbox,
                         from: m.caller,

@@ -293,6 +293,7 @@ pub(super) struct UserExtras {
     pub(super) doorbell: bool,
     pub(super) dnd: bool,
     pub(super) forward: RawForward,
+    pub(super) email: Option<String>,
 }
 
 pub(super) fn user_extras(d: &mut Diagnostics, t: &mut Tbl) -> UserExtras {
@@ -344,11 +345,20 @@ pub(super) fn user_extras(d: &mut Diagnostics, t: &mut Tbl) -> UserExtras {
         forward.no_answer_secs = f.u32_or(d, "no_answer_secs", 1, 600, 20).v;
         f.finish(d);
     }
+    let email = t.str(d, "email").and_then(|e| {
+        if valid_email(&e.v) {
+            Some(e.v)
+        } else {
+            err(d, &e, format!("`{}` is not an e-mail address", e.v));
+            None
+        }
+    });
     UserExtras {
         voicemail,
         doorbell,
         dnd,
         forward,
+        email,
     }
 }
 
@@ -448,4 +458,75 @@ pub(super) fn match_extras(
     } else {
         Err(())
     }
+}
+
+pub(super) fn email(d: &mut Diagnostics, r: &mut Tbl) -> Option<EmailConfig> {
+    if !r.has("email") {
+        return None;
+    }
+    let mut t = section(d, r, "email");
+    let host = t.req_str(d, "smtp_host");
+    let tls = t
+        .choice(
+            d,
+            "tls",
+            &[
+                ("starttls", SmtpTls::StartTls),
+                ("tls", SmtpTls::Tls),
+                ("none", SmtpTls::None),
+            ],
+        )
+        .map_or(SmtpTls::StartTls, |v| v.v);
+    let default_port = match tls {
+        SmtpTls::StartTls => 587,
+        SmtpTls::Tls => 465,
+        SmtpTls::None => 25,
+    };
+    let port = t.u16_or(d, "smtp_port", 1, 65535, default_port).v;
+    let username = t.str(d, "username").map(|s| s.v);
+    let has_password = t.has("password") || t.has("password_file") || t.has("password_env");
+    let password = secret_keys(d, &mut t, ["password", "password_file", "password_env"]);
+    let from = t.req_str(d, "from");
+    let queue = t.u32_or(d, "queue", 1, 10_000, 64).v;
+    let max_attempts = t.u32_or(d, "max_attempts", 1, 20, 5).v;
+    let attach = t.bool_or(d, "attach", true);
+    let timeout = t.secs_or(d, "timeout_secs", 1, 300, 30).v;
+    if let Some(f) = &from {
+        if !valid_email(&f.v) {
+            err(d, f, format!("`{}` is not an e-mail address", f.v));
+        }
+    }
+    if username.is_some() != has_password {
+        d.error(
+            t.span.clone(),
+            t.child("username"),
+            "set both `username` and a password (`password_file`), or neither",
+        );
+    }
+    if let Some(h) = &host {
+        let loopback = h.v == "localhost"
+            || h.v
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if tls == SmtpTls::None && (username.is_some() || !loopback) {
+            d.error(
+                t.span.clone(),
+                t.child("tls"),
+                "`none` sends messages (and credentials) in clear text: only for a relay on loopback without credentials; use `starttls` or `tls`",
+            );
+        }
+    }
+    t.finish(d);
+    Some(EmailConfig {
+        host: host?.v,
+        port,
+        tls,
+        username,
+        password,
+        from: from?.v,
+        queue,
+        max_attempts,
+        attach,
+        timeout,
+    })
 }

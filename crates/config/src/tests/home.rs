@@ -411,3 +411,49 @@ fallback = [{{ action = "voicemail", mailbox = "101" }}]
         "{e}"
     );
 }
+
+#[test]
+fn email_section() {
+    let dir = temp_dir("email");
+    std::fs::write(dir.join("smtp"), "hunter2\n").unwrap();
+    let text = format!(
+        "{SIP}[email]\nsmtp_host = \"mail.example.org\"\nusername = \"pbx\"\npassword_file = \"{}\"\nfrom = \"pbx@example.org\"\n\n[[users]]\nname = \"101\"\npassword = \"p\"\nvoicemail = true\nemail = \"anna@example.org\"\n",
+        dir.join("smtp").display()
+    );
+    let c = ok(&text);
+    let e = c.email.as_ref().unwrap();
+    assert_eq!(
+        (e.port, e.tls, e.queue, e.attach),
+        (587, SmtpTls::StartTls, 64, true)
+    );
+    assert_eq!(e.password.as_ref().unwrap().expose(), "hunter2");
+    assert_eq!(
+        c.user("101").unwrap().email.as_deref(),
+        Some("anna@example.org")
+    );
+    assert!(ok(SIP).email.is_none());
+    let loopback = ok(&format!("{SIP}[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = 2525\ntls = \"none\"\nfrom = \"pbx@home.lan\"\n"));
+    assert_eq!(loopback.email.unwrap().port, 2525);
+    for (t, want) in [
+        (
+            "[email]\nsmtp_host = \"mail.example.org\"\ntls = \"none\"\nfrom = \"a@b.c\"\n",
+            "email.tls: `none` sends messages (and credentials) in clear text",
+        ),
+        (
+            "[email]\nsmtp_host = \"mail.example.org\"\nusername = \"x\"\nfrom = \"a@b.c\"\n",
+            "email.username: set both",
+        ),
+        (
+            "[email]\nsmtp_host = \"mail.example.org\"\nfrom = \"nobody\"\n",
+            "email.from: `nobody` is not an e-mail address",
+        ),
+        ("[email]\nfrom = \"a@b.c\"\n", "email.smtp_host: missing"),
+        (
+            "[[users]]\nname = \"1\"\npassword = \"p\"\nemail = \"a b@c.d\"\n",
+            "users[0].email: `a b@c.d` is not an e-mail address",
+        ),
+    ] {
+        let e = error(&format!("{SIP}{t}"));
+        assert!(e.contains(want), "{e}");
+    }
+}
