@@ -1043,3 +1043,34 @@ fn a_providers_early_update_is_answered_and_the_call_completes() {
         "nothing relayed to the caller"
     );
 }
+
+/// RFC 3262 through the provider's proxy: the PSTN side (behind Kamailio) answers with a
+/// reliable 183 with SDP; podpbx's PRACK follows the provider's Record-Route, the caller gets a
+/// plain 183 and the call completes.
+#[test]
+fn reliable_183_through_the_providers_proxy() {
+    let uas_addr = SocketAddr::new(ip("127.0.0.1"), free_port());
+    let kam = provider(|c| c.uas = Some(uas_addr));
+    let pbx = Pbx::start(&pbx_config(kam.port, ""));
+    wait_registered(&pbx, &kam, "provider");
+    let uas = Uas::start("uas_100rel_proxied.xml", uas_addr, 1, &["-mi", "::1"]);
+    let run = call(&pbx, "call_uac.xml", "0301234567", &["-d", "300"]);
+    let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && uas_ok,
+        "caller:\n{}\n--- UAS ---\n{uas_logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+        tail(&kam.log_text())
+    );
+    assert!(
+        uas_logs.contains("UAS100-PRACK rack=4711 2 INVITE"),
+        "{uas_logs}"
+    );
+    assert_eq!(
+        provider_requests(&kam, "PRACK").len(),
+        1,
+        "{}",
+        kam.log_text()
+    );
+}
