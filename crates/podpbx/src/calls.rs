@@ -1,165 +1,20 @@
-//! Glue between the sans-IO B2BUA (`podpbx-b2bua`) and the rest of the binary: the relay
-//! behind [`MediaPort`], the registrar behind [`Directory`], config reload, and turning b2bua
-//! outputs into transaction-layer calls and CDR outputs.
+//! Glue between the sans-IO B2BUA (`podpbx-b2bua`) and the core: the registrar behind
+//! [`Directory`], the users from the config, and turning b2bua outputs into transaction-layer
+//! calls and CDR outputs. The relay behind `MediaPort` is `media.rs`.
 
 use crate::core::Output as CoreOutput;
 use crate::owners::{Owner, Owners};
-use podpbx_b2bua::{
-    B2bua, ContactTarget, Directory, LegStats, MediaId, MediaLeg, MediaPort, Output, RemoteMedia,
-    ReqId, Settings,
-};
+use podpbx_b2bua::{B2bua, ContactTarget, Directory, MediaPort, Output, ReqId, Settings};
 use podpbx_config::Config;
-use podpbx_media::{Family, FamilyConfig, PortLayout, Relay, RelayConfig, Session};
 use podpbx_registrar::Registrar;
 use podpbx_sip::transaction::{ServerTxId, Timers, TransactionLayer, TxId};
 use podpbx_sip::{IdGen, Transport};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tracing::{debug, info, warn};
-
-/// The relay as a [`MediaPort`]: sessions by id.
-pub struct RelayMedia {
-    relay: Relay,
-    sessions: HashMap<MediaId, Session>,
-}
-
-impl RelayMedia {
-    pub fn new(relay: Relay) -> RelayMedia {
-        RelayMedia {
-            relay,
-            sessions: HashMap::new(),
-        }
-    }
-}
-
-impl MediaPort for RelayMedia {
-    fn allocate(&mut self, a: Family, b: Family) -> Result<MediaId, String> {
-        let s = self.relay.allocate(a, b).map_err(|e| e.to_string())?;
-        let id = s.id().0;
-        self.sessions.insert(id, s);
-        Ok(id)
-    }
-    fn local(&self, id: MediaId, leg: MediaLeg) -> Option<SocketAddr> {
-        self.sessions.get(&id).map(|s| s.local(leg).rtp)
-    }
-    fn set_remote(&mut self, id: MediaId, leg: MediaLeg, remote: RemoteMedia) {
-        if let Some(s) = self.sessions.get(&id) {
-            if let Err(e) = s.set_remote(leg, remote) {
-                debug!(error = %e, "relay set_remote");
-            }
-        }
-    }
-    fn set_hold(&mut self, id: MediaId, leg: MediaLeg, hold: bool) {
-        if let Some(s) = self.sessions.get(&id) {
-            let _ = s.set_hold(leg, hold);
-        }
-    }
-    fn inject_dtmf(&mut self, id: MediaId, leg: MediaLeg, digit: char, duration: Duration) -> bool {
-        self.sessions
-            .get(&id)
-            .is_some_and(|s| s.inject_dtmf(leg, digit, duration).is_ok())
-    }
-    fn stats(&self, id: MediaId, leg: MediaLeg) -> LegStats {
-        let Some(s) = self.sessions.get(&id) else {
-            return LegStats::default();
-        };
-        let st = s.stats(leg);
-        LegStats {
-            rtp_packets: st.rtp_packets,
-            rtp_bytes: st.rtp_bytes,
-            rtcp_packets: st.rtcp_packets,
-            forwarded_packets: st.forwarded_packets,
-            lost_packets: st.lost_packets,
-            jitter: st.jitter,
-        }
-    }
-    fn release(&mut self, id: MediaId) {
-        if let Some(s) = self.sessions.remove(&id) {
-            s.release();
-        }
-    }
-    fn srtp_suites(&self) -> &[&'static str] {
-        &["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]
-    }
-    fn srtp_key(&mut self) -> Option<Vec<u8>> {
-        match podpbx_media::generate_key() {
-            Ok(k) => Some(k.to_bytes().to_vec()),
-            Err(e) => {
-                warn!(error = %e, "no randomness for an SRTP key");
-                None
-            }
-        }
-    }
-    fn set_srtp(&mut self, id: MediaId, leg: MediaLeg, keys: Option<podpbx_b2bua::SrtpLegKeys>) {
-        use podpbx_media::srtp::{MasterKey, Suite};
-        let Some(s) = self.sessions.get(&id) else {
-            return;
-        };
-        let keys = keys.and_then(|k| {
-            let suite = Suite::from_name(&k.suite)?;
-            let remote: [u8; 30] = k.remote.as_slice().try_into().ok()?;
-            let local: [u8; 30] = k.local.as_slice().try_into().ok()?;
-            Some(podpbx_media::SrtpKeys {
-                suite,
-                remote: MasterKey::from_bytes(&remote),
-                local: MasterKey::from_bytes(&local),
-            })
-        });
-        if let Err(e) = s.set_srtp(leg, keys.as_ref()) {
-            debug!(error = %e, "relay set_srtp");
-        }
-    }
-}
-
-/// A MediaPort for when no relay could be started: every call gets 503 from the b2bua.
-struct NoMedia;
-
-impl MediaPort for NoMedia {
-    fn allocate(&mut self, _a: Family, _b: Family) -> Result<MediaId, String> {
-        Err("no RTP relay".into())
-    }
-    fn local(&self, _id: MediaId, _leg: MediaLeg) -> Option<SocketAddr> {
-        None
-    }
-    fn set_remote(&mut self, _id: MediaId, _leg: MediaLeg, _r: RemoteMedia) {}
-    fn set_hold(&mut self, _id: MediaId, _leg: MediaLeg, _h: bool) {}
-    fn inject_dtmf(&mut self, _id: MediaId, _leg: MediaLeg, _d: char, _t: Duration) -> bool {
-        false
-    }
-    fn stats(&self, _id: MediaId, _leg: MediaLeg) -> LegStats {
-        LegStats::default()
-    }
-    fn release(&mut self, _id: MediaId) {}
-}
-
-/// The relay configuration from `[media]` on the pinned addresses.
-pub fn relay_config(cfg: &Config) -> RelayConfig {
-    let ports = cfg.media.port_min..=cfg.media.port_max;
-    RelayConfig {
-        ipv4: cfg.sip.ipv4.map(|a| FamilyConfig {
-            addr: IpAddr::V4(a),
-            ports: ports.clone(),
-        }),
-        ipv6: cfg.sip.ipv6.map(|a| FamilyConfig {
-            addr: IpAddr::V6(a),
-            ports,
-        }),
-        media_timeout: cfg.media.timeout.unwrap_or(Duration::ZERO),
-        hold_timeout: cfg.media.hold_timeout.unwrap_or(Duration::ZERO),
-        tos: cfg.media.dscp << 2,
-        layout: match cfg.media.port_layout {
-            podpbx_config::MediaPortLayout::Shared => PortLayout::Shared { pairs: 2 },
-            podpbx_config::MediaPortLayout::PerCall => PortLayout::PerCall,
-        },
-        // Nobody listens to Latched events: not sending them saves the event path a wake-up per
-        // latch (four per call).
-        report_latching: false,
-        ..RelayConfig::default()
-    }
-}
 
 /// The registrar (and our bound addresses) as the b2bua's [`Directory`].
 pub struct RegDirectory<'a> {
@@ -230,23 +85,9 @@ pub struct Calls {
 const MAX_UNVERIFIED: usize = 4096;
 
 impl Calls {
-    /// Call control for `cfg`, with media through `relay` (none: calls get 503).
+    /// Call control for `cfg` with media through `media` (the relay: `crate::media::port`, or a
+    /// fake in tests).
     pub fn new(
-        cfg: Arc<Config>,
-        timers: Timers,
-        relay: Option<Relay>,
-        addrs: Addrs,
-        ids: IdGen,
-    ) -> Calls {
-        let media: Box<dyn MediaPort + Send> = match relay {
-            Some(r) => Box::new(RelayMedia::new(r)),
-            None => Box::new(NoMedia),
-        };
-        Calls::with_media(cfg, timers, media, addrs, ids)
-    }
-
-    /// Call control for `cfg` with media through `media` (the relay, or a fake in tests).
-    pub fn with_media(
         cfg: Arc<Config>,
         timers: Timers,
         media: Box<dyn MediaPort + Send>,
@@ -401,19 +242,6 @@ fn missed_call(cfg: &Config, cdr: &podpbx_b2bua::Cdr) -> Option<podpbx_events::D
         reason,
         ringing_secs: cdr.duration_secs,
     })
-}
-
-/// Reads and validates the config file for a reload; every problem on its own line.
-pub fn load_for_reload(path: &Path) -> Result<Config, String> {
-    podpbx_config::check(path).map_err(|errs| podpbx_config::format_errors(&errs))
-}
-
-/// A cheap fingerprint of the config file (following symlinks, as Kubernetes swaps `..data`):
-/// modification time, inode and length. `None` when it cannot be read.
-pub fn fingerprint(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.ino(), m.len()))
 }
 
 /// The registrar's users from a config (users without a password, i.e. identify-by-source

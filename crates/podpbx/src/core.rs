@@ -1,7 +1,7 @@
 //! The signalling core: a sans-IO state machine fed parsed messages, DNS answers, media
 //! events and `now`, producing [`Output`]s for the shell: messages to send, DNS lookups, the
 //! bindings file to write and CDRs to append. It never reads the clock, a random source, a
-//! socket or a file: sockets, tokio, the resolver and the writer threads live in `server.rs`,
+//! socket or a file: sockets, tokio, the resolver and the writer threads live in `server/`,
 //! `dns.rs` and `cdr.rs`; tags, branches and Call-IDs come from a seeded [`IdGen`]. So
 //! everything here runs in virtual time (`crate::sim`).
 

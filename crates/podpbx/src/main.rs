@@ -11,12 +11,15 @@ mod email;
 mod ifaddrs;
 mod lifecycle;
 mod logging;
+mod media;
 mod metrics;
 mod owners;
 mod presence;
+mod reload;
 mod server;
 #[cfg(test)]
 mod sim;
+mod state_writer;
 mod stats;
 mod tls;
 mod transport;

@@ -166,7 +166,7 @@ impl Sim {
             tcp: vec![PBX_V6.parse().unwrap(), PBX_V4.parse().unwrap()],
             ..Addrs::default()
         };
-        core.set_calls(Calls::with_media(
+        core.set_calls(Calls::new(
             cfg.clone(),
             timers,
             Box::new(media.clone()),

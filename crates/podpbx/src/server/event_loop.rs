@@ -1,0 +1,488 @@
+//! The shell's loop: one event at a time into the core (with `now`), then the core's outputs
+//! performed. The loop never waits for disk, DNS or media: those are other threads and tasks
+//! whose results come back as events.
+
+use crate::admin::{Admin, CoreRequest, JsonPublisher, ReloadRequest};
+use crate::cdr::CdrWriter;
+use crate::core::{Core, Output};
+use crate::lifecycle::{Shutdown, StopEvent};
+use crate::state_writer::StateWriter;
+use crate::stats::Stats;
+use crate::transport::{Inbound, Transports};
+use crate::webhooks::Webhooks;
+use podpbx_sip::transaction::Peer;
+use podpbx_voicemail::worker::{Notice, Worker};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// How long the stopping loop waits for the BYEs of ended calls and the trunks' un-REGISTER.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Where events come from.
+pub(super) struct Events {
+    pub(super) inbound: mpsc::Receiver<Inbound>,
+    pub(super) dns: mpsc::Receiver<crate::dns::Answer>,
+    pub(super) media: mpsc::Receiver<podpbx_media::Event>,
+    pub(super) voicemail: mpsc::Receiver<Notice>,
+    pub(super) reload: mpsc::Receiver<&'static str>,
+    pub(super) admin: mpsc::Receiver<CoreRequest>,
+    pub(super) admin_reload: mpsc::Receiver<ReloadRequest>,
+    pub(super) shutdown: Shutdown,
+    /// Status that changes slowly is published once a second, not per message.
+    pub(super) tick: tokio::time::Interval,
+}
+
+/// One thing that happened.
+enum Event {
+    Inbound(Inbound),
+    /// The transports' channel closed: nothing more will arrive.
+    InboundClosed,
+    /// The core's deadline passed.
+    Timeout,
+    Dns(crate::dns::Answer),
+    Tick,
+    Voicemail(Notice),
+    Media(podpbx_media::Event),
+    Reload(&'static str),
+    AdminReload(ReloadRequest),
+    Admin(CoreRequest),
+    Stop(StopEvent),
+}
+
+impl Events {
+    /// The next event; `deadline` is the core's next timer.
+    async fn next(&mut self, deadline: Option<Instant>) -> Event {
+        let deadline = deadline.map(tokio::time::Instant::from_std);
+        tokio::select! {
+            msg = self.inbound.recv() => match msg {
+                Some(m) => Event::Inbound(m),
+                None => Event::InboundClosed,
+            },
+            _ = sleep_until_opt(deadline) => Event::Timeout,
+            Some(answer) = self.dns.recv() => Event::Dns(answer),
+            _ = self.tick.tick() => Event::Tick,
+            Some(n) = self.voicemail.recv() => Event::Voicemail(n),
+            Some(ev) = self.media.recv() => Event::Media(ev),
+            Some(why) = self.reload.recv() => Event::Reload(why),
+            Some(req) = self.admin_reload.recv() => Event::AdminReload(req),
+            Some(req) = self.admin.recv() => Event::Admin(req),
+            ev = self.shutdown.next() => Event::Stop(ev),
+        }
+    }
+
+    /// While stopping: messages (answers to our BYEs and un-REGISTERs) and timers only.
+    async fn next_draining(&mut self, deadline: tokio::time::Instant) -> Event {
+        tokio::select! {
+            Some(m) = self.inbound.recv() => Event::Inbound(m),
+            _ = tokio::time::sleep_until(deadline) => Event::Timeout,
+        }
+    }
+}
+
+/// What the loop owns besides its event sources.
+pub(super) struct State {
+    pub(super) core: Core,
+    pub(super) transports: Transports,
+    pub(super) dns: crate::dns::Dns,
+    pub(super) stats: Arc<Stats>,
+    pub(super) admin: Admin,
+    pub(super) config_path: Option<PathBuf>,
+    /// The relay, for its live counters.
+    pub(super) relay: Option<podpbx_media::Relay>,
+    pub(super) relay_seen: podpbx_media::RelayTotals,
+    pub(super) voicemail: Option<Arc<Worker>>,
+    /// Voicemail by e-mail.
+    pub(super) mailer: Option<crate::email::Mailer>,
+    pub(super) mailbox_counts: HashMap<String, podpbx_voicemail::store::Counts>,
+    pub(super) webhooks: Webhooks,
+    /// Trunks' last registration state, for `trunk` events.
+    pub(super) trunks_up: HashMap<String, bool>,
+    pub(super) trunk_names: Vec<String>,
+    pub(super) state_writer: StateWriter,
+    /// Run-time forwarding/DND/modes (`features.json`): their own writer.
+    pub(super) features_writer: StateWriter,
+    pub(super) features_path: PathBuf,
+    pub(super) cdr_writer: CdrWriter,
+    pub(super) publish: Publishers,
+    pub(super) presence_stats: Arc<Mutex<(podpbx_presence::NotifierStats, usize, usize)>>,
+    pub(super) auth_failures_seen: u64,
+    /// A peer that went away makes every send to it fail: one line per 10 s burst, counted.
+    pub(super) send_failed_log: crate::logging::RateLimit,
+}
+
+/// The snapshots `/api/<name>` serves.
+pub(super) struct Publishers {
+    pub(super) calls: JsonPublisher,
+    pub(super) features: JsonPublisher,
+    pub(super) registrations: JsonPublisher,
+    pub(super) subscriptions: JsonPublisher,
+    pub(super) trunks: JsonPublisher,
+}
+
+/// The shell: its state and its event sources.
+pub(super) struct Shell {
+    pub(super) state: State,
+    pub(super) events: Events,
+}
+
+impl Shell {
+    /// Runs until a stop: the loop, the bounded drain, the final writes.
+    pub(super) async fn run(self) -> Result<(), String> {
+        let Shell {
+            mut state,
+            mut events,
+        } = self;
+        state.core.start(Instant::now());
+        info!(udp = ?state.transports.udp_addrs(), tcp = ?state.transports.tcp_addrs(), tls = ?state.transports.tls_addrs(), "podpbx ready");
+        loop {
+            let ev = events.next(state.core.poll_timeout()).await;
+            if matches!(ev, Event::InboundClosed) {
+                break;
+            }
+            state.handle(ev);
+            state.perform_outputs(false);
+            state.after_turn();
+            if events.shutdown.is_stopping() {
+                break;
+            }
+        }
+        // Let the BYEs of ended calls (their CDRs are written when the BYE transaction
+        // completes) and the trunks' un-REGISTER (with a digest round) finish, bounded: a pod
+        // being replaced must release its addresses quickly.
+        let drain_until = tokio::time::Instant::now() + DRAIN;
+        while (!state.core.trunks_stopped() || state.core.active_calls() > 0)
+            && tokio::time::Instant::now() < drain_until
+        {
+            let deadline = state
+                .core
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .map_or(drain_until, |d| d.min(drain_until));
+            match events.next_draining(deadline).await {
+                Event::Inbound(Inbound::Message(msg, flow)) => {
+                    state
+                        .core
+                        .handle_message(Instant::now(), SystemTime::now(), &msg, flow)
+                }
+                Event::Timeout => state.core.handle_timeout(Instant::now()),
+                _ => {}
+            }
+            state.perform_outputs(true);
+        }
+        let State {
+            mut core,
+            state_writer,
+            features_writer,
+            features_path,
+            cdr_writer,
+            ..
+        } = state;
+        state_writer.finish(core.bindings_snapshot());
+        features_writer.finish(core.state_bytes().map(|d| (features_path, d)));
+        // The CDRs of the calls ended by the stop are on disk before the process exits.
+        cdr_writer.finish();
+        events.shutdown.finish();
+        Ok(())
+    }
+}
+
+impl State {
+    fn handle(&mut self, ev: Event) {
+        let core = &mut self.core;
+        match ev {
+            Event::Inbound(Inbound::Message(msg, flow)) => {
+                core.handle_message(Instant::now(), SystemTime::now(), &msg, flow)
+            }
+            Event::Inbound(Inbound::Malformed { data, reason, flow }) => {
+                core.handle_malformed(Instant::now(), &data, &reason, flow)
+            }
+            Event::Inbound(Inbound::SendFailed {
+                transport,
+                dest,
+                conn,
+            }) => core.transport_error(Peer {
+                addr: dest,
+                transport,
+                conn,
+            }),
+            Event::InboundClosed => {}
+            Event::Timeout => core.handle_timeout(Instant::now()),
+            Event::Dns((id, answer)) => {
+                core.dns_answer(Instant::now(), id, answer);
+                set_trunk_tls_names(core, &self.transports);
+            }
+            Event::Tick => self.tick(),
+            Event::Voicemail(n) => self.voicemail_notice(n),
+            Event::Media(ev) => match ev {
+                podpbx_media::Event::MediaTimeout { session, .. } => {
+                    core.media_timeout(Instant::now(), session.0);
+                }
+                podpbx_media::Event::Dtmf {
+                    session,
+                    leg,
+                    digit,
+                    duration_ms,
+                } => {
+                    let duration = Duration::from_millis(duration_ms.into());
+                    core.media_dtmf(Instant::now(), session.0, leg, digit, duration);
+                }
+                podpbx_media::Event::Latched { .. } => {}
+            },
+            Event::Reload(why) => {
+                info!(trigger = why, "configuration reload");
+                let _ = self.reload();
+            }
+            Event::AdminReload(req) => {
+                info!(trigger = "admin", "configuration reload");
+                req.respond(self.reload());
+            }
+            Event::Admin(CoreRequest::Ping(p)) => p.pong(),
+            Event::Admin(CoreRequest::Command(c)) => {
+                let r = core.command(&c.args);
+                info!(command = %c.args.join(" "), result = ?r, "ctl");
+                c.respond(r);
+            }
+            Event::Stop(StopEvent::Begin) => {
+                core.begin_shutdown();
+                core.stop_trunks(Instant::now());
+            }
+            // The core ends the remaining calls here (their BYEs go out below).
+            Event::Stop(StopEvent::Stop) => core.end_calls(Instant::now()),
+        }
+    }
+
+    /// Performs what the core asked for. While `stopping`, no DNS lookup starts and the
+    /// bindings are written once at the end instead.
+    fn perform_outputs(&mut self, stopping: bool) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Send { peer, data } => {
+                    let sent = self
+                        .transports
+                        .send(peer.transport, peer.addr, peer.conn, data);
+                    if let Err(e) = sent {
+                        if stopping {
+                            continue;
+                        }
+                        if let Some(suppressed) = self.send_failed_log.check(Instant::now()) {
+                            warn!(error = %e, suppressed, "send failed");
+                        }
+                        self.core.transport_error(peer);
+                    }
+                }
+                Output::Resolve { .. } if stopping => {}
+                Output::Resolve { id, name, rtype } => self.dns.resolve(id, name, rtype),
+                Output::SaveBindings { .. } if stopping => {}
+                // Latest-wins channel to one writer thread: writes stay in order.
+                Output::SaveBindings { path, data } => self.state_writer.send((path, data)),
+                Output::Cdr { file, cdr } => self.cdr_writer.write(file, cdr),
+                Output::Event(data) => self.webhooks.push(data),
+            }
+        }
+    }
+
+    /// Bookkeeping after every event.
+    fn after_turn(&mut self) {
+        // A trunk that just registered makes /readyz 200 now, not on the next tick.
+        if self.core.take_trunks_changed() {
+            self.publish_trunks();
+        }
+        if let Some(data) = self.core.take_state_save() {
+            self.features_writer
+                .send((self.features_path.clone(), data));
+            self.publish.features.publish(self.core.features_json());
+        }
+        self.admin
+            .metrics()
+            .calls_active
+            .set_count(self.core.active_calls());
+        for d in self.core.take_ended_calls() {
+            self.admin.metrics().call_ended(d);
+        }
+    }
+
+    /// The 1 s status tick: snapshots for the admin API, metrics, webhook events.
+    fn tick(&mut self) {
+        self.publish_trunks();
+        trunk_events(&self.core, &mut self.trunks_up, &mut self.webhooks);
+        let now = Instant::now();
+        self.publish.calls.publish(self.core.calls_json(now));
+        self.publish.features.publish(self.core.features_json());
+        self.publish
+            .subscriptions
+            .publish(self.core.subscriptions_json(now));
+        if let Ok(mut p) = self.presence_stats.lock() {
+            *p = self.core.presence_stats();
+        }
+        if self.core.take_registrations_changed() {
+            self.publish_registrations();
+        }
+        let failures = Stats::get(&self.stats.auth_failures);
+        self.admin
+            .metrics()
+            .auth_failures
+            .add(failures.saturating_sub(self.auth_failures_seen));
+        self.auth_failures_seen = failures;
+        self.admin
+            .metrics()
+            .blocked_sources
+            .set_count(self.core.registrar().stats().blocked_sources);
+        if let Some(relay) = &self.relay {
+            publish_relay_totals(&self.admin, relay.totals(), &mut self.relay_seen);
+        }
+    }
+
+    pub(super) fn publish_registrations(&self) {
+        self.publish
+            .registrations
+            .publish(crate::admin::json::registrations(self.core.registrar()));
+        self.admin
+            .metrics()
+            .registrations
+            .set_count(self.core.registrar().stats().bindings);
+    }
+
+    fn publish_trunks(&mut self) {
+        let trunks = self.core.trunks();
+        self.publish
+            .trunks
+            .publish(trunks.status_json(Instant::now(), SystemTime::now()));
+        self.admin
+            .set_trunks(&trunks.readiness(), &trunks.health(), &mut self.trunk_names);
+    }
+
+    fn voicemail_notice(&mut self, n: Notice) {
+        match n {
+            Notice::Hangup { id, .. } => self.core.endpoint_done(Instant::now(), id),
+            Notice::Counts { mailbox, counts } => {
+                self.core
+                    .set_mwi(Instant::now(), &mailbox, counts.new, counts.old);
+                self.mailbox_counts.insert(mailbox, counts);
+            }
+            Notice::MessageLeft(m) => {
+                let c = self
+                    .mailbox_counts
+                    .get(&m.mailbox)
+                    .copied()
+                    .unwrap_or_default();
+                if let (Some(mailer), Some(cfg)) = (&self.mailer, self.core.config()) {
+                    if let Some(to) = cfg.user(&m.mailbox).and_then(|u| u.email.clone()) {
+                        mailer.push(crate::email::Job {
+                            to,
+                            wav: cfg
+                                .voicemail
+                                .dir
+                                .join(&m.mailbox)
+                                .join(format!("{}.wav", m.id)),
+                            meta: m.clone(),
+                        });
+                    }
+                }
+                self.webhooks.push(podpbx_events::Data::Voicemail {
+                    mailbox: m.mailbox,
+                    from: m.caller,
+                    from_name: m.caller_name,
+                    duration_secs: m.duration_secs,
+                    message_id: m.id,
+                    new: c.new,
+                    old: c.old,
+                });
+            }
+            Notice::WrongPin { .. } => {}
+        }
+    }
+
+    /// A reload through `crate::reload`, then the parts of the shell that follow the config.
+    fn reload(&mut self) -> Result<String, String> {
+        let result = crate::reload::reload(&mut self.core, self.config_path.as_deref());
+        if result.is_ok() {
+            if let Some(cfg) = self.core.config() {
+                self.webhooks.reconfigure(&cfg);
+                if let Some(w) = &self.voicemail {
+                    crate::voicemail::reconfigure(w, &cfg);
+                }
+            }
+        }
+        set_trunk_tls_names(&self.core, &self.transports);
+        result
+    }
+}
+
+/// The certificate of a TLS trunk must carry the trunk's host name (RFC 5922 §7.2), or its IP
+/// address when the host is an IP literal: tells the transports which name each located server
+/// of a TLS trunk must prove (the servers change when DNS does, so this runs after each answer
+/// and reload).
+pub(super) fn set_trunk_tls_names(core: &Core, transports: &Transports) {
+    for (addr, host) in core.trunks().tls_servers() {
+        if let Ok(name) = crate::tls::server_name(&host) {
+            transports.set_tls_name(addr, name);
+        }
+    }
+}
+
+/// `trunk` events: a trunk that registers came up or went down since the last tick.
+fn trunk_events(
+    core: &Core,
+    seen: &mut std::collections::HashMap<String, bool>,
+    webhooks: &mut crate::webhooks::Webhooks,
+) {
+    let reasons = core.trunks().readiness();
+    for h in core.trunks().health() {
+        let Some(up) = h.registered else { continue };
+        let before = seen.insert(h.name.clone(), up);
+        // The first "down" at start is not news (registering takes a moment); the first "up" is.
+        if before == Some(up) || (before.is_none() && !up) {
+            continue;
+        }
+        let reason = reasons
+            .iter()
+            .find(|(n, _)| *n == h.name)
+            .and_then(|(_, why)| why.clone());
+        webhooks.push(podpbx_events::Data::Trunk {
+            trunk: h.name.clone(),
+            state: if up { "up" } else { "down" },
+            reason: if up { None } else { reason },
+        });
+    }
+    seen.retain(|n, _| core.trunks().health().iter().any(|h| &h.name == n));
+}
+
+/// Adds what the relay forwarded and dropped since the last tick to the metrics (the relay's
+/// counters are live: calls in progress count, once a second).
+fn publish_relay_totals(
+    admin: &crate::admin::Admin,
+    now: podpbx_media::RelayTotals,
+    seen: &mut podpbx_media::RelayTotals,
+) {
+    let m = admin.metrics();
+    m.relay_packets
+        .add(now.forwarded_packets.saturating_sub(seen.forwarded_packets));
+    m.relay_bytes
+        .add(now.forwarded_bytes.saturating_sub(seen.forwarded_bytes));
+    let (d, s) = (&now.drops, &seen.drops);
+    for (reason, n, before) in [
+        ("foreign_source", d.foreign_source, s.foreign_source),
+        ("malformed", d.malformed, s.malformed),
+        ("not_rtp", d.not_rtp, s.not_rtp),
+        ("oversize", d.oversize, s.oversize),
+        ("no_destination", d.no_destination, s.no_destination),
+        ("send_error", d.send_error, s.send_error),
+        ("srtp", d.srtp, s.srtp),
+    ] {
+        if n > before {
+            m.relay_dropped(reason).add(n - before);
+        }
+    }
+    *seen = now;
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
