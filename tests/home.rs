@@ -1606,3 +1606,41 @@ fn a_new_message_is_emailed_with_the_wav_attached() {
     let text = metrics_when(&pbx, |t| metric(t, "podpbx_email_sent_total") == Some(1.0));
     assert_eq!(metric(&text, "podpbx_email_queue_capacity"), Some(64.0));
 }
+
+#[test]
+fn an_oversized_recording_is_cut_at_the_limit() {
+    let cfg = VOICEMAIL.replace(
+        "[voicemail]\nsilence_secs = 1",
+        "[voicemail]\nsilence_secs = 3\nmax_message_secs = 5",
+    );
+    let pbx = Pbx::start(&cfg);
+    let mut door = SipPhone::new(pbx.v4(), "127.0.0.1", "long-door");
+    assert_eq!(door.call("101", &pbx), 200);
+    door.listen(Duration::from_millis(300));
+    door.digit('#');
+    door.listen(Duration::from_millis(600));
+    // 9 s of tone for a 5 s limit: podpbx says "saved" and hangs up while the caller talks.
+    let bye = door.talk(852.0, 450);
+    let mut bye = bye;
+    let end = Instant::now() + Duration::from_secs(6);
+    while !bye && Instant::now() < end {
+        bye = door.listen(Duration::from_millis(100));
+    }
+    assert!(bye, "BYE after the limit");
+    let dir = pbx.dir.path().join("voicemail").join("101");
+    let wav = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "wav"))
+        .expect("message");
+    let rec = audio::read_wav(&wav).unwrap();
+    assert!(
+        (rec.secs() - 5.0).abs() < 0.05,
+        "cut at 5 s: {} s",
+        rec.secs()
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wav.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(meta["duration_secs"], 5.0);
+}
