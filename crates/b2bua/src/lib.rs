@@ -214,6 +214,9 @@ pub enum Identity {
     Trunk { name: String, did: Option<String> },
     /// An `identify_by_source` user's address: no digest.
     User(String),
+    /// From a trunk's `networks` but for none of its DIDs: answered `404`, never routed (a
+    /// forged provider INVITE must not reach a local extension or go back out).
+    NotADid { trunk: String },
     /// Needs digest authentication (407).
     Authenticate,
 }

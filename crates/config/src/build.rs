@@ -1124,6 +1124,7 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
             }
         }
         let allow_rfc2069 = t.bool(d, "allow_rfc2069").is_some_and(|b| b.v);
+        let may_use_trunks = t.bool(d, "may_use_trunks").is_some_and(|b| b.v);
         let max_calls = Some(t.u32_or(d, "max_calls", 0, 10_000, 0).v).filter(|n| *n > 0);
         let groups = t.str_list(d, "groups").unwrap_or_default();
         let transport = t
@@ -1164,6 +1165,7 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
                 dtmf,
                 identify_by_source,
                 allow_rfc2069,
+                may_use_trunks,
                 max_calls,
                 groups: groups.iter().map(|g| g.v.clone()).collect(),
                 transport,
@@ -1902,6 +1904,7 @@ fn rule_match(d: &mut Diagnostics, m: &mut Tbl, names: &Names) -> Option<Match> 
         "from",
         &[
             ("local", CallSource::Local),
+            ("device", CallSource::Device),
             ("trunk", CallSource::Trunk),
             ("any", CallSource::Any),
         ],
@@ -1913,7 +1916,9 @@ fn rule_match(d: &mut Diagnostics, m: &mut Tbl, names: &Names) -> Option<Match> 
                 err(d, &c, "only calls from local users have a `caller`; drop it or use `from = \"local\"`");
                 ok = false;
             }
-            from = CallSource::Local;
+            if from != CallSource::Device {
+                from = CallSource::Local;
+            }
             let t = names.target(d, &c);
             ok &= t.is_some();
             t
@@ -1922,7 +1927,7 @@ fn rule_match(d: &mut Diagnostics, m: &mut Tbl, names: &Names) -> Option<Match> 
     };
     let did = match m.str(d, "did") {
         Some(s) => {
-            if from == CallSource::Local {
+            if matches!(from, CallSource::Local | CallSource::Device) {
                 err(d, &s, "only calls from trunks arrive on a DID; drop `did` or `caller`, or use `from = \"trunk\"`");
                 ok = false;
             }
@@ -1952,7 +1957,9 @@ fn rule_match(d: &mut Diagnostics, m: &mut Tbl, names: &Names) -> Option<Match> 
 /// Whether every call matched by `later` is also matched by `earlier`
 /// (conservative: `false` when unsure).
 fn covers(earlier: &Match, later: &Match) -> bool {
-    let from_ok = earlier.from == CallSource::Any || earlier.from == later.from;
+    let from_ok = earlier.from == CallSource::Any
+        || earlier.from == later.from
+        || (earlier.from == CallSource::Local && later.from == CallSource::Device);
     let caller_ok = earlier.caller.is_none() || earlier.caller == later.caller;
     let did_ok = earlier.did.is_none() || earlier.did == later.did;
     // A time or mode condition matches only sometimes: it covers only the same condition.

@@ -359,6 +359,9 @@ pub struct User {
     pub identify_by_source: bool,
     /// Accept RFC 2069 digest answers (without qop) from this user's device.
     pub allow_rfc2069: bool,
+    /// An `identify_by_source` user's calls may go out through a trunk under any rule (without
+    /// it only rules with `from = "device"` or naming the user as `caller` may send them there).
+    pub may_use_trunks: bool,
     /// Maximum simultaneous calls of this user; `None` = unlimited.
     pub max_calls: Option<u32>,
     /// Groups this user joins (in addition to the groups' `members`).
@@ -485,8 +488,11 @@ impl Trunk {
 /// Which calls a dialplan rule applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallSource {
-    /// Calls placed by local users.
+    /// Calls placed by local users (devices identified by source included).
     Local,
+    /// Calls placed by `identify_by_source` users only (devices known by their address, which
+    /// a forged UDP packet can claim): the explicit way to let them reach a trunk.
+    Device,
     /// Calls arriving from a trunk.
     Trunk,
     /// Both.
@@ -696,12 +702,13 @@ impl Config {
         if !(time_ok && mode_ok) {
             return false;
         }
-        let source_ok = matches!(
-            (m.from, origin),
+        let source_ok = match (m.from, origin) {
             (CallSource::Any, _)
-                | (CallSource::Local, Origin::Local { .. })
-                | (CallSource::Trunk, Origin::Trunk { .. })
-        );
+            | (CallSource::Local, Origin::Local { .. })
+            | (CallSource::Trunk, Origin::Trunk { .. }) => true,
+            (CallSource::Device, Origin::Local { user }) => self.is_device(user),
+            _ => false,
+        };
         let caller_ok = match (&m.caller, origin) {
             (None, _) => true,
             (Some(Target::User(u)), Origin::Local { user }) => u == user,
@@ -714,6 +721,78 @@ impl Config {
             (Some(_), _) => false,
         };
         source_ok && caller_ok && did_ok && m.number.matches(number)
+    }
+
+    /// Whether `user` is identified by its source address (no digest): its calls prove nothing
+    /// but a UDP source address, which anyone can forge.
+    pub fn is_device(&self, user: &str) -> bool {
+        self.user(user).is_some_and(|u| u.identify_by_source)
+    }
+
+    /// Whether a call from `origin` that `rule` routes may go out through a trunk (toll fraud
+    /// by forged source): callers identified only by a source address (devices, and calls that
+    /// come from a trunk's networks) need a rule that says so explicitly: `from = "device"`,
+    /// `caller` naming the device, or the user's `may_use_trunks` for a device; `from = "trunk"`
+    /// (or a `did` condition) for a call from a trunk. Authenticated users always may.
+    pub fn may_reach_trunk(&self, rule: &Rule, origin: &Origin<'_>) -> bool {
+        match origin {
+            Origin::Local { user } => match self.user(user) {
+                Some(u) if u.identify_by_source => {
+                    u.may_use_trunks
+                        || rule.matcher.from == CallSource::Device
+                        || rule.matcher.caller == Some(Target::User(u.name.clone()))
+                }
+                _ => true,
+            },
+            Origin::Trunk { .. } => rule.matcher.from == CallSource::Trunk,
+        }
+    }
+
+    /// Rules through which a source that proves nothing but its address (a device identified
+    /// by source, a trunk's networks) can reach a trunk, as warnings for `podpbx check` and
+    /// the log at start and reload. Each names the rule, the source and the trunks.
+    pub fn trunk_exposure_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for rule in &self.dialplan {
+            let trunks: Vec<&str> = rule
+                .steps()
+                .filter_map(|a| match a {
+                    Action::Trunk { trunks, .. } => Some(trunks.iter().map(String::as_str)),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            if trunks.is_empty() {
+                continue;
+            }
+            let to = trunks.join("`, `");
+            let m = &rule.matcher;
+            if m.from == CallSource::Trunk {
+                out.push(format!(
+                    "dialplan rule `{}`: calls from a trunk's networks (a forgeable UDP source) go out again through trunk `{to}`",
+                    rule.name
+                ));
+            }
+            for u in self.users.iter().filter(|u| u.identify_by_source) {
+                let source_ok = matches!(
+                    m.from,
+                    CallSource::Any | CallSource::Local | CallSource::Device
+                );
+                let caller_ok = match &m.caller {
+                    None => true,
+                    Some(Target::User(c)) => *c == u.name,
+                    Some(Target::Group(g)) => self.is_member(&u.name, g),
+                };
+                let origin = Origin::Local { user: &u.name };
+                if source_ok && caller_ok && self.may_reach_trunk(rule, &origin) {
+                    out.push(format!(
+                        "dialplan rule `{}`: user `{}` is identified by its source address only (a forgeable UDP source) and reaches trunk `{to}`",
+                        rule.name, u.name
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// The first dialplan rule that matches, if any (no match: the caller

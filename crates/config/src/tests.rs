@@ -1259,7 +1259,7 @@ fn dialplan_match_checks() {
     );
     assert_eq!(
         error(&with_people("[[dialplan]]\nmatch = { from = \"lokal\" }\naction = \"local\"\n")),
-        format!("t.toml:{}:18: dialplan[0].match.from: expected `local`, `trunk` or `any`, got `lokal`, did you mean `local`?", l + 1)
+        format!("t.toml:{}:18: dialplan[0].match.from: expected `local`, `device`, `trunk` or `any`, got `lokal`, did you mean `local`?", l + 1)
     );
 }
 
@@ -1363,6 +1363,7 @@ fn tls_section_follows_the_transport_list() {
 }
 
 mod home;
+mod toll_fraud;
 #[test]
 fn srtp_per_user_and_trunk_needs_tls() {
     let dir = temp_dir("srtp");

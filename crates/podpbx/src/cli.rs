@@ -80,7 +80,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 /// `podpbx check`: prints every problem as `file:line:col: key: message`, exit 1 if any.
 pub fn check(path: &Path) -> ExitCode {
     match podpbx_config::check(path) {
-        Ok(_) => {
+        Ok(cfg) => {
+            // Valid, but a forgeable source reaches a trunk: say so (toll fraud risk).
+            for w in cfg.trunk_exposure_warnings() {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }

@@ -465,6 +465,10 @@ impl Core {
             self.stats
                 .stateless_responses
                 .fetch_add(stateless, std::sync::atomic::Ordering::Relaxed);
+            let sec = calls.b2bua.security_counts();
+            use std::sync::atomic::Ordering::Relaxed;
+            self.stats.foreign_source.store(sec.foreign_source, Relaxed);
+            self.stats.trunk_refused.store(sec.trunk_refused, Relaxed);
             if failed.is_empty() {
                 self.presence_changes(now);
                 return;
@@ -646,13 +650,31 @@ impl Core {
             // An ACK for a 2xx goes to its dialog (the b2bua); a stray one is dropped.
             RequestDisposition::AckFor2xx => {
                 if let Some(calls) = self.calls.as_mut() {
-                    calls.b2bua.handle_ack(now, msg);
+                    // An ACK from elsewhere than the dialog's peer is dropped (counted).
+                    if calls.b2bua.dialog_source_ok(msg, &flow) {
+                        calls.b2bua.handle_ack(now, msg);
+                    }
                     self.pump_calls(now);
                 }
             }
             RequestDisposition::Cancel { tx, target } => {
                 // RFC 3261 §9.2: 200 to a CANCEL that matches; the b2bua then ends the INVITE
-                // with 487 and cancels the legs it forked.
+                // with 487 and cancels the legs it forked. A CANCEL only counts from where
+                // its INVITE came from (for a trunk: any of the trunk's addresses); a forged
+                // one gets 481 and cancels nothing.
+                let target = target.filter(|inv| {
+                    let Some(expected) = self.tx.server_peer(*inv).map(|p| p.addr.ip()) else {
+                        return true;
+                    };
+                    let ok = match self.calls.as_mut() {
+                        Some(calls) => calls.b2bua.same_peer(expected, flow.remote.ip()),
+                        None => expected.to_canonical() == flow.remote.ip().to_canonical(),
+                    };
+                    if !ok {
+                        debug!(remote = %flow.remote, %expected, "CANCEL from an address its INVITE did not come from: 481");
+                    }
+                    ok
+                });
                 let status = if target.is_some() {
                     StatusCode::OK
                 } else {
@@ -880,8 +902,16 @@ impl Core {
             _ if in_dialog && self.calls.is_some() => {
                 let handled = match self.calls.as_mut() {
                     Some(calls) => {
-                        let dir = Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
-                        calls.b2bua.handle_in_dialog(now, id, req, flow, &dir)
+                        if calls.b2bua.dialog_source_ok(req, &flow) {
+                            let dir =
+                                Self::call_directory(&self.registrar, &self.trunks, &calls.addrs);
+                            calls.b2bua.handle_in_dialog(now, id, req, flow, &dir)
+                        } else {
+                            // A forged BYE, re-INVITE or REFER from elsewhere than the dialog's
+                            // peer: 481, the dialog untouched (counted in the b2bua).
+                            debug!(remote = %flow.remote, "in-dialog request from an address its dialog's peer does not use: 481");
+                            false
+                        }
                     }
                     None => false,
                 };
@@ -967,6 +997,13 @@ impl Core {
             Some(c) => c.b2bua.identify(req, &bflow),
             None => return,
         };
+        if let podpbx_b2bua::Identity::NotADid { trunk } = &identity {
+            Stats::bump(&self.stats.not_a_did);
+            let uri = req.request_uri().map(|u| u.raw).unwrap_or_default();
+            info!(%trunk, uri = %String::from_utf8_lossy(&uri), "call from a trunk's networks to none of its DIDs: 404");
+            self.respond(now, id, req, flow, StatusCode::NOT_FOUND, &[]);
+            return;
+        }
         // A trunk's networks and identify-by-source users trust a source address, which UDP
         // does not prove: the b2bua's rejections of such INVITEs go out once, statelessly.
         if !matches!(identity, podpbx_b2bua::Identity::Authenticate) {
@@ -975,6 +1012,7 @@ impl Core {
             }
         }
         let caller = match identity {
+            podpbx_b2bua::Identity::NotADid { .. } => return,
             podpbx_b2bua::Identity::Trunk { name, did } => {
                 podpbx_b2bua::Caller::Trunk { name, did }
             }

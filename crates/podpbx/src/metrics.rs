@@ -403,7 +403,7 @@ fn format_float(v: f64) -> String {
 /// Exposes the signalling counters of [`Stats`] (read at scrape time; no copies to keep in sync).
 pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
     type Field = fn(&Stats) -> &AtomicU64;
-    let fields: [(&str, &str, Field); 15] = [
+    let fields: [(&str, &str, Field); 18] = [
         (
             "podpbx_sip_messages_in_total",
             "SIP messages that parsed and reached the core.",
@@ -478,6 +478,21 @@ pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
             "podpbx_sip_stateless_responses_total",
             "Rejections sent once without a transaction (requests from unverified sources).",
             |s| &s.stateless_responses,
+        ),
+        (
+            "podpbx_sip_foreign_source_total",
+            "In-dialog requests, ACKs and CANCELs from an address their dialog's peer does not use (481 or dropped).",
+            |s| &s.foreign_source,
+        ),
+        (
+            "podpbx_calls_trunk_refused_total",
+            "Trunk steps refused to a source proven only by its address (device, trunk network) without an explicit rule.",
+            |s| &s.trunk_refused,
+        ),
+        (
+            "podpbx_calls_not_a_did_total",
+            "Calls from a trunk's networks that named none of the trunk's DIDs (404).",
+            |s| &s.not_a_did,
         ),
     ];
     for (name, help, field) in fields {

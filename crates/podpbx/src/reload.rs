@@ -63,6 +63,7 @@ pub fn reload(core: &mut Core, path: Option<&Path>) -> Result<String, String> {
                 cfg.groups.len(),
                 cfg.dialplan.len()
             );
+            warn_trunk_exposure(&cfg);
             core.reload(Instant::now(), Arc::new(cfg));
             info!(file = %path.display(), %summary, "configuration reloaded (listen addresses, ports and media settings need a restart)");
             Ok(summary)
@@ -71,6 +72,14 @@ pub fn reload(core: &mut Core, path: Option<&Path>) -> Result<String, String> {
             error!(file = %path.display(), "configuration reload rejected, the running configuration stays:\n{e}");
             Err(e)
         }
+    }
+}
+
+/// Logs every dialplan rule through which a source proven only by its address (a device
+/// identified by source, a trunk's networks) reaches a trunk: at start and on every reload.
+pub fn warn_trunk_exposure(cfg: &Config) {
+    for w in cfg.trunk_exposure_warnings() {
+        tracing::warn!(target: "podpbx::security", "{w}");
     }
 }
 

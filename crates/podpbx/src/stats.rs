@@ -34,6 +34,14 @@ pub struct Stats {
     pub tls_handshake_failures: AtomicU64,
     /// Rejections sent once without a transaction (to requests from unverified sources).
     pub stateless_responses: AtomicU64,
+    /// In-dialog requests, ACKs and CANCELs from an address their dialog's (or INVITE's) peer
+    /// does not use: 481 or dropped.
+    pub foreign_source: AtomicU64,
+    /// Trunk steps refused to a source proven only by its address (device, trunk network)
+    /// without an explicit rule.
+    pub trunk_refused: AtomicU64,
+    /// Calls from a trunk's networks that named none of its DIDs (404).
+    pub not_a_did: AtomicU64,
     /// Inbound TCP/TLS connections closed at once: the total or the per-source cap was reached.
     pub tcp_refused: AtomicU64,
     /// TCP/TLS connections closed because a message was not complete within its deadline (or a

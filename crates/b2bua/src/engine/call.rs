@@ -79,6 +79,10 @@ pub(crate) struct Routing {
     pub redirects: u8,
     /// Forwarding in effect for this routing (boxed: most calls are never forwarded).
     pub fwd: Box<super::forward::FwdState>,
+    /// Trunk steps may run: false when whoever decides where the call goes proves nothing but
+    /// a source address and the rule does not allow it explicitly
+    /// ([`podpbx_config::Config::may_reach_trunk`]).
+    pub trunks_allowed: bool,
 }
 
 /// The rest of a trunk step that lists several trunks.
@@ -105,6 +109,7 @@ impl Routing {
             failover: None,
             redirects: 0,
             fwd: Box::default(),
+            trunks_allowed: true,
         }
     }
 }

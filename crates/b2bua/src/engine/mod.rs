@@ -24,6 +24,7 @@
 //! | `features` | feature codes dialled from phones; modes (night) and time for routing |
 //! | `forward` | per-user forwarding and do not disturb when a step rings users |
 //! | `presence` | BLF: a user's dialogs from the calls, and which users changed |
+//! | `source` | what a source address alone may do: in-dialog/CANCEL peers, trunk steps, DIDs |
 //! | `timers` | ring timeouts, 2xx retransmission, guards |
 //!
 //! Every input (`handle_*`, `request_failed`, `media_*`) takes the call out of the table,
@@ -64,6 +65,7 @@ mod responses;
 mod routing;
 mod send;
 mod session_timer;
+mod source;
 mod timers;
 mod transfer;
 mod trunk;
@@ -77,6 +79,7 @@ use podpbx_config::Config;
 use podpbx_sip::transaction::ServerTxId;
 use podpbx_sip::{IdGen, Message};
 use send::Pending;
+pub use source::SecurityCounts;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -115,6 +118,8 @@ pub struct B2bua {
     out: VecDeque<Output>,
     next_call: u64,
     next_req: u64,
+    /// What was refused to sources proven only by their address.
+    security: SecurityCounts,
 }
 
 impl B2bua {
@@ -147,6 +152,7 @@ impl B2bua {
             out: VecDeque::new(),
             next_call: 1,
             next_req: 1,
+            security: SecurityCounts::default(),
         }
     }
 

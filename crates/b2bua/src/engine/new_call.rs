@@ -36,10 +36,16 @@ impl B2bua {
                 .flatten()
                 .find(|u| t.dids.iter().any(|d| d == u));
             if in_net || (is_host && did.is_some()) {
-                let did = did.or(ruri_user.clone());
-                return Identity::Trunk {
-                    name: t.name.clone(),
-                    did,
+                // A trunk's networks are a forgeable source: a call from there must name one
+                // of the trunk's DIDs (issue #11); anything else reaches no dialplan rule.
+                return match did {
+                    Some(did) => Identity::Trunk {
+                        name: t.name.clone(),
+                        did: Some(did),
+                    },
+                    None => Identity::NotADid {
+                        trunk: t.name.clone(),
+                    },
                 };
             }
         }
@@ -279,6 +285,9 @@ impl B2bua {
                 ..Record::default()
             },
         };
+        if let (Some(r), Some(routing)) = (rule, call.routing_mut()) {
+            routing.trunks_allowed = cfg.may_reach_trunk(r, &origin);
+        }
         info!(call = key, caller = ?caller, %number, rule = ?call.record.rule, "new call");
         self.by_invite_tx.insert(tx, key);
         self.by_dialog.insert(call.legs[0].dialog.key(), (key, 0));

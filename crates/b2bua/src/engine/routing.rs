@@ -12,7 +12,7 @@ use crate::{Caller, Directory};
 use podpbx_config::{Action, RingStrategy};
 use podpbx_sip::StatusCode;
 use std::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// The CDR disposition of a callee's final status.
 pub(crate) fn disposition_for(code: StatusCode) -> Disposition {
@@ -101,6 +101,22 @@ impl B2bua {
                     };
                     self.routing_failed(call, now, f);
                     return;
+                }
+                Action::Trunk { .. } if !call.routing().is_some_and(|r| r.trunks_allowed) => {
+                    // Toll fraud by a forged source: the step is skipped (the next fallback
+                    // runs), and if nothing else is left the caller gets 403.
+                    self.security.trunk_refused += 1;
+                    warn!(
+                        target: "podpbx::security",
+                        call = call.key,
+                        caller = ?call.caller,
+                        number = %call.number,
+                        "trunk step refused: the call's source is proven only by its address and the rule does not allow it explicitly"
+                    );
+                    if let Some(r) = call.routing_mut() {
+                        r.last_failure = Failure::new(StatusCode::FORBIDDEN, Disposition::Rejected);
+                    }
+                    false
                 }
                 Action::Trunk {
                     trunks,

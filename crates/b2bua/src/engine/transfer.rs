@@ -93,11 +93,20 @@ impl B2bua {
             transferor: li,
             family: call.legs[li].dialog.family(),
         };
-        call.phase = Phase::Routing(Routing::new(
-            purpose,
-            rule.steps().cloned().collect(),
-            TRANSFER_GEN,
-        ));
+        // Who decides where the call goes is the transferor: a trunk leg or a device (a
+        // forgeable source) may send it out through a trunk only by an explicit rule.
+        let mut routing = Routing::new(purpose, rule.steps().cloned().collect(), TRANSFER_GEN);
+        routing.trunks_allowed = match &call.legs[li].party {
+            super::leg::Party::Trunk(t) => cfg.may_reach_trunk(
+                rule,
+                &Origin::Trunk {
+                    trunk: t,
+                    did: None,
+                },
+            ),
+            super::leg::Party::User(u) => cfg.may_reach_trunk(rule, &Origin::Local { user: u }),
+        };
+        call.phase = Phase::Routing(routing);
         self.next_step(call, now, dir);
     }
 

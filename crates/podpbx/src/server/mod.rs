@@ -40,6 +40,7 @@ pub fn run(config: Option<&Path>, log_format: Option<LogFormat>) -> ExitCode {
         },
     };
     init_logging(&cfg, log_format);
+    crate::reload::warn_trunk_exposure(&cfg);
     raise_open_file_limit();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
