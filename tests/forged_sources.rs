@@ -56,15 +56,21 @@ impl Ua {
     }
     /// The next final response within 3 s.
     fn final_response(&self) -> Vec<u8> {
-        let end = Instant::now() + Duration::from_secs(3);
+        self.final_within(Duration::from_secs(3))
+            .expect("no final response")
+    }
+
+    /// The next final response within `t`, if any.
+    fn final_within(&self, t: Duration) -> Option<Vec<u8>> {
+        let end = Instant::now() + t;
         while let Some(left) = end.checked_duration_since(Instant::now()) {
             if let Some(m) = self.recv(left) {
                 if m.starts_with(b"SIP/2.0 ") && status(&m) >= 200 {
-                    return m;
+                    return Some(m);
                 }
             }
         }
-        panic!("no final response");
+        None
     }
     /// The next request with `method` within `t`.
     fn request(&self, method: &str, t: Duration) -> Option<Vec<u8>> {
@@ -198,13 +204,7 @@ fn trunk(provider: &UdpSocket, extra: &str) -> String {
     )
 }
 
-/// Attack 1: the doorbell's address is its only credential; a forged packet from it dials a
-/// premium number.
-#[test]
-fn forged_doorbell_cannot_dial_out_through_the_trunk() {
-    let prov = provider();
-    let pbx = Pbx::start(&format!(
-        r#"
+const DOOR_USERS: &str = r#"
 [[users]]
 name = "101"
 password = "pw-101"
@@ -213,6 +213,52 @@ password = "pw-101"
 name = "door"
 identify_by_source = true
 allow_from = ["127.0.0.1/32"]
+"#;
+
+/// Attack 1: the doorbell's address is its only credential; a forged packet from it dials a
+/// premium number through the catch-all outbound rule.
+#[test]
+fn forged_doorbell_cannot_dial_out_through_the_trunk() {
+    let prov = provider();
+    let pbx = Pbx::start(&format!(
+        "{DOOR_USERS}\n{}\n[[dialplan]]\nname = \"out\"\nmatch = {{ prefix = \"0\" }}\naction = \"trunk\"\ntrunk = \"prov\"\n",
+        trunk(&prov, "")
+    ));
+    let mut seen = std::collections::HashSet::new();
+    let forger = Ua::new("127.0.0.1:0", pbx.v4());
+    forger.send(&forger.invite_text("0900123456", "z9hG4bK-door1", 1, ""));
+    let resp = forger.final_within(Duration::from_secs(3));
+    let at_provider = invites_at(&prov, &mut seen, Duration::from_millis(1500));
+    assert_eq!(
+        (resp.as_deref().map(status), at_provider),
+        (Some(403), 0),
+        "a forged doorbell call to an external number: answered {:?}, {at_provider} INVITE(s) at the provider",
+        resp.as_deref().map(status)
+    );
+    // An authenticated phone is not affected by any of this.
+    let phone = Ua::new("[::1]:0", pbx.v6());
+    phone.call_as_101("0301234567");
+    assert_eq!(
+        invites_at(&prov, &mut seen, Duration::from_secs(2)),
+        1,
+        "authenticated caller"
+    );
+    let m = http_get(pbx.admin, "/metrics").1;
+    assert!(metric(&m, "podpbx_calls_trunk_refused_total").unwrap_or(0.0) >= 1.0);
+}
+
+/// The knobs for a device that must call out (not an attack): an explicit `from = "device"`
+/// rule, or `may_use_trunks` on the user.
+#[test]
+fn devices_reach_a_trunk_only_through_explicit_rules_or_may_use_trunks() {
+    let prov = provider();
+    let pbx = Pbx::start(&format!(
+        r#"{DOOR_USERS}
+[[users]]
+name = "gate"
+identify_by_source = true
+allow_from = ["127.0.0.2/32"]
+may_use_trunks = true
 
 {}
 [[dialplan]]
@@ -230,17 +276,6 @@ trunk = "prov"
         trunk(&prov, "")
     ));
     let mut seen = std::collections::HashSet::new();
-    let forger = Ua::new("127.0.0.1:0", pbx.v4());
-    forger.send(&forger.invite_text("0900123456", "z9hG4bK-door1", 1, ""));
-    let resp = forger.final_response();
-    let at_provider = invites_at(&prov, &mut seen, Duration::from_millis(1500));
-    assert_eq!(
-        (status(&resp), at_provider),
-        (403, 0),
-        "a forged doorbell call to an external number: {} and {at_provider} INVITE(s) at the provider",
-        String::from_utf8_lossy(&resp)
-    );
-    // The explicit device rule still works (the knob, not an attack).
     let door = Ua::new("127.0.0.1:0", pbx.v4());
     door.send(&door.invite_text("0800111", "z9hG4bK-door2", 1, ""));
     assert_eq!(
@@ -248,21 +283,39 @@ trunk = "prov"
         1,
         "from = \"device\" may"
     );
-    // An authenticated phone is not affected by any of this.
-    let phone = Ua::new("[::1]:0", pbx.v6());
-    phone.call_as_101("0301234567");
+    let gate = Ua::new("127.0.0.2:0", pbx.v4());
+    gate.send(&gate.invite_text("0301234567", "z9hG4bK-gate1", 1, ""));
     assert_eq!(
         invites_at(&prov, &mut seen, Duration::from_secs(2)),
         1,
-        "authenticated caller"
+        "may_use_trunks may"
     );
-    let m = http_get(pbx.admin, "/metrics").1;
-    assert!(metric(&m, "podpbx_calls_trunk_refused_total").unwrap_or(0.0) >= 1.0);
+    // `podpbx check` names both rules.
+    let (code, _, err) = {
+        let out = std::process::Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(pbx.dir.path().join("podpbx.toml"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning: dialplan rule `door-service`: user `door`")
+            && err.contains("warning: dialplan rule `out`: user `gate`")
+            && !err.contains("rule `out`: user `door`"),
+        "{err}"
+    );
 }
 
-/// Attacks 2 and 3: a forged provider INVITE (from the trunk's networks).
-#[test]
-fn forged_provider_call_reaches_neither_a_non_did_nor_the_trunk_again() {
+/// podpbx with a trunk whose networks are 127.0.0.1 (two DIDs), a rule forwarding one DID out
+/// through the trunk without `from = "trunk"`, a catch-all outbound rule and a catch-all to a
+/// phone.
+fn provider_pbx() -> (UdpSocket, Pbx) {
     let prov = provider();
     let pbx = Pbx::start(&format!(
         r#"
@@ -294,30 +347,47 @@ targets = ["101"]
             "dids = [\"+4930555000\", \"+4930555001\"]\nnetworks = [\"127.0.0.1/32\"]"
         )
     ));
+    (prov, pbx)
+}
+
+/// Attack 2: a forged provider INVITE to a number that is none of the trunk's DIDs.
+#[test]
+fn forged_provider_call_to_no_did_gets_404_and_is_not_routed() {
+    let (prov, pbx) = provider_pbx();
     let mut seen = std::collections::HashSet::new();
     // 2. No DID: 404, no rule runs (neither "out" to the trunk nor "rest" to a phone).
     let forger = Ua::new("127.0.0.1:0", pbx.v4());
     forger.send(&forger.invite_text("00881234567", "z9hG4bK-prov1", 1, ""));
-    let resp = forger.final_response();
-    assert_eq!(
-        status(&resp),
-        404,
-        "a provider call to a number that is no DID: {}",
-        String::from_utf8_lossy(&resp)
-    );
-    // 3. A DID forwarded out by a rule that does not say `from = "trunk"`: refused.
-    let forger = Ua::new("127.0.0.1:0", pbx.v4());
-    forger.send(&forger.invite_text("+4930555001", "z9hG4bK-prov2", 1, ""));
-    let resp = forger.final_response();
+    let resp = forger.final_within(Duration::from_secs(3));
     let at_provider = invites_at(&prov, &mut seen, Duration::from_millis(1500));
     assert_eq!(
-        (status(&resp), at_provider),
-        (403, 0),
-        "a provider call hairpinned out through the trunk: {} and {at_provider} INVITE(s) at the provider",
-        String::from_utf8_lossy(&resp)
+        (resp.as_deref().map(status), at_provider),
+        (Some(404), 0),
+        "a provider call to a number that is no DID: answered {:?}, {at_provider} INVITE(s) at the provider",
+        resp.as_deref().map(status)
     );
     let m = http_get(pbx.admin, "/metrics").1;
     assert!(metric(&m, "podpbx_calls_not_a_did_total").unwrap_or(0.0) >= 1.0);
+}
+
+/// Attack 3: a forged provider INVITE to a DID whose rule forwards it out through the trunk.
+#[test]
+fn forged_provider_call_does_not_go_back_out_through_the_trunk() {
+    let (prov, pbx) = provider_pbx();
+    let mut seen = std::collections::HashSet::new();
+    // 3. A DID forwarded out by a rule that does not say `from = "trunk"`: refused.
+    let forger = Ua::new("127.0.0.1:0", pbx.v4());
+    forger.send(&forger.invite_text("+4930555001", "z9hG4bK-prov2", 1, ""));
+    let resp = forger.final_within(Duration::from_secs(3));
+    let at_provider = invites_at(&prov, &mut seen, Duration::from_millis(1500));
+    assert_eq!(
+        (resp.as_deref().map(status), at_provider),
+        (Some(403), 0),
+        "a provider call hairpinned out through the trunk: answered {:?}, {at_provider} INVITE(s) at the provider",
+        resp.as_deref().map(status)
+    );
+    let m = http_get(pbx.admin, "/metrics").1;
+    assert!(metric(&m, "podpbx_calls_trunk_refused_total").unwrap_or(0.0) >= 1.0);
 }
 
 /// A call 101 (127.0.0.1) -> 102 (127.0.0.1, registered), ringing; returns (caller, callee,
