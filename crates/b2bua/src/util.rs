@@ -2,9 +2,7 @@
 //! bodies.
 
 use podpbx_sip::Message;
-use std::net::SocketAddr;
 
-pub use podpbx_sip::ident::host_of;
 pub use podpbx_sip::time::rfc3339;
 
 /// Bytes as text (lossy).
@@ -18,11 +16,6 @@ pub(crate) fn is_sdp(msg: &Message) -> bool {
         && msg
             .content_type()
             .is_some_and(|c| c.eq_ignore_ascii_case(b"application/sdp"))
-}
-
-/// `host:port` as SIP writes it.
-pub fn hostport(addr: SocketAddr) -> String {
-    format!("{}:{}", host_of(addr), addr.port())
 }
 
 /// Percent-decodes a URI user part and drops user parameters (`;...`); invalid escapes are kept.

@@ -755,15 +755,7 @@ impl Notifier {
     }
 
     fn contact(&self, flow: &Flow) -> String {
-        let t = match flow.transport {
-            podpbx_sip::Transport::Udp => String::new(),
-            t => format!(";transport={}", t.param()),
-        };
-        format!(
-            "<sip:podpbx@{}:{}{t}>",
-            host_of(flow.local),
-            flow.local.port()
-        )
+        podpbx_sip::ident::contact("podpbx", flow.local, flow.transport)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -108,9 +108,37 @@ pub fn host_of(addr: SocketAddr) -> String {
     ip_host(addr.ip())
 }
 
+/// `host:port` of a socket address, the SIP way (`[2001:db8::1]:5060`).
+pub fn hostport(addr: SocketAddr) -> String {
+    format!("{}:{}", host_of(addr), addr.port())
+}
+
+/// Our Contact for a flow bound to `local`: `<sip:user@host:port>`, with `;transport=` when the
+/// transport is not UDP (RFC 3261 §19.1.1: UDP is the default).
+pub fn contact(user: &str, local: SocketAddr, transport: crate::Transport) -> String {
+    match transport {
+        crate::Transport::Udp => format!("<sip:{user}@{}>", hostport(local)),
+        t => format!("<sip:{user}@{};transport={}>", hostport(local), t.param()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contacts_name_the_transport_unless_udp() {
+        let v6: SocketAddr = "[2001:db8::1]:5060".parse().unwrap();
+        assert_eq!(
+            contact("podpbx", v6, crate::Transport::Udp),
+            "<sip:podpbx@[2001:db8::1]:5060>"
+        );
+        let v4: SocketAddr = "198.51.100.1:5061".parse().unwrap();
+        assert_eq!(
+            contact("podpbx", v4, crate::Transport::Tls),
+            "<sip:podpbx@198.51.100.1:5061;transport=tls>"
+        );
+    }
 
     #[test]
     fn tokens_differ_and_hosts_bracket_ipv6() {

@@ -5,10 +5,11 @@
 //! INVITE (podpbx is the UAS, §12.1.1), on a B leg when podpbx sends its INVITE (UAC, §12.1.2;
 //! the remote tag, target and route set are learnt from the first responses).
 
-use crate::util::{hostport, str_of};
+use crate::util::str_of;
 use crate::{Family, Flow};
 use bytes::Bytes;
-use podpbx_sip::{HeaderName, Message, Method, NameAddr, Peer, RequestBuilder, Transport};
+use podpbx_sip::ident::hostport;
+use podpbx_sip::{HeaderName, Message, Method, NameAddr, Peer, RequestBuilder};
 use std::net::SocketAddr;
 
 /// The key the b2bua finds a dialog by: Call-ID and our tag (the To tag of requests we get).
@@ -109,12 +110,7 @@ impl Dialog {
 
     /// Our Contact on this leg: our pinned address, with the transport when not UDP.
     pub fn contact(&self) -> String {
-        let tp = match self.peer.transport {
-            Transport::Udp => "",
-            t => t.param(),
-        };
-        let sep = if tp.is_empty() { "" } else { ";transport=" };
-        format!("<sip:podpbx@{}{sep}{tp}>", hostport(self.local))
+        podpbx_sip::ident::contact("podpbx", self.local, self.peer.transport)
     }
 
     /// The CSeq of a new request of ours.
@@ -230,7 +226,7 @@ fn without_tag(na: &NameAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podpbx_sip::Framing;
+    use podpbx_sip::{Framing, Transport};
 
     fn flow() -> Flow {
         Flow {
