@@ -378,6 +378,8 @@ struct SipPhone {
     heard: Vec<i16>,
     seq: u16,
     ts: u32,
+    /// Samples of tone sent so far (the sine's phase carries over between `talk` calls).
+    sent: u64,
 }
 
 impl SipPhone {
@@ -401,6 +403,7 @@ impl SipPhone {
             heard: Vec::new(),
             seq: 1,
             ts: 1000,
+            sent: 0,
         }
     }
 
@@ -482,8 +485,8 @@ impl SipPhone {
                 .parse()
                 .unwrap();
             assert!(
-                body.contains("m=audio") && body.contains(" 0 101"),
-                "PCMU and telephone-event chosen:\n{body}"
+                body.contains("m=audio") && body.contains("RTP/AVP 0"),
+                "PCMU first:\n{body}"
             );
             self.remote_rtp = Some(SocketAddr::new(ip, port));
         }
@@ -540,9 +543,11 @@ impl SipPhone {
         let start = Instant::now();
         let mut bye = false;
         for k in 0..frames {
+            let base = self.sent;
+            self.sent += 160;
             let payload: Vec<u8> = (0..160)
                 .map(|i| {
-                    let t = (k * 160 + i) as f64 / 8000.0;
+                    let t = (base + i) as f64 / 8000.0;
                     let v = if hz > 0.0 {
                         (2.0 * std::f64::consts::PI * hz * t).sin() * 12000.0
                     } else {
@@ -1643,4 +1648,109 @@ fn an_oversized_recording_is_cut_at_the_limit() {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(wav.with_extension("json")).unwrap()).unwrap();
     assert_eq!(meta["duration_secs"], 5.0);
+}
+
+#[test]
+fn pickup_code_takes_a_ringing_call_with_audio_both_ways() {
+    let pbx = Pbx::start(
+        r#"
+[[users]]
+name = "101"
+identify_by_source = true
+allow_from = ["::1/128"]
+
+[[users]]
+name = "102"
+password = "pw-102"
+
+[[users]]
+name = "190"
+identify_by_source = true
+allow_from = ["127.0.0.1/32"]
+
+[[dialplan]]
+name = "door"
+match = { caller = "190" }
+action = "ring"
+targets = ["102"]
+timeout_secs = 20
+"#,
+    );
+    // 102's phone rings and never answers (it expects our CANCEL).
+    let phone = Phone::start(pbx.v6(), "102", "pw-102", "call_phone_ring.xml", &[]);
+    let mut door = SipPhone::new(pbx.v4(), "127.0.0.1", "pick-door");
+    // The door's INVITE by hand (its 200 comes only after the pickup).
+    let me = SipPhone::host(door.me);
+    let r = door.rtp.local_addr().unwrap();
+    let sdp = format!("v=0\r\no=d 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n", r.port());
+    let ruri = format!("sip:102@{}", SipPhone::host(pbx.v4()));
+    door.sip.send(format!(
+        "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKpick1;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:190@{me}>;tag=pd\r\nTo: <{ruri}>\r\nCall-ID: pick-door\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:190@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()
+    ).as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no 180:\n{}",
+            tail(&pbx.log_text())
+        );
+        if recv_msg(&door.sip).is_some_and(|m| m.starts_with("SIP/2.0 180")) {
+            break;
+        }
+    }
+    // 101 dials **102 and gets the call.
+    let mut picker = SipPhone::new(pbx.v6(), "::1", "pick-101");
+    assert_eq!(picker.call("**102", &pbx), 200, "{}", tail(&pbx.log_text()));
+    // The door gets its 200 too (with the picker's media anchored at the relay).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ok = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no 200 for the door:\n{}",
+            tail(&pbx.log_text())
+        );
+        if let Some(m) = recv_msg(&door.sip).filter(|m| m.starts_with("SIP/2.0 200")) {
+            break m;
+        }
+    };
+    let body = &ok[ok.find("\r\n\r\n").unwrap() + 4..];
+    let port: u16 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    door.remote_rtp = Some(SocketAddr::new("127.0.0.1".parse().unwrap(), port));
+    door.to = ok
+        .lines()
+        .find(|l| l.starts_with("To:"))
+        .unwrap()
+        .trim_start_matches("To:")
+        .trim()
+        .to_string();
+    door.sip.send(format!(
+        "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKpick2;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:190@{me}>;tag=pd\r\nTo: {}\r\nCall-ID: pick-door\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n", door.to
+    ).as_bytes()).unwrap();
+    // Audio both ways through the relay: 2 s each side, interleaved.
+    for _ in 0..100 {
+        door.talk(852.0, 1);
+        picker.talk(697.0, 1);
+    }
+    door.listen(Duration::from_millis(200));
+    picker.listen(Duration::from_millis(200));
+    let p_heard = best_purity(&picker.heard, 852.0, 4000);
+    let d_heard = best_purity(&door.heard, 697.0, 4000);
+    assert!(
+        p_heard > 0.8 && d_heard > 0.8,
+        "picker heard the door {p_heard:.2}, door heard the picker {d_heard:.2}\n{}",
+        tail(&pbx.log_text())
+    );
+    let (ok, logs) = phone.finish(Duration::from_secs(10));
+    assert!(ok, "102 was cancelled:\n{logs}");
 }

@@ -129,6 +129,17 @@ impl B2bua {
         body: Option<&str>,
     ) -> bool {
         let a = call.a;
+        self.accept_uas(call, now, a, body)
+    }
+
+    /// Our 2xx to the waiting INVITE of UAS leg `a` (the caller, or a picker joining a call).
+    pub(super) fn accept_uas(
+        &mut self,
+        call: &mut Call,
+        now: Instant,
+        a: LegIdx,
+        body: Option<&str>,
+    ) -> bool {
         let was = std::mem::replace(&mut call.legs[a].state, LegState::Uas(UasState::Accepted));
         let LegState::Uas(UasState::Proceeding(mut inv)) = was else {
             call.legs[a].state = was;
@@ -170,7 +181,9 @@ impl B2bua {
             self.arm(now + t1, call.key, TimerKind::Retx2xx(a));
         }
         call.legs[a].status = Some(StatusCode::OK);
-        call.record.a_status = Some(StatusCode::OK);
+        if a == call.a {
+            call.record.a_status = Some(StatusCode::OK);
+        }
         true
     }
 }

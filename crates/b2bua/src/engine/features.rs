@@ -25,6 +25,8 @@ pub(super) enum Feature {
     ForwardOff,
     /// Toggle a `[[modes]]` switch.
     Mode(String),
+    /// Answer the call ringing at this extension.
+    Pickup(String),
 }
 
 impl Feature {
@@ -35,6 +37,7 @@ impl Feature {
             Feature::Dnd(_) => "feature:dnd",
             Feature::Forward(..) | Feature::ForwardOff => "feature:forward",
             Feature::Mode(_) => "feature:mode",
+            Feature::Pickup(_) => "feature:pickup",
         }
     }
 }
@@ -75,6 +78,13 @@ impl B2bua {
                 }
             }
         }
+        if let Some(ext) = Some(&f.pickup)
+            .filter(|c| !c.is_empty())
+            .and_then(|c| number.strip_prefix(c.as_str()))
+            .filter(|e| !e.is_empty())
+        {
+            return Some(Feature::Pickup(ext.trim_end_matches('#').to_string()));
+        }
         self.cfg
             .modes
             .iter()
@@ -95,10 +105,11 @@ impl B2bua {
         }
     }
 
-    /// Runs feature `f` for the call's caller.
-    pub(super) fn run_feature(&mut self, call: &mut Call, now: Instant, f: Feature) {
+    /// Runs feature `f` for the call's caller; false when the call was consumed (a pickup
+    /// moved its leg into another call) and must not be put back.
+    pub(super) fn run_feature(&mut self, call: &mut Call, now: Instant, f: Feature) -> bool {
         let Caller::User(user) = call.caller.clone() else {
-            return;
+            return true;
         };
         match f {
             Feature::Voicemail => {
@@ -115,7 +126,7 @@ impl B2bua {
                         now,
                         Failure::new(StatusCode::NOT_FOUND, Disposition::Rejected),
                     );
-                    return;
+                    return true;
                 };
                 let app = App::Retrieve { mailbox: user, pin };
                 if !self.start_endpoint(call, now, app) {
@@ -158,7 +169,19 @@ impl B2bua {
                 };
                 self.confirm(call, now, p);
             }
+            Feature::Pickup(ext) => {
+                if self.pickup(call, now, &user, &ext) {
+                    return false;
+                }
+                // Nothing to pick up there (any more).
+                self.routing_failed(
+                    call,
+                    now,
+                    Failure::new(StatusCode::TEMPORARILY_UNAVAILABLE, Disposition::NoAnswer),
+                );
+            }
         }
+        true
     }
 
     /// Switches mode `name` (run time; `podpbx ctl mode`, a feature code). False if there is no

@@ -23,6 +23,7 @@
 //! | `endpoint` | calls podpbx answers itself (voicemail, announcements) |
 //! | `features` | feature codes dialled from phones; modes (night) and time for routing |
 //! | `forward` | per-user forwarding and do not disturb when a step rings users |
+//! | `pickup` | directed call pickup: a picker's INVITE answers a call ringing elsewhere |
 //! | `presence` | BLF: a user's dialogs from the calls, and which users changed |
 //! | `source` | what a source address alone may do: in-dialog/CANCEL peers, trunk steps, DIDs |
 //! | `timers` | ring timeouts, 2xx retransmission, guards |
@@ -58,6 +59,7 @@ mod invite;
 mod leg;
 mod media;
 mod new_call;
+mod pickup;
 mod prack;
 mod presence;
 mod redirect;

@@ -291,10 +291,16 @@ impl B2bua {
         info!(call = key, caller = ?caller, %number, rule = ?call.record.rule, "new call");
         self.by_invite_tx.insert(tx, key);
         self.by_dialog.insert(call.legs[0].dialog.key(), (key, 0));
-        match feature {
+        let keep = match feature {
             Some(f) => self.run_feature(&mut call, now, f),
-            None => self.next_step(&mut call, now, dir),
+            None => {
+                self.next_step(&mut call, now, dir);
+                true
+            }
+        };
+        // A pickup moved the call's only leg into the call it picked up.
+        if keep {
+            self.put_back(call, now);
         }
-        self.put_back(call, now);
     }
 }

@@ -575,3 +575,62 @@ fn no_answer_forwards_to_the_trunk_with_diversion() {
     // 101 has no contact here: the forwarding fails, then the voicemail fallback answers.
     assert!(ok_sdp(&outs).is_some(), "{:?}", responses(&outs));
 }
+
+#[test]
+fn pickup_code_answers_a_call_ringing_elsewhere() {
+    let (mut h, _, dir) = fwd();
+    // 103 calls 102; 102's phone rings.
+    let outs = h.invite_via(&dir, "102", "103");
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    h.b.handle_response(
+        h.now,
+        id,
+        &parse(
+            &ResponseBuilder::new(&parse(&data), 180, "Ringing", None)
+                .to_tag("r102")
+                .build(),
+        ),
+        &dir,
+    );
+    h.drain();
+    // Nothing rings at 104: 480.
+    let outs = h.invite_via(&dir, "**104", "101");
+    assert!(responses(&outs).contains(&480), "{:?}", responses(&outs));
+    // 101 picks up: 102 is cancelled, the picker and the caller both get 200 with SDP at the relay.
+    let outs = h.invite_via(&dir, "**102", "101");
+    assert_eq!(
+        requests(&outs, "CANCEL").len(),
+        1,
+        "the ringing phone stops"
+    );
+    let oks: Vec<String> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Respond {
+                status: StatusCode::OK,
+                data,
+                ..
+            } => Some(text(data)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(oks.len(), 2, "{oks:?}");
+    for ok in &oks {
+        let body = &ok[ok.find("\r\n\r\n").unwrap()..];
+        assert!(
+            body.contains("m=audio") && body.contains("c=IN IP6 2001:db8::10"),
+            "anchored: {ok}"
+        );
+        assert!(
+            !body.contains("2001:db8:1::a"),
+            "no peer address in the SDP: {ok}"
+        );
+    }
+    // The picker's 200 is in its own dialog (its Call-ID), the caller's in the caller's.
+    assert!(oks.iter().filter(|o| o.contains("Call-ID: fwd")).count() == 2);
+    let d = h.b.dialogs_of("101");
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].state, podpbx_presence::dialog_info::State::Confirmed);
+    assert!(h.b.dialogs_of("102").is_empty(), "102 no longer rings");
+    assert_eq!(h.b.active_calls(), 1, "one call: the picker joined it");
+}
