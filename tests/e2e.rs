@@ -673,11 +673,6 @@ fn options_from(ns: &str, src: &str, dest: SocketAddr) -> Option<String> {
     })
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     loop {

@@ -22,7 +22,7 @@ use common::{cdrs, ChildGuard, TempDir, BIN};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use topology::*;
 
 fn ip(s: &str) -> IpAddr {
@@ -96,34 +96,10 @@ timeout_secs = 20
     )
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
-}
-
 #[test]
 fn phones_register_and_call_over_tls() {
-    if std::env::var_os("PODPBX_SKIP_E2E").is_some() {
-        eprintln!("PODPBX_SKIP_E2E set: skipping");
+    if !phones_test_runs() {
         return;
-    }
-    assert!(
-        is_root(),
-        "this test builds network namespaces and must run as root (CI does)"
-    );
-    if let Err(e) = common::baresip::available() {
-        panic!("{e} (or set PODPBX_SKIP_E2E=1)");
     }
     let topo = Topology::build();
     let dir = TempDir::new("e2e-tls");
@@ -159,7 +135,7 @@ fn phones_register_and_call_over_tls() {
             .spawn()
             .expect("start podpbx in the pod namespace"),
     );
-    let ready = wait_until(Duration::from_secs(15), || {
+    let ready = poll_until(Duration::from_secs(15), || {
         pbx_log().contains("podpbx ready") || !matches!(pbx.0.try_wait(), Ok(None))
     });
     assert!(
@@ -304,7 +280,7 @@ fn phones_register_and_call_over_tls() {
     // The saved bindings name their TLS flow (written at most 100 ms after a change).
     let bindings_file = dir.path().join("bindings.json");
     let bindings = || std::fs::read_to_string(&bindings_file).unwrap_or_default();
-    wait_until(Duration::from_secs(3), || {
+    poll_until(Duration::from_secs(3), || {
         bindings().matches("\"tls\"").count() >= 2
     });
     let bindings = bindings();

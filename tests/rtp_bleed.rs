@@ -202,34 +202,10 @@ impl Attacker {
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
-}
-
 #[test]
 fn attacker_spraying_the_media_range_gets_nothing_and_breaks_nothing() {
-    if std::env::var_os("PODPBX_SKIP_E2E").is_some() {
-        eprintln!("PODPBX_SKIP_E2E set: skipping");
+    if !phones_test_runs() {
         return;
-    }
-    assert!(
-        is_root(),
-        "this test builds network namespaces and must run as root (CI does)"
-    );
-    if let Err(e) = common::baresip::available() {
-        panic!("{e} (or set PODPBX_SKIP_E2E=1)");
     }
     let topo = Topology::build();
     let atk_ns = topo.attacker();
@@ -278,7 +254,7 @@ fn attack(topo: &Topology, atk_ns: &Netns, layout: &str) -> Result<String, Strin
             .spawn()
             .expect("start podpbx in the pod namespace"),
     );
-    let ready = wait_until(Duration::from_secs(15), || {
+    let ready = poll_until(Duration::from_secs(15), || {
         pbx_log().contains("podpbx ready") || !matches!(pbx.0.try_wait(), Ok(None))
     });
     assert!(
@@ -357,7 +333,7 @@ fn attack(topo: &Topology, atk_ns: &Netns, layout: &str) -> Result<String, Strin
         // The answered call: both phones send, the attacker keeps spraying.
         let talking = attacker.spray(TALK);
         let want = drops_before + 4.0 * (talking.rounds as f64) * 0.9;
-        let _ = wait_until(Duration::from_secs(3), || {
+        let _ = poll_until(Duration::from_secs(3), || {
             foreign_drops() >= want && metrics(FORWARDED) >= forwarded_before + 200.0
         });
         mid_call = (foreign_drops(), metrics(FORWARDED));

@@ -9,6 +9,42 @@
 
 use super::common::baresip::in_netns;
 use super::common::netns::*;
+use std::time::{Duration, Instant};
+
+/// Whether a namespace test with baresip phones runs: false (said on stderr) when
+/// `PODPBX_SKIP_E2E` is set; panics when it cannot run (not root, baresip missing).
+pub fn phones_test_runs() -> bool {
+    if std::env::var_os("PODPBX_SKIP_E2E").is_some() {
+        eprintln!("PODPBX_SKIP_E2E set: skipping");
+        return false;
+    }
+    assert!(
+        is_root(),
+        "this test builds network namespaces and must run as root (CI does)"
+    );
+    if let Err(e) = super::common::baresip::available() {
+        panic!("{e} (or set PODPBX_SKIP_E2E=1)");
+    }
+    true
+}
+
+/// The last `n` lines of a log.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `f` every 100 ms until it holds or `limit` passed; its last answer.
+pub fn poll_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
 
 pub const PINNED6: &str = "2001:db8:1234:10::5060";
 pub const PINNED4: &str = "198.51.100.10";

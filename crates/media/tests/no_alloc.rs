@@ -6,61 +6,16 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::counting::{self, drain, Counting};
 use common::*;
 use podpbx_media::{Family, Leg, PortLayout, RemoteMedia};
-
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        unsafe { System.realloc(p, l, n) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
 const BURST: usize = 2000;
-
-/// Receive exactly `n` datagrams into a stack buffer (no allocation).
-fn drain(s: &UdpSocket, n: usize) -> usize {
-    let mut buf = [0u8; 2048];
-    let mut got = 0;
-    while got < n {
-        match s.recv_from(&mut buf) {
-            Ok(_) => got += 1,
-            Err(_) => break,
-        }
-    }
-    got
-}
 
 #[test]
 fn forwarding_a_burst_allocates_nothing() {
@@ -145,8 +100,7 @@ fn burst(layout: PortLayout, base: u16) {
     let before_a = s.stats(Leg::A);
     let before_b = s.stats(Leg::B);
 
-    ALLOCS.store(0, Ordering::Relaxed);
-    COUNTING.store(true, Ordering::SeqCst);
+    counting::start();
     let mut received = 0;
     for chunk in 0..(BURST / 100) {
         for i in chunk * 100..(chunk + 1) * 100 {
@@ -167,8 +121,7 @@ fn burst(layout: PortLayout, base: u16) {
     });
     let after_a = s.stats(Leg::A);
     let after_b = s.stats(Leg::B);
-    COUNTING.store(false, Ordering::SeqCst);
-    let allocs = ALLOCS.load(Ordering::Relaxed);
+    let allocs = counting::stop();
 
     assert_eq!(received, 2 * BURST + 4 * (BURST / 100));
     assert_eq!(

@@ -1,6 +1,8 @@
 //! Helpers shared by the relay integration tests (loopback only).
 #![allow(dead_code)]
 
+pub mod counting;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
