@@ -197,6 +197,22 @@ fn invites_at(
     n
 }
 
+/// A forged INVITE from `src` to `number`: podpbx's final answer (within 3 s) and the new
+/// INVITEs that reached the provider.
+fn forge_invite(
+    pbx: &Pbx,
+    prov: &UdpSocket,
+    seen: &mut std::collections::HashSet<Option<String>>,
+    src: &str,
+    number: &str,
+) -> (Option<u16>, usize) {
+    let forger = Ua::new(src, pbx.v4());
+    forger.send(&forger.invite_text(number, &format!("z9hG4bK-forged-{number}"), 1, ""));
+    let resp = forger.final_within(Duration::from_secs(3));
+    let at_provider = invites_at(prov, seen, Duration::from_millis(1500));
+    (resp.as_deref().map(status), at_provider)
+}
+
 fn trunk(provider: &UdpSocket, extra: &str) -> String {
     format!(
         "[[trunks]]\nname = \"prov\"\nhost = \"::1\"\nport = {}\nregister = false\n{extra}\n",
@@ -225,15 +241,11 @@ fn forged_doorbell_cannot_dial_out_through_the_trunk() {
         trunk(&prov, "")
     ));
     let mut seen = std::collections::HashSet::new();
-    let forger = Ua::new("127.0.0.1:0", pbx.v4());
-    forger.send(&forger.invite_text("0900123456", "z9hG4bK-door1", 1, ""));
-    let resp = forger.final_within(Duration::from_secs(3));
-    let at_provider = invites_at(&prov, &mut seen, Duration::from_millis(1500));
+    let got = forge_invite(&pbx, &prov, &mut seen, "127.0.0.1:0", "0900123456");
     assert_eq!(
-        (resp.as_deref().map(status), at_provider),
+        got,
         (Some(403), 0),
-        "a forged doorbell call to an external number: answered {:?}, {at_provider} INVITE(s) at the provider",
-        resp.as_deref().map(status)
+        "a forged doorbell call to an external number: (answer, INVITEs at the provider) = {got:?}"
     );
     // An authenticated phone is not affected by any of this.
     let phone = Ua::new("[::1]:0", pbx.v6());
@@ -356,15 +368,11 @@ fn forged_provider_call_to_no_did_gets_404_and_is_not_routed() {
     let (prov, pbx) = provider_pbx();
     let mut seen = std::collections::HashSet::new();
     // 2. No DID: 404, no rule runs (neither "out" to the trunk nor "rest" to a phone).
-    let forger = Ua::new("127.0.0.1:0", pbx.v4());
-    forger.send(&forger.invite_text("00881234567", "z9hG4bK-prov1", 1, ""));
-    let resp = forger.final_within(Duration::from_secs(3));
-    let at_provider = invites_at(&prov, &mut seen, Duration::from_millis(1500));
+    let got = forge_invite(&pbx, &prov, &mut seen, "127.0.0.1:0", "00881234567");
     assert_eq!(
-        (resp.as_deref().map(status), at_provider),
+        got,
         (Some(404), 0),
-        "a provider call to a number that is no DID: answered {:?}, {at_provider} INVITE(s) at the provider",
-        resp.as_deref().map(status)
+        "a provider call to a number that is no DID: (answer, INVITEs at the provider) = {got:?}"
     );
     let m = http_get(pbx.admin, "/metrics").1;
     assert!(metric(&m, "podpbx_calls_not_a_did_total").unwrap_or(0.0) >= 1.0);
@@ -376,16 +384,8 @@ fn forged_provider_call_does_not_go_back_out_through_the_trunk() {
     let (prov, pbx) = provider_pbx();
     let mut seen = std::collections::HashSet::new();
     // 3. A DID forwarded out by a rule that does not say `from = "trunk"`: refused.
-    let forger = Ua::new("127.0.0.1:0", pbx.v4());
-    forger.send(&forger.invite_text("+4930555001", "z9hG4bK-prov2", 1, ""));
-    let resp = forger.final_within(Duration::from_secs(3));
-    let at_provider = invites_at(&prov, &mut seen, Duration::from_millis(1500));
-    assert_eq!(
-        (resp.as_deref().map(status), at_provider),
-        (Some(403), 0),
-        "a provider call hairpinned out through the trunk: answered {:?}, {at_provider} INVITE(s) at the provider",
-        resp.as_deref().map(status)
-    );
+    let got = forge_invite(&pbx, &prov, &mut seen, "127.0.0.1:0", "+4930555001");
+    assert_eq!(got, (Some(403), 0), "a provider call hairpinned out through the trunk: (answer, INVITEs at the provider) = {got:?}");
     let m = http_get(pbx.admin, "/metrics").1;
     assert!(metric(&m, "podpbx_calls_trunk_refused_total").unwrap_or(0.0) >= 1.0);
 }

@@ -76,6 +76,26 @@ fn code(resp: &[u8]) -> u16 {
     status(resp)
 }
 
+/// A request carrying credentials in `header` (`Authorization`, `Proxy-Authorization`).
+fn authed(
+    method: &str,
+    ruri: &str,
+    user: &str,
+    local: SocketAddr,
+    n: u32,
+    header: &str,
+    auth: &str,
+) -> String {
+    req(
+        method,
+        ruri,
+        user,
+        local,
+        n,
+        &format!("{header}: {auth}\r\n"),
+    )
+}
+
 /// Every datagram that arrives within `d`.
 fn collect(sock: &UdpSocket, d: Duration) -> Vec<Vec<u8>> {
     let end = Instant::now() + d;
@@ -152,14 +172,7 @@ fn credentials_for_another_request_uri_are_refused() {
         .unwrap();
     let resp = ask(
         &sock,
-        &req(
-            "REGISTER",
-            &ruri,
-            "1001",
-            local,
-            2,
-            &format!("Authorization: {auth}\r\n"),
-        ),
+        &authed("REGISTER", &ruri, "1001", local, 2, "Authorization", &auth),
     )
     .expect("an answer");
     assert_eq!(
@@ -178,13 +191,14 @@ fn credentials_for_another_request_uri_are_refused() {
     let auth = client.authorization("INVITE", &target, b"").unwrap();
     let resp = ask(
         &sock,
-        &req(
+        &authed(
             "INVITE",
             &paid,
             "1001",
             local,
             4,
-            &format!("Proxy-Authorization: {auth}\r\n"),
+            "Proxy-Authorization",
+            &auth,
         ),
     )
     .expect("an answer");
@@ -202,14 +216,7 @@ fn credentials_for_another_request_uri_are_refused() {
     let auth = client.authorization("REGISTER", &ruri, b"").unwrap();
     let resp = ask(
         &sock,
-        &req(
-            "REGISTER",
-            &ruri,
-            "1001",
-            local,
-            6,
-            &format!("Authorization: {auth}\r\n"),
-        ),
+        &authed("REGISTER", &ruri, "1001", local, 6, "Authorization", &auth),
     )
     .unwrap();
     assert_eq!(code(&resp), 200);
@@ -237,14 +244,7 @@ fn rfc2069_answer_without_qop_is_refused_by_default() {
     let auth = rfc2069("1001", "kitchen-1001-x7", &ch.realm, &ch.nonce, &ruri);
     let resp = ask(
         &sock,
-        &req(
-            "REGISTER",
-            &ruri,
-            "1001",
-            local,
-            2,
-            &format!("Authorization: {auth}\r\n"),
-        ),
+        &authed("REGISTER", &ruri, "1001", local, 2, "Authorization", &auth),
     )
     .expect("an answer");
     assert_eq!(
@@ -269,14 +269,7 @@ fn rfc2069_answer_accepted_for_a_user_that_opts_in() {
     let auth = rfc2069("door", "bell-77", &ch.realm, &ch.nonce, &ruri);
     let resp = ask(
         &sock,
-        &req(
-            "REGISTER",
-            &ruri,
-            "door",
-            local,
-            2,
-            &format!("Authorization: {auth}\r\n"),
-        ),
+        &authed("REGISTER", &ruri, "door", local, 2, "Authorization", &auth),
     )
     .unwrap();
     assert_eq!(code(&resp), 200, "{}", String::from_utf8_lossy(&resp));
@@ -405,26 +398,7 @@ fn brute_force_rotating_through_a_64_is_blocked_as_one_source() {
 /// Sends a REGISTER from `src`, answers the challenge with a wrong password; returns the code
 /// of the answer to the guess (`None`: silence, or no challenge at all).
 fn guess(src: SocketAddr, target: SocketAddr, n: u32) -> Option<u16> {
-    let sock = UdpSocket::bind(src).expect("bind an AnyIP address");
-    sock.connect(target).unwrap();
-    let local = sock.local_addr().unwrap();
-    let ruri = format!("sip:{}", host(target));
-    let first = ask(&sock, &req("REGISTER", &ruri, "1001", local, n * 2, ""))?;
-    let mut client = DigestClient::new("1001", format!("guess-{n}"), b"g".to_vec());
-    client.on_challenge(&[challenge_of(&first)]).ok()?;
-    let auth = client.authorization("REGISTER", &ruri, b"")?;
-    ask(
-        &sock,
-        &req(
-            "REGISTER",
-            &ruri,
-            "1001",
-            local,
-            n * 2 + 1,
-            &format!("Authorization: {auth}\r\n"),
-        ),
-    )
-    .map(|r| code(&r))
+    register(src, target, "1001", &format!("guess-{n}"), n)
 }
 
 /// Registers `user` from `src`; the final code (`None`: silence).
@@ -448,13 +422,14 @@ fn register(
     let auth = client.authorization("REGISTER", &ruri, b"")?;
     ask(
         &sock,
-        &req(
+        &authed(
             "REGISTER",
             &ruri,
             user,
             local,
             n * 2 + 1,
-            &format!("Authorization: {auth}\r\n"),
+            "Authorization",
+            &auth,
         ),
     )
     .map(|r| code(&r))
