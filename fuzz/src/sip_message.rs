@@ -17,7 +17,7 @@
 use bytes::Bytes;
 use podpbx_sip::builder::{ack_for, cancel_for};
 use podpbx_sip::checks::{check_request, Capabilities, Rejection};
-use podpbx_sip::message::{frame_stream, leading_keepalive};
+use podpbx_sip::message::{frame_stream, leading_keepalive, StreamFramer};
 use podpbx_sip::transaction::{
     Peer, RequestDisposition, ResponseDisposition, Timers, TransactionLayer, Transport,
 };
@@ -90,9 +90,39 @@ pub fn run(data: &[u8]) {
             ),
         }
     }
+    // TCP, the way the transport frames it: the incremental framer fed in two pieces (and then
+    // the rest) finds the same first message as frame_stream on the whole buffer, and never
+    // one that frame_stream does not find.
+    check_stream_framer(data);
     // UDP: the datagram as it is.
     if let Ok(msg) = Message::parse(buf, Framing::Datagram) {
         exercise(&msg, Transport::Udp);
+    }
+}
+
+/// `StreamFramer` against `frame_stream`: fed a prefix then the whole buffer, it reports a
+/// message exactly when `frame_stream` does, with the same length.
+fn check_stream_framer(data: &[u8]) {
+    let whole = frame_stream(data);
+    let cut = data.len() / 2;
+    let mut f = StreamFramer::default();
+    let first = f.next(&data[..cut]);
+    if let Ok(Some(n)) = first {
+        assert_eq!(
+            frame_stream(&data[..cut]),
+            Ok(Some(n)),
+            "the framer found a message in a prefix that frame_stream does not"
+        );
+        return;
+    }
+    if first.is_err() {
+        return;
+    }
+    match (f.next(data), whole) {
+        (Ok(Some(a)), Ok(Some(b))) => assert_eq!(a, b, "framer and frame_stream disagree"),
+        (Ok(Some(a)), other) => panic!("the framer found {a} octets, frame_stream {other:?}"),
+        (_, Ok(Some(b))) => panic!("frame_stream found {b} octets, the framer did not"),
+        _ => {}
     }
 }
 
