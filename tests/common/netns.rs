@@ -80,14 +80,21 @@ impl Netns {
         enter_netns(&self.name);
     }
 
-    /// Runs a shell-free `sysctl -w` inside the namespace.
+    /// Sets a `net.*` sysctl (`"net.ipv6.ip_nonlocal_bind=1"`) inside the namespace, through
+    /// /proc/sys (procps' `sysctl` is not on a minimal Debian).
     pub fn sysctl(&self, setting: &str) {
+        let (key, value) = setting.split_once('=').expect("key=value");
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
         let out = self
-            .command("sysctl")
-            .args(["-qw", setting])
+            .command("sh")
+            .args(["-c", &format!("echo {value} > {path}")])
             .output()
-            .expect("run sysctl");
-        assert!(out.status.success(), "sysctl {setting} failed");
+            .expect("run sh");
+        assert!(
+            out.status.success(),
+            "setting {setting} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A command that runs inside the namespace.
