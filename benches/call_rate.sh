@@ -14,8 +14,9 @@
 #     (a static contact, standing in for a location lookup), t_relay; ACK/BYE by loose_route.
 #
 # Per round (the server order alternates between rounds):
-#   1. fixed rate, both servers running at once, each with its own SIPp caller and callee:
-#      after a warm-up (2 s at RATE each, not reported), RATE calls/s for FIXED_SECS s per server
+#   1. fixed rates (each of FIXED_RATES: 200 and 2 000 calls/s), both servers running at once, each
+#      with its own SIPp caller and callee:
+#      after a warm-up (2 s at the rate each, not reported), the rate for FIXED_SECS s per server
 #      in CHUNKS chunks, alternating A B B A A B B A, so that other work on the shared host falls
 #      on both alike. Server CPU (utime+stime, all threads and child processes) over the whole
 #      window per 1 000 calls completed; the podpbx/Kamailio ratio;
@@ -30,14 +31,23 @@
 #      teardown, RTP loss and jitter per leg and forwarded packets (from the CDRs), kernel
 #      receive-buffer drops (/proc/net/udp) on podpbx's media sockets and on SIPp's echo socket.
 # Round 1 also runs (SUSTAIN_SECS > 0) SUSTAIN_SERVERS fresh at SUSTAIN_RATE calls/s for
-# SUSTAIN_SECS s: longer than the 32 s (64*T1) podpbx keeps a transaction per call (Timer J), so
-# its transaction table (at most 50 000) reaches its steady size, which the short steps never do.
+# SUSTAIN_SECS s: much longer than the 32 s (64*T1) a transaction may linger (Timers J, L, M), so
+# the transaction state reaches its steady size, which the short steps never do; RSS and CPU are
+# sampled every second and reported per 10 s window (flat RSS, no cliff).
+# Round 1 also counts system calls (SYSCALLS=1): each server fresh, strace -c -f attached to all
+# its processes and threads for SYSCALL_CALLS calls at RATE calls/s: system calls per call, by
+# name. PERF=1: a perf profile of podpbx (perf record -g, all threads) during PERF_SECS s at
+# PERF_RATE calls/s, summarised by symbol (self time).
 # The report gives medians over ROUNDS rounds.
 #
-#   usage: benches/call_rate.sh [rounds]           (3 rounds: about 7 minutes)
-#   env:   RATE=200 FIXED_SECS=20 CHUNKS=4 STEPS="2500 4000 5500 7000" STEP_SECS=3 NOISY=25
+#   usage: benches/call_rate.sh [rounds]           (3 rounds: about 12 minutes)
+#   env:   FIXED_RATES="200 2000" FIXED_SECS=20 CHUNKS=4 STEPS="2500 4000 5500 7000" STEP_SECS=3 NOISY=25
 #          MEDIA=1 CONC=500 RAMP=100 HOLD_SECS=20
-#          SUSTAIN_RATE=1500 SUSTAIN_SECS=40 (0: skip) SUSTAIN_SERVERS=podpbx ("podpbx kamailio")
+#          SUSTAIN_RATE=1500 SUSTAIN_SECS=120 (0: skip) SUSTAIN_SERVERS=podpbx ("podpbx kamailio")
+#          SYSCALLS=1 SYSCALL_CALLS=2000 RATE=200 (rate of the syscall count)
+#          PERF=0 PERF_RATE=2000 PERF_SECS=10
+#          BIN=target/release/podpbx (another binary: before/after runs) PRIO=1 (servers and SIPp at
+#          nice -10: less disturbed by other work on a shared host)
 #          PORT=15100 (podpbx; Kamailio PORT+50; their SIPp +10..+40; podpbx's admin PORT+99)
 #          SERVER_CORE=0 SIPP_CORE=1 KAM_CHILDREN=1 (UDP workers) KAM_SHM=1024 (MB of shm)
 #          ONLY=podpbx|kamailio KEEP=1 (keep the work directory and logs)
@@ -50,6 +60,7 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${1:-${ROUNDS:-3}}
 RATE=${RATE:-200}
+FIXED_RATES=${FIXED_RATES:-"200 2000"}
 FIXED_SECS=${FIXED_SECS:-20}
 CHUNKS=${CHUNKS:-4}
 NOISY=${NOISY:-25}
@@ -61,7 +72,15 @@ RAMP=${RAMP:-100}
 HOLD_SECS=${HOLD_SECS:-20}
 PORT_LAYOUT=${PORT_LAYOUT:-shared}
 SUSTAIN_RATE=${SUSTAIN_RATE:-1500}
-SUSTAIN_SECS=${SUSTAIN_SECS:-40}
+SUSTAIN_SECS=${SUSTAIN_SECS:-120}
+SYSCALLS=${SYSCALLS:-1}
+SYSCALL_CALLS=${SYSCALL_CALLS:-2000}
+PERF=${PERF:-0}
+PERF_RATE=${PERF_RATE:-2000}
+PERF_SECS=${PERF_SECS:-10}
+PRIO=${PRIO:-0}
+prio=()
+[ "$PRIO" = 1 ] && prio=(nice -n -10)
 SUSTAIN_SERVERS=${SUSTAIN_SERVERS:-podpbx}
 BASE=${PORT:-15100}
 SERVER_CORE=${SERVER_CORE:-0}
@@ -167,8 +186,11 @@ die() {
     exit 1
 }
 
-cargo build --release -q -p podpbx
-BIN=target/release/podpbx
+if [ -z "${BIN:-}" ]; then
+    cargo build --release -q -p podpbx
+    BIN=target/release/podpbx
+fi
+[ -x "$BIN" ] || die "no podpbx binary at $BIN"
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
@@ -281,6 +303,37 @@ stat_first_fail() {
         END { if (!f) print "-" }' "$1"
 }
 port_busy() { ss -Hlun "sport = :$1" 2>/dev/null | grep -q . ; }
+# Every second until stopped: "epoch_s cpu_ticks rss_kb" of the server (all processes).
+sampler() { # pid file
+    local p rss
+    while kill -0 "$1" 2>/dev/null; do
+        rss=0
+        for p in $(family "$1"); do
+            rss=$((rss + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+        done
+        echo "$(date +%s.%N) $(cpu_ticks "$1") $rss"
+        sleep 1
+    done > "$2"
+}
+# 10 s windows of a run from its samples and SIPp's per-second statistics, one line per window:
+# "W server round window_start_s calls_per_s failed_in_window cpu_% ms_cpu_per_1k_calls rss_kb".
+windows() { # server round tag
+    awk -v s="$1" -v r="$2" -v hz="$HZ" -F'[ ;\t]+' '
+        FNR == 1 && NR != 1 { csv = 1 }
+        !csv { t[++n] = $1; c[n] = $2; m_[n] = $3; next }
+        # each time stamp of a data row is 3 fields (date, time, epoch), one in the header
+        FNR == 1 { for (i = 1; i <= NF; i++) { if ($i == "SuccessfulCall(C)") col = i + 6; if ($i == "FailedCall(C)") fc = i + 6 }; next }
+        { e[++m] = $9; ok[m] = $col; bad[m] = $fc }
+        END {
+            j = 0
+            for (i = 1; i <= n; i++) { while (j < m && e[j + 1] <= t[i]) j++; done[i] = j ? ok[j] : 0; f[i] = j ? bad[j] : 0 }
+            for (i = 1; i + 10 <= n; i += 10) {
+                w = t[i + 10] - t[i]; calls = done[i + 10] - done[i]; cpu = (c[i + 10] - c[i]) / hz
+                printf "W %s %s %d %.0f %d %.0f %.3f %d\n", s, r, t[i] - t[1], calls / w, f[i + 10] - f[i], cpu / w * 100,
+                    (calls > 0 ? cpu / calls * 1000 : 0), m_[i + 10]
+            }
+        }' "$work/$3.samples" "$work/$3.csv"
+}
 
 # Starts a server pinned to SERVER_CORE; sets SRV (its PID) and STOP (the PID to stop it by).
 start_server() {
@@ -291,9 +344,9 @@ start_server() {
     done
     if [ "$name" = podpbx ]; then
         rm -rf "$work/pbxdata"
-        taskset -c "$SERVER_CORE" "$BIN" run --config "$work/podpbx.toml" 2>>"$work/podpbx.log" &
+        "${prio[@]}" taskset -c "$SERVER_CORE" "$BIN" run --config "$work/podpbx.toml" 2>>"$work/podpbx.log" &
     else
-        taskset -c "$SERVER_CORE" kamailio -f "$work/kamailio.cfg" -DD -E -l "udp:$SRV_IP:$PORT" \
+        "${prio[@]}" taskset -c "$SERVER_CORE" kamailio -f "$work/kamailio.cfg" -DD -E -l "udp:$SRV_IP:$PORT" \
             -n "$KAM_CHILDREN" -m "$KAM_SHM" -M 16 >>"$work/kamailio.log" 2>&1 &
     fi
     SRV=$!
@@ -327,7 +380,7 @@ start_uas() {
             >"$work/$tag-register.out" 2>&1 || die "the callee's REGISTER failed (see $work/$tag-register.out)"
     fi
     # Bounded: the whole bench is far shorter than this.
-    timeout 900 taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf benches/sipp/call_uas.xml -i "$SRV_IP" \
+    timeout 900 "${prio[@]}" taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf benches/sipp/call_uas.xml -i "$SRV_IP" \
         -p "$UAS_PORT" -mi "$SRV_IP" -mp "$UAS_MEDIA" -t u1 -nostdin -timeout 880s \
         -trace_err -error_file "$work/$tag-uas.err" -max_log_size 1000000 "$@" >"$work/$tag-uas.out" 2>&1 &
     UAS=$!
@@ -348,9 +401,14 @@ run_calls() {
     local limit=$((n / rate + 25)) t0 t1 u0 u1 uac_ticks ok elapsed bs0 bs1 bp0 bp1 w0 w1 noise tmo
     bs0=$(core_busy "$SERVER_CORE"); bp0=$(core_busy "$SIPP_CORE"); w0=$(date +%s%N)
     t0=$(cpu_ticks "$SRV"); u0=$(cpu_ticks "$UAS")
+    local samp=""
+    if [ "$phase" = sustain ]; then
+        sampler "$SRV" "$work/$tag.samples" &
+        samp=$!
+    fi
     # cutime+cstime of this subshell once timeout (and SIPp) ended: the caller's CPU.
     uac_ticks=$(
-        timeout "$limit" taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf benches/sipp/call_uac.xml \
+        timeout "$limit" "${prio[@]}" taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf benches/sipp/call_uac.xml \
             -i "$UAC_IP" -mi "$UAC_IP" -mp "$UAC_MEDIA" -p "$UAC_PORT" -t u1 -s 102 -key caller 201 \
             -m "$n" -r "$rate" -l 20000 -recv_timeout 5000 -timeout "$((limit - 3))s" -nostdin \
             -trace_stat -stf "$work/$tag.csv" -fd 1 -trace_err -error_file "$work/$tag.err" \
@@ -358,6 +416,11 @@ run_calls() {
         awk '{print $16 + $17}' "/proc/$BASHPID/stat"
     )
     t1=$(cpu_ticks "$SRV"); u1=$(cpu_ticks "$UAS")
+    if [ -n "$samp" ]; then
+        kill "$samp" 2>/dev/null || true
+        wait "$samp" 2>/dev/null || true
+        windows "$server" "$round" "$tag" >> "$work/windows"
+    fi
     bs1=$(core_busy "$SERVER_CORE"); bp1=$(core_busy "$SIPP_CORE"); w1=$(date +%s%N)
     noise=$(awk -v hz="$HZ" -v w=$(( (w1 - w0) / 1000000 )) -v s=$((bs1 - bs0 - (t1 - t0))) \
         -v p=$((bp1 - bp0 - uac_ticks - (u1 - u0))) \
@@ -398,35 +461,35 @@ end_session() {
 # < 0.1 % of a core): RATE calls/s in CHUNKS chunks per server, alternating A B B A A B ..., so
 # that other work on the host (the noise) falls on both alike. Each server's CPU is counted over
 # the whole interleaved window (so work it defers, e.g. timers, is counted), per call completed.
-#   -> F server round ok_calls server_ticks window_s other_load_%_server_core
+#   -> F server round ok_calls server_ticks window_s other_load_%_server_core rate
 fixed_session() {
-    local round=$1 a=$2 b=${3:-} s c i order t0 t1 bs0 bs1 w0 w1 n
+    local round=$1 rate=$2 a=$3 b=${4:-} s c i order t0 t1 bs0 bs1 w0 w1 n
     local -A T0
     for s in $a $b; do
         start_server "$s"
-        start_uas "$s" "$s-r$round-fixed"
+        start_uas "$s" "$s-r$round-fixed-$rate"
         # Warm-up (not reported): first-call allocations, page faults, caches.
-        run_calls "$s" "$round" warmup "$RATE" $((RATE * 2))
+        run_calls "$s" "$round" warmup "$rate" $((rate * 2))
     done
-    echo "# round $round: $RATE calls/s for $FIXED_SECS s each: $a${b:+ and $b} interleaved" >&2
+    echo "# round $round: $rate calls/s for $FIXED_SECS s each: $a${b:+ and $b} interleaved" >&2
     for s in $a $b; do select_server "$s"; T0[$s]=$(cpu_ticks "$SRV"); done
     bs0=$(core_busy "$SERVER_CORE"); w0=$(date +%s%N)
-    n=$((RATE * FIXED_SECS / CHUNKS))
+    n=$((rate * FIXED_SECS / CHUNKS))
     for c in $(seq 1 "$CHUNKS"); do
         order="$a $b"
         [ $((c % 4)) = 2 ] || [ $((c % 4)) = 3 ] && order="$b $a"
-        for s in $order; do run_calls "$s" "$round" chunk "$RATE" "$n"; done
+        for s in $order; do run_calls "$s" "$round" chunk "$rate" "$n"; done
     done
     sleep 0.5
     bs1=$(core_busy "$SERVER_CORE"); w1=$(date +%s%N)
     t1=0
     for s in $a $b; do select_server "$s"; i=$(cpu_ticks "$SRV"); t1=$((t1 + i - T0[$s])); T0[$s]=$((i - T0[$s])); done
     for s in $a $b; do
-        echo "F $s $round $(awk -v s="$s" -v r="$round" '$1 == "R" && $2 == s && $3 == r && $4 == "chunk" {k += $7} END {print k + 0}' "$work/results")" \
+        echo "F $s $round $(awk -v s="$s" -v r="$round" -v rate="$rate" '$1 == "R" && $2 == s && $3 == r && $4 == "chunk" && $5 == rate {k += $7} END {print k + 0}' "$work/results")" \
             "${T0[$s]} $(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')" \
-            "$(awk -v hz="$HZ" -v w=$(( (w1 - w0) / 1000000 )) -v o=$((bs1 - bs0 - t1)) 'BEGIN {o = o < 0 ? 0 : o; printf "%.0f", o / hz / (w / 1000) * 100}')" >> "$work/results"
+            "$(awk -v hz="$HZ" -v w=$(( (w1 - w0) / 1000000 )) -v o=$((bs1 - bs0 - t1)) 'BEGIN {o = o < 0 ? 0 : o; printf "%.0f", o / hz / (w / 1000) * 100}') $rate" >> "$work/results"
     done
-    for s in $a $b; do end_session "$s" "$round" "$s-r$round-fixed" "round $round fixed rate"; done
+    for s in $a $b; do end_session "$s" "$round" "$s-r$round-fixed-$rate" "round $round fixed rate $rate"; done
 }
 
 # Rate steps: each step on a fresh server, so that every step starts with an empty transaction
@@ -575,13 +638,62 @@ PY
     stop_server "round $round media run"
 }
 
+# System calls per call: a fresh server, strace -c -f attached to every process and thread of it
+# for SYSCALL_CALLS calls at RATE calls/s (strace slows the server: the rate stays low).
+#   -> S server round calls_completed total_syscalls name:count ...
+syscall_session() {
+    local server=$1 round=$2 tag="$1-r$2-syscalls" args=() p st
+    command -v strace >/dev/null || { echo "  (strace not installed: no syscall count)" >> "$work/oddities"; return 0; }
+    start_server "$server"
+    start_uas "$server" "$tag"
+    run_calls "$server" "$round" warmup "$RATE" $((RATE * 2))
+    for p in $(family "$SRV"); do
+        for t in /proc/"$p"/task/*; do args+=(-p "${t##*/}"); done
+    done
+    strace -c -f -o "$work/$tag.strace" "${args[@]}" 2>/dev/null &
+    st=$!
+    sleep 1
+    echo "# round $round $server: system calls over $SYSCALL_CALLS calls at $RATE calls/s" >&2
+    run_calls "$server" "$round" syscalls "$RATE" "$SYSCALL_CALLS"
+    sleep 1
+    kill -INT "$st" 2>/dev/null || true
+    wait "$st" 2>/dev/null || true
+    echo "S $server $round $(grep "^R $server $round syscalls " "$work/results" | tail -1 | awk '{print $7}')" \
+        "$(awk '$NF == "total" {print $4}' "$work/$tag.strace")" \
+        "$(awk 'NF >= 5 && $1 ~ /^[0-9.]+$/ && $NF != "total" {print $NF ":" $4}' "$work/$tag.strace" | sort -t: -k2 -rn | head -12 | tr '\n' ' ')" >> "$work/results"
+    end_session "$server" "$round" "$tag" "syscall count"
+}
+
+# A perf profile of podpbx at PERF_RATE calls/s (all threads), by symbol, self time.
+perf_session() {
+    local round=$1 tag="podpbx-r$1-perf" pf
+    command -v perf >/dev/null || { echo "  (perf not installed: no profile)" >> "$work/oddities"; return 0; }
+    start_server podpbx
+    start_uas podpbx "$tag"
+    run_calls podpbx "$round" warmup "$PERF_RATE" $((PERF_RATE * 2))
+    perf record -q -g -F 999 -o "$work/$tag.data" -p "$SRV" -- sleep $((PERF_SECS + 2)) >/dev/null 2>&1 &
+    pf=$!
+    sleep 1
+    echo "# round $round podpbx: perf profile at $PERF_RATE calls/s for $PERF_SECS s" >&2
+    run_calls podpbx "$round" perf "$PERF_RATE" $((PERF_RATE * PERF_SECS))
+    wait "$pf" 2>/dev/null || true
+    perf report -i "$work/$tag.data" --no-children -g none --sort dso,symbol --percent-limit 1 --stdio 2>/dev/null \
+        | grep -E '^ +[0-9.]+%' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//' | head -30 > "$work/perf.summary" || true
+    rm -f "$work/$tag.data"
+    end_session podpbx "$round" "$tag" "perf profile"
+}
+
 servers=(podpbx kamailio)
 [ -n "$ONLY" ] && servers=("$ONLY")
 SECONDS=0
 for round in $(seq 1 "$ROUNDS"); do
     order=("${servers[@]}")
     if [ $((round % 2)) = 0 ] && [ ${#servers[@]} = 2 ]; then order=(kamailio podpbx); fi
-    fixed_session "$round" "${order[@]}"
+    for rate in $FIXED_RATES; do fixed_session "$round" "$rate" "${order[@]}"; done
+    if [ "$round" = 1 ] && [ "$SYSCALLS" = 1 ]; then
+        for s in "${order[@]}"; do syscall_session "$s" "$round"; done
+    fi
+    if [ "$round" = 1 ] && [ "$PERF" = 1 ] && [[ " ${servers[*]} " == *" podpbx "* ]]; then perf_session "$round"; fi
     for s in "${order[@]}"; do rate_session "$s" "$round"; done
     if [ "$MEDIA" = 1 ] && [[ " ${servers[*]} " == *" podpbx "* ]]; then media_session "$round"; fi
     if [ "$round" = 1 ] && [ "$SUSTAIN_SECS" -gt 0 ]; then
@@ -667,23 +779,43 @@ if grep -q '^R [a-z]* [0-9]* sustain ' "$work/results"; then
     done
 fi
 echo
-echo "[2] Server CPU seconds per 1 000 calls at $RATE calls/s: $FIXED_SECS s per server in $CHUNKS chunks, the two servers"
+echo "[2] Server CPU seconds per 1 000 calls at fixed rates: $FIXED_SECS s per server in $CHUNKS chunks, the two servers"
 echo "    interleaved (A B B A ...) so that other work on the host weighs on both alike; CPU over the whole window"
-fmed() { awk -v s="$1" -v hz="$HZ" "\$1 == \"F\" && \$2 == s { print $2 }" "$work/results" | median; }
+fmed() { awk -v s="$1" -v r="$2" -v hz="$HZ" "\$1 == \"F\" && \$2 == s && \$8 == r { print $3 }" "$work/results" | median; }
 FPER1K='$5 / hz / $4 * 1000'
-for s in podpbx kamailio; do
-    grep -q "^F $s " "$work/results" || continue
-    printf '%-8s %7.3f cpu-s/1k calls  (per round: %s; completed %s of %s per round; server %s %% of a core while loaded)\n' "$s" \
-        "$(fmed "$s" "$FPER1K")" "$(awk -v s="$s" -v hz="$HZ" '$1 == "F" && $2 == s {printf "%.3f ", $5 / hz / $4 * 1000}' "$work/results")" \
-        "$(fmed "$s" '$4')" $((RATE * FIXED_SECS / CHUNKS * CHUNKS)) \
-        "$(f "$(awk -v s="$s" -v hz="$HZ" '$1 == "R" && $2 == s && $4 == "chunk" {print $9 / hz / $8 * 100}' "$work/results" | median)" 1 1)"
+declare -A RATIO
+for rate in $FIXED_RATES; do
+    for s in podpbx kamailio; do
+        grep -q "^F $s .* $rate\$" "$work/results" || continue
+        printf '%-8s %6s/s %7.3f cpu-s/1k calls  (per round: %s; completed %s of %s per round; server %s %% of a core while loaded)\n' "$s" "$rate" \
+            "$(fmed "$s" "$rate" "$FPER1K")" "$(awk -v s="$s" -v r="$rate" -v hz="$HZ" '$1 == "F" && $2 == s && $8 == r {printf "%.3f ", $5 / hz / $4 * 1000}' "$work/results")" \
+            "$(fmed "$s" "$rate" '$4')" $((rate * FIXED_SECS / CHUNKS * CHUNKS)) \
+            "$(f "$(awk -v s="$s" -v r="$rate" -v hz="$HZ" '$1 == "R" && $2 == s && $4 == "chunk" && $5 == r {print $9 / hz / $8 * 100}' "$work/results" | median)" 1 1)"
+    done
+    RATIO[$rate]=nan
+    if grep -q "^F podpbx .* $rate\$" "$work/results" && grep -q "^F kamailio .* $rate\$" "$work/results"; then
+        RATIO[$rate]=$(awk -v a="$(fmed podpbx "$rate" "$FPER1K")" -v b="$(fmed kamailio "$rate" "$FPER1K")" 'BEGIN {printf "%.2f", a / b}')
+        printf 'ratio podpbx/kamailio CPU per call at %s/s: %s (goal <= 1.0); per round: %s\n' "$rate" \
+            "${RATIO[$rate]}" "$(awk -v r="$rate" '$1 == "F" && $8 == r {c[$2 " " $3] = $5 / $4; o[$3] = $7}
+                END {for (k in c) {split(k, x, " "); if (x[1] == "podpbx" && ("kamailio " x[2]) in c) printf "r%s %.2f (other load %s %%)  ", x[2], c[k] / c["kamailio " x[2]], o[x[2]]}}' "$work/results")"
+    fi
 done
-RATIO=nan
-if grep -q '^F podpbx ' "$work/results" && grep -q '^F kamailio ' "$work/results"; then
-    RATIO=$(awk -v a="$(fmed podpbx "$FPER1K")" -v b="$(fmed kamailio "$FPER1K")" 'BEGIN {printf "%.2f", a / b}')
-    printf 'ratio podpbx/kamailio CPU per call: %s (target <= 2: a B2BUA runs two transactions per request); per round: %s\n' \
-        "$RATIO" "$(awk '$1 == "F" {c[$2 " " $3] = $5 / $4; o[$3] = $7}
-            END {for (k in c) {split(k, x, " "); if (x[1] == "podpbx" && ("kamailio " x[2]) in c) printf "r%s %.2f (other load %s %%)  ", x[2], c[k] / c["kamailio " x[2]], o[x[2]]}}' "$work/results")"
+if grep -q '^S ' "$work/results"; then
+    echo
+    echo "[2b] System calls per call (strace -c -f on every process and thread, $SYSCALL_CALLS calls at $RATE calls/s, round 1)"
+    awk '$1 == "S" && $4 > 0 {printf "%-8s %6.1f per call (%d calls, %d system calls); per call by name:", $2, $5 / $4, $4, $5;
+        for (i = 6; i <= NF; i++) {split($i, a, ":"); printf " %s %.1f", a[1], a[2] / $4}; print ""}' "$work/results"
+fi
+if [ -s "$work/perf.summary" ]; then
+    echo
+    echo "[2c] perf profile of podpbx at $PERF_RATE calls/s for $PERF_SECS s (self time by symbol, >= 1 %):"
+    sed 's/^/    /' "$work/perf.summary"
+fi
+if [ -s "$work/windows" ]; then
+    echo
+    echo "[2d] Sustained $SUSTAIN_RATE calls/s, per 10 s window: completed calls/s, failed calls, server CPU %, CPU ms per"
+    echo "     1 000 calls, RSS MB (flat RSS and flat cost: no cliff when transactions start to expire)"
+    awk '$1 == "W" {printf "%-8s r%s t=%4ss %6s/s failed %5s %4s%% %8.3f s/1k %7.1f MB\n", $2, $3, $4, $5, $6, $7, $8, $9 / 1024}' "$work/windows"
 fi
 if grep -q '^M ' "$work/results"; then
     echo
@@ -747,9 +879,14 @@ if have podpbx || have kamailio; then
         "$(awk -v a="$pc" -v b="$kc" 'BEGIN {if (b + 0 > 0) printf "%.2f", a / b; else print "-"}')"
     sus() { awk -v s="$1" '$1 == "R" && $2 == s && $4 == "sustain" {printf "%.2f %% failed", ($6 - $7) * 100 / $6; f = 1} END {if (!f) print "-"}' "$work/results"; }
     grep -q ' sustain ' "$work/results" && printf '%-50s %16s %16s\n' "sustained $SUSTAIN_RATE calls/s for $SUSTAIN_SECS s (round 1)" "$(sus podpbx)" "$(sus kamailio)"
-    printf '%-50s %16s %16s %10s\n' "server CPU s per 1 000 calls at $RATE calls/s" \
-        "$(grep -q '^F podpbx ' "$work/results" && f "$(fmed podpbx "$FPER1K")" 1 3 || echo -)" \
-        "$(grep -q '^F kamailio ' "$work/results" && f "$(fmed kamailio "$FPER1K")" 1 3 || echo -)" "$RATIO"
+    for rate in $FIXED_RATES; do
+        printf '%-50s %16s %16s %10s\n' "server CPU s per 1 000 calls at $rate calls/s" \
+            "$(grep -q "^F podpbx .* $rate\$" "$work/results" && f "$(fmed podpbx "$rate" "$FPER1K")" 1 3 || echo -)" \
+            "$(grep -q "^F kamailio .* $rate\$" "$work/results" && f "$(fmed kamailio "$rate" "$FPER1K")" 1 3 || echo -)" "${RATIO[$rate]:-nan}"
+    done
+    grep -q '^S ' "$work/results" && printf '%-50s %16s %16s\n' "system calls per call (strace, $RATE calls/s)" \
+        "$(awk '$1 == "S" && $2 == "podpbx" && $4 > 0 {printf "%.1f", $5 / $4}' "$work/results")" \
+        "$(awk '$1 == "S" && $2 == "kamailio" && $4 > 0 {printf "%.1f", $5 / $4}' "$work/results")"
 fi
 if grep -q '^M ' "$work/results"; then
     printf '%-50s %16s\n' "podpbx CPU % of a core, $CONC calls with RTP" "$(f "$(mmed '$7 / hz / $6 * 100')" 1 1)"
@@ -760,7 +897,8 @@ fi
 echo
 echo "raw: R server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans rtt_ms unexpected timeouts"
 echo "       other_load_%_server_core other_load_%_sipp_core first_failure_s (CLK_TCK=$HZ)"
-echo "     F server round ok_calls server_ticks window_s other_load_%_server_core (fixed rate, interleaved)"
+echo "     F server round ok_calls server_ticks window_s other_load_%_server_core rate (fixed rate, interleaved)"
+echo "     S server round calls syscalls name:count... (strace -c)"
 echo "     M round conc ok failed window_s server_ticks rss0 hwm0 rss1 rss2 hwm2 ports0 ports1 ports2 active1 active2"
 echo "       fwd_packets relay_drops kdrops_podpbx kdrops_callee lossA% lossB% rtpA rtpB fwd_pps_per_call jitter_mean_ms"
 echo "       jitter_max_ms other_load_% uas_ticks uac_ticks uac_ms"

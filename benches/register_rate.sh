@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Authenticated REGISTER load: podpbx (release binary) vs Kamailio 5.6 as the reference registrar
-# (auth + auth_db over db_text, usrloc in memory, registrar save: benches/kamailio/registrar.cfg),
-# both on loopback, the server pinned to one core (taskset), SIPp on the other. One "REGISTER" is a
+# in its fastest configuration (passwords in an htable, pv_www_authenticate, usrloc in memory,
+# registrar save, stateless replies, 4 UDP workers: benches/kamailio/registrar.cfg), both on
+# loopback, the server (all its processes) pinned to one core (taskset), SIPp on the other. One "REGISTER" is a
 # full digest round (SIPp call of benches/sipp/register_auth.xml): REGISTER -> 401 -> REGISTER with
 # Authorization -> 200, for USERS distinct users from an injection file (SEQUENTIAL).
 #
@@ -10,19 +11,28 @@
 #      shares shared memory out fairly, and its shm use from kamcmd core.shmmem);
 #   2. fixed rate: USERS REGISTERs at RATE/s (every user once): server CPU seconds per 10 000;
 #   3. memory again, with USERS bindings (checked: bindings.json / usrloc:registered_users);
-#   4. rate steps (STEPS, STEP_SECS worth of REGISTERs each, stopping after the first step with
+#   4. load: LOAD_RATE/s (10 000) for LOAD_SECS s, re-registrations with the bindings in place:
+#      server CPU per REGISTER at that rate and PSS under it (peak of 1 s samples);
+#   5. rate steps (STEPS, STEP_SECS worth of REGISTERs each, stopping after the first step with
 #      >= 1 % failures): achieved rate, failures, server CPU and SIPp's own CPU (SIPp is
 #      single-threaded: at 100 % of its core it, not the server, is the ceiling);
-#   5. podpbx only: restarted on its saved bindings.json, memory with the bindings restored (no
+#   6. sustained: SUSTAIN_RATE/s for SUSTAIN_SECS s (>= 60 s, longer than the 32 s a UDP server
+#      transaction lives for Timer J, so transaction and nonce expiries happen inside the window):
+#      per 10 s window the achieved rate, server CPU per REGISTER and PSS, so a cost that grows
+#      with time (a cliff) shows;
+#   7. podpbx only: restarted on its saved bindings.json, memory with the bindings restored (no
 #      transaction state, no allocator leftovers from the load).
 # A failure is any of the offered REGISTERs not ending in 200 (SIPp failed calls, calls never
 # started within the time limit). Every SIPp run is bounded by count and by `timeout`.
 # The table at the end gives medians over ROUNDS rounds.
 #
 #   usage: benches/register_rate.sh [rounds]
-#   env:   USERS=10000 RATE=1000 STEPS="1000 2000 4000 8000" STEP_SECS=4 PORT=15080
-#          SERVER_CORE=0 SIPP_CORE=1 KAM_CHILDREN=1 (Kamailio UDP workers) KAM_TM=1 (Kamailio
-#          creates a transaction per REGISTER, as podpbx does; default stateless)
+#   env:   USERS=10000 RATE=1000 LOAD_RATE=10000 LOAD_SECS=6
+#          STEPS="8000 12000 16000 20000 24000 28000" STEP_SECS=4
+#          SUSTAIN_RATE=5000 SUSTAIN_SECS=70 (0: no sustained phase) PORT=15080
+#          SERVER_CORE=0 SIPP_CORE=1 KAM_CHILDREN=4 (Kamailio UDP workers) KAM_TM=1 (Kamailio
+#          creates a transaction per REGISTER, kept ~5 s; default stateless, as its registrar
+#          usually runs) BIN=target/release/podpbx (another podpbx binary: before/after runs)
 #          ONLY=podpbx|kamailio (one server only) KEEP=1 (keep the work directory and logs)
 #          PRIO=1 (run server and SIPp at nice -10: less disturbed by other work on a shared host)
 #          IDLE_SECS=40 (after the steps, wait this long, then memory once more: podpbx keeps every
@@ -33,13 +43,17 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-${ROUNDS:-3}}
 USERS=${USERS:-10000}
 RATE=${RATE:-1000}
-STEPS=${STEPS:-"1000 2000 4000 8000"}
+LOAD_RATE=${LOAD_RATE:-10000}
+LOAD_SECS=${LOAD_SECS:-6}
+SUSTAIN_RATE=${SUSTAIN_RATE:-5000}
+SUSTAIN_SECS=${SUSTAIN_SECS:-70}
+STEPS=${STEPS:-"8000 12000 16000 20000 24000 28000"}
 STEP_SECS=${STEP_SECS:-4}
 PORT=${PORT:-15080}
 SIPP_PORT=$((PORT + 10))
 SERVER_CORE=${SERVER_CORE:-0}
 SIPP_CORE=${SIPP_CORE:-1}
-KAM_CHILDREN=${KAM_CHILDREN:-1}
+KAM_CHILDREN=${KAM_CHILDREN:-4}
 KAM_TM=${KAM_TM:-0}
 ONLY=${ONLY:-}
 KEEP=${KEEP:-0}
@@ -97,13 +111,17 @@ die() {
     exit 1
 }
 
-cargo build --release -q -p podpbx || die "cargo build --release -p podpbx failed"
-BIN=target/release/podpbx
+if [ -z "${BIN:-}" ]; then
+    cargo build --release -q -p podpbx || die "cargo build --release -p podpbx failed"
+    BIN=target/release/podpbx
+fi
+[ -x "$BIN" ] || die "no podpbx binary at $BIN"
 
 # ---------------------------------------------------------------------------------------------
 # Inputs: users (SIPp injection file, podpbx [[users]], Kamailio subscriber table)
 # ---------------------------------------------------------------------------------------------
-# users.csv: user;password;[authentication ...] (see the scenario for why field2 exists).
+# users.csv: user;password;[authentication ...] (see the scenario for why field2 exists); Kamailio's
+# htable `pw` is loaded from a db_text table at start (user name -> password).
 awk -v n="$USERS" 'BEGIN {
     print "SEQUENTIAL"
     for (i = 1; i <= n; i++) {
@@ -113,10 +131,10 @@ awk -v n="$USERS" 'BEGIN {
 }' > "$work/users.csv"
 
 mkdir -p "$work/kamdb" "$work/pbxdata"
-printf 'table_name(string) table_version(int)\nsubscriber:7\n' > "$work/kamdb/version"
-awk -F';' -v realm="$REALM" 'BEGIN {
-    print "id(int,auto) username(string) domain(string) password(string) ha1(string) ha1b(string)"
-} NR > 1 { printf "%d:%s:%s:%s:-:-\n", NR - 1, $1, realm, $2 }' "$work/users.csv" > "$work/kamdb/subscriber"
+printf 'table_name(string) table_version(int)\nhtable:2\n' > "$work/kamdb/version"
+awk -F';' 'BEGIN {
+    print "id(int,auto) key_name(string) key_type(int) value_type(int) key_value(string) expires(int)"
+} NR > 1 { printf "%d:%s:0:0:%s:0\n", NR - 1, $1, $2 }' "$work/users.csv" > "$work/kamdb/htable"
 
 {
     cat <<CFG
@@ -138,8 +156,8 @@ CFG
 } > "$work/podpbx.toml"
 "$BIN" check --config "$work/podpbx.toml" >/dev/null || die "podpbx rejects the generated config"
 
-mpath=$(dirname "$(find /usr/lib /usr/local/lib -name auth_db.so -path '*kamailio*' 2>/dev/null | head -1)")
-[ -f "$mpath/auth_db.so" ] || die "Kamailio modules (auth_db.so) not found"
+mpath=$(dirname "$(find /usr/lib /usr/local/lib -name htable.so -path '*kamailio*' 2>/dev/null | head -1)")
+[ -f "$mpath/htable.so" ] || die "Kamailio modules (htable.so) not found"
 sed -e "s#@MPATH@#$mpath/#" -e "s#@CTL@#$work/kam.ctl#" -e "s#@DBDIR@#$work/kamdb#" \
     -e "s#@REALM@#$REALM#g" benches/kamailio/registrar.cfg > "$work/kamailio.cfg"
 kam_defs=()
@@ -202,6 +220,37 @@ bindings() {
     fi
 }
 
+# Every second until stopped: "epoch_s cpu_ticks rss_kb pss_kb" of the server (all processes).
+sampler() { # pid file
+    local m
+    while kill -0 "$1" 2>/dev/null; do
+        m=$(mem_kb "$1")
+        echo "$(date +%s.%N) $(cpu_ticks "$1") $(echo "$m" | awk '{print $1, $3}')"
+        sleep 1
+    done > "$2"
+}
+
+# 10 s windows of a run from its samples and SIPp's per-second statistics: one line per window
+# "server round window_start_s achieved_per_s cpu_% us_per_register pss_kb".
+windows() { # server round tag
+    awk -v s="$1" -v r="$2" -v hz="$HZ" -F'[ ;\t]+' '
+        FNR == 1 && NR != 1 { csv = 1 }
+        !csv { t[++n] = $1; c[n] = $2; p[n] = $4; next }
+        # each time stamp of a data row is 3 fields (date, time, epoch), one in the header
+        FNR == 1 { for (i = 1; i <= NF; i++) if ($i == "SuccessfulCall(C)") col = i + 6; next }
+        { e[++m] = $9; ok[m] = $col }
+        END {
+            # cumulative successes at each sample time: the last SIPp row at or before it
+            j = 0
+            for (i = 1; i <= n; i++) { while (j < m && e[j + 1] <= t[i]) j++; done[i] = j ? ok[j] : 0 }
+            for (i = 1; i + 10 <= n; i += 10) {
+                w = t[i + 10] - t[i]; regs = done[i + 10] - done[i]; cpu = (c[i + 10] - c[i]) / hz
+                printf "%s %s %d %.0f %.0f %.1f %d\n", s, r, t[i] - t[1], regs / w, cpu / w * 100,
+                    (regs > 0 ? cpu / regs * 1e6 : 0), p[i + 10]
+            }
+        }' "$work/$3.samples" "$work/$3.csv"
+}
+
 port_busy() { ss -Hlun "sport = :$PORT" 2>/dev/null | grep -q . ; }
 
 # Starts a server pinned to SERVER_CORE; sets SRV (its PID). Fails loudly if it dies or does not
@@ -257,9 +306,11 @@ stat_rtt_ms() {
 #   unexpected_answer_failures timeout_failures other_load_%_server_core other_load_%_sipp_core
 run_sipp() {
     local server=$1 round=$2 phase=$3 rate=$4 n=$5 tag="$1-r$2-$3-$4"
-    local limit=$((n / rate * 3 + 15)) t0 t1 sipp_ticks ok retrans elapsed unexp tmo bs0 bs1 bp0 bp1 w0 w1 noise
+    local limit=$((n / rate * 3 + 15)) t0 t1 sipp_ticks ok retrans elapsed unexp tmo bs0 bs1 bp0 bp1 w0 w1 noise peak
     bs0=$(core_busy "$SERVER_CORE"); bp0=$(core_busy "$SIPP_CORE"); w0=$(date +%s%N)
     t0=$(cpu_ticks "$SRV")
+    sampler "$SRV" "$work/$tag.samples" &
+    local samp=$!
     # cutime+cstime of this subshell after waiting for timeout (and timeout for SIPp): SIPp's CPU.
     sipp_ticks=$(
         timeout "$limit" "${prio[@]}" taskset -c "$SIPP_CORE" sipp 127.0.0.1:"$PORT" -sf benches/sipp/register_auth.xml \
@@ -270,6 +321,8 @@ run_sipp() {
         awk '{print $16 + $17}' "/proc/$BASHPID/stat"
     )
     t1=$(cpu_ticks "$SRV")
+    kill "$samp" 2>/dev/null || true
+    wait "$samp" 2>/dev/null || true
     bs1=$(core_busy "$SERVER_CORE"); bp1=$(core_busy "$SIPP_CORE"); w1=$(date +%s%N)
     # Noise: % of each core used by other processes (other engineers' builds) during the run.
     noise=$(awk -v hz="$HZ" -v w=$(( (w1 - w0) / 1000000 )) -v s=$((bs1 - bs0 - (t1 - t0))) -v p=$((bp1 - bp0 - sipp_ticks)) \
@@ -281,8 +334,10 @@ run_sipp() {
     elapsed=$(stat_elapsed "$work/$tag.csv")
     unexp=$(stat_col "$work/$tag.csv" 'FailedUnexpectedMessage(C)')
     tmo=$(( $(stat_col "$work/$tag.csv" 'FailedTimeoutOnRecv(C)') + $(stat_col "$work/$tag.csv" 'FailedMaxUDPRetrans(C)') ))
-    echo "$server $round $phase $rate $n $ok $elapsed $((t1 - t0)) $sipp_ticks $retrans $(stat_rtt_ms "$work/$tag.csv") $unexp $tmo $noise" \
+    peak=$(awk 'BEGIN {r = 0; p = 0} {if ($3 > r) r = $3; if ($4 > p) p = $4} END {print r, p}' "$work/$tag.samples")
+    echo "$server $round $phase $rate $n $ok $elapsed $((t1 - t0)) $sipp_ticks $retrans $(stat_rtt_ms "$work/$tag.csv") $unexp $tmo $noise $peak" \
         | tee -a "$work/results"
+    [ "$phase" = sustain ] && windows "$server" "$round" "$tag" >> "$work/windows"
     # Keep the first unexpected answers for the report.
     if [ -s "$work/$tag.err" ]; then
         grep -ao "received 'SIP/2.0 [0-9]* [^']*" "$work/$tag.err" | sed 's/\r//' | cut -c10- \
@@ -305,6 +360,8 @@ session() { # server round
     m1=$(mem_kb "$SRV")
     [ "$server" = kamailio ] && shm1=$(kam_shm_kb)
     echo "$server $round mem $m0 $m1 $shm0 $shm1 $b" >> "$work/results"
+    echo "# $server round $round: load $LOAD_RATE/s x $((LOAD_RATE * LOAD_SECS))"
+    run_sipp "$server" "$round" load "$LOAD_RATE" $((LOAD_RATE * LOAD_SECS)) >/dev/null
     for rate in $STEPS; do
         n=$((rate * STEP_SECS))
         echo "# $server round $round: step $rate/s x $n"
@@ -312,6 +369,10 @@ session() { # server round
         fail=$(tail -1 "$work/results" | awk '{f = ($5 - $6) * 100 / $5; print (f >= 1 ? 1 : 0)}')
         [ "$fail" = 1 ] && break
     done
+    if [ "$SUSTAIN_SECS" -gt 0 ]; then
+        echo "# $server round $round: sustained $SUSTAIN_RATE/s x $((SUSTAIN_RATE * SUSTAIN_SECS))"
+        run_sipp "$server" "$round" sustain "$SUSTAIN_RATE" $((SUSTAIN_RATE * SUSTAIN_SECS)) >/dev/null
+    fi
     if [ "$IDLE_SECS" -gt 0 ]; then
         echo "# $server round $round: idle ${IDLE_SECS}s"
         sleep "$IDLE_SECS"
@@ -372,7 +433,7 @@ echo
 echo "== Authenticated REGISTER (REGISTER -> 401 -> REGISTER+auth -> 200), $USERS users, loopback UDP"
 echo "   server on core $SERVER_CORE, SIPp on core $SIPP_CORE; medians of $ROUNDS round(s); took ${took}s"
 echo "   podpbx: $("$BIN" --version 2>/dev/null | head -1); reference: $(kamailio -v | head -1 | cut -d' ' -f2-3)" \
-    "(auth_db/db_text, usrloc db_mode 0, children=$KAM_CHILDREN$([ "$KAM_TM" = 1 ] && echo ', t_newtran'))"
+    "(htable passwords, usrloc db_mode 0, children=$KAM_CHILDREN$([ "$KAM_TM" = 1 ] && echo ', t_newtran'))"
 echo
 echo "[1] Rate steps, $STEP_SECS s of REGISTERs each, with $USERS bindings in place. achieved = 200s per second"
 echo "    over the step; retr = SIPp retransmissions (an answer later than 500 ms); rtt_ms = mean time of"
@@ -442,6 +503,38 @@ if grep -q '^podpbx ' "$work/results" && grep -q '^kamailio ' "$work/results"; t
     done
 fi
 echo
+echo "[2c] At $LOAD_RATE/s for $LOAD_SECS s with $USERS bindings in place: server CPU per REGISTER (us; medians over"
+echo "     the rounds with < 1 % failures), failures, peak memory (1 s samples; Kamailio summed over its processes)"
+US='$8 / hz / $6 * 1000000'
+for s in podpbx kamailio; do
+    grep -q "^$s [0-9]* load " "$work/results" || continue
+    printf '%-8s %7.1f us/REGISTER  achieved %s/s, failures %s %%, rtt %s ms, server %s %% of a core; peak RSS %.1f MB, peak PSS %.1f MB (%s rounds valid)\n' "$s" \
+        "$(medv $s load "$LOAD_RATE" "$US")" "$(f "$(med $s load "$LOAD_RATE" "$ACH")" 1 0)" "$(f "$(med $s load "$LOAD_RATE" "$FAIL")" 1 2)" \
+        "$(f "$(med $s load "$LOAD_RATE" '$11')" 1 1)" "$(f "$(med $s load "$LOAD_RATE" "$SCPU")" 1 0)" \
+        "$(med $s load "$LOAD_RATE" '$16 / 1024')" "$(med $s load "$LOAD_RATE" '$17 / 1024')" "$(valid $s load "$LOAD_RATE")"
+done
+if grep -q "^podpbx [0-9]* load " "$work/results" && grep -q "^kamailio [0-9]* load " "$work/results"; then
+    printf 'ratio podpbx/kamailio CPU per REGISTER at %s/s: %.2f (goal <= 0.5); per round: %s\n' "$LOAD_RATE" \
+        "$(echo "$(medv podpbx load "$LOAD_RATE" "$US") / $(medv kamailio load "$LOAD_RATE" "$US")" | bc -l)" \
+        "$(awk '$3 == "load" {c[$1 " " $2] = $8 / $6}
+            END {for (k in c) {split(k, x, " "); if (x[1] == "podpbx" && ("kamailio " x[2]) in c) printf "r%s %.2f  ", x[2], c[k] / c["kamailio " x[2]]}}' "$work/results")"
+fi
+if [ -s "$work/windows" ]; then
+    echo
+    echo "[2d] Sustained $SUSTAIN_RATE/s for $SUSTAIN_SECS s (bindings in place), per 10 s window: achieved/s, server CPU %,"
+    echo "     us per REGISTER, PSS MB; a cost that grows once transactions start expiring shows here"
+    for s in podpbx kamailio; do
+        grep -q "^$s " "$work/windows" || continue
+        awk -v s=$s '$1 == s {printf "%-8s r%s t=%3ss %6s/s %4s%% %7s us %6.1f MB\n", $1, $2, $3, $4, $5, $6, $7 / 1024}' "$work/windows"
+    done
+    for s in podpbx kamailio; do
+        grep -q "^$s [0-9]* sustain " "$work/results" || continue
+        printf '%-8s sustained: failures %s %% (%s timeouts, %s unexpected), %.1f us/REGISTER over the run, peak PSS %.1f MB\n' "$s" \
+            "$(f "$(med $s sustain "$SUSTAIN_RATE" "$FAIL")" 1 2)" "$(med $s sustain "$SUSTAIN_RATE" '$13')" \
+            "$(med $s sustain "$SUSTAIN_RATE" '$12')" "$(med $s sustain "$SUSTAIN_RATE" "$US")" "$(med $s sustain "$SUSTAIN_RATE" '$17 / 1024')"
+    done
+fi
+echo
 echo "[3] Memory (MB): before load -> after $USERS bindings"
 memcol() { awk -v s="$1" "\$1 == s && \$3 == \"mem\" { print $2 }" "$work/results" | median; }
 for s in podpbx kamailio; do
@@ -485,10 +578,10 @@ echo "[4] Noise: other processes' use of the server core / SIPp core during the 
 for s in podpbx kamailio; do
     grep -q "^$s " "$work/results" || continue
     printf '%-8s server core %s %% (max %s %%), SIPp core %s %% (max %s %%)\n' "$s" \
-        "$(awk -v s=$s '$1 == s && ($3 == "fixed" || $3 == "step") {print $14}' "$work/results" | median)" \
-        "$(awk -v s=$s '$1 == s && ($3 == "fixed" || $3 == "step") {print $14}' "$work/results" | sort -n | tail -1)" \
-        "$(awk -v s=$s '$1 == s && ($3 == "fixed" || $3 == "step") {print $15}' "$work/results" | median)" \
-        "$(awk -v s=$s '$1 == s && ($3 == "fixed" || $3 == "step") {print $15}' "$work/results" | sort -n | tail -1)"
+        "$(awk -v s=$s '$1 == s && $3 ~ /^(fixed|load|step|sustain)$/ {print $14}' "$work/results" | median)" \
+        "$(awk -v s=$s '$1 == s && $3 ~ /^(fixed|load|step|sustain)$/ {print $14}' "$work/results" | sort -n | tail -1)" \
+        "$(awk -v s=$s '$1 == s && $3 ~ /^(fixed|load|step|sustain)$/ {print $15}' "$work/results" | median)" \
+        "$(awk -v s=$s '$1 == s && $3 ~ /^(fixed|load|step|sustain)$/ {print $15}' "$work/results" | sort -n | tail -1)"
 done
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
@@ -504,7 +597,7 @@ done
 [ -s "$work/oddities" ] && { echo "SIPp unexpected answers (first lines per run):"; cat "$work/oddities"; }
 echo
 echo "raw results: server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans rtt_ms unexpected timeouts"
-echo "             other_load_%_server_core other_load_%_sipp_core (CLK_TCK=$HZ);"
+echo "             other_load_%_server_core other_load_%_sipp_core peak_rss_kb peak_pss_kb (CLK_TCK=$HZ);"
 echo "             server round mem rss hwm pss nproc (before) rss hwm pss nproc (after) shm_kb_before shm_kb_after bindings"
 echo "             podpbx round restart rss hwm pss nproc - - bindings_restored"
 cat "$work/results"

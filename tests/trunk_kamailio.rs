@@ -14,7 +14,7 @@ use kamailio::{Account, Kamailio, ProviderConfig, Source};
 use podpbx_sip::builder::ack_for;
 use podpbx_sip::digest::DigestClient;
 use podpbx_sip::transaction::{
-    ClientTxId, ResponseDisposition, Timers, TransactionLayer, TxEvent, TxId,
+    ClientTxId, Limits, ResponseDisposition, Timers, TransactionLayer, TxEvent, TxId,
 };
 use podpbx_sip::{
     Framing, HeaderName, Message, Method, Peer, RequestBuilder, ResponseBuilder, Transport,
@@ -99,7 +99,7 @@ impl Shell {
         Shell {
             sock,
             reg: Registration::new(cfg).expect("registration config"),
-            layer: TransactionLayer::new(Timers::default(), 64),
+            layer: TransactionLayer::new(Timers::default(), Limits::default()),
             branches: HashMap::new(),
             t0: Instant::now(),
             seen: Seen::default(),

@@ -19,7 +19,7 @@ use podpbx_sip::builder::{ack_for, cancel_for};
 use podpbx_sip::checks::{check_request, Capabilities, Rejection};
 use podpbx_sip::message::{frame_stream, leading_keepalive, StreamFramer};
 use podpbx_sip::transaction::{
-    Peer, RequestDisposition, ResponseDisposition, Timers, TransactionLayer, Transport,
+    Limits, Peer, RequestDisposition, ResponseDisposition, Timers, TransactionLayer, Transport,
 };
 use podpbx_sip::{
     ContactList, Flow, Framing, HeaderName, Message, Method, ParseError, RequestBuilder,
@@ -389,7 +389,7 @@ fn check_cancel_and_ack(invite: &Message) {
 /// A fresh server transaction layer fed the request twice and its timers run to the end.
 fn transaction_server(msg: &Message, transport: Transport) {
     let now = Instant::now();
-    let mut layer = TransactionLayer::new(Timers::default(), 8);
+    let mut layer = TransactionLayer::new(Timers::default(), Limits::new(16 << 10));
     let peer = Peer {
         addr: sources()[0],
         transport,
@@ -425,7 +425,7 @@ fn transaction_server(msg: &Message, transport: Transport) {
 /// non-2xx final response makes the layer build an ACK from it.
 fn transaction_client(resp: &Message, transport: Transport) {
     let now = Instant::now();
-    let mut layer = TransactionLayer::new(Timers::default(), 8);
+    let mut layer = TransactionLayer::new(Timers::default(), Limits::new(16 << 10));
     black_box(layer.on_response(now, resp));
     let Some(branch) = resp.top_via().ok().and_then(|v| v.branch()) else {
         return;

@@ -7,6 +7,7 @@ pub mod baresip;
 pub mod dnsmasq;
 pub mod kamailio;
 pub mod netns;
+pub mod phone;
 pub mod tls;
 
 use std::io::{Read, Write};
@@ -114,16 +115,23 @@ impl Pbx {
     /// table one is appended with a free loopback port (the default 127.0.0.1:9060 would clash
     /// between tests running in parallel).
     pub fn start_with_config(config: &str, port: u16) -> Pbx {
-        Pbx::start_with(Command::new(BIN), config, port)
+        Pbx::start_with(Command::new(BIN), config, port, "debug")
     }
 
     /// Like [`Pbx::start_with_config`], inside network namespace `ns` (its admin listener, on
     /// the namespace's loopback, is reached from a thread that entered the namespace).
     pub fn start_in(ns: &netns::Netns, config: &str, port: u16) -> Pbx {
-        Pbx::start_with(ns.command(BIN), config, port)
+        Pbx::start_with(ns.command(BIN), config, port, "debug")
     }
 
-    fn start_with(mut cmd: Command, config: &str, port: u16) -> Pbx {
+    /// [`Pbx::start_with_config`] logging at `level` (`RUST_LOG`, at least `info`: readiness is
+    /// seen in the log): load tests use `info`, as a debug line per message would measure the
+    /// log writer.
+    pub fn start_logging(config: &str, port: u16, level: &str) -> Pbx {
+        Pbx::start_with(Command::new(BIN), config, port, level)
+    }
+
+    fn start_with(mut cmd: Command, config: &str, port: u16, level: &str) -> Pbx {
         let dir = TempDir::new("pbx");
         let cfg_path = dir.path().join("podpbx.toml");
         let mut config = config.replace("@DATA@", &dir.path().display().to_string());
@@ -146,7 +154,7 @@ impl Pbx {
         let child = cmd
             .args(["run", "--config"])
             .arg(&cfg_path)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

@@ -161,6 +161,11 @@ pub trait MediaPort {
     }
     /// Terminates SRTP on `leg` with `keys` (None: plain RTP).
     fn set_srtp(&mut self, _id: MediaId, _leg: MediaLeg, _keys: Option<SrtpLegKeys>) {}
+    /// Share (0.0..=1.0) of the relay's sessions or ports in use, whichever is higher: the core
+    /// refuses new calls early when it nears 1 (overload control).
+    fn load(&self) -> f64 {
+        0.0
+    }
 }
 
 /// A session of podpbx's own media endpoint (voicemail, announcements).

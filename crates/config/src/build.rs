@@ -117,6 +117,7 @@ pub(crate) fn build(d: &mut Diagnostics, root: &Table) -> Config {
         webhooks,
         events,
         email,
+        user_index: Default::default(),
     }
 }
 
@@ -605,6 +606,9 @@ fn sip(d: &mut Diagnostics, r: &mut Tbl) -> (SipConfig, Sp<u16>) {
         .u32_or(d, "tcp_max_connections_per_source", 1, 1_000_000, 32)
         .v as usize;
     let max_message_bytes = t.int_or(d, "max_message_bytes", 1024, 65535, 65535).v as usize;
+    let transaction_memory =
+        t.int_or(d, "transaction_memory_mb", 1, 4096, 32).v as usize * (1 << 20);
+    let transaction_source_percent = t.int_or(d, "transaction_source_percent", 1, 100, 25).v as u8;
     let user_agent = match t.str(d, "user_agent") {
         Some(s) => {
             check_text(d, &s);
@@ -629,6 +633,8 @@ fn sip(d: &mut Diagnostics, r: &mut Tbl) -> (SipConfig, Sp<u16>) {
         tcp_max_connections,
         tcp_max_connections_per_source,
         max_message_bytes,
+        transaction_memory,
+        transaction_source_percent,
         user_agent,
     };
     (config, port_s)

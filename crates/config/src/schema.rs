@@ -60,6 +60,32 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[email]`: voicemail notifications by e-mail (`None`: off).
     pub email: Option<crate::home::EmailConfig>,
+    /// `users` by name, built on first use ([`Config::user`] runs per REGISTER and per call).
+    pub(crate) user_index: UserIndex,
+}
+
+/// Positions of the users by name, built once on first lookup; an entry that does not match
+/// (the list was changed after the index was built) falls back to a scan.
+#[derive(Default)]
+pub(crate) struct UserIndex(std::sync::OnceLock<std::collections::HashMap<String, usize>>);
+
+impl Clone for UserIndex {
+    fn clone(&self) -> Self {
+        UserIndex::default()
+    }
+}
+
+impl PartialEq for UserIndex {
+    /// Derived from `users`: never a difference of its own.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for UserIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserIndex")
+    }
 }
 
 /// SIP transport protocol: the one definition in `podpbx-sip` (the keys spell it `udp`/`tcp`).
@@ -100,6 +126,10 @@ pub struct SipConfig {
     pub tcp_max_connections_per_source: usize,
     /// Largest accepted SIP message.
     pub max_message_bytes: usize,
+    /// Bytes the transaction table may hold (keys, kept messages, bookkeeping).
+    pub transaction_memory: usize,
+    /// Share (%) of `transaction_memory` the live transactions of one source may hold.
+    pub transaction_source_percent: u8,
     /// `User-Agent`/`Server` header value (empty: header not sent).
     pub user_agent: String,
 }
@@ -646,7 +676,19 @@ pub enum Origin<'a> {
 impl Config {
     /// The user named `name`.
     pub fn user(&self, name: &str) -> Option<&User> {
-        self.users.iter().find(|u| u.name == name)
+        let index = self.user_index.0.get_or_init(|| {
+            let mut m = std::collections::HashMap::with_capacity(self.users.len());
+            for (i, u) in self.users.iter().enumerate() {
+                m.entry(u.name.clone()).or_insert(i);
+            }
+            m
+        });
+        match index.get(name).and_then(|&i| self.users.get(i)) {
+            Some(u) if u.name == name => Some(u),
+            Some(_) => self.users.iter().find(|u| u.name == name),
+            None if index.len() == self.users.len() => None,
+            None => self.users.iter().find(|u| u.name == name),
+        }
     }
 
     /// The group named `name`.

@@ -790,6 +790,32 @@ fn syntax_errors_have_positions() {
     assert_eq!(e.line, 3, "{e}");
 }
 
+#[test]
+fn transaction_table_bounds() {
+    let c = ok(&format!(
+        "{SIP}transaction_memory_mb = 8\ntransaction_source_percent = 10\n"
+    ));
+    assert_eq!(c.sip.transaction_memory, 8 << 20);
+    assert_eq!(c.sip.transaction_source_percent, 10);
+    let e =
+        Config::from_str(&format!("{SIP}transaction_memory_mb = 0\n"), "t.toml").expect_err("0 MB");
+    assert!(
+        e.to_string()
+            .contains("sip.transaction_memory_mb: must be between 1 and 4096, got 0"),
+        "{e}"
+    );
+    let e = Config::from_str(
+        &format!("{SIP}transaction_source_percent = 101\n"),
+        "t.toml",
+    )
+    .expect_err("101 %");
+    assert!(
+        e.to_string()
+            .contains("sip.transaction_source_percent: must be between 1 and 100"),
+        "{e}"
+    );
+}
+
 // ----- defaults -------------------------------------------------------------------------------
 
 #[test]
@@ -802,6 +828,8 @@ fn defaults() {
     assert_eq!(c.sip.t2, Duration::from_secs(4));
     assert_eq!(c.sip.t4, Duration::from_secs(5));
     assert_eq!(c.sip.max_message_bytes, 65535);
+    assert_eq!(c.sip.transaction_memory, 32 << 20);
+    assert_eq!(c.sip.transaction_source_percent, 25);
     assert_eq!(c.sip.user_agent, "podpbx");
     assert_eq!(c.log.level, "info");
     assert_eq!(

@@ -725,6 +725,23 @@ impl Relay {
         self.inner.active.load(Ordering::Relaxed)
     }
 
+    /// Share (0.0..=1.0) of what bounds new sessions that is in use: sessions against
+    /// [`RelayConfig::max_sessions`], and per family the port pairs of the pool (sessions with
+    /// sockets of their own), whichever is fullest. For overload control: new calls are
+    /// refused early when it nears 1.
+    pub fn load(&self) -> f64 {
+        let max = self.inner.cfg.max_sessions.max(1);
+        let mut load = self.active_sessions() as f64 / max as f64;
+        for family in [Family::V4, Family::V6] {
+            let total = self.ports_total(family);
+            if total > 0 {
+                let used = total.saturating_sub(self.ports_available(family));
+                load = load.max(used as f64 / total as f64);
+            }
+        }
+        load.min(1.0)
+    }
+
     /// Linux thread ids of the workers (for CPU accounting and pinning).
     pub fn worker_thread_ids(&self) -> Vec<i32> {
         self.inner

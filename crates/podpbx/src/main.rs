@@ -13,6 +13,7 @@ mod lifecycle;
 mod logging;
 mod media;
 mod metrics;
+mod overload;
 mod owners;
 mod presence;
 mod reload;
@@ -24,6 +25,7 @@ mod stats;
 mod tls;
 mod transport;
 mod trunks;
+mod udp;
 mod voicemail;
 mod webhooks;
 

@@ -110,6 +110,9 @@ impl MediaPort for RelayMedia {
     fn srtp_suites(&self) -> &[&'static str] {
         &["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]
     }
+    fn load(&self) -> f64 {
+        self.relay.load()
+    }
     fn srtp_key(&mut self) -> Option<Vec<u8>> {
         match podpbx_media::generate_key() {
             Ok(k) => Some(k.to_bytes().to_vec()),

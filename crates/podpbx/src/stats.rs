@@ -27,6 +27,10 @@ pub struct Stats {
     pub auth_failures: AtomicU64,
     /// Requests answered `503` because the transaction table was full.
     pub overloaded: AtomicU64,
+    /// New INVITEs/REGISTERs answered `503` by overload control, per `overload::Reason`.
+    pub shed: [AtomicU64; 4],
+    /// The loop's latest lag behind the network, in microseconds.
+    pub loop_lag_us: AtomicU64,
     /// TCP and TLS connections accepted or opened.
     pub tcp_connections: AtomicU64,
     /// TLS handshakes that failed or timed out (either side; the refused server certificates of

@@ -197,9 +197,7 @@ impl Transports {
                 cfg,
             }),
         };
-        for (local, sock) in &t.inner.udp {
-            tokio::spawn(t.clone().udp_loop(*local, sock.clone()));
-        }
+        // UDP is read by the signalling loop itself (`crate::udp`), see `udp_sockets`.
         for (local, l) in listeners {
             tokio::spawn(t.clone().accept_loop(local, l, None));
         }
@@ -207,6 +205,34 @@ impl Transports {
             tokio::spawn(t.clone().accept_loop(local, l, acceptor.clone()));
         }
         Ok(t)
+    }
+
+    /// The UDP sockets (one per family) with their local addresses: the signalling loop reads
+    /// them and sends through them in batches (`crate::udp::UdpIo`).
+    pub fn udp_sockets(&self) -> Vec<(SocketAddr, Arc<UdpSocket>)> {
+        self.inner.udp.clone()
+    }
+
+    /// Counts a message that reached the core, or a keep-alive, read outside the transports'
+    /// own tasks (UDP, on the loop).
+    pub fn count_in(&self, keepalive: bool) {
+        if keepalive {
+            Stats::bump(&self.inner.stats.keepalives);
+        } else {
+            Stats::bump(&self.inner.stats.messages_in);
+        }
+    }
+
+    /// Counts datagrams sent, or failed, outside [`Transports::send`] (UDP batches).
+    pub fn count_out(&self, sent: usize, failed: usize) {
+        self.inner
+            .stats
+            .messages_out
+            .fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .stats
+            .send_errors
+            .fetch_add(failed as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The bound TLS listener addresses.
@@ -417,39 +443,6 @@ impl Transports {
                     "TLS handshake timed out",
                 ))
             }
-        }
-    }
-
-    async fn udp_loop(self, local: SocketAddr, sock: Arc<UdpSocket>) {
-        let max = self.inner.cfg.max_message.max(1500);
-        // One large block is carved into per-datagram `Bytes` (no copy, no zeroing); a new block
-        // is allocated only when the spare room drops below one maximum-size datagram.
-        let mut buf = BytesMut::with_capacity(max * 8);
-        loop {
-            if buf.capacity() - buf.len() < max {
-                buf = BytesMut::with_capacity(max * 8);
-            }
-            let (n, remote) = match sock.recv_buf_from(&mut buf).await {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP errors surface here on Linux; they must not stop the listener.
-                    debug!(%local, error = %e, "UDP receive error");
-                    continue;
-                }
-            };
-            let data = buf.split_to(n).freeze();
-            if leading_keepalive(&data) == data.len() {
-                // RFC 5626 §4.4.1 STUN-less UDP keep-alive: nothing to answer.
-                Stats::bump(&self.inner.stats.keepalives);
-                continue;
-            }
-            let flow = Flow {
-                transport: Transport::Udp,
-                local,
-                remote,
-                conn: 0,
-            };
-            self.deliver(data, Framing::Datagram, flow).await;
         }
     }
 

@@ -635,7 +635,7 @@ fn start_slot(s: &mut Slot, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podpbx_sip::transaction::Timers;
+    use podpbx_sip::transaction::{Limits, Timers};
     use podpbx_sip::{Framing, Method, ResponseBuilder};
     use podpbx_trunk::{RData, RecordType};
 
@@ -667,7 +667,7 @@ mod tests {
         fn new(c: &Config) -> Rig {
             let mut r = Rig {
                 trunks: Trunks::from_config(c, locals(), IdGen::new([5; 16])).expect("trunks"),
-                tx: TransactionLayer::new(Timers::default(), 1000),
+                tx: TransactionLayer::new(Timers::default(), Limits::default()),
                 direct: VecDeque::new(),
                 owners: Owners::default(),
                 now: Instant::now(),

@@ -1,6 +1,7 @@
 //! Contact bindings per address-of-record.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use podpbx_sip::{Flow, Transport};
@@ -86,16 +87,21 @@ pub struct QualifyTarget {
     pub contact_uri: String,
 }
 
-/// All bindings, per AOR (the user name).
+/// All bindings, per AOR (the user name), with ordered indexes of their deadlines so that
+/// expiry and qualify cost O(log n) per binding that is due, whatever the number of bindings (a
+/// full pass per timer event made every wake-up of the signalling loop cost O(n)).
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    pub(crate) by_aor: HashMap<String, Vec<Binding>>,
+    by_aor: HashMap<Arc<str>, Vec<Binding>>,
     next_id: u64,
-    /// No binding deadline (expiry or qualify) is earlier than this. It may be too early (a
-    /// binding was refreshed or removed since): the wake-up then finds nothing due and
-    /// [`Store::recompute`] tightens it. Keeping a bound instead of scanning every binding on each
-    /// `poll_timeout` keeps the per-message cost flat with 10 000 bindings.
-    hint: Option<Instant>,
+    /// Bindings in all.
+    count: usize,
+    /// (expiry, binding id) of every binding.
+    expiries: BTreeSet<(Instant, u64)>,
+    /// (next probe, binding id) of every binding with a qualify due time.
+    qualifies: BTreeSet<(Instant, u64)>,
+    /// binding id -> its AOR (the key of `by_aor`, shared).
+    aor_of: HashMap<u64, Arc<str>>,
 }
 
 impl Store {
@@ -104,29 +110,84 @@ impl Store {
         self.next_id
     }
 
-    /// Stores the bindings of one AOR (replacing its list) and lowers the deadline bound.
-    pub(crate) fn put(&mut self, aor: String, list: Vec<Binding>) {
-        for b in &list {
-            for t in [Some(b.expires_at), b.next_qualify].into_iter().flatten() {
-                self.hint = Some(self.hint.map_or(t, |h| h.min(t)));
-            }
+    fn index(&mut self, aor: &Arc<str>, b: &Binding) {
+        self.expiries.insert((b.expires_at, b.id));
+        if let Some(q) = b.next_qualify {
+            self.qualifies.insert((q, b.id));
         }
-        self.by_aor.insert(aor, list);
+        self.aor_of.insert(b.id, aor.clone());
+        self.count += 1;
     }
 
-    /// The exact earliest deadline, after bulk changes (load, expiry, qualify, user changes).
-    pub(crate) fn recompute(&mut self) {
-        self.hint = self
-            .by_aor
-            .values()
-            .flatten()
-            .flat_map(|b| [Some(b.expires_at), b.next_qualify])
-            .flatten()
-            .min();
+    fn unindex(&mut self, b: &Binding) {
+        self.expiries.remove(&(b.expires_at, b.id));
+        if let Some(q) = b.next_qualify {
+            self.qualifies.remove(&(q, b.id));
+        }
+        self.aor_of.remove(&b.id);
+        self.count -= 1;
+    }
+
+    /// Removes and returns the bindings of one AOR (to be changed and [`Store::put`] back).
+    pub(crate) fn take(&mut self, aor: &str) -> Vec<Binding> {
+        let Some(list) = self.by_aor.remove(aor) else {
+            return Vec::new();
+        };
+        for b in &list {
+            self.unindex(b);
+        }
+        list
+    }
+
+    /// Stores the bindings of one AOR (taken before, or new); an empty list stores nothing.
+    pub(crate) fn put(&mut self, aor: &str, list: Vec<Binding>) {
+        if list.is_empty() {
+            return;
+        }
+        let key: Arc<str> = match self.by_aor.get_key_value(aor) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(aor),
+        };
+        // An AOR still present (not taken first): replace its list.
+        if let Some(old) = self.by_aor.remove(aor) {
+            for b in &old {
+                self.unindex(b);
+            }
+        }
+        for b in &list {
+            self.index(&key, b);
+        }
+        self.by_aor.insert(key, list);
+    }
+
+    /// Drops every binding.
+    pub(crate) fn clear(&mut self) {
+        self.by_aor.clear();
+        self.expiries.clear();
+        self.qualifies.clear();
+        self.aor_of.clear();
+        self.count = 0;
+    }
+
+    /// Keeps the AORs for which `keep` is true (configuration reload: users removed).
+    pub(crate) fn retain_aors(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let gone: Vec<Arc<str>> = self.by_aor.keys().filter(|a| !keep(a)).cloned().collect();
+        for aor in gone {
+            self.take(&aor);
+        }
     }
 
     pub(crate) fn count(&self) -> usize {
-        self.by_aor.values().map(Vec::len).sum()
+        self.count
+    }
+
+    pub(crate) fn aors(&self) -> usize {
+        self.by_aor.len()
+    }
+
+    /// Every AOR with its bindings.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Vec<Binding>)> {
+        self.by_aor.iter().map(|(a, l)| (&**a, l))
     }
 
     /// Unexpired bindings: reachable first, then higher q (absent q counts as 1.0), then the most
@@ -146,47 +207,82 @@ impl Store {
         v
     }
 
-    /// Removes expired bindings, returning them with their AOR.
+    /// Removes expired bindings, returning them with their AOR: O(log n) per expired binding.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<(String, Binding)> {
         let mut gone = Vec::new();
-        self.by_aor.retain(|aor, list| {
-            let (dead, live): (Vec<Binding>, Vec<Binding>) = std::mem::take(list)
-                .into_iter()
-                .partition(|b| b.is_expired(now));
-            gone.extend(dead.into_iter().map(|b| (aor.clone(), b)));
-            *list = live;
-            !list.is_empty()
-        });
-        self.recompute();
+        while let Some(&(at, id)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            let Some(aor) = self.aor_of.get(&id).cloned() else {
+                // Not reachable: every indexed binding has its AOR.
+                self.expiries.pop_first();
+                continue;
+            };
+            let Some(list) = self.by_aor.get_mut(&*aor) else {
+                self.expiries.pop_first();
+                continue;
+            };
+            let Some(i) = list.iter().position(|b| b.id == id) else {
+                self.expiries.pop_first();
+                continue;
+            };
+            let b = list.swap_remove(i);
+            if list.is_empty() {
+                self.by_aor.remove(&*aor);
+            }
+            self.unindex(&b);
+            gone.push((aor.to_string(), b));
+        }
         gone
     }
 
-    /// Earliest binding expiry or qualify due time (a lower bound, see `hint`).
+    /// Earliest binding expiry or qualify due time.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.hint
+        let e = self.expiries.first().map(|(t, _)| *t);
+        let q = self.qualifies.first().map(|(t, _)| *t);
+        e.into_iter().chain(q).min()
     }
 
+    /// Bindings due for a probe: each is returned once per `interval` (O(log n) per due binding).
     pub(crate) fn due_qualifies(&mut self, now: Instant, interval: Duration) -> Vec<QualifyTarget> {
         let mut out = Vec::new();
-        for (aor, list) in &mut self.by_aor {
-            for b in list.iter_mut().filter(|b| !b.is_expired(now)) {
-                if b.next_qualify.is_some_and(|t| t <= now) {
-                    b.next_qualify = Some(crate::later(now, interval));
-                    out.push(QualifyTarget {
-                        aor: aor.clone(),
-                        binding_id: b.id,
-                        flow: b.flow,
-                        contact_uri: b.contact_uri.clone(),
-                    });
-                }
+        let mut again = Vec::new();
+        while let Some(&(at, id)) = self.qualifies.first() {
+            if at > now {
+                break;
+            }
+            self.qualifies.pop_first();
+            let Some(aor) = self.aor_of.get(&id) else {
+                continue;
+            };
+            let Some(b) = self
+                .by_aor
+                .get_mut(&**aor)
+                .and_then(|l| l.iter_mut().find(|b| b.id == id))
+            else {
+                continue;
+            };
+            let next = crate::later(now, interval);
+            b.next_qualify = Some(next);
+            again.push((next, id));
+            if !b.is_expired(now) {
+                out.push(QualifyTarget {
+                    aor: aor.to_string(),
+                    binding_id: b.id,
+                    flow: b.flow,
+                    contact_uri: b.contact_uri.clone(),
+                });
             }
         }
-        self.recompute();
+        self.qualifies.extend(again);
         out
     }
 
+    /// A binding by id, to record a probe result (its deadlines must not be changed through it).
     pub(crate) fn find_mut(&mut self, id: u64) -> Option<&mut Binding> {
-        self.by_aor.values_mut().flatten().find(|b| b.id == id)
+        let aor = self.aor_of.get(&id)?;
+        self.by_aor.get_mut(&**aor)?.iter_mut().find(|b| b.id == id)
     }
 }
 

@@ -135,6 +135,7 @@ pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
         .unwrap_or(UNIX_EPOCH)
 }
 
+#[cfg(test)]
 pub(crate) fn stored(aor: &str, b: &Binding) -> StoredBinding {
     StoredBinding {
         aor: aor.to_owned(),
@@ -150,6 +151,145 @@ pub(crate) fn stored(aor: &str, b: &Binding) -> StoredBinding {
         user_agent: b.user_agent.clone(),
         reachable: b.reachable,
     }
+}
+
+/// The file's content for `bindings` (in the order given), written directly: the same JSON as
+/// serde would produce from [`FileV1`], at a fraction of the cost (no intermediate copies, no
+/// formatting machinery for numbers and addresses, no sorting). A save serialises every
+/// binding, so this runs over the whole table once per save.
+pub(crate) fn write_file<'a>(
+    count: usize,
+    bindings: impl Iterator<Item = (&'a str, &'a Binding)>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + count * 320);
+    out.extend_from_slice(b"{\"version\":");
+    push_u64(&mut out, u64::from(FORMAT_VERSION));
+    out.extend_from_slice(b",\"bindings\":[");
+    for (i, (aor, b)) in bindings.enumerate() {
+        let registered = &unix_ms(b.registered_at);
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"aor\":");
+        push_str(&mut out, aor);
+        out.extend_from_slice(b",\"contact\":");
+        push_str(&mut out, &b.contact_uri);
+        out.extend_from_slice(b",\"expires_unix_ms\":");
+        push_u64(&mut out, unix_ms(b.expires_at_wall));
+        out.extend_from_slice(b",\"registered_unix_ms\":");
+        push_u64(&mut out, *registered);
+        out.extend_from_slice(b",\"q\":");
+        match b.q {
+            Some(q) => push_u64(&mut out, u64::from(q)),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"instance\":");
+        match &b.instance {
+            Some(v) => push_str(&mut out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"reg_id\":");
+        match b.reg_id {
+            Some(r) => push_u64(&mut out, u64::from(r)),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"call_id\":");
+        push_str(&mut out, &b.call_id);
+        out.extend_from_slice(b",\"cseq\":");
+        push_u64(&mut out, u64::from(b.cseq));
+        out.extend_from_slice(b",\"flow\":{\"source\":");
+        push_addr(&mut out, b.flow.remote);
+        out.extend_from_slice(b",\"transport\":\"");
+        out.extend_from_slice(b.flow.transport.param().as_bytes());
+        out.extend_from_slice(b"\",\"local\":");
+        push_addr(&mut out, b.flow.local);
+        out.extend_from_slice(b",\"conn_id\":");
+        push_u64(&mut out, b.flow.conn);
+        out.extend_from_slice(b"},\"user_agent\":");
+        match &b.user_agent {
+            Some(v) => push_str(&mut out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(if b.reachable {
+            b",\"reachable\":true}"
+        } else {
+            b",\"reachable\":false}"
+        });
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// A JSON string: `"` and `\` escaped, control characters as `\u00XX` (as serde_json does).
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    if !bytes.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\') {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    let mut start = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if esc.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(c >> 4)]);
+            out.push(HEX[usize::from(c & 0xf)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// A socket address as a JSON string (`"192.0.2.1:5060"`, `"[2001:db8::1]:5060"`).
+fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    out.push(b'"');
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+        }
+        SocketAddr::V6(v6) => {
+            use std::io::Write as _;
+            // IPv6 text form (RFC 5952 compression) is what Display gives; rarer, kept simple.
+            let _ = write!(out, "[{}]", v6.ip());
+        }
+    }
+    out.push(b':');
+    push_u64(out, u64::from(a.port()));
+    out.push(b'"');
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PersistError {
@@ -259,4 +399,88 @@ pub(crate) fn move_aside(path: &Path, wall_now: SystemTime) -> Result<PathBuf, P
     }
     fs::rename(path, &target).map_err(io_err("rename", path))?;
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn binding(id: u64, contact: &str, remote: &str, ua: Option<&str>) -> Binding {
+        let wall = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        Binding {
+            id,
+            contact_uri: contact.into(),
+            expires_at: Instant::now(),
+            expires_at_wall: wall + Duration::from_secs(3600),
+            q: id.is_multiple_of(2).then_some(500),
+            instance: id
+                .is_multiple_of(3)
+                .then(|| "<urn:uuid:0000-\"x\">".to_string()),
+            reg_id: id.is_multiple_of(3).then_some(1),
+            call_id: format!("call-{id}@host\\with\u{1}ctl"),
+            cseq: 4_000_000_000,
+            flow: Flow {
+                transport: if id.is_multiple_of(2) {
+                    Transport::Udp
+                } else {
+                    Transport::Tls
+                },
+                local: "[2001:db8::1]:5060".parse().unwrap(),
+                remote: remote.parse().unwrap(),
+                conn: id * 1_000_000_007,
+            },
+            registered_at: wall + Duration::from_millis(id),
+            user_agent: ua.map(str::to_string),
+            reachable: !id.is_multiple_of(4),
+            qualify_failures: 0,
+            next_qualify: None,
+        }
+    }
+
+    /// The direct writer produces what serde produces from the file structs (same JSON value),
+    /// so the file format stays exactly version 1, escapes included.
+    #[test]
+    fn direct_writer_equals_serde() {
+        let list = [
+            (
+                "alice",
+                binding(
+                    1,
+                    "sip:alice@192.0.2.7:5062;transport=tls",
+                    "198.51.100.7:5062",
+                    Some("Phone \"X\"\t1.0"),
+                ),
+            ),
+            (
+                "bob",
+                binding(2, "sip:b\u{e9}b@[2001:db8::7]", "[2001:db8::7]:5060", None),
+            ),
+            (
+                "alice",
+                binding(
+                    3,
+                    "sip:alice@203.0.113.9",
+                    "203.0.113.9:65535",
+                    Some("\u{7f}\n\r"),
+                ),
+            ),
+            (
+                "carol",
+                binding(4, "sip:carol@0.0.0.1:1", "0.0.0.0:0", Some("")),
+            ),
+        ];
+        let direct = write_file(list.len(), list.iter().map(|(a, b)| (*a, b)));
+        let stored: Vec<StoredBinding> = list.iter().map(|(a, b)| stored(a, b)).collect();
+        let via_serde = serde_json::to_vec(&FileV1 {
+            version: FORMAT_VERSION,
+            bindings: stored,
+        })
+        .unwrap();
+        let a: serde_json::Value = serde_json::from_slice(&direct).expect("valid JSON");
+        let b: serde_json::Value = serde_json::from_slice(&via_serde).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(direct, via_serde, "byte for byte");
+        assert!(parse(&direct).is_ok());
+    }
 }

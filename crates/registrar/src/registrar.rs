@@ -14,7 +14,7 @@ use podpbx_sip::{
     ContactList, HeaderName, Host, Message, Method, ResponseBuilder, StatusCode, Uri,
 };
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -307,6 +307,8 @@ pub struct Registrar {
     digest: DigestServer,
     guard: Guard,
     store: Store,
+    /// When the guard's tables are next swept (see [`Registrar::expire`]).
+    next_housekeeping: Option<Instant>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -319,6 +321,8 @@ impl std::fmt::Debug for Registrar {
 }
 
 const MAX_EVENT_USER: usize = 64;
+/// How often the brute-force guard's tables are swept for finished windows and blocks.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_USER_AGENT: usize = 128;
 
 impl Registrar {
@@ -353,6 +357,7 @@ impl Registrar {
             digest,
             guard,
             store: Store::default(),
+            next_housekeeping: None,
         }
     }
 
@@ -370,14 +375,13 @@ impl Registrar {
         self.users = users;
         let before = self.store.count();
         let users = &self.users;
-        self.store.by_aor.retain(|aor, _| users.get(aor).is_some());
-        self.store.recompute();
+        self.store.retain_aors(|aor| users.get(aor).is_some());
         self.store.count() != before
     }
 
     pub fn stats(&self) -> Stats {
         Stats {
-            aors: self.store.by_aor.len(),
+            aors: self.store.aors(),
             bindings: self.store.count(),
             tracked_sources: self.guard.tracked(),
             blocked_sources: self.guard.blocked(),
@@ -703,7 +707,7 @@ impl Registrar {
         let max_contacts = self.users.get(&user).map_or(1, |u| u.max_contacts.max(1));
 
         // Expired bindings of this AOR are gone before anything is listed or counted.
-        let mut list = self.store.by_aor.remove(&aor).unwrap_or_default();
+        let mut list = self.store.take(&aor);
         let before = list.len();
         list.retain(|b| !b.is_expired(now));
         out.changed = list.len() != before;
@@ -723,9 +727,7 @@ impl Registrar {
         match result {
             Ok(changed) => out.changed |= changed,
             Err(reply) => {
-                if !list.is_empty() {
-                    self.store.put(aor, list);
-                }
+                self.store.put(&aor, list);
                 out.reply = reply;
                 return out;
             }
@@ -735,9 +737,7 @@ impl Registrar {
             sorted.sort_by_key(|b| (b.registered_at, b.id));
             sorted.iter().map(|b| b.contact_value(now)).collect()
         };
-        if !list.is_empty() {
-            self.store.put(aor, list);
-        }
+        self.store.put(&aor, list);
         out.reply = Reply::Ok {
             contacts: now_list,
             date: http_date(wall),
@@ -940,15 +940,19 @@ impl Registrar {
     /// Every AOR with its bindings (including expired ones not yet purged by [`Self::expire`]).
     pub fn all_bindings(&self) -> impl Iterator<Item = (&str, &Binding)> {
         self.store
-            .by_aor
             .iter()
-            .flat_map(|(aor, l)| l.iter().map(move |b| (aor.as_str(), b)))
+            .flat_map(|(aor, l)| l.iter().map(move |b| (aor, b)))
     }
 
     /// Removes expired bindings (and stale housekeeping state); returns the removed bindings
     /// with their AOR. Non-empty means: persist.
     pub fn expire(&mut self, now: Instant) -> Vec<(String, Binding)> {
-        self.guard.purge(now);
+        // The guard's tables are swept by walking them: at most once per HOUSEKEEPING, not on
+        // every timer event of the signalling loop (they are bounded without it).
+        if self.next_housekeeping.is_none_or(|t| now >= t) {
+            self.next_housekeeping = Some(crate::later(now, HOUSEKEEPING));
+            self.guard.purge(now);
+        }
         self.digest.purge(now);
         self.store.expire(now)
     }
@@ -991,18 +995,8 @@ impl Registrar {
     /// The state file's content. The registrar never writes it: the shell does, off the event
     /// loop ([`crate::write_atomic`]).
     pub fn serialize(&self) -> Result<Vec<u8>, PersistError> {
-        let mut bindings: Vec<_> = self
-            .all_bindings()
-            .map(|(aor, b)| persist::stored(aor, b))
-            .collect();
-        bindings
-            .sort_by(|a, b| (&a.aor, a.registered_unix_ms).cmp(&(&b.aor, b.registered_unix_ms)));
-        let file = persist::FileV1 {
-            version: persist::FORMAT_VERSION,
-            bindings,
-        };
-        // Compact: this runs on every change burst, and 10 000 bindings pretty-printed are 5 MB.
-        Ok(serde_json::to_vec(&file)?)
+        // Compact and written directly: this runs on every change burst over every binding.
+        Ok(persist::write_file(self.store.count(), self.all_bindings()))
     }
 
     /// Replaces the bindings with those of a state file's content (see [`Registrar::serialize`]),
@@ -1021,13 +1015,14 @@ impl Registrar {
         let file = match persist::parse(data) {
             Ok(f) => f,
             Err(why) => {
-                self.store.by_aor.clear();
+                self.store.clear();
                 return Err(why);
             }
         };
-        self.store.by_aor.clear();
+        self.store.clear();
         let max_life = Duration::from_secs(u64::from(self.settings.max_expires));
         let qualify_at = self.settings.qualify_interval.map(|i| crate::later(now, i));
+        let mut by_aor: HashMap<String, Vec<Binding>> = HashMap::new();
         for sb in file.bindings {
             let expires_wall = persist::from_unix_ms(sb.expires_unix_ms);
             let remaining = expires_wall
@@ -1039,7 +1034,7 @@ impl Registrar {
                 continue;
             }
             let id = self.store.next_id();
-            self.store.by_aor.entry(sb.aor).or_default().push(Binding {
+            by_aor.entry(sb.aor).or_default().push(Binding {
                 id,
                 contact_uri: sb.contact,
                 expires_at: now + remaining,
@@ -1057,8 +1052,8 @@ impl Registrar {
                 next_qualify: qualify_at,
             });
         }
-        for (aor, list) in &mut self.store.by_aor {
-            let max = self.users.get(aor).map_or(1, |u| u.max_contacts.max(1));
+        for (aor, mut list) in by_aor {
+            let max = self.users.get(&aor).map_or(1, |u| u.max_contacts.max(1));
             while list.len() > max {
                 let Some(i) = list
                     .iter()
@@ -1071,9 +1066,9 @@ impl Registrar {
                 list.remove(i);
                 report.dropped += 1;
             }
+            self.store.put(&aor, list);
         }
         report.loaded = self.store.count();
-        self.store.recompute();
         Ok(report)
     }
 

@@ -935,6 +935,75 @@ fn expire_and_poll_timeout() {
     assert_eq!(e.reg.poll_timeout(), None);
 }
 
+/// The deadline index against a model: 40 users register, refresh (moving their deadline later),
+/// unregister and re-register at staggered times; after every step `poll_timeout` is exactly
+/// the earliest live deadline (no stale entry of a refreshed or removed binding, nothing
+/// missing) and `expire` removes exactly the bindings whose time has come.
+#[test]
+fn expiry_index_stays_exact_through_refreshes_and_removals() {
+    let names: Vec<String> = (0..40).map(|i| format!("u{i:02}")).collect();
+    let db: UserDb = names.iter().map(|n| User::new(n.as_str(), "pw")).collect();
+    let t0 = Instant::now();
+    let w0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mut e = Env {
+        reg: Registrar::new(settings(), db, t0),
+        t0,
+        w0,
+    };
+    // model: user -> expiry (seconds after t0)
+    let mut model: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let contact = |u: &str| format!("<sip:{u}@192.168.1.10:5060>");
+    for step in 0..400u64 {
+        let secs = step * 3;
+        let now = t0 + Duration::from_secs(secs);
+        let gone = e.reg.expire(now);
+        let mut want_gone: Vec<String> = model
+            .iter()
+            .filter(|(_, &at)| at <= secs)
+            .map(|(u, _)| u.clone())
+            .collect();
+        model.retain(|_, at| *at > secs);
+        let mut got: Vec<String> = gone.iter().map(|(aor, _)| aor.clone()).collect();
+        got.sort();
+        want_gone.sort();
+        assert_eq!(got, want_gone, "expired at {secs} s");
+        let u = names[next(40) as usize].clone();
+        let c = contact(&u);
+        if next(5) == 0 {
+            let r = Req::new(&u)
+                .contact(&c)
+                .expires("0")
+                .cseq(10 + 2 * step as u32);
+            e.register(secs, r, PHONE, &u, "pw");
+            model.remove(&u);
+        } else {
+            let life = 60 + next(600);
+            let l = life.to_string();
+            let r = Req::new(&u)
+                .contact(&c)
+                .expires(&l)
+                .cseq(10 + 2 * step as u32);
+            let o = e.register(secs, r, PHONE, &u, "pw");
+            assert_eq!(ok_contacts(&o).len(), 1, "{u} registered");
+            model.insert(u, secs + life);
+        }
+        let earliest = model.values().min().map(|&s| t0 + Duration::from_secs(s));
+        assert_eq!(
+            e.reg.poll_timeout(),
+            earliest,
+            "next deadline after step {step}"
+        );
+        assert_eq!(e.reg.stats().bindings, model.len());
+    }
+}
+
 #[test]
 fn qualify_marks_unreachable_after_failures() {
     let mut s = settings();

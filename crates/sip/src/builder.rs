@@ -107,7 +107,10 @@ impl ResponseBuilder {
 
     /// Starts a response; `source` is the address the request came from (for received/rport).
     pub fn new(req: &Message, code: u16, reason: &str, source: Option<SocketAddr>) -> Self {
-        let mut out = BytesMut::with_capacity(req.buf.len().saturating_sub(req.body.len()) + 128);
+        // Sized for a usual response (it grows if need be): a request with large headers that
+        // are not copied must not make a large response buffer.
+        let head = req.buf.len().saturating_sub(req.body.len());
+        let mut out = BytesMut::with_capacity(head.min(MAX_PRESIZE) + 128);
         let _ = write!(out, "SIP/2.0 {code:03} ");
         put_clean(&mut out, reason.as_bytes());
         out.put_slice(b"\r\n");
@@ -174,13 +177,26 @@ impl ResponseBuilder {
     }
 }
 
+/// Capacity reserved up front for a message derived from a received one.
+const MAX_PRESIZE: usize = 2048;
+
 fn finish(mut out: BytesMut, content_type: Option<BytesMut>, body: &[u8]) -> Bytes {
     if let Some(ct) = content_type {
         put_header(&mut out, b"Content-Type", &ct);
     }
     let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
     out.put_slice(body);
-    out.freeze()
+    tight(out)
+}
+
+/// The message as `Bytes` without a large unused tail: transactions keep responses and ACKs for
+/// seconds, and what they keep is charged by its length.
+fn tight(out: BytesMut) -> Bytes {
+    if out.capacity() - out.len() > 1024 {
+        Bytes::copy_from_slice(&out)
+    } else {
+        out.freeze()
+    }
 }
 
 /// Builds a request from scratch.
@@ -224,7 +240,8 @@ impl RequestBuilder {
 
 /// Start line, single top Via, Route set and Max-Forwards shared by ACK and CANCEL.
 fn in_transaction_request(invite: &Message, method: &str) -> BytesMut {
-    let mut out = BytesMut::with_capacity(invite.buf.len().saturating_sub(invite.body.len()) + 64);
+    let head = invite.buf.len().saturating_sub(invite.body.len());
+    let mut out = BytesMut::with_capacity(head.min(MAX_PRESIZE) + 64);
     out.put_slice(method.as_bytes());
     out.put_u8(b' ');
     if let StartLine::Request { uri, .. } = &invite.start {
@@ -284,7 +301,7 @@ pub fn ack_for(invite: &Message, response: &Message) -> Bytes {
         put_copied(&mut out, b"To", &v);
     }
     put_tail(&mut out, invite, "ACK");
-    out.freeze()
+    tight(out)
 }
 
 /// The CANCEL for a pending `invite` (RFC 3261 §9.1): same Request-URI, Call-ID, To, From and
@@ -296,5 +313,5 @@ pub fn cancel_for(invite: &Message) -> Bytes {
         put_copied(&mut out, b"To", &v);
     }
     put_tail(&mut out, invite, "CANCEL");
-    out.freeze()
+    tight(out)
 }

@@ -18,11 +18,44 @@
 //!
 //! Every entry point also exists in a parser-free form (`*_info`) that takes the few fields
 //! matching needs, so the machines can be driven without a [`Message`].
+//!
+//! # Memory, not a count, is bounded
+//!
+//! The table is bounded by the bytes it holds ([`Limits::max_bytes`]): keys (copied out of the
+//! received datagram, so a transaction never pins the receive buffer), the messages it must be
+//! able to send again, and a fixed charge per entry for the bookkeeping. Transactions are of two
+//! kinds:
+//!
+//! * **live**: they still have work to do (a request or a response to retransmit, a TU that has
+//!   not answered): server Trying/Proceeding, INVITE server Completed (Timers G/H), client
+//!   Calling/Trying/Proceeding. Only these can make a new request fail: beyond the bound a new
+//!   transaction is refused ([`RequestDisposition::Overloaded`], the core answers `503`). BYE,
+//!   CANCEL and in-dialog requests may use a reserve of a quarter above it, because they end or
+//!   keep alive what already holds resources. Each source (an IPv4 address, an IPv6 /64) may
+//!   hold at most [`Limits::source_bytes`] of live server transactions, so one source cannot
+//!   fill the table.
+//! * **lingering**: they only absorb retransmissions after their final answer (Timers D, I, J,
+//!   K, L, M): the key, and the one message to send again (the final response of a non-INVITE
+//!   server transaction, the ACK of a non-2xx). Requests are dropped as soon as they need not be
+//!   retransmitted. When the table is over its bound, lingering state is evicted, oldest first,
+//!   in the order of least harm: Timer J entries first (a retransmitted request is then simply
+//!   processed again, as a stateless server would: the registrar answers a repeated REGISTER the
+//!   same way), Timer M entries last (they let the TU ACK a retransmitted 2xx). Eviction never
+//!   fails a request.
+//!
+//! An INVITE server transaction in Accepted (RFC 6026 Timer L) lingers 64*T1 only until the ACK
+//! for its 2xx arrives: the ACK proves the 2xx arrived, after which a retransmitted INVITE can only
+//! be one delayed in the network, at most T4, so the transaction then lingers T4.
+//!
+//! Timers: live timers (A, B, E, F, G, H and the unanswered-request guard) sit in an ordered map,
+//! O(log n) per event; lingering deadlines, whose durations are fixed per kind, sit in one FIFO
+//! queue per kind, O(1) per event.
 
 pub use crate::flow::{Peer, Transport};
 use crate::{Framing, Message, Method};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// The RFC 3261 branch prefix (§8.1.1.7); branches without it come from RFC 2543 peers.
@@ -176,7 +209,7 @@ pub enum TxError {
     /// The transaction already sent its final response (or, for a client, is not INVITE).
     #[error("final response already sent")]
     FinalAlreadySent,
-    /// The table is at its configured maximum.
+    /// The table is at its bound (see [`Limits`]).
     #[error("transaction table full")]
     Overloaded,
     /// A client transaction with this branch and method already exists.
@@ -287,7 +320,8 @@ pub enum RequestDisposition {
         /// The matching INVITE server transaction.
         target: Option<ServerTxId>,
     },
-    /// The table is full: the core should answer 503 statelessly.
+    /// The table is at its bound, or the request's source holds its whole share of it: the core
+    /// should answer 503 statelessly.
     Overloaded,
     /// The request lacks what matching needs (e.g. no Via): the core drops it or answers 400.
     Invalid(TxError),
@@ -355,20 +389,65 @@ pub enum ServerState {
     Accepted,
 }
 
+/// Bounds of the table (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes all transactions together may hold: keys, kept messages and a fixed charge per entry.
+    pub max_bytes: usize,
+    /// Bytes the live server transactions of one source (IPv4 address, IPv6 /64) may hold.
+    pub source_bytes: usize,
+}
+
+impl Limits {
+    /// `max_bytes` in all, a quarter of it per source.
+    pub fn new(max_bytes: usize) -> Limits {
+        Limits {
+            max_bytes,
+            source_bytes: max_bytes / 4,
+        }
+    }
+}
+
+impl Default for Limits {
+    /// 32 MiB: about 60 000 transactions holding a 300-byte message each.
+    fn default() -> Limits {
+        Limits::new(32 << 20)
+    }
+}
+
+/// Counters and gauges of the table, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxStats {
+    /// Transactions with work left (retransmissions, an unanswered request).
+    pub live: usize,
+    /// Transactions that only absorb retransmissions (Timers D, I, J, K, L, M).
+    pub lingering: usize,
+    /// Bytes held by live transactions.
+    pub live_bytes: usize,
+    /// Bytes held in all.
+    pub bytes: usize,
+    /// The bound ([`Limits::max_bytes`]).
+    pub max_bytes: usize,
+    /// The per-source bound ([`Limits::source_bytes`]).
+    pub source_bytes: usize,
+    /// Sources holding live server transactions now.
+    pub sources: usize,
+    /// Lingering transactions evicted early to stay within the bound (since start).
+    pub evicted: u64,
+    /// New transactions refused because the table was at its bound (since start).
+    pub refused: u64,
+    /// New transactions refused because their source held its share (since start).
+    pub refused_source: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerKind {
     A,
     B,
-    D,
     E,
     F,
-    K,
     G,
     H,
-    I,
-    J,
-    L,
-    M,
     /// Non-INVITE server transaction left unanswered by the TU (not in the RFC; bounds memory).
     Guard,
 }
@@ -406,47 +485,245 @@ impl TimerQueue {
     }
 }
 
+/// Why a transaction lingers; one FIFO queue each (their durations are fixed), evicted in the
+/// order of [`EVICTION_ORDER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    /// Non-INVITE server Completed (Timer J): keeps the final response.
+    J,
+    /// INVITE client Completed (Timer D): keeps the ACK.
+    D,
+    /// Non-INVITE client Completed (Timer K).
+    K,
+    /// INVITE server Confirmed (Timer I).
+    I,
+    /// INVITE server Accepted whose 2xx was acknowledged (T4, see the module docs).
+    LAcked,
+    /// INVITE server Accepted (Timer L).
+    L,
+    /// INVITE client Accepted (Timer M): a retransmitted 2xx still reaches the TU.
+    M,
+}
+
+const LINGER_KINDS: usize = 7;
+
+/// Least harm first: see the module docs.
+const EVICTION_ORDER: [Linger; LINGER_KINDS] = [
+    Linger::J,
+    Linger::D,
+    Linger::K,
+    Linger::I,
+    Linger::LAcked,
+    Linger::L,
+    Linger::M,
+];
+
+impl Linger {
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+/// One FIFO of lingering deadlines; entries of transactions that left early (terminated,
+/// evicted, re-queued) stay as stale entries until they reach the front or a compaction.
+#[derive(Debug, Default)]
+struct LingerQueue {
+    q: VecDeque<(Instant, TxId)>,
+    /// Entries that are still valid.
+    valid: usize,
+}
+
+/// A slab with generation-tagged ids: O(1) access without hashing, and an id is not reused
+/// before its slot has been reused 2^32 times.
+#[derive(Debug)]
+struct Slab<T> {
+    slots: Vec<(u32, Option<T>)>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    fn insert(&mut self, v: T) -> u64 {
+        self.len += 1;
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize].1 = Some(v);
+                i
+            }
+            None => {
+                self.slots.push((0, Some(v)));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        (u64::from(self.slots[idx as usize].0) << 32) | u64::from(idx)
+    }
+
+    fn split(id: u64) -> (u32, usize) {
+        ((id >> 32) as u32, (id & 0xffff_ffff) as usize)
+    }
+
+    fn get(&self, id: u64) -> Option<&T> {
+        let (gen, idx) = Self::split(id);
+        match self.slots.get(idx) {
+            Some((g, Some(v))) if *g == gen => Some(v),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut T> {
+        let (gen, idx) = Self::split(id);
+        match self.slots.get_mut(idx) {
+            Some((g, Some(v))) if *g == gen => Some(v),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<T> {
+        let (gen, idx) = Self::split(id);
+        let slot = self.slots.get_mut(idx)?;
+        if slot.0 != gen || slot.1.is_none() {
+            return None;
+        }
+        slot.0 = slot.0.wrapping_add(1);
+        self.free.push(idx as u32);
+        self.len -= 1;
+        slot.1.take()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (g, v))| v.as_ref().map(|v| ((u64::from(*g) << 32) | i as u64, v)))
+    }
+}
+
+/// Bytes charged for an entry's bookkeeping besides its key and messages: its slab slot, its
+/// key-map entry (with the hash table's spare room), a timer entry and an allocator header for
+/// the key.
+fn overhead<T>() -> usize {
+    std::mem::size_of::<(u32, Option<T>)>() + 64
+}
+
+/// Bytes a kept message costs: its length and the shared buffer header.
+fn msg_cost(b: &Option<Bytes>) -> usize {
+    b.as_ref().map_or(0, |b| b.len() + 32)
+}
+
+/// Live server transactions are charged to their source: the address, an IPv6 address by /64.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 #[derive(Debug)]
 struct ClientTx {
     key: ClientKey,
     state: ClientState,
     peer: Peer,
-    /// The request as sent; retransmitted verbatim and, for INVITE, parsed to build the ACK.
-    request: Bytes,
+    /// The request as sent, while it may be retransmitted or, for INVITE, parsed to build the
+    /// ACK of a non-2xx; dropped once the transaction lingers.
+    request: Option<Bytes>,
     /// The ACK for a non-2xx final response, kept to answer retransmitted finals (§17.1.1.2).
     ack: Option<Bytes>,
     /// Current retransmission interval (A or E).
     interval: Duration,
     /// Timer A or E.
     retrans: Option<TimerKey>,
-    /// Timer B, D, F, K or M.
+    /// Timer B or F.
     life: Option<TimerKey>,
+    /// Set once the transaction only absorbs retransmissions: why, and until when.
+    linger: Option<(Linger, Instant)>,
+    /// Bytes charged for this entry.
+    cost: usize,
 }
 
 impl ClientTx {
     fn is_invite(&self) -> bool {
         self.key.method == Method::Invite
     }
+
+    fn cost(&self) -> usize {
+        overhead::<ClientTx>()
+            + self.key.branch.len()
+            + msg_cost(&self.request)
+            + msg_cost(&self.ack)
+    }
 }
 
 #[derive(Debug)]
 struct ServerTx {
-    key: ServerKey,
+    /// The key as stored in the key map (see [`push_server_key`]).
+    key: Box<[u8]>,
+    /// Request method, ACK folded into INVITE.
+    method: Method,
     state: ServerState,
     peer: Peer,
+    /// The source the transaction is charged to while live.
+    source: IpAddr,
     /// Most recent provisional or final response, re-sent on request retransmissions.
     last_response: Option<Bytes>,
     /// Current Timer G interval.
     interval: Duration,
     /// Timer G.
     retrans: Option<TimerKey>,
-    /// Timer H, I, J, L or the guard.
+    /// Timer H or the guard.
     life: Option<TimerKey>,
+    /// Set once the transaction only absorbs retransmissions: why, and until when.
+    linger: Option<(Linger, Instant)>,
+    /// Bytes charged for this entry.
+    cost: usize,
 }
 
 impl ServerTx {
     fn is_invite(&self) -> bool {
-        self.key.method == Method::Invite
+        self.method == Method::Invite
+    }
+
+    fn cost(&self) -> usize {
+        overhead::<ServerTx>() + self.key.len() + msg_cost(&self.last_response)
+    }
+}
+
+/// Writes the server key of (method, sent-by, branch) into `buf`: `METHOD \0 sent-by \0 branch`.
+/// Methods are tokens and sent-by a host and port, neither holds a NUL, so the encoding is
+/// unambiguous whatever the branch (the RFC 2543 keys contain NULs).
+fn push_server_key(buf: &mut Vec<u8>, method: &Method, sent_by: &[u8], branch: &[u8]) {
+    buf.clear();
+    let m = match method {
+        Method::Ack => &Method::Invite,
+        m => m,
+    };
+    buf.extend_from_slice(m.as_str().as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(sent_by);
+    buf.push(0);
+    buf.extend_from_slice(branch);
+}
+
+/// Appends the normalised sent-by of [`sent_by_key`] without allocating.
+fn push_sent_by(buf: &mut Vec<u8>, host: &crate::Host, port: Option<u16>) {
+    use std::io::Write;
+    let start = buf.len();
+    let _ = write!(buf, "{host}");
+    buf[start..].make_ascii_lowercase();
+    if let Some(p) = port {
+        let _ = write!(buf, ":{p}");
     }
 }
 
@@ -454,29 +731,46 @@ impl ServerTx {
 #[derive(Debug)]
 pub struct TransactionLayer {
     timers: Timers,
-    max: usize,
-    next_id: u64,
-    clients: HashMap<ClientTxId, ClientTx>,
-    client_keys: HashMap<ClientKey, ClientTxId>,
-    servers: HashMap<ServerTxId, ServerTx>,
-    server_keys: HashMap<ServerKey, ServerTxId>,
+    limits: Limits,
+    clients: Slab<ClientTx>,
+    client_keys: HashMap<ClientKey, u64>,
+    servers: Slab<ServerTx>,
+    server_keys: HashMap<Box<[u8]>, u64>,
     tq: TimerQueue,
+    lingering: [LingerQueue; LINGER_KINDS],
+    /// Bytes held by all transactions, and by the live ones.
+    bytes: usize,
+    live_bytes: usize,
+    /// Live server transactions' bytes per source.
+    by_source: HashMap<IpAddr, usize>,
+    evicted: u64,
+    refused: u64,
+    refused_source: u64,
+    /// Scratch space for server keys (no allocation per lookup).
+    scratch: Vec<u8>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TxEvent>,
 }
 
 impl TransactionLayer {
-    /// Creates a layer holding at most `max_transactions` live transactions (client + server).
-    pub fn new(timers: Timers, max_transactions: usize) -> TransactionLayer {
+    /// Creates a layer bounded by `limits`.
+    pub fn new(timers: Timers, limits: Limits) -> TransactionLayer {
         TransactionLayer {
             timers,
-            max: max_transactions,
-            next_id: 0,
-            clients: HashMap::new(),
+            limits,
+            clients: Slab::default(),
             client_keys: HashMap::new(),
-            servers: HashMap::new(),
+            servers: Slab::default(),
             server_keys: HashMap::new(),
             tq: TimerQueue::default(),
+            lingering: Default::default(),
+            bytes: 0,
+            live_bytes: 0,
+            by_source: HashMap::new(),
+            evicted: 0,
+            refused: 0,
+            refused_source: 0,
+            scratch: Vec::with_capacity(128),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -487,65 +781,238 @@ impl TransactionLayer {
         self.timers
     }
 
-    /// Number of live transactions.
-    pub fn len(&self) -> usize {
-        self.clients.len() + self.servers.len()
+    /// The bounds.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
-    /// True if no transaction is live.
+    /// Number of transactions, live and lingering.
+    pub fn len(&self) -> usize {
+        self.clients.len + self.servers.len
+    }
+
+    /// True if no transaction exists.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Gauges and counters for metrics.
+    pub fn stats(&self) -> TxStats {
+        let lingering = self.lingering.iter().map(|q| q.valid).sum::<usize>();
+        TxStats {
+            live: self.len() - lingering,
+            lingering,
+            live_bytes: self.live_bytes,
+            bytes: self.bytes,
+            max_bytes: self.limits.max_bytes,
+            source_bytes: self.limits.source_bytes,
+            sources: self.by_source.len(),
+            evicted: self.evicted,
+            refused: self.refused,
+            refused_source: self.refused_source,
+        }
+    }
+
+    /// Share of the bound held by live transactions (0.0 idle, 1.0 full): the core sheds new
+    /// calls and registrations before new transactions start failing.
+    pub fn load(&self) -> f64 {
+        if self.limits.max_bytes == 0 {
+            return 1.0;
+        }
+        self.live_bytes as f64 / self.limits.max_bytes as f64
+    }
+
     /// State of a client transaction, `None` once terminated.
     pub fn client_state(&self, id: ClientTxId) -> Option<ClientState> {
-        self.clients.get(&id).map(|t| t.state)
+        self.clients.get(id.0).map(|t| t.state)
     }
 
     /// State of a server transaction, `None` once terminated.
     pub fn server_state(&self, id: ServerTxId) -> Option<ServerState> {
-        self.servers.get(&id).map(|t| t.state)
+        self.servers.get(id.0).map(|t| t.state)
     }
 
     /// Method of a server transaction (ACK never has one), `None` once terminated.
     pub fn server_method(&self, id: ServerTxId) -> Option<&Method> {
-        self.servers.get(&id).map(|t| &t.key.method)
+        self.servers.get(id.0).map(|t| &t.method)
     }
 
     /// Peer a server transaction answers to, `None` once terminated.
     pub fn server_peer(&self, id: ServerTxId) -> Option<Peer> {
-        self.servers.get(&id).map(|t| t.peer)
+        self.servers.get(id.0).map(|t| t.peer)
     }
 
     /// Looks up the server transaction a key belongs to.
-    pub fn find_server(&self, key: &ServerKey) -> Option<ServerTxId> {
-        self.server_keys.get(key).copied()
+    pub fn find_server(&mut self, key: &ServerKey) -> Option<ServerTxId> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        push_server_key(&mut buf, &key.method, &key.sent_by, &key.branch);
+        let id = self
+            .server_keys
+            .get(buf.as_slice())
+            .copied()
+            .map(ServerTxId);
+        self.scratch = buf;
+        id
     }
 
     /// Looks up the client transaction a key belongs to.
     pub fn find_client(&self, key: &ClientKey) -> Option<ClientTxId> {
-        self.client_keys.get(key).copied()
+        self.client_keys.get(key).copied().map(ClientTxId)
     }
 
-    fn alloc_id(&mut self) -> u64 {
-        self.next_id = self.next_id.wrapping_add(1);
-        self.next_id
-    }
-
-    /// The table bound for a new transaction of `method`. BYE and CANCEL end calls and free
-    /// what they hold, so they may use a 10 % reserve above the bound: refusing them under load
-    /// would leave calls (and their media ports) up until a timeout.
-    fn limit_for(&self, method: &Method) -> usize {
-        match method {
-            Method::Bye | Method::Cancel => self.max.saturating_add(self.max / 10 + 1),
-            _ => self.max,
+    /// The live bound for a new transaction: BYE, CANCEL and in-dialog requests end or keep
+    /// alive what already holds resources (calls, media ports), so they may use a reserve of a
+    /// quarter above the bound; refusing them under load would leave calls up until a timeout.
+    fn limit_for(&self, method: &Method, in_dialog: bool) -> (usize, usize) {
+        let l = self.limits;
+        if in_dialog || matches!(method, Method::Bye | Method::Cancel) {
+            (
+                l.max_bytes.saturating_add(l.max_bytes / 4),
+                l.source_bytes.saturating_add(l.source_bytes / 4),
+            )
+        } else {
+            (l.max_bytes, l.source_bytes)
         }
+    }
+
+    // ----- accounting ----------------------------------------------------------------------
+
+    /// Charges a live server transaction's new cost (`old` before the change).
+    fn charge_live_server(&mut self, source: IpAddr, old: usize, new: usize) {
+        self.bytes = self.bytes - old + new;
+        self.live_bytes = self.live_bytes - old + new;
+        let e = self.by_source.entry(source).or_insert(0);
+        *e = *e - old + new;
+        if *e == 0 {
+            self.by_source.remove(&source);
+        }
+    }
+
+    /// Moves a server transaction out of the live accounting (lingering or gone).
+    fn unlive_server(&mut self, source: IpAddr, cost: usize) {
+        self.live_bytes -= cost;
+        if let Some(e) = self.by_source.get_mut(&source) {
+            *e -= cost;
+            if *e == 0 {
+                self.by_source.remove(&source);
+            }
+        }
+    }
+
+    /// Queues a lingering deadline and evicts lingering state while the table is over its bound.
+    fn push_linger(&mut self, kind: Linger, at: Instant, id: TxId) {
+        let q = &mut self.lingering[kind.idx()];
+        q.q.push_back((at, id));
+        q.valid += 1;
+        // Stale entries (transactions that left the queue early) are dropped when they reach the
+        // front; when they outnumber the valid ones, at once (amortised O(1) per entry).
+        if q.q.len() > 2 * q.valid + 1024 {
+            let (clients, servers) = (&self.clients, &self.servers);
+            q.q.retain(|(at, id)| linger_valid(clients, servers, kind, *at, *id));
+        }
+    }
+
+    /// Evicts lingering transactions, least harmful kinds first and oldest first, until the
+    /// table holds at most its bound.
+    fn evict(&mut self) {
+        for kind in EVICTION_ORDER {
+            while self.bytes > self.limits.max_bytes {
+                let Some((at, id)) = self.lingering[kind.idx()].q.pop_front() else {
+                    break;
+                };
+                if linger_valid(&self.clients, &self.servers, kind, at, id) {
+                    self.evicted += 1;
+                    self.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Settles a server transaction's accounting after a change: its cost was `old` and it was
+    /// live (`was_live`) before; it stays what it was, or starts lingering for `linger`.
+    fn settle_server(
+        &mut self,
+        now: Instant,
+        id: ServerTxId,
+        was_live: bool,
+        old: usize,
+        linger: Option<(Linger, Duration)>,
+    ) {
+        let Some(tx) = self.servers.get_mut(id.0) else {
+            return;
+        };
+        let new = tx.cost();
+        let source = tx.source;
+        match linger.filter(|_| was_live) {
+            None if was_live => {
+                tx.cost = new;
+                self.charge_live_server(source, old, new);
+            }
+            None => {
+                tx.cost = new;
+                self.bytes = self.bytes - old + new;
+            }
+            Some((kind, after)) => match now.checked_add(after) {
+                Some(at) => {
+                    tx.cost = new;
+                    tx.linger = Some((kind, at));
+                    self.bytes = self.bytes - old + new;
+                    self.unlive_server(source, old);
+                    self.push_linger(kind, at, TxId::Server(id));
+                }
+                // A deadline beyond `Instant`: nothing to linger for.
+                None => {
+                    self.remove(TxId::Server(id));
+                    return;
+                }
+            },
+        }
+        self.evict();
+    }
+
+    /// [`Self::settle_server`] for a client transaction.
+    fn settle_client(
+        &mut self,
+        now: Instant,
+        id: ClientTxId,
+        was_live: bool,
+        old: usize,
+        linger: Option<(Linger, Duration)>,
+    ) {
+        let Some(tx) = self.clients.get_mut(id.0) else {
+            return;
+        };
+        let new = tx.cost();
+        match linger.filter(|_| was_live) {
+            None => {
+                tx.cost = new;
+                self.bytes = self.bytes - old + new;
+                if was_live {
+                    self.live_bytes = self.live_bytes - old + new;
+                }
+            }
+            Some((kind, after)) => match now.checked_add(after) {
+                Some(at) => {
+                    tx.cost = new;
+                    tx.linger = Some((kind, at));
+                    self.bytes = self.bytes - old + new;
+                    self.live_bytes -= old;
+                    self.push_linger(kind, at, TxId::Client(id));
+                }
+                None => {
+                    self.remove(TxId::Client(id));
+                    return;
+                }
+            },
+        }
+        self.evict();
     }
 
     // ----- server side -------------------------------------------------------------------
 
     /// Matches a received request; `peer` is where responses go (the transport layer applies
     /// §18.2.2/RFC 3581 before calling). `wire` is unused but kept for symmetry with the sender.
+    /// The request is charged to `peer`'s address; see [`Self::on_request_from`].
     pub fn on_request(
         &mut self,
         now: Instant,
@@ -554,62 +1021,154 @@ impl TransactionLayer {
         peer: Peer,
     ) -> RequestDisposition {
         let _ = wire;
-        match RequestInfo::from_message(msg) {
-            Ok(info) => self.on_request_info(now, info, peer),
-            Err(e) => RequestDisposition::Invalid(e),
+        self.on_request_from(now, msg, peer, peer.addr.ip())
+    }
+
+    /// Matches a received request that arrived from `source` (the address it came from, which
+    /// may differ from `peer`, where responses go).
+    pub fn on_request_from(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        peer: Peer,
+        source: IpAddr,
+    ) -> RequestDisposition {
+        let crate::StartLine::Request { method, .. } = &msg.start else {
+            return RequestDisposition::Invalid(TxError::WrongKind);
+        };
+        let Ok(via) = msg.top_via() else {
+            return RequestDisposition::Invalid(TxError::Malformed("Via"));
+        };
+        let in_dialog = msg.to_hdr().ok().and_then(|t| t.tag()).is_some();
+        match via.branch() {
+            Some(branch) if has_magic_cookie(&branch) => {
+                // The common case, without allocating: the key straight into the scratch buffer.
+                let mut buf = std::mem::take(&mut self.scratch);
+                buf.clear();
+                push_sent_by(&mut buf, &via.host, via.port);
+                let sent_by = buf.clone();
+                push_server_key(&mut buf, method, &sent_by, &branch);
+                let d = self.on_request_key(
+                    now, method, &buf, &branch, &sent_by, peer, source, in_dialog,
+                );
+                self.scratch = buf;
+                d
+            }
+            _ => match RequestInfo::from_message(msg) {
+                Ok(info) => self.on_request_info_from(now, info, peer, source, in_dialog),
+                Err(e) => RequestDisposition::Invalid(e),
+            },
         }
     }
 
-    /// [`Self::on_request`] without a parsed message.
+    /// [`Self::on_request`] without a parsed message (charged to `peer`'s address, out of dialog).
     pub fn on_request_info(
         &mut self,
         now: Instant,
         info: RequestInfo,
         peer: Peer,
     ) -> RequestDisposition {
-        let is_ack = info.method == Method::Ack;
-        let is_cancel = info.method == Method::Cancel;
-        let key = ServerKey::new(info.branch, info.sent_by, &info.method);
-        if let Some(&id) = self.server_keys.get(&key) {
-            return self.server_matched(now, id, is_ack);
+        self.on_request_info_from(now, info, peer, peer.addr.ip(), false)
+    }
+
+    /// [`Self::on_request_from`] without a parsed message; `in_dialog`: the request carries a To
+    /// tag (it may use the reserve, see [`Limits`]).
+    pub fn on_request_info_from(
+        &mut self,
+        now: Instant,
+        info: RequestInfo,
+        peer: Peer,
+        source: IpAddr,
+        in_dialog: bool,
+    ) -> RequestDisposition {
+        let mut buf = std::mem::take(&mut self.scratch);
+        push_server_key(&mut buf, &info.method, &info.sent_by, &info.branch);
+        let d = self.on_request_key(
+            now,
+            &info.method,
+            &buf,
+            &info.branch,
+            &info.sent_by,
+            peer,
+            source,
+            in_dialog,
+        );
+        self.scratch = buf;
+        d
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_request_key(
+        &mut self,
+        now: Instant,
+        method: &Method,
+        key: &[u8],
+        branch: &[u8],
+        sent_by: &[u8],
+        peer: Peer,
+        source: IpAddr,
+        in_dialog: bool,
+    ) -> RequestDisposition {
+        let is_ack = *method == Method::Ack;
+        let is_cancel = *method == Method::Cancel;
+        if let Some(&id) = self.server_keys.get(key) {
+            return self.server_matched(now, ServerTxId(id), is_ack);
         }
         if is_ack {
             return RequestDisposition::AckFor2xx;
         }
         let target = if is_cancel {
             // §9.2: the CANCEL matches the INVITE with the same branch and sent-by.
-            let ikey = ServerKey {
-                branch: key.branch.clone(),
-                sent_by: key.sent_by.clone(),
-                method: Method::Invite,
-            };
-            self.server_keys.get(&ikey).copied()
+            let mut ikey = Vec::with_capacity(key.len());
+            push_server_key(&mut ikey, &Method::Invite, sent_by, branch);
+            self.server_keys
+                .get(ikey.as_slice())
+                .copied()
+                .map(ServerTxId)
         } else {
             None
         };
-        if self.len() >= self.limit_for(&key.method) {
-            return RequestDisposition::Overloaded;
-        }
-        let id = ServerTxId(self.alloc_id());
-        let invite = key.method == Method::Invite;
+        let source = source_key(source);
+        let (limit, source_limit) = self.limit_for(method, in_dialog);
         let mut tx = ServerTx {
-            key: key.clone(),
+            key: key.into(),
+            method: match method {
+                Method::Ack => Method::Invite,
+                m => m.clone(),
+            },
             // §17.2.1: the INVITE server transaction starts in Proceeding, non-INVITE in Trying.
-            state: if invite {
+            state: if *method == Method::Invite {
                 ServerState::Proceeding
             } else {
                 ServerState::Trying
             },
             peer,
+            source,
             last_response: None,
             interval: self.timers.t1(),
             retrans: None,
             life: None,
+            linger: None,
+            cost: 0,
         };
+        tx.cost = tx.cost();
+        if self.live_bytes + tx.cost > limit {
+            self.refused += 1;
+            return RequestDisposition::Overloaded;
+        }
+        if self.by_source.get(&source).copied().unwrap_or(0) + tx.cost > source_limit {
+            self.refused_source += 1;
+            return RequestDisposition::Overloaded;
+        }
+        let invite = tx.is_invite();
+        let cost = tx.cost;
+        let id = ServerTxId(self.servers.insert(tx));
+        self.server_keys.insert(key.into(), id.0);
+        self.charge_live_server(source, 0, cost);
         if !invite {
             // The client gives up after Timer F (64*T1), so an answer after that is useless;
             // dropping the transaction then keeps a silent TU from leaking table entries.
-            tx.life = self.tq.arm(
+            let life = self.tq.arm(
                 now,
                 self.timers.t1x64(),
                 TimerEntry {
@@ -617,9 +1176,11 @@ impl TransactionLayer {
                     kind: TimerKind::Guard,
                 },
             );
+            if let Some(tx) = self.servers.get_mut(id.0) {
+                tx.life = life;
+            }
         }
-        self.servers.insert(id, tx);
-        self.server_keys.insert(key, id);
+        self.evict();
         if is_cancel {
             RequestDisposition::Cancel { tx: id, target }
         } else {
@@ -628,7 +1189,7 @@ impl TransactionLayer {
     }
 
     fn server_matched(&mut self, now: Instant, id: ServerTxId, is_ack: bool) -> RequestDisposition {
-        let Some(tx) = self.servers.get_mut(&id) else {
+        let Some(tx) = self.servers.get_mut(id.0) else {
             return RequestDisposition::AckFor2xx;
         };
         if is_ack {
@@ -641,19 +1202,26 @@ impl TransactionLayer {
                     if tx.peer.transport.is_reliable() {
                         self.terminate_server(id);
                     } else {
-                        tx.life = self.tq.arm(
-                            now,
-                            self.timers.t4,
-                            TimerEntry {
-                                tx: TxId::Server(id),
-                                kind: TimerKind::I,
-                            },
-                        );
+                        // Nothing is re-sent in Confirmed: the response goes.
+                        let (old, was_live) = (tx.cost, tx.linger.is_none());
+                        tx.last_response = None;
+                        let t4 = self.timers.t4;
+                        self.settle_server(now, id, was_live, old, Some((Linger::I, t4)));
                     }
                     RequestDisposition::AckAbsorbed(id)
                 }
-                // RFC 6026 §8.7: an ACK reaching an Accepted transaction goes to the TU.
-                ServerState::Accepted => RequestDisposition::AckFor2xx,
+                // RFC 6026 §8.7: an ACK reaching an Accepted transaction goes to the TU. The 2xx
+                // arrived: from now on only a delayed INVITE can come, within T4.
+                ServerState::Accepted => {
+                    if let Some((Linger::L, until)) = tx.linger {
+                        if let Some(at) = now.checked_add(self.timers.t4).filter(|a| *a < until) {
+                            self.lingering[Linger::L.idx()].valid -= 1;
+                            tx.linger = Some((Linger::LAcked, at));
+                            self.push_linger(Linger::LAcked, at, TxId::Server(id));
+                        }
+                    }
+                    RequestDisposition::AckFor2xx
+                }
                 // Confirmed absorbs ACK retransmissions; an ACK before any final response
                 // acknowledges nothing, so it is dropped here too.
                 _ => RequestDisposition::AckAbsorbed(id),
@@ -690,13 +1258,16 @@ impl TransactionLayer {
         let t = self.timers;
         let tx = self
             .servers
-            .get_mut(&id)
+            .get_mut(id.0)
             .ok_or(TxError::UnknownTransaction)?;
         let reliable = tx.peer.transport.is_reliable();
         let entry = |kind| TimerEntry {
             tx: TxId::Server(id),
             kind,
         };
+        let (old, was_live) = (tx.cost, tx.linger.is_none());
+        // What the transaction becomes: still live, lingering (kind, duration), or gone.
+        let mut linger: Option<(Linger, Duration)> = None;
         let mut terminate = false;
         if tx.is_invite() {
             match (tx.state, status) {
@@ -708,7 +1279,7 @@ impl TransactionLayer {
                     // absorbed rather than seen as new requests while the TU retransmits the 2xx.
                     tx.state = ServerState::Accepted;
                     tx.last_response = None;
-                    tx.life = self.tq.arm(now, t.t1x64(), entry(TimerKind::L));
+                    linger = Some((Linger::L, t.t1x64()));
                 }
                 (ServerState::Proceeding, _) => {
                     tx.state = ServerState::Completed;
@@ -733,12 +1304,12 @@ impl TransactionLayer {
                     // §17.2.2: Completed keeps the final response for retransmitted requests
                     // for Timer J (64*T1 unreliable, zero reliable).
                     tx.state = ServerState::Completed;
-                    tx.last_response = Some(wire.clone());
                     self.tq.cancel(&mut tx.life);
                     if reliable {
                         terminate = true;
                     } else {
-                        tx.life = self.tq.arm(now, t.t1x64(), entry(TimerKind::J));
+                        tx.last_response = Some(wire.clone());
+                        linger = Some((Linger::J, t.t1x64()));
                     }
                 }
                 _ => return Err(TxError::FinalAlreadySent),
@@ -750,6 +1321,8 @@ impl TransactionLayer {
         });
         if terminate {
             self.terminate_server(id);
+        } else {
+            self.settle_server(now, id, was_live, old, linger);
         }
         Ok(())
     }
@@ -769,24 +1342,44 @@ impl TransactionLayer {
         if method == Method::Ack {
             return Err(TxError::AckIsNotATransaction);
         }
-        if self.len() >= self.limit_for(&method) {
-            return Err(TxError::Overloaded);
-        }
         let key = ClientKey { branch, method };
         if self.client_keys.contains_key(&key) {
             return Err(TxError::Duplicate);
         }
-        let id = ClientTxId(self.alloc_id());
         let t = self.timers;
         let invite = key.method == Method::Invite;
+        let (limit, _) = self.limit_for(&key.method, false);
+        let mut tx = ClientTx {
+            key: key.clone(),
+            state: if invite {
+                ClientState::Calling
+            } else {
+                ClientState::Trying
+            },
+            peer,
+            request: Some(wire.clone()),
+            ack: None,
+            interval: t.t1(),
+            retrans: None,
+            life: None,
+            linger: None,
+            cost: 0,
+        };
+        tx.cost = tx.cost();
+        if self.live_bytes + tx.cost > limit {
+            self.refused += 1;
+            return Err(TxError::Overloaded);
+        }
+        let cost = tx.cost;
+        let id = ClientTxId(self.clients.insert(tx));
         let entry = |kind| TimerEntry {
             tx: TxId::Client(id),
             kind,
         };
-        let (retrans_kind, life_kind, state) = if invite {
-            (TimerKind::A, TimerKind::B, ClientState::Calling)
+        let (retrans_kind, life_kind) = if invite {
+            (TimerKind::A, TimerKind::B)
         } else {
-            (TimerKind::E, TimerKind::F, ClientState::Trying)
+            (TimerKind::E, TimerKind::F)
         };
         // §17.1.1.2 / §17.1.2.2: retransmit only over unreliable transports, but B/F always run.
         let retrans = if peer.transport.is_reliable() {
@@ -795,24 +1388,15 @@ impl TransactionLayer {
             self.tq.arm(now, t.t1(), entry(retrans_kind))
         };
         let life = self.tq.arm(now, t.t1x64(), entry(life_kind));
-        self.transmits.push_back(Transmit {
-            peer,
-            data: wire.clone(),
-        });
-        self.client_keys.insert(key.clone(), id);
-        self.clients.insert(
-            id,
-            ClientTx {
-                key,
-                state,
-                peer,
-                request: wire,
-                ack: None,
-                interval: t.t1(),
-                retrans,
-                life,
-            },
-        );
+        if let Some(tx) = self.clients.get_mut(id.0) {
+            tx.retrans = retrans;
+            tx.life = life;
+        }
+        self.transmits.push_back(Transmit { peer, data: wire });
+        self.client_keys.insert(key, id.0);
+        self.bytes += cost;
+        self.live_bytes += cost;
+        self.evict();
         Ok(id)
     }
 
@@ -847,20 +1431,19 @@ impl TransactionLayer {
             branch: info.branch.clone(),
             method: info.method.clone(),
         };
-        let Some(&id) = self.client_keys.get(&key) else {
+        let Some(&raw) = self.client_keys.get(&key) else {
             return ResponseDisposition::Stray;
         };
-        let Some(tx) = self.clients.get_mut(&id) else {
+        let id = ClientTxId(raw);
+        let Some(tx) = self.clients.get_mut(raw) else {
             return ResponseDisposition::Stray;
         };
         let t = self.timers;
         let reliable = tx.peer.transport.is_reliable();
-        let entry = |kind| TimerEntry {
-            tx: TxId::Client(id),
-            kind,
-        };
         let status = info.status;
+        let (old, was_live) = (tx.cost, tx.linger.is_none());
         let mut terminate = false;
+        let mut linger: Option<(Linger, Duration)> = None;
         let disposition = if tx.is_invite() {
             match (tx.state, status) {
                 (ClientState::Calling | ClientState::Proceeding, 100..=199) => {
@@ -877,14 +1460,17 @@ impl TransactionLayer {
                     tx.state = ClientState::Accepted;
                     self.tq.cancel(&mut tx.retrans);
                     self.tq.cancel(&mut tx.life);
-                    tx.life = self.tq.arm(now, t.t1x64(), entry(TimerKind::M));
+                    tx.request = None;
+                    linger = Some((Linger::M, t.t1x64()));
                     ResponseDisposition::Deliver(id)
                 }
                 (ClientState::Calling | ClientState::Proceeding, _) => {
                     tx.state = ClientState::Completed;
                     self.tq.cancel(&mut tx.retrans);
                     self.tq.cancel(&mut tx.life);
-                    tx.ack = make_ack(&tx.request);
+                    if let Some(request) = tx.request.take() {
+                        tx.ack = make_ack(&request);
+                    }
                     if let Some(ack) = &tx.ack {
                         // §17.1.1.3: same address, port and transport as the INVITE.
                         self.transmits.push_back(Transmit {
@@ -896,7 +1482,7 @@ impl TransactionLayer {
                     if reliable {
                         terminate = true;
                     } else {
-                        tx.life = self.tq.arm(now, TIMER_D_UNRELIABLE, entry(TimerKind::D));
+                        linger = Some((Linger::D, TIMER_D_UNRELIABLE));
                     }
                     ResponseDisposition::Deliver(id)
                 }
@@ -925,11 +1511,12 @@ impl TransactionLayer {
                     tx.state = ClientState::Completed;
                     self.tq.cancel(&mut tx.retrans);
                     self.tq.cancel(&mut tx.life);
+                    tx.request = None;
                     // Timer K absorbs retransmitted finals: T4 unreliable, zero reliable.
                     if reliable {
                         terminate = true;
                     } else {
-                        tx.life = self.tq.arm(now, t.t4, entry(TimerKind::K));
+                        linger = Some((Linger::K, t.t4));
                     }
                     ResponseDisposition::Deliver(id)
                 }
@@ -938,6 +1525,8 @@ impl TransactionLayer {
         };
         if terminate {
             self.terminate_client(id);
+        } else {
+            self.settle_client(now, id, was_live, old, linger);
         }
         disposition
     }
@@ -966,18 +1555,18 @@ impl TransactionLayer {
             .clients
             .iter()
             .filter(|(_, t)| t.peer == peer)
-            .map(|(id, _)| TxId::Client(*id))
+            .map(|(id, _)| TxId::Client(ClientTxId(id)))
             .chain(
                 self.servers
                     .iter()
                     .filter(|(_, t)| t.peer == peer)
-                    .map(|(id, _)| TxId::Server(*id)),
+                    .map(|(id, _)| TxId::Server(ServerTxId(id))),
             )
             .collect();
-        // HashMap order is random; a stable order keeps event sequences reproducible.
+        // A stable order keeps event sequences reproducible.
         failed.sort_by_key(|id| match id {
-            TxId::Client(c) => c.0,
-            TxId::Server(s) => s.0,
+            TxId::Client(c) => (0, c.0),
+            TxId::Server(s) => (1, s.0),
         });
         for id in failed {
             self.events.push_back(TxEvent::TransportError(id));
@@ -985,26 +1574,46 @@ impl TransactionLayer {
         }
     }
 
-    fn terminate_client(&mut self, id: ClientTxId) -> bool {
-        let Some(mut tx) = self.clients.remove(&id) else {
-            return false;
-        };
-        self.client_keys.remove(&tx.key);
-        self.tq.cancel(&mut tx.retrans);
-        self.tq.cancel(&mut tx.life);
-        self.events.push_back(TxEvent::Terminated(TxId::Client(id)));
+    /// Removes a transaction (terminated or evicted): its keys, timers and bytes.
+    fn remove(&mut self, id: TxId) -> bool {
+        match id {
+            TxId::Client(c) => {
+                let Some(mut tx) = self.clients.remove(c.0) else {
+                    return false;
+                };
+                self.client_keys.remove(&tx.key);
+                self.tq.cancel(&mut tx.retrans);
+                self.tq.cancel(&mut tx.life);
+                self.bytes -= tx.cost;
+                match tx.linger {
+                    Some((kind, _)) => self.lingering[kind.idx()].valid -= 1,
+                    None => self.live_bytes -= tx.cost,
+                }
+            }
+            TxId::Server(s) => {
+                let Some(mut tx) = self.servers.remove(s.0) else {
+                    return false;
+                };
+                self.server_keys.remove(&tx.key);
+                self.tq.cancel(&mut tx.retrans);
+                self.tq.cancel(&mut tx.life);
+                self.bytes -= tx.cost;
+                match tx.linger {
+                    Some((kind, _)) => self.lingering[kind.idx()].valid -= 1,
+                    None => self.unlive_server(tx.source, tx.cost),
+                }
+            }
+        }
+        self.events.push_back(TxEvent::Terminated(id));
         true
     }
 
+    fn terminate_client(&mut self, id: ClientTxId) -> bool {
+        self.remove(TxId::Client(id))
+    }
+
     fn terminate_server(&mut self, id: ServerTxId) -> bool {
-        let Some(mut tx) = self.servers.remove(&id) else {
-            return false;
-        };
-        self.server_keys.remove(&tx.key);
-        self.tq.cancel(&mut tx.retrans);
-        self.tq.cancel(&mut tx.life);
-        self.events.push_back(TxEvent::Terminated(TxId::Server(id)));
-        true
+        self.remove(TxId::Server(id))
     }
 
     // ----- polling ------------------------------------------------------------------------
@@ -1019,12 +1628,19 @@ impl TransactionLayer {
         self.events.pop_front()
     }
 
-    /// Earliest armed deadline; call [`Self::handle_timeout`] when it is reached.
+    /// Earliest deadline; call [`Self::handle_timeout`] when it is reached. (A lingering queue's
+    /// front may belong to a transaction that already left: the wake-up then only drops it.)
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.tq.map.first_key_value().map(|((at, _), _)| *at)
+        let live = self.tq.map.first_key_value().map(|((at, _), _)| *at);
+        self.lingering
+            .iter()
+            .filter_map(|q| q.q.front().map(|(at, _)| *at))
+            .chain(live)
+            .min()
     }
 
-    /// Fires every timer due at or before `now`, in deadline order.
+    /// Fires every timer due at or before `now`, in deadline order, and ends the lingering
+    /// transactions whose time is up.
     pub fn handle_timeout(&mut self, now: Instant) {
         // Terminates: every re-armed timer lands strictly after `now` (intervals >= 1 ms).
         while let Some((&(at, _), _)) = self.tq.map.first_key_value() {
@@ -1039,11 +1655,22 @@ impl TransactionLayer {
                 TxId::Server(id) => self.fire_server(now, id, key, entry.kind),
             }
         }
+        for kind in EVICTION_ORDER {
+            while let Some(&(at, id)) = self.lingering[kind.idx()].q.front() {
+                if at > now {
+                    break;
+                }
+                self.lingering[kind.idx()].q.pop_front();
+                if linger_valid(&self.clients, &self.servers, kind, at, id) {
+                    self.remove(id);
+                }
+            }
+        }
     }
 
     fn fire_client(&mut self, now: Instant, id: ClientTxId, key: TimerKey, kind: TimerKind) {
         let t = self.timers;
-        let Some(tx) = self.clients.get_mut(&id) else {
+        let Some(tx) = self.clients.get_mut(id.0) else {
             return;
         };
         match kind {
@@ -1051,10 +1678,12 @@ impl TransactionLayer {
                 if tx.retrans == Some(key) {
                     tx.retrans = None;
                 }
-                self.transmits.push_back(Transmit {
-                    peer: tx.peer,
-                    data: tx.request.clone(),
-                });
+                if let Some(request) = &tx.request {
+                    self.transmits.push_back(Transmit {
+                        peer: tx.peer,
+                        data: request.clone(),
+                    });
+                }
                 tx.interval = match (kind, tx.state) {
                     // §17.1.1.2: Timer A doubles without a cap; B ends it at 64*T1.
                     (TimerKind::A, _) => tx.interval.saturating_mul(2),
@@ -1073,18 +1702,19 @@ impl TransactionLayer {
             }
             TimerKind::B | TimerKind::F => {
                 // §17.1.1.2 / §17.1.2.2: the TU synthesises a 408.
+                if tx.life == Some(key) {
+                    tx.life = None;
+                }
                 self.events.push_back(TxEvent::Timeout(TxId::Client(id)));
                 self.terminate_client(id);
             }
-            _ => {
-                self.terminate_client(id);
-            }
+            _ => {}
         }
     }
 
     fn fire_server(&mut self, now: Instant, id: ServerTxId, key: TimerKey, kind: TimerKind) {
         let t = self.timers;
-        let Some(tx) = self.servers.get_mut(&id) else {
+        let Some(tx) = self.servers.get_mut(id.0) else {
             return;
         };
         match kind {
@@ -1111,12 +1741,28 @@ impl TransactionLayer {
             }
             TimerKind::H | TimerKind::Guard => {
                 // §17.2.1: H firing means the ACK never came; the TU must hear of the failure.
+                if tx.life == Some(key) {
+                    tx.life = None;
+                }
                 self.events.push_back(TxEvent::Timeout(TxId::Server(id)));
                 self.terminate_server(id);
             }
-            _ => {
-                self.terminate_server(id);
-            }
+            _ => {}
         }
     }
+}
+
+/// True if `(kind, at)` is still the lingering deadline of transaction `id`.
+fn linger_valid(
+    clients: &Slab<ClientTx>,
+    servers: &Slab<ServerTx>,
+    kind: Linger,
+    at: Instant,
+    id: TxId,
+) -> bool {
+    let linger = match id {
+        TxId::Client(c) => clients.get(c.0).and_then(|t| t.linger),
+        TxId::Server(s) => servers.get(s.0).and_then(|t| t.linger),
+    };
+    linger == Some((kind, at))
 }

@@ -2,9 +2,9 @@
 
 use bytes::Bytes;
 use podpbx_sip::transaction::{
-    ClientKey, ClientState, ClientTxId, RequestDisposition, RequestInfo, ResponseDisposition,
-    ResponseInfo, ServerKey, ServerState, ServerTxId, Timers, TransactionLayer, TxError, TxEvent,
-    TxId,
+    ClientKey, ClientState, ClientTxId, Limits, RequestDisposition, RequestInfo,
+    ResponseDisposition, ResponseInfo, ServerKey, ServerState, ServerTxId, Timers,
+    TransactionLayer, TxError, TxEvent, TxId, TxStats,
 };
 use podpbx_sip::{Method, Peer, Transport};
 use std::cell::Cell;
@@ -45,13 +45,13 @@ struct Harness {
 
 impl Harness {
     fn new(timers: Timers) -> Harness {
-        Harness::with_max(timers, 10_000)
+        Harness::with_limits(timers, Limits::default())
     }
 
-    fn with_max(timers: Timers, max: usize) -> Harness {
+    fn with_limits(timers: Timers, limits: Limits) -> Harness {
         let t0 = Instant::now();
         Harness {
-            l: TransactionLayer::new(timers, max),
+            l: TransactionLayer::new(timers, limits),
             t0,
             now: t0,
             sent: Vec::new(),
@@ -771,14 +771,15 @@ mod transaction {
             h.l.send_response(h.now, id, 180, b("180")),
             Err(TxError::FinalAlreadySent)
         );
-        // An ACK matching an Accepted transaction belongs to the TU (RFC 6026 §8.7).
+        // Timer L = 64*T1 from the 2xx while no ACK came, and no Timeout event.
+        h.run_until(ms(31_999));
+        assert_eq!(h.l.server_state(id), Some(ServerState::Accepted));
+        // An ACK matching an Accepted transaction belongs to the TU (RFC 6026 §8.7); after it
+        // only a delayed INVITE can come, within T4 (accepted_invite_lingers_t4_after_its_ack).
         assert_eq!(
             h.request("z9hG4bKs", Method::Ack, udp()),
             RequestDisposition::AckFor2xx
         );
-        // Timer L = 64*T1 from the 2xx, and no Timeout event.
-        h.run_until(ms(31_999));
-        assert_eq!(h.l.server_state(id), Some(ServerState::Accepted));
         h.run_until(Duration::from_secs(40));
         assert_eq!(
             h.take_events(),
@@ -946,16 +947,34 @@ mod transaction {
         }
     }
 
+    /// Bytes charged for one live OPTIONS server transaction with an 8-character branch.
+    fn one_server_tx() -> usize {
+        let mut h = Harness::new(Timers::default());
+        new_id(h.request("z9hG4bK1", Method::Options, tcp()));
+        let st = h.l.stats();
+        assert_eq!((st.live, st.lingering, st.bytes), (1, 0, st.live_bytes));
+        st.live_bytes
+    }
+
     #[test]
-    fn table_is_bounded_and_frees_space() {
-        let mut h = Harness::with_max(Timers::default(), 2);
+    fn table_is_bounded_by_bytes_and_frees_space() {
+        let c = one_server_tx();
+        let max = 2 * c + c / 2;
+        let mut h = Harness::with_limits(
+            Timers::default(),
+            Limits {
+                max_bytes: max,
+                source_bytes: max,
+            },
+        );
         let a = new_id(h.request("z9hG4bK1", Method::Options, tcp()));
-        let _c = h.send("z9hG4bK2", Method::Options, "OPTIONS", udp());
+        let _b = new_id(h.request("z9hG4bK2", Method::Options, tcp()));
         assert_eq!(
             h.request("z9hG4bK3", Method::Options, tcp()),
             RequestDisposition::Overloaded
         );
-        // BYE and CANCEL end calls: they may use a reserve above the bound (one slot here)...
+        assert_eq!(h.l.stats().refused, 1);
+        // BYE and CANCEL end calls: they may use a reserve above the bound (a quarter)...
         let cancel = match h.request("z9hG4bK3", Method::Cancel, tcp()) {
             RequestDisposition::Cancel { tx, target: None } => tx,
             other => panic!("CANCEL uses the reserve: {other:?}"),
@@ -965,7 +984,7 @@ mod transaction {
             h.l.send_request(h.now, b("z9hG4bK4"), Method::Bye, b("BYE"), udp()),
             Err(TxError::Overloaded)
         );
-        // Existing transactions are still matched, and ACKs need no slot.
+        // Existing transactions are still matched, and ACKs need no room.
         assert_eq!(
             h.request("z9hG4bK1", Method::Options, tcp()),
             RequestDisposition::Retransmission(a)
@@ -974,12 +993,220 @@ mod transaction {
             h.request("z9hG4bK9", Method::Ack, udp()),
             RequestDisposition::AckFor2xx
         );
-        h.answer(a, 200, "200"); // TCP: Timer J = 0 frees the slot at once.
+        assert!(h.l.stats().bytes <= max + max / 4);
+        h.answer(a, 200, "200"); // TCP: Timer J = 0 frees the room at once.
         h.answer(cancel, 481, "481");
         assert!(matches!(
             h.request("z9hG4bK3", Method::Options, tcp()),
             RequestDisposition::New(_)
         ));
+    }
+
+    /// Lingering state (here Timer J, keeping each final response) never makes a request fail:
+    /// over the bound the oldest is evicted, and a retransmission of an evicted request is simply
+    /// a new request again (answered as a stateless server would).
+    #[test]
+    fn lingering_state_is_evicted_never_refused() {
+        let c = one_server_tx();
+        let max = 4 * c;
+        let mut h = Harness::with_limits(
+            Timers::default(),
+            Limits {
+                max_bytes: max,
+                source_bytes: max,
+            },
+        );
+        let branches = [
+            "z9hG4bKa0",
+            "z9hG4bKa1",
+            "z9hG4bKa2",
+            "z9hG4bKa3",
+            "z9hG4bKa4",
+            "z9hG4bKa5",
+            "z9hG4bKa6",
+            "z9hG4bKa7",
+            "z9hG4bKa8",
+            "z9hG4bKa9",
+        ];
+        let mut ids = Vec::new();
+        for br in branches {
+            let id = new_id(h.request(br, Method::Register, udp()));
+            h.answer(
+                id,
+                200,
+                "SIP/2.0 200 OK (a response of some length, kept for Timer J)",
+            );
+            ids.push(id);
+            let st = h.l.stats();
+            assert!(st.bytes <= max, "{st:?}");
+            assert_eq!(st.live, 0);
+        }
+        let st = h.l.stats();
+        assert!(st.evicted >= 6, "{st:?}");
+        assert_eq!(st.refused, 0);
+        assert_eq!(st.lingering as u64 + st.evicted, 10);
+        // The newest is still absorbed (its 200 re-sent); the oldest is gone: a new transaction.
+        h.take_sent();
+        assert_eq!(
+            h.request("z9hG4bKa9", Method::Register, udp()),
+            RequestDisposition::Retransmission(ids[9])
+        );
+        assert_eq!(h.take_sent().len(), 1);
+        assert_eq!(h.l.server_state(ids[0]), None);
+        assert!(matches!(
+            h.request("z9hG4bKa0", Method::Register, udp()),
+            RequestDisposition::New(_)
+        ));
+        // Eviction reports the end like any termination.
+        assert!(h
+            .take_events()
+            .contains(&(Duration::ZERO, TxEvent::Terminated(TxId::Server(ids[0])))));
+    }
+
+    /// One source (an IPv4 address, an IPv6 /64) may hold only its share of live transactions;
+    /// others still get theirs.
+    #[test]
+    fn one_source_cannot_fill_the_table() {
+        let c = one_server_tx();
+        let mut h = Harness::with_limits(
+            Timers::default(),
+            Limits {
+                max_bytes: 10 * c,
+                source_bytes: 3 * c + c / 2,
+            },
+        );
+        let peer = |a: &str| Peer {
+            addr: a.parse().unwrap(),
+            transport: Transport::Udp,
+            conn: 0,
+        };
+        let req = |h: &mut Harness, br: String, from: &str| {
+            let info = RequestInfo {
+                method: Method::Invite,
+                branch: Bytes::from(br),
+                sent_by: b("192.0.2.10:5060"),
+            };
+            let p = peer(from);
+            let d = h.l.on_request_info_from(h.now, info, p, p.addr.ip(), false);
+            h.drain();
+            d
+        };
+        for i in 0..3 {
+            assert!(matches!(
+                req(&mut h, format!("z9hG4bKf{i}"), "[2001:db8:1:2::66]:5060"),
+                RequestDisposition::New(_)
+            ));
+        }
+        // The same /64 from another address is the same source.
+        assert_eq!(
+            req(&mut h, "z9hG4bKf3".into(), "[2001:db8:1:2::67]:5060"),
+            RequestDisposition::Overloaded
+        );
+        assert_eq!(h.l.stats().refused_source, 1);
+        assert_eq!(h.l.stats().sources, 1);
+        // Another /64 and an IPv4 source are served.
+        assert!(matches!(
+            req(&mut h, "z9hG4bKg0".into(), "[2001:db8:1:3::66]:5060"),
+            RequestDisposition::New(_)
+        ));
+        assert!(matches!(
+            req(&mut h, "z9hG4bKh0".into(), "198.51.100.7:5060"),
+            RequestDisposition::New(_)
+        ));
+        assert_eq!(h.l.stats().sources, 3);
+    }
+
+    /// A request's key is copied out of the received datagram: a large request does not stay
+    /// pinned in memory for the transaction's lifetime (nor does the receive buffer it is a
+    /// slice of), and what the table holds is charged.
+    #[test]
+    fn a_large_request_is_not_kept() {
+        let mut h = Harness::new(Timers::default());
+        // 56 KB: seven 8 000-octet headers (the longest a header may be).
+        let padding: String = (0..7)
+            .map(|i| format!("X-Pad-{i}: {}\r\n", "x".repeat(8000)))
+            .collect();
+        let text = format!(
+            "OPTIONS sip:pbx.example SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbig\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:a@pbx.example>;tag=1\r\nTo: <sip:pbx.example>\r\n\
+             Call-ID: big@192.0.2.10\r\nCSeq: 1 OPTIONS\r\n{padding}Content-Length: 0\r\n\r\n"
+        );
+        assert!(text.len() > 56_000);
+        let buf = Bytes::from(text);
+        let msg = podpbx_sip::Message::parse(buf.clone(), podpbx_sip::Framing::Datagram).unwrap();
+        let id = match h
+            .l
+            .on_request_from(h.now, &msg, udp(), "192.0.2.10".parse().unwrap())
+        {
+            RequestDisposition::New(id) => id,
+            other => panic!("{other:?}"),
+        };
+        drop(msg);
+        assert!(
+            buf.is_unique(),
+            "the layer keeps a reference to the receive buffer"
+        );
+        assert!(h.l.stats().bytes < 1024, "{:?}", h.l.stats());
+        h.answer(id, 200, "SIP/2.0 200 OK");
+        assert!(buf.is_unique());
+        assert!(h.l.stats().bytes < 1024, "{:?}", h.l.stats());
+        // The copied key still matches the retransmission.
+        let again = podpbx_sip::Message::parse(buf.clone(), podpbx_sip::Framing::Datagram).unwrap();
+        assert_eq!(
+            h.l.on_request_from(h.now, &again, udp(), "192.0.2.10".parse().unwrap()),
+            RequestDisposition::Retransmission(id)
+        );
+    }
+
+    /// RFC 6026 Timer L keeps an accepted INVITE 64*T1; once the ACK for its 2xx came, a
+    /// retransmitted INVITE can only be a delayed one (T4), so it lingers T4 from the ACK.
+    #[test]
+    fn accepted_invite_lingers_t4_after_its_ack() {
+        let mut h = Harness::new(Timers::default());
+        let acked = new_id(h.request("z9hG4bKl1", Method::Invite, udp()));
+        let unacked = new_id(h.request("z9hG4bKl2", Method::Invite, udp()));
+        h.answer(acked, 200, "200");
+        h.answer(unacked, 200, "200");
+        h.run_until(ms(1000));
+        assert_eq!(
+            h.request("z9hG4bKl1", Method::Ack, udp()),
+            RequestDisposition::AckFor2xx
+        );
+        h.take_events();
+        h.run_until(Duration::from_secs(40));
+        assert_eq!(
+            h.take_events(),
+            vec![
+                (ms(6000), TxEvent::Terminated(TxId::Server(acked))),
+                (
+                    Duration::from_secs(32),
+                    TxEvent::Terminated(TxId::Server(unacked))
+                ),
+            ]
+        );
+        assert!(h.l.is_empty());
+        assert_eq!(
+            h.l.stats(),
+            TxStats {
+                max_bytes: Limits::default().max_bytes,
+                source_bytes: Limits::default().source_bytes,
+                ..TxStats::default()
+            }
+        );
+    }
+
+    /// A client transaction drops its request once nothing will retransmit it.
+    #[test]
+    fn client_request_is_dropped_once_answered() {
+        let mut h = Harness::new(Timers::default());
+        let big: &'static str = Box::leak("OPTIONS ".repeat(2000).into_boxed_str());
+        let id = h.send("z9hG4bKr", Method::Options, big, udp());
+        assert!(h.l.stats().live_bytes > big.len());
+        h.respond_info("z9hG4bKr", Method::Options, 200);
+        assert_eq!(h.l.client_state(id), Some(ClientState::Completed));
+        let st = h.l.stats();
+        assert_eq!((st.live, st.lingering, st.live_bytes), (0, 1, 0));
+        assert!(st.bytes < 1024, "{st:?}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use podpbx_sip::transaction::{
-    ClientState, RequestDisposition, RequestInfo, ResponseDisposition, ServerState, Timers,
+    ClientState, Limits, RequestDisposition, RequestInfo, ResponseDisposition, ServerState, Timers,
     TransactionLayer, TxError, TxEvent, TxId,
 };
 use podpbx_sip::{Framing, Message, Method, Peer, ResponseBuilder, Transport};
@@ -80,7 +80,7 @@ mod transaction {
     #[test]
     fn uac_invite_rejected_gets_layer_built_ack() {
         let t0 = Instant::now();
-        let mut l = TransactionLayer::new(Timers::default(), 100);
+        let mut l = TransactionLayer::new(Timers::default(), Limits::default());
         let wire = invite("z9hG4bKuac1", "192.0.2.10");
         let id = l
             .send_request(
@@ -129,7 +129,7 @@ mod transaction {
         assert_eq!(drain(&mut l), vec![sent[0].clone()]);
 
         // And the ACK is recognised by a server-side layer as belonging to the INVITE.
-        let mut uas = TransactionLayer::new(Timers::default(), 100);
+        let mut uas = TransactionLayer::new(Timers::default(), Limits::default());
         let sid = match uas.on_request(t0, &parse(&wire), wire.clone(), udp()) {
             RequestDisposition::New(s) => s,
             d => panic!("{d:?}"),
@@ -145,7 +145,7 @@ mod transaction {
     #[test]
     fn uas_invite_with_response_builder() {
         let t0 = Instant::now();
-        let mut l = TransactionLayer::new(Timers::default(), 100);
+        let mut l = TransactionLayer::new(Timers::default(), Limits::default());
         let wire = invite("z9hG4bKuas1", "client.example.com");
         let req = parse(&wire);
         let id = match l.on_request(t0, &req, wire.clone(), udp()) {
@@ -205,7 +205,7 @@ mod transaction {
     #[test]
     fn cancel_is_matched_to_the_invite() {
         let t0 = Instant::now();
-        let mut l = TransactionLayer::new(Timers::default(), 100);
+        let mut l = TransactionLayer::new(Timers::default(), Limits::default());
         let wire = invite("z9hG4bKcan", "192.0.2.10");
         let inv = match l.on_request(t0, &parse(&wire), wire.clone(), udp()) {
             RequestDisposition::New(id) => id,
@@ -238,7 +238,7 @@ mod transaction {
     #[test]
     fn rfc2543_requests_use_the_fallback_key() {
         let t0 = Instant::now();
-        let mut l = TransactionLayer::new(Timers::default(), 100);
+        let mut l = TransactionLayer::new(Timers::default(), Limits::default());
         let old = |method: &str, call_id: &str, to_tag: &str| {
             sip(&[
                 &format!("{method} sip:bob@pbx.example.com SIP/2.0"),
@@ -287,7 +287,7 @@ mod transaction {
     fn non_cookie_branches_are_not_trusted_as_unique() {
         // RFC 2543 branches were only unique per proxy hop; two calls may reuse one.
         let t0 = Instant::now();
-        let mut l = TransactionLayer::new(Timers::default(), 100);
+        let mut l = TransactionLayer::new(Timers::default(), Limits::default());
         let with_call_id = |call_id: &str| {
             sip(&[
                 "INVITE sip:bob@pbx.example.com SIP/2.0",
@@ -314,7 +314,7 @@ mod transaction {
     #[test]
     fn malformed_messages_are_rejected_without_panicking() {
         let t0 = Instant::now();
-        let mut l = TransactionLayer::new(Timers::default(), 100);
+        let mut l = TransactionLayer::new(Timers::default(), Limits::default());
         let no_via = sip(&[
             "OPTIONS sip:pbx.example.com SIP/2.0",
             "From: <sip:a@example.com>;tag=1",
@@ -356,7 +356,7 @@ mod transaction {
     #[test]
     fn uac_non_invite_over_tcp() {
         let t0 = Instant::now();
-        let mut l = TransactionLayer::new(Timers::default(), 100);
+        let mut l = TransactionLayer::new(Timers::default(), Limits::default());
         let id = l
             .send_request(
                 t0,

@@ -177,6 +177,11 @@ impl B2bua {
         self.calls.len()
     }
 
+    /// The media relay's load ([`MediaPort::load`]).
+    pub fn media_load(&self) -> f64 {
+        self.media.load()
+    }
+
     /// The next thing for the shell to do: a response to send through a server transaction, a
     /// request to start as a client transaction (its responses come back to
     /// [`B2bua::handle_response`] with its [`ReqId`]), a stateless send (ACK, 2xx

@@ -2,7 +2,7 @@
 
 use crate::*;
 use podpbx_config::Config;
-use podpbx_sip::transaction::{RequestDisposition, TransactionLayer};
+use podpbx_sip::transaction::{Limits, RequestDisposition, TransactionLayer};
 use podpbx_sip::{Framing, Message, ResponseBuilder};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -180,7 +180,7 @@ impl H {
         }
         H {
             b,
-            layer: TransactionLayer::new(Timers::default(), 1000),
+            layer: TransactionLayer::new(Timers::default(), Limits::default()),
             dir,
             media,
             now: Instant::now(),

@@ -102,13 +102,26 @@ impl JsonPublisher {
     }
 }
 
-/// The source of `/api/<name>`: the last snapshot its owner published.
+/// The source of `/api/<name>`: the last snapshot its owner published, or the core loop asked
+/// at request time (for snapshots too large to rebuild every second on speculation).
 #[derive(Clone)]
-struct Provider(watch::Receiver<Value>);
+enum Provider {
+    Snapshot(watch::Receiver<Value>),
+    OnDemand,
+}
 
-impl Provider {
-    fn value(&self) -> Value {
-        self.0.borrow().clone()
+/// A request for the JSON of `/api/<name>` from a provider registered with
+/// [`Admin::provide_on_demand`]; answer with [`SnapshotRequest::reply`].
+#[derive(Debug)]
+pub struct SnapshotRequest {
+    pub name: String,
+    reply: oneshot::Sender<Value>,
+}
+
+impl SnapshotRequest {
+    /// Answers the request (the HTTP client gets `{"now": .., "items": v}`).
+    pub fn reply(self, v: Value) {
+        let _ = self.reply.send(v);
     }
 }
 
@@ -135,6 +148,8 @@ pub enum CoreRequest {
     /// `POST /api/set/<args...>`: a run-time switch (`mode night on`, `dnd 101 off`,
     /// `forward 101 busy 102`); answer with [`Command::respond`].
     Command(Command),
+    /// `/api/<name>` of an on-demand provider.
+    Snapshot(SnapshotRequest),
 }
 
 /// A run-time switch asked for by `podpbx ctl` (`POST /api/set/...`).
@@ -325,8 +340,36 @@ impl Admin {
     /// the first publish). Replaces an earlier provider of the same name.
     pub fn provide_snapshot(&self, name: &str) -> JsonPublisher {
         let (tx, rx) = watch::channel(Value::Null);
-        self.set_provider(name, Provider(rx));
+        self.set_provider(name, Provider::Snapshot(rx));
         JsonPublisher(tx)
+    }
+
+    /// Serves `/api/<name>` by asking the core loop at request time ([`CoreRequest::Snapshot`],
+    /// answered within 1 s): nothing is built while nobody asks.
+    pub fn provide_on_demand(&self, name: &str) {
+        self.set_provider(name, Provider::OnDemand);
+    }
+
+    async fn on_demand(&self, name: &str) -> Result<Value, Response> {
+        let tx = self.inner.core.lock().ok().and_then(|c| c.clone());
+        let Some(tx) = tx else {
+            return Err(Response::json_error(503, "core loop not running"));
+        };
+        let (reply, rx) = oneshot::channel();
+        let req = CoreRequest::Snapshot(SnapshotRequest {
+            name: name.to_string(),
+            reply,
+        });
+        if tx.try_send(req).is_err() {
+            return Err(Response::json_error(503, "core loop busy"));
+        }
+        match tokio::time::timeout(PING_TIMEOUT, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            _ => Err(Response::json_error(
+                503,
+                "core loop did not answer within 1 s",
+            )),
+        }
     }
 
     fn set_provider(&self, name: &str, p: Provider) {
@@ -480,9 +523,11 @@ impl Admin {
             },
         });
         // Extra fields from a `status` provider; the base fields above win on a clash.
-        if let (Some(Value::Object(extra)), Value::Object(base)) =
-            (self.provider("status").map(|p| p.value()), &mut v)
-        {
+        let extra = match self.provider("status") {
+            Some(Provider::Snapshot(rx)) => Some(rx.borrow().clone()),
+            _ => None,
+        };
+        if let (Some(Value::Object(extra)), Value::Object(base)) = (extra, &mut v) {
             for (k, val) in extra {
                 base.entry(k).or_insert(val);
             }
@@ -674,14 +719,20 @@ impl Admin {
             "/api/status" => Response::json(200, &self.status()),
             p => {
                 let name = p.strip_prefix("/api/").unwrap_or_default();
-                match self.provider(name) {
-                    Some(prov) => {
+                let value = match self.provider(name) {
+                    Some(Provider::Snapshot(rx)) => Some(Ok(rx.borrow().clone())),
+                    Some(Provider::OnDemand) => Some(self.on_demand(name).await),
+                    None => None,
+                };
+                match value {
+                    Some(Ok(v)) => {
                         let items = json::Items {
                             now: unix_now(),
-                            items: prov.value(),
+                            items: v,
                         };
                         Response::json(200, &json::value(&items))
                     }
+                    Some(Err(resp)) => resp,
                     None => Response::json_error(
                         501,
                         &format!("{name} are not available: no provider is registered yet"),

@@ -9,8 +9,12 @@ use crate::lifecycle::{Shutdown, StopEvent};
 use crate::state_writer::StateWriter;
 use crate::stats::Stats;
 use crate::transport::{Inbound, Transports};
+use crate::udp::{Datagram, SendFailure, UdpIo};
 use crate::webhooks::Webhooks;
+use bytes::Bytes;
+use podpbx_sip::message::leading_keepalive;
 use podpbx_sip::transaction::Peer;
+use podpbx_sip::{Flow, Framing, Message, Transport};
 use podpbx_voicemail::worker::{Notice, Worker};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,6 +25,9 @@ use tracing::{info, warn};
 
 /// How long the stopping loop waits for the BYEs of ended calls and the trunks' un-REGISTER.
 const DRAIN: Duration = Duration::from_secs(2);
+
+/// UDP batches handled per turn of the loop (of `crate::udp::BATCH` datagrams each).
+const UDP_BATCHES: usize = 8;
 
 /// Where events come from.
 pub(super) struct Events {
@@ -34,6 +41,22 @@ pub(super) struct Events {
     pub(super) shutdown: Shutdown,
     /// Status that changes slowly is published once a second, not per message.
     pub(super) tick: tokio::time::Interval,
+    /// The origin of the timer grid (see [`coalesce`]).
+    pub(super) epoch: Instant,
+}
+
+/// The core's deadlines are rounded up to a grid of this step, so that timers due close to
+/// each other (the end of a call leaves four transactions to expire within seconds of each
+/// other, every call a few) cost one wake-up of the loop instead of one each. SIP timers are
+/// hundreds of milliseconds; a few more do not matter.
+const TIMER_GRID: Duration = Duration::from_millis(10);
+
+/// `deadline` rounded up to the next point of the grid that starts at `epoch`.
+fn coalesce(epoch: Instant, deadline: Instant) -> Instant {
+    let step = TIMER_GRID.as_nanos();
+    let since = deadline.saturating_duration_since(epoch).as_nanos();
+    let up = since.div_ceil(step) * step;
+    epoch + Duration::from_nanos(u64::try_from(up).unwrap_or(u64::MAX))
 }
 
 /// One thing that happened.
@@ -43,6 +66,8 @@ enum Event {
     InboundClosed,
     /// The core's deadline passed.
     Timeout,
+    /// UDP socket `i` is readable.
+    Udp(usize),
     Dns(crate::dns::Answer),
     Tick,
     Voicemail(Notice),
@@ -55,9 +80,13 @@ enum Event {
 
 impl Events {
     /// The next event; `deadline` is the core's next timer.
-    async fn next(&mut self, deadline: Option<Instant>) -> Event {
-        let deadline = deadline.map(tokio::time::Instant::from_std);
+    async fn next(&mut self, udp: &UdpIo, deadline: Option<Instant>) -> Event {
+        let deadline = deadline
+            .map(|d| coalesce(self.epoch, d))
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
+            _ = udp.readable(0) => Event::Udp(0),
+            _ = udp.readable(1) => Event::Udp(1),
             msg = self.inbound.recv() => match msg {
                 Some(m) => Event::Inbound(m),
                 None => Event::InboundClosed,
@@ -75,8 +104,10 @@ impl Events {
     }
 
     /// While stopping: messages (answers to our BYEs and un-REGISTERs) and timers only.
-    async fn next_draining(&mut self, deadline: tokio::time::Instant) -> Event {
+    async fn next_draining(&mut self, udp: &UdpIo, deadline: tokio::time::Instant) -> Event {
         tokio::select! {
+            _ = udp.readable(0) => Event::Udp(0),
+            _ = udp.readable(1) => Event::Udp(1),
             Some(m) = self.inbound.recv() => Event::Inbound(m),
             _ = tokio::time::sleep_until(deadline) => Event::Timeout,
         }
@@ -87,6 +118,13 @@ impl Events {
 pub(super) struct State {
     pub(super) core: Core,
     pub(super) transports: Transports,
+    /// SIP over UDP, read and written by this loop in batches.
+    pub(super) udp: UdpIo,
+    /// The batch being handled (its buffer reused).
+    pub(super) udp_batch: Vec<Datagram>,
+    pub(super) udp_failed: Vec<SendFailure>,
+    /// The last UDP turn stopped with datagrams still waiting (see [`Shell::run`]).
+    pub(super) udp_more: bool,
     pub(super) dns: crate::dns::Dns,
     pub(super) stats: Arc<Stats>,
     pub(super) admin: Admin,
@@ -109,6 +147,7 @@ pub(super) struct State {
     pub(super) cdr_writer: CdrWriter,
     pub(super) publish: Publishers,
     pub(super) presence_stats: Arc<Mutex<(podpbx_presence::NotifierStats, usize, usize)>>,
+    pub(super) tx_stats: Arc<Mutex<podpbx_sip::transaction::TxStats>>,
     pub(super) auth_failures_seen: u64,
     /// A peer that went away makes every send to it fail: one line per 10 s burst, counted.
     pub(super) send_failed_log: crate::logging::RateLimit,
@@ -118,7 +157,6 @@ pub(super) struct State {
 pub(super) struct Publishers {
     pub(super) calls: JsonPublisher,
     pub(super) features: JsonPublisher,
-    pub(super) registrations: JsonPublisher,
     pub(super) subscriptions: JsonPublisher,
     pub(super) trunks: JsonPublisher,
 }
@@ -139,13 +177,20 @@ impl Shell {
         state.core.start(Instant::now());
         info!(udp = ?state.transports.udp_addrs(), tcp = ?state.transports.tcp_addrs(), tls = ?state.transports.tls_addrs(), "podpbx ready");
         loop {
-            let ev = events.next(state.core.poll_timeout()).await;
+            let ev = events.next(&state.udp, state.core.poll_timeout()).await;
             if matches!(ev, Event::InboundClosed) {
                 break;
             }
             state.handle(ev);
             state.perform_outputs(false);
             state.after_turn();
+            if std::mem::take(&mut state.udp_more) {
+                // A socket still has datagrams, so its readiness stays set and the next turn would
+                // find it ready at once: give the runtime its turn first, so that the I/O driver
+                // sees the other sockets (a BYE on the IPv6 socket during a flood on the IPv4
+                // one) and the timers fire.
+                tokio::task::yield_now().await;
+            }
             if events.shutdown.is_stopping() {
                 break;
             }
@@ -162,12 +207,13 @@ impl Shell {
                 .poll_timeout()
                 .map(tokio::time::Instant::from_std)
                 .map_or(drain_until, |d| d.min(drain_until));
-            match events.next_draining(deadline).await {
+            match events.next_draining(&state.udp, deadline).await {
                 Event::Inbound(Inbound::Message(msg, flow)) => {
                     state
                         .core
                         .handle_message(Instant::now(), SystemTime::now(), &msg, flow)
                 }
+                Event::Udp(i) => state.udp_readable(i),
                 Event::Timeout => state.core.handle_timeout(Instant::now()),
                 _ => {}
             }
@@ -191,7 +237,63 @@ impl Shell {
 }
 
 impl State {
+    /// Reads the datagrams waiting on UDP socket `i` and hands them to the core, a batch at a
+    /// time, sending each batch's answers before reading the next; at most `UDP_BATCHES`
+    /// batches per turn, so timers and other events keep their turn under a flood (the rest
+    /// stays in the kernel's socket buffer, whose size is fixed).
+    fn udp_readable(&mut self, i: usize) {
+        let Some(local) = self.udp.local(i) else {
+            return;
+        };
+        for _ in 0..UDP_BATCHES {
+            let mut batch = std::mem::take(&mut self.udp_batch);
+            let read = self.udp.recv(i, &mut batch);
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            // How far behind the network the loop is: the oldest datagram's wait.
+            let lag = batch
+                .iter()
+                .filter_map(|d| d.arrived)
+                .filter_map(|t| wall.duration_since(t).ok())
+                .max();
+            if let Some(lag) = lag {
+                self.core.note_lag(now, lag);
+            }
+            for d in batch.drain(..) {
+                if leading_keepalive(&d.data) == d.data.len() {
+                    // RFC 5626 §4.4.1 STUN-less UDP keep-alive: nothing to answer.
+                    self.transports.count_in(true);
+                    continue;
+                }
+                let flow = Flow {
+                    transport: Transport::Udp,
+                    local,
+                    remote: d.remote,
+                    conn: 0,
+                };
+                match Message::parse(d.data.clone(), Framing::Datagram) {
+                    Ok(msg) => {
+                        self.transports.count_in(false);
+                        self.core.handle_message(now, wall, &msg, flow);
+                    }
+                    Err(err) => self
+                        .core
+                        .handle_malformed(now, &d.data, &err.to_string(), flow),
+                }
+            }
+            self.udp_batch = batch;
+            self.perform_outputs(false);
+            self.udp_more = read == crate::udp::BATCH;
+            if !self.udp_more {
+                break;
+            }
+        }
+    }
+
     fn handle(&mut self, ev: Event) {
+        if let Event::Udp(i) = ev {
+            self.udp_readable(i);
+            return;
+        }
         let core = &mut self.core;
         match ev {
             Event::Inbound(Inbound::Message(msg, flow)) => {
@@ -209,7 +311,7 @@ impl State {
                 transport,
                 conn,
             }),
-            Event::InboundClosed => {}
+            Event::InboundClosed | Event::Udp(_) => {}
             Event::Timeout => core.handle_timeout(Instant::now()),
             Event::Dns((id, answer)) => {
                 core.dns_answer(Instant::now(), id, answer);
@@ -241,6 +343,10 @@ impl State {
                 req.respond(self.reload());
             }
             Event::Admin(CoreRequest::Ping(p)) => p.pong(),
+            Event::Admin(CoreRequest::Snapshot(s)) if s.name == "registrations" => {
+                s.reply(crate::admin::json::registrations(core.registrar()));
+            }
+            Event::Admin(CoreRequest::Snapshot(s)) => s.reply(serde_json::Value::Null),
             Event::Admin(CoreRequest::Command(c)) => {
                 let r = core.command(&c.args);
                 info!(command = %c.args.join(" "), result = ?r, "ctl");
@@ -260,6 +366,23 @@ impl State {
     fn perform_outputs(&mut self, stopping: bool) {
         while let Some(out) = self.core.poll_output() {
             match out {
+                Output::Send { peer, data }
+                    if peer.transport == Transport::Udp
+                        && crate::transport::sendable(peer.addr.ip()) =>
+                {
+                    if !self.udp.queue(peer.addr, data) {
+                        // No socket of that family: the transports count and report it.
+                        let _ = self.transports.send(
+                            peer.transport,
+                            peer.addr,
+                            peer.conn,
+                            Bytes::new(),
+                        );
+                        if !stopping {
+                            self.core.transport_error(peer);
+                        }
+                    }
+                }
                 Output::Send { peer, data } => {
                     let sent = self
                         .transports
@@ -283,6 +406,25 @@ impl State {
                 Output::Event(data) => self.webhooks.push(data),
             }
         }
+        let mut failed = std::mem::take(&mut self.udp_failed);
+        let sent = self.udp.flush(&mut failed);
+        self.transports.count_out(sent, failed.len());
+        for f in failed.drain(..) {
+            // A full socket buffer loses the datagram like the network would (SIP
+            // retransmits); only an error about the peer fails its transactions.
+            if stopping || f.error.kind() == std::io::ErrorKind::WouldBlock {
+                continue;
+            }
+            if let Some(suppressed) = self.send_failed_log.check(Instant::now()) {
+                warn!(error = %f.error, remote = %f.remote, suppressed, "send failed");
+            }
+            self.core.transport_error(Peer {
+                addr: f.remote,
+                transport: Transport::Udp,
+                conn: 0,
+            });
+        }
+        self.udp_failed = failed;
     }
 
     /// Bookkeeping after every event.
@@ -318,6 +460,9 @@ impl State {
         if let Ok(mut p) = self.presence_stats.lock() {
             *p = self.core.presence_stats();
         }
+        if let Ok(mut t) = self.tx_stats.lock() {
+            *t = self.core.tx_stats();
+        }
         if self.core.take_registrations_changed() {
             self.publish_registrations();
         }
@@ -337,9 +482,6 @@ impl State {
     }
 
     pub(super) fn publish_registrations(&self) {
-        self.publish
-            .registrations
-            .publish(crate::admin::json::registrations(self.core.registrar()));
         self.admin
             .metrics()
             .registrations

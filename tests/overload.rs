@@ -1,0 +1,487 @@
+//! Resource bounds and overload, against the running binary on loopback (issue #11 "Resource
+//! bounds under attack"): every load is bounded in count and time, and the tests run one at a
+//! time (each measures its own podpbx's memory or answers).
+//!
+//! * `large_requests_pin_no_memory_while_a_phone_registers`: one source sends 3 000 requests of
+//!   56 KB each; a phone at another address still registers during the flood, and podpbx's RSS
+//!   grows by far less than the flood's size. Each answered request lingers as a transaction
+//!   (Timer J) to absorb retransmissions: it must keep only its key and its response, not the
+//!   request (nor the receive buffer the request was read into).
+//! * `invite_flood_gets_503_while_a_call_is_torn_down`: a call is up between two phones; one
+//!   source floods INVITEs as fast as it can; the flood is answered `503` with `Retry-After`
+//!   (shed at the door once the loop falls behind, instead of each INVITE costing a challenge),
+//!   and the call's BYE, sent in the middle of the flood, is answered within a second and
+//!   reaches the other phone; afterwards a phone registers as usual.
+
+mod common;
+
+use common::phone::{code_of, uri_host, DigestPhone};
+use common::*;
+use podpbx_sip::digest::DigestClient;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Resident set size of a process, in kB.
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn start(extra: &str) -> Pbx {
+    let port = free_port();
+    let config = format!(
+        "[sip]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\nport = {port}\ntransports = [\"udp\"]\n{extra}\n"
+    );
+    Pbx::start_logging(&config, port, "info")
+}
+
+/// A 56 KB OPTIONS from `local` (seven 8 000-octet headers: the longest a header may be).
+fn large_options(pbx: &Pbx, local: std::net::SocketAddr, n: usize) -> Vec<u8> {
+    let h = uri_host(local);
+    let th = uri_host(pbx.v4());
+    let padding: String = (0..7)
+        .map(|i| format!("X-Padding-{i}: {}\r\n", "p".repeat(8000)))
+        .collect();
+    format!(
+        "OPTIONS sip:{th} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {h}:{port};branch=z9hG4bK-large-{n};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:flood@{h}>;tag=f{n}\r\n\
+         To: <sip:{th}>\r\n\
+         Call-ID: large-{n}@{h}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         {padding}\
+         Content-Length: 0\r\n\r\n",
+        port = local.port()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn large_requests_pin_no_memory_while_a_phone_registers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let pbx = start("[[users]]\nname = \"1001\"\npassword = \"kitchen-1001-x7\"\n");
+    let pid = pbx.child.id();
+    let mut phone = DigestPhone::new(pbx.v6(), "1001", "kitchen-1001-x7");
+    assert_eq!(
+        phone.register(Duration::from_secs(3)),
+        Some(200),
+        "warm-up registration"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_before = rss_kb(pid);
+
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    flood.connect(pbx.v4()).unwrap();
+    let local = flood.local_addr().unwrap();
+    // Answers are read (and counted) on another thread, so the socket never backs up.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let sock = flood.try_clone().unwrap();
+        let answered = answered.clone();
+        std::thread::spawn(move || {
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = sock.recv(&mut buf) {
+                if code_of(&buf[..n]) == Some(200) {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    const N: usize = 3000;
+    let started = Instant::now();
+    let mut during = Vec::new();
+    for n in 0..N {
+        // Paced at about 1 000/s (56 MB/s): the kernel's receive queue must not just drop them.
+        while started.elapsed() < Duration::from_millis(n as u64) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        flood.send(&large_options(&pbx, local, n)).unwrap();
+        if n % 1000 == 500 {
+            during.push(phone.register(Duration::from_secs(3)));
+        }
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_after = rss_kb(pid);
+    let metrics = http_get(pbx.admin, "/metrics").1;
+    let held: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("podpbx_sip_transaction"))
+        .collect();
+    println!("{held:?}");
+    let _ = reader.join();
+    let answered = answered.load(Ordering::Relaxed);
+    let grew_mb = rss_after.saturating_sub(rss_before) as f64 / 1024.0;
+    let flood_mb = (N * 56_000) as f64 / 1e6;
+    println!(
+        "{N} requests of 56 KB ({flood_mb:.0} MB) in {flood_secs:.1} s: {answered} answered 200; \
+         RSS {:.1} -> {:.1} MB (+{grew_mb:.1} MB); phone during the flood: {during:?}",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0
+    );
+    assert!(
+        answered >= N * 9 / 10,
+        "the flood was not served: {answered} of {N} answered"
+    );
+    assert!(
+        during.iter().all(|c| *c == Some(200)),
+        "the phone could not register during the flood: {during:?}"
+    );
+    // Their answers linger for Timer J (32 s) and are still held now: only keys and small
+    // responses may remain, not 168 MB of requests.
+    assert!(
+        grew_mb < 24.0,
+        "RSS grew by {grew_mb:.1} MB while {N} requests of 56 KB were lingering"
+    );
+}
+
+const CALL_CONFIG: &str = r#"
+[security]
+trusted_networks = ["127.0.0.0/8", "::1/128"]
+
+[[users]]
+name = "101"
+password = "pw-101"
+
+[[users]]
+name = "102"
+password = "pw-102"
+
+[[dialplan]]
+name = "ext"
+match = { pattern = "_1XX", from = "local" }
+action = "local"
+timeout_secs = 5
+"#;
+
+/// The first value of header `name` in `msg`.
+fn hval(msg: &[u8], name: &str) -> Option<String> {
+    header(msg, name)
+}
+
+/// A caller scripted by hand (digest through the 407), so that the BYE's round trip is timed.
+struct Caller {
+    sock: UdpSocket,
+    target: SocketAddr,
+    call_id: String,
+    tag: String,
+    to_tag: Option<String>,
+    contact: Option<String>,
+    branch: u32,
+}
+
+impl Caller {
+    fn new(target: SocketAddr) -> Caller {
+        let sock = UdpSocket::bind("[::1]:0").unwrap();
+        sock.connect(target).unwrap();
+        let port = sock.local_addr().unwrap().port();
+        Caller {
+            sock,
+            target,
+            call_id: format!("overload-call-{port}@test"),
+            tag: format!("c{port}"),
+            to_tag: None,
+            contact: None,
+            branch: 0,
+        }
+    }
+
+    fn via(&mut self) -> (String, String) {
+        self.branch += 1;
+        let local = self.sock.local_addr().unwrap();
+        let b = format!("z9hG4bK-caller-{}-{}", local.port(), self.branch);
+        (
+            format!(
+                "SIP/2.0/UDP {}:{};branch={b};rport",
+                uri_host(local),
+                local.port()
+            ),
+            b,
+        )
+    }
+
+    fn invite(&mut self, cseq: u32, auth: Option<&str>) -> (String, String) {
+        let local = self.sock.local_addr().unwrap();
+        let th = uri_host(self.target);
+        let (via, branch) = self.via();
+        let sdp = format!(
+            "v=0\r\no=101 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+            local.port() + 2
+        );
+        let auth = auth
+            .map(|a| format!("Proxy-Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        (
+            format!(
+                "INVITE sip:102@{th} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+                 From: <sip:101@{th}>;tag={tag}\r\nTo: <sip:102@{th}>\r\nCall-ID: {cid}\r\n\
+                 CSeq: {cseq} INVITE\r\nContact: <sip:101@{lh}:{lp}>\r\n{auth}\
+                 Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len(),
+                tag = self.tag,
+                cid = self.call_id,
+                lh = uri_host(local),
+                lp = local.port()
+            ),
+            branch,
+        )
+    }
+
+    /// The next response to this call with `cseq` (responses to others are skipped).
+    fn response(&self, cseq: &str, until: Instant) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = until.checked_duration_since(Instant::now())?;
+            self.sock
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .ok()?;
+            let n = self.sock.recv(&mut buf).ok()?;
+            let m = &buf[..n];
+            if code_of(m).is_some()
+                && hval(m, "Call-ID").as_deref() == Some(self.call_id.as_str())
+                && hval(m, "CSeq").as_deref() == Some(cseq)
+            {
+                return Some(m.to_vec());
+            }
+        }
+    }
+
+    fn in_dialog(&mut self, method: &str, cseq: u32) -> String {
+        let th = uri_host(self.target);
+        let (via, _) = self.via();
+        format!(
+            "{method} {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+             From: <sip:101@{th}>;tag={tag}\r\nTo: <sip:102@{th}>;tag={tt}\r\nCall-ID: {cid}\r\n\
+             CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+            uri = self
+                .contact
+                .clone()
+                .unwrap_or_else(|| format!("sip:102@{th}")),
+            tag = self.tag,
+            tt = self.to_tag.clone().unwrap_or_default(),
+            cid = self.call_id
+        )
+    }
+
+    /// INVITE, 407, INVITE with credentials, 200, ACK: true once the call is up.
+    fn call(&mut self) -> bool {
+        let until = Instant::now() + Duration::from_secs(8);
+        let (inv, branch) = self.invite(1, None);
+        self.sock.send(inv.as_bytes()).unwrap();
+        let r = loop {
+            let Some(r) = self.response("1 INVITE", until) else {
+                return false;
+            };
+            if code_of(&r).unwrap_or(0) >= 200 {
+                break r;
+            }
+        };
+        if code_of(&r) != Some(407) {
+            return false;
+        }
+        let th = uri_host(self.target);
+        let local = self.sock.local_addr().unwrap();
+        let ack = format!(
+            "ACK sip:102@{th} SIP/2.0\r\nVia: SIP/2.0/UDP {}:{};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:101@{th}>;tag={}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            uri_host(local),
+            local.port(),
+            self.tag,
+            hval(&r, "To").unwrap_or_default(),
+            self.call_id
+        );
+        self.sock.send(ack.as_bytes()).unwrap();
+        let mut client = DigestClient::new("101", "pw-101", b"overload-seed".to_vec());
+        let Some(ch) = hval(&r, "Proxy-Authenticate") else {
+            return false;
+        };
+        if client.on_challenge(&[ch]).is_err() {
+            return false;
+        }
+        let Some(auth) = client.authorization("INVITE", &format!("sip:102@{th}"), b"") else {
+            return false;
+        };
+        let (inv, _) = self.invite(2, Some(&auth));
+        self.sock.send(inv.as_bytes()).unwrap();
+        let ok = loop {
+            let Some(r) = self.response("2 INVITE", until) else {
+                return false;
+            };
+            match code_of(&r) {
+                Some(200) => break r,
+                Some(c) if c >= 300 => return false,
+                _ => {}
+            }
+        };
+        self.to_tag = hval(&ok, "To").and_then(|t| {
+            t.split(";tag=")
+                .nth(1)
+                .map(|s| s.split(';').next().unwrap_or(s).to_string())
+        });
+        self.contact = hval(&ok, "Contact").map(|c| {
+            c.trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        });
+        let ack = self.in_dialog("ACK", 2);
+        self.sock.send(ack.as_bytes()).unwrap();
+        self.to_tag.is_some()
+    }
+
+    /// BYE (retransmitted every 500 ms as a UAC would): its final status and round trip.
+    fn bye(&mut self) -> Option<(u16, Duration)> {
+        let start = Instant::now();
+        let bye = self.in_dialog("BYE", 3);
+        for _ in 0..16 {
+            self.sock.send(bye.as_bytes()).unwrap();
+            if let Some(r) = self.response("3 BYE", Instant::now() + Duration::from_millis(500)) {
+                return code_of(&r).map(|c| (c, start.elapsed()));
+            }
+        }
+        None
+    }
+}
+
+/// An out-of-dialog INVITE from the flood, `n` unique.
+fn flood_invite(local: SocketAddr, target: SocketAddr, n: u64) -> Vec<u8> {
+    let (h, th) = (uri_host(local), uri_host(target));
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    format!(
+        "INVITE sip:102@{th} SIP/2.0\r\nVia: SIP/2.0/UDP {h}:{p};branch=z9hG4bK-flood-{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:flood@{h}>;tag=fl{n}\r\nTo: <sip:102@{th}>\r\n\
+         Call-ID: flood-{n}@{h}\r\nCSeq: 1 INVITE\r\nContact: <sip:flood@{h}:{p}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len(),
+        p = local.port()
+    )
+    .into_bytes()
+}
+
+#[derive(Default, Debug)]
+struct FloodAnswers {
+    sent: u64,
+    by_code: std::collections::BTreeMap<u16, u64>,
+    /// 503s without a Retry-After header.
+    no_retry_after: u64,
+}
+
+#[test]
+fn invite_flood_gets_503_while_a_call_is_torn_down() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let port = free_port();
+    let config = format!(
+        "[sip]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\nport = {port}\ntransports = [\"udp\"]\n{CALL_CONFIG}"
+    );
+    let pbx = Pbx::start_logging(&config, port, "info");
+    let callee = Phone::start(pbx.v6(), "102", "pw-102", "call_phone_answer.xml", &[]);
+    let mut caller = Caller::new(pbx.v6());
+    assert!(
+        caller.call(),
+        "the call did not come up:\n{}",
+        pbx.log_text()
+    );
+
+    // The flood: one source, INVITEs as fast as it can send, for 5 s (bounded in count too).
+    let answers = Arc::new(Mutex::new(FloodAnswers::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    flood.connect(pbx.v4()).unwrap();
+    let reader = {
+        let (sock, answers, stop) = (flood.try_clone().unwrap(), answers.clone(), stop.clone());
+        std::thread::spawn(move || {
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => {
+                        let m = &buf[..n];
+                        let Some(code) = code_of(m) else { continue };
+                        let mut a = answers.lock().unwrap();
+                        *a.by_code.entry(code).or_default() += 1;
+                        if code == 503 && header(m, "Retry-After").is_none() {
+                            a.no_retry_after += 1;
+                        }
+                    }
+                    Err(_) if stop.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    let sender = {
+        let (sock, answers, target) = (flood.try_clone().unwrap(), answers.clone(), pbx.v4());
+        std::thread::spawn(move || {
+            let local = sock.local_addr().unwrap();
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < Duration::from_secs(5) && n < 5_000_000 {
+                // A full socket buffer on either side only drops the datagram.
+                let _ = sock.send(&flood_invite(local, target, n));
+                n += 1;
+            }
+            answers.lock().unwrap().sent = n;
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let bye = caller.bye();
+    let bye_during_flood = !sender.is_finished();
+    sender.join().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let answers = answers.lock().unwrap();
+    let (phone_ok, phone_log) = callee.finish(Duration::from_secs(5));
+    let metrics = http_get(pbx.admin, "/metrics").1;
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("podpbx_sip_overload_refused_total")
+                || l.starts_with("podpbx_sip_loop_lag")
+        })
+        .collect();
+    println!("flood {answers:?}; BYE {bye:?} (during the flood: {bye_during_flood}); callee got the BYE: {phone_ok}; {refused:?}");
+    assert!(
+        bye_during_flood,
+        "the flood ended before the BYE: {answers:?}"
+    );
+    let shed = answers.by_code.get(&503).copied().unwrap_or(0);
+    assert!(shed >= 50, "the flood was not shed with 503: {answers:?}");
+    assert_eq!(
+        answers.no_retry_after, 0,
+        "503 without Retry-After: {answers:?}"
+    );
+    assert!(
+        !answers.by_code.contains_key(&100),
+        "a refused INVITE must not get 100 Trying first: {answers:?}"
+    );
+    match bye {
+        Some((200, rtt)) => assert!(
+            rtt < Duration::from_secs(1),
+            "the BYE took {rtt:?} in the flood"
+        ),
+        other => panic!(
+            "the BYE was not answered 200 during the flood: {other:?}\n{}",
+            pbx.log_text()
+        ),
+    }
+    assert!(phone_ok, "the callee did not get the BYE:\n{phone_log}");
+    // Service as usual once the flood is over.
+    let mut phone = DigestPhone::new(pbx.v6(), "101", "pw-101");
+    assert_eq!(
+        phone.register(Duration::from_secs(3)),
+        Some(200),
+        "registration after the flood"
+    );
+}
