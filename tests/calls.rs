@@ -254,10 +254,10 @@ fn blind_transfer_by_refer() {
         "call_phone_refer.xml",
         &["-key", "target", "103"],
     );
-    let run = call(&pbx, "call_uac.xml", "102", &["-d", "2500"]);
+    let run = call(&pbx, "call_uac_reinvited.xml", "102", &["-d", "2500"]);
     assert!(
         run.ok,
-        "caller stays connected, then hangs up:\n{}\n{}",
+        "caller re-INVITEd with the target's media, stays connected, then hangs up:\n{}\n{}",
         run.output,
         tail(&pbx.log_text())
     );

@@ -1120,5 +1120,24 @@ pub fn set_origin_version(input: &[u8], version: Option<u64>) -> Result<String, 
     Ok(out)
 }
 
+/// The same SDP as a fresh offer that sends and receives: every direction attribute
+/// (`a=sendonly`/`recvonly`/`inactive`/`sendrecv`, RFC 3264 §5.1) removed, so the default,
+/// sendrecv, applies. A peer's last SDP may be its answer to a hold; offered to someone new
+/// (a transfer target) it must not carry that hold along.
+pub fn sendrecv(input: &[u8]) -> Result<String, SdpError> {
+    let sdp = Sdp::parse(input)?;
+    let mut out = String::with_capacity(sdp.text.len());
+    for i in 0..sdp.lines.len() {
+        let l = sdp.line(i);
+        if l.strip_prefix("a=")
+            .is_some_and(|a| Direction::parse(a).is_some())
+        {
+            continue;
+        }
+        out.push_str(sdp.line_with_eol(i));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests;

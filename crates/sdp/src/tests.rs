@@ -602,3 +602,23 @@ fn rewrite_terminates_srtp_per_leg() {
         "UDP/TLS/RTP/SAVPF"
     );
 }
+
+#[test]
+fn sendrecv_drops_every_direction_attribute() {
+    let held = "v=0\r\no=x 1 2 IN IP6 2001:db8::5\r\ns=-\r\na=recvonly\r\nc=IN IP6 2001:db8::5\r\nt=0 0\r\n\
+                m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=inactive\r\n\
+                m=video 0 RTP/AVP 96\r\na=sendonly\r\n";
+    let out = sendrecv(held.as_bytes()).unwrap();
+    assert_eq!(
+        out,
+        "v=0\r\no=x 1 2 IN IP6 2001:db8::5\r\ns=-\r\nc=IN IP6 2001:db8::5\r\nt=0 0\r\n\
+         m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\nm=video 0 RTP/AVP 96\r\n"
+    );
+    let sdp = Sdp::parse(out.as_bytes()).unwrap();
+    assert!(!sdp.on_hold());
+    assert!(sdp
+        .media()
+        .iter()
+        .all(|m| m.direction == Direction::SendRecv));
+    assert!(sendrecv(b"not sdp").is_err());
+}

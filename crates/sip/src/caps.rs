@@ -81,8 +81,9 @@ pub const ACCEPT: &[&str] = &[
 ];
 
 /// Option tags podpbx implements (the `Supported` header): reliable provisional responses
-/// (RFC 3262) and session timers (RFC 4028), both terminated on each call leg.
-pub const SUPPORTED: &[&str] = &["100rel", "timer"];
+/// (RFC 3262) and session timers (RFC 4028), both terminated on each call leg, and `Replaces`
+/// (RFC 3891: INVITE with Replaces, attended transfer).
+pub const SUPPORTED: &[&str] = &["100rel", "timer", "replaces"];
 
 /// The `Supported` header value of our INVITEs and 2xx.
 pub fn supported() -> String {

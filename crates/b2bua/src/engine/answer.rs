@@ -3,6 +3,7 @@
 
 use super::call::{Call, EndReason, HangupBy, Purpose};
 use super::leg::{LegIdx, LegState, OkRetx, UasState};
+use super::reanchor::Next;
 use super::send::{Incoming, Reply};
 use super::timers::TimerKind;
 use super::B2bua;
@@ -44,13 +45,21 @@ impl B2bua {
         match purpose {
             Purpose::Initial => self.bridge_caller(call, now, ans),
             Purpose::Transfer {
-                keeper, transferor, ..
+                keeper,
+                transferor,
+                first_bundle,
             } => {
                 let bundle = call.legs[li].media.bundle;
-                if is_sdp(msg) {
-                    if let Ok(sdp) = Sdp::parse(&msg.body) {
-                        let raw = msg.body.clone();
-                        self.learn_remote(call, li, bundle, &sdp, &raw, false);
+                // Bundles of targets of other families that did not answer go.
+                for bi in first_bundle..call.bundles.len() {
+                    if Some(bi) != bundle.map(|b| b.0) {
+                        self.release_bundle(call, bi);
+                    }
+                }
+                let answer = is_sdp(msg).then(|| msg.body.clone());
+                if let Some(raw) = &answer {
+                    if let Ok(sdp) = Sdp::parse(raw) {
+                        self.learn_remote(call, li, bundle, &sdp, raw, false);
                     }
                 }
                 self.send_ack(call, li, cseq, None);
@@ -60,6 +69,22 @@ impl B2bua {
                 if call.legs[transferor].active() {
                     self.notify_refer(call, transferor, StatusCode::OK, None, true);
                     self.send_bye(call, transferor);
+                }
+                // The keeper still sends to its old anchors with the transferor's media in
+                // mind: our re-INVITE gives it the target's, on the target's bundle.
+                if let Some(raw) = answer {
+                    let old: Vec<usize> = call.legs[keeper]
+                        .media
+                        .bundle
+                        .map(|b| b.0)
+                        .filter(|b| Some(*b) != bundle.map(|x| x.0))
+                        .into_iter()
+                        .collect();
+                    call.legs[keeper].media.bundle = bundle;
+                    call.legs[keeper].media.srtp.applied = None;
+                    if !self.start_reanchor(call, keeper, li, &raw, Next::Done, old) {
+                        self.end_call(call, now, HangupBy::System, EndReason::TransferFailed, None);
+                    }
                 }
             }
         }

@@ -25,11 +25,13 @@ pub(crate) struct Bundle {
 pub(crate) enum Purpose {
     /// The caller's INVITE.
     Initial,
-    /// A blind transfer: `keeper` stays, `transferor` sent the REFER.
+    /// A blind transfer: `keeper` stays, `transferor` sent the REFER. The target's legs get
+    /// relay bundles of their own (from index `first_bundle` of the call's bundles on), by
+    /// the keeper's media family and theirs.
     Transfer {
         keeper: LegIdx,
         transferor: LegIdx,
-        family: Family,
+        first_bundle: usize,
     },
 }
 
@@ -164,6 +166,9 @@ pub(crate) struct Call {
     /// A relayed re-INVITE in progress (RFC 3261 §14.1: one offer at a time; a second one
     /// gets 491).
     pub reinvite: Option<Reinvite>,
+    /// Two legs joined by a transfer or a replacement whose media podpbx connects with
+    /// re-INVITEs of its own (while it lasts, their offers get 491).
+    pub reanchor: Option<Box<super::reanchor::Reanchor>>,
     /// Requests of ours without a final response that the call must wait for before it ends.
     pub pending: usize,
     /// The caller's SDP offer (none: delayed offer).
@@ -217,6 +222,9 @@ pub(crate) enum EndReason {
     /// The other side answered a relayed request with 481/408.
     DialogGone,
     TransferFailed,
+    /// The transferor's other call: its far end was joined to the transferee (attended
+    /// transfer), or its leg was replaced by another device's INVITE with `Replaces`.
+    Transferred,
     /// An inconsistency the engine refused to go on with.
     Internal,
 }
@@ -234,6 +242,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::DialogGone => "dialog_gone",
             EndReason::TransferFailed => "transfer_failed",
+            EndReason::Transferred => "transferred",
             EndReason::Internal => "internal",
         }
     }
@@ -306,6 +315,12 @@ impl Call {
         if self.reinvite.is_some_and(|r| r.from == from && r.to == to) {
             self.reinvite = None;
         }
+    }
+
+    /// An offer is in progress across the call (a relayed re-INVITE, or our own re-INVITEs
+    /// that join two legs): another offer gets 491 (RFC 3261 §14.1).
+    pub fn offer_pending(&self) -> bool {
+        self.reinvite.is_some() || self.reanchor.is_some()
     }
 
     /// The routing is a transfer and `li` is its transferor.

@@ -56,8 +56,15 @@ impl B2bua {
             };
             self.final_to_a(call, status, None);
         }
+        // Our re-INVITEs that joined two legs are moot now (their 2xx still gets its ACK).
+        call.reanchor = None;
         for li in 0..call.legs.len() {
             if Some(li) == except {
+                continue;
+            }
+            // A device's INVITE with Replaces still waiting for the join.
+            if li != call.a && call.legs[li].uas_invite().is_some() {
+                self.final_to_uas(call, li, StatusCode::REQUEST_TERMINATED, None);
                 continue;
             }
             if call.legs[li].ringing() {

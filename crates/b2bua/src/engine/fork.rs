@@ -4,11 +4,12 @@
 use super::call::{Call, Failure, Purpose};
 use super::dialog::{Dialog, UacDialog};
 use super::invite::NewUacLeg;
-use super::leg::{CdrRole, LegIdx, LegMedia, Party, Resend};
+use super::leg::{BundleId, CdrRole, LegIdx, LegMedia, Party, Resend};
 use super::B2bua;
 use crate::cdr::Disposition;
 use crate::util::{sanitize, sanitize_display};
 use crate::{ContactTarget, Directory, Family, MediaLeg};
+use bytes::Bytes;
 use podpbx_config::{Dtmf, RingStrategy, Target};
 use podpbx_sip::caps::{allow, supported, DIALOG_METHODS};
 use podpbx_sip::StatusCode;
@@ -159,33 +160,10 @@ impl B2bua {
             None => return None,
         };
         let fam = Family::of(target.flow.remote.ip());
-        let (side, bundle, offer, offerer, cdr_role) = match &purpose {
-            Purpose::Initial => {
-                let a_fam = self.caller_media_family(call);
-                let bi = self.bundle_for(call, a_fam, fam);
-                (
-                    MediaLeg::B,
-                    bi,
-                    call.offer.clone(),
-                    Some(call.a),
-                    CdrRole::Callee,
-                )
-            }
-            Purpose::Transfer {
-                keeper,
-                transferor,
-                family,
-            } => {
-                if *family != fam {
-                    debug!(call = call.key, "transfer target of another family skipped");
-                    return None;
-                }
-                let t = &call.legs[*transferor].media;
-                let bundle = t.bundle?;
-                // The keeper's media is already known to the relay: no learning.
-                let keeper_sdp = call.legs[*keeper].media.last_sdp.clone();
-                (t.side, bundle, keeper_sdp, None, CdrRole::TransferTarget)
-            }
+        let (side, bundle, offer, offerer) = self.callee_media(call, fam)?;
+        let cdr_role = match purpose {
+            Purpose::Initial => CdrRole::Callee,
+            Purpose::Transfer { .. } => CdrRole::TransferTarget,
         };
         let dialog = Dialog::uac(UacDialog {
             call_id: format!("{}@podpbx", self.ids.token()),
@@ -221,6 +199,55 @@ impl B2bua {
                 auth: None,
             },
         )
+    }
+
+    /// The media of a new callee leg whose peer is of family `fam`: its relay side, its bundle,
+    /// the offer it gets and the leg whose offer that is. For the caller, the caller's offer
+    /// on the bundle of (caller's family, `fam`); for a transfer target, the keeper's last SDP
+    /// as a fresh offer (sendrecv: the transferor may have put the keeper on hold) on a bundle
+    /// of the transfer's own, by the keeper's media family and `fam` (so a transfer works
+    /// across address families; the keeper gets the target's media once it answers).
+    pub(super) fn callee_media(
+        &mut self,
+        call: &mut Call,
+        fam: Family,
+    ) -> Option<(MediaLeg, BundleId, Option<Bytes>, Option<LegIdx>)> {
+        match call.routing()?.purpose.clone() {
+            Purpose::Initial => {
+                let a_fam = self.caller_media_family(call);
+                let bi = self.bundle_for(call, a_fam, fam);
+                Some((MediaLeg::B, bi, call.offer.clone(), Some(call.a)))
+            }
+            Purpose::Transfer {
+                keeper,
+                first_bundle,
+                ..
+            } => {
+                let side = call.legs[keeper].media.side;
+                let kf = self.leg_media_family(call, keeper);
+                let (a, b) = if side == MediaLeg::A {
+                    (kf, fam)
+                } else {
+                    (fam, kf)
+                };
+                let bi = match call
+                    .bundles
+                    .iter()
+                    .enumerate()
+                    .skip(first_bundle)
+                    .find(|(_, x)| x.a == a && x.b == b)
+                {
+                    Some((i, _)) => BundleId(i),
+                    None => self.fresh_bundle(call, a, b),
+                };
+                let offer = call.legs[keeper].media.last_sdp.as_ref().map(|raw| {
+                    podpbx_sdp::sendrecv(raw)
+                        .map(Bytes::from)
+                        .unwrap_or_else(|_| raw.clone())
+                });
+                Some((side.other(), bi, offer, Some(keeper)))
+            }
+        }
     }
 
     /// Our From on B legs: the caller's display name and user, in our domain.

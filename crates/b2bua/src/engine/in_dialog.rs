@@ -134,8 +134,10 @@ impl B2bua {
             }
             m => match partner {
                 Some(p) => {
-                    if m == Method::Invite && call.reinvite.is_some() {
-                        // RFC 3261 §14.1: one offer at a time.
+                    // RFC 3261 §14.1 / RFC 3311 §5.2: one offer at a time (a relayed
+                    // re-INVITE, or ours joining two legs).
+                    let offer = m == Method::Invite || m == Method::Update && is_sdp(req);
+                    if offer && call.offer_pending() {
                         self.respond(inc, Reply::new(StatusCode::REQUEST_PENDING));
                         return;
                     }

@@ -368,6 +368,32 @@ impl Leg {
         };
     }
 
+    /// What stays of this leg in the call it leaves when it moves to another call (a transfer
+    /// joins it there): a terminated copy with its party, dialog, status and media side, so the
+    /// old call's CDR still shows it; nothing of it is live any more.
+    pub fn husk(&self) -> Leg {
+        Leg {
+            party: self.party.clone(),
+            cdr_role: self.cdr_role,
+            dtmf_mode: self.dtmf_mode,
+            dialog: self.dialog.clone(),
+            state: match self.state {
+                LegState::Uas(_) => LegState::Uas(UasState::Terminated),
+                LegState::Uac(_) => LegState::Uac(UacState::Terminated),
+            },
+            status: self.status,
+            step_gen: self.step_gen,
+            ok: None,
+            last_ack: None,
+            ack_deferred: None,
+            held_2xx: None,
+            session: None,
+            peer_update: false,
+            media: self.media.clone(),
+            dtmf: DtmfOut::default(),
+        }
+    }
+
     /// The user (not trunk) on this leg.
     pub fn user(&self) -> Option<&str> {
         self.party.user()

@@ -67,7 +67,7 @@ fn replace_origin(sdp: &str, id: u64, ver: u64, addr: IpAddr) -> String {
 }
 
 /// The tag of our `a=crypto` in offers (answers echo the offer's tag).
-const OUR_TAG: u32 = 1;
+pub(super) const OUR_TAG: u32 = 1;
 
 impl B2bua {
     /// The SRTP policy of a leg's party (`srtp` of its user or trunk).

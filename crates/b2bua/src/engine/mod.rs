@@ -16,7 +16,7 @@
 //! | `responses` | responses to our requests and their failures, by request kind |
 //! | `in_dialog` | requests inside a dialog: BYE, re-INVITE/UPDATE, INFO, OPTIONS, ...; ACK |
 //! | `cancel` | CANCEL from the caller and CANCEL of our INVITEs |
-//! | `transfer` | REFER (blind transfer) and its NOTIFYs |
+//! | `transfer` | REFER: blind transfer, attended transfer (`Replaces` in `Refer-To`), their NOTIFYs |
 //! | `dtmf` | SIP INFO <-> RFC 4733 interworking |
 //! | `media` | relay sessions, SDP rewrite per leg, media timeout |
 //! | `ending` | ending a call, the CDR |
@@ -24,6 +24,8 @@
 //! | `features` | feature codes dialled from phones; modes (night) and time for routing |
 //! | `forward` | per-user forwarding and do not disturb when a step rings users |
 //! | `pickup` | directed call pickup: a picker's INVITE answers a call ringing elsewhere |
+//! | `replaces` | INVITE with `Replaces` (RFC 3891): pickup of a ringing leg, another device taking over an answered one |
+//! | `reanchor` | legs joined by a transfer or a replacement: a bundle across their families, our re-INVITEs with each other's media |
 //! | `presence` | BLF: a user's dialogs from the calls, and which users changed |
 //! | `source` | what a source address alone may do: in-dialog/CANCEL peers, trunk steps, DIDs |
 //! | `timers` | ring timeouts, 2xx retransmission, guards |
@@ -62,7 +64,9 @@ mod new_call;
 mod pickup;
 mod prack;
 mod presence;
+mod reanchor;
 mod redirect;
+mod replaces;
 mod responses;
 mod routing;
 mod send;

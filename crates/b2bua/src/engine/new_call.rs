@@ -10,6 +10,7 @@ use crate::util::{is_sdp, sanitize, sanitize_display, unescape_user};
 use crate::{Caller, Directory, Flow, Identity, MediaLeg, Received};
 use podpbx_config::{Dtmf, Origin};
 use podpbx_sdp::Sdp;
+use podpbx_sip::replaces::Replaces;
 use podpbx_sip::{Message, StatusCode};
 use std::time::{Instant, SystemTime};
 use tracing::{debug, info, warn};
@@ -93,7 +94,27 @@ impl B2bua {
         let reject = |this: &mut B2bua, code: StatusCode| {
             this.respond(inc, Reply::new(code).tag(&tag));
         };
-        if let Some(max) = self.cfg.calls.max_concurrent.filter(|m| *m > 0) {
+        // RFC 3891: this INVITE takes the place of an existing dialog (a pickup, or another
+        // device taking a call over); limits and the dialplan do not apply to it.
+        let replaces = match req.other_header("Replaces") {
+            None => None,
+            Some(_) => match Replaces::of(req) {
+                Some(r) => Some(r),
+                None => {
+                    let reply = Reply::new(StatusCode::BAD_REQUEST)
+                        .reason(Some("Bad Replaces"))
+                        .tag(&tag);
+                    self.respond(inc, reply);
+                    return;
+                }
+            },
+        };
+        if let Some(max) = self
+            .cfg
+            .calls
+            .max_concurrent
+            .filter(|m| *m > 0 && replaces.is_none())
+        {
             if self.calls.len() >= max as usize {
                 warn!(max, "call limit reached: 503");
                 reject(self, StatusCode::SERVICE_UNAVAILABLE);
@@ -111,7 +132,7 @@ impl B2bua {
         };
         let cfg = self.cfg.clone();
         let user_cfg = origin_user.as_deref().and_then(|u| cfg.user(u));
-        if let Some(u) = user_cfg {
+        if let Some(u) = user_cfg.filter(|_| replaces.is_none()) {
             if let Some(max) = u.max_calls.filter(|m| *m > 0) {
                 if self.user_calls(&u.name) >= max as usize {
                     info!(user = %u.name, max, "user call limit reached: 486");
@@ -167,8 +188,12 @@ impl B2bua {
                 did: did.as_deref(),
             },
         };
-        let feature = self.feature_of(&caller, &number);
+        let feature = match replaces {
+            Some(_) => None,
+            None => self.feature_of(&caller, &number),
+        };
         let rule = match feature {
+            _ if replaces.is_some() => None,
             Some(_) => None,
             None => match Self::route_at(&cfg, &self.modes, &origin, &number, wall) {
                 Some(r) => Some(r),
@@ -274,12 +299,16 @@ impl B2bua {
             )),
             bundles: Vec::new(),
             reinvite: None,
+            reanchor: None,
             pending: 0,
             offer,
             held: false,
             record: Record {
                 rule: Some(rule.map_or_else(
-                    || feature.as_ref().map_or("", |f| f.name()).to_string(),
+                    || match (&replaces, &feature) {
+                        (Some(_), _) => "replaces".to_string(),
+                        (None, f) => f.as_ref().map_or("", |f| f.name()).to_string(),
+                    },
                     |r| r.name.clone(),
                 )),
                 ..Record::default()
@@ -291,9 +320,19 @@ impl B2bua {
         info!(call = key, caller = ?caller, %number, rule = ?call.record.rule, "new call");
         self.by_invite_tx.insert(tx, key);
         self.by_dialog.insert(call.legs[0].dialog.key(), (key, 0));
-        let keep = match feature {
-            Some(f) => self.run_feature(&mut call, now, f),
-            None => {
+        let keep = match (replaces, feature) {
+            (Some(r), _) => {
+                let device = matches!(self.identify(req, &flow), Identity::User(_));
+                match self.invite_replaces(&mut call, now, &r, device) {
+                    Ok(moved) => !moved,
+                    Err(f) => {
+                        self.routing_failed(&mut call, now, f);
+                        true
+                    }
+                }
+            }
+            (None, Some(f)) => self.run_feature(&mut call, now, f),
+            (None, None) => {
                 self.next_step(&mut call, now, dir);
                 true
             }

@@ -20,17 +20,23 @@ fn sdp_family(raw: &[u8]) -> Option<Family> {
 }
 
 impl B2bua {
-    /// The call ringing at `ext` that `picker` may take: routing for its caller (not a
-    /// transfer, not the picker's own call), with an SDP offer, `ext` rung and not cancelled.
+    /// Whether `picker` may take call `c` by a pickup: routing for its caller (not a
+    /// transfer, not the picker's own call), with an SDP offer, the caller still waiting.
+    pub(super) fn pickable(c: &Call, picker: &str) -> bool {
+        matches!(c.routing().map(|r| &r.purpose), Some(Purpose::Initial))
+            && c.offer.is_some()
+            && c.legs[c.a].uas_invite().is_some()
+            && !matches!(&c.caller, Caller::User(u) if u == picker)
+    }
+
+    /// The call ringing at `ext` that `picker` may take ([`B2bua::pickable`], `ext` rung and
+    /// not cancelled).
     fn ringing_at(&self, ext: &str, picker: &str) -> Option<CallKey> {
         let mut keys: Vec<CallKey> = self
             .calls
             .values()
             .filter(|c| {
-                matches!(c.routing().map(|r| &r.purpose), Some(Purpose::Initial))
-                    && c.offer.is_some()
-                    && c.legs[c.a].uas_invite().is_some()
-                    && !matches!(&c.caller, Caller::User(u) if u == picker)
+                Self::pickable(c, picker)
                     && c.legs
                         .iter()
                         .any(|l| l.party.user() == Some(ext) && l.ringing_uncancelled())
@@ -49,6 +55,19 @@ impl B2bua {
             info!(%picker, %ext, "pickup: nothing rings there");
             return false;
         };
+        self.pickup_call(pc, now, picker, key)
+    }
+
+    /// `picker`'s call `pc` takes call `key` (one [`B2bua::pickable`] by it): the picker
+    /// answers it (by a feature code, or by an INVITE with `Replaces` naming a ringing leg).
+    /// True if it did: `pc`'s leg now belongs to that call and `pc` must be dropped.
+    pub(super) fn pickup_call(
+        &mut self,
+        pc: &mut Call,
+        now: Instant,
+        picker: &str,
+        key: CallKey,
+    ) -> bool {
         let Some(p_offer) = pc.offer.clone().filter(|o| Sdp::parse(o).is_ok()) else {
             info!(%picker, "pickup: the picker's INVITE has no usable SDP offer");
             return false;
@@ -62,15 +81,9 @@ impl B2bua {
         let p_family = sdp_family(&p_offer).unwrap_or_else(|| pc.legs[pc.a].dialog.family());
         let bundle = self.bundle_for(&mut c, a_family, p_family);
         // The picker's leg moves into the ringing call.
-        let mut leg = pc.legs.remove(pc.a);
-        leg.cdr_role = CdrRole::Callee;
-        leg.media = LegMedia::new(MediaLeg::B, Some(bundle), self.origin_id());
-        c.legs.push(leg);
-        let p = c.legs.len() - 1;
-        self.by_dialog.insert(c.legs[p].dialog.key(), (key, p));
-        if let Some(inv) = c.legs[p].uas_invite() {
-            self.by_invite_tx.insert(inv.tx, key);
-        }
+        let p = self.move_leg(pc, pc.a, &mut c);
+        c.legs[p].cdr_role = CdrRole::Callee;
+        c.legs[p].media = LegMedia::new(MediaLeg::B, Some(bundle), self.origin_id());
         // Every fork stops ringing.
         for li in 0..c.legs.len() {
             if li != a && li != p && c.legs[li].ringing() {
@@ -102,7 +115,7 @@ impl B2bua {
         c.bridge(a, p);
         c.record.answered_at = Some(now);
         c.record.answered_by = Some(picker.to_string());
-        info!(call = key, %picker, %ext, "call picked up");
+        info!(call = key, %picker, "call picked up");
         if let Some(max) = self.cfg.calls.max_duration.filter(|d| !d.is_zero()) {
             self.arm(now + max, key, TimerKind::MaxDuration);
         }

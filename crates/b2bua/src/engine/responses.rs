@@ -61,6 +61,7 @@ impl B2bua {
                 | ReqKind::DtmfInfo
                 | ReqKind::Prack => {}
                 ReqKind::Refresh => this.st_refresh_response(call, now, li, resp),
+                ReqKind::Reanchor => this.reanchor_response(call, now, li, resp),
             }
             // An INVITE's entry stays until the call ends: its 2xx may be retransmitted.
             if status.is_final()
@@ -105,6 +106,7 @@ impl B2bua {
                 ReqKind::Bye => call.legs[li].terminate(),
                 ReqKind::DtmfInfo => this.dtmf_info_failed(call, li),
                 ReqKind::Refresh => this.st_refresh_failed(call, now, li),
+                ReqKind::Reanchor => this.reanchor_failed(call, now, li, id, None),
                 _ => {}
             }
         });
@@ -113,6 +115,18 @@ impl B2bua {
     /// Sends the final (non-2xx) response to the caller's INVITE, if it still waits for one.
     pub(super) fn final_to_a(&mut self, call: &mut Call, status: StatusCode, reason: Option<&str>) {
         let a = call.a;
+        self.final_to_uas(call, a, status, reason);
+    }
+
+    /// Sends the final (non-2xx) response to the INVITE of UAS leg `a` (the caller's, or that of
+    /// a device replacing a leg), if it still waits for one.
+    pub(super) fn final_to_uas(
+        &mut self,
+        call: &mut Call,
+        a: LegIdx,
+        status: StatusCode,
+        reason: Option<&str>,
+    ) {
         let leg = &mut call.legs[a];
         let inv = match std::mem::replace(&mut leg.state, LegState::Uas(UasState::Terminated)) {
             LegState::Uas(UasState::Proceeding(inv)) => inv,
@@ -123,7 +137,9 @@ impl B2bua {
         };
         let tag = leg.dialog.local_tag.clone();
         leg.status = Some(status);
-        call.record.a_status = Some(status);
+        if a == call.a {
+            call.record.a_status = Some(status);
+        }
         let reply = Reply::new(status).reason(reason).tag(&tag);
         self.respond(inv.incoming(), reply);
     }

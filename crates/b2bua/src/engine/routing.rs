@@ -207,9 +207,14 @@ impl B2bua {
                 self.enter_ending(call, now);
             }
             Purpose::Transfer {
-                keeper, transferor, ..
+                keeper,
+                transferor,
+                first_bundle,
             } => {
                 info!(call = call.key, code = f.status.code(), "transfer failed");
+                for bi in first_bundle..call.bundles.len() {
+                    self.release_bundle(call, bi);
+                }
                 if call.legs[transferor].active() {
                     self.notify_refer(call, transferor, f.status, f.reason.as_deref(), true);
                     call.bridge(keeper, transferor);

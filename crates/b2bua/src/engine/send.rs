@@ -93,6 +93,9 @@ pub(crate) enum ReqKind {
     Prack,
     /// Our session refresh (RFC 4028), UPDATE or re-INVITE.
     Refresh,
+    /// Our re-INVITE that gives a leg joined by a transfer or a replacement its new peer's
+    /// media.
+    Reanchor,
     /// A request relayed from another leg's server transaction.
     Relay(Box<Relayed>),
 }

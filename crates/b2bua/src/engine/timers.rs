@@ -26,6 +26,35 @@ pub(crate) enum TimerKind {
     Rel100(LegIdx),
     /// A leg's session timer (RFC 4028): refresh, or the session expired.
     Session(LegIdx),
+    /// Our re-INVITE that joins two legs, again after a 491 (RFC 3261 §14.1).
+    Reanchor,
+}
+
+impl TimerKind {
+    /// The leg the timer is about, if any.
+    pub fn leg(self) -> Option<LegIdx> {
+        match self {
+            TimerKind::Retx2xx(l)
+            | TimerKind::CancelGuard(l)
+            | TimerKind::Rel100(l)
+            | TimerKind::Session(l) => Some(l),
+            TimerKind::Ring(_)
+            | TimerKind::MaxDuration
+            | TimerKind::Cleanup
+            | TimerKind::Reanchor => None,
+        }
+    }
+
+    /// The same timer about leg `li` (a leg that moved to another call).
+    pub fn with_leg(self, li: LegIdx) -> TimerKind {
+        match self {
+            TimerKind::Retx2xx(_) => TimerKind::Retx2xx(li),
+            TimerKind::CancelGuard(_) => TimerKind::CancelGuard(li),
+            TimerKind::Rel100(_) => TimerKind::Rel100(li),
+            TimerKind::Session(_) => TimerKind::Session(li),
+            other => other,
+        }
+    }
 }
 
 impl B2bua {
@@ -67,6 +96,7 @@ impl B2bua {
                 TimerKind::CancelGuard(li) => self.cancel_guard(&mut call, li),
                 TimerKind::Rel100(li) => self.rel100_timer(&mut call, now, li),
                 TimerKind::Session(li) => self.st_timer(&mut call, now, li),
+                TimerKind::Reanchor => self.reanchor_retry(&mut call),
                 TimerKind::Cleanup => {
                     self.finish(&mut call, now);
                     continue;

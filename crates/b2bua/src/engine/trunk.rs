@@ -10,7 +10,7 @@ use super::responses::Resp;
 use super::B2bua;
 use crate::cdr::Disposition;
 use crate::util::sanitize;
-use crate::{Directory, Family, Flow, MediaLeg};
+use crate::{Directory, Family, Flow};
 use bytes::Bytes;
 use podpbx_config::Dtmf;
 use podpbx_sip::caps::{allow, supported, TRUNK_DIALOG_METHODS};
@@ -69,8 +69,12 @@ impl B2bua {
         let Some(local) = dir.local_addr(transport, dest.ip()) else {
             return fail(call);
         };
-        // Transfers to the trunk are not supported.
-        let Some((gen, Purpose::Initial)) = call.routing().map(|r| (r.gen, &r.purpose)) else {
+        // A blind transfer's target may be a number through a trunk too (whether the
+        // transferor may use trunks was decided with the routing: `trunks_allowed`).
+        let Some((gen, transfer)) = call
+            .routing()
+            .map(|r| (r.gen, matches!(r.purpose, Purpose::Transfer { .. })))
+        else {
             return fail(call);
         };
         let diversion = call.routing().and_then(|r| r.fwd.diversion.clone());
@@ -104,8 +108,10 @@ impl B2bua {
             remote: dest,
             conn: 0,
         };
-        let a_fam = self.caller_media_family(call);
-        let bundle = self.bundle_for(call, a_fam, Family::of(dest.ip()));
+        let Some((side, bundle, offer, offerer)) = self.callee_media(call, Family::of(dest.ip()))
+        else {
+            return fail(call);
+        };
         let auth = match (trunk.auth_user(), trunk.password.as_ref()) {
             (Some(u), Some(p)) => Some(Auth {
                 client: DigestClient::new(u, p.expose(), self.ids.token().into_bytes()),
@@ -122,18 +128,22 @@ impl B2bua {
             target: uri.clone(),
             flow,
         });
-        let media = LegMedia::new(MediaLeg::B, Some(bundle), self.origin_id());
+        let media = LegMedia::new(side, Some(bundle), self.origin_id());
         let leg = NewUacLeg {
             party: Party::Trunk(trunk.name.clone()),
-            cdr_role: CdrRole::Callee,
+            cdr_role: if transfer {
+                CdrRole::TransferTarget
+            } else {
+                CdrRole::Callee
+            },
             dtmf_mode: Dtmf::Auto,
             dialog,
             media,
             step_gen: gen,
-            offer: call.offer.clone(),
-            // The caller's media is known from its offer: without this the relay has no
-            // destination for the provider's RTP towards the caller.
-            offerer: Some(call.a),
+            offer,
+            // The offerer's media is known from its offer: without this the relay has no
+            // destination for the provider's RTP towards the caller (or the keeper).
+            offerer,
             resend: Resend {
                 uri,
                 headers: {

@@ -112,7 +112,7 @@ fn a_caller_requiring_100rel_gets_reliable_provisionals_acknowledged_here() {
     let inv = requests(&outs, "INVITE");
     let (id, data) = inv[0].clone();
     // The callee is offered 100rel but never required to do it.
-    assert_eq!(header_of(&data, "Supported"), "100rel, timer");
+    assert_eq!(header_of(&data, "Supported"), "100rel, timer, replaces");
     assert_eq!(header_of(&data, "Require"), "");
     let outs = reply(&mut h, id, &data, 180, &[], None);
     let r = to_a(&outs);

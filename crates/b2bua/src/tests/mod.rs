@@ -1100,3 +1100,4 @@ fn rfc4733_from_the_relay_becomes_info_for_info_users() {
 mod home;
 mod interop;
 mod paths;
+mod transfer;

@@ -219,7 +219,8 @@ fn parallel_step_failure_mapping() {
 }
 
 /// A transfer whose target is busy: NOTIFY with the failure (sipfrag), the old bridge back;
-/// a REFER with Replaces (attended) is refused with 501; a REFER before the answer with 403.
+/// a REFER with Replaces naming no dialog gets 202 and a NOTIFY with 481; a REFER before the
+/// answer gets 403.
 #[test]
 fn refer_failures_notify_and_keep_the_call() {
     let mut h = H::new();
@@ -246,7 +247,17 @@ fn refer_failures_notify_and_keep_the_call() {
         refer(6, "<sip:103@pbx?Replaces=abc%3Bto-tag%3Dx%3Bfrom-tag%3Dy>"),
         b_flow(),
     );
-    assert_eq!(responses(&outs), vec![501]);
+    // RFC 3891 §3 as the transferor learns it: no such dialog, 481 in a final NOTIFY; the
+    // call stays as it was.
+    assert_eq!(responses(&outs), vec![202]);
+    let notify = requests(&outs, "NOTIFY");
+    assert_eq!(notify.len(), 1);
+    let t = text(&notify[0].1);
+    assert!(
+        t.contains("SIP/2.0 481 ") && t.contains("Subscription-State: terminated"),
+        "{t}"
+    );
+    assert!(requests(&outs, "BYE").is_empty() && requests(&outs, "INVITE").is_empty());
     let outs = h.in_dialog(refer(7, "<sip:103@pbx>"), b_flow());
     assert_eq!(responses(&outs), vec![202]);
     let target = requests(&outs, "INVITE")[0].clone();
