@@ -1074,3 +1074,102 @@ fn reliable_183_through_the_providers_proxy() {
         kam.log_text()
     );
 }
+
+/// Issue #15, from the provider: a trunk with `trust_pai` shows the caller of its
+/// P-Asserted-Identity to the phone, and with `alert_info` passes its Alert-Info without the
+/// auto-answer parts; Call-Info and PAI never reach the phone.
+#[test]
+fn a_providers_asserted_caller_reaches_the_phone_but_never_its_auto_answer() {
+    let config = pbx_config(free_port(), "").replace(
+        "networks = [\"::1/128\"]\n",
+        "networks = [\"::1/128\"]\ntrust_pai = true\nalert_info = true\n",
+    );
+    let pbx = Pbx::start(&config);
+    let phone = Phone::start(pbx.v4(), "102", "pw-102", "call_phone_answer.xml", &[]);
+    // The provider (a ::1 source, the trunk's networks) calls the DID directly.
+    let run = sipp(
+        "trunk_pai_uac.xml",
+        pbx.v6(),
+        "u1",
+        &[
+            "-s",
+            DID,
+            "-key",
+            "caller",
+            PSTN_CALLER,
+            "-d",
+            "300",
+            "-mi",
+            "::1",
+        ],
+    );
+    let (phone_ok, logs) = phone.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && phone_ok,
+        "provider:\n{}\n--- phone ---\n{logs}\n--- podpbx ---\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    let invite = logs
+        .find("INVITE sip:")
+        .map(|i| &logs[i..])
+        .and_then(|s| s.split("\n\n").next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        invite.contains("From: \"Asserted Caller\" <sip:+4917055555@"),
+        "the asserted caller, not the From ({PSTN_CALLER}):\n{invite}"
+    );
+    assert!(
+        invite.contains("Alert-Info: <http://127.0.0.1/ring>;delay=0"),
+        "{invite}"
+    );
+    for never in [
+        "autoanswer",
+        "answer-after",
+        "Call-Info",
+        "P-Asserted-Identity",
+    ] {
+        assert!(!logs.contains(never), "{never} reached the phone:\n{logs}");
+    }
+    let m = http_get(pbx.admin, "/metrics").1;
+    assert_eq!(
+        metric(&m, "podpbx_sip_auto_answer_stripped_total"),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+/// Issue #15, towards the provider: a trunk with `send_pai` gets the caller ID in
+/// P-Asserted-Identity; a user who withholds it goes out as Anonymous with `Privacy: id`.
+#[test]
+fn a_withheld_caller_id_goes_to_the_provider_as_anonymous_with_pai() {
+    let uas_addr = SocketAddr::new(ip("::1"), free_port());
+    let extra = format!(
+        "[[trunks]]\nname = \"pai\"\nhost = \"::1\"\nport = {}\nregister = false\nsend_pai = true\ncaller_id = \"+4930999\"\n\n\
+         [[dialplan]]\nname = \"out-pai\"\nmatch = {{ prefix = \"8\", from = \"local\" }}\naction = \"trunk\"\ntrunk = \"pai\"\n",
+        uas_addr.port()
+    );
+    let config = pbx_config(free_port(), &extra).replace(
+        "name = \"101\"\npassword = \"pw-101\"\n",
+        "name = \"101\"\npassword = \"pw-101\"\nwithhold_caller_id = true\n",
+    );
+    let pbx = Pbx::start(&config);
+    let uas = Uas::start("trunk_uas.xml", uas_addr, 1, &["-mi", "::1"]);
+    let run = call(&pbx, "call_uac.xml", "8301234", &["-d", "300"]);
+    let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && uas_ok,
+        "caller:\n{}\n--- provider ---\n{uas_logs}\n--- podpbx ---\n{}",
+        run.output,
+        tail(&pbx.log_text())
+    );
+    for line in [
+        "From: \"Anonymous\" <sip:anonymous@anonymous.invalid>;tag=",
+        "P-Asserted-Identity: <sip:+4930999@[::1]>",
+        "Privacy: id",
+    ] {
+        assert!(uas_logs.contains(line), "{line}:\n{uas_logs}");
+    }
+    assert!(!uas_logs.contains("sip:101@"), "{uas_logs}");
+}

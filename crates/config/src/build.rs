@@ -1147,6 +1147,7 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
             .and_then(|v| v.v);
         let extras = home::user_extras(d, &mut t);
         let srtp = srtp(d, &mut t, transport);
+        let withhold_caller_id = t.bool(d, "withhold_caller_id").is_some_and(|b| b.v);
         if !has_secret_key && !identify_by_source {
             t.missing(
                 d,
@@ -1181,6 +1182,7 @@ fn users(d: &mut Diagnostics, r: &mut Tbl) -> Vec<RawUser> {
                 forward: crate::home::Forwarding::default(),
                 email: extras.email.clone(),
                 srtp,
+                withhold_caller_id,
             },
             forward: extras.forward,
             name,
@@ -1430,6 +1432,9 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
         let priority = t.u32_or(d, "priority", 0, 1000, 10).v;
         let keepalive = zero_is_none(t.secs_or(d, "keepalive_secs", 0, 3600, 0).v);
         let session_timers = t.bool(d, "session_timers").is_none_or(|b| b.v);
+        let send_pai = t.bool(d, "send_pai").is_some_and(|b| b.v);
+        let trust_pai = t.bool(d, "trust_pai").is_some_and(|b| b.v);
+        let alert_info = t.bool(d, "alert_info").is_some_and(|b| b.v);
         let failover_statuses = match t.field("failover_statuses") {
             Some(f) => f
                 .array(d)
@@ -1483,6 +1488,9 @@ fn trunks(d: &mut Diagnostics, r: &mut Tbl, sip: &SipConfig) -> Vec<RawTrunk> {
                 srtp,
                 session_timers,
                 failover_statuses,
+                send_pai,
+                trust_pai,
+                alert_info,
             },
             name,
             dids,
@@ -1745,6 +1753,33 @@ fn action(d: &mut Diagnostics, t: &mut Tbl, names: &Names) -> Option<Action> {
     }
 }
 
+/// The longest `alert_info` / `call_info` value (the engine's bound for any such value).
+const MAX_PHONE_HEADER: usize = 256;
+
+/// A rule's `alert_info` / `call_info`: one header value `<URI>;params`, printable ASCII.
+fn phone_header(d: &mut Diagnostics, t: &mut Tbl, key: &'static str) -> Option<String> {
+    let s = t.str(d, key)?;
+    let v = s.v.trim();
+    if v.len() > MAX_PHONE_HEADER || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        err(
+            d,
+            &s,
+            format!("must be printable ASCII of at most {MAX_PHONE_HEADER} bytes"),
+        );
+        return None;
+    }
+    let uri_closed = v.find('>').is_some_and(|e| e > 1);
+    if !v.starts_with('<') || !uri_closed || v.contains(',') {
+        err(
+            d,
+            &s,
+            "must be one value `<URI>` with optional `;parameters`, e.g. `<http://127.0.0.1/ring>;info=alert-autoanswer`",
+        );
+        return None;
+    }
+    Some(v.to_string())
+}
+
 struct RawRule {
     rule: Rule,
     span: Span,
@@ -1810,6 +1845,8 @@ fn dialplan(
                 mode: None,
             }),
         };
+        let alert_info = phone_header(d, &mut t, "alert_info");
+        let call_info = phone_header(d, &mut t, "call_info");
         let first = action(d, &mut t, &names);
         let mut fallback = Vec::new();
         let mut fallback_ok = true;
@@ -1846,6 +1883,8 @@ fn dialplan(
                 matcher,
                 action,
                 fallback,
+                alert_info,
+                call_info,
             },
             span,
             path,

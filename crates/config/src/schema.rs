@@ -410,6 +410,10 @@ pub struct User {
     pub email: Option<String>,
     /// SRTP on this user's call legs.
     pub srtp: Srtp,
+    /// Calls out through a trunk withhold this user's caller ID (`From: Anonymous`,
+    /// `Privacy: id`; the provider still gets the identity in `P-Asserted-Identity` when the
+    /// trunk has `send_pai`).
+    pub withhold_caller_id: bool,
 }
 
 /// SRTP (RFC 3711, keys by SDES, RFC 4568) on the call legs of a user or trunk.
@@ -506,6 +510,15 @@ pub struct Trunk {
     /// Final statuses from this trunk after which an outbound call tries the next trunk of
     /// its rule.
     pub failover_statuses: Vec<u16>,
+    /// Outbound INVITEs carry `P-Asserted-Identity` with the caller ID (RFC 3325), and a
+    /// withheld caller ID is sent as `From: Anonymous` with `Privacy: id`.
+    pub send_pai: bool,
+    /// Calls from this trunk show the caller of the provider's `P-Asserted-Identity` (instead of
+    /// its `From`) to the phones.
+    pub trust_pai: bool,
+    /// The provider's `Alert-Info` reaches the phones (auto-answer parts always removed);
+    /// otherwise it is dropped.
+    pub alert_info: bool,
 }
 
 impl Trunk {
@@ -647,6 +660,12 @@ pub struct Rule {
     /// Actions tried in order when the previous one fails (no answer, busy,
     /// unavailable).
     pub fallback: Vec<Action>,
+    /// `Alert-Info` put on the INVITEs to the phones this rule rings (e.g. intercom /
+    /// auto-answer), instead of any the caller sent.
+    pub alert_info: Option<String>,
+    /// `Call-Info` put on the INVITEs to the phones this rule rings (e.g.
+    /// `<sip:pbx>;answer-after=0`), instead of any the caller sent.
+    pub call_info: Option<String>,
 }
 
 impl Rule {

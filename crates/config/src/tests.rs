@@ -1430,3 +1430,69 @@ fn srtp_per_user_and_trunk_needs_tls() {
         "t.toml:10:8: users[0].srtp: expected `off`, `optional` or `required`, got `yes`"
     );
 }
+
+#[test]
+fn header_pass_through_keys() {
+    // Defaults: nothing asserted, trusted or passed.
+    let c = ok(&format!(
+        "{SIP}[[users]]\nname = \"1\"\npassword = \"x\"\n[[trunks]]\nname = \"t\"\nhost = \"2001:db8::7\"\n\
+         [[dialplan]]\naction = \"ring\"\ntargets = [\"1\"]\n"
+    ));
+    assert!(!c.users[0].withhold_caller_id);
+    let t = &c.trunks[0];
+    assert!(!t.send_pai && !t.trust_pai && !t.alert_info);
+    assert_eq!(c.dialplan[0].alert_info, None);
+    assert_eq!(c.dialplan[0].call_info, None);
+    let c = ok(&format!(
+        "{SIP}[[users]]\nname = \"1\"\npassword = \"x\"\nwithhold_caller_id = true\n\
+         [[trunks]]\nname = \"t\"\nhost = \"2001:db8::7\"\nsend_pai = true\ntrust_pai = true\nalert_info = true\n\
+         [[dialplan]]\naction = \"ring\"\ntargets = [\"1\"]\n\
+         alert_info = \"<http://127.0.0.1/ring>;info=alert-autoanswer\"\ncall_info = \"<sip:pbx>;answer-after=0\"\n"
+    ));
+    assert!(c.users[0].withhold_caller_id);
+    let t = &c.trunks[0];
+    assert!(t.send_pai && t.trust_pai && t.alert_info);
+    assert_eq!(
+        c.dialplan[0].alert_info.as_deref(),
+        Some("<http://127.0.0.1/ring>;info=alert-autoanswer")
+    );
+    assert_eq!(
+        c.dialplan[0].call_info.as_deref(),
+        Some("<sip:pbx>;answer-after=0")
+    );
+    // Errors name file, line, column and key.
+    assert_eq!(
+        error(&format!(
+            "{SIP}[[trunks]]\nname = \"t\"\nhost = \"2001:db8::7\"\nsend_pai = \"yes\"\n"
+        )),
+        "t.toml:6:12: trunks[0].send_pai: expected a boolean (`true` or `false`), found a string"
+    );
+    assert!(error(&format!(
+        "{SIP}[[users]]\nname = \"1\"\npassword = \"x\"\nwithhold_caller_id = 1\n"
+    ))
+    .starts_with("t.toml:6:22: users[0].withhold_caller_id:"));
+    let rule = |v: &str| {
+        format!(
+            "{SIP}[[users]]\nname = \"1\"\npassword = \"x\"\n[[dialplan]]\naction = \"ring\"\ntargets = [\"1\"]\n{v}\n"
+        )
+    };
+    assert_eq!(
+        error(&rule("alert_info = \"http://127.0.0.1/ring\"")),
+        "t.toml:9:14: dialplan[0].alert_info: must be one value `<URI>` with optional `;parameters`, e.g. `<http://127.0.0.1/ring>;info=alert-autoanswer`"
+    );
+    assert_eq!(
+        error(&rule(&format!(
+            "call_info = \"<http://x/{}>\"",
+            "a".repeat(250)
+        ))),
+        "t.toml:9:13: dialplan[0].call_info: must be printable ASCII of at most 256 bytes"
+    );
+    assert!(error(&rule("alert_info = \"<http://x/caf\u{e9}>\""))
+        .starts_with("t.toml:9:14: dialplan[0].alert_info: must be printable ASCII"));
+    // Only on a rule, not on a fallback step.
+    assert!(error(&format!(
+        "{SIP}[[users]]\nname = \"1\"\npassword = \"x\"\n[[dialplan]]\naction = \"ring\"\ntargets = [\"1\"]\n\
+         fallback = [{{ action = \"reject\", status = 480, alert_info = \"<http://x/>\" }}]\n"
+    ))
+    .contains("dialplan[0].fallback[0].alert_info"));
+}

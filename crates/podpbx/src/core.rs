@@ -484,6 +484,12 @@ impl Core {
             use std::sync::atomic::Ordering::Relaxed;
             self.stats.foreign_source.store(sec.foreign_source, Relaxed);
             self.stats.trunk_refused.store(sec.trunk_refused, Relaxed);
+            self.stats
+                .headers_dropped
+                .store(sec.headers_dropped, Relaxed);
+            self.stats
+                .auto_answer_stripped
+                .store(sec.auto_answer_stripped, Relaxed);
             if failed.is_empty() {
                 self.presence_changes(now);
                 return;

@@ -403,7 +403,7 @@ fn format_float(v: f64) -> String {
 /// Exposes the signalling counters of [`Stats`] (read at scrape time; no copies to keep in sync).
 pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
     type Field = fn(&Stats) -> &AtomicU64;
-    let fields: [(&str, &str, Field); 18] = [
+    let fields: [(&str, &str, Field); 20] = [
         (
             "podpbx_sip_messages_in_total",
             "SIP messages that parsed and reached the core.",
@@ -493,6 +493,16 @@ pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
             "podpbx_calls_not_a_did_total",
             "Calls from a trunk's networks that named none of the trunk's DIDs (404).",
             |s| &s.not_a_did,
+        ),
+        (
+            "podpbx_sip_headers_dropped_total",
+            "Callers' Alert-Info/Call-Info values not passed to phones: malformed, oversize, not printable ASCII, or beyond the fourth.",
+            |s| &s.headers_dropped,
+        ),
+        (
+            "podpbx_sip_auto_answer_stripped_total",
+            "Auto-answer/intercom Alert-Info values or parameters from trunks removed before the phones.",
+            |s| &s.auto_answer_stripped,
         ),
     ];
     for (name, help, field) in fields {

@@ -46,6 +46,11 @@ pub struct Stats {
     pub trunk_refused: AtomicU64,
     /// Calls from a trunk's networks that named none of its DIDs (404).
     pub not_a_did: AtomicU64,
+    /// Callers' `Alert-Info`/`Call-Info` values not passed to phones: malformed, oversize, not
+    /// printable ASCII, or beyond the fourth.
+    pub headers_dropped: AtomicU64,
+    /// Auto-answer/intercom `Alert-Info` values or parameters from trunks removed.
+    pub auto_answer_stripped: AtomicU64,
     /// Inbound TCP/TLS connections closed at once: the total or the per-source cap was reached.
     pub tcp_refused: AtomicU64,
     /// TCP/TLS connections closed because a message was not complete within its deadline (or a

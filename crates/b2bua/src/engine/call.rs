@@ -156,6 +156,11 @@ pub(crate) struct Call {
     pub caller: Caller,
     /// From identity on B legs: (display, user).
     pub from_id: (String, String),
+    /// The caller's ID is withheld: trunk legs get `From: Anonymous` (and `Privacy: id`).
+    pub withheld: bool,
+    /// `Alert-Info`/`Call-Info` lines for the phones the caller's INVITE rings
+    /// (`engine::headers`).
+    pub phone_headers: Vec<(String, String)>,
     /// The dialled number (the transfer target after a REFER).
     pub number: String,
     pub legs: Vec<Leg>,

@@ -174,6 +174,12 @@ impl B2bua {
             flow: target.flow,
         });
         let media = LegMedia::new(side, Some(bundle), self.origin_id());
+        // The caller's intercom / auto-answer headers (already screened) reach the phones it
+        // rings, not a transfer target.
+        let passed = match purpose {
+            Purpose::Initial => call.phone_headers.clone(),
+            Purpose::Transfer { .. } => Vec::new(),
+        };
         self.start_uac_leg(
             call,
             NewUacLeg {
@@ -193,6 +199,7 @@ impl B2bua {
                     ]
                     .into_iter()
                     .chain(self.st_invite_headers(&Party::User(user.to_string())))
+                    .chain(passed)
                     .collect(),
                     body: None,
                 },

@@ -56,6 +56,7 @@ mod endpoint;
 mod features;
 mod fork;
 pub(crate) mod forward;
+mod headers;
 mod in_dialog;
 mod invite;
 mod leg;

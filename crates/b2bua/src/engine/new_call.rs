@@ -219,6 +219,18 @@ impl B2bua {
                     .unwrap_or_default(),
                 u.clone(),
             ),
+            // RFC 3325: a provider the trunk trusts asserts the caller; a caller that asked for
+            // privacy is shown as anonymous.
+            Caller::Trunk { name, .. }
+                if cfg.trunk(name).is_some_and(|t| t.trust_pai)
+                    && super::headers::asserted_identity(req).is_some() =>
+            {
+                if super::headers::privacy_requested(req) {
+                    ("Anonymous".to_string(), "anonymous".to_string())
+                } else {
+                    super::headers::asserted_identity(req).unwrap_or_default()
+                }
+            }
             Caller::Trunk { .. } => (
                 from.display_unescaped()
                     .map(|d| sanitize_display(&String::from_utf8_lossy(&d)))
@@ -234,6 +246,11 @@ impl B2bua {
                 ),
             ),
         };
+        let withheld = match &caller {
+            Caller::User(_) => user_cfg.is_some_and(|u| u.withhold_caller_id),
+            Caller::Trunk { .. } => super::headers::privacy_requested(req),
+        };
+        let phone_headers = self.phone_headers(req, &flow, &caller, rule);
         let key = self.next_call;
         self.next_call += 1;
         let (party, dtmf_mode) = match &caller {
@@ -288,6 +305,8 @@ impl B2bua {
             wall0: wall,
             caller: caller.clone(),
             from_id,
+            withheld,
+            phone_headers,
             number: number.clone(),
             legs: vec![a_leg],
             a: 0,

@@ -23,6 +23,11 @@ pub struct SecurityCounts {
     pub trunk_refused: u64,
     /// In-dialog requests, ACKs and CANCELs from an address their dialog's peer does not use.
     pub foreign_source: u64,
+    /// `Alert-Info`/`Call-Info` values of callers not passed to phones: malformed, oversize,
+    /// not printable ASCII, or beyond the fourth.
+    pub headers_dropped: u64,
+    /// Auto-answer/intercom `Alert-Info` values or parameters from trunks removed.
+    pub auto_answer_stripped: u64,
 }
 
 impl B2bua {

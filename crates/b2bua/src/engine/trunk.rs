@@ -123,7 +123,11 @@ impl B2bua {
         let dialog = Dialog::uac(UacDialog {
             call_id: format!("{}@podpbx", self.ids.token()),
             local_tag: self.ids.token(),
-            local_uri: format!("<sip:{}@{host}>", sanitize(&cid, 64)),
+            local_uri: if call.withheld {
+                super::headers::ANONYMOUS_FROM.to_string()
+            } else {
+                format!("<sip:{}@{host}>", sanitize(&cid, 64))
+            },
             remote_uri: format!("<sip:{number}@{host}>"),
             target: uri.clone(),
             flow,
@@ -152,6 +156,19 @@ impl B2bua {
                         ("Supported".to_string(), supported()),
                     ];
                     h.extend(self.st_invite_headers(&Party::Trunk(trunk.name.clone())));
+                    // RFC 3325: the provider (our trust domain's neighbour) learns who calls
+                    // even when the From hides it; RFC 3323: `Privacy: id` asks it to keep it
+                    // from the callee.
+                    let cid = sanitize(&cid, 64);
+                    if trunk.send_pai && !cid.is_empty() {
+                        h.push((
+                            "P-Asserted-Identity".to_string(),
+                            format!("<sip:{cid}@{host}>"),
+                        ));
+                    }
+                    if call.withheld {
+                        h.push(("Privacy".to_string(), "id".to_string()));
+                    }
                     if let Some(d) = &diversion {
                         h.extend(d.headers(&self.settings.domain, &number, &hostp));
                     }

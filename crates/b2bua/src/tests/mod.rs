@@ -1097,6 +1097,7 @@ fn rfc4733_from_the_relay_becomes_info_for_info_users() {
     assert!(requests(&h.drain(), "INFO").is_empty());
 }
 
+mod headers;
 mod home;
 mod interop;
 mod paths;
