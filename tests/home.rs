@@ -751,7 +751,11 @@ fn voicemail_fallback_records_the_tone_and_the_owner_hears_it_back() {
     assert_eq!(metric(&text, "podpbx_voicemail_sessions_max"), Some(8.0));
     assert_eq!(metric(&text, "podpbx_voicemail_messages"), Some(0.0));
     // CDRs: answered by the voicemail, then the mailbox.
-    let cdrs = std::fs::read_to_string(pbx.dir.path().join("cdr.jsonl")).unwrap();
+    // The CDR writer appends in batches (up to 100 ms after a call ends): wait for both lines.
+    let cdrs: String = cdrs(&pbx.dir.path().join("cdr.jsonl"), 2, Duration::from_secs(5))
+        .iter()
+        .map(|c| format!("{c}\n"))
+        .collect();
     assert!(cdrs.contains("\"answered_by\":\"voicemail:101\""), "{cdrs}");
     assert!(
         cdrs.contains("\"answered_by\":\"voicemail-box:101\""),
