@@ -343,6 +343,11 @@ check "trunk name resolved by DNS in the scratch image and registered from $PINN
     "grep -q '^dns AAAA $TRUNK_NAME' '$work/peer.log' && grep -q '^REGISTER from $PINNED6 expires [1-9]' '$work/peer.log' ||
      { cat '$work/peer.log'; exit 1; }"
 
+# Idle memory of the running container (registered trunk, no calls), from the host's /proc: RSS,
+# its anonymous and file-backed parts (the binary's touched pages), and PSS.
+idle_mem=$(awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s %d KB, ", $1, $2}' "/proc/$pid/status")
+idle_mem+=$(awk '/^Pss:/ {printf "Pss: %d KB", $2}' "/proc/$pid/smaps_rollup")
+
 # --- 8. probes: HTTP, and the Kubernetes exec probes inside the container ----------------------
 check "GET /readyz on the health listener: 200 ready" bash -c \
     "ip netns exec '$ns_pod' python3 -c \"
@@ -376,5 +381,6 @@ check "trunk un-registered on the way out" grep -q "^REGISTER from $PINNED6 expi
 printf 'info  start-to-ready (ms): exec -> /readyz 200: %s without a trunk, %s with the registering trunk;\n' \
     "${direct_ms[*]:0:3}" "${direct_ms[*]:3:3}"
 printf 'info  podman start -> /readyz 200 (with the trunk): %s; load average: %s\n' "$container_ms" "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf 'info  idle memory of the container after start and trunk registration: %s\n' "$idle_mem"
 printf 'info  tests/image.sh took %s s in all\n' "$(since "$t_start")"
 finish
