@@ -314,7 +314,7 @@ run_sipp() {
     # cutime+cstime of this subshell after waiting for timeout (and timeout for SIPp): SIPp's CPU.
     sipp_ticks=$(
         timeout "$limit" "${prio[@]}" taskset -c "$SIPP_CORE" sipp 127.0.0.1:"$PORT" -sf benches/sipp/register_auth.xml \
-            -inf "$work/users.csv" -key domain "$REALM" -i 127.0.0.1 -p "$SIPP_PORT" -t u1 \
+            -inf "$work/users.csv" -key domain "$REALM" -auth_uri "$REALM" -i 127.0.0.1 -p "$SIPP_PORT" -t u1 \
             -m "$n" -r "$rate" -l 15000 -recv_timeout 5000 -default_behaviors abortunexp -nostdin \
             -trace_stat -stf "$work/$tag.csv" -fd 1 -trace_err -error_file "$work/$tag.err" \
             -max_log_size 1000000 >"$work/$tag.out" 2>&1 || true
