@@ -861,3 +861,402 @@ fn session_timer_refresh_then_expiry_ends_both_legs() {
     assert_eq!(cdrs[0]["reason"], "session_expired", "{}", cdrs[0]);
     assert_eq!(cdrs[0]["hangup_by"], "system", "{}", cdrs[0]);
 }
+
+/// Issue #15: attended transfer (RFC 5589 §7) between two calls of one registered user, with
+/// real SIPp parties. X (user 101) calls 102 and Y (user 103) calls 102; 102 is the test's own
+/// UA (raw SIP on its registered socket), which answers both, then sends a REFER on X's dialog
+/// whose Refer-To names Y's dialog in `Replaces`. podpbx must answer 202, report NOTIFY sipfrag
+/// 200, BYE both of 102's dialogs, and join X and Y: each gets a re-INVITE whose SDP points at
+/// a relay anchor of podpbx (not at the other party), RTP sent by each (the test's sockets,
+/// which X's and Y's SDPs announce) reaches the other through the relay, and X's BYE reaches Y.
+#[test]
+fn attended_transfer_by_refer_with_replaces_joins_the_two_parties() {
+    let pbx = Pbx::start(CONFIG);
+    let logs = TempDir::new("xfer-logs");
+    let mut transferor = common::phone::DigestPhone::new(pbx.v6(), "102", "pw-102");
+    assert_eq!(
+        transferor.register(Duration::from_secs(5)),
+        Some(200),
+        "102 registers:\n{}",
+        tail(&pbx.log_text())
+    );
+    transferor
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let ua = Ua {
+        sock: &transferor.sock,
+    };
+    let rtp_socket = || {
+        let s = UdpSocket::bind("[::1]:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+        s
+    };
+    // The media sockets X and Y announce, and one for 102 (which never gets RTP: no one talks
+    // before the transfer).
+    let (rtp_x, rtp_y, rtp_102) = (rtp_socket(), rtp_socket(), rtp_socket());
+    let party = |who: &'static str, user: &'static str, scenario: &'static str, rtp: &UdpSocket| {
+        let args: Vec<String> = [
+            "-s",
+            "102",
+            "-au",
+            user,
+            "-ap",
+            &pw(user),
+            "-key",
+            "caller",
+            user,
+            "-key",
+            "rtp",
+            &rtp.local_addr().unwrap().port().to_string(),
+            "-d",
+            "4000",
+            "-trace_logs",
+            "-log_file",
+            &logs.path().join(format!("{who}.log")).display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let target = pbx.v6();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            sipp(scenario, target, "u1", &args)
+        })
+    };
+    let party_log = |who: &str| {
+        std::fs::read_to_string(logs.path().join(format!("{who}.log"))).unwrap_or_default()
+    };
+
+    // Call 1: X -> 102, answered; then call 2: Y -> 102, answered.
+    let x = party("x", "101", "call_uac_joined.xml", &rtp_x);
+    let d1 = ua.answer("101", &rtp_102, "x1");
+    let d1 = d1.unwrap_or_else(|e| panic!("call 1: {e}\n{}", tail(&pbx.log_text())));
+    let y = party("y", "103", "call_uac_joined_wait_bye.xml", &rtp_y);
+    let d2 = ua.answer("103", &rtp_102, "y2");
+    let d2 = d2.unwrap_or_else(|e| panic!("call 2: {e}\n{}", tail(&pbx.log_text())));
+
+    // 102 transfers X to Y: REFER on call 1, Replaces naming call 2 as podpbx knows it
+    // (to-tag: podpbx's tag, from-tag: 102's, RFC 3891 §3).
+    let replaces = format!(
+        "{};to-tag={};from-tag={}",
+        d2.call_id, d2.their_tag, d2.our_tag
+    );
+    let refer = ua.request(
+        &d1,
+        "REFER",
+        1,
+        &format!(
+            "Refer-To: <sip:103@{}?Replaces={}>\r\nReferred-By: <sip:102@{}>\r\n",
+            common::phone::uri_host(pbx.v6()),
+            uri_escape(&replaces),
+            common::phone::uri_host(pbx.v6()),
+        ),
+    );
+    ua.send(&refer);
+    // What podpbx sends 102 now, each request answered 200: 202, NOTIFY sipfrag 200, BYE on
+    // both dialogs.
+    let mut seen: Vec<String> = Vec::new();
+    let (mut accepted, mut notified, mut bye1, mut bye2) = (false, false, false, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(accepted && notified && bye1 && bye2) && Instant::now() < deadline {
+        let Some(m) = recv_msg(&transferor.sock) else {
+            continue;
+        };
+        let first = m.lines().next().unwrap_or("").to_string();
+        let cid = hdr(&m, "Call-ID").unwrap_or_default();
+        let cseq = hdr(&m, "CSeq").unwrap_or_default();
+        seen.push(format!("{first} ({cseq}, {cid})"));
+        if first.starts_with("SIP/2.0 ") {
+            if cseq.ends_with("REFER") {
+                assert!(first.starts_with("SIP/2.0 202"), "REFER answered {first}");
+                accepted = true;
+            }
+            continue;
+        }
+        ua.reply(&m, "200 OK", "", "");
+        if first.starts_with("NOTIFY ") {
+            assert_eq!(cid, d1.call_id, "NOTIFY on the REFER's dialog");
+            let body = m.split("\r\n\r\n").nth(1).unwrap_or("");
+            assert!(
+                hdr(&m, "Event").is_some_and(|e| e.starts_with("refer")),
+                "{m}"
+            );
+            if body.starts_with("SIP/2.0 200") {
+                notified = true;
+            } else {
+                assert!(body.starts_with("SIP/2.0 1"), "NOTIFY sipfrag: {m}");
+            }
+        } else if first.starts_with("BYE ") {
+            bye1 |= cid == d1.call_id;
+            bye2 |= cid == d2.call_id;
+        }
+    }
+    assert!(
+        accepted && notified && bye1 && bye2,
+        "102 should get 202, NOTIFY 200, BYE on both calls; got {seen:#?}\n{}",
+        tail(&pbx.log_text())
+    );
+
+    // X and Y were each re-INVITEd with a relay anchor of podpbx.
+    let anchor = |who: &str, own: &UdpSocket| -> Option<SocketAddr> {
+        let log = party_log(who);
+        let line = log.lines().find(|l| l.contains("REINVITE "))?;
+        let mut it = line.split("REINVITE ").nth(1)?.split_whitespace();
+        let addr: std::net::IpAddr = it.next()?.parse().ok()?;
+        let port: u16 = it.next()?.parse().ok()?;
+        assert_ne!(port, own.local_addr().unwrap().port(), "{who}: {line}");
+        Some(SocketAddr::new(addr, port))
+    };
+    let mut anchors = None;
+    let until = Instant::now() + Duration::from_secs(8);
+    while anchors.is_none() && Instant::now() < until {
+        anchors = anchor("x", &rtp_x).zip(anchor("y", &rtp_y));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some((ax, ay)) = anchors else {
+        panic!(
+            "X and Y must both be re-INVITEd:\n--- X ---\n{}\n--- Y ---\n{}\n--- podpbx ---\n{}",
+            party_log("x"),
+            party_log("y"),
+            tail(&pbx.log_text())
+        );
+    };
+    let relay = pbx.v6().ip();
+    for (who, a, other) in [("X", ax, &rtp_y), ("Y", ay, &rtp_x)] {
+        assert_eq!(a.ip(), relay, "{who}'s re-INVITE points at podpbx: {a}");
+        assert!(
+            (20000..=30000).contains(&a.port()) && a.port() != other.local_addr().unwrap().port(),
+            "{who}'s re-INVITE points at a relay port, not at the other party: {a}"
+        );
+    }
+    assert_ne!(ax, ay, "each party has its own anchor");
+    eprintln!("102 got: {seen:#?}\nre-INVITEs: X at {ax}, Y at {ay}");
+
+    // RTP both ways through the relay: X's packets reach Y and Y's reach X.
+    let (got_y_at_x, got_x_at_y) = exchange_rtp((&rtp_x, ax), (&rtp_y, ay), 50);
+    assert!(
+        got_y_at_x >= 25 && got_x_at_y >= 25,
+        "RTP through the relay: X got {got_y_at_x} of Y's packets, Y got {got_x_at_y} of X's"
+    );
+    eprintln!(
+        "RTP through the relay: X got {got_y_at_x} of Y's 50 packets, Y got {got_x_at_y} of X's"
+    );
+
+    // X hangs up; the BYE reaches Y.
+    let (x, y) = (x.join().unwrap(), y.join().unwrap());
+    assert!(
+        x.ok && y.ok,
+        "X:\n{}\n--- Y ---\n{}\n--- podpbx ---\n{}",
+        x.output,
+        y.output,
+        tail(&pbx.log_text())
+    );
+    assert!(
+        party_log("y").contains("BYE-RECEIVED"),
+        "{}",
+        party_log("y")
+    );
+    // The CDRs: call 2 ended as transferred, call 1 (X's, now with Y as transfer target)
+    // names the target.
+    let cdrs = cdrs(&cdr_file(&pbx), 2, Duration::from_secs(5));
+    assert_eq!(cdrs.len(), 2, "{cdrs:?}");
+    let (c2, c1) = (&cdrs[0], &cdrs[1]);
+    assert_eq!(c2["reason"], "transferred", "{c2}");
+    assert_eq!(c2["caller"], "103", "{c2}");
+    assert_eq!(c1["caller"], "101", "{c1}");
+    assert_eq!(c1["transferred_to"], "103", "{c1}");
+    assert_eq!(c1["hangup_by"], "caller", "{c1}");
+    let target = c1["legs"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["role"] == "transfer_target").cloned())
+        .unwrap_or_else(|| panic!("no transfer_target leg: {c1}"));
+    assert!(
+        target["media"]["rtp_packets"].as_u64().unwrap_or(0) >= 25,
+        "the target's relay leg counted Y's RTP: {c1}"
+    );
+}
+
+/// Percent-escapes everything but unreserved characters (a URI header value, RFC 3261 §25.1).
+fn uri_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Sends `n` RTP packets (PCMU, 20 ms apart) from each socket to its anchor, X's payload all
+/// 0x11, Y's all 0x22; returns how many of the other's packets each received from its anchor.
+fn exchange_rtp(x: (&UdpSocket, SocketAddr), y: (&UdpSocket, SocketAddr), n: u16) -> (u32, u32) {
+    let packet = |seq: u16, ssrc: u32, fill: u8| {
+        let mut p = vec![0x80, 0x00];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend(std::iter::repeat_n(fill, 160));
+        p
+    };
+    let count = |(s, from): (&UdpSocket, SocketAddr), fill: u8| {
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while let Ok((len, src)) = s.recv_from(&mut buf) {
+            if src == from && len == 172 && buf[12..len].iter().all(|b| *b == fill) {
+                n += 1;
+            }
+        }
+        n
+    };
+    let (mut at_x, mut at_y) = (0, 0);
+    for seq in 0..n {
+        x.0.send_to(&packet(seq, 0x1111, 0x11), x.1).unwrap();
+        y.0.send_to(&packet(seq, 0x2222, 0x22), y.1).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        at_x += count(x, 0x22);
+        at_y += count(y, 0x11);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    (at_x + count(x, 0x22), at_y + count(y, 0x11))
+}
+
+/// One dialog of the test's UA (podpbx's INVITE to it, answered).
+struct Dialog {
+    call_id: String,
+    /// podpbx's From (its tag) and Contact URI.
+    their_from: String,
+    their_tag: String,
+    their_contact: String,
+    /// Our To, with our tag.
+    our_to: String,
+    our_tag: String,
+}
+
+fn tag_of(header: &str) -> String {
+    header
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("tag="))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A minimal UAS/UAC on a registered phone's socket (connected to podpbx).
+struct Ua<'a> {
+    sock: &'a UdpSocket,
+}
+
+impl Ua<'_> {
+    fn send(&self, msg: &str) {
+        self.sock.send(msg.as_bytes()).unwrap();
+    }
+
+    fn local(&self) -> String {
+        let l = self.sock.local_addr().unwrap();
+        format!("{}:{}", common::phone::uri_host(l), l.port())
+    }
+
+    /// A response to `req`: its Vias, From, Call-ID and CSeq, its To (with `tag` if it had
+    /// none), and `body` (SDP, with our Contact, when not empty).
+    fn reply(&self, req: &str, status: &str, tag: &str, body: &str) {
+        let head: Vec<&str> = req.split("\r\n\r\n").next().unwrap_or("").lines().collect();
+        let mut out = format!("SIP/2.0 {status}\r\n");
+        for l in &head[1..] {
+            let name = l
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if ["via", "v", "from", "f", "call-id", "i", "cseq"].contains(&name.as_str()) {
+                out.push_str(l);
+                out.push_str("\r\n");
+            } else if name == "to" || name == "t" {
+                out.push_str(l);
+                if !tag.is_empty() && !l.contains("tag=") {
+                    out.push_str(&format!(";tag={tag}"));
+                }
+                out.push_str("\r\n");
+            }
+        }
+        if !body.is_empty() {
+            out.push_str(&format!(
+                "Contact: <sip:102@{}>\r\nContent-Type: application/sdp\r\n",
+                self.local()
+            ));
+        }
+        out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        self.send(&out);
+    }
+
+    /// Waits for podpbx's INVITE from `caller`, answers it 200 with SDP for `rtp` (resent
+    /// until the ACK) and returns the dialog.
+    fn answer(&self, caller: &str, rtp: &UdpSocket, tag: &str) -> Result<Dialog, String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sdp = format!(
+            "v=0\r\no=xfer 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+            rtp.local_addr().unwrap().port()
+        );
+        let mut invite: Option<String> = None;
+        let mut next_resend = Instant::now();
+        while Instant::now() < deadline {
+            if let Some(inv) = &invite {
+                if Instant::now() >= next_resend {
+                    self.reply(inv, "200 OK", tag, &sdp);
+                    next_resend = Instant::now() + Duration::from_millis(500);
+                }
+            }
+            let Some(m) = recv_msg(self.sock) else {
+                continue;
+            };
+            let first = m.lines().next().unwrap_or("");
+            if first.starts_with("INVITE ")
+                && hdr(&m, "From").is_some_and(|f| f.contains(&format!("sip:{caller}@")))
+            {
+                invite = Some(m);
+                next_resend = Instant::now();
+            } else if first.starts_with("ACK ") {
+                let Some(inv) = invite else {
+                    return Err(format!("ACK without an INVITE: {m}"));
+                };
+                let from = hdr(&inv, "From").unwrap_or_default();
+                let to = hdr(&inv, "To").unwrap_or_default();
+                let contact = hdr(&inv, "Contact").unwrap_or_default();
+                let contact = contact
+                    .split('<')
+                    .nth(1)
+                    .and_then(|c| c.split('>').next())
+                    .unwrap_or(&contact)
+                    .to_string();
+                return Ok(Dialog {
+                    call_id: hdr(&inv, "Call-ID").unwrap_or_default(),
+                    their_tag: tag_of(&from),
+                    their_from: from,
+                    their_contact: contact,
+                    our_to: format!("{to};tag={tag}"),
+                    our_tag: tag.to_string(),
+                });
+            } else if !first.starts_with("SIP/2.0") {
+                self.reply(&m, "200 OK", "", "");
+            }
+        }
+        Err(format!("no INVITE from {caller} answered and ACKed"))
+    }
+
+    /// An in-dialog request of ours on `d` with `extra` headers.
+    fn request(&self, d: &Dialog, method: &str, cseq: u32, extra: &str) -> String {
+        format!(
+            "{method} {contact} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK-xfer-{method}-{cseq};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n\
+             Contact: <sip:102@{local}>\r\n{extra}Content-Length: 0\r\n\r\n",
+            contact = d.their_contact,
+            local = self.local(),
+            from = d.our_to,
+            to = d.their_from,
+            cid = d.call_id,
+        )
+    }
+}

@@ -25,13 +25,21 @@
 //! Scenarios, one call each: (1) phone 102 calls phone 101 (IPv6 to IPv6); (2) the IPv4 doorbell
 //! rings the `family` group: 101 answers (auto-answer), 102 (manual answer) rings and is
 //! cancelled; (3) the PSTN calls the DID through Kamailio, 102 is answered by the test;
-//! (4) 101 calls a PSTN number out through the trunk. Each call carries about 4 s of audio. The
+//! (4) 101 calls a PSTN number out through the trunk; (5) 101 calls a PSTN number that the
+//! provider routes to a SIPp UAS using reliable provisional responses (RFC 3262; baresip 1.0
+//! has no 100rel): its `183` with `Require: 100rel` and SDP reaches podpbx through Kamailio,
+//! podpbx PRACKs it through Kamailio, the phone (which offered no 100rel) gets early media in a
+//! plain `183`, then the answer; the UAS echoes the media, so 101 hearing its own tone proves
+//! audio both ways. Each call carries about 4 s of audio. The
 //! checks per call: both ends established; each recording holds the far end's tone (Goertzel:
 //! dominant frequency within 3 Hz, purity >= 0.8, RMS >= 0.1) and not its own or another
 //! (purity < 0.05); the CDR has the expected parties and both legs' media anchored on the
 //! pinned address of the leg's family with >= 100 RTP packets; a packet counter on the router's
 //! link to the pod sees >= 100 RTP datagrams each way on each pinned address involved; the phones
-//! report RTP arriving from the pinned address; each phone saw the right caller/callee ID. At the
+//! report RTP arriving from the pinned address; each phone saw the right caller/callee ID; for
+//! (5), the SIP on the router's link to the pod (the sniffer keeps it) shows the reliable 183
+//! from the provider, the PRACK and its 200 through it, and no `Require: 100rel` or `RSeq` sent
+//! to the phone. At the
 //! end: no UDP ever left the pod from its transit addresses, `podpbx_calls_total{answered}`
 //! counts the calls, and a graceful stop (SIGTERM) removes the trunk's binding at Kamailio.
 //! Every scenario runs even when an earlier one failed; the test then fails with a report of all
@@ -71,6 +79,11 @@ const TRUNK_USER: &str = "4930123456";
 const TRUNK_PASSWORD: &str = "e2e-trunk-secret";
 const DID: &str = "+4930123456";
 const PSTN_NUMBER: &str = "+4940999";
+/// A PSTN number the provider routes to a SIPp UAS that uses reliable provisional responses
+/// (`tests/sipp/uas_100rel_provider.xml`, on `PSTN`:`REL_UAS_PORT`), echoing the media.
+const PSTN_REL_NUMBER: &str = "+4940100";
+const REL_UAS_PORT: u16 = 5070;
+const REL_UAS_MEDIA: u16 = 31000;
 
 const TONE_101: f64 = 697.0;
 const TONE_102: f64 = 1209.0;
@@ -643,6 +656,253 @@ fn outbound(w: &mut World, kam: &Kamailio) -> Outcome {
     Ok(ev)
 }
 
+/// The SIPp UAS behind the provider for (5), in the provider namespace, for one call.
+struct RelUas {
+    child: Option<ChildGuard>,
+    dir: TempDir,
+}
+
+impl RelUas {
+    fn start(provider: &Netns) -> Result<RelUas, String> {
+        let dir = TempDir::new("e2e-rel-uas");
+        let child = provider
+            .command("sipp")
+            .arg("-sf")
+            .arg(common::root().join("tests/sipp/uas_100rel_provider.xml"))
+            .args(["-i", PSTN, "-p", &REL_UAS_PORT.to_string()])
+            .args(["-mi", PSTN, "-mp", &REL_UAS_MEDIA.to_string(), "-rtp_echo"])
+            .args(["-t", "u1", "-m", "1", "-nostdin"])
+            .args(["-timeout", "60s", "-timeout_error"])
+            .args(["-trace_msg", "-trace_logs", "-trace_err"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("run sipp in the provider namespace: {e}"))?;
+        let uas = RelUas {
+            child: Some(ChildGuard(child)),
+            dir,
+        };
+        // Bound in its namespace (the thread's own view of /proc/net).
+        let hex = format!(":{REL_UAS_PORT:04X} ");
+        wait_until("the SIPp UAS to bind", Duration::from_secs(5), || {
+            in_netns(&provider.name, || {
+                std::fs::read_to_string("/proc/thread-self/net/udp6")
+                    .unwrap_or_default()
+                    .contains(&hex)
+            })
+        })?;
+        Ok(uas)
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// Waits (bounded) for SIPp to exit; whether it succeeded, and its logs.
+    fn finish(&mut self, limit: Duration) -> (bool, String) {
+        let mut ok = false;
+        if let Some(c) = self.child.as_mut() {
+            let _ = wait_until("the SIPp UAS to finish", limit, || {
+                matches!(c.0.try_wait(), Ok(Some(_)))
+            });
+            ok = matches!(c.0.try_wait(), Ok(Some(s)) if s.success());
+        }
+        self.child.take();
+        (ok, self.logs())
+    }
+}
+
+/// (5) Phone 101 calls a PSTN number whose far end uses reliable provisional responses: the
+/// provider relays the UAS's `183` (`Require: 100rel`, `RSeq`, SDP), podpbx PRACKs it through
+/// the provider, the phone (no 100rel) gets a plain `183` with early media, then the answer.
+/// The UAS echoes the media: 101 hears its own tone.
+fn outbound_100rel(w: &mut World, kam: &Kamailio, provider: &Netns) -> Outcome {
+    let mut uas = RelUas::start(provider)?;
+    let est = w.counts("CALL_ESTABLISHED");
+    let closed = w.counts("CALL_CLOSED");
+    let before = w.sniffer.flows();
+    let sip_before = w.sniffer.sip().len();
+    w.p101
+        .command("dial", &format!("sip:{PSTN_REL_NUMBER}@[{PINNED6}]"))?;
+    wait(&mut w.p101, "CALL_ESTABLISHED", est[0] + 1, 20)?;
+    std::thread::sleep(TALK);
+    w.p101.command("hangup", "")?;
+    wait(&mut w.p101, "CALL_CLOSED", closed[0] + 1, 10)?;
+    w.calls += 1;
+    let (uas_ok, uas_logs) = uas.finish(Duration::from_secs(10));
+    let wire = wire(&sniff::diff(&before, &w.sniffer.flows()));
+    let sip: Vec<sniff::SipSeen> = w.sniffer.sip().split_off(sip_before);
+    let mut ev = Vec::new();
+    ensure!(
+        uas_ok && uas_logs.contains("UAS100-PRACK rack=4711 ") && uas_logs.contains("UAS100-OK"),
+        "the 100rel UAS did not complete (INVITE with 100rel, PRACK, 200, ACK, BYE):\n{}",
+        tail(&uas_logs, 60)
+    );
+    ev.push(format!(
+        "UAS: {}",
+        uas_logs
+            .lines()
+            .filter(|l| l.contains("UAS100-"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    // On the wire (router <-> pod): the trunk leg used 100rel end to end through Kamailio.
+    let pinned = ip(PINNED6);
+    let kam_sip = SocketAddr::new(ip(KAM), 5060);
+    let to_kam = |m: &&sniff::SipSeen| m.src.ip() == pinned && m.dst == kam_sip;
+    let from_kam = |m: &&sniff::SipSeen| m.src == kam_sip && m.dst.ip() == pinned;
+    let invite = sip
+        .iter()
+        .rev()
+        .find(|m| {
+            to_kam(m)
+                && m.first_line()
+                    .starts_with(&format!("INVITE sip:{PSTN_REL_NUMBER}@"))
+        })
+        .ok_or("no INVITE to the provider on the wire")?;
+    ensure!(
+        invite.has_token("Supported", "100rel"),
+        "podpbx's INVITE to the provider does not offer 100rel:\n{}",
+        invite.text
+    );
+    let rel183 = sip
+        .iter()
+        .filter(from_kam)
+        .find(|m| {
+            m.first_line().starts_with("SIP/2.0 183")
+                && m.has_token("Require", "100rel")
+                && m.header("RSeq") == Some("4711")
+        })
+        .ok_or("no reliable 183 (Require: 100rel, RSeq) from the provider on the wire")?;
+    ensure!(
+        rel183.text.contains("\r\nm=audio "),
+        "the reliable 183 carries no SDP:\n{}",
+        rel183.text
+    );
+    let prack = sip
+        .iter()
+        .filter(to_kam)
+        .find(|m| m.first_line().starts_with("PRACK "))
+        .ok_or("no PRACK from podpbx to the provider on the wire")?;
+    let rack = prack.header("RAck").unwrap_or_default().to_owned();
+    ensure!(
+        rack.starts_with("4711 ") && rack.ends_with(" INVITE"),
+        "PRACK with RAck {rack:?}:\n{}",
+        prack.text
+    );
+    let prack_ok = sip.iter().filter(from_kam).any(|m| {
+        m.first_line().starts_with("SIP/2.0 200")
+            && m.header("CSeq").is_some_and(|c| c.ends_with(" PRACK"))
+    });
+    ensure!(
+        prack_ok,
+        "no 200 to the PRACK from the provider on the wire"
+    );
+    ev.push(format!(
+        "wire: INVITE to the provider with Supported: 100rel; 183 from it with Require: 100rel, RSeq 4711, SDP; PRACK (RAck {rack}) to it, 200 back"
+    ));
+    // The phone offered no 100rel, and got none: early media in a plain 18x.
+    let phone = ip(PHONE101);
+    let phone_invite = sip
+        .iter()
+        .find(|m| m.src.ip() == phone && m.first_line().starts_with("INVITE "))
+        .ok_or("no INVITE from phone 101 on the wire")?;
+    ensure!(
+        !phone_invite.has_token("Supported", "100rel")
+            && !phone_invite.has_token("Require", "100rel"),
+        "phone 101 offered 100rel after all: the check below would prove nothing"
+    );
+    let to_phone: Vec<&sniff::SipSeen> = sip.iter().filter(|m| m.dst.ip() == phone).collect();
+    if let Some(m) = to_phone
+        .iter()
+        .find(|m| m.has_token("Require", "100rel") || m.header("RSeq").is_some())
+    {
+        return Err(format!(
+            "podpbx sent Require: 100rel / RSeq to phone 101, which did not offer it:\n{}",
+            m.text
+        ));
+    }
+    let early = to_phone
+        .iter()
+        .find(|m| m.first_line().starts_with("SIP/2.0 183") && m.text.contains("\r\nm=audio "))
+        .ok_or("no 183 with SDP (early media) to phone 101")?;
+    ev.push(format!(
+        "wire: phone 101 (no 100rel offered) got `{}` with SDP, no Require: 100rel, no RSeq ({} SIP messages to it)",
+        early.first_line(),
+        to_phone.len()
+    ));
+    // Kamailio relayed the PRACK and, by the Record-Route, the BYE.
+    let log = kam.log_text();
+    let through = |method: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains(&format!("provider: {method} sip:"))
+                    && l.contains(&format!("from {PINNED6}:"))
+            })
+            .count()
+    };
+    ensure!(
+        through("PRACK") == 1 && through("BYE") >= 1,
+        "Kamailio should relay one PRACK and the BYE from {PINNED6}:\n{}",
+        tail(&log, 40)
+    );
+    ev.push("Kamailio: relayed the PRACK and the BYE from the pinned IPv6".to_owned());
+    // Audio both ways: the UAS echoes what it gets, so 101 hears its own tone.
+    let others: Vec<f64> = ALL_TONES
+        .iter()
+        .copied()
+        .filter(|f| *f != TONE_101)
+        .collect();
+    let tone = audio::heard(&mut w.p101, TONE_101, &others)?;
+    // baresip records from the early media on: the 2 s of echoed early media before the answer
+    // make the recording longer than the talk time.
+    let early_heard = tone.secs - TALK.as_secs_f64() >= 1.0;
+    ensure!(early_heard, "101 heard no early media: {tone}");
+    ev.push(format!(
+        "101 heard its own tone echoed by the 100rel UAS, early media included: {tone}"
+    ));
+    let c = cdr(&w.cdr_file, w.calls)?;
+    ensure!(
+        c["disposition"] == "answered"
+            && c["caller"] == "101"
+            && c["callee"] == PSTN_REL_NUMBER
+            && c["hangup_by"] == "caller",
+        "CDR: {c}"
+    );
+    ev.push(check_leg(
+        &c,
+        "caller",
+        "101",
+        &format!("[{PHONE101}]:"),
+        true,
+        100,
+    )?);
+    ev.push(check_leg(
+        &c,
+        "callee",
+        "provider",
+        &format!("[{KAM}]:"),
+        true,
+        100,
+    )?);
+    ev.push(check_wire(wire, true, false)?);
+    ev.push(check_rtp_source(&w.p101, true)?);
+    Ok(ev)
+}
+
 /// An OPTIONS from `src` (inside `ns`) to `dest`; returns the status line of the answer.
 fn options_from(ns: &str, src: &str, dest: SocketAddr) -> Option<String> {
     in_netns(ns, || {
@@ -731,6 +991,10 @@ fn home_topology_with_real_softphones() {
             subscribers: vec![Source::host(ip(PINNED6))],
             carriers: vec![Source::host(ip(PSTN))],
             uas: Some(SocketAddr::new(ip(PSTN), 5060)),
+            uas_routes: vec![(
+                PSTN_REL_NUMBER.to_owned(),
+                SocketAddr::new(ip(PSTN), REL_UAS_PORT),
+            )],
             invite_auth: true,
             ..ProviderConfig::default()
         })
@@ -904,6 +1168,10 @@ fn home_topology_with_real_softphones() {
         (
             "4 outbound 101 -> trunk -> PSTN",
             Box::new(|w: &mut World| outbound(w, &kam)),
+        ),
+        (
+            "5 outbound 101 -> trunk -> PSTN with 100rel (reliable 183, PRACK via Kamailio)",
+            Box::new(|w: &mut World| outbound_100rel(w, &kam, &topo.provider)),
         ),
     ];
     let mut report = String::new();

@@ -27,7 +27,8 @@
 //!   registered contact, the DID as Request-URI user, Record-Routed (`480` if not registered,
 //!   `404` for unknown numbers).
 //! * `INVITE` from a subscriber source: `407` challenge when `invite_auth`, then relayed to
-//!   `uas`, Record-Routed (`503` without a UAS).
+//!   `uas` (or to the UAS `uas_routes` names for its number), Record-Routed (`503` without a
+//!   UAS).
 //! * `OPTIONS sip:realm` (no user part): `200`. `OPTIONS sip:check-USER@realm` from anywhere:
 //!   `200` with `X-Contact`/`X-Expires`/`X-Bindings` if USER has a binding, else `404`.
 //! * Anything from another source: `403 Source Address Not Allowed`.
@@ -134,6 +135,9 @@ pub struct ProviderConfig {
     pub carriers: Vec<Source>,
     /// Where INVITEs from subscribers go (e.g. a SIPp UAS); `None` answers them `503`.
     pub uas: Option<SocketAddr>,
+    /// Numbers (the Request-URI user, exactly) whose INVITEs from subscribers go to a UAS of
+    /// their own instead of `uas` (which must be set too).
+    pub uas_routes: Vec<(String, SocketAddr)>,
     /// Challenge INVITEs from subscribers with `407`.
     pub invite_auth: bool,
     /// Registrar `min_expires` (below it: `423` with `Min-Expires`).
@@ -169,6 +173,7 @@ impl Default for ProviderConfig {
             subscribers: vec![Source::host(IpAddr::V6(Ipv6Addr::LOCALHOST))],
             carriers: Vec::new(),
             uas: None,
+            uas_routes: Vec::new(),
             invite_auth: true,
             min_expires: 60,
             max_expires: 3600,
@@ -366,12 +371,20 @@ fn render(
         .uas
         .map(|u| format!("sip:{}:{}", host(u.ip()), u.port()))
         .unwrap_or_default();
+    let mut uas_routes = String::new();
+    for (number, to) in &cfg.uas_routes {
+        uas_routes.push_str(&format!(
+            "\tif ($rU == \"{number}\") {{ $du = \"sip:{}:{}\"; }}\n",
+            host(to.ip()),
+            to.port()
+        ));
+    }
     let debug = std::env::var("PODPBX_KAMAILIO_DEBUG")
         .ok()
         .and_then(|v| v.parse::<i8>().ok())
         .unwrap_or(cfg.debug);
     let tls_cfg = db.with_file_name("tls.cfg");
-    let replacements: [(&str, String); 13] = [
+    let replacements: [(&str, String); 14] = [
         ("@TLS_CFG@", tls_cfg.display().to_string()),
         ("@DEFINES@", defines),
         ("@DEBUG@", debug.to_string()),
@@ -383,6 +396,7 @@ fn render(
         ("@NONCE_EXPIRE@", cfg.nonce_expire.to_string()),
         ("@MIN_EXPIRES@", cfg.min_expires.to_string()),
         ("@MAX_EXPIRES@", cfg.max_expires.to_string()),
+        ("@UAS_ROUTES@", uas_routes),
         ("@UAS@", uas),
         ("@DID_MAP@", did_map),
     ];
@@ -514,6 +528,9 @@ impl Kamailio {
         let (bin, mpath) = available()?;
         assert!(!cfg.listen.is_empty(), "no listen address");
         check_token("realm", &cfg.realm);
+        for (number, _) in &cfg.uas_routes {
+            check_token("routed number", number);
+        }
         for a in &cfg.accounts {
             check_token("username", &a.username);
             for d in &a.dids {

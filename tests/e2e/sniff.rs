@@ -1,8 +1,10 @@
 //! A packet counter on one interface of a network namespace: an `AF_PACKET` socket (cooked,
 //! `SOCK_DGRAM`, every protocol) bound to the interface, read by a thread that counts UDP
-//! datagrams per (source, destination) socket address pair, both directions. Independent of
-//! podpbx's own counters and of tcpdump/tshark: the test sees on the wire which addresses media
-//! and signalling really used. Bounded: the thread stops on drop, or after its time limit.
+//! datagrams per (source, destination) socket address pair, both directions, and keeps the text
+//! of SIP datagrams (to or from port 5060; at most [`MAX_SIP`]). Independent of podpbx's own
+//! counters, logs and of tcpdump/tshark: the test sees on the wire which addresses media and
+//! signalling really used, and what was said. Bounded: the thread stops on drop, or after its
+//! time limit.
 
 #![allow(dead_code)]
 
@@ -17,9 +19,57 @@ use std::time::{Duration, Instant};
 /// UDP datagrams seen per (source, destination).
 pub type Flows = HashMap<(SocketAddr, SocketAddr), u64>;
 
+/// One SIP datagram seen on the wire.
+#[derive(Debug, Clone)]
+pub struct SipSeen {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub text: String,
+}
+
+impl SipSeen {
+    /// The start line.
+    pub fn first_line(&self) -> &str {
+        self.text.lines().next().unwrap_or("")
+    }
+
+    /// The first value of header `name` (case-insensitive, long form only).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.text
+            .split("\r\n\r\n")
+            .next()?
+            .lines()
+            .skip(1)
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+            })
+    }
+
+    /// Whether any header `name` has a comma-separated value `token` (case-insensitive).
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.text
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .any(|(_, v)| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    }
+}
+
+/// How many SIP datagrams the sniffer keeps (the rest are only counted).
+pub const MAX_SIP: usize = 5000;
+
+/// The SIP port whose datagrams are kept.
+const SIP_PORT: u16 = 5060;
+
 pub struct Sniffer {
     stop: Arc<AtomicBool>,
     flows: Arc<Mutex<Flows>>,
+    sip: Arc<Mutex<Vec<SipSeen>>>,
     /// Non-UDP IP packets and frames of other protocols (ARP/NDP aside: ICMPv6 counts here).
     other: Arc<Mutex<u64>>,
     handle: Option<JoinHandle<()>>,
@@ -77,8 +127,9 @@ fn open(iface: &str) -> std::io::Result<OwnedFd> {
     }
 }
 
-/// The UDP source and destination of an IP packet, if it is one (no IPv6 extension headers).
-fn udp_of(proto: u16, p: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
+/// The UDP source and destination of an IP packet, if it is one (no IPv6 extension headers),
+/// and where its payload starts.
+fn udp_of(proto: u16, p: &[u8]) -> Option<(SocketAddr, SocketAddr, usize)> {
     let ports = |off: usize| -> Option<(u16, u16)> {
         let u = p.get(off..off + 4)?;
         Some((
@@ -92,7 +143,11 @@ fn udp_of(proto: u16, p: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
             let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
             let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
             let (sp, dp) = ports(ihl)?;
-            Some(((IpAddr::V4(src), sp).into(), (IpAddr::V4(dst), dp).into()))
+            Some((
+                (IpAddr::V4(src), sp).into(),
+                (IpAddr::V4(dst), dp).into(),
+                ihl + 8,
+            ))
         }
         ETH_P_IPV6 if p.len() >= 40 && p[0] >> 4 == 6 && p[6] == 17 => {
             let src: [u8; 16] = p[8..24].try_into().ok()?;
@@ -101,6 +156,7 @@ fn udp_of(proto: u16, p: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
             Some((
                 (IpAddr::V6(Ipv6Addr::from(src)), sp).into(),
                 (IpAddr::V6(Ipv6Addr::from(dst)), dp).into(),
+                48,
             ))
         }
         _ => None,
@@ -115,7 +171,8 @@ impl Sniffer {
         let stop = Arc::new(AtomicBool::new(false));
         let flows = Arc::new(Mutex::new(Flows::new()));
         let other = Arc::new(Mutex::new(0u64));
-        let (st, fl, ot) = (stop.clone(), flows.clone(), other.clone());
+        let sip = Arc::new(Mutex::new(Vec::new()));
+        let (st, fl, ot, si) = (stop.clone(), flows.clone(), other.clone(), sip.clone());
         let handle = std::thread::spawn(move || {
             let deadline = Instant::now() + limit;
             let mut buf = vec![0u8; 65536];
@@ -137,8 +194,22 @@ impl Sniffer {
                 if n <= 0 {
                     continue; // timeout (200 ms) or EINTR: check the stop flag again
                 }
-                match udp_of(proto, &buf[..n as usize]) {
-                    Some(k) => *fl.lock().unwrap().entry(k).or_insert(0) += 1,
+                let packet = &buf[..n as usize];
+                match udp_of(proto, packet) {
+                    Some((src, dst, at)) => {
+                        *fl.lock().unwrap().entry((src, dst)).or_insert(0) += 1;
+                        let payload = packet.get(at..).unwrap_or_default();
+                        let sip = (src.port() == SIP_PORT || dst.port() == SIP_PORT)
+                            && payload.first().is_some_and(u8::is_ascii_uppercase);
+                        let mut kept = si.lock().unwrap();
+                        if sip && kept.len() < MAX_SIP {
+                            kept.push(SipSeen {
+                                src,
+                                dst,
+                                text: String::from_utf8_lossy(payload).into_owned(),
+                            });
+                        }
+                    }
                     None => *ot.lock().unwrap() += 1,
                 }
             }
@@ -146,6 +217,7 @@ impl Sniffer {
         Sniffer {
             stop,
             flows,
+            sip,
             other,
             handle: Some(handle),
         }
@@ -154,6 +226,11 @@ impl Sniffer {
     /// A copy of the counts so far.
     pub fn flows(&self) -> Flows {
         self.flows.lock().unwrap().clone()
+    }
+
+    /// The SIP datagrams kept so far, in the order seen.
+    pub fn sip(&self) -> Vec<SipSeen> {
+        self.sip.lock().unwrap().clone()
     }
 
     pub fn other(&self) -> u64 {
