@@ -3,7 +3,7 @@
 # Kamailio (stateful tm reply, the reference) on loopback, both given one core (taskset), SIPp on
 # the other. Reports completed/failed and server CPU seconds per 10 000 requests, and the ratio.
 # Bounded: N requests per run (default 20000), each run capped at 60 s.
-#   usage: benches/options_rate.sh [requests] [rate]
+#   usage: benches/options_rate.sh [requests] [rate]    (env BIN=path: another podpbx binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-60000}
@@ -20,8 +20,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -q -p podpbx
-BIN=target/release/podpbx
+# BIN=path: another podpbx binary (before/after runs); else the tree's release build.
+if [ -z "${BIN:-}" ]; then
+    cargo build --release -q -p podpbx
+    BIN=target/release/podpbx
+fi
 
 # A process and all its descendants (Kamailio -DD: the started process forks the real main
 # process, which forks the workers).
