@@ -1303,7 +1303,13 @@ impl Core {
             return;
         }
         let code = status.code();
-        if let Err(e) = self.tx.send_response(now, id, code, data) {
+        // Only REGISTER's answers get here as a 2xx. Its transaction lingers 4*T1, not 64*T1:
+        // at 10 000 REGISTERs/s, completed transactions kept 32 s each filled the table's bound
+        // (32 MB) by themselves. The retransmissions a lost or late 200 causes (at T1 and 3*T1)
+        // are still absorbed; a later one reaches the registrar again, whose nonce count check
+        // answers it with a re-challenge (`stale=true`): the device registers with a fresh
+        // nonce, and nothing is bound twice.
+        if let Err(e) = self.tx.send_response_brief(now, id, code, data) {
             if let Some(suppressed) = self.warn_limits.response.check(now) {
                 warn!(error = %e, code, suppressed, "response not sent");
             }

@@ -56,6 +56,7 @@ use crate::{Framing, Message, Method};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The RFC 3261 branch prefix (§8.1.1.7); branches without it come from RFC 2543 peers.
@@ -100,6 +101,10 @@ impl Timers {
     /// 64*T1: Timers B, F, H, J (unreliable), L, M.
     fn t1x64(&self) -> Duration {
         self.t1().saturating_mul(64)
+    }
+    /// 4*T1: the brief Timer J of [`TransactionLayer::send_response_brief`].
+    fn t1x4(&self) -> Duration {
+        self.t1().saturating_mul(4)
     }
 }
 
@@ -491,6 +496,8 @@ impl TimerQueue {
 enum Linger {
     /// Non-INVITE server Completed (Timer J): keeps the final response.
     J,
+    /// The same for 4*T1 only ([`TransactionLayer::send_response_brief`]).
+    JBrief,
     /// INVITE client Completed (Timer D): keeps the ACK.
     D,
     /// Non-INVITE client Completed (Timer K).
@@ -505,11 +512,12 @@ enum Linger {
     M,
 }
 
-const LINGER_KINDS: usize = 7;
+const LINGER_KINDS: usize = 8;
 
 /// Least harm first: see the module docs.
 const EVICTION_ORDER: [Linger; LINGER_KINDS] = [
     Linger::J,
+    Linger::JBrief,
     Linger::D,
     Linger::K,
     Linger::I,
@@ -668,8 +676,8 @@ impl ClientTx {
 
 #[derive(Debug)]
 struct ServerTx {
-    /// The key as stored in the key map (see [`push_server_key`]).
-    key: Box<[u8]>,
+    /// The key (see [`push_server_key`]), one allocation shared with the key map.
+    key: Arc<[u8]>,
     /// Request method, ACK folded into INVITE.
     method: Method,
     state: ServerState,
@@ -735,7 +743,7 @@ pub struct TransactionLayer {
     clients: Slab<ClientTx>,
     client_keys: HashMap<ClientKey, u64>,
     servers: Slab<ServerTx>,
-    server_keys: HashMap<Box<[u8]>, u64>,
+    server_keys: HashMap<Arc<[u8]>, u64>,
     tq: TimerQueue,
     lingering: [LingerQueue; LINGER_KINDS],
     /// Bytes held by all transactions, and by the live ones.
@@ -1130,8 +1138,9 @@ impl TransactionLayer {
         };
         let source = source_key(source);
         let (limit, source_limit) = self.limit_for(method, in_dialog);
+        let key: Arc<[u8]> = key.into();
         let mut tx = ServerTx {
-            key: key.into(),
+            key: key.clone(),
             method: match method {
                 Method::Ack => Method::Invite,
                 m => m.clone(),
@@ -1163,7 +1172,7 @@ impl TransactionLayer {
         let invite = tx.is_invite();
         let cost = tx.cost;
         let id = ServerTxId(self.servers.insert(tx));
-        self.server_keys.insert(key.into(), id.0);
+        self.server_keys.insert(key, id.0);
         self.charge_live_server(source, 0, cost);
         if !invite {
             // The client gives up after Timer F (64*T1), so an answer after that is useless;
@@ -1252,6 +1261,32 @@ impl TransactionLayer {
         status: u16,
         wire: Bytes,
     ) -> Result<(), TxError> {
+        self.respond(now, id, status, wire, false)
+    }
+
+    /// [`Self::send_response`], but a non-INVITE final response over an unreliable transport
+    /// lingers 4*T1 (2 s) instead of Timer J's 64*T1 (32 s): it absorbs the retransmissions at
+    /// T1 and 3*T1 that a lost or late response causes, and a later one is a new request to the
+    /// TU. For requests the TU answers again without harm (REGISTER: RFC 3261 §10.3), so that
+    /// a high rate of them does not fill the table with completed transactions.
+    pub fn send_response_brief(
+        &mut self,
+        now: Instant,
+        id: ServerTxId,
+        status: u16,
+        wire: Bytes,
+    ) -> Result<(), TxError> {
+        self.respond(now, id, status, wire, true)
+    }
+
+    fn respond(
+        &mut self,
+        now: Instant,
+        id: ServerTxId,
+        status: u16,
+        wire: Bytes,
+        brief: bool,
+    ) -> Result<(), TxError> {
         if !(100..=699).contains(&status) {
             return Err(TxError::InvalidStatus(status));
         }
@@ -1309,7 +1344,11 @@ impl TransactionLayer {
                         terminate = true;
                     } else {
                         tx.last_response = Some(wire.clone());
-                        linger = Some((Linger::J, t.t1x64()));
+                        linger = Some(if brief {
+                            (Linger::JBrief, t.t1x4())
+                        } else {
+                            (Linger::J, t.t1x64())
+                        });
                     }
                 }
                 _ => return Err(TxError::FinalAlreadySent),

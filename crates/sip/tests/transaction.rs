@@ -848,6 +848,54 @@ mod transaction {
         );
     }
 
+    /// `send_response_brief` (the core's answer to a REGISTER): the final response lingers 4*T1,
+    /// absorbing the retransmissions at T1 and 3*T1; a later one is a new request. Over TCP it
+    /// ends at once, as any non-INVITE; a provisional keeps the transaction live.
+    #[test]
+    fn non_invite_server_brief_timer_j() {
+        let mut h = Harness::new(Timers::default());
+        let id = new_id(h.request("z9hG4bKb", Method::Register, udp()));
+        h.l.send_response_brief(h.now, id, 100, b("100")).unwrap();
+        h.drain();
+        assert_eq!(h.l.server_state(id), Some(ServerState::Proceeding));
+        h.run_until(ms(100));
+        h.l.send_response_brief(h.now, id, 200, b("200")).unwrap();
+        h.drain();
+        assert_eq!(h.l.server_state(id), Some(ServerState::Completed));
+        h.take_sent();
+        h.run_until(ms(1600));
+        assert_eq!(
+            h.request("z9hG4bKb", Method::Register, udp()),
+            RequestDisposition::Retransmission(id)
+        );
+        assert_eq!(h.take_sent(), vec![(ms(1600), b("200"))]);
+        assert_eq!(
+            h.l.send_response_brief(h.now, id, 200, b("200")),
+            Err(TxError::FinalAlreadySent)
+        );
+        h.run_until(ms(2099));
+        assert_eq!(h.l.server_state(id), Some(ServerState::Completed));
+        h.run_until(ms(2100));
+        assert_eq!(h.l.server_state(id), None);
+        assert_eq!(
+            h.take_events(),
+            vec![(ms(2100), TxEvent::Terminated(TxId::Server(id)))]
+        );
+        assert!(matches!(
+            h.request("z9hG4bKb", Method::Register, udp()),
+            RequestDisposition::New(_)
+        ));
+        // The 64*T1 lingering of others is unchanged beside it.
+        let other = new_id(h.request("z9hG4bKo", Method::Options, udp()));
+        h.answer(other, 200, "200");
+        h.run_until(ms(2100 + 32_000 - 1));
+        assert_eq!(h.l.server_state(other), Some(ServerState::Completed));
+        let tcp_id = new_id(h.request("z9hG4bKt", Method::Register, tcp()));
+        h.l.send_response_brief(h.now, tcp_id, 200, b("200"))
+            .unwrap();
+        assert_eq!(h.l.server_state(tcp_id), None);
+    }
+
     #[test]
     fn non_invite_server_tcp_timer_j_zero() {
         let mut h = Harness::new(Timers::default());

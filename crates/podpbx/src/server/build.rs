@@ -158,8 +158,9 @@ pub(super) async fn build(cfg: Config, config_path: Option<PathBuf>) -> Result<S
         }
     }
     let features_writer = crate::state_writer::StateWriter::spawn();
-    let features = admin.provide_snapshot("features");
-    features.publish(core.features_json());
+    // On demand too: with 10 000 users the JSON of every user's forwarding and DND held 7.7 MB
+    // (rebuilt every second) that nobody had asked for.
+    admin.provide_on_demand("features");
     let presence_stats = Arc::new(Mutex::new(core.presence_stats()));
     register_presence_metrics(admin.registry(), &presence_stats);
     let tx_stats = Arc::new(Mutex::new(core.tx_stats()));
@@ -192,7 +193,6 @@ pub(super) async fn build(cfg: Config, config_path: Option<PathBuf>) -> Result<S
         cdr_writer,
         publish: Publishers {
             calls: calls_snapshot,
-            features,
             subscriptions,
             trunks: trunk_status,
         },

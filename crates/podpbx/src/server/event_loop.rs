@@ -156,7 +156,6 @@ pub(super) struct State {
 /// The snapshots `/api/<name>` serves.
 pub(super) struct Publishers {
     pub(super) calls: JsonPublisher,
-    pub(super) features: JsonPublisher,
     pub(super) subscriptions: JsonPublisher,
     pub(super) trunks: JsonPublisher,
 }
@@ -175,6 +174,9 @@ impl Shell {
             mut events,
         } = self;
         state.core.start(Instant::now());
+        // The start's peaks (the parsed TOML, a second copy of the config, the restored
+        // bindings file) are freed by now but would stay resident.
+        super::release_free_heap();
         info!(udp = ?state.transports.udp_addrs(), tcp = ?state.transports.tcp_addrs(), tls = ?state.transports.tls_addrs(), "podpbx ready");
         loop {
             let ev = events.next(&state.udp, state.core.poll_timeout()).await;
@@ -346,6 +348,9 @@ impl State {
             Event::Admin(CoreRequest::Snapshot(s)) if s.name == "registrations" => {
                 s.reply(crate::admin::json::registrations(core.registrar()));
             }
+            Event::Admin(CoreRequest::Snapshot(s)) if s.name == "features" => {
+                s.reply(core.features_json());
+            }
             Event::Admin(CoreRequest::Snapshot(s)) => s.reply(serde_json::Value::Null),
             Event::Admin(CoreRequest::Command(c)) => {
                 let r = core.command(&c.args);
@@ -436,7 +441,6 @@ impl State {
         if let Some(data) = self.core.take_state_save() {
             self.features_writer
                 .send((self.features_path.clone(), data));
-            self.publish.features.publish(self.core.features_json());
         }
         self.admin
             .metrics()
@@ -453,7 +457,6 @@ impl State {
         trunk_events(&self.core, &mut self.trunks_up, &mut self.webhooks);
         let now = Instant::now();
         self.publish.calls.publish(self.core.calls_json(now));
-        self.publish.features.publish(self.core.features_json());
         self.publish
             .subscriptions
             .publish(self.core.subscriptions_json(now));
@@ -550,6 +553,8 @@ impl State {
             }
         }
         set_trunk_tls_names(&self.core, &self.transports);
+        // The old configuration and the new one's parse are freed now.
+        super::release_free_heap();
         result
     }
 }

@@ -77,6 +77,19 @@ fn separate_large_allocations() {
     }
 }
 
+/// Returns the heap's free pages to the kernel (glibc; elsewhere nothing). For the peaks of
+/// start-up and of a reload: parsing 10 000 `[[users]]` and building from them frees ~15 MB that
+/// glibc otherwise keeps resident between the live objects (it only trims the top of the heap).
+/// Not for the hot path: it walks every free chunk of every arena.
+pub(crate) fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only hands free memory of glibc's arenas back to
+    // the kernel, under the arenas' locks, and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Builds everything from `cfg`, then runs the loop until the process stops.
 async fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
     build::build(cfg, config_path).await?.run().await
