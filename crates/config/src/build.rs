@@ -1067,6 +1067,9 @@ fn calls(d: &mut Diagnostics, r: &mut Tbl, storage: &StorageConfig) -> CallsConf
         );
     }
     let session_timer = zero_is_none(st.v);
+    // Off by default: the media timeout (and the session timer, max_duration) end calls whose
+    // peers vanished; with the media timeout off this is what does it within minutes.
+    let keepalive = zero_is_none(t.secs_or(d, "keepalive_secs", 0, DAY, 0).v);
     let cdr_file = match t.str(d, "cdr_file") {
         Some(s) if s.v.is_empty() => None,
         Some(s) => Some(PathBuf::from(s.v)),
@@ -1079,6 +1082,7 @@ fn calls(d: &mut Diagnostics, r: &mut Tbl, storage: &StorageConfig) -> CallsConf
         cdr_file,
         session_timer,
         min_se,
+        keepalive,
     }
 }
 

@@ -356,6 +356,9 @@ pub struct CallsConfig {
     pub session_timer: Option<Duration>,
     /// The smallest session interval podpbx accepts (`Min-SE`; below it: `422`).
     pub min_se: Duration,
+    /// Answered legs are probed with an in-dialog `OPTIONS` this often, a `481`/`408` or no
+    /// answer ends the call; `None` (the default) = never.
+    pub keepalive: Option<Duration>,
 }
 
 /// How DTMF is sent to a user's phone.

@@ -1040,6 +1040,9 @@ fn session_timer_keys() {
     let c = ok(SIP);
     assert_eq!(c.calls.session_timer, Some(Duration::from_secs(1800)));
     assert_eq!(c.calls.min_se, Duration::from_secs(90));
+    assert_eq!(c.calls.keepalive, None, "keep-alive off by default");
+    let c = ok(&format!("{SIP}[calls]\nkeepalive_secs = 45\n"));
+    assert_eq!(c.calls.keepalive, Some(Duration::from_secs(45)));
     let c = ok(&format!(
         "{SIP}[calls]\nsession_timer_secs = 0\nmin_se_secs = 300\n[[trunks]]\nname = \"t\"\nhost = \"2001:db8::7\"\nsession_timers = false\n"
     ));

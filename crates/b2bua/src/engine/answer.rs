@@ -143,6 +143,7 @@ impl B2bua {
         if let Some(max) = self.cfg.calls.max_duration.filter(|d| !d.is_zero()) {
             self.arm(now + max, call.key, TimerKind::MaxDuration);
         }
+        self.arm_keepalive(call, now);
     }
 
     /// Sends our 2xx (with `body`, an SDP answer) to the caller's waiting INVITE, retransmitted

@@ -298,6 +298,14 @@ impl Call {
         matches!(self.phase, Phase::Routing(_))
     }
 
+    /// The bridge's legs, while bridged.
+    pub fn bridged_legs(&self) -> Option<Bridge> {
+        match self.phase {
+            Phase::Bridged(b) => Some(b),
+            _ => None,
+        }
+    }
+
     pub fn is_bridged(&self) -> bool {
         matches!(self.phase, Phase::Bridged(_))
     }

@@ -29,6 +29,7 @@
 //! | `presence` | BLF: a user's dialogs from the calls, and which users changed |
 //! | `source` | what a source address alone may do: in-dialog/CANCEL peers, trunk steps, DIDs |
 //! | `timers` | ring timeouts, 2xx retransmission, guards |
+//! | `keepalive` | `[calls] keepalive_secs`: in-dialog OPTIONS on answered legs, 481/408/no answer ends the call |
 //!
 //! Every input (`handle_*`, `request_failed`, `media_*`) takes the call out of the table,
 //! works on it, and puts it back ([`B2bua::put_back`]), which finishes it when it is over.
@@ -59,6 +60,7 @@ pub(crate) mod forward;
 mod headers;
 mod in_dialog;
 mod invite;
+mod keepalive;
 mod leg;
 mod media;
 mod new_call;

@@ -61,6 +61,7 @@ impl B2bua {
                 | ReqKind::DtmfInfo
                 | ReqKind::Prack => {}
                 ReqKind::Refresh => this.st_refresh_response(call, now, li, resp),
+                ReqKind::Keepalive => this.keepalive_response(call, now, li, resp),
                 ReqKind::Reanchor => this.reanchor_response(call, now, li, resp),
             }
             // An INVITE's entry stays until the call ends: its 2xx may be retransmitted.
@@ -106,6 +107,7 @@ impl B2bua {
                 ReqKind::Bye => call.legs[li].terminate(),
                 ReqKind::DtmfInfo => this.dtmf_info_failed(call, li),
                 ReqKind::Refresh => this.st_refresh_failed(call, now, li),
+                ReqKind::Keepalive => this.keepalive_failed(call, now, li),
                 ReqKind::Reanchor => this.reanchor_failed(call, now, li, id, None),
                 _ => {}
             }

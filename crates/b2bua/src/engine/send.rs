@@ -96,6 +96,8 @@ pub(crate) enum ReqKind {
     /// Our re-INVITE that gives a leg joined by a transfer or a replacement its new peer's
     /// media.
     Reanchor,
+    /// Our in-dialog OPTIONS probing an answered leg (`keepalive`).
+    Keepalive,
     /// A request relayed from another leg's server transaction.
     Relay(Box<Relayed>),
 }

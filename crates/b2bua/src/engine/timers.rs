@@ -28,6 +28,8 @@ pub(crate) enum TimerKind {
     Session(LegIdx),
     /// Our re-INVITE that joins two legs, again after a 491 (RFC 3261 §14.1).
     Reanchor,
+    /// In-dialog OPTIONS on answered legs (`[calls] keepalive_secs`).
+    Keepalive,
 }
 
 impl TimerKind {
@@ -41,7 +43,8 @@ impl TimerKind {
             TimerKind::Ring(_)
             | TimerKind::MaxDuration
             | TimerKind::Cleanup
-            | TimerKind::Reanchor => None,
+            | TimerKind::Reanchor
+            | TimerKind::Keepalive => None,
         }
     }
 
@@ -97,6 +100,7 @@ impl B2bua {
                 TimerKind::Rel100(li) => self.rel100_timer(&mut call, now, li),
                 TimerKind::Session(li) => self.st_timer(&mut call, now, li),
                 TimerKind::Reanchor => self.reanchor_retry(&mut call),
+                TimerKind::Keepalive => self.keepalive_timer(&mut call, now),
                 TimerKind::Cleanup => {
                     self.finish(&mut call, now);
                     continue;

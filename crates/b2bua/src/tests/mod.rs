@@ -1101,4 +1101,5 @@ mod headers;
 mod home;
 mod interop;
 mod paths;
+mod stuck;
 mod transfer;
