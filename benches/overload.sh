@@ -33,6 +33,7 @@
 #          HELD=100 HELD_RATE=50 SERVERS="podpbx kamailio"
 #          BIN=target/release/podpbx PORT=15200 (Kamailio PORT+50; SIPp +10..+41; podpbx admin +99)
 #          SERVER_CORE=0 SIPP_CORE=1 KAM_CHILDREN=1 KAM_SHM=4096 (MB) MEDIA_MIN=40000 MEDIA_MAX=55999
+#          MAX_SETUP= (podpbx [calls] max_setup; empty: its default)
 #          KEEP=1 (keep the work directory: SIPp statistics and error files, server logs)
 # Bounded: every SIPp run has a call count, a SIPp -timeout and a `timeout`; everything started
 # here is stopped by PID (SIGTERM, then SIGKILL) on exit. Loopback only.
@@ -40,6 +41,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MAX_RATE=${MAX_RATE:-}
+MAX_SETUP=${MAX_SETUP:-}
 SEARCH_STEPS=${SEARCH_STEPS:-"3000 4000 5000 6000 7000"}
 SEARCH_SECS=${SEARCH_SECS:-3}
 FACTORS=${FACTORS:-"0.5 1 1.5 2"}
@@ -153,6 +155,7 @@ port_max = $MEDIA_MAX
 timeout_secs = 0
 [calls]
 max_concurrent = 0
+$([ -n "$MAX_SETUP" ] && echo "max_setup = $MAX_SETUP")
 
 [[users]]
 name = "102"
@@ -209,11 +212,11 @@ media_sockets() {
 }
 metrics() { curl -s --max-time 2 "http://$ADMIN/metrics" || true; }
 metric() { metrics | awk -v k="$1" '$1 == k {print $2; f = 1} END {if (!f) print "-"}'; }
-# podpbx refusals by reason: "lag transactions calls media".
+# podpbx refusals by reason: "lag transactions calls media setup".
 refused_by_reason() {
     metrics | awk '/^podpbx_sip_overload_refused_total/ {for (r in w) if (index($1, "\"" r "\"")) v[r] = $2}
-        BEGIN {split("lag transactions calls media", o, " "); for (i in o) w[o[i]] = 1}
-        END {printf "%d %d %d %d\n", v["lag"], v["transactions"], v["calls"], v["media"]}'
+        BEGIN {split("lag transactions calls media setup", o, " "); for (i in o) w[o[i]] = 1}
+        END {printf "%d %d %d %d %d\n", v["lag"], v["transactions"], v["calls"], v["media"], v["setup"]}'
 }
 api_calls() { curl -s --max-time 2 "http://$ADMIN/api/calls" | python3 -c 'import json, sys
 d = json.load(sys.stdin)
@@ -287,12 +290,12 @@ stop_session() { stop_pid "$UAS"; STOP_NOTE="stopped on SIGTERM"; stop_pid "$STO
 # offer server phase factor rate secs -> a results line:
 #   O server phase factor rate n created ok refused failed timeouts unexpected unfinished offer_s
 #     run_s server_ticks sipp_ticks peak_rss_kb peak_pss_kb rss_after_kb other_%_server_core other_%_sipp_core
-#     shed_lag shed_transactions shed_calls shed_media retransmissions in_server_after_settle
+#     shed_lag shed_transactions shed_calls shed_media retransmissions in_server_after_settle shed_setup
 offer() {
     local server=$1 phase=$2 factor=$3 rate=$4 secs=$5 tag="$1-$2-$3-$4" n limit t0 t1 u0 u1 bs0 bs1 bp0 bp1 w0 w1
     local uac samp csv r0 r1 noise peak after i
     n=$((rate * secs)); limit=$((secs * 3 + 30)); csv="$work/$tag.csv"
-    r0=$(refused_by_reason 2>/dev/null || echo "0 0 0 0")
+    r0=$(refused_by_reason 2>/dev/null || echo "0 0 0 0 0")
     bs0=$(core_busy "$SERVER_CORE"); bp0=$(core_busy "$SIPP_CORE"); w0=$(date +%s%N)
     t0=$(cpu_ticks "$SRV"); u0=$(cpu_ticks "$UAS")
     sampler "$SRV" "$work/$tag.rss" &
@@ -310,7 +313,7 @@ offer() {
     t1=$(cpu_ticks "$SRV"); u1=$(cpu_ticks "$UAS")
     bs1=$(core_busy "$SERVER_CORE"); bp1=$(core_busy "$SIPP_CORE"); w1=$(date +%s%N)
     kill "$samp" 2>/dev/null || true; wait "$samp" 2>/dev/null || true
-    r1=$(refused_by_reason 2>/dev/null || echo "0 0 0 0")
+    r1=$(refused_by_reason 2>/dev/null || echo "0 0 0 0 0")
     kill -0 "$SRV" 2>/dev/null || die "$server died at $rate calls/s (see $work/$server.log)"
     kill -0 "$UAS" 2>/dev/null || die "the SIPp callee died at $rate calls/s (see $work/$tag-uas.out)"
     [ -s "$csv" ] || die "SIPp wrote no statistics for $tag (see $work/$tag.out)"
@@ -336,7 +339,8 @@ offer() {
     echo "O $server $phase $factor $rate $n $created $ok $refused $fail $tmo $unexp $((created - ok - refused - fail))" \
         "$(stat_offer_secs "$csv" "$n") $(stat_elapsed "$csv") $((t1 - t0)) $((uac + u1 - u0)) $peak $(rss_kb "$SRV") $noise" \
         "$(awk -v a="$r0" -v b="$r1" 'BEGIN {split(a, x); split(b, y); printf "%d %d %d %d", y[1] - x[1], y[2] - x[2], y[3] - x[3], y[4] - x[4]}')" \
-        "$(stat_col "$csv" 'Retransmissions(C)') $after" >> "$work/results"
+        "$(stat_col "$csv" 'Retransmissions(C)') $after" \
+        "$(awk -v a="$r0" -v b="$r1" 'BEGIN {split(a, x); split(b, y); printf "%d", y[5] - x[5]}')" >> "$work/results"
     if [ -s "$work/$tag.err" ]; then
         grep -ao "received '[^']*" "$work/$tag.err" | sed 's/\r//' | cut -c11-60 \
             | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $tag caller: /" >> "$work/oddities" || true
@@ -455,13 +459,13 @@ for server in $SERVERS; do
     grep -q "^O $server curve" "$work/results" || continue
     echo "[$server] (held calls: $HELD)"
     printf '  %6s %7s %8s %8s %8s %8s %7s %7s %7s %8s %8s %10s %10s  %s\n' factor target offered goodput refused% failed% tmo unexp unfin "srv cpu" "sipp cpu" "peak RSS" "peak PSS" \
-        "after settle / other load srv,sipp core % / podpbx 503s by reason lag,transactions,calls,media"
+        "after settle / other load srv,sipp core % / podpbx 503s by reason lag,transactions,calls,media,setup"
     awk -v s="$server" -v hz="$HZ" '$1 == "O" && $2 == s && $3 == "curve" {
         w = $14 > 0 ? $14 : 1; c = $7 > 0 ? $7 : 1
         printf "  %5sx %7d %8.0f %8.0f %7.2f%% %7.2f%% %7d %7d %7d %7.0f%% %7.0f%% %7.1f MB %7.1f MB  %s / %s,%s / %s\n",
             $4, $5, $7 / w, $8 / w, $9 * 100 / c, ($7 - $8 - $9) * 100 / c, $11, $12, $13,
             $16 / hz / $15 * 100, $17 / hz / $15 * 100, $18 / 1024, $19 / 1024, $28, $21, $22,
-            (s == "podpbx" ? $23 "," $24 "," $25 "," $26 : "-") }' "$work/results"
+            (s == "podpbx" ? $23 "," $24 "," $25 "," $26 "," ($29 == "" ? 0 : $29) : "-") }' "$work/results"
 done
 if grep -q '^O podpbx curve' "$work/results" && grep -q '^O kamailio curve' "$work/results"; then
     echo
@@ -510,7 +514,7 @@ echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "raw: O server phase factor rate n created ok refused failed timeouts unexpected unfinished offer_s run_s"
 echo "       server_ticks sipp_ticks peak_rss_kb peak_pss_kb rss_after_kb other_%_srv_core other_%_sipp_core shed_lag shed_tx"
-echo "       shed_calls shed_media retransmissions in_server_after_settle (CLK_TCK=$HZ)"
+echo "       shed_calls shed_media retransmissions in_server_after_settle shed_setup (CLK_TCK=$HZ)"
 echo "     H server held up_before ok failed unexpected timeouts up_before_bye left left_api left_tx sock_idle"
 echo "       sock_left rss_idle_kb rss_left_kb in_server_idle kam_shm_used_mb pss_idle_kb pss_left_kb drained_s rss_drained_kb"
 cat "$work/results"

@@ -12,6 +12,10 @@
 //!   (shed at the door once the loop falls behind, instead of each INVITE costing a challenge),
 //!   and the call's BYE, sent in the middle of the flood, is answered within a second and
 //!   reaches the other phone; afterwards a phone registers as usual.
+//! * `new_invites_get_503_while_max_setup_calls_are_in_setup`: with `[calls] max_setup = 1`
+//!   and one call ringing, a new INVITE gets `503` with `Retry-After` (reason `setup`, before
+//!   any challenge) while a REGISTER is served; once the ringing call has ended (dialplan
+//!   timeout) a new INVITE is admitted again (challenged).
 
 mod common;
 
@@ -274,6 +278,11 @@ impl Caller {
 
     /// INVITE, 407, INVITE with credentials, 200, ACK: true once the call is up.
     fn call(&mut self) -> bool {
+        self.call_until(200)
+    }
+
+    /// [`Caller::call`], or (`want` 180) until the callee rings.
+    fn call_until(&mut self, want: u16) -> bool {
         let until = Instant::now() + Duration::from_secs(8);
         let (inv, branch) = self.invite(1, None);
         self.sock.send(inv.as_bytes()).unwrap();
@@ -317,6 +326,7 @@ impl Caller {
                 return false;
             };
             match code_of(&r) {
+                Some(c) if c == want && want < 200 => return true,
                 Some(200) => break r,
                 Some(c) if c >= 300 => return false,
                 _ => {}
@@ -484,4 +494,68 @@ fn invite_flood_gets_503_while_a_call_is_torn_down() {
         Some(200),
         "registration after the flood"
     );
+}
+
+#[test]
+fn new_invites_get_503_while_max_setup_calls_are_in_setup() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let port = free_port();
+    let config = format!(
+        "[sip]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\nport = {port}\ntransports = [\"udp\"]\n{CALL_CONFIG}\n[calls]\nmax_setup = 1\n"
+    );
+    let pbx = Pbx::start_logging(&config, port, "info");
+    let _callee = Phone::start(pbx.v6(), "102", "pw-102", "call_phone_ring.xml", &[]);
+    let mut ringing = Caller::new(pbx.v6());
+    assert!(
+        ringing.call_until(180),
+        "the first call did not ring:\n{}",
+        pbx.log_text()
+    );
+    // A second call while the first one is in set-up: refused at the door.
+    let first_invite = |c: &mut Caller| -> Option<Vec<u8>> {
+        let (inv, _) = c.invite(1, None);
+        c.sock.send(inv.as_bytes()).unwrap();
+        let until = Instant::now() + Duration::from_secs(3);
+        loop {
+            let r = c.response("1 INVITE", until)?;
+            if code_of(&r).unwrap_or(0) >= 200 {
+                return Some(r);
+            }
+        }
+    };
+    let mut second = Caller::new(pbx.v6());
+    let r = first_invite(&mut second).expect("no answer to the second INVITE");
+    assert_eq!(code_of(&r), Some(503), "{}", String::from_utf8_lossy(&r));
+    assert!(hval(&r, "Retry-After").is_some(), "503 without Retry-After");
+    let metrics = http_get(pbx.admin, "/metrics").1;
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("podpbx_sip_overload_refused_total{reason=\"setup\"}").ends_with(" 1"),
+        "{metrics}"
+    );
+    assert!(line("podpbx_calls_setup ").ends_with(" 1"), "{metrics}");
+    // Registrations are not bounded by calls in set-up.
+    let mut phone = DigestPhone::new(pbx.v6(), "101", "pw-101");
+    assert_eq!(phone.register(Duration::from_secs(3)), Some(200));
+    // The ringing call ends by the dialplan's timeout (5 s): new calls are admitted again.
+    let until = Instant::now() + Duration::from_secs(10);
+    let end = loop {
+        let r = ringing
+            .response("2 INVITE", until)
+            .expect("the ringing call did not end");
+        if code_of(&r).unwrap_or(0) >= 200 {
+            break r;
+        }
+    };
+    assert!(code_of(&end).unwrap_or(0) >= 400);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = Caller::new(pbx.v6());
+    let r = first_invite(&mut third).expect("no answer to the third INVITE");
+    assert_eq!(code_of(&r), Some(407), "{}", String::from_utf8_lossy(&r));
 }

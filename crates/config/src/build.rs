@@ -1050,10 +1050,15 @@ fn media(d: &mut Diagnostics, r: &mut Tbl, sip_port: &Sp<u16>) -> MediaConfig {
     }
 }
 
+/// `[calls] max_setup` when absent (see CONFIG.md).
+const DEFAULT_MAX_SETUP: u32 = 200;
+
 fn calls(d: &mut Diagnostics, r: &mut Tbl, storage: &StorageConfig) -> CallsConfig {
     let mut t = section(d, r, "calls");
     let max_duration = zero_is_none(t.secs_or(d, "max_duration_secs", 0, 7 * DAY, 14_400).v);
     let max_concurrent = Some(t.u32_or(d, "max_concurrent", 0, 100_000, 100).v).filter(|n| *n > 0);
+    let max_setup =
+        Some(t.u32_or(d, "max_setup", 0, 100_000, DEFAULT_MAX_SETUP).v).filter(|n| *n > 0);
     let st = t.secs_or(d, "session_timer_secs", 0, DAY, 1800);
     let min_se = t.secs_or(d, "min_se_secs", 90, DAY, 90).v;
     if !st.v.is_zero() && st.v < min_se {
@@ -1079,6 +1084,7 @@ fn calls(d: &mut Diagnostics, r: &mut Tbl, storage: &StorageConfig) -> CallsConf
     CallsConfig {
         max_duration,
         max_concurrent,
+        max_setup,
         cdr_file,
         session_timer,
         min_se,

@@ -349,6 +349,10 @@ pub struct CallsConfig {
     pub max_duration: Option<Duration>,
     /// Maximum simultaneous calls in total; `None` = unlimited.
     pub max_concurrent: Option<u32>,
+    /// Maximum calls in set-up (the caller's INVITE not yet answered, or our 2xx not yet
+    /// acknowledged): beyond it new INVITEs get a stateless `503` (overload control, reason
+    /// `setup`); `None` = unlimited.
+    pub max_setup: Option<u32>,
     /// Call detail records (JSON lines) file; `None` = no CDRs.
     pub cdr_file: Option<PathBuf>,
     /// Session timer interval podpbx asks for on each leg (RFC 4028); `None` = podpbx asks

@@ -345,6 +345,17 @@ fn range_errors() {
         "t.toml:4:8: media.dscp: must be between 0 and 63, got 64"
     );
     assert_eq!(
+        error(&format!("{SIP}[calls]\nmax_setup = 100001\n")),
+        "t.toml:4:13: calls.max_setup: must be between 0 and 100000, got 100001"
+    );
+    assert_eq!(ok(SIP).calls.max_setup, Some(200));
+    assert_eq!(
+        ok(&format!("{SIP}[calls]\nmax_setup = 0\n"))
+            .calls
+            .max_setup,
+        None
+    );
+    assert_eq!(
         ok(&format!("{SIP}[media]\nport_layout = \"per-call\"\n"))
             .media
             .port_layout,

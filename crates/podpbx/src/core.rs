@@ -684,7 +684,18 @@ impl Core {
                 if let Some(reason) = self.shed(now, msg) {
                     self.refuse_overloaded(now, id, msg, flow, reason);
                 } else {
+                    let calls = self.active_calls();
                     self.handle_request(now, wall, id, msg, flow);
+                    // A new call is in set-up until the next count says otherwise (a
+                    // challenged INVITE made none).
+                    let created = self.active_calls().saturating_sub(calls);
+                    if created > 0 {
+                        self.overload.admitted(created);
+                        self.stats.calls_setup.store(
+                            self.overload.setup() as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
                 }
             }
             RequestDisposition::Retransmission(_) | RequestDisposition::AckAbsorbed(_) => {
@@ -777,7 +788,7 @@ impl Core {
     /// Whether a new request must be refused for overload (see `crate::overload`): only new
     /// INVITEs and REGISTERs outside a dialog; everything that ends or continues what is
     /// already admitted (BYE, ACK, CANCEL, in-dialog requests) is always processed.
-    fn shed(&self, now: Instant, msg: &Message) -> Option<Reason> {
+    fn shed(&mut self, now: Instant, msg: &Message) -> Option<Reason> {
         let invite = match msg.method() {
             Some(Method::Invite) => true,
             Some(Method::Register) => false,
@@ -786,21 +797,37 @@ impl Core {
         if msg.to_hdr().ok().and_then(|t| t.tag()).is_some() {
             return None;
         }
-        let (calls, max_calls, media) = match self.calls.as_ref() {
+        let (calls, max_calls, max_setup, media) = match self.calls.as_ref() {
             Some(c) => (
                 c.b2bua.active_calls(),
                 c.b2bua.config().calls.max_concurrent.unwrap_or(0) as usize,
+                c.b2bua.config().calls.max_setup.unwrap_or(0) as usize,
                 c.b2bua.media_load(),
             ),
-            None => (0, 0, 0.0),
+            None => (0, 0, 0, 0.0),
         };
+        if invite && max_setup > 0 && self.overload.setup_due(now) {
+            self.count_setup(now);
+        }
         let load = Load {
             table: self.tx.load(),
             calls,
             max_calls,
+            setup: self.overload.setup(),
+            max_setup,
             media,
         };
         self.overload.check(now, invite, &load)
+    }
+
+    /// Counts the calls in set-up (a scan of the calls) for overload control and the
+    /// `podpbx_calls_setup` gauge.
+    pub fn count_setup(&mut self, now: Instant) {
+        let n = self.calls.as_ref().map_or(0, |c| c.b2bua.calls_in_setup());
+        self.overload.note_setup(now, n);
+        self.stats
+            .calls_setup
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `503 Service Unavailable` with `Retry-After`, sent once (no transaction kept).

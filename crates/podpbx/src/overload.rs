@@ -10,6 +10,14 @@
 //! * `lag`: the oldest datagram of the last batch waited at least [`LAG_LIMIT`] in the socket
 //!   buffer (kernel receive time stamps), i.e. the loop is not keeping up;
 //! * `transactions`: transactions with work left hold [`TABLE_LIMIT`] of the table's bound;
+//! * `setup`: `[calls] max_setup` calls are in set-up (INVITE only): the caller's INVITE not yet
+//!   answered, or our 2xx not yet acknowledged. The lag only shows once the socket buffer
+//!   holds [`LAG_LIMIT`] of traffic, by which time the loop has let in a burst of calls it
+//!   cannot complete in time: their 180/200/ACK/BYE then queue behind the flood, the callers
+//!   time out or retransmit, and goodput collapses (benches/overload.sh, 2x the maximum call
+//!   rate). The set-up bound holds the calls admitted to what the loop completes: admission is
+//!   clocked by completions. Counted by a scan of the calls at most every [`SETUP_RECOUNT`],
+//!   the calls created in between added;
 //! * `calls`: `[calls] max_concurrent` is reached (INVITE only);
 //! * `media`: the relay's sessions or ports are [`MEDIA_LIMIT`] used (INVITE only).
 
@@ -29,6 +37,10 @@ pub const TABLE_LIMIT: f64 = 0.8;
 /// Share of the relay's sessions or ports in use beyond which new calls are refused.
 pub const MEDIA_LIMIT: f64 = 0.9;
 
+/// How old the count of calls in set-up may be before a new INVITE recounts (a scan of the
+/// calls); calls created since the count are added to it.
+pub const SETUP_RECOUNT: Duration = Duration::from_millis(5);
+
 /// Why a new call or registration was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -36,14 +48,16 @@ pub enum Reason {
     Transactions,
     Calls,
     Media,
+    Setup,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [
+    pub const ALL: [Reason; 5] = [
         Reason::Lag,
         Reason::Transactions,
         Reason::Calls,
         Reason::Media,
+        Reason::Setup,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +66,7 @@ impl Reason {
             Reason::Transactions => "transactions",
             Reason::Calls => "calls",
             Reason::Media => "media",
+            Reason::Setup => "setup",
         }
     }
 
@@ -67,6 +82,10 @@ pub struct Overload {
     lag: Option<(Instant, Duration)>,
     /// Refusals so far, for `Retry-After` spreading.
     shed: u64,
+    /// Calls in set-up at the latest count, and when it was taken.
+    setup: Option<(Instant, usize)>,
+    /// Calls created since that count.
+    admitted: usize,
 }
 
 /// What the core knows when a new INVITE or REGISTER arrives.
@@ -76,6 +95,9 @@ pub struct Load {
     /// Calls in progress and `[calls] max_concurrent` (0: none).
     pub calls: usize,
     pub max_calls: usize,
+    /// Calls in set-up ([`Overload::setup`]) and `[calls] max_setup` (0: none).
+    pub setup: usize,
+    pub max_setup: usize,
     /// The relay's busiest resource's share in use.
     pub media: f64,
 }
@@ -93,6 +115,29 @@ impl Overload {
             .map(|(_, l)| l)
     }
 
+    /// Whether the count of calls in set-up is missing or older than [`SETUP_RECOUNT`].
+    pub fn setup_due(&self, now: Instant) -> bool {
+        self.setup
+            .is_none_or(|(at, _)| now.saturating_duration_since(at) >= SETUP_RECOUNT)
+    }
+
+    /// A fresh count of the calls in set-up.
+    pub fn note_setup(&mut self, now: Instant, calls: usize) {
+        self.setup = Some((now, calls));
+        self.admitted = 0;
+    }
+
+    /// Calls in set-up: the latest count plus the calls created since.
+    pub fn setup(&self) -> usize {
+        self.setup.map_or(0, |(_, n)| n) + self.admitted
+    }
+
+    /// `calls` new calls were created (they are in set-up until the next count says otherwise;
+    /// an admitted INVITE that was challenged or refused created none).
+    pub fn admitted(&mut self, calls: usize) {
+        self.admitted += calls;
+    }
+
     /// Whether a new INVITE (`invite`) or REGISTER must be refused now, and why.
     pub fn check(&self, now: Instant, invite: bool, load: &Load) -> Option<Reason> {
         if self.lag(now).is_some_and(|l| l >= LAG_LIMIT) {
@@ -100,6 +145,9 @@ impl Overload {
         }
         if load.table >= TABLE_LIMIT {
             return Some(Reason::Transactions);
+        }
+        if invite && load.max_setup > 0 && load.setup >= load.max_setup {
+            return Some(Reason::Setup);
         }
         if invite && load.max_calls > 0 && load.calls >= load.max_calls {
             return Some(Reason::Calls);
@@ -127,8 +175,55 @@ mod tests {
             table: 0.1,
             calls: 3,
             max_calls: 100,
+            setup: 2,
+            max_setup: 50,
             media: 0.1,
         }
+    }
+
+    #[test]
+    fn setup_bound_counts_admissions_between_recounts() {
+        let t0 = Instant::now();
+        let mut o = Overload::default();
+        assert!(o.setup_due(t0));
+        o.note_setup(t0, 48);
+        assert!(!o.setup_due(t0 + SETUP_RECOUNT / 2));
+        let at = |o: &Overload| Load {
+            setup: o.setup(),
+            ..load()
+        };
+        assert_eq!(o.check(t0, true, &at(&o)), None);
+        o.admitted(0);
+        assert_eq!(
+            o.check(t0, true, &at(&o)),
+            None,
+            "a challenged INVITE made no call"
+        );
+        o.admitted(1);
+        assert_eq!(o.check(t0, true, &at(&o)), None);
+        o.admitted(1);
+        // 48 counted + 2 created since: the bound (50) is reached, for INVITEs only.
+        assert_eq!(o.check(t0, true, &at(&o)), Some(Reason::Setup));
+        assert_eq!(o.check(t0, false, &at(&o)), None, "REGISTER");
+        // The next count (calls completed meanwhile) lets new calls in again.
+        assert!(o.setup_due(t0 + SETUP_RECOUNT));
+        o.note_setup(t0 + SETUP_RECOUNT, 10);
+        assert_eq!(o.setup(), 10);
+        assert_eq!(o.check(t0 + SETUP_RECOUNT, true, &at(&o)), None);
+        // 0: no bound.
+        let unbounded = Load {
+            setup: 10_000,
+            max_setup: 0,
+            ..load()
+        };
+        assert_eq!(o.check(t0, true, &unbounded), None);
+        // The lag and the table are checked first.
+        o.note_lag(t0, Duration::from_millis(150));
+        let full = Load {
+            setup: 50,
+            ..load()
+        };
+        assert_eq!(o.check(t0, true, &full), Some(Reason::Lag));
     }
 
     #[test]

@@ -28,7 +28,9 @@ pub struct Stats {
     /// Requests answered `503` because the transaction table was full.
     pub overloaded: AtomicU64,
     /// New INVITEs/REGISTERs answered `503` by overload control, per `overload::Reason`.
-    pub shed: [AtomicU64; 4],
+    pub shed: [AtomicU64; 5],
+    /// Calls in set-up at the latest count (overload control, `[calls] max_setup`).
+    pub calls_setup: AtomicU64,
     /// The loop's latest lag behind the network, in microseconds.
     pub loop_lag_us: AtomicU64,
     /// TCP and TLS connections accepted or opened.

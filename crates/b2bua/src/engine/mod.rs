@@ -184,6 +184,21 @@ impl B2bua {
         self.calls.len()
     }
 
+    /// Calls in set-up: the caller's INVITE waits for our final response, or our 2xx for its
+    /// ACK, and the call is not ending. A scan of every call (read-only): overload control
+    /// counts it at most every few milliseconds.
+    pub fn calls_in_setup(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|c| {
+                !matches!(c.phase, call::Phase::Ending) && {
+                    let a = &c.legs[c.a];
+                    a.active() && !a.confirmed()
+                }
+            })
+            .count()
+    }
+
     /// The media relay's load ([`MediaPort::load`]).
     pub fn media_load(&self) -> f64 {
         self.media.load()

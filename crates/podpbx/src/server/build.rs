@@ -359,6 +359,13 @@ fn register_overload_metrics(reg: &crate::metrics::Registry, stats: &Arc<Stats>)
     }
     let s = stats.clone();
     reg.gauge_fn(
+        "podpbx_calls_setup",
+        "Calls in set-up (INVITE not yet answered, or 2xx not yet acknowledged) at the latest count; bounded by [calls] max_setup.",
+        &[],
+        move || Stats::get(&s.calls_setup) as f64,
+    );
+    let s = stats.clone();
+    reg.gauge_fn(
         "podpbx_sip_loop_lag_seconds",
         "How long the oldest datagram of the latest batch waited in the socket buffer.",
         &[],

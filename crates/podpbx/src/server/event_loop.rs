@@ -456,6 +456,7 @@ impl State {
         self.publish_trunks();
         trunk_events(&self.core, &mut self.trunks_up, &mut self.webhooks);
         let now = Instant::now();
+        self.core.count_setup(now);
         self.publish.calls.publish(self.core.calls_json(now));
         self.publish
             .subscriptions
