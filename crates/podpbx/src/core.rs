@@ -82,6 +82,14 @@ const SAVE_DELAY: Duration = Duration::from_millis(100);
 /// few dozen bindings are still saved within `SAVE_DELAY`.
 const SAVE_SPACING_PER_BINDING: Duration = Duration::from_micros(50);
 
+/// A change that only refreshed bindings in place (new expiry, Call-ID, CSeq; same contact and
+/// flow: [`podpbx_registrar::Outcome::refresh_only`]) is saved within this long instead of
+/// [`SAVE_DELAY`]: a crash before it is written loses no binding, only the later expiry (the
+/// binding comes back with the one it had), and phones re-register long before that. Under a
+/// steady re-registration load this keeps the full-table serialisation to one per few seconds;
+/// any other change (a new, moved, removed or expired binding) still pulls the save forward.
+const REFRESH_SAVE_DELAY: Duration = Duration::from_secs(5);
+
 /// The sans-IO signalling core.
 pub struct Core {
     cfg: CoreConfig,
@@ -91,6 +99,8 @@ pub struct Core {
     registrar: Registrar,
     /// When the bindings must next be written, if they changed since the last write.
     save_due: Option<Instant>,
+    /// `save_due` was set by refreshes only ([`REFRESH_SAVE_DELAY`]).
+    save_lazy: bool,
     /// When they were last written (see [`SAVE_SPACING_PER_BINDING`]).
     last_save: Option<Instant>,
     /// Bindings changed since the status was last published.
@@ -138,6 +148,7 @@ impl Core {
             caps,
             registrar,
             save_due: None,
+            save_lazy: false,
             last_save: None,
             registrations_changed: true,
             overload_logged: None,
@@ -583,6 +594,7 @@ impl Core {
     /// The bindings file's content now (the shell writes it synchronously at exit).
     pub fn bindings_snapshot(&mut self) -> Option<(PathBuf, Vec<u8>)> {
         self.save_due = None;
+        self.save_lazy = false;
         match self.registrar.serialize() {
             Ok(data) => Some((self.cfg.state_file.clone(), data)),
             Err(e) => {
@@ -597,13 +609,31 @@ impl Core {
         std::mem::take(&mut self.registrations_changed)
     }
 
+    /// When a save wanted `delay` from now may run: spaced from the last one by the table's size
+    /// ([`SAVE_SPACING_PER_BINDING`]).
+    fn save_at(&self, now: Instant, delay: Duration) -> Instant {
+        let n = u32::try_from(self.registrar.stats().bindings).unwrap_or(u32::MAX);
+        let spaced = self
+            .last_save
+            .map(|t| t + SAVE_SPACING_PER_BINDING.saturating_mul(n));
+        spaced.map_or(now + delay, |s| s.max(now + delay))
+    }
+
+    /// Bindings were added, removed or changed in what routes to them: save soon.
     fn bindings_changed(&mut self, now: Instant) {
+        if self.save_due.is_none() || self.save_lazy {
+            let at = self.save_at(now, SAVE_DELAY);
+            self.save_due = Some(self.save_due.map_or(at, |d| d.min(at)));
+            self.save_lazy = false;
+        }
+    }
+
+    /// Bindings were only refreshed in place: save within [`REFRESH_SAVE_DELAY`] (or with an
+    /// earlier save already due).
+    fn bindings_refreshed(&mut self, now: Instant) {
         if self.save_due.is_none() {
-            let n = u32::try_from(self.registrar.stats().bindings).unwrap_or(u32::MAX);
-            let spaced = self
-                .last_save
-                .map(|t| t + SAVE_SPACING_PER_BINDING.saturating_mul(n));
-            self.save_due = Some(spaced.map_or(now + SAVE_DELAY, |s| s.max(now + SAVE_DELAY)));
+            self.save_due = Some(self.save_at(now, REFRESH_SAVE_DELAY));
+            self.save_lazy = true;
         }
     }
 
@@ -1224,7 +1254,9 @@ impl Core {
     ) {
         let out = self.registrar.handle_register(now, wall, req, flow);
         self.log_security(now, &out.events);
-        if out.changed {
+        if out.changed && out.refresh_only {
+            self.bindings_refreshed(now);
+        } else if out.changed {
             self.bindings_changed(now);
         }
         self.send_reply(now, id, req, flow, &out.reply);

@@ -87,6 +87,12 @@ pub struct QualifyTarget {
     pub contact_uri: String,
 }
 
+/// What [`Store::check_out`] took: the AOR's key and each binding's indexed deadlines.
+pub(crate) struct CheckedOut {
+    key: Option<Arc<str>>,
+    before: Vec<(u64, Instant, Option<Instant>)>,
+}
+
 /// All bindings, per AOR (the user name), with ordered indexes of their deadlines so that
 /// expiry and qualify cost O(log n) per binding that is due, whatever the number of bindings (a
 /// full pass per timer event made every wake-up of the signalling loop cost O(n)).
@@ -137,6 +143,80 @@ impl Store {
             self.unindex(b);
         }
         list
+    }
+
+    /// Takes the bindings of one AOR out to be changed and handed back with
+    /// [`Store::check_in`]. Unlike [`Store::take`] the indexes are left as they are: most
+    /// changes are refreshes of the same bindings, and re-indexing every one of them cost two
+    /// hash-table removals and insertions per REGISTER.
+    pub(crate) fn check_out(&mut self, aor: &str) -> (CheckedOut, Vec<Binding>) {
+        match self.by_aor.remove_entry(aor) {
+            Some((key, list)) => {
+                let before = list
+                    .iter()
+                    .map(|b| (b.id, b.expires_at, b.next_qualify))
+                    .collect();
+                (
+                    CheckedOut {
+                        key: Some(key),
+                        before,
+                    },
+                    list,
+                )
+            }
+            None => (
+                CheckedOut {
+                    key: None,
+                    before: Vec::new(),
+                },
+                Vec::new(),
+            ),
+        }
+    }
+
+    /// Hands back the bindings of an AOR taken with [`Store::check_out`] (nothing else may have
+    /// changed the store in between), updating only the index entries that changed.
+    pub(crate) fn check_in(&mut self, aor: &str, out: CheckedOut, mut list: Vec<Binding>) {
+        for &(id, expires_at, next_qualify) in &out.before {
+            match list.iter().find(|b| b.id == id) {
+                Some(b) => {
+                    if b.expires_at != expires_at {
+                        self.expiries.remove(&(expires_at, id));
+                        self.expiries.insert((b.expires_at, id));
+                    }
+                    if b.next_qualify != next_qualify {
+                        if let Some(q) = next_qualify {
+                            self.qualifies.remove(&(q, id));
+                        }
+                        if let Some(q) = b.next_qualify {
+                            self.qualifies.insert((q, id));
+                        }
+                    }
+                }
+                None => {
+                    self.expiries.remove(&(expires_at, id));
+                    if let Some(q) = next_qualify {
+                        self.qualifies.remove(&(q, id));
+                    }
+                    self.aor_of.remove(&id);
+                    self.count -= 1;
+                }
+            }
+        }
+        if list.is_empty() {
+            return;
+        }
+        let key = out.key.unwrap_or_else(|| Arc::from(aor));
+        for b in &list {
+            if !out.before.iter().any(|&(id, _, _)| id == b.id) {
+                self.index(&key, b);
+            }
+        }
+        // See `put`: no spare room kept per AOR.
+        if list.capacity() > list.len() {
+            list.shrink_to_fit();
+        }
+        self.by_aor.insert(key, list);
     }
 
     /// Stores the bindings of one AOR (taken before, or new); an empty list stores nothing.
@@ -291,7 +371,96 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::format_q;
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn binding(store: &mut Store, t0: Instant, secs: u64, qualify: Option<u64>) -> Binding {
+        let remote: SocketAddr = "198.51.100.7:5060".parse().unwrap();
+        let local: SocketAddr = "203.0.113.1:5060".parse().unwrap();
+        Binding {
+            id: store.next_id(),
+            contact_uri: format!("sip:a@198.51.100.7:{secs}"),
+            expires_at: t0 + Duration::from_secs(secs),
+            expires_at_wall: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            q: None,
+            instance: None,
+            reg_id: None,
+            call_id: "c".into(),
+            cseq: 1,
+            flow: Flow {
+                transport: Transport::Udp,
+                local,
+                remote,
+                conn: 0,
+            },
+            registered_at: SystemTime::UNIX_EPOCH,
+            user_agent: None,
+            reachable: true,
+            qualify_failures: 0,
+            next_qualify: qualify.map(|q| t0 + Duration::from_secs(q)),
+        }
+    }
+
+    /// The indexes hold exactly the bindings' deadlines and AORs.
+    fn assert_indexed(store: &Store) {
+        let mut expiries = BTreeSet::new();
+        let mut qualifies = BTreeSet::new();
+        let mut aor_of = HashMap::new();
+        for (aor, list) in &store.by_aor {
+            assert!(!list.is_empty());
+            for b in list {
+                expiries.insert((b.expires_at, b.id));
+                if let Some(q) = b.next_qualify {
+                    qualifies.insert((q, b.id));
+                }
+                aor_of.insert(b.id, aor.clone());
+            }
+        }
+        assert_eq!(store.expiries, expiries);
+        assert_eq!(store.qualifies, qualifies);
+        assert_eq!(store.aor_of, aor_of);
+        assert_eq!(store.count, aor_of.len());
+    }
+
+    #[test]
+    fn check_in_updates_only_what_changed_and_keeps_the_indexes_exact() {
+        let t0 = Instant::now();
+        let mut s = Store::default();
+        let a = binding(&mut s, t0, 60, Some(30));
+        let b = binding(&mut s, t0, 90, None);
+        s.put("1001", vec![a, b.clone()]);
+        let other = binding(&mut s, t0, 70, Some(10));
+        s.put("1002", vec![other]);
+        assert_indexed(&s);
+
+        // Refresh one, drop one, add one; qualify time moved.
+        let (out, mut list) = s.check_out("1001");
+        assert_eq!(list.len(), 2);
+        list.retain(|x| x.id != b.id);
+        list[0].expires_at = t0 + Duration::from_secs(600);
+        list[0].next_qualify = Some(t0 + Duration::from_secs(45));
+        let c = binding(&mut s, t0, 120, Some(5));
+        list.push(c);
+        s.check_in("1001", out, list);
+        assert_indexed(&s);
+        assert_eq!(s.count(), 3);
+
+        // Everything gone: the AOR is no more.
+        let (out, _) = s.check_out("1001");
+        s.check_in("1001", out, Vec::new());
+        assert_indexed(&s);
+        assert_eq!((s.count(), s.aors()), (1, 1));
+
+        // A new AOR through check-out/in.
+        let (out, list) = s.check_out("1003");
+        assert!(list.is_empty());
+        let d = binding(&mut s, t0, 30, None);
+        s.check_in("1003", out, vec![d]);
+        assert_indexed(&s);
+        assert_eq!(s.lookup("1003", t0).len(), 1);
+        assert_eq!(s.expire(t0 + Duration::from_secs(80)).len(), 2);
+        assert_indexed(&s);
+    }
 
     #[test]
     fn q_formatting() {

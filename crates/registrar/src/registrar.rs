@@ -226,8 +226,13 @@ pub struct SecurityEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub reply: Reply,
-    /// Bindings changed: persist them ([`Registrar::save`]).
+    /// Bindings changed: persist them ([`Registrar::serialize`]).
     pub changed: bool,
+    /// When `changed`: every change was a refresh of an existing binding with the same contact,
+    /// flow, q and instance (new expiry, Call-ID, CSeq, User-Agent). A crash before such a change
+    /// is saved loses no binding, only the later expiry, so the shell may save it lazily; any
+    /// other change (new, removed, moved or expired binding) is saved promptly.
+    pub refresh_only: bool,
     /// Security events to log.
     pub events: Vec<SecurityEvent>,
     /// The AOR user the request was about, once known.
@@ -239,6 +244,7 @@ impl Outcome {
         Outcome {
             reply,
             changed: false,
+            refresh_only: false,
             events: Vec::new(),
             aor: None,
         }
@@ -291,6 +297,16 @@ pub struct Stats {
     pub tracked_nonces: usize,
 }
 
+/// What an authenticated REGISTER changed, least first (see [`Outcome::refresh_only`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Change {
+    None,
+    /// Existing bindings refreshed in place: same contact, flow, q and instance.
+    Refresh,
+    /// A binding added, removed, evicted or changed in what routes to it.
+    Structural,
+}
+
 /// A requested contact, validated.
 struct Wanted {
     uri: String,
@@ -307,6 +323,8 @@ pub struct Registrar {
     digest: DigestServer,
     guard: Guard,
     store: Store,
+    /// MD5 over the secret and the To-tag label, absorbed once ([`Registrar::to_tag`]).
+    to_tag_key: md5::Context,
     /// When the guard's tables are next swept (see [`Registrar::expire`]).
     next_housekeeping: Option<Instant>,
 }
@@ -351,12 +369,16 @@ impl Registrar {
             max_failures_per_minute: settings.max_failures_per_minute,
             known_for: settings.known_for,
         });
+        let mut to_tag_key = md5::Context::new();
+        to_tag_key.consume(&settings.secret);
+        to_tag_key.consume(b"\0to-tag\0");
         Registrar {
             settings,
             users,
             digest,
             guard,
             store: Store::default(),
+            to_tag_key,
             next_housekeeping: None,
         }
     }
@@ -664,6 +686,7 @@ impl Registrar {
         let mut out = Outcome {
             reply: Reply::Drop,
             changed: false,
+            refresh_only: false,
             events: auth.events,
             aor: Some(aor.clone()),
         };
@@ -707,7 +730,7 @@ impl Registrar {
         let max_contacts = self.users.get(&user).map_or(1, |u| u.max_contacts.max(1));
 
         // Expired bindings of this AOR are gone before anything is listed or counted.
-        let mut list = self.store.take(&aor);
+        let (checked_out, mut list) = self.store.check_out(&aor);
         let before = list.len();
         list.retain(|b| !b.is_expired(now));
         out.changed = list.len() != before;
@@ -725,9 +748,13 @@ impl Registrar {
             &mut list,
         );
         match result {
-            Ok(changed) => out.changed |= changed,
+            Ok(change) => {
+                // Expired bindings dropped above are a structural change too.
+                out.refresh_only = !out.changed && change == Change::Refresh;
+                out.changed |= change != Change::None;
+            }
             Err(reply) => {
-                self.store.put(&aor, list);
+                self.store.check_in(&aor, checked_out, list);
                 out.reply = reply;
                 return out;
             }
@@ -737,7 +764,7 @@ impl Registrar {
             sorted.sort_by_key(|b| (b.registered_at, b.id));
             sorted.iter().map(|b| b.contact_value(now)).collect()
         };
-        self.store.put(&aor, list);
+        self.store.check_in(&aor, checked_out, list);
         out.reply = Reply::Ok {
             contacts: now_list,
             date: http_date(wall),
@@ -746,7 +773,7 @@ impl Registrar {
     }
 
     /// Applies the Contact changes of an authenticated REGISTER to `list` (the AOR's unexpired
-    /// bindings). `Ok(changed)`, or `Err(reply)` leaving `list` untouched.
+    /// bindings). `Ok(what changed)`, or `Err(reply)` leaving `list` untouched.
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
@@ -760,12 +787,12 @@ impl Registrar {
         contacts: Option<ContactList>,
         max_contacts: usize,
         list: &mut Vec<Binding>,
-    ) -> Result<bool, Reply> {
+    ) -> Result<Change, Reply> {
         // Same Call-ID with a CSeq not above the stored one: out of order (RFC 3261 §10.3 step
         // 7 says "do not update"); we answer 200 with the current bindings, changing nothing.
         let out_of_order = |b: &Binding| b.call_id == call_id && b.cseq >= cseq;
         let cs = match contacts {
-            None => return Ok(false), // a query
+            None => return Ok(Change::None), // a query
             Some(ContactList::Star) => {
                 if expires_hdr != Some(0) {
                     return Err(Reply::BadRequest {
@@ -773,11 +800,15 @@ impl Registrar {
                     });
                 }
                 if list.iter().any(out_of_order) {
-                    return Ok(false);
+                    return Ok(Change::None);
                 }
                 let changed = !list.is_empty();
                 list.clear();
-                return Ok(changed);
+                return Ok(if changed {
+                    Change::Structural
+                } else {
+                    Change::None
+                });
             }
             Some(ContactList::List(cs)) => cs,
         };
@@ -823,7 +854,7 @@ impl Registrar {
             .iter()
             .any(|w| list.iter().any(|b| same_binding(b, w) && out_of_order(b)))
         {
-            return Ok(false);
+            return Ok(Change::None);
         }
         // Distinct contacts this request wants bound.
         let mut distinct: Vec<&Wanted> = Vec::new();
@@ -842,11 +873,13 @@ impl Registrar {
             .map(|ua| truncate(&String::from_utf8_lossy(&ua), MAX_USER_AGENT));
         let qualify_at = self.settings.qualify_interval.map(|i| crate::later(now, i));
         let mut touched = HashSet::new();
+        let mut change = Change::None;
         for w in wanted {
             let idx = list.iter().position(|b| same_binding(b, &w));
             if w.expires == 0 {
                 if let Some(i) = idx {
                     list.remove(i);
+                    change = Change::Structural;
                 }
                 continue;
             }
@@ -854,6 +887,16 @@ impl Registrar {
             match idx {
                 Some(i) => {
                     let b = &mut list[i];
+                    let same = b.contact_uri == w.uri
+                        && b.flow == flow
+                        && b.q == w.q
+                        && b.instance == w.instance
+                        && b.reg_id == w.reg_id;
+                    change = change.max(if same {
+                        Change::Refresh
+                    } else {
+                        Change::Structural
+                    });
                     b.contact_uri = w.uri;
                     b.expires_at = now + life;
                     b.expires_at_wall = wall + life;
@@ -872,6 +915,7 @@ impl Registrar {
                     touched.insert(b.id);
                 }
                 None => {
+                    change = Change::Structural;
                     let id = self.store.next_id();
                     touched.insert(id);
                     list.push(Binding {
@@ -904,9 +948,10 @@ impl Registrar {
                 .map(|(i, _)| i);
             let Some(i) = victim else { break };
             let b = list.remove(i);
+            change = Change::Structural;
             tracing::debug!(contact = %b.contact_uri, "max contacts reached, evicting the oldest binding");
         }
-        Ok(true)
+        Ok(change)
     }
 
     fn serves(&self, host: Option<&Host>) -> bool {
@@ -1081,27 +1126,54 @@ impl Registrar {
     /// `None` for [`Reply::Drop`].
     pub fn response_bytes(&self, reply: &Reply, req: &Message, flow: &Flow) -> Option<Bytes> {
         let (status, reason) = reply.status()?;
+        let tag = self.to_tag_hex(req);
         let mut b = ResponseBuilder::new(req, status.code(), reason, Some(flow.remote))
-            .to_tag(&self.to_tag(req));
-        for (name, value) in reply.headers() {
-            b = b.header(name, &value);
+            .to_tag(std::str::from_utf8(&tag).unwrap_or_default());
+        // The extra headers written from the reply itself ([`Reply::headers`] without copies).
+        match reply {
+            Reply::Challenge { kind, values } => {
+                for v in values {
+                    b = b.header(kind.challenge_header(), v);
+                }
+            }
+            Reply::Ok { contacts, date } => {
+                for c in contacts {
+                    b = b.header("Contact", c);
+                }
+                b = b.header("Date", date);
+            }
+            Reply::IntervalTooBrief { min_expires } => {
+                b = b.header("Min-Expires", &min_expires.to_string());
+            }
+            _ => {}
         }
         Some(b.build())
     }
 
     /// A To tag, stable for one Call-ID and From tag.
     pub fn to_tag(&self, req: &Message) -> String {
-        let mut data = self.settings.secret.clone();
-        data.extend_from_slice(b"\0to-tag\0");
+        String::from_utf8_lossy(&self.to_tag_hex(req)).into_owned()
+    }
+
+    /// [`Self::to_tag`] as 16 hex digits: the first 64 bits of MD5(secret, label, Call-ID, 0,
+    /// From tag), the keyed prefix absorbed once at start.
+    fn to_tag_hex(&self, req: &Message) -> [u8; 16] {
+        let mut ctx = self.to_tag_key.clone();
         if let Ok(c) = req.call_id() {
-            data.extend_from_slice(&c);
+            ctx.consume(&c);
         }
         if let Some(t) = req.from_hdr().ok().and_then(|f| f.tag()) {
-            data.push(0);
-            data.extend_from_slice(&t);
+            ctx.consume([0u8]);
+            ctx.consume(&t);
         }
-        let h = podpbx_sip::digest::HashAlg::Md5.hex(&data);
-        h.get(..16).unwrap_or(&h).to_owned()
+        let d = ctx.compute().0;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, b) in d[..8].iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+        out
     }
 }
 

@@ -1582,3 +1582,92 @@ fn global_failure_cap_protects_against_spread_guessing() {
     );
     assert!(matches!(o.reply, Reply::Ok { .. }), "{:?}", o.reply);
 }
+
+/// Only a refresh of the same bindings (same contact, flow, q, instance) may be saved lazily;
+/// anything that adds, removes, moves or expires a binding must be saved promptly (issue #14).
+#[test]
+fn refresh_only_marks_in_place_refreshes_and_nothing_else() {
+    let mut e = env();
+    let o = e.register(0, Req::new("1001").contact(C1), PHONE, "1001", "secret");
+    assert!(o.changed && !o.refresh_only, "a new binding is structural");
+    let o = e.register(
+        10,
+        Req::new("1001").contact(C1).call_id("other"),
+        PHONE,
+        "1001",
+        "secret",
+    );
+    assert!(
+        o.changed && o.refresh_only,
+        "same contact and flow: a refresh"
+    );
+    let o = e.register(
+        20,
+        Req::new("1001").contact(C1).call_id("third"),
+        "192.168.1.10:5070",
+        "1001",
+        "secret",
+    );
+    assert!(
+        o.changed && !o.refresh_only,
+        "the flow moved (NAT rebinding)"
+    );
+    let o = e.register(
+        30,
+        Req::new("1001")
+            .contact("<sip:1001@192.168.1.10:5060>;q=0.5")
+            .call_id("fourth"),
+        "192.168.1.10:5070",
+        "1001",
+        "secret",
+    );
+    assert!(o.changed && !o.refresh_only, "q changed");
+    let o = e.register(
+        40,
+        Req::new("1001")
+            .contact("<sip:1001@192.168.1.11:5060>")
+            .call_id("fifth"),
+        "192.168.1.10:5070",
+        "1001",
+        "secret",
+    );
+    assert!(o.changed && !o.refresh_only, "a second binding added");
+    let o = e.register(
+        50,
+        Req::new("1001").contact(C1).expires("0").call_id("sixth"),
+        "192.168.1.10:5070",
+        "1001",
+        "secret",
+    );
+    assert!(o.changed && !o.refresh_only, "a binding removed");
+    // The other binding (3600 s from t=40) expired before this refresh of it: structural.
+    let o = e.register(
+        3700,
+        Req::new("1001")
+            .contact("<sip:1001@192.168.1.11:5060>")
+            .call_id("seventh"),
+        "192.168.1.10:5070",
+        "1001",
+        "secret",
+    );
+    assert!(o.changed && !o.refresh_only, "an expired binding dropped");
+    let o = e.register(
+        3710,
+        Req::new("1001")
+            .contact("<sip:1001@192.168.1.11:5060>")
+            .call_id("eighth"),
+        "192.168.1.10:5070",
+        "1001",
+        "secret",
+    );
+    assert!(o.changed && o.refresh_only);
+    // A query changes nothing.
+    let o = e.register(
+        3720,
+        Req::new("1001"),
+        "192.168.1.10:5070",
+        "1001",
+        "secret",
+    );
+    assert!(!o.changed && !o.refresh_only);
+}

@@ -41,6 +41,38 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A short formatted text on the stack (a Via edit: `;received=` and an address, a port).
+struct Short {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Short {
+    fn fmt(args: std::fmt::Arguments<'_>) -> Short {
+        let mut s = Short {
+            buf: [0; 64],
+            len: 0,
+        };
+        // Cannot overflow: an IPv6 address is at most 45 characters.
+        let _ = std::fmt::Write::write_fmt(&mut s, args);
+        s
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for Short {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// Writes the top Via line's value with `received`/`rport` filled in (RFC 3261 §18.2.1,
 /// RFC 3581 §4); `received` carries an IPv6 address without brackets (RFC 5118 §4.5). Everything
 /// else, including the other values of a comma list, is copied byte for byte.
@@ -53,20 +85,31 @@ fn put_top_via(out: &mut BytesMut, value: &Bytes, source: SocketAddr) {
     let base = at.params_start;
     let src_ip = canonical(source.ip());
     // Edits as (start, end, text): replace value[start..end] by text; at most two, in order.
-    let mut edits: [Option<(usize, usize, String)>; 2] = [None, None];
+    // The texts are short (";received=" and an IPv6 address at most): kept on the stack.
+    let mut edits: [Option<(usize, usize, Short)>; 2] = [None, None];
     let rport_flag = matches!(via.rport(), Some(None));
     if rport_flag {
         if let Some((_, nb, _, _)) = via.params.spans_named("rport") {
-            edits[0] = Some((base + nb, base + nb, format!("={}", source.port())));
+            edits[0] = Some((
+                base + nb,
+                base + nb,
+                Short::fmt(format_args!("={}", source.port())),
+            ));
         }
     }
     let needs_received = rport_flag || via.host.ip().map(canonical) != Some(src_ip);
     if needs_received && via.received().map(canonical) != Some(src_ip) {
         edits[1] = Some(match via.params.spans_named("received") {
             // A stale or malformed received is replaced, a bare one gets a value.
-            Some((_, nb, va, vb)) if va == vb => (base + nb, base + nb, format!("={src_ip}")),
-            Some((_, _, va, vb)) => (base + va, base + vb, src_ip.to_string()),
-            None => (at.end, at.end, format!(";received={src_ip}")),
+            Some((_, nb, va, vb)) if va == vb => {
+                (base + nb, base + nb, Short::fmt(format_args!("={src_ip}")))
+            }
+            Some((_, _, va, vb)) => (base + va, base + vb, Short::fmt(format_args!("{src_ip}"))),
+            None => (
+                at.end,
+                at.end,
+                Short::fmt(format_args!(";received={src_ip}")),
+            ),
         });
     }
     if edits[0]
@@ -153,10 +196,18 @@ impl ResponseBuilder {
     /// Adds a To tag if the request's To has none.
     pub fn to_tag(mut self, tag: &str) -> Self {
         if let Some(at) = self.to_tag_at.take() {
-            let tail = self.out.split_off(at);
-            self.out.put_slice(b";tag=");
-            put_clean(&mut self.out, tag.as_bytes());
-            self.out.put_slice(&tail);
+            // Opened up in place: splitting the buffer at `at` would leave it without spare
+            // capacity, so every later header would reallocate and copy it.
+            let end = self.out.len();
+            let add = b";tag=".len() + tag.len();
+            self.out.resize(end + add, 0);
+            self.out.copy_within(at..end, at + add);
+            let slot = &mut self.out[at..at + add];
+            slot[..5].copy_from_slice(b";tag=");
+            for (d, &c) in slot[5..].iter_mut().zip(tag.as_bytes()) {
+                // As `put_clean`: CR and LF become SP.
+                *d = if c == b'\r' || c == b'\n' { b' ' } else { c };
+            }
         }
         self
     }

@@ -36,12 +36,64 @@ impl HashAlg {
         }
     }
 
+    /// [`Self::hex`] of the concatenation of `parts`, without building it: the digest inputs
+    /// are `a:b:c` joins hashed per request, so this saves a buffer and its growth each time.
+    pub fn hex_parts(self, parts: &[&[u8]]) -> HexDigest {
+        let mut out = HexDigest {
+            buf: [0; 64],
+            len: 0,
+        };
+        match self {
+            HashAlg::Md5 => {
+                let mut c = md5::Context::new();
+                for p in parts {
+                    c.consume(p);
+                }
+                hex_into(&c.compute().0, &mut out.buf[..32]);
+                out.len = 32;
+            }
+            HashAlg::Sha256 => {
+                let mut h = Sha256::new();
+                for p in parts {
+                    h.update(p);
+                }
+                hex_into(&h.finalize(), &mut out.buf[..64]);
+                out.len = 64;
+            }
+        }
+        out
+    }
+
     /// Length of the hex digest.
     pub fn hex_len(self) -> usize {
         match self {
             HashAlg::Md5 => 32,
             HashAlg::Sha256 => 64,
         }
+    }
+}
+
+/// A lower-case hex digest on the stack ([`HashAlg::hex_parts`]).
+#[derive(Clone, Copy)]
+pub struct HexDigest {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl HexDigest {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Hex digits only.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for HexDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -187,7 +239,15 @@ impl Key {
 
 /// `H(username ":" realm ":" password)`, lower-case hex.
 pub fn ha1(hash: HashAlg, username: &str, realm: &str, password: &str) -> String {
-    hash.hex(format!("{username}:{realm}:{password}").as_bytes())
+    hash.hex_parts(&[
+        username.as_bytes(),
+        b":",
+        realm.as_bytes(),
+        b":",
+        password.as_bytes(),
+    ])
+    .as_str()
+    .to_owned()
 }
 
 /// The `qop`-related inputs of a response: `None` for RFC 2069 style (no qop).
@@ -213,28 +273,63 @@ pub fn compute_response(
     digest_uri: &str,
     body: &[u8],
 ) -> Option<String> {
+    response_digest(algorithm, ha1_base, nonce, qop, method, digest_uri, body)
+        .map(|d| d.as_str().to_owned())
+}
+
+/// [`compute_response`] without allocating: every intermediate hash is hashed from its parts.
+fn response_digest(
+    algorithm: Algorithm,
+    ha1_base: &str,
+    nonce: &str,
+    qop: Option<QopInput<'_>>,
+    method: &str,
+    digest_uri: &str,
+    body: &[u8],
+) -> Option<HexDigest> {
     let h = algorithm.hash();
-    let ha1 = if algorithm.is_sess() {
+    let sess;
+    let ha1: &[u8] = if algorithm.is_sess() {
         let q = qop?;
-        h.hex(format!("{ha1_base}:{nonce}:{}", q.cnonce).as_bytes())
+        sess = h.hex_parts(&[
+            ha1_base.as_bytes(),
+            b":",
+            nonce.as_bytes(),
+            b":",
+            q.cnonce.as_bytes(),
+        ]);
+        sess.as_bytes()
     } else {
-        ha1_base.to_owned()
+        ha1_base.as_bytes()
     };
     let ha2 = match qop.map(|q| q.qop) {
-        Some(Qop::AuthInt) => h.hex(format!("{method}:{digest_uri}:{}", h.hex(body)).as_bytes()),
-        _ => h.hex(format!("{method}:{digest_uri}").as_bytes()),
+        Some(Qop::AuthInt) => {
+            let hb = h.hex_parts(&[body]);
+            h.hex_parts(&[
+                method.as_bytes(),
+                b":",
+                digest_uri.as_bytes(),
+                b":",
+                hb.as_bytes(),
+            ])
+        }
+        _ => h.hex_parts(&[method.as_bytes(), b":", digest_uri.as_bytes()]),
     };
     Some(match qop {
-        Some(q) => h.hex(
-            format!(
-                "{ha1}:{nonce}:{}:{}:{}:{ha2}",
-                q.nc,
-                q.cnonce,
-                q.qop.as_str()
-            )
-            .as_bytes(),
-        ),
-        None => h.hex(format!("{ha1}:{nonce}:{ha2}").as_bytes()),
+        Some(q) => h.hex_parts(&[
+            ha1,
+            b":",
+            nonce.as_bytes(),
+            b":",
+            q.nc.as_bytes(),
+            b":",
+            q.cnonce.as_bytes(),
+            b":",
+            q.qop.as_str().as_bytes(),
+            b":",
+            ha2.as_bytes(),
+        ]),
+        None => h.hex_parts(&[ha1, b":", nonce.as_bytes(), b":", ha2.as_bytes()]),
     })
 }
 
@@ -321,10 +416,10 @@ pub enum DigestParseError {
 /// At most this many auth-params are accepted in one header value.
 const MAX_PARAMS: usize = 64;
 
-/// One parsed auth-param: lower-cased name and unescaped value.
+/// One parsed auth-param: its name as sent (compared case-insensitively) and unescaped value.
 #[derive(Debug)]
-struct RawParam {
-    name: String,
+struct RawParam<'a> {
+    name: &'a [u8],
     value: String,
 }
 
@@ -339,7 +434,7 @@ fn is_lws(b: u8) -> bool {
 /// Splits `scheme 1*LWS auth-param *(COMMA auth-param)` into the scheme and its params.
 /// Param names are lower-cased; quoted-string values are unescaped. Duplicate names, unterminated
 /// quotes, non-UTF-8 text are malformed; empty list elements (`,,`) are tolerated.
-fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam>, DigestParseError> {
+fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam<'_>>, DigestParseError> {
     let mut i = 0;
     while i < value.len() && is_lws(value[i]) {
         i += 1;
@@ -360,7 +455,8 @@ fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam>, DigestParseError> {
     if i < value.len() && !is_lws(value[i]) {
         return Err(DigestParseError::Malformed("scheme"));
     }
-    let mut params: Vec<RawParam> = Vec::new();
+    // Credentials carry about ten parameters: one allocation for the list.
+    let mut params: Vec<RawParam> = Vec::with_capacity(12);
     loop {
         // Skip whitespace and empty list elements.
         while i < value.len() && (is_lws(value[i]) || value[i] == b',') {
@@ -376,7 +472,7 @@ fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam>, DigestParseError> {
         if ns == i {
             return Err(DigestParseError::Malformed("parameter name"));
         }
-        let name = ascii_lower(&value[ns..i]);
+        let name = &value[ns..i];
         while i < value.len() && is_lws(value[i]) {
             i += 1;
         }
@@ -389,7 +485,9 @@ fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam>, DigestParseError> {
         }
         let raw_value: Vec<u8> = if i < value.len() && value[i] == b'"' {
             i += 1;
-            let mut out = Vec::new();
+            // Sized for the usual value without escapes (to the next quote).
+            let guess = value[i..].iter().position(|&c| c == b'"').unwrap_or(0);
+            let mut out = Vec::with_capacity(guess);
             loop {
                 match value.get(i) {
                     None => return Err(DigestParseError::Malformed("unterminated quoted string")),
@@ -431,7 +529,7 @@ fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam>, DigestParseError> {
         }
         let value_str =
             String::from_utf8(raw_value).map_err(|_| DigestParseError::Malformed("UTF-8"))?;
-        if params.iter().any(|p| p.name == name) {
+        if params.iter().any(|p| p.name.eq_ignore_ascii_case(name)) {
             return Err(DigestParseError::Malformed("duplicate parameter"));
         }
         if params.len() >= MAX_PARAMS {
@@ -448,12 +546,10 @@ fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam>, DigestParseError> {
     Ok(params)
 }
 
-fn ascii_lower(b: &[u8]) -> String {
-    b.iter().map(|c| c.to_ascii_lowercase() as char).collect()
-}
-
 fn take(params: &mut Vec<RawParam>, name: &str) -> Option<String> {
-    let pos = params.iter().position(|p| p.name == name)?;
+    let pos = params
+        .iter()
+        .position(|p| p.name.eq_ignore_ascii_case(name.as_bytes()))?;
     Some(params.swap_remove(pos).value)
 }
 
@@ -466,6 +562,15 @@ fn push_token(out: &mut String, value: &str) {
 /// Writes `"value"` with `"` and `\` escaped.
 fn push_quoted(out: &mut String, value: &str) {
     out.push('"');
+    // Usual values (nonces, realms, URIs) need no escape: one copy.
+    if !value
+        .bytes()
+        .any(|b| matches!(b, b'"' | b'\\' | b'\r' | b'\n'))
+    {
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     for c in value.chars() {
         if c == '"' || c == '\\' {
             out.push('\\');
@@ -542,7 +647,8 @@ impl Challenge {
 
     /// Formats the header value: `Digest realm="..", nonce="..", ...`.
     pub fn to_header_value(&self) -> String {
-        let mut s = String::from("Digest realm=");
+        let mut s = String::with_capacity(64 + self.realm.len() + self.nonce.len());
+        s.push_str("Digest realm=");
         push_quoted(&mut s, &self.realm);
         if let Some(d) = &self.domain {
             s.push_str(", domain=");
@@ -649,7 +755,8 @@ impl Credentials {
 
     /// Formats the header value: `Digest username="..", realm="..", ...`.
     pub fn to_header_value(&self) -> String {
-        let mut s = String::from("Digest username=");
+        let mut s = String::with_capacity(256);
+        s.push_str("Digest username=");
         push_quoted(&mut s, &self.username);
         s.push_str(", realm=");
         push_quoted(&mut s, &self.realm);
@@ -901,10 +1008,28 @@ impl DigestServer {
 
     /// [`Self::challenges`] formatted as header values.
     pub fn challenge_values(&mut self, now: Instant, stale: bool) -> Vec<String> {
-        self.challenges(now, stale)
-            .iter()
-            .map(Challenge::to_header_value)
-            .collect()
+        // Written directly (one buffer per value), exactly as `Challenge::to_header_value` writes
+        // the challenges of `challenges`: this runs for every first REGISTER.
+        let nonce = self.new_nonce(now);
+        let realm = &self.cfg.realm;
+        let mut out = Vec::with_capacity(self.cfg.algorithms.len());
+        for a in &self.cfg.algorithms {
+            let mut s = String::with_capacity(96 + realm.len() + nonce.len());
+            s.push_str("Digest realm=");
+            push_quoted(&mut s, realm);
+            s.push_str(", nonce=");
+            push_quoted(&mut s, &nonce);
+            if stale {
+                s.push_str(", stale=true");
+            }
+            s.push_str(", algorithm=");
+            s.push_str(a.as_str());
+            if self.cfg.qop {
+                s.push_str(", qop=\"auth\"");
+            }
+            out.push(s);
+        }
+        out
     }
 
     /// Verifies credentials for a request with `method` and `body` (the body matters only for
@@ -954,20 +1079,26 @@ impl DigestServer {
         let hash = algorithm.hash();
         let ha1 = secret.and_then(|s| s.ha1(hash, &creds.username, &self.cfg.realm));
         // Same amount of hashing for unknown users as for known ones.
-        let ha1_for_work = ha1
-            .clone()
-            .unwrap_or_else(|| ha1_dummy(hash, &creds.username, &self.cfg.realm));
-        let expected = compute_response(
+        let dummy;
+        let ha1_for_work = match &ha1 {
+            Some(h) => h.as_str(),
+            None => {
+                dummy = ha1_dummy(hash, &creds.username, &self.cfg.realm);
+                dummy.as_str()
+            }
+        };
+        let expected = response_digest(
             algorithm,
-            &ha1_for_work,
+            ha1_for_work,
             &creds.nonce,
             qop,
             method,
             &creds.uri,
             body,
         );
-        let given = creds.response.to_ascii_lowercase();
-        let matches = expected.is_some_and(|e| ct_eq(e.as_bytes(), given.as_bytes()));
+        // The response is hex: compared case-insensitively, in constant time.
+        let matches =
+            expected.is_some_and(|e| ct_eq_lower(e.as_bytes(), creds.response.as_bytes()));
         if secret.is_none() {
             return VerifyOutcome::UnknownUser;
         }
@@ -1097,6 +1228,18 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
         out[2 * i] = HEX[usize::from(b >> 4)];
         out[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
+}
+
+/// [`ct_eq`] of `expected` (lower case) with `given` lower-cased.
+fn ct_eq_lower(expected: &[u8], given: &[u8]) -> bool {
+    if expected.len() != given.len() {
+        return false;
+    }
+    expected
+        .iter()
+        .zip(given)
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y.to_ascii_lowercase()))
+        == 0
 }
 
 /// Constant-time equality (for equal lengths).
@@ -1348,6 +1491,63 @@ mod tests {
             to_hex(&tag),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
+    }
+
+    #[test]
+    fn challenge_values_are_the_challenges_formatted() {
+        let t0 = Instant::now();
+        for (algorithms, qop) in [
+            (vec![Algorithm::Md5], true),
+            (vec![Algorithm::Sha256, Algorithm::Md5Sess], true),
+            (vec![Algorithm::Md5], false),
+        ] {
+            let mut cfg = ServerConfig::new("r\"e\\alm", b"0123456789abcdef".to_vec());
+            cfg.algorithms = algorithms;
+            cfg.qop = qop;
+            for stale in [false, true] {
+                let mut a = DigestServer::new(cfg.clone(), t0);
+                let mut b = DigestServer::new(cfg.clone(), t0);
+                let later = t0 + Duration::from_millis(1234);
+                let want: Vec<String> = a
+                    .challenges(later, stale)
+                    .iter()
+                    .map(Challenge::to_header_value)
+                    .collect();
+                assert_eq!(b.challenge_values(later, stale), want);
+            }
+        }
+    }
+
+    #[test]
+    fn responses_compare_case_insensitively_in_constant_time() {
+        assert!(ct_eq_lower(b"0a1b", b"0A1b"));
+        assert!(!ct_eq_lower(b"0a1b", b"0a1c"));
+        assert!(!ct_eq_lower(b"0a1b", b"0a1"));
+    }
+
+    #[test]
+    fn response_matches_rfc2617_example() {
+        // RFC 2617 §3.5: Mufasa / Circle Of Life, qop=auth.
+        let ha1 = ha1(
+            HashAlg::Md5,
+            "Mufasa",
+            "testrealm@host.com",
+            "Circle Of Life",
+        );
+        let r = compute_response(
+            Algorithm::Md5,
+            &ha1,
+            "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+            Some(QopInput {
+                qop: Qop::Auth,
+                nc: "00000001",
+                cnonce: "0a4f113b",
+            }),
+            "GET",
+            "/dir/index.html",
+            b"",
+        );
+        assert_eq!(r.as_deref(), Some("6629fae49393a05397450978507c4ef1"));
     }
 
     #[test]

@@ -482,3 +482,44 @@ fn qualify_probes_go_through_the_owner_table() {
         "finished probes are forgotten"
     );
 }
+
+/// A refresh of the same binding is saved lazily (within `REFRESH_SAVE_DELAY`, 5 s): under a
+/// re-registration load the full bindings file is not rewritten twice a second. A new binding
+/// still pulls the pending save forward to `SAVE_DELAY` (issue #14).
+#[test]
+fn refreshes_are_saved_lazily_and_new_bindings_promptly() {
+    let mut sim = Sim::new(USERS);
+    let mut a = alice();
+    assert_eq!(register(&mut sim, &mut a, 3600).status(), 200);
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(
+        sim.saved.len(),
+        1,
+        "a new binding is saved within the save delay"
+    );
+
+    // Refresh: credentials on the known nonce, straight to 200.
+    let r = a.register(1800);
+    sim.recv(a.addr, &r);
+    assert_eq!(sim.one_to(a.addr).status(), 200);
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(sim.saved.len(), 1, "a refresh is not saved at once");
+    sim.advance(Duration::from_secs(4));
+    assert_eq!(sim.saved.len(), 2, "but within 5 s");
+    let file = String::from_utf8(sim.saved[1].clone()).unwrap();
+    assert!(file.contains("sip:101@[2001:db8::7]:5062"), "{file}");
+
+    // A refresh pending, then a new binding: both saved within the save delay.
+    let r = a.register(1800);
+    sim.recv(a.addr, &r);
+    assert_eq!(sim.one_to(a.addr).status(), 200);
+    let mut b = bob();
+    assert_eq!(register(&mut sim, &mut b, 3600).status(), 200);
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.saved.len(), 3);
+    let file = String::from_utf8(sim.saved[2].clone()).unwrap();
+    assert!(
+        file.contains("sip:101@") && file.contains("sip:102@"),
+        "{file}"
+    );
+}
