@@ -14,7 +14,7 @@ use podpbx_sip::{
     ContactList, HeaderName, Host, Message, Method, ResponseBuilder, StatusCode, Uri,
 };
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -325,6 +325,8 @@ pub struct Registrar {
     store: Store,
     /// MD5 over the secret and the To-tag label, absorbed once ([`Registrar::to_tag`]).
     to_tag_key: md5::Context,
+    /// The Date of the last 200: (Unix seconds, header value).
+    date_cache: (u64, String),
     /// When the guard's tables are next swept (see [`Registrar::expire`]).
     next_housekeeping: Option<Instant>,
 }
@@ -379,6 +381,7 @@ impl Registrar {
             guard,
             store: Store::default(),
             to_tag_key,
+            date_cache: (0, String::new()),
             next_housekeeping: None,
         }
     }
@@ -678,9 +681,6 @@ impl Registrar {
         // A malformed Expires header counts as absent (the default applies; RFC 3261 §20.19
         // suggests treating it as 3600), so `Contact: *` with it is a 400.
         let expires_hdr = req.expires().ok().flatten();
-        let Ok(contacts) = req.contacts() else {
-            return bad("Malformed Contact");
-        };
 
         let auth = self.authenticate_inner(now, req, flow, AuthKind::Www, Some(&aor));
         let mut out = Outcome {
@@ -719,7 +719,10 @@ impl Registrar {
         }
         // A user required to use TLS registers only over TLS: a binding over another transport
         // would route its calls (and SDES keys) in clear text.
-        if let Some(required) = self.users.get(&user).and_then(|u| u.required_transport) {
+        let account = self.users.get(&user);
+        let required = account.and_then(|u| u.required_transport);
+        let max_contacts = account.map_or(1, |u| u.max_contacts.max(1));
+        if let Some(required) = required {
             if flow.transport != required {
                 out.reply = Reply::Forbidden {
                     reason: "Transport Not Allowed",
@@ -727,7 +730,14 @@ impl Registrar {
                 return out;
             }
         }
-        let max_contacts = self.users.get(&user).map_or(1, |u| u.max_contacts.max(1));
+        // Parsed once authenticated: half the REGISTERs are answered with a challenge, which
+        // needs no contact (the core has validated the Contact header before this anyway).
+        let Ok(contacts) = req.contacts() else {
+            out.reply = Reply::BadRequest {
+                reason: "Malformed Contact",
+            };
+            return out;
+        };
 
         // Expired bindings of this AOR are gone before anything is listed or counted.
         let (checked_out, mut list) = self.store.check_out(&aor);
@@ -767,7 +777,7 @@ impl Registrar {
         self.store.check_in(&aor, checked_out, list);
         out.reply = Reply::Ok {
             contacts: now_list,
-            date: http_date(wall),
+            date: self.date(wall),
         };
         out
     }
@@ -872,7 +882,8 @@ impl Registrar {
             .header(HeaderName::UserAgent)
             .map(|ua| truncate(&String::from_utf8_lossy(&ua), MAX_USER_AGENT));
         let qualify_at = self.settings.qualify_interval.map(|i| crate::later(now, i));
-        let mut touched = HashSet::new();
+        // Ids of the bindings this request refreshed or added (a few: a list, not a hash set).
+        let mut touched: Vec<u64> = Vec::new();
         let mut change = Change::None;
         for w in wanted {
             let idx = list.iter().position(|b| same_binding(b, &w));
@@ -903,7 +914,8 @@ impl Registrar {
                     b.q = w.q;
                     b.instance = w.instance;
                     b.reg_id = w.reg_id;
-                    b.call_id = call_id.to_owned();
+                    b.call_id.clear();
+                    b.call_id.push_str(call_id);
                     b.cseq = cseq;
                     b.flow = flow;
                     b.user_agent.clone_from(&user_agent);
@@ -912,12 +924,12 @@ impl Registrar {
                     if b.next_qualify.is_none() {
                         b.next_qualify = qualify_at;
                     }
-                    touched.insert(b.id);
+                    touched.push(b.id);
                 }
                 None => {
                     change = Change::Structural;
                     let id = self.store.next_id();
-                    touched.insert(id);
+                    touched.push(id);
                     list.push(Binding {
                         id,
                         contact_uri: w.uri,
@@ -1150,6 +1162,15 @@ impl Registrar {
         Some(b.build())
     }
 
+    /// [`http_date`] of `wall`, formatted once per second.
+    fn date(&mut self, wall: SystemTime) -> String {
+        let secs = persist::unix_ms(wall) / 1000;
+        if self.date_cache.0 != secs || self.date_cache.1.is_empty() {
+            self.date_cache = (secs, http_date(wall));
+        }
+        self.date_cache.1.clone()
+    }
+
     /// A To tag, stable for one Call-ID and From tag.
     pub fn to_tag(&self, req: &Message) -> String {
         String::from_utf8_lossy(&self.to_tag_hex(req)).into_owned()
@@ -1260,7 +1281,14 @@ fn sanitize_user(s: &str) -> String {
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {
-    s.chars().take(max_chars).collect()
+    // At most `max_chars` bytes is at most that many characters: one copy, no scan.
+    if s.len() <= max_chars {
+        return s.to_owned();
+    }
+    match s.char_indices().nth(max_chars) {
+        Some((end, _)) => s[..end].to_owned(),
+        None => s.to_owned(),
+    }
 }
 
 /// RFC 1123 date for the Date header, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
