@@ -711,11 +711,13 @@ impl Core {
         let peer = flow.response_peer(msg);
         match self.tx.on_request_from(now, msg, peer, flow.remote.ip()) {
             RequestDisposition::New(id) => {
-                if let Some(reason) = self.shed(now, msg) {
+                // A To tag: a request inside a dialog (read once for overload and dispatch).
+                let in_dialog = msg.to_hdr().ok().and_then(|t| t.tag()).is_some();
+                if let Some(reason) = self.shed(now, msg, in_dialog) {
                     self.refuse_overloaded(now, id, msg, flow, reason);
                 } else {
                     let calls = self.active_calls();
-                    self.handle_request(now, wall, id, msg, flow);
+                    self.handle_request(now, wall, id, msg, flow, in_dialog);
                     // A new call is in set-up until the next count says otherwise (a
                     // challenged INVITE made none).
                     let created = self.active_calls().saturating_sub(calls);
@@ -818,13 +820,13 @@ impl Core {
     /// Whether a new request must be refused for overload (see `crate::overload`): only new
     /// INVITEs and REGISTERs outside a dialog; everything that ends or continues what is
     /// already admitted (BYE, ACK, CANCEL, in-dialog requests) is always processed.
-    fn shed(&mut self, now: Instant, msg: &Message) -> Option<Reason> {
+    fn shed(&mut self, now: Instant, msg: &Message, in_dialog: bool) -> Option<Reason> {
         let invite = match msg.method() {
             Some(Method::Invite) => true,
             Some(Method::Register) => false,
             _ => return None,
         };
-        if msg.to_hdr().ok().and_then(|t| t.tag()).is_some() {
+        if in_dialog {
             return None;
         }
         let (calls, max_calls, max_setup, media) = match self.calls.as_ref() {
@@ -1035,6 +1037,7 @@ impl Core {
         id: ServerTxId,
         req: &Message,
         flow: Flow,
+        in_dialog: bool,
     ) {
         let method = req.method().cloned().unwrap_or(Method::Other(Bytes::new()));
         if let Err(rej) = check_request(req, &self.caps) {
@@ -1058,7 +1061,6 @@ impl Core {
             }
             return;
         }
-        let in_dialog = req.to_hdr().ok().and_then(|t| t.tag()).is_some();
         match method {
             Method::Register => self.handle_register(now, wall, id, req, flow),
             Method::Subscribe if !in_dialog => self.handle_subscribe(now, id, req, flow),
