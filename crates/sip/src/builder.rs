@@ -231,6 +231,9 @@ impl ResponseBuilder {
 /// Capacity reserved up front for a message derived from a received one.
 const MAX_PRESIZE: usize = 2048;
 
+/// More unused capacity than this is copied away by [`tight`].
+const TIGHT_SLACK: usize = 192;
+
 fn finish(mut out: BytesMut, content_type: Option<BytesMut>, body: &[u8]) -> Bytes {
     if let Some(ct) = content_type {
         put_header(&mut out, b"Content-Type", &ct);
@@ -241,9 +244,11 @@ fn finish(mut out: BytesMut, content_type: Option<BytesMut>, body: &[u8]) -> Byt
 }
 
 /// The message as `Bytes` without a large unused tail: transactions keep responses and ACKs for
-/// seconds, and what they keep is charged by its length.
+/// seconds, and what they keep is charged by its length. A response is presized from its
+/// request's head, so the tail is about the request headers not copied (credentials, a body):
+/// 10 000 REGISTERs/s keep 20 000 `200`s for their 4*T1, where 300 spare bytes each are 6 MB.
 fn tight(out: BytesMut) -> Bytes {
-    if out.capacity() - out.len() > 1024 {
+    if out.capacity() - out.len() > TIGHT_SLACK {
         Bytes::copy_from_slice(&out)
     } else {
         out.freeze()

@@ -1085,3 +1085,24 @@ fn stream_framer_scans_each_octet_once() {
     }
     assert_eq!(examined, head.len());
 }
+
+/// The To tag is opened up in place (issue #14): what follows the To line is kept byte for byte
+/// and CR/LF in a tag cannot inject a line.
+#[test]
+fn response_to_tag_is_inserted_in_place_and_cleaned() {
+    let req = invite();
+    let resp = ResponseBuilder::new(&req, 486, "Busy Here", src("192.0.2.4:5060"))
+        .to_tag("x\r\ny")
+        .header("Server", "podpbx")
+        .build();
+    let r = Message::parse(resp, Framing::Datagram).unwrap();
+    assert_eq!(
+        r.header(HeaderName::To),
+        Some(b("Bob <sip:bob@biloxi.example.com>;tag=x  y"))
+    );
+    assert_eq!(r.call_id().unwrap(), req.call_id().unwrap());
+    assert_eq!(r.cseq().unwrap(), req.cseq().unwrap());
+    assert_eq!(r.header(HeaderName::Server), Some(b("podpbx")));
+    // (A tag with spaces is not a token: such a To does not validate, but it stays one line.)
+    assert_eq!(r.header_count(HeaderName::To), 1);
+}
