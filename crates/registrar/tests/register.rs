@@ -1671,3 +1671,26 @@ fn refresh_only_marks_in_place_refreshes_and_nothing_else() {
     );
     assert!(!o.changed && !o.refresh_only);
 }
+
+/// The To tag is stable for one Call-ID and From tag (a retransmission gets the same one) and
+/// differs with either (issue #14 changed how it is hashed, not what it depends on).
+#[test]
+fn to_tag_is_stable_for_one_call_id_and_from_tag() {
+    let e = env();
+    let a = e.reg.to_tag(&Req::new("1001").call_id("one").msg());
+    assert_eq!(a.len(), 16);
+    assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(a, e.reg.to_tag(&Req::new("1001").call_id("one").msg()));
+    assert_ne!(a, e.reg.to_tag(&Req::new("1001").call_id("two").msg()));
+    // The test request's From tag follows its CSeq.
+    assert_ne!(
+        a,
+        e.reg.to_tag(&Req::new("1001").call_id("one").cseq(9).msg())
+    );
+    let other_key = Registrar::new(
+        Settings::new(REALM, b"another-key-0123456789".to_vec()),
+        users(),
+        e.t0,
+    );
+    assert_ne!(a, other_key.to_tag(&Req::new("1001").call_id("one").msg()));
+}
