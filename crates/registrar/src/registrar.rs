@@ -266,6 +266,14 @@ pub enum AuthResult {
 }
 
 impl AuthResult {
+    /// [`Self::reply`], taking the challenge values instead of copying them.
+    pub fn into_reply(self) -> Option<Reply> {
+        match self {
+            AuthResult::Challenge { kind, values } => Some(Reply::Challenge { kind, values }),
+            other => other.reply(),
+        }
+    }
+
     /// The reply to send when not authenticated (`None` when authenticated).
     pub fn reply(&self) -> Option<Reply> {
         match self {
@@ -697,7 +705,7 @@ impl Registrar {
         let user = match auth.result {
             AuthResult::Authenticated { user } => user,
             other => {
-                out.reply = other.reply().unwrap_or(Reply::Drop);
+                out.reply = other.into_reply().unwrap_or(Reply::Drop);
                 return out;
             }
         };

@@ -227,12 +227,50 @@ impl Key {
         }
     }
 
+    /// [`Self::ha1`] without allocating for a password (the verify path).
+    fn ha1_digest<'a>(&'a self, hash: HashAlg, username: &str, realm: &str) -> Option<Ha1<'a>> {
+        match self {
+            Key::Password(p) => Some(Ha1::Computed(hash.hex_parts(&[
+                username.as_bytes(),
+                b":",
+                realm.as_bytes(),
+                b":",
+                p.as_bytes(),
+            ]))),
+            Key::Ha1 { hash: h, hex } if *h == hash => {
+                if hex.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Some(Ha1::Lowered(hex.to_ascii_lowercase()))
+                } else {
+                    Some(Ha1::Stored(hex))
+                }
+            }
+            Key::Ha1 { .. } => None,
+        }
+    }
+
     /// The (non-sess) HA1 for `hash`, or `None` if a precomputed HA1 uses another hash.
     pub fn ha1(&self, hash: HashAlg, username: &str, realm: &str) -> Option<String> {
         match self {
             Key::Password(p) => Some(ha1(hash, username, realm, p)),
             Key::Ha1 { hash: h, hex } if *h == hash => Some(hex.to_ascii_lowercase()),
             Key::Ha1 { .. } => None,
+        }
+    }
+}
+
+/// An HA1 for verification: computed from a password, or the stored one.
+enum Ha1<'a> {
+    Computed(HexDigest),
+    Stored(&'a str),
+    Lowered(String),
+}
+
+impl AsRef<str> for Ha1<'_> {
+    fn as_ref(&self) -> &str {
+        match self {
+            Ha1::Computed(d) => d.as_str(),
+            Ha1::Stored(s) => s,
+            Ha1::Lowered(s) => s,
         }
     }
 }
@@ -1077,11 +1115,11 @@ impl DigestServer {
             return VerifyOutcome::WrongRealm;
         }
         let hash = algorithm.hash();
-        let ha1 = secret.and_then(|s| s.ha1(hash, &creds.username, &self.cfg.realm));
+        let ha1 = secret.and_then(|s| s.ha1_digest(hash, &creds.username, &self.cfg.realm));
         // Same amount of hashing for unknown users as for known ones.
         let dummy;
         let ha1_for_work = match &ha1 {
-            Some(h) => h.as_str(),
+            Some(h) => h.as_ref(),
             None => {
                 dummy = ha1_dummy(hash, &creds.username, &self.cfg.realm);
                 dummy.as_str()
