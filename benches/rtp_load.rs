@@ -30,6 +30,9 @@
 //! * `plain`      — minimal recv_from/send_to forwarder, draining each ready
 //!   socket until EWOULDBLOCK (the usual nonblocking idiom);
 //! * `plain-once` — the same reading one datagram per readiness (level-triggered);
+//! * `plain-conn` — `plain` with every socket connected to its stream's endpoint
+//!   (recv/send without addresses: the kernel caches the route; what connected
+//!   relay legs could gain at most);
 //! * `direct`     — no forwarder: each endpoint sends to itself (one loopback
 //!   hop: the latency floor the `+p50`/`+p99` columns subtract);
 //! * `relay-srtp1` — the relay terminating SRTP on leg A (AES_CM_128_HMAC_SHA1_80,
@@ -43,7 +46,7 @@
 //! Every loop is bounded in time (warm-up + measurement per point).
 //!
 //! Usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1]
-//!                 [--modes direct,relay,relay-co,relay-shared,relay-shared-co,mmsg,plain,plain-once,
+//!                 [--modes direct,relay,relay-co,relay-shared,relay-shared-co,mmsg,plain,plain-once,plain-conn,
 //!                          relay-srtp1,relay-srtp2]
 //!                 [--pps 50] [--relay-cpu 0] [--gen-cpu 1] [--batch 32] [--ports 10000]
 //!                 [--repeat 1] [--coalesce-us 50] [--shared-pairs 1]
@@ -106,6 +109,7 @@ enum Mode {
     Mmsg,
     Plain,
     PlainOnce,
+    PlainConn,
     RelaySrtp1,
     RelaySrtp2,
 }
@@ -121,6 +125,7 @@ impl Mode {
             Mode::Mmsg => "mmsg",
             Mode::Plain => "plain",
             Mode::PlainOnce => "plain-once",
+            Mode::PlainConn => "plain-conn",
             Mode::RelaySrtp1 => "relay-srtp1",
             Mode::RelaySrtp2 => "relay-srtp2",
         }
@@ -163,7 +168,7 @@ fn parse_opts() -> Result<Opts, String> {
         if k == "--help" || k == "-h" {
             return Err(
                 "usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1] \
-                 [--modes direct,relay,relay-co,relay-shared,relay-sh-co,mmsg,plain,plain-once,\
+                 [--modes direct,relay,relay-co,relay-shared,relay-sh-co,mmsg,plain,plain-once,plain-conn,\
                  relay-srtp1,relay-srtp2] \
                  [--pps 50] [--relay-cpu 0] [--gen-cpu 1] [--batch 32] [--ports 10000] [--repeat 1] \
                  [--coalesce-us 50] [--shared-pairs 1] [--quiet-wait 20] [--no-netns]"
@@ -202,6 +207,7 @@ fn parse_opts() -> Result<Opts, String> {
                         "mmsg" => Ok(Mode::Mmsg),
                         "plain" => Ok(Mode::Plain),
                         "plain-once" => Ok(Mode::PlainOnce),
+                        "plain-conn" => Ok(Mode::PlainConn),
                         "relay-srtp1" => Ok(Mode::RelaySrtp1),
                         "relay-srtp2" => Ok(Mode::RelaySrtp2),
                         _ => Err(format!("unknown mode {m}")),
@@ -518,9 +524,15 @@ fn start_ref(
         .collect();
     let mut socks = Vec::with_capacity(2 * n);
     let (mut a_addrs, mut b_addrs) = (Vec::new(), Vec::new());
-    for _ in 0..n {
+    for k in 0..n {
         let a = nonblocking_udp(V4)?;
         let b = nonblocking_udp(V6)?;
+        if mode == Mode::PlainConn {
+            // Each socket connected to its stream's endpoint: the kernel keeps the
+            // route, and send() needs no address.
+            a.connect(dest_a[k])?;
+            b.connect(dest_b[k])?;
+        }
         a_addrs.push(a.local_addr()?);
         b_addrs.push(b.local_addr()?);
         socks.push(a);
@@ -536,7 +548,8 @@ fn start_ref(
             tid2.store(gettid(), Ordering::SeqCst);
             let r = match mode {
                 Mode::Mmsg => run_mmsg(&socks, &dests, &stop2, batch),
-                _ => run_plain(&socks, &dests, &stop2, mode == Mode::Plain),
+                Mode::PlainConn => run_plain(&socks, &dests, &stop2, true, true),
+                _ => run_plain(&socks, &dests, &stop2, mode == Mode::Plain, false),
             };
             if let Err(e) = r {
                 eprintln!("forwarder {}: {e}", mode.name());
@@ -583,12 +596,14 @@ fn epoll_for(socks: &[UdpSocket]) -> io::Result<RawFd> {
     }
 }
 
-/// recv_from/send_to forwarder; `drain`: read until EWOULDBLOCK per readiness.
+/// recv_from/send_to forwarder; `drain`: read until EWOULDBLOCK per readiness;
+/// `connected`: the sockets are connected, recv/send without addresses.
 fn run_plain(
     socks: &[UdpSocket],
     dests: &[SocketAddr],
     stop: &AtomicBool,
     drain: bool,
+    connected: bool,
 ) -> io::Result<()> {
     let ep = epoll_for(socks)?;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
@@ -604,6 +619,12 @@ fn run_plain(
                 &socks[i - 1]
             };
             let dest = dests[i];
+            if connected {
+                while let Ok(len) = socks[i].recv(&mut buf) {
+                    let _ = out.send(&buf[..len]);
+                }
+                continue;
+            }
             while let Ok((len, _)) = socks[i].recv_from(&mut buf) {
                 let _ = out.send_to(&buf[..len], dest);
                 if !drain {
@@ -1269,7 +1290,7 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
             _relay = Some((relay, sessions));
             (ta, tb, tid)
         }
-        Mode::Mmsg | Mode::Plain | Mode::PlainOnce => {
+        Mode::Mmsg | Mode::Plain | Mode::PlainOnce | Mode::PlainConn => {
             let f = start_ref(mode, n, &stream_a, &stream_b, o.relay_cpu, o.batch)
                 .map_err(|e| e.to_string())?;
             let r = (
@@ -1493,6 +1514,7 @@ fn main() {
             Mode::RelaySharedCoalesce,
             Mode::RelaySrtp1,
             Mode::RelaySrtp2,
+            Mode::PlainConn,
         ] {
             let Some(row) = find(v) else { continue };
             let r = row.cpu_ns_pkt;

@@ -43,6 +43,10 @@ pub(super) struct Batch {
     last_n: usize,
     /// Datagrams per recvmmsg (the configured batch): buffers and lists hold this many.
     cap: usize,
+    /// A recvmmsg of this round filled the whole batch: the worker is busy
+    /// enough that its next wait returns at once, so interrupt moderation
+    /// would only add latency (and idle time) there.
+    pub(super) saw_full: bool,
 }
 
 impl Batch {
@@ -73,6 +77,7 @@ impl Batch {
             nlists: 0,
             last_n: cap,
             cap,
+            saw_full: false,
         });
         let b_ref = &mut *b;
         for i in 0..cap {
@@ -96,6 +101,7 @@ impl Batch {
         }
         let n = sys::recvmmsg(fd, &mut self.msgs[..vlen.clamp(1, self.cap)]);
         self.last_n = n;
+        self.saw_full |= n == self.cap;
         n
     }
 
