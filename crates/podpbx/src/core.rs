@@ -957,9 +957,19 @@ impl Core {
 
     /// The next instant [`Core::handle_timeout`] must be called at.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let (exact, lax) = self.poll_timeouts();
+        exact.into_iter().chain(lax).min()
+    }
+
+    /// [`Core::poll_timeout`] in two parts: `(exact, lax)`. `exact` is every timer that must
+    /// fire on time (retransmissions, failures, registrations, calls); `lax` is the end of the
+    /// lingering transactions, which only stop absorbing retransmissions: the shell may call
+    /// [`Core::handle_timeout`] for them late, so that many are ended in one wake-up (every
+    /// call leaves several, each due at its own instant).
+    pub fn poll_timeouts(&self) -> (Option<Instant>, Option<Instant>) {
         let calls = self.calls.as_ref().and_then(|c| c.b2bua.poll_timeout());
-        [
-            self.tx.poll_timeout(),
+        let exact = [
+            self.tx.poll_live_timeout(),
             self.registrar.poll_timeout(),
             self.save_due,
             self.trunks.poll_timeout(),
@@ -968,7 +978,8 @@ impl Core {
         ]
         .into_iter()
         .flatten()
-        .min()
+        .min();
+        (exact, self.tx.poll_linger_timeout())
     }
 
     /// Advances timers to `now`.

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
@@ -104,7 +104,7 @@ pub struct Transports {
 }
 
 struct Inner {
-    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    udp: Vec<(SocketAddr, Arc<crate::udp::SipSocket>)>,
     tcp_local: Vec<SocketAddr>,
     tls_local: Vec<SocketAddr>,
     tls_connector: Option<TlsConnector>,
@@ -154,8 +154,11 @@ impl Transports {
             let addr = SocketAddr::new(*ip, cfg.port);
             if cfg.udp {
                 let s = udp_socket(addr).map_err(|e| format!("cannot bind UDP {addr}: {e}"))?;
-                let s = UdpSocket::from_std(s.into()).map_err(|e| format!("UDP {addr}: {e}"))?;
-                let local = s.local_addr().map_err(|e| format!("UDP {addr}: {e}"))?;
+                let s = crate::udp::register(s.into()).map_err(|e| format!("UDP {addr}: {e}"))?;
+                let local = s
+                    .get_ref()
+                    .local_addr()
+                    .map_err(|e| format!("UDP {addr}: {e}"))?;
                 info!(%local, "SIP UDP listener bound");
                 udp.push((local, Arc::new(s)));
             }
@@ -209,7 +212,7 @@ impl Transports {
 
     /// The UDP sockets (one per family) with their local addresses: the signalling loop reads
     /// them and sends through them in batches (`crate::udp::UdpIo`).
-    pub fn udp_sockets(&self) -> Vec<(SocketAddr, Arc<UdpSocket>)> {
+    pub fn udp_sockets(&self) -> Vec<(SocketAddr, Arc<crate::udp::SipSocket>)> {
         self.inner.udp.clone()
     }
 
@@ -308,7 +311,9 @@ impl Transports {
             Stats::bump(&self.inner.stats.refused_destinations);
             return Err(SendError::NoSocket(family(remote.ip())));
         };
-        sock.try_send_to(data, remote)
+        // Non-blocking: a full buffer fails with WouldBlock, like `UdpSocket::try_send_to`.
+        sock.get_ref()
+            .send_to(data, remote)
             .map(|_| ())
             .map_err(|source| SendError::Io {
                 addr: remote,

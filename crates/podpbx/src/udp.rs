@@ -19,8 +19,22 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
+
+/// A SIP UDP socket as the loop watches it: for readability only. The loop never waits to
+/// write (a full send buffer loses the datagram, which SIP retransmits), and a socket watched
+/// for writability too (as `tokio::net::UdpSocket` always is) gets a write-space edge from
+/// every datagram sent: the next `epoll_wait` returns at once with nothing to read, one wasted
+/// system call and turn of the runtime per batch sent (~3 per call).
+pub type SipSocket = AsyncFd<std::net::UdpSocket>;
+
+/// Watches `sock` (non-blocking) for readability on the current runtime.
+pub fn register(sock: std::net::UdpSocket) -> io::Result<SipSocket> {
+    // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and the same until the
+    // AsyncFd is dropped, and `as_raw_fd` of a std socket always returns that descriptor.
+    unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }.map_err(|e| e.into())
+}
 
 /// Datagrams read per `recvmmsg`.
 pub const BATCH: usize = 32;
@@ -165,7 +179,7 @@ fn timestamp(m: &libc::msghdr) -> Option<SystemTime> {
 }
 
 /// Asks the kernel to stamp received datagrams (`SO_TIMESTAMPNS`).
-pub fn enable_timestamps(sock: &UdpSocket) -> io::Result<()> {
+pub fn enable_timestamps(sock: &SipSocket) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: setsockopt with a valid int option on our own socket.
     let r = unsafe {
@@ -198,14 +212,14 @@ pub struct SendFailure {
 
 /// The UDP sockets (one per family), read and written by the loop.
 pub struct UdpIo {
-    socks: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    socks: Vec<(SocketAddr, Arc<SipSocket>)>,
     rx: RecvBatch,
     tx: Vec<Pending>,
 }
 
 impl UdpIo {
     /// Reads and writes `socks`; datagrams up to `max` octets.
-    pub fn new(socks: Vec<(SocketAddr, Arc<UdpSocket>)>, max: usize) -> UdpIo {
+    pub fn new(socks: Vec<(SocketAddr, Arc<SipSocket>)>, max: usize) -> UdpIo {
         for (local, s) in &socks {
             if let Err(e) = enable_timestamps(s) {
                 tracing::warn!(%local, error = %e, "no receive time stamps: loop lag unknown");
@@ -245,7 +259,7 @@ impl UdpIo {
         let fd = sock.as_raw_fd();
         let mut got = 0usize;
         let rx = &mut self.rx;
-        let r = sock.try_io(Interest::READABLE, || {
+        let r = sock.try_io(Interest::READABLE, |_| {
             let n = rx.recv(fd)?;
             got = n;
             if n < BATCH {
@@ -329,7 +343,7 @@ impl UdpIo {
 }
 
 /// One `sendmmsg` of up to [`BATCH`] datagrams; the number sent.
-fn send_batch(sock: &UdpSocket, batch: &[&Pending]) -> io::Result<usize> {
+fn send_batch(sock: &SipSocket, batch: &[&Pending]) -> io::Result<usize> {
     // SAFETY: zeroed C structs are valid; pointers below refer to locals that outlive the call.
     let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
     let mut lens = [0u32; BATCH];

@@ -1670,11 +1670,26 @@ impl TransactionLayer {
     /// Earliest deadline; call [`Self::handle_timeout`] when it is reached. (A lingering queue's
     /// front may belong to a transaction that already left: the wake-up then only drops it.)
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let live = self.tq.map.first_key_value().map(|((at, _), _)| *at);
+        self.poll_live_timeout()
+            .into_iter()
+            .chain(self.poll_linger_timeout())
+            .min()
+    }
+
+    /// Earliest deadline of a live timer (A, B, E, F, G, H, the guard): retransmissions and
+    /// failures, which must fire on time.
+    pub fn poll_live_timeout(&self) -> Option<Instant> {
+        self.tq.map.first_key_value().map(|((at, _), _)| *at)
+    }
+
+    /// Earliest end of a lingering transaction (Timers D, I, J, K, L, M). These only end the
+    /// absorbing of retransmissions: ending one a little late only keeps its state a little
+    /// longer (the table's bound still holds: over it, lingering state is evicted at once), so
+    /// a caller may wait for several to be due and end them in one wake-up.
+    pub fn poll_linger_timeout(&self) -> Option<Instant> {
         self.lingering
             .iter()
             .filter_map(|q| q.q.front().map(|(at, _)| *at))
-            .chain(live)
             .min()
     }
 

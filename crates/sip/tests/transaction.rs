@@ -1367,6 +1367,29 @@ mod transaction {
     }
 
     #[test]
+    fn live_and_lingering_deadlines_are_told_apart() {
+        let mut h = Harness::new(Timers::default());
+        let s = new_id(h.request("z9hG4bKs", Method::Options, udp()));
+        // Unanswered: the guard must fire on time.
+        assert_eq!(
+            h.l.poll_live_timeout(),
+            Some(h.t0 + Duration::from_secs(32))
+        );
+        assert_eq!(h.l.poll_linger_timeout(), None);
+        h.run_until(ms(100));
+        h.answer(s, 200, "200");
+        // Answered: Timer J only absorbs retransmitted requests.
+        assert_eq!(h.l.poll_live_timeout(), None);
+        let j = h.t0 + ms(100) + Duration::from_secs(32);
+        assert_eq!(h.l.poll_linger_timeout(), Some(j));
+        h.send("z9hG4bKa", Method::Invite, "INVITE", udp());
+        // Timer A is live; the earliest of both is still the overall deadline.
+        assert_eq!(h.l.poll_live_timeout(), Some(h.t0 + ms(600)));
+        assert_eq!(h.l.poll_linger_timeout(), Some(j));
+        assert_eq!(h.l.poll_timeout(), Some(h.t0 + ms(600)));
+    }
+
+    #[test]
     fn many_transactions_fire_in_order() {
         let mut h = Harness::new(Timers::default());
         let mut ids = Vec::new();

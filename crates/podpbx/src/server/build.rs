@@ -213,6 +213,9 @@ pub(super) async fn build(cfg: Config, config_path: Option<PathBuf>) -> Result<S
         shutdown,
         tick: tokio::time::interval(Duration::from_secs(1)),
         epoch: Instant::now(),
+        // Not polled until the core has a deadline (`timer_at`).
+        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        timer_at: None,
     };
     Ok(Shell { state, events })
 }

@@ -41,22 +41,43 @@ pub(super) struct Events {
     pub(super) shutdown: Shutdown,
     /// Status that changes slowly is published once a second, not per message.
     pub(super) tick: tokio::time::Interval,
-    /// The origin of the timer grid (see [`coalesce`]).
+    /// The origin of the timer grids (see [`coalesce`]).
     pub(super) epoch: Instant,
+    /// The core's next deadline: one timer, moved only when the deadline changes (see
+    /// [`Events::arm`]).
+    pub(super) timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// What `timer` is set to; `None`: the core has no deadline (`timer` is not polled).
+    pub(super) timer_at: Option<tokio::time::Instant>,
 }
 
-/// The core's deadlines are rounded up to a grid of this step, so that timers due close to
-/// each other (the end of a call leaves four transactions to expire within seconds of each
-/// other, every call a few) cost one wake-up of the loop instead of one each. SIP timers are
-/// hundreds of milliseconds; a few more do not matter.
+/// The core's exact deadlines (retransmissions, failures, calls) are rounded up to a grid of
+/// this step, so that timers due close to each other cost one wake-up of the loop instead of
+/// one each. SIP timers are hundreds of milliseconds; a few more do not matter.
 const TIMER_GRID: Duration = Duration::from_millis(10);
 
-/// `deadline` rounded up to the next point of the grid that starts at `epoch`.
-fn coalesce(epoch: Instant, deadline: Instant) -> Instant {
-    let step = TIMER_GRID.as_nanos();
+/// The ends of lingering transactions (Timers D, I, J, K, L, M: seconds long, each call leaves
+/// several, each due at its own instant) are rounded up to this coarser grid: at 200 calls/s
+/// they would otherwise wake the loop on nearly every point of the 10 ms grid, 100 times a
+/// second, for nothing but freeing memory. A transaction then absorbs retransmissions up to
+/// this much longer (< 1 % of Timer J's 32 s); the table's bound is unaffected (over it,
+/// lingering state is evicted at once).
+const LINGER_GRID: Duration = Duration::from_millis(250);
+
+/// `deadline` rounded up to the next point of the grid of `step` that starts at `epoch`.
+fn coalesce(epoch: Instant, deadline: Instant, step: Duration) -> Instant {
+    let step = step.as_nanos().max(1);
     let since = deadline.saturating_duration_since(epoch).as_nanos();
     let up = since.div_ceil(step) * step;
     epoch + Duration::from_nanos(u64::try_from(up).unwrap_or(u64::MAX))
+}
+
+/// The instant the loop wakes for the core: its exact deadline on the fine grid, its lax one
+/// (lingering transactions) on the coarse grid, whichever comes first. A wake-up for an exact
+/// deadline also ends the lingering transactions already due.
+fn wake_at(epoch: Instant, (exact, lax): (Option<Instant>, Option<Instant>)) -> Option<Instant> {
+    let exact = exact.map(|d| coalesce(epoch, d, TIMER_GRID));
+    let lax = lax.map(|d| coalesce(epoch, d, LINGER_GRID));
+    exact.into_iter().chain(lax).min()
 }
 
 /// One thing that happened.
@@ -79,11 +100,26 @@ enum Event {
 }
 
 impl Events {
-    /// The next event; `deadline` is the core's next timer.
-    async fn next(&mut self, udp: &UdpIo, deadline: Option<Instant>) -> Event {
-        let deadline = deadline
-            .map(|d| coalesce(self.epoch, d))
-            .map(tokio::time::Instant::from_std);
+    /// Points `timer` at `deadline` if that changed. Most turns of the loop leave the deadline
+    /// where it was and cost nothing here. A changed deadline gets a new timer entry in place
+    /// rather than `Sleep::reset`: tokio moves a timer later lazily, leaving it in its wheel at
+    /// the old instant, which would wake the loop there for nothing (a cancelled
+    /// retransmission timer moves the deadline later on every call).
+    fn arm(&mut self, deadline: Option<Instant>) {
+        let deadline = deadline.map(tokio::time::Instant::from_std);
+        if deadline == self.timer_at {
+            return;
+        }
+        self.timer_at = deadline;
+        if let Some(d) = deadline {
+            self.timer.set(tokio::time::sleep_until(d));
+        }
+    }
+
+    /// The next event; `deadlines` are the core's next timers (see [`Core::poll_timeouts`]).
+    async fn next(&mut self, udp: &UdpIo, deadlines: (Option<Instant>, Option<Instant>)) -> Event {
+        self.arm(wake_at(self.epoch, deadlines));
+        let armed = self.timer_at.is_some();
         tokio::select! {
             _ = udp.readable(0) => Event::Udp(0),
             _ = udp.readable(1) => Event::Udp(1),
@@ -91,7 +127,12 @@ impl Events {
                 Some(m) => Event::Inbound(m),
                 None => Event::InboundClosed,
             },
-            _ = sleep_until_opt(deadline) => Event::Timeout,
+            _ = &mut self.timer, if armed => {
+                // Fired: the next deadline needs a new entry even if it is the same instant
+                // (the core's work at this one is done, so it cannot be).
+                self.timer_at = None;
+                Event::Timeout
+            }
             Some(answer) = self.dns.recv() => Event::Dns(answer),
             _ = self.tick.tick() => Event::Tick,
             Some(n) = self.voicemail.recv() => Event::Voicemail(n),
@@ -179,7 +220,7 @@ impl Shell {
         super::release_free_heap();
         info!(udp = ?state.transports.udp_addrs(), tcp = ?state.transports.tcp_addrs(), tls = ?state.transports.tls_addrs(), "podpbx ready");
         loop {
-            let ev = events.next(&state.udp, state.core.poll_timeout()).await;
+            let ev = events.next(&state.udp, state.core.poll_timeouts()).await;
             if matches!(ev, Event::InboundClosed) {
                 break;
             }
@@ -628,9 +669,27 @@ fn publish_relay_totals(
     *seen = now;
 }
 
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lingering_ends_wait_for_the_coarse_grid_and_exact_deadlines_do_not() {
+        let e = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(wake_at(e, (None, None)), None);
+        assert_eq!(wake_at(e, (Some(e + ms(3)), None)), Some(e + ms(10)));
+        assert_eq!(wake_at(e, (Some(e + ms(20)), None)), Some(e + ms(20)));
+        assert_eq!(wake_at(e, (None, Some(e + ms(3)))), Some(e + ms(250)));
+        // An exact deadline before the lax one's grid point wins (and ends the lingering
+        // transactions due by then); a later one waits for it.
+        assert_eq!(
+            wake_at(e, (Some(e + ms(103)), Some(e + ms(3)))),
+            Some(e + ms(110))
+        );
+        assert_eq!(
+            wake_at(e, (Some(e + ms(503)), Some(e + ms(3)))),
+            Some(e + ms(250))
+        );
     }
 }
