@@ -98,7 +98,6 @@ HZ=$(getconf CLK_TCK)
 # Each server has its own ports (both run at once in the fixed-rate phase): podpbx from BASE,
 # Kamailio from BASE+50; +10 the caller, +20 the callee, +30 the callee's RTP (echo) port, +40
 # the caller's SDP port in the rate runs (nothing is sent there).
-declare -A SRV_OF STOP_OF UAS_OF
 select_server() {
     SRV_NAME=$1
     local b=$BASE
@@ -115,45 +114,8 @@ work=$(mktemp -d /tmp/call_rate.XXXXXX)
 pids=()
 failed=0
 
-# The process and all its descendants (Kamailio -DD: a "creator" waiting for the main process,
-# which forks the workers).
-family() {
-    local c
-    echo "$1"
-    for c in $(pgrep -P "$1" || true); do family "$c"; done
-}
-# Stops a process by PID: SIGTERM, up to 5 s; then SIGTERM again to whatever is left of it and of
-# its descendants (each by PID), up to 5 s (podpbx: a second signal ends its remaining calls at
-# once); then SIGKILL.
-stop_pid() {
-    local p=$1 fam q i left sig
-    kill -0 "$p" 2>/dev/null || return 0
-    fam=$(family "$p")
-    kill "$p" 2>/dev/null || true
-    for i in $(seq 1 50); do
-        kill -0 "$p" 2>/dev/null || break
-        sleep 0.1
-    done
-    for sig in TERM KILL; do
-        left=""
-        for q in $fam; do kill -0 "$q" 2>/dev/null && left+=" $q"; done
-        [ -z "$left" ] && break
-        for q in $left; do kill -"$sig" "$q" 2>/dev/null || true; done
-        if [ "$sig" = TERM ]; then
-            STOP_NOTE="stopped on the second SIGTERM (not within 5 s of the first)"
-            for i in $(seq 1 50); do
-                left=""
-                for q in $fam; do kill -0 "$q" 2>/dev/null && left+=" $q"; done
-                [ -z "$left" ] && break
-                sleep 0.1
-            done
-        else
-            STOP_NOTE="needed SIGKILL (not stopped 5 s after a second SIGTERM)"
-            sleep 0.5
-        fi
-    done
-    wait "$p" 2>/dev/null || true
-}
+. benches/lib_calls.sh
+
 # Stops the server of a session; for podpbx notes its calls still active and how it stopped.
 stop_server() {
     local what=$1 active=""
@@ -165,17 +127,6 @@ stop_server() {
         echo "  podpbx after the $what: $active calls still active when stopped; $STOP_NOTE" >> "$work/stops"
     fi
 }
-cleanup() {
-    local i
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
-    if [ "$KEEP" = 1 ] || [ "$failed" = 1 ]; then
-        echo "work directory kept: $work" >&2
-    else
-        rm -rf "$work"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 die() {
     failed=1
     echo "call_rate: $*" >&2
@@ -186,58 +137,16 @@ die() {
     exit 1
 }
 
-if [ -z "${BIN:-}" ]; then
-    cargo build --release -q -p podpbx
-    BIN=target/release/podpbx
-fi
-[ -x "$BIN" ] || die "no podpbx binary at $BIN"
+need_bin
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
 select_server podpbx
-cat > "$work/podpbx.toml" <<CFG
-[sip]
-ipv4 = "$SRV_IP"
-port = $PORT
-transports = ["udp"]
-[log]
-level = "warn"
-[admin]
-listen = "$ADMIN"
-[storage]
-data_dir = "$work/pbxdata"
-[security]
-trusted_networks = ["127.0.0.0/8"]
-[media]
-port_min = $MEDIA_MIN
-port_max = $MEDIA_MAX
-port_layout = "$PORT_LAYOUT"
-[calls]
-max_concurrent = 0
-
-# The callee: a phone that registers once before the load.
-[[users]]
-name = "102"
-password = "bench-102"
-
-# The caller, identified by its source address (no digest round; Kamailio authenticates
-# nobody either).
-[[users]]
-name = "201"
-identify_by_source = true
-allow_from = ["$UAC_IP/32"]
-
-[[dialplan]]
-name = "bench"
-match = { number = "102", from = "local" }
-action = "ring"
-targets = ["102"]
-timeout_secs = 10
-CFG
+podpbx_config "port_layout = \"$PORT_LAYOUT\"" "" > "$work/podpbx.toml"
 "$BIN" check --config "$work/podpbx.toml" >/dev/null || die "podpbx rejects the generated config"
 
-mpath=$(dirname "$(find /usr/lib /usr/local/lib -name tm.so -path '*kamailio*' 2>/dev/null | head -1)")
+mpath=$(kamailio_modules)
 [ -f "$mpath/rr.so" ] || die "Kamailio modules (tm.so, rr.so) not found"
 select_server kamailio
 sed -e "s#@MPATH@#$mpath/#" -e "s#@CALLEE@#$SRV_IP:$UAS_PORT#" benches/kamailio/proxy.cfg > "$work/kamailio.cfg"
@@ -258,24 +167,8 @@ sed "s|@RTP_FILE@|$work/tone.wav|" benches/sipp/call_uac_rtp.xml > "$work/call_u
 # ---------------------------------------------------------------------------------------------
 # Measurement helpers
 # ---------------------------------------------------------------------------------------------
-# CPU ticks (utime + stime, all threads) of a process and its descendants.
-cpu_ticks() {
-    local total=0 p
-    for p in $(family "$1"); do
-        [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-    done
-    echo "$total"
-}
-# Busy ticks (user + nice + system + steal) of one CPU.
-# (irq/softirq left out: loopback packet delivery is softirq work done on behalf of the senders.)
-core_busy() { awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $9}' /proc/stat; }
 # "rss_kb hwm_kb" of one process.
 mem_kb() { awk '/^VmRSS:/ {r = $2} /^VmHWM:/ {h = $2} END {print r + 0, h + 0}' "/proc/$1/status"; }
-# UDP sockets of podpbx in its media port range (two pairs per call).
-media_sockets() {
-    ss -Huanp 2>/dev/null | awk -v p="pid=$1," -v lo="$MEDIA_MIN" -v hi="$MEDIA_MAX" 'index($0, p) {
-        n = split($4, a, ":"); port = a[n] + 0; if (port >= lo && port <= hi) c++ } END {print c + 0}'
-}
 # Kernel receive drops (/proc/net/udp "drops") summed over local ports lo..hi on 127.0.0.0/8.
 udp_drops() {
     awk -v lo="$1" -v hi="$2" 'function hex(h,  i, n) { n = 0; for (i = 1; i <= length(h); i++)
@@ -283,15 +176,7 @@ udp_drops() {
         NR > 1 { split($2, a, ":"); port = hex(a[2]);
         if (port >= lo && port <= hi) d += $NF } END {print d + 0}' /proc/net/udp
 }
-metric() { curl -s --max-time 2 "http://$ADMIN/metrics" | awk -v k="$1" '$1 == k {print $2; f = 1} END {if (!f) print "-"}'; }
 metric_num() { local v; v=$(metric "$1"); [[ "$v" =~ ^[0-9]+$ ]] && echo "$v" || echo 0; }
-# The value of column $2 (by header name) in the last line of SIPp's statistics file $1.
-stat_col() {
-    awk -F';' -v col="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i }
-        END { v = $c; if (v == "") v = 0; print v }' "$1"
-}
-# Seconds between StartTime and CurrentTime of the last statistics line.
-stat_elapsed() { awk -F';' 'END { split($1, a, "\t"); split($3, b, "\t"); printf "%.3f", b[3] - a[3] }' "$1"; }
 # Mean of SIPp's response time 1 (INVITE sent .. 200 received) in ms (HH:MM:SS:usec).
 stat_rtt_ms() {
     stat_col "$1" 'ResponseTime1(C)' | awk -F':' 'NF == 4 {printf "%.2f", ($1 * 3600 + $2 * 60 + $3) * 1000 + $4 / 1000; next} {print "nan"}'
@@ -302,7 +187,6 @@ stat_first_fail() {
         $c > 0 { split($1, a, "\t"); split($3, b, "\t"); printf "%.0f", b[3] - a[3]; f = 1; exit }
         END { if (!f) print "-" }' "$1"
 }
-port_busy() { ss -Hlun "sport = :$1" 2>/dev/null | grep -q . ; }
 # Every second until stopped: "epoch_s cpu_ticks rss_kb" of the server (all processes).
 sampler() { # pid file
     local p rss
@@ -335,60 +219,7 @@ windows() { # server round tag
         }' "$work/$3.samples" "$work/$3.csv"
 }
 
-# Starts a server pinned to SERVER_CORE; sets SRV (its PID) and STOP (the PID to stop it by).
-start_server() {
-    local name=$1 i
-    select_server "$name"
-    for i in "$PORT" "$UAC_PORT" "$UAS_PORT"; do
-        port_busy "$i" && die "UDP port $i is already in use (another run? set PORT=...)"
-    done
-    if [ "$name" = podpbx ]; then
-        rm -rf "$work/pbxdata"
-        "${prio[@]}" taskset -c "$SERVER_CORE" "$BIN" run --config "$work/podpbx.toml" 2>>"$work/podpbx.log" &
-    else
-        "${prio[@]}" taskset -c "$SERVER_CORE" kamailio -f "$work/kamailio.cfg" -DD -E -l "udp:$SRV_IP:$PORT" \
-            -n "$KAM_CHILDREN" -m "$KAM_SHM" -M 16 >>"$work/kamailio.log" 2>&1 &
-    fi
-    SRV=$!
-    pids+=("$SRV")
-    STOP=$SRV
-    for i in $(seq 1 20); do
-        kill -0 "$SRV" 2>/dev/null || die "$name exited at start-up (see $work/$name.log)"
-        if timeout 2 sipp "$SRV_IP:$PORT" -sf benches/sipp/options_ping.xml -i "$SRV_IP" -p "$UAC_PORT" \
-            -t u1 -m 1 -nostdin -timeout 1s -timeout_error >/dev/null 2>&1; then
-            if [ "$name" = kamailio ]; then
-                # SIGTERM to the creator kills only it; the main process (its child) stops all.
-                STOP=$(pgrep -P "$SRV" | head -1)
-                [ -n "$STOP" ] || die "Kamailio main process not found under PID $SRV"
-                pids+=("$STOP")
-            fi
-            SRV_OF[$name]=$SRV; STOP_OF[$name]=$STOP
-            return 0
-        fi
-        sleep 0.5
-    done
-    die "$name did not answer OPTIONS on $SRV_IP:$PORT within 10 s"
-}
 
-# Starts the SIPp callee (for podpbx: registered first as 102); sets UAS. Extra args: SIPp options.
-start_uas() {
-    local server=$1 tag=$2
-    shift 2
-    if [ "$server" = podpbx ]; then
-        timeout 15 taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf tests/sipp/register_once.xml -i "$SRV_IP" \
-            -p "$UAS_PORT" -t u1 -m 1 -s 102 -au 102 -ap bench-102 -key expires 3600 -nostdin -timeout 10s \
-            >"$work/$tag-register.out" 2>&1 || die "the callee's REGISTER failed (see $work/$tag-register.out)"
-    fi
-    # Bounded: the whole bench is far shorter than this.
-    timeout 900 "${prio[@]}" taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf benches/sipp/call_uas.xml -i "$SRV_IP" \
-        -p "$UAS_PORT" -mi "$SRV_IP" -mp "$UAS_MEDIA" -t u1 -nostdin -timeout 880s \
-        -trace_err -error_file "$work/$tag-uas.err" -max_log_size 1000000 "$@" >"$work/$tag-uas.out" 2>&1 &
-    UAS=$!
-    UAS_OF[$server]=$UAS
-    pids+=("$UAS")
-    sleep 0.3
-    kill -0 "$UAS" 2>/dev/null || die "the SIPp callee did not start (see $work/$tag-uas.out)"
-}
 
 # run_calls server round phase rate count -> a results line:
 #   R server round phase rate offered ok elapsed_s server_ticks sipp_ticks retrans rtt_ms
@@ -422,9 +253,7 @@ run_calls() {
         windows "$server" "$round" "$tag" >> "$work/windows"
     fi
     bs1=$(core_busy "$SERVER_CORE"); bp1=$(core_busy "$SIPP_CORE"); w1=$(date +%s%N)
-    noise=$(awk -v hz="$HZ" -v w=$(( (w1 - w0) / 1000000 )) -v s=$((bs1 - bs0 - (t1 - t0))) \
-        -v p=$((bp1 - bp0 - uac_ticks - (u1 - u0))) \
-        'BEGIN {s = s < 0 ? 0 : s; p = p < 0 ? 0 : p; printf "%.0f %.0f", s / hz / (w / 1000) * 100, p / hz / (w / 1000) * 100}')
+    noise=$(other_load $(( (w1 - w0) / 1000000 )) $((bs1 - bs0)) $((t1 - t0)) $((bp1 - bp0)) $((uac_ticks + u1 - u0)))
     kill -0 "$SRV" 2>/dev/null || die "$server died during $phase at $rate/s (see $work/$server.log)"
     kill -0 "$UAS" 2>/dev/null || die "the SIPp callee died during $phase at $rate/s (see $work/*-uas.out)"
     [ -s "$work/$tag.csv" ] || die "SIPp wrote no statistics for $tag (see $work/$tag.out)"
@@ -434,10 +263,7 @@ run_calls() {
     echo "R $server $round $phase $rate $n $ok $elapsed $((t1 - t0)) $((uac_ticks + u1 - u0))" \
         "$(stat_col "$work/$tag.csv" 'Retransmissions(C)') $(stat_rtt_ms "$work/$tag.csv")" \
         "$(stat_col "$work/$tag.csv" 'FailedUnexpectedMessage(C)') $tmo $noise $(stat_first_fail "$work/$tag.csv")" >> "$work/results"
-    if [ -s "$work/$tag.err" ]; then
-        grep -ao "received '[^']*" "$work/$tag.err" | sed 's/\r//' | cut -c11-60 \
-            | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $tag caller: /" >> "$work/oddities" || true
-    fi
+    sipp_oddities "$work/$tag.err" "$tag caller"
 }
 
 # Ends a rate session: podpbx's counters (calls still active 1 s after the load, dispositions),
@@ -451,8 +277,7 @@ end_session() {
             sub(/podpbx_calls_total/, ""); printf "%s=%s ", $1, $2 }
             /^podpbx_sip_(send_errors|stray_responses|dropped_malformed)_total / && $2 > 0 {printf "%s=%s ", $1, $2}')" >> "$work/results"
     fi
-    [ -s "$work/$tag-uas.err" ] && grep -ao "received '[^']*\|Aborting call[^.]*" "$work/$tag-uas.err" \
-        | sed 's/\r//' | cut -c1-60 | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $tag callee: /" >> "$work/oddities" || true
+    sipp_oddities "$work/$tag-uas.err" "$tag callee" aborts
     stop_pid "$UAS"
     stop_server "$what"
 }
@@ -592,8 +417,7 @@ media_session() {
     kill -0 "$SRV" 2>/dev/null || die "podpbx died during the media run (see $work/podpbx.log)"
     uac_ticks=$(cat "$work/$tag.uac_ticks" 2>/dev/null || echo "0 1")
     ok=$(stat_col "$work/$tag.csv" 'SuccessfulCall(C)'); fail=$((CONC - ok))
-    noise=$(awk -v hz="$HZ" -v w=$(( (w1 - w0) / 1000000 )) -v s=$((bs1 - bs0 - (t1 - t0))) \
-        'BEGIN {s = s < 0 ? 0 : s; printf "%.0f", s / hz / (w / 1000) * 100}')
+    noise=$(other_load $(( (w1 - w0) / 1000000 )) $((bs1 - bs0)) $((t1 - t0)) 0 0); noise=${noise% *}
     # RTP loss per leg from the CDRs (sequence gaps seen by the relay): leg A = what the caller
     # sent, leg B = the callee's echo of what podpbx forwarded to it (round trip).
     for i in $(seq 1 20); do
@@ -630,10 +454,7 @@ PY
         "$rss0 $hwm0 $rss1 $rss2 $hwm2 $p0 $p1 $p2 $a1 $a2 $((f1 - f0)) $((d1 - d0)) $((k1 - k0)) $((e1 - e0)) $loss" \
         "$noise $((u1 - u0)) $uac_ticks" >> "$work/results"
     echo "T $round $(cat "$work/$tag.threads")" >> "$work/results"
-    if [ -s "$work/$tag.err" ]; then
-        grep -ao "received '[^']*\|Aborting call[^.]*" "$work/$tag.err" | sed 's/\r//' | cut -c1-60 \
-            | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $tag caller: /" >> "$work/oddities" || true
-    fi
+    sipp_oddities "$work/$tag.err" "$tag caller" aborts
     stop_pid "$UAS"
     stop_server "round $round media run"
 }

@@ -84,98 +84,25 @@ done
 work=$(mktemp -d /tmp/overload.XXXXXX)
 pids=()
 failed=0
-SRV=""; STOP=""; UAS=""
+prio=()
+. benches/lib_calls.sh
 
-family() {
-    local c
-    echo "$1"
-    for c in $(pgrep -P "$1" || true); do family "$c"; done
-}
-# SIGTERM, up to 5 s; then SIGTERM to what is left of it and its descendants (by PID), then SIGKILL.
-stop_pid() {
-    local p=$1 fam q i left sig
-    kill -0 "$p" 2>/dev/null || return 0
-    fam=$(family "$p")
-    kill "$p" 2>/dev/null || true
-    for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    for sig in TERM KILL; do
-        left=""
-        for q in $fam; do kill -0 "$q" 2>/dev/null && left+=" $q"; done
-        [ -z "$left" ] && break
-        STOP_NOTE="needed a second SIGTERM"; [ "$sig" = KILL ] && STOP_NOTE="needed SIGKILL"
-        for q in $left; do kill -"$sig" "$q" 2>/dev/null || true; done
-        for i in $(seq 1 50); do
-            left=""
-            for q in $fam; do kill -0 "$q" 2>/dev/null && left+=" $q"; done
-            [ -z "$left" ] && break
-            sleep 0.1
-        done
-    done
-    wait "$p" 2>/dev/null || true
-}
-cleanup() {
-    local i
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
-    if [ "$KEEP" = 1 ] || [ "$failed" = 1 ]; then echo "work directory kept: $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 die() {
     failed=1
     echo "overload: $*" >&2
     exit 1
 }
 
-if [ -z "${BIN:-}" ]; then
-    cargo build --release -q -p podpbx
-    BIN=target/release/podpbx
-fi
-[ -x "$BIN" ] || die "no podpbx binary at $BIN"
+need_bin
 
 # --- Inputs: call_rate.sh's podpbx configuration with the admin listener; proxy.cfg plus ctl.
 select_server podpbx
-cat > "$work/podpbx.toml" <<CFG
-[sip]
-ipv4 = "$SRV_IP"
-port = $PORT
-transports = ["udp"]
-[log]
-level = "warn"
-[admin]
-listen = "$ADMIN"
-[storage]
-data_dir = "$work/pbxdata"
-[security]
-trusted_networks = ["127.0.0.0/8"]
-[media]
-port_min = $MEDIA_MIN
-port_max = $MEDIA_MAX
 # The held calls carry no RTP: no media timeout (30 s by default), which would end them; and a
 # call leaked by the load then stays up to be counted, instead of ending 30 s later.
-timeout_secs = 0
-[calls]
-max_concurrent = 0
-$([ -n "$MAX_SETUP" ] && echo "max_setup = $MAX_SETUP")
-
-[[users]]
-name = "102"
-password = "bench-102"
-
-[[users]]
-name = "201"
-identify_by_source = true
-allow_from = ["$UAC_IP/32"]
-
-[[dialplan]]
-name = "bench"
-match = { number = "102", from = "local" }
-action = "ring"
-targets = ["102"]
-timeout_secs = 10
-CFG
+podpbx_config "timeout_secs = 0" "$([ -n "$MAX_SETUP" ] && echo "max_setup = $MAX_SETUP")" > "$work/podpbx.toml"
 "$BIN" check --config "$work/podpbx.toml" >/dev/null || die "podpbx rejects the generated config"
 
-mpath=$(dirname "$(find /usr/lib /usr/local/lib -name tm.so -path '*kamailio*' 2>/dev/null | head -1)")
+mpath=$(kamailio_modules)
 [ -f "$mpath/ctl.so" ] || die "Kamailio modules (tm.so, ctl.so) not found"
 select_server kamailio
 KAMCTL="unix:$work/kamailio.ctl"
@@ -186,14 +113,6 @@ kamailio -f "$work/kamailio.cfg" -c >"$work/kamcheck.out" 2>&1 \
     || { cat "$work/kamcheck.out" >&2; die "Kamailio rejects the generated configuration"; }
 
 # --- Measurement helpers (as in call_rate.sh)
-cpu_ticks() {
-    local total=0 p
-    for p in $(family "$1"); do
-        [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-    done
-    echo "$total"
-}
-core_busy() { awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $9}' /proc/stat; }
 rss_kb() {
     local p rss=0
     for p in $(family "$1"); do rss=$((rss + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done
@@ -206,12 +125,6 @@ pss_kb() {
     echo "$pss"
 }
 sampler() { while kill -0 "$1" 2>/dev/null; do echo "$(rss_kb "$1") $(pss_kb "$1")"; sleep 1; done > "$2"; }
-media_sockets() {
-    ss -Huanp 2>/dev/null | awk -v p="pid=$1," -v lo="$MEDIA_MIN" -v hi="$MEDIA_MAX" 'index($0, p) {
-        n = split($4, a, ":"); port = a[n] + 0; if (port >= lo && port <= hi) c++ } END {print c + 0}'
-}
-metrics() { curl -s --max-time 2 "http://$ADMIN/metrics" || true; }
-metric() { metrics | awk -v k="$1" '$1 == k {print $2; f = 1} END {if (!f) print "-"}'; }
 # podpbx refusals by reason: "lag transactions calls media setup".
 refused_by_reason() {
     metrics | awk '/^podpbx_sip_overload_refused_total/ {for (r in w) if (index($1, "\"" r "\"")) v[r] = $2}
@@ -225,65 +138,11 @@ print(len(d))' 2>/dev/null || echo "-"; }
 kam_tm() { kamcmd -s "$KAMCTL" tm.stats 2>/dev/null | awk -v k="$1" '$1 == k ":" {print $2; f = 1} END {if (!f) print "-"}'; }
 # Calls (podpbx) or transactions (Kamailio) in the server now.
 in_server() { if [ "$SRV_NAME" = podpbx ]; then metric podpbx_calls_active; else kam_tm current; fi; }
-stat_col() {
-    awk -F';' -v col="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i }
-        END { v = $c; if (v == "") v = 0; print v }' "$1"
-}
-stat_elapsed() { awk -F';' 'END { split($1, a, "\t"); split($3, b, "\t"); printf "%.3f", b[3] - a[3] }' "$1"; }
 # Seconds from the start until SIPp had created $2 calls (the offer window; whole run if never).
 stat_offer_secs() {
     awk -F';' -v n="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "OutgoingCall(C)") c = i; next }
         { split($1, a, "\t"); split($3, b, "\t"); t = b[3] - a[3] } $c >= n && !f { w = t; f = 1 }
         END { printf "%.3f", f ? w : t }' "$1"
-}
-port_busy() { ss -Hlun "sport = :$1" 2>/dev/null | grep -q . ; }
-
-start_server() {
-    local name=$1 i
-    select_server "$name"
-    for i in "$PORT" "$UAC_PORT" "$HELD_PORT" "$UAS_PORT"; do
-        port_busy "$i" && die "UDP port $i is already in use (another run? set PORT=...)"
-    done
-    if [ "$name" = podpbx ]; then
-        rm -rf "$work/pbxdata"
-        taskset -c "$SERVER_CORE" "$BIN" run --config "$work/podpbx.toml" 2>>"$work/podpbx.log" &
-    else
-        rm -f "$work/kamailio.ctl"
-        taskset -c "$SERVER_CORE" kamailio -f "$work/kamailio.cfg" -DD -E -l "udp:$SRV_IP:$PORT" \
-            -n "$KAM_CHILDREN" -m "$KAM_SHM" -M 16 >>"$work/kamailio.log" 2>&1 &
-    fi
-    SRV=$!; STOP=$SRV
-    pids+=("$SRV")
-    for i in $(seq 1 20); do
-        kill -0 "$SRV" 2>/dev/null || die "$name exited at start-up (see $work/$name.log)"
-        if timeout 2 sipp "$SRV_IP:$PORT" -sf benches/sipp/options_ping.xml -i "$SRV_IP" -p "$UAC_PORT" \
-            -t u1 -m 1 -nostdin -timeout 1s -timeout_error >/dev/null 2>&1; then
-            if [ "$name" = kamailio ]; then
-                # SIGTERM to the creator (-DD) kills only it; its child, the main process, stops all.
-                STOP=$(pgrep -P "$SRV" | head -1)
-                [ -n "$STOP" ] || die "Kamailio main process not found under PID $SRV"
-                pids+=("$STOP")
-            fi
-            return 0
-        fi
-        sleep 0.5
-    done
-    die "$name did not answer OPTIONS on $SRV_IP:$PORT within 10 s"
-}
-start_uas() {
-    local tag=$1
-    if [ "$SRV_NAME" = podpbx ]; then
-        timeout 15 taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf tests/sipp/register_once.xml -i "$SRV_IP" \
-            -p "$UAS_PORT" -t u1 -m 1 -s 102 -au 102 -ap bench-102 -key expires 3600 -nostdin -timeout 10s \
-            >"$work/$tag-register.out" 2>&1 || die "the callee's REGISTER failed (see $work/$tag-register.out)"
-    fi
-    timeout 900 taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf benches/sipp/call_uas.xml -i "$SRV_IP" \
-        -p "$UAS_PORT" -mi "$SRV_IP" -mp "$UAS_MEDIA" -t u1 -nostdin -timeout 880s \
-        -trace_err -error_file "$work/$tag-uas.err" -max_log_size 1000000 >"$work/$tag-uas.out" 2>&1 &
-    UAS=$!
-    pids+=("$UAS")
-    sleep 0.3
-    kill -0 "$UAS" 2>/dev/null || die "the SIPp callee did not start (see $work/$tag-uas.out)"
 }
 stop_session() { stop_pid "$UAS"; STOP_NOTE="stopped on SIGTERM"; stop_pid "$STOP"; stop_pid "$SRV"; }
 
@@ -317,9 +176,7 @@ offer() {
     kill -0 "$SRV" 2>/dev/null || die "$server died at $rate calls/s (see $work/$server.log)"
     kill -0 "$UAS" 2>/dev/null || die "the SIPp callee died at $rate calls/s (see $work/$tag-uas.out)"
     [ -s "$csv" ] || die "SIPp wrote no statistics for $tag (see $work/$tag.out)"
-    noise=$(awk -v hz="$HZ" -v w=$(( (w1 - w0) / 1000000 )) -v s=$((bs1 - bs0 - (t1 - t0))) \
-        -v p=$((bp1 - bp0 - uac - (u1 - u0))) \
-        'BEGIN {s = s < 0 ? 0 : s; p = p < 0 ? 0 : p; printf "%.0f %.0f", s / hz / (w / 1000) * 100, p / hz / (w / 1000) * 100}')
+    noise=$(other_load $(( (w1 - w0) / 1000000 )) $((bs1 - bs0)) $((t1 - t0)) $((bp1 - bp0)) $((uac + u1 - u0)))
     peak=$(awk '$1 > r {r = $1} $2 > p {p = $2} END {print r + 0, p + 0}' "$work/$tag.rss")
     # Settle: up to SETTLE s until only the held calls are left (podpbx), then what is left.
     after="-"
@@ -341,10 +198,7 @@ offer() {
         "$(awk -v a="$r0" -v b="$r1" 'BEGIN {split(a, x); split(b, y); printf "%d %d %d %d", y[1] - x[1], y[2] - x[2], y[3] - x[3], y[4] - x[4]}')" \
         "$(stat_col "$csv" 'Retransmissions(C)') $after" \
         "$(awk -v a="$r0" -v b="$r1" 'BEGIN {split(a, x); split(b, y); printf "%d", y[5] - x[5]}')" >> "$work/results"
-    if [ -s "$work/$tag.err" ]; then
-        grep -ao "received '[^']*" "$work/$tag.err" | sed 's/\r//' | cut -c11-60 \
-            | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $tag caller: /" >> "$work/oddities" || true
-    fi
+    sipp_oddities "$work/$tag.err" "$tag caller"
 }
 
 # --- 1. MAX_RATE
@@ -353,7 +207,7 @@ max_note="given (MAX_RATE=$MAX_RATE)"
 if [ -z "$MAX_RATE" ]; then
     for rate in $SEARCH_STEPS; do
         start_server podpbx
-        start_uas "podpbx-search-$rate"
+        start_uas podpbx "podpbx-search-$rate"
         HELD_UP=0
         offer podpbx search 1 "$rate" "$SEARCH_SECS"
         stop_session
@@ -378,7 +232,7 @@ done
 HOLD_MS=$(( (total_secs + 10) * 1000 ))
 for server in $SERVERS; do
     start_server "$server"
-    start_uas "$server-curve"
+    start_uas "$server" "$server-curve"
     sleep 1
     idle_rss=$(rss_kb "$SRV"); idle_pss=$(pss_kb "$SRV"); base_in=$(in_server)
     idle_sock=0; [ "$server" = podpbx ] && idle_sock=$(media_sockets "$SRV")
@@ -433,8 +287,7 @@ print("  podpbx calls left after the drain by state:", dict(collections.Counter(
     echo "H $server $HELD $HELD_UP $(stat_col "$hcsv" 'SuccessfulCall(C)') $(stat_col "$hcsv" 'FailedCall(C)')" \
         "$(stat_col "$hcsv" 'FailedUnexpectedMessage(C)') $(stat_col "$hcsv" 'FailedTimeoutOnRecv(C)') $before_bye" \
         "$left_calls $left_api $left_tx $idle_sock $left_sock $idle_rss $(rss_kb "$SRV") $base_in ${shm:--} $idle_pss $(pss_kb "$SRV") $drained $(rss_kb "$SRV")" >> "$work/results"
-    [ -s "$work/$server-held.err" ] && grep -ao "received '[^']*\|Aborting call[^.]*" "$work/$server-held.err" \
-        | sed 's/\r//' | cut -c1-60 | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $server held caller: /" >> "$work/oddities" || true
+    sipp_oddities "$work/$server-held.err" "$server held caller" aborts
     stop_session
     echo "X $server $STOP_NOTE" >> "$work/results"
 done

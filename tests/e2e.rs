@@ -72,9 +72,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
 }
 
-const MEDIA_MIN: u16 = 20000;
-const MEDIA_MAX: u16 = 20099;
-
 const TRUNK_USER: &str = "4930123456";
 const TRUNK_PASSWORD: &str = "e2e-trunk-secret";
 const DID: &str = "+4930123456";

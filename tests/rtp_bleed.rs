@@ -41,8 +41,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
 }
 
-const MEDIA_MIN: u16 = 20000;
-const MEDIA_MAX: u16 = 20099;
 const TONE_102: f64 = 1209.0;
 const TONE_DOOR: f64 = 852.0;
 /// What the attacker injects (a leak into a phone would show in its recording).

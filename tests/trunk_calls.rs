@@ -172,6 +172,44 @@ fn call(pbx: &Pbx, scenario: &str, number: &str, extra: &[&str]) -> SippRun {
     sipp(scenario, pbx.v4(), "u1", &args)
 }
 
+/// The PSTN calls our DID: the SIPp carrier (`trunk_carrier_uac.xml`, media on `media_ip`) sends
+/// it to the provider, which delivers it to podpbx; phone 102, registered from `phone_addr`,
+/// answers; the carrier hangs up after 500 ms. Asserts both SIPp runs passed; returns the
+/// carrier's run and the phone's log.
+fn inbound_did_call(
+    pbx: &Pbx,
+    kam: &Kamailio,
+    phone_addr: SocketAddr,
+    media_ip: &str,
+) -> (SippRun, String) {
+    let phone = Phone::start(phone_addr, "102", "pw-102", "call_phone_answer.xml", &[]);
+    let run = sipp(
+        "trunk_carrier_uac.xml",
+        kam.addr_v4(),
+        "u1",
+        &[
+            "-s",
+            DID,
+            "-key",
+            "caller",
+            PSTN_CALLER,
+            "-d",
+            "500",
+            "-mi",
+            media_ip,
+        ],
+    );
+    let (phone_ok, logs) = phone.finish(Duration::from_secs(10));
+    assert!(
+        run.ok && phone_ok,
+        "carrier:\n{}\n--- phone ---\n{logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
+        run.output,
+        tail(&pbx.log_text()),
+        tail(&kam.log_text())
+    );
+    (run, logs)
+}
+
 /// True while some socket is bound to UDP `port` (from /proc/net/udp{,6}: the local address
 /// column is `HEXADDR:HEXPORT`).
 fn udp_bound(port: u16) -> bool {
@@ -409,31 +447,7 @@ fn inbound_did_call_rings_a_registered_phone() {
     let kam = provider(|_| {});
     let pbx = Pbx::start(&pbx_config(kam.port, ""));
     wait_registered(&pbx, &kam, "provider");
-    let phone = Phone::start(pbx.v4(), "102", "pw-102", "call_phone_answer.xml", &[]);
-    let run = sipp(
-        "trunk_carrier_uac.xml",
-        kam.addr_v4(),
-        "u1",
-        &[
-            "-s",
-            DID,
-            "-key",
-            "caller",
-            PSTN_CALLER,
-            "-d",
-            "500",
-            "-mi",
-            "::1",
-        ],
-    );
-    let (phone_ok, logs) = phone.finish(Duration::from_secs(10));
-    assert!(
-        run.ok && phone_ok,
-        "carrier:\n{}\n--- phone ---\n{logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
-        run.output,
-        tail(&pbx.log_text()),
-        tail(&kam.log_text())
-    );
+    let (run, logs) = inbound_did_call(&pbx, &kam, pbx.v4(), "::1");
     // The phone sees the PSTN caller's number and our IPv4 media address.
     assert!(
         logs.contains(&format!("<sip:{PSTN_CALLER}@")),
@@ -775,31 +789,7 @@ fn calls_over_a_tls_trunk_both_ways() {
     assert_eq!(sources.len(), 1, "one TLS connection: {sources:?}");
 
     // Inbound: the PSTN calls our DID; the provider reaches our Contact over TLS.
-    let phone = Phone::start(pbx.v4(), "102", "pw-102", "call_phone_answer.xml", &[]);
-    let run = sipp(
-        "trunk_carrier_uac.xml",
-        kam.addr_v4(),
-        "u1",
-        &[
-            "-s",
-            DID,
-            "-key",
-            "caller",
-            PSTN_CALLER,
-            "-d",
-            "500",
-            "-mi",
-            "::1",
-        ],
-    );
-    let (phone_ok, logs) = phone.finish(Duration::from_secs(10));
-    assert!(
-        run.ok && phone_ok,
-        "carrier:\n{}\n--- phone ---\n{logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
-        run.output,
-        tail(&pbx.log_text()),
-        tail(&kam.log_text())
-    );
+    inbound_did_call(&pbx, &kam, pbx.v4(), "::1");
     let cdrs = cdrs(&cdr_file(&pbx), 2, Duration::from_secs(5));
     assert_eq!(cdrs[1]["answered_by"], "102", "{}", cdrs[1]);
     let legs = cdrs[1]["legs"].as_array().expect("legs");
@@ -892,31 +882,7 @@ fn provider_media_family_follows_its_sdp_not_its_signalling() {
     let kam = provider(|_| {});
     let pbx = Pbx::start(&pbx_config(kam.port, ""));
     wait_registered(&pbx, &kam, "provider");
-    let phone = Phone::start(pbx.v6(), "102", "pw-102", "call_phone_answer.xml", &[]);
-    let run = sipp(
-        "trunk_carrier_uac.xml",
-        kam.addr_v4(),
-        "u1",
-        &[
-            "-s",
-            DID,
-            "-key",
-            "caller",
-            PSTN_CALLER,
-            "-d",
-            "500",
-            "-mi",
-            "127.0.0.1",
-        ],
-    );
-    let (phone_ok, logs) = phone.finish(Duration::from_secs(10));
-    assert!(
-        run.ok && phone_ok,
-        "carrier:\n{}\n--- phone ---\n{logs}\n--- podpbx ---\n{}\n--- provider ---\n{}",
-        run.output,
-        tail(&pbx.log_text()),
-        tail(&kam.log_text())
-    );
+    let (run, logs) = inbound_did_call(&pbx, &kam, pbx.v6(), "127.0.0.1");
     // Kamailio reached podpbx over IPv6 with the IPv4 SDP; the answer is anchored on IPv4.
     let ok = run
         .output

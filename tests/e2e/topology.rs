@@ -11,6 +11,11 @@ use super::common::baresip::in_netns;
 use super::common::netns::*;
 use std::time::{Duration, Instant};
 
+/// The pod's relay port range in the tests on this topology (their configs set it; the checks
+/// of where media flowed and of the RTP bleed probes go by it).
+pub const MEDIA_MIN: u16 = 20000;
+pub const MEDIA_MAX: u16 = 20099;
+
 /// Whether a namespace test with baresip phones runs: false (said on stderr) when
 /// `PODPBX_SKIP_E2E` is set; panics when it cannot run (not root, baresip missing).
 pub fn phones_test_runs() -> bool {
