@@ -160,9 +160,6 @@ pub(crate) struct Wake {
 
 /// Commands that may wait for the worker's next round before one wakes it.
 const LAZY_MAX: u64 = 32;
-/// Interrupt moderation sleeps only while rounds that forward come less than this many
-/// moderation intervals apart (a busy relay).
-const COALESCE_BUSY: u64 = 4;
 /// The longest a worker sleeps: the latest a command that did not wake it is
 /// seen when no datagram or timer comes first.
 const MAX_SLEEP_MS: i32 = 250;
@@ -275,16 +272,13 @@ impl Cmd {
     }
 }
 
-/// Whether a round that forwarded datagrams at `now_ns` is followed by an interrupt
-/// moderation sleep of `coalesce_ns`: moderation on, no full batch in the round, and the
-/// previous forwarding round (at `prev_ns`, 0: none) less than [`COALESCE_BUSY`]
-/// intervals ago.
+/// Whether a round that forwarded datagrams is followed by an interrupt moderation
+/// sleep of `coalesce_ns`: moderation on, no full batch in the round, and the wait
+/// before the round (`waited_ns`) shorter than the sleep (datagrams come faster than
+/// one per interval: a sleep collects several).
 #[inline]
-fn moderate(coalesce_ns: u64, saw_full: bool, now_ns: u64, prev_ns: u64) -> bool {
-    coalesce_ns > 0
-        && !saw_full
-        && prev_ns != 0
-        && now_ns.saturating_sub(prev_ns) < COALESCE_BUSY.saturating_mul(coalesce_ns)
+fn moderate(coalesce_ns: u64, saw_full: bool, waited_ns: u64) -> bool {
+    coalesce_ns > 0 && !saw_full && waited_ns < coalesce_ns
 }
 
 /// Milliseconds since the relay epoch, plus one so that 0 means "never".
@@ -440,8 +434,6 @@ impl Worker {
     fn run(&mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
         let mut now_ns = sys::monotonic_ns();
-        // Start of the previous round that forwarded (interrupt moderation).
-        let mut prev_round_ns = 0u64;
         loop {
             // Commands first: a remote address set before a packet arrived
             // applies to it. Stale tokens of sessions released here are
@@ -464,6 +456,7 @@ impl Worker {
             self.wake.sleeping.store(false, Ordering::Relaxed);
             // One clock reading per round (vDSO, but still per round rather
             // than per socket): the arrival time of every datagram in it.
+            let before_wait_ns = now_ns;
             now_ns = sys::monotonic_ns();
             if events[..n].iter().any(|e| {
                 let tok = e.u64;
@@ -489,19 +482,14 @@ impl Worker {
             // Interrupt moderation pays off when wake-ups come often with few
             // datagrams each: sleep a little so that the next round finds more.
             // Not after a full batch (more is already waiting: a sleep would leave
-            // the CPU idle while the backlog grows), and not when the previous
-            // round was long ago (a quiet relay: the sleep would cost a timer
-            // wake-up of its own and save none).
+            // the CPU idle while the backlog grows), and not when the worker had
+            // waited longer than the sleep (a quiet relay: the sleep would find
+            // nothing and cost a timer wake-up of its own).
             let coalesce = self.cfg.coalesce_ns;
-            if forwarded
-                && n < MAX_EVENTS
-                && moderate(coalesce, self.batch.saw_full, now_ns, prev_round_ns)
-            {
-                prev_round_ns = now_ns;
+            let waited = now_ns.saturating_sub(before_wait_ns);
+            if forwarded && n < MAX_EVENTS && moderate(coalesce, self.batch.saw_full, waited) {
                 sys::sleep_ns(coalesce);
                 now_ns = sys::monotonic_ns();
-            } else if forwarded {
-                prev_round_ns = now_ns;
             }
             self.timers(now_ns);
         }
@@ -891,14 +879,13 @@ mod tests {
     fn moderation_only_for_a_busy_relay_without_backlog() {
         let us = 1_000;
         // Off.
-        assert!(!moderate(0, false, 1_000 * us, 990 * us));
-        // Rounds 10 µs apart, 50 µs moderation: sleep.
-        assert!(moderate(50 * us, false, 1_000 * us, 990 * us));
+        assert!(!moderate(0, false, 10 * us));
+        // Woken 10 µs after it began to wait, 50 µs moderation: sleep.
+        assert!(moderate(50 * us, false, 10 * us));
         // A full batch: more is waiting, no sleep.
-        assert!(!moderate(50 * us, true, 1_000 * us, 990 * us));
-        // The previous forwarding round 4 intervals ago or more (a quiet relay), or none.
-        assert!(!moderate(50 * us, false, 1_000 * us, 800 * us));
-        assert!(moderate(50 * us, false, 1_000 * us, 801 * us));
-        assert!(!moderate(50 * us, false, 1_000 * us, 0));
+        assert!(!moderate(50 * us, true, 10 * us));
+        // It waited a whole interval or longer (a quiet relay): no sleep.
+        assert!(!moderate(50 * us, false, 50 * us));
+        assert!(!moderate(50 * us, false, 20_000 * us));
     }
 }
