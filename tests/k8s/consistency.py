@@ -382,16 +382,26 @@ def check_dockerfile(path, c):
     if user != str(UID):
         problems.append(f"{path}: the final stage must run as USER {UID} (found {user or 'none'})")
     # The binary comes from docker/build-static.sh (the one build both image paths use): a
-    # locked release build, statically linked.
+    # locked optimised build (`--release`, or Cargo.toml's `image` profile, which inherits
+    # release), statically linked.
     if not any(w == "RUN" and "docker/build-static.sh" in a for w, a in ins):
         problems.append(f"{path}: the build stage does not run docker/build-static.sh")
     script = posixpath.join(posixpath.dirname(path), "build-static.sh")
     try:
         with open(script, encoding="utf-8") as f:
             text = f.read()
-        for need in ("cargo build --release --locked", "+crt-static"):
-            if need not in text:
-                problems.append(f"{script}: no `{need}`")
+        if not any(b in text for b in ("cargo build --release --locked",
+                                       "cargo build --profile image --locked")):
+            problems.append(f"{script}: no `cargo build --release --locked` "
+                            "(or `--profile image --locked`)")
+        if "+crt-static" not in text:
+            problems.append(f"{script}: no `+crt-static`")
+        if "--profile image" in text:
+            cargo = posixpath.join(posixpath.dirname(posixpath.dirname(path)) or ".", "Cargo.toml")
+            with open(cargo, "rb") as f:
+                prof = tomllib.load(f).get("profile", {}).get("image", {})
+            if prof.get("inherits") != "release":
+                problems.append(f"{cargo}: [profile.image] must inherit release")
     except OSError as e:
         problems.append(f"{script}: {e}")
     base = ins[stages[-1]][1].split()[0] if stages else None
