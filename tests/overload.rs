@@ -16,6 +16,11 @@
 //!   and one call ringing, a new INVITE gets `503` with `Retry-After` (reason `setup`, before
 //!   any challenge) while a REGISTER is served; once the ringing call has ended (dialplan
 //!   timeout) a new INVITE is admitted again (challenged).
+//! * `memory_a_flood_freed_goes_back_to_the_kernel`: 60 000 small OPTIONS at ~12 000/s (each
+//!   answered and kept as a transaction for Timer J, 3.2 s with T1 = 50 ms) grow the process
+//!   by tens of MB; once they have expired, podpbx hands the freed memory back (glibc keeps it
+//!   resident otherwise: it was ~45 MB for good before the fix, 8 MB idle), which
+//!   `podpbx_heap_trims_total` counts.
 
 mod common;
 
@@ -558,4 +563,102 @@ fn new_invites_get_503_while_max_setup_calls_are_in_setup() {
     let mut third = Caller::new(pbx.v6());
     let r = first_invite(&mut third).expect("no answer to the third INVITE");
     assert_eq!(code_of(&r), Some(407), "{}", String::from_utf8_lossy(&r));
+}
+
+/// A small OPTIONS (about 330 octets) from `local`, number `n`.
+fn small_options(pbx: &Pbx, local: SocketAddr, n: usize) -> Vec<u8> {
+    let h = uri_host(local);
+    let th = uri_host(pbx.v4());
+    format!(
+        "OPTIONS sip:{th} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {h}:{port};branch=z9hG4bK-small-{n};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:u{n}@{h}>;tag=f{n}\r\n\
+         To: <sip:{th}>\r\n\
+         Call-ID: small-{n}@{h}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        port = local.port()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn memory_a_flood_freed_goes_back_to_the_kernel() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // T1 = 50 ms: the flood's transactions linger 3.2 s (Timer J), not 32 s.
+    let pbx = start("t1_ms = 50\n[security]\ntrusted_networks = [\"127.0.0.0/8\"]\n");
+    let pid = pbx.child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_idle = rss_kb(pid);
+
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    flood.connect(pbx.v4()).unwrap();
+    let local = flood.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let sock = flood.try_clone().unwrap();
+        let answered = answered.clone();
+        std::thread::spawn(move || {
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = sock.recv(&mut buf) {
+                if code_of(&buf[..n]) == Some(200) {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    const N: usize = 60_000;
+    let started = Instant::now();
+    for n in 0..N {
+        // Paced at 12 000/s, bounded to N datagrams.
+        while started.elapsed() < Duration::from_micros(n as u64 * 1_000_000 / 12_000) {
+            std::hint::spin_loop();
+        }
+        flood.send(&small_options(&pbx, local, n)).unwrap();
+    }
+    let rss_peak = rss_kb(pid);
+    let grew = rss_peak.saturating_sub(rss_idle);
+    // Timer J (3.2 s) and the expiry grid, then up to two 5 s samples of the allocator: the
+    // RSS must come down by half of what the flood added, within 15 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut rss_now = rss_peak;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        rss_now = rss_kb(pid);
+        if rss_now + grew / 2 <= rss_peak {
+            break;
+        }
+    }
+    let _ = reader.join();
+    let answered = answered.load(Ordering::Relaxed);
+    let metrics = http_get(pbx.admin, "/metrics").1;
+    let trims = metric(&metrics, "podpbx_heap_trims_total");
+    let tx = metric(&metrics, "podpbx_sip_transactions");
+    println!(
+        "{N} OPTIONS in {:.1} s, {answered} answered: RSS {:.1} idle, {:.1} after the flood, \
+         {:.1} MB now; heap trims {trims:?}; transactions {tx:?}",
+        started.elapsed().as_secs_f64(),
+        rss_idle as f64 / 1024.0,
+        rss_peak as f64 / 1024.0,
+        rss_now as f64 / 1024.0
+    );
+    assert!(
+        answered >= N / 2,
+        "the flood was not served: {answered} of {N} answered"
+    );
+    assert!(
+        grew >= 10 * 1024,
+        "the flood grew the process by only {grew} kB: it does not test the trim"
+    );
+    assert!(
+        rss_now + grew / 2 <= rss_peak,
+        "the freed memory stayed resident: RSS {rss_idle} kB idle, {rss_peak} after the \
+         flood, {rss_now} 15 s later"
+    );
+    assert!(
+        trims.is_some_and(|t| t >= 1.0),
+        "podpbx_heap_trims_total is {trims:?}"
+    );
 }

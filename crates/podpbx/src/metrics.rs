@@ -547,6 +547,8 @@ pub const RELAY_DROP_REASONS: [&str; 7] = [
 /// | [`PbxMetrics::relay_dropped`] | `podpbx_relay_dropped_packets_total{reason}` | media |
 /// | `auth_failures` | `podpbx_auth_failures_total` | registrar / call auth |
 /// | `blocked_sources` | `podpbx_blocked_sources` | brute-force guard: sources blocked now |
+/// | `heap_free_bytes` | `podpbx_heap_free_bytes` | allocator: free memory it holds (every 5 s) |
+/// | `heap_trims` | `podpbx_heap_trims_total` | allocator: free memory handed back after a load |
 ///
 /// Media counters that the relay already keeps can instead be exported with
 /// [`Registry::counter_fn`] under the same name (that replaces the handle's series).
@@ -559,6 +561,8 @@ pub struct PbxMetrics {
     pub relay_bytes: Counter,
     pub auth_failures: Counter,
     pub blocked_sources: Gauge,
+    pub heap_free_bytes: Gauge,
+    pub heap_trims: Counter,
 }
 
 const CALLS_TOTAL: (&str, &str) = ("podpbx_calls_total", "Calls ended, by disposition.");
@@ -633,6 +637,16 @@ impl PbxMetrics {
             blocked_sources: reg.gauge(
                 "podpbx_blocked_sources",
                 "Source addresses blocked by the brute-force guard now.",
+                &[],
+            ),
+            heap_free_bytes: reg.gauge(
+                "podpbx_heap_free_bytes",
+                "Free memory the allocator holds (resident or handed back), sampled every 5 s.",
+                &[],
+            ),
+            heap_trims: reg.counter(
+                "podpbx_heap_trims_total",
+                "Times the free memory a load left behind was handed back to the kernel.",
                 &[],
             ),
         }

@@ -199,6 +199,7 @@ pub(super) async fn build(cfg: Config, config_path: Option<PathBuf>) -> Result<S
         presence_stats,
         tx_stats,
         auth_failures_seen: 0,
+        heap: super::heap::Trimmer::new(),
         send_failed_log: crate::logging::network_warning(),
     };
     state.publish_registrations();

@@ -190,6 +190,8 @@ pub(super) struct State {
     pub(super) presence_stats: Arc<Mutex<(podpbx_presence::NotifierStats, usize, usize)>>,
     pub(super) tx_stats: Arc<Mutex<podpbx_sip::transaction::TxStats>>,
     pub(super) auth_failures_seen: u64,
+    /// Hands the memory a load freed back to the kernel (sampled on the status tick).
+    pub(super) heap: super::heap::Trimmer,
     /// A peer that went away makes every send to it fail: one line per 10 s burst, counted.
     pub(super) send_failed_log: crate::logging::RateLimit,
 }
@@ -523,6 +525,14 @@ impl State {
             .set_count(self.core.registrar().stats().blocked_sources);
         if let Some(relay) = &self.relay {
             publish_relay_totals(&self.admin, relay.totals(), &mut self.relay_seen);
+        }
+        if let Some((free, trimmed)) = self.heap.tick() {
+            let m = self.admin.metrics();
+            m.heap_free_bytes
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+            if trimmed {
+                m.heap_trims.inc();
+            }
         }
     }
 

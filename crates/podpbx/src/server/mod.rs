@@ -8,9 +8,13 @@
 //! * [`event_loop`]: the loop: it waits for the next event (a message, the core's deadline, a
 //!   DNS answer, a relay or voicemail event, a reload, an admin request, a stop signal, the 1 s
 //!   status tick), hands it to the core with `now`, and performs the core's outputs.
+//! * [`heap`]: the allocator's policy, and handing freed memory back to the kernel after a load.
 
 mod build;
 mod event_loop;
+mod heap;
+
+pub(crate) use heap::release_free_heap;
 
 #[cfg(test)]
 pub(crate) use build::{core_config, registrar_settings};
@@ -42,7 +46,7 @@ pub fn run(config: Option<&Path>, log_format: Option<LogFormat>) -> ExitCode {
     init_logging(&cfg, log_format);
     crate::reload::warn_trunk_exposure(&cfg);
     raise_open_file_limit();
-    separate_large_allocations();
+    heap::separate_large_allocations();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -60,33 +64,6 @@ pub fn run(config: Option<&Path>, log_format: Option<LogFormat>) -> ExitCode {
             eprintln!("podpbx: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Allocations of 16 KiB and more (a large SIP message copied out of the receive buffers, a
-/// bindings file being written) get pages of their own from the kernel and give them back when
-/// freed. Otherwise glibc serves them from the heap, and once freed they are carved up for the
-/// small objects that outlive them (a transaction's key, a kept response): each large message
-/// left a few touched pages behind, and a flood of 56 KB requests grew the heap by ~6 KB per
-/// request that could not be returned. (glibc's own threshold starts at 128 KiB and rises.)
-fn separate_large_allocations() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes glibc's allocation policy; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 * 1024);
-    }
-}
-
-/// Returns the heap's free pages to the kernel (glibc; elsewhere nothing). For the peaks of
-/// start-up and of a reload: parsing 10 000 `[[users]]` and building from them frees ~15 MB that
-/// glibc otherwise keeps resident between the live objects (it only trims the top of the heap).
-/// Not for the hot path: it walks every free chunk of every arena.
-pub(crate) fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers; it only hands free memory of glibc's arenas back to
-    // the kernel, under the arenas' locks, and may be called from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
