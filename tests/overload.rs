@@ -51,26 +51,70 @@ fn start(extra: &str) -> Pbx {
     Pbx::start_logging(&config, port, "info")
 }
 
-/// A 56 KB OPTIONS from `local` (seven 8 000-octet headers: the longest a header may be).
-fn large_options(pbx: &Pbx, local: std::net::SocketAddr, n: usize) -> Vec<u8> {
+/// OPTIONS number `n` from `local`, with `padding` headers of 8 000 octets (the longest a header
+/// may be): 0 gives ~330 octets, 7 a 56 KB request.
+fn options(pbx: &Pbx, local: SocketAddr, n: usize, padding: usize) -> Vec<u8> {
     let h = uri_host(local);
     let th = uri_host(pbx.v4());
-    let padding: String = (0..7)
+    let padding: String = (0..padding)
         .map(|i| format!("X-Padding-{i}: {}\r\n", "p".repeat(8000)))
         .collect();
     format!(
         "OPTIONS sip:{th} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {h}:{port};branch=z9hG4bK-large-{n};rport\r\n\
+         Via: SIP/2.0/UDP {h}:{port};branch=z9hG4bK-flood-{n};rport\r\n\
          Max-Forwards: 70\r\n\
-         From: <sip:flood@{h}>;tag=f{n}\r\n\
+         From: <sip:u{n}@{h}>;tag=f{n}\r\n\
          To: <sip:{th}>\r\n\
-         Call-ID: large-{n}@{h}\r\n\
+         Call-ID: flood-{n}@{h}\r\n\
          CSeq: 1 OPTIONS\r\n\
          {padding}\
          Content-Length: 0\r\n\r\n",
         port = local.port()
     )
     .into_bytes()
+}
+
+/// A flooding socket connected to podpbx; its `200` answers are read (and counted) on another
+/// thread, so the socket never backs up.
+struct Flood {
+    sock: UdpSocket,
+    local: SocketAddr,
+    answered: Arc<AtomicUsize>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Flood {
+    fn new(pbx: &Pbx) -> Flood {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.connect(pbx.v4()).unwrap();
+        let local = sock.local_addr().unwrap();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let reader = {
+            let sock = sock.try_clone().unwrap();
+            let answered = answered.clone();
+            std::thread::spawn(move || {
+                sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = sock.recv(&mut buf) {
+                    if code_of(&buf[..n]) == Some(200) {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        Flood {
+            sock,
+            local,
+            answered,
+            reader,
+        }
+    }
+
+    /// The `200`s counted, once no answer has come for 2 s.
+    fn answered(self) -> usize {
+        let _ = self.reader.join();
+        self.answered.load(Ordering::Relaxed)
+    }
 }
 
 #[test]
@@ -87,24 +131,7 @@ fn large_requests_pin_no_memory_while_a_phone_registers() {
     std::thread::sleep(Duration::from_millis(300));
     let rss_before = rss_kb(pid);
 
-    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
-    flood.connect(pbx.v4()).unwrap();
-    let local = flood.local_addr().unwrap();
-    // Answers are read (and counted) on another thread, so the socket never backs up.
-    let answered = Arc::new(AtomicUsize::new(0));
-    let reader = {
-        let sock = flood.try_clone().unwrap();
-        let answered = answered.clone();
-        std::thread::spawn(move || {
-            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut buf = vec![0u8; 65536];
-            while let Ok(n) = sock.recv(&mut buf) {
-                if code_of(&buf[..n]) == Some(200) {
-                    answered.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let flood = Flood::new(&pbx);
     const N: usize = 3000;
     let started = Instant::now();
     let mut during = Vec::new();
@@ -113,7 +140,7 @@ fn large_requests_pin_no_memory_while_a_phone_registers() {
         while started.elapsed() < Duration::from_millis(n as u64) {
             std::thread::sleep(Duration::from_micros(200));
         }
-        flood.send(&large_options(&pbx, local, n)).unwrap();
+        flood.sock.send(&options(&pbx, flood.local, n, 7)).unwrap();
         if n % 1000 == 500 {
             during.push(phone.register(Duration::from_secs(3)));
         }
@@ -127,8 +154,7 @@ fn large_requests_pin_no_memory_while_a_phone_registers() {
         .filter(|l| l.starts_with("podpbx_sip_transaction"))
         .collect();
     println!("{held:?}");
-    let _ = reader.join();
-    let answered = answered.load(Ordering::Relaxed);
+    let answered = flood.answered();
     let grew_mb = rss_after.saturating_sub(rss_before) as f64 / 1024.0;
     let flood_mb = (N * 56_000) as f64 / 1e6;
     println!(
@@ -565,24 +591,6 @@ fn new_invites_get_503_while_max_setup_calls_are_in_setup() {
     assert_eq!(code_of(&r), Some(407), "{}", String::from_utf8_lossy(&r));
 }
 
-/// A small OPTIONS (about 330 octets) from `local`, number `n`.
-fn small_options(pbx: &Pbx, local: SocketAddr, n: usize) -> Vec<u8> {
-    let h = uri_host(local);
-    let th = uri_host(pbx.v4());
-    format!(
-        "OPTIONS sip:{th} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {h}:{port};branch=z9hG4bK-small-{n};rport\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:u{n}@{h}>;tag=f{n}\r\n\
-         To: <sip:{th}>\r\n\
-         Call-ID: small-{n}@{h}\r\n\
-         CSeq: 1 OPTIONS\r\n\
-         Content-Length: 0\r\n\r\n",
-        port = local.port()
-    )
-    .into_bytes()
-}
-
 #[test]
 fn memory_a_flood_freed_goes_back_to_the_kernel() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -592,23 +600,7 @@ fn memory_a_flood_freed_goes_back_to_the_kernel() {
     std::thread::sleep(Duration::from_millis(300));
     let rss_idle = rss_kb(pid);
 
-    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
-    flood.connect(pbx.v4()).unwrap();
-    let local = flood.local_addr().unwrap();
-    let answered = Arc::new(AtomicUsize::new(0));
-    let reader = {
-        let sock = flood.try_clone().unwrap();
-        let answered = answered.clone();
-        std::thread::spawn(move || {
-            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut buf = vec![0u8; 65536];
-            while let Ok(n) = sock.recv(&mut buf) {
-                if code_of(&buf[..n]) == Some(200) {
-                    answered.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let flood = Flood::new(&pbx);
     const N: usize = 60_000;
     let started = Instant::now();
     for n in 0..N {
@@ -616,7 +608,7 @@ fn memory_a_flood_freed_goes_back_to_the_kernel() {
         while started.elapsed() < Duration::from_micros(n as u64 * 1_000_000 / 12_000) {
             std::hint::spin_loop();
         }
-        flood.send(&small_options(&pbx, local, n)).unwrap();
+        flood.sock.send(&options(&pbx, flood.local, n, 0)).unwrap();
     }
     let rss_peak = rss_kb(pid);
     let grew = rss_peak.saturating_sub(rss_idle);
@@ -631,8 +623,7 @@ fn memory_a_flood_freed_goes_back_to_the_kernel() {
             break;
         }
     }
-    let _ = reader.join();
-    let answered = answered.load(Ordering::Relaxed);
+    let answered = flood.answered();
     let metrics = http_get(pbx.admin, "/metrics").1;
     let trims = metric(&metrics, "podpbx_heap_trims_total");
     let tx = metric(&metrics, "podpbx_sip_transactions");

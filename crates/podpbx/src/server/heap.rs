@@ -94,7 +94,6 @@ impl TrimPolicy {
 /// reports both to the metrics.
 pub(super) struct Trimmer {
     policy: TrimPolicy,
-    every: u32,
     ticks: u32,
 }
 
@@ -108,7 +107,6 @@ impl Trimmer {
     pub(super) fn new() -> Trimmer {
         Trimmer {
             policy: TrimPolicy::new(TRIM_THRESHOLD),
-            every: SAMPLE_EVERY,
             ticks: 0,
         }
     }
@@ -117,7 +115,7 @@ impl Trimmer {
     /// it trimmed.
     pub(super) fn tick(&mut self) -> Option<(u64, bool)> {
         self.ticks += 1;
-        if self.ticks < self.every {
+        if self.ticks < SAMPLE_EVERY {
             return None;
         }
         self.ticks = 0;
