@@ -166,6 +166,9 @@ pub trait MediaPort {
     fn load(&self) -> f64 {
         0.0
     }
+    /// Gives back the room a load left in the port's own tables
+    /// ([`podpbx_sip::capacity`]); called now and then, not per call.
+    fn shrink(&mut self) {}
 }
 
 /// A session of podpbx's own media endpoint (voicemail, announcements).

@@ -391,6 +391,9 @@ pub struct RelayTotals {
     pub forwarded_bytes: u64,
     /// Drops by reason.
     pub drops: crate::stats::Drops,
+    /// Room in the workers' session tables (sessions): grows with the busiest moment, given
+    /// back a few seconds after a load has passed.
+    pub session_slots: u64,
 }
 
 impl Drop for Inner {
@@ -564,6 +567,7 @@ impl Relay {
             d.no_destination += c.get(NO_DEST);
             d.send_error += c.get(SEND_ERR);
             d.srtp += c.get(SRTP);
+            t.session_slots += c.get(SLOTS);
         }
         t
     }

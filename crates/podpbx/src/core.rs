@@ -568,6 +568,20 @@ impl Core {
         self.owners.len()
     }
 
+    /// Gives back the room a load left in the core's tables (transactions, their owners,
+    /// calls, media sessions; [`podpbx_sip::capacity`]). The status tick calls it before the
+    /// allocator is asked to trim, so that what it frees can go back to the kernel. True if
+    /// anything shrank.
+    pub fn shrink(&mut self) -> bool {
+        let mut shrank = self.tx.shrink();
+        shrank |= self.owners.shrink();
+        shrank |= podpbx_sip::capacity::shrink_deque(&mut self.direct);
+        if let Some(calls) = &mut self.calls {
+            shrank |= calls.b2bua.shrink();
+        }
+        shrank
+    }
+
     /// The transaction table's gauges and counters, for metrics.
     pub fn tx_stats(&self) -> TxStats {
         self.tx.stats()

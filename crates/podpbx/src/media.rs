@@ -113,6 +113,9 @@ impl MediaPort for RelayMedia {
     fn load(&self) -> f64 {
         self.relay.load()
     }
+    fn shrink(&mut self) {
+        podpbx_sip::capacity::shrink_map(&mut self.sessions);
+    }
     fn srtp_key(&mut self) -> Option<Vec<u8>> {
         match podpbx_media::generate_key() {
             Ok(k) => Some(k.to_bytes().to_vec()),

@@ -544,10 +544,12 @@ pub const RELAY_DROP_REASONS: [&str; 7] = [
 /// | [`PbxMetrics::trunk_registered`] | `podpbx_trunk_registered{trunk}` | trunk: 1 registered, 0 not |
 /// | [`PbxMetrics::trunk_health`] | `podpbx_trunk_{up,servers,register_failures,keepalive_failures,dns_failures}{trunk}`, `podpbx_trunk_registers_total{trunk}` | trunks, once a second |
 /// | `relay_packets`, `relay_bytes` | `podpbx_relay_{packets,bytes}_total` | media: forwarded |
+/// | `relay_session_slots` | `podpbx_relay_session_slots` | media: room in the session tables |
 /// | [`PbxMetrics::relay_dropped`] | `podpbx_relay_dropped_packets_total{reason}` | media |
 /// | `auth_failures` | `podpbx_auth_failures_total` | registrar / call auth |
 /// | `blocked_sources` | `podpbx_blocked_sources` | brute-force guard: sources blocked now |
 /// | `heap_free_bytes` | `podpbx_heap_free_bytes` | allocator: free memory it holds (every 5 s) |
+/// | `heap_unused_resident_bytes` | `podpbx_heap_unused_resident_bytes` | resident memory no live allocation uses (every 5 s) |
 /// | `heap_trims` | `podpbx_heap_trims_total` | allocator: free memory handed back after a load |
 ///
 /// Media counters that the relay already keeps can instead be exported with
@@ -559,9 +561,11 @@ pub struct PbxMetrics {
     pub calls_active: Gauge,
     pub relay_packets: Counter,
     pub relay_bytes: Counter,
+    pub relay_session_slots: Gauge,
     pub auth_failures: Counter,
     pub blocked_sources: Gauge,
     pub heap_free_bytes: Gauge,
+    pub heap_unused_resident_bytes: Gauge,
     pub heap_trims: Counter,
 }
 
@@ -629,6 +633,12 @@ impl PbxMetrics {
                 "RTP/RTCP bytes the relay forwarded.",
                 &[],
             ),
+            relay_session_slots: reg.gauge(
+                "podpbx_relay_session_slots",
+                "Room in the relay workers' session tables (sessions); given back a few \
+                 seconds after a load.",
+                &[],
+            ),
             auth_failures: reg.counter(
                 "podpbx_auth_failures_total",
                 "Failed digest authentications.",
@@ -642,6 +652,12 @@ impl PbxMetrics {
             heap_free_bytes: reg.gauge(
                 "podpbx_heap_free_bytes",
                 "Free memory the allocator holds (resident or handed back), sampled every 5 s.",
+                &[],
+            ),
+            heap_unused_resident_bytes: reg.gauge(
+                "podpbx_heap_unused_resident_bytes",
+                "Resident memory no live allocation uses (free pages not yet handed back, \
+                 thread stacks), sampled every 5 s; a trim hands it back when it grows 8 MB.",
                 &[],
             ),
             heap_trims: reg.counter(

@@ -59,6 +59,12 @@ impl Owners {
         Some(id)
     }
 
+    /// Gives back the room a load left ([`podpbx_sip::capacity`]).
+    pub fn shrink(&mut self) -> bool {
+        let by_tx = podpbx_sip::capacity::shrink_map(&mut self.by_tx);
+        podpbx_sip::capacity::shrink_map(&mut self.by_req) || by_tx
+    }
+
     /// Transactions in flight.
     #[cfg(test)]
     pub fn len(&self) -> usize {

@@ -7,6 +7,7 @@
 //! parsed messages, bytes to send and timers to arm back.
 
 pub mod builder;
+pub mod capacity;
 pub mod caps;
 pub mod checks;
 pub mod digest;

@@ -437,6 +437,9 @@ pub struct TxStats {
     pub source_bytes: usize,
     /// Sources holding live server transactions now.
     pub sources: usize,
+    /// Room in the client and server tables (entries), which stays after a load until
+    /// [`TransactionLayer::shrink`] gives it back.
+    pub slots: usize,
     /// Lingering transactions evicted early to stay within the bound (since start).
     pub evicted: u64,
     /// New transactions refused because the table was at its bound (since start).
@@ -548,6 +551,9 @@ struct Slab<T> {
     slots: Vec<(u32, Option<T>)>,
     free: Vec<u32>,
     len: usize,
+    /// The generation a slot appended at the end starts at: above every id that slots cut off
+    /// by [`Slab::compact`] handed out.
+    floor: u32,
 }
 
 impl<T> Default for Slab<T> {
@@ -556,6 +562,7 @@ impl<T> Default for Slab<T> {
             slots: Vec::new(),
             free: Vec::new(),
             len: 0,
+            floor: 0,
         }
     }
 }
@@ -569,7 +576,7 @@ impl<T> Slab<T> {
                 i
             }
             None => {
-                self.slots.push((0, Some(v)));
+                self.slots.push((self.floor, Some(v)));
                 (self.slots.len() - 1) as u32
             }
         };
@@ -606,6 +613,33 @@ impl<T> Slab<T> {
         self.free.push(idx as u32);
         self.len -= 1;
         slot.1.take()
+    }
+
+    /// Gives back the room of a load that has passed, when at most a quarter of it is used
+    /// ([`crate::capacity`]): cuts the vacant slots off the end and shrinks. The free list is
+    /// then sorted so that the lowest slots are reused first: the live entries gather at the
+    /// front, and a later compaction can cut behind them once the load's stragglers (lingering
+    /// for up to 32 s) are gone. True if it shrank anything.
+    fn compact(&mut self) -> bool {
+        let Some(to) = crate::capacity::shrunk(self.len, self.slots.capacity()) else {
+            return false;
+        };
+        while let Some((gen, None)) = self.slots.last() {
+            // A removal bumped `gen` past every id this slot handed out.
+            self.floor = self.floor.max(*gen);
+            self.slots.pop();
+        }
+        let end = self.slots.len() as u32;
+        self.free.retain(|&i| i < end);
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
+        // Down to the last live slot at most: a straggler at the end keeps the room below it.
+        self.slots.shrink_to(to);
+        self.free.shrink_to(to);
+        true
+    }
+
+    fn capacity(&self) -> usize {
+        self.slots.capacity()
     }
 
     fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
@@ -815,10 +849,28 @@ impl TransactionLayer {
             max_bytes: self.limits.max_bytes,
             source_bytes: self.limits.source_bytes,
             sources: self.by_source.len(),
+            slots: self.clients.capacity() + self.servers.capacity(),
             evicted: self.evicted,
             refused: self.refused,
             refused_source: self.refused_source,
         }
+    }
+
+    /// Gives back the room a load left in the tables ([`crate::capacity`]); for a periodic
+    /// tick, not per message (it may move every entry). True if anything shrank.
+    pub fn shrink(&mut self) -> bool {
+        use crate::capacity::{shrink_deque, shrink_map};
+        let mut shrank = self.clients.compact();
+        shrank |= self.servers.compact();
+        shrank |= shrink_map(&mut self.client_keys);
+        shrank |= shrink_map(&mut self.server_keys);
+        shrank |= shrink_map(&mut self.by_source);
+        for q in &mut self.lingering {
+            shrank |= shrink_deque(&mut q.q);
+        }
+        shrank |= shrink_deque(&mut self.transmits);
+        shrank |= shrink_deque(&mut self.events);
+        shrank
     }
 
     /// Share of the bound held by live transactions (0.0 idle, 1.0 full): the core sheds new

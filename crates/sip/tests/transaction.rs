@@ -1238,9 +1238,79 @@ mod transaction {
             TxStats {
                 max_bytes: Limits::default().max_bytes,
                 source_bytes: Limits::default().source_bytes,
+                slots: h.l.stats().slots,
                 ..TxStats::default()
             }
         );
+    }
+
+    /// After a load has passed, the tables give their room back, and an id from before the
+    /// shrink never finds a transaction that took its slot afterwards.
+    #[test]
+    fn a_load_that_passed_gives_its_room_back() {
+        let big = Limits {
+            max_bytes: 1 << 30,
+            source_bytes: 1 << 30,
+        };
+        let mut h = Harness::with_limits(Timers::default(), big);
+        let branch =
+            |i: usize| -> &'static str { Box::leak(format!("z9hG4bKload{i}").into_boxed_str()) };
+        let mut ids = Vec::new();
+        for i in 0..20_000 {
+            let id = new_id(h.request(branch(i), Method::Options, udp()));
+            h.answer(id, 200, "200");
+            ids.push(id);
+        }
+        // Two stragglers answered 20 s later: they linger past the load's end.
+        h.run_until(Duration::from_secs(20));
+        let late = [
+            new_id(h.request("z9hG4bKlate1", Method::Options, udp())),
+            new_id(h.request("z9hG4bKlate2", Method::Options, udp())),
+        ];
+        for id in late {
+            h.answer(id, 200, "200");
+        }
+        let peak = h.l.stats().slots;
+        assert!(peak >= 20_000, "{peak}");
+        assert!(!h.l.shrink(), "nearly full: nothing to give back");
+        // Timer J (32 s) ends the load's transactions; the stragglers still linger.
+        h.run_until(Duration::from_secs(40));
+        assert_eq!(h.l.len(), 2);
+        assert!(h.l.shrink());
+        let slots = h.l.stats().slots;
+        assert!(
+            (20_002..peak).contains(&slots),
+            "cut down to the stragglers at the end: {slots} of {peak}"
+        );
+        // New work reuses the lowest slots; once the stragglers are gone the tail can go.
+        let fresh: Vec<ServerTxId> = (0..100)
+            .map(|i| new_id(h.request(branch(100_000 + i), Method::Options, udp())))
+            .collect();
+        h.run_until(Duration::from_secs(60));
+        assert_eq!(
+            h.l.len(),
+            100,
+            "the stragglers expired, the fresh ones are live"
+        );
+        h.l.shrink();
+        let after = h.l.stats().slots;
+        assert!(
+            after <= 2_048,
+            "room for 100 live transactions: {after} slots"
+        );
+        // Every id of the load is stale, whatever took its slot since.
+        let again: Vec<ServerTxId> = (0..20_000)
+            .map(|i| new_id(h.request(branch(200_000 + i), Method::Options, udp())))
+            .collect();
+        assert!(
+            ids.iter().all(|id| h.l.server_state(*id).is_none()),
+            "an old id matched a new transaction"
+        );
+        assert!(late.iter().all(|id| h.l.server_state(*id).is_none()));
+        assert!(fresh
+            .iter()
+            .chain(&again)
+            .all(|id| h.l.server_state(*id).is_some()));
     }
 
     /// A client transaction drops its request once nothing will retransmit it.

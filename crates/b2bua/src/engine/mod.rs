@@ -204,6 +204,32 @@ impl B2bua {
         self.media.load()
     }
 
+    /// Gives back the room a load left in the call tables ([`podpbx_sip::capacity`]): after
+    /// a flood of 15 000 calls the call map alone keeps ~20 MB for the calls it once held. For
+    /// a periodic tick, not per message (a shrink moves every entry). True if anything shrank.
+    pub fn shrink(&mut self) -> bool {
+        use podpbx_sip::capacity::{shrink_deque, shrink_map};
+        let mut shrank = shrink_map(&mut self.calls);
+        shrank |= shrink_map(&mut self.by_invite_tx);
+        shrank |= shrink_map(&mut self.by_dialog);
+        shrank |= shrink_map(&mut self.by_req);
+        shrank |= shrink_map(&mut self.by_media);
+        shrank |= shrink_map(&mut self.by_endpoint);
+        shrank |= shrink_deque(&mut self.out);
+        self.media.shrink();
+        shrank
+    }
+
+    /// Room in the call tables (entries, summed), to see [`B2bua::shrink`] at work.
+    #[cfg(test)]
+    pub(crate) fn table_room(&self) -> usize {
+        self.calls.capacity()
+            + self.by_invite_tx.capacity()
+            + self.by_dialog.capacity()
+            + self.by_req.capacity()
+            + self.by_media.capacity()
+    }
+
     /// The next thing for the shell to do: a response to send through a server transaction, a
     /// request to start as a client transaction (its responses come back to
     /// [`B2bua::handle_response`] with its [`ReqId`]), a stateless send (ACK, 2xx

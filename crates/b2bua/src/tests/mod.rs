@@ -464,6 +464,45 @@ fn busy_maps_to_486_and_unknown_to_404() {
     assert_eq!(responses(&outs), vec![100, 404], "no rule");
 }
 
+/// A burst of calls grows the call tables; once the calls are over, they give the room back
+/// (`B2bua::shrink`), and calls go on as before.
+#[test]
+fn call_tables_give_back_the_room_a_burst_left() {
+    let mut h = H::with_config(&format!("{CFG}[calls]\nmax_concurrent = 0\n"));
+    let mut legs = Vec::new();
+    for n in 0..3000 {
+        let outs = h.invite_text(
+            &format!(
+                "INVITE sip:102@pbx SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKburst{n}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:101@pbx>;tag=a{n}\r\nTo: <sip:102@pbx>\r\n\
+                 Call-ID: burst{n}@a\r\nCSeq: 1 INVITE\r\nContact: <sip:101@[2001:db8:1::a]:5062>\r\n\
+                 Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+                SDP_A.len()
+            ),
+            Caller::User("101".into()),
+            None,
+        );
+        legs.push(requests(&outs, "INVITE")[0].clone());
+    }
+    assert_eq!(h.b.active_calls(), 3000);
+    let peak = h.b.table_room();
+    assert!(!h.b.shrink(), "in use: nothing to give back");
+    for (id, data) in legs {
+        let outs = h.answer(id, &data, 486, "b", None);
+        assert_eq!(responses(&outs), vec![486]);
+    }
+    assert_eq!(h.b.active_calls(), 0);
+    assert!(h.b.shrink());
+    let room = h.b.table_room();
+    assert!(room * 4 < peak, "room for {room} entries left of {peak}");
+    // And calls work as before.
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    let outs = h.answer(id, &data, 486, "b", None);
+    assert_eq!(responses(&outs), vec![486]);
+    assert_eq!(cdr(&outs).unwrap().disposition, Disposition::Busy);
+}
+
 #[test]
 fn no_answer_cancels_and_gives_480() {
     let mut h = H::new();

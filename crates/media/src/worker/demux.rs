@@ -86,7 +86,10 @@ impl Demux {
         if want <= self.slots.len() {
             return;
         }
-        let cap = want.next_power_of_two();
+        self.rebuild(want.next_power_of_two());
+    }
+
+    fn rebuild(&mut self, cap: usize) {
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; cap]);
         self.mask = cap - 1;
         self.len = 0;
@@ -95,10 +98,27 @@ impl Demux {
         }
     }
 
-    /// A session is gone: its `n` entries need no room any more (the array
-    /// does not shrink: it is sized for the busiest moment).
+    /// A session is gone: its `n` entries need no room any more (the array keeps its size
+    /// until [`Demux::shrink`]).
     pub(super) fn unreserve(&mut self, n: usize) {
         self.reserved = self.reserved.saturating_sub(n);
+    }
+
+    /// Gives back the room of a load that has passed (control path, now and then): once the
+    /// live reserve needs at most a quarter of the array, the array is rebuilt at twice what
+    /// the reserve needs, so it must double again before it grows.
+    pub(super) fn shrink(&mut self) -> bool {
+        let need = self.reserved.max(self.len) * 2;
+        let Some(to) = podpbx_sip::capacity::shrunk(need, self.slots.len()) else {
+            return false;
+        };
+        self.rebuild(to.next_power_of_two().max(64));
+        true
+    }
+
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.slots.len()
     }
 
     /// Insert or replace. Never allocates; the caller reserved room (a full table would
@@ -186,6 +206,10 @@ impl ByIp {
         }
     }
 
+    pub(super) fn shrink(&mut self) -> bool {
+        podpbx_sip::capacity::shrink_map(&mut self.map)
+    }
+
     pub(super) fn remove(&mut self, sock: u8, ip: Endpoint, tok: u64) {
         let key = (sock, ip.ip_only());
         if let Some(v) = self.map.get_mut(&key) {
@@ -251,6 +275,39 @@ mod tests {
             assert_eq!(d.get(*s, k), Some(*v));
         }
         assert_eq!(d.get(9, &ep("127.0.0.9:9")), None);
+    }
+
+    #[test]
+    fn the_array_shrinks_after_a_load_and_keeps_every_entry() {
+        let mut d = Demux::new();
+        let key = |i: u32| {
+            ep(&format!(
+                "127.0.{}.{}:{}",
+                i / 250,
+                i % 250 + 1,
+                4000 + i % 7
+            ))
+        };
+        for i in 0..20_000u32 {
+            d.reserve(1);
+            assert!(d.insert((i % 3) as u8, key(i), u64::from(i) + 1));
+        }
+        let peak = d.capacity();
+        assert!(!d.shrink(), "in use: nothing to give back");
+        // The load ends: all but 100 sessions go.
+        for i in 100..20_000u32 {
+            d.remove((i % 3) as u8, &key(i));
+            d.unreserve(1);
+        }
+        assert!(d.shrink());
+        assert!(d.capacity() <= 512, "{} of {peak}", d.capacity());
+        for i in 0..100u32 {
+            assert_eq!(d.get((i % 3) as u8, &key(i)), Some(u64::from(i) + 1));
+        }
+        assert_eq!(d.get(0, &key(5000)), None);
+        // Still room for the reserve: inserting what was reserved never fails.
+        d.reserve(50);
+        assert!((100..150u32).all(|i| d.insert(0, key(i + 30_000), 9)));
     }
 
     #[test]

@@ -163,6 +163,9 @@ const LAZY_MAX: u64 = 32;
 /// The longest a worker sleeps: the latest a command that did not wake it is
 /// seen when no datagram or timer comes first.
 const MAX_SLEEP_MS: i32 = 250;
+/// How often the worker looks for room a load left in its tables (the worker wakes at least
+/// every [`MAX_SLEEP_MS`], so this runs on an idle relay too).
+const SHRINK_EVERY_NS: u64 = 2_000_000_000;
 
 impl Wake {
     pub(crate) fn new() -> std::io::Result<Wake> {
@@ -195,7 +198,7 @@ impl Wake {
 /// single writer (the worker), relaxed loads and stores.
 #[derive(Default)]
 pub(crate) struct Totals {
-    c: [AtomicU64; 9],
+    c: [AtomicU64; 10],
 }
 
 /// Indexes of [`Totals`].
@@ -209,11 +212,17 @@ pub(crate) mod total {
     pub(crate) const NO_DEST: usize = 6;
     pub(crate) const SEND_ERR: usize = 7;
     pub(crate) const SRTP: usize = 8;
+    /// A gauge, not a count: room in the worker's session table.
+    pub(crate) const SLOTS: usize = 9;
 }
 
 impl Totals {
     pub(crate) fn get(&self, i: usize) -> u64 {
         self.c[i].load(Ordering::Relaxed)
+    }
+
+    fn set(&self, i: usize, v: u64) {
+        self.c[i].store(v, Ordering::Relaxed);
     }
 
     fn add(&self, i: usize, n: u64) {
@@ -345,6 +354,8 @@ struct Worker {
     batch: Box<Batch>,
     dtmf: VecDeque<Scheduled>,
     next_tick_ns: u64,
+    /// When the session tables are next checked for room a load left ([`Worker::shrink`]).
+    next_shrink_ns: u64,
     shared: Vec<SharedSock>,
     demux: Demux,
     by_ip: ByIp,
@@ -422,6 +433,7 @@ pub(crate) fn run(p: WorkerParts) {
         batch: Batch::new(cfg_batch),
         dtmf: VecDeque::new(),
         next_tick_ns: 0,
+        next_shrink_ns: 0,
         shared: socks,
         demux: Demux::new(),
         by_ip: ByIp::default(),
@@ -712,6 +724,7 @@ impl Worker {
             Some(s) => s,
             None => {
                 self.slots.push(None);
+                self.totals.set(total::SLOTS, self.slots.capacity() as u64);
                 self.slots.len() - 1
             }
         };
@@ -796,7 +809,34 @@ impl Worker {
         tracing::debug!(session = id.0, "relay session released");
     }
 
+    /// Gives back the room a load left in the session tables (see `podpbx_sip::capacity`):
+    /// the vacant slots at the end are cut off and the free list sorted so that new sessions
+    /// take the lowest slots and the live ones gather at the front. A slot index is reused
+    /// either way (the generation in every token tells old from new), so cutting one off and
+    /// appending it again later is no different from reusing it.
+    fn shrink(&mut self) {
+        use podpbx_sip::capacity::{shrink_map, shrunk};
+        if let Some(to) = shrunk(self.index.len(), self.slots.capacity()) {
+            while let Some(None) = self.slots.last() {
+                self.slots.pop();
+            }
+            let end = self.slots.len();
+            self.free_slots.retain(|&i| i < end);
+            self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
+            self.slots.shrink_to(to);
+            self.free_slots.shrink_to(to);
+            self.totals.set(total::SLOTS, self.slots.capacity() as u64);
+        }
+        shrink_map(&mut self.index);
+        self.demux.shrink();
+        self.by_ip.shrink();
+    }
+
     fn timers(&mut self, now_ns: u64) {
+        if now_ns >= self.next_shrink_ns {
+            self.next_shrink_ns = now_ns + SHRINK_EVERY_NS;
+            self.shrink();
+        }
         // Generated DTMF packets that are due.
         while self.dtmf.front().is_some_and(|s| s.due_ns <= now_ns) {
             let Some(p) = self.dtmf.pop_front() else {

@@ -406,7 +406,7 @@ fn register_tx_metrics(
         let s = stats.clone();
         move || s.lock().map(|x| f(&x)).unwrap_or(0)
     };
-    let gauges: [(&str, &str, Get); 7] = [
+    let gauges: [(&str, &str, Get); 8] = [
         (
             "podpbx_sip_transactions",
             "SIP transactions with work left (retransmissions, unanswered requests).",
@@ -441,6 +441,11 @@ fn register_tx_metrics(
             "podpbx_sip_transaction_sources",
             "Sources holding transactions with work left.",
             |x| x.sources as u64,
+        ),
+        (
+            "podpbx_sip_transaction_slots",
+            "Room in the transaction tables (entries); given back a while after a load.",
+            |x| x.slots as u64,
         ),
     ];
     for (name, help, f) in gauges {

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How long the stopping loop waits for the BYEs of ended calls and the trunks' un-REGISTER.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -526,10 +526,16 @@ impl State {
         if let Some(relay) = &self.relay {
             publish_relay_totals(&self.admin, relay.totals(), &mut self.relay_seen);
         }
-        if let Some((free, trimmed)) = self.heap.tick() {
+        // The room a load left in the tables first: what this frees the trim can hand back.
+        if self.core.shrink() {
+            debug!("tables shrunk after a load");
+        }
+        if let Some((sample, trimmed)) = self.heap.tick() {
             let m = self.admin.metrics();
             m.heap_free_bytes
-                .set(i64::try_from(free).unwrap_or(i64::MAX));
+                .set(i64::try_from(sample.free).unwrap_or(i64::MAX));
+            m.heap_unused_resident_bytes
+                .set(i64::try_from(sample.unused_resident).unwrap_or(i64::MAX));
             if trimmed {
                 m.heap_trims.inc();
             }
@@ -662,6 +668,8 @@ fn publish_relay_totals(
         .add(now.forwarded_packets.saturating_sub(seen.forwarded_packets));
     m.relay_bytes
         .add(now.forwarded_bytes.saturating_sub(seen.forwarded_bytes));
+    m.relay_session_slots
+        .set(i64::try_from(now.session_slots).unwrap_or(i64::MAX));
     let (d, s) = (&now.drops, &seen.drops);
     for (reason, n, before) in [
         ("foreign_source", d.foreign_source, s.foreign_source),
