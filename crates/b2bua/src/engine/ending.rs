@@ -8,7 +8,7 @@ use super::timers::TimerKind;
 use super::B2bua;
 use crate::cdr::{Cdr, CdrLeg, Disposition, MediaCounters};
 use crate::util::rfc3339;
-use crate::{Caller, Output, ReqId};
+use crate::{Caller, Output};
 use podpbx_sip::StatusCode;
 use std::time::Instant;
 use tracing::info;
@@ -193,19 +193,33 @@ impl B2bua {
             self.release_bundle(call, bi);
         }
         let key = call.key;
-        let abandon: Vec<ReqId> = self
-            .by_req
-            .iter()
-            .filter(|(_, p)| p.call == key && !p.done)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in abandon {
-            self.out.push_back(Output::Abandon { id });
+        // Only this call's own entries (see `Owned`): never a pass over every call's.
+        let owned = self.owned.remove(&key).unwrap_or_default();
+        for id in owned.reqs {
+            if self.by_req.get(&id).is_some_and(|p| p.call == key) {
+                if let Some(p) = self.by_req.remove(&id) {
+                    if !p.done {
+                        self.out.push_back(Output::Abandon { id });
+                    }
+                }
+            }
         }
-        self.by_req.retain(|_, p| p.call != key);
-        self.by_dialog.retain(|_, (k, _)| *k != key);
-        self.by_invite_tx.retain(|_, k| *k != key);
-        self.timers.retain(|_, (k, _)| *k != key);
+        for leg in &call.legs {
+            let dialog = leg.dialog.key();
+            if self.by_dialog.get(&dialog).is_some_and(|(k, _)| *k == key) {
+                self.by_dialog.remove(&dialog);
+            }
+        }
+        for tx in owned.invite_txs {
+            if self.by_invite_tx.get(&tx) == Some(&key) {
+                self.by_invite_tx.remove(&tx);
+            }
+        }
+        for t in owned.timers {
+            if self.timers.get(&t).is_some_and(|(k, _)| *k == key) {
+                self.timers.remove(&t);
+            }
+        }
         info!(
             call = key,
             disposition = cdr.disposition.as_str(),

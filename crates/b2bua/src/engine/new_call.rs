@@ -338,6 +338,7 @@ impl B2bua {
         }
         info!(call = key, caller = ?caller, %number, rule = ?call.record.rule, "new call");
         self.by_invite_tx.insert(tx, key);
+        self.owned.entry(key).or_default().invite_txs.push(tx);
         self.by_dialog.insert(call.legs[0].dialog.key(), (key, 0));
         let keep = match (replaces, feature) {
             (Some(r), _) => {
@@ -356,9 +357,12 @@ impl B2bua {
                 true
             }
         };
-        // A pickup moved the call's only leg into the call it picked up.
+        // A pickup moved the call's only leg into the call it picked up (with its INVITE
+        // transaction, dialog, requests and timers): nothing of this call is left.
         if keep {
             self.put_back(call, now);
+        } else {
+            self.owned.remove(&key);
         }
     }
 }

@@ -115,10 +115,23 @@ impl B2bua {
         let ni = to.legs.len();
         if let Some(inv) = leg.uas_invite() {
             self.by_invite_tx.insert(inv.tx, to.key);
+            self.owned
+                .entry(to.key)
+                .or_default()
+                .invite_txs
+                .push(inv.tx);
         }
         self.by_dialog.insert(leg.dialog.key(), (to.key, ni));
         to.legs.push(leg);
-        for p in self.by_req.values_mut() {
+        let (reqs, timers) = self
+            .owned
+            .get(&from.key)
+            .map(|o| (o.reqs.clone(), o.timers.clone()))
+            .unwrap_or_default();
+        for id in reqs {
+            let Some(p) = self.by_req.get_mut(&id) else {
+                continue;
+            };
             if p.call == from.key && p.leg == li && !matches!(p.kind, ReqKind::Relay(_)) {
                 p.call = to.key;
                 p.leg = ni;
@@ -126,13 +139,15 @@ impl B2bua {
                     from.pending = from.pending.saturating_sub(1);
                     to.pending += 1;
                 }
+                self.own_request(to.key, id);
             }
         }
-        let moved: Vec<((Instant, u64), TimerKind)> = self
-            .timers
-            .iter()
-            .filter(|(_, (k, kind))| *k == from.key && kind.leg() == Some(li))
-            .map(|(at, (_, kind))| (*at, *kind))
+        let moved: Vec<((Instant, u64), TimerKind)> = timers
+            .into_iter()
+            .filter_map(|at| {
+                let (k, kind) = self.timers.get(&at)?;
+                (*k == from.key && kind.leg() == Some(li)).then_some((at, *kind))
+            })
             .collect();
         for (at, kind) in moved {
             self.timers.remove(&at);

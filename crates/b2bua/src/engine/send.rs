@@ -143,6 +143,17 @@ impl B2bua {
         if counted {
             call.pending += 1;
         }
+        self.own_request(call.key, id);
+    }
+
+    /// Records that request `id` is `call`'s (see [`super::Owned`]).
+    pub(super) fn own_request(&mut self, call: CallKey, id: ReqId) {
+        let owned = &mut self.owned.entry(call).or_default().reqs;
+        owned.push(id);
+        if super::Owned::prune_due(owned.len()) {
+            let by_req = &self.by_req;
+            owned.retain(|r| by_req.get(r).is_some_and(|p| p.call == call));
+        }
     }
 
     /// Answers `to` (through its server transaction).

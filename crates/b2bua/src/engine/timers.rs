@@ -64,7 +64,14 @@ impl B2bua {
     /// Arms timer `kind` of call `call` at `at`.
     pub(super) fn arm(&mut self, at: Instant, call: CallKey, kind: TimerKind) {
         self.timer_seq += 1;
-        self.timers.insert((at, self.timer_seq), (call, kind));
+        let id = (at, self.timer_seq);
+        self.timers.insert(id, (call, kind));
+        let owned = &mut self.owned.entry(call).or_default().timers;
+        owned.push(id);
+        if super::Owned::prune_due(owned.len()) {
+            let timers = &self.timers;
+            owned.retain(|t| timers.get(t).is_some_and(|(k, _)| *k == call));
+        }
     }
 
     /// Fires every timer due at `now` (call it at [`B2bua::poll_timeout`], or later): ring

@@ -464,37 +464,60 @@ fn busy_maps_to_486_and_unknown_to_404() {
     assert_eq!(responses(&outs), vec![100, 404], "no rule");
 }
 
-/// A burst of calls grows the call tables; once the calls are over, they give the room back
-/// (`B2bua::shrink`), and calls go on as before.
+/// Starts call `n` of a burst from 101 to 102 (its own Call-ID); returns the B leg's INVITE.
+fn burst_call(h: &mut H, n: usize) -> (ReqId, Bytes) {
+    let outs = h.invite_text(
+        &format!(
+            "INVITE sip:102@pbx SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKburst{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:101@pbx>;tag=a{n}\r\nTo: <sip:102@pbx>\r\n\
+             Call-ID: burst{n}@a\r\nCSeq: 1 INVITE\r\nContact: <sip:101@[2001:db8:1::a]:5062>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+            SDP_A.len()
+        ),
+        Caller::User("101".into()),
+        None,
+    );
+    requests(&outs, "INVITE")[0].clone()
+}
+
+/// A burst of calls grows the call tables; once the calls are over, they hold exactly what the
+/// calls still ringing hold (a call's end removes its own entries, found through its index,
+/// not by a pass over every table), give the room back (`B2bua::shrink`), and calls go on.
 #[test]
 fn call_tables_give_back_the_room_a_burst_left() {
-    let mut h = H::with_config(&format!("{CFG}[calls]\nmax_concurrent = 0\n"));
-    let mut legs = Vec::new();
-    for n in 0..3000 {
-        let outs = h.invite_text(
-            &format!(
-                "INVITE sip:102@pbx SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::a]:5062;branch=z9hG4bKburst{n}\r\n\
-                 Max-Forwards: 70\r\nFrom: <sip:101@pbx>;tag=a{n}\r\nTo: <sip:102@pbx>\r\n\
-                 Call-ID: burst{n}@a\r\nCSeq: 1 INVITE\r\nContact: <sip:101@[2001:db8:1::a]:5062>\r\n\
-                 Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
-                SDP_A.len()
-            ),
-            Caller::User("101".into()),
-            None,
-        );
-        legs.push(requests(&outs, "INVITE")[0].clone());
-    }
+    let cfg = format!("{CFG}[calls]\nmax_concurrent = 0\n");
+    let mut h = H::with_config(&cfg);
+    let legs: Vec<(ReqId, Bytes)> = (0..3000).map(|n| burst_call(&mut h, n)).collect();
     assert_eq!(h.b.active_calls(), 3000);
     let peak = h.b.table_room();
     assert!(!h.b.shrink(), "in use: nothing to give back");
-    for (id, data) in legs {
-        let outs = h.answer(id, &data, 486, "b", None);
+    // All but the last ten end (busy); those ten still ring.
+    for (id, data) in &legs[..2990] {
+        let outs = h.answer(*id, data, 486, "b", None);
         assert_eq!(responses(&outs), vec![486]);
     }
-    assert_eq!(h.b.active_calls(), 0);
+    assert_eq!(h.b.active_calls(), 10);
+    let mut ten = H::with_config(&cfg);
+    for n in 0..10 {
+        burst_call(&mut ten, n);
+    }
+    assert_eq!(
+        h.b.entry_counts(),
+        ten.b.entry_counts(),
+        "requests, dialogs, INVITE transactions, timers, indexes: as for ten ringing calls"
+    );
     assert!(h.b.shrink());
     let room = h.b.table_room();
     assert!(room * 4 < peak, "room for {room} entries left of {peak}");
+    for (id, data) in &legs[2990..] {
+        h.answer(*id, data, 486, "b", None);
+    }
+    assert_eq!(h.b.active_calls(), 0);
+    assert_eq!(
+        h.b.entry_counts(),
+        [0; 5],
+        "a finished call leaves nothing behind"
+    );
     // And calls work as before.
     let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
     let (id, data) = requests(&outs, "INVITE")[0].clone();
