@@ -101,10 +101,16 @@ impl B2bua {
         let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
         let leg = &mut call.legs[li];
         if !leg.active() {
-            self.respond(
-                inc,
-                Reply::new(StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST),
-            );
+            // The BYE that ended this leg, once more: its server transaction would have
+            // answered the copy with its 200, but under load a full transaction table evicts
+            // it before a retransmission queued behind the original is read. Answer it the
+            // same way (a 481 would fail a call its caller ended correctly).
+            let status = if method == Method::Bye && cseq == leg.dialog.remote_cseq {
+                StatusCode::OK
+            } else {
+                StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST
+            };
+            self.respond(inc, Reply::new(status));
             return;
         }
         // RFC 3261 §12.2.2: a CSeq lower than the last one is out of order.

@@ -619,6 +619,42 @@ fn bye_from_callee_ends_caller_leg() {
     assert_eq!(cdr(&outs).unwrap().hangup_by.as_deref(), Some("callee"));
 }
 
+/// A BYE that comes again after its transaction is gone (evicted from a full table under load,
+/// while the call still waits for the other leg's BYE answer) gets `200` again, as its
+/// transaction would have answered, not `481`.
+#[test]
+fn a_repeated_bye_of_an_ended_leg_gets_200_again() {
+    let mut h = H::new();
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    h.answer(id, &data, 200, "btag", Some(SDP_B));
+    let bflow = flow("[2001:db8:1::20]:5060", "[2001:db8::1]:5060");
+    let inv = parse(&data);
+    let call_id = String::from_utf8_lossy(&inv.call_id().unwrap()).into_owned();
+    let from_tag = String::from_utf8_lossy(&inv.from_hdr().unwrap().tag().unwrap()).into_owned();
+    let bye = |branch: &str, cseq: u32| {
+        format!("BYE sip:podpbx@x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::20]:5060;branch={branch}\r\nFrom: <sip:102@pbx>;tag=btag\r\nTo: <sip:101@pbx>;tag={from_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\nContent-Length: 0\r\n\r\n")
+    };
+    let outs = h.in_dialog(bye("z9hG4bKb9", 5), bflow);
+    assert_eq!(responses(&outs), vec![200]);
+    let to_caller = requests(&outs, "BYE");
+    assert_eq!(to_caller.len(), 1, "the caller's leg is being hung up");
+    // The same BYE again, as a new transaction (this harness's transaction layer still holds
+    // the first, so the copy carries another branch): the call is still ending.
+    let outs = h.in_dialog(bye("z9hG4bKb9again", 5), bflow);
+    assert_eq!(
+        responses(&outs),
+        vec![200],
+        "a repeated BYE is answered as the first was"
+    );
+    assert!(requests(&outs, "BYE").is_empty(), "and changes nothing");
+    // Any other request on the ended leg still gets 481.
+    let outs = h.in_dialog(bye("z9hG4bKb10", 6), bflow);
+    assert_eq!(responses(&outs), vec![481]);
+    let outs = h.answer(to_caller[0].0, &to_caller[0].1, 200, "x", None);
+    assert_eq!(cdr(&outs).unwrap().hangup_by.as_deref(), Some("callee"));
+}
+
 fn answered_call(h: &mut H) -> (String, Bytes) {
     let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
     let (id, data) = requests(&outs, "INVITE")[0].clone();
