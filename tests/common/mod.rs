@@ -103,12 +103,26 @@ pub struct Pbx {
 
 impl Pbx {
     /// Starts podpbx with `extra` TOML appended to a loopback `[sip]` section on a free port.
+    ///
+    /// A port `free_port` found free can be taken before podpbx binds it: by an ephemeral
+    /// socket of another test of the same binary running in parallel (`bind` to port 0 draws
+    /// from the same range). Here the port is ours to choose, so a start that fails on an
+    /// address in use is tried again on other ports (seen once in CI: `cannot bind UDP
+    /// 127.0.0.1:45880: Address already in use`).
     pub fn start(extra: &str) -> Pbx {
-        let port = free_port();
-        let config = format!(
-            "[sip]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\nport = {port}\ntransports = [\"udp\", \"tcp\"]\n{extra}"
-        );
-        Pbx::start_with_config(&config, port)
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let config = format!(
+                "[sip]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\nport = {port}\ntransports = [\"udp\", \"tcp\"]\n{extra}"
+            );
+            match Pbx::try_start_with(Command::new(BIN), &config, port, "debug") {
+                Ok(pbx) => return pbx,
+                Err(e) if e.contains("Address already in use") => last = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("no free port after 5 tries: {last}");
     }
 
     /// Starts podpbx with a complete config text (which must use `port`). Without an `[admin]`
@@ -131,7 +145,16 @@ impl Pbx {
         Pbx::start_with(Command::new(BIN), config, port, level)
     }
 
-    fn start_with(mut cmd: Command, config: &str, port: u16, level: &str) -> Pbx {
+    fn start_with(cmd: Command, config: &str, port: u16, level: &str) -> Pbx {
+        Pbx::try_start_with(cmd, config, port, level).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_with(
+        mut cmd: Command,
+        config: &str,
+        port: u16,
+        level: &str,
+    ) -> Result<Pbx, String> {
         let dir = TempDir::new("pbx");
         let cfg_path = dir.path().join("podpbx.toml");
         let mut config = config.replace("@DATA@", &dir.path().display().to_string());
@@ -166,8 +189,8 @@ impl Pbx {
             log,
             admin,
         };
-        pbx.wait_ready();
-        pbx
+        pbx.ready()?;
+        Ok(pbx)
     }
 
     /// Kills the process hard (SIGKILL, no graceful stop) and starts it again on the same config
@@ -189,17 +212,26 @@ impl Pbx {
     }
 
     fn wait_ready(&mut self) {
+        if let Err(e) = self.ready() {
+            panic!("{e}");
+        }
+    }
+
+    fn ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if self.log_text().contains("podpbx ready") {
-                return;
+                return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("podpbx exited early ({status}):\n{}", self.log_text());
+                return Err(format!(
+                    "podpbx exited early ({status}):\n{}",
+                    self.log_text()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("podpbx not ready in time:\n{}", self.log_text());
+        Err(format!("podpbx not ready in time:\n{}", self.log_text()))
     }
 
     /// Everything podpbx logged so far.
