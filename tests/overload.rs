@@ -16,6 +16,9 @@
 //!   and one call ringing, a new INVITE gets `503` with `Retry-After` (reason `setup`, before
 //!   any challenge) while a REGISTER is served; once the ringing call has ended (dialplan
 //!   timeout) a new INVITE is admitted again (challenged).
+//! * `a_bye_copy_read_after_its_transaction_was_evicted_gets_200`: a call's BYE is answered, the
+//!   call ends, an OPTIONS flood evicts the BYE's transaction from a 1 MB table; a copy of the
+//!   BYE still gets `200` (podpbx remembers the dialogs a BYE ended for 64·T1), a new BYE `481`.
 //! * `memory_a_flood_freed_goes_back_to_the_kernel`: 60 000 small OPTIONS at ~12 000/s (each
 //!   answered and kept as a transaction for Timer J, 3.2 s with T1 = 50 ms) grow the process
 //!   by tens of MB; once they have expired, podpbx hands the freed memory back (glibc keeps it
@@ -590,6 +593,92 @@ fn new_invites_get_503_while_max_setup_calls_are_in_setup() {
     let mut third = Caller::new(pbx.v6());
     let r = first_invite(&mut third).expect("no answer to the third INVITE");
     assert_eq!(code_of(&r), Some(407), "{}", String::from_utf8_lossy(&r));
+}
+
+/// A BYE copy read after its own server transaction was evicted (the table at its bound) and
+/// after the call had ended gets `200`, as the transaction would have answered it, not `481`
+/// (at 2× overload 0.3–0.7 % of SIPp's calls failed that way). The caller is scripted here; the
+/// callee is SIPp.
+#[test]
+fn a_bye_copy_read_after_its_transaction_was_evicted_gets_200() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let port = free_port();
+    let config = format!(
+        "[sip]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\nport = {port}\ntransports = [\"udp\"]\n\
+         transaction_memory_mb = 1\n{CALL_CONFIG}"
+    );
+    let pbx = Pbx::start_logging(&config, port, "info");
+    let callee = Phone::start(pbx.v6(), "102", "pw-102", "call_phone_answer.xml", &[]);
+    let mut caller = Caller::new(pbx.v6());
+    assert!(
+        caller.call(),
+        "the call did not come up:\n{}",
+        pbx.log_text()
+    );
+    let bye = caller.in_dialog("BYE", 3);
+    caller.sock.send(bye.as_bytes()).unwrap();
+    let first = caller.response("3 BYE", Instant::now() + Duration::from_secs(3));
+    assert_eq!(
+        first.as_deref().and_then(code_of),
+        Some(200),
+        "the BYE itself"
+    );
+    let (phone_ok, phone_log) = callee.finish(Duration::from_secs(5));
+    assert!(phone_ok, "the callee did not get the BYE:\n{phone_log}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut metrics = http_get(pbx.admin, "/metrics").1;
+    while metric(&metrics, "podpbx_calls_active") != Some(0.0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        metrics = http_get(pbx.admin, "/metrics").1;
+    }
+    assert_eq!(
+        metric(&metrics, "podpbx_calls_active"),
+        Some(0.0),
+        "the call ended"
+    );
+
+    // Lingering OPTIONS transactions push the BYE's (the oldest) out of the 1 MB table.
+    let evicted_before = metric(&metrics, "podpbx_sip_transactions_evicted_total").unwrap_or(0.0);
+    let flood = Flood::new(&pbx);
+    const N: usize = 8_000;
+    let started = Instant::now();
+    for n in 0..N {
+        // Paced at 8 000/s, bounded to N datagrams.
+        while started.elapsed() < Duration::from_micros(n as u64 * 1_000_000 / 8_000) {
+            std::hint::spin_loop();
+        }
+        flood.sock.send(&options(&pbx, flood.local, n, 0)).unwrap();
+    }
+    let answered = flood.answered();
+    let metrics = http_get(pbx.admin, "/metrics").1;
+    let evicted = metric(&metrics, "podpbx_sip_transactions_evicted_total").unwrap_or(0.0);
+    assert!(
+        evicted - evicted_before >= 1_000.0,
+        "the flood ({answered} of {N} answered) evicted only {} transactions: the BYE's may \
+         still be there",
+        evicted - evicted_before
+    );
+
+    // The copy, byte for byte (same branch): a retransmission.
+    caller.sock.send(bye.as_bytes()).unwrap();
+    let copy = caller.response("3 BYE", Instant::now() + Duration::from_secs(3));
+    let ended = metric(&metrics, "podpbx_calls_ended_dialogs");
+    assert_eq!(
+        copy.as_deref().and_then(code_of),
+        Some(200),
+        "the copy of the BYE (ended dialogs remembered: {ended:?}):\n{}",
+        copy.map(|c| String::from_utf8_lossy(&c).into_owned())
+            .unwrap_or_default()
+    );
+    // Another BYE of that dialog is no copy: 481.
+    let other = caller.in_dialog("BYE", 4);
+    caller.sock.send(other.as_bytes()).unwrap();
+    let r = caller.response("4 BYE", Instant::now() + Duration::from_secs(3));
+    assert_eq!(
+        r.as_deref().and_then(code_of),
+        Some(481),
+        "a BYE with another CSeq"
+    );
 }
 
 #[test]

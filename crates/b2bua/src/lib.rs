@@ -55,7 +55,7 @@ mod tests;
 
 pub use cdr::{Cdr, CdrLeg, Disposition, MediaCounters};
 pub use engine::forward::{ForwardKind, UserFeatures};
-pub use engine::B2bua;
+pub use engine::{B2bua, EndedDialogCounts, MAX_ENDED};
 pub use podpbx_sdp::{Family, Leg as MediaLeg, RemoteMedia};
 pub use podpbx_sip::Flow;
 pub use podpbx_sip::StatusCode;

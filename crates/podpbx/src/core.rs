@@ -501,6 +501,13 @@ impl Core {
             self.stats
                 .auto_answer_stripped
                 .store(sec.auto_answer_stripped, Relaxed);
+            let ended = calls.b2bua.ended_dialogs();
+            self.stats
+                .ended_dialogs
+                .store(ended.entries as u64, Relaxed);
+            self.stats
+                .ended_dialogs_evicted
+                .store(ended.evicted, Relaxed);
             if failed.is_empty() {
                 self.presence_changes(now);
                 return;
@@ -572,12 +579,12 @@ impl Core {
     /// calls, media sessions; [`podpbx_sip::capacity`]). The status tick calls it before the
     /// allocator is asked to trim, so that what it frees can go back to the kernel. True if
     /// anything shrank.
-    pub fn shrink(&mut self) -> bool {
+    pub fn shrink(&mut self, now: Instant) -> bool {
         let mut shrank = self.tx.shrink();
         shrank |= self.owners.shrink();
         shrank |= podpbx_sip::capacity::shrink_deque(&mut self.direct);
         if let Some(calls) = &mut self.calls {
-            shrank |= calls.b2bua.shrink();
+            shrank |= calls.b2bua.shrink(now);
         }
         shrank
     }

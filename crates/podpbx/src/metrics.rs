@@ -403,7 +403,7 @@ fn format_float(v: f64) -> String {
 /// Exposes the signalling counters of [`Stats`] (read at scrape time; no copies to keep in sync).
 pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
     type Field = fn(&Stats) -> &AtomicU64;
-    let fields: [(&str, &str, Field); 20] = [
+    let fields: [(&str, &str, Field); 21] = [
         (
             "podpbx_sip_messages_in_total",
             "SIP messages that parsed and reached the core.",
@@ -500,6 +500,11 @@ pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
             |s| &s.headers_dropped,
         ),
         (
+            "podpbx_calls_ended_dialogs_evicted_total",
+            "Dialogs ended by a BYE forgotten before 64*T1 because that memory was full (a late copy of their BYE then gets 481).",
+            |s| &s.ended_dialogs_evicted,
+        ),
+        (
             "podpbx_sip_auto_answer_stripped_total",
             "Auto-answer/intercom Alert-Info values or parameters from trunks removed before the phones.",
             |s| &s.auto_answer_stripped,
@@ -509,6 +514,19 @@ pub fn register_stats(reg: &Registry, stats: &Arc<Stats>) {
         let stats = stats.clone();
         reg.counter_fn(name, help, &[], move || Stats::get(field(&stats)));
     }
+    let ended = stats.clone();
+    reg.gauge_fn(
+        "podpbx_calls_ended_dialogs",
+        "Dialogs ended by a BYE remembered for 64*T1, so that a late copy of the BYE gets 200.",
+        &[],
+        move || Stats::get(&ended.ended_dialogs) as f64,
+    );
+    reg.gauge_fn(
+        "podpbx_calls_ended_dialogs_max",
+        "Bound of the memory of dialogs ended by a BYE (entries).",
+        &[],
+        || podpbx_b2bua::MAX_ENDED as f64,
+    );
     let open = stats.clone();
     reg.gauge_fn(
         "podpbx_sip_tcp_connections_open",

@@ -60,6 +60,10 @@ pub struct Stats {
     pub tcp_timeouts: AtomicU64,
     /// Inbound TCP/TLS connections open now (a gauge).
     pub tcp_open: AtomicU64,
+    /// Dialogs a BYE ended, remembered so that a late copy of the BYE gets `200` (a gauge).
+    pub ended_dialogs: AtomicU64,
+    /// Ended dialogs forgotten before 64·T1 because that memory was full.
+    pub ended_dialogs_evicted: AtomicU64,
 }
 
 impl Stats {

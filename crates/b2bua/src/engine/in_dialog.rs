@@ -74,13 +74,20 @@ impl B2bua {
         flow: Flow,
         dir: &dyn Directory,
     ) -> bool {
-        let Some((key, li)) = self.dialog_of(req) else {
-            return false;
-        };
         let inc = Incoming {
             tx,
             req,
             src: flow.remote,
+        };
+        let Some((key, li)) = self.dialog_of(req) else {
+            // The call is gone; a copy of the BYE that ended it is still answered as its
+            // transaction would have answered it (see `ended`).
+            if self.repeats_ended_bye(now, req, flow.remote) {
+                debug!("copy of the BYE that ended a finished call: 200");
+                self.respond(inc, Reply::new(StatusCode::OK));
+                return true;
+            }
+            return false;
         };
         self.with_call(key, now, |this, call| {
             this.in_dialog(call, now, inc, li, dir)
@@ -180,6 +187,11 @@ impl B2bua {
     ) {
         self.respond(inc, Reply::new(StatusCode::OK));
         let leg = &mut call.legs[li];
+        if let Ok(c) = inc.req.cseq() {
+            let (call_id, tag) = leg.dialog.key();
+            self.ended
+                .record(now, call_id.as_bytes(), tag.as_bytes(), c.seq, inc.src.ip());
+        }
         // A BYE in the caller's early dialog: its INVITE still gets its 487 (RFC 3261
         // §15.1.2), from `end_call`.
         if leg.uas_invite().is_none() {

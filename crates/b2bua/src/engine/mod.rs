@@ -20,6 +20,7 @@
 //! | `dtmf` | SIP INFO <-> RFC 4733 interworking |
 //! | `media` | relay sessions, SDP rewrite per leg, media timeout |
 //! | `ending` | ending a call, the CDR |
+//! | `ended` | dialogs a BYE ended, for 64·T1: a late copy of that BYE gets `200`, not `481` |
 //! | `endpoint` | calls podpbx answers itself (voicemail, announcements) |
 //! | `features` | feature codes dialled from phones; modes (night) and time for routing |
 //! | `forward` | per-user forwarding and do not disturb when a step rings users |
@@ -52,6 +53,7 @@ mod call;
 mod cancel;
 mod dialog;
 mod dtmf;
+mod ended;
 mod ending;
 mod endpoint;
 mod features;
@@ -83,10 +85,11 @@ mod update;
 use crate::{MediaId, MediaPort, Output, ReqId, Settings};
 use call::{Call, CallKey};
 use dialog::DialogKey;
+pub use ended::{EndedDialogCounts, MAX_ENDED};
 use leg::LegIdx;
 use podpbx_config::Config;
 use podpbx_sip::transaction::ServerTxId;
-use podpbx_sip::{IdGen, Message};
+use podpbx_sip::{IdGen, Message, Method};
 use send::Pending;
 pub use source::SecurityCounts;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -132,6 +135,8 @@ pub struct B2bua {
     next_req: u64,
     /// What was refused to sources proven only by their address.
     security: SecurityCounts,
+    /// Dialogs a received BYE ended, so that a late copy of the BYE gets `200` ([`ended`]).
+    ended: ended::EndedDialogs,
 }
 
 impl B2bua {
@@ -143,6 +148,8 @@ impl B2bua {
         media: Box<dyn MediaPort + Send>,
         ids: IdGen,
     ) -> B2bua {
+        // Timer J: how long the BYE's own server transaction would absorb its copies.
+        let keep_ended = settings.timers.t1 * 64;
         B2bua {
             cfg,
             settings,
@@ -166,6 +173,7 @@ impl B2bua {
             next_call: 1,
             next_req: 1,
             security: SecurityCounts::default(),
+            ended: ended::EndedDialogs::new(keep_ended),
         }
     }
 
@@ -210,8 +218,9 @@ impl B2bua {
 
     /// Gives back the room a load left in the call tables ([`podpbx_sip::capacity`]): after
     /// a flood of 15 000 calls the call map alone keeps ~20 MB for the calls it once held. For
-    /// a periodic tick, not per message (a shrink moves every entry). True if anything shrank.
-    pub fn shrink(&mut self) -> bool {
+    /// a periodic tick, not per message (a shrink moves every entry); `now` also expires the
+    /// memory of ended dialogs. True if anything shrank.
+    pub fn shrink(&mut self, now: Instant) -> bool {
         use podpbx_sip::capacity::{shrink_deque, shrink_map};
         let mut shrank = shrink_map(&mut self.calls);
         shrank |= shrink_map(&mut self.owned);
@@ -221,6 +230,7 @@ impl B2bua {
         shrank |= shrink_map(&mut self.by_media);
         shrank |= shrink_map(&mut self.by_endpoint);
         shrank |= shrink_deque(&mut self.out);
+        shrank |= self.ended.shrink(now);
         self.media.shrink();
         shrank
     }
@@ -297,6 +307,26 @@ impl B2bua {
             .collect();
         v.sort_by_key(|x| x["id"].as_u64());
         v
+    }
+
+    /// The size of the memory of dialogs a BYE ended (bounded by [`MAX_ENDED`]).
+    pub fn ended_dialogs(&self) -> EndedDialogCounts {
+        self.ended.counts()
+    }
+
+    /// `req` is a copy of the BYE (same CSeq, same source) that ended a dialog of ours less
+    /// than 64·T1 ago.
+    fn repeats_ended_bye(&self, now: Instant, req: &Message, src: std::net::SocketAddr) -> bool {
+        if req.method() != Some(&Method::Bye) {
+            return false;
+        }
+        let (Ok(call_id), Ok(to), Ok(cseq)) = (req.call_id(), req.to_hdr(), req.cseq()) else {
+            return false;
+        };
+        let Some(tag) = to.tag() else {
+            return false;
+        };
+        self.ended.repeats(now, &call_id, &tag, cseq.seq, src.ip())
     }
 
     /// The call and leg of an in-dialog request (Call-ID and our tag in To).

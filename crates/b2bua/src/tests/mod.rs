@@ -490,7 +490,7 @@ fn call_tables_give_back_the_room_a_burst_left() {
     let legs: Vec<(ReqId, Bytes)> = (0..3000).map(|n| burst_call(&mut h, n)).collect();
     assert_eq!(h.b.active_calls(), 3000);
     let peak = h.b.table_room();
-    assert!(!h.b.shrink(), "in use: nothing to give back");
+    assert!(!h.b.shrink(h.now), "in use: nothing to give back");
     // All but the last ten end (busy); those ten still ring.
     for (id, data) in &legs[..2990] {
         let outs = h.answer(*id, data, 486, "b", None);
@@ -506,7 +506,7 @@ fn call_tables_give_back_the_room_a_burst_left() {
         ten.b.entry_counts(),
         "requests, dialogs, INVITE transactions, timers, indexes: as for ten ringing calls"
     );
-    assert!(h.b.shrink());
+    assert!(h.b.shrink(h.now));
     let room = h.b.table_room();
     assert!(room * 4 < peak, "room for {room} entries left of {peak}");
     for (id, data) in &legs[2990..] {
@@ -653,6 +653,63 @@ fn a_repeated_bye_of_an_ended_leg_gets_200_again() {
     assert_eq!(responses(&outs), vec![481]);
     let outs = h.answer(to_caller[0].0, &to_caller[0].1, 200, "x", None);
     assert_eq!(cdr(&outs).unwrap().hangup_by.as_deref(), Some("callee"));
+}
+
+/// A copy of the BYE that ended a call, read after the call is gone (its own transaction was
+/// evicted from a full table, the copy queued behind the original): `200` as the transaction
+/// would have answered, for 64·T1; another CSeq, another source or a later copy still find no
+/// dialog (the shell answers `481`).
+#[test]
+fn a_late_copy_of_the_bye_that_ended_a_finished_call_gets_200() {
+    let mut h = H::new();
+    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
+    let (id, data) = requests(&outs, "INVITE")[0].clone();
+    h.answer(id, &data, 200, "btag", Some(SDP_B));
+    let bflow = flow("[2001:db8:1::20]:5060", "[2001:db8::1]:5060");
+    let inv = parse(&data);
+    let call_id = String::from_utf8_lossy(&inv.call_id().unwrap()).into_owned();
+    let from_tag = String::from_utf8_lossy(&inv.from_hdr().unwrap().tag().unwrap()).into_owned();
+    let bye = |branch: &str, cseq: u32| {
+        parse(&Bytes::from(format!("BYE sip:podpbx@x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::20]:5060;branch={branch}\r\nFrom: <sip:102@pbx>;tag=btag\r\nTo: <sip:101@pbx>;tag={from_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\nContent-Length: 0\r\n\r\n")))
+    };
+    let first = bye("z9hG4bKb9", 5);
+    let tx = h.server_tx(&first, bflow);
+    assert!(h.b.handle_in_dialog(h.now, tx, &first, bflow, &h.dir));
+    let outs = h.drain();
+    let to_caller = requests(&outs, "BYE");
+    let outs = h.answer(to_caller[0].0, &to_caller[0].1, 200, "x", None);
+    assert!(cdr(&outs).is_some(), "the call is finished");
+    assert_eq!(h.b.active_calls(), 0);
+    assert_eq!(h.b.ended_dialogs().entries, 1);
+
+    // The copy (a new transaction: the first one is gone).
+    h.now += Duration::from_secs(2);
+    let copy = bye("z9hG4bKb9copy", 5);
+    let tx = h.server_tx(&copy, bflow);
+    assert!(
+        h.b.handle_in_dialog(h.now, tx, &copy, bflow, &h.dir),
+        "a copy of the BYE that ended the call is answered, not 481"
+    );
+    assert_eq!(responses(&h.drain()), vec![200]);
+
+    // Not a copy: another CSeq, another source, or after Timer J.
+    let other = bye("z9hG4bKb10", 6);
+    let tx = h.server_tx(&other, bflow);
+    assert!(!h.b.handle_in_dialog(h.now, tx, &other, bflow, &h.dir));
+    let elsewhere = flow("[2001:db8:1::66]:5060", "[2001:db8::1]:5060");
+    let forged = bye("z9hG4bKb11", 5);
+    let tx = h.server_tx(&forged, elsewhere);
+    assert!(!h.b.handle_in_dialog(h.now, tx, &forged, elsewhere, &h.dir));
+    h.now += Duration::from_secs(31);
+    let late = bye("z9hG4bKb12", 5);
+    let tx = h.server_tx(&late, bflow);
+    assert!(!h.b.handle_in_dialog(h.now, tx, &late, bflow, &h.dir));
+    assert!(
+        h.drain().is_empty(),
+        "nothing sent for what the shell answers 481"
+    );
+    h.b.shrink(h.now);
+    assert_eq!(h.b.ended_dialogs().entries, 0, "forgotten after 64·T1");
 }
 
 fn answered_call(h: &mut H) -> (String, Bytes) {

@@ -527,7 +527,7 @@ impl State {
             publish_relay_totals(&self.admin, relay.totals(), &mut self.relay_seen);
         }
         // The room a load left in the tables first: what this frees the trim can hand back.
-        if self.core.shrink() {
+        if self.core.shrink(now) {
             debug!("tables shrunk after a load");
         }
         if let Some((sample, trimmed)) = self.heap.tick() {
