@@ -114,6 +114,17 @@ impl Flood {
         }
     }
 
+    /// `n` small OPTIONS (each a new transaction), paced at `per_sec`.
+    fn options_paced(&self, pbx: &Pbx, n: usize, per_sec: u64) {
+        let started = Instant::now();
+        for i in 0..n {
+            while started.elapsed() < Duration::from_micros(i as u64 * 1_000_000 / per_sec) {
+                std::hint::spin_loop();
+            }
+            self.sock.send(&options(pbx, self.local, i, 0)).unwrap();
+        }
+    }
+
     /// The `200`s counted, once no answer has come for 2 s.
     fn answered(self) -> usize {
         let _ = self.reader.join();
@@ -641,14 +652,7 @@ fn a_bye_copy_read_after_its_transaction_was_evicted_gets_200() {
     let evicted_before = metric(&metrics, "podpbx_sip_transactions_evicted_total").unwrap_or(0.0);
     let flood = Flood::new(&pbx);
     const N: usize = 8_000;
-    let started = Instant::now();
-    for n in 0..N {
-        // Paced at 8 000/s, bounded to N datagrams.
-        while started.elapsed() < Duration::from_micros(n as u64 * 1_000_000 / 8_000) {
-            std::hint::spin_loop();
-        }
-        flood.sock.send(&options(&pbx, flood.local, n, 0)).unwrap();
-    }
+    flood.options_paced(&pbx, N, 8_000);
     let answered = flood.answered();
     let metrics = http_get(pbx.admin, "/metrics").1;
     let evicted = metric(&metrics, "podpbx_sip_transactions_evicted_total").unwrap_or(0.0);
@@ -693,13 +697,7 @@ fn memory_a_flood_freed_goes_back_to_the_kernel() {
     let flood = Flood::new(&pbx);
     const N: usize = 60_000;
     let started = Instant::now();
-    for n in 0..N {
-        // Paced at 12 000/s, bounded to N datagrams.
-        while started.elapsed() < Duration::from_micros(n as u64 * 1_000_000 / 12_000) {
-            std::hint::spin_loop();
-        }
-        flood.sock.send(&options(&pbx, flood.local, n, 0)).unwrap();
-    }
+    flood.options_paced(&pbx, N, 12_000);
     let rss_peak = rss_kb(pid);
     let grew = rss_peak.saturating_sub(rss_idle);
     // Timer J (3.2 s) and the expiry grid, then up to two 5 s samples of the allocator: the

@@ -598,15 +598,8 @@ fn fork_of_three_first_answer_wins_others_cancelled_crossing_2xx_is_acked_and_by
 #[test]
 fn bye_from_callee_ends_caller_leg() {
     let mut h = H::new();
-    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
-    let (id, data) = requests(&outs, "INVITE")[0].clone();
-    h.answer(id, &data, 200, "btag", Some(SDP_B));
-    let inv = parse(&data);
-    let call_id = String::from_utf8_lossy(&inv.call_id().unwrap()).into_owned();
-    let from_tag = String::from_utf8_lossy(&inv.from_hdr().unwrap().tag().unwrap()).into_owned();
-    let bflow = flow("[2001:db8:1::20]:5060", "[2001:db8::1]:5060");
-    let bye = format!("BYE sip:podpbx@x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::20]:5060;branch=z9hG4bKb9\r\nFrom: <sip:102@pbx>;tag=btag\r\nTo: <sip:101@pbx>;tag={from_tag}\r\nCall-ID: {call_id}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n");
-    let outs = h.in_dialog(bye, bflow);
+    let (bflow, bye) = callee_answered(&mut h);
+    let outs = h.in_dialog(bye("z9hG4bKb9", 5), bflow);
     assert_eq!(responses(&outs), vec![200]);
     let byes = requests(&outs, "BYE");
     assert_eq!(byes.len(), 1);
@@ -619,12 +612,9 @@ fn bye_from_callee_ends_caller_leg() {
     assert_eq!(cdr(&outs).unwrap().hangup_by.as_deref(), Some("callee"));
 }
 
-/// A BYE that comes again after its transaction is gone (evicted from a full table under load,
-/// while the call still waits for the other leg's BYE answer) gets `200` again, as its
-/// transaction would have answered, not `481`.
-#[test]
-fn a_repeated_bye_of_an_ended_leg_gets_200_again() {
-    let mut h = H::new();
+/// A call from 101 answered by 102, and the callee's flow with a builder of its BYEs (branch,
+/// CSeq).
+fn callee_answered(h: &mut H) -> (Flow, impl Fn(&str, u32) -> String) {
     let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
     let (id, data) = requests(&outs, "INVITE")[0].clone();
     h.answer(id, &data, 200, "btag", Some(SDP_B));
@@ -632,9 +622,19 @@ fn a_repeated_bye_of_an_ended_leg_gets_200_again() {
     let inv = parse(&data);
     let call_id = String::from_utf8_lossy(&inv.call_id().unwrap()).into_owned();
     let from_tag = String::from_utf8_lossy(&inv.from_hdr().unwrap().tag().unwrap()).into_owned();
-    let bye = |branch: &str, cseq: u32| {
+    let bye = move |branch: &str, cseq: u32| {
         format!("BYE sip:podpbx@x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::20]:5060;branch={branch}\r\nFrom: <sip:102@pbx>;tag=btag\r\nTo: <sip:101@pbx>;tag={from_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\nContent-Length: 0\r\n\r\n")
     };
+    (bflow, bye)
+}
+
+/// A BYE that comes again after its transaction is gone (evicted from a full table under load,
+/// while the call still waits for the other leg's BYE answer) gets `200` again, as its
+/// transaction would have answered, not `481`.
+#[test]
+fn a_repeated_bye_of_an_ended_leg_gets_200_again() {
+    let mut h = H::new();
+    let (bflow, bye) = callee_answered(&mut h);
     let outs = h.in_dialog(bye("z9hG4bKb9", 5), bflow);
     assert_eq!(responses(&outs), vec![200]);
     let to_caller = requests(&outs, "BYE");
@@ -662,16 +662,8 @@ fn a_repeated_bye_of_an_ended_leg_gets_200_again() {
 #[test]
 fn a_late_copy_of_the_bye_that_ended_a_finished_call_gets_200() {
     let mut h = H::new();
-    let outs = h.invite("102", Caller::User("101".into()), Some(SDP_A));
-    let (id, data) = requests(&outs, "INVITE")[0].clone();
-    h.answer(id, &data, 200, "btag", Some(SDP_B));
-    let bflow = flow("[2001:db8:1::20]:5060", "[2001:db8::1]:5060");
-    let inv = parse(&data);
-    let call_id = String::from_utf8_lossy(&inv.call_id().unwrap()).into_owned();
-    let from_tag = String::from_utf8_lossy(&inv.from_hdr().unwrap().tag().unwrap()).into_owned();
-    let bye = |branch: &str, cseq: u32| {
-        parse(&Bytes::from(format!("BYE sip:podpbx@x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::20]:5060;branch={branch}\r\nFrom: <sip:102@pbx>;tag=btag\r\nTo: <sip:101@pbx>;tag={from_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\nContent-Length: 0\r\n\r\n")))
-    };
+    let (bflow, bye_text) = callee_answered(&mut h);
+    let bye = |branch: &str, cseq: u32| parse(&Bytes::from(bye_text(branch, cseq)));
     let first = bye("z9hG4bKb9", 5);
     let tx = h.server_tx(&first, bflow);
     assert!(h.b.handle_in_dialog(h.now, tx, &first, bflow, &h.dir));
