@@ -8,7 +8,8 @@
 //!   (Timer J) to absorb retransmissions: it must keep only its key and its response, not the
 //!   request (nor the receive buffer the request was read into).
 //! * `invite_flood_gets_503_while_a_call_is_torn_down`: a call is up between two phones; one
-//!   source floods INVITEs as fast as it can; the flood is answered `503` with `Retry-After`
+//!   source floods INVITEs as fast as it can (podpbx stopped for 400 ms in it, so that its loop
+//!   falls behind on any host); the flood is answered `503` with `Retry-After`
 //!   (shed at the door once the loop falls behind, instead of each INVITE costing a challenge),
 //!   and the call's BYE, sent in the middle of the flood, is answered within a second and
 //!   reaches the other phone; afterwards a phone registers as usual.
@@ -490,7 +491,23 @@ fn invite_flood_gets_503_while_a_call_is_torn_down() {
             answers.lock().unwrap().sent = n;
         })
     };
-    std::thread::sleep(Duration::from_secs(2));
+    // A loop that falls behind: podpbx is stopped for 400 ms while the flood fills its socket
+    // buffer (as a CPU-starved pod would be). A release build on a fast host otherwise drains
+    // the 8 MB buffer in ~50 ms and never lags the 100 ms that sheds (then every INVITE it
+    // reads is simply challenged), so this makes the shedding independent of the host's speed.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = pbx.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_millis(400));
+    signal("-CONT");
+    std::thread::sleep(Duration::from_millis(1100));
     let bye = caller.bye();
     let bye_during_flood = !sender.is_finished();
     sender.join().unwrap();
