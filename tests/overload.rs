@@ -410,6 +410,20 @@ impl Caller {
     }
 }
 
+/// podpbx with [`CALL_CONFIG`] (`extra` goes into its `[sip]` table), 102 registered as a SIPp
+/// phone that answers, and a call from a scripted 101 up to it.
+fn call_up(extra: &str) -> (Pbx, Phone, Caller) {
+    let pbx = start(&format!("{extra}{CALL_CONFIG}"));
+    let callee = Phone::start(pbx.v6(), "102", "pw-102", "call_phone_answer.xml", &[]);
+    let mut caller = Caller::new(pbx.v6());
+    assert!(
+        caller.call(),
+        "the call did not come up:\n{}",
+        pbx.log_text()
+    );
+    (pbx, callee, caller)
+}
+
 /// An out-of-dialog INVITE from the flood, `n` unique.
 fn flood_invite(local: SocketAddr, target: SocketAddr, n: u64) -> Vec<u8> {
     let (h, th) = (uri_host(local), uri_host(target));
@@ -436,18 +450,7 @@ struct FloodAnswers {
 #[test]
 fn invite_flood_gets_503_while_a_call_is_torn_down() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let port = free_port();
-    let config = format!(
-        "[sip]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\nport = {port}\ntransports = [\"udp\"]\n{CALL_CONFIG}"
-    );
-    let pbx = Pbx::start_logging(&config, port, "info");
-    let callee = Phone::start(pbx.v6(), "102", "pw-102", "call_phone_answer.xml", &[]);
-    let mut caller = Caller::new(pbx.v6());
-    assert!(
-        caller.call(),
-        "the call did not come up:\n{}",
-        pbx.log_text()
-    );
+    let (pbx, callee, mut caller) = call_up("");
 
     // The flood: one source, INVITEs as fast as it can send, for 5 s (bounded in count too).
     let answers = Arc::new(Mutex::new(FloodAnswers::default()));
@@ -630,19 +633,7 @@ fn new_invites_get_503_while_max_setup_calls_are_in_setup() {
 #[test]
 fn a_bye_copy_read_after_its_transaction_was_evicted_gets_200() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let port = free_port();
-    let config = format!(
-        "[sip]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\nport = {port}\ntransports = [\"udp\"]\n\
-         transaction_memory_mb = 1\n{CALL_CONFIG}"
-    );
-    let pbx = Pbx::start_logging(&config, port, "info");
-    let callee = Phone::start(pbx.v6(), "102", "pw-102", "call_phone_answer.xml", &[]);
-    let mut caller = Caller::new(pbx.v6());
-    assert!(
-        caller.call(),
-        "the call did not come up:\n{}",
-        pbx.log_text()
-    );
+    let (pbx, callee, mut caller) = call_up("transaction_memory_mb = 1\n");
     let bye = caller.in_dialog("BYE", 3);
     caller.sock.send(bye.as_bytes()).unwrap();
     let first = caller.response("3 BYE", Instant::now() + Duration::from_secs(3));
