@@ -3,9 +3,10 @@
 //!
 //! Why it is needed: the BYE's server transaction absorbs its retransmissions, but under load
 //! the transaction table sits at its memory bound and evicts lingering transactions (Timer J
-//! ones first), and a copy queued behind the original (loop lag > T1) is read after the call
-//! is gone. The caller then sees `481` for a call it ended correctly (measured at 2× overload:
-//! 0.3–0.7 % of calls failed that way in SIPp).
+//! ones first), and a copy queued behind the original (loop lag > T1) is read after its leg
+//! ended or the whole call is gone. The caller then sees `481` for a call it ended correctly
+//! (measured at 2× overload: 0.3–0.7 % of calls failed that way in SIPp). One check covers both
+//! cases, before the dialog is looked up (`in_dialog::handle_in_dialog`).
 //!
 //! What is kept is small and bounded: a keyed 64-bit fingerprint of the dialog (Call-ID, our
 //! tag), the BYE's CSeq and its source address, at most [`MAX_ENDED`] entries (the oldest go

@@ -79,14 +79,15 @@ impl B2bua {
             req,
             src: flow.remote,
         };
+        // A copy of the BYE that ended a dialog (its own transaction evicted from a full table
+        // before the copy was read), whether the call is still ending or already gone: answered
+        // as that transaction would have answered it (see `ended`).
+        if self.repeats_ended_bye(now, req, flow.remote) {
+            debug!("copy of the BYE that ended a dialog: 200");
+            self.respond(inc, Reply::new(StatusCode::OK));
+            return true;
+        }
         let Some((key, li)) = self.dialog_of(req) else {
-            // The call is gone; a copy of the BYE that ended it is still answered as its
-            // transaction would have answered it (see `ended`).
-            if self.repeats_ended_bye(now, req, flow.remote) {
-                debug!("copy of the BYE that ended a finished call: 200");
-                self.respond(inc, Reply::new(StatusCode::OK));
-                return true;
-            }
             return false;
         };
         self.with_call(key, now, |this, call| {
@@ -108,16 +109,10 @@ impl B2bua {
         let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
         let leg = &mut call.legs[li];
         if !leg.active() {
-            // The BYE that ended this leg, once more: its server transaction would have
-            // answered the copy with its 200, but under load a full transaction table evicts
-            // it before a retransmission queued behind the original is read. Answer it the
-            // same way (a 481 would fail a call its caller ended correctly).
-            let status = if method == Method::Bye && cseq == leg.dialog.remote_cseq {
-                StatusCode::OK
-            } else {
-                StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST
-            };
-            self.respond(inc, Reply::new(status));
+            self.respond(
+                inc,
+                Reply::new(StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST),
+            );
             return;
         }
         // RFC 3261 §12.2.2: a CSeq lower than the last one is out of order.
