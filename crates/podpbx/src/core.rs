@@ -698,7 +698,7 @@ impl Core {
                         remote = %flow.remote,
                         status = msg.status().unwrap_or(0),
                         cseq = %String::from_utf8_lossy(&msg.header(HeaderName::CSeq).unwrap_or_default()),
-                        branch = %String::from_utf8_lossy(&msg.top_via().ok().and_then(|v| v.branch()).unwrap_or_default()),
+                        branch = %String::from_utf8_lossy(&msg.top_via_ref().ok().and_then(|v| v.branch()).unwrap_or_default()),
                         "stray response dropped"
                     );
                 }
@@ -710,7 +710,7 @@ impl Core {
         let span = if tracing::enabled!(tracing::Level::DEBUG) {
             let call_id = msg.call_id().unwrap_or_default();
             let branch = msg
-                .top_via()
+                .top_via_ref()
                 .ok()
                 .and_then(|v| v.branch())
                 .unwrap_or_default();
@@ -733,7 +733,7 @@ impl Core {
         match self.tx.on_request_from(now, msg, peer, flow.remote.ip()) {
             RequestDisposition::New(id) => {
                 // A To tag: a request inside a dialog (read once for overload and dispatch).
-                let in_dialog = msg.to_hdr().ok().and_then(|t| t.tag()).is_some();
+                let in_dialog = msg.to_ref().ok().and_then(|t| t.tag()).is_some();
                 if let Some(reason) = self.shed(now, msg, in_dialog) {
                     self.refuse_overloaded(now, id, msg, flow, reason);
                 } else {

@@ -666,7 +666,7 @@ impl Registrar {
         if req.method() != Some(&Method::Register) {
             return bad("Not REGISTER");
         }
-        let Ok(to) = req.to_hdr() else {
+        let Ok(to) = req.to_ref() else {
             return bad("Malformed To");
         };
         let Some(aor) = to
@@ -1195,7 +1195,7 @@ impl Registrar {
         if let Ok(c) = req.call_id() {
             ctx.consume(&c);
         }
-        if let Some(t) = req.from_hdr().ok().and_then(|f| f.tag()) {
+        if let Some(t) = req.from_ref().ok().and_then(|f| f.tag()) {
             ctx.consume([0u8]);
             ctx.consume(&t);
         }
@@ -1264,7 +1264,7 @@ fn uri_key(s: &str) -> Option<String> {
 /// left out (`sip:1002@::1:5060` for `sip:1002@[::1]:5060`; SIPp 3.6 writes its digest URIs
 /// so). It names the same resource, so it cannot carry credentials to another request.
 fn digest_uri_matches(digest_uri: &str, req: &Message) -> bool {
-    let Ok(ruri) = req.request_uri() else {
+    let Ok(ruri) = req.request_uri_ref() else {
         return false;
     };
     if ruri.raw.as_ref() == digest_uri.as_bytes() {

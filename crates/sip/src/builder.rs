@@ -175,7 +175,7 @@ impl ResponseBuilder {
             out.put_slice(b"To: ");
             out.put_slice(&v);
             // A To that does not parse gets no tag (the response is a 400 anyway).
-            if req.to_hdr().is_ok_and(|t| t.tag().is_none()) {
+            if req.to_ref().is_ok_and(|t| t.tag().is_none()) {
                 to_tag_at = Some(out.len());
             }
             out.put_slice(b"\r\n");
@@ -305,7 +305,7 @@ fn in_transaction_request(invite: &Message, method: &str) -> BytesMut {
     }
     out.put_slice(b" SIP/2.0\r\n");
     // A single Via equal to the top Via of the INVITE (the first value of the first line).
-    match invite.top_via() {
+    match invite.top_via_ref() {
         Ok(v) => put_copied(&mut out, b"Via", &v.raw),
         Err(_) => {
             if let Some(v) = invite.header(HeaderName::Via) {

@@ -52,7 +52,7 @@ pub fn check_request(msg: &Message, caps: &Capabilities) -> Result<(), Rejection
         return Err(Rejection::Drop("not a request"));
     };
     // Without a parseable top Via there is nowhere to send a response.
-    if msg.top_via().is_err() {
+    if msg.top_via_ref().is_err() {
         return Err(Rejection::Drop("no usable Via"));
     }
     if !version.eq_ignore_ascii_case(b"SIP/2.0") {
@@ -65,7 +65,7 @@ pub fn check_request(msg: &Message, caps: &Capabilities) -> Result<(), Rejection
         return Err(respond(StatusCode::BAD_REQUEST, &reason_for(&e)));
     }
     let uri = msg
-        .request_uri()
+        .request_uri_ref()
         .map_err(|e| respond(StatusCode::BAD_REQUEST, &reason_for(&e)))?;
     if !uri.is_sip() {
         return Err(respond(

@@ -109,7 +109,7 @@ impl Flow {
     pub fn response_peer(&self, req: &Message) -> Peer {
         let mut peer = self.peer();
         if !self.transport.is_reliable() {
-            if let Ok(via) = req.top_via() {
+            if let Ok(via) = req.top_via_ref() {
                 if via.rport().is_none() {
                     peer.addr = SocketAddr::new(self.remote.ip(), via.port.unwrap_or(5060));
                 }

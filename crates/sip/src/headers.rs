@@ -641,21 +641,49 @@ impl Message {
     }
     /// The top Via.
     pub fn top_via(&self) -> Result<Via, ParseError> {
-        self.via_iter()
-            .next()
-            .unwrap_or(Err(ParseError::Value("Via")))
+        self.top_via_ref().cloned()
+    }
+    /// [`Message::top_via`] without a copy: parsed on first use, then kept.
+    pub fn top_via_ref(&self) -> Result<&Via, ParseError> {
+        self.parsed
+            .top_via
+            .get_or_init(|| {
+                self.via_iter()
+                    .next()
+                    .unwrap_or(Err(ParseError::Value("Via")))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
     pub fn from_hdr(&self) -> Result<NameAddr, ParseError> {
-        let (a, b) = self
-            .value_range(HeaderName::From)
-            .ok_or(ParseError::Value("From"))?;
-        parse_name_addr_at(&self.buf, a, b, false, "From").map(|(n, _)| n)
+        self.from_ref().cloned()
+    }
+    /// [`Message::from_hdr`] without a copy: parsed on first use, then kept.
+    pub fn from_ref(&self) -> Result<&NameAddr, ParseError> {
+        self.parsed
+            .from
+            .get_or_init(|| self.name_addr_header(HeaderName::From, "From"))
+            .as_ref()
+            .map_err(Clone::clone)
     }
     pub fn to_hdr(&self) -> Result<NameAddr, ParseError> {
-        let (a, b) = self
-            .value_range(HeaderName::To)
-            .ok_or(ParseError::Value("To"))?;
-        parse_name_addr_at(&self.buf, a, b, false, "To").map(|(n, _)| n)
+        self.to_ref().cloned()
+    }
+    /// [`Message::to_hdr`] without a copy: parsed on first use, then kept.
+    pub fn to_ref(&self) -> Result<&NameAddr, ParseError> {
+        self.parsed
+            .to
+            .get_or_init(|| self.name_addr_header(HeaderName::To, "To"))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+    fn name_addr_header(
+        &self,
+        name: HeaderName,
+        what: &'static str,
+    ) -> Result<NameAddr, ParseError> {
+        let (a, b) = self.value_range(name).ok_or(ParseError::Value(what))?;
+        parse_name_addr_at(&self.buf, a, b, false, what).map(|(n, _)| n)
     }
     /// The Call-ID (`word [ "@" word ]`: non-empty, no white space).
     pub fn call_id(&self) -> Result<Bytes, ParseError> {
@@ -727,12 +755,20 @@ impl Message {
     }
     /// Parsed Request-URI of a request.
     pub fn request_uri(&self) -> Result<Uri, ParseError> {
-        match &self.start {
-            StartLine::Request { uri, .. } => {
-                Uri::parse(uri.clone()).map_err(|_| ParseError::Value("Request-URI"))
-            }
-            StartLine::Response { .. } => Err(ParseError::StartLine),
-        }
+        self.request_uri_ref().cloned()
+    }
+    /// [`Message::request_uri`] without a copy: parsed on first use, then kept.
+    pub fn request_uri_ref(&self) -> Result<&Uri, ParseError> {
+        self.parsed
+            .request_uri
+            .get_or_init(|| match &self.start {
+                StartLine::Request { uri, .. } => {
+                    Uri::parse(uri.clone()).map_err(|_| ParseError::Value("Request-URI"))
+                }
+                StartLine::Response { .. } => Err(ParseError::StartLine),
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
     /// Content-Type media type, lower-cased, without parameters (e.g. `application/sdp`).
     /// Borrowed from the buffer unless it has to be lower-cased.
@@ -827,8 +863,8 @@ impl Message {
                 return Err(ParseError::Count(what));
             }
         }
-        self.from_hdr()?;
-        self.to_hdr()?;
+        self.from_ref()?;
+        self.to_ref()?;
         self.call_id()?;
         let cseq = self.cseq()?;
         if let Some(m) = self.method() {
@@ -836,7 +872,9 @@ impl Message {
                 return Err(ParseError::Value("CSeq method"));
             }
         }
-        for via in self.via_iter() {
+        // The top one through the cache: every layer above asks for it again.
+        self.top_via_ref()?;
+        for via in self.via_iter().skip(1) {
             via?;
         }
         if self.max_forwards()?.is_some_and(|m| m > 255) {
@@ -865,7 +903,7 @@ impl Message {
     fn validate_start_line(&self) -> Result<(), ParseError> {
         let line = self.start_line_raw();
         match &self.start {
-            StartLine::Request { uri, version, .. } => {
+            StartLine::Request { version, .. } => {
                 // Exactly `Method SP Request-URI SP SIP-Version`: no extra or trailing SP.
                 let mut parts = 0;
                 for p in line.split(|&b| b == b' ') {
@@ -880,7 +918,7 @@ impl Message {
                 if !version.eq_ignore_ascii_case(b"SIP/2.0") {
                     return Err(ParseError::Version);
                 }
-                let u = Uri::parse(uri.clone()).map_err(|_| ParseError::Value("Request-URI"))?;
+                let u = self.request_uri_ref()?;
                 // URI headers are not allowed in a Request-URI (RFC 3261 §19.1.1).
                 if u.is_sip() && !u.headers.is_empty() {
                     return Err(ParseError::Value("Request-URI"));

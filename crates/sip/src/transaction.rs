@@ -232,14 +232,14 @@ impl RequestInfo {
         let crate::StartLine::Request { method, uri, .. } = &msg.start else {
             return Err(TxError::WrongKind);
         };
-        let via = msg.top_via().map_err(|_| TxError::Malformed("Via"))?;
+        let via = msg.top_via_ref().map_err(|_| TxError::Malformed("Via"))?;
         let sent_by = sent_by_key(&via.host, via.port);
         let branch = match via.branch() {
             Some(b) if has_magic_cookie(&b) => b,
             _ => {
                 // §17.2.3 RFC 2543 fallback; see the module docs for why the To tag is omitted.
                 let from_tag = msg
-                    .from_hdr()
+                    .from_ref()
                     .map_err(|_| TxError::Malformed("From"))?
                     .tag()
                     .unwrap_or_default();
@@ -276,7 +276,7 @@ impl ResponseInfo {
     /// Extracts the matching fields of a response.
     pub fn from_message(msg: &Message) -> Result<ResponseInfo, TxError> {
         let status = msg.status().ok_or(TxError::WrongKind)?;
-        let via = msg.top_via().map_err(|_| TxError::Malformed("Via"))?;
+        let via = msg.top_via_ref().map_err(|_| TxError::Malformed("Via"))?;
         let branch = via.branch().ok_or(TxError::Malformed("Via branch"))?;
         let cseq = msg.cseq().map_err(|_| TxError::Malformed("CSeq"))?;
         Ok(ResponseInfo {
@@ -1096,10 +1096,10 @@ impl TransactionLayer {
         let crate::StartLine::Request { method, .. } = &msg.start else {
             return RequestDisposition::Invalid(TxError::WrongKind);
         };
-        let Ok(via) = msg.top_via() else {
+        let Ok(via) = msg.top_via_ref() else {
             return RequestDisposition::Invalid(TxError::Malformed("Via"));
         };
-        let in_dialog = msg.to_hdr().ok().and_then(|t| t.tag()).is_some();
+        let in_dialog = msg.to_ref().ok().and_then(|t| t.tag()).is_some();
         match via.branch() {
             Some(branch) if has_magic_cookie(&branch) => {
                 // The common case, without allocating: the key straight into the scratch buffer.

@@ -109,6 +109,46 @@ fn typed_accessors_on_a_typical_invite() {
 }
 
 #[test]
+fn parsed_headers_are_kept_and_answer_like_a_fresh_parse() {
+    let m = invite();
+    // Parsed once: the second ask gets the same value, not a new parse.
+    assert!(std::ptr::eq(
+        m.top_via_ref().unwrap(),
+        m.top_via_ref().unwrap()
+    ));
+    assert!(std::ptr::eq(m.from_ref().unwrap(), m.from_ref().unwrap()));
+    assert!(std::ptr::eq(m.to_ref().unwrap(), m.to_ref().unwrap()));
+    assert!(std::ptr::eq(
+        m.request_uri_ref().unwrap(),
+        m.request_uri_ref().unwrap()
+    ));
+    // And it is what a fresh parse says: the first of the Vias, the owned forms equal.
+    assert_eq!(m.top_via().unwrap(), m.vias().unwrap()[0]);
+    assert_eq!(
+        m.top_via_ref().unwrap().branch().unwrap(),
+        b("z9hG4bKnashds8")
+    );
+    assert_eq!(&m.from_hdr().unwrap(), m.from_ref().unwrap());
+    assert_eq!(m.from_ref().unwrap().tag().unwrap(), b("1928301774"));
+    assert_eq!(m.to_ref().unwrap().uri.raw, b("sip:bob@biloxi.example.com"));
+    assert_eq!(
+        m.request_uri_ref().unwrap().raw,
+        b("sip:bob@biloxi.example.com")
+    );
+    // A clone carries what was parsed; an error is kept as an error, asked before or after
+    // validate.
+    let c = m.clone();
+    assert_eq!(c.to_ref().unwrap(), m.to_ref().unwrap());
+    let bad = parse(&crlf(
+        "OPTIONS sip:a@b SIP/2.0\nVia: SIP/2.0/UDP [::1;branch=z9hG4bK1\nTo: <sip:a@b>\nFrom: <sip:c@d>;tag=1\nCall-ID: x\nCSeq: 1 OPTIONS\n\n",
+    ));
+    assert!(bad.top_via_ref().is_err());
+    assert!(bad.validate().is_err());
+    assert!(bad.top_via_ref().is_err());
+    assert!(bad.top_via().is_err());
+}
+
+#[test]
 fn folding_and_whitespace_before_colon() {
     let m = parse(&crlf(
         "OPTIONS sip:a@example.com SIP/2.0
