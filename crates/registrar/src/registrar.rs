@@ -1270,8 +1270,7 @@ fn digest_uri_matches(digest_uri: &str, req: &Message) -> bool {
     if ruri.raw.as_ref() == digest_uri.as_bytes() {
         return true;
     }
-    if Uri::parse(Bytes::copy_from_slice(digest_uri.as_bytes())).is_ok_and(|u| u.equivalent(&ruri))
-    {
+    if Uri::parse(Bytes::copy_from_slice(digest_uri.as_bytes())).is_ok_and(|u| u.equivalent(ruri)) {
         return true;
     }
     matches!(ruri.host, Some(Host::V6(_)))
