@@ -482,8 +482,8 @@ impl Registrar {
         let method = req.method().map_or("", Method::as_str);
         let mut chosen = None;
         let mut malformed = false;
-        for h in req.header_lines(kind.credentials_header_name()) {
-            match Credentials::parse(&h.value) {
+        for value in req.header_value_slices(kind.credentials_header_name()) {
+            match Credentials::parse(value) {
                 Ok(c) if c.realm == self.settings.realm => {
                     chosen = Some(c);
                     break;
@@ -523,7 +523,7 @@ impl Registrar {
                 events,
             };
         };
-        let name = Some(creds.username.as_str());
+        let name = Some(&*creds.username);
         // Credentials computed for another Request-URI are not for this request (RFC 3261
         // §22.4, RFC 7616 §3.4.6): a sniffed or relayed answer must not authorise a different
         // target. Checked before any hashing.

@@ -12,6 +12,7 @@
 //! * Client side: [`DigestClient`] answers `401`/`407` challenges.
 
 use sha2::{Digest as _, Sha256};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -458,7 +459,9 @@ const MAX_PARAMS: usize = 64;
 #[derive(Debug)]
 struct RawParam<'a> {
     name: &'a [u8],
-    value: String,
+    /// Borrowed from the header unless unescaping changed it: a REGISTER's credentials carry
+    /// ten values, and copying each was a fifth of the registrar's allocations.
+    value: Cow<'a, str>,
 }
 
 fn is_token_char(b: u8) -> bool {
@@ -472,7 +475,7 @@ fn is_lws(b: u8) -> bool {
 /// Splits `scheme 1*LWS auth-param *(COMMA auth-param)` into the scheme and its params.
 /// Param names are lower-cased; quoted-string values are unescaped. Duplicate names, unterminated
 /// quotes, non-UTF-8 text are malformed; empty list elements (`,,`) are tolerated.
-fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam<'_>>, DigestParseError> {
+fn parse_auth_value<'a>(value: &'a [u8]) -> Result<Vec<RawParam<'a>>, DigestParseError> {
     let mut i = 0;
     while i < value.len() && is_lws(value[i]) {
         i += 1;
@@ -521,32 +524,23 @@ fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam<'_>>, DigestParseError>
         while i < value.len() && is_lws(value[i]) {
             i += 1;
         }
-        let raw_value: Vec<u8> = if i < value.len() && value[i] == b'"' {
+        let utf8 =
+            |b: &'a [u8]| std::str::from_utf8(b).map_err(|_| DigestParseError::Malformed("UTF-8"));
+        let value_str: Cow<'a, str> = if i < value.len() && value[i] == b'"' {
             i += 1;
-            // Sized for the usual value without escapes (to the next quote).
-            let guess = value[i..].iter().position(|&c| c == b'"').unwrap_or(0);
-            let mut out = Vec::with_capacity(guess);
-            loop {
-                match value.get(i) {
-                    None => return Err(DigestParseError::Malformed("unterminated quoted string")),
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(b'\\') => match value.get(i + 1) {
-                        Some(&c) if c != b'\r' && c != b'\n' => {
-                            out.push(c);
-                            i += 2;
-                        }
-                        _ => return Err(DigestParseError::Malformed("quoted-pair")),
-                    },
-                    Some(&c) => {
-                        out.push(c);
-                        i += 1;
-                    }
+            let vs = i;
+            let close = value[i..].iter().position(|&c| c == b'"' || c == b'\\');
+            match close {
+                // The usual value: no escape before the closing quote, borrowed as it is.
+                Some(n) if value[i + n] == b'"' => {
+                    i += n + 1;
+                    Cow::Borrowed(utf8(&value[vs..vs + n])?)
                 }
+                _ => Cow::Owned(
+                    String::from_utf8(unescape_quoted(value, &mut i)?)
+                        .map_err(|_| DigestParseError::Malformed("UTF-8"))?,
+                ),
             }
-            out
         } else {
             // Token value; lenient: anything up to a comma or whitespace (some clients send an
             // unquoted `uri=sip:host`).
@@ -557,7 +551,7 @@ fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam<'_>>, DigestParseError>
             if vs == i {
                 return Err(DigestParseError::Malformed("parameter value"));
             }
-            value[vs..i].to_vec()
+            Cow::Borrowed(utf8(&value[vs..i])?)
         };
         while i < value.len() && is_lws(value[i]) {
             i += 1;
@@ -565,8 +559,6 @@ fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam<'_>>, DigestParseError>
         if i < value.len() && value[i] != b',' {
             return Err(DigestParseError::Malformed("parameter separator"));
         }
-        let value_str =
-            String::from_utf8(raw_value).map_err(|_| DigestParseError::Malformed("UTF-8"))?;
         if params.iter().any(|p| p.name.eq_ignore_ascii_case(name)) {
             return Err(DigestParseError::Malformed("duplicate parameter"));
         }
@@ -584,7 +576,39 @@ fn parse_auth_value(value: &[u8]) -> Result<Vec<RawParam<'_>>, DigestParseError>
     Ok(params)
 }
 
-fn take(params: &mut Vec<RawParam>, name: &str) -> Option<String> {
+/// The rest of a quoted string with escapes, from `*i` (just after the opening quote) through
+/// the closing quote, unescaped; `*i` ends after the closing quote.
+fn unescape_quoted(value: &[u8], i: &mut usize) -> Result<Vec<u8>, DigestParseError> {
+    // Sized for the value up to the next quote (a lower bound).
+    let guess = value[*i..].iter().position(|&c| c == b'"').unwrap_or(0);
+    let mut out = Vec::with_capacity(guess);
+    loop {
+        match value.get(*i) {
+            None => return Err(DigestParseError::Malformed("unterminated quoted string")),
+            Some(b'"') => {
+                *i += 1;
+                return Ok(out);
+            }
+            Some(b'\\') => match value.get(*i + 1) {
+                Some(&c) if c != b'\r' && c != b'\n' => {
+                    out.push(c);
+                    *i += 2;
+                }
+                _ => return Err(DigestParseError::Malformed("quoted-pair")),
+            },
+            Some(&c) => {
+                out.push(c);
+                *i += 1;
+            }
+        }
+    }
+}
+
+fn take_owned(params: &mut Vec<RawParam>, name: &str) -> Option<String> {
+    take(params, name).map(Cow::into_owned)
+}
+
+fn take<'a>(params: &mut Vec<RawParam<'a>>, name: &str) -> Option<Cow<'a, str>> {
     let pos = params
         .iter()
         .position(|p| p.name.eq_ignore_ascii_case(name.as_bytes()))?;
@@ -648,8 +672,8 @@ impl Challenge {
     /// required.
     pub fn parse(value: impl AsRef<[u8]>) -> Result<Challenge, DigestParseError> {
         let mut p = parse_auth_value(value.as_ref())?;
-        let realm = take(&mut p, "realm").ok_or(DigestParseError::Malformed("realm"))?;
-        let nonce = take(&mut p, "nonce").ok_or(DigestParseError::Malformed("nonce"))?;
+        let realm = take_owned(&mut p, "realm").ok_or(DigestParseError::Malformed("realm"))?;
+        let nonce = take_owned(&mut p, "nonce").ok_or(DigestParseError::Malformed("nonce"))?;
         let qop = take(&mut p, "qop")
             .map(|q| {
                 q.split(',')
@@ -661,10 +685,10 @@ impl Challenge {
         Ok(Challenge {
             realm,
             nonce,
-            opaque: take(&mut p, "opaque"),
-            domain: take(&mut p, "domain"),
+            opaque: take_owned(&mut p, "opaque"),
+            domain: take_owned(&mut p, "domain"),
             stale: take(&mut p, "stale").is_some_and(|s| s.eq_ignore_ascii_case("true")),
-            algorithm: take(&mut p, "algorithm"),
+            algorithm: take_owned(&mut p, "algorithm"),
             qop,
             userhash: take(&mut p, "userhash").is_some_and(|s| s.eq_ignore_ascii_case("true")),
         })
@@ -728,30 +752,33 @@ impl fmt::Display for Challenge {
 
 /// `Digest` credentials (`Authorization` / `Proxy-Authorization` value).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Credentials {
-    pub username: String,
-    pub realm: String,
-    pub nonce: String,
+pub struct Credentials<'a> {
+    pub username: Cow<'a, str>,
+    pub realm: Cow<'a, str>,
+    pub nonce: Cow<'a, str>,
     /// The digest-uri exactly as the client sent it (what it hashed).
-    pub uri: String,
+    pub uri: Cow<'a, str>,
     /// The request-digest, hex.
-    pub response: String,
+    pub response: Cow<'a, str>,
     /// The `algorithm` token as sent; `None` means MD5.
-    pub algorithm: Option<String>,
-    pub cnonce: Option<String>,
-    pub opaque: Option<String>,
+    pub algorithm: Option<Cow<'a, str>>,
+    pub cnonce: Option<Cow<'a, str>>,
+    pub opaque: Option<Cow<'a, str>>,
     /// The `qop` token as sent (`auth`, `auth-int`), `None` for RFC 2069 style.
-    pub qop: Option<String>,
+    pub qop: Option<Cow<'a, str>>,
     /// The `nc` value as sent (hex).
-    pub nc: Option<String>,
+    pub nc: Option<Cow<'a, str>>,
     /// RFC 7616 `userhash=true`.
     pub userhash: bool,
 }
 
-impl Credentials {
+impl<'a> Credentials<'a> {
     /// Parses a credentials header value. Unknown parameters are ignored; `username`, `realm`,
     /// `nonce`, `uri` and `response` are required, and `qop` requires `cnonce` and a valid `nc`.
-    pub fn parse(value: impl AsRef<[u8]>) -> Result<Credentials, DigestParseError> {
+    /// Values are borrowed from `value` unless they had escapes.
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(
+        value: &'a T,
+    ) -> Result<Credentials<'a>, DigestParseError> {
         let mut p = parse_auth_value(value.as_ref())?;
         let m = DigestParseError::Malformed;
         let c = Credentials {
@@ -831,7 +858,7 @@ impl Credentials {
     }
 }
 
-impl fmt::Display for Credentials {
+impl fmt::Display for Credentials<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_header_value())
     }
@@ -1081,7 +1108,7 @@ impl DigestServer {
     pub fn verify(
         &mut self,
         now: Instant,
-        creds: &Credentials,
+        creds: &Credentials<'_>,
         method: &str,
         body: &[u8],
         secret: Option<&Key>,
@@ -1169,7 +1196,7 @@ impl DigestServer {
             }
         }
         VerifyOutcome::Ok {
-            username: creds.username.clone(),
+            username: creds.username.to_string(),
         }
     }
 
@@ -1480,16 +1507,16 @@ impl DigestClient {
             body,
         )?;
         let creds = Credentials {
-            username: self.username.clone(),
-            realm: c.realm.clone(),
-            nonce: c.nonce.clone(),
-            uri: digest_uri.to_owned(),
-            response,
-            algorithm: Some(state.algorithm.as_str().to_owned()),
-            cnonce,
-            opaque: c.opaque.clone(),
-            qop: qop.map(|q| q.as_str().to_owned()),
-            nc: nc_str,
+            username: Cow::Borrowed(&self.username),
+            realm: Cow::Borrowed(&c.realm),
+            nonce: Cow::Borrowed(&c.nonce),
+            uri: Cow::Borrowed(digest_uri),
+            response: response.into(),
+            algorithm: Some(Cow::Borrowed(state.algorithm.as_str())),
+            cnonce: cnonce.map(Cow::Owned),
+            opaque: c.opaque.as_deref().map(Cow::Borrowed),
+            qop: qop.map(|q| Cow::Borrowed(q.as_str())),
+            nc: nc_str.map(Cow::Owned),
             userhash: false,
         };
         self.answered = true;

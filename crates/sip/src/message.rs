@@ -864,6 +864,20 @@ impl Message {
     }
 
     /// Every header line with this name, in order (a line may hold a comma-separated list).
+    /// The value of every header line with this name, borrowed from the message (for values a
+    /// parser borrows from, such as credentials).
+    pub fn header_value_slices(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
+        let slots = if self.has_header(name) {
+            self.index.used()
+        } else {
+            &[]
+        };
+        slots.iter().filter(move |h| h.name == name).map(move |h| {
+            let a = h.value_start as usize;
+            &self.buf[a..a + h.value_len as usize]
+        })
+    }
+
     pub fn header_lines(&self, name: HeaderName) -> impl Iterator<Item = Header> + '_ {
         let slots = if self.has_header(name) {
             self.index.used()

@@ -90,3 +90,26 @@ fn parse_and_typed_access_do_not_allocate() {
     let (_, n) = count(|| m.headers().count());
     assert_eq!(n, 0);
 }
+
+/// A REGISTER's credentials, as phones send them (no escapes in any value).
+const AUTHORIZATION: &[u8] = b"Digest username=\"alice\", realm=\"pbx.example\", \
+nonce=\"AAAAAGZkYWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg\", uri=\"sip:pbx.example\", \
+response=\"6629fae49393a05397450978507c4ef1\", algorithm=MD5, cnonce=\"0a4f113b\", \
+opaque=\"5ccc069c403ebaf9f0171e9517f40e41\", qop=auth, nc=00000001";
+
+#[test]
+fn credentials_borrow_their_values() {
+    use podpbx_sip::digest::Credentials;
+    use std::borrow::Cow;
+    // One allocation (the parameter list), not one per value: every value borrows the header.
+    let (c, n) = count(|| Credentials::parse(AUTHORIZATION).unwrap());
+    assert_eq!(n, 1, "Credentials::parse allocated per value");
+    assert!(matches!(c.nonce, Cow::Borrowed(_)) && matches!(c.response, Cow::Borrowed(_)));
+    assert_eq!((&*c.username, c.nc.as_deref()), ("alice", Some("00000001")));
+    // A value with an escape is unescaped into its own copy.
+    let escaped = b"Digest username=\"al\\\\ice\\\"\", realm=\"r\", nonce=\"n\", uri=\"sip:r\", response=\"x\"";
+    let c = Credentials::parse(&escaped[..]).unwrap();
+    assert!(matches!(c.username, Cow::Owned(_)));
+    assert_eq!(&*c.username, "al\\ice\"");
+    assert!(matches!(c.realm, Cow::Borrowed("r")));
+}

@@ -384,8 +384,8 @@ fn challenge_then_200_and_the_register_format() {
         first.top_via().expect("v").branch(),
         second.top_via().expect("v").branch()
     );
-    let creds =
-        Credentials::parse(second.header(HeaderName::Authorization).expect("auth")).expect("creds");
+    let auth = second.header(HeaderName::Authorization).expect("auth");
+    let creds = Credentials::parse(&auth).expect("creds");
     assert_eq!(creds.qop.as_deref(), Some("auth"));
     assert_eq!(creds.nc.as_deref(), Some("00000001"));
     assert!(creds.cnonce.is_some());
@@ -430,8 +430,8 @@ fn refresh_schedule_reuses_the_nonce() {
         .collect();
     assert!(cseqs.windows(2).all(|w| w[1] == w[0] + 1), "{cseqs:?}");
     let last = regs[4].msg.as_ref().expect("msg");
-    let creds =
-        Credentials::parse(last.header(HeaderName::Authorization).expect("auth")).expect("creds");
+    let auth = last.header(HeaderName::Authorization).expect("auth");
+    let creds = Credentials::parse(&auth).expect("creds");
     assert_eq!(creds.nc.as_deref(), Some("00000004"));
     match sim.reg.state() {
         TrunkState::Registered { expires_at } => assert_eq!(*expires_at, sim.t0 + s(2190)),
@@ -1005,8 +1005,8 @@ fn auth_username_differs_from_the_aor_user() {
     let challenge = prov.handle(now, &first).expect("401");
     assert!(reg.handle_response(now, &parse(&challenge)));
     let second = parse(&reg.poll_transmit().expect("REGISTER").data);
-    let creds =
-        Credentials::parse(second.header(HeaderName::Authorization).expect("auth")).expect("creds");
+    let auth = second.header(HeaderName::Authorization).expect("auth");
+    let creds = Credentials::parse(&auth).expect("creds");
     assert_eq!(creds.username, "auth-id-77");
     assert_eq!(
         second.to_hdr().expect("to").uri.to_string(),
