@@ -570,21 +570,21 @@ impl Registrar {
                 events,
             };
         }
-        let secret = user.map(|u| u.secret.clone());
         let allowed = user.is_none_or(|u| u.allowed_from(ip));
         let outcome = self
             .digest
-            .verify(now, &creds, method, &req.body, secret.as_ref());
-        let failure = match &outcome {
+            .verify(now, &creds, method, &req.body, user.map(|u| &u.secret));
+        let outcome = match outcome {
             VerifyOutcome::Ok { username } if allowed => {
                 self.guard.record_success(ip, now);
                 return AuthCheck {
-                    result: AuthResult::Authenticated {
-                        user: username.clone(),
-                    },
+                    result: AuthResult::Authenticated { user: username },
                     events,
                 };
             }
+            other => other,
+        };
+        let failure = match &outcome {
             VerifyOutcome::Ok { .. } => Some(SecurityEventKind::SourceNotAllowed),
             VerifyOutcome::Stale | VerifyOutcome::Replay => {
                 tracing::debug!(source = %flow.remote, user = %sanitize_user(&creds.username), ?outcome, "stale or reused nonce, re-challenging");
@@ -685,7 +685,8 @@ impl Registrar {
         let Ok(call_id) = req.call_id() else {
             return bad("Malformed Call-ID");
         };
-        let call_id = String::from_utf8_lossy(&call_id).into_owned();
+        // Borrowed: copied only into a binding this request creates or changes.
+        let call_id = String::from_utf8_lossy(&call_id);
         let Ok(cseq) = req.cseq() else {
             return bad("Malformed CSeq");
         };

@@ -1010,14 +1010,13 @@ impl DigestServer {
     /// The nonce's MAC over `realm:ts:ctr` (hex of ts and ctr, 16 digits each), in hex: the
     /// first 16 octets of HMAC-SHA256 under the server secret.
     fn mac(&self, ts: u64, ctr: u64) -> [u8; 32] {
-        let realm = self.cfg.realm.as_bytes();
-        let mut msg = Vec::with_capacity(realm.len() + 34);
-        msg.extend_from_slice(realm);
-        msg.push(b':');
-        msg.extend_from_slice(&hex16(ts));
-        msg.push(b':');
-        msg.extend_from_slice(&hex16(ctr));
-        let tag = self.hmac.mac(&msg);
+        let tag = self.hmac.mac_parts(&[
+            self.cfg.realm.as_bytes(),
+            b":",
+            &hex16(ts),
+            b":",
+            &hex16(ctr),
+        ]);
         let mut out = [0u8; 32];
         hex_into(&tag[..16], &mut out);
         out
@@ -1265,8 +1264,15 @@ impl HmacSha256 {
     }
 
     pub fn mac(&self, msg: &[u8]) -> [u8; 32] {
+        self.mac_parts(&[msg])
+    }
+
+    /// The MAC of the concatenation of `parts`, without building it.
+    pub fn mac_parts(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut inner = self.inner.clone();
-        inner.update(msg);
+        for p in parts {
+            inner.update(p);
+        }
         let mut outer = self.outer.clone();
         outer.update(inner.finalize());
         outer.finalize().into()
