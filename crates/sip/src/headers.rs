@@ -11,6 +11,7 @@ use crate::{uri::Host, HeaderName, Message, Method, ParseError, StartLine, Uri};
 use bytes::Bytes;
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 /// Generic `;name=value` parameter list (raw text without the leading `;`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -610,6 +611,14 @@ fn check_date(v: &[u8]) -> bool {
         && &v[25..29] == b" GMT"
 }
 
+/// The kept result of `parse` (parsed on the first ask, errors kept too).
+fn kept<T>(
+    cell: &OnceLock<Result<T, ParseError>>,
+    parse: impl FnOnce() -> Result<T, ParseError>,
+) -> Result<&T, ParseError> {
+    cell.get_or_init(parse).as_ref().map_err(Clone::clone)
+}
+
 fn scalar_u32(v: &Bytes, what: &'static str) -> Result<u32, ParseError> {
     let (a, b) = trim_lws(v, 0, v.len());
     parse_decimal(&v[a..b], 10)
@@ -645,37 +654,29 @@ impl Message {
     }
     /// [`Message::top_via`] without a copy: parsed on first use, then kept.
     pub fn top_via_ref(&self) -> Result<&Via, ParseError> {
-        self.parsed
-            .top_via
-            .get_or_init(|| {
-                self.via_iter()
-                    .next()
-                    .unwrap_or(Err(ParseError::Value("Via")))
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        kept(&self.parsed.top_via, || {
+            self.via_iter()
+                .next()
+                .unwrap_or(Err(ParseError::Value("Via")))
+        })
     }
     pub fn from_hdr(&self) -> Result<NameAddr, ParseError> {
         self.from_ref().cloned()
     }
     /// [`Message::from_hdr`] without a copy: parsed on first use, then kept.
     pub fn from_ref(&self) -> Result<&NameAddr, ParseError> {
-        self.parsed
-            .from
-            .get_or_init(|| self.name_addr_header(HeaderName::From, "From"))
-            .as_ref()
-            .map_err(Clone::clone)
+        kept(&self.parsed.from, || {
+            self.name_addr_header(HeaderName::From, "From")
+        })
     }
     pub fn to_hdr(&self) -> Result<NameAddr, ParseError> {
         self.to_ref().cloned()
     }
     /// [`Message::to_hdr`] without a copy: parsed on first use, then kept.
     pub fn to_ref(&self) -> Result<&NameAddr, ParseError> {
-        self.parsed
-            .to
-            .get_or_init(|| self.name_addr_header(HeaderName::To, "To"))
-            .as_ref()
-            .map_err(Clone::clone)
+        kept(&self.parsed.to, || {
+            self.name_addr_header(HeaderName::To, "To")
+        })
     }
     fn name_addr_header(
         &self,
@@ -759,16 +760,12 @@ impl Message {
     }
     /// [`Message::request_uri`] without a copy: parsed on first use, then kept.
     pub fn request_uri_ref(&self) -> Result<&Uri, ParseError> {
-        self.parsed
-            .request_uri
-            .get_or_init(|| match &self.start {
-                StartLine::Request { uri, .. } => {
-                    Uri::parse(uri.clone()).map_err(|_| ParseError::Value("Request-URI"))
-                }
-                StartLine::Response { .. } => Err(ParseError::StartLine),
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        kept(&self.parsed.request_uri, || match &self.start {
+            StartLine::Request { uri, .. } => {
+                Uri::parse(uri.clone()).map_err(|_| ParseError::Value("Request-URI"))
+            }
+            StartLine::Response { .. } => Err(ParseError::StartLine),
+        })
     }
     /// Content-Type media type, lower-cased, without parameters (e.g. `application/sdp`).
     /// Borrowed from the buffer unless it has to be lower-cased.

@@ -863,31 +863,27 @@ impl Message {
         self.index.used().iter().map(move |h| self.slot_header(h))
     }
 
-    /// Every header line with this name, in order (a line may hold a comma-separated list).
     /// The value of every header line with this name, borrowed from the message (for values a
     /// parser borrows from, such as credentials).
     pub fn header_value_slices(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
-        let slots = if self.has_header(name) {
-            self.index.used()
-        } else {
-            &[]
-        };
-        slots.iter().filter(move |h| h.name == name).map(move |h| {
+        self.slots_named(name).map(move |h| {
             let a = h.value_start as usize;
             &self.buf[a..a + h.value_len as usize]
         })
     }
 
+    /// Every header line with this name, in order (a line may hold a comma-separated list).
     pub fn header_lines(&self, name: HeaderName) -> impl Iterator<Item = Header> + '_ {
+        self.slots_named(name).map(move |h| self.slot_header(h))
+    }
+
+    fn slots_named(&self, name: HeaderName) -> impl Iterator<Item = &Slot> + '_ {
         let slots = if self.has_header(name) {
             self.index.used()
         } else {
             &[]
         };
-        slots
-            .iter()
-            .filter(move |h| h.name == name)
-            .map(move |h| self.slot_header(h))
+        slots.iter().filter(move |h| h.name == name)
     }
 
     /// Every value (one per line) of a header, in order.
