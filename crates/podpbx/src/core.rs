@@ -342,11 +342,25 @@ impl Core {
         let user = match check.result {
             AuthResult::Authenticated { user } => user,
             AuthResult::Challenge { kind, values } => {
-                self.send_reply(now, id, req, flow, &Reply::Challenge { kind, values });
+                self.send_reply(
+                    now,
+                    Answer::Tx(id),
+                    req,
+                    flow,
+                    &Reply::Challenge { kind, values },
+                );
                 return;
             }
             AuthResult::BadRequest { reason } => {
-                self.respond_reason(now, id, req, flow, StatusCode::BAD_REQUEST, reason, &[]);
+                self.respond_reason(
+                    now,
+                    Answer::Tx(id),
+                    req,
+                    flow,
+                    StatusCode::BAD_REQUEST,
+                    reason,
+                    &[],
+                );
                 return;
             }
             AuthResult::Drop => {
@@ -729,13 +743,17 @@ impl Core {
             Stats::bump(&self.stats.blocked_requests);
             return;
         }
+        if is_unauthenticated_register(msg) {
+            self.handle_register_stateless(now, wall, msg, flow);
+            return;
+        }
         let peer = flow.response_peer(msg);
         match self.tx.on_request_from(now, msg, peer, flow.remote.ip()) {
             RequestDisposition::New(id) => {
                 // A To tag: a request inside a dialog (read once for overload and dispatch).
                 let in_dialog = msg.to_ref().ok().and_then(|t| t.tag()).is_some();
                 if let Some(reason) = self.shed(now, msg, in_dialog) {
-                    self.refuse_overloaded(now, id, msg, flow, reason);
+                    self.refuse_overloaded(now, Answer::Tx(id), msg, flow, reason);
                 } else {
                     let calls = self.active_calls();
                     self.handle_request(now, wall, id, msg, flow, in_dialog);
@@ -887,7 +905,7 @@ impl Core {
     fn refuse_overloaded(
         &mut self,
         now: Instant,
-        id: ServerTxId,
+        id: Answer,
         msg: &Message,
         flow: Flow,
         reason: Reason,
@@ -1072,29 +1090,11 @@ impl Core {
         in_dialog: bool,
     ) {
         let method = req.method().cloned().unwrap_or(Method::Other(Bytes::new()));
-        if let Err(rej) = check_request(req, &self.caps) {
-            match rej {
-                Rejection::Drop(why) => {
-                    Stats::bump(&self.stats.dropped_malformed);
-                    debug!(reason = why, "request dropped");
-                }
-                Rejection::Respond {
-                    code,
-                    reason,
-                    headers,
-                } => {
-                    if code == StatusCode::BAD_REQUEST {
-                        Stats::bump(&self.stats.bad_requests);
-                    }
-                    let hdrs: Vec<(&str, &str)> =
-                        headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-                    self.respond_reason(now, id, req, flow, code, &reason, &hdrs);
-                }
-            }
+        if !self.admit(now, Answer::Tx(id), req, flow) {
             return;
         }
         match method {
-            Method::Register => self.handle_register(now, wall, id, req, flow),
+            Method::Register => self.handle_register(now, wall, Answer::Tx(id), req, flow),
             Method::Subscribe if !in_dialog => self.handle_subscribe(now, id, req, flow),
             Method::Subscribe if self.presence.notifier.owns(req) => {
                 let resp = self.presence.notifier.refresh(now, req, flow);
@@ -1228,13 +1228,19 @@ impl Core {
                 match check.result {
                     AuthResult::Authenticated { user } => podpbx_b2bua::Caller::User(user),
                     AuthResult::Challenge { kind, values } => {
-                        self.send_reply(now, id, req, flow, &Reply::Challenge { kind, values });
+                        self.send_reply(
+                            now,
+                            Answer::Tx(id),
+                            req,
+                            flow,
+                            &Reply::Challenge { kind, values },
+                        );
                         return;
                     }
                     AuthResult::BadRequest { reason } => {
                         self.respond_reason(
                             now,
-                            id,
+                            Answer::Tx(id),
                             req,
                             flow,
                             StatusCode::BAD_REQUEST,
@@ -1278,11 +1284,60 @@ impl Core {
         self.pump_calls(now);
     }
 
+    /// The checks every request passes before its method's handler (RFC 3261 §8.2: method,
+    /// Require, Max-Forwards, well-formed headers). False: it was rejected (answered once,
+    /// statelessly, or dropped and counted).
+    fn admit(&mut self, now: Instant, id: Answer, req: &Message, flow: Flow) -> bool {
+        let Err(rej) = check_request(req, &self.caps) else {
+            return true;
+        };
+        match rej {
+            Rejection::Drop(why) => {
+                Stats::bump(&self.stats.dropped_malformed);
+                debug!(reason = why, "request dropped");
+            }
+            Rejection::Respond {
+                code,
+                reason,
+                headers,
+            } => {
+                if code == StatusCode::BAD_REQUEST {
+                    Stats::bump(&self.stats.bad_requests);
+                }
+                let hdrs: Vec<(&str, &str)> =
+                    headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                self.respond_reason(now, id, req, flow, code, &reason, &hdrs);
+            }
+        }
+        false
+    }
+
+    /// A REGISTER without credentials, as a stateless UAS (RFC 3261 §8.2.7): it can only be
+    /// challenged (or rejected), and a challenge is sent once anyway (see [`Self::send_once`]),
+    /// so a server transaction would be created only to be dropped again. Half of all
+    /// REGISTERs take this path (every registration starts with one); a retransmission is
+    /// handled again and gets an equivalent 401 (same To tag, a fresh nonce).
+    fn handle_register_stateless(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        req: &Message,
+        flow: Flow,
+    ) {
+        if let Some(reason) = self.shed(now, req, false) {
+            self.refuse_overloaded(now, Answer::Stateless, req, flow, reason);
+            return;
+        }
+        if self.admit(now, Answer::Stateless, req, flow) {
+            self.handle_register(now, wall, Answer::Stateless, req, flow);
+        }
+    }
+
     fn handle_register(
         &mut self,
         now: Instant,
         wall: SystemTime,
-        id: ServerTxId,
+        id: Answer,
         req: &Message,
         flow: Flow,
     ) {
@@ -1323,11 +1378,23 @@ impl Core {
                 self.respond(now, id, req, flow, StatusCode::OK, &[]);
             }
             AuthResult::Challenge { kind, values } => {
-                self.send_reply(now, id, req, flow, &Reply::Challenge { kind, values });
+                self.send_reply(
+                    now,
+                    Answer::Tx(id),
+                    req,
+                    flow,
+                    &Reply::Challenge { kind, values },
+                );
             }
-            AuthResult::BadRequest { reason } => {
-                self.respond_reason(now, id, req, flow, StatusCode::BAD_REQUEST, reason, &[])
-            }
+            AuthResult::BadRequest { reason } => self.respond_reason(
+                now,
+                Answer::Tx(id),
+                req,
+                flow,
+                StatusCode::BAD_REQUEST,
+                reason,
+                &[],
+            ),
             AuthResult::Drop => {
                 self.tx.terminate(TxId::Server(id));
             }
@@ -1374,27 +1441,24 @@ impl Core {
         }
     }
 
-    fn send_reply(
-        &mut self,
-        now: Instant,
-        id: ServerTxId,
-        req: &Message,
-        flow: Flow,
-        reply: &Reply,
-    ) {
-        let Some(status) = reply.status().map(|(code, _)| code) else {
+    fn send_reply(&mut self, now: Instant, id: Answer, req: &Message, flow: Flow, reply: &Reply) {
+        let data = reply
+            .status()
+            .and_then(|(code, _)| Some((code, self.registrar.response_bytes(reply, req, &flow)?)));
+        let Some((status, data)) = data else {
             // Blocked source: no answer at all; the transaction just goes away.
-            self.tx.terminate(TxId::Server(id));
+            if let Answer::Tx(id) = id {
+                self.tx.terminate(TxId::Server(id));
+            }
             return;
         };
-        let Some(data) = self.registrar.response_bytes(reply, req, &flow) else {
-            self.tx.terminate(TxId::Server(id));
-            return;
+        let id = match id {
+            Answer::Tx(id) if status.is_success() || status.is_provisional() => id,
+            _ => {
+                self.send_once(id, req, flow, data);
+                return;
+            }
         };
-        if !status.is_success() && !status.is_provisional() {
-            self.send_once(id, req, flow, data);
-            return;
-        }
         let code = status.code();
         // Only REGISTER's answers get here as a 2xx. Its transaction lingers 4*T1, not 64*T1:
         // at 10 000 REGISTERs/s, completed transactions kept 32 s each filled the table's bound
@@ -1456,7 +1520,15 @@ impl Core {
         status: StatusCode,
         headers: &[(&str, &str)],
     ) {
-        self.respond_reason(now, id, req, flow, status, status.reason(), headers);
+        self.respond_reason(
+            now,
+            Answer::Tx(id),
+            req,
+            flow,
+            status,
+            status.reason(),
+            headers,
+        );
     }
 
     /// Answers with `status` and a reason phrase of our own (a `400` saying what is wrong).
@@ -1464,7 +1536,7 @@ impl Core {
     fn respond_reason(
         &mut self,
         now: Instant,
-        id: ServerTxId,
+        id: Answer,
         req: &Message,
         flow: Flow,
         status: StatusCode,
@@ -1474,10 +1546,13 @@ impl Core {
         let data = self.build(req, flow, status, reason, headers);
         let code = status.code();
         debug!(code, "response");
-        if !status.is_success() && !status.is_provisional() {
-            self.send_once(id, req, flow, data);
-            return;
-        }
+        let id = match id {
+            Answer::Tx(id) if status.is_success() || status.is_provisional() => id,
+            _ => {
+                self.send_once(id, req, flow, data);
+                return;
+            }
+        };
         if let Err(e) = self.tx.send_response(now, id, code, data) {
             if let Some(suppressed) = self.warn_limits.response.check(now) {
                 warn!(error = %e, code, suppressed, "response not sent");
@@ -1492,8 +1567,10 @@ impl Core {
     /// §17.2.1 Timer G), which makes one forged INVITE a reflection attack. A retransmitted
     /// request simply gets one fresh answer (the To tag is derived from Call-ID and From tag,
     /// so it is the same every time).
-    fn send_once(&mut self, id: ServerTxId, req: &Message, flow: Flow, data: Bytes) {
-        self.tx.terminate(TxId::Server(id));
+    fn send_once(&mut self, id: Answer, req: &Message, flow: Flow, data: Bytes) {
+        if let Answer::Tx(id) = id {
+            self.tx.terminate(TxId::Server(id));
+        }
         let peer = flow.response_peer(req);
         Stats::bump(&self.stats.stateless_responses);
         self.tx.send_stateless(peer, data);
@@ -1521,6 +1598,28 @@ impl Core {
         }
         b.build()
     }
+}
+
+/// Who carries a request's answer.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    /// Its server transaction: it absorbs retransmissions and, for a 2xx, repeats it.
+    Tx(ServerTxId),
+    /// Nobody (a stateless UAS, RFC 3261 §8.2.7): the answer is sent once; a retransmitted
+    /// request is handled again and answered the same way (the To tag is derived from Call-ID
+    /// and From tag).
+    Stateless,
+}
+
+/// A REGISTER outside a dialog that carries no `Authorization` header: whatever it gets, it
+/// is a challenge or a rejection, never a binding, so it needs no server transaction. One
+/// whose top Via does not parse takes the transaction layer's path, which decides between a
+/// `400` and a drop for requests it cannot identify.
+fn is_unauthenticated_register(msg: &Message) -> bool {
+    msg.method() == Some(&Method::Register)
+        && msg.header(HeaderName::Authorization).is_none()
+        && msg.top_via_ref().is_ok()
+        && msg.to_ref().is_ok_and(|t| t.tag().is_none())
 }
 
 /// Warnings the network can trigger at will, each rate-limited on its own.

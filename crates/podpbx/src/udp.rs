@@ -15,6 +15,7 @@
 
 use bytes::Bytes;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -344,40 +345,40 @@ impl UdpIo {
 
 /// One `sendmmsg` of up to [`BATCH`] datagrams; the number sent.
 fn send_batch(sock: &SipSocket, batch: &[&Pending]) -> io::Result<usize> {
-    // SAFETY: zeroed C structs are valid; pointers below refer to locals that outlive the call.
-    let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
-    let mut lens = [0u32; BATCH];
-    let mut iovs = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; BATCH];
-    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for (i, p) in batch.iter().enumerate() {
-        lens[i] = write_sockaddr(&mut addrs[i], p.remote);
-        iovs[i] = libc::iovec {
+    let n = batch.len().min(BATCH);
+    // Only the entries used are written: zeroing all BATCH addresses and headers (6 KB) for
+    // the one to three datagrams a flush usually carries cost ~4 % of a REGISTER.
+    let mut addrs = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; BATCH];
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; BATCH];
+    let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; BATCH];
+    for (i, p) in batch[..n].iter().enumerate() {
+        // SAFETY: a zeroed sockaddr_storage and mmsghdr are valid values (plain C structs).
+        let addr = addrs[i].write(unsafe { std::mem::zeroed() });
+        let len = write_sockaddr(addr, p.remote);
+        let iov = iovs[i].write(libc::iovec {
             iov_base: p.data.as_ptr() as *mut _,
             iov_len: p.data.len(),
-        };
+        });
+        let h = hdrs[i].write(unsafe { std::mem::zeroed() });
+        h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+        h.msg_hdr.msg_namelen = len;
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
     }
-    for i in 0..batch.len() {
-        hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-        hdrs[i].msg_hdr.msg_namelen = lens[i];
-        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: `batch.len()` headers, each pointing at a live address and a live buffer.
-    let n = unsafe {
+    // SAFETY: the first `n` headers are initialised, each pointing at a live address and a
+    // live buffer; the kernel reads no further.
+    let sent = unsafe {
         libc::sendmmsg(
             sock.as_raw_fd(),
-            hdrs.as_mut_ptr(),
-            batch.len() as u32,
+            hdrs.as_mut_ptr().cast::<libc::mmsghdr>(),
+            n as u32,
             libc::MSG_DONTWAIT,
         )
     };
-    if n < 0 {
+    if sent < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(n as usize)
+    Ok(sent as usize)
 }
 
 fn write_sockaddr(s: &mut libc::sockaddr_storage, a: SocketAddr) -> u32 {

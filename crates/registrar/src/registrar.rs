@@ -745,7 +745,7 @@ impl Registrar {
         }
         // Parsed once authenticated: half the REGISTERs are answered with a challenge, which
         // needs no contact (the core has validated the Contact header before this anyway).
-        let Ok(contacts) = req.contacts() else {
+        let Ok(contacts) = req.contacts_ref() else {
             out.reply = Reply::BadRequest {
                 reason: "Malformed Contact",
             };
@@ -807,7 +807,7 @@ impl Registrar {
         call_id: &str,
         cseq: u32,
         expires_hdr: Option<u32>,
-        contacts: Option<ContactList>,
+        contacts: Option<&ContactList>,
         max_contacts: usize,
         list: &mut Vec<Binding>,
     ) -> Result<Change, Reply> {
@@ -837,7 +837,7 @@ impl Registrar {
         };
         let s = &self.settings;
         let mut wanted = Vec::with_capacity(cs.len());
-        for c in &cs {
+        for c in cs {
             if !c.addr.uri.is_sip() {
                 return Err(Reply::BadRequest {
                     reason: "Unsupported Contact URI",
@@ -1193,12 +1193,23 @@ impl Registrar {
     /// to a block, Call-ID, 0, From tag), the keyed prefix absorbed once at start.
     fn to_tag_hex(&self, req: &Message) -> [u8; 16] {
         let mut ctx = self.to_tag_key.clone();
-        if let Ok(c) = req.call_id() {
-            ctx.consume(&c);
-        }
-        if let Some(t) = req.from_ref().ok().and_then(|f| f.tag()) {
-            ctx.consume([0u8]);
-            ctx.consume(&t);
+        let call_id = req.call_id().unwrap_or_default();
+        let tag = req.from_ref().ok().and_then(|f| f.tag());
+        // One `consume` for the usual short input (each call has a fixed cost).
+        let mut joined = [0u8; 256];
+        let len = call_id.len() + tag.as_ref().map_or(0, |t| t.len() + 1);
+        if len <= joined.len() {
+            joined[..call_id.len()].copy_from_slice(&call_id);
+            if let Some(t) = &tag {
+                joined[call_id.len() + 1..len].copy_from_slice(t);
+            }
+            ctx.consume(&joined[..len]);
+        } else {
+            ctx.consume(&call_id);
+            if let Some(t) = &tag {
+                ctx.consume([0u8]);
+                ctx.consume(t);
+            }
         }
         let d = ctx.compute().0;
         const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -1,7 +1,8 @@
 //! Building outgoing messages as bytes.
 
 use crate::headers::parse_via_at;
-use crate::{HeaderName, Message, Method, StartLine};
+use crate::text;
+use crate::{HeaderName, Message, Method, StartLine, Via};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -41,20 +42,38 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A short formatted text on the stack (a Via edit: `;received=` and an address, a port).
+/// A short text on the stack (a Via edit: `;received=` and an address, a port).
 struct Short {
     buf: [u8; 64],
     len: usize,
 }
 
 impl Short {
-    fn fmt(args: std::fmt::Arguments<'_>) -> Short {
+    /// `prefix` then the port in decimal.
+    fn port(prefix: &[u8], port: u16) -> Short {
+        let mut s = Short::with(prefix);
+        let mut w = &mut s.buf[s.len..];
+        text::put_decimal(&mut w, u64::from(port));
+        s.len = 64 - w.len();
+        s
+    }
+
+    /// `prefix` then the address (IPv6 without brackets: RFC 5118 §4.5).
+    fn ip(prefix: &[u8], ip: IpAddr) -> Short {
+        let mut s = Short::with(prefix);
+        let mut w = &mut s.buf[s.len..];
+        // Cannot overflow: the longest prefix is 10 bytes, an IPv6 address 45.
+        text::put_ip(&mut w, ip);
+        s.len = 64 - w.len();
+        s
+    }
+
+    fn with(prefix: &[u8]) -> Short {
         let mut s = Short {
             buf: [0; 64],
-            len: 0,
+            len: prefix.len(),
         };
-        // Cannot overflow: an IPv6 address is at most 45 characters.
-        let _ = std::fmt::Write::write_fmt(&mut s, args);
+        s.buf[..prefix.len()].copy_from_slice(prefix);
         s
     }
 
@@ -63,53 +82,70 @@ impl Short {
     }
 }
 
-impl std::fmt::Write for Short {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
+/// Where `via` (parsed from a slice of `value`) sits in `value`: (start of its parameter
+/// list, end of the via-parm). `None` if it was not parsed from this buffer, or is not the
+/// line's first value.
+fn locate(value: &Bytes, via: &Via) -> Option<(usize, usize)> {
+    let origin = value.as_ptr() as usize;
+    let raw = via.raw.as_ptr() as usize;
+    let start = raw.checked_sub(origin)?;
+    let end = start.checked_add(via.raw.len())?;
+    if end > value.len() || !value[..start].iter().all(|&b| is_lws_byte(b)) {
+        return None;
     }
+    let params = &via.params.0;
+    let base = if params.is_empty() {
+        end
+    } else {
+        let p = (params.as_ptr() as usize).checked_sub(origin)?;
+        if p < start || p + params.len() != end {
+            return None;
+        }
+        p
+    };
+    Some((base, end))
+}
+
+fn is_lws_byte(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
 /// Writes the top Via line's value with `received`/`rport` filled in (RFC 3261 §18.2.1,
 /// RFC 3581 §4); `received` carries an IPv6 address without brackets (RFC 5118 §4.5). Everything
 /// else, including the other values of a comma list, is copied byte for byte.
-fn put_top_via(out: &mut BytesMut, value: &Bytes, source: SocketAddr) {
-    let Ok(at) = parse_via_at(value, 0, value.len()) else {
-        out.put_slice(value);
-        return;
+fn put_top_via(out: &mut BytesMut, value: &Bytes, source: SocketAddr, kept: Option<&Via>) {
+    // The request's kept top Via, when it was parsed from this very line (it always is for a
+    // received request): no second parse per response.
+    let located = kept.and_then(|via| locate(value, via).map(|(base, end)| (via, base, end)));
+    let parsed;
+    let (via, base, end) = match located {
+        Some(l) => l,
+        None => {
+            let Ok(at) = parse_via_at(value, 0, value.len()) else {
+                out.put_slice(value);
+                return;
+            };
+            parsed = at;
+            (&parsed.via, parsed.params_start, parsed.end)
+        }
     };
-    let via = &at.via;
-    let base = at.params_start;
     let src_ip = canonical(source.ip());
     // Edits as (start, end, text): replace value[start..end] by text; at most two, in order.
     // The texts are short (";received=" and an IPv6 address at most): kept on the stack.
     let mut edits: [Option<(usize, usize, Short)>; 2] = [None, None];
     let rport_flag = matches!(via.rport(), Some(None));
     if rport_flag {
-        if let Some((_, nb, _, _)) = via.params.spans_named("rport") {
-            edits[0] = Some((
-                base + nb,
-                base + nb,
-                Short::fmt(format_args!("={}", source.port())),
-            ));
+        if let Some((_, nb, _, _)) = via.rport_spans() {
+            edits[0] = Some((base + nb, base + nb, Short::port(b"=", source.port())));
         }
     }
     let needs_received = rport_flag || via.host.ip().map(canonical) != Some(src_ip);
     if needs_received && via.received().map(canonical) != Some(src_ip) {
-        edits[1] = Some(match via.params.spans_named("received") {
+        edits[1] = Some(match via.received_spans() {
             // A stale or malformed received is replaced, a bare one gets a value.
-            Some((_, nb, va, vb)) if va == vb => {
-                (base + nb, base + nb, Short::fmt(format_args!("={src_ip}")))
-            }
-            Some((_, _, va, vb)) => (base + va, base + vb, Short::fmt(format_args!("{src_ip}"))),
-            None => (
-                at.end,
-                at.end,
-                Short::fmt(format_args!(";received={src_ip}")),
-            ),
+            Some((_, nb, va, vb)) if va == vb => (base + nb, base + nb, Short::ip(b"=", src_ip)),
+            Some((_, _, va, vb)) => (base + va, base + vb, Short::ip(b"", src_ip)),
+            None => (end, end, Short::ip(b";received=", src_ip)),
         });
     }
     if edits[0]
@@ -154,14 +190,20 @@ impl ResponseBuilder {
         // are not copied must not make a large response buffer.
         let head = req.buf.len().saturating_sub(req.body.len());
         let mut out = BytesMut::with_capacity(head.min(MAX_PRESIZE) + 128);
-        let _ = write!(out, "SIP/2.0 {code:03} ");
+        out.put_slice(b"SIP/2.0 ");
+        // Three digits, as the status line requires (a code below 100 is padded like `{:03}`).
+        let mut digits = [0u8; 20];
+        let d = text::decimal(u64::from(code), &mut digits);
+        out.put_bytes(b'0', 3usize.saturating_sub(d.len()));
+        out.put_slice(d);
+        out.put_u8(b' ');
         put_clean(&mut out, reason.as_bytes());
         out.put_slice(b"\r\n");
         for (k, v) in req.header_values(HeaderName::Via).enumerate() {
             match (k, source) {
                 (0, Some(src)) => {
                     out.put_slice(b"Via: ");
-                    put_top_via(&mut out, &v, src);
+                    put_top_via(&mut out, &v, src, req.top_via_ref().ok());
                     out.put_slice(b"\r\n");
                 }
                 _ => put_copied(&mut out, b"Via", &v),
@@ -238,7 +280,9 @@ fn finish(mut out: BytesMut, content_type: Option<BytesMut>, body: &[u8]) -> Byt
     if let Some(ct) = content_type {
         put_header(&mut out, b"Content-Type", &ct);
     }
-    let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
+    out.put_slice(b"Content-Length: ");
+    text::put_decimal(&mut out, body.len() as u64);
+    out.put_slice(b"\r\n\r\n");
     out.put_slice(body);
     tight(out)
 }
@@ -370,4 +414,54 @@ pub fn cancel_for(invite: &Message) -> Bytes {
     }
     put_tail(&mut out, invite, "CANCEL");
     tight(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Framing;
+
+    fn request(via_lines: &str) -> Message {
+        let raw = format!(
+            "OPTIONS sip:pbx.example SIP/2.0\r\n{via_lines}From: <sip:a@x>;tag=1\r\n\
+             To: <sip:pbx.example>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        Message::parse(Bytes::from(raw), Framing::Datagram).expect("parses")
+    }
+
+    /// The top Via kept in the request gives the same response Via as a fresh parse of the line.
+    #[test]
+    fn the_kept_top_via_gives_the_same_response_via_as_a_fresh_parse() {
+        let src: SocketAddr = "[2001:db8::7]:40001".parse().unwrap();
+        let cases = [
+            ("Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK1;rport\r\n",
+             "SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK1;rport=40001;received=2001:db8::7"),
+            ("Via:   SIP/2.0/UDP [2001:db8::7]:5062 ;branch=z9hG4bK2\r\n",
+             "SIP/2.0/UDP [2001:db8::7]:5062 ;branch=z9hG4bK2"),
+            ("Via: SIP/2.0/UDP h.example;received=203.0.113.1;branch=z9hG4bK3, SIP/2.0/UDP b;branch=z9hG4bK9\r\n",
+             "SIP/2.0/UDP h.example;received=2001:db8::7;branch=z9hG4bK3, SIP/2.0/UDP b;branch=z9hG4bK9"),
+            ("Via: SIP/2.0/UDP h.example;received;rport;branch=z9hG4bK4\r\n",
+             "SIP/2.0/UDP h.example;received=2001:db8::7;rport=40001;branch=z9hG4bK4"),
+            ("Via: SIP/2.0/UDP h.example\r\nVia: SIP/2.0/UDP second.example;branch=z9hG4bK5\r\n",
+             "SIP/2.0/UDP h.example;received=2001:db8::7"),
+        ];
+        for (lines, want) in cases {
+            let req = request(lines);
+            let line = req.header_values(HeaderName::Via).next().unwrap();
+            let kept = req.top_via_ref().unwrap();
+            assert!(locate(&line, kept).is_some(), "not located: {lines}");
+            let mut fresh = BytesMut::new();
+            put_top_via(&mut fresh, &line, src, None);
+            let mut cached = BytesMut::new();
+            put_top_via(&mut cached, &line, src, Some(kept));
+            assert_eq!(&fresh[..], want.as_bytes(), "{lines}");
+            assert_eq!(&cached[..], want.as_bytes(), "{lines}");
+        }
+        // A Via parsed from another buffer is not taken for this line.
+        let a = request("Via: SIP/2.0/UDP h.example;branch=z9hG4bK6\r\n");
+        let b = request("Via: SIP/2.0/UDP h.example;branch=z9hG4bK6\r\n");
+        let line = a.header_values(HeaderName::Via).next().unwrap();
+        assert!(locate(&line, b.top_via_ref().unwrap()).is_none());
+    }
 }

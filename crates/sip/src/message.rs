@@ -8,7 +8,7 @@
 //! (`u16` offsets are enough because a message is at most [`MAX_MESSAGE_BYTES`] long), and every
 //! value handed out is a refcounted slice of the message buffer.
 
-use crate::{NameAddr, Uri, Via};
+use crate::{ContactList, NameAddr, Uri, Via};
 use bytes::{Buf, Bytes};
 use std::fmt;
 use std::sync::OnceLock;
@@ -408,6 +408,8 @@ pub(crate) struct Parsed {
     pub(crate) from: OnceLock<Result<NameAddr, ParseError>>,
     pub(crate) to: OnceLock<Result<NameAddr, ParseError>>,
     pub(crate) request_uri: OnceLock<Result<Uri, ParseError>>,
+    /// Validated on receipt, then read by the registrar (every REGISTER) and the B2BUA.
+    pub(crate) contacts: OnceLock<Result<Option<ContactList>, ParseError>>,
 }
 
 impl fmt::Debug for Message {

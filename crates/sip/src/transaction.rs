@@ -760,12 +760,23 @@ fn push_server_key(buf: &mut Vec<u8>, method: &Method, sent_by: &[u8], branch: &
 
 /// Appends the normalised sent-by of [`sent_by_key`] without allocating.
 fn push_sent_by(buf: &mut Vec<u8>, host: &crate::Host, port: Option<u16>) {
-    use std::io::Write;
-    let start = buf.len();
-    let _ = write!(buf, "{host}");
-    buf[start..].make_ascii_lowercase();
+    // Written as `Host`'s Display does (IPv6 in brackets), without the formatting machinery.
+    match host {
+        crate::Host::Name(n) => {
+            let start = buf.len();
+            buf.extend_from_slice(n);
+            buf[start..].make_ascii_lowercase();
+        }
+        crate::Host::V4(a) => crate::text::put_ipv4(buf, *a),
+        crate::Host::V6(a) => {
+            buf.push(b'[');
+            crate::text::put_ip(buf, std::net::IpAddr::V6(*a));
+            buf.push(b']');
+        }
+    }
     if let Some(p) = port {
-        let _ = write!(buf, ":{p}");
+        buf.push(b':');
+        crate::text::put_decimal(buf, u64::from(p));
     }
 }
 

@@ -523,3 +523,52 @@ fn refreshes_are_saved_lazily_and_new_bindings_promptly() {
         "{file}"
     );
 }
+
+/// A REGISTER without credentials is answered as a stateless UAS (RFC 3261 §8.2.7): a 401,
+/// no server transaction (the table never grows for it), and a retransmission gets the same
+/// answer again with the same To tag. The REGISTER with credentials still gets a server
+/// transaction (its 200 is kept for retransmissions).
+#[test]
+fn a_register_without_credentials_is_challenged_without_a_transaction() {
+    let mut sim = Sim::new(USERS);
+    let before = sim.core.tx_stats();
+    let mut a = alice();
+    let r = a.register(3600);
+    let mut tags = Vec::new();
+    for _ in 0..3 {
+        sim.recv(a.addr, &r);
+        let c = sim.one_to(a.addr);
+        assert_eq!(c.status(), 401, "{}", text(&c));
+        assert!(c.header(HeaderName::WwwAuthenticate).is_some());
+        tags.push(to_tag(&c));
+    }
+    assert!(tags.iter().all(|t| *t == tags[0]), "{tags:?}");
+    let after = sim.core.tx_stats();
+    assert_eq!((after.live, after.lingering), (0, 0));
+    assert_eq!(
+        after.slots, before.slots,
+        "the 401s took room in the transaction table"
+    );
+    // A malformed one is still rejected with 400, also without a transaction.
+    let bad = r.replace("CSeq: ", "CSeq: x");
+    sim.recv(a.addr, &bad);
+    assert_eq!(sim.one_to(a.addr).status(), 400);
+    assert_eq!(sim.core.tx_stats().slots, before.slots);
+
+    let c = {
+        sim.recv(a.addr, &r);
+        sim.one_to(a.addr)
+    };
+    a.challenged(&c);
+    let r = a.register(3600);
+    sim.recv(a.addr, &r);
+    assert_eq!(sim.one_to(a.addr).status(), 200);
+    assert_eq!(
+        sim.core.tx_stats().lingering,
+        1,
+        "the 200 is kept for retransmissions"
+    );
+    // Its retransmission is absorbed by the transaction: the same 200 again.
+    sim.recv(a.addr, &r);
+    assert_eq!(sim.one_to(a.addr).status(), 200);
+}
