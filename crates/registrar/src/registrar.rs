@@ -678,7 +678,6 @@ impl Registrar {
         else {
             return bad("To Without User");
         };
-        let aor = aor.to_owned();
         if !self.serves(to.uri.host.as_ref()) {
             return Outcome::reply(Reply::NotFound);
         }
@@ -695,13 +694,13 @@ impl Registrar {
         // suggests treating it as 3600), so `Contact: *` with it is a 400.
         let expires_hdr = req.expires().ok().flatten();
 
-        let auth = self.authenticate_inner(now, req, flow, AuthKind::Www, Some(&aor));
+        let auth = self.authenticate_inner(now, req, flow, AuthKind::Www, Some(aor));
         let mut out = Outcome {
             reply: Reply::Drop,
             changed: false,
             refresh_only: false,
             events: auth.events,
-            aor: Some(aor.clone()),
+            aor: Some(aor.to_owned()),
         };
         let user = match auth.result {
             AuthResult::Authenticated { user } => user,
