@@ -337,36 +337,8 @@ impl Core {
                 return;
             }
         };
-        let check = self.registrar.authenticate(now, req, flow, AuthKind::Www);
-        self.log_security(now, &check.events);
-        let user = match check.result {
-            AuthResult::Authenticated { user } => user,
-            AuthResult::Challenge { kind, values } => {
-                self.send_reply(
-                    now,
-                    Answer::Tx(id),
-                    req,
-                    flow,
-                    &Reply::Challenge { kind, values },
-                );
-                return;
-            }
-            AuthResult::BadRequest { reason } => {
-                self.respond_reason(
-                    now,
-                    Answer::Tx(id),
-                    req,
-                    flow,
-                    StatusCode::BAD_REQUEST,
-                    reason,
-                    &[],
-                );
-                return;
-            }
-            AuthResult::Drop => {
-                self.tx.terminate(TxId::Server(id));
-                return;
-            }
+        let Some(user) = self.authenticated(now, id, req, flow, AuthKind::Www) else {
+            return;
         };
         let resource = match crate::presence::Presence::verdict(&cfg, package, &user, req) {
             crate::presence::Verdict::Watch(r) => r,
@@ -1223,36 +1195,9 @@ impl Core {
             }
             podpbx_b2bua::Identity::User(u) => podpbx_b2bua::Caller::User(u),
             podpbx_b2bua::Identity::Authenticate => {
-                let check = self.registrar.authenticate(now, req, flow, AuthKind::Proxy);
-                self.log_security(now, &check.events);
-                match check.result {
-                    AuthResult::Authenticated { user } => podpbx_b2bua::Caller::User(user),
-                    AuthResult::Challenge { kind, values } => {
-                        self.send_reply(
-                            now,
-                            Answer::Tx(id),
-                            req,
-                            flow,
-                            &Reply::Challenge { kind, values },
-                        );
-                        return;
-                    }
-                    AuthResult::BadRequest { reason } => {
-                        self.respond_reason(
-                            now,
-                            Answer::Tx(id),
-                            req,
-                            flow,
-                            StatusCode::BAD_REQUEST,
-                            reason,
-                            &[],
-                        );
-                        return;
-                    }
-                    AuthResult::Drop => {
-                        self.tx.terminate(TxId::Server(id));
-                        return;
-                    }
+                match self.authenticated(now, id, req, flow, AuthKind::Proxy) {
+                    Some(user) => podpbx_b2bua::Caller::User(user),
+                    None => return,
                 }
             }
         };
@@ -1368,37 +1313,43 @@ impl Core {
     /// MESSAGE from devices (doorbells report events this way): authenticated like REGISTER,
     /// logged and answered `200`; nothing is forwarded yet.
     fn handle_message_request(&mut self, now: Instant, id: ServerTxId, req: &Message, flow: Flow) {
-        let check = self.registrar.authenticate(now, req, flow, AuthKind::Www);
+        let Some(user) = self.authenticated(now, id, req, flow, AuthKind::Www) else {
+            return;
+        };
+        let body = String::from_utf8_lossy(&req.body);
+        let text: String = body.chars().take(200).filter(|c| !c.is_control()).collect();
+        info!(%user, source = %flow.remote, text = %text, "MESSAGE received");
+        self.respond(now, id, req, flow, StatusCode::OK, &[]);
+    }
+
+    /// Digest authentication of a request (not REGISTER, whose registrar does its own): the
+    /// user, or `None` once the request has been answered (challenge, `400`) or dropped (a
+    /// blocked source), its security events logged either way.
+    fn authenticated(
+        &mut self,
+        now: Instant,
+        id: ServerTxId,
+        req: &Message,
+        flow: Flow,
+        kind: AuthKind,
+    ) -> Option<String> {
+        let check = self.registrar.authenticate(now, req, flow, kind);
         self.log_security(now, &check.events);
         match check.result {
-            AuthResult::Authenticated { user } => {
-                let body = String::from_utf8_lossy(&req.body);
-                let text: String = body.chars().take(200).filter(|c| !c.is_control()).collect();
-                info!(%user, source = %flow.remote, text = %text, "MESSAGE received");
-                self.respond(now, id, req, flow, StatusCode::OK, &[]);
-            }
+            AuthResult::Authenticated { user } => return Some(user),
             AuthResult::Challenge { kind, values } => {
-                self.send_reply(
-                    now,
-                    Answer::Tx(id),
-                    req,
-                    flow,
-                    &Reply::Challenge { kind, values },
-                );
+                let reply = Reply::Challenge { kind, values };
+                self.send_reply(now, Answer::Tx(id), req, flow, &reply);
             }
-            AuthResult::BadRequest { reason } => self.respond_reason(
-                now,
-                Answer::Tx(id),
-                req,
-                flow,
-                StatusCode::BAD_REQUEST,
-                reason,
-                &[],
-            ),
+            AuthResult::BadRequest { reason } => {
+                let status = StatusCode::BAD_REQUEST;
+                self.respond_reason(now, Answer::Tx(id), req, flow, status, reason, &[]);
+            }
             AuthResult::Drop => {
                 self.tx.terminate(TxId::Server(id));
             }
         }
+        None
     }
 
     /// Counts and logs security events (one `security event` line each, at most 20 per 10 s

@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use podpbx_sip::text::push_decimal;
 pub use podpbx_sip::{Flow, Transport};
 
 /// One registered contact.
@@ -57,7 +58,7 @@ impl Binding {
         s.push('<');
         s.push_str(&self.contact_uri);
         s.push_str(">;expires=");
-        push_u64(&mut s, self.remaining_secs(now));
+        push_decimal(&mut s, self.remaining_secs(now));
         if let Some(q) = self.q {
             s.push_str(";q=");
             push_q(&mut s, q);
@@ -68,27 +69,10 @@ impl Binding {
             s.push('"');
             if let Some(r) = self.reg_id {
                 s.push_str(";reg-id=");
-                push_u64(&mut s, u64::from(r));
+                push_decimal(&mut s, u64::from(r));
             }
         }
         s
-    }
-}
-
-/// Appends `n` in decimal.
-fn push_u64(s: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        s.push(char::from(d));
     }
 }
 

@@ -5,6 +5,7 @@
 //! reads ([`load_file`], at start).
 
 use crate::bindings::{Binding, Flow, Transport};
+use podpbx_sip::text::{put_decimal, put_ip};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -163,7 +164,7 @@ pub(crate) fn write_file<'a>(
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + count * 320);
     out.extend_from_slice(b"{\"version\":");
-    push_u64(&mut out, u64::from(FORMAT_VERSION));
+    put_decimal(&mut out, u64::from(FORMAT_VERSION));
     out.extend_from_slice(b",\"bindings\":[");
     for (i, (aor, b)) in bindings.enumerate() {
         let registered = &unix_ms(b.registered_at);
@@ -175,12 +176,12 @@ pub(crate) fn write_file<'a>(
         out.extend_from_slice(b",\"contact\":");
         push_str(&mut out, &b.contact_uri);
         out.extend_from_slice(b",\"expires_unix_ms\":");
-        push_u64(&mut out, unix_ms(b.expires_at_wall));
+        put_decimal(&mut out, unix_ms(b.expires_at_wall));
         out.extend_from_slice(b",\"registered_unix_ms\":");
-        push_u64(&mut out, *registered);
+        put_decimal(&mut out, *registered);
         out.extend_from_slice(b",\"q\":");
         match b.q {
-            Some(q) => push_u64(&mut out, u64::from(q)),
+            Some(q) => put_decimal(&mut out, u64::from(q)),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"instance\":");
@@ -190,13 +191,13 @@ pub(crate) fn write_file<'a>(
         }
         out.extend_from_slice(b",\"reg_id\":");
         match b.reg_id {
-            Some(r) => push_u64(&mut out, u64::from(r)),
+            Some(r) => put_decimal(&mut out, u64::from(r)),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"call_id\":");
         push_str(&mut out, &b.call_id);
         out.extend_from_slice(b",\"cseq\":");
-        push_u64(&mut out, u64::from(b.cseq));
+        put_decimal(&mut out, u64::from(b.cseq));
         out.extend_from_slice(b",\"flow\":{\"source\":");
         push_addr(&mut out, b.flow.remote);
         out.extend_from_slice(b",\"transport\":\"");
@@ -204,7 +205,7 @@ pub(crate) fn write_file<'a>(
         out.extend_from_slice(b"\",\"local\":");
         push_addr(&mut out, b.flow.local);
         out.extend_from_slice(b",\"conn_id\":");
-        push_u64(&mut out, b.flow.conn);
+        put_decimal(&mut out, b.flow.conn);
         out.extend_from_slice(b"},\"user_agent\":");
         match &b.user_agent {
             Some(v) => push_str(&mut out, v),
@@ -218,20 +219,6 @@ pub(crate) fn write_file<'a>(
     }
     out.extend_from_slice(b"]}");
     out
-}
-
-fn push_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
 }
 
 /// A JSON string: `"` and `\` escaped, control characters as `\u00XX` (as serde_json does).
@@ -272,23 +259,15 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
 /// A socket address as a JSON string (`"192.0.2.1:5060"`, `"[2001:db8::1]:5060"`).
 fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
     out.push(b'"');
-    match a {
-        SocketAddr::V4(v4) => {
-            for (i, o) in v4.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_u64(out, u64::from(*o));
-            }
-        }
-        SocketAddr::V6(v6) => {
-            use std::io::Write as _;
-            // IPv6 text form (RFC 5952 compression) is what Display gives; rarer, kept simple.
-            let _ = write!(out, "[{}]", v6.ip());
-        }
+    if a.is_ipv6() {
+        out.push(b'[');
+    }
+    put_ip(out, a.ip());
+    if a.is_ipv6() {
+        out.push(b']');
     }
     out.push(b':');
-    push_u64(out, u64::from(a.port()));
+    put_decimal(out, u64::from(a.port()));
     out.push(b'"');
 }
 

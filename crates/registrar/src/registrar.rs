@@ -719,7 +719,7 @@ impl Registrar {
                 port: flow.remote.port(),
                 transport: flow.transport,
                 user: Some(sanitize_user(&user)),
-                aor: Some(sanitize_user(&aor)),
+                aor: Some(sanitize_user(aor)),
                 method: "REGISTER".into(),
                 failures: None,
                 blocked_secs: None,
@@ -752,7 +752,7 @@ impl Registrar {
         };
 
         // Expired bindings of this AOR are gone before anything is listed or counted.
-        let (checked_out, mut list) = self.store.check_out(&aor);
+        let (checked_out, mut list) = self.store.check_out(aor);
         let before = list.len();
         list.retain(|b| !b.is_expired(now));
         out.changed = list.len() != before;
@@ -776,7 +776,7 @@ impl Registrar {
                 out.changed |= change != Change::None;
             }
             Err(reply) => {
-                self.store.check_in(&aor, checked_out, list);
+                self.store.check_in(aor, checked_out, list);
                 out.reply = reply;
                 return out;
             }
@@ -786,7 +786,7 @@ impl Registrar {
             sorted.sort_by_key(|b| (b.registered_at, b.id));
             sorted.iter().map(|b| b.contact_value(now)).collect()
         };
-        self.store.check_in(&aor, checked_out, list);
+        self.store.check_in(aor, checked_out, list);
         out.reply = Reply::Ok {
             contacts: now_list,
             date: self.date(wall),

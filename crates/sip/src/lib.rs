@@ -21,7 +21,7 @@ mod secret;
 pub mod session_timer;
 pub mod source;
 pub mod status;
-mod text;
+pub mod text;
 pub mod time;
 pub mod transaction;
 pub mod uri;

@@ -1,13 +1,14 @@
 //! Numbers and addresses written as text without `core::fmt`: every response carries a status
 //! code, a Content-Length and usually an address and a port (`received`, `rport`), and every
 //! request's transaction key a sent-by. Through `write!` these cost ~3 % of a REGISTER
-//! (argument tables, padding logic, a `write_str` call per piece).
+//! (argument tables, padding logic, a `write_str` call per piece). The registrar writes its
+//! Contact values and its bindings file with these too.
 
 use bytes::BufMut;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// `n` in decimal, in the tail of `buf`; returns the digits.
-pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
     loop {
         at -= 1;
@@ -21,13 +22,21 @@ pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// Appends `n` in decimal.
-pub(crate) fn put_decimal(out: &mut impl BufMut, n: u64) {
+pub fn put_decimal(out: &mut impl BufMut, n: u64) {
     let mut buf = [0u8; 20];
     out.put_slice(decimal(n, &mut buf));
 }
 
+/// Appends `n` in decimal to a `String`.
+pub fn push_decimal(out: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    for &d in decimal(n, &mut buf) {
+        out.push(char::from(d));
+    }
+}
+
 /// Appends an IPv4 address in dotted decimal.
-pub(crate) fn put_ipv4(out: &mut impl BufMut, a: Ipv4Addr) {
+pub fn put_ipv4(out: &mut impl BufMut, a: Ipv4Addr) {
     for (i, o) in a.octets().into_iter().enumerate() {
         if i > 0 {
             out.put_u8(b'.');
@@ -38,7 +47,7 @@ pub(crate) fn put_ipv4(out: &mut impl BufMut, a: Ipv4Addr) {
 
 /// Appends an IP address as `IpAddr`'s `Display` writes it (IPv6 without brackets; its
 /// compressed form is left to the standard library, IPv4 is written here).
-pub(crate) fn put_ip(out: &mut impl BufMut, ip: IpAddr) {
+pub fn put_ip(out: &mut impl BufMut, ip: IpAddr) {
     match ip {
         IpAddr::V4(a) => put_ipv4(out, a),
         IpAddr::V6(a) => {
@@ -63,6 +72,9 @@ mod tests {
             let mut v = Vec::new();
             put_decimal(&mut v, n);
             assert_eq!(v, n.to_string().into_bytes());
+            let mut t = String::from("x");
+            push_decimal(&mut t, n);
+            assert_eq!(t, format!("x{n}"));
         }
         for ip in [
             "0.0.0.0",
