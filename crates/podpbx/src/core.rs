@@ -1297,12 +1297,15 @@ impl Core {
         if let (Some(aor), Reply::Ok { contacts, .. }) = (&out.aor, &out.reply) {
             info!(user = %aor, source = %flow.remote, bindings = contacts.len(), "registered");
             // A phone that just registered gets the lamp right (unless it subscribes).
-            let unsolicited = self.config().is_some_and(|c| {
-                c.mailbox(aor)
-                    .and_then(|u| u.voicemail.as_ref())
-                    .is_some_and(|v| v.unsolicited_mwi)
-            });
-            if out.changed && unsolicited && !contacts.is_empty() {
+            let unsolicited = out.changed
+                && !contacts.is_empty()
+                && self.config().is_some_and(|c| {
+                    c.any_unsolicited_mwi()
+                        && c.mailbox(aor)
+                            .and_then(|u| u.voicemail.as_ref())
+                            .is_some_and(|v| v.unsolicited_mwi)
+                });
+            if unsolicited {
                 let targets = self.mwi_targets(aor, now);
                 self.presence.notifier.unsolicited_mwi(aor, &targets);
                 self.flush_notifies(now);

@@ -457,3 +457,19 @@ fn email_section() {
         assert!(e.contains(want), "{e}");
     }
 }
+
+/// The flag that spares the per-REGISTER mailbox lookup follows the mailboxes: on when one
+/// mailbox sends unsolicited MWI (the default), off when none does or there is no mailbox.
+#[test]
+fn any_unsolicited_mwi_follows_the_mailboxes() {
+    assert!(!ok(&format!("{SIP}{USERS}")).any_unsolicited_mwi());
+    let with = |extra: &str| {
+        format!(
+            "{SIP}{USERS}\n[[users]]\nname = \"103\"\npassword = \"pw\"\nvoicemail = true\n{extra}"
+        )
+    };
+    let on = ok(&with(""));
+    assert!(on.mailbox("103").is_some());
+    assert!(on.any_unsolicited_mwi());
+    assert!(!ok(&with("unsolicited_mwi = false\n")).any_unsolicited_mwi());
+}
