@@ -37,6 +37,11 @@
 #          PRIO=1 (run server and SIPp at nice -10: less disturbed by other work on a shared host)
 #          IDLE_SECS=40 (after the steps, wait this long, then memory once more: podpbx keeps every
 #          server transaction for Timer J, 32 s over UDP, so memory right after a burst includes them)
+#          SIPP_BUF=8388608 (SIPp's socket buffers, -buff_size; empty: SIPp's default. With the
+#          default, a server that answers a batch of requests at once overflows SIPp's one
+#          receive buffer: measured 6 Dec, podpbx at 16 000/s lost 650-11 000 responses there
+#          (RcvbufErrors, SIPp's socket) and SIPp retransmitted them, more the faster podpbx
+#          answered; with 8 MB, none for either server.)
 #          CALLGRIND=1: instead of all the above, user-space instructions per REGISTER round of
 #          each server under valgrind's callgrind (every process: Kamailio's workers too), which
 #          unlike CPU time on a shared VM repeats to ~1 %: CG_N rounds (2000) at CG_RATE/s (200)
@@ -66,6 +71,7 @@ ONLY=${ONLY:-}
 KEEP=${KEEP:-0}
 IDLE_SECS=${IDLE_SECS:-0}
 PRIO=${PRIO:-0}
+SIPP_BUF=${SIPP_BUF-8388608}
 CALLGRIND=${CALLGRIND:-0}
 CG_N=${CG_N:-2000}
 CG_RATE=${CG_RATE:-200}
@@ -337,6 +343,7 @@ run_sipp() {
         timeout "$limit" "${prio[@]}" taskset -c "$SIPP_CORE" sipp 127.0.0.1:"$PORT" -sf benches/sipp/register_auth.xml \
             -inf "$work/users.csv" -key domain "$REALM" -auth_uri "$REALM" -i 127.0.0.1 -p "$SIPP_PORT" -t u1 \
             -m "$n" -r "$rate" -l 15000 -recv_timeout 5000 -default_behaviors abortunexp -nostdin \
+            ${SIPP_BUF:+-buff_size "$SIPP_BUF"} \
             -trace_stat -stf "$work/$tag.csv" -fd 1 -trace_err -error_file "$work/$tag.err" \
             -max_log_size 1000000 >"$work/$tag.out" 2>&1 || true
         awk '{print $16 + $17}' "/proc/$BASHPID/stat"
