@@ -5,7 +5,7 @@
 //! reads ([`load_file`], at start).
 
 use crate::bindings::{Binding, Flow, Transport};
-use podpbx_sip::text::{put_decimal, put_ip};
+use podpbx_sip::text::{put_decimal, put_host_ip};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -259,13 +259,7 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
 /// A socket address as a JSON string (`"192.0.2.1:5060"`, `"[2001:db8::1]:5060"`).
 fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
     out.push(b'"');
-    if a.is_ipv6() {
-        out.push(b'[');
-    }
-    put_ip(out, a.ip());
-    if a.is_ipv6() {
-        out.push(b']');
-    }
+    put_host_ip(out, a.ip());
     out.push(b':');
     put_decimal(out, u64::from(a.port()));
     out.push(b'"');

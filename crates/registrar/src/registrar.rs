@@ -8,7 +8,8 @@ use crate::users::UserDb;
 use crate::Cidr;
 use bytes::Bytes;
 use podpbx_sip::digest::{
-    Algorithm, AuthKind, Credentials, DigestParseError, DigestServer, ServerConfig, VerifyOutcome,
+    md5_consume_parts, Algorithm, AuthKind, Credentials, DigestParseError, DigestServer,
+    ServerConfig, VerifyOutcome,
 };
 use podpbx_sip::{
     ContactList, HeaderName, Host, Message, Method, ResponseBuilder, StatusCode, Uri,
@@ -1193,22 +1194,9 @@ impl Registrar {
     fn to_tag_hex(&self, req: &Message) -> [u8; 16] {
         let mut ctx = self.to_tag_key.clone();
         let call_id = req.call_id().unwrap_or_default();
-        let tag = req.from_ref().ok().and_then(|f| f.tag());
-        // One `consume` for the usual short input (each call has a fixed cost).
-        let mut joined = [0u8; 256];
-        let len = call_id.len() + tag.as_ref().map_or(0, |t| t.len() + 1);
-        if len <= joined.len() {
-            joined[..call_id.len()].copy_from_slice(&call_id);
-            if let Some(t) = &tag {
-                joined[call_id.len() + 1..len].copy_from_slice(t);
-            }
-            ctx.consume(&joined[..len]);
-        } else {
-            ctx.consume(&call_id);
-            if let Some(t) = &tag {
-                ctx.consume([0u8]);
-                ctx.consume(t);
-            }
+        match req.from_ref().ok().and_then(|f| f.tag()) {
+            Some(tag) => md5_consume_parts(&mut ctx, &[&call_id, b"\0", &tag]),
+            None => md5_consume_parts(&mut ctx, &[&call_id]),
         }
         let d = ctx.compute().0;
         const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -1,6 +1,7 @@
 //! Building outgoing messages as bytes.
 
 use crate::headers::parse_via_at;
+use crate::message::is_lws;
 use crate::text;
 use crate::{HeaderName, Message, Method, StartLine, Via};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -90,7 +91,7 @@ fn locate(value: &Bytes, via: &Via) -> Option<(usize, usize)> {
     let raw = via.raw.as_ptr() as usize;
     let start = raw.checked_sub(origin)?;
     let end = start.checked_add(via.raw.len())?;
-    if end > value.len() || !value[..start].iter().all(|&b| is_lws_byte(b)) {
+    if end > value.len() || !value[..start].iter().all(|&b| is_lws(b)) {
         return None;
     }
     let params = &via.params.0;
@@ -104,10 +105,6 @@ fn locate(value: &Bytes, via: &Via) -> Option<(usize, usize)> {
         p
     };
     Some((base, end))
-}
-
-fn is_lws_byte(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
 /// Writes the top Via line's value with `received`/`rport` filled in (RFC 3261 §18.2.1,

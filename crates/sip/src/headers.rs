@@ -110,6 +110,10 @@ pub struct Via {
     known: ViaParams,
 }
 
+fn widen([a, b, c, d]: [u32; 4]) -> (usize, usize, usize, usize) {
+    (a as usize, b as usize, c as usize, d as usize)
+}
+
 /// Spans `[name_start, name_end, value_start, value_end]` of the first `branch`, `rport` and
 /// `received` parameter inside a Via's raw parameter list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -156,15 +160,11 @@ impl Via {
     /// Spans `(name_start, name_end, value_start, value_end)` of the first `rport` parameter
     /// inside `params` (for in-place edits); the value span is empty for a flag.
     pub(crate) fn rport_spans(&self) -> Option<(usize, usize, usize, usize)> {
-        self.known
-            .rport
-            .map(|[a, b, c, d]| (a as usize, b as usize, c as usize, d as usize))
+        self.known.rport.map(widen)
     }
     /// The same for the first `received` parameter.
     pub(crate) fn received_spans(&self) -> Option<(usize, usize, usize, usize)> {
-        self.known
-            .received
-            .map(|[a, b, c, d]| (a as usize, b as usize, c as usize, d as usize))
+        self.known.received.map(widen)
     }
     /// The branch parameter.
     pub fn branch(&self) -> Option<Bytes> {

@@ -62,6 +62,17 @@ pub fn put_ip(out: &mut impl BufMut, ip: IpAddr) {
     }
 }
 
+/// Appends an IP address as it stands in a host position: IPv6 in brackets.
+pub fn put_host_ip(out: &mut impl BufMut, ip: IpAddr) {
+    if ip.is_ipv6() {
+        out.put_u8(b'[');
+        put_ip(out, ip);
+        out.put_u8(b']');
+    } else {
+        put_ip(out, ip);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +102,10 @@ mod tests {
             let mut v = Vec::new();
             put_ip(&mut v, ip);
             assert_eq!(String::from_utf8(v).unwrap(), ip.to_string());
+            let mut h = Vec::new();
+            put_host_ip(&mut h, ip);
+            let port_stripped = std::net::SocketAddr::new(ip, 1).to_string();
+            assert_eq!(String::from_utf8(h).unwrap() + ":1", port_stripped);
         }
     }
 }

@@ -768,11 +768,7 @@ fn push_sent_by(buf: &mut Vec<u8>, host: &crate::Host, port: Option<u16>) {
             buf[start..].make_ascii_lowercase();
         }
         crate::Host::V4(a) => crate::text::put_ipv4(buf, *a),
-        crate::Host::V6(a) => {
-            buf.push(b'[');
-            crate::text::put_ip(buf, std::net::IpAddr::V6(*a));
-            buf.push(b']');
-        }
+        crate::Host::V6(a) => crate::text::put_host_ip(buf, std::net::IpAddr::V6(*a)),
     }
     if let Some(p) = port {
         buf.push(b':');
