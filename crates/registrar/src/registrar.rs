@@ -317,11 +317,12 @@ enum Change {
 }
 
 /// A requested contact, validated.
-struct Wanted {
-    uri: String,
+/// Borrowed from the request: a refresh that changes nothing copies nothing.
+struct Wanted<'a> {
+    uri: &'a str,
     expires: u32,
     q: Option<u16>,
-    instance: Option<String>,
+    instance: Option<&'a str>,
     reg_id: Option<u32>,
 }
 
@@ -682,11 +683,11 @@ impl Registrar {
         if !self.serves(to.uri.host.as_ref()) {
             return Outcome::reply(Reply::NotFound);
         }
-        let Ok(call_id) = req.call_id() else {
+        let Ok(call_id) = req.call_id_ref() else {
             return bad("Malformed Call-ID");
         };
         // Borrowed: copied only into a binding this request creates or changes.
-        let call_id = String::from_utf8_lossy(&call_id);
+        let call_id = String::from_utf8_lossy(call_id);
         let Ok(cseq) = req.cseq() else {
             return bad("Malformed CSeq");
         };
@@ -782,7 +783,9 @@ impl Registrar {
                 return out;
             }
         }
-        let now_list: Vec<String> = {
+        let now_list: Vec<String> = if list.len() == 1 {
+            vec![list[0].contact_value(now)]
+        } else {
             let mut sorted: Vec<&Binding> = list.iter().collect();
             sorted.sort_by_key(|b| (b.registered_at, b.id));
             sorted.iter().map(|b| b.contact_value(now)).collect()
@@ -843,7 +846,7 @@ impl Registrar {
                     reason: "Unsupported Contact URI",
                 });
             }
-            let Ok(uri) = String::from_utf8(c.addr.uri.raw.to_vec()) else {
+            let Ok(uri) = std::str::from_utf8(&c.addr.uri.raw) else {
                 return Err(Reply::BadRequest {
                     reason: "Malformed Contact",
                 });
@@ -854,16 +857,15 @@ impl Registrar {
                     min_expires: s.min_expires,
                 });
             }
-            let instance = c.addr.params.get("+sip.instance").and_then(|v| {
-                let v = String::from_utf8(v.to_vec()).ok()?;
-                let v = v.trim().trim_matches('"').to_owned();
+            let instance = c.addr.params.get_ref("+sip.instance").and_then(|v| {
+                let v = std::str::from_utf8(v).ok()?.trim().trim_matches('"');
                 (!v.is_empty()).then_some(v)
             });
             let reg_id = instance.as_ref().and(
                 c.addr
                     .params
-                    .get("reg-id")
-                    .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok()),
+                    .get_ref("reg-id")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u32>().ok()),
             );
             wanted.push(Wanted {
                 uri,
@@ -879,24 +881,26 @@ impl Registrar {
         {
             return Ok(Change::None);
         }
-        // Distinct contacts this request wants bound.
-        let mut distinct: Vec<&Wanted> = Vec::new();
-        for w in wanted.iter().filter(|w| w.expires > 0) {
-            if !distinct.iter().any(|d| same_wanted(d, w)) {
-                distinct.push(w);
-            }
-        }
-        if distinct.len() > max_contacts {
+        // Distinct contacts this request wants bound (a few: counted in place).
+        let distinct = wanted
+            .iter()
+            .enumerate()
+            .filter(|(i, w)| {
+                w.expires > 0
+                    && !wanted[..*i]
+                        .iter()
+                        .any(|d| d.expires > 0 && same_wanted(d, w))
+            })
+            .count();
+        if distinct > max_contacts {
             return Err(Reply::Forbidden {
                 reason: "Too Many Contacts",
             });
         }
-        let user_agent = req
-            .header(HeaderName::UserAgent)
-            .map(|ua| truncate(&String::from_utf8_lossy(&ua), MAX_USER_AGENT));
+        let ua_header = req.header(HeaderName::UserAgent);
+        let ua_text = ua_header.as_deref().map(String::from_utf8_lossy);
+        let user_agent = ua_text.as_deref().map(|ua| truncated(ua, MAX_USER_AGENT));
         let qualify_at = self.settings.qualify_interval.map(|i| crate::later(now, i));
-        // Ids of the bindings this request refreshed or added (a few: a list, not a hash set).
-        let mut touched: Vec<u64> = Vec::new();
         let mut change = Change::None;
         for w in wanted {
             let idx = list.iter().position(|b| same_binding(b, &w));
@@ -914,48 +918,46 @@ impl Registrar {
                     let same = b.contact_uri == w.uri
                         && b.flow == flow
                         && b.q == w.q
-                        && b.instance == w.instance
+                        && b.instance.as_deref() == w.instance
                         && b.reg_id == w.reg_id;
                     change = change.max(if same {
                         Change::Refresh
                     } else {
                         Change::Structural
                     });
-                    b.contact_uri = w.uri;
+                    // Copied only when changed: a refresh usually repeats them all.
+                    set_str(&mut b.contact_uri, w.uri);
                     b.expires_at = now + life;
                     b.expires_at_wall = wall + life;
                     b.q = w.q;
-                    b.instance = w.instance;
+                    set_opt_str(&mut b.instance, w.instance);
                     b.reg_id = w.reg_id;
-                    b.call_id.clear();
-                    b.call_id.push_str(call_id);
+                    set_str(&mut b.call_id, call_id);
                     b.cseq = cseq;
                     b.flow = flow;
-                    b.user_agent.clone_from(&user_agent);
+                    set_opt_str(&mut b.user_agent, user_agent);
                     b.reachable = true;
                     b.qualify_failures = 0;
                     if b.next_qualify.is_none() {
                         b.next_qualify = qualify_at;
                     }
-                    touched.push(b.id);
                 }
                 None => {
                     change = Change::Structural;
                     let id = self.store.next_id();
-                    touched.push(id);
                     list.push(Binding {
                         id,
-                        contact_uri: w.uri,
+                        contact_uri: w.uri.to_owned(),
                         expires_at: now + life,
                         expires_at_wall: wall + life,
                         q: w.q,
-                        instance: w.instance,
+                        instance: w.instance.map(str::to_owned),
                         reg_id: w.reg_id,
                         call_id: call_id.to_owned(),
                         cseq,
                         flow,
                         registered_at: wall,
-                        user_agent: user_agent.clone(),
+                        user_agent: user_agent.map(str::to_owned),
                         reachable: true,
                         qualify_failures: 0,
                         next_qualify: qualify_at,
@@ -963,12 +965,15 @@ impl Registrar {
                 }
             }
         }
-        // Over the limit: evict the oldest registrations not refreshed by this request.
+        // Over the limit: evict the oldest registrations not refreshed by this request. Those it
+        // refreshed or added carry its Call-ID and CSeq (an earlier binding with both equal
+        // would have made this request out of order).
+        let touched = |b: &Binding| b.call_id == call_id && b.cseq == cseq;
         while list.len() > max_contacts {
             let victim = list
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| !touched.contains(&b.id))
+                .filter(|(_, b)| !touched(b))
                 .min_by_key(|(_, b)| (b.registered_at, b.id))
                 .map(|(i, _)| i);
             let Some(i) = victim else { break };
@@ -1193,10 +1198,10 @@ impl Registrar {
     /// to a block, Call-ID, 0, From tag), the keyed prefix absorbed once at start.
     fn to_tag_hex(&self, req: &Message) -> [u8; 16] {
         let mut ctx = self.to_tag_key.clone();
-        let call_id = req.call_id().unwrap_or_default();
-        match req.from_ref().ok().and_then(|f| f.tag()) {
-            Some(tag) => md5_consume_parts(&mut ctx, &[&call_id, b"\0", &tag]),
-            None => md5_consume_parts(&mut ctx, &[&call_id]),
+        let call_id = req.call_id_ref().unwrap_or_default();
+        match req.from_ref().ok().and_then(|f| f.tag_ref()) {
+            Some(tag) => md5_consume_parts(&mut ctx, &[call_id, b"\0", tag]),
+            None => md5_consume_parts(&mut ctx, &[call_id]),
         }
         let d = ctx.compute().0;
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -1214,14 +1219,14 @@ impl Registrar {
 fn same_binding(b: &Binding, w: &Wanted) -> bool {
     match (&b.instance, b.reg_id, &w.instance, w.reg_id) {
         (Some(bi), Some(br), Some(wi), Some(wr)) => bi == wi && br == wr,
-        _ => uri_eq(&b.contact_uri, &w.uri),
+        _ => uri_eq(&b.contact_uri, w.uri),
     }
 }
 
 fn same_wanted(a: &Wanted, b: &Wanted) -> bool {
     match (&a.instance, a.reg_id, &b.instance, b.reg_id) {
         (Some(ai), Some(ar), Some(bi), Some(br)) => ai == bi && ar == br,
-        _ => uri_eq(&a.uri, &b.uri),
+        _ => uri_eq(a.uri, b.uri),
     }
 }
 
@@ -1288,6 +1293,34 @@ fn sanitize_user(s: &str) -> String {
             .collect::<String>(),
         MAX_EVENT_USER,
     )
+}
+
+/// `dst = src`, reusing `dst`'s buffer and copying nothing when they are equal.
+fn set_str(dst: &mut String, src: &str) {
+    if dst != src {
+        dst.clear();
+        dst.push_str(src);
+    }
+}
+
+/// [`set_str`] for an optional value.
+fn set_opt_str(dst: &mut Option<String>, src: Option<&str>) {
+    match (dst.as_mut(), src) {
+        (Some(d), Some(s)) => set_str(d, s),
+        (None, None) => {}
+        (_, s) => *dst = s.map(str::to_owned),
+    }
+}
+
+/// The first `max_chars` characters of `s`, borrowed.
+fn truncated(s: &str, max_chars: usize) -> &str {
+    if s.len() <= max_chars {
+        return s;
+    }
+    match s.char_indices().nth(max_chars) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {

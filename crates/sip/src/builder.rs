@@ -183,10 +183,17 @@ impl ResponseBuilder {
 
     /// Starts a response; `source` is the address the request came from (for received/rport).
     pub fn new(req: &Message, code: u16, reason: &str, source: Option<SocketAddr>) -> Self {
-        // Sized for a usual response (it grows if need be): a request with large headers that
-        // are not copied must not make a large response buffer.
-        let head = req.buf.len().saturating_sub(req.body.len());
-        let mut out = BytesMut::with_capacity(head.min(MAX_PRESIZE) + 128);
+        // Sized for the headers copied below plus a usual response's own (it grows if need
+        // be): the request's other headers (credentials, ...) are not copied, and a buffer
+        // sized from the whole request had to be copied again by `tight` to be kept.
+        let copied = req.value_bytes_of(&[
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+        ]);
+        let mut out = BytesMut::with_capacity(copied.min(MAX_PRESIZE) + RESPONSE_HEADROOM);
         out.put_slice(b"SIP/2.0 ");
         // Three digits, as the status line requires (a code below 100 is padded like `{:03}`).
         let mut digits = [0u8; 20];
@@ -206,24 +213,25 @@ impl ResponseBuilder {
                 _ => put_copied(&mut out, b"Via", &v),
             }
         }
-        if let Some(v) = req.header(HeaderName::From) {
-            put_copied(&mut out, b"From", &v);
+        // Borrowed values (`header_ref`): no reference count touched per header.
+        if let Some(v) = req.header_ref(HeaderName::From) {
+            put_copied(&mut out, b"From", v);
         }
         let mut to_tag_at = None;
-        if let Some(v) = req.header(HeaderName::To) {
+        if let Some(v) = req.header_ref(HeaderName::To) {
             out.put_slice(b"To: ");
-            out.put_slice(&v);
+            out.put_slice(v);
             // A To that does not parse gets no tag (the response is a 400 anyway).
-            if req.to_ref().is_ok_and(|t| t.tag().is_none()) {
+            if req.to_ref().is_ok_and(|t| t.tag_ref().is_none()) {
                 to_tag_at = Some(out.len());
             }
             out.put_slice(b"\r\n");
         }
-        if let Some(v) = req.header(HeaderName::CallId) {
-            put_copied(&mut out, b"Call-ID", &v);
+        if let Some(v) = req.header_ref(HeaderName::CallId) {
+            put_copied(&mut out, b"Call-ID", v);
         }
-        if let Some(v) = req.header(HeaderName::CSeq) {
-            put_copied(&mut out, b"CSeq", &v);
+        if let Some(v) = req.header_ref(HeaderName::CSeq) {
+            put_copied(&mut out, b"CSeq", v);
         }
         ResponseBuilder {
             out,
@@ -270,6 +278,11 @@ impl ResponseBuilder {
 /// Capacity reserved up front for a message derived from a received one.
 const MAX_PRESIZE: usize = 2048;
 
+/// Room in a response buffer beyond the copied headers: the status line, Via's `received`
+/// and `rport`, a To tag, and the few headers a response adds (a challenge, or a registrar's
+/// Contact, Date and Expires), within [`TIGHT_SLACK`] of what they usually take.
+const RESPONSE_HEADROOM: usize = 320;
+
 /// More unused capacity than this is copied away by [`tight`].
 const TIGHT_SLACK: usize = 192;
 
@@ -285,9 +298,9 @@ fn finish(mut out: BytesMut, content_type: Option<BytesMut>, body: &[u8]) -> Byt
 }
 
 /// The message as `Bytes` without a large unused tail: transactions keep responses and ACKs for
-/// seconds, and what they keep is charged by its length. A response is presized from its
-/// request's head, so the tail is about the request headers not copied (credentials, a body):
-/// 10 000 REGISTERs/s keep 20 000 `200`s for their 4*T1, where 300 spare bytes each are 6 MB.
+/// seconds, and what they keep is charged by its length: 10 000 REGISTERs/s keep 20 000 `200`s
+/// for their 4*T1, where 300 spare bytes each are 6 MB. A response is presized from the headers
+/// it copies, so this copies only the rare one that added little (a `100 Trying`).
 fn tight(out: BytesMut) -> Bytes {
     if out.capacity() - out.len() > TIGHT_SLACK {
         Bytes::copy_from_slice(&out)

@@ -1022,14 +1022,20 @@ impl DigestServer {
 
     /// Mints a fresh nonce.
     pub fn new_nonce(&mut self, now: Instant) -> String {
+        let n = self.nonce_hex(now);
+        // Hex digits only: valid UTF-8.
+        std::str::from_utf8(&n).unwrap_or_default().to_owned()
+    }
+
+    /// [`Self::new_nonce`] on the stack: `hex(ts) hex(counter) mac`.
+    fn nonce_hex(&mut self, now: Instant) -> [u8; NONCE_HEX_LEN] {
         self.counter = self.counter.wrapping_add(1);
         let ts = self.millis(now);
-        let mut n = Vec::with_capacity(NONCE_HEX_LEN);
-        n.extend_from_slice(&hex16(ts));
-        n.extend_from_slice(&hex16(self.counter));
-        n.extend_from_slice(&self.mac(ts, self.counter));
-        // Hex digits only: valid UTF-8.
-        String::from_utf8(n).unwrap_or_default()
+        let mut n = [0u8; NONCE_HEX_LEN];
+        n[..16].copy_from_slice(&hex16(ts));
+        n[16..32].copy_from_slice(&hex16(self.counter));
+        n[32..].copy_from_slice(&self.mac(ts, self.counter));
+        n
     }
 
     /// Checks the MAC; returns (ts, counter) of an authentic nonce.
@@ -1072,7 +1078,8 @@ impl DigestServer {
     pub fn challenge_values(&mut self, now: Instant, stale: bool) -> Vec<String> {
         // Written directly (one buffer per value), exactly as `Challenge::to_header_value` writes
         // the challenges of `challenges`: this runs for every first REGISTER.
-        let nonce = self.new_nonce(now);
+        let nonce = self.nonce_hex(now);
+        let nonce = std::str::from_utf8(&nonce).unwrap_or_default();
         let realm = &self.cfg.realm;
         let mut out = Vec::with_capacity(self.cfg.algorithms.len());
         for a in &self.cfg.algorithms {
@@ -1080,7 +1087,7 @@ impl DigestServer {
             s.push_str("Digest realm=");
             push_quoted(&mut s, realm);
             s.push_str(", nonce=");
-            push_quoted(&mut s, &nonce);
+            push_quoted(&mut s, nonce);
             if stale {
                 s.push_str(", stale=true");
             }

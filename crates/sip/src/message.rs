@@ -852,6 +852,23 @@ impl Message {
             .map(|h| self.slot_value(h))
     }
 
+    /// The total length of the values of the header lines named in `names` (to size a buffer
+    /// that copies them).
+    pub(crate) fn value_bytes_of(&self, names: &[HeaderName]) -> usize {
+        self.index
+            .used()
+            .iter()
+            .filter(|h| names.contains(&h.name))
+            .map(|h| usize::from(h.value_len) + 16)
+            .sum()
+    }
+
+    /// [`Message::header`] borrowed from the buffer: no reference count is touched.
+    pub fn header_ref(&self, name: HeaderName) -> Option<&[u8]> {
+        let (a, b) = self.value_range(name)?;
+        Some(&self.buf[a..b])
+    }
+
     /// Number of header lines with this name.
     pub fn header_count(&self, name: HeaderName) -> usize {
         if !self.has_header(name) {
