@@ -429,7 +429,7 @@ mod flush_tests {
     fn socket(addr: &str) -> Arc<SipSocket> {
         let s = std::net::UdpSocket::bind(addr).expect("bind");
         s.set_nonblocking(true).expect("nonblocking");
-        Arc::new(AsyncFd::new(s).expect("AsyncFd"))
+        Arc::new(register(s).expect("AsyncFd"))
     }
 
     /// More datagrams than one `sendmmsg` takes, interleaved over both families: each socket
