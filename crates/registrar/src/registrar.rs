@@ -1157,8 +1157,22 @@ impl Registrar {
     pub fn response_bytes(&self, reply: &Reply, req: &Message, flow: &Flow) -> Option<Bytes> {
         let (status, reason) = reply.status()?;
         let tag = self.to_tag_hex(req);
-        let mut b = ResponseBuilder::new(req, status.code(), reason, Some(flow.remote))
-            .to_tag(std::str::from_utf8(&tag).unwrap_or_default());
+        // The headers written below, so that the buffer fits the response (a 200 is kept by
+        // its transaction).
+        let line = |name: &str, v: &str| name.len() + v.len() + 4;
+        let extra = match reply {
+            Reply::Challenge { kind, values } => values
+                .iter()
+                .map(|v| line(kind.challenge_header(), v))
+                .sum(),
+            Reply::Ok { contacts, date } => {
+                contacts.iter().map(|c| line("Contact", c)).sum::<usize>() + line("Date", date)
+            }
+            _ => 32,
+        };
+        let mut b =
+            ResponseBuilder::with_room(req, status.code(), reason, Some(flow.remote), extra)
+                .to_tag(std::str::from_utf8(&tag).unwrap_or_default());
         // The extra headers written from the reply itself ([`Reply::headers`] without copies).
         match reply {
             Reply::Challenge { kind, values } => {

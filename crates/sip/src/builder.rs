@@ -183,6 +183,19 @@ impl ResponseBuilder {
 
     /// Starts a response; `source` is the address the request came from (for received/rport).
     pub fn new(req: &Message, code: u16, reason: &str, source: Option<SocketAddr>) -> Self {
+        Self::with_room(req, code, reason, source, RESPONSE_HEADROOM)
+    }
+
+    /// [`ResponseBuilder::new`] for a response that will add about `extra` octets of headers
+    /// and body: the buffer fits it, so a response a transaction keeps is neither copied again
+    /// nor kept with unused room.
+    pub fn with_room(
+        req: &Message,
+        code: u16,
+        reason: &str,
+        source: Option<SocketAddr>,
+        extra: usize,
+    ) -> Self {
         // Sized for the headers copied below plus a usual response's own (it grows if need
         // be): the request's other headers (credentials, ...) are not copied, and a buffer
         // sized from the whole request had to be copied again by `tight` to be kept.
@@ -193,7 +206,9 @@ impl ResponseBuilder {
             HeaderName::CallId,
             HeaderName::CSeq,
         ]);
-        let mut out = BytesMut::with_capacity(copied.min(MAX_PRESIZE) + RESPONSE_HEADROOM);
+        let mut out = BytesMut::with_capacity(
+            copied.min(MAX_PRESIZE) + RESPONSE_BASE + extra.min(MAX_PRESIZE),
+        );
         out.put_slice(b"SIP/2.0 ");
         // Three digits, as the status line requires (a code below 100 is padded like `{:03}`).
         let mut digits = [0u8; 20];
@@ -278,10 +293,12 @@ impl ResponseBuilder {
 /// Capacity reserved up front for a message derived from a received one.
 const MAX_PRESIZE: usize = 2048;
 
-/// Room in a response buffer beyond the copied headers: the status line, Via's `received`
-/// and `rport`, a To tag, and the few headers a response adds (a challenge, or a registrar's
-/// Contact, Date and Expires), within [`TIGHT_SLACK`] of what they usually take.
-const RESPONSE_HEADROOM: usize = 320;
+/// Room in a response buffer beyond the copied headers for what every response adds: the
+/// status line, Via's `received` and `rport`, a To tag and Content-Length.
+const RESPONSE_BASE: usize = 112;
+
+/// Room beyond [`RESPONSE_BASE`] when the caller does not say how much it will add.
+const RESPONSE_HEADROOM: usize = 192;
 
 /// More unused capacity than this is copied away by [`tight`].
 const TIGHT_SLACK: usize = 192;

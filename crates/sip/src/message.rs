@@ -852,14 +852,14 @@ impl Message {
             .map(|h| self.slot_value(h))
     }
 
-    /// The total length of the values of the header lines named in `names` (to size a buffer
-    /// that copies them).
+    /// The total length of the header lines named in `names` (to size a buffer that copies
+    /// them): each value, plus 12 for a name of up to 8 octets, `: ` and CRLF.
     pub(crate) fn value_bytes_of(&self, names: &[HeaderName]) -> usize {
         self.index
             .used()
             .iter()
             .filter(|h| names.contains(&h.name))
-            .map(|h| usize::from(h.value_len) + 16)
+            .map(|h| usize::from(h.value_len) + 12)
             .sum()
     }
 
