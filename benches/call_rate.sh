@@ -48,6 +48,8 @@
 #          PERF=0 PERF_RATE=2000 PERF_SECS=10
 #          BIN=target/release/podpbx (another binary: before/after runs) PRIO=1 (servers and SIPp at
 #          nice -10: less disturbed by other work on a shared host)
+#          SIPP_BUF=8388608 (the SIPp caller's and callee's socket buffers, -buff_size; empty: SIPp's
+#          default, which a server answering a batch at once can overflow: see register_rate.sh)
 #          PORT=15100 (podpbx; Kamailio PORT+50; their SIPp +10..+40; podpbx's admin PORT+99)
 #          SERVER_CORE=0 SIPP_CORE=1 KAM_CHILDREN=1 (UDP workers) KAM_SHM=1024 (MB of shm)
 #          ONLY=podpbx|kamailio KEEP=1 (keep the work directory and logs)
@@ -79,6 +81,7 @@ PERF=${PERF:-0}
 PERF_RATE=${PERF_RATE:-2000}
 PERF_SECS=${PERF_SECS:-10}
 PRIO=${PRIO:-0}
+SIPP_BUF=${SIPP_BUF-8388608}
 prio=()
 [ "$PRIO" = 1 ] && prio=(nice -n -10)
 SUSTAIN_SERVERS=${SUSTAIN_SERVERS:-podpbx}
@@ -242,6 +245,7 @@ run_calls() {
         timeout "$limit" "${prio[@]}" taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf benches/sipp/call_uac.xml \
             -i "$UAC_IP" -mi "$UAC_IP" -mp "$UAC_MEDIA" -p "$UAC_PORT" -t u1 -s 102 -key caller 201 \
             -m "$n" -r "$rate" -l 20000 -recv_timeout 5000 -timeout "$((limit - 3))s" -nostdin \
+            ${SIPP_BUF:+-buff_size "$SIPP_BUF"} \
             -trace_stat -stf "$work/$tag.csv" -fd 1 -trace_err -error_file "$work/$tag.err" \
             -max_log_size 1000000 >"$work/$tag.out" 2>&1 || true
         awk '{print $16 + $17}' "/proc/$BASHPID/stat"

@@ -216,6 +216,7 @@ start_uas() {
     # Bounded: every bench is far shorter than this.
     timeout 900 "${prio[@]}" taskset -c "$SIPP_CORE" sipp "$SRV_IP:$PORT" -sf benches/sipp/call_uas.xml -i "$SRV_IP" \
         -p "$UAS_PORT" -mi "$SRV_IP" -mp "$UAS_MEDIA" -t u1 -nostdin -timeout 880s \
+        ${SIPP_BUF:+-buff_size "$SIPP_BUF"} \
         -trace_err -error_file "$work/$tag-uas.err" -max_log_size 1000000 "$@" >"$work/$tag-uas.out" 2>&1 &
     UAS=$!
     UAS_OF[$server]=$UAS
