@@ -324,6 +324,8 @@ struct Wanted<'a> {
     q: Option<u16>,
     instance: Option<&'a str>,
     reg_id: Option<u32>,
+    /// The binding this request refreshed or added for it.
+    bound: Option<u64>,
 }
 
 /// The registrar. Sans-IO: time comes in as arguments, replies go out as values.
@@ -873,6 +875,7 @@ impl Registrar {
                 q: c.q(),
                 instance,
                 reg_id,
+                bound: None,
             });
         }
         if wanted
@@ -902,8 +905,8 @@ impl Registrar {
         let user_agent = ua_text.as_deref().map(|ua| truncated(ua, MAX_USER_AGENT));
         let qualify_at = self.settings.qualify_interval.map(|i| crate::later(now, i));
         let mut change = Change::None;
-        for w in wanted {
-            let idx = list.iter().position(|b| same_binding(b, &w));
+        for w in wanted.iter_mut() {
+            let idx = list.iter().position(|b| same_binding(b, w));
             if w.expires == 0 {
                 if let Some(i) = idx {
                     list.remove(i);
@@ -941,10 +944,12 @@ impl Registrar {
                     if b.next_qualify.is_none() {
                         b.next_qualify = qualify_at;
                     }
+                    w.bound = Some(b.id);
                 }
                 None => {
                     change = Change::Structural;
                     let id = self.store.next_id();
+                    w.bound = Some(id);
                     list.push(Binding {
                         id,
                         contact_uri: w.uri.to_owned(),
@@ -965,10 +970,10 @@ impl Registrar {
                 }
             }
         }
-        // Over the limit: evict the oldest registrations not refreshed by this request. Those it
-        // refreshed or added carry its Call-ID and CSeq (an earlier binding with both equal
-        // would have made this request out of order).
-        let touched = |b: &Binding| b.call_id == call_id && b.cseq == cseq;
+        // Over the limit: evict the oldest registrations not refreshed or added by this request.
+        // Exactly those (not "carries this Call-ID and CSeq": a client reusing both for another
+        // contact would keep every binding and grow past the limit).
+        let touched = |b: &Binding| wanted.iter().any(|w| w.bound == Some(b.id));
         while list.len() > max_contacts {
             let victim = list
                 .iter()

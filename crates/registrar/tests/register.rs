@@ -1769,3 +1769,42 @@ fn a_refresh_allocates_only_its_reply() {
     // lists are made for one contact (18 allocations before that).
     assert!(n <= 11, "{n} allocations for a refresh");
 }
+
+/// Security: reusing a Call-ID and CSeq for another contact must not let an AOR keep more
+/// bindings than its `max_contacts` (the eviction must know exactly which bindings this request
+/// refreshed or added).
+#[test]
+fn a_reused_call_id_and_cseq_cannot_exceed_max_contacts() {
+    let mut e = env();
+    let first = e.send(
+        0,
+        &Req::new("door").contact("<sip:door@192.168.1.20>"),
+        PHONE,
+    );
+    let mut client = DigestClient::new("door", "bell", b"cnonce-seed".to_vec());
+    client
+        .on_challenge(&challenges(&first))
+        .expect("usable challenge");
+    for (i, host) in ["192.168.1.20", "192.168.1.21", "192.168.1.22"]
+        .iter()
+        .enumerate()
+    {
+        let auth = client.authorization("REGISTER", "sip:pbx.example", b"");
+        let contact = format!("<sip:door@{host}>");
+        let req = Req::new("door")
+            .contact(&contact)
+            .call_id("same@door")
+            .cseq(5)
+            .auth(auth);
+        let o = e.send(i as u64, &req, PHONE);
+        assert!(matches!(o.reply, Reply::Ok { .. }), "{o:?}");
+        let now = e.t0 + Duration::from_secs(i as u64);
+        let bound: Vec<String> = e
+            .reg
+            .lookup("door", now)
+            .iter()
+            .map(|b| b.contact_uri.clone())
+            .collect();
+        assert_eq!(bound, vec![format!("sip:door@{host}")], "after request {i}");
+    }
+}
