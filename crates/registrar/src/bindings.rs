@@ -104,10 +104,8 @@ pub struct QualifyTarget {
     pub contact_uri: String,
 }
 
-/// What [`Store::check_out`] took: the AOR's key and each binding's indexed deadlines.
+/// What [`Store::check_out`] took: each binding's indexed deadlines.
 pub(crate) struct CheckedOut {
-    /// The AOR had an entry (left in place, empty, until the check-in).
-    present: bool,
     before: Vec<(u64, Instant, Option<Instant>)>,
 }
 
@@ -178,21 +176,9 @@ impl Store {
                     .iter()
                     .map(|b| (b.id, b.expires_at, b.next_qualify))
                     .collect();
-                (
-                    CheckedOut {
-                        present: true,
-                        before,
-                    },
-                    list,
-                )
+                (CheckedOut { before }, list)
             }
-            None => (
-                CheckedOut {
-                    present: false,
-                    before: Vec::new(),
-                },
-                Vec::new(),
-            ),
+            None => (CheckedOut { before: Vec::new() }, Vec::new()),
         }
     }
 
@@ -226,9 +212,8 @@ impl Store {
             }
         }
         if list.is_empty() {
-            if out.present {
-                self.by_aor.remove(aor);
-            }
+            // The entry check_out left in place, if the AOR had one.
+            self.by_aor.remove(aor);
             return;
         }
         let is_new = |b: &Binding| !out.before.iter().any(|&(id, _, _)| id == b.id);

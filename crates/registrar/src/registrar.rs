@@ -1306,12 +1306,11 @@ fn digest_uri_matches(digest_uri: &str, req: &Message) -> bool {
 
 /// Printable, bounded user name for logs.
 fn sanitize_user(s: &str) -> String {
-    truncate(
-        &s.chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect::<String>(),
-        MAX_EVENT_USER,
-    )
+    let printable: String = s
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    truncated(&printable, MAX_EVENT_USER).to_owned()
 }
 
 /// `dst = src`, reusing `dst`'s buffer and copying nothing when they are equal.
@@ -1333,23 +1332,13 @@ fn set_opt_str(dst: &mut Option<String>, src: Option<&str>) {
 
 /// The first `max_chars` characters of `s`, borrowed.
 fn truncated(s: &str, max_chars: usize) -> &str {
+    // At most `max_chars` bytes is at most that many characters: no scan.
     if s.len() <= max_chars {
         return s;
     }
     match s.char_indices().nth(max_chars) {
         Some((end, _)) => &s[..end],
         None => s,
-    }
-}
-
-fn truncate(s: &str, max_chars: usize) -> String {
-    // At most `max_chars` bytes is at most that many characters: one copy, no scan.
-    if s.len() <= max_chars {
-        return s.to_owned();
-    }
-    match s.char_indices().nth(max_chars) {
-        Some((end, _)) => s[..end].to_owned(),
-        None => s.to_owned(),
     }
 }
 

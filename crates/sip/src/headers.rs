@@ -71,27 +71,27 @@ impl Params {
         }
     }
 
-    /// Value of a parameter (`Some(b"")` for a flag), name case-insensitive; quotes kept as written.
-    pub fn get(&self, name: &str) -> Option<Bytes> {
+    /// The value span of the first parameter called `name` (case-insensitive), empty for a flag.
+    fn value_span(&self, name: &str) -> Option<(usize, usize)> {
         let n = name.as_bytes();
         self.spans()
             .find(|&(a, b, _, _)| self.0[a..b].eq_ignore_ascii_case(n))
-            .map(|(_, _, va, vb)| self.0.slice(va..vb))
+            .map(|(_, _, va, vb)| (va, vb))
+    }
+
+    /// Value of a parameter (`Some(b"")` for a flag), name case-insensitive; quotes kept as written.
+    pub fn get(&self, name: &str) -> Option<Bytes> {
+        self.value_span(name).map(|(a, b)| self.0.slice(a..b))
     }
 
     /// [`Params::get`] borrowed: no reference count is touched.
     pub fn get_ref(&self, name: &str) -> Option<&[u8]> {
-        let n = name.as_bytes();
-        self.spans()
-            .find(|&(a, b, _, _)| self.0[a..b].eq_ignore_ascii_case(n))
-            .map(|(_, _, va, vb)| &self.0[va..vb])
+        self.value_span(name).map(|(a, b)| &self.0[a..b])
     }
 
     /// True if the parameter is present (with or without a value).
     pub fn contains(&self, name: &str) -> bool {
-        let n = name.as_bytes();
-        self.spans()
-            .any(|(a, b, _, _)| self.0[a..b].eq_ignore_ascii_case(n))
+        self.value_span(name).is_some()
     }
 
     /// Every parameter as `(name, value)`, value empty for a flag.
