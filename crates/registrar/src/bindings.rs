@@ -104,9 +104,40 @@ pub struct QualifyTarget {
     pub contact_uri: String,
 }
 
+/// One binding's indexed deadlines: (id, expiry, next qualify).
+type Indexed = (u64, Instant, Option<Instant>);
+
+/// Up to this many bindings of an AOR are noted on the stack at check-out (nearly every AOR
+/// has one); more take a `Vec` (an allocation per REGISTER otherwise).
+const INLINE: usize = 4;
+
 /// What [`Store::check_out`] took: each binding's indexed deadlines.
-pub(crate) struct CheckedOut {
-    before: Vec<(u64, Instant, Option<Instant>)>,
+pub(crate) enum CheckedOut {
+    Few(usize, [Option<Indexed>; INLINE]),
+    Many(Vec<Indexed>),
+}
+
+impl CheckedOut {
+    fn new(list: &[Binding]) -> CheckedOut {
+        let entry = |b: &Binding| (b.id, b.expires_at, b.next_qualify);
+        if list.len() <= INLINE {
+            let mut few = [None; INLINE];
+            for (slot, b) in few.iter_mut().zip(list) {
+                *slot = Some(entry(b));
+            }
+            CheckedOut::Few(list.len(), few)
+        } else {
+            CheckedOut::Many(list.iter().map(entry).collect())
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Indexed> + '_ {
+        let (few, many): (&[Option<Indexed>], &[Indexed]) = match self {
+            CheckedOut::Few(n, items) => (&items[..*n], &[]),
+            CheckedOut::Many(v) => (&[], v),
+        };
+        few.iter().flatten().chain(many).copied()
+    }
 }
 
 /// All bindings, per AOR (the user name), with ordered indexes of their deadlines so that
@@ -172,20 +203,16 @@ impl Store {
         match self.by_aor.get_mut(aor) {
             Some(slot) => {
                 let list = std::mem::take(slot);
-                let before = list
-                    .iter()
-                    .map(|b| (b.id, b.expires_at, b.next_qualify))
-                    .collect();
-                (CheckedOut { before }, list)
+                (CheckedOut::new(&list), list)
             }
-            None => (CheckedOut { before: Vec::new() }, Vec::new()),
+            None => (CheckedOut::new(&[]), Vec::new()),
         }
     }
 
     /// Hands back the bindings of an AOR taken with [`Store::check_out`] (nothing else may have
     /// changed the store in between), updating only the index entries that changed.
     pub(crate) fn check_in(&mut self, aor: &str, out: CheckedOut, mut list: Vec<Binding>) {
-        for &(id, expires_at, next_qualify) in &out.before {
+        for (id, expires_at, next_qualify) in out.iter() {
             match list.iter().find(|b| b.id == id) {
                 Some(b) => {
                     if b.expires_at != expires_at {
@@ -216,7 +243,7 @@ impl Store {
             self.by_aor.remove(aor);
             return;
         }
-        let is_new = |b: &Binding| !out.before.iter().any(|&(id, _, _)| id == b.id);
+        let is_new = |b: &Binding| !out.iter().any(|(id, _, _)| id == b.id);
         let mut key = None;
         if list.iter().any(is_new) {
             let k = match self.by_aor.get_key_value(aor) {
@@ -482,6 +509,26 @@ mod tests {
         assert_eq!(s.lookup("1003", t0).len(), 1);
         assert_eq!(s.expire(t0 + Duration::from_secs(80)).len(), 2);
         assert_indexed(&s);
+
+        // More bindings than the check-out notes on the stack: refresh some, drop some, add one.
+        let many: Vec<Binding> = (0..INLINE as u64 + 3)
+            .map(|i| binding(&mut s, t0, 200 + i, (i % 2 == 0).then_some(20 + i)))
+            .collect();
+        s.put("1004", many);
+        assert_indexed(&s);
+        let (out, mut list) = s.check_out("1004");
+        assert!(matches!(out, CheckedOut::Many(_)));
+        for (i, x) in list.iter_mut().enumerate() {
+            x.expires_at = t0 + Duration::from_secs(900 + i as u64);
+            x.next_qualify = (i % 3 == 0).then(|| t0 + Duration::from_secs(50));
+        }
+        list.truncate(INLINE + 1);
+        let e = binding(&mut s, t0, 40, Some(2));
+        list.push(e);
+        s.check_in("1004", out, list);
+        assert_indexed(&s);
+        assert_eq!(s.lookup("1004", t0).len(), INLINE + 2);
+        assert_eq!(s.count(), INLINE + 2);
     }
 
     fn format_q(q: u16) -> String {

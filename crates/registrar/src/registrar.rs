@@ -8,14 +8,14 @@ use crate::users::UserDb;
 use crate::Cidr;
 use bytes::Bytes;
 use podpbx_sip::digest::{
-    md5_consume_parts, Algorithm, AuthKind, Credentials, DigestParseError, DigestServer,
-    ServerConfig, VerifyOutcome,
+    Algorithm, AuthKind, Credentials, DigestParseError, DigestServer, ServerConfig, VerifyOutcome,
 };
 use podpbx_sip::{
     ContactList, HeaderName, Host, Message, Method, ResponseBuilder, StatusCode, Uri,
 };
 use serde::Serialize;
 use std::collections::HashMap;
+use std::hash::Hasher;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -335,8 +335,8 @@ pub struct Registrar {
     digest: DigestServer,
     guard: Guard,
     store: Store,
-    /// MD5 over the secret and the To-tag label, absorbed once ([`Registrar::to_tag`]).
-    to_tag_key: md5::Context,
+    /// SipHash state with the secret and the To-tag label absorbed once ([`Registrar::to_tag`]).
+    to_tag_key: std::hash::DefaultHasher,
     /// The Date of the last 200: (Unix seconds, header value).
     date_cache: (u64, String),
     /// When the guard's tables are next swept (see [`Registrar::expire`]).
@@ -383,13 +383,11 @@ impl Registrar {
             max_failures_per_minute: settings.max_failures_per_minute,
             known_for: settings.known_for,
         });
-        // The keyed prefix is padded to whole 64-byte MD5 blocks: absorbed here once, so a tag
-        // costs one block for the usual Call-ID and From tag instead of two.
-        let mut prefix = settings.secret.clone();
-        prefix.extend_from_slice(b"\0to-tag\0");
-        prefix.resize(prefix.len().div_ceil(64) * 64, 0);
-        let mut to_tag_key = md5::Context::new();
-        to_tag_key.consume(&prefix);
+        // The secret and a label, absorbed here once; each tag then hashes only its Call-ID and
+        // From tag.
+        let mut to_tag_key = std::hash::DefaultHasher::new();
+        to_tag_key.write(&settings.secret);
+        to_tag_key.write(b"\0to-tag\0");
         Registrar {
             settings,
             users,
@@ -1213,19 +1211,21 @@ impl Registrar {
         String::from_utf8_lossy(&self.to_tag_hex(req)).into_owned()
     }
 
-    /// [`Self::to_tag`] as 16 hex digits: the first 64 bits of MD5(secret, label, zero padding
-    /// to a block, Call-ID, 0, From tag), the keyed prefix absorbed once at start.
+    /// [`Self::to_tag`] as 16 hex digits: SipHash (std's `DefaultHasher`, a keyed PRF) over the
+    /// secret, a label, the Call-ID, 0 and the From tag. It was MD5 (one block per response,
+    /// ~2 % of a REGISTER round); a tag needs to be stable within the process and unlikely to
+    /// repeat, not a cryptographic digest.
     fn to_tag_hex(&self, req: &Message) -> [u8; 16] {
-        let mut ctx = self.to_tag_key.clone();
-        let call_id = req.call_id_ref().unwrap_or_default();
-        match req.from_ref().ok().and_then(|f| f.tag_ref()) {
-            Some(tag) => md5_consume_parts(&mut ctx, &[call_id, b"\0", tag]),
-            None => md5_consume_parts(&mut ctx, &[call_id]),
+        let mut h = self.to_tag_key.clone();
+        h.write(req.call_id_ref().unwrap_or_default());
+        if let Some(tag) = req.from_ref().ok().and_then(|f| f.tag_ref()) {
+            h.write_u8(0);
+            h.write(tag);
         }
-        let d = ctx.compute().0;
+        let d = h.finish().to_be_bytes();
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 16];
-        for (i, b) in d[..8].iter().enumerate() {
+        for (i, b) in d.iter().enumerate() {
             out[2 * i] = HEX[usize::from(b >> 4)];
             out[2 * i + 1] = HEX[usize::from(b & 0xf)];
         }

@@ -1766,8 +1766,9 @@ fn a_refresh_allocates_only_its_reply() {
     // What is left: the reply (its list, the Contact value, the Date), the outcome's AOR and
     // user name, the parsed credentials and the store's bookkeeping. The Contact URI, instance,
     // Call-ID and User-Agent the binding already holds are not copied again, and no scratch
-    // lists are made for one contact (18 allocations before that).
-    assert!(n <= 11, "{n} allocations for a refresh");
+    // lists are made for one contact (18 allocations before that; 11 before the check-out
+    // noted a few bindings on the stack and the To tag took SipHash).
+    assert!(n <= 10, "{n} allocations for a refresh");
 }
 
 /// Security: reusing a Call-ID and CSeq for another contact must not let an AOR keep more

@@ -1291,9 +1291,9 @@ impl fmt::Debug for HmacSha256 {
 }
 
 /// Feeds the concatenation of `parts` to `c`, joined on the stack first when short (digest
-/// inputs and To-tag inputs are: names, realm, nonce, URI, Call-ID): md5's `consume` has a fixed
+/// inputs are: names, realm, nonce, URI): md5's `consume` has a fixed
 /// cost per call that the five to eleven small parts of a digest input would otherwise pay each.
-pub fn md5_consume_parts(c: &mut md5::Context, parts: &[&[u8]]) {
+pub(crate) fn md5_consume_parts(c: &mut md5::Context, parts: &[&[u8]]) {
     let mut joined = [0u8; 256];
     let total: usize = parts.iter().map(|p| p.len()).sum();
     if total > joined.len() {
