@@ -358,7 +358,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_USER_AGENT: usize = 128;
 
 impl Registrar {
-    pub fn new(settings: Settings, users: UserDb, now: Instant) -> Self {
+    pub fn new(settings: Settings, mut users: UserDb, now: Instant) -> Self {
+        users.prepare(&settings.realm);
         let digest = DigestServer::new(
             ServerConfig {
                 realm: settings.realm.clone(),
@@ -410,7 +411,8 @@ impl Registrar {
 
     /// Replaces the user database (configuration reload). Bindings of users that no longer exist
     /// are removed; returns true if any were (persist then).
-    pub fn set_users(&mut self, users: UserDb) -> bool {
+    pub fn set_users(&mut self, mut users: UserDb) -> bool {
+        users.prepare(&self.settings.realm);
         self.users = users;
         let before = self.store.count();
         let users = &self.users;

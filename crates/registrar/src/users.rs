@@ -77,6 +77,15 @@ impl UserDb {
     pub fn iter(&self) -> impl Iterator<Item = &User> {
         self.users.values()
     }
+
+    /// Makes each password user's MD5 HA1 for `realm` once ([`Key::Prepared`]): the registrar
+    /// verifies every request of its users in its one realm.
+    pub(crate) fn prepare(&mut self, realm: &str) {
+        for u in self.users.values_mut() {
+            let key = std::mem::replace(&mut u.secret, Key::Password(String::new()));
+            u.secret = key.prepared(&u.name, realm);
+        }
+    }
 }
 
 impl FromIterator<User> for UserDb {

@@ -205,6 +205,17 @@ pub enum Key {
         hash: HashAlg,
         hex: String,
     },
+    /// A password with its MD5 HA1 for one `username:realm` made once ([`Key::prepared`]): a
+    /// registrar verifies every REGISTER and INVITE of its users in one realm, and the HA1 was
+    /// one of the three MD5 computations of each verification. Any other username, realm or
+    /// algorithm uses the password.
+    Prepared {
+        password: String,
+        /// `username:realm`, what `md5` was made for.
+        made_for: Box<str>,
+        /// Lower-case hex MD5 HA1.
+        md5: [u8; 32],
+    },
 }
 
 impl fmt::Debug for Key {
@@ -213,6 +224,7 @@ impl fmt::Debug for Key {
         match self {
             Key::Password(_) => f.write_str("Key::Password(..)"),
             Key::Ha1 { hash, .. } => write!(f, "Key::Ha1({hash:?}, ..)"),
+            Key::Prepared { .. } => f.write_str("Key::Prepared(..)"),
         }
     }
 }
@@ -221,21 +233,48 @@ impl Key {
     /// True if this secret can answer or verify algorithms using `hash`.
     pub fn supports(&self, hash: HashAlg) -> bool {
         match self {
-            Key::Password(_) => true,
+            Key::Password(_) | Key::Prepared { .. } => true,
             Key::Ha1 { hash: h, .. } => *h == hash,
+        }
+    }
+
+    /// A password key with its MD5 HA1 for `username` and `realm` computed now (see
+    /// [`Key::Prepared`]); other keys are returned as they are.
+    pub fn prepared(self, username: &str, realm: &str) -> Key {
+        match self {
+            Key::Password(password) | Key::Prepared { password, .. } => {
+                let hex = ha1_hex(HashAlg::Md5, username, realm, &password);
+                let mut md5 = [0u8; 32];
+                md5.copy_from_slice(hex.as_bytes());
+                Key::Prepared {
+                    password,
+                    made_for: format!("{username}:{realm}").into_boxed_str(),
+                    md5,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The password, if this key has one.
+    pub fn password(&self) -> Option<&str> {
+        match self {
+            Key::Password(p) | Key::Prepared { password: p, .. } => Some(p),
+            Key::Ha1 { .. } => None,
         }
     }
 
     /// [`Self::ha1`] without allocating for a password (the verify path).
     fn ha1_digest<'a>(&'a self, hash: HashAlg, username: &str, realm: &str) -> Option<Ha1<'a>> {
         match self {
-            Key::Password(p) => Some(Ha1::Computed(hash.hex_parts(&[
-                username.as_bytes(),
-                b":",
-                realm.as_bytes(),
-                b":",
-                p.as_bytes(),
-            ]))),
+            Key::Prepared { made_for, md5, .. }
+                if hash == HashAlg::Md5 && is_username_realm(made_for, username, realm) =>
+            {
+                Some(Ha1::Stored(std::str::from_utf8(md5).unwrap_or_default()))
+            }
+            Key::Password(p) | Key::Prepared { password: p, .. } => {
+                Some(Ha1::Computed(ha1_hex(hash, username, realm, p)))
+            }
             Key::Ha1 { hash: h, hex } if *h == hash => {
                 if hex.bytes().any(|b| b.is_ascii_uppercase()) {
                     Some(Ha1::Lowered(hex.to_ascii_lowercase()))
@@ -250,11 +289,32 @@ impl Key {
     /// The (non-sess) HA1 for `hash`, or `None` if a precomputed HA1 uses another hash.
     pub fn ha1(&self, hash: HashAlg, username: &str, realm: &str) -> Option<String> {
         match self {
-            Key::Password(p) => Some(ha1(hash, username, realm, p)),
+            Key::Password(p) | Key::Prepared { password: p, .. } => {
+                Some(ha1(hash, username, realm, p))
+            }
             Key::Ha1 { hash: h, hex } if *h == hash => Some(hex.to_ascii_lowercase()),
             Key::Ha1 { .. } => None,
         }
     }
+}
+
+/// `H(username:realm:password)` as hex, on the stack.
+fn ha1_hex(hash: HashAlg, username: &str, realm: &str, password: &str) -> HexDigest {
+    hash.hex_parts(&[
+        username.as_bytes(),
+        b":",
+        realm.as_bytes(),
+        b":",
+        password.as_bytes(),
+    ])
+}
+
+/// True if `made_for` is exactly `username:realm`.
+fn is_username_realm(made_for: &str, username: &str, realm: &str) -> bool {
+    made_for.len() == username.len() + 1 + realm.len()
+        && made_for.starts_with(username)
+        && made_for.as_bytes()[username.len()] == b':'
+        && made_for.ends_with(realm)
 }
 
 /// An HA1 for verification: computed from a password, or the stored one.
@@ -957,6 +1017,9 @@ pub struct DigestServer {
     /// Highest counter evicted from `nc_table` while its nonce was still fresh: such nonces (and
     /// older ones) are no longer trusted for nc tracking and verify as stale.
     evicted_upto: Option<u64>,
+    /// The MD5 HA1 an unknown user is checked against, made once: a registrar's users carry
+    /// theirs made once too ([`Key::Prepared`]), so both paths skip that hash alike.
+    dummy_md5: HexDigest,
 }
 
 impl fmt::Debug for DigestServer {
@@ -980,6 +1043,7 @@ impl DigestServer {
         cfg.max_tracked_nonces = cfg.max_tracked_nonces.max(1);
         DigestServer {
             hmac: HmacSha256::new(&cfg.secret),
+            dummy_md5: ha1_hex(HashAlg::Md5, "", &cfg.realm, NO_SUCH_USER),
             cfg,
             epoch: now,
             counter: 0,
@@ -1151,6 +1215,7 @@ impl DigestServer {
         let dummy;
         let ha1_for_work = match &ha1 {
             Some(h) => h.as_ref(),
+            None if hash == HashAlg::Md5 => self.dummy_md5.as_str(),
             None => {
                 dummy = ha1_dummy(hash, &creds.username, &self.cfg.realm);
                 dummy.as_str()
@@ -1234,8 +1299,12 @@ impl DigestServer {
     }
 }
 
+/// The password of the HA1 an unknown user's answer is checked against (the check's result is
+/// ignored: it is there to take the same time as a known user's).
+const NO_SUCH_USER: &str = "\u{0}podpbx-no-such-user\u{0}";
+
 fn ha1_dummy(hash: HashAlg, username: &str, realm: &str) -> String {
-    ha1(hash, username, realm, "\u{0}podpbx-no-such-user\u{0}")
+    ha1(hash, username, realm, NO_SUCH_USER)
 }
 
 /// HMAC-SHA-256 (RFC 2104): nonces here, webhook signatures in `podpbx-events`.

@@ -408,6 +408,68 @@ mod digest {
         assert_ne!(Challenge::parse(&v[0]).expect("parse").nonce, ch[0].nonce);
     }
 
+    /// A prepared key (its MD5 HA1 made once for one user and realm) verifies exactly what its
+    /// password does, for every algorithm, and never lends its HA1 to another name or realm.
+    #[test]
+    fn a_prepared_key_verifies_what_its_password_does() {
+        let t0 = Instant::now();
+        let mut s = server(t0);
+        let prepared = pw("secret").prepared("alice", REALM);
+        assert!(matches!(prepared, Key::Prepared { .. }));
+        assert_eq!(format!("{prepared:?}"), "Key::Prepared(..)");
+        assert_eq!(prepared.password(), Some("secret"));
+        for alg in [Algorithm::Md5, Algorithm::Sha256, Algorithm::Md5Sess] {
+            for (user, pass, ok) in [
+                ("alice", "secret", true),
+                ("alice", "wrong", false),
+                // The HA1 was made for alice: bob's answer with alice's password must be checked
+                // against H(bob:realm:secret), which it matches, not against alice's HA1.
+                ("bob", "secret", true),
+            ] {
+                let n = s.new_nonce(t0);
+                let c = creds(user, pass, &n, alg, Some(("00000001", "c1")));
+                let with_prepared = s.verify(t0, &c, "REGISTER", b"", Some(&prepared));
+                let n = s.new_nonce(t0);
+                let c = creds(user, pass, &n, alg, Some(("00000001", "c1")));
+                let with_password = s.verify(t0, &c, "REGISTER", b"", Some(&pw("secret")));
+                assert_eq!(with_prepared, with_password, "{alg:?} {user} {pass}");
+                assert_eq!(
+                    matches!(with_prepared, VerifyOutcome::Ok { .. }),
+                    ok,
+                    "{alg:?} {user} {pass}: {with_prepared:?}"
+                );
+            }
+        }
+        // Made for another realm: the stored HA1 would be wrong here; the password is used.
+        let elsewhere = pw("secret").prepared("alice", "other.example");
+        let n = s.new_nonce(t0);
+        let c = creds(
+            "alice",
+            "secret",
+            &n,
+            Algorithm::Md5,
+            Some(("00000001", "c1")),
+        );
+        assert!(matches!(
+            s.verify(t0, &c, "REGISTER", b"", Some(&elsewhere)),
+            VerifyOutcome::Ok { .. }
+        ));
+        // And a key made for "ali" + "ce:..." must not match "alice" by accident.
+        let split = pw("secret").prepared("ali", "ce:pbx.example");
+        let n = s.new_nonce(t0);
+        let c = creds(
+            "alice",
+            "secret",
+            &n,
+            Algorithm::Md5,
+            Some(("00000001", "c1")),
+        );
+        assert!(matches!(
+            s.verify(t0, &c, "REGISTER", b"", Some(&split)),
+            VerifyOutcome::Ok { .. }
+        ));
+    }
+
     #[test]
     fn server_verifies_md5_sha256_sess_and_2069() {
         let t0 = Instant::now();
