@@ -203,14 +203,18 @@ pub(super) async fn build(cfg: Config, config_path: Option<PathBuf>) -> Result<S
         send_failed_log: crate::logging::network_warning(),
     };
     state.publish_registrations();
-    let events = Events {
-        inbound,
+    let rare = super::event_loop::RareSources {
         dns: dns_rx,
         media: media_rx,
         voicemail: vm_rx,
         reload: reload_rx,
         admin: admin_rx,
         admin_reload: admin_reload_rx,
+    }
+    .spawn();
+    let events = Events {
+        inbound,
+        rare,
         shutdown,
         tick: tokio::time::interval(Duration::from_secs(1)),
         epoch: Instant::now(),
