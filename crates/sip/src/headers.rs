@@ -785,17 +785,21 @@ impl Message {
         Ok(&self.buf[a..b])
     }
     fn call_id_range(&self) -> Result<(usize, usize), ParseError> {
-        let (a, b) = self
-            .value_range(HeaderName::CallId)
-            .ok_or(ParseError::Value("Call-ID"))?;
-        if a == b
-            || self.buf[a..b]
-                .iter()
-                .any(|&c| is_lws(c) || c < 0x20 || c == 0x7f)
-        {
-            return Err(ParseError::Value("Call-ID"));
-        }
-        Ok((a, b))
+        let found = self.parsed.call_id.get_or_init(|| {
+            let (a, b) = self
+                .value_range(HeaderName::CallId)
+                .ok_or(ParseError::Value("Call-ID"))?;
+            if a == b
+                || self.buf[a..b]
+                    .iter()
+                    .any(|&c| is_lws(c) || c < 0x20 || c == 0x7f)
+            {
+                return Err(ParseError::Value("Call-ID"));
+            }
+            // Offsets into a message, which is far below 4 GB (MAX_MESSAGE_BYTES).
+            Ok((a as u32, b as u32))
+        });
+        found.clone().map(|(a, b)| (a as usize, b as usize))
     }
     pub fn cseq(&self) -> Result<CSeq, ParseError> {
         let (a, b) = self

@@ -410,6 +410,9 @@ pub(crate) struct Parsed {
     pub(crate) request_uri: OnceLock<Result<Uri, ParseError>>,
     /// Validated on receipt, then read by the registrar (every REGISTER) and the B2BUA.
     pub(crate) contacts: OnceLock<Result<Option<ContactList>, ParseError>>,
+    /// Where the Call-ID is, checked once: the checks, the transaction layer and the registrar
+    /// each ask (three scans of it per request before).
+    pub(crate) call_id: OnceLock<Result<(u32, u32), ParseError>>,
 }
 
 impl fmt::Debug for Message {
