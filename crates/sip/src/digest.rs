@@ -336,15 +336,7 @@ impl AsRef<str> for Ha1<'_> {
 
 /// `H(username ":" realm ":" password)`, lower-case hex.
 pub fn ha1(hash: HashAlg, username: &str, realm: &str, password: &str) -> String {
-    hash.hex_parts(&[
-        username.as_bytes(),
-        b":",
-        realm.as_bytes(),
-        b":",
-        password.as_bytes(),
-    ])
-    .as_str()
-    .to_owned()
+    ha1_hex(hash, username, realm, password).as_str().to_owned()
 }
 
 /// The `qop`-related inputs of a response: `None` for RFC 2069 style (no qop).
