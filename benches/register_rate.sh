@@ -42,6 +42,14 @@
 #          receive buffer: measured 6 Dec, podpbx at 16 000/s lost 650-11 000 responses there
 #          (RcvbufErrors, SIPp's socket) and SIPp retransmitted them, more the faster podpbx
 #          answered; with 8 MB, none for either server.)
+#          AB=1: instead of all the above, both servers run at once (podpbx on PORT, Kamailio on
+#          PORT+100, both pinned to SERVER_CORE, each idle while the other is loaded), every user
+#          registered on each, then AB_CHUNKS chunks of AB_SECS s at LOAD_RATE/s alternating
+#          podpbx/Kamailio in the order A B B A A B B A ..., as call_rate.sh does: a host that
+#          speeds up or slows down during the run (this VM's neighbours moved both servers by up to
+#          40 % within minutes, while the phases above measure one server minutes after the
+#          other) then falls on both alike. Reports CPU per REGISTER of each, pooled and per
+#          A/B pair, and the ratio. AB_CHUNKS=8 AB_SECS=3.
 #          CALLGRIND=1: instead of all the above, user-space instructions per REGISTER round of
 #          each server under valgrind's callgrind (every process: Kamailio's workers too), which
 #          unlike CPU time on a shared VM repeats to ~1 %: CG_N rounds (2000) at CG_RATE/s (200)
@@ -73,6 +81,9 @@ IDLE_SECS=${IDLE_SECS:-0}
 PRIO=${PRIO:-0}
 SIPP_BUF=${SIPP_BUF-8388608}
 CALLGRIND=${CALLGRIND:-0}
+AB=${AB:-0}
+AB_CHUNKS=${AB_CHUNKS:-8}
+AB_SECS=${AB_SECS:-3}
 CG_N=${CG_N:-2000}
 CG_RATE=${CG_RATE:-200}
 REALM=bench.test
@@ -463,6 +474,53 @@ if [ "$CALLGRIND" = 1 ]; then
     echo "   $CG_N bindings at $CG_RATE/s, every process of the server; took ${SECONDS}s)"
     awk '{printf "%-9s %10.0f instructions per REGISTER round  (%d rounds, %d ended in 200; %d in all)\n", $1, $3 / $2, $2, $4, $3}' "$work/cg-results"
     awk '{v[$1] = $3 / $2} END {if (v["podpbx"] && v["kamailio"]) printf "ratio podpbx/kamailio: %.2f\n", v["podpbx"] / v["kamailio"]}' "$work/cg-results"
+    exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------
+# AB=1: both servers at once, interleaved chunks at LOAD_RATE/s, then exit
+# ---------------------------------------------------------------------------------------------
+if [ "$AB" = 1 ]; then
+    [ -z "$ONLY" ] || die "AB=1 compares both servers (unset ONLY)"
+    [ "$AB_CHUNKS" -ge 2 ] || die "AB_CHUNKS must be at least 2"
+    SECONDS=0
+    base_port=$PORT
+    declare -A ab_port ab_srv ab_stop
+    for s in podpbx kamailio; do
+        [ "$s" = kamailio ] && PORT=$((base_port + 100))
+        start_server "$s"
+        ab_port[$s]=$PORT ab_srv[$s]=$SRV ab_stop[$s]=$STOP
+        echo "# AB: $s on port $PORT: $USERS first registrations at $RATE/s" >&2
+        run_sipp "$s" 0 fixed "$RATE" "$USERS" >/dev/null
+    done
+    n=$((LOAD_RATE * AB_SECS))
+    for c in $(seq 1 "$AB_CHUNKS"); do
+        # A B B A A B B A ...: chunk c goes to podpbx when (c mod 4) is 1 or 0.
+        case $((c % 4)) in 1 | 0) s=podpbx ;; *) s=kamailio ;; esac
+        PORT=${ab_port[$s]} SRV=${ab_srv[$s]}
+        echo "# AB: chunk $c/$AB_CHUNKS: $s at $LOAD_RATE/s x $n" >&2
+        run_sipp "$s" "$c" ab "$LOAD_RATE" "$n" >/dev/null
+    done
+    for s in kamailio podpbx; do stop_pid "${ab_stop[$s]}"; stop_pid "${ab_srv[$s]}"; done
+    PORT=$base_port
+    echo
+    echo "== CPU per authenticated REGISTER at $LOAD_RATE/s, both servers running, $AB_CHUNKS interleaved"
+    echo "   chunks of $AB_SECS s (A B B A ...), $USERS bindings in place; took ${SECONDS}s (CLK_TCK=$HZ)"
+    # results: server chunk ab rate offered ok elapsed server_ticks ... (see run_sipp)
+    awk -v hz="$HZ" '$3 == "ab" {
+            us = $8 / hz * 1e6 / $6; t[$1] += $8; ok[$1] += $6; off[$1] += $5
+            printf "  chunk %-2d %-8s %7.1f us/REGISTER  (%d of %d ended in 200, %d retransmissions)\n", $2, $1, us, $6, $5, $10
+            # Pairs: chunks (1,2) (3,4) ...: one podpbx and one Kamailio chunk next to each other.
+            pair = int(($2 + 1) / 2); v[pair, $1] = us
+        }
+        END {
+            for (s in t) printf "%-8s pooled %7.1f us/REGISTER, %.2f %% failed\n", s, t[s] / hz * 1e6 / ok[s], (off[s] - ok[s]) * 100 / off[s]
+            line = ""
+            for (p = 1; (p, "podpbx") in v && (p, "kamailio") in v; p++) line = line sprintf(" %.2f", v[p, "podpbx"] / v[p, "kamailio"])
+            if (ok["podpbx"] && ok["kamailio"])
+                printf "ratio podpbx/kamailio CPU per REGISTER at %d/s, interleaved: %.2f (goal <= 0.5); per A/B pair:%s\n", \
+                    '"$LOAD_RATE"', (t["podpbx"] / ok["podpbx"]) / (t["kamailio"] / ok["kamailio"]), line
+        }' "$work/results"
     exit 0
 fi
 
