@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Authenticated REGISTER load: podpbx (release binary) vs Kamailio 5.6 as the reference registrar
-# in its fastest configuration (passwords in an htable, pv_www_authenticate, usrloc in memory,
+# in its fastest configuration (HA1s in an htable, pv_www_authenticate, usrloc in memory,
 # registrar save, stateless replies, 4 UDP workers: benches/kamailio/registrar.cfg), both on
 # loopback, the server (all its processes) pinned to one core (taskset), SIPp on the other. One "REGISTER" is a
 # full digest round (SIPp call of benches/sipp/register_auth.xml): REGISTER -> 401 -> REGISTER with
@@ -89,7 +89,7 @@ CG_RATE=${CG_RATE:-200}
 REALM=bench.test
 HZ=$(getconf CLK_TCK)
 
-for tool in sipp kamailio kamcmd taskset timeout awk; do
+for tool in sipp kamailio kamcmd taskset timeout awk python3; do
     command -v "$tool" >/dev/null || { echo "register_rate: $tool not found" >&2; exit 1; }
 done
 
@@ -148,7 +148,7 @@ fi
 # Inputs: users (SIPp injection file, podpbx [[users]], Kamailio subscriber table)
 # ---------------------------------------------------------------------------------------------
 # users.csv: user;password;[authentication ...] (see the scenario for why field2 exists); Kamailio's
-# htable `pw` is loaded from a db_text table at start (user name -> password).
+# htable `pw` is loaded from a db_text table at start (user name -> MD5 HA1).
 awk -v n="$USERS" 'BEGIN {
     print "SEQUENTIAL"
     for (i = 1; i <= n; i++) {
@@ -159,9 +159,19 @@ awk -v n="$USERS" 'BEGIN {
 
 mkdir -p "$work/kamdb" "$work/pbxdata"
 printf 'table_name(string) table_version(int)\nhtable:2\n' > "$work/kamdb/version"
-awk -F';' 'BEGIN {
-    print "id(int,auto) key_name(string) key_type(int) value_type(int) key_value(string) expires(int)"
-} NR > 1 { printf "%d:%s:0:0:%s:0\n", NR - 1, $1, $2 }' "$work/users.csv" > "$work/kamdb/htable"
+# Kamailio gets each user's HA1 = MD5(user:realm:password), not the password: podpbx makes its
+# users' MD5 HA1 once at start (`Key::Prepared`), so the reference skips that hash per request too
+# (pv_www_authenticate flag 1).
+python3 - "$work/users.csv" "$REALM" > "$work/kamdb/htable" <<'PY'
+import hashlib, sys
+print("id(int,auto) key_name(string) key_type(int) value_type(int) key_value(string) expires(int)")
+with open(sys.argv[1]) as f:
+    next(f)
+    for i, line in enumerate(f, 1):
+        user, pw = line.split(";")[:2]
+        ha1 = hashlib.md5(f"{user}:{sys.argv[2]}:{pw}".encode()).hexdigest()
+        print(f"{i}:{user}:0:0:{ha1}:0")
+PY
 
 {
     cat <<CFG
