@@ -235,15 +235,7 @@ impl Uas {
     /// Starts `scenario` for `calls` calls.
     fn start(scenario: &str, addr: SocketAddr, calls: u32, extra: &[&str]) -> Uas {
         let dir = TempDir::new("uas");
-        let media_port = loop {
-            let p = free_port();
-            if p.is_multiple_of(2)
-                && p != addr.port()
-                && UdpSocket::bind((addr.ip(), p + 1)).is_ok()
-            {
-                break p;
-            }
-        };
+        let media_port = free_media_port(addr.ip(), addr.port());
         let child = Command::new("sipp")
             .arg("-sf")
             .arg(root().join("tests/sipp").join(scenario))
