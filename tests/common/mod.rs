@@ -62,7 +62,6 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A port free for UDP and TCP on both 127.0.0.1 and ::1 right now.
 /// An even port P for SIPp's `-mp` on `ip`, with P..P+3 free (SIPp takes P and P+1 for audio,
 /// P+2 and P+3 for video) and P != `avoid` (the SIPp's own signalling port).
 pub fn free_media_port(ip: std::net::IpAddr, avoid: u16) -> u16 {
@@ -78,6 +77,10 @@ pub fn free_media_port(ip: std::net::IpAddr, avoid: u16) -> u16 {
     }
 }
 
+/// What SIPp's error log says when one of its sockets could not be bound (EADDRINUSE).
+const SIPP_ADDR_IN_USE: &str = "errno = 98";
+
+/// A port free for UDP and TCP on both 127.0.0.1 and ::1 right now.
 pub fn free_port() -> u16 {
     // Tests in one binary run in parallel: never hand out the same port twice, or two podpbx
     // processes race for it between this check and their bind.
@@ -712,7 +715,7 @@ impl Phone {
         loop {
             match Phone::try_start(target, user, password, ooc, extra) {
                 Ok(phone) => return phone,
-                Err(logs) if attempt < 3 && logs.contains("errno = 98") => attempt += 1,
+                Err(logs) if attempt < 3 && logs.contains(SIPP_ADDR_IN_USE) => attempt += 1,
                 Err(logs) => panic!("phone {user} did not register:\n{logs}"),
             }
         }
@@ -779,7 +782,7 @@ impl Phone {
             if phone.logs().contains("REGISTERED") {
                 return Ok(phone);
             }
-            if phone.logs().contains("errno = 98") {
+            if phone.logs().contains(SIPP_ADDR_IN_USE) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -113,7 +113,8 @@ const INLINE: usize = 4;
 
 /// What [`Store::check_out`] took: each binding's indexed deadlines.
 pub(crate) enum CheckedOut {
-    Few(usize, [Option<Indexed>; INLINE]),
+    /// The AOR's bindings in order, then `None`s.
+    Few([Option<Indexed>; INLINE]),
     Many(Vec<Indexed>),
 }
 
@@ -125,7 +126,7 @@ impl CheckedOut {
             for (slot, b) in few.iter_mut().zip(list) {
                 *slot = Some(entry(b));
             }
-            CheckedOut::Few(list.len(), few)
+            CheckedOut::Few(few)
         } else {
             CheckedOut::Many(list.iter().map(entry).collect())
         }
@@ -133,7 +134,7 @@ impl CheckedOut {
 
     fn iter(&self) -> impl Iterator<Item = Indexed> + '_ {
         let (few, many): (&[Option<Indexed>], &[Indexed]) = match self {
-            CheckedOut::Few(n, items) => (&items[..*n], &[]),
+            CheckedOut::Few(items) => (items, &[]),
             CheckedOut::Many(v) => (&[], v),
         };
         few.iter().flatten().chain(many).copied()
