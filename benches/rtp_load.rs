@@ -24,8 +24,9 @@
 //!   `--coalesce-us`, default 50 µs);
 //! * `relay-shared` — the relay with shared ports (`PortLayout::Shared`,
 //!   `--shared-pairs`, default 1 pair per family): peers told apart by their
-//!   exact source address, one recvmmsg/sendmmsg for many streams;
-//! * `relay-shared-co` — the same with interrupt moderation;
+//!   exact source address, one recvmmsg/sendmmsg for many streams; moderation off;
+//! * `relay-shared-co` (`relay-sh-co`) — the same with interrupt moderation: what
+//!   podpbx runs by default (shared layout, `RelayConfig::coalesce` 50 µs);
 //! * `mmsg`       — minimal recvmmsg/sendmmsg forwarder written for this bench;
 //! * `plain`      — minimal recv_from/send_to forwarder, draining each ready
 //!   socket until EWOULDBLOCK (the usual nonblocking idiom);

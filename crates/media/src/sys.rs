@@ -195,12 +195,27 @@ impl Endpoint {
 }
 
 /// Bind a nonblocking UDP socket for media on `addr`, with DSCP `tos`
-/// (IP_TOS for IPv4, IPV6_TCLASS for IPv6; 0xb8 is EF).
+/// (IP_TOS for IPv4, IPV6_TCLASS for IPv6; 0xb8 is EF). `twin_ready`: the
+/// port may take a [`send_twin`] (SO_REUSEPORT, set before the bind; only the
+/// relay's long-lived shared sockets ask for it).
 pub(crate) fn media_socket(
     addr: SocketAddr,
     tos: u8,
     rcvbuf: Option<usize>,
+    twin_ready: bool,
 ) -> io::Result<UdpSocket> {
+    let s = unbound_media_socket(addr, tos)?;
+    if let Some(n) = rcvbuf {
+        s.set_recv_buffer_size(n)?;
+    }
+    if twin_ready {
+        s.set_reuse_port(true)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn unbound_media_socket(addr: SocketAddr, tos: u8) -> io::Result<Socket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -216,17 +231,49 @@ pub(crate) fn media_socket(
         s.set_tclass_v6(tos as u32)?;
     } else {
         s.set_tos(tos as u32)?;
+        // DF set and the path MTU cache ignored (what QUIC stacks do): the kernel
+        // then writes IP ID 0 instead of drawing one per datagram from its
+        // shared, hashed ID table (`__ip_select_ident`, ~2 % of the relay's
+        // CPU per packet), and no forged ICMP "fragmentation needed" can shrink
+        // what the relay may send. RTP is sized for the path by its sender; a
+        // datagram larger than the link is refused (EMSGSIZE, counted as a
+        // send error), as a DF datagram would be dropped on the way.
+        let v: libc::c_int = libc::IP_PMTUDISC_PROBE;
+        // SAFETY: `v` is a live c_int of the size passed.
+        cvt(unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                &v as *const libc::c_int as *const libc::c_void,
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
     }
-    if let Some(n) = rcvbuf {
-        s.set_recv_buffer_size(n)?;
-    }
+    Ok(s)
+}
+
+/// A send-only twin of the shared media socket `of` (bound with `twin_ready`):
+/// the same address and port, so what it sends carries the port the peers
+/// latched onto, and connected to that very address, so the kernel never
+/// hands it a peer's datagram (a connected member of a SO_REUSEPORT group
+/// only takes its own 4-tuple, and the group's hash skips it). Why: every
+/// datagram sent from a socket wakes the socket's wait queue when its send
+/// buffer drains (`sock_wfree`), and the receiving socket's queue holds the
+/// relay's epoll entry, so each send walked it (~3 % of the relay's CPU per
+/// packet). The twin has no waiter.
+pub(crate) fn send_twin(of: &UdpSocket, tos: u8) -> io::Result<UdpSocket> {
+    let addr = of.local_addr()?;
+    let s = unbound_media_socket(addr, tos)?;
+    s.set_reuse_port(true)?;
+    // Nothing is ever read from it: the smallest queue bounds what a datagram
+    // forged with the relay's own address as source could park there.
+    s.set_recv_buffer_size(0)?;
     s.bind(&addr.into())?;
+    s.connect(&addr.into())?;
     Ok(s.into())
 }
 
-/// Ask for a receive buffer of `bytes`: SO_RCVBUFFORCE when the process may
-/// (CAP_NET_ADMIN), else SO_RCVBUF, which the kernel caps at
-/// `net.core.rmem_max` (and doubles: still twice the default). Best effort.
 pub(crate) fn grow_recv_buffer(sock: &UdpSocket, bytes: usize) {
     let v = bytes.min(i32::MAX as usize) as libc::c_int;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
@@ -472,8 +519,82 @@ mod tests {
     fn media_sockets_carry_dscp_ef() {
         for ip in ["127.0.0.1", "::1"] {
             let addr = SocketAddr::new(ip.parse().expect("ip"), 0);
-            let s = media_socket(addr, 0xb8, None).expect("bind");
+            let s = media_socket(addr, 0xb8, None, false).expect("bind");
             assert_eq!(socket_dscp_byte(&s).expect("tos"), 0xb8, "{ip}");
+        }
+    }
+
+    /// The IPv4 media sockets set DF without a per-datagram IP ID (see `unbound_media_socket`).
+    #[test]
+    fn ipv4_media_sockets_probe_the_path_mtu_themselves() {
+        let s = media_socket("127.0.0.1:0".parse().expect("addr"), 0, None, false).expect("bind");
+        let mut v: libc::c_int = -1;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are live and sized for the option.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                &mut v as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0);
+        assert_eq!(v, libc::IP_PMTUDISC_PROBE);
+    }
+
+    /// What the relay relies on when it sends a shared socket's datagrams from its twin:
+    /// they leave from the shared port; every datagram to that port, from any source, is
+    /// the shared socket's (an unconnected twin would take a share of them through the
+    /// SO_REUSEPORT hash: lost, since nothing reads the twin); and an ICMP error for one
+    /// peer does not fail the twin's next send (a connected socket's pending error would).
+    #[test]
+    fn a_send_twin_sends_from_the_shared_port_and_never_takes_a_datagram() {
+        for ip in ["127.0.0.1", "::1"] {
+            let ip: std::net::IpAddr = ip.parse().expect("ip");
+            let shared = media_socket(SocketAddr::new(ip, 0), 0, None, true).expect("bind");
+            let twin = send_twin(&shared, 0).expect("twin");
+            let at = shared.local_addr().expect("addr");
+            assert_eq!(twin.local_addr().expect("addr"), at);
+            let peers: Vec<UdpSocket> = (0..16)
+                .map(|_| UdpSocket::bind(SocketAddr::new(ip, 0)).expect("peer"))
+                .collect();
+            for p in &peers {
+                p.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .expect("timeout");
+                let to = RawAddr::from_std(p.local_addr().expect("addr"));
+                assert_eq!(send_to_raw(twin.as_raw_fd(), b"out", &to).expect("send"), 3);
+                let mut buf = [0u8; 16];
+                let (n, from) = p.recv_from(&mut buf).expect("recv");
+                assert_eq!((n, from), (3, at), "{ip}: sent from the shared port");
+            }
+            for p in &peers {
+                for _ in 0..8 {
+                    p.send_to(b"in", at).expect("send");
+                }
+            }
+            let want = peers.len() * 8;
+            let mut got = 0;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut buf = [0u8; 16];
+            while got < want && std::time::Instant::now() < deadline {
+                match shared.recv_from(&mut buf) {
+                    Ok(_) => got += 1,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                }
+            }
+            assert_eq!(got, want, "{ip}: every datagram reaches the shared socket");
+            assert!(twin.recv_from(&mut buf).is_err(), "{ip}: the twin took one");
+            // A peer gone: its ICMP port unreachable must not fail the next send.
+            let gone = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind");
+            let gone_at = RawAddr::from_std(gone.local_addr().expect("addr"));
+            drop(gone);
+            let _ = send_to_raw(twin.as_raw_fd(), b"x", &gone_at);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let to = RawAddr::from_std(peers[0].local_addr().expect("addr"));
+            assert!(send_to_raw(twin.as_raw_fd(), b"again", &to).is_ok(), "{ip}");
+            assert_eq!(peers[0].recv_from(&mut buf).expect("recv").0, 5);
         }
     }
 }

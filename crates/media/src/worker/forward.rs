@@ -47,6 +47,8 @@ pub(super) struct Batch {
     /// enough that its next wait returns at once, so interrupt moderation
     /// would only add latency (and idle time) there.
     pub(super) saw_full: bool,
+    /// Datagrams received this round (reset by the worker).
+    pub(super) got: usize,
 }
 
 impl Batch {
@@ -78,6 +80,7 @@ impl Batch {
             last_n: cap,
             cap,
             saw_full: false,
+            got: 0,
         });
         let b_ref = &mut *b;
         for i in 0..cap {
@@ -102,6 +105,7 @@ impl Batch {
         let n = sys::recvmmsg(fd, &mut self.msgs[..vlen.clamp(1, self.cap)]);
         self.last_n = n;
         self.saw_full |= n == self.cap;
+        self.got += n;
         n
     }
 

@@ -27,6 +27,7 @@
 mod demux;
 mod forward;
 mod leg;
+mod moderation;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::UdpSocket;
@@ -44,6 +45,7 @@ use demux::{ByIp, Demux};
 use forward::{Batch, Ctx, MAX_OUT};
 pub(crate) use leg::NewLeg;
 use leg::WLeg;
+use moderation::Moderation;
 
 /// Largest recvmmsg/sendmmsg batch.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -102,6 +104,9 @@ impl WorkerConfig {
 pub(crate) struct SharedPair {
     pub(crate) rtp: UdpSocket,
     pub(crate) rtcp: UdpSocket,
+    /// Send-only twins of `rtp` and `rtcp` (`sys::send_twin`); without one the
+    /// shared socket sends itself.
+    pub(crate) send: [Option<UdpSocket>; 2],
 }
 
 pub(crate) struct NewSession {
@@ -281,15 +286,6 @@ impl Cmd {
     }
 }
 
-/// Whether a round that forwarded datagrams is followed by an interrupt moderation
-/// sleep of `coalesce_ns`: moderation on, no full batch in the round, and the wait
-/// before the round (`waited_ns`) shorter than the sleep (datagrams come faster than
-/// one per interval: a sleep collects several).
-#[inline]
-fn moderate(coalesce_ns: u64, saw_full: bool, waited_ns: u64) -> bool {
-    coalesce_ns > 0 && !saw_full && waited_ns < coalesce_ns
-}
-
 /// Milliseconds since the relay epoch, plus one so that 0 means "never".
 #[inline]
 pub(crate) fn ms_since(epoch_ns: u64, now_ns: u64) -> u64 {
@@ -309,7 +305,11 @@ struct WSession {
 
 struct SharedSock {
     _sock: UdpSocket,
+    _twin: Option<UdpSocket>,
+    /// Receives (in epoll).
     fd: RawFd,
+    /// Sends: the twin's, else `fd`.
+    send_fd: RawFd,
     /// 0: RTP, 1: RTCP.
     sock: usize,
 }
@@ -359,6 +359,7 @@ struct Worker {
     shared: Vec<SharedSock>,
     demux: Demux,
     by_ip: ByIp,
+    moderation: Moderation,
 }
 
 pub(crate) fn run(p: WorkerParts) {
@@ -396,7 +397,8 @@ pub(crate) fn run(p: WorkerParts) {
     }
     let mut socks = Vec::new();
     for pair in shared {
-        for (k, s) in [pair.rtp, pair.rtcp].into_iter().enumerate() {
+        let [t0, t1] = pair.send;
+        for (k, (s, twin)) in [(pair.rtp, t0), (pair.rtcp, t1)].into_iter().enumerate() {
             let j = socks.len();
             if let Err(e) = epoll.add(s.as_raw_fd(), SHARED_TOKEN | j as u64) {
                 tracing::error!(worker = cfg.index, error = %e, "relay worker: epoll add failed");
@@ -404,7 +406,9 @@ pub(crate) fn run(p: WorkerParts) {
             }
             socks.push(SharedSock {
                 fd: s.as_raw_fd(),
+                send_fd: twin.as_ref().map_or(s.as_raw_fd(), |t| t.as_raw_fd()),
                 _sock: s,
+                _twin: twin,
                 sock: k,
             });
         }
@@ -415,6 +419,7 @@ pub(crate) fn run(p: WorkerParts) {
         "relay worker started"
     );
     let cfg_batch = cfg.batch;
+    let cfg_coalesce_ns = cfg.coalesce_ns;
     let mut w = Worker {
         cfg,
         epoll,
@@ -436,6 +441,7 @@ pub(crate) fn run(p: WorkerParts) {
         next_shrink_ns: 0,
         shared: socks,
         demux: Demux::new(),
+        moderation: Moderation::new(cfg_coalesce_ns),
         by_ip: ByIp::default(),
     };
     w.run();
@@ -446,6 +452,8 @@ impl Worker {
     fn run(&mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
         let mut now_ns = sys::monotonic_ns();
+        // When the current round began (its wait returned).
+        let mut round_ns = now_ns;
         loop {
             // Commands first: a remote address set before a packet arrived
             // applies to it. Stale tokens of sessions released here are
@@ -468,7 +476,6 @@ impl Worker {
             self.wake.sleeping.store(false, Ordering::Relaxed);
             // One clock reading per round (vDSO, but still per round rather
             // than per socket): the arrival time of every datagram in it.
-            let before_wait_ns = now_ns;
             now_ns = sys::monotonic_ns();
             if events[..n].iter().any(|e| {
                 let tok = e.u64;
@@ -483,24 +490,21 @@ impl Worker {
             if self.wake.sent.load(Ordering::SeqCst) != self.seen && !self.commands() {
                 return;
             }
-            let mut forwarded = false;
             self.batch.saw_full = false;
+            self.batch.got = 0;
             for ev in &events[..n] {
                 let tok = ev.u64;
                 if tok != WAKE_TOKEN {
-                    forwarded |= self.readable(tok, now_ns);
+                    self.readable(tok, now_ns);
                 }
             }
-            // Interrupt moderation pays off when wake-ups come often with few
-            // datagrams each: sleep a little so that the next round finds more.
-            // Not after a full batch (more is already waiting: a sleep would leave
-            // the CPU idle while the backlog grows), and not when the worker had
-            // waited longer than the sleep (a quiet relay: the sleep would find
-            // nothing and cost a timer wake-up of its own).
-            let coalesce = self.cfg.coalesce_ns;
-            let waited = now_ns.saturating_sub(before_wait_ns);
-            if forwarded && n < MAX_EVENTS && moderate(coalesce, self.batch.saw_full, waited) {
-                sys::sleep_ns(coalesce);
+            // Interrupt moderation (see `moderation`); a round with every epoll slot
+            // used has more sockets ready than it saw: no sleep either.
+            let span = now_ns.saturating_sub(round_ns);
+            round_ns = now_ns;
+            let full = self.batch.saw_full || n == MAX_EVENTS;
+            if self.moderation.after_round(self.batch.got, span, full) {
+                sys::sleep_ns(self.moderation.sleep_ns());
                 now_ns = sys::monotonic_ns();
             }
             self.timers(now_ns);
@@ -744,7 +748,9 @@ impl Worker {
                 } => WLeg::own(rtp, rtcp, ip, even_port),
                 NewLeg::Shared { pair } => {
                     let (j0, j1) = (2 * pair, 2 * pair + 1);
-                    let fd = |j: usize| shared.get(j).map_or(-1, |s| s.fd);
+                    // Shared legs only send through their fds (the worker receives
+                    // on the shared sockets themselves).
+                    let fd = |j: usize| shared.get(j).map_or(-1, |s| s.send_fd);
                     WLeg::new([fd(j0), fd(j1)], [j0 as u8, j1 as u8], None)
                 }
             }
@@ -908,24 +914,5 @@ impl Worker {
             self.release(id);
         }
         tracing::debug!(worker = self.cfg.index, "relay worker stopped");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn moderation_only_for_a_busy_relay_without_backlog() {
-        let us = 1_000;
-        // Off.
-        assert!(!moderate(0, false, 10 * us));
-        // Woken 10 µs after it began to wait, 50 µs moderation: sleep.
-        assert!(moderate(50 * us, false, 10 * us));
-        // A full batch: more is waiting, no sleep.
-        assert!(!moderate(50 * us, true, 10 * us));
-        // It waited a whole interval or longer (a quiet relay): no sleep.
-        assert!(!moderate(50 * us, false, 50 * us));
-        assert!(!moderate(50 * us, false, 20_000 * us));
     }
 }
