@@ -1039,6 +1039,7 @@ fn media(d: &mut Diagnostics, r: &mut Tbl, sip_port: &Sp<u16>) -> MediaConfig {
             ],
         )
         .map_or(MediaPortLayout::Shared, |s| s.v);
+    let moderation = Duration::from_micros(t.int_or(d, "moderation_us", 0, 10_000, 50).v as u64);
     t.finish(d);
     MediaConfig {
         port_min: min.v,
@@ -1047,6 +1048,7 @@ fn media(d: &mut Diagnostics, r: &mut Tbl, sip_port: &Sp<u16>) -> MediaConfig {
         hold_timeout,
         dscp,
         port_layout,
+        moderation,
     }
 }
 

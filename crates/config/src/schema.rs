@@ -335,6 +335,8 @@ pub struct MediaConfig {
     pub dscp: u8,
     /// How RTP legs get their ports.
     pub port_layout: MediaPortLayout,
+    /// The relay's interrupt moderation sleep under load (zero: off).
+    pub moderation: Duration,
 }
 
 /// `media.port_layout`: how RTP legs get their ports.

@@ -362,6 +362,16 @@ fn range_errors() {
         MediaPortLayout::PerCall
     );
     assert_eq!(
+        ok(&format!("{SIP}[media]\nmoderation_us = 0\n"))
+            .media
+            .moderation,
+        Duration::ZERO
+    );
+    assert_eq!(
+        error(&format!("{SIP}[media]\nmoderation_us = 20000\n")),
+        "t.toml:4:17: media.moderation_us: must be between 0 and 10000, got 20000"
+    );
+    assert_eq!(
         error(&format!("{SIP}[media]\nport_layout = \"shard\"\n")),
         "t.toml:4:15: media.port_layout: expected `shared` or `per-call`, got `shard`, did you mean `shared`?"
     );
@@ -861,6 +871,7 @@ fn defaults() {
     );
     assert_eq!(c.media.timeout, Some(Duration::from_secs(30)));
     assert_eq!(c.media.port_layout, MediaPortLayout::Shared);
+    assert_eq!(c.media.moderation, Duration::from_micros(50));
     assert_eq!(c.calls.max_duration, Some(Duration::from_secs(14_400)));
     assert!(c.users.is_empty() && c.dialplan.is_empty());
 }

@@ -186,6 +186,7 @@ pub fn relay_config(cfg: &Config) -> RelayConfig {
             podpbx_config::MediaPortLayout::Shared => PortLayout::Shared { pairs: 2 },
             podpbx_config::MediaPortLayout::PerCall => PortLayout::PerCall,
         },
+        coalesce: cfg.media.moderation,
         // Nobody listens to Latched events: not sending them saves the event path a wake-up per
         // latch (four per call).
         report_latching: false,
