@@ -7,7 +7,8 @@
 //! * shared pairs: the worker binds a few RTP/RTCP pairs per family at start
 //!   and every leg uses one; a datagram's leg is found by its exact source
 //!   address ([`demux`]), so one recvmmsg drains many streams and one
-//!   sendmmsg sends to many peers.
+//!   sendmmsg sends to many peers (from each shared socket's send-only twin,
+//!   `sys::send_twin`, which no epoll waits on).
 //!
 //! Either way the forwarding path ([`forward`]) classifies each datagram
 //! ([`crate::packet::classify`]), checks its source against the leg's
@@ -22,7 +23,8 @@
 //! Commands from the call layer arrive on a channel that the worker polls
 //! every round; the sender writes the worker's eventfd only when the worker
 //! sleeps in epoll_wait (and once per sleep), so a burst of commands costs
-//! at most one wake-up and a busy worker none.
+//! at most one wake-up and a busy worker none. Under load, a worker sleeps
+//! a little after a round so the next one finds more ([`moderation`]).
 
 mod demux;
 mod forward;
