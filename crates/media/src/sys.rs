@@ -261,7 +261,8 @@ fn unbound_media_socket(addr: SocketAddr, tos: u8) -> io::Result<Socket> {
 /// datagram sent from a socket wakes the socket's wait queue when its send
 /// buffer drains (`sock_wfree`), and the receiving socket's queue holds the
 /// relay's epoll entry, so each send walked it (~3 % of the relay's CPU per
-/// packet). The twin has no waiter.
+/// packet). The twin has no waiter. Once the twin is bound, SO_REUSEPORT is
+/// switched off on both: the port is theirs alone.
 pub(crate) fn send_twin(of: &UdpSocket, tos: u8) -> io::Result<UdpSocket> {
     let addr = of.local_addr()?;
     let s = unbound_media_socket(addr, tos)?;
@@ -271,6 +272,12 @@ pub(crate) fn send_twin(of: &UdpSocket, tos: u8) -> io::Result<UdpSocket> {
     s.set_recv_buffer_size(0)?;
     s.bind(&addr.into())?;
     s.connect(&addr.into())?;
+    // Close the group again: with SO_REUSEPORT off on its members, any later bind to the port
+    // fails (EADDRINUSE) as it did before the twin, so another relay (a test's second podpbx,
+    // another worker) cannot silently share the port, and every datagram is looked up
+    // without the group (the shared socket is the only member a peer's 4-tuple matches).
+    s.set_reuse_port(false)?;
+    socket2::SockRef::from(of).set_reuse_port(false)?;
     Ok(s.into())
 }
 
@@ -586,6 +593,14 @@ mod tests {
             }
             assert_eq!(got, want, "{ip}: every datagram reaches the shared socket");
             assert!(twin.recv_from(&mut buf).is_err(), "{ip}: the twin took one");
+            // The port is the pair's alone: a third socket, even one asking for SO_REUSEPORT
+            // as the shared socket did, cannot join (it would take a share of the datagrams).
+            let third = unbound_media_socket(at, 0).expect("socket");
+            third.set_reuse_port(true).expect("reuseport");
+            let e = third
+                .bind(&at.into())
+                .expect_err("a third socket bound the shared port");
+            assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{ip}");
             // A peer gone: its ICMP port unreachable must not fail the next send.
             let gone = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind");
             let gone_at = RawAddr::from_std(gone.local_addr().expect("addr"));
