@@ -502,7 +502,8 @@ impl Relay {
                         let twin = |s: &UdpSocket| {
                             sys::send_twin(s, cfg.tos)
                                 .map_err(|e| {
-                                    // Sending from the shared socket itself works, only dearer.
+                                    // Sending from the shared socket itself works, only dearer
+                                    // (and the port is closed to other sockets all the same).
                                     tracing::warn!(error = %e, "relay: no send-only twin socket");
                                 })
                                 .ok()

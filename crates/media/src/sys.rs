@@ -264,6 +264,20 @@ fn unbound_media_socket(addr: SocketAddr, tos: u8) -> io::Result<Socket> {
 /// packet). The twin has no waiter. Once the twin is bound, SO_REUSEPORT is
 /// switched off on both: the port is theirs alone.
 pub(crate) fn send_twin(of: &UdpSocket, tos: u8) -> io::Result<UdpSocket> {
+    let twin = bind_twin(of, tos);
+    // Close the group again, whether or not the twin was made: with SO_REUSEPORT off on
+    // its members, any later bind to the port fails (EADDRINUSE) as it did before twins,
+    // so another relay (a test's second podpbx, another worker) cannot silently share the
+    // port, and every datagram is looked up without the group (the shared socket is the
+    // only member a peer's 4-tuple matches).
+    let closed = socket2::SockRef::from(of).set_reuse_port(false);
+    let twin = twin?;
+    socket2::SockRef::from(&twin).set_reuse_port(false)?;
+    closed?;
+    Ok(twin)
+}
+
+fn bind_twin(of: &UdpSocket, tos: u8) -> io::Result<UdpSocket> {
     let addr = of.local_addr()?;
     let s = unbound_media_socket(addr, tos)?;
     s.set_reuse_port(true)?;
@@ -272,12 +286,6 @@ pub(crate) fn send_twin(of: &UdpSocket, tos: u8) -> io::Result<UdpSocket> {
     s.set_recv_buffer_size(0)?;
     s.bind(&addr.into())?;
     s.connect(&addr.into())?;
-    // Close the group again: with SO_REUSEPORT off on its members, any later bind to the port
-    // fails (EADDRINUSE) as it did before the twin, so another relay (a test's second podpbx,
-    // another worker) cannot silently share the port, and every datagram is looked up
-    // without the group (the shared socket is the only member a peer's 4-tuple matches).
-    s.set_reuse_port(false)?;
-    socket2::SockRef::from(of).set_reuse_port(false)?;
     Ok(s.into())
 }
 
