@@ -238,17 +238,12 @@ fn unbound_media_socket(addr: SocketAddr, tos: u8) -> io::Result<Socket> {
         // what the relay may send. RTP is sized for the path by its sender; a
         // datagram larger than the link is refused (EMSGSIZE, counted as a
         // send error), as a DF datagram would be dropped on the way.
-        let v: libc::c_int = libc::IP_PMTUDISC_PROBE;
-        // SAFETY: `v` is a live c_int of the size passed.
-        cvt(unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                &v as *const libc::c_int as *const libc::c_void,
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        })?;
+        set_int_option(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )?;
     }
     Ok(s)
 }
@@ -289,23 +284,36 @@ fn bind_twin(of: &UdpSocket, tos: u8) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// Ask for a receive buffer of `bytes`: SO_RCVBUFFORCE when the process may
+/// (CAP_NET_ADMIN), else SO_RCVBUF, which the kernel caps at
+/// `net.core.rmem_max` (and doubles: still twice the default). Best effort.
 pub(crate) fn grow_recv_buffer(sock: &UdpSocket, bytes: usize) {
     let v = bytes.min(i32::MAX as usize) as libc::c_int;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: passes a valid int for the call.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &v as *const libc::c_int as *const libc::c_void,
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
+        if set_int_option(sock.as_raw_fd(), libc::SOL_SOCKET, opt, v).is_ok() {
             return;
         }
     }
+}
+
+/// setsockopt of an int-valued option.
+fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `v` is a live c_int of the size passed, for the duration of the call.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            &v as *const libc::c_int as *const libc::c_void,
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
 }
 
 /// Read back the traffic class of a socket (for tests).

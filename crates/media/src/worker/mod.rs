@@ -533,9 +533,9 @@ impl Worker {
 
     // ---------------------------------------------------------------- hot path
 
-    /// Handle a readable socket; true when datagrams were received.
+    /// Handle a readable socket (what it received is counted in `self.batch.got`).
     #[inline]
-    fn readable(&mut self, tok: u64, now_ns: u64) -> bool {
+    fn readable(&mut self, tok: u64, now_ns: u64) {
         let mut cx = Ctx {
             demux: &mut self.demux,
             by_ip: &self.by_ip,
@@ -578,7 +578,6 @@ impl Worker {
         if got {
             self.sums.flush_to(&self.totals);
         }
-        got
     }
 
     // ------------------------------------------------------------ control path
