@@ -8,6 +8,8 @@
 
 #[path = "common/kamailio.rs"]
 mod kamailio;
+#[path = "common/ports.rs"]
+mod ports;
 
 use bytes::Bytes;
 use kamailio::{Account, Kamailio, ProviderConfig, Source};

@@ -43,7 +43,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -264,28 +264,10 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A port free for UDP (and TCP if asked) on every address right now.
+/// A port free for UDP (and TCP if asked) on every address right now (from the tests' own
+/// range, see [`super::ports::free_ports`]).
 fn free_port(listen: &[IpAddr], tcp: bool) -> Option<u16> {
-    let first = *listen.first()?;
-    for _ in 0..200 {
-        let Ok(s) = UdpSocket::bind(SocketAddr::new(first, 0)) else {
-            continue;
-        };
-        let Ok(a) = s.local_addr() else { continue };
-        let port = a.port();
-        drop(s);
-        if port < 10000 {
-            continue;
-        }
-        let ok = listen.iter().all(|ip| {
-            UdpSocket::bind(SocketAddr::new(*ip, port)).is_ok()
-                && (!tcp || TcpListener::bind(SocketAddr::new(*ip, port)).is_ok())
-        });
-        if ok {
-            return Some(port);
-        }
-    }
-    None
+    (0..200).find_map(|_| super::ports::free_ports(1, listen, tcp))
 }
 
 fn host(ip: IpAddr) -> String {

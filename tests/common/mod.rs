@@ -8,13 +8,16 @@ pub mod dnsmasq;
 pub mod kamailio;
 pub mod netns;
 pub mod phone;
+pub mod ports;
 pub mod tls;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use ports::free_ports;
 
 /// The podpbx binary built by cargo for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_podpbx");
@@ -63,18 +66,13 @@ fn unique() -> u64 {
 }
 
 /// An even port P for SIPp's `-mp` on `ip`, with P..P+3 free (SIPp takes P and P+1 for audio,
-/// P+2 and P+3 for video) and P != `avoid` (the SIPp's own signalling port).
+/// P+2 and P+3 for video) and P != `avoid` (the SIPp's own signalling port). The four ports are
+/// handed out together: no other caller of [`free_port`] in this process gets one of them.
 pub fn free_media_port(ip: std::net::IpAddr, avoid: u16) -> u16 {
-    loop {
-        let p = free_port();
-        if p.is_multiple_of(2)
-            && p != avoid
-            && p < u16::MAX - 3
-            && (1..=3).all(|k| UdpSocket::bind((ip, p + k)).is_ok())
-        {
-            return p;
-        }
-    }
+    (0..50)
+        .filter_map(|_| free_ports(4, &[ip], false))
+        .find(|p| !(*p..*p + 4).contains(&avoid))
+        .expect("no four free media ports")
 }
 
 /// What SIPp's error log says when one of its sockets could not be bound (EADDRINUSE).
@@ -82,31 +80,13 @@ const SIPP_ADDR_IN_USE: &str = "errno = 98";
 
 /// A port free for UDP and TCP on both 127.0.0.1 and ::1 right now.
 pub fn free_port() -> u16 {
-    // Tests in one binary run in parallel: never hand out the same port twice, or two podpbx
-    // processes race for it between this check and their bind.
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    for _ in 0..200 {
-        let Ok(s) = UdpSocket::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(addr) = s.local_addr() else { continue };
-        let port = addr.port();
-        if port < 10000 {
-            continue;
-        }
-        let ok = UdpSocket::bind(("::1", port)).is_ok()
-            && TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && TcpListener::bind(("::1", port)).is_ok();
-        drop(s);
-        if ok {
-            let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-            if !given.contains(&port) {
-                given.push(port);
-                return port;
-            }
-        }
-    }
-    panic!("no free port found");
+    let loopback = [
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+    ];
+    (0..50)
+        .find_map(|_| free_ports(1, &loopback, true))
+        .expect("no free port found")
 }
 
 /// A running podpbx process.
@@ -490,6 +470,25 @@ pub fn sipp(scenario: &str, target: SocketAddr, transport: &str, extra: &[&str])
 /// [`sipp`] for a scenario that needs longer than 40 s (pass a larger `-timeout` in `extra`
 /// too); it is killed after `limit`.
 pub fn sipp_for(
+    scenario: &str,
+    target: SocketAddr,
+    transport: &str,
+    extra: &[&str],
+    limit: Duration,
+) -> SippRun {
+    // A SIPp that cannot bind a socket sends nothing and exits: start it again on other
+    // ports rather than fail the test (as `Phone::start` does).
+    let mut attempt = 1;
+    loop {
+        let run = sipp_once(scenario, target, transport, extra, limit);
+        if run.ok || attempt == 3 || !run.output.contains(SIPP_ADDR_IN_USE) {
+            return run;
+        }
+        attempt += 1;
+    }
+}
+
+fn sipp_once(
     scenario: &str,
     target: SocketAddr,
     transport: &str,
