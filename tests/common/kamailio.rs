@@ -48,6 +48,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::ports::free_ports;
+
 /// The routing script template.
 const TEMPLATE: &str = include_str!("../kamailio/provider.cfg");
 
@@ -262,12 +264,6 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
-}
-
-/// A port free for UDP (and TCP if asked) on every address right now (from the tests' own
-/// range, see [`super::ports::free_ports`]).
-fn free_port(listen: &[IpAddr], tcp: bool) -> Option<u16> {
-    (0..200).find_map(|_| super::ports::free_ports(1, listen, tcp))
 }
 
 fn host(ip: IpAddr) -> String {
@@ -521,7 +517,7 @@ impl Kamailio {
         }
         let port = match cfg.port {
             Some(p) => p,
-            None => free_port(&cfg.listen, cfg.tcp).ok_or("no free port")?,
+            None => free_ports(1, &cfg.listen, cfg.tcp).ok_or("no free port")?,
         };
         let dir = std::env::temp_dir().join(format!(
             "podpbx-kamailio-{}-{}",
@@ -536,11 +532,8 @@ impl Kamailio {
         let tls_port = match &cfg.tls {
             None => None,
             Some((cert, key)) => {
-                let tp = std::iter::repeat_with(|| free_port(&cfg.listen, true))
-                    .take(20)
-                    .flatten()
-                    .find(|p| *p != port)
-                    .ok_or("no free TLS port")?;
+                // Never `port`: the allocator hands out each port once.
+                let tp = free_ports(1, &cfg.listen, true).ok_or("no free TLS port")?;
                 // Server side: our certificate; client side (Kamailio connecting back to
                 // podpbx): no verification, as many providers do towards customers.
                 std::fs::write(

@@ -67,12 +67,14 @@ fn unique() -> u64 {
 
 /// An even port P for SIPp's `-mp` on `ip`, with P..P+3 free (SIPp takes P and P+1 for audio,
 /// P+2 and P+3 for video) and P != `avoid` (the SIPp's own signalling port). The four ports are
-/// handed out together: no other caller of [`free_port`] in this process gets one of them.
+/// handed out together: no other caller of [`free_ports`] in this process gets one of them.
 pub fn free_media_port(ip: std::net::IpAddr, avoid: u16) -> u16 {
-    (0..50)
-        .filter_map(|_| free_ports(4, &[ip], false))
-        .find(|p| !(*p..*p + 4).contains(&avoid))
-        .expect("no four free media ports")
+    loop {
+        let p = free_ports(4, &[ip], false).expect("no four free media ports");
+        if !(p..p + 4).contains(&avoid) {
+            return p;
+        }
+    }
 }
 
 /// What SIPp's error log says when one of its sockets could not be bound (EADDRINUSE).
@@ -84,9 +86,7 @@ pub fn free_port() -> u16 {
         IpAddr::from([127, 0, 0, 1]),
         IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
     ];
-    (0..50)
-        .find_map(|_| free_ports(1, &loopback, true))
-        .expect("no free port found")
+    free_ports(1, &loopback, true).expect("no free port found")
 }
 
 /// A running podpbx process.
