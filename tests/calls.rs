@@ -1260,3 +1260,99 @@ impl Ua<'_> {
         )
     }
 }
+
+/// An 8 kHz mu-law WAV (format 7) of 2 s for SIPp's `rtp_stream` (160-byte payloads every
+/// 20 ms, looped).
+fn write_tone_wav(path: &std::path::Path) {
+    let data: Vec<u8> = (0..16_000u32)
+        .map(|i| if (i / 40) % 2 == 1 { 0xff } else { 0xfe })
+        .collect();
+    let mut fmt = Vec::new();
+    for v in [7u16, 1] {
+        fmt.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [8000u32, 8000] {
+        fmt.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [1u16, 8] {
+        fmt.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut body = b"WAVEfmt ".to_vec();
+    body.extend_from_slice(&(fmt.len() as u32).to_le_bytes());
+    body.extend_from_slice(&fmt);
+    body.extend_from_slice(b"data");
+    body.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    body.extend_from_slice(&data);
+    let mut wav = b"RIFF".to_vec();
+    wav.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&body);
+    std::fs::write(path, wav).expect("write wav");
+}
+
+/// SIPp sends the RTP of all its calls from one socket (its `-mp` port), each call under an
+/// SSRC of its own. In the shared port layout all of it reaches the leg that latched onto that
+/// source first, so calls cross; podpbx cannot undo that, but it must say so: the
+/// `podpbx_relay_ssrc_flaps_total` counter climbs and one warning names the source. In the
+/// per-call layout each call's packets go to a port of their own: nothing is mixed, nothing is
+/// counted (so the counter measures mixing, not traffic).
+#[test]
+fn several_calls_from_one_rtp_socket_are_flagged_in_the_shared_layout() {
+    const WARNING: &str = "one RTP source sends several streams";
+    let dir = TempDir::new("mixed-rtp");
+    let wav = dir.path().join("tone.wav");
+    write_tone_wav(&wav);
+    let scenario = dir.path().join("call_uac_rtp.xml");
+    let text = std::fs::read_to_string(root().join("tests/sipp/call_uac_rtp.xml"))
+        .expect("scenario")
+        .replace("@RTP_FILE@", wav.to_str().expect("utf-8 path"));
+    std::fs::write(&scenario, text).expect("write scenario");
+    for layout in ["shared", "per-call"] {
+        let pbx = Pbx::start(&format!("{CONFIG}\n[media]\nport_layout = \"{layout}\"\n"));
+        let _phone = phone(&pbx, "102", "call_phone_answer_all.xml", &[]);
+        let mp = free_media_port("::1".parse().expect("::1"), 0).to_string();
+        // Three calls, one every 700 ms, each streaming for 3 s: they overlap, and with
+        // two shared port pairs two of the three callers' legs share one.
+        let run = call(
+            &pbx,
+            scenario.to_str().expect("utf-8 path"),
+            "102",
+            &[
+                "-m", "3", "-l", "3", "-r", "10", "-rp", "7000", "-d", "3000", "-mp", &mp,
+            ],
+        );
+        assert!(
+            run.ok,
+            "{layout}: caller:\n{}\n--- podpbx ---\n{}",
+            run.output,
+            tail(&pbx.log_text())
+        );
+        let series = |name: &str| metric(&http_get(pbx.admin, "/metrics").1, name);
+        // The relay's totals reach /metrics once a second.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline
+            && series("podpbx_relay_ssrc_flaps_total").unwrap_or(0.0) < 16.0
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let flaps = series("podpbx_relay_ssrc_flaps_total").expect("the series exists");
+        let forwarded = series("podpbx_relay_packets_total").unwrap_or(0.0);
+        let log = pbx.log_text();
+        let warnings = log.matches(WARNING).count();
+        eprintln!(
+            "{layout}: {flaps} SSRC flaps, {forwarded} packets forwarded, {warnings} warnings: {}",
+            log.lines().find(|l| l.contains(WARNING)).unwrap_or("-")
+        );
+        assert!(forwarded >= 100.0, "{layout}: media flowed ({forwarded})");
+        if layout == "shared" {
+            assert!(flaps >= 16.0, "shared: {flaps} flaps\n{}", tail(&log));
+            assert!(
+                (1..=3).contains(&warnings),
+                "shared: one warning per mixed leg, {warnings}:\n{}",
+                tail(&log)
+            );
+        } else {
+            assert_eq!(flaps, 0.0, "per-call: nothing mixed\n{}", tail(&log));
+            assert_eq!(warnings, 0, "per-call:\n{}", tail(&log));
+        }
+    }
+}

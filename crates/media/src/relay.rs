@@ -273,6 +273,22 @@ pub enum Event {
         /// telephone-event clock rate of the leg's SDP).
         duration_ms: u32,
     },
+    /// The RTP from `leg`'s latched source keeps switching between SSRCs: several streams
+    /// come from one address and port, most likely several calls of a peer that sends all its
+    /// RTP from one socket. In the shared port layout they all reach this leg (crossed audio;
+    /// the peer's other calls hear nothing); `port_layout = "per-call"` keeps them apart.
+    /// Raised once per leg and latched source; the flaps are counted in
+    /// [`crate::StreamStats::ssrc_flaps`] and [`RelayTotals::ssrc_flaps`].
+    MixedStreams {
+        /// Session.
+        session: SessionId,
+        /// The leg whose peer sends the mixed streams.
+        leg: Leg,
+        /// The latched source (None when the kernel gave no address: cannot happen on UDP).
+        source: Option<SocketAddr>,
+        /// Two of the SSRCs it alternates between.
+        ssrcs: [u32; 2],
+    },
 }
 
 /// The receiving end of the event channel.
@@ -399,6 +415,9 @@ pub struct RelayTotals {
     /// Room in the workers' session tables (sessions): grows with the busiest moment, given
     /// back a few seconds after a load has passed.
     pub session_slots: u64,
+    /// RTP that switched back to an earlier SSRC on one latched source (see
+    /// [`Event::MixedStreams`]); 0 while every source sends one stream at a time.
+    pub ssrc_flaps: u64,
 }
 
 impl Drop for Inner {
@@ -583,6 +602,7 @@ impl Relay {
             d.send_error += c.get(SEND_ERR);
             d.srtp += c.get(SRTP);
             t.session_slots += c.get(SLOTS);
+            t.ssrc_flaps += c.get(SSRC_FLAPS);
         }
         t
     }

@@ -42,9 +42,10 @@ pub(crate) enum C {
     Latched,
     DtmfSent,
     Relatches,
+    SsrcFlaps,
 }
 
-pub(crate) const COUNTERS: usize = C::Relatches as usize + 1;
+pub(crate) const COUNTERS: usize = C::SsrcFlaps as usize + 1;
 
 /// The counters of one stream (cache-line aligned).
 #[repr(align(64))]
@@ -118,6 +119,7 @@ impl Counters {
             latched: g(C::Latched) != 0,
             dtmf_packets_sent: g(C::DtmfSent),
             relatches: g(C::Relatches),
+            ssrc_flaps: g(C::SsrcFlaps),
         }
     }
 }
@@ -194,6 +196,11 @@ pub struct StreamStats {
     pub dtmf_packets_sent: u64,
     /// How often the leg latched (first latch included).
     pub relatches: u64,
+    /// How often the RTP from the latched source went back to the SSRC it had before the
+    /// current one: the signature of several streams sent from one address and port (in the
+    /// shared port layout, several calls' audio reaching this one leg). See
+    /// [`crate::Event::MixedStreams`].
+    pub ssrc_flaps: u64,
 }
 
 impl StreamStats {
@@ -230,7 +237,8 @@ pub(crate) struct SeqState {
 
 impl SeqState {
     /// Account one RTP packet. `arrival_us` is a monotonic clock in
-    /// microseconds; `clock` the payload type's clock rate in Hz.
+    /// microseconds; `clock` the payload type's clock rate in Hz. Returns the SSRC the
+    /// stream had until this packet when the packet changed it (the rare branch).
     #[inline]
     pub(crate) fn update(
         &mut self,
@@ -240,8 +248,10 @@ impl SeqState {
         arrival_us: u64,
         clock: u32,
         out: &Counters,
-    ) {
+    ) -> Option<u32> {
+        let mut changed = None;
         if !self.active || ssrc != self.ssrc {
+            changed = self.active.then_some(self.ssrc);
             *self = SeqState {
                 active: true,
                 ssrc,
@@ -272,7 +282,7 @@ impl SeqState {
                 self.bad_seq = u32::MAX;
             } else {
                 self.bad_seq = (seq as u32 + 1) & 0xffff;
-                return;
+                return changed;
             }
         }
         // else: duplicate or reordered, counted as received below.
@@ -303,6 +313,7 @@ impl SeqState {
         out.set(C::Expected, expected);
         out.set(C::Lost, (expected as i64 - self.received as i64) as u64);
         out.set(C::JitterQ4, self.jitter_q4);
+        changed
     }
 }
 

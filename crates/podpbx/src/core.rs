@@ -454,6 +454,20 @@ impl Core {
         self.pump_calls(now);
     }
 
+    /// The relay saw several RTP streams from one source on a leg (logged by the b2bua, which
+    /// knows the call).
+    pub fn media_mixed_streams(
+        &self,
+        media: u64,
+        leg: podpbx_media::Leg,
+        source: Option<std::net::SocketAddr>,
+        ssrcs: [u32; 2],
+    ) {
+        if let Some(calls) = self.calls.as_ref() {
+            calls.b2bua.media_mixed_streams(media, leg, source, ssrcs);
+        }
+    }
+
     fn call_directory<'a>(
         registrar: &'a Registrar,
         trunks: &'a Trunks,

@@ -563,6 +563,7 @@ pub const RELAY_DROP_REASONS: [&str; 7] = [
 /// | [`PbxMetrics::trunk_health`] | `podpbx_trunk_{up,servers,register_failures,keepalive_failures,dns_failures}{trunk}`, `podpbx_trunk_registers_total{trunk}` | trunks, once a second |
 /// | `relay_packets`, `relay_bytes` | `podpbx_relay_{packets,bytes}_total` | media: forwarded |
 /// | `relay_session_slots` | `podpbx_relay_session_slots` | media: room in the session tables |
+/// | `relay_ssrc_flaps` | `podpbx_relay_ssrc_flaps_total` | media: one source, several streams |
 /// | [`PbxMetrics::relay_dropped`] | `podpbx_relay_dropped_packets_total{reason}` | media |
 /// | `auth_failures` | `podpbx_auth_failures_total` | registrar / call auth |
 /// | `blocked_sources` | `podpbx_blocked_sources` | brute-force guard: sources blocked now |
@@ -580,6 +581,7 @@ pub struct PbxMetrics {
     pub relay_packets: Counter,
     pub relay_bytes: Counter,
     pub relay_session_slots: Gauge,
+    pub relay_ssrc_flaps: Counter,
     pub auth_failures: Counter,
     pub blocked_sources: Gauge,
     pub heap_free_bytes: Gauge,
@@ -655,6 +657,12 @@ impl PbxMetrics {
                 "podpbx_relay_session_slots",
                 "Room in the relay workers' session tables (sessions); given back a few \
                  seconds after a load.",
+                &[],
+            ),
+            relay_ssrc_flaps: reg.counter(
+                "podpbx_relay_ssrc_flaps_total",
+                "RTP from one latched source that went back to the SSRC before: several \
+                 streams (calls) sent from one address and port.",
                 &[],
             ),
             auth_failures: reg.counter(

@@ -226,6 +226,30 @@ impl B2bua {
         });
     }
 
+    /// The relay saw the RTP from leg `leg`'s latched source of session `media` switch back and
+    /// forth between SSRCs: the peer sends several streams from one address and port. Logged
+    /// (once per leg: the relay reports it once); the call goes on, as nothing tells which
+    /// packet belongs to which call.
+    pub fn media_mixed_streams(
+        &self,
+        media: MediaId,
+        leg: MediaLeg,
+        source: Option<std::net::SocketAddr>,
+        ssrcs: [u32; 2],
+    ) {
+        let call = self.by_media.get(&media).copied();
+        let source = source.map_or_else(|| "?".to_string(), |s| s.to_string());
+        warn!(
+            call,
+            ?leg,
+            %source,
+            ssrcs = format_args!("{:08x}/{:08x}", ssrcs[0], ssrcs[1]),
+            "one RTP source sends several streams (several calls from one socket?): with \
+             media.port_layout = \"shared\" their audio reaches one call; \"per-call\" keeps \
+             them apart"
+        );
+    }
+
     /// A fresh SDP session id for our o= line towards a leg (RFC 4566 §5.2).
     pub(super) fn origin_id(&mut self) -> u64 {
         // 48 bits: a numeric string every parser takes.

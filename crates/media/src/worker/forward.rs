@@ -9,11 +9,13 @@ use std::mem;
 use std::os::fd::RawFd;
 
 use super::demux::{ByIp, Demux};
+use super::leg::WLeg;
+use super::mix::Change;
 use super::{decode, leg_token, Sums, WSession, MAX_BATCH};
 use crate::packet::{classify, Kind, RtpInfo};
-use crate::relay::{Event, LatchPolicy, Leg};
+use crate::relay::{Event, LatchPolicy, Leg, SessionId};
 use crate::secure::Transform;
-use crate::stats::C;
+use crate::stats::{Counters, C};
 use crate::sys::{self, Endpoint, RawAddr};
 
 /// Receive buffer per datagram; larger datagrams are dropped (oversize).
@@ -485,7 +487,7 @@ fn deliver(
             counters.add(C::RtpPackets, 1);
             counters.add(C::RtpBytes, len as u64);
             let clock = l.clock_for(info.payload_type);
-            l.seq.update(
+            let changed = l.seq.update(
                 info.ssrc,
                 info.seq,
                 info.timestamp,
@@ -493,6 +495,11 @@ fn deliver(
                 clock,
                 counters,
             );
+            // The rare branch: a new SSRC. Telephone events are left out, as some
+            // devices send them under an SSRC of their own, between voice packets.
+            if let Some(from) = changed.filter(|_| info.payload_type != l.te_pt) {
+                mixed(l, from, info.ssrc, counters, cx, id, leg);
+            }
             if info.payload_type == l.te_pt {
                 if let Some((digit, duration_ms)) = l.dtmf_end(&b.bufs[i][..len], &info) {
                     (cx.sink)(Event::Dtmf {
@@ -541,6 +548,35 @@ fn deliver(
     counters.add(C::FwdBytes, len as u64);
     cx.sums.fwd += 1;
     cx.sums.fwd_bytes += len as u64;
+}
+
+/// Leg `leg`'s stream switched from SSRC `from` to `to`: a switch back to the SSRC before is
+/// counted, and enough of them in a short time are reported (see `mix`).
+#[cold]
+fn mixed(
+    l: &mut WLeg,
+    from: u32,
+    to: u32,
+    counters: &Counters,
+    cx: &mut Ctx,
+    session: SessionId,
+    leg: usize,
+) {
+    match l.c.mix.change(from, to, cx.now_ms) {
+        Change::Plain => {}
+        c @ (Change::Flap | Change::Report) => {
+            counters.add(C::SsrcFlaps, 1);
+            cx.sums.ssrc_flaps += 1;
+            if c == Change::Report {
+                (cx.sink)(Event::MixedStreams {
+                    session,
+                    leg: Leg::from_idx(leg),
+                    source: l.c.src_raw[0].socket_addr(),
+                    ssrcs: [from, to],
+                });
+            }
+        }
+    }
 }
 
 /// One sendmmsg per outgoing list; a datagram the kernel refuses is dropped

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
+use super::mix::MixWatch;
 use crate::dtmf;
 use crate::packet::{telephone_event, RtpInfo};
 use crate::relay::{LatchMode, LatchPolicy, RemoteMedia};
@@ -87,6 +88,8 @@ pub(super) struct LegCold {
     /// (SSRC, RTP timestamp) of the last DTMF event reported: its repeated
     /// end packets are not reported again.
     dtmf_last: Option<(u32, u32)>,
+    /// Whether the latched RTP source carries several streams.
+    pub(super) mix: MixWatch,
 }
 
 impl WLeg {
@@ -126,6 +129,7 @@ impl WLeg {
                 nclocks: 0,
                 te_clock: DEFAULT_CLOCK,
                 dtmf_last: None,
+                mix: MixWatch::default(),
             }),
         }
     }
@@ -318,6 +322,9 @@ impl WLeg {
     /// Latch socket `sock` onto `src` (`raw`: its kernel form, for sending).
     #[inline]
     pub(super) fn latch(&mut self, sock: usize, src: Endpoint, raw: RawAddr) {
+        if sock == 0 {
+            self.c.mix.reset();
+        }
         self.src[sock] = src;
         self.c.src_raw[sock] = raw;
         self.update_dest();

@@ -29,6 +29,7 @@
 mod demux;
 mod forward;
 mod leg;
+mod mix;
 mod moderation;
 
 use std::collections::{HashMap, VecDeque};
@@ -205,7 +206,7 @@ impl Wake {
 /// single writer (the worker), relaxed loads and stores.
 #[derive(Default)]
 pub(crate) struct Totals {
-    c: [AtomicU64; 10],
+    c: [AtomicU64; 11],
 }
 
 /// Indexes of [`Totals`].
@@ -221,6 +222,8 @@ pub(crate) mod total {
     pub(crate) const SRTP: usize = 8;
     /// A gauge, not a count: room in the worker's session table.
     pub(crate) const SLOTS: usize = 9;
+    /// RTP switching back to an earlier SSRC on one latched source (see `mix`).
+    pub(crate) const SSRC_FLAPS: usize = 10;
 }
 
 impl Totals {
@@ -252,6 +255,7 @@ struct Sums {
     no_dest: u64,
     send_err: u64,
     srtp: u64,
+    ssrc_flaps: u64,
 }
 
 impl Sums {
@@ -266,6 +270,7 @@ impl Sums {
         t.add(NO_DEST, self.no_dest);
         t.add(SEND_ERR, self.send_err);
         t.add(SRTP, self.srtp);
+        t.add(SSRC_FLAPS, self.ssrc_flaps);
         *self = Sums::default();
     }
 }

@@ -1114,3 +1114,80 @@ fn commands_that_do_not_wake_the_worker_still_apply_in_time() {
         relay.active_sessions()
     );
 }
+
+/// A source that sends two RTP streams at once (two calls' audio from one socket, as SIPp's
+/// `rtp_stream` does) is counted and reported once; a phone's own SSRC change, and telephone
+/// events under an SSRC of their own between its voice packets, are not.
+#[test]
+fn one_source_with_two_streams_is_reported_once() {
+    let (relay, ev) = relay(27000);
+    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, b) = (endpoint(V4), endpoint(V6));
+    connect(
+        &relay,
+        &s,
+        RemoteMedia {
+            telephone_event: Some((101, 8000)),
+            ..remote(&a)
+        },
+        remote(&b),
+    );
+    let send = |pt: u8, seq: u16, ssrc: u32| {
+        a.send_to(&rtp(pt, seq, u32::from(seq) * 160, ssrc, &[0; 160]), la.rtp)
+            .expect("send");
+        assert!(recv(&b).is_some(), "forwarded");
+    };
+    // A phone: voice, a digit under its own SSRC between voice packets, a new SSRC (a
+    // re-INVITE), a digit again.
+    for i in 0..40u16 {
+        let ssrc = if i < 20 { 0x1111 } else { 0x2222 };
+        send(0, i, ssrc);
+        if i % 20 < 8 {
+            send(101, 500 + i, 0xdddd);
+        }
+    }
+    assert_eq!(s.stats(Leg::A).ssrc_flaps, 0, "a phone is not mixed");
+    assert_eq!(relay.totals().ssrc_flaps, 0);
+    let mixed = |ev: &podpbx_media::Events| {
+        let mut got = Vec::new();
+        while let Some(e) = next_non_latch(ev, Duration::from_millis(200)) {
+            if let Event::MixedStreams {
+                session,
+                leg,
+                source,
+                ssrcs,
+            } = e
+            {
+                got.push((session, leg, source, ssrcs));
+            }
+        }
+        got
+    };
+    assert!(mixed(&ev).is_empty());
+
+    // Now a second stream from the same socket, interleaved with the first.
+    for i in 0..40u16 {
+        send(0, 100 + i, 0xca11_0000 + u32::from(i % 2));
+    }
+    let flaps = s.stats(Leg::A).ssrc_flaps;
+    assert!(flaps >= 37, "{flaps} flaps");
+    assert!(wait_until(Duration::from_secs(2), || relay
+        .totals()
+        .ssrc_flaps
+        == flaps));
+    let got = mixed(&ev);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (session, leg, source, ssrcs) = got[0];
+    assert_eq!((session, leg, source), (s.id(), Leg::A, Some(addr(&a))));
+    assert!(ssrcs.contains(&0xca11_0000) && ssrcs.contains(&0xca11_0001));
+    // Still mixed later: counted, not reported again.
+    for i in 0..40u16 {
+        send(0, 200 + i, 0xca11_0000 + u32::from(i % 2));
+    }
+    assert!(s.stats(Leg::A).ssrc_flaps >= flaps + 40);
+    assert!(mixed(&ev).is_empty());
+    // The other leg's peer sends one stream: nothing there.
+    pump(&b, lb.rtp, &a, la.rtp, 20, 0xbbbb);
+    assert_eq!(s.stats(Leg::B).ssrc_flaps, 0);
+}

@@ -419,6 +419,12 @@ impl State {
                     let duration = Duration::from_millis(duration_ms.into());
                     core.media_dtmf(Instant::now(), session.0, leg, digit, duration);
                 }
+                podpbx_media::Event::MixedStreams {
+                    session,
+                    leg,
+                    source,
+                    ssrcs,
+                } => core.media_mixed_streams(session.0, leg, source, ssrcs),
                 podpbx_media::Event::Latched { .. } => {}
             },
             Event::Reload(why) => {
@@ -712,6 +718,8 @@ fn publish_relay_totals(
         .add(now.forwarded_bytes.saturating_sub(seen.forwarded_bytes));
     m.relay_session_slots
         .set(i64::try_from(now.session_slots).unwrap_or(i64::MAX));
+    m.relay_ssrc_flaps
+        .add(now.ssrc_flaps.saturating_sub(seen.ssrc_flaps));
     let (d, s) = (&now.drops, &seen.drops);
     for (reason, n, before) in [
         ("foreign_source", d.foreign_source, s.foreign_source),
