@@ -396,11 +396,13 @@ media_session() {
     sleep $((ramp + 2))
     a1=$(metric podpbx_calls_active)
     t0=$(cpu_ticks "$SRV"); u0=$(cpu_ticks "$UAS"); f0=$(metric_num podpbx_relay_packets_total)
+    x0=$(metric_num podpbx_relay_ssrc_flaps_total)
     k0=$(udp_drops "$MEDIA_MIN" "$MEDIA_MAX"); e0=$(udp_drops "$UAS_MEDIA" "$UAS_MEDIA")
     d0=$(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_relay_dropped_packets_total/ {s += $2} END {print s + 0}')
     bs0=$(core_busy "$SERVER_CORE"); w0=$(date +%s%N)
     sleep $((HOLD_SECS - 4))
     t1=$(cpu_ticks "$SRV"); u1=$(cpu_ticks "$UAS"); f1=$(metric_num podpbx_relay_packets_total)
+    x1=$(metric_num podpbx_relay_ssrc_flaps_total)
     bs1=$(core_busy "$SERVER_CORE"); w1=$(date +%s%N)
     k1=$(udp_drops "$MEDIA_MIN" "$MEDIA_MAX"); e1=$(udp_drops "$UAS_MEDIA" "$UAS_MEDIA")
     d1=$(curl -s --max-time 2 "http://$ADMIN/metrics" | awk '/^podpbx_relay_dropped_packets_total/ {s += $2} END {print s + 0}')
@@ -456,7 +458,7 @@ PY
 )
     echo "M $round $CONC $ok $fail $(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.3f", (b - a) / 1e9}') $((t1 - t0))" \
         "$rss0 $hwm0 $rss1 $rss2 $hwm2 $p0 $p1 $p2 $a1 $a2 $((f1 - f0)) $((d1 - d0)) $((k1 - k0)) $((e1 - e0)) $loss" \
-        "$noise $((u1 - u0)) $uac_ticks" >> "$work/results"
+        "$noise $((u1 - u0)) $uac_ticks $((x1 - x0))" >> "$work/results"
     echo "T $round $(cat "$work/$tag.threads")" >> "$work/results"
     sipp_oddities "$work/$tag.err" "$tag caller" aborts
     stop_pid "$UAS"
@@ -651,6 +653,8 @@ if grep -q '^M ' "$work/results"; then
     printf '    relay forwarded %s packets/s per answered call (CDRs; expected 100: 50 each way), %s packets/s in all;\n' \
         "$(f "$(mmed '$26')" 1 1)" "$(f "$(mmed '$26 * $3')" 1 0)"
     printf '      podpbx_relay_packets_total rose by %s over the hold, relay drop counters by %s\n' "$(mmed '$18')" "$(mmed '$19')"
+    printf '    podpbx_relay_ssrc_flaps_total rose by %s over the hold%s\n' "$(mmed '$33')" \
+        "$(awk '$1 == "M" && $33 > 0 {n++} END {if (n) print ": SIPp sent several calls'"'"' RTP from one socket, so in the shared layout their audio crossed (one leg got it all) and the forwarding and loss figures here do not measure the relay; PORT_LAYOUT=per-call does"}' "$work/results")"
     printf '    SIPp: caller %s %% of a core (whole run), callee echo %s %% (hold)\n' \
         "$(f "$(mmed '$31 / hz / ($32 / 1000) * 100')" 1 0)" "$(f "$(mmed '$30 / hz / $6 * 100')" 1 0)"
     printf '    RSS MB: idle %s, at %s calls %s, after teardown %s (peak VmHWM %s)\n' \

@@ -273,7 +273,7 @@ pub enum Event {
         /// telephone-event clock rate of the leg's SDP).
         duration_ms: u32,
     },
-    /// The RTP from `leg`'s latched source keeps switching between SSRCs: several streams
+    /// The RTP from `leg`'s latched source keeps changing its SSRC: several streams
     /// come from one address and port, most likely several calls of a peer that sends all its
     /// RTP from one socket. In the shared port layout they all reach this leg (crossed audio;
     /// the peer's other calls hear nothing); `port_layout = "per-call"` keeps them apart.
@@ -286,7 +286,7 @@ pub enum Event {
         leg: Leg,
         /// The latched source (None when the kernel gave no address: cannot happen on UDP).
         source: Option<SocketAddr>,
-        /// Two of the SSRCs it alternates between.
+        /// The SSRCs of the change that made it mixed (before, after).
         ssrcs: [u32; 2],
     },
 }
@@ -415,7 +415,7 @@ pub struct RelayTotals {
     /// Room in the workers' session tables (sessions): grows with the busiest moment, given
     /// back a few seconds after a load has passed.
     pub session_slots: u64,
-    /// RTP that switched back to an earlier SSRC on one latched source (see
+    /// SSRC changes on one latched source within 200 ms of the one before (see
     /// [`Event::MixedStreams`]); 0 while every source sends one stream at a time.
     pub ssrc_flaps: u64,
 }

@@ -196,10 +196,10 @@ pub struct StreamStats {
     pub dtmf_packets_sent: u64,
     /// How often the leg latched (first latch included).
     pub relatches: u64,
-    /// How often the RTP from the latched source went back to the SSRC it had before the
-    /// current one: the signature of several streams sent from one address and port (in the
-    /// shared port layout, several calls' audio reaching this one leg). See
-    /// [`crate::Event::MixedStreams`].
+    /// How often the RTP from the latched source changed its SSRC within 200 ms of the change
+    /// before (telephone events under an SSRC of their own left out): the signature of several
+    /// streams sent from one address and port (in the shared port layout, several calls' audio
+    /// reaching this one leg). See [`crate::Event::MixedStreams`].
     pub ssrc_flaps: u64,
 }
 
@@ -236,6 +236,12 @@ pub(crate) struct SeqState {
 }
 
 impl SeqState {
+    /// Whether a packet of `ssrc` continues this stream (or starts the first one).
+    #[inline]
+    pub(crate) fn follows(&self, ssrc: u32) -> bool {
+        !self.active || ssrc == self.ssrc
+    }
+
     /// Account one RTP packet. `arrival_us` is a monotonic clock in
     /// microseconds; `clock` the payload type's clock rate in Hz. Returns the SSRC the
     /// stream had until this packet when the packet changed it (the rare branch).

@@ -661,7 +661,7 @@ impl PbxMetrics {
             ),
             relay_ssrc_flaps: reg.counter(
                 "podpbx_relay_ssrc_flaps_total",
-                "RTP from one latched source that went back to the SSRC before: several \
+                "SSRC changes of the RTP from one latched source within 200 ms of the one before: several \
                  streams (calls) sent from one address and port.",
                 &[],
             ),

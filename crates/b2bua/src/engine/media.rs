@@ -226,8 +226,8 @@ impl B2bua {
         });
     }
 
-    /// The relay saw the RTP from leg `leg`'s latched source of session `media` switch back and
-    /// forth between SSRCs: the peer sends several streams from one address and port. Logged
+    /// The relay saw the RTP from leg `leg`'s latched source of session `media` change its SSRC
+    /// many times a second: the peer sends several streams from one address and port. Logged
     /// (once per leg: the relay reports it once); the call goes on, as nothing tells which
     /// packet belongs to which call.
     pub fn media_mixed_streams(

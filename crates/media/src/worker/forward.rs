@@ -486,19 +486,23 @@ fn deliver(
         Some(info) => {
             counters.add(C::RtpPackets, 1);
             counters.add(C::RtpBytes, len as u64);
-            let clock = l.clock_for(info.payload_type);
-            let changed = l.seq.update(
-                info.ssrc,
-                info.seq,
-                info.timestamp,
-                cx.now_us,
-                clock,
-                counters,
-            );
-            // The rare branch: a new SSRC. Telephone events are left out, as some
-            // devices send them under an SSRC of their own, between voice packets.
-            if let Some(from) = changed.filter(|_| info.payload_type != l.te_pt) {
-                mixed(l, from, info.ssrc, counters, cx, id, leg);
+            // Telephone events under an SSRC of their own (some devices send them so,
+            // between voice packets) are a stream of their own: they neither restart the
+            // voice stream's loss and jitter nor count as an SSRC change.
+            if info.payload_type != l.te_pt || l.seq.follows(info.ssrc) {
+                let clock = l.clock_for(info.payload_type);
+                let changed = l.seq.update(
+                    info.ssrc,
+                    info.seq,
+                    info.timestamp,
+                    cx.now_us,
+                    clock,
+                    counters,
+                );
+                // The rare branch: a new SSRC.
+                if let Some(from) = changed {
+                    mixed(l, [from, info.ssrc], counters, cx, id, leg);
+                }
             }
             if info.payload_type == l.te_pt {
                 if let Some((digit, duration_ms)) = l.dtmf_end(&b.bufs[i][..len], &info) {
@@ -550,19 +554,18 @@ fn deliver(
     cx.sums.fwd_bytes += len as u64;
 }
 
-/// Leg `leg`'s stream switched from SSRC `from` to `to`: a switch back to the SSRC before is
-/// counted, and enough of them in a short time are reported (see `mix`).
+/// Leg `leg`'s stream changed from SSRC `ssrcs[0]` to `ssrcs[1]`: a change soon after the one
+/// before is counted, and enough of them in a short time are reported (see `mix`).
 #[cold]
 fn mixed(
     l: &mut WLeg,
-    from: u32,
-    to: u32,
+    ssrcs: [u32; 2],
     counters: &Counters,
     cx: &mut Ctx,
     session: SessionId,
     leg: usize,
 ) {
-    match l.c.mix.change(from, to, cx.now_ms) {
+    match l.c.mix.change(cx.now_ms) {
         Change::Plain => {}
         c @ (Change::Flap | Change::Report) => {
             counters.add(C::SsrcFlaps, 1);
@@ -572,7 +575,7 @@ fn mixed(
                     session,
                     leg: Leg::from_idx(leg),
                     source: l.c.src_raw[0].socket_addr(),
-                    ssrcs: [from, to],
+                    ssrcs,
                 });
             }
         }

@@ -222,7 +222,7 @@ pub(crate) mod total {
     pub(crate) const SRTP: usize = 8;
     /// A gauge, not a count: room in the worker's session table.
     pub(crate) const SLOTS: usize = 9;
-    /// RTP switching back to an earlier SSRC on one latched source (see `mix`).
+    /// SSRC changes on one latched source within 200 ms of the one before (see `mix`).
     pub(crate) const SSRC_FLAPS: usize = 10;
 }
 

@@ -1185,7 +1185,8 @@ fn one_source_with_two_streams_is_reported_once() {
     for i in 0..40u16 {
         send(0, 200 + i, 0xca11_0000 + u32::from(i % 2));
     }
-    assert!(s.stats(Leg::A).ssrc_flaps >= flaps + 40);
+    // (The first change of this burst comes after the wait above: not a flap.)
+    assert!(s.stats(Leg::A).ssrc_flaps >= flaps + 38);
     assert!(mixed(&ev).is_empty());
     // The other leg's peer sends one stream: nothing there.
     pump(&b, lb.rtp, &a, la.rtp, 20, 0xbbbb);
