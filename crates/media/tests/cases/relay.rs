@@ -1147,7 +1147,13 @@ fn one_source_with_two_streams_is_reported_once() {
             send(101, 500 + i, 0xdddd);
         }
     }
-    assert_eq!(s.stats(Leg::A).ssrc_flaps, 0, "a phone is not mixed");
+    let sa = s.stats(Leg::A);
+    assert_eq!(sa.ssrc_flaps, 0, "a phone is not mixed");
+    // The digits' own SSRC does not restart the voice stream's statistics.
+    assert_eq!(
+        (sa.ssrc, sa.expected_packets, sa.lost_packets),
+        (0x2222, 20, 0)
+    );
     assert_eq!(relay.totals().ssrc_flaps, 0);
     let mixed = |ev: &podpbx_media::Events| {
         let mut got = Vec::new();
