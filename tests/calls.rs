@@ -287,71 +287,177 @@ fn hdr(msg: &str, name: &str) -> Option<String> {
     })
 }
 
+/// The doorbell's side of an answered call: raw SIP and RTP sockets on 127.0.0.1.
+struct DoorCall {
+    sip: UdpSocket,
+    rtp: UdpSocket,
+    /// The relay's address for the doorbell's media (from the 200's SDP).
+    relay: SocketAddr,
+    me: SocketAddr,
+    ruri: String,
+    to: String,
+}
+
+impl DoorCall {
+    /// The doorbell (190, identified by its source address) calls 1; the ring rule sends it to
+    /// 102, which answers. `sdp_extra` is appended to the doorbell's SDP. Returns once the 200
+    /// is ACKed.
+    fn answered(pbx: &Pbx, sdp_extra: &str) -> DoorCall {
+        let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sip.connect(pbx.v4()).unwrap();
+        sip.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rtp.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let me = sip.local_addr().unwrap();
+        let sdp = format!(
+            "v=0\r\no=door 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0{}\r\na=rtpmap:0 PCMU/8000\r\n{sdp_extra}",
+            rtp.local_addr().unwrap().port(),
+            if sdp_extra.contains("telephone-event") { " 101" } else { "" },
+        );
+        let invite = format!(
+            "INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor1;rport\r\nMax-Forwards: 70\r\n\
+             From: \"Door\" <sip:190@127.0.0.1>;tag=door\r\nTo: <sip:1@127.0.0.1>\r\nCall-ID: doorbell-1@test\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:190@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip.send(invite.as_bytes()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let ok = loop {
+            assert!(
+                Instant::now() < deadline,
+                "no 200 OK:\n{}",
+                tail(&pbx.log_text())
+            );
+            let Some(m) = recv_msg(&sip) else { continue };
+            if m.starts_with("SIP/2.0 200") {
+                break m;
+            }
+            assert!(m.starts_with("SIP/2.0 1"), "unexpected: {m}");
+        };
+        assert!(
+            ok.contains("c=IN IP4 127.0.0.1"),
+            "IPv4 SDP for the IPv4 leg:\n{ok}"
+        );
+        assert!(
+            !ok.contains("::1"),
+            "no IPv6 address leaks to the doorbell:\n{ok}"
+        );
+        let body = ok.split("\r\n\r\n").nth(1).unwrap_or("");
+        let port: u16 = body
+            .lines()
+            .find_map(|l| l.strip_prefix("m=audio "))
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .expect("m= port");
+        let relay: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let to = hdr(&ok, "To").unwrap();
+        let contact = hdr(&ok, "Contact").unwrap();
+        let ruri = contact
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap()
+            .to_string();
+        let ack = format!(
+            "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor2;rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
+             To: {to}\r\nCall-ID: doorbell-1@test\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        sip.send(ack.as_bytes()).unwrap();
+        DoorCall {
+            sip,
+            rtp,
+            relay,
+            me,
+            ruri,
+            to,
+        }
+    }
+
+    /// BYE, and its 200 (bounded).
+    fn hang_up(&self) {
+        let DoorCall { me, ruri, to, .. } = self;
+        let bye = format!(
+            "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor3;rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
+             To: {to}\r\nCall-ID: doorbell-1@test\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        self.sip.send(bye.as_bytes()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "no 200 for BYE");
+            if recv_msg(&self.sip)
+                .is_some_and(|m| m.starts_with("SIP/2.0 200") && m.contains("BYE"))
+            {
+                break;
+            }
+        }
+    }
+}
+
+/// A caller that floods end-of-event packets, each a new digit, does not get an event per
+/// packet into the core loop: the relay reports digits at a human rate and counts the rest in
+/// `podpbx_relay_digits_limited_total`, the packets still reach the phone, and podpbx answers
+/// other requests meanwhile.
+#[test]
+fn a_flood_of_rfc4733_digits_is_limited_and_counted() {
+    const FLOOD: u32 = 5_000;
+    let pbx = Pbx::start(CONFIG);
+    let p = phone(&pbx, "102", "call_phone_answer.xml", &[]);
+    let door = DoorCall::answered(&pbx, "a=rtpmap:101 telephone-event/8000\r\n");
+    for i in 0..FLOOD {
+        let mut pkt = vec![0x80u8, 101];
+        pkt.extend_from_slice(&(i as u16).to_be_bytes());
+        pkt.extend_from_slice(&(i * 800).to_be_bytes());
+        pkt.extend_from_slice(&0x0d00_0d00u32.to_be_bytes());
+        // Digit 1, end bit, volume 10, 100 ms.
+        pkt.extend_from_slice(&[1, 0x8a, 0x03, 0x20]);
+        door.rtp.send_to(&pkt, door.relay).unwrap();
+    }
+    let options = UdpPeer::new(pbx.v4());
+    options.send(
+        request(
+            "OPTIONS",
+            "sip:127.0.0.1",
+            options.local(),
+            "UDP",
+            "z9hG4bKflood",
+            "",
+        )
+        .as_bytes(),
+    );
+    let answer = options.recv().expect("podpbx answers during the flood");
+    assert_eq!(status(&answer), 200);
+    let series = |name: &str| metric(&http_get(pbx.admin, "/metrics").1, name);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && series("podpbx_relay_digits_limited_total").unwrap_or(0.0) < f64::from(FLOOD / 2)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let limited = series("podpbx_relay_digits_limited_total").unwrap_or(0.0);
+    let forwarded = series("podpbx_relay_packets_total").unwrap_or(0.0);
+    eprintln!("{FLOOD} digits sent: {limited} limited, {forwarded} packets forwarded");
+    assert!(
+        limited >= f64::from(FLOOD / 2),
+        "{limited} digits limited of {FLOOD}\n{}",
+        tail(&pbx.log_text())
+    );
+    assert!(
+        forwarded >= limited,
+        "the packets were forwarded ({forwarded})"
+    );
+    assert_eq!(series("podpbx_relay_events_dropped_total"), Some(0.0));
+    door.hang_up();
+    check_phone(p, "IPv6 phone", &pbx);
+}
+
 #[test]
 fn ipv4_doorbell_to_ipv6_phone_rtp_flows_both_ways_through_the_relay() {
     let pbx = Pbx::start(CONFIG);
     let p = phone(&pbx, "102", "call_phone_answer.xml", &["-rtp_echo"]);
-    let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sip.connect(pbx.v4()).unwrap();
-    sip.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    rtp.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let me = sip.local_addr().unwrap();
-    let sdp = format!(
-        "v=0\r\no=door 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
-        rtp.local_addr().unwrap().port()
-    );
-    let invite = format!(
-        "INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor1;rport\r\nMax-Forwards: 70\r\n\
-         From: \"Door\" <sip:190@127.0.0.1>;tag=door\r\nTo: <sip:1@127.0.0.1>\r\nCall-ID: doorbell-1@test\r\nCSeq: 1 INVITE\r\n\
-         Contact: <sip:190@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-        sdp.len()
-    );
-    sip.send(invite.as_bytes()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let ok = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no 200 OK:\n{}",
-            tail(&pbx.log_text())
-        );
-        let Some(m) = recv_msg(&sip) else { continue };
-        if m.starts_with("SIP/2.0 200") {
-            break m;
-        }
-        assert!(m.starts_with("SIP/2.0 1"), "unexpected: {m}");
-    };
-    assert!(
-        ok.contains("c=IN IP4 127.0.0.1"),
-        "IPv4 SDP for the IPv4 leg:\n{ok}"
-    );
-    assert!(
-        !ok.contains("::1"),
-        "no IPv6 address leaks to the doorbell:\n{ok}"
-    );
-    let body = ok.split("\r\n\r\n").nth(1).unwrap_or("");
-    let port: u16 = body
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .expect("m= port");
-    let relay: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let to = hdr(&ok, "To").unwrap();
-    let contact = hdr(&ok, "Contact").unwrap();
-    let ruri = contact
-        .trim_start_matches('<')
-        .split('>')
-        .next()
-        .unwrap()
-        .to_string();
-    let ack = format!(
-        "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor2;rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
-         To: {to}\r\nCall-ID: doorbell-1@test\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
-    );
-    sip.send(ack.as_bytes()).unwrap();
+    let door = DoorCall::answered(&pbx, "");
+    let (rtp, relay) = (&door.rtp, door.relay);
     // 40 PCMU packets to the relay; SIPp echoes them back through it.
     let mut echoed = 0;
     for i in 0..40u16 {
@@ -374,18 +480,7 @@ fn ipv4_doorbell_to_ipv6_phone_rtp_flows_both_ways_through_the_relay() {
     while rtp.recv_from(&mut buf).is_ok() {
         echoed += 1;
     }
-    let bye = format!(
-        "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor3;rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
-         To: {to}\r\nCall-ID: doorbell-1@test\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
-    );
-    sip.send(bye.as_bytes()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        assert!(Instant::now() < deadline, "no 200 for BYE");
-        if recv_msg(&sip).is_some_and(|m| m.starts_with("SIP/2.0 200") && m.contains("BYE")) {
-            break;
-        }
-    }
+    door.hang_up();
     let logs = check_phone(p, "IPv6 phone", &pbx);
     assert!(
         logs.contains("c=IN IP6 ::1"),

@@ -61,6 +61,7 @@ mod worker;
 pub use relay::{
     Event, Events, Family, FamilyConfig, LatchMode, LatchPolicy, Leg, LocalLeg, PortLayout, Relay,
     RelayConfig, RelayError, RelayTotals, RemoteMedia, Session, SessionId, DSCP_EF_TOS,
+    EVENT_QUEUE,
 };
 pub use secure::{generate_key, SrtpKeys};
 pub use stats::{Drops, StreamStats};

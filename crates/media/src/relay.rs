@@ -150,6 +150,8 @@ pub struct RelayConfig {
     pub max_sessions: usize,
     /// Report [`Event::Latched`] (off saves the event sink a call per latch).
     pub report_latching: bool,
+    /// Room in the queue of [`Relay::start`]'s events (default [`EVENT_QUEUE`]).
+    pub event_queue: usize,
 }
 
 /// How legs get their ports.
@@ -191,6 +193,7 @@ impl Default for RelayConfig {
             layout: PortLayout::PerCall,
             max_sessions: 100_000,
             report_latching: true,
+            event_queue: EVENT_QUEUE,
         }
     }
 }
@@ -418,6 +421,11 @@ pub struct RelayTotals {
     /// SSRC changes on one latched source within 200 ms of the one before (see
     /// [`Event::MixedStreams`]); 0 while every source sends one stream at a time.
     pub ssrc_flaps: u64,
+    /// Events the queue had no room for (the consumer fell [`EVENT_QUEUE`] behind).
+    pub events_dropped: u64,
+    /// RFC 4733 digits not reported because their leg sent more than a person dials (a burst
+    /// of 20, then 20 a second); their packets were forwarded.
+    pub digits_limited: u64,
 }
 
 impl Drop for Inner {
@@ -437,26 +445,31 @@ impl Drop for Inner {
 
 /// The relay. Cheap to clone; the workers stop when the last clone and the
 /// last [`Session`] are gone.
+/// Default room in the queue of [`Relay::start`]'s events: far more than the core loop ever lags
+/// behind (events come a few per call, digits at most 20 a second per leg), and a bound on the
+/// memory a stalled consumer can cost (~1 MB).
+pub const EVENT_QUEUE: usize = 16_384;
+
 #[derive(Clone)]
 pub struct Relay {
     inner: Arc<Inner>,
 }
 
 impl Relay {
-    /// Start the workers; events arrive on the returned [`Events`].
+    /// Start the workers; events arrive on the returned [`Events`], a queue of at most
+    /// [`RelayConfig::event_queue`] (events beyond it are dropped and counted in
+    /// [`RelayTotals::events_dropped`]; a media timeout is raised again a tick later).
     pub fn start(cfg: RelayConfig) -> Result<(Relay, Events), RelayError> {
-        let (tx, rx) = mpsc::channel();
-        let relay = Relay::start_with_sink(cfg, move |e| {
-            let _ = tx.send(e);
-        })?;
+        let (tx, rx) = mpsc::sync_channel(cfg.event_queue.max(1));
+        let relay = Relay::start_with_sink(cfg, move |e| tx.try_send(e).is_ok())?;
         Ok((relay, Events { rx }))
     }
 
-    /// Start the workers; `sink` is called on a worker thread for each event
-    /// and must not block (e.g. an unbounded channel's `send`).
+    /// Start the workers; `sink` is called on a worker thread for each event, must not block,
+    /// and returns whether it took the event (see [`Relay::start`] for what a refusal means).
     pub fn start_with_sink(
         cfg: RelayConfig,
-        sink: impl Fn(Event) + Send + Sync + 'static,
+        sink: impl Fn(Event) -> bool + Send + Sync + 'static,
     ) -> Result<Relay, RelayError> {
         if cfg.workers == 0 || cfg.workers > 64 {
             return Err(RelayError::Config("workers must be 1..=64"));
@@ -499,7 +512,7 @@ impl Relay {
             v6: mk(&cfg.ipv6, Family::V6)?,
         });
         let epoch_ns = sys::monotonic_ns();
-        let sink: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(sink);
+        let sink: Arc<dyn Fn(Event) -> bool + Send + Sync> = Arc::new(sink);
         let active = Arc::new(AtomicUsize::new(0));
         let mut workers = Vec::with_capacity(cfg.workers);
         for i in 0..cfg.workers {
@@ -603,6 +616,8 @@ impl Relay {
             d.srtp += c.get(SRTP);
             t.session_slots += c.get(SLOTS);
             t.ssrc_flaps += c.get(SSRC_FLAPS);
+            t.events_dropped += c.get(EVENTS_DROPPED);
+            t.digits_limited += c.get(DIGITS_LIMITED);
         }
         t
     }

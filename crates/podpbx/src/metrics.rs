@@ -564,6 +564,8 @@ pub const RELAY_DROP_REASONS: [&str; 7] = [
 /// | `relay_packets`, `relay_bytes` | `podpbx_relay_{packets,bytes}_total` | media: forwarded |
 /// | `relay_session_slots` | `podpbx_relay_session_slots` | media: room in the session tables |
 /// | `relay_ssrc_flaps` | `podpbx_relay_ssrc_flaps_total` | media: one source, several streams |
+/// | `relay_digits_limited` | `podpbx_relay_digits_limited_total` | media: RFC 4733 digits over a leg's rate |
+/// | `relay_events_dropped` | `podpbx_relay_events_dropped_total` | media: events beyond the relay's queue |
 /// | [`PbxMetrics::relay_dropped`] | `podpbx_relay_dropped_packets_total{reason}` | media |
 /// | `auth_failures` | `podpbx_auth_failures_total` | registrar / call auth |
 /// | `blocked_sources` | `podpbx_blocked_sources` | brute-force guard: sources blocked now |
@@ -582,6 +584,8 @@ pub struct PbxMetrics {
     pub relay_bytes: Counter,
     pub relay_session_slots: Gauge,
     pub relay_ssrc_flaps: Counter,
+    pub relay_digits_limited: Counter,
+    pub relay_events_dropped: Counter,
     pub auth_failures: Counter,
     pub blocked_sources: Gauge,
     pub heap_free_bytes: Gauge,
@@ -663,6 +667,18 @@ impl PbxMetrics {
                 "podpbx_relay_ssrc_flaps_total",
                 "SSRC changes of the RTP from one latched source within 200 ms of the one before: several \
                  streams (calls) sent from one address and port.",
+                &[],
+            ),
+            relay_digits_limited: reg.counter(
+                "podpbx_relay_digits_limited_total",
+                "RFC 4733 digits not reported to the call layer: their leg sent more than a \
+                 burst of 20 and 20 a second (the packets were forwarded).",
+                &[],
+            ),
+            relay_events_dropped: reg.counter(
+                "podpbx_relay_events_dropped_total",
+                "Relay events (media timeouts, digits) dropped: the core loop fell 16 384 \
+                 events behind.",
                 &[],
             ),
             auth_failures: reg.counter(

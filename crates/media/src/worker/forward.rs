@@ -183,7 +183,7 @@ unsafe fn zeroed_slice<T>(n: usize) -> Box<[T]> {
 pub(super) struct Ctx<'a> {
     pub(super) demux: &'a mut Demux,
     pub(super) by_ip: &'a ByIp,
-    pub(super) sink: &'a (dyn Fn(Event) + Send + Sync),
+    pub(super) sink: &'a (dyn Fn(Event) -> bool + Send + Sync),
     pub(super) policy: &'a LatchPolicy,
     pub(super) report_latching: bool,
     pub(super) now_us: u64,
@@ -440,18 +440,21 @@ fn pick(
 
 /// Counters and the event of a new latch.
 #[inline]
-fn latched(s: &WSession, leg: usize, sock: usize, name: &RawAddr, cx: &Ctx) {
+fn latched(s: &WSession, leg: usize, sock: usize, name: &RawAddr, cx: &mut Ctx) {
     let counters = &s.shared.legs[leg];
     counters.set(C::Latched, 1);
     counters.add(C::Relatches, 1);
     if cx.report_latching {
         if let Some(source) = name.socket_addr() {
-            (cx.sink)(Event::Latched {
-                session: s.id,
-                leg: Leg::from_idx(leg),
-                rtcp: sock == 1,
-                source,
-            });
+            emit(
+                cx,
+                Event::Latched {
+                    session: s.id,
+                    leg: Leg::from_idx(leg),
+                    rtcp: sock == 1,
+                    source,
+                },
+            );
         }
     }
 }
@@ -506,12 +509,19 @@ fn deliver(
             }
             if info.payload_type == l.te_pt {
                 if let Some((digit, duration_ms)) = l.dtmf_end(&b.bufs[i][..len], &info) {
-                    (cx.sink)(Event::Dtmf {
-                        session: id,
-                        leg: Leg::from_idx(leg),
-                        digit,
-                        duration_ms,
-                    });
+                    if l.c.digits.allow(cx.now_ms) {
+                        emit(
+                            cx,
+                            Event::Dtmf {
+                                session: id,
+                                leg: Leg::from_idx(leg),
+                                digit,
+                                duration_ms,
+                            },
+                        );
+                    } else {
+                        cx.sums.digits_limited += 1;
+                    }
                 }
             }
             false
@@ -554,6 +564,14 @@ fn deliver(
     cx.sums.fwd_bytes += len as u64;
 }
 
+/// An event to the sink; one it refuses (its queue is full) is counted.
+#[cold]
+fn emit(cx: &mut Ctx, e: Event) {
+    if !(cx.sink)(e) {
+        cx.sums.events_dropped += 1;
+    }
+}
+
 /// Leg `leg`'s stream changed from SSRC `ssrcs[0]` to `ssrcs[1]`: a change soon after the one
 /// before is counted, and enough of them in a short time are reported (see `mix`).
 #[cold]
@@ -571,12 +589,15 @@ fn mixed(
             counters.add(C::SsrcFlaps, 1);
             cx.sums.ssrc_flaps += 1;
             if c == Change::Report {
-                (cx.sink)(Event::MixedStreams {
-                    session,
-                    leg: Leg::from_idx(leg),
-                    source: l.c.src_raw[0].socket_addr(),
-                    ssrcs,
-                });
+                emit(
+                    cx,
+                    Event::MixedStreams {
+                        session,
+                        leg: Leg::from_idx(leg),
+                        source: l.c.src_raw[0].socket_addr(),
+                        ssrcs,
+                    },
+                );
             }
         }
     }

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
+use super::digits::DigitRate;
 use super::mix::MixWatch;
 use crate::dtmf;
 use crate::packet::{telephone_event, RtpInfo};
@@ -90,6 +91,8 @@ pub(super) struct LegCold {
     dtmf_last: Option<(u32, u32)>,
     /// Whether the latched RTP source carries several streams.
     pub(super) mix: MixWatch,
+    /// How many RFC 4733 digits the leg may still report.
+    pub(super) digits: DigitRate,
 }
 
 impl WLeg {
@@ -130,6 +133,7 @@ impl WLeg {
                 te_clock: DEFAULT_CLOCK,
                 dtmf_last: None,
                 mix: MixWatch::default(),
+                digits: DigitRate::default(),
             }),
         }
     }

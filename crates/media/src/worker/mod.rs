@@ -27,6 +27,7 @@
 //! a little after a round so the next one finds more ([`moderation`]).
 
 mod demux;
+mod digits;
 mod forward;
 mod leg;
 mod mix;
@@ -206,7 +207,7 @@ impl Wake {
 /// single writer (the worker), relaxed loads and stores.
 #[derive(Default)]
 pub(crate) struct Totals {
-    c: [AtomicU64; 11],
+    c: [AtomicU64; 13],
 }
 
 /// Indexes of [`Totals`].
@@ -224,6 +225,10 @@ pub(crate) mod total {
     pub(crate) const SLOTS: usize = 9;
     /// SSRC changes on one latched source within 200 ms of the one before (see `mix`).
     pub(crate) const SSRC_FLAPS: usize = 10;
+    /// Events the sink refused (its queue full).
+    pub(crate) const EVENTS_DROPPED: usize = 11;
+    /// RFC 4733 digits beyond a leg's rate (see `digits`), not reported.
+    pub(crate) const DIGITS_LIMITED: usize = 12;
 }
 
 impl Totals {
@@ -256,6 +261,8 @@ struct Sums {
     send_err: u64,
     srtp: u64,
     ssrc_flaps: u64,
+    events_dropped: u64,
+    digits_limited: u64,
 }
 
 impl Sums {
@@ -271,6 +278,8 @@ impl Sums {
         t.add(SEND_ERR, self.send_err);
         t.add(SRTP, self.srtp);
         t.add(SSRC_FLAPS, self.ssrc_flaps);
+        t.add(EVENTS_DROPPED, self.events_dropped);
+        t.add(DIGITS_LIMITED, self.digits_limited);
         *self = Sums::default();
     }
 }
@@ -336,7 +345,7 @@ pub(crate) struct WorkerParts {
     pub(crate) wake: Arc<Wake>,
     pub(crate) tid: Arc<AtomicU32>,
     pub(crate) pools: Arc<Pools>,
-    pub(crate) sink: Arc<dyn Fn(Event) + Send + Sync>,
+    pub(crate) sink: Arc<dyn Fn(Event) -> bool + Send + Sync>,
     pub(crate) active: Arc<AtomicUsize>,
     pub(crate) totals: Arc<Totals>,
     pub(crate) shared: Vec<SharedPair>,
@@ -349,7 +358,7 @@ struct Worker {
     rx: mpsc::Receiver<Cmd>,
     /// Commands received so far (against `wake.sent`).
     seen: u64,
-    sink: Arc<dyn Fn(Event) + Send + Sync>,
+    sink: Arc<dyn Fn(Event) -> bool + Send + Sync>,
     pools: Arc<Pools>,
     active: Arc<AtomicUsize>,
     totals: Arc<Totals>,
@@ -902,13 +911,16 @@ impl Worker {
                 let last = l.last_rx_ms.max(s.armed_ms);
                 let idle = now_ms.saturating_sub(last);
                 if !l.timed_out && idle >= limit {
-                    l.timed_out = true;
-                    (self.sink)(Event::MediaTimeout {
+                    // Refused (the queue is full): raised again on the next tick.
+                    l.timed_out = (self.sink)(Event::MediaTimeout {
                         session: s.id,
                         leg: Leg::from_idx(i),
                         idle: Duration::from_millis(idle),
                         on_hold,
                     });
+                    if !l.timed_out {
+                        self.totals.add(total::EVENTS_DROPPED, 1);
+                    }
                 }
             }
         }

@@ -1198,3 +1198,99 @@ fn one_source_with_two_streams_is_reported_once() {
     pump(&b, lb.rtp, &a, la.rtp, 20, 0xbbbb);
     assert_eq!(s.stats(Leg::B).ssrc_flaps, 0);
 }
+
+/// A peer that sends end-of-event packets as fast as it can, each of a new event (a new
+/// timestamp), must not turn each into an event for the call layer (a queue that grows while the
+/// core works through them, a SIP INFO per digit): digits are reported at a human rate, the rest
+/// counted; the packets themselves are forwarded. Once the flood stops, a digit is reported again.
+#[test]
+fn a_flood_of_digits_is_reported_at_a_human_rate() {
+    let (relay, ev) = relay(27100);
+    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let la = s.local(Leg::A);
+    let (a, b) = (endpoint(V4), endpoint(V6));
+    connect(
+        &relay,
+        &s,
+        RemoteMedia {
+            telephone_event: Some((101, 8000)),
+            ..remote(&a)
+        },
+        remote(&b),
+    );
+    const FLOOD: u32 = 3_000;
+    for i in 0..FLOOD {
+        let p = te_packet(101, i as u16, i * 800, 0xf100d, 1, true, 800);
+        a.send_to(&p, la.rtp).expect("send");
+    }
+    // Until the relay has taken in what reached it (a socket buffer may have dropped some).
+    let mut rtp = 0;
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = s.stats(Leg::A).rtp_packets;
+        if now == rtp {
+            break;
+        }
+        rtp = now;
+    }
+    assert!(rtp > u64::from(FLOOD) / 2, "{rtp} accepted");
+    let got = dtmf_events(&ev, Duration::from_millis(300)).len() as u64;
+    assert!(got <= 25, "{got} digit events from a flood of {rtp} events");
+    assert!(got >= 10, "a burst of digits is still reported ({got})");
+    assert_eq!(relay.totals().digits_limited, rtp - got);
+    // The bucket refills: a digit a little later is reported.
+    std::thread::sleep(Duration::from_millis(200));
+    a.send_to(
+        &te_packet(101, 60_000, 99_999_200, 0xf100d, 5, true, 800),
+        la.rtp,
+    )
+    .expect("send");
+    assert_eq!(
+        dtmf_events(&ev, Duration::from_millis(300)),
+        vec![(Leg::A, '5', 100)]
+    );
+}
+
+/// The event queue has a bound: a consumer that does not keep up loses the events beyond it
+/// (counted), the relay holds no more than that and forwards on.
+#[test]
+fn the_event_queue_is_bounded_and_counts_what_it_drops() {
+    let (relay, ev) = relay_with(27200, 20, |c| c.event_queue = 8);
+    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
+    let (a, b) = (endpoint(V4), endpoint(V6));
+    connect(
+        &relay,
+        &s,
+        RemoteMedia {
+            telephone_event: Some((101, 8000)),
+            ..remote(&a)
+        },
+        remote(&b),
+    );
+    // Nobody reads: 15 digits (within the digit rate), each forwarded.
+    for i in 0..15u32 {
+        let p = te_packet(101, i as u16, i * 800, 0xe7e7, (i % 10) as u8, true, 800);
+        a.send_to(&p, la.rtp).expect("send");
+        assert!(recv(&b).is_some(), "forwarded");
+    }
+    // A's latch and 15 digits: 8 queued, 8 counted (the totals follow the packets a moment later).
+    assert!(
+        wait_until(Duration::from_secs(2), || relay.totals().events_dropped
+            >= 8),
+        "{} dropped",
+        relay.totals().events_dropped
+    );
+    let queued: Vec<_> = std::iter::from_fn(|| ev.try_recv()).collect();
+    assert_eq!(queued.len(), 8, "{queued:?}");
+    assert_eq!(relay.totals().events_dropped, 8);
+    // Read, the queue has room again.
+    a.send_to(&te_packet(101, 99, 99 * 800, 0xe7e7, 5, true, 800), la.rtp)
+        .expect("send");
+    assert!(recv(&b).is_some());
+    assert_eq!(
+        dtmf_events(&ev, Duration::from_millis(300)),
+        vec![(Leg::A, '5', 100)]
+    );
+    pump(&b, lb.rtp, &a, la.rtp, 5, 0xbbbb);
+}

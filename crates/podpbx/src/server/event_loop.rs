@@ -720,6 +720,10 @@ fn publish_relay_totals(
         .set(i64::try_from(now.session_slots).unwrap_or(i64::MAX));
     m.relay_ssrc_flaps
         .add(now.ssrc_flaps.saturating_sub(seen.ssrc_flaps));
+    m.relay_digits_limited
+        .add(now.digits_limited.saturating_sub(seen.digits_limited));
+    m.relay_events_dropped
+        .add(now.events_dropped.saturating_sub(seen.events_dropped));
     let (d, s) = (&now.drops, &seen.drops);
     for (reason, n, before) in [
         ("foreign_source", d.foreign_source, s.foreign_source),
