@@ -29,7 +29,10 @@
 #      calls/s, hold HOLD_SECS s, hang up. podpbx CPU % (all threads) over the hold, RSS idle / at
 #      CONC calls / after teardown, relay sockets in the media range idle / at CONC / after
 #      teardown, RTP loss and jitter per leg and forwarded packets (from the CDRs), kernel
-#      receive-buffer drops (/proc/net/udp) on podpbx's media sockets and on SIPp's echo socket.
+#      receive-buffer drops (/proc/net/udp) on podpbx's media sockets and on SIPp's echo socket,
+#      and podpbx_relay_ssrc_flaps_total: SIPp 3.6 sends every call's RTP from one socket, so in
+#      the shared layout one leg gets them all (crossed calls); the report says when that
+#      happened, and PORT_LAYOUT=per-call is the forwarding measure with SIPp.
 # Round 1 also runs (SUSTAIN_SECS > 0) SUSTAIN_SERVERS fresh at SUSTAIN_RATE calls/s for
 # SUSTAIN_SECS s: much longer than the 32 s (64*T1) a transaction may linger (Timers J, L, M), so
 # the transaction state reaches its steady size, which the short steps never do; RSS and CPU are
