@@ -443,13 +443,14 @@ impl Drop for Inner {
     }
 }
 
+/// Default room in the queue of [`Relay::start`]'s events. The queue is allocated (and its
+/// slots written) up front, ~64 bytes each: 1 024 keeps it at 64 KB. Nothing the relay reports
+/// comes in floods (a few events per call, digits at most 20 a second per leg), and a media
+/// timeout that finds the queue full is raised again a tick later.
+pub const EVENT_QUEUE: usize = 1024;
+
 /// The relay. Cheap to clone; the workers stop when the last clone and the
 /// last [`Session`] are gone.
-/// Default room in the queue of [`Relay::start`]'s events: far more than the core loop ever lags
-/// behind (events come a few per call, digits at most 20 a second per leg), and a bound on the
-/// memory a stalled consumer can cost (~1 MB).
-pub const EVENT_QUEUE: usize = 16_384;
-
 #[derive(Clone)]
 pub struct Relay {
     inner: Arc<Inner>,

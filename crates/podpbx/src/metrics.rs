@@ -677,7 +677,7 @@ impl PbxMetrics {
             ),
             relay_events_dropped: reg.counter(
                 "podpbx_relay_events_dropped_total",
-                "Relay events (media timeouts, digits) dropped: the core loop fell 16 384 \
+                "Relay events (media timeouts, digits) dropped: the core loop fell 1 024 \
                  events behind.",
                 &[],
             ),
