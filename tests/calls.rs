@@ -287,25 +287,33 @@ fn hdr(msg: &str, name: &str) -> Option<String> {
     })
 }
 
-/// The doorbell's side of an answered call: raw SIP and RTP sockets on 127.0.0.1.
+/// The doorbell's side of a call: raw SIP and RTP sockets on 127.0.0.1.
 struct DoorCall {
     sip: UdpSocket,
     rtp: UdpSocket,
-    /// The relay's address for the doorbell's media (from the 200's SDP).
-    relay: SocketAddr,
     me: SocketAddr,
-    ruri: String,
-    to: String,
+    call_id: &'static str,
+}
+
+/// The relay's address in a message's SDP (`m=audio` port, on 127.0.0.1).
+fn relay_of(msg: &str) -> SocketAddr {
+    let port: u16 = msg
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| b.lines().find_map(|l| l.strip_prefix("m=audio ")))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("m= port in:\n{msg}"));
+    format!("127.0.0.1:{port}").parse().unwrap()
 }
 
 impl DoorCall {
-    /// The doorbell (190, identified by its source address) calls 1; the ring rule sends it to
-    /// 102, which answers. `sdp_extra` is appended to the doorbell's SDP. Returns once the 200
-    /// is ACKed.
-    fn answered(pbx: &Pbx, sdp_extra: &str) -> DoorCall {
+    /// The doorbell (190, identified by its source address) sends an INVITE for 1 (the ring
+    /// rule sends it to 102); `sdp_extra` is appended to its SDP.
+    fn invite(pbx: &Pbx, call_id: &'static str, sdp_extra: &str) -> DoorCall {
         let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
         sip.connect(pbx.v4()).unwrap();
-        sip.set_read_timeout(Some(Duration::from_millis(500)))
+        sip.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
         rtp.set_read_timeout(Some(Duration::from_millis(500)))
@@ -317,25 +325,62 @@ impl DoorCall {
             if sdp_extra.contains("telephone-event") { " 101" } else { "" },
         );
         let invite = format!(
-            "INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor1;rport\r\nMax-Forwards: 70\r\n\
-             From: \"Door\" <sip:190@127.0.0.1>;tag=door\r\nTo: <sip:1@127.0.0.1>\r\nCall-ID: doorbell-1@test\r\nCSeq: 1 INVITE\r\n\
+            "INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}-1;rport\r\nMax-Forwards: 70\r\n\
+             From: \"Door\" <sip:190@127.0.0.1>;tag=door\r\nTo: <sip:1@127.0.0.1>\r\nCall-ID: {call_id}@test\r\nCSeq: 1 INVITE\r\n\
              Contact: <sip:190@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
             sdp.len()
         );
         sip.send(invite.as_bytes()).unwrap();
+        DoorCall {
+            sip,
+            rtp,
+            me,
+            call_id,
+        }
+    }
+
+    /// The first response starting with `status` (e.g. `SIP/2.0 200`), other 1xx skipped
+    /// (bounded: 8 s).
+    fn wait_for(&self, pbx: &Pbx, status: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(8);
-        let ok = loop {
+        loop {
             assert!(
                 Instant::now() < deadline,
-                "no 200 OK:\n{}",
+                "no {status}:\n{}",
                 tail(&pbx.log_text())
             );
-            let Some(m) = recv_msg(&sip) else { continue };
-            if m.starts_with("SIP/2.0 200") {
-                break m;
+            let Some(m) = recv_msg(&self.sip) else {
+                continue;
+            };
+            if m.starts_with(status) {
+                return m;
             }
-            assert!(m.starts_with("SIP/2.0 1"), "unexpected: {m}");
-        };
+            assert!(
+                m.starts_with("SIP/2.0 1"),
+                "unexpected before {status}: {m}"
+            );
+        }
+    }
+
+    /// An in-dialog request (no body) in the dialog of the 2xx `ok`.
+    fn in_dialog(&self, ok: &str, method: &str, cseq: u32) {
+        let to = hdr(ok, "To").unwrap();
+        let contact = hdr(ok, "Contact").unwrap();
+        let ruri = contact.trim_start_matches('<').split('>').next().unwrap();
+        let (me, call_id) = (self.me, self.call_id);
+        let req = format!(
+            "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}-{cseq}{method};rport\r\nMax-Forwards: 70\r\n\
+             From: \"Door\" <sip:190@127.0.0.1>;tag=door\r\nTo: {to}\r\nCall-ID: {call_id}@test\r\nCSeq: {cseq} {method}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        self.sip.send(req.as_bytes()).unwrap();
+    }
+
+    /// INVITE, the 200 (its SDP checked for the IPv4 leg) and the ACK: the answered call, its
+    /// 200 and the relay's address for the doorbell's media.
+    fn answered(pbx: &Pbx, sdp_extra: &str) -> (DoorCall, String, SocketAddr) {
+        let door = DoorCall::invite(pbx, "doorbell", sdp_extra);
+        let ok = door.wait_for(pbx, "SIP/2.0 200");
         assert!(
             ok.contains("c=IN IP4 127.0.0.1"),
             "IPv4 SDP for the IPv4 leg:\n{ok}"
@@ -344,45 +389,14 @@ impl DoorCall {
             !ok.contains("::1"),
             "no IPv6 address leaks to the doorbell:\n{ok}"
         );
-        let body = ok.split("\r\n\r\n").nth(1).unwrap_or("");
-        let port: u16 = body
-            .lines()
-            .find_map(|l| l.strip_prefix("m=audio "))
-            .and_then(|r| r.split(' ').next())
-            .and_then(|p| p.parse().ok())
-            .expect("m= port");
-        let relay: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let to = hdr(&ok, "To").unwrap();
-        let contact = hdr(&ok, "Contact").unwrap();
-        let ruri = contact
-            .trim_start_matches('<')
-            .split('>')
-            .next()
-            .unwrap()
-            .to_string();
-        let ack = format!(
-            "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor2;rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
-             To: {to}\r\nCall-ID: doorbell-1@test\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
-        );
-        sip.send(ack.as_bytes()).unwrap();
-        DoorCall {
-            sip,
-            rtp,
-            relay,
-            me,
-            ruri,
-            to,
-        }
+        door.in_dialog(&ok, "ACK", 1);
+        let relay = relay_of(&ok);
+        (door, ok, relay)
     }
 
     /// BYE, and its 200 (bounded).
-    fn hang_up(&self) {
-        let DoorCall { me, ruri, to, .. } = self;
-        let bye = format!(
-            "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdoor3;rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
-             To: {to}\r\nCall-ID: doorbell-1@test\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
-        );
-        self.sip.send(bye.as_bytes()).unwrap();
+    fn hang_up(&self, ok: &str) {
+        self.in_dialog(ok, "BYE", 2);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             assert!(Instant::now() < deadline, "no 200 for BYE");
@@ -404,7 +418,7 @@ fn a_flood_of_rfc4733_digits_is_limited_and_counted() {
     const FLOOD: u32 = 5_000;
     let pbx = Pbx::start(CONFIG);
     let p = phone(&pbx, "102", "call_phone_answer.xml", &[]);
-    let door = DoorCall::answered(&pbx, "a=rtpmap:101 telephone-event/8000\r\n");
+    let (door, ok, relay) = DoorCall::answered(&pbx, "a=rtpmap:101 telephone-event/8000\r\n");
     for i in 0..FLOOD {
         let mut pkt = vec![0x80u8, 101];
         pkt.extend_from_slice(&(i as u16).to_be_bytes());
@@ -412,7 +426,7 @@ fn a_flood_of_rfc4733_digits_is_limited_and_counted() {
         pkt.extend_from_slice(&0x0d00_0d00u32.to_be_bytes());
         // Digit 1, end bit, volume 10, 100 ms.
         pkt.extend_from_slice(&[1, 0x8a, 0x03, 0x20]);
-        door.rtp.send_to(&pkt, door.relay).unwrap();
+        door.rtp.send_to(&pkt, relay).unwrap();
     }
     let options = UdpPeer::new(pbx.v4());
     options.send(
@@ -448,7 +462,7 @@ fn a_flood_of_rfc4733_digits_is_limited_and_counted() {
         "the packets were forwarded ({forwarded})"
     );
     assert_eq!(series("podpbx_relay_events_dropped_total"), Some(0.0));
-    door.hang_up();
+    door.hang_up(&ok);
     check_phone(p, "IPv6 phone", &pbx);
 }
 
@@ -456,8 +470,8 @@ fn a_flood_of_rfc4733_digits_is_limited_and_counted() {
 fn ipv4_doorbell_to_ipv6_phone_rtp_flows_both_ways_through_the_relay() {
     let pbx = Pbx::start(CONFIG);
     let p = phone(&pbx, "102", "call_phone_answer.xml", &["-rtp_echo"]);
-    let door = DoorCall::answered(&pbx, "");
-    let (rtp, relay) = (&door.rtp, door.relay);
+    let (door, ok, relay) = DoorCall::answered(&pbx, "");
+    let rtp = &door.rtp;
     // 40 PCMU packets to the relay; SIPp echoes them back through it.
     let mut echoed = 0;
     for i in 0..40u16 {
@@ -480,7 +494,7 @@ fn ipv4_doorbell_to_ipv6_phone_rtp_flows_both_ways_through_the_relay() {
     while rtp.recv_from(&mut buf).is_ok() {
         echoed += 1;
     }
-    door.hang_up();
+    door.hang_up(&ok);
     let logs = check_phone(p, "IPv6 phone", &pbx);
     assert!(
         logs.contains("c=IN IP6 ::1"),
@@ -805,48 +819,14 @@ fn caller_and_callee_both_using_100rel() {
 fn early_media_of_a_reliable_183_flows_through_the_relay_before_the_answer() {
     let pbx = Pbx::start(CONFIG);
     let p = phone(&pbx, "102", "uas_100rel.xml", &["-rtp_echo"]);
-    let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sip.connect(pbx.v4()).unwrap();
-    sip.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let me = sip.local_addr().unwrap();
-    let sdp = format!(
-        "v=0\r\no=door 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
-        rtp.local_addr().unwrap().port()
-    );
-    let invite = format!(
-        "INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKem1;rport\r\nMax-Forwards: 70\r\n\
-         From: \"Door\" <sip:190@127.0.0.1>;tag=door\r\nTo: <sip:1@127.0.0.1>\r\nCall-ID: early-1@test\r\nCSeq: 1 INVITE\r\n\
-         Contact: <sip:190@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-        sdp.len()
-    );
-    sip.send(invite.as_bytes()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let p183 = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no 183:\n{}",
-            tail(&pbx.log_text())
-        );
-        let Some(m) = recv_msg(&sip) else { continue };
-        if m.starts_with("SIP/2.0 183") {
-            break m;
-        }
-        assert!(m.starts_with("SIP/2.0 1"), "unexpected before the 183: {m}");
-    };
+    let door = DoorCall::invite(&pbx, "early", "");
+    let (sip, rtp) = (&door.sip, &door.rtp);
+    let p183 = door.wait_for(&pbx, "SIP/2.0 183");
     assert!(
         hdr(&p183, "Require").is_none() && hdr(&p183, "RSeq").is_none(),
         "{p183}"
     );
-    let port: u16 = p183
-        .split("\r\n\r\n")
-        .nth(1)
-        .and_then(|b| b.lines().find_map(|l| l.strip_prefix("m=audio ")))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .expect("m= port in the 183");
-    let relay: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let relay = relay_of(&p183);
     // Early media: RTP both ways through the relay while the phone has not answered.
     rtp.set_nonblocking(true).unwrap();
     let mut echoed = 0;
@@ -877,28 +857,9 @@ fn early_media_of_a_reliable_183_flows_through_the_relay_before_the_answer() {
     );
     sip.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let ok = loop {
-        assert!(Instant::now() < deadline, "no 200");
-        if let Some(m) = recv_msg(&sip).filter(|m| m.starts_with("SIP/2.0 200")) {
-            break m;
-        }
-    };
-    let to = hdr(&ok, "To").unwrap();
-    let contact = hdr(&ok, "Contact").unwrap();
-    let ruri = contact
-        .trim_start_matches('<')
-        .split('>')
-        .next()
-        .unwrap()
-        .to_string();
-    for (m, cseq, br) in [("ACK", 1, "em2"), ("BYE", 2, "em3")] {
-        let req = format!(
-            "{m} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\nMax-Forwards: 70\r\nFrom: \"Door\" <sip:190@127.0.0.1>;tag=door\r\n\
-             To: {to}\r\nCall-ID: early-1@test\r\nCSeq: {cseq} {m}\r\nContent-Length: 0\r\n\r\n"
-        );
-        sip.send(req.as_bytes()).unwrap();
-    }
+    let ok = door.wait_for(&pbx, "SIP/2.0 200");
+    door.in_dialog(&ok, "ACK", 1);
+    door.in_dialog(&ok, "BYE", 2);
     let logs = check_phone(p, "callee", &pbx);
     assert!(logs.contains("UAS100-PRACK rack=4711 1 INVITE"), "{logs}");
 }

@@ -759,6 +759,24 @@ fn several_workers_and_many_sessions() {
     assert_eq!(relay.ports_available(Family::V6), avail6);
 }
 
+/// A V4 -> `b_family` session whose leg A negotiated telephone-event 101 at 8 kHz, both legs
+/// connected to fresh endpoints (A's, B's).
+fn te_session(relay: &podpbx_media::Relay, b_family: Family) -> (Session, UdpSocket, UdpSocket) {
+    let s = relay.allocate(Family::V4, b_family).expect("allocate");
+    let a = endpoint(V4);
+    let b = endpoint(if b_family == Family::V6 { V6 } else { V4 });
+    connect(
+        relay,
+        &s,
+        RemoteMedia {
+            telephone_event: Some((101, 8000)),
+            ..remote(&a)
+        },
+        remote(&b),
+    );
+    (s, a, b)
+}
+
 /// An RFC 4733 packet: `event`, end bit, volume 10, `duration` in timestamp units.
 fn te_packet(pt: u8, seq: u16, ts: u32, ssrc: u32, event: u8, end: bool, duration: u16) -> Vec<u8> {
     let d = duration.to_be_bytes();
@@ -904,18 +922,8 @@ fn rfc4733_end_of_event_reported_once() {
 #[test]
 fn malformed_telephone_events_are_ignored_without_panic() {
     let (relay, ev) = relay(22800);
-    let s = relay.allocate(Family::V4, Family::V4).expect("allocate");
+    let (s, a, b) = te_session(&relay, Family::V4);
     let la = s.local(Leg::A);
-    let (a, b) = (endpoint(V4), endpoint(V4));
-    connect(
-        &relay,
-        &s,
-        RemoteMedia {
-            telephone_event: Some((101, 8000)),
-            ..remote(&a)
-        },
-        remote(&b),
-    );
     let mut sent_rtp = 0u64;
     let mut ts = 1000u32;
     let mut next = |payload: &[u8], flags: u8| {
@@ -1123,18 +1131,8 @@ fn commands_that_do_not_wake_the_worker_still_apply_in_time() {
 #[test]
 fn one_source_with_two_streams_is_reported_once() {
     let (relay, ev) = relay(27000);
-    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let (s, a, b) = te_session(&relay, Family::V6);
     let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
-    let (a, b) = (endpoint(V4), endpoint(V6));
-    connect(
-        &relay,
-        &s,
-        RemoteMedia {
-            telephone_event: Some((101, 8000)),
-            ..remote(&a)
-        },
-        remote(&b),
-    );
     let send = |pt: u8, seq: u16, ssrc: u32| {
         a.send_to(&rtp(pt, seq, u32::from(seq) * 160, ssrc, &[0; 160]), la.rtp)
             .expect("send");
@@ -1208,18 +1206,8 @@ fn one_source_with_two_streams_is_reported_once() {
 #[test]
 fn a_flood_of_digits_is_reported_at_a_human_rate() {
     let (relay, ev) = relay(27100);
-    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let (s, a, b) = te_session(&relay, Family::V6);
     let la = s.local(Leg::A);
-    let (a, b) = (endpoint(V4), endpoint(V6));
-    connect(
-        &relay,
-        &s,
-        RemoteMedia {
-            telephone_event: Some((101, 8000)),
-            ..remote(&a)
-        },
-        remote(&b),
-    );
     const FLOOD: u32 = 3_000;
     for i in 0..FLOOD {
         let p = te_packet(101, i as u16, i * 800, 0xf100d, 1, true, 800);
@@ -1258,18 +1246,8 @@ fn a_flood_of_digits_is_reported_at_a_human_rate() {
 #[test]
 fn the_event_queue_is_bounded_and_counts_what_it_drops() {
     let (relay, ev) = relay_with(27200, 20, |c| c.event_queue = 8);
-    let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+    let (s, a, b) = te_session(&relay, Family::V6);
     let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
-    let (a, b) = (endpoint(V4), endpoint(V6));
-    connect(
-        &relay,
-        &s,
-        RemoteMedia {
-            telephone_event: Some((101, 8000)),
-            ..remote(&a)
-        },
-        remote(&b),
-    );
     // Nobody reads: 15 digits (within the digit rate), each forwarded.
     for i in 0..15u32 {
         let p = te_packet(101, i as u16, i * 800, 0xe7e7, (i % 10) as u8, true, 800);
