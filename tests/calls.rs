@@ -846,7 +846,7 @@ fn early_media_of_a_reliable_183_flows_through_the_relay_before_the_answer() {
         }
         sip.set_read_timeout(Some(Duration::from_millis(1)))
             .unwrap();
-        if let Some(m) = recv_msg(&sip) {
+        if let Some(m) = recv_msg(sip) {
             answered |= m.starts_with("SIP/2.0 200");
         }
     }

@@ -1206,7 +1206,7 @@ fn one_source_with_two_streams_is_reported_once() {
 #[test]
 fn a_flood_of_digits_is_reported_at_a_human_rate() {
     let (relay, ev) = relay(27100);
-    let (s, a, b) = te_session(&relay, Family::V6);
+    let (s, a, _b) = te_session(&relay, Family::V6);
     let la = s.local(Leg::A);
     const FLOOD: u32 = 3_000;
     for i in 0..FLOOD {
