@@ -1366,15 +1366,16 @@ fn several_calls_from_one_rtp_socket_are_flagged_in_the_shared_layout() {
         let pbx = Pbx::start(&format!("{CONFIG}\n[media]\nport_layout = \"{layout}\"\n"));
         let _phone = phone(&pbx, "102", "call_phone_answer_all.xml", &[]);
         let mp = free_media_port("::1".parse().expect("::1"), 0).to_string();
-        // Three calls, one every 700 ms, each streaming for 3 s: they overlap, and with
-        // two shared port pairs two of the three callers' legs share one.
+        // Three calls, one a second, each streaming for 4 s: they overlap by 2 s or more, and
+        // with two shared port pairs two of the three callers' legs share one. A second apart,
+        // a call's stream has long latched when the next call's SDP names the same address
+        // (had neither latched yet, both legs would claim the packets and neither would get
+        // them: the shared layout drops ambiguous packets).
         let run = call(
             &pbx,
             scenario.to_str().expect("utf-8 path"),
             "102",
-            &[
-                "-m", "3", "-l", "3", "-r", "10", "-rp", "7000", "-d", "3000", "-mp", &mp,
-            ],
+            &["-m", "3", "-l", "3", "-r", "1", "-d", "4000", "-mp", &mp],
         );
         assert!(
             run.ok,
