@@ -44,6 +44,10 @@ impl Disposition {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Media counters of one leg, as the relay saw them (packets received from that leg's peer).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MediaCounters {
@@ -54,6 +58,10 @@ pub struct MediaCounters {
     pub forwarded_packets: u64,
     pub lost_packets: i64,
     pub jitter_ms: u64,
+    /// SSRC changes in quick succession on this leg's media: several calls' streams from the
+    /// peer's one source, crossed in the shared port layout. Written only when there were any.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ssrc_flaps: u64,
     /// Our media address on this leg.
     pub local: Option<String>,
 }

@@ -116,6 +116,9 @@ pub struct LegStats {
     pub forwarded_packets: u64,
     pub lost_packets: i64,
     pub jitter: Duration,
+    /// SSRC changes in quick succession: several streams from the peer's one source (see
+    /// `podpbx_media::StreamStats::ssrc_flaps`).
+    pub ssrc_flaps: u64,
 }
 
 /// SRTP (SDES) keys of one relay leg: the suite (`a=crypto` name), the peer's master key and

@@ -100,6 +100,7 @@ impl MediaPort for RelayMedia {
             forwarded_packets: st.forwarded_packets,
             lost_packets: st.lost_packets,
             jitter: st.jitter,
+            ssrc_flaps: st.ssrc_flaps,
         }
     }
     fn release(&mut self, id: MediaId) {

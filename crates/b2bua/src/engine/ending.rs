@@ -121,6 +121,7 @@ impl B2bua {
                     m.rtcp_packets += s.rtcp_packets;
                     m.forwarded_packets += s.forwarded_packets;
                     m.lost_packets += s.lost_packets;
+                    m.ssrc_flaps += s.ssrc_flaps;
                     m.jitter_ms = m.jitter_ms.max(s.jitter.as_millis() as u64);
                     if m.local.is_none() {
                         m.local = self.media.local(*id, l.media.side).map(|a| a.to_string());
