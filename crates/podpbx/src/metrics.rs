@@ -665,8 +665,8 @@ impl PbxMetrics {
             ),
             relay_ssrc_flaps: reg.counter(
                 "podpbx_relay_ssrc_flaps_total",
-                "SSRC changes of the RTP from one latched source within 200 ms of the one before: several \
-                 streams (calls) sent from one address and port.",
+                "SSRC changes of the RTP from one latched source within 200 ms of the one \
+                 before: several streams (calls) sent from one address and port.",
                 &[],
             ),
             relay_digits_limited: reg.counter(
