@@ -1317,32 +1317,14 @@ impl Ua<'_> {
     }
 }
 
-/// An 8 kHz mu-law WAV (format 7) of 2 s for SIPp's `rtp_stream` (160-byte payloads every
-/// 20 ms, looped).
+/// An 8 kHz mu-law WAV of 2 s (a square wave) for SIPp's `rtp_stream` (160-byte payloads
+/// every 20 ms, looped), written by the voicemail crate's encoder.
 fn write_tone_wav(path: &std::path::Path) {
-    let data: Vec<u8> = (0..16_000u32)
-        .map(|i| if (i / 40) % 2 == 1 { 0xff } else { 0xfe })
+    use podpbx_voicemail::{g711::Law, wav};
+    let samples: Vec<i16> = (0..16_000)
+        .map(|i| if (i / 40) % 2 == 1 { 1_000 } else { -1_000 })
         .collect();
-    let mut fmt = Vec::new();
-    for v in [7u16, 1] {
-        fmt.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in [8000u32, 8000] {
-        fmt.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in [1u16, 8] {
-        fmt.extend_from_slice(&v.to_le_bytes());
-    }
-    let mut body = b"WAVEfmt ".to_vec();
-    body.extend_from_slice(&(fmt.len() as u32).to_le_bytes());
-    body.extend_from_slice(&fmt);
-    body.extend_from_slice(b"data");
-    body.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    body.extend_from_slice(&data);
-    let mut wav = b"RIFF".to_vec();
-    wav.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    wav.extend_from_slice(&body);
-    std::fs::write(path, wav).expect("write wav");
+    std::fs::write(path, wav::encode_g711(&samples, Law::Ulaw)).expect("write wav");
 }
 
 /// SIPp sends the RTP of all its calls from one socket (its `-mp` port), each call under an
