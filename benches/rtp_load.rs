@@ -111,6 +111,8 @@ enum Mode {
     Plain,
     PlainOnce,
     PlainConn,
+    Floor,
+    FloorCoalesce,
     RelaySrtp1,
     RelaySrtp2,
 }
@@ -127,6 +129,8 @@ impl Mode {
             Mode::Plain => "plain",
             Mode::PlainOnce => "plain-once",
             Mode::PlainConn => "plain-conn",
+            Mode::Floor => "floor",
+            Mode::FloorCoalesce => "floor-co",
             Mode::RelaySrtp1 => "relay-srtp1",
             Mode::RelaySrtp2 => "relay-srtp2",
         }
@@ -169,7 +173,7 @@ fn parse_opts() -> Result<Opts, String> {
         if k == "--help" || k == "-h" {
             return Err(
                 "usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1] \
-                 [--modes direct,relay,relay-co,relay-shared,relay-sh-co,mmsg,plain,plain-once,plain-conn,\
+                 [--modes direct,relay,relay-co,relay-shared,relay-sh-co,mmsg,plain,plain-once,plain-conn,floor,floor-co,\
                  relay-srtp1,relay-srtp2] \
                  [--pps 50] [--relay-cpu 0] [--gen-cpu 1] [--batch 32] [--ports 10000] [--repeat 1] \
                  [--coalesce-us 50] [--shared-pairs 1] [--quiet-wait 20] [--no-netns]"
@@ -209,6 +213,8 @@ fn parse_opts() -> Result<Opts, String> {
                         "plain" => Ok(Mode::Plain),
                         "plain-once" => Ok(Mode::PlainOnce),
                         "plain-conn" => Ok(Mode::PlainConn),
+                        "floor" => Ok(Mode::Floor),
+                        "floor-co" => Ok(Mode::FloorCoalesce),
                         "relay-srtp1" => Ok(Mode::RelaySrtp1),
                         "relay-srtp2" => Ok(Mode::RelaySrtp2),
                         _ => Err(format!("unknown mode {m}")),
@@ -709,6 +715,9 @@ fn run_mmsg(
     Ok(())
 }
 
+#[path = "rtp_load/floor.rs"]
+mod floor;
+
 // ------------------------------------------------------- generator and sink
 
 /// Payload layout after the 12-byte RTP header:
@@ -1201,13 +1210,17 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
             .collect()
     };
     let (src_a, src_b) = (cmsgs(&stream_a), cmsgs(&stream_b));
-    let shared = matches!(mode, Mode::RelayShared | Mode::RelaySharedCoalesce);
+    let shared = matches!(
+        mode,
+        Mode::RelayShared | Mode::RelaySharedCoalesce | Mode::Floor | Mode::FloorCoalesce
+    );
     if shared && !o.netns {
         return Err("shared ports need a stream address each: run as root (namespace)".into());
     }
 
     let mut _relay: Option<(Relay, Vec<Session>)> = None;
     let mut _ref: Option<RefForwarder> = None;
+    let mut _floor: Option<floor::Floor> = None;
     let (mut srtp_a, mut srtp_b) = (None, None);
     let (to_from_a, to_from_b, fwd_tid) = match mode {
         // Each endpoint sends to itself: one loopback hop, no forwarder.
@@ -1290,6 +1303,22 @@ fn run_point(o: &Opts, n: usize, mode: Mode) -> Result<Row, String> {
             let tid = relay.worker_thread_ids()[0];
             _relay = Some((relay, sessions));
             (ta, tb, tid)
+        }
+        Mode::Floor | Mode::FloorCoalesce => {
+            let coalesce = if mode == Mode::FloorCoalesce {
+                o.coalesce_us * 1000
+            } else {
+                0
+            };
+            let f = floor::start(n, &stream_a, &stream_b, o.relay_cpu, o.batch, coalesce)
+                .map_err(|e| e.to_string())?;
+            let r = (
+                vec![f.a_addr; n],
+                vec![f.b_addr; n],
+                f.tid.load(Ordering::SeqCst),
+            );
+            _floor = Some(f);
+            r
         }
         Mode::Mmsg | Mode::Plain | Mode::PlainOnce | Mode::PlainConn => {
             let f = start_ref(mode, n, &stream_a, &stream_b, o.relay_cpu, o.batch)
@@ -1516,6 +1545,8 @@ fn main() {
             Mode::RelaySrtp1,
             Mode::RelaySrtp2,
             Mode::PlainConn,
+            Mode::Floor,
+            Mode::FloorCoalesce,
         ] {
             let Some(row) = find(v) else { continue };
             let r = row.cpu_ns_pkt;
