@@ -476,6 +476,25 @@ pub(crate) fn send_to_raw(fd: RawFd, buf: &[u8], to: &RawAddr) -> io::Result<usi
     }
 }
 
+/// Ask the CPU to bring the cache line holding `*p` in ahead of its use; a hint, never a
+/// load: `p` need not be valid (nothing is read through it). A no-op where there is no
+/// prefetch instruction to ask with.
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 does not fault, whatever the address (SSE is baseline on x86_64).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: PRFM is a hint that does not fault, whatever the address.
+    unsafe {
+        std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = p;
+}
+
 /// Sleep on the monotonic clock (interrupt moderation).
 pub(crate) fn sleep_ns(ns: u64) {
     let ts = libc::timespec {

@@ -66,3 +66,70 @@ fn the_session_table_gives_back_the_room_a_burst_left() {
         }
     }
 }
+
+/// A new peer's first datagrams often arrive together, and the worker looks up the sources of
+/// a whole batch before it forwards any of it (so that the cache misses overlap). The datagram
+/// that latches a leg changes the table those lookups read: the datagrams behind it in the
+/// batch must be looked up again, not left with the "no leg" found before the latch (they
+/// would be dropped as foreign, the peer's first audio lost). Each session's peer sends its
+/// first 16 datagrams in one `sendmmsg`, so that they wait in the shared socket together; every
+/// one of them must arrive.
+#[test]
+fn a_new_peers_first_burst_is_forwarded_whole() {
+    use common::*;
+    use podpbx_media::{Family, Leg, RemoteMedia};
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    const SESSIONS: usize = 30;
+    const BURST: usize = 16;
+    let (relay, _ev) = relay_with(25000, 8, |_| {});
+    let mut forwarded = 0;
+    for k in 0..SESSIONS {
+        let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
+        let (peer, sink) = (endpoint(V4), endpoint(V6));
+        s.set_remote(Leg::A, RemoteMedia::new(addr(&peer)))
+            .expect("remote a");
+        s.set_remote(Leg::B, RemoteMedia::new(addr(&sink)))
+            .expect("remote b");
+        assert!(relay.sync(Duration::from_secs(5)));
+        peer.connect(s.local(Leg::A).rtp).expect("connect");
+        let pkts: Vec<Vec<u8>> = (0..BURST)
+            .map(|i| {
+                rtp(
+                    0,
+                    i as u16,
+                    160 * i as u32,
+                    0x5eed_0000 + k as u32,
+                    &[7; 160],
+                )
+            })
+            .collect();
+        let mut iovs: Vec<libc::iovec> = pkts
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: an all-zero mmsghdr is valid; the iovec outlives the call.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        // SAFETY: `msgs` points at live iovecs and buffers for the length given.
+        let sent = unsafe { libc::sendmmsg(peer.as_raw_fd(), msgs.as_mut_ptr(), BURST as u32, 0) };
+        assert_eq!(sent, BURST as i32, "the burst leaves in one call");
+        sink.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        forwarded += (0..BURST).take_while(|_| recv(&sink).is_some()).count();
+    }
+    let t = relay.totals();
+    assert_eq!(forwarded, SESSIONS * BURST, "{t:?}");
+    assert_eq!(t.drops.total(), 0, "{t:?}");
+}

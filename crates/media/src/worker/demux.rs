@@ -88,6 +88,12 @@ impl Demux {
         hash(&self.seed, sock, key) as usize & self.mask
     }
 
+    /// Bring the home slot of `key` on shared socket `sock` into the cache ahead of `get`.
+    #[inline]
+    pub(super) fn prefetch(&self, sock: u8, key: &Endpoint) {
+        crate::sys::prefetch(self.slots.as_ptr().wrapping_add(self.home(sock, key)));
+    }
+
     /// The leg latched onto `key` on shared socket `sock`.
     #[inline]
     pub(super) fn get(&self, sock: u8, key: &Endpoint) -> Option<u64> {
