@@ -1,4 +1,4 @@
-//! rtp-load: paced RTP load through the podpbx relay and two reference
+//! rtp-load: paced RTP load through the podpbx relay and reference
 //! forwarders, on loopback only (127.0.0.1 <-> ::1).
 //!
 //! For each stream count N, N relayed streams carry 172-byte RTP packets at
@@ -34,6 +34,12 @@
 //! * `plain-conn` — `plain` with every socket connected to its stream's endpoint
 //!   (recv/send without addresses: the kernel caches the route; what connected
 //!   relay legs could gain at most);
+//! * `floor`, `floor-co` — the least a forwarder on UDP sockets can do per packet
+//!   (`rtp_load/floor.rs`): one socket per family as `relay-shared`, `recvmmsg` in and
+//!   `sendmmsg` out through a send-only twin, DF with IP ID 0, and (`-co`) a sleep after a
+//!   round that was not full; no per-packet logic at all (the stream is read off the
+//!   address plan). The same-run bound for the shared layout: `relay-sh-co / floor-co` is
+//!   what the relay's own work costs (needs the namespace);
 //! * `direct`     — no forwarder: each endpoint sends to itself (one loopback
 //!   hop: the latency floor the `+p50`/`+p99` columns subtract);
 //! * `relay-srtp1` — the relay terminating SRTP on leg A (AES_CM_128_HMAC_SHA1_80,
@@ -48,7 +54,7 @@
 //!
 //! Usage: rtp-load [--streams 1,100,1000,2000] [--secs 5] [--warmup 1]
 //!                 [--modes direct,relay,relay-co,relay-shared,relay-shared-co,mmsg,plain,plain-once,plain-conn,
-//!                          relay-srtp1,relay-srtp2]
+//!                          floor,floor-co,relay-srtp1,relay-srtp2]
 //!                 [--pps 50] [--relay-cpu 0] [--gen-cpu 1] [--batch 32] [--ports 10000]
 //!                 [--repeat 1] [--coalesce-us 50] [--shared-pairs 1]
 //!                 [--quiet-wait 20] [--no-netns]
