@@ -228,19 +228,8 @@ pub(super) fn own_socket(
             continue;
         };
         let counters = &s.shared.legs[leg];
-        let rtp = match classify(&b.bufs[i][..len], sock == 0) {
-            Kind::Rtp(info) => Some(info),
-            Kind::Rtcp => None,
-            Kind::Malformed => {
-                counters.add(C::DropMalformed, 1);
-                cx.sums.malformed += 1;
-                continue;
-            }
-            Kind::Stun | Kind::Dtls | Kind::Other => {
-                counters.add(C::DropNotRtp, 1);
-                cx.sums.not_rtp += 1;
-                continue;
-            }
+        let Some(rtp) = relayable(classify(&b.bufs[i][..len], sock == 0), counters, cx.sums) else {
+            continue;
         };
         // Symmetric RTP: is this the source we latched onto? If not, may the
         // leg latch onto it (one of its known IPs)?
@@ -383,25 +372,33 @@ pub(super) fn shared_socket(
         let Some(Some(s)) = slots.get_mut(slot) else {
             continue;
         };
-        let counters = &s.shared.legs[leg];
-        let rtp = match kind {
-            Kind::Rtp(info) => Some(info),
-            Kind::Rtcp => None,
-            Kind::Malformed => {
-                counters.add(C::DropMalformed, 1);
-                cx.sums.malformed += 1;
-                continue;
-            }
-            Kind::Stun | Kind::Dtls | Kind::Other => {
-                counters.add(C::DropNotRtp, 1);
-                cx.sums.not_rtp += 1;
-                continue;
-            }
+        let Some(rtp) = relayable(kind, &s.shared.legs[leg], cx.sums) else {
+            continue;
         };
         deliver(s, slot, leg, sock, i, len, rtp, b, cx);
     }
     flush(b, slots, cx);
     true
+}
+
+/// A classified datagram of a known leg: RTP (`Some(Some(header))`) and RTCP (`Some(None)`)
+/// are relayed; anything else is dropped and counted against the leg (None).
+#[inline]
+fn relayable(kind: Kind, counters: &Counters, sums: &mut Sums) -> Option<Option<RtpInfo>> {
+    match kind {
+        Kind::Rtp(info) => Some(Some(info)),
+        Kind::Rtcp => Some(None),
+        Kind::Malformed => {
+            counters.add(C::DropMalformed, 1);
+            sums.malformed += 1;
+            None
+        }
+        Kind::Stun | Kind::Dtls | Kind::Other => {
+            counters.add(C::DropNotRtp, 1);
+            sums.not_rtp += 1;
+            None
+        }
+    }
 }
 
 /// SRTP: a datagram from `leg`'s peer authenticated, replay-checked and
