@@ -364,14 +364,20 @@ fn setsockopt_int(fd: RawFd, level: i32, opt: i32, v: i32) -> io::Result<()> {
 }
 
 fn big_buffers(s: &UdpSocket) {
-    let fd = s.as_raw_fd();
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
-        if setsockopt_int(fd, libc::SOL_SOCKET, force, 16 << 20).is_err() {
-            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, 16 << 20);
-        }
+        buffer(s, force, plain, 16 << 20);
+    }
+}
+
+/// One socket buffer of `bytes`: the FORCE option when we may (root), else the plain one
+/// (capped by the kernel's maximum).
+fn buffer(s: &UdpSocket, force: i32, plain: i32, bytes: i32) {
+    let fd = s.as_raw_fd();
+    if setsockopt_int(fd, libc::SOL_SOCKET, force, bytes).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, bytes);
     }
 }
 

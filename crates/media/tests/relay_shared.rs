@@ -52,11 +52,12 @@ fn the_session_table_gives_back_the_room_a_burst_left() {
     let new = relay.allocate(Family::V4, Family::V6).expect("allocate");
     for (i, s) in [&burst[3], &new].into_iter().enumerate() {
         let (a, b) = (endpoint(V4), endpoint(V6));
-        s.set_remote(Leg::A, RemoteMedia::new(addr(&a)))
-            .expect("remote a");
-        s.set_remote(Leg::B, RemoteMedia::new(addr(&b)))
-            .expect("remote b");
-        assert!(relay.sync(Duration::from_secs(5)));
+        connect(
+            &relay,
+            s,
+            RemoteMedia::new(addr(&a)),
+            RemoteMedia::new(addr(&b)),
+        );
         let (la, lb) = (s.local(Leg::A), s.local(Leg::B));
         for (from, to, sink, n) in [(&a, la.rtp, &b, 0u16), (&b, lb.rtp, &a, 1)] {
             let p = rtp(0, 100 + n, 160, 7 + i as u32, &[n as u8; 160]);
@@ -88,11 +89,12 @@ fn a_new_peers_first_burst_is_forwarded_whole() {
     for k in 0..SESSIONS {
         let s = relay.allocate(Family::V4, Family::V6).expect("allocate");
         let (peer, sink) = (endpoint(V4), endpoint(V6));
-        s.set_remote(Leg::A, RemoteMedia::new(addr(&peer)))
-            .expect("remote a");
-        s.set_remote(Leg::B, RemoteMedia::new(addr(&sink)))
-            .expect("remote b");
-        assert!(relay.sync(Duration::from_secs(5)));
+        connect(
+            &relay,
+            &s,
+            RemoteMedia::new(addr(&peer)),
+            RemoteMedia::new(addr(&sink)),
+        );
         peer.connect(s.local(Leg::A).rtp).expect("connect");
         let pkts: Vec<Vec<u8>> = (0..BURST)
             .map(|i| {

@@ -290,11 +290,11 @@ pub(super) fn shared_socket(
         b.hits[i] = tok;
         sys::prefetch(slots.as_ptr().wrapping_add(decode(tok).0));
     }
-    for &tok in &b.hits[..n] {
-        if let Some((slot, leg)) = live(slots, tok) {
-            if let Some(Some(s)) = slots.get(slot) {
-                sys::prefetch(&s.shared.legs[leg]);
-            }
+    // (A hint needs no generation check: a stale token only warms a line for nothing.)
+    for &tok in b.hits[..n].iter().filter(|&&t| t != 0) {
+        let (slot, _, leg, _) = decode(tok);
+        if let Some(Some(s)) = slots.get(slot) {
+            sys::prefetch(&s.shared.legs[leg]);
         }
     }
     // A datagram that latches a leg changes the demux: the lookups made ahead no longer

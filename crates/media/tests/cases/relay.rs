@@ -9,13 +9,6 @@ use podpbx_media::packet::{classify, telephone_event, Kind};
 use podpbx_media::{Event, Family, LatchMode, LatchPolicy, Leg, RelayError, RemoteMedia, Session};
 use podpbx_sdp::Sdp;
 
-/// Set both legs' remotes and wait until the worker has applied them.
-fn connect(relay: &podpbx_media::Relay, s: &Session, a: RemoteMedia, b: RemoteMedia) {
-    s.set_remote(Leg::A, a).expect("remote a");
-    s.set_remote(Leg::B, b).expect("remote b");
-    assert!(relay.sync(Duration::from_secs(5)));
-}
-
 fn remote(s: &UdpSocket) -> RemoteMedia {
     RemoteMedia::new(addr(s))
 }

@@ -6,7 +6,7 @@ pub mod counting;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use podpbx_media::{Event, Events, FamilyConfig, PortLayout, Relay, RelayConfig};
+use podpbx_media::{Event, Events, FamilyConfig, PortLayout, Relay, RelayConfig, RemoteMedia};
 
 pub const V4: &str = "127.0.0.1";
 pub const V6: &str = "::1";
@@ -37,6 +37,13 @@ pub fn relay_in(
 /// Two port pairs per family and worker shared by every leg (a session's
 /// legs of one family on different pairs).
 pub const SHARED: PortLayout = PortLayout::Shared { pairs: 2 };
+
+/// Set both legs' remotes and wait until the worker has applied them.
+pub fn connect(relay: &Relay, s: &podpbx_media::Session, a: RemoteMedia, b: RemoteMedia) {
+    s.set_remote(podpbx_media::Leg::A, a).expect("remote a");
+    s.set_remote(podpbx_media::Leg::B, b).expect("remote b");
+    assert!(relay.sync(Duration::from_secs(5)));
+}
 
 /// A test endpoint socket on loopback.
 pub fn endpoint(ip: &str) -> UdpSocket {
